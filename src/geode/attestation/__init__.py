@@ -1,0 +1,42 @@
+"""Evidence parsing and verification, bundle measurement, report-data bindings. Pure; no I/O
+except reading and creating the simulated platform key."""
+
+from __future__ import annotations
+
+from geode.attestation._evidence import (
+    EVIDENCE_KINDS,
+    REPORT_DATA_SIZE,
+    Claims,
+    Evidence,
+    key_binding,
+    statement_binding,
+)
+from geode.attestation._measure import BundleError, measure_bundle
+from geode.attestation._reference import ReferenceValues, match_claims
+from geode.attestation._simulated import (
+    PLATFORM_KEY_ENV,
+    SimulatedPlatform,
+    default_platform_key_path,
+    platform_key_id,
+    verify_simulated_quote,
+)
+from geode.attestation._verifier import EvidenceVerifier
+
+__all__ = [
+    "EVIDENCE_KINDS",
+    "PLATFORM_KEY_ENV",
+    "REPORT_DATA_SIZE",
+    "ReferenceValues",
+    "BundleError",
+    "Claims",
+    "Evidence",
+    "EvidenceVerifier",
+    "SimulatedPlatform",
+    "default_platform_key_path",
+    "key_binding",
+    "match_claims",
+    "measure_bundle",
+    "platform_key_id",
+    "statement_binding",
+    "verify_simulated_quote",
+]

@@ -1,0 +1,94 @@
+"""Evidence envelopes, normalised claims, and the report-data bindings Geode uses."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from geode.errors import EvidenceError
+
+__all__ = [
+    "EVIDENCE_KINDS",
+    "REPORT_DATA_SIZE",
+    "Claims",
+    "Evidence",
+    "key_binding",
+    "statement_binding",
+]
+
+EVIDENCE_KINDS = ("simulated", "sgx", "tdx", "sev-snp", "nvidia")
+REPORT_DATA_SIZE = 64
+MAX_EVIDENCE_BYTES = 64 * 1024
+
+
+def _pad(digest: bytes) -> bytes:
+    return digest + bytes(REPORT_DATA_SIZE - len(digest))
+
+
+def key_binding(public_key_der: bytes, nonce: bytes) -> bytes:
+    """Report data that binds an instance's key to the Coordinator's nonce."""
+    return _pad(hashlib.sha256(public_key_der + nonce).digest())
+
+
+def statement_binding(root_der: bytes, manifest_sha256: bytes, nonce: bytes) -> bytes:
+    """Report data of a deployment statement: root certificate, manifest and the caller's nonce."""
+    return _pad(hashlib.sha256(root_der + manifest_sha256 + nonce).digest())
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a TEE produced, tagged with its kind; travels as ``{"kind", "data" (base64)}``."""
+
+    kind: str
+    data: bytes
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "data": base64.b64encode(self.data).decode()}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Evidence:
+        if not isinstance(value, dict) or set(value) != {"kind", "data"}:
+            raise EvidenceError("expected an object with 'kind' and 'data'", field="evidence")
+        kind, data = value["kind"], value["data"]
+        if kind not in EVIDENCE_KINDS:
+            raise EvidenceError(f"unknown evidence kind {kind!r}", field="evidence.kind")
+        if not isinstance(data, str):
+            raise EvidenceError("expected base64 text", field="evidence.data")
+        if len(data) > MAX_EVIDENCE_BYTES * 4 // 3 + 4:
+            raise EvidenceError("evidence too large", field="evidence.data")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise EvidenceError("invalid base64", field="evidence.data") from None
+        return cls(kind, raw)
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The verified, normalised content of evidence."""
+
+    tee: str
+    measurement: bytes
+    report_data: bytes
+    debug: bool
+    signer: bytes = b""
+    product_id: int = 0
+    svn: int = 0
+    tcb_status: str = "UpToDate"
+    platform: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tee": self.tee,
+            "measurement": self.measurement.hex(),
+            "signer": self.signer.hex(),
+            "product_id": self.product_id,
+            "svn": self.svn,
+            "debug": self.debug,
+            "report_data": self.report_data.hex(),
+            "tcb_status": self.tcb_status,
+            "platform": self.platform,
+        }

@@ -1,0 +1,85 @@
+"""Shared pieces of the ``geode`` command: error reporting, addresses, trusted roots."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+
+from geode.client import CoordinatorClient, load_pinned_root
+from geode.errors import GeodeError
+from geode.pki import load_certificate
+
+__all__ = [
+    "DEFAULT_CLIENT_ADDR",
+    "DEFAULT_MESH_ADDR",
+    "GeodeGroup",
+    "coordinator_option",
+    "insecure_option",
+    "open_client",
+    "resolve_root",
+    "root_option",
+    "warn",
+]
+
+DEFAULT_CLIENT_ADDR = "127.0.0.1:4433"
+DEFAULT_MESH_ADDR = "127.0.0.1:2001"
+
+
+def warn(message: str) -> None:
+    click.echo(click.style(f"warning: {message}", fg="yellow", bold=True), err=True)
+
+
+class GeodeGroup(click.Group):
+    """Turns every ``GeodeError`` (and unreadable files) into one line on stderr, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GeodeError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+
+
+coordinator_option = click.option(
+    "--coordinator",
+    "address",
+    envvar="GEODE_COORDINATOR",
+    default=DEFAULT_CLIENT_ADDR,
+    show_default=True,
+    help="Client API address HOST:PORT (env GEODE_COORDINATOR).",
+)
+root_option = click.option(
+    "--root-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="GEODE_ROOT_CA",
+    help="Trust this root certificate instead of the one pinned by 'geode verify'.",
+)
+insecure_option = click.option(
+    "--insecure",
+    is_flag=True,
+    help="Do not verify the Coordinator's certificate (first contact and debugging only).",
+)
+
+
+def resolve_root(address: str | None, root_ca: Path | None) -> x509.Certificate | None:
+    if root_ca is not None:
+        return load_certificate(root_ca.read_bytes(), str(root_ca))
+    return load_pinned_root(address)
+
+
+def open_client(address: str, root_ca: Path | None, insecure: bool) -> CoordinatorClient:
+    if insecure:
+        warn("--insecure: the Coordinator's identity is NOT verified")
+        return CoordinatorClient(address, insecure=True)
+    return CoordinatorClient(address, root=resolve_root(address, root_ca))
+
+
+def fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)

@@ -1,0 +1,174 @@
+"""The ``geode`` command."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import click
+
+import geode
+from geode.attestation import measure_bundle
+from geode.cli._common import (
+    DEFAULT_CLIENT_ADDR,
+    DEFAULT_MESH_ADDR,
+    GeodeGroup,
+    coordinator_option,
+    insecure_option,
+    open_client,
+    root_option,
+)
+from geode.cli._manifest import manifest
+from geode.cli._run import run
+from geode.cli._verify import verify
+
+__all__ = ["cli", "main"]
+
+
+@click.group(cls=GeodeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(geode.__version__, prog_name="geode")
+def cli() -> None:
+    """Geode: a confidential-computing control plane for microservices."""
+
+
+def _address(value: str) -> tuple[str, int]:
+    from geode.coordinator import parse_address
+
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _duration(value: str) -> datetime.timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit() or value[:-1] == "0":
+        raise click.BadParameter(f"{value!r}: expected a duration such as 90s, 30m, 24h or 7d")
+    return datetime.timedelta(seconds=int(value[:-1]) * units[value[-1]])
+
+
+@cli.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory of the sealed state (created if missing).",
+)
+@click.option("--client-addr", default=DEFAULT_CLIENT_ADDR, show_default=True)
+@click.option("--mesh-addr", default=DEFAULT_MESH_ADDR, show_default=True)
+@click.option("--simulation", is_flag=True, help="Simulated TEE: no hardware isolation.")
+@click.option(
+    "--sealing-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Simulation sealing key file (env GEODE_SEALING_KEY; created if missing).",
+)
+@click.option(
+    "--platform-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Simulated platform key (env GEODE_PLATFORM_KEY; created if missing).",
+)
+@click.option(
+    "--trust-platform-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="Also accept simulated evidence signed by this platform key (repeatable).",
+)
+@click.option("--san", multiple=True, help="Extra DNS name or IP for the server certificate.")
+@click.option("--leaf-ttl", default="24h", show_default=True, help="Lifetime of leaf certificates.")
+@click.option("--nonce-ttl", default="60s", show_default=True, help="Lifetime of activation nonces.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def coordinator(
+    data_dir: Path,
+    client_addr: str,
+    mesh_addr: str,
+    simulation: bool,
+    sealing_key: Path | None,
+    platform_key: Path | None,
+    trust_platform_key: tuple[Path, ...],
+    san: tuple[str, ...],
+    leaf_ttl: str,
+    nonce_ttl: str,
+    log_level: str,
+) -> None:
+    """Run the Coordinator."""
+    from geode.coordinator import CoordinatorConfig, serve
+
+    config = CoordinatorConfig(
+        data_dir=data_dir,
+        client_addr=_address(client_addr),
+        mesh_addr=_address(mesh_addr),
+        simulation=simulation,
+        sealing_key=sealing_key,
+        platform_key=platform_key,
+        trusted_platform_keys=trust_platform_key,
+        san=san,
+        leaf_lifetime=_duration(leaf_ttl),
+        nonce_ttl=_duration(nonce_ttl),
+        log_level=log_level,
+    )
+    raise SystemExit(serve(config))
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                required=False)
+@click.option("--coordinator-package", is_flag=True,
+              help="Measure the installed geode package (the simulated Coordinator's measurement).")
+def measure(directory: Path | None, coordinator_package: bool) -> None:
+    """Print the simulation-mode measurement of a code bundle DIRECTORY."""
+    if coordinator_package == (directory is not None):
+        raise click.UsageError("give a DIRECTORY or --coordinator-package")
+    target = Path(geode.__file__).parent if coordinator_package else directory
+    assert target is not None
+    click.echo(measure_bundle(target).hex())
+
+
+@cli.command()
+@coordinator_option
+@root_option
+@insecure_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(address: str, root_ca: Path | None, insecure: bool, as_json: bool) -> None:
+    """Show the Coordinator's state."""
+    with open_client(address, root_ca, insecure) as client:
+        info = client.status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"state:        {info['state']}")
+    if info.get("simulation"):
+        click.echo(click.style("simulation:   YES (no hardware isolation)", fg="yellow"))
+    if info.get("reason"):
+        click.echo(f"reason:       {info['reason']}")
+    if info.get("root_fingerprint"):
+        click.echo(f"root:         sha256:{info['root_fingerprint']}")
+    click.echo(f"manifest:     {info.get('manifest_sha256') or '(not set)'}")
+    for service, count in sorted((info.get("activations") or {}).items()):
+        click.echo(f"activations:  {service} = {count}")
+
+
+@cli.command()
+@click.argument("which", type=click.Choice(["root", "chain"]))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@coordinator_option
+@root_option
+@insecure_option
+def certificate(
+    which: str, output: Path, address: str, root_ca: Path | None, insecure: bool
+) -> None:
+    """Save the root certificate, or the mesh CA chain (mesh CA + root), to a file."""
+    with open_client(address, root_ca, insecure) as client:
+        certs = client.certificates()
+    output.write_text(certs["root"] if which == "root" else certs["chain"])
+    click.echo(f"wrote {which} certificate to {output}")
+
+
+cli.add_command(manifest)
+cli.add_command(verify)
+cli.add_command(run)
+
+
+def main() -> None:
+    cli(prog_name="geode")

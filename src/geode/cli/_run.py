@@ -1,0 +1,66 @@
+"""``geode run``: activate as a service and run its command with the credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geode.attestation import SimulatedPlatform, measure_bundle
+from geode.cli._common import DEFAULT_MESH_ADDR, insecure_option, resolve_root, warn
+from geode.errors import LaunchError
+from geode.runtime import activate, lay_out, run_command, simulated_evidence_provider
+
+__all__ = ["run"]
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
+@click.option("--service", required=True, envvar="GEODE_SERVICE_NAME",
+              help="The manifest service to activate as.")
+@click.option("--coordinator", "address", envvar="GEODE_COORDINATOR_MESH",
+              default=DEFAULT_MESH_ADDR, show_default=True,
+              help="Mesh API address HOST:PORT (env GEODE_COORDINATOR_MESH).")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="The service's code bundle (measured in simulation).")
+@click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="GEODE_ROOT_CA",
+              help="Deployment root to trust (default: the root pinned by 'geode verify').")
+@insecure_option
+@click.option("--platform-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Simulated platform key (env GEODE_PLATFORM_KEY).")
+@click.option("--simulate-debug", is_flag=True,
+              help="Mark the simulated evidence as coming from a debug enclave.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(
+    service: str,
+    address: str,
+    bundle: Path,
+    root_ca: Path | None,
+    insecure: bool,
+    platform_key: Path | None,
+    simulate_debug: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Activate as SERVICE, then run COMMAND (after --) with its credentials."""
+    root = None
+    if insecure:
+        warn("--insecure: the Coordinator's identity is NOT verified")
+    else:
+        root = resolve_root(None, root_ca)
+        if root is None:
+            raise LaunchError(
+                "no trusted root: run 'geode verify' first, or pass --root-ca (or --insecure)"
+            )
+    warn("SIMULATION: evidence is signed by a simulated platform key")
+    platform = SimulatedPlatform.load_or_create(platform_key)
+    provider = simulated_evidence_provider(
+        platform, measure_bundle(bundle), debug=simulate_debug
+    )
+    activation = activate(address, service, provider, root=root)
+    plan = lay_out(activation, service, command)
+    click.echo(
+        f"geode: activated {service} as {activation.spiffe_id} "
+        f"(instance {activation.instance_id})",
+        err=True,
+    )
+    raise SystemExit(run_command(plan))

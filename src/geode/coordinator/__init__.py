@@ -1,0 +1,56 @@
+"""The Coordinator: attestation-gated activation, PKI, secrets, sealed state, HTTP APIs."""
+
+from __future__ import annotations
+
+from geode.coordinator._api import API_PREFIX, MESH_PREFIX, build_apps, openapi_document
+from geode.coordinator._core import (
+    ActivationRequest,
+    ActivationResult,
+    Coordinator,
+    CoordinatorSettings,
+    NonceStore,
+    State,
+)
+from geode.coordinator._persist import GroupCommit
+from geode.coordinator._seal import (
+    SEALING_KEY_ENV,
+    Sealer,
+    default_sealing_key_path,
+    load_or_create_sealing_key,
+)
+from geode.coordinator._server import (
+    CoordinatorConfig,
+    coordinator_measurement,
+    open_coordinator,
+    parse_address,
+    serve,
+)
+from geode.coordinator._state import CoordinatorState, StoredSecret
+from geode.coordinator._store import DirectoryStore, StateStore
+
+__all__ = [
+    "API_PREFIX",
+    "MESH_PREFIX",
+    "SEALING_KEY_ENV",
+    "ActivationRequest",
+    "ActivationResult",
+    "Coordinator",
+    "CoordinatorConfig",
+    "CoordinatorSettings",
+    "CoordinatorState",
+    "DirectoryStore",
+    "GroupCommit",
+    "NonceStore",
+    "Sealer",
+    "State",
+    "StateStore",
+    "StoredSecret",
+    "build_apps",
+    "coordinator_measurement",
+    "default_sealing_key_path",
+    "load_or_create_sealing_key",
+    "open_coordinator",
+    "openapi_document",
+    "parse_address",
+    "serve",
+]

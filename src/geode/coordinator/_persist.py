@@ -1,0 +1,47 @@
+"""Group commit: concurrent state changes share one sealed write.
+
+A caller changes the in-memory state, then awaits ``commit()``, with no ``await`` in between. The
+writer seals a snapshot of the state *after* every change whose caller is waiting, so one write can
+acknowledge many changes; nobody is acknowledged before a write that includes their change has
+reached the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from geode.coordinator._store import StateStore
+
+__all__ = ["GroupCommit"]
+
+
+class GroupCommit:
+    def __init__(self, snapshot: Callable[[], bytes], store: StateStore) -> None:
+        self._snapshot = snapshot
+        self._store = store
+        self._pending: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.writes = 0
+
+    async def commit(self) -> None:
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().create_future()
+        waiter = self._pending
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_all())
+        await asyncio.shield(waiter)
+
+    async def _write_all(self) -> None:
+        while self._pending is not None:
+            waiter, self._pending = self._pending, None
+            try:
+                blob = self._snapshot()
+                await asyncio.to_thread(self._store.save, blob)
+                self.writes += 1
+            except Exception as exc:
+                waiter.set_exception(exc)
+                # Retrieve it here too, so a waiter that was cancelled leaves no warning behind.
+                waiter.exception()
+            else:
+                waiter.set_result(None)

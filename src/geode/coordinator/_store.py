@@ -1,0 +1,81 @@
+"""Where the sealed state lives. The directory store is the default, embedded backend.
+
+A store holds one opaque sealed blob. ``save`` replaces it atomically: the new blob is written to a
+temporary file, flushed to disk, renamed over the old one, and the directory is flushed, so a crash
+leaves either the old or the new state, never a mix. A lock file keeps a second Coordinator off the
+same directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Protocol
+
+from geode.errors import SealError
+
+__all__ = ["DirectoryStore", "StateStore"]
+
+STATE_FILE = "state.sealed"
+LOCK_FILE = "coordinator.lock"
+
+
+class StateStore(Protocol):
+    def load(self) -> bytes | None: ...
+    def save(self, blob: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+class DirectoryStore:
+    """Sealed state in ``<dir>/state.sealed``, guarded by ``<dir>/coordinator.lock``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SealError(f"cannot use data directory {directory}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise SealError(
+                f"data directory {directory} is in use by another Coordinator"
+            ) from None
+
+    @property
+    def path(self) -> Path:
+        return self.directory / STATE_FILE
+
+    def load(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SealError(f"cannot read {self.path}: {exc.strerror}") from None
+
+    def save(self, blob: bytes) -> None:
+        tmp = self.directory / f".{STATE_FILE}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise SealError(f"cannot write {self.path}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = -1

@@ -1,0 +1,132 @@
+"""Geode's exception tree.
+
+Every error Geode raises on purpose derives from ``GeodeError``; its message is one line a user can
+act on, built in the constructor, and it never contains secret material.
+
+    GeodeError
+    ├── ManifestError            a manifest is invalid (carries the JSON path)
+    ├── EvidenceError            evidence is malformed or does not verify (carries field and offset)
+    ├── ClaimsMismatch           verified claims do not match the expected package (carries the reason)
+    ├── PKIError                 a certificate, key or CSR is unusable
+    ├── SealError                sealed state cannot be read, unsealed or written
+    ├── CoordinatorError         a request the Coordinator refuses
+    │   ├── ActivationDenied     an instance may not activate (carries the reason)
+    │   ├── ManifestConflict     the manifest is already set (or not yet set)
+    │   └── CoordinatorUnavailable   the Coordinator is in recovery
+    ├── StatementError           a deployment statement does not verify
+    ├── ClientError              talking to a Coordinator failed (carries the HTTP status and error code)
+    └── LaunchError              ``geode run`` cannot start the service
+
+This module imports nothing from Geode, so every layer may depend on it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActivationDenied",
+    "ClientError",
+    "CoordinatorError",
+    "ClaimsMismatch",
+    "CoordinatorUnavailable",
+    "EvidenceError",
+    "GeodeError",
+    "LaunchError",
+    "ManifestConflict",
+    "ManifestError",
+    "PKIError",
+    "SealError",
+    "StatementError",
+]
+
+
+class GeodeError(Exception):
+    """Root of every error Geode raises on purpose."""
+
+
+class ManifestError(GeodeError):
+    """A manifest field is invalid. ``path`` is the dotted JSON path of the field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.reason = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class EvidenceError(GeodeError):
+    """Evidence is malformed or fails verification."""
+
+    def __init__(self, message: str, *, field: str | None = None, offset: int | None = None) -> None:
+        self.field = field
+        self.offset = offset
+        self.reason = message
+        where = ""
+        if field is not None:
+            where = f"{field}" + (f" (offset {offset})" if offset is not None else "") + ": "
+        super().__init__(f"{where}{message}")
+
+
+class ClaimsMismatch(GeodeError):
+    """Verified claims do not match the reference values; ``reason`` is a short, stable phrase."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(reason + (f" ({detail})" if detail else ""))
+
+
+class PKIError(GeodeError):
+    """A certificate, key or certificate signing request is unusable."""
+
+
+class SealError(GeodeError):
+    """Sealed state cannot be read, unsealed or written."""
+
+
+class CoordinatorError(GeodeError):
+    """A request the Coordinator refuses. ``code`` is the error code sent to clients."""
+
+    code = "coordinator_error"
+    status = 400
+
+
+class ActivationDenied(CoordinatorError):
+    """An instance may not activate; ``reason`` is a short, stable phrase."""
+
+    code = "activation_denied"
+    status = 403
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"activation denied: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class ManifestConflict(CoordinatorError):
+    """The manifest is already set, or an operation needs a manifest that is not set."""
+
+    code = "manifest_conflict"
+    status = 409
+
+
+class CoordinatorUnavailable(CoordinatorError):
+    """The Coordinator cannot serve the request in its current state (recovery)."""
+
+    code = "coordinator_unavailable"
+    status = 503
+
+
+class StatementError(GeodeError):
+    """A deployment statement does not verify."""
+
+
+class ClientError(GeodeError):
+    """A Coordinator call failed; ``status`` and ``code`` come from the server when it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)
+
+
+class LaunchError(GeodeError):
+    """``geode run`` cannot start the service."""

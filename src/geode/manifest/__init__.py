@@ -1,0 +1,51 @@
+"""The manifest: parse, validate and render the deployment's contract. Pure; no I/O."""
+
+from __future__ import annotations
+
+from geode.manifest._load import (
+    MAX_MANIFEST_BYTES,
+    ManifestDocument,
+    load_manifest,
+    parse_manifest_data,
+)
+from geode.manifest._model import (
+    HttpRule,
+    Manifest,
+    Package,
+    PolicyRule,
+    Policies,
+    Role,
+    SecretSpec,
+    Service,
+    TcpRule,
+    TlsTag,
+    User,
+)
+from geode.manifest._template import (
+    SERVICE_KEY_MARKER,
+    CertificateSecret,
+    TemplateContext,
+    render_template,
+)
+
+__all__ = [
+    "SERVICE_KEY_MARKER",
+    "MAX_MANIFEST_BYTES",
+    "CertificateSecret",
+    "HttpRule",
+    "Manifest",
+    "ManifestDocument",
+    "Package",
+    "Policies",
+    "PolicyRule",
+    "Role",
+    "SecretSpec",
+    "Service",
+    "TcpRule",
+    "TemplateContext",
+    "TlsTag",
+    "User",
+    "load_manifest",
+    "parse_manifest_data",
+    "render_template",
+]

@@ -1,0 +1,219 @@
+"""Parse, validate and dry-render a manifest.
+
+``load_manifest`` is the only way from bytes to a ``ManifestDocument``: it parses YAML or JSON,
+builds the typed models (unknown fields rejected), checks every reference between sections, and
+dry-renders every template. Every error is a ``ManifestError`` naming the JSON path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import ValidationError
+
+from geode.errors import ManifestError
+from geode.manifest._model import Manifest, SecretSpec
+from geode.manifest._template import (
+    GEODE_VALUES,
+    placeholder_context,
+    referenced_names,
+    render_template,
+)
+
+__all__ = ["MAX_MANIFEST_BYTES", "ManifestDocument", "load_manifest", "parse_manifest_data"]
+
+MAX_MANIFEST_BYTES = 1 << 20
+
+_PYDANTIC_MESSAGES = {
+    "extra_forbidden": "unknown field",
+    "missing": "field required",
+    "literal_error": None,
+}
+
+
+@dataclass(frozen=True)
+class ManifestDocument:
+    """A validated manifest together with the exact bytes it came from."""
+
+    raw: bytes
+    manifest: Manifest
+    # For each service, the secrets its templates use (what activation hands out).
+    service_secrets: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _pydantic_error(exc: ValidationError) -> ManifestError:
+    error = exc.errors(include_url=False)[0]
+    message = _PYDANTIC_MESSAGES.get(error["type"]) or error["msg"]
+    message = message.removeprefix("Value error, ")
+    loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "[")))
+    return ManifestError(_path(loc) or "manifest", message)
+
+
+def parse_manifest_data(raw: bytes) -> Any:
+    """YAML or JSON bytes to plain data; JSON is a subset of YAML, but is parsed as JSON first."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError("manifest", f"larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError("manifest", f"not UTF-8 (byte {exc.start})") from None
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError("manifest", f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ManifestError("manifest", f"invalid YAML{where}: {problem}") from None
+
+
+def load_manifest(raw: bytes) -> ManifestDocument:
+    """Parse and fully validate a manifest."""
+    data = parse_manifest_data(raw)
+    if not isinstance(data, dict):
+        raise ManifestError("manifest", "must be a mapping at the top level")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise _pydantic_error(exc) from None
+    _check_references(manifest)
+    _check_keys(manifest)
+    service_secrets = _check_templates(manifest)
+    return ManifestDocument(raw=raw, manifest=manifest, service_secrets=service_secrets)
+
+
+def _check_references(m: Manifest) -> None:
+    for name, service in m.services.items():
+        if service.package not in m.packages:
+            raise ManifestError(
+                f"services.{name}.package", f"unknown package {service.package!r}"
+            )
+        for i, tag in enumerate(service.tls):
+            if tag not in m.tls:
+                raise ManifestError(f"services.{name}.tls[{i}]", f"unknown tls tag {tag!r}")
+    for name, user in m.users.items():
+        for i, role in enumerate(user.roles):
+            if role not in m.roles:
+                raise ManifestError(f"users.{name}.roles[{i}]", f"unknown role {role!r}")
+    for name, role in m.roles.items():
+        allowed = {"secrets": {"read", "write"}, "packages": {"update"}, "manifest": {"update"}}
+        for i, action in enumerate(role.actions):
+            if action not in allowed[role.resource]:
+                raise ManifestError(
+                    f"roles.{name}.actions[{i}]",
+                    f"action {action!r} does not apply to {role.resource}",
+                )
+        targets: Mapping[str, object] = {
+            "secrets": m.secrets,
+            "packages": m.packages,
+            "manifest": {},
+        }[role.resource]
+        if role.resource == "manifest" and role.names:
+            raise ManifestError(f"roles.{name}.names", "a manifest role takes no names")
+        if role.resource != "manifest" and not role.names:
+            raise ManifestError(f"roles.{name}.names", f"name the {role.resource} it applies to")
+        for i, target in enumerate(role.names):
+            if target not in targets:
+                raise ManifestError(
+                    f"roles.{name}.names[{i}]", f"unknown {role.resource[:-1]} {target!r}"
+                )
+            if role.resource == "secrets":
+                _check_secret_role(m.secrets[target], f"roles.{name}.names[{i}]", role.actions)
+    seen_rules: set[str] = set()
+    for i, rule in enumerate(m.policies.rules):
+        where = f"policies.rules[{i}]"
+        if rule.name in seen_rules:
+            raise ManifestError(f"{where}.name", f"duplicate rule name {rule.name!r}")
+        seen_rules.add(rule.name)
+        if rule.destination not in m.services:
+            raise ManifestError(f"{where}.destination", f"unknown service {rule.destination!r}")
+        for j, source in enumerate(rule.sources):
+            if source not in m.services:
+                raise ManifestError(f"{where}.sources[{j}]", f"unknown service {source!r}")
+    if m.recovery is not None and m.recovery.keys:
+        if m.recovery.threshold > len(m.recovery.keys):
+            raise ManifestError(
+                "recovery.threshold",
+                f"threshold {m.recovery.threshold} exceeds the {len(m.recovery.keys)} recovery keys",
+            )
+
+
+def _check_secret_role(spec: SecretSpec, path: str, actions: list[str]) -> None:
+    if not (spec.shared or spec.is_user_defined):
+        raise ManifestError(path, "only shared or user-defined secrets can be granted to users")
+    if "write" in actions and not spec.is_user_defined:
+        raise ManifestError(path, "only user-defined secrets can be written")
+
+
+def _check_keys(m: Manifest) -> None:
+    for name, user in m.users.items():
+        try:
+            x509.load_pem_x509_certificate(user.certificate.encode())
+        except ValueError:
+            raise ManifestError(
+                f"users.{name}.certificate", "not a PEM certificate"
+            ) from None
+    if m.recovery is None:
+        return
+    for name, pem in m.recovery.keys.items():
+        try:
+            key = serialization.load_pem_public_key(pem.encode())
+        except (ValueError, TypeError):
+            raise ManifestError(f"recovery.keys.{name}", "not a PEM public key") from None
+        if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
+            raise ManifestError(f"recovery.keys.{name}", "must be an RSA key of 2048 bits or more")
+
+
+def _check_templates(m: Manifest) -> dict[str, frozenset[str]]:
+    sizes = {
+        name: None if spec.is_certificate else spec.bits // 8 for name, spec in m.secrets.items()
+    }
+    context = placeholder_context(sizes)
+    out: dict[str, frozenset[str]] = {}
+    for name, service in m.services.items():
+        templates: list[tuple[str, str, bool]] = [
+            (f"services.{name}.env.{key}", value, True) for key, value in service.env.items()
+        ]
+        templates += [(f"services.{name}.files.{p}", v, False) for p, v in service.files.items()]
+        templates += [(f"services.{name}.argv[{i}]", v, True) for i, v in enumerate(service.argv)]
+        used: set[str] = set()
+        for path, source, textual in templates:
+            secrets, geode_values = referenced_names(source, path)
+            for secret in sorted(secrets):
+                if secret not in m.secrets:
+                    raise ManifestError(path, f"unknown secret {secret!r}")
+            for value in sorted(geode_values - GEODE_VALUES):
+                raise ManifestError(path, f"unknown value 'geode.{value}'")
+            used |= secrets
+            rendered = render_template(source, context, path)
+            if textual and b"\0" in rendered:
+                raise ManifestError(path, "renders a NUL byte; use the hex or base64 filter")
+        out[name] = frozenset(used)
+    return out

@@ -1,0 +1,288 @@
+"""Typed models of the manifest: the deployment's contract.
+
+The models check shapes and local constraints only; references between sections are checked in
+``_validate``, templates in ``_template``. Unknown fields are rejected everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+TeeKind = Literal["simulated", "sgx", "tdx", "sev-snp", "nvidia"]
+SecretType = Literal["symmetric-key", "cert-ecdsa", "cert-ed25519", "cert-rsa", "plain"]
+CERTIFICATE_SECRET_TYPES: frozenset[str] = frozenset({"cert-ecdsa", "cert-ed25519", "cert-rsa"})
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_HEX = re.compile(r"^[0-9a-f]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"invalid name {value!r}: use lowercase letters, digits, '.', '_' and '-' "
+            "(starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def check_dns_name(value: str) -> str:
+    name = value.lower().rstrip(".")
+    labels = name[2:].split(".") if name.startswith("*.") else name.split(".")
+    if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        raise ValueError(f"invalid DNS name {value!r}")
+    return name
+
+
+def _check_hex(value: str, nbytes: int) -> str:
+    value = value.lower()
+    if len(value) != 2 * nbytes or not _HEX.match(value):
+        raise ValueError(f"expected {nbytes} bytes as {2 * nbytes} hex digits")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Package(_Strict):
+    """A measured code identity."""
+
+    tee: TeeKind
+    measurement: str | None = None
+    signer: str | None = None
+    product_id: Annotated[int, Field(ge=0, le=0xFFFF)] | None = None
+    min_svn: Annotated[int, Field(ge=0, le=0xFFFF)] | None = None
+    debug: bool = False
+
+    @field_validator("measurement")
+    @classmethod
+    def _measurement_hex(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.lower()
+        if len(value) not in (64, 96) or not _HEX.match(value):
+            raise ValueError("expected a SHA-256 or SHA-384 digest in hex (64 or 96 hex digits)")
+        return value
+
+    @field_validator("signer")
+    @classmethod
+    def _signer_hex(cls, value: str | None) -> str | None:
+        return None if value is None else _check_hex(value, 32)
+
+    @model_validator(mode="after")
+    def _identity_given(self) -> Package:
+        if self.measurement is None and self.signer is None:
+            raise ValueError("a package needs a 'measurement', or a 'signer' with a 'product_id'")
+        if self.signer is not None and self.product_id is None:
+            raise ValueError("'signer' needs a 'product_id'")
+        return self
+
+
+class Service(_Strict):
+    """A named role in the deployment, bound to one package."""
+
+    package: Name
+    max_activations: Annotated[int, Field(ge=0)] = 0
+    dns_names: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
+    argv: list[str] = Field(default_factory=list)
+    tls: list[Name] = Field(default_factory=list)
+
+    @field_validator("dns_names")
+    @classmethod
+    def _dns_names(cls, values: list[str]) -> list[str]:
+        return [check_dns_name(value) for value in values]
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, values: dict[str, str]) -> dict[str, str]:
+        for key in values:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"invalid environment variable name {key!r}")
+            if key.startswith("GEODE_"):
+                raise ValueError(f"{key!r}: the GEODE_ prefix is reserved for Geode's own variables")
+        return values
+
+    @field_validator("files")
+    @classmethod
+    def _file_paths(cls, values: dict[str, str]) -> dict[str, str]:
+        for path in values:
+            if not path or "\0" in path or ".." in path.split("/") or path.endswith("/"):
+                raise ValueError(f"invalid file path {path!r}")
+        return values
+
+
+class Subject(_Strict):
+    common_name: Annotated[str, Field(min_length=1, max_length=64)]
+    organization: str | None = None
+    organizational_unit: str | None = None
+    country: Annotated[str, Field(min_length=2, max_length=2)] | None = None
+
+
+class SecretSpec(_Strict):
+    """How the Coordinator generates (or receives) a secret."""
+
+    type: SecretType
+    size: Annotated[int, Field(gt=0)] | None = None
+    shared: bool = False
+    user_defined: bool = False
+    subject: Subject | None = None
+    dns_names: list[str] = Field(default_factory=list)
+    validity_days: Annotated[int, Field(ge=1, le=3650)] = 365
+
+    @field_validator("dns_names")
+    @classmethod
+    def _dns_names(cls, values: list[str]) -> list[str]:
+        return [check_dns_name(value) for value in values]
+
+    @model_validator(mode="after")
+    def _sizes(self) -> SecretSpec:
+        allowed: dict[str, tuple[int, ...]] = {
+            "cert-ecdsa": (256, 384),
+            "cert-rsa": (2048, 3072, 4096),
+        }
+        if self.type == "symmetric-key":
+            if self.size is not None and (self.size % 8 or not 64 <= self.size <= 4096):
+                raise ValueError("symmetric-key size must be a multiple of 8 between 64 and 4096")
+        elif self.type in allowed:
+            if self.size is not None and self.size not in allowed[self.type]:
+                sizes = ", ".join(str(s) for s in allowed[self.type])
+                raise ValueError(f"{self.type} size must be one of {sizes}")
+        elif self.size is not None:
+            raise ValueError(f"{self.type} takes no 'size'")
+        if self.type == "plain" and "user_defined" in self.model_fields_set and not self.user_defined:
+            raise ValueError("a 'plain' secret is always user-defined")
+        if self.type not in CERTIFICATE_SECRET_TYPES and (self.subject or self.dns_names):
+            raise ValueError("'subject' and 'dns_names' apply to certificate secrets only")
+        return self
+
+    @property
+    def is_certificate(self) -> bool:
+        return self.type in CERTIFICATE_SECRET_TYPES
+
+    @property
+    def is_user_defined(self) -> bool:
+        return self.user_defined or self.type == "plain"
+
+    @property
+    def per_instance(self) -> bool:
+        """Non-shared certificates are issued afresh for every instance."""
+        return self.is_certificate and not self.shared and not self.is_user_defined
+
+    @property
+    def bits(self) -> int:
+        defaults = {"symmetric-key": 256, "cert-ecdsa": 256, "cert-rsa": 2048}
+        return self.size or defaults.get(self.type, 0)
+
+
+class User(_Strict):
+    certificate: Annotated[str, Field(min_length=1)]
+    roles: list[Name] = Field(default_factory=list)
+
+
+class Role(_Strict):
+    resource: Literal["secrets", "packages", "manifest"]
+    names: list[Name] = Field(default_factory=list)
+    actions: Annotated[list[Literal["read", "write", "update"]], Field(min_length=1)]
+
+
+class Recovery(_Strict):
+    keys: dict[Name, str] = Field(default_factory=dict)
+    threshold: Annotated[int, Field(ge=1)] = 1
+
+
+class HttpRule(_Strict):
+    methods: list[str] = Field(default_factory=list)  # empty: any method
+    path: str = ".*"
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            if not re.fullmatch(r"[A-Za-z]{1,16}", value):
+                raise ValueError(f"invalid HTTP method {value!r}")
+            out.append(value.upper())
+        return out
+
+    @field_validator("path")
+    @classmethod
+    def _path_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid path regex {value!r}: {exc}") from None
+        return value
+
+
+class TcpRule(_Strict):
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)  # empty: any
+
+
+class PolicyRule(_Strict):
+    name: Name
+    destination: Name
+    sources: Annotated[list[Name], Field(min_length=1)]
+    http: list[HttpRule] = Field(default_factory=list)
+    tcp: list[TcpRule] = Field(default_factory=list)
+
+
+class Policies(_Strict):
+    mode: Literal["strict", "permissive"] = "strict"
+    rules: list[PolicyRule] = Field(default_factory=list)
+
+
+class IncomingTls(_Strict):
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
+class OutgoingTls(_Strict):
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return check_dns_name(value)
+
+
+class TlsTag(_Strict):
+    incoming: list[IncomingTls] = Field(default_factory=list)
+    outgoing: list[OutgoingTls] = Field(default_factory=list)
+
+
+class Manifest(_Strict):
+    """The deployment's contract. Build it with ``geode.manifest.load_manifest``."""
+
+    version: Literal[1]
+    trust_domain: Annotated[str, Field(min_length=1)]
+    packages: dict[Name, Package] = Field(default_factory=dict)
+    services: dict[Name, Service] = Field(default_factory=dict)
+    secrets: dict[Name, SecretSpec] = Field(default_factory=dict)
+    users: dict[Name, User] = Field(default_factory=dict)
+    roles: dict[Name, Role] = Field(default_factory=dict)
+    recovery: Recovery | None = None
+    policies: Policies = Field(default_factory=Policies)
+    tls: dict[Name, TlsTag] = Field(default_factory=dict)
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _trust_domain(cls, value: str) -> str:
+        if value != value.lower() or value.startswith("*."):
+            raise ValueError("a trust domain is a lowercase DNS name")
+        return check_dns_name(value)
+
+    @field_validator("packages", "services", "secrets", "users", "roles", "tls")
+    @classmethod
+    def _names(cls, values: dict[str, object]) -> dict[str, object]:
+        for key in values:
+            check_name(key)
+        return values

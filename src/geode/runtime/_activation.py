@@ -1,0 +1,161 @@
+"""Activation: prove what runs, receive an identity.
+
+The instance generates its key pair itself, asks the Coordinator for a nonce, obtains evidence whose
+report data binds ``sha256(public key DER || nonce)``, and sends evidence and CSR. The private key
+never leaves the instance.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from geode.attestation import Evidence, SimulatedPlatform, key_binding
+from geode.client import client_ssl_context
+from geode.errors import ActivationDenied, ClientError, PKIError
+from geode.pki import load_certificate, load_certificates, public_key_der
+
+__all__ = ["Activation", "EvidenceProvider", "activate", "simulated_evidence_provider"]
+
+MESH = "/api/v1/mesh"
+
+EvidenceProvider = Callable[[bytes], Evidence]
+
+
+def simulated_evidence_provider(
+    platform: SimulatedPlatform, measurement: bytes, *, debug: bool = False
+) -> EvidenceProvider:
+    def provide(report_data: bytes) -> Evidence:
+        return platform.quote(measurement, report_data, debug=debug)
+
+    return provide
+
+
+@dataclass(frozen=True)
+class Activation:
+    """What an instance received from the Coordinator."""
+
+    instance_id: str
+    spiffe_id: str
+    private_key: ec.EllipticCurvePrivateKey
+    certificate_chain: list[x509.Certificate]
+    mesh_ca: x509.Certificate
+    root_ca: x509.Certificate
+    files: dict[str, bytes]
+    env: dict[str, bytes]
+    argv: list[bytes]
+    secrets: dict[str, Any]
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.certificate_chain[0]
+
+    def private_key_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def _post(http: httpx.Client, path: str, **kwargs: Any) -> Any:
+    try:
+        response = http.post(path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise ClientError(f"cannot reach the Coordinator's mesh API: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        raise ClientError(
+            f"the Coordinator answered {response.status_code} without JSON",
+            status=response.status_code,
+        ) from None
+    if response.status_code == 403 and body.get("error") == "activation_denied":
+        raise ActivationDenied(str(body.get("reason")), str(body.get("detail") or ""))
+    if response.status_code >= 400:
+        raise ClientError(
+            str(body.get("message")), status=response.status_code, code=body.get("error")
+        )
+    return body
+
+
+def activate(
+    address: str,
+    service: str,
+    evidence_provider: EvidenceProvider,
+    *,
+    root: x509.Certificate | None,
+    timeout: float = 30.0,
+    http: httpx.Client | None = None,
+) -> Activation:
+    """Activate one instance of ``service`` at the mesh API ``address`` (``HOST:PORT``).
+
+    ``root=None`` means the Coordinator's certificate is not verified; callers decide whether
+    that is acceptable and say so.
+    """
+    own = http is None
+    client = http or httpx.Client(
+        base_url=f"https://{address}", verify=client_ssl_context(root), timeout=timeout
+    )
+    try:
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+            .sign(key, hashes.SHA256())
+        )
+        nonce = bytes.fromhex(_post(client, f"{MESH}/nonce")["nonce"])
+        evidence = evidence_provider(key_binding(public_key_der(key.public_key()), nonce))
+        body = _post(
+            client,
+            f"{MESH}/activate",
+            json={
+                "service": service,
+                "nonce": nonce.hex(),
+                "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+                "evidence": evidence.to_json(),
+            },
+        )
+    finally:
+        if own:
+            client.close()
+    activation = _parse_activation(body, key)
+    if root is not None and activation.root_ca != root:
+        raise ClientError("the Coordinator answered with another deployment's root certificate")
+    return activation
+
+
+def _parse_activation(body: Any, key: ec.EllipticCurvePrivateKey) -> Activation:
+    try:
+        chain = load_certificates("".join(body["certificate_chain"]), "certificate_chain")
+        activation = Activation(
+            instance_id=str(body["instance_id"]),
+            spiffe_id=str(body["spiffe_id"]),
+            private_key=key,
+            certificate_chain=chain,
+            mesh_ca=load_certificate(body["mesh_ca"], "mesh_ca"),
+            root_ca=load_certificate(body["root_ca"], "root_ca"),
+            files={p: base64.b64decode(v) for p, v in body["files"].items()},
+            env={k: base64.b64decode(v) for k, v in body["env"].items()},
+            argv=[base64.b64decode(v) for v in body["argv"]],
+            secrets=dict(body["secrets"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, PKIError) as exc:
+        raise ClientError(f"malformed activation answer: {exc}") from None
+    if not chain or public_key_der(chain[0].public_key()) != public_key_der(key.public_key()):
+        raise ClientError("the issued certificate does not carry this instance's key")
+    try:
+        chain[0].verify_directly_issued_by(activation.mesh_ca)
+        activation.mesh_ca.verify_directly_issued_by(activation.root_ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ClientError("the issued certificate does not chain to the deployment's root") from None
+    return activation

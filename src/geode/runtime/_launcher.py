@@ -1,0 +1,156 @@
+"""``geode run``: activate, lay out credentials, run the service's command, clean up.
+
+Credentials are written to a private directory (mode 0700, files 0600) on a tmpfs where one is
+available (``/dev/shm``), and removed when the command exits: Geode's own under ``credentials/``,
+the manifest's files with relative paths under ``files/`` (``$GEODE_SECRETS_DIR``). Absolute paths
+are written where they say, and removed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from geode.errors import LaunchError
+from geode.manifest import SERVICE_KEY_MARKER
+from geode.pki import certificate_pem
+from geode.runtime._activation import Activation
+
+__all__ = ["GEODE_ENV", "LaunchPlan", "lay_out", "remove_plan", "run_command"]
+
+log = logging.getLogger("geode.runtime")
+
+GEODE_ENV = {
+    "GEODE_SERVICE": "the service name this instance activated as",
+    "GEODE_INSTANCE_ID": "the instance UUID (the CN of its certificate)",
+    "GEODE_SPIFFE_ID": "spiffe://<trust-domain>/service/<name>",
+    "GEODE_CERT_FILE": "PEM: the instance's leaf certificate followed by the mesh CA",
+    "GEODE_KEY_FILE": "PEM: the instance's private key (PKCS#8, mode 0600)",
+    "GEODE_CA_FILE": "PEM: the mesh CA, to verify peers",
+    "GEODE_ROOT_CA_FILE": "PEM: the deployment's root certificate",
+    "GEODE_SECRETS_DIR": "the private directory of the manifest's files with relative paths",
+}
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Where the credentials went, and the command and environment to run with."""
+
+    directory: Path
+    written: tuple[Path, ...]
+    argv: list[str]
+    env: dict[str, str]
+
+
+def _private_dir(instance_id: str, base: Path | None) -> Path:
+    if base is None:
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return Path(tempfile.mkdtemp(prefix=f"geode-{instance_id[:8]}-", dir=base))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
+
+
+def lay_out(
+    activation: Activation,
+    service: str,
+    command: Sequence[str],
+    *,
+    base_dir: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> LaunchPlan:
+    """Write the instance's credentials and files; build the command's argv and environment."""
+    directory = _private_dir(activation.instance_id, base_dir)
+    key_pem = activation.private_key_pem()
+    marker = SERVICE_KEY_MARKER.encode()
+
+    def substitute(value: bytes) -> bytes:
+        return value.replace(marker, key_pem) if marker in value else value
+
+    written: list[Path] = []
+    credentials = {
+        "cert.pem": "".join(certificate_pem(c) for c in activation.certificate_chain).encode(),
+        "key.pem": key_pem,
+        "ca.pem": certificate_pem(activation.mesh_ca).encode(),
+        "root.pem": certificate_pem(activation.root_ca).encode(),
+    }
+    own, files = directory / "credentials", directory / "files"
+    files.mkdir(mode=0o700)
+    for name, data in credentials.items():
+        _write_private(own / name, data)
+    for raw_path, data in activation.files.items():
+        path = Path(raw_path) if raw_path.startswith("/") else files / raw_path
+        _write_private(path, substitute(data))
+        if not path.is_relative_to(directory):
+            written.append(path)
+
+    env = dict(os.environ if environ is None else environ)
+    env.update(
+        {
+            "GEODE_SERVICE": service,
+            "GEODE_INSTANCE_ID": activation.instance_id,
+            "GEODE_SPIFFE_ID": activation.spiffe_id,
+            "GEODE_CERT_FILE": str(own / "cert.pem"),
+            "GEODE_KEY_FILE": str(own / "key.pem"),
+            "GEODE_CA_FILE": str(own / "ca.pem"),
+            "GEODE_ROOT_CA_FILE": str(own / "root.pem"),
+            "GEODE_SECRETS_DIR": str(files),
+        }
+    )
+    for key, value in activation.env.items():
+        env[key] = os.fsdecode(substitute(value))
+    argv = [*command, *(os.fsdecode(substitute(a)) for a in activation.argv)]
+    return LaunchPlan(directory, tuple(written), argv, env)
+
+
+def remove_plan(plan: LaunchPlan) -> None:
+    for path in plan.written:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    shutil.rmtree(plan.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _forward_signals(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    def forward(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+    previous = {
+        sig: signal.signal(sig, forward)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_command(plan: LaunchPlan) -> int:
+    """Run the planned command, forwarding signals; returns its exit status (128+N on signal N)."""
+    try:
+        try:
+            process = subprocess.Popen(plan.argv, env=plan.env)
+        except OSError as exc:
+            raise LaunchError(f"cannot start {plan.argv[0]!r}: {exc.strerror}") from None
+        with _forward_signals(process):
+            code = process.wait()
+        return 128 - code if code < 0 else code
+    finally:
+        remove_plan(plan)
