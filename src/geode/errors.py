@@ -5,8 +5,8 @@ act on, built in the constructor, and it never contains secret material.
 
     GeodeError
     ├── ManifestError            a manifest is invalid (carries the JSON path)
-    ├── EvidenceError            evidence is malformed or does not verify (carries field and offset)
-    ├── ClaimsMismatch           verified claims do not match the expected package (carries the reason)
+    ├── EvidenceError            malformed or unverifiable evidence (carries field and offset)
+    ├── ClaimsMismatch           claims do not match the expected package (carries the reason)
     ├── PKIError                 a certificate, key or CSR is unusable
     ├── SealError                sealed state cannot be read, unsealed or written
     ├── CoordinatorError         a request the Coordinator refuses
@@ -14,7 +14,7 @@ act on, built in the constructor, and it never contains secret material.
     │   ├── ManifestConflict     the manifest is already set (or not yet set)
     │   └── CoordinatorUnavailable   the Coordinator is in recovery
     ├── StatementError           a deployment statement does not verify
-    ├── ClientError              talking to a Coordinator failed (carries the HTTP status and error code)
+    ├── ClientError              a Coordinator call failed (carries HTTP status and error code)
     └── LaunchError              ``geode run`` cannot start the service
 
 This module imports nothing from Geode, so every layer may depend on it.
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 __all__ = [
     "ActivationDenied",
+    "ClaimsMismatch",
     "ClientError",
     "CoordinatorError",
-    "ClaimsMismatch",
     "CoordinatorUnavailable",
     "EvidenceError",
     "GeodeError",
@@ -55,7 +55,9 @@ class ManifestError(GeodeError):
 class EvidenceError(GeodeError):
     """Evidence is malformed or fails verification."""
 
-    def __init__(self, message: str, *, field: str | None = None, offset: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, offset: int | None = None
+    ) -> None:
         self.field = field
         self.offset = offset
         self.reason = message

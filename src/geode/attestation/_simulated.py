@@ -154,9 +154,7 @@ def verify_simulated_quote(
 ) -> Claims:
     """Parse and verify a simulated quote against the trusted platform keys."""
     keys = (
-        dict(trusted)
-        if isinstance(trusted, Mapping)
-        else {platform_key_id(k): k for k in trusted}
+        dict(trusted) if isinstance(trusted, Mapping) else {platform_key_id(k): k for k in trusted}
     )
     if len(data) < SIMULATED_QUOTE_SIZE:
         raise EvidenceError(

@@ -76,9 +76,15 @@ def _duration(value: str) -> datetime.timedelta:
 )
 @click.option("--san", multiple=True, help="Extra DNS name or IP for the server certificate.")
 @click.option("--leaf-ttl", default="24h", show_default=True, help="Lifetime of leaf certificates.")
-@click.option("--nonce-ttl", default="60s", show_default=True, help="Lifetime of activation nonces.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--nonce-ttl", default="60s", show_default=True, help="Lifetime of activation nonces."
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def coordinator(
     data_dir: Path,
     client_addr: str,
@@ -112,10 +118,14 @@ def coordinator(
 
 
 @cli.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path),
-                required=False)
-@click.option("--coordinator-package", is_flag=True,
-              help="Measure the installed geode package (the simulated Coordinator's measurement).")
+@click.argument(
+    "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False
+)
+@click.option(
+    "--coordinator-package",
+    is_flag=True,
+    help="Measure the installed geode package (the simulated Coordinator's measurement).",
+)
 def measure(directory: Path | None, coordinator_package: bool) -> None:
     """Print the simulation-mode measurement of a code bundle DIRECTORY."""
     if coordinator_package == (directory is not None):

@@ -15,21 +15,43 @@ __all__ = ["run"]
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
-@click.option("--service", required=True, envvar="GEODE_SERVICE_NAME",
-              help="The manifest service to activate as.")
-@click.option("--coordinator", "address", envvar="GEODE_COORDINATOR_MESH",
-              default=DEFAULT_MESH_ADDR, show_default=True,
-              help="Mesh API address HOST:PORT (env GEODE_COORDINATOR_MESH).")
-@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              required=True, help="The service's code bundle (measured in simulation).")
-@click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              envvar="GEODE_ROOT_CA",
-              help="Deployment root to trust (default: the root pinned by 'geode verify').")
+@click.option(
+    "--service",
+    required=True,
+    envvar="GEODE_SERVICE_NAME",
+    help="The manifest service to activate as.",
+)
+@click.option(
+    "--coordinator",
+    "address",
+    envvar="GEODE_COORDINATOR_MESH",
+    default=DEFAULT_MESH_ADDR,
+    show_default=True,
+    help="Mesh API address HOST:PORT (env GEODE_COORDINATOR_MESH).",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="The service's code bundle (measured in simulation).",
+)
+@click.option(
+    "--root-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="GEODE_ROOT_CA",
+    help="Deployment root to trust (default: the root pinned by 'geode verify').",
+)
 @insecure_option
-@click.option("--platform-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="Simulated platform key (env GEODE_PLATFORM_KEY).")
-@click.option("--simulate-debug", is_flag=True,
-              help="Mark the simulated evidence as coming from a debug enclave.")
+@click.option(
+    "--platform-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Simulated platform key (env GEODE_PLATFORM_KEY).",
+)
+@click.option(
+    "--simulate-debug",
+    is_flag=True,
+    help="Mark the simulated evidence as coming from a debug enclave.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     service: str,
@@ -53,14 +75,11 @@ def run(
             )
     warn("SIMULATION: evidence is signed by a simulated platform key")
     platform = SimulatedPlatform.load_or_create(platform_key)
-    provider = simulated_evidence_provider(
-        platform, measure_bundle(bundle), debug=simulate_debug
-    )
+    provider = simulated_evidence_provider(platform, measure_bundle(bundle), debug=simulate_debug)
     activation = activate(address, service, provider, root=root)
     plan = lay_out(activation, service, command)
     click.echo(
-        f"geode: activated {service} as {activation.spiffe_id} "
-        f"(instance {activation.instance_id})",
+        f"geode: activated {service} as {activation.spiffe_id} (instance {activation.instance_id})",
         err=True,
     )
     raise SystemExit(run_command(plan))

@@ -65,17 +65,34 @@ def _reference(measurement: str | None, policy: Path | None) -> ReferenceValues:
 
 
 @click.command()
-@click.option("--coordinator", "address", envvar="GEODE_COORDINATOR",
-              help="Client API address HOST:PORT to fetch a fresh statement from.")
-@click.option("--statement", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Verify a saved statement offline instead.")
+@click.option(
+    "--coordinator",
+    "address",
+    envvar="GEODE_COORDINATOR",
+    help="Client API address HOST:PORT to fetch a fresh statement from.",
+)
+@click.option(
+    "--statement",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Verify a saved statement offline instead.",
+)
 @click.option("--measurement", help="Expected Coordinator measurement (hex, simulation).")
-@click.option("--policy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Expected Coordinator package (YAML/JSON: tee, measurement or signer, ...).")
-@click.option("--platform-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              multiple=True, help="Trusted simulated platform key (default: this machine's).")
-@click.option("--save", type=click.Path(dir_okay=False, path_type=Path),
-              help="Save the verified statement as JSON.")
+@click.option(
+    "--policy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Expected Coordinator package (YAML/JSON: tee, measurement or signer, ...).",
+)
+@click.option(
+    "--platform-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="Trusted simulated platform key (default: this machine's).",
+)
+@click.option(
+    "--save",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the verified statement as JSON.",
+)
 def verify(
     address: str | None,
     statement: Path | None,

@@ -144,9 +144,7 @@ def _check_manifest_signature(root: x509.Certificate, digest: bytes, signature: 
         raise StatementError("manifest signature does not verify with the root key") from None
 
 
-def statement_manifest(
-    statement: Any, *, root: x509.Certificate, nonce: bytes
-) -> bytes | None:
+def statement_manifest(statement: Any, *, root: x509.Certificate, nonce: bytes) -> bytes | None:
     """The manifest hash a statement vouches for, given an already trusted (pinned) root.
 
     Checks the nonce, that the statement carries exactly ``root``, and the root's signature over

@@ -160,9 +160,7 @@ def _handled(handler: Handler) -> Handler:
         except ManifestError as exc:
             return _error(400, "manifest_invalid", str(exc), path=exc.path)
         except ActivationDenied as exc:
-            return _error(
-                exc.status, exc.code, str(exc), reason=exc.reason, detail=exc.detail
-            )
+            return _error(exc.status, exc.code, str(exc), reason=exc.reason, detail=exc.detail)
         except CoordinatorError as exc:
             return _error(exc.status, exc.code, str(exc))
         except SealError as exc:
@@ -307,9 +305,14 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Geode Coordinator", "version": "1"},
         "paths": {
-            f"{API_PREFIX}/status": {"get": {"summary": "Coordinator state", "responses": responses("200")}},
+            f"{API_PREFIX}/status": {
+                "get": {"summary": "Coordinator state", "responses": responses("200")}
+            },
             f"{API_PREFIX}/manifest": {
-                "get": {"summary": "The manifest in force", "responses": responses("200", 409, 503)},
+                "get": {
+                    "summary": "The manifest in force",
+                    "responses": responses("200", 409, 503),
+                },
                 "post": {
                     "summary": "Set the manifest (once)",
                     "requestBody": {
@@ -337,10 +340,16 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             f"{API_PREFIX}/certificates": {
-                "get": {"summary": "Root and mesh CA certificates", "responses": responses("200", 503)}
+                "get": {
+                    "summary": "Root and mesh CA certificates",
+                    "responses": responses("200", 503),
+                }
             },
             f"{MESH_PREFIX}/nonce": {
-                "post": {"summary": "A single-use activation nonce", "responses": responses("200", 503)}
+                "post": {
+                    "summary": "A single-use activation nonce",
+                    "responses": responses("200", 503),
+                }
             },
             f"{MESH_PREFIX}/activate": {
                 "post": {
@@ -357,5 +366,7 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": {"Error": _error_schema(), "ActivateBody": activate_schema, **defs}},
+        "components": {
+            "schemas": {"Error": _error_schema(), "ActivateBody": activate_schema, **defs}
+        },
     }

@@ -15,7 +15,7 @@ import os
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from cryptography import x509
@@ -82,7 +82,7 @@ log = logging.getLogger("geode.coordinator")
 NONCE_SIZE = 32
 
 
-class State(str, Enum):
+class State(StrEnum):
     AWAITING_MANIFEST = "awaiting-manifest"
     ACTIVE = "active"
     RECOVERY = "recovery"
@@ -236,10 +236,12 @@ class Coordinator:
 
     def _adopt(self, data: CoordinatorState) -> None:
         root_cert = load_certificate(data.root_certificate)
-        root = CertificateAuthority(load_private_key(data.root_key), root_cert)  # type: ignore[arg-type]
+        root = CertificateAuthority(load_private_key(data.root_key), root_cert)
         mesh_cert = load_certificate(data.mesh_certificate)
         mesh = CertificateAuthority(
-            load_private_key(data.mesh_key), mesh_cert, (mesh_cert,)  # type: ignore[arg-type]
+            load_private_key(data.mesh_key),
+            mesh_cert,
+            (mesh_cert,),
         )
         document = None
         if data.manifest is not None:
@@ -322,9 +324,9 @@ class Coordinator:
             for name, spec in document.manifest.secrets.items()
             if not spec.per_instance
         }
-        signature = keys.root.key.sign(  # type: ignore[call-arg]
-            document.sha256, ec.ECDSA(utils.Prehashed(hashes.SHA256()))  # type: ignore[arg-type]
-        )
+        root_key = keys.root.key
+        assert isinstance(root_key, ec.EllipticCurvePrivateKey)  # created by Geode as P-256
+        signature = root_key.sign(document.sha256, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
         self._data.manifest = raw
         self._data.manifest_signature = signature
         self._data.secrets = secrets
@@ -404,7 +406,8 @@ class Coordinator:
         leaf: x509.Certificate,
         keys: _Keys,
     ) -> ActivationResult:
-        assert self._document is not None and self._data is not None
+        assert self._document is not None
+        assert self._data is not None
         manifest = self._document.manifest
         service = manifest.services[service_name]
         used = self._document.service_secrets.get(service_name, frozenset())

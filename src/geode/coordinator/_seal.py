@@ -120,9 +120,13 @@ class Sealer:
         if len(body) < NONCE_SIZE + 16:
             raise SealError("state file is corrupt: truncated")
         try:
-            state = AESGCM(data_key).decrypt(body[:NONCE_SIZE], body[NONCE_SIZE:], blob[:header_end])
+            state = AESGCM(data_key).decrypt(
+                body[:NONCE_SIZE], body[NONCE_SIZE:], blob[:header_end]
+            )
         except InvalidTag:
-            raise SealError("state file was modified or is corrupt (authentication failed)") from None
+            raise SealError(
+                "state file was modified or is corrupt (authentication failed)"
+            ) from None
         return cls(sealing_key, data_key), state
 
 

@@ -71,4 +71,4 @@ def template_value(secret: StoredSecret) -> bytes | CertificateSecret:
         return secret.value
     key = load_private_key(secret.private_key)
     cert = load_certificate(secret.certificate)
-    return CertificateSecret(cert, key)  # type: ignore[arg-type]
+    return CertificateSecret(cert, key)

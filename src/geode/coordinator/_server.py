@@ -103,7 +103,8 @@ def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
 
 @contextlib.contextmanager
 def _temporary_key_file(key_pem_encrypted: bytes) -> Iterator[str]:
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    shm = "/dev/shm"  # noqa: S108 - a tmpfs keeps the (encrypted) key off the disk
+    base = shm if os.path.isdir(shm) else None
     fd, path = tempfile.mkstemp(prefix="geode-", suffix=".key", dir=base)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -227,7 +228,7 @@ async def _serve(config: CoordinatorConfig) -> int:
             *config.mesh_addr,
         )
         tasks = [asyncio.create_task(server.serve()) for server in servers]
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop()
         await asyncio.gather(*tasks, return_exceptions=True)
         failed = [s for s in servers if not s.started]
@@ -247,8 +248,6 @@ def serve(config: CoordinatorConfig) -> int:
         log.warning(SIMULATION_BANNER)
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on CPython
-        runner = asyncio.run
-    return int(runner(_serve(config)))
+        return asyncio.run(_serve(config))
+    return int(uvloop.run(_serve(config)))

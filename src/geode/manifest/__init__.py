@@ -12,8 +12,8 @@ from geode.manifest._model import (
     HttpRule,
     Manifest,
     Package,
-    PolicyRule,
     Policies,
+    PolicyRule,
     Role,
     SecretSpec,
     Service,
@@ -29,8 +29,8 @@ from geode.manifest._template import (
 )
 
 __all__ = [
-    "SERVICE_KEY_MARKER",
     "MAX_MANIFEST_BYTES",
+    "SERVICE_KEY_MARKER",
     "CertificateSecret",
     "HttpRule",
     "Manifest",

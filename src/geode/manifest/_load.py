@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,7 +84,9 @@ def parse_manifest_data(raw: bytes) -> Any:
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ManifestError("manifest", f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+            raise ManifestError(
+                "manifest", f"invalid JSON at line {exc.lineno}: {exc.msg}"
+            ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -112,16 +114,14 @@ def load_manifest(raw: bytes) -> ManifestDocument:
 def _check_references(m: Manifest) -> None:
     for name, service in m.services.items():
         if service.package not in m.packages:
-            raise ManifestError(
-                f"services.{name}.package", f"unknown package {service.package!r}"
-            )
+            raise ManifestError(f"services.{name}.package", f"unknown package {service.package!r}")
         for i, tag in enumerate(service.tls):
             if tag not in m.tls:
                 raise ManifestError(f"services.{name}.tls[{i}]", f"unknown tls tag {tag!r}")
     for name, user in m.users.items():
-        for i, role in enumerate(user.roles):
-            if role not in m.roles:
-                raise ManifestError(f"users.{name}.roles[{i}]", f"unknown role {role!r}")
+        for i, role_name in enumerate(user.roles):
+            if role_name not in m.roles:
+                raise ManifestError(f"users.{name}.roles[{i}]", f"unknown role {role_name!r}")
     for name, role in m.roles.items():
         allowed = {"secrets": {"read", "write"}, "packages": {"update"}, "manifest": {"update"}}
         for i, action in enumerate(role.actions):
@@ -130,11 +130,7 @@ def _check_references(m: Manifest) -> None:
                     f"roles.{name}.actions[{i}]",
                     f"action {action!r} does not apply to {role.resource}",
                 )
-        targets: Mapping[str, object] = {
-            "secrets": m.secrets,
-            "packages": m.packages,
-            "manifest": {},
-        }[role.resource]
+        targets: Mapping[str, object] = m.secrets if role.resource == "secrets" else m.packages
         if role.resource == "manifest" and role.names:
             raise ManifestError(f"roles.{name}.names", "a manifest role takes no names")
         if role.resource != "manifest" and not role.names:
@@ -157,15 +153,15 @@ def _check_references(m: Manifest) -> None:
         for j, source in enumerate(rule.sources):
             if source not in m.services:
                 raise ManifestError(f"{where}.sources[{j}]", f"unknown service {source!r}")
-    if m.recovery is not None and m.recovery.keys:
-        if m.recovery.threshold > len(m.recovery.keys):
-            raise ManifestError(
-                "recovery.threshold",
-                f"threshold {m.recovery.threshold} exceeds the {len(m.recovery.keys)} recovery keys",
-            )
+    recovery = m.recovery
+    if recovery is not None and recovery.keys and recovery.threshold > len(recovery.keys):
+        raise ManifestError(
+            "recovery.threshold",
+            f"threshold {recovery.threshold} exceeds the {len(recovery.keys)} recovery keys",
+        )
 
 
-def _check_secret_role(spec: SecretSpec, path: str, actions: list[str]) -> None:
+def _check_secret_role(spec: SecretSpec, path: str, actions: Sequence[str]) -> None:
     if not (spec.shared or spec.is_user_defined):
         raise ManifestError(path, "only shared or user-defined secrets can be granted to users")
     if "write" in actions and not spec.is_user_defined:
@@ -177,9 +173,7 @@ def _check_keys(m: Manifest) -> None:
         try:
             x509.load_pem_x509_certificate(user.certificate.encode())
         except ValueError:
-            raise ManifestError(
-                f"users.{name}.certificate", "not a PEM certificate"
-            ) from None
+            raise ManifestError(f"users.{name}.certificate", "not a PEM certificate") from None
     if m.recovery is None:
         return
     for name, pem in m.recovery.keys.items():

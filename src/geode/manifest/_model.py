@@ -108,7 +108,9 @@ class Service(_Strict):
             if not _ENV_NAME.match(key):
                 raise ValueError(f"invalid environment variable name {key!r}")
             if key.startswith("GEODE_"):
-                raise ValueError(f"{key!r}: the GEODE_ prefix is reserved for Geode's own variables")
+                raise ValueError(
+                    f"{key!r}: the GEODE_ prefix is reserved for Geode's own variables"
+                )
         return values
 
     @field_validator("files")
@@ -158,7 +160,11 @@ class SecretSpec(_Strict):
                 raise ValueError(f"{self.type} size must be one of {sizes}")
         elif self.size is not None:
             raise ValueError(f"{self.type} takes no 'size'")
-        if self.type == "plain" and "user_defined" in self.model_fields_set and not self.user_defined:
+        if (
+            self.type == "plain"
+            and "user_defined" in self.model_fields_set
+            and not self.user_defined
+        ):
             raise ValueError("a 'plain' secret is always user-defined")
         if self.type not in CERTIFICATE_SECRET_TYPES and (self.subject or self.dns_names):
             raise ValueError("'subject' and 'dns_names' apply to certificate secrets only")

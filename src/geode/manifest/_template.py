@@ -1,14 +1,16 @@
 """Sandboxed Jinja2 templates for a service's files, environment and arguments.
 
 A template reaches ``secrets.<name>`` and ``geode.root_ca`` / ``geode.mesh_ca`` /
-``geode.service_cert`` / ``geode.service_key``. The instance's private key is generated inside the
-instance and never reaches the Coordinator, so ``geode.service_key | pem`` renders as
-``SERVICE_KEY_MARKER``, which the launcher replaces with the key; no other filter applies to it. A secret must pass through one of the filters
-``pem``, ``hex``, ``raw`` or ``base64``; printing it bare is an error, so that a key is never written
-in an accidental format.
+``geode.service_cert`` / ``geode.service_key``. A secret must pass through one of the filters
+``pem``, ``hex``, ``raw`` or ``base64``; printing it bare is an error, so that a key is never
+written in an accidental format.
 
-Rendering produces bytes. ``raw`` inserts arbitrary bytes: they travel through Jinja2 as text decoded
-with ``surrogateescape``, which round-trips every byte sequence exactly.
+The instance's private key is generated inside the instance and never reaches the Coordinator, so
+``geode.service_key | pem`` renders as ``SERVICE_KEY_MARKER``, which the launcher replaces with the
+key; no other filter applies to it.
+
+Rendering produces bytes. ``raw`` inserts arbitrary bytes: they travel through Jinja2 as text
+decoded with ``surrogateescape``, which round-trips every byte sequence exactly.
 """
 
 from __future__ import annotations
@@ -226,26 +228,21 @@ def referenced_names(source: str, path: str) -> tuple[frozenset[str], frozenset[
     if unknown:
         raise ManifestError(path, f"unknown template variable {sorted(unknown)[0]!r}")
     found: dict[str, set[str]] = {"secrets": set(), "geode": set()}
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if not (isinstance(target, nodes.Name) and target.name in found):
-            continue
-        if isinstance(node, nodes.Getattr):
-            found[target.name].add(node.attr)
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            found[target.name].add(node.arg.value)
-        else:
-            raise ManifestError(path, f"{target.name}[...] needs a constant name")
+    accessed: set[int] = set()
+    for attr in tree.find_all(nodes.Getattr):
+        if isinstance(attr.node, nodes.Name) and attr.node.name in found:
+            found[attr.node.name].add(attr.attr)
+            accessed.add(id(attr.node))
+    for item in tree.find_all(nodes.Getitem):
+        if isinstance(item.node, nodes.Name) and item.node.name in found:
+            if not (isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str)):
+                raise ManifestError(path, f"{item.node.name}[...] needs a constant name")
+            found[item.node.name].add(item.arg.value)
+            accessed.add(id(item.node))
     for name in tree.find_all(nodes.Name):
-        if name.name in found and not _is_accessed(tree, name):
+        if name.name in found and id(name) not in accessed:
             raise ManifestError(path, f"'{name.name}' must be used as {name.name}.<name>")
     return frozenset(found["secrets"]), frozenset(found["geode"])
-
-
-def _is_accessed(tree: nodes.Template, name: nodes.Name) -> bool:
-    return any(
-        node.node is name for node in tree.find_all((nodes.Getattr, nodes.Getitem))
-    )
 
 
 def render_template(source: str, context: TemplateContext, path: str) -> bytes:

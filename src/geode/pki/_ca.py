@@ -56,7 +56,9 @@ def generate_private_key(kind: str = "ecdsa", bits: int = 256) -> CertificateIss
     raise PKIError(f"unknown key kind {kind!r}")
 
 
-def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm | None:
+def _hash_for(
+    key: CertificateIssuerPrivateKeyTypes,
+) -> hashes.SHA256 | hashes.SHA384 | None:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
@@ -220,7 +222,7 @@ class CertificateAuthority:
 
     def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
         public = self.key.public_key()
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(public)  # type: ignore[arg-type]
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(public)
 
 
 def _ca_key_usage() -> x509.KeyUsage:

@@ -6,7 +6,9 @@ import hashlib
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
     PrivateKeyTypes,
     PublicKeyTypes,
 )
@@ -74,8 +76,14 @@ def load_certificates(data: str | bytes, what: str = "certificates") -> list[x50
     return certs
 
 
-def load_private_key(data: bytes, what: str = "private key") -> PrivateKeyTypes:
+def load_private_key(data: bytes, what: str = "private key") -> CertificateIssuerPrivateKeyTypes:
+    """An unencrypted PEM signing key (ECDSA, Ed25519 or RSA)."""
     try:
-        return serialization.load_pem_private_key(data, password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise PKIError(f"{what}: not an unencrypted PEM private key") from None
+    if not isinstance(
+        key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+    ):
+        raise PKIError(f"{what}: not an ECDSA, Ed25519 or RSA key")
+    return key

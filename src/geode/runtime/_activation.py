@@ -157,5 +157,7 @@ def _parse_activation(body: Any, key: ec.EllipticCurvePrivateKey) -> Activation:
         chain[0].verify_directly_issued_by(activation.mesh_ca)
         activation.mesh_ca.verify_directly_issued_by(activation.root_ca)
     except (ValueError, TypeError, InvalidSignature):
-        raise ClientError("the issued certificate does not chain to the deployment's root") from None
+        raise ClientError(
+            "the issued certificate does not chain to the deployment's root"
+        ) from None
     return activation

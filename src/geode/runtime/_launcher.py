@@ -53,7 +53,7 @@ class LaunchPlan:
 
 def _private_dir(instance_id: str, base: Path | None) -> Path:
     if base is None:
-        shm = Path("/dev/shm")
+        shm = Path("/dev/shm")  # noqa: S108 - a tmpfs keeps secrets off the disk
         base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     return Path(tempfile.mkdtemp(prefix=f"geode-{instance_id[:8]}-", dir=base))
 

@@ -1,0 +1,5 @@
+"""``python -m geode`` is the ``geode`` command."""
+
+from geode.cli import main
+
+main()

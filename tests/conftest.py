@@ -1,0 +1,71 @@
+"""Shared fixtures: an isolated Geode environment and real Coordinator processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from geode.attestation import measure_bundle
+from tests.support import CoordinatorProcess, sample_manifest
+
+StartCoordinator = Callable[..., CoordinatorProcess]
+
+
+@pytest.fixture
+def geode_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Keys and pins of this test only: nothing touches the real home directory."""
+    values = {
+        "GEODE_SEALING_KEY": str(tmp_path / "keys" / "sealing.key"),
+        "GEODE_PLATFORM_KEY": str(tmp_path / "keys" / "platform.key"),
+        "GEODE_CONFIG_DIR": str(tmp_path / "config"),
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    for key in ("GEODE_COORDINATOR", "GEODE_COORDINATOR_MESH", "GEODE_ROOT_CA"):
+        monkeypatch.delenv(key, raising=False)
+    return {**os.environ, **values}
+
+
+@pytest.fixture
+def start_coordinator(tmp_path: Path, geode_env: dict[str, str]) -> Iterator[StartCoordinator]:
+    """Factory: ``start_coordinator(data_dir=None, *args)`` starts a Coordinator process."""
+    started: list[CoordinatorProcess] = []
+
+    def start(data_dir: Path | None = None, *args: str) -> CoordinatorProcess:
+        proc = CoordinatorProcess(
+            data_dir or tmp_path / "data",
+            dict(geode_env),
+            tmp_path / f"coordinator-{len(started)}.log",
+            *args,
+        )
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def coordinator(start_coordinator: StartCoordinator) -> CoordinatorProcess:
+    return start_coordinator()
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> Path:
+    """A small service bundle."""
+    path = tmp_path / "bundle"
+    path.mkdir()
+    (path / "app.py").write_text("print('hello from a confidential service')\n")
+    return path
+
+
+@pytest.fixture
+def manifest_for(bundle: Path) -> Callable[..., str]:
+    def build(**service: object) -> str:
+        return sample_manifest(measure_bundle(bundle).hex(), **service)
+
+    return build
