@@ -105,6 +105,7 @@ def sample_manifest(measurement: str, **service: object) -> str:
         "files": {
             "db.key": "{{ secrets.db_key | raw }}",
             "ca-bundle.pem": "{{ geode.root_ca | pem }}",
+            "tls.key": "{{ secrets.tls.private | pem }}",
         },
         "argv": ["--token={{ secrets.api_token | hex }}"],
         **service,
