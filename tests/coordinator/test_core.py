@@ -1,0 +1,160 @@
+"""The Coordinator's state machine in-process: manifest, activation, secrets, persistence."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from geode.attestation import EvidenceVerifier, SimulatedPlatform, key_binding
+from geode.coordinator import ActivationRequest, Coordinator, CoordinatorSettings, State
+from geode.errors import ActivationDenied, CoordinatorUnavailable, ManifestConflict
+from geode.manifest import SERVICE_KEY_MARKER
+from geode.pki import public_key_der
+
+MEASUREMENT = bytes(range(32))
+SEALING_KEY = os.urandom(32)
+
+
+def _manifest(**extra_secrets: object) -> bytes:
+    return json.dumps(
+        {
+            "version": 1,
+            "trust_domain": "unit.geode.local",
+            "packages": {"app": {"tee": "simulated", "measurement": MEASUREMENT.hex()}},
+            "services": {
+                "web": {
+                    "package": "app",
+                    "files": {
+                        "own.pem": "{{ secrets.own.cert | pem }}",
+                        "shared.pem": "{{ secrets.shared.cert | pem }}",
+                        "key.pem": "{{ geode.service_key | pem }}",
+                        "note": "{{ secrets.note | raw }}",
+                    },
+                }
+            },
+            "secrets": {
+                "own": {"type": "cert-ed25519"},
+                "shared": {"type": "cert-rsa", "size": 2048, "shared": True},
+                "note": {"type": "plain"},
+                **extra_secrets,
+            },
+        }
+    ).encode()
+
+
+@pytest.fixture
+def platform() -> SimulatedPlatform:
+    return SimulatedPlatform.generate()
+
+
+@pytest.fixture
+def coordinator(platform: SimulatedPlatform) -> Coordinator:
+    c = Coordinator(
+        CoordinatorSettings(simulation=True),
+        EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
+        platform,
+        MEASUREMENT,
+        SEALING_KEY,
+    )
+    assert c.load(None) is True
+    return c
+
+
+def _request(
+    c: Coordinator, platform: SimulatedPlatform, service: str = "web"
+) -> ActivationRequest:
+    key = ec.generate_private_key(ec.SECP256R1())
+    nonce, _ = c.issue_nonce()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+        .sign(key, hashes.SHA256())
+    )
+    evidence = platform.quote(MEASUREMENT, key_binding(public_key_der(key.public_key()), nonce))
+    return ActivationRequest(
+        service, nonce, csr.public_bytes(serialization.Encoding.PEM).decode(), evidence
+    )
+
+
+def test_states_and_manifest_once(coordinator: Coordinator) -> None:
+    assert coordinator.state is State.AWAITING_MANIFEST
+    result = coordinator.set_manifest(_manifest())
+    assert coordinator.state is State.ACTIVE
+    assert len(bytes.fromhex(result["sha256"])) == 32
+    with pytest.raises(ManifestConflict):
+        coordinator.set_manifest(_manifest())
+
+
+def test_per_instance_and_shared_certificates(
+    coordinator: Coordinator, platform: SimulatedPlatform
+) -> None:
+    coordinator.set_manifest(_manifest())
+    a = coordinator.activate(_request(coordinator, platform))
+    b = coordinator.activate(_request(coordinator, platform))
+    assert a.files["own.pem"] != b.files["own.pem"]  # non-shared: one per instance
+    assert a.files["shared.pem"] == b.files["shared.pem"]
+    assert a.files["key.pem"] == SERVICE_KEY_MARKER.encode()  # the launcher fills it in
+    assert a.files["note"] == b""  # user-defined, not set yet
+    assert a.certificate.not_valid_after_utc <= coordinator.mesh_ca_certificate.not_valid_after_utc
+
+
+def test_state_survives_sealing(coordinator: Coordinator, platform: SimulatedPlatform) -> None:
+    coordinator.set_manifest(_manifest())
+    first = coordinator.activate(_request(coordinator, platform))
+    blob = coordinator.sealed_state()
+    again = Coordinator(
+        CoordinatorSettings(simulation=True),
+        EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
+        platform,
+        MEASUREMENT,
+        SEALING_KEY,
+    )
+    assert again.load(blob) is False
+    assert again.state is State.ACTIVE
+    assert again.root_certificate == coordinator.root_certificate
+    assert again.status()["activations"] == {"web": 1}
+    second = again.activate(_request(again, platform))
+    assert second.files["shared.pem"] == first.files["shared.pem"]
+
+
+def test_unopenable_state_means_recovery(platform: SimulatedPlatform) -> None:
+    c = Coordinator(
+        CoordinatorSettings(simulation=True),
+        EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
+        platform,
+        MEASUREMENT,
+        SEALING_KEY,
+    )
+    assert c.load(b"GEODESEALED\0garbage") is False
+    assert c.state is State.RECOVERY
+    assert c.status()["state"] == "recovery"
+    with pytest.raises(CoordinatorUnavailable):
+        c.issue_nonce()
+    with pytest.raises(CoordinatorUnavailable):
+        c.sealed_state()
+
+
+def test_denial_spends_the_nonce(coordinator: Coordinator, platform: SimulatedPlatform) -> None:
+    coordinator.set_manifest(_manifest())
+    request = _request(coordinator, platform, service="nope")
+    with pytest.raises(ActivationDenied, match="unknown service"):
+        coordinator.activate(request)
+    retry = ActivationRequest("web", request.nonce, request.csr, request.evidence)
+    with pytest.raises(ActivationDenied, match="nonce expired or reused"):
+        coordinator.activate(retry)
+
+
+def test_statement_binds_root_manifest_and_nonce(coordinator: Coordinator) -> None:
+    before = coordinator.statement(b"n" * 32)
+    assert before["manifest_sha256"] is None
+    coordinator.set_manifest(_manifest())
+    after = coordinator.statement(b"n" * 32)
+    assert after["manifest_sha256"] is not None
+    assert after["evidence"] != before["evidence"]
+    assert after["root_certificate"] == before["root_certificate"]
