@@ -1,0 +1,27 @@
+"""The README's quick start (``make demo``) runs and does what it says."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quickstart_demo() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "quickstart" / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "deployment statement verified" in out
+    assert "hello: I am spiffe://quickstart.geode.local/service/hello" in out
+    assert "activation denied: measurement mismatch" in out
+    assert "quickstart: all steps behaved as expected" in out
