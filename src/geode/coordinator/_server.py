@@ -13,7 +13,7 @@ import socket
 import ssl
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +194,10 @@ async def _serve(config: CoordinatorConfig) -> int:
             log.info("new deployment: root of trust created in %s", config.data_dir)
         client_app, mesh_app = build_apps(coordinator, persist)
         context = server_ssl_context(coordinator, config)
+
+        def tls(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+            return context
+
         servers = []
         for app, (host, port) in ((client_app, config.client_addr), (mesh_app, config.mesh_addr)):
             uv_config = uvicorn.Config(
@@ -207,7 +211,7 @@ async def _serve(config: CoordinatorConfig) -> int:
                 log_config=None,
                 timeout_keep_alive=30,
                 server_header=False,
-                ssl_context_factory=lambda _config, _default, ctx=context: ctx,  # type: ignore[misc]
+                ssl_context_factory=tls,
             )
             servers.append(_Server(uv_config))
 

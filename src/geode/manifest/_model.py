@@ -24,7 +24,7 @@ Name = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 def check_name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError(
             f"invalid name {value!r}: use lowercase letters, digits, '.', '_' and '-' "
             "(starting and ending with a letter or digit)"
@@ -35,14 +35,14 @@ def check_name(value: str) -> str:
 def check_dns_name(value: str) -> str:
     name = value.lower().rstrip(".")
     labels = name[2:].split(".") if name.startswith("*.") else name.split(".")
-    if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"invalid DNS name {value!r}")
     return name
 
 
 def _check_hex(value: str, nbytes: int) -> str:
     value = value.lower()
-    if len(value) != 2 * nbytes or not _HEX.match(value):
+    if len(value) != 2 * nbytes or not _HEX.fullmatch(value):
         raise ValueError(f"expected {nbytes} bytes as {2 * nbytes} hex digits")
     return value
 
@@ -67,7 +67,7 @@ class Package(_Strict):
         if value is None:
             return None
         value = value.lower()
-        if len(value) not in (64, 96) or not _HEX.match(value):
+        if len(value) not in (64, 96) or not _HEX.fullmatch(value):
             raise ValueError("expected a SHA-256 or SHA-384 digest in hex (64 or 96 hex digits)")
         return value
 
@@ -105,7 +105,7 @@ class Service(_Strict):
     @classmethod
     def _env_names(cls, values: dict[str, str]) -> dict[str, str]:
         for key in values:
-            if not _ENV_NAME.match(key):
+            if not _ENV_NAME.fullmatch(key):
                 raise ValueError(f"invalid environment variable name {key!r}")
             if key.startswith("GEODE_"):
                 raise ValueError(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import datetime
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from geode.errors import ManifestError
@@ -72,34 +73,60 @@ class CertificateSecret:
         raise jinja2.TemplateError("a certificate secret needs a filter: pem, hex, raw or base64")
 
 
-@dataclass(frozen=True)
 class _Bytes:
-    """Secret bytes; refuses to be printed without a filter."""
+    """Secret bytes; refuses to be printed without a filter and has no readable attributes."""
 
-    value: bytes
+    __slots__ = ("secret_bytes",)
+
+    def __init__(self, value: bytes) -> None:
+        self.secret_bytes = value
 
     def __str__(self) -> str:
         raise jinja2.TemplateError("a secret needs a filter: hex, raw or base64")
 
 
-class _SecretNamespace(Mapping[str, Any]):
+class _Namespace:
+    """``secrets`` and ``geode`` in templates: names only, no methods (a secret may be called
+    ``keys`` or ``items``)."""
+
+    __slots__ = ("_geode_values",)
+
     def __init__(self, values: Mapping[str, Any]) -> None:
-        self._values = values
+        object.__setattr__(self, "_geode_values", values)
 
     def __getitem__(self, key: str) -> Any:
-        return self._values[key]
+        return self._geode_values[key]
 
     def __getattr__(self, key: str) -> Any:
         try:
-            return self._values[key]
+            return self._geode_values[key]
         except KeyError:
             raise AttributeError(key) from None
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
+    def __str__(self) -> str:
+        raise jinja2.TemplateError("use secrets.<name> or geode.<name> with a filter")
 
-    def __len__(self) -> int:
-        return len(self._values)
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Templates may read names from the namespaces and the parts of a certificate secret,
+    nothing else: no attribute or method of any other object is reachable."""
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if isinstance(obj, _Namespace):
+            return not attr.startswith("_")
+        return isinstance(obj, CertificateSecret) and attr in ("cert", "private", "public")
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        raise SecurityError("templates cannot call methods; use a filter: pem, hex, raw, base64")
+
+
+def _finalize(value: Any) -> Any:
+    """Every printed value must be text (or a number): secrets only print through filters."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, _ServiceKey):
+        raise jinja2.TemplateError("geode.service_key needs the pem filter")
+    raise jinja2.TemplateError("a secret or certificate needs a filter: pem, hex, raw or base64")
 
 
 @dataclass(frozen=True)
@@ -117,8 +144,8 @@ class TemplateContext:
             for name, value in self.secrets.items()
         }
         return {
-            "secrets": _SecretNamespace(wrapped),
-            "geode": _SecretNamespace(
+            "secrets": _Namespace(wrapped),
+            "geode": _Namespace(
                 {
                     "root_ca": self.root_ca,
                     "mesh_ca": self.mesh_ca,
@@ -133,7 +160,7 @@ def _to_der_or_bytes(value: Any, what: str) -> bytes:
     if isinstance(value, _ServiceKey):
         raise jinja2.TemplateError(f"geode.service_key takes the pem filter, not {what}")
     if isinstance(value, _Bytes):
-        return value.value
+        return value.secret_bytes
     if isinstance(value, bytes):
         return value
     if isinstance(value, CertificateSecret):
@@ -194,11 +221,12 @@ def _base64(value: Any) -> str:
 
 
 @lru_cache(maxsize=1)
-def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def _environment() -> _Sandbox:
+    env = _Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
+        finalize=_finalize,
     )
     env.filters.clear()
     env.filters.update({"pem": _pem, "hex": _hex, "raw": _raw, "base64": _base64})
@@ -224,7 +252,10 @@ def referenced_names(source: str, path: str) -> tuple[frozenset[str], frozenset[
     Raises ``ManifestError`` for syntax errors and for names outside ``secrets`` and ``geode``.
     """
     tree = _parse(source, path)
-    unknown = meta.find_undeclared_variables(tree) - _TEMPLATE_GLOBALS
+    try:
+        unknown = meta.find_undeclared_variables(tree) - _TEMPLATE_GLOBALS
+    except jinja2.TemplateSyntaxError as exc:  # e.g. an unknown filter, found by compiling
+        raise ManifestError(path, f"template error: {exc.message}") from None
     if unknown:
         raise ManifestError(path, f"unknown template variable {sorted(unknown)[0]!r}")
     found: dict[str, set[str]] = {"secrets": set(), "geode": set()}
@@ -257,7 +288,10 @@ def render_template(source: str, context: TemplateContext, path: str) -> bytes:
         raise ManifestError(path, f"template error: {exc.message or exc}") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise ManifestError(path, f"template error: {exc}") from None
-    return text.encode("utf-8", _SURROGATE)
+    try:
+        return text.encode("utf-8", _SURROGATE)
+    except UnicodeEncodeError:
+        raise ManifestError(path, "template renders a lone surrogate character") from None
 
 
 @lru_cache(maxsize=1)

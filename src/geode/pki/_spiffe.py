@@ -21,11 +21,11 @@ class SpiffeId:
     path: str
 
     def __post_init__(self) -> None:
-        if not _TRUST_DOMAIN.match(self.trust_domain):
+        if not _TRUST_DOMAIN.fullmatch(self.trust_domain):
             raise PKIError(f"invalid SPIFFE trust domain {self.trust_domain!r}")
         segments = self.path.split("/")
         if not self.path.startswith("/") or not all(
-            _SEGMENT.match(s) and s not in (".", "..") for s in segments[1:]
+            _SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments[1:]
         ):
             raise PKIError(f"invalid SPIFFE path {self.path!r}")
 
