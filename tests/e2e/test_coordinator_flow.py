@@ -265,3 +265,47 @@ def test_key_files_are_private(coordinator: CoordinatorProcess, geode_env: dict[
         assert mode == 0o600, (name, oct(mode))
     state = coordinator.data_dir / "state.sealed"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
+
+
+def test_verify_with_a_policy_file(
+    coordinator: CoordinatorProcess, geode_env: dict[str, str], tmp_path: Path
+) -> None:
+    measurement = geode_cli(
+        "measure", "--coordinator-package", env=geode_env, check=True
+    ).stdout.strip()
+    policy = tmp_path / "coordinator-policy.yaml"
+    policy.write_text(f'tee: simulated\nmeasurement: "{measurement}"\ndebug: false\n')
+    ok = geode_cli(
+        "verify", "--coordinator", coordinator.client_addr, "--policy", str(policy), env=geode_env
+    )
+    assert ok.returncode == 0, ok.stderr
+    policy.write_text('tee: sgx\nmeasurement: "' + '00' * 32 + '"\n')
+    wrong = geode_cli(
+        "verify", "--coordinator", coordinator.client_addr, "--policy", str(policy), env=geode_env
+    )
+    assert wrong.returncode == 1
+    assert "tee mismatch" in wrong.stderr
+    policy.write_text("tee: simulated\nmeasurment: abc\n")
+    bad = geode_cli(
+        "verify", "--coordinator", coordinator.client_addr, "--policy", str(policy), env=geode_env
+    )
+    assert bad.returncode == 1
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert "measurment" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "--insecure", "--coordinator", "127.0.0.1:1"),
+        ("verify", "--coordinator", "127.0.0.1:1", "--measurement", "00" * 32),
+        ("coordinator", "--data-dir", "/tmp/x", "--client-addr", "nonsense"),
+        ("manifest", "check", "/nonexistent.yaml"),
+        ("verify", "--measurement", "00" * 32),
+    ],
+)
+def test_cli_errors_are_one_line(args: tuple[str, ...], geode_env: dict[str, str]) -> None:
+    result = geode_cli(*args, env=geode_env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "Error" in result.stderr

@@ -9,13 +9,12 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import ValidationError
 
 from geode.attestation import ReferenceValues, default_platform_key_path
 from geode.cli._common import warn
 from geode.client import CoordinatorClient, pin_root, verify_statement
-from geode.errors import GeodeError, StatementError
-from geode.manifest import Package, parse_manifest_data
+from geode.errors import GeodeError, ManifestError, StatementError
+from geode.manifest import load_package
 
 __all__ = ["reference_platform_keys", "verify"]
 
@@ -54,13 +53,10 @@ def _reference(measurement: str | None, policy: Path | None) -> ReferenceValues:
             raise click.BadParameter("expected 64 hex digits", param_hint="--measurement")
         return ReferenceValues(tee="simulated", measurement=value)
     assert policy is not None
-    data = parse_manifest_data(policy.read_bytes())
     try:
-        package = Package.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in error["loc"]) or "policy"
-        raise GeodeError(f"{policy}: {where}: {error['msg']}") from None
+        package = load_package(policy.read_bytes())
+    except ManifestError as exc:
+        raise GeodeError(f"{policy}: {exc}") from None
     return ReferenceValues(**package.model_dump())
 
 

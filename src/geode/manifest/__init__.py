@@ -6,6 +6,7 @@ from geode.manifest._load import (
     MAX_MANIFEST_BYTES,
     ManifestDocument,
     load_manifest,
+    load_package,
     parse_manifest_data,
 )
 from geode.manifest._model import (
@@ -46,6 +47,7 @@ __all__ = [
     "TlsTag",
     "User",
     "load_manifest",
+    "load_package",
     "parse_manifest_data",
     "render_template",
 ]

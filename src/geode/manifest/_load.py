@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
 
 from geode.errors import ManifestError
-from geode.manifest._model import Manifest, SecretSpec
+from geode.manifest._model import Manifest, Package, SecretSpec
 from geode.manifest._template import (
     GEODE_VALUES,
     placeholder_context,
@@ -28,7 +28,13 @@ from geode.manifest._template import (
     render_template,
 )
 
-__all__ = ["MAX_MANIFEST_BYTES", "ManifestDocument", "load_manifest", "parse_manifest_data"]
+__all__ = [
+    "MAX_MANIFEST_BYTES",
+    "ManifestDocument",
+    "load_manifest",
+    "load_package",
+    "parse_manifest_data",
+]
 
 MAX_MANIFEST_BYTES = 1 << 20
 
@@ -66,6 +72,8 @@ def _path(loc: tuple[int | str, ...]) -> str:
 def _pydantic_error(exc: ValidationError) -> ManifestError:
     error = exc.errors(include_url=False)[0]
     message = _PYDANTIC_MESSAGES.get(error["type"]) or error["msg"]
+    if error["type"] == "string_type" and isinstance(error.get("input"), int | float):
+        message = "expected a valid string, got a number (quote the value in YAML)"
     message = message.removeprefix("Value error, ")
     loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "[")))
     return ManifestError(_path(loc) or "manifest", message)
@@ -94,6 +102,17 @@ def parse_manifest_data(raw: bytes) -> Any:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise ManifestError("manifest", f"invalid YAML{where}: {problem}") from None
+
+
+def load_package(raw: bytes) -> Package:
+    """A single package (reference values), e.g. the expected Coordinator for ``geode verify``."""
+    data = parse_manifest_data(raw)
+    if not isinstance(data, dict):
+        raise ManifestError("package", "must be a mapping")
+    try:
+        return Package.model_validate(data)
+    except ValidationError as exc:
+        raise _pydantic_error(exc) from None
 
 
 def load_manifest(raw: bytes) -> ManifestDocument:
