@@ -279,7 +279,7 @@ def test_verify_with_a_policy_file(
         "verify", "--coordinator", coordinator.client_addr, "--policy", str(policy), env=geode_env
     )
     assert ok.returncode == 0, ok.stderr
-    policy.write_text('tee: sgx\nmeasurement: "' + '00' * 32 + '"\n')
+    policy.write_text('tee: sgx\nmeasurement: "' + "00" * 32 + '"\n')
     wrong = geode_cli(
         "verify", "--coordinator", coordinator.client_addr, "--policy", str(policy), env=geode_env
     )

@@ -10,6 +10,7 @@ from geode.attestation._evidence import (
     Evidence,
     key_binding,
     statement_binding,
+    statement_signing_payload,
 )
 from geode.attestation._measure import BundleError, measure_bundle
 from geode.attestation._reference import ReferenceValues, match_claims
@@ -38,5 +39,6 @@ __all__ = [
     "measure_bundle",
     "platform_key_id",
     "statement_binding",
+    "statement_signing_payload",
     "verify_simulated_quote",
 ]

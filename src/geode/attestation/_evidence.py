@@ -17,6 +17,7 @@ __all__ = [
     "Evidence",
     "key_binding",
     "statement_binding",
+    "statement_signing_payload",
 ]
 
 EVIDENCE_KINDS = ("simulated", "sgx", "tdx", "sev-snp", "nvidia")
@@ -36,6 +37,16 @@ def key_binding(public_key_der: bytes, nonce: bytes) -> bytes:
 def statement_binding(root_der: bytes, manifest_sha256: bytes, nonce: bytes) -> bytes:
     """Report data of a deployment statement: root certificate, manifest and the caller's nonce."""
     return _pad(hashlib.sha256(root_der + manifest_sha256 + nonce).digest())
+
+
+def statement_signing_payload(nonce: bytes, manifest_sha256: bytes, mesh_ca_der: bytes) -> bytes:
+    """What the root key signs in a deployment statement, binding the current mesh CA."""
+    return (
+        b"geode deployment statement v1\0"
+        + hashlib.sha256(nonce).digest()
+        + manifest_sha256
+        + hashlib.sha256(mesh_ca_der).digest()
+    )
 
 
 @dataclass(frozen=True)

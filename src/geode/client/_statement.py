@@ -1,4 +1,9 @@
-"""Verifying a deployment statement: the one document that proves a whole deployment."""
+"""Verifying a deployment statement: the one document that proves a whole deployment.
+
+A statement carries the Coordinator's evidence, whose report data binds the root certificate, the
+manifest hash and the caller's nonce; the root's signature over the manifest hash; and the root's
+signature over (nonce, manifest hash, mesh CA), which ties the *current* mesh CA to this answer.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from geode.attestation import (
     ReferenceValues,
     match_claims,
     statement_binding,
+    statement_signing_payload,
 )
 from geode.errors import ClaimsMismatch, EvidenceError, PKIError, StatementError
 from geode.pki import certificate_der, fingerprint, load_certificate
@@ -45,11 +51,95 @@ class VerifiedStatement:
         return fingerprint(self.root)
 
 
+@dataclass(frozen=True)
+class _Parsed:
+    nonce: bytes
+    root: x509.Certificate
+    mesh: x509.Certificate
+    manifest_sha256: bytes | None
+
+
 def _field(statement: dict[str, Any], name: str, kind: type) -> Any:
     value = statement.get(name)
     if not isinstance(value, kind):
         raise StatementError(f"statement field {name!r} is missing or not a {kind.__name__}")
     return value
+
+
+def _hex(statement: dict[str, Any], name: str, size: int | None = None) -> bytes:
+    try:
+        value = bytes.fromhex(_field(statement, name, str))
+    except ValueError:
+        raise StatementError(f"statement field {name!r} is not hex") from None
+    if size is not None and len(value) != size:
+        raise StatementError(f"statement field {name!r} is not a SHA-256 digest")
+    return value
+
+
+def _b64(statement: dict[str, Any], name: str) -> bytes:
+    try:
+        return base64.b64decode(_field(statement, name, str), validate=True)
+    except (binascii.Error, ValueError):
+        raise StatementError(f"statement field {name!r} is not base64") from None
+
+
+def _parse(statement: Any, nonce: bytes | None) -> _Parsed:
+    """Shape and freshness."""
+    if (
+        not isinstance(statement, dict)
+        or type(statement.get("version")) is not int
+        or (statement["version"] != 1)
+    ):
+        raise StatementError("not a version 1 deployment statement")
+    stated_nonce = _hex(statement, "nonce")
+    if nonce is not None and not hmac.compare_digest(stated_nonce, nonce):
+        raise StatementError("statement answers another nonce (replayed or stale)")
+    try:
+        root = load_certificate(_field(statement, "root_certificate", str), "root_certificate")
+        mesh = load_certificate(
+            _field(statement, "mesh_ca_certificate", str), "mesh_ca_certificate"
+        )
+    except PKIError as exc:
+        raise StatementError(str(exc)) from None
+    manifest_sha = (
+        None if statement.get("manifest_sha256") is None else _hex(statement, "manifest_sha256", 32)
+    )
+    return _Parsed(stated_nonce, root, mesh, manifest_sha)
+
+
+def _check_root_signatures(statement: dict[str, Any], parsed: _Parsed) -> None:
+    """The mesh CA's issuance, and the root's signatures over the statement and the manifest."""
+    key = parsed.root.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise StatementError("root key is not an ECDSA key")
+    _check_mesh_ca(parsed.root, parsed.mesh)
+    payload = statement_signing_payload(
+        parsed.nonce, parsed.manifest_sha256 or bytes(32), certificate_der(parsed.mesh)
+    )
+    try:
+        key.verify(_b64(statement, "statement_signature"), payload, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise StatementError("statement signature does not verify with the root key") from None
+    if parsed.manifest_sha256 is not None:
+        try:
+            key.verify(
+                _b64(statement, "manifest_signature"),
+                parsed.manifest_sha256,
+                ec.ECDSA(utils.Prehashed(hashes.SHA256())),
+            )
+        except InvalidSignature:
+            raise StatementError("manifest signature does not verify with the root key") from None
+
+
+def _check_mesh_ca(root: x509.Certificate, mesh: x509.Certificate) -> None:
+    try:
+        root.verify_directly_issued_by(root)
+        mesh.verify_directly_issued_by(root)
+        constraints = mesh.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        raise StatementError("mesh CA certificate is not issued by the root certificate") from None
+    if mesh == root or not constraints.ca:
+        raise StatementError("mesh CA certificate is not an intermediate CA of the root")
 
 
 def verify_statement(
@@ -64,108 +154,44 @@ def verify_statement(
     ``nonce`` is the caller's fresh nonce; ``None`` skips the freshness check (offline use).
     Simulated evidence verifies only against ``platform_keys``.
     """
-    if not isinstance(statement, dict) or statement.get("version") != 1:
-        raise StatementError("not a version 1 deployment statement")
-    nonce_hex = _field(statement, "nonce", str)
+    parsed = _parse(statement, nonce)
     try:
-        stated_nonce = bytes.fromhex(nonce_hex)
-    except ValueError:
-        raise StatementError("statement nonce is not hex") from None
-    if nonce is not None and not hmac.compare_digest(stated_nonce, nonce):
-        raise StatementError("statement answers another nonce (replayed or stale)")
-    try:
-        root = load_certificate(_field(statement, "root_certificate", str), "root_certificate")
-        mesh = load_certificate(
-            _field(statement, "mesh_ca_certificate", str), "mesh_ca_certificate"
-        )
         evidence = Evidence.from_json(statement.get("evidence"))
-    except (PKIError, EvidenceError) as exc:
-        raise StatementError(str(exc)) from None
-    verifier = EvidenceVerifier(
-        simulation=evidence.kind == "simulated", platform_keys=platform_keys
-    )
-    try:
-        claims = verifier.verify(evidence)
+        claims = EvidenceVerifier(
+            simulation=evidence.kind == "simulated", platform_keys=platform_keys
+        ).verify(evidence)
     except EvidenceError as exc:
         raise StatementError(f"coordinator evidence: {exc}") from None
     try:
         match_claims(claims, reference)
     except ClaimsMismatch as exc:
         raise StatementError(f"coordinator {exc}") from None
-
-    manifest_hex = statement.get("manifest_sha256")
-    manifest_sha: bytes | None = None
-    if manifest_hex is not None:
-        try:
-            manifest_sha = bytes.fromhex(manifest_hex)
-        except (ValueError, TypeError):
-            raise StatementError("manifest_sha256 is not hex") from None
-        if len(manifest_sha) != 32:
-            raise StatementError("manifest_sha256 is not a SHA-256 digest")
-    expected = statement_binding(certificate_der(root), manifest_sha or bytes(32), stated_nonce)
+    expected = statement_binding(
+        certificate_der(parsed.root), parsed.manifest_sha256 or bytes(32), parsed.nonce
+    )
     if not hmac.compare_digest(claims.report_data, expected):
         raise StatementError(
             "coordinator evidence is not bound to this root certificate, manifest and nonce"
         )
-    _check_chain(root, mesh)
-    if manifest_sha is not None:
-        _check_manifest_signature(root, manifest_sha, statement.get("manifest_signature"))
+    _check_root_signatures(statement, parsed)
     return VerifiedStatement(
-        root=root,
-        mesh_ca=mesh,
-        manifest_sha256=manifest_sha,
+        root=parsed.root,
+        mesh_ca=parsed.mesh,
+        manifest_sha256=parsed.manifest_sha256,
         claims=claims,
         simulation=evidence.kind == "simulated",
         state=str(statement.get("state")),
     )
 
 
-def _check_chain(root: x509.Certificate, mesh: x509.Certificate) -> None:
-    try:
-        root.verify_directly_issued_by(root)
-        mesh.verify_directly_issued_by(root)
-    except (ValueError, TypeError, InvalidSignature):
-        raise StatementError("mesh CA certificate is not issued by the root certificate") from None
-
-
-def _check_manifest_signature(root: x509.Certificate, digest: bytes, signature: Any) -> None:
-    if not isinstance(signature, str):
-        raise StatementError("manifest_signature is missing")
-    try:
-        raw = base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError):
-        raise StatementError("manifest_signature is not base64") from None
-    key = root.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise StatementError("root key is not an ECDSA key")
-    try:
-        key.verify(raw, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-    except InvalidSignature:
-        raise StatementError("manifest signature does not verify with the root key") from None
-
-
 def statement_manifest(statement: Any, *, root: x509.Certificate, nonce: bytes) -> bytes | None:
     """The manifest hash a statement vouches for, given an already trusted (pinned) root.
 
-    Checks the nonce, that the statement carries exactly ``root``, and the root's signature over
-    the manifest hash; the evidence itself was checked when the root was pinned.
+    Checks the nonce, that the statement carries exactly ``root``, and the root's signatures;
+    the evidence itself was checked when the root was pinned.
     """
-    if not isinstance(statement, dict) or statement.get("version") != 1:
-        raise StatementError("not a version 1 deployment statement")
-    if statement.get("nonce") != nonce.hex():
-        raise StatementError("statement answers another nonce (replayed or stale)")
-    try:
-        stated_root = load_certificate(_field(statement, "root_certificate", str))
-    except PKIError as exc:
-        raise StatementError(str(exc)) from None
-    if stated_root != root:
+    parsed = _parse(statement, nonce)
+    if parsed.root != root:
         raise StatementError("statement carries another root certificate than the pinned one")
-    manifest_hex = statement.get("manifest_sha256")
-    if manifest_hex is None:
-        return None
-    try:
-        digest = bytes.fromhex(manifest_hex)
-    except (TypeError, ValueError):
-        raise StatementError("manifest_sha256 is not hex") from None
-    _check_manifest_signature(root, digest, statement.get("manifest_signature"))
-    return digest
+    _check_root_signatures(statement, parsed)
+    return parsed.manifest_sha256

@@ -31,6 +31,7 @@ from geode.attestation import (
     key_binding,
     match_claims,
     statement_binding,
+    statement_signing_payload,
 )
 from geode.coordinator._seal import Sealer
 from geode.coordinator._secrets import generate_secret, template_value
@@ -471,6 +472,12 @@ class Coordinator:
             self.measurement, statement_binding(root_der, manifest_sha, nonce)
         )
         signature = self._data.manifest_signature if self._data else None
+        root_key = keys.root.key
+        assert isinstance(root_key, ec.EllipticCurvePrivateKey)
+        statement_signature = root_key.sign(
+            statement_signing_payload(nonce, manifest_sha, certificate_der(keys.mesh.certificate)),
+            ec.ECDSA(hashes.SHA256()),
+        )
         return {
             "version": 1,
             "state": self.state.value,
@@ -481,6 +488,7 @@ class Coordinator:
             "mesh_ca_certificate": certificate_pem(keys.mesh.certificate),
             "manifest_sha256": self._document.sha256.hex() if self._document else None,
             "manifest_signature": base64.b64encode(signature).decode() if signature else None,
+            "statement_signature": base64.b64encode(statement_signature).decode(),
         }
 
 

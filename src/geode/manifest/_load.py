@@ -75,12 +75,48 @@ def _pydantic_error(exc: ValidationError) -> ManifestError:
     if error["type"] == "string_type" and isinstance(error.get("input"), int | float):
         message = "expected a valid string, got a number (quote the value in YAML)"
     message = message.removeprefix("Value error, ")
-    loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "[")))
+    # pydantic marks a failing dict key with a "[key]" location part; the key itself precedes it.
+    loc = tuple(part for part in error["loc"] if part != "[key]")
     return ManifestError(_path(loc) or "manifest", message)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int | None) -> None:
+        self.key = key
+        self.line = line
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key, None)
+        out[key] = value
+    return out
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys (other parsers would keep another one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<" merges are YAML's own override mechanism, not duplicates
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            if isinstance(key, str | int | float | bool):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_manifest_data(raw: bytes) -> Any:
-    """YAML or JSON bytes to plain data; JSON is a subset of YAML, but is parsed as JSON first."""
+    """YAML or JSON bytes to plain data; JSON is a subset of YAML, but is parsed as JSON first.
+
+    Duplicate keys are refused in both: the manifest's hash covers its bytes, and every reader of
+    those bytes must see the same document.
+    """
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError("manifest", f"larger than {MAX_MANIFEST_BYTES} bytes")
     try:
@@ -88,15 +124,18 @@ def parse_manifest_data(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ManifestError("manifest", f"not UTF-8 (byte {exc.start})") from None
     stripped = text.lstrip()
-    if stripped.startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(
-                "manifest", f"invalid JSON at line {exc.lineno}: {exc.msg}"
-            ) from None
     try:
-        return yaml.safe_load(text)
+        if stripped.startswith("{"):
+            try:
+                return json.loads(text, object_pairs_hook=_no_duplicates)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(
+                    "manifest", f"invalid JSON at line {exc.lineno}: {exc.msg}"
+                ) from None
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a safe loader
+    except _DuplicateKey as exc:
+        where = f" at line {exc.line}" if exc.line else ""
+        raise ManifestError("manifest", f"duplicate key {exc.key!r}{where}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

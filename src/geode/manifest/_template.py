@@ -49,18 +49,12 @@ _SURROGATE = "surrogateescape"
 _TEMPLATE_GLOBALS = frozenset({"secrets", "geode"})
 GEODE_VALUES = frozenset({"root_ca", "mesh_ca", "service_cert", "service_key"})
 SERVICE_KEY_MARKER = "-----GEODE SERVICE KEY PLACEHOLDER-----"
-
-
-class _ServiceKey:
-    """Stands in for the instance's private key, which only the instance holds."""
-
-    def __str__(self) -> str:
-        raise jinja2.TemplateError("geode.service_key needs the pem filter")
+MAX_RENDERED_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
 class CertificateSecret:
-    """A certificate secret as templates see it: ``.cert``, ``.private`` and ``.public``."""
+    """A certificate secret: templates reach ``.cert``, ``.private`` and ``.public``."""
 
     cert: x509.Certificate
     private: CertificateIssuerPrivateKeyTypes
@@ -69,64 +63,95 @@ class CertificateSecret:
     def public(self) -> CertificatePublicKeyTypes:
         return self.cert.public_key()
 
-    def __str__(self) -> str:
-        raise jinja2.TemplateError("a certificate secret needs a filter: pem, hex, raw or base64")
+
+class _Opaque:
+    """A value a template may only pass to a filter: it refuses ``str``, ``repr`` and
+    ``format``, so neither printing, ``~`` nor ``%`` can turn it into text."""
+
+    __slots__ = ("hint", "inner")
+
+    def __init__(self, inner: Any, hint: str) -> None:
+        self.inner = inner
+        self.hint = hint
+
+    def _refuse(self, *_: Any) -> str:
+        raise jinja2.TemplateError(self.hint)
+
+    __str__ = __repr__ = __format__ = _refuse
 
 
-class _Bytes:
-    """Secret bytes; refuses to be printed without a filter and has no readable attributes."""
-
-    __slots__ = ("secret_bytes",)
-
-    def __init__(self, value: bytes) -> None:
-        self.secret_bytes = value
-
-    def __str__(self) -> str:
-        raise jinja2.TemplateError("a secret needs a filter: hex, raw or base64")
+_NEEDS_FILTER = "a secret or certificate needs a filter: pem, hex, raw or base64"
+_SERVICE_KEY = object()
 
 
-class _Namespace:
+class _CertificateView(_Opaque):
+    """``secrets.<certificate>`` in templates."""
+
+    __slots__ = ()
+
+    @property
+    def cert(self) -> _Opaque:
+        return _Opaque(self.inner.cert, _NEEDS_FILTER)
+
+    @property
+    def private(self) -> _Opaque:
+        return _Opaque(self.inner.private, _NEEDS_FILTER)
+
+    @property
+    def public(self) -> _Opaque:
+        return _Opaque(self.inner.public, _NEEDS_FILTER)
+
+
+class _Namespace(_Opaque):
     """``secrets`` and ``geode`` in templates: names only, no methods (a secret may be called
     ``keys`` or ``items``)."""
 
-    __slots__ = ("_geode_values",)
-
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        object.__setattr__(self, "_geode_values", values)
+    __slots__ = ()
 
     def __getitem__(self, key: str) -> Any:
-        return self._geode_values[key]
+        return self.inner[key]
 
     def __getattr__(self, key: str) -> Any:
         try:
-            return self._geode_values[key]
+            return self.inner[key]
         except KeyError:
             raise AttributeError(key) from None
-
-    def __str__(self) -> str:
-        raise jinja2.TemplateError("use secrets.<name> or geode.<name> with a filter")
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Templates may read names from the namespaces and the parts of a certificate secret,
-    nothing else: no attribute or method of any other object is reachable."""
+    nothing else: no other attribute is reachable and nothing can be called. ``*`` and ``**``
+    are bounded, so a template cannot build a huge value."""
+
+    intercepted_binops = frozenset({"*", "**"})
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if isinstance(obj, _Namespace):
-            return not attr.startswith("_")
-        return isinstance(obj, CertificateSecret) and attr in ("cert", "private", "public")
+        if isinstance(obj, _CertificateView):
+            return attr in ("cert", "private", "public")
+        return isinstance(obj, _Namespace) and not attr.startswith("_")
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         raise SecurityError("templates cannot call methods; use a filter: pem, hex, raw, base64")
 
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > 64:
+                raise SecurityError("exponent too large in a template")
+            return left**right
+        for seq, count in ((left, right), (right, left)):
+            sized = isinstance(seq, str | bytes | list | tuple) and isinstance(count, int)
+            if sized and len(seq) * count > MAX_RENDERED_BYTES:
+                raise SecurityError("template value too large")
+        return left * right
+
 
 def _finalize(value: Any) -> Any:
     """Every printed value must be text (or a number): secrets only print through filters."""
+    if isinstance(value, _Opaque):
+        value._refuse()
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         return value
-    if isinstance(value, _ServiceKey):
-        raise jinja2.TemplateError("geode.service_key needs the pem filter")
-    raise jinja2.TemplateError("a secret or certificate needs a filter: pem, hex, raw or base64")
+    raise jinja2.TemplateError(_NEEDS_FILTER)
 
 
 @dataclass(frozen=True)
@@ -140,72 +165,79 @@ class TemplateContext:
 
     def as_jinja(self) -> dict[str, Any]:
         wrapped = {
-            name: value if isinstance(value, CertificateSecret) else _Bytes(value)
+            name: _CertificateView(value, _NEEDS_FILTER)
+            if isinstance(value, CertificateSecret)
+            else _Opaque(value, "a secret needs a filter: hex, raw or base64")
             for name, value in self.secrets.items()
         }
-        return {
-            "secrets": _Namespace(wrapped),
-            "geode": _Namespace(
-                {
-                    "root_ca": self.root_ca,
-                    "mesh_ca": self.mesh_ca,
-                    "service_cert": self.service_cert,
-                    "service_key": _ServiceKey(),
-                }
-            ),
+        geode = {
+            "root_ca": _Opaque(self.root_ca, _NEEDS_FILTER),
+            "mesh_ca": _Opaque(self.mesh_ca, _NEEDS_FILTER),
+            "service_cert": _Opaque(self.service_cert, _NEEDS_FILTER),
+            "service_key": _Opaque(_SERVICE_KEY, "geode.service_key needs the pem filter"),
         }
+        namespace_hint = "use secrets.<name> or geode.<name> with a filter"
+        return {
+            "secrets": _Namespace(wrapped, namespace_hint),
+            "geode": _Namespace(geode, namespace_hint),
+        }
+
+
+def _unwrap(value: Any, what: str) -> Any:
+    if isinstance(value, _CertificateView):
+        return value.inner.cert
+    if isinstance(value, _Namespace) or not isinstance(value, _Opaque):
+        raise jinja2.TemplateError(
+            f"the {what} filter does not apply to {type(value).__name__}: "
+            "filters take secrets and geode.* values"
+        )
+    return value.inner
 
 
 def _to_der_or_bytes(value: Any, what: str) -> bytes:
-    if isinstance(value, _ServiceKey):
+    inner = _unwrap(value, what)
+    if inner is _SERVICE_KEY:
         raise jinja2.TemplateError(f"geode.service_key takes the pem filter, not {what}")
-    if isinstance(value, _Bytes):
-        return value.secret_bytes
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, CertificateSecret):
-        return value.cert.public_bytes(serialization.Encoding.DER)
-    if isinstance(value, x509.Certificate):
-        return value.public_bytes(serialization.Encoding.DER)
-    if hasattr(value, "private_bytes"):
+    if isinstance(inner, bytes):
+        return inner
+    if isinstance(inner, x509.Certificate):
+        return inner.public_bytes(serialization.Encoding.DER)
+    if hasattr(inner, "private_bytes"):
         return bytes(
-            value.private_bytes(
+            inner.private_bytes(
                 serialization.Encoding.DER,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
         )
-    if hasattr(value, "public_bytes"):
-        return bytes(
-            value.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+    return bytes(
+        inner.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-    raise jinja2.TemplateError(f"the {what} filter does not apply to {type(value).__name__}")
+    )
 
 
 def _pem(value: Any) -> str:
-    if isinstance(value, _ServiceKey):
+    inner = _unwrap(value, "pem")
+    if inner is _SERVICE_KEY:
         return SERVICE_KEY_MARKER
-    if isinstance(value, CertificateSecret):
-        value = value.cert
-    if isinstance(value, x509.Certificate):
-        return value.public_bytes(serialization.Encoding.PEM).decode()
-    if hasattr(value, "private_bytes"):
+    if isinstance(inner, x509.Certificate):
+        return inner.public_bytes(serialization.Encoding.PEM).decode()
+    if isinstance(inner, bytes):
+        raise jinja2.TemplateError("the pem filter applies to certificates and keys only")
+    if hasattr(inner, "private_bytes"):
         return bytes(
-            value.private_bytes(
+            inner.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
         ).decode()
-    if hasattr(value, "public_bytes"):
-        return bytes(
-            value.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        ).decode()
-    raise jinja2.TemplateError("the pem filter applies to certificates and keys only")
+    return bytes(
+        inner.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).decode()
 
 
 def _hex(value: Any) -> str:
@@ -279,7 +311,13 @@ def referenced_names(source: str, path: str) -> tuple[frozenset[str], frozenset[
 def render_template(source: str, context: TemplateContext, path: str) -> bytes:
     """Render one template to bytes; every failure is a ``ManifestError`` naming ``path``."""
     try:
-        text = _compile(source).render(context.as_jinja())
+        chunks, size = [], 0
+        for chunk in _compile(source).generate(context.as_jinja()):
+            size += len(chunk)
+            if size > MAX_RENDERED_BYTES:
+                raise ManifestError(path, f"renders more than {MAX_RENDERED_BYTES} bytes")
+            chunks.append(chunk)
+        text = "".join(chunks)
     except jinja2.TemplateSyntaxError as exc:
         raise ManifestError(path, f"template syntax error: {exc.message}") from None
     except jinja2.UndefinedError as exc:

@@ -57,8 +57,17 @@ def private_key_pem(key: PrivateKeyTypes, password: bytes | None = None) -> byte
     )
 
 
+def _as_bytes(data: str | bytes, what: str) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    try:
+        return data.encode()
+    except UnicodeEncodeError:
+        raise PKIError(f"{what}: not a valid certificate") from None
+
+
 def load_certificate(data: str | bytes, what: str = "certificate") -> x509.Certificate:
-    raw = data.encode() if isinstance(data, str) else data
+    raw = _as_bytes(data, what)
     try:
         if raw.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(raw)
@@ -68,7 +77,7 @@ def load_certificate(data: str | bytes, what: str = "certificate") -> x509.Certi
 
 
 def load_certificates(data: str | bytes, what: str = "certificates") -> list[x509.Certificate]:
-    raw = data.encode() if isinstance(data, str) else data
+    raw = _as_bytes(data, what)
     try:
         certs = x509.load_pem_x509_certificates(raw)
     except ValueError:
