@@ -1,4 +1,4 @@
-"""The runtime: activation, ``geode run``, and (later) mesh TLS and policy enforcement."""
+"""The runtime: activation, ``geode run``, the ASGI TLS extension; mesh TLS and policies next."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from geode.runtime._activation import (
     activate,
     simulated_evidence_provider,
 )
+from geode.runtime._asgi_tls import TLSExtensionProtocol, peer_certificate, tls_extension
 from geode.runtime._launcher import GEODE_ENV, LaunchPlan, lay_out, remove_plan, run_command
 
 __all__ = [
@@ -15,9 +16,12 @@ __all__ = [
     "Activation",
     "EvidenceProvider",
     "LaunchPlan",
+    "TLSExtensionProtocol",
     "activate",
     "lay_out",
+    "peer_certificate",
     "remove_plan",
     "run_command",
     "simulated_evidence_provider",
+    "tls_extension",
 ]

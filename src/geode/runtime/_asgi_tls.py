@@ -1,0 +1,63 @@
+"""The ASGI TLS extension for uvicorn: hands the verified peer certificate to the application.
+
+uvicorn does not fill ``scope["extensions"]["tls"]``, so an ASGI app behind it cannot see who is
+on the other end of a mutual-TLS connection. ``TLSExtensionProtocol`` is uvicorn's httptools
+protocol with that one addition: at connection time it reads the TLS session (peer certificate,
+version, cipher) once, and every request on the connection carries it, following the ASGI TLS
+extension's field names. Python's ``ssl`` exposes only the peer's leaf certificate, so
+``client_cert_chain`` holds that one certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from cryptography import x509
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["TLSExtensionProtocol", "peer_certificate", "tls_extension"]
+
+_TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+
+
+def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
+    """The ASGI ``tls`` extension for one connection, or ``None`` for plaintext."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    chain = [ssl.DER_cert_to_PEM_cert(der)] if der else []
+    cipher = ssl_object.cipher()
+    return {
+        "server_cert": None,
+        "client_cert_chain": chain,
+        "client_cert_name": None,
+        "client_cert_error": None,
+        "tls_version": _TLS_VERSIONS.get(ssl_object.version() or ""),
+        "cipher_suite": None,
+        "cipher_name": cipher[0] if cipher else None,
+    }
+
+
+class TLSExtensionProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus ``scope["extensions"]["tls"]`` on every request."""
+
+    _geode_tls: dict[str, Any] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._geode_tls = tls_extension(transport.get_extra_info("ssl_object"))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._geode_tls is not None:
+            self.scope["extensions"] = {"tls": self._geode_tls}  # type: ignore[dict-item]
+
+
+def peer_certificate(scope: Any) -> x509.Certificate | None:
+    """The peer's leaf certificate from an ASGI scope, when the connection was mutual TLS."""
+    tls = scope.get("extensions", {}).get("tls")
+    if not tls or not tls.get("client_cert_chain"):
+        return None
+    return x509.load_pem_x509_certificate(tls["client_cert_chain"][0].encode())
