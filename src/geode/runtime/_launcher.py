@@ -90,14 +90,19 @@ def lay_out(
         "root.pem": certificate_pem(activation.root_ca).encode(),
     }
     own, files = directory / "credentials", directory / "files"
-    files.mkdir(mode=0o700)
-    for name, data in credentials.items():
-        _write_private(own / name, data)
-    for raw_path, data in activation.files.items():
-        path = Path(raw_path) if raw_path.startswith("/") else files / raw_path
-        _write_private(path, substitute(data))
-        if not path.is_relative_to(directory):
-            written.append(path)
+    try:
+        files.mkdir(mode=0o700)
+        for name, data in credentials.items():
+            _write_private(own / name, data)
+        for raw_path, data in activation.files.items():
+            path = Path(raw_path) if raw_path.startswith("/") else files / raw_path
+            if not path.is_relative_to(directory):
+                written.append(path)
+            _write_private(path, substitute(data))
+    except OSError as exc:
+        # Nothing half-written stays behind: the files hold secrets.
+        remove_plan(LaunchPlan(directory, tuple(written), [], {}))
+        raise LaunchError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
     env = dict(os.environ if environ is None else environ)
     env.update(
@@ -120,7 +125,7 @@ def lay_out(
 
 def remove_plan(plan: LaunchPlan) -> None:
     for path in plan.written:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             path.unlink()
     shutil.rmtree(plan.directory, ignore_errors=True)
 

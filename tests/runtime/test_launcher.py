@@ -1,0 +1,92 @@
+"""``geode run``'s lay-out of credentials and its command supervision, without a Coordinator."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from geode.errors import LaunchError
+from geode.manifest import SERVICE_KEY_MARKER
+from geode.pki import CertificateAuthority, LeafParams
+from geode.runtime import Activation, lay_out, remove_plan, run_command
+
+
+def _activation(files: dict[str, bytes], env: dict[str, bytes] | None = None) -> Activation:
+    root = CertificateAuthority.create_root()
+    mesh = root.create_intermediate("mesh")
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = mesh.issue(LeafParams(key.public_key(), "id", lifetime=datetime.timedelta(hours=1)))
+    return Activation(
+        instance_id="0123456789",
+        spiffe_id="spiffe://t/service/web",
+        private_key=key,
+        certificate_chain=[leaf, mesh.certificate],
+        mesh_ca=mesh.certificate,
+        root_ca=root.certificate,
+        files=files,
+        env=env or {},
+        argv=[b"--flag", SERVICE_KEY_MARKER.encode()[:0] + b"x"],
+        secrets={},
+    )
+
+
+def test_layout_modes_marker_and_cleanup(tmp_path: Path) -> None:
+    absolute = tmp_path / "etc" / "app" / "key.pem"
+    activation = _activation(
+        {"rel/db.key": b"\x00\x01", str(absolute): SERVICE_KEY_MARKER.encode()},
+        {"TOKEN": b"abc"},
+    )
+    plan = lay_out(activation, "web", ["prog"], base_dir=tmp_path, environ={})
+    assert plan.argv == ["prog", "--flag", "x"]
+    assert plan.env["TOKEN"] == "abc"
+    assert plan.env["GEODE_SERVICE"] == "web"
+    secrets_dir = Path(plan.env["GEODE_SECRETS_DIR"])
+    assert (secrets_dir / "rel" / "db.key").read_bytes() == b"\x00\x01"
+    assert absolute.read_bytes() == activation.private_key_pem()
+    for path in (absolute, secrets_dir / "rel" / "db.key", Path(plan.env["GEODE_KEY_FILE"])):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(plan.directory.stat().st_mode) == 0o700
+    remove_plan(plan)
+    assert not plan.directory.exists()
+    assert not absolute.exists()
+
+
+def test_failed_layout_leaves_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")
+    activation = _activation({"ok": b"1", str(blocker / "sub" / "x"): b"2"})
+    (tmp_path / "base").mkdir()
+    with pytest.raises(LaunchError, match="cannot write"):
+        lay_out(activation, "web", ["prog"], base_dir=tmp_path / "base", environ={})
+    assert list((tmp_path / "base").iterdir()) == []
+
+
+def test_run_command_exit_codes_and_cleanup(tmp_path: Path) -> None:
+    activation = _activation({})
+    plan = lay_out(
+        activation,
+        "web",
+        [sys.executable, "-c", "import sys; sys.exit(5)"],
+        base_dir=tmp_path,
+        environ=dict(os.environ),
+    )
+    assert run_command(plan) == 5
+    assert not plan.directory.exists()
+    killed = lay_out(
+        activation,
+        "web",
+        [sys.executable, "-c", "import os; os.kill(os.getpid(), 15)"],
+        base_dir=tmp_path,
+        environ=dict(os.environ),
+    )
+    assert run_command(killed) == 128 + 15
+    missing = lay_out(activation, "web", ["/nonexistent/prog"], base_dir=tmp_path, environ={})
+    with pytest.raises(LaunchError, match="cannot start"):
+        run_command(missing)
+    assert not missing.directory.exists()
