@@ -137,8 +137,8 @@ class ActivationResult:
     instance_id: str
     spiffe_id: str
     certificate: x509.Certificate
-    mesh_ca: x509.Certificate
-    root_ca: x509.Certificate
+    mesh_ca_pem: str
+    root_ca_pem: str
     secrets: dict[str, StoredSecret]
     files: dict[str, bytes]
     env: dict[str, bytes]
@@ -151,12 +151,9 @@ class ActivationResult:
         return {
             "instance_id": self.instance_id,
             "spiffe_id": self.spiffe_id,
-            "certificate_chain": [
-                certificate_pem(self.certificate),
-                certificate_pem(self.mesh_ca),
-            ],
-            "mesh_ca": certificate_pem(self.mesh_ca),
-            "root_ca": certificate_pem(self.root_ca),
+            "certificate_chain": [certificate_pem(self.certificate), self.mesh_ca_pem],
+            "mesh_ca": self.mesh_ca_pem,
+            "root_ca": self.root_ca_pem,
             "secrets": {name: s.to_json() for name, s in self.secrets.items()},
             "files": {path: b64(v) for path, v in self.files.items()},
             "env": {key: b64(v) for key, v in self.env.items()},
@@ -171,6 +168,10 @@ class _Keys:
     root: CertificateAuthority
     mesh: CertificateAuthority
     secrets: dict[str, bytes | CertificateSecret] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root_pem = certificate_pem(self.root.certificate)
+        self.mesh_pem = certificate_pem(self.mesh.certificate)
 
 
 class Coordinator:
@@ -451,8 +452,8 @@ class Coordinator:
             instance_id=instance_id,
             spiffe_id=spiffe_id,
             certificate=leaf,
-            mesh_ca=keys.mesh.certificate,
-            root_ca=keys.root.certificate,
+            mesh_ca_pem=keys.mesh_pem,
+            root_ca_pem=keys.root_pem,
             secrets=handed,
             files=files,
             env=env,

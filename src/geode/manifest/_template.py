@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import jinja2
@@ -163,7 +163,8 @@ class TemplateContext:
     mesh_ca: x509.Certificate
     service_cert: x509.Certificate
 
-    def as_jinja(self) -> dict[str, Any]:
+    @functools.cached_property
+    def jinja_globals(self) -> dict[str, Any]:
         wrapped = {
             name: _CertificateView(value, _NEEDS_FILTER)
             if isinstance(value, CertificateSecret)
@@ -252,7 +253,7 @@ def _base64(value: Any) -> str:
     return base64.b64encode(_to_der_or_bytes(value, "base64")).decode()
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _environment() -> _Sandbox:
     env = _Sandbox(
         undefined=jinja2.StrictUndefined,
@@ -266,7 +267,7 @@ def _environment() -> _Sandbox:
     return env
 
 
-@lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _compile(source: str) -> jinja2.Template:
     return _environment().from_string(source)
 
@@ -312,7 +313,7 @@ def render_template(source: str, context: TemplateContext, path: str) -> bytes:
     """Render one template to bytes; every failure is a ``ManifestError`` naming ``path``."""
     try:
         chunks, size = [], 0
-        for chunk in _compile(source).generate(context.as_jinja()):
+        for chunk in _compile(source).generate(context.jinja_globals):
             size += len(chunk)
             if size > MAX_RENDERED_BYTES:
                 raise ManifestError(path, f"renders more than {MAX_RENDERED_BYTES} bytes")
@@ -332,7 +333,7 @@ def render_template(source: str, context: TemplateContext, path: str) -> bytes:
         raise ManifestError(path, "template renders a lone surrogate character") from None
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _placeholder_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "geode placeholder")])

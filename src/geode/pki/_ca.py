@@ -9,6 +9,7 @@ certificates, so rotating it cuts off everything issued before. Every certificat
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -162,7 +163,7 @@ class CertificateAuthority:
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
-            .add_extension(self._authority_key_id(), critical=False)
+            .add_extension(self._authority_key_id, critical=False)
         )
         cert = builder.sign(self.key, _hash_for(self.key))
         return CertificateAuthority(key, cert, (cert, *self.chain))
@@ -208,7 +209,7 @@ class CertificateAuthority:
                 ),
                 critical=True,
             )
-            .add_extension(self._authority_key_id(), critical=False)
+            .add_extension(self._authority_key_id, critical=False)
         )
         if usages:
             builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
@@ -220,6 +221,7 @@ class CertificateAuthority:
     def _capped(self, not_after: datetime.datetime) -> datetime.datetime:
         return min(not_after, self.certificate.not_valid_after_utc)
 
+    @functools.cached_property
     def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
         public = self.key.public_key()
         return x509.AuthorityKeyIdentifier.from_issuer_public_key(public)
