@@ -656,6 +656,7 @@ def test_two_platforms_have_different_keys(tmp_path: Path) -> None:
 def test_load_refuses_a_file_that_is_not_a_key(tmp_path: Path) -> None:
     path = tmp_path / "platform.key"
     path.write_bytes(b"not a key")
+    path.chmod(0o600)
     with pytest.raises(EvidenceError, match="not a simulated platform key"):
         SimulatedPlatform.load_or_create(path)
 
@@ -670,5 +671,14 @@ def test_load_refuses_a_key_of_another_type(tmp_path: Path) -> None:
             serialization.NoEncryption(),
         )
     )
+    path.chmod(0o600)
     with pytest.raises(EvidenceError, match="Ed25519"):
+        SimulatedPlatform.load(path)
+
+
+def test_load_refuses_a_key_others_can_read(tmp_path: Path) -> None:
+    path = tmp_path / "platform.key"
+    SimulatedPlatform.load_or_create(path)
+    path.chmod(0o644)
+    with pytest.raises(EvidenceError, match="readable by other users"):
         SimulatedPlatform.load(path)

@@ -62,7 +62,7 @@ def coordinator(platform: SimulatedPlatform) -> Coordinator:
         MEASUREMENT,
         SEALING_KEY,
     )
-    assert c.load(None) is True
+    c.load(None)
     return c
 
 
@@ -95,8 +95,8 @@ def test_per_instance_and_shared_certificates(
     coordinator: Coordinator, platform: SimulatedPlatform
 ) -> None:
     coordinator.set_manifest(_manifest())
-    a = coordinator.activate(_request(coordinator, platform))
-    b = coordinator.activate(_request(coordinator, platform))
+    a = coordinator.activate(_request(coordinator, platform)).value
+    b = coordinator.activate(_request(coordinator, platform)).value
     assert a.files["own.pem"] != b.files["own.pem"]  # non-shared: one per instance
     assert a.files["shared.pem"] == b.files["shared.pem"]
     assert a.files["key.pem"] == SERVICE_KEY_MARKER.encode()  # the launcher fills it in
@@ -106,7 +106,7 @@ def test_per_instance_and_shared_certificates(
 
 def test_state_survives_sealing(coordinator: Coordinator, platform: SimulatedPlatform) -> None:
     coordinator.set_manifest(_manifest())
-    first = coordinator.activate(_request(coordinator, platform))
+    first = coordinator.activate(_request(coordinator, platform)).value
     blob = coordinator.sealed_state()
     again = Coordinator(
         CoordinatorSettings(simulation=True),
@@ -115,11 +115,11 @@ def test_state_survives_sealing(coordinator: Coordinator, platform: SimulatedPla
         MEASUREMENT,
         SEALING_KEY,
     )
-    assert again.load(blob) is False
+    again.load(blob)
     assert again.state is State.ACTIVE
     assert again.root_certificate == coordinator.root_certificate
     assert again.status()["activations"] == {"web": 1}
-    second = again.activate(_request(again, platform))
+    second = again.activate(_request(again, platform)).value
     assert second.files["shared.pem"] == first.files["shared.pem"]
 
 
@@ -131,7 +131,7 @@ def test_unopenable_state_means_recovery(platform: SimulatedPlatform) -> None:
         MEASUREMENT,
         SEALING_KEY,
     )
-    assert c.load(b"GEODESEALED\0garbage") is False
+    c.load(b"GEODESEALED\0garbage")
     assert c.state is State.RECOVERY
     assert c.status()["state"] == "recovery"
     with pytest.raises(CoordinatorUnavailable):

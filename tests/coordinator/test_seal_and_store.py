@@ -99,22 +99,40 @@ class _Clock:
 
 def test_nonces_are_single_use_and_expire() -> None:
     clock = _Clock()
-    nonces = NonceStore(datetime.timedelta(seconds=60), 1000, clock)
-    first, _ = nonces.issue()
+    nonces = NonceStore(datetime.timedelta(seconds=60), clock)
+    first, expiry = nonces.issue()
     second, _ = nonces.issue()
     assert len(first) == 32
     assert first != second
+    assert expiry == clock.now + datetime.timedelta(seconds=60)
     assert nonces.consume(first)
     assert not nonces.consume(first)
     clock.now += datetime.timedelta(seconds=61)
     assert not nonces.consume(second)
+    assert nonces.spent == 0  # spent nonces are forgotten once they have expired anyway
     assert not nonces.consume(os.urandom(32))
 
 
-def test_outstanding_nonces_are_bounded() -> None:
-    nonces = NonceStore(datetime.timedelta(seconds=60), 3, _Clock())
-    issued = [nonces.issue()[0] for _ in range(5)]
-    assert [nonces.consume(n) for n in issued] == [False, False, True, True, True]
+def test_nonces_cannot_be_forged_or_borrowed() -> None:
+    clock = _Clock()
+    nonces = NonceStore(datetime.timedelta(seconds=60), clock)
+    nonce, _ = nonces.issue()
+    for i in range(32):  # any changed byte, the expiry included, breaks the MAC
+        forged = bytearray(nonce)
+        forged[i] ^= 1
+        assert not nonces.consume(bytes(forged))
+    other = NonceStore(datetime.timedelta(seconds=60), clock)
+    assert not other.consume(nonce)  # another Coordinator's key
+    assert nonces.consume(nonce)
+
+
+def test_a_nonce_flood_evicts_nobody() -> None:
+    nonces = NonceStore(datetime.timedelta(seconds=60), _Clock())
+    mine, _ = nonces.issue()
+    for _ in range(200_000):
+        nonces.issue()
+    assert nonces.spent == 0
+    assert nonces.consume(mine)
 
 
 class _SlowStore:

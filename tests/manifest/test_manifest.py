@@ -546,13 +546,16 @@ TEMPLATE_ERRORS: list[tuple[str, str, str]] = [
     ("unknown geode value", "{{ geode.root_key | pem }}", "unknown value 'geode.root_key'"),
     ("unknown variable", "{{ config.x }}", "unknown template variable 'config'"),
     ("secrets used whole", "{{ secrets | hex }}", "must be used as secrets.<name>"),
-    ("secrets set aside", "{% set s = secrets %}{{ s.db_key | hex }}", "secrets.<name>"),
+    ("secrets set aside", "{% set s = secrets %}{{ s.db_key | hex }}", "not allowed"),
+    ("a loop", "{% for c in 'abc' %}{{ c }}{% endfor %}", "'for' is not allowed"),
+    ("a macro", "{% macro m() %}x{% endmacro %}{{ m() }}", "'macro' is not allowed"),
+    ("string formatting", "{{ '%0900000000d' % 1 }}", "formatting with %"),
+    ("a huge power", "{{ ((9 ** 64) ** 64) ** 64 }}", "too large"),
+    ("division by zero", "{{ 1 // 0 }}", "ZeroDivisionError"),
     ("dynamic secret name", "{{ secrets[name] | hex }}", "unknown template variable"),
     ("numeric secret name", "{{ secrets[1] | hex }}", "needs a constant name"),
     ("secret name from a secret", "{{ secrets[secrets.note.value] | hex }}", "constant name"),
-    ("service key as hex", "{{ geode.service_key | hex }}", "takes the pem filter, not hex"),
-    ("service key as raw", "{{ geode.service_key | raw }}", "takes the pem filter, not raw"),
-    ("service key bare", "{{ geode.service_key }}", "needs the pem filter"),
+    ("service key in env", "{{ geode.service_key | pem }}", "may only be used in files"),
     ("pem of a symmetric key", "{{ secrets.api_token | pem }}", "certificates and keys only"),
     ("hex of a string", "{{ 'abc' | hex }}", "does not apply to str"),
     ("raw filter in env", "{{ secrets.db_key | raw }}", "NUL"),
@@ -600,8 +603,33 @@ def test_raw_filter_in_files_is_allowed() -> None:
     assert load(data).service_secrets["web"] == {"api_token", "db_key", "tls"}
 
 
-def test_service_key_pem_is_allowed_in_env() -> None:
-    assert load(with_env("{{ geode.service_key | pem }}")).service_secrets["web"] == {"db_key"}
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("{{ geode.service_key | hex }}", "takes the pem filter, not hex"),
+        ("{{ geode.service_key | raw }}", "takes the pem filter, not raw"),
+        ("{{ geode.service_key }}", "needs the pem filter"),
+    ],
+)
+def test_service_key_takes_only_pem(source: str, fragment: str) -> None:
+    path = ("services", "web", "files", "key.pem")
+    expect_error(with_change(path, source), "services.web.files.key.pem", fragment)
+
+
+def test_service_key_pem_is_allowed_in_files_only() -> None:
+    document = load(
+        with_change(("services", "web", "files", "key.pem"), "{{ geode.service_key | pem }}")
+    )
+    assert "key.pem" in document.manifest.services["web"].files
+    argv = with_change(("services", "web", "argv"), ["{{ geode.service_key | pem }}"])
+    expect_error(argv, "services.web.argv[0]", "may only be used in files")
+
+
+def test_private_keys_are_tracked_per_service() -> None:
+    data = with_change(("services", "web", "files", "pub.pem"), "{{ secrets.tls.cert | pem }}")
+    assert "tls" not in load(data).service_private_secrets["web"]
+    data["services"]["web"]["files"]["key.pem"] = "{{ secrets.tls.private | pem }}"
+    assert "tls" in load(data).service_private_secrets["web"]
 
 
 # -- whole-document errors ---------------------------------------------------------------------

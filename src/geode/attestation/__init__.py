@@ -9,6 +9,7 @@ from geode.attestation._evidence import (
     Claims,
     Evidence,
     key_binding,
+    manifest_signing_payload,
     statement_binding,
     statement_signing_payload,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "SimulatedPlatform",
     "default_platform_key_path",
     "key_binding",
+    "manifest_signing_payload",
     "match_claims",
     "measure_bundle",
     "platform_key_id",

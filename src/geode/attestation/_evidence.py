@@ -16,6 +16,7 @@ __all__ = [
     "Claims",
     "Evidence",
     "key_binding",
+    "manifest_signing_payload",
     "statement_binding",
     "statement_signing_payload",
 ]
@@ -39,14 +40,23 @@ def statement_binding(root_der: bytes, manifest_sha256: bytes, nonce: bytes) -> 
     return _pad(hashlib.sha256(root_der + manifest_sha256 + nonce).digest())
 
 
-def statement_signing_payload(nonce: bytes, manifest_sha256: bytes, mesh_ca_der: bytes) -> bytes:
-    """What the root key signs in a deployment statement, binding the current mesh CA."""
+def statement_signing_payload(
+    nonce: bytes, manifest_sha256: bytes, mesh_ca_der: bytes, state: str
+) -> bytes:
+    """What the root key signs in a deployment statement: it binds the current mesh CA and
+    the Coordinator's state to the caller's nonce."""
     return (
         b"geode deployment statement v1\0"
         + hashlib.sha256(nonce).digest()
         + manifest_sha256
         + hashlib.sha256(mesh_ca_der).digest()
+        + state.encode()
     )
+
+
+def manifest_signing_payload(manifest_sha256: bytes) -> bytes:
+    """What the root key signs for a manifest (domain-separated from everything else it signs)."""
+    return b"geode manifest v1\0" + manifest_sha256
 
 
 @dataclass(frozen=True)

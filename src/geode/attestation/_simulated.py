@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from geode._files import create_private_file, is_private, xdg_path
 from geode.attestation._evidence import REPORT_DATA_SIZE, Claims, Evidence
 from geode.errors import EvidenceError
 
@@ -61,10 +62,7 @@ FLAG_DEBUG = 0x1
 def default_platform_key_path() -> Path:
     """``$GEODE_PLATFORM_KEY``, else ``$XDG_DATA_HOME/geode/simulation/platform.key``."""
     override = os.environ.get(PLATFORM_KEY_ENV)
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return Path(base) / "geode" / "simulation" / "platform.key"
+    return Path(override) if override else xdg_path("data", "simulation", "platform.key")
 
 
 def platform_key_id(public_key: Ed25519PublicKey) -> bytes:
@@ -97,20 +95,15 @@ class SimulatedPlatform:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+        if not create_private_file(path, pem):
             return cls.load(path)  # another process created it first
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
         return platform
 
     @classmethod
     def load(cls, path: Path) -> SimulatedPlatform:
         data = path.read_bytes()
+        if not is_private(path):
+            raise EvidenceError(f"{path}: readable by other users; run 'chmod 600 {path}'")
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from geode.attestation import ReferenceValues, default_platform_key_path
 from geode.cli._common import warn
 from geode.client import CoordinatorClient, pin_root, verify_statement
+from geode.coordinator import reference_values
 from geode.errors import GeodeError, ManifestError, StatementError
 from geode.manifest import load_package
 
@@ -57,7 +58,7 @@ def _reference(measurement: str | None, policy: Path | None) -> ReferenceValues:
         package = load_package(policy.read_bytes())
     except ManifestError as exc:
         raise GeodeError(f"{policy}: {exc}") from None
-    return ReferenceValues(**package.model_dump())
+    return reference_values(package)
 
 
 @click.command()

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from cryptography import x509
 
+from geode._files import xdg_path
 from geode.errors import ClientError
 from geode.pki import certificate_pem, load_certificate
 
@@ -35,10 +36,7 @@ API = "/api/v1"
 def config_dir() -> Path:
     """``$GEODE_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/geode`` (``~/.config/geode``)."""
     override = os.environ.get(CONFIG_DIR_ENV)
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(Path.home(), ".config")
-    return Path(base) / "geode"
+    return Path(override) if override else xdg_path("config")
 
 
 def pinned_root_path(address: str | None = None) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from geode.attestation import (
@@ -25,6 +25,7 @@ from geode.attestation import (
     Evidence,
     EvidenceVerifier,
     ReferenceValues,
+    manifest_signing_payload,
     match_claims,
     statement_binding,
     statement_signing_payload,
@@ -57,6 +58,7 @@ class _Parsed:
     root: x509.Certificate
     mesh: x509.Certificate
     manifest_sha256: bytes | None
+    state: str
 
 
 def _field(statement: dict[str, Any], name: str, kind: type) -> Any:
@@ -104,7 +106,8 @@ def _parse(statement: Any, nonce: bytes | None) -> _Parsed:
     manifest_sha = (
         None if statement.get("manifest_sha256") is None else _hex(statement, "manifest_sha256", 32)
     )
-    return _Parsed(stated_nonce, root, mesh, manifest_sha)
+    state = _field(statement, "state", str)
+    return _Parsed(stated_nonce, root, mesh, manifest_sha, state)
 
 
 def _check_root_signatures(statement: dict[str, Any], parsed: _Parsed) -> None:
@@ -114,7 +117,10 @@ def _check_root_signatures(statement: dict[str, Any], parsed: _Parsed) -> None:
         raise StatementError("root key is not an ECDSA key")
     _check_mesh_ca(parsed.root, parsed.mesh)
     payload = statement_signing_payload(
-        parsed.nonce, parsed.manifest_sha256 or bytes(32), certificate_der(parsed.mesh)
+        parsed.nonce,
+        parsed.manifest_sha256 or bytes(32),
+        certificate_der(parsed.mesh),
+        parsed.state,
     )
     try:
         key.verify(_b64(statement, "statement_signature"), payload, ec.ECDSA(hashes.SHA256()))
@@ -124,8 +130,8 @@ def _check_root_signatures(statement: dict[str, Any], parsed: _Parsed) -> None:
         try:
             key.verify(
                 _b64(statement, "manifest_signature"),
-                parsed.manifest_sha256,
-                ec.ECDSA(utils.Prehashed(hashes.SHA256())),
+                manifest_signing_payload(parsed.manifest_sha256),
+                ec.ECDSA(hashes.SHA256()),
             )
         except InvalidSignature:
             raise StatementError("manifest signature does not verify with the root key") from None
@@ -180,7 +186,7 @@ def verify_statement(
         manifest_sha256=parsed.manifest_sha256,
         claims=claims,
         simulation=evidence.kind == "simulated",
-        state=str(statement.get("state")),
+        state=parsed.state,
     )
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from geode.coordinator._activation import ActivationRequest, ActivationResult
 from geode.coordinator._api import API_PREFIX, MESH_PREFIX, build_apps, openapi_document
 from geode.coordinator._core import (
-    ActivationRequest,
-    ActivationResult,
     Coordinator,
     CoordinatorSettings,
-    NonceStore,
+    Pending,
+    PreparedManifest,
     State,
+    reference_values,
 )
+from geode.coordinator._nonces import NonceStore
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
     SEALING_KEY_ENV,
@@ -41,6 +43,8 @@ __all__ = [
     "DirectoryStore",
     "GroupCommit",
     "NonceStore",
+    "Pending",
+    "PreparedManifest",
     "Sealer",
     "State",
     "StateStore",
@@ -52,5 +56,6 @@ __all__ = [
     "open_coordinator",
     "openapi_document",
     "parse_address",
+    "reference_values",
     "serve",
 ]

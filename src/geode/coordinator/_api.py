@@ -24,7 +24,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from geode.attestation import Evidence
-from geode.coordinator._core import ActivationRequest, Coordinator
+from geode.coordinator._activation import ActivationRequest
+from geode.coordinator._core import Coordinator
 from geode.coordinator._persist import GroupCommit
 from geode.errors import (
     ActivationDenied,
@@ -53,7 +54,7 @@ class _Body(BaseModel):
 
 class EvidenceBody(_Body):
     kind: Annotated[str, Field(max_length=16)]
-    data: Annotated[str, Field(max_length=96 * 1024)]
+    data: Annotated[str, Field(max_length=MAX_JSON_BODY)]
 
 
 class ActivateBody(_Body):
@@ -111,7 +112,7 @@ async def _json_body(request: Request, model: type[_Model]) -> _Model:
     raw = await _read_body(request, MAX_JSON_BODY)
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digits
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     try:
         return model.model_validate(data)
@@ -180,12 +181,18 @@ def build_apps(coordinator: Coordinator, persist: GroupCommit) -> tuple[Starlett
     async def get_manifest(request: Request) -> Response:
         return JSONResponse(coordinator.manifest_info())
 
+    manifest_lock = asyncio.Lock()
+
     async def post_manifest(request: Request) -> Response:
         raw = await _read_body(request, MAX_MANIFEST_BYTES)
         if not raw.strip():
             raise ApiError(400, "manifest_invalid", "manifest: empty body", path="manifest")
-        result = coordinator.set_manifest(raw)
-        await persist.commit()
+        async with manifest_lock:
+            # Validation and key generation can take a while: off the event loop. The new state
+            # is on disk before it is adopted, so a failed write changes nothing.
+            prepared = await asyncio.to_thread(coordinator.prepare_manifest, raw)
+            await persist.write(coordinator.seal(prepared))
+            result = coordinator.adopt_manifest(prepared)
         metrics.manifest_sets.inc()
         return JSONResponse(result, status_code=201)
 
@@ -220,15 +227,22 @@ def build_apps(coordinator: Coordinator, persist: GroupCommit) -> tuple[Starlett
         document = coordinator.document
         known = document is not None and body.service in document.manifest.services
         label = body.service if known else "<unknown>"
+        nonce = bytes.fromhex(body.nonce)
         try:
             try:
                 evidence = Evidence.from_json(body.evidence.model_dump())
             except EvidenceError as exc:
+                coordinator.nonces.consume(nonce)  # one nonce buys one attempt
                 raise ActivationDenied("invalid evidence", str(exc)) from None
-            result = coordinator.activate(
-                ActivationRequest(body.service, bytes.fromhex(body.nonce), body.csr, evidence)
+            pending = coordinator.activate(
+                ActivationRequest(body.service, nonce, body.csr, evidence)
             )
-            await persist.commit()
+            try:
+                await persist.commit()
+            except BaseException:
+                pending.revert()
+                raise
+            result = pending.value
         except ActivationDenied as exc:
             metrics.activations.labels(label, _slug(exc.reason)).inc()
             log.warning("activation of %s denied: %s", label, exc)

@@ -1,58 +1,55 @@
 """The Coordinator's state machine: manifest, activation and the deployment statement.
 
 Everything here is synchronous and runs on the server's event loop, so each operation is atomic
-with respect to the others. Persisting a change is the caller's next step (``Coordinator.persist``),
-and nothing is handed out before the change that produced it is on disk.
+with respect to the others; only ``prepare_manifest`` (validation and key generation, which can be
+slow) runs in a worker thread and touches no mutable state. Persisting a change is the caller's
+next step, and nothing is handed out before the change that produced it is on disk: a change
+that cannot be saved is reverted.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import datetime
 import hmac
 import logging
-import os
 import uuid
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.attestation import (
-    Claims,
-    Evidence,
     EvidenceVerifier,
     ReferenceValues,
     SimulatedPlatform,
     key_binding,
+    manifest_signing_payload,
     match_claims,
     statement_binding,
     statement_signing_payload,
 )
+from geode.coordinator._activation import ActivationRequest, ActivationResult, render_activation
+from geode.coordinator._nonces import NonceStore
 from geode.coordinator._seal import Sealer
 from geode.coordinator._secrets import generate_secret, template_value
-from geode.coordinator._state import CoordinatorState, StoredSecret
+from geode.coordinator._state import CoordinatorState
 from geode.errors import (
     ActivationDenied,
     ClaimsMismatch,
     CoordinatorUnavailable,
     EvidenceError,
+    GeodeError,
     ManifestConflict,
-    ManifestError,
     PKIError,
     SealError,
 )
-from geode.manifest import (
-    CertificateSecret,
-    ManifestDocument,
-    TemplateContext,
-    load_manifest,
-    render_template,
-)
+from geode.manifest import CertificateSecret, ManifestDocument, load_manifest
 from geode.pki import (
     CertificateAuthority,
     Clock,
@@ -70,17 +67,17 @@ from geode.pki import (
 )
 
 __all__ = [
-    "ActivationRequest",
-    "ActivationResult",
     "Coordinator",
     "CoordinatorSettings",
-    "NonceStore",
+    "Pending",
+    "PreparedManifest",
     "State",
+    "reference_values",
 ]
 
 log = logging.getLogger("geode.coordinator")
 
-NONCE_SIZE = 32
+T = TypeVar("T")
 
 
 class State(StrEnum):
@@ -94,71 +91,28 @@ class CoordinatorSettings:
     simulation: bool = False
     leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
     nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
-    max_outstanding_nonces: int = 100_000
-
-
-class NonceStore:
-    """Single-use nonces that expire; the oldest are dropped beyond ``limit``."""
-
-    def __init__(self, ttl: datetime.timedelta, limit: int, clock: Clock) -> None:
-        self._ttl = ttl
-        self._limit = limit
-        self._clock = clock
-        self._nonces: OrderedDict[bytes, datetime.datetime] = OrderedDict()
-
-    def issue(self) -> tuple[bytes, datetime.datetime]:
-        now = self._clock()
-        while self._nonces:
-            oldest, expiry = next(iter(self._nonces.items()))
-            if expiry > now and len(self._nonces) < self._limit:
-                break
-            del self._nonces[oldest]
-        nonce = os.urandom(NONCE_SIZE)
-        expiry = now + self._ttl
-        self._nonces[nonce] = expiry
-        return nonce, expiry
-
-    def consume(self, nonce: bytes) -> bool:
-        """True once for a nonce that was issued and has not expired."""
-        expiry = self._nonces.pop(nonce, None)
-        return expiry is not None and expiry > self._clock()
 
 
 @dataclass(frozen=True)
-class ActivationRequest:
-    service: str
-    nonce: bytes
-    csr: str
-    evidence: Evidence
+class Pending(Generic[T]):
+    """A change made in memory, with the means to undo it if it cannot be saved."""
+
+    value: T
+    revert: Callable[[], None]
 
 
 @dataclass(frozen=True)
-class ActivationResult:
-    instance_id: str
-    spiffe_id: str
-    certificate: x509.Certificate
-    mesh_ca_pem: str
-    root_ca_pem: str
-    secrets: dict[str, StoredSecret]
-    files: dict[str, bytes]
-    env: dict[str, bytes]
-    argv: list[bytes]
+class PreparedManifest:
+    """A validated manifest with its generated secrets and signature, not yet adopted."""
 
-    def to_json(self) -> dict[str, Any]:
-        def b64(value: bytes) -> str:
-            return base64.b64encode(value).decode()
+    document: ManifestDocument
+    state: CoordinatorState
+    values: dict[str, bytes | CertificateSecret]
 
-        return {
-            "instance_id": self.instance_id,
-            "spiffe_id": self.spiffe_id,
-            "certificate_chain": [certificate_pem(self.certificate), self.mesh_ca_pem],
-            "mesh_ca": self.mesh_ca_pem,
-            "root_ca": self.root_ca_pem,
-            "secrets": {name: s.to_json() for name, s in self.secrets.items()},
-            "files": {path: b64(v) for path, v in self.files.items()},
-            "env": {key: b64(v) for key, v in self.env.items()},
-            "argv": [b64(v) for v in self.argv],
-        }
+
+def reference_values(package: Any) -> ReferenceValues:
+    """A manifest package as the reference values its evidence is matched against."""
+    return ReferenceValues(**package.model_dump())
 
 
 @dataclass
@@ -173,9 +127,16 @@ class _Keys:
         self.root_pem = certificate_pem(self.root.certificate)
         self.mesh_pem = certificate_pem(self.mesh.certificate)
 
+    @property
+    def root_key(self) -> ec.EllipticCurvePrivateKey:
+        key = self.root.key
+        if not isinstance(key, ec.EllipticCurvePrivateKey):  # Geode creates P-256 roots
+            raise SealError("the root key is not an ECDSA key")
+        return key
+
 
 class Coordinator:
-    """The control plane's core. Build it with ``Coordinator.open``."""
+    """The control plane's core."""
 
     def __init__(
         self,
@@ -193,7 +154,7 @@ class Coordinator:
         self.measurement = measurement
         self._sealing_key = sealing_key
         self._clock = clock
-        self.nonces = NonceStore(settings.nonce_ttl, settings.max_outstanding_nonces, clock)
+        self.nonces = NonceStore(settings.nonce_ttl, clock)
         self.state = State.RECOVERY
         self.recovery_reason = "not started"
         self._data: CoordinatorState | None = None
@@ -204,55 +165,52 @@ class Coordinator:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def load(self, blob: bytes | None) -> bool:
-        """Unseal ``blob`` or, when there is none, create a fresh root of trust.
+    def load(self, blob: bytes | None) -> None:
+        """Unseal ``blob`` or, when there is none, create a fresh root of trust in memory.
 
-        Returns True when a new state was created and must be saved. A blob that cannot be
-        unsealed puts the Coordinator in ``recovery``; it never starts empty over it.
+        A fresh root is saved only together with the first manifest, so the state on disk can
+        never be rolled back to "root, but no manifest yet" and handed a different manifest. A
+        blob that cannot be opened puts the Coordinator in ``recovery``; it never starts empty
+        over it.
         """
         if blob is None:
             self._create()
-            return True
+            return
         try:
             self._sealer, raw = Sealer.unseal(blob, self._sealing_key)
-            data = CoordinatorState.from_bytes(raw)
-            self._adopt(data)
+            self._adopt(CoordinatorState.from_bytes(raw))
         except SealError as exc:
             self.state = State.RECOVERY
             self.recovery_reason = str(exc)
             log.error("sealed state cannot be opened; entering recovery: %s", exc)
-        return False
 
     def _create(self) -> None:
         root = CertificateAuthority.create_root(clock=self._clock)
         mesh = root.create_intermediate("Geode Mesh CA", clock=self._clock)
-        data = CoordinatorState(
-            root_key=private_key_pem(root.key),
-            root_certificate=certificate_pem(root.certificate).encode(),
-            mesh_key=private_key_pem(mesh.key),
-            mesh_certificate=certificate_pem(mesh.certificate).encode(),
-            created_at=self._clock().isoformat(),
-        )
         self._sealer = Sealer(self._sealing_key)
-        self._adopt(data)
+        self._adopt(
+            CoordinatorState(
+                root_key=private_key_pem(root.key),
+                root_certificate=certificate_pem(root.certificate).encode(),
+                mesh_key=private_key_pem(mesh.key),
+                mesh_certificate=certificate_pem(mesh.certificate).encode(),
+                created_at=self._clock().isoformat(),
+            )
+        )
 
     def _adopt(self, data: CoordinatorState) -> None:
-        root_cert = load_certificate(data.root_certificate)
-        root = CertificateAuthority(load_private_key(data.root_key), root_cert)
-        mesh_cert = load_certificate(data.mesh_certificate)
-        mesh = CertificateAuthority(
-            load_private_key(data.mesh_key),
-            mesh_cert,
-            (mesh_cert,),
-        )
-        document = None
-        if data.manifest is not None:
-            try:
-                document = load_manifest(data.manifest)
-            except ManifestError as exc:
-                raise SealError(f"stored manifest no longer validates: {exc}") from None
+        try:
+            root = CertificateAuthority(
+                load_private_key(data.root_key), load_certificate(data.root_certificate)
+            )
+            mesh_cert = load_certificate(data.mesh_certificate)
+            mesh = CertificateAuthority(load_private_key(data.mesh_key), mesh_cert, (mesh_cert,))
+            values = {n: template_value(s) for n, s in data.secrets.items()}
+            document = None if data.manifest is None else load_manifest(data.manifest)
+        except (GeodeError, ValueError, TypeError) as exc:
+            raise SealError(f"sealed state is inconsistent: {exc}") from None
         self._data = data
-        self._keys = _Keys(root, mesh, {n: template_value(s) for n, s in data.secrets.items()})
+        self._keys = _Keys(root, mesh, values)
         self._document = document
         self.state = State.ACTIVE if document is not None else State.AWAITING_MANIFEST
         self.recovery_reason = ""
@@ -262,6 +220,11 @@ class Coordinator:
         if self._data is None or self._sealer is None:
             raise CoordinatorUnavailable("no state to save")
         return self._sealer.seal(self._data.to_bytes())
+
+    def seal(self, prepared: PreparedManifest) -> bytes:
+        if self._sealer is None:
+            raise CoordinatorUnavailable("no state to save")
+        return self._sealer.seal(prepared.state.to_bytes())
 
     # -- accessors ---------------------------------------------------------------------------
 
@@ -314,33 +277,49 @@ class Coordinator:
 
     # -- manifest ------------------------------------------------------------------------------
 
-    def set_manifest(self, raw: bytes) -> dict[str, str]:
-        """Validate and adopt the manifest; generates its secrets. Once only."""
+    def prepare_manifest(self, raw: bytes) -> PreparedManifest:
+        """Validate ``raw``, generate its secrets and sign it, without changing any state.
+
+        Safe to run in a worker thread: it only reads the root key.
+        """
         keys = self._require_keys()
-        if self.state is not State.AWAITING_MANIFEST:
+        if self.state is not State.AWAITING_MANIFEST or self._data is None:
             raise ManifestConflict("manifest already set")
         document = load_manifest(raw)
-        assert self._data is not None
         secrets = {
             name: generate_secret(name, spec, keys.root, clock=self._clock)
             for name, spec in document.manifest.secrets.items()
             if not spec.per_instance
         }
-        root_key = keys.root.key
-        assert isinstance(root_key, ec.EllipticCurvePrivateKey)  # created by Geode as P-256
-        signature = root_key.sign(document.sha256, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-        self._data.manifest = raw
-        self._data.manifest_signature = signature
-        self._data.secrets = secrets
-        self._data.activations = {}
-        keys.secrets = {name: template_value(s) for name, s in secrets.items()}
-        self._document = document
+        state = copy.copy(self._data)
+        state.manifest = raw
+        state.manifest_signature = keys.root_key.sign(
+            manifest_signing_payload(document.sha256), ec.ECDSA(hashes.SHA256())
+        )
+        state.secrets = secrets
+        state.activations = {}
+        values = {name: template_value(s) for name, s in secrets.items()}
+        return PreparedManifest(document, state, values)
+
+    def adopt_manifest(self, prepared: PreparedManifest) -> dict[str, str]:
+        """Make a prepared (and saved) manifest the one in force."""
+        keys = self._require_keys()
+        if self.state is not State.AWAITING_MANIFEST:
+            raise ManifestConflict("manifest already set")
+        self._data = prepared.state
+        keys.secrets = prepared.values
+        self._document = prepared.document
         self.state = State.ACTIVE
-        log.info("manifest set: sha256 %s", document.sha256.hex())
+        log.info("manifest set: sha256 %s", prepared.document.sha256.hex())
         return {
-            "sha256": document.sha256.hex(),
-            "signature": base64.b64encode(signature).decode(),
+            "sha256": prepared.document.sha256.hex(),
+            "signature": base64.b64encode(prepared.state.manifest_signature or b"").decode(),
         }
+
+    def set_manifest(self, raw: bytes) -> dict[str, str]:
+        """Prepare and adopt in one step, in memory only (for embedding and tests; the server
+        saves the prepared state between the two)."""
+        return self.adopt_manifest(self.prepare_manifest(raw))
 
     # -- activation ----------------------------------------------------------------------------
 
@@ -348,11 +327,12 @@ class Coordinator:
         self._require_keys()
         return self.nonces.issue()
 
-    def activate(self, request: ActivationRequest) -> ActivationResult:
+    def activate(self, request: ActivationRequest) -> Pending[ActivationResult]:
         """Verify an instance and hand out its identity; raises ``ActivationDenied``."""
         keys = self._require_keys()
         document = self._document
-        if document is None or self._data is None:
+        data = self._data
+        if document is None or data is None:
             raise ActivationDenied("manifest not set")
         # The nonce is spent whatever happens next, so one nonce buys one attempt.
         if not self.nonces.consume(request.nonce):
@@ -372,12 +352,11 @@ class Coordinator:
         expected = key_binding(public_key_der(public_key), request.nonce)
         if not hmac.compare_digest(claims.report_data, expected):
             raise ActivationDenied("evidence not bound to this key and nonce")
-        package = manifest.packages[service.package]
         try:
-            match_claims(claims, ReferenceValues(**package.model_dump()))
+            match_claims(claims, reference_values(manifest.packages[service.package]))
         except ClaimsMismatch as exc:
             raise ActivationDenied(exc.reason, exc.detail) from None
-        count = self._data.activations.get(request.service, 0)
+        count = data.activations.get(request.service, 0)
         if service.max_activations and count >= service.max_activations:
             raise ActivationDenied("max_activations reached", f"limit {service.max_activations}")
 
@@ -393,72 +372,32 @@ class Coordinator:
             ),
             clock=self._clock,
         )
-        result = self._render(request.service, instance_id, str(spiffe_id), leaf, keys)
-        self._data.activations[request.service] = count + 1
-        log.info(
-            "activated %s instance %s (%s)", request.service, instance_id, _claims_summary(claims)
-        )
-        return result
-
-    def _render(
-        self,
-        service_name: str,
-        instance_id: str,
-        spiffe_id: str,
-        leaf: x509.Certificate,
-        keys: _Keys,
-    ) -> ActivationResult:
-        assert self._document is not None
-        assert self._data is not None
-        manifest = self._document.manifest
-        service = manifest.services[service_name]
-        used = self._document.service_secrets.get(service_name, frozenset())
-        values: dict[str, bytes | CertificateSecret] = {}
-        handed: dict[str, StoredSecret] = {}
-        for name in sorted(used):
-            spec = manifest.secrets[name]
-            if spec.per_instance:
-                stored = generate_secret(name, spec, keys.root, clock=self._clock)
-                values[name] = template_value(stored)
-            else:
-                stored = self._data.secrets[name]
-                values[name] = keys.secrets[name]
-            handed[name] = stored
-        context = TemplateContext(
-            secrets=values,
-            root_ca=keys.root.certificate,
-            mesh_ca=keys.mesh.certificate,
-            service_cert=leaf,
-        )
-        try:
-            files = {
-                path: render_template(src, context, f"services.{service_name}.files.{path}")
-                for path, src in service.files.items()
-            }
-            env = {
-                key: render_template(src, context, f"services.{service_name}.env.{key}")
-                for key, src in service.env.items()
-            }
-            argv = [
-                render_template(src, context, f"services.{service_name}.argv[{i}]")
-                for i, src in enumerate(service.argv)
-            ]
-        except ManifestError as exc:
-            raise ActivationDenied("template rendering failed", str(exc)) from None
-        for key, value in [*env.items(), *((str(i), v) for i, v in enumerate(argv))]:
-            if b"\0" in value:
-                raise ActivationDenied("template rendering failed", f"{key} contains a NUL byte")
-        return ActivationResult(
+        result = render_activation(
+            document,
+            request.service,
             instance_id=instance_id,
-            spiffe_id=spiffe_id,
-            certificate=leaf,
-            mesh_ca_pem=keys.mesh_pem,
-            root_ca_pem=keys.root_pem,
-            secrets=handed,
-            files=files,
-            env=env,
-            argv=argv,
+            spiffe_id=str(spiffe_id),
+            leaf=leaf,
+            root=keys.root,
+            mesh=keys.mesh,
+            ca_pems=(keys.root_pem, keys.mesh_pem),
+            stored=data.secrets,
+            values=keys.secrets,
+            clock=self._clock,
         )
+        data.activations[request.service] = count + 1
+        log.info(
+            "activated %s instance %s (tee=%s measurement=%s…)",
+            request.service,
+            instance_id,
+            claims.tee,
+            claims.measurement.hex()[:16],
+        )
+
+        def revert() -> None:
+            data.activations[request.service] -= 1
+
+        return Pending(result, revert)
 
     # -- deployment statement ------------------------------------------------------------------
 
@@ -467,16 +406,16 @@ class Coordinator:
         keys = self._require_keys()
         if self.platform is None:
             raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
-        root_der = certificate_der(keys.root.certificate)
         manifest_sha = self._document.sha256 if self._document else bytes(32)
         evidence = self.platform.quote(
-            self.measurement, statement_binding(root_der, manifest_sha, nonce)
+            self.measurement,
+            statement_binding(certificate_der(keys.root.certificate), manifest_sha, nonce),
         )
         signature = self._data.manifest_signature if self._data else None
-        root_key = keys.root.key
-        assert isinstance(root_key, ec.EllipticCurvePrivateKey)
-        statement_signature = root_key.sign(
-            statement_signing_payload(nonce, manifest_sha, certificate_der(keys.mesh.certificate)),
+        statement_signature = keys.root_key.sign(
+            statement_signing_payload(
+                nonce, manifest_sha, certificate_der(keys.mesh.certificate), self.state.value
+            ),
             ec.ECDSA(hashes.SHA256()),
         )
         return {
@@ -485,13 +424,9 @@ class Coordinator:
             "simulation": self.settings.simulation,
             "nonce": nonce.hex(),
             "evidence": evidence.to_json(),
-            "root_certificate": certificate_pem(keys.root.certificate),
-            "mesh_ca_certificate": certificate_pem(keys.mesh.certificate),
+            "root_certificate": keys.root_pem,
+            "mesh_ca_certificate": keys.mesh_pem,
             "manifest_sha256": self._document.sha256.hex() if self._document else None,
             "manifest_signature": base64.b64encode(signature).decode() if signature else None,
             "statement_signature": base64.b64encode(statement_signature).decode(),
         }
-
-
-def _claims_summary(claims: Claims) -> str:
-    return f"tee={claims.tee} measurement={claims.measurement.hex()[:16]}… debug={claims.debug}"

@@ -22,7 +22,14 @@ class GroupCommit:
         self._store = store
         self._pending: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._disk = asyncio.Lock()  # one write at a time, group or direct
         self.writes = 0
+
+    async def write(self, blob: bytes) -> None:
+        """Write ``blob`` itself (a state not yet adopted in memory), after any write under way."""
+        async with self._disk:
+            await asyncio.to_thread(self._store.save, blob)
+            self.writes += 1
 
     async def commit(self) -> None:
         if self._pending is None:
@@ -36,9 +43,10 @@ class GroupCommit:
         while self._pending is not None:
             waiter, self._pending = self._pending, None
             try:
-                blob = self._snapshot()
-                await asyncio.to_thread(self._store.save, blob)
-                self.writes += 1
+                async with self._disk:
+                    blob = self._snapshot()
+                    await asyncio.to_thread(self._store.save, blob)
+                    self.writes += 1
             except Exception as exc:
                 waiter.set_exception(exc)
                 # Retrieve it here too, so a waiter that was cancelled leaves no warning behind.

@@ -25,6 +25,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from geode._files import create_private_file, is_private, xdg_path
 from geode.errors import SealError
 
 __all__ = [
@@ -45,10 +46,7 @@ NONCE_SIZE = 12
 def default_sealing_key_path() -> Path:
     """``$GEODE_SEALING_KEY``, else ``$XDG_DATA_HOME/geode/simulation/sealing.key``."""
     override = os.environ.get(SEALING_KEY_ENV)
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return Path(base) / "geode" / "simulation" / "sealing.key"
+    return Path(override) if override else xdg_path("data", "simulation", "sealing.key")
 
 
 def load_or_create_sealing_key(path: Path) -> bytes:
@@ -56,21 +54,14 @@ def load_or_create_sealing_key(path: Path) -> bytes:
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = os.urandom(KEY_SIZE)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return load_or_create_sealing_key(path)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-            f.flush()
-            os.fsync(f.fileno())
-        return key
+        return key if create_private_file(path, key) else load_or_create_sealing_key(path)
     except OSError as exc:
         raise SealError(f"cannot read the sealing key {path}: {exc.strerror}") from None
     if len(key) != KEY_SIZE:
         raise SealError(f"the sealing key {path} must hold exactly {KEY_SIZE} bytes")
+    if not is_private(path):
+        raise SealError(f"the sealing key {path} is readable by other users; chmod 600 it")
     return key
 
 
@@ -100,7 +91,8 @@ class Sealer:
     def unseal(cls, blob: bytes, sealing_key: bytes) -> tuple[Sealer, bytes]:
         """Open a sealed blob; returns a sealer that keeps its data key, and the state."""
         header_end, header = _parse_header(blob)
-        wrapped_b64 = header.get("wrapped_keys", {}).get("sealing")
+        wraps = header.get("wrapped_keys")
+        wrapped_b64 = wraps.get("sealing") if isinstance(wraps, dict) else None
         if not isinstance(wrapped_b64, str):
             raise SealError("state file is corrupt: no sealing-key wrap in the header")
         try:

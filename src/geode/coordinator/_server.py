@@ -14,7 +14,7 @@ import ssl
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -26,9 +26,9 @@ from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundl
 from geode.coordinator._api import build_apps
 from geode.coordinator._core import Coordinator, CoordinatorSettings, State
 from geode.coordinator._persist import GroupCommit
-from geode.coordinator._seal import load_or_create_sealing_key
+from geode.coordinator._seal import default_sealing_key_path, load_or_create_sealing_key
 from geode.coordinator._store import DirectoryStore
-from geode.errors import GeodeError
+from geode.errors import GeodeError, SealError
 from geode.pki import (
     CertificateAuthority,
     LeafParams,
@@ -84,7 +84,6 @@ class CoordinatorConfig:
     leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
     nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
     log_level: str = "info"
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
@@ -157,15 +156,18 @@ class _Server(uvicorn.Server):
         yield
 
 
-def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryStore, bool]:
+def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryStore]:
     """Build the Coordinator from its configuration and unseal its state."""
     if not config.simulation:
         raise GeodeError(
             "no TEE quote provider is available on this machine; start with --simulation"
         )
-    from geode.coordinator._seal import default_sealing_key_path
-
-    sealing_key = load_or_create_sealing_key(config.sealing_key or default_sealing_key_path())
+    sealing_path = config.sealing_key or default_sealing_key_path()
+    if sealing_path.resolve().is_relative_to(config.data_dir.resolve()):
+        raise SealError(
+            f"the sealing key {sealing_path} must not live in the data directory it protects"
+        )
+    sealing_key = load_or_create_sealing_key(sealing_path)
     platform = SimulatedPlatform.load_or_create(config.platform_key)
     trusted = [platform.public_key]
     trusted += [SimulatedPlatform.load(p).public_key for p in config.trusted_platform_keys]
@@ -181,17 +183,17 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryS
         sealing_key,
     )
     store = DirectoryStore(config.data_dir)
-    created = coordinator.load(store.load())
-    return coordinator, store, created
+    blob = store.load()
+    coordinator.load(blob)
+    if blob is None:
+        log.info("new deployment: root of trust created (saved with the first manifest)")
+    return coordinator, store
 
 
 async def _serve(config: CoordinatorConfig) -> int:
-    coordinator, store, created = open_coordinator(config)
+    coordinator, store = open_coordinator(config)
     try:
         persist = GroupCommit(coordinator.sealed_state, store)
-        if created:
-            await persist.commit()
-            log.info("new deployment: root of trust created in %s", config.data_dir)
         client_app, mesh_app = build_apps(coordinator, persist)
         context = server_ssl_context(coordinator, config)
 

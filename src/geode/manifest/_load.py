@@ -51,8 +51,10 @@ class ManifestDocument:
 
     raw: bytes
     manifest: Manifest
-    # For each service, the secrets its templates use (what activation hands out).
+    # For each service, the secrets its templates use (what activation hands out), and the
+    # certificate secrets whose private key they read (only those keys are handed out).
     service_secrets: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    service_private_secrets: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def sha256(self) -> bytes:
@@ -165,8 +167,10 @@ def load_manifest(raw: bytes) -> ManifestDocument:
         raise _pydantic_error(exc) from None
     _check_references(manifest)
     _check_keys(manifest)
-    service_secrets = _check_templates(manifest)
-    return ManifestDocument(raw=raw, manifest=manifest, service_secrets=service_secrets)
+    used, private = _check_templates(manifest)
+    return ManifestDocument(
+        raw=raw, manifest=manifest, service_secrets=used, service_private_secrets=private
+    )
 
 
 def _check_references(m: Manifest) -> None:
@@ -243,12 +247,15 @@ def _check_keys(m: Manifest) -> None:
             raise ManifestError(f"recovery.keys.{name}", "must be an RSA key of 2048 bits or more")
 
 
-def _check_templates(m: Manifest) -> dict[str, frozenset[str]]:
+def _check_templates(
+    m: Manifest,
+) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
     sizes = {
         name: None if spec.is_certificate else spec.bits // 8 for name, spec in m.secrets.items()
     }
     context = placeholder_context(sizes)
-    out: dict[str, frozenset[str]] = {}
+    used_by: dict[str, frozenset[str]] = {}
+    private_by: dict[str, frozenset[str]] = {}
     for name, service in m.services.items():
         templates: list[tuple[str, str, bool]] = [
             (f"services.{name}.env.{key}", value, True) for key, value in service.env.items()
@@ -256,16 +263,24 @@ def _check_templates(m: Manifest) -> dict[str, frozenset[str]]:
         templates += [(f"services.{name}.files.{p}", v, False) for p, v in service.files.items()]
         templates += [(f"services.{name}.argv[{i}]", v, True) for i, v in enumerate(service.argv)]
         used: set[str] = set()
+        private: set[str] = set()
         for path, source, textual in templates:
-            secrets, geode_values = referenced_names(source, path)
-            for secret in sorted(secrets):
+            refs = referenced_names(source, path)
+            for secret in sorted(refs.secrets):
                 if secret not in m.secrets:
                     raise ManifestError(path, f"unknown secret {secret!r}")
-            for value in sorted(geode_values - GEODE_VALUES):
+            for value in sorted(refs.geode - GEODE_VALUES):
                 raise ManifestError(path, f"unknown value 'geode.{value}'")
-            used |= secrets
+            if textual and "service_key" in refs.geode:
+                # argv and environment are readable by other processes (/proc); files are 0600.
+                raise ManifestError(path, "geode.service_key may only be used in files")
+            used |= refs.secrets
+            private |= refs.private_secrets & {
+                s for s in refs.secrets if m.secrets[s].is_certificate
+            }
             rendered = render_template(source, context, path)
             if textual and b"\0" in rendered:
                 raise ManifestError(path, "renders a NUL byte; use the hex or base64 filter")
-        out[name] = frozenset(used)
-    return out
+        used_by[name] = frozenset(used)
+        private_by[name] = frozenset(private)
+    return used_by, private_by

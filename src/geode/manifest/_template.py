@@ -40,6 +40,7 @@ __all__ = [
     "SERVICE_KEY_MARKER",
     "CertificateSecret",
     "TemplateContext",
+    "TemplateRefs",
     "placeholder_context",
     "referenced_names",
     "render_template",
@@ -68,14 +69,14 @@ class _Opaque:
     """A value a template may only pass to a filter: it refuses ``str``, ``repr`` and
     ``format``, so neither printing, ``~`` nor ``%`` can turn it into text."""
 
-    __slots__ = ("hint", "inner")
+    __slots__ = ("_hint", "_inner")
 
     def __init__(self, inner: Any, hint: str) -> None:
-        self.inner = inner
-        self.hint = hint
+        self._inner = inner
+        self._hint = hint
 
     def _refuse(self, *_: Any) -> str:
-        raise jinja2.TemplateError(self.hint)
+        raise jinja2.TemplateError(self._hint)
 
     __str__ = __repr__ = __format__ = _refuse
 
@@ -91,15 +92,15 @@ class _CertificateView(_Opaque):
 
     @property
     def cert(self) -> _Opaque:
-        return _Opaque(self.inner.cert, _NEEDS_FILTER)
+        return _Opaque(self._inner.cert, _NEEDS_FILTER)
 
     @property
     def private(self) -> _Opaque:
-        return _Opaque(self.inner.private, _NEEDS_FILTER)
+        return _Opaque(self._inner.private, _NEEDS_FILTER)
 
     @property
     def public(self) -> _Opaque:
-        return _Opaque(self.inner.public, _NEEDS_FILTER)
+        return _Opaque(self._inner.public, _NEEDS_FILTER)
 
 
 class _Namespace(_Opaque):
@@ -109,11 +110,11 @@ class _Namespace(_Opaque):
     __slots__ = ()
 
     def __getitem__(self, key: str) -> Any:
-        return self.inner[key]
+        return self._inner[key]
 
     def __getattr__(self, key: str) -> Any:
         try:
-            return self.inner[key]
+            return self._inner[key]
         except KeyError:
             raise AttributeError(key) from None
 
@@ -123,7 +124,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     nothing else: no other attribute is reachable and nothing can be called. ``*`` and ``**``
     are bounded, so a template cannot build a huge value."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, _CertificateView):
@@ -134,10 +135,20 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         raise SecurityError("templates cannot call methods; use a filter: pem, hex, raw, base64")
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "%":
+            if isinstance(left, str):
+                raise SecurityError("string formatting with % is not allowed; use ~")
+            return left % right
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > 64:
                 raise SecurityError("exponent too large in a template")
+            if isinstance(left, int) and left.bit_length() * abs(int(right)) > 1 << 14:
+                raise SecurityError("template value too large")
             return left**right
+        if isinstance(left, int) and isinstance(right, int):
+            if left.bit_length() + right.bit_length() > 1 << 14:
+                raise SecurityError("template value too large")
+            return left * right
         for seq, count in ((left, right), (right, left)):
             sized = isinstance(seq, str | bytes | list | tuple) and isinstance(count, int)
             if sized and len(seq) * count > MAX_RENDERED_BYTES:
@@ -186,13 +197,13 @@ class TemplateContext:
 
 def _unwrap(value: Any, what: str) -> Any:
     if isinstance(value, _CertificateView):
-        return value.inner.cert
+        return value._inner.cert
     if isinstance(value, _Namespace) or not isinstance(value, _Opaque):
         raise jinja2.TemplateError(
             f"the {what} filter does not apply to {type(value).__name__}: "
             "filters take secrets and geode.* values"
         )
-    return value.inner
+    return value._inner
 
 
 def _to_der_or_bytes(value: Any, what: str) -> bytes:
@@ -277,36 +288,91 @@ def _parse(source: str, path: str) -> nodes.Template:
         return _environment().parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise ManifestError(path, f"template syntax error: {exc.message}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ManifestError(path, f"template syntax error: {type(exc).__name__}") from None
 
 
-def referenced_names(source: str, path: str) -> tuple[frozenset[str], frozenset[str]]:
+@dataclass(frozen=True)
+class TemplateRefs:
+    """What a template uses, found statically."""
+
+    secrets: frozenset[str]
+    private_secrets: frozenset[str]  # certificate secrets whose private key the template reads
+    geode: frozenset[str]
+
+
+# Templates are expressions and if-blocks: without loops, assignments or macros, the work a
+# template does is bounded by its length (and the bounded operators of ``_Sandbox``).
+_ALLOWED_STATEMENTS = (nodes.Output, nodes.If)
+_TEMPLATE_FAILURES = (
+    TypeError,
+    ValueError,
+    AttributeError,
+    LookupError,
+    ArithmeticError,
+    RecursionError,
+)
+
+
+def referenced_names(source: str, path: str) -> TemplateRefs:
     """The secrets and ``geode.*`` values a template uses, found statically.
 
-    Raises ``ManifestError`` for syntax errors and for names outside ``secrets`` and ``geode``.
+    Raises ``ManifestError`` for syntax errors, statements other than ``if``, and names outside
+    ``secrets`` and ``geode``.
     """
     tree = _parse(source, path)
+    for statement in tree.find_all(nodes.Stmt):
+        if not isinstance(statement, _ALLOWED_STATEMENTS):
+            kind = type(statement).__name__.lower()
+            raise ManifestError(path, f"'{kind}' is not allowed in templates (only if-blocks)")
     try:
         unknown = meta.find_undeclared_variables(tree) - _TEMPLATE_GLOBALS
     except jinja2.TemplateSyntaxError as exc:  # e.g. an unknown filter, found by compiling
         raise ManifestError(path, f"template error: {exc.message}") from None
+    except _TEMPLATE_FAILURES as exc:
+        raise ManifestError(path, f"template error: {type(exc).__name__}") from None
     if unknown:
         raise ManifestError(path, f"unknown template variable {sorted(unknown)[0]!r}")
     found: dict[str, set[str]] = {"secrets": set(), "geode": set()}
     accessed: set[int] = set()
-    for attr in tree.find_all(nodes.Getattr):
-        if isinstance(attr.node, nodes.Name) and attr.node.name in found:
-            found[attr.node.name].add(attr.attr)
-            accessed.add(id(attr.node))
-    for item in tree.find_all(nodes.Getitem):
-        if isinstance(item.node, nodes.Name) and item.node.name in found:
-            if not (isinstance(item.arg, nodes.Const) and isinstance(item.arg.value, str)):
-                raise ManifestError(path, f"{item.node.name}[...] needs a constant name")
-            found[item.node.name].add(item.arg.value)
-            accessed.add(id(item.node))
-    for name in tree.find_all(nodes.Name):
-        if name.name in found and id(name) not in accessed:
-            raise ManifestError(path, f"'{name.name}' must be used as {name.name}.<name>")
-    return frozenset(found["secrets"]), frozenset(found["geode"])
+    secret_nodes: dict[int, str] = {}
+    accesses = _accesses(tree)
+    for node in accesses:
+        target = node.node
+        if not (isinstance(target, nodes.Name) and target.name in found):
+            continue
+        name = _constant_name(node)
+        if name is None:
+            raise ManifestError(path, f"{target.name}[...] needs a constant name")
+        found[target.name].add(name)
+        accessed.add(id(target))
+        if target.name == "secrets":
+            secret_nodes[id(node)] = name
+    for name_node in tree.find_all(nodes.Name):
+        if name_node.name in found and id(name_node) not in accessed:
+            raise ManifestError(path, f"'{name_node.name}' must be used as {name_node.name}.<name>")
+    private: set[str] = set()
+    for node in accesses:
+        secret = secret_nodes.get(id(node.node))
+        if secret is not None and _constant_name(node) not in ("cert", "public"):
+            private.add(secret)  # .private, or anything not provably the public part
+    return TemplateRefs(frozenset(found["secrets"]), frozenset(private), frozenset(found["geode"]))
+
+
+def _accesses(tree: nodes.Template) -> list[nodes.Getattr | nodes.Getitem]:
+    return [
+        node
+        for node in tree.find_all((nodes.Getattr, nodes.Getitem))
+        if isinstance(node, nodes.Getattr | nodes.Getitem)
+    ]
+
+
+def _constant_name(node: nodes.Getattr | nodes.Getitem) -> str | None:
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        return node.arg.value
+    return None
 
 
 def render_template(source: str, context: TemplateContext, path: str) -> bytes:
@@ -325,8 +391,9 @@ def render_template(source: str, context: TemplateContext, path: str) -> bytes:
         raise ManifestError(path, f"template error: {exc.message}") from None
     except jinja2.TemplateError as exc:
         raise ManifestError(path, f"template error: {exc.message or exc}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ManifestError(path, f"template error: {exc}") from None
+    except _TEMPLATE_FAILURES as exc:
+        # The exception text may quote rendered values, which can be secrets: name its type only.
+        raise ManifestError(path, f"template error: {type(exc).__name__}") from None
     try:
         return text.encode("utf-8", _SURROGATE)
     except UnicodeEncodeError:
