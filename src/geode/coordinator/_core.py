@@ -396,6 +396,8 @@ class Coordinator:
 
         def revert() -> None:
             data.activations[request.service] -= 1
+            if not data.activations[request.service]:
+                del data.activations[request.service]
 
         return Pending(result, revert)
 

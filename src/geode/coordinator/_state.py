@@ -30,6 +30,7 @@ class StoredSecret:
         out = {"value": base64.b64encode(self.value).decode()}
         if self.certificate:
             out["certificate"] = self.certificate.decode()
+        if self.private_key:
             out["private_key"] = self.private_key.decode()
         return out
 

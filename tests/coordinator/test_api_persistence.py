@@ -1,0 +1,200 @@
+"""The APIs in-process over ASGI: a change that cannot be saved is not kept, nor handed out."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from geode.attestation import EvidenceVerifier, SimulatedPlatform, key_binding
+from geode.coordinator import (
+    Coordinator,
+    CoordinatorSettings,
+    GroupCommit,
+    Sealer,
+    build_apps,
+)
+from geode.errors import SealError
+from geode.pki import public_key_der
+
+MEASUREMENT = bytes(range(32))
+
+
+class FlakyStore:
+    def __init__(self) -> None:
+        self.fail = False
+        self.blobs: list[bytes] = []
+
+    def load(self) -> bytes | None:
+        return self.blobs[-1] if self.blobs else None
+
+    def save(self, blob: bytes) -> None:
+        if self.fail:
+            raise SealError("disk full")
+        self.blobs.append(blob)
+
+    def close(self) -> None:
+        pass
+
+
+def manifest(**web: object) -> bytes:
+    return json.dumps(
+        {
+            "version": 1,
+            "trust_domain": "api.geode.local",
+            "packages": {"app": {"tee": "simulated", "measurement": MEASUREMENT.hex()}},
+            "services": {"web": {"package": "app", **web}},
+            "secrets": {"tls": {"type": "cert-ecdsa", "shared": True}},
+        }
+    ).encode()
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.platform = SimulatedPlatform.generate()
+        self.sealing_key = os.urandom(32)
+        self.coordinator = Coordinator(
+            CoordinatorSettings(simulation=True),
+            EvidenceVerifier(simulation=True, platform_keys=[self.platform.public_key]),
+            self.platform,
+            MEASUREMENT,
+            self.sealing_key,
+        )
+        self.coordinator.load(None)
+        self.store = FlakyStore()
+        client, mesh = build_apps(
+            self.coordinator, GroupCommit(self.coordinator.sealed_state, self.store)
+        )
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=client), base_url="https://client"
+        )
+        self.mesh = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=mesh), base_url="https://mesh"
+        )
+
+    async def activate(self, *, evidence: object = None) -> httpx.Response:
+        key = ec.generate_private_key(ec.SECP256R1())
+        nonce = bytes.fromhex((await self.mesh.post("/api/v1/mesh/nonce")).json()["nonce"])
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")]))
+            .sign(key, hashes.SHA256())
+        )
+        quote = self.platform.quote(
+            MEASUREMENT, key_binding(public_key_der(key.public_key()), nonce)
+        )
+        body = {
+            "service": "web",
+            "nonce": nonce.hex(),
+            "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+            "evidence": evidence if evidence is not None else quote.to_json(),
+        }
+        self.last_body = body
+        return await self.mesh.post("/api/v1/mesh/activate", json=body)
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_unsaved_manifest_is_not_adopted() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        h.store.fail = True
+        failed = await h.client.post("/api/v1/manifest", content=manifest())
+        assert failed.status_code == 503
+        assert failed.json()["error"] == "state_unavailable"
+        status = (await h.client.get("/api/v1/status")).json()
+        assert status["state"] == "awaiting-manifest"
+        assert (await h.client.get("/api/v1/manifest")).status_code == 409
+        h.store.fail = False
+        ok = await h.client.post("/api/v1/manifest", content=manifest())
+        assert ok.status_code == 201
+        # What is on disk is exactly what is in force.
+        _, raw = Sealer.unseal(h.store.blobs[-1], h.sealing_key)
+        assert json.loads(raw)["manifest"] == base64.b64encode(manifest()).decode()
+
+    run(scenario())
+
+
+def test_unsaved_activation_is_not_counted_nor_handed_out() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        assert (
+            await h.client.post("/api/v1/manifest", content=manifest(max_activations=1))
+        ).status_code == 201
+        h.store.fail = True
+        failed = await h.activate()
+        assert failed.status_code == 503
+        assert "certificate_chain" not in failed.json()
+        assert (await h.client.get("/api/v1/status")).json()["activations"] == {}
+        h.store.fail = False
+        assert (await h.activate()).status_code == 200  # the one allowed activation is still free
+        assert (await h.activate()).json()["reason"] == "max_activations reached"
+
+    run(scenario())
+
+
+def test_invalid_evidence_spends_the_nonce() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        await h.client.post("/api/v1/manifest", content=manifest())
+        bad = await h.activate(evidence={"kind": "simulated", "data": "***"})
+        assert bad.json()["reason"] == "invalid evidence"
+        retry = dict(h.last_body)
+        retry["evidence"] = h.platform.quote(MEASUREMENT, bytes(64)).to_json()
+        again = await h.mesh.post("/api/v1/mesh/activate", json=retry)
+        assert again.json()["reason"] == "nonce expired or reused"
+
+    run(scenario())
+
+
+def test_certificate_private_key_only_when_a_template_reads_it() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        files = {"tls.crt": "{{ secrets.tls.cert | pem }}"}
+        await h.client.post("/api/v1/manifest", content=manifest(files=files))
+        answer = (await h.activate()).json()
+        assert set(answer["secrets"]["tls"]) == {"value", "certificate"}
+
+    run(scenario())
+
+
+def test_malformed_json_never_500s() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        for body in (b"[" * 60000, b"1" * 50000):
+            answer = await h.mesh.post(
+                "/api/v1/mesh/activate", content=body, headers={"content-type": "application/json"}
+            )
+            assert answer.status_code in (400, 413), answer.text
+
+    run(scenario())
+
+
+def test_state_header_of_the_wrong_shape_means_recovery(tmp_path: Path) -> None:
+    h = Harness()
+    h.coordinator.set_manifest(manifest())
+    blob = h.coordinator.sealed_state()
+    start = blob.index(b"{")
+    end = blob.index(b"}}") + 2
+    header = json.dumps({"version": 1, "wrapped_keys": "oops"}).encode()
+    header = header.ljust(end - start)
+    forged = blob[:start] + header + blob[end:]
+    c = Coordinator(
+        CoordinatorSettings(simulation=True),
+        EvidenceVerifier(simulation=True),
+        h.platform,
+        MEASUREMENT,
+        h.sealing_key,
+    )
+    c.load(forged)
+    assert c.state.value == "recovery"
