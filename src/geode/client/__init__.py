@@ -5,6 +5,7 @@ from __future__ import annotations
 from geode.client._client import (
     CONFIG_DIR_ENV,
     CoordinatorClient,
+    check_coordinator_peer,
     client_ssl_context,
     config_dir,
     load_pinned_root,
@@ -17,6 +18,7 @@ __all__ = [
     "CONFIG_DIR_ENV",
     "CoordinatorClient",
     "VerifiedStatement",
+    "check_coordinator_peer",
     "client_ssl_context",
     "config_dir",
     "load_pinned_root",

@@ -17,11 +17,12 @@ from cryptography import x509
 
 from geode._files import xdg_path
 from geode.errors import ClientError
-from geode.pki import certificate_pem, load_certificate
+from geode.pki import COORDINATOR_URI, certificate_pem, load_certificate, uri_sans
 
 __all__ = [
     "CONFIG_DIR_ENV",
     "CoordinatorClient",
+    "check_coordinator_peer",
     "client_ssl_context",
     "config_dir",
     "load_pinned_root",
@@ -65,6 +66,23 @@ def load_pinned_root(address: str | None = None) -> x509.Certificate | None:
         return None
 
 
+def check_coordinator_peer(response: httpx.Response) -> None:
+    """Refuse a TLS peer that chains to the root but is not the Coordinator itself.
+
+    The root also issues certificates that services and secret holders own; only the
+    Coordinator's carries ``COORDINATOR_URI``.
+    """
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    # The low-level _ssl socket httpcore hands out takes the flag positionally only.
+    der = ssl_object.getpeercert(True) if ssl_object is not None else None
+    if not der or COORDINATOR_URI not in uri_sans(x509.load_der_x509_certificate(der)):
+        raise ClientError(
+            "the server's certificate chains to the deployment root but is not the "
+            "Coordinator's: refusing to talk to it"
+        )
+
+
 def client_ssl_context(root: x509.Certificate | None) -> ssl.SSLContext:
     """Strict TLS to a Coordinator: only ``root`` is trusted. ``None`` disables verification."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -94,11 +112,15 @@ class CoordinatorClient:
                 " (or pass --insecure)"
             )
         self.address = address
-        self._http = httpx.Client(
-            base_url=f"https://{address}",
-            verify=client_ssl_context(None if insecure else root),
-            timeout=timeout,
-        )
+        self._verified = not insecure
+        try:
+            self._http = httpx.Client(
+                base_url=f"https://{address}",
+                verify=client_ssl_context(None if insecure else root),
+                timeout=timeout,
+            )
+        except httpx.InvalidURL:
+            raise ClientError(f"{address!r}: expected HOST:PORT") from None
 
     def __enter__(self) -> CoordinatorClient:
         return self
@@ -109,7 +131,18 @@ class CoordinatorClient:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, *fields: str, **kwargs: Any) -> dict[str, Any]:
+        """One API call; the answer must be a JSON object with (at least) ``fields``."""
+        body = self._request(method, path, **kwargs)
+        missing = [f for f in fields if not isinstance(body, dict) or f not in body]
+        if missing:
+            raise ClientError(
+                f"malformed answer from the Coordinator at {self.address}: no {missing[0]!r}"
+            )
+        result: dict[str, Any] = body
+        return result
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
@@ -118,6 +151,8 @@ class CoordinatorClient:
             raise ClientError(f"the Coordinator at {self.address} did not answer in time") from None
         except httpx.HTTPError as exc:
             raise ClientError(f"talking to {self.address} failed: {exc}") from None
+        if self._verified:
+            check_coordinator_peer(response)
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -131,26 +166,24 @@ class CoordinatorClient:
             raise ClientError(f"the Coordinator at {self.address} sent invalid JSON") from None
 
     def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"{API}/status")
-        return result
+        return self._call("GET", f"{API}/status", "state")
 
     def get_manifest(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"{API}/manifest")
-        return result
+        return self._call("GET", f"{API}/manifest", "manifest", "sha256")
 
     def set_manifest(self, raw: bytes) -> dict[str, Any]:
         content_type = "application/json" if raw.lstrip().startswith(b"{") else "application/yaml"
-        result: dict[str, Any] = self._call(
-            "POST", f"{API}/manifest", content=raw, headers={"content-type": content_type}
+        return self._call(
+            "POST",
+            f"{API}/manifest",
+            "sha256",
+            content=raw,
+            headers={"content-type": content_type},
         )
-        return result
 
     def attestation(self, nonce: bytes) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(
-            "GET", f"{API}/attestation", params={"nonce": nonce.hex()}
-        )
-        return result
+        return self._call("GET", f"{API}/attestation", params={"nonce": nonce.hex()})
 
     def certificates(self) -> dict[str, str]:
-        result: dict[str, str] = self._call("GET", f"{API}/certificates")
-        return result
+        body = self._call("GET", f"{API}/certificates", "root", "mesh_ca", "chain")
+        return {key: str(body[key]) for key in ("root", "mesh_ca", "chain")}

@@ -30,6 +30,7 @@ from geode.coordinator._seal import default_sealing_key_path, load_or_create_sea
 from geode.coordinator._store import DirectoryStore
 from geode.errors import GeodeError, SealError
 from geode.pki import (
+    COORDINATOR_URI,
     CertificateAuthority,
     LeafParams,
     certificate_pem,
@@ -131,6 +132,7 @@ def server_ssl_context(coordinator: Coordinator, config: CoordinatorConfig) -> s
             public_key=key.public_key(),
             common_name="Geode Coordinator",
             subject=subject,
+            uris=[COORDINATOR_URI],
             dns_names=dns,
             ip_addresses=ips,
             lifetime=datetime.timedelta(days=365),

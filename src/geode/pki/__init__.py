@@ -21,10 +21,11 @@ from geode.pki._pem import (
     private_key_pem,
     public_key_der,
 )
-from geode.pki._spiffe import SpiffeId
+from geode.pki._spiffe import COORDINATOR_URI, SpiffeId, uri_sans
 
 __all__ = [
     "BACKDATE",
+    "COORDINATOR_URI",
     "CertificateAuthority",
     "Clock",
     "LeafParams",
@@ -39,5 +40,6 @@ __all__ = [
     "load_private_key",
     "private_key_pem",
     "public_key_der",
+    "uri_sans",
     "utc_now",
 ]

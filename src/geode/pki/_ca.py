@@ -95,6 +95,7 @@ class LeafParams:
     public_key: CertificatePublicKeyTypes
     common_name: str
     spiffe_id: SpiffeId | None = None
+    uris: Sequence[str] = ()
     dns_names: Sequence[str] = ()
     ip_addresses: Sequence[str] = ()
     lifetime: datetime.timedelta = datetime.timedelta(hours=24)
@@ -177,6 +178,7 @@ class CertificateAuthority:
         sans: list[x509.GeneralName] = []
         if params.spiffe_id is not None:
             sans.append(x509.UniformResourceIdentifier(str(params.spiffe_id)))
+        sans += [x509.UniformResourceIdentifier(uri) for uri in params.uris]
         sans += [x509.DNSName(name) for name in params.dns_names]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in params.ip_addresses]
         usages = []

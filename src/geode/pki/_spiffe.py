@@ -5,9 +5,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from geode.errors import PKIError
 
-__all__ = ["SpiffeId"]
+__all__ = ["COORDINATOR_URI", "SpiffeId", "uri_sans"]
+
+# The URI SAN of the Coordinator's own TLS certificate. The root issues it to the Coordinator
+# only: mesh leaves carry spiffe:// ids and certificate secrets carry DNS names, so a client that
+# requires this URI cannot be fooled by a service or a secret holder with a matching DNS name.
+COORDINATOR_URI = "urn:geode:coordinator"
 
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -51,3 +58,12 @@ class SpiffeId:
 
     def __str__(self) -> str:
         return f"spiffe://{self.trust_domain}{self.path}"
+
+
+def uri_sans(cert: x509.Certificate) -> list[str]:
+    """The URI subject alternative names of ``cert``."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return sans.get_values_for_type(x509.UniformResourceIdentifier)

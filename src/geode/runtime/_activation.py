@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from geode.attestation import Evidence, SimulatedPlatform, key_binding
-from geode.client import client_ssl_context
+from geode.client import check_coordinator_peer, client_ssl_context
 from geode.errors import ActivationDenied, ClientError, PKIError
 from geode.pki import load_certificate, load_certificates, public_key_der
 
@@ -67,13 +67,17 @@ class Activation:
         )
 
 
-def _post(http: httpx.Client, path: str, **kwargs: Any) -> Any:
+def _post(http: httpx.Client, path: str, verified: bool, **kwargs: Any) -> Any:
     try:
         response = http.post(path, **kwargs)
     except httpx.HTTPError as exc:
         raise ClientError(f"cannot reach the Coordinator's mesh API: {exc}") from None
+    if verified:
+        check_coordinator_peer(response)
     try:
         body = response.json()
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
     except ValueError:
         raise ClientError(
             f"the Coordinator answered {response.status_code} without JSON",
@@ -113,11 +117,16 @@ def activate(
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
             .sign(key, hashes.SHA256())
         )
-        nonce = bytes.fromhex(_post(client, f"{MESH}/nonce")["nonce"])
+        verified = root is not None
+        try:
+            nonce = bytes.fromhex(_post(client, f"{MESH}/nonce", verified)["nonce"])
+        except (KeyError, TypeError, ValueError):
+            raise ClientError("malformed nonce answer from the Coordinator") from None
         evidence = evidence_provider(key_binding(public_key_der(key.public_key()), nonce))
         body = _post(
             client,
             f"{MESH}/activate",
+            verified,
             json={
                 "service": service,
                 "nonce": nonce.hex(),
