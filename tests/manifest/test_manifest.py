@@ -1012,3 +1012,13 @@ def test_template_output_is_bounded() -> None:
         load(with_change(("services", "web", "env", "BIG"), "{{ 9 ** 9999999 }}"))
     with pytest.raises(ManifestError, match="more than"):
         load(with_change(("services", "web", "env", "BIG"), "{{ 'x' * 900000 }}" * 2))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("country", "ÄÖ"), ("country", "de"), ("common_name", "a\x00"), ("organization", "Ünïcode")],
+)
+def test_certificate_subjects_are_printable(field: str, value: str) -> None:
+    subject = {"common_name": "web", field: value}
+    data = with_change(("secrets", "tls", "subject"), subject)
+    expect_error(data, f"secrets.tls.subject.{field}", "pattern")

@@ -19,6 +19,7 @@ from geode.attestation._simulated import (
     PLATFORM_KEY_ENV,
     SimulatedPlatform,
     default_platform_key_path,
+    load_platform_public_key,
     platform_key_id,
     verify_simulated_quote,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "SimulatedPlatform",
     "default_platform_key_path",
     "key_binding",
+    "load_platform_public_key",
     "manifest_signing_payload",
     "match_claims",
     "measure_bundle",

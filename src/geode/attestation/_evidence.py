@@ -100,16 +100,3 @@ class Claims:
     svn: int = 0
     tcb_status: str = "UpToDate"
     platform: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "tee": self.tee,
-            "measurement": self.measurement.hex(),
-            "signer": self.signer.hex(),
-            "product_id": self.product_id,
-            "svn": self.svn,
-            "debug": self.debug,
-            "report_data": self.report_data.hex(),
-            "tcb_status": self.tcb_status,
-            "platform": self.platform,
-        }

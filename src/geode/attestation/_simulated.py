@@ -46,6 +46,7 @@ __all__ = [
     "SIMULATED_QUOTE_SIZE",
     "SimulatedPlatform",
     "default_platform_key_path",
+    "load_platform_public_key",
     "platform_key_id",
     "verify_simulated_quote",
 ]
@@ -63,6 +64,24 @@ def default_platform_key_path() -> Path:
     """``$GEODE_PLATFORM_KEY``, else ``$XDG_DATA_HOME/geode/simulation/platform.key``."""
     override = os.environ.get(PLATFORM_KEY_ENV)
     return Path(override) if override else xdg_path("data", "simulation", "platform.key")
+
+
+def load_platform_public_key(path: Path) -> Ed25519PublicKey:
+    """A platform's public key from a PEM file holding either half of the Ed25519 key pair."""
+    data = path.read_bytes()
+    key: object
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError):
+            raise EvidenceError(f"{path}: not a PEM Ed25519 key") from None
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise EvidenceError(f"{path}: a simulated platform key is an Ed25519 key")
+    return key
 
 
 def platform_key_id(public_key: Ed25519PublicKey) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +77,3 @@ def open_client(address: str, root_ca: Path | None, insecure: bool) -> Coordinat
         warn("--insecure: the Coordinator's identity is NOT verified")
         return CoordinatorClient(address, insecure=True)
     return CoordinatorClient(address, root=resolve_root(address, root_ca))
-
-
-def fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(1)

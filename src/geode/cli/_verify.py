@@ -7,10 +7,13 @@ import os
 from pathlib import Path
 
 import click
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from geode.attestation import ReferenceValues, default_platform_key_path
+from geode.attestation import (
+    ReferenceValues,
+    default_platform_key_path,
+    load_platform_public_key,
+)
 from geode.cli._common import warn
 from geode.client import CoordinatorClient, pin_root, verify_statement
 from geode.coordinator import reference_values
@@ -20,29 +23,12 @@ from geode.manifest import load_package
 __all__ = ["reference_platform_keys", "verify"]
 
 
-def _load_platform_public_key(path: Path) -> Ed25519PublicKey:
-    data = path.read_bytes()
-    key: object
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError):
-        try:
-            key = serialization.load_pem_public_key(data)
-        except (ValueError, TypeError):
-            raise GeodeError(f"{path}: not a PEM Ed25519 key") from None
-    if isinstance(key, Ed25519PrivateKey):
-        key = key.public_key()
-    if not isinstance(key, Ed25519PublicKey):
-        raise GeodeError(f"{path}: a simulated platform key is an Ed25519 key")
-    return key
-
-
 def reference_platform_keys(paths: tuple[Path, ...] | None) -> list[Ed25519PublicKey]:
     """The simulated platform keys to trust: those given, else this machine's, if any."""
     if paths:
-        return [_load_platform_public_key(p) for p in paths]
+        return [load_platform_public_key(p) for p in paths]
     local = default_platform_key_path()
-    return [_load_platform_public_key(local)] if local.exists() else []
+    return [load_platform_public_key(local)] if local.exists() else []
 
 
 def _reference(measurement: str | None, policy: Path | None) -> ReferenceValues:

@@ -122,11 +122,18 @@ class Service(_Strict):
         return values
 
 
+_PRINTABLE = r"^[A-Za-z0-9 '()+,\-./:=?]+$"  # ASN.1 PrintableString, which every X.509 reader takes
+
+
 class Subject(_Strict):
-    common_name: Annotated[str, Field(min_length=1, max_length=64)]
-    organization: str | None = None
-    organizational_unit: str | None = None
-    country: Annotated[str, Field(min_length=2, max_length=2)] | None = None
+    common_name: Annotated[str, Field(min_length=1, max_length=64, pattern=_PRINTABLE)]
+    organization: Annotated[str, Field(min_length=1, max_length=64, pattern=_PRINTABLE)] | None = (
+        None
+    )
+    organizational_unit: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=_PRINTABLE)] | None
+    ) = None
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
 
 
 class SecretSpec(_Strict):

@@ -68,7 +68,7 @@ def _hash_for(
 
 
 def load_csr_public_key(pem: str) -> ec.EllipticCurvePublicKey:
-    """The public key of a mesh CSR, after checking its self-signature and key type."""
+    """The public key of a mesh CSR, after checking its self-signature and that it is P-256."""
     try:
         csr = x509.load_pem_x509_csr(pem.encode())
     except ValueError:
@@ -80,11 +80,9 @@ def load_csr_public_key(pem: str) -> ec.EllipticCurvePublicKey:
     if not valid:
         raise PKIError("csr: signature does not verify")
     key = csr.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in (
-        "secp256r1",
-        "secp384r1",
-    ):
-        raise PKIError("csr: the key must be ECDSA P-256 or P-384")
+    # DESIGN: instance keys are ECDSA P-256; one curve keeps every mesh peer interoperable.
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise PKIError("csr: the key must be ECDSA P-256")
     return key
 
 

@@ -9,10 +9,9 @@ from geode.runtime._activation import (
     simulated_evidence_provider,
 )
 from geode.runtime._asgi_tls import TLSExtensionProtocol, peer_certificate, tls_extension
-from geode.runtime._launcher import GEODE_ENV, LaunchPlan, lay_out, remove_plan, run_command
+from geode.runtime._launcher import LaunchPlan, lay_out, remove_plan, run_command
 
 __all__ = [
-    "GEODE_ENV",
     "Activation",
     "EvidenceProvider",
     "LaunchPlan",

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from geode.attestation import Evidence, SimulatedPlatform, key_binding
 from geode.client import check_coordinator_peer, client_ssl_context
 from geode.errors import ActivationDenied, ClientError, PKIError
-from geode.pki import load_certificate, load_certificates, public_key_der
+from geode.pki import load_certificate, load_certificates, private_key_pem, public_key_der
 
 __all__ = ["Activation", "EvidenceProvider", "activate", "simulated_evidence_provider"]
 
@@ -60,11 +60,7 @@ class Activation:
         return self.certificate_chain[0]
 
     def private_key_pem(self) -> bytes:
-        return self.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return private_key_pem(self.private_key)
 
 
 def _post(http: httpx.Client, path: str, verified: bool, **kwargs: Any) -> Any:

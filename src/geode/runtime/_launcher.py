@@ -25,20 +25,10 @@ from geode.manifest import SERVICE_KEY_MARKER
 from geode.pki import certificate_pem
 from geode.runtime._activation import Activation
 
-__all__ = ["GEODE_ENV", "LaunchPlan", "lay_out", "remove_plan", "run_command"]
+__all__ = ["LaunchPlan", "lay_out", "remove_plan", "run_command"]
+
 
 log = logging.getLogger("geode.runtime")
-
-GEODE_ENV = {
-    "GEODE_SERVICE": "the service name this instance activated as",
-    "GEODE_INSTANCE_ID": "the instance UUID (the CN of its certificate)",
-    "GEODE_SPIFFE_ID": "spiffe://<trust-domain>/service/<name>",
-    "GEODE_CERT_FILE": "PEM: the instance's leaf certificate followed by the mesh CA",
-    "GEODE_KEY_FILE": "PEM: the instance's private key (PKCS#8, mode 0600)",
-    "GEODE_CA_FILE": "PEM: the mesh CA, to verify peers",
-    "GEODE_ROOT_CA_FILE": "PEM: the deployment's root certificate",
-    "GEODE_SECRETS_DIR": "the private directory of the manifest's files with relative paths",
-}
 
 
 @dataclass(frozen=True)
@@ -60,10 +50,12 @@ def _private_dir(instance_id: str, base: Path | None) -> Path:
 
 def _write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # No symlink is followed to somewhere else, and the mode is 0600 before a byte is written
+    # (an existing file keeps its old mode through O_CREAT).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)
         f.write(data)
-    os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
 
 
 def lay_out(
@@ -105,7 +97,7 @@ def lay_out(
         raise LaunchError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
     env = dict(os.environ if environ is None else environ)
-    env.update(
+    env.update(  # each GEODE_* variable is documented in docs/runtime.md
         {
             "GEODE_SERVICE": service,
             "GEODE_INSTANCE_ID": activation.instance_id,
