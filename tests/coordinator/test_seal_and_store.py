@@ -184,3 +184,11 @@ def test_group_commit_failure_reaches_every_waiter() -> None:
 
     results = asyncio.run(main())
     assert all(isinstance(r, SealError) for r in results)
+
+
+def test_sealing_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sealing.key"
+    load_or_create_sealing_key(path)
+    path.chmod(0o640)
+    with pytest.raises(SealError, match="readable by other users"):
+        load_or_create_sealing_key(path)

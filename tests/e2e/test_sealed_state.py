@@ -148,3 +148,23 @@ def test_no_plaintext_secret_in_data_directory(
         data = path.read_bytes()
         for what, needle in needles.items():
             assert needle not in data, f"{what} found in plaintext in {path.name}"
+
+
+def test_sealing_key_inside_the_data_directory_is_refused(
+    tmp_path: Path, geode_env: dict[str, str]
+) -> None:
+    from tests.support import geode_cli
+
+    data = tmp_path / "data"
+    result = geode_cli(
+        "coordinator",
+        "--simulation",
+        "--data-dir",
+        str(data),
+        "--sealing-key",
+        str(data / "sealing.key"),
+        env=geode_env,
+    )
+    assert result.returncode == 1
+    assert "must not live in the data directory" in result.stderr
+    assert "Traceback" not in result.stderr
