@@ -198,3 +198,38 @@ def test_state_header_of_the_wrong_shape_means_recovery(tmp_path: Path) -> None:
     )
     c.load(forged)
     assert c.state.value == "recovery"
+
+
+def test_a_stalled_body_times_out() -> None:
+    h = Harness()
+    _, mesh = build_apps(
+        h.coordinator, GroupCommit(h.coordinator.sealed_state, h.store), body_timeout=0.2
+    )
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        if not sent:
+            sent.append({})
+            return {"type": "http.request", "body": b'{"serv', "more_body": True}
+        await asyncio.sleep(3600)  # the client never sends the rest
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/v1/mesh/activate",
+        "raw_path": b"/api/v1/mesh/activate",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100")],
+        "http_version": "1.1",
+        "scheme": "https",
+        "server": ("127.0.0.1", 2001),
+        "client": ("127.0.0.1", 5000),
+        "root_path": "",
+    }
+    asyncio.run(asyncio.wait_for(mesh(scope, receive, send), 5))
+    start = next(m for m in sent if m.get("type") == "http.response.start")
+    assert start["status"] == 408

@@ -96,7 +96,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
             chunks.append(chunk)
 
     try:
-        await asyncio.wait_for(collect(), BODY_TIMEOUT)
+        await asyncio.wait_for(collect(), request.app.state.body_timeout)
     except TimeoutError:
         raise ApiError(408, "request_timeout", "request body not received in time") from None
     return b"".join(chunks)
@@ -171,8 +171,14 @@ def _handled(handler: Handler) -> Handler:
     return wrapped
 
 
-def build_apps(coordinator: Coordinator, persist: GroupCommit) -> tuple[Starlette, Starlette]:
-    """The client API app and the mesh API app, sharing one Coordinator."""
+def build_apps(
+    coordinator: Coordinator, persist: GroupCommit, *, body_timeout: float = BODY_TIMEOUT
+) -> tuple[Starlette, Starlette]:
+    """The client API app and the mesh API app, sharing one Coordinator.
+
+    A request body must arrive within ``body_timeout`` seconds, so a slow or stalled client
+    holds nothing for long.
+    """
     metrics = _Metrics()
 
     async def get_status(request: Request) -> Response:
@@ -281,6 +287,8 @@ def build_apps(coordinator: Coordinator, persist: GroupCommit) -> tuple[Starlett
         ],
         exception_handlers=handlers,
     )
+    for app in (client, mesh):
+        app.state.body_timeout = body_timeout
     return client, mesh
 
 
