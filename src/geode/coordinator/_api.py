@@ -245,7 +245,10 @@ def build_apps(
             )
             try:
                 await persist.commit()
-            except BaseException:
+            except Exception:
+                # The write failed: nothing of this activation is on disk. (A cancelled
+                # request keeps its count: its write may still land, and over-counting is
+                # the safe side of max_activations.)
                 pending.revert()
                 raise
             result = pending.value
