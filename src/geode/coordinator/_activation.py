@@ -13,7 +13,13 @@ from geode.attestation import Evidence
 from geode.coordinator._secrets import generate_secret, template_value
 from geode.coordinator._state import StoredSecret
 from geode.errors import ActivationDenied, ManifestError
-from geode.manifest import CertificateSecret, ManifestDocument, TemplateContext, render_template
+from geode.manifest import (
+    CertificateSecret,
+    ManifestDocument,
+    MeshConfig,
+    TemplateContext,
+    render_template,
+)
 from geode.pki import CertificateAuthority, Clock, certificate_pem
 
 __all__ = ["ActivationRequest", "ActivationResult", "render_activation"]
@@ -38,6 +44,7 @@ class ActivationResult:
     files: dict[str, bytes]
     env: dict[str, bytes]
     argv: list[bytes]
+    mesh: MeshConfig
 
     def to_json(self) -> dict[str, Any]:
         def b64(value: bytes) -> str:
@@ -53,6 +60,7 @@ class ActivationResult:
             "files": {path: b64(v) for path, v in self.files.items()},
             "env": {key: b64(v) for key, v in self.env.items()},
             "argv": [b64(v) for v in self.argv],
+            "mesh": self.mesh.model_dump(mode="json"),
         }
 
 
@@ -127,4 +135,5 @@ def render_activation(
         files=files,
         env=env,
         argv=argv,
+        mesh=document.mesh[service_name],
     )

@@ -7,6 +7,7 @@ dry-renders every template. Every error is a ``ManifestError`` naming the JSON p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
 
 from geode.errors import ManifestError
+from geode.manifest._mesh import MeshConfig, mesh_config
 from geode.manifest._model import Manifest, Package, SecretSpec
 from geode.manifest._template import (
     GEODE_VALUES,
@@ -59,6 +61,11 @@ class ManifestDocument:
     @property
     def sha256(self) -> bytes:
         return hashlib.sha256(self.raw).digest()
+
+    @functools.cached_property
+    def mesh(self) -> dict[str, MeshConfig]:
+        """Each service's mesh view (rules where it is the destination, its TLS routes)."""
+        return {name: mesh_config(self.manifest, name) for name in self.manifest.services}
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -180,6 +187,7 @@ def _check_references(m: Manifest) -> None:
         for i, tag in enumerate(service.tls):
             if tag not in m.tls:
                 raise ManifestError(f"services.{name}.tls[{i}]", f"unknown tls tag {tag!r}")
+        _check_service_ports(m, name)
     for name, user in m.users.items():
         for i, role_name in enumerate(user.roles):
             if role_name not in m.roles:
@@ -221,6 +229,27 @@ def _check_references(m: Manifest) -> None:
             "recovery.threshold",
             f"threshold {recovery.threshold} exceeds the {len(recovery.keys)} recovery keys",
         )
+
+
+def _check_service_ports(m: Manifest, name: str) -> None:
+    """A service's transparent-TLS listeners must not collide."""
+    seen: dict[int, str] = {}
+
+    def claim(port: int, what: str, path: str) -> None:
+        if port in seen:
+            raise ManifestError(path, f"port {port} is already used by {seen[port]}")
+        seen[port] = what
+
+    for tag in m.services[name].tls:
+        for j, incoming in enumerate(m.tls[tag].incoming):
+            path = f"tls.{tag}.incoming[{j}]"
+            claim(incoming.port, f"{path}.port", f"{path}.port")
+            claim(incoming.resolved_app_port, f"{path}.app_port", f"{path}.app_port")
+        for j, outgoing in enumerate(m.tls[tag].outgoing):
+            path = f"tls.{tag}.outgoing[{j}]"
+            claim(outgoing.resolved_local_port, f"{path}.local_port", f"{path}.local_port")
+            if outgoing.service is not None and outgoing.service not in m.services:
+                raise ManifestError(f"{path}.service", f"unknown service {outgoing.service!r}")
 
 
 def _check_secret_role(spec: SecretSpec, path: str, actions: Sequence[str]) -> None:

@@ -253,18 +253,51 @@ class Policies(_Strict):
     rules: list[PolicyRule] = Field(default_factory=list)
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+APP_PORT_OFFSET = 10000  # the app listens on 127.0.0.1:<port + 10000> unless app_port says
+EGRESS_PORT_OFFSET = 20000  # egress listens on 127.0.0.1:<port + 20000> unless local_port says
+
+
 class IncomingTls(_Strict):
-    port: Annotated[int, Field(ge=1, le=65535)]
+    """Transparent TLS in: mTLS on ``port`` (all interfaces), plaintext to 127.0.0.1:app_port."""
+
+    port: Port
+    app_port: Port | None = None
+    protocol: Literal["http", "tcp"] = "http"
+
+    @property
+    def resolved_app_port(self) -> int:
+        return self.app_port or self.port + APP_PORT_OFFSET
+
+    @model_validator(mode="after")
+    def _app_port_fits(self) -> IncomingTls:
+        if self.app_port is None and self.port + APP_PORT_OFFSET > 65535:
+            raise ValueError(f"port {self.port} needs an explicit app_port")
+        return self
 
 
 class OutgoingTls(_Strict):
+    """Transparent TLS out: plaintext on 127.0.0.1:local_port, mTLS to host:port."""
+
     host: Annotated[str, Field(min_length=1)]
-    port: Annotated[int, Field(ge=1, le=65535)]
+    port: Port
+    local_port: Port | None = None
+    service: Name | None = None  # the destination service; default: by DNS name
 
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
         return check_dns_name(value)
+
+    @property
+    def resolved_local_port(self) -> int:
+        return self.local_port or self.port + EGRESS_PORT_OFFSET
+
+    @model_validator(mode="after")
+    def _local_port_fits(self) -> OutgoingTls:
+        if self.local_port is None and self.port + EGRESS_PORT_OFFSET > 65535:
+            raise ValueError(f"port {self.port} needs an explicit local_port")
+        return self
 
 
 class TlsTag(_Strict):

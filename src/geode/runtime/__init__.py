@@ -1,4 +1,5 @@
-"""The runtime: activation, ``geode run``, the ASGI TLS extension; mesh TLS and policies next."""
+"""The runtime: activation, ``geode run``, and the mesh for Python apps — mutual TLS with SPIFFE
+identities checked in the handshake, policy middleware for ASGI, and certificate reload."""
 
 from __future__ import annotations
 
@@ -8,19 +9,41 @@ from geode.runtime._activation import (
     activate,
     simulated_evidence_provider,
 )
+from geode.runtime._asgi import (
+    PolicyMiddleware,
+    mesh_async_client,
+    mesh_client,
+    peer_identity,
+    policy_engine,
+    serve_asgi,
+)
 from geode.runtime._asgi_tls import TLSExtensionProtocol, peer_certificate, tls_extension
+from geode.runtime._credentials import Credentials
+from geode.runtime._identity import MeshSSLContext, peer_spiffe_id
 from geode.runtime._launcher import LaunchPlan, lay_out, remove_plan, run_command
+from geode.runtime._policy import Decision, PolicyEngine
 
 __all__ = [
     "Activation",
+    "Credentials",
+    "Decision",
     "EvidenceProvider",
     "LaunchPlan",
+    "MeshSSLContext",
+    "PolicyEngine",
+    "PolicyMiddleware",
     "TLSExtensionProtocol",
     "activate",
     "lay_out",
+    "mesh_async_client",
+    "mesh_client",
     "peer_certificate",
+    "peer_identity",
+    "peer_spiffe_id",
+    "policy_engine",
     "remove_plan",
     "run_command",
+    "serve_asgi",
     "simulated_evidence_provider",
     "tls_extension",
 ]

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 from geode.attestation import Evidence, SimulatedPlatform, key_binding
 from geode.client import check_coordinator_peer, client_ssl_context
 from geode.errors import ActivationDenied, ClientError, PKIError
+from geode.manifest import MeshConfig
 from geode.pki import load_certificate, load_certificates, private_key_pem, public_key_der
 
 __all__ = ["Activation", "EvidenceProvider", "activate", "simulated_evidence_provider"]
@@ -54,6 +55,7 @@ class Activation:
     env: dict[str, bytes]
     argv: list[bytes]
     secrets: dict[str, Any]
+    mesh: MeshConfig | None = None
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -153,6 +155,7 @@ def _parse_activation(body: Any, key: ec.EllipticCurvePrivateKey) -> Activation:
             env={k: base64.b64decode(v) for k, v in body["env"].items()},
             argv=[base64.b64decode(v) for v in body["argv"]],
             secrets=dict(body["secrets"]),
+            mesh=MeshConfig.model_validate(body["mesh"]) if body.get("mesh") else None,
         )
     except (KeyError, TypeError, ValueError, AttributeError, PKIError) as exc:
         raise ClientError(f"malformed activation answer: {exc}") from None

@@ -81,6 +81,8 @@ def lay_out(
         "ca.pem": certificate_pem(activation.mesh_ca).encode(),
         "root.pem": certificate_pem(activation.root_ca).encode(),
     }
+    if activation.mesh is not None:
+        credentials["mesh.json"] = activation.mesh.model_dump_json(indent=2).encode()
     own, files = directory / "credentials", directory / "files"
     try:
         files.mkdir(mode=0o700)
@@ -109,6 +111,8 @@ def lay_out(
             "GEODE_SECRETS_DIR": str(files),
         }
     )
+    if activation.mesh is not None:
+        env["GEODE_MESH_FILE"] = str(own / "mesh.json")
     for key, value in activation.env.items():
         env[key] = os.fsdecode(substitute(value))
     argv = [*command, *(os.fsdecode(substitute(a)) for a in activation.argv)]
