@@ -10,6 +10,7 @@ from geode.attestation._evidence import (
     Evidence,
     key_binding,
     manifest_signing_payload,
+    renewal_payload,
     statement_binding,
     statement_signing_payload,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "match_claims",
     "measure_bundle",
     "platform_key_id",
+    "renewal_payload",
     "statement_binding",
     "statement_signing_payload",
     "verify_simulated_quote",

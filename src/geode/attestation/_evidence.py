@@ -17,6 +17,7 @@ __all__ = [
     "Evidence",
     "key_binding",
     "manifest_signing_payload",
+    "renewal_payload",
     "statement_binding",
     "statement_signing_payload",
 ]
@@ -52,6 +53,11 @@ def statement_signing_payload(
         + hashlib.sha256(mesh_ca_der).digest()
         + state.encode()
     )
+
+
+def renewal_payload(nonce: bytes, new_public_key_der: bytes) -> bytes:
+    """What an instance signs with its current key to renew: the nonce and its next key."""
+    return b"geode renew v1\0" + hashlib.sha256(nonce + new_public_key_der).digest()
 
 
 def manifest_signing_payload(manifest_sha256: bytes) -> bytes:

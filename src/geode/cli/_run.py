@@ -9,7 +9,13 @@ import click
 from geode.attestation import SimulatedPlatform, measure_bundle
 from geode.cli._common import DEFAULT_MESH_ADDR, insecure_option, resolve_root, warn
 from geode.errors import LaunchError
-from geode.runtime import activate, lay_out, run_command, simulated_evidence_provider
+from geode.runtime import (
+    CertificateRenewer,
+    activate,
+    lay_out,
+    run_command,
+    simulated_evidence_provider,
+)
 
 __all__ = ["run"]
 
@@ -82,4 +88,13 @@ def run(
         f"geode: activated {service} as {activation.spiffe_id} (instance {activation.instance_id})",
         err=True,
     )
-    raise SystemExit(run_command(plan))
+    renewer = CertificateRenewer(
+        address,
+        activation.certificate_chain,
+        activation.private_key,
+        provider,
+        root=root,
+        cert_file=Path(plan.env["GEODE_CERT_FILE"]),
+        key_file=Path(plan.env["GEODE_KEY_FILE"]),
+    )
+    raise SystemExit(run_command(plan, companions=[renewer]))

@@ -22,7 +22,12 @@ from geode.manifest import (
 )
 from geode.pki import CertificateAuthority, Clock, certificate_pem
 
-__all__ = ["ActivationRequest", "ActivationResult", "render_activation"]
+__all__ = [
+    "ActivationRequest",
+    "ActivationResult",
+    "RenewalRequest",
+    "render_activation",
+]
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,15 @@ class ActivationRequest:
     nonce: bytes
     csr: str
     evidence: Evidence
+
+
+@dataclass(frozen=True)
+class RenewalRequest:
+    nonce: bytes
+    csr: str
+    evidence: Evidence
+    certificate: str  # the instance's current leaf, PEM
+    proof: bytes  # ECDSA-SHA256 by the current key over renewal_payload(nonce, new key DER)
 
 
 @dataclass(frozen=True)

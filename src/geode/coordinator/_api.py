@@ -7,6 +7,8 @@ errors and ``reason`` for denials) with a 4xx status for bad requests; a 500 mea
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import re
@@ -24,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from geode.attestation import Evidence
-from geode.coordinator._activation import ActivationRequest
+from geode.coordinator._activation import ActivationRequest, RenewalRequest
 from geode.coordinator._core import Coordinator
 from geode.coordinator._persist import GroupCommit
 from geode.errors import (
@@ -35,6 +37,7 @@ from geode.errors import (
     SealError,
 )
 from geode.manifest import MAX_MANIFEST_BYTES
+from geode.pki import certificate_pem
 
 __all__ = ["API_PREFIX", "MESH_PREFIX", "build_apps", "openapi_document"]
 
@@ -62,6 +65,14 @@ class ActivateBody(_Body):
     nonce: HexNonce
     csr: Annotated[str, Field(min_length=1, max_length=16 * 1024)]
     evidence: EvidenceBody
+
+
+class RenewBody(_Body):
+    nonce: HexNonce
+    csr: Annotated[str, Field(min_length=1, max_length=16 * 1024)]
+    evidence: EvidenceBody
+    certificate: Annotated[str, Field(min_length=1, max_length=16 * 1024)]
+    proof: Annotated[str, Field(min_length=1, max_length=512)]
 
 
 class ApiError(Exception):
@@ -138,6 +149,9 @@ class _Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
         )
+        self.renewals = Counter(
+            "geode_renewals", "Certificate renewals by outcome", ["outcome"], registry=self.registry
+        )
         self.manifest_sets = Counter(
             "geode_manifest_sets", "Manifests accepted", registry=self.registry
         )
@@ -211,8 +225,6 @@ def build_apps(
         return JSONResponse(coordinator.statement(bytes.fromhex(nonce_hex)))
 
     async def get_certificates(request: Request) -> Response:
-        from geode.pki import certificate_pem
-
         root = certificate_pem(coordinator.root_certificate)
         mesh = certificate_pem(coordinator.mesh_ca_certificate)
         return JSONResponse({"root": root, "mesh_ca": mesh, "chain": mesh + root})
@@ -260,6 +272,33 @@ def build_apps(
         metrics.activation_seconds.observe(time.perf_counter() - started)
         return JSONResponse(result.to_json())
 
+    async def post_renew(request: Request) -> Response:
+        body = await _json_body(request, RenewBody)
+        nonce = bytes.fromhex(body.nonce)
+        try:
+            try:
+                evidence = Evidence.from_json(body.evidence.model_dump())
+                proof = base64.b64decode(body.proof, validate=True)
+            except (EvidenceError, binascii.Error, ValueError) as exc:
+                coordinator.nonces.consume(nonce)  # one nonce buys one attempt
+                raise ActivationDenied("invalid renewal request", str(exc)) from None
+            leaf = coordinator.renew(
+                RenewalRequest(nonce, body.csr, evidence, body.certificate, proof)
+            )
+        except ActivationDenied as exc:
+            metrics.renewals.labels(_slug(exc.reason)).inc()
+            log.warning("renewal denied: %s", exc)
+            raise
+        metrics.renewals.labels("ok").inc()
+        root_pem, mesh_pem = coordinator.ca_pems
+        return JSONResponse(
+            {
+                "certificate_chain": [certificate_pem(leaf), mesh_pem],
+                "mesh_ca": mesh_pem,
+                "root_ca": root_pem,
+            }
+        )
+
     async def not_found(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -286,6 +325,7 @@ def build_apps(
         routes=[
             Route(f"{MESH_PREFIX}/nonce", _handled(post_nonce), methods=["POST"]),
             Route(f"{MESH_PREFIX}/activate", _handled(post_activate), methods=["POST"]),
+            Route(f"{MESH_PREFIX}/renew", _handled(post_renew), methods=["POST"]),
             Route(f"{API_PREFIX}/openapi.json", get_openapi, methods=["GET"]),
         ],
         exception_handlers=handlers,
@@ -325,7 +365,8 @@ def openapi_document() -> dict[str, Any]:
         return out
 
     activate_schema = ActivateBody.model_json_schema(ref_template="#/components/schemas/{model}")
-    defs = activate_schema.pop("$defs", {})
+    renew_schema = RenewBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = {**activate_schema.pop("$defs", {}), **renew_schema.pop("$defs", {})}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Geode Coordinator", "version": "1"},
@@ -376,6 +417,20 @@ def openapi_document() -> dict[str, Any]:
                     "responses": responses("200", 503),
                 }
             },
+            f"{MESH_PREFIX}/renew": {
+                "post": {
+                    "summary": "Renew a running instance's certificate (evidence, CSR, proof)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/RenewBody"}
+                            }
+                        },
+                    },
+                    "responses": responses("200", 400, 403, 408, 413, 415, 503),
+                }
+            },
             f"{MESH_PREFIX}/activate": {
                 "post": {
                     "summary": "Activate an instance with evidence and a CSR",
@@ -392,6 +447,11 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": {"Error": _error_schema(), "ActivateBody": activate_schema, **defs}
+            "schemas": {
+                "Error": _error_schema(),
+                "ActivateBody": activate_schema,
+                "RenewBody": renew_schema,
+                **defs,
+            }
         },
     }

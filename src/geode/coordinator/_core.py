@@ -21,20 +21,28 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.attestation import (
+    Evidence,
     EvidenceVerifier,
     ReferenceValues,
     SimulatedPlatform,
     key_binding,
     manifest_signing_payload,
     match_claims,
+    renewal_payload,
     statement_binding,
     statement_signing_payload,
 )
-from geode.coordinator._activation import ActivationRequest, ActivationResult, render_activation
+from geode.coordinator._activation import (
+    ActivationRequest,
+    ActivationResult,
+    RenewalRequest,
+    render_activation,
+)
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._seal import Sealer
 from geode.coordinator._secrets import generate_secret, template_value
@@ -63,6 +71,7 @@ from geode.pki import (
     load_private_key,
     private_key_pem,
     public_key_der,
+    uri_sans,
     utc_now,
 )
 
@@ -327,35 +336,53 @@ class Coordinator:
         self._require_keys()
         return self.nonces.issue()
 
-    def activate(self, request: ActivationRequest) -> Pending[ActivationResult]:
-        """Verify an instance and hand out its identity; raises ``ActivationDenied``."""
-        keys = self._require_keys()
+    def _verify_instance(
+        self, service_name: str, nonce: bytes, csr: str, evidence: Evidence
+    ) -> tuple[ManifestDocument, CoordinatorState, ec.EllipticCurvePublicKey]:
+        """The checks every identity hand-out makes: nonce, service, CSR, evidence, binding of
+        the evidence to the CSR's key and the nonce, and the service's package."""
         document = self._document
         data = self._data
         if document is None or data is None:
             raise ActivationDenied("manifest not set")
         # The nonce is spent whatever happens next, so one nonce buys one attempt.
-        if not self.nonces.consume(request.nonce):
+        if not self.nonces.consume(nonce):
             raise ActivationDenied("nonce expired or reused")
         manifest = document.manifest
-        service = manifest.services.get(request.service)
+        service = manifest.services.get(service_name)
         if service is None:
-            raise ActivationDenied("unknown service", repr(request.service))
+            raise ActivationDenied("unknown service", repr(service_name))
         try:
-            public_key = load_csr_public_key(request.csr)
+            public_key = load_csr_public_key(csr)
         except PKIError as exc:
             raise ActivationDenied("invalid csr", str(exc)) from None
         try:
-            claims = self.verifier.verify(request.evidence)
+            claims = self.verifier.verify(evidence)
         except EvidenceError as exc:
             raise ActivationDenied("evidence verification failed", str(exc)) from None
-        expected = key_binding(public_key_der(public_key), request.nonce)
+        expected = key_binding(public_key_der(public_key), nonce)
         if not hmac.compare_digest(claims.report_data, expected):
             raise ActivationDenied("evidence not bound to this key and nonce")
         try:
             match_claims(claims, reference_values(manifest.packages[service.package]))
         except ClaimsMismatch as exc:
             raise ActivationDenied(exc.reason, exc.detail) from None
+        log.debug(
+            "verified %s evidence for %s (measurement %s…)",
+            claims.tee,
+            service_name,
+            claims.measurement.hex()[:16],
+        )
+        return document, data, public_key
+
+    def activate(self, request: ActivationRequest) -> Pending[ActivationResult]:
+        """Verify an instance and hand out its identity; raises ``ActivationDenied``."""
+        keys = self._require_keys()
+        document, data, public_key = self._verify_instance(
+            request.service, request.nonce, request.csr, request.evidence
+        )
+        manifest = document.manifest
+        service = manifest.services[request.service]
         count = data.activations.get(request.service, 0)
         if service.max_activations and count >= service.max_activations:
             raise ActivationDenied("max_activations reached", f"limit {service.max_activations}")
@@ -386,13 +413,7 @@ class Coordinator:
             clock=self._clock,
         )
         data.activations[request.service] = count + 1
-        log.info(
-            "activated %s instance %s (tee=%s measurement=%s…)",
-            request.service,
-            instance_id,
-            claims.tee,
-            claims.measurement.hex()[:16],
-        )
+        log.info("activated %s instance %s", request.service, instance_id)
 
         def revert() -> None:
             data.activations[request.service] -= 1
@@ -400,6 +421,60 @@ class Coordinator:
                 del data.activations[request.service]
 
         return Pending(result, revert)
+
+    def renew(self, request: RenewalRequest) -> x509.Certificate:
+        """A fresh leaf for a running instance: the same checks as an activation, plus its
+        current certificate (valid, from the current mesh CA, for this service) and a proof that
+        it holds that certificate's key. Keeps the instance id; counts no activation."""
+        keys = self._require_keys()
+        try:
+            current = load_certificate(request.certificate, "certificate")
+            current.verify_directly_issued_by(keys.mesh.certificate)
+        except (PKIError, ValueError, TypeError, InvalidSignature):
+            raise ActivationDenied(
+                "renewal refused", "certificate not from the current mesh CA"
+            ) from None
+        now = self._clock()
+        if not current.not_valid_before_utc <= now < current.not_valid_after_utc:
+            raise ActivationDenied("renewal refused", "certificate expired")
+        spiffe = [u for u in uri_sans(current) if u.startswith("spiffe://")]
+        service_name = SpiffeId.parse(spiffe[0]).service if len(spiffe) == 1 else None
+        if service_name is None:
+            raise ActivationDenied("renewal refused", "certificate has no service identity")
+        document, _, public_key = self._verify_instance(
+            service_name, request.nonce, request.csr, request.evidence
+        )
+        old_key = current.public_key()
+        try:
+            if not isinstance(old_key, ec.EllipticCurvePublicKey):
+                raise InvalidSignature
+            old_key.verify(
+                request.proof,
+                renewal_payload(request.nonce, public_key_der(public_key)),
+                ec.ECDSA(hashes.SHA256()),
+            )
+        except InvalidSignature:
+            raise ActivationDenied("renewal refused", "no proof of the current key") from None
+        instance_id = current.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+        service = document.manifest.services[service_name]
+        leaf = keys.mesh.issue(
+            LeafParams(
+                public_key=public_key,
+                common_name=str(instance_id),
+                spiffe_id=SpiffeId.for_service(document.manifest.trust_domain, service_name),
+                dns_names=service.dns_names,
+                lifetime=self.settings.leaf_lifetime,
+            ),
+            clock=self._clock,
+        )
+        log.info("renewed the certificate of %s instance %s", service_name, instance_id)
+        return leaf
+
+    @property
+    def ca_pems(self) -> tuple[str, str]:
+        """The root and mesh CA certificates, PEM."""
+        keys = self._require_keys()
+        return keys.root_pem, keys.mesh_pem
 
     # -- deployment statement ------------------------------------------------------------------
 

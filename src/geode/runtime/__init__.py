@@ -7,6 +7,7 @@ from geode.runtime._activation import (
     Activation,
     EvidenceProvider,
     activate,
+    renew,
     simulated_evidence_provider,
 )
 from geode.runtime._asgi import (
@@ -20,11 +21,14 @@ from geode.runtime._asgi import (
 from geode.runtime._asgi_tls import TLSExtensionProtocol, peer_certificate, tls_extension
 from geode.runtime._credentials import Credentials
 from geode.runtime._identity import MeshSSLContext, peer_spiffe_id
-from geode.runtime._launcher import LaunchPlan, lay_out, remove_plan, run_command
+from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
 from geode.runtime._policy import Decision, PolicyEngine
+from geode.runtime._renewal import CertificateRenewer, renewal_time
 
 __all__ = [
     "Activation",
+    "CertificateRenewer",
+    "Companion",
     "Credentials",
     "Decision",
     "EvidenceProvider",
@@ -42,6 +46,8 @@ __all__ = [
     "peer_spiffe_id",
     "policy_engine",
     "remove_plan",
+    "renew",
+    "renewal_time",
     "run_command",
     "serve_asgi",
     "simulated_evidence_provider",

@@ -19,13 +19,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import Evidence, SimulatedPlatform, key_binding
+from geode.attestation import Evidence, SimulatedPlatform, key_binding, renewal_payload
 from geode.client import check_coordinator_peer, client_ssl_context
 from geode.errors import ActivationDenied, ClientError, PKIError
 from geode.manifest import MeshConfig
 from geode.pki import load_certificate, load_certificates, private_key_pem, public_key_der
 
-__all__ = ["Activation", "EvidenceProvider", "activate", "simulated_evidence_provider"]
+__all__ = [
+    "Activation",
+    "EvidenceProvider",
+    "activate",
+    "renew",
+    "simulated_evidence_provider",
+]
 
 MESH = "/api/v1/mesh"
 
@@ -90,6 +96,72 @@ def _post(http: httpx.Client, path: str, verified: bool, **kwargs: Any) -> Any:
     return body
 
 
+class _MeshCall:
+    """One exchange with the mesh API: a fresh key and CSR, a nonce, evidence bound to both."""
+
+    def __init__(
+        self,
+        address: str,
+        evidence_provider: EvidenceProvider,
+        root: x509.Certificate | None,
+        timeout: float,
+        http: httpx.Client | None,
+    ) -> None:
+        self.root = root
+        self.verified = root is not None
+        self._own = http is None
+        self.http = http or httpx.Client(
+            base_url=f"https://{address}", verify=client_ssl_context(root), timeout=timeout
+        )
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.evidence_provider = evidence_provider
+
+    def csr(self, common_name: str) -> str:
+        request = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .sign(self.key, hashes.SHA256())
+        )
+        return request.public_bytes(serialization.Encoding.PEM).decode()
+
+    def nonce_and_evidence(self) -> tuple[bytes, Evidence]:
+        try:
+            nonce = bytes.fromhex(_post(self.http, f"{MESH}/nonce", self.verified)["nonce"])
+        except (KeyError, TypeError, ValueError):
+            raise ClientError("malformed nonce answer from the Coordinator") from None
+        binding = key_binding(public_key_der(self.key.public_key()), nonce)
+        return nonce, self.evidence_provider(binding)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return _post(self.http, f"{MESH}/{path}", self.verified, json=body)
+
+    def chain(self, body: Any) -> tuple[list[x509.Certificate], x509.Certificate, x509.Certificate]:
+        """The issued chain, checked: it carries our key and chains to the (pinned) root."""
+        try:
+            chain = load_certificates("".join(body["certificate_chain"]), "certificate_chain")
+            mesh_ca = load_certificate(body["mesh_ca"], "mesh_ca")
+            root_ca = load_certificate(body["root_ca"], "root_ca")
+        except (KeyError, TypeError, ValueError, PKIError) as exc:
+            raise ClientError(f"malformed answer from the Coordinator: {exc}") from None
+        ours = public_key_der(self.key.public_key())
+        if not chain or public_key_der(chain[0].public_key()) != ours:
+            raise ClientError("the issued certificate does not carry this instance's key")
+        try:
+            chain[0].verify_directly_issued_by(mesh_ca)
+            mesh_ca.verify_directly_issued_by(root_ca)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ClientError(
+                "the issued certificate does not chain to the deployment's root"
+            ) from None
+        if self.root is not None and root_ca != self.root:
+            raise ClientError("the Coordinator answered with another deployment's root certificate")
+        return chain, mesh_ca, root_ca
+
+    def close(self) -> None:
+        if self._own:
+            self.http.close()
+
+
 def activate(
     address: str,
     service: str,
@@ -104,68 +176,71 @@ def activate(
     ``root=None`` means the Coordinator's certificate is not verified; callers decide whether
     that is acceptable and say so.
     """
-    own = http is None
-    client = http or httpx.Client(
-        base_url=f"https://{address}", verify=client_ssl_context(root), timeout=timeout
-    )
+    call = _MeshCall(address, evidence_provider, root, timeout, http)
     try:
-        key = ec.generate_private_key(ec.SECP256R1())
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
-            .sign(key, hashes.SHA256())
-        )
-        verified = root is not None
-        try:
-            nonce = bytes.fromhex(_post(client, f"{MESH}/nonce", verified)["nonce"])
-        except (KeyError, TypeError, ValueError):
-            raise ClientError("malformed nonce answer from the Coordinator") from None
-        evidence = evidence_provider(key_binding(public_key_der(key.public_key()), nonce))
-        body = _post(
-            client,
-            f"{MESH}/activate",
-            verified,
-            json={
+        nonce, evidence = call.nonce_and_evidence()
+        body = call.post(
+            "activate",
+            {
                 "service": service,
                 "nonce": nonce.hex(),
-                "csr": csr.public_bytes(serialization.Encoding.PEM).decode(),
+                "csr": call.csr(service),
                 "evidence": evidence.to_json(),
             },
         )
+        chain, mesh_ca, root_ca = call.chain(body)
     finally:
-        if own:
-            client.close()
-    activation = _parse_activation(body, key)
-    if root is not None and activation.root_ca != root:
-        raise ClientError("the Coordinator answered with another deployment's root certificate")
-    return activation
-
-
-def _parse_activation(body: Any, key: ec.EllipticCurvePrivateKey) -> Activation:
+        call.close()
     try:
-        chain = load_certificates("".join(body["certificate_chain"]), "certificate_chain")
-        activation = Activation(
+        return Activation(
             instance_id=str(body["instance_id"]),
             spiffe_id=str(body["spiffe_id"]),
-            private_key=key,
+            private_key=call.key,
             certificate_chain=chain,
-            mesh_ca=load_certificate(body["mesh_ca"], "mesh_ca"),
-            root_ca=load_certificate(body["root_ca"], "root_ca"),
+            mesh_ca=mesh_ca,
+            root_ca=root_ca,
             files={p: base64.b64decode(v) for p, v in body["files"].items()},
             env={k: base64.b64decode(v) for k, v in body["env"].items()},
             argv=[base64.b64decode(v) for v in body["argv"]],
             secrets=dict(body["secrets"]),
             mesh=MeshConfig.model_validate(body["mesh"]) if body.get("mesh") else None,
         )
-    except (KeyError, TypeError, ValueError, AttributeError, PKIError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ClientError(f"malformed activation answer: {exc}") from None
-    if not chain or public_key_der(chain[0].public_key()) != public_key_der(key.public_key()):
-        raise ClientError("the issued certificate does not carry this instance's key")
+
+
+def renew(
+    address: str,
+    certificate: x509.Certificate,
+    private_key: ec.EllipticCurvePrivateKey,
+    evidence_provider: EvidenceProvider,
+    *,
+    root: x509.Certificate | None,
+    timeout: float = 30.0,
+) -> tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
+    """A fresh key and certificate chain for a running instance, before the old one expires.
+
+    The instance proves what it runs again (fresh evidence) and that it holds the current key;
+    it keeps its instance id.
+    """
+    call = _MeshCall(address, evidence_provider, root, timeout, None)
     try:
-        chain[0].verify_directly_issued_by(activation.mesh_ca)
-        activation.mesh_ca.verify_directly_issued_by(activation.root_ca)
-    except (ValueError, TypeError, InvalidSignature):
-        raise ClientError(
-            "the issued certificate does not chain to the deployment's root"
-        ) from None
-    return activation
+        nonce, evidence = call.nonce_and_evidence()
+        proof = private_key.sign(
+            renewal_payload(nonce, public_key_der(call.key.public_key())),
+            ec.ECDSA(hashes.SHA256()),
+        )
+        body = call.post(
+            "renew",
+            {
+                "nonce": nonce.hex(),
+                "csr": call.csr("renewal"),
+                "evidence": evidence.to_json(),
+                "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
+                "proof": base64.b64encode(proof).decode(),
+            },
+        )
+        chain, _, _ = call.chain(body)
+    finally:
+        call.close()
+    return call.key, chain

@@ -9,23 +9,26 @@ are written where they say, and removed too.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from geode.errors import LaunchError
 from geode.manifest import SERVICE_KEY_MARKER
 from geode.pki import certificate_pem
 from geode.runtime._activation import Activation
 
-__all__ = ["LaunchPlan", "lay_out", "remove_plan", "run_command"]
+__all__ = ["Companion", "LaunchPlan", "lay_out", "remove_plan", "run_command"]
 
 
 log = logging.getLogger("geode.runtime")
@@ -126,11 +129,39 @@ def remove_plan(plan: LaunchPlan) -> None:
     shutil.rmtree(plan.directory, ignore_errors=True)
 
 
+class Companion(Protocol):
+    """Something that runs beside the command (renewal, transparent TLS) and stops with it."""
+
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGKILL the command if the launcher itself dies (even by
+    SIGKILL). The libc function is looked up here, in the parent, so the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
+
+    return hook
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
 @contextlib.contextmanager
 def _forward_signals(process: subprocess.Popen[bytes]) -> Iterator[None]:
     def forward(signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signum)
+        _signal_group(process, signum)
 
     previous = {
         sig: signal.signal(sig, forward)
@@ -143,15 +174,49 @@ def _forward_signals(process: subprocess.Popen[bytes]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_command(plan: LaunchPlan) -> int:
-    """Run the planned command, forwarding signals; returns its exit status (128+N on signal N)."""
+def run_command(
+    plan: LaunchPlan, *, companions: Sequence[Companion] = (), grace: float = 10.0
+) -> int:
+    """Run the planned command, forwarding signals; returns its exit status (128+N on signal N).
+
+    The command runs in its own process group, which is ended (SIGTERM, then SIGKILL after
+    ``grace`` seconds) when the command exits or the launcher is told to stop, so nothing it
+    started outlives it; if the launcher is killed outright, Linux kills the command. Companions
+    start after the command (no thread exists while it forks) and stop before cleanup.
+    """
+    started: list[Companion] = []
     try:
         try:
-            process = subprocess.Popen(plan.argv, env=plan.env)
+            process = subprocess.Popen(
+                plan.argv,
+                env=plan.env,
+                process_group=0,
+                preexec_fn=_die_with_parent(),
+            )
         except OSError as exc:
             raise LaunchError(f"cannot start {plan.argv[0]!r}: {exc.strerror}") from None
         with _forward_signals(process):
-            code = process.wait()
+            try:
+                for companion in companions:
+                    companion.start()
+                    started.append(companion)
+                code = process.wait()
+            finally:
+                _end_group(process, grace)
         return 128 - code if code < 0 else code
     finally:
+        for companion in reversed(started):
+            companion.stop()
         remove_plan(plan)
+
+
+def _end_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    """Stop whatever is left of the command's process group."""
+    if process.poll() is None:
+        _signal_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+    _signal_group(process, signal.SIGTERM)  # stragglers the command left behind

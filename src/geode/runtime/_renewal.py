@@ -1,0 +1,109 @@
+"""Certificate renewal for a running instance: a fresh key and leaf at half the leaf's lifetime.
+
+The new files replace the old ones atomically (key first, then certificate), so a reader sees an
+old or a new pair; ``Credentials.reload`` and the transparent proxies pick them up, and an app
+that reads the files itself reads them again when it next opens a connection.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from geode.errors import GeodeError
+from geode.pki import certificate_pem, private_key_pem, utc_now
+from geode.runtime._activation import EvidenceProvider, renew
+
+__all__ = ["CertificateRenewer", "renewal_time"]
+
+log = logging.getLogger("geode.runtime")
+
+
+def renewal_time(cert: x509.Certificate, received: datetime.datetime) -> datetime.datetime:
+    """When to renew: halfway from when the certificate arrived to when it expires. (Not from
+    ``not_valid_before``: certificates are backdated against clock skew.)"""
+    return received + (cert.not_valid_after_utc - received) / 2
+
+
+def replace_private(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data`` (mode 0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CertificateRenewer:
+    """Renews one instance's certificate in a daemon thread until stopped."""
+
+    def __init__(
+        self,
+        address: str,
+        chain: list[x509.Certificate],
+        key: ec.EllipticCurvePrivateKey,
+        provider: EvidenceProvider,
+        *,
+        root: x509.Certificate | None,
+        cert_file: Path,
+        key_file: Path,
+        clock: Callable[[], datetime.datetime] = utc_now,
+    ) -> None:
+        self.address = address
+        self.chain = chain
+        self.key = key
+        self.provider = provider
+        self.root = root
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.clock = clock
+        self.received = clock()
+        self.renewals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="geode-renewal", daemon=True)
+
+    def start(self) -> CertificateRenewer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def renew_now(self) -> None:
+        key, chain = renew(self.address, self.chain[0], self.key, self.provider, root=self.root)
+        replace_private(self.key_file, private_key_pem(key))
+        replace_private(self.cert_file, "".join(certificate_pem(c) for c in chain).encode())
+        self.key, self.chain, self.received = key, chain, self.clock()
+        self.renewals += 1
+        log.info(
+            "renewed the certificate; valid until %s", chain[0].not_valid_after_utc.isoformat()
+        )
+
+    def _run(self) -> None:
+        while True:
+            now = self.clock()
+            wait = (renewal_time(self.chain[0], self.received) - now).total_seconds()
+            if self._stop.wait(max(wait, 0.0)):
+                return
+            try:
+                self.renew_now()
+            except GeodeError as exc:
+                left = (self.chain[0].not_valid_after_utc - self.clock()).total_seconds()
+                retry = min(30.0, max(1.0, left / 10))
+                log.error("certificate renewal failed (%s); retrying in %.0f s", exc, retry)
+                if self._stop.wait(retry):
+                    return
