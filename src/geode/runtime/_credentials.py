@@ -72,6 +72,9 @@ class Credentials:
     def _new_context(self, context: ssl.SSLContext) -> ssl.SSLContext:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.verify_mode = ssl.CERT_REQUIRED
+        # The mesh CA alone is the trust anchor: certificates the root issues for other uses
+        # (certificate secrets) are no mesh identities, and a rotated mesh CA cuts off the old.
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         context.load_verify_locations(cafile=self.ca_file)
         context.load_cert_chain(self.cert_file, self.key_file)
         self._contexts.add(context)
