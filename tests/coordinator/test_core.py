@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
@@ -11,11 +12,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import EvidenceVerifier, SimulatedPlatform, key_binding
-from geode.coordinator import ActivationRequest, Coordinator, CoordinatorSettings, State
+from geode.attestation import EvidenceVerifier, SimulatedPlatform, key_binding, renewal_payload
+from geode.coordinator import (
+    ActivationRequest,
+    Coordinator,
+    CoordinatorSettings,
+    RenewalRequest,
+    State,
+)
 from geode.errors import ActivationDenied, CoordinatorUnavailable, ManifestConflict
 from geode.manifest import SERVICE_KEY_MARKER
-from geode.pki import public_key_der
+from geode.pki import CertificateAuthority, LeafParams, public_key_der
 
 MEASUREMENT = bytes(range(32))
 SEALING_KEY = os.urandom(32)
@@ -158,3 +165,92 @@ def test_statement_binds_root_manifest_and_nonce(coordinator: Coordinator) -> No
     assert after["manifest_sha256"] is not None
     assert after["evidence"] != before["evidence"]
     assert after["root_certificate"] == before["root_certificate"]
+
+
+def _renewal(
+    c: Coordinator,
+    platform: SimulatedPlatform,
+    current: x509.Certificate,
+    current_key: ec.EllipticCurvePrivateKey,
+) -> RenewalRequest:
+    key = ec.generate_private_key(ec.SECP256R1())
+    nonce, _ = c.issue_nonce()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "renewal")]))
+        .sign(key, hashes.SHA256())
+    )
+    evidence = platform.quote(MEASUREMENT, key_binding(public_key_der(key.public_key()), nonce))
+    proof = current_key.sign(
+        renewal_payload(nonce, public_key_der(key.public_key())), ec.ECDSA(hashes.SHA256())
+    )
+    return RenewalRequest(
+        nonce,
+        csr.public_bytes(serialization.Encoding.PEM).decode(),
+        evidence,
+        current.public_bytes(serialization.Encoding.PEM).decode(),
+        proof,
+    )
+
+
+def _activated(
+    c: Coordinator, platform: SimulatedPlatform
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    nonce, _ = c.issue_nonce()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")]))
+        .sign(key, hashes.SHA256())
+    )
+    evidence = platform.quote(MEASUREMENT, key_binding(public_key_der(key.public_key()), nonce))
+    request = ActivationRequest(
+        "web", nonce, csr.public_bytes(serialization.Encoding.PEM).decode(), evidence
+    )
+    return c.activate(request).value.certificate, key
+
+
+def test_renewal_keeps_the_instance_and_counts_nothing(
+    coordinator: Coordinator, platform: SimulatedPlatform
+) -> None:
+    coordinator.set_manifest(_manifest())
+    current, key = _activated(coordinator, platform)
+    renewed = coordinator.renew(_renewal(coordinator, platform, current, key))
+    assert renewed.subject == current.subject  # CN = the same instance id
+    assert renewed.serial_number != current.serial_number
+    assert renewed.public_key() != current.public_key()
+    assert coordinator.status()["activations"] == {"web": 1}
+
+
+def test_renewal_refusals(coordinator: Coordinator, platform: SimulatedPlatform) -> None:
+    coordinator.set_manifest(_manifest())
+    current, key = _activated(coordinator, platform)
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(ActivationDenied, match="no proof of the current key"):
+        coordinator.renew(_renewal(coordinator, platform, current, stranger))
+    other = CertificateAuthority.create_root().create_intermediate("other")
+    foreign = other.issue(LeafParams(key.public_key(), "x"))
+    with pytest.raises(ActivationDenied, match="not from the current mesh CA"):
+        coordinator.renew(_renewal(coordinator, platform, foreign, key))
+    request = _renewal(coordinator, platform, current, key)
+    coordinator.renew(request)
+    with pytest.raises(ActivationDenied, match="nonce expired or reused"):
+        coordinator.renew(request)
+
+
+def test_renewal_of_an_expired_certificate_is_refused(platform: SimulatedPlatform) -> None:
+    clock = {"now": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)}
+    c = Coordinator(
+        CoordinatorSettings(simulation=True, leaf_lifetime=datetime.timedelta(seconds=10)),
+        EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
+        platform,
+        MEASUREMENT,
+        SEALING_KEY,
+        clock=lambda: clock["now"],
+    )
+    c.load(None)
+    c.set_manifest(_manifest())
+    current, key = _activated(c, platform)
+    clock["now"] += datetime.timedelta(seconds=11)
+    with pytest.raises(ActivationDenied, match="certificate expired"):
+        c.renew(_renewal(c, platform, current, key))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from geode.coordinator._activation import ActivationRequest, ActivationResult
+from geode.coordinator._activation import ActivationRequest, ActivationResult, RenewalRequest
 from geode.coordinator._api import API_PREFIX, MESH_PREFIX, build_apps, openapi_document
 from geode.coordinator._core import (
     Coordinator,
@@ -45,6 +45,7 @@ __all__ = [
     "NonceStore",
     "Pending",
     "PreparedManifest",
+    "RenewalRequest",
     "Sealer",
     "State",
     "StateStore",
