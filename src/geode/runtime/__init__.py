@@ -1,5 +1,6 @@
 """The runtime: activation, ``geode run``, and the mesh for Python apps — mutual TLS with SPIFFE
-identities checked in the handshake, policy middleware for ASGI, and certificate reload."""
+identities checked in the handshake, policy middleware for ASGI, and certificate reload — and the
+transparent TLS proxy that gives the same to any app."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from geode.runtime._credentials import Credentials
 from geode.runtime._identity import MeshSSLContext, peer_spiffe_id
 from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
 from geode.runtime._policy import Decision, PolicyEngine
+from geode.runtime._proxy import ProxyLimits, TransparentProxy
 from geode.runtime._renewal import CertificateRenewer, renewal_time
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "MeshSSLContext",
     "PolicyEngine",
     "PolicyMiddleware",
+    "ProxyLimits",
     "TLSExtensionProtocol",
+    "TransparentProxy",
     "activate",
     "lay_out",
     "mesh_async_client",

@@ -1,0 +1,806 @@
+"""The transparent TLS proxy over real sockets on 127.0.0.1: HTTP and TCP ingress, egress.
+
+A throwaway mesh PKI, a plain ``http.server`` app and a TCP echo app stand behind a proxy for
+the service ``server``; a second proxy, for ``client``, carries the client's egress. The proxies
+run on an event loop in a thread; the tests talk to them with blocking sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from http.client import HTTPSConnection
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+
+from geode.errors import LaunchError
+from geode.manifest import (
+    EgressRoute,
+    HttpRule,
+    IngressRoute,
+    MeshConfig,
+    MeshPolicy,
+    MeshRule,
+    TcpRule,
+)
+from geode.pki import (
+    CertificateAuthority,
+    LeafParams,
+    SpiffeId,
+    certificate_pem,
+    generate_private_key,
+    private_key_pem,
+    utc_now,
+)
+from geode.runtime import Credentials, ProxyLimits, TransparentProxy
+from tests.support import free_port
+
+DOMAIN = "t.local"
+HEADER_TIMEOUT = 0.6
+
+
+def spiffe(name: str) -> SpiffeId:
+    return SpiffeId.for_service(DOMAIN, name)
+
+
+# --- PKI and clients ---------------------------------------------------------------------------
+
+
+class Pki:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.root = CertificateAuthority.create_root()
+        self.mesh = self.root.create_intermediate("mesh")
+        self.ca_file = tmp / "ca.pem"
+        self.ca_file.write_text(certificate_pem(self.root.certificate))
+
+    def credentials(
+        self,
+        name: str,
+        mesh: MeshConfig | None = None,
+        *,
+        issuer: CertificateAuthority | None = None,
+        clock: Any = utc_now,
+        tag: str = "",
+    ) -> Credentials:
+        issuer = issuer or self.mesh
+        key = generate_private_key()
+        cert = issuer.issue(
+            LeafParams(
+                public_key=key.public_key(),
+                common_name=name,
+                spiffe_id=spiffe(name),
+                dns_names=["localhost"],
+                ip_addresses=["127.0.0.1"],
+            ),
+            clock=clock,
+        )
+        stem = self.tmp / f"{name}{tag}"
+        cert_file, key_file = stem.with_suffix(".crt"), stem.with_suffix(".key")
+        cert_file.write_text(certificate_pem(cert) + certificate_pem(issuer.certificate))
+        key_file.write_bytes(private_key_pem(key))
+        key_file.chmod(0o600)
+        return Credentials(
+            cert_file=cert_file,
+            key_file=key_file,
+            ca_file=self.ca_file,
+            spiffe_id=spiffe(name),
+            mesh=mesh,
+        )
+
+    def client_context(self, credentials: Credentials | None) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cafile=self.ca_file)
+        if credentials is not None:
+            context.load_cert_chain(credentials.cert_file, credentials.key_file)
+        return context
+
+
+def tls_socket(context: ssl.SSLContext, port: int) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+@dataclasses.dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Responses:
+    """Reads successive HTTP/1.1 responses from one socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.file: BinaryIO = sock.makefile("rb")
+
+    def read(self, *, head: bool = False) -> Response:
+        line = self.file.readline()
+        if not line:
+            raise EOFError("connection closed")
+        status = int(line.split()[1])
+        headers: dict[str, str] = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = b""
+        if head or status < 200:
+            pass
+        elif "content-length" in headers:
+            body = self.file.read(int(headers["content-length"]))
+        elif headers.get("transfer-encoding") == "chunked":
+            while size := int(self.file.readline().split(b";")[0], 16):
+                body += self.file.read(size)
+                self.file.readline()
+            self.file.readline()
+        return Response(status, headers, body)
+
+    def closed(self) -> bool:
+        try:
+            return self.file.read(1) == b""
+        except (OSError, ssl.SSLError):
+            return True
+
+
+def refused(talk: Any) -> bool:
+    """Whether a connection attempt ended without an HTTP answer."""
+    try:
+        data: bytes = talk()
+    except (OSError, ssl.SSLError):
+        return True
+    return not data.startswith(b"HTTP/")
+
+
+# --- Apps behind the proxy ---------------------------------------------------------------------
+
+
+class AppServer(ThreadingHTTPServer):
+    daemon_threads = True
+    seen: list[dict[str, Any]]
+    finished_at = 0.0  # when the last response was written
+    reading_at = 0.0  # when a slow upload began to be read
+
+
+class App(BaseHTTPRequestHandler):
+    """Answers every request with what it saw, as JSON."""
+
+    protocol_version = "HTTP/1.1"
+    server: AppServer
+
+    def handle_request(self) -> None:
+        if getattr(self, "drop_next", False):  # close this connection without an answer
+            self.close_connection = True
+            return
+        if self.path == "/api/slow-upload":  # reads the body late, and drops it
+            time.sleep(0.5)
+            self.server.reading_at = time.monotonic()
+            remaining = int(self.headers["Content-Length"])
+            while remaining:
+                remaining -= len(self.rfile.read(min(remaining, 1 << 20)))
+            self.send_response(204)
+            self.end_headers()
+            return
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        seen = {
+            "method": self.command,
+            "path": self.path,
+            "peer": self.headers.get_all("X-Geode-Peer"),
+            "body": body.decode(),
+            "app_port": self.client_address[1],
+        }
+        self.server.seen.append(seen)
+        payload = json.dumps(seen).encode()
+        if self.path.startswith("/api/big/"):
+            payload = b"b" * int(self.path.rsplit("/", 1)[1])
+        self.drop_next = self.path.endswith("/drop-next")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.path.endswith("/chunked"):
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in (payload[:10], payload[10:]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path.endswith("/until-close"):  # HTTP/1.0 style: the body ends when we close
+            self.close_connection = True
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+        self.server.finished_at = time.monotonic()
+
+    do_GET = do_POST = do_PUT = do_HEAD = handle_request
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class Echo(socketserver.BaseRequestHandler):
+    """Echoes until EOF; with an HTTP upgrade request first, answers 101 before echoing."""
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        self.server.connections += 1  # type: ignore[attr-defined]
+        first = sock.recv(65536)
+        if first.startswith(b"GET "):
+            first = first.partition(b"\r\n\r\n")[2]
+            sock.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+            )
+            first = first or sock.recv(65536)
+        while first:
+            sock.sendall(first)
+            first = sock.recv(65536)
+        self.server.finished += 1  # type: ignore[attr-defined]
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    connections = 0
+    finished = 0
+
+
+class LoopThread:
+    """An event loop in a thread, running the proxies."""
+
+    def __init__(self, kind: str) -> None:
+        if kind == "uvloop":
+            uvloop = pytest.importorskip("uvloop")
+            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        else:
+            self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+@dataclasses.dataclass
+class Mesh:
+    pki: Pki
+    loop: LoopThread
+    app: AppServer
+    echo: EchoServer
+    http_port: int
+    tcp_port: int
+    dead_port: int  # ingress whose app is not listening
+    upgrade_port: int  # http ingress in front of the echo app
+    egress_port: int
+    wrong_egress_port: int  # expects a SPIFFE id the server does not have
+    refusing_egress_port: int  # no peers
+    client: Credentials
+    stranger: Credentials
+
+    def context(self, who: Credentials | None) -> ssl.SSLContext:
+        return self.pki.client_context(who)
+
+
+def _serve(server: socketserver.BaseServer) -> None:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Mesh]:
+    pki = Pki(tmp_path_factory.mktemp("pki"))
+    app = AppServer(("127.0.0.1", 0), App)
+    app.seen = []
+    echo = EchoServer(("127.0.0.1", 0), Echo)
+    _serve(app)
+    _serve(echo)
+    app_port, echo_port = app.server_address[1], echo.server_address[1]
+    ports = [free_port() for _ in range(7)]
+    http_port, tcp_port, dead_port, upgrade_port, egress, wrong, refusing = ports
+    server_mesh = MeshConfig(
+        trust_domain=DOMAIN,
+        service="server",
+        spiffe_id=str(spiffe("server")),
+        policy=MeshPolicy(
+            rules=[
+                MeshRule(
+                    name="api", sources=[str(spiffe("client"))], http=[HttpRule(path="/api/.*")]
+                ),
+                MeshRule(
+                    name="echo", sources=[str(spiffe("client"))], tcp=[TcpRule(ports=[tcp_port])]
+                ),
+            ]
+        ),
+        ingress=[
+            IngressRoute(port=http_port, app_port=app_port, protocol="http"),
+            IngressRoute(port=tcp_port, app_port=echo_port, protocol="tcp"),
+            IngressRoute(port=dead_port, app_port=free_port(), protocol="http"),
+            IngressRoute(port=upgrade_port, app_port=echo_port, protocol="http"),
+        ],
+    )
+    client_mesh = MeshConfig(
+        trust_domain=DOMAIN,
+        service="client",
+        spiffe_id=str(spiffe("client")),
+        egress=[
+            EgressRoute(
+                host="127.0.0.1", port=tcp_port, local_port=egress, peers=[str(spiffe("server"))]
+            ),
+            EgressRoute(
+                host="127.0.0.1", port=tcp_port, local_port=wrong, peers=[str(spiffe("impostor"))]
+            ),
+            EgressRoute(host="127.0.0.1", port=tcp_port, local_port=refusing, peers=[]),
+        ],
+    )
+    loop = LoopThread(request.param)
+    limits = ProxyLimits(header_timeout=HEADER_TIMEOUT)
+    server = TransparentProxy(
+        pki.credentials("server", server_mesh), listen_host="127.0.0.1", limits=limits
+    )
+    client_credentials = pki.credentials("client", client_mesh)
+    client = TransparentProxy(client_credentials, listen_host="127.0.0.1")
+    loop.run(server.start())
+    loop.run(client.start())
+    yield Mesh(
+        pki=pki,
+        loop=loop,
+        app=app,
+        echo=echo,
+        http_port=http_port,
+        tcp_port=tcp_port,
+        dead_port=dead_port,
+        upgrade_port=upgrade_port,
+        egress_port=egress,
+        wrong_egress_port=wrong,
+        refusing_egress_port=refusing,
+        client=client_credentials,
+        stranger=pki.credentials("stranger"),
+    )
+    loop.run(client.close())
+    loop.run(server.close())
+    loop.close()
+    app.shutdown()
+    echo.shutdown()
+
+
+def https(mesh: Mesh, who: Credentials | None = None, port: int | None = None) -> HTTPSConnection:
+    return HTTPSConnection(
+        "127.0.0.1",
+        port or mesh.http_port,
+        context=mesh.context(who or mesh.client),
+        timeout=5,
+    )
+
+
+# --- HTTP ingress ------------------------------------------------------------------------------
+
+
+def test_an_allowed_peer_reaches_the_app_over_one_keep_alive_connection(mesh: Mesh) -> None:
+    conn = https(mesh)
+    seen = []
+    for path in ("/api/one", "/api/two?x=1", "/api/three"):
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200
+        seen.append(json.loads(response.read()))
+        assert not response.will_close
+    conn.close()
+    assert [s["path"] for s in seen] == ["/api/one", "/api/two?x=1", "/api/three"]
+    assert all(s["peer"] == [str(spiffe("client"))] for s in seen)
+    # One client connection, one app connection.
+    assert len({s["app_port"] for s in seen}) == 1
+
+
+def test_request_bodies_with_content_length_and_chunked_reach_the_app(mesh: Mesh) -> None:
+    conn = https(mesh)
+    big = "x" * (3 * 1024 * 1024)  # larger than every buffer on the way: flow control works
+    conn.request("POST", "/api/upload", body=big.encode())
+    assert json.loads(conn.getresponse().read())["body"] == big
+    conn.request(
+        "PUT", "/api/upload", body=iter([b"hello ", b"chunked ", b"world"]), encode_chunked=True
+    )
+    response = conn.getresponse()
+    assert response.status == 200
+    assert json.loads(response.read())["body"] == "hello chunked world"
+    conn.close()
+
+
+def test_a_large_response_waits_for_a_slow_reader(mesh: Mesh) -> None:
+    size = 32 * 1024 * 1024  # more than the kernel buffers on the way can hold
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", mesh.http_port))
+    with mesh.context(mesh.client).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /api/big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
+        time.sleep(0.5)
+        reading = time.monotonic()
+        response = Responses(sock).read()
+    assert len(response.body) == size
+    # The proxy stopped reading the app while the client did not read: nothing buffered it all.
+    assert mesh.app.finished_at > reading
+
+
+def test_a_large_upload_waits_for_a_slow_app(mesh: Mesh) -> None:
+    size = 32 * 1024 * 1024
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", mesh.http_port))
+    with mesh.context(mesh.client).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(
+            b"POST /api/slow-upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size
+        )
+        sock.sendall(b"u" * size)
+        sent = time.monotonic()
+        assert Responses(sock).read().status == 204
+    # The proxy stopped reading the client while the app did not read.
+    assert sent > mesh.app.reading_at > 0
+
+
+def test_a_response_that_ends_when_the_app_closes_ends_the_connection(mesh: Mesh) -> None:
+    with tls_socket(mesh.context(mesh.client), mesh.http_port) as sock:
+        sock.sendall(b"GET /api/until-close HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(body)["path"] == "/api/until-close"
+
+
+def test_a_closed_idle_app_connection_is_replaced(mesh: Mesh) -> None:
+    conn = https(mesh)
+    conn.request("GET", "/api/drop-next")  # the app closes this connection at the next request
+    assert conn.getresponse().read()
+    conn.request("GET", "/api/retried")  # bodiless GET: sent again on a new app connection
+    assert json.loads(conn.getresponse().read())["path"] == "/api/retried"
+    conn.request("POST", "/api/drop-next", body=b"x")
+    assert conn.getresponse().read()
+    conn.request("POST", "/api/not-retried", body=b"x")  # may have had effects: not repeated
+    response = conn.getresponse()
+    assert response.status == 502
+    assert json.loads(response.read())["error"] == "bad_gateway"
+    conn.close()
+
+
+def test_chunked_and_bodiless_responses_end_where_they_should(mesh: Mesh) -> None:
+    conn = https(mesh)
+    conn.request("GET", "/api/chunked")
+    response = conn.getresponse()
+    assert response.getheader("Transfer-Encoding") == "chunked"
+    assert json.loads(response.read())["path"] == "/api/chunked"
+    conn.request("HEAD", "/api/head")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.read() == b""
+    conn.request("GET", "/api/after-head")
+    assert json.loads(conn.getresponse().read())["path"] == "/api/after-head"
+    conn.close()
+
+
+def test_a_denied_request_gets_403_and_the_connection_stays_usable(mesh: Mesh) -> None:
+    before = len(mesh.app.seen)
+    conn = https(mesh)
+    conn.request("GET", "/secret")
+    response = conn.getresponse()
+    assert response.status == 403
+    assert response.getheader("Connection") == "keep-alive"
+    assert json.loads(response.read()) == {
+        "error": "policy_denied",
+        "peer": str(spiffe("client")),
+        "reason": "no rule allows GET /secret",
+    }
+    conn.request("POST", "/secret", body=b"dropped" * 10_000)  # the body is read and dropped
+    assert conn.getresponse().read().startswith(b'{"error": "policy_denied"')
+    conn.request("GET", "/api/fine")
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert [s["path"] for s in mesh.app.seen[before:]] == ["/api/fine"]
+
+
+def test_a_peer_without_a_rule_is_denied(mesh: Mesh) -> None:
+    conn = https(mesh, mesh.stranger)
+    conn.request("GET", "/api/x")
+    response = conn.getresponse()
+    assert response.status == 403
+    assert json.loads(response.read())["peer"] == str(spiffe("stranger"))
+    conn.close()
+
+
+def test_the_proxy_sets_x_geode_peer_and_drops_a_forged_one(mesh: Mesh) -> None:
+    conn = https(mesh)
+    forged = str(spiffe("admin"))
+    conn.request("GET", "/api/who", headers={"X-Geode-Peer": forged, "X_Geode_Peer": forged})
+    seen = json.loads(conn.getresponse().read())
+    assert seen["peer"] == [str(spiffe("client"))]
+    assert forged not in json.dumps(mesh.app.seen[-1])
+    conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(mesh: Mesh) -> None:
+    with tls_socket(mesh.context(mesh.client), mesh.http_port) as sock:
+        sock.sendall(
+            b"GET /api/1 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde"
+            b"POST /nope HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nGET\r\n0\r\n\r\n"
+            b"POST /api/4 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nxyz"
+        )
+        responses = Responses(sock)
+        answers = [responses.read() for _ in range(4)]
+    assert answers[0].json()["path"] == "/api/1"
+    assert [a.status for a in answers[1:3]] == [403, 403]
+    assert answers[3].json()["body"] == "xyz"
+
+
+def test_expect_100_continue_passes_through(mesh: Mesh) -> None:
+    with tls_socket(mesh.context(mesh.client), mesh.http_port) as sock:
+        sock.sendall(
+            b"POST /api/expect HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        responses = Responses(sock)
+        assert responses.read().status == 100
+        sock.sendall(b"body")
+        assert responses.read().json()["body"] == "body"
+
+
+def test_an_upgrade_becomes_a_tunnel(mesh: Mesh) -> None:
+    with tls_socket(mesh.context(mesh.client), mesh.upgrade_port) as sock:
+        sock.sendall(
+            b"GET /api/ws HTTP/1.1\r\nHost: a\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+        )
+        responses = Responses(sock)
+        assert responses.read().status == 101
+        sock.sendall(b"ping")
+        assert responses.file.read(4) == b"ping"
+
+
+def test_an_unreachable_app_gets_502(mesh: Mesh) -> None:
+    conn = https(mesh, port=mesh.dead_port)
+    for _ in range(2):  # and the connection stays usable
+        conn.request("GET", "/api/x")
+        response = conn.getresponse()
+        assert response.status == 502
+        assert json.loads(response.read())["error"] == "bad_gateway"
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"\x00\x01 garbage\r\n\r\n", 400),
+        (b"GET /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"GET /api/../secret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /api/%2e%2e/secret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"POST /api/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n", 400),
+        (b"GET /api/x HTTP/1.1\r\nHost: a\r\nBig: " + b"a" * (65 * 1024) + b"\r\n\r\n", 431),
+    ],
+    ids=[
+        "garbage",
+        "two-lengths",
+        "dot-segments",
+        "encoded-dot-segments",
+        "chunked-http-1.0",
+        "h2c-upgrade",
+        "oversized-head",
+    ],
+)
+def test_bad_requests_are_refused(mesh: Mesh, request_bytes: bytes, status: int) -> None:
+    before = len(mesh.app.seen)
+    with tls_socket(mesh.context(mesh.client), mesh.http_port) as sock:
+        sock.sendall(request_bytes)
+        responses = Responses(sock)
+        response = responses.read()
+        assert response.status == status
+        if status != 400 or b"garbage" in request_bytes:
+            assert response.headers["connection"] == "close"
+            assert responses.closed()
+    assert len(mesh.app.seen) == before
+
+
+def test_an_oversized_head_is_refused_before_it_ends(mesh: Mesh) -> None:
+    with tls_socket(mesh.context(mesh.client), mesh.http_port) as sock:
+        sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n")
+        for _ in range(20):  # 160 KiB of one header, never finished
+            try:
+                sock.sendall(b"X-Long: " + b"a" * 8192)
+            except OSError:
+                break
+        assert Responses(sock).read().status == 431
+
+
+def test_a_slow_head_gets_408_while_others_are_served(mesh: Mesh) -> None:
+    with tls_socket(mesh.context(mesh.client), mesh.http_port) as slow:
+        started = time.monotonic()
+        slow.sendall(b"GET /api/slow HTTP/1.1\r\nHost: a\r\n")
+        conn = https(mesh)
+        conn.request("GET", "/api/meanwhile")
+        assert conn.getresponse().status == 200
+        conn.close()
+        responses = Responses(slow)
+        assert responses.read().status == 408
+        assert time.monotonic() - started >= HEADER_TIMEOUT * 0.9
+        assert responses.closed()
+
+
+@pytest.mark.parametrize("who", ["other-ca", "expired", "no-certificate"])
+def test_clients_without_a_valid_mesh_certificate_fail_the_handshake(mesh: Mesh, who: str) -> None:
+    if who == "other-ca":
+        other = CertificateAuthority.create_root().create_intermediate("mesh")
+        context = mesh.context(mesh.pki.credentials("client", issuer=other, tag="-other"))
+    elif who == "expired":
+        long_ago = utc_now() - datetime.timedelta(days=3)
+        context = mesh.context(mesh.pki.credentials("client", clock=lambda: long_ago, tag="-old"))
+    else:
+        context = mesh.context(None)
+    before = len(mesh.app.seen)
+
+    def talk() -> bytes:
+        with tls_socket(context, mesh.http_port) as sock:
+            sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            return sock.recv(65536)
+
+    assert refused(talk)
+    assert len(mesh.app.seen) == before
+
+
+def test_a_plaintext_client_gets_nothing_useful(mesh: Mesh) -> None:
+    def talk() -> bytes:
+        with socket.create_connection(("127.0.0.1", mesh.http_port), timeout=5) as sock:
+            sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            return sock.recv(65536)
+
+    before = len(mesh.app.seen)
+    assert refused(talk)
+    assert len(mesh.app.seen) == before
+
+
+# --- TCP ingress and egress --------------------------------------------------------------------
+
+
+def test_tcp_ingress_splices_an_allowed_peer_and_closes_a_denied_one(mesh: Mesh) -> None:
+    with tls_socket(mesh.context(mesh.client), mesh.tcp_port) as sock:
+        sock.sendall(b"hello over tcp")
+        assert sock.recv(100) == b"hello over tcp"
+    before = mesh.echo.connections
+    with tls_socket(mesh.context(mesh.stranger), mesh.tcp_port) as sock:
+        try:
+            sock.sendall(b"let me in")
+            assert sock.recv(100) == b""
+        except (OSError, ssl.SSLError):
+            pass
+    assert mesh.echo.connections == before
+
+
+def test_tcp_ingress_passes_the_clients_close_on_to_the_app(mesh: Mesh) -> None:
+    before = mesh.echo.finished
+    with tls_socket(mesh.context(mesh.client), mesh.tcp_port) as sock:
+        sock.sendall(b"bye")
+        assert sock.recv(100) == b"bye"
+    deadline = time.monotonic() + 5
+    while mesh.echo.finished == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert mesh.echo.finished == before + 1
+
+
+def test_egress_answers_an_app_that_half_closed(mesh: Mesh) -> None:
+    with socket.create_connection(("127.0.0.1", mesh.egress_port), timeout=5) as sock:
+        sock.sendall(b"last words")
+        sock.shutdown(socket.SHUT_WR)  # TLS cannot pass this on; the answer still comes back
+        received = b""
+        while len(received) < 10 and (chunk := sock.recv(100)):
+            received += chunk
+        assert received == b"last words"
+
+
+def test_egress_reaches_the_server_with_the_expected_identity(mesh: Mesh) -> None:
+    with socket.create_connection(("127.0.0.1", mesh.egress_port), timeout=5) as sock:
+        payload = bytes(range(256)) * 4096  # 1 MiB through egress, ingress, echo and back
+        threading.Thread(target=sock.sendall, args=(payload,), daemon=True).start()
+        received = bytearray()
+        while len(received) < len(payload):
+            chunk = sock.recv(65536)
+            assert chunk
+            received += chunk
+        assert received == payload
+
+
+@pytest.mark.parametrize("route", ["wrong-identity", "no-peers"])
+def test_egress_refuses_a_destination_it_cannot_trust(mesh: Mesh, route: str) -> None:
+    port = mesh.wrong_egress_port if route == "wrong-identity" else mesh.refusing_egress_port
+    before = mesh.echo.connections
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"secret")
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(100) == b""
+    assert mesh.echo.connections == before
+
+
+# --- Lifecycle ---------------------------------------------------------------------------------
+
+
+def test_close_drops_connections_and_leaves_no_listener(mesh: Mesh) -> None:
+    port = free_port()
+    config = MeshConfig(
+        trust_domain=DOMAIN,
+        service="server",
+        spiffe_id=str(spiffe("server")),
+        policy=MeshPolicy(mode="permissive"),
+        ingress=[IngressRoute(port=port, app_port=mesh.app.server_address[1], protocol="http")],
+    )
+    proxy = TransparentProxy(
+        mesh.pki.credentials("server", config, tag="-2"), listen_host="127.0.0.1"
+    )
+    mesh.loop.run(proxy.start())
+    conn = https(mesh, port=port)
+    conn.request("GET", "/anything")
+    assert conn.getresponse().read()
+    mesh.loop.run(proxy.close())
+
+    def ask_again() -> None:
+        conn.request("GET", "/again")
+        conn.getresponse()
+
+    with pytest.raises(OSError):
+        ask_again()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_a_port_in_use_is_a_launch_error_naming_it(mesh: Mesh) -> None:
+    ingress_port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        busy_port = busy.getsockname()[1]
+        config = MeshConfig(
+            trust_domain=DOMAIN,
+            service="client",
+            spiffe_id=str(spiffe("client")),
+            ingress=[IngressRoute(port=ingress_port, app_port=1, protocol="tcp")],
+            egress=[EgressRoute(host="localhost", port=1, local_port=busy_port, peers=[])],
+        )
+        proxy = TransparentProxy(
+            mesh.pki.credentials("client", config, tag="-3"), listen_host="127.0.0.1"
+        )
+        with pytest.raises(LaunchError, match=f"127.0.0.1:{busy_port}"):
+            mesh.loop.run(proxy.start())
+    # The listener bound before the failure is gone too.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", ingress_port), timeout=5)
+
+
+def test_a_proxy_needs_a_mesh_view(mesh: Mesh) -> None:
+    with pytest.raises(LaunchError, match="mesh view"):
+        TransparentProxy(dataclasses.replace(mesh.client, mesh=None))
