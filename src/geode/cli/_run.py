@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -11,6 +12,9 @@ from geode.cli._common import DEFAULT_MESH_ADDR, insecure_option, resolve_root, 
 from geode.errors import LaunchError
 from geode.runtime import (
     CertificateRenewer,
+    Companion,
+    Credentials,
+    ProxyRunner,
     activate,
     lay_out,
     run_command,
@@ -58,6 +62,12 @@ __all__ = ["run"]
     is_flag=True,
     help="Mark the simulated evidence as coming from a debug enclave.",
 )
+@click.option(
+    "--listen-host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the transparent TLS ingress listens on.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     service: str,
@@ -67,9 +77,11 @@ def run(
     insecure: bool,
     platform_key: Path | None,
     simulate_debug: bool,
+    listen_host: str,
     command: tuple[str, ...],
 ) -> None:
     """Activate as SERVICE, then run COMMAND (after --) with its credentials."""
+    logging.basicConfig(level=logging.INFO, format="geode run: %(levelname)s %(name)s: %(message)s")
     root = None
     if insecure:
         warn("--insecure: the Coordinator's identity is NOT verified")
@@ -97,4 +109,9 @@ def run(
         cert_file=Path(plan.env["GEODE_CERT_FILE"]),
         key_file=Path(plan.env["GEODE_KEY_FILE"]),
     )
-    raise SystemExit(run_command(plan, companions=[renewer]))
+    companions: list[Companion] = []
+    if activation.mesh is not None and (activation.mesh.ingress or activation.mesh.egress):
+        credentials = Credentials.from_env(plan.env)
+        companions.append(ProxyRunner(credentials, listen_host=listen_host))
+    companions.append(renewer)
+    raise SystemExit(run_command(plan, companions=companions))

@@ -26,6 +26,7 @@ from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan,
 from geode.runtime._policy import Decision, PolicyEngine
 from geode.runtime._proxy import ProxyLimits, TransparentProxy
 from geode.runtime._renewal import CertificateRenewer, renewal_time
+from geode.runtime._transparent import ProxyRunner
 
 __all__ = [
     "Activation",
@@ -39,6 +40,7 @@ __all__ = [
     "PolicyEngine",
     "PolicyMiddleware",
     "ProxyLimits",
+    "ProxyRunner",
     "TLSExtensionProtocol",
     "TransparentProxy",
     "activate",

@@ -182,24 +182,24 @@ def run_command(
     The command runs in its own process group, which is ended (SIGTERM, then SIGKILL after
     ``grace`` seconds) when the command exits or the launcher is told to stop, so nothing it
     started outlives it; if the launcher is killed outright, Linux kills the command. Companions
-    start after the command (no thread exists while it forks) and stop before cleanup.
+    start before the command (its transparent TLS must be listening when it starts) and stop
+    after it, before the files are removed.
     """
     started: list[Companion] = []
     try:
+        for companion in companions:
+            companion.start()
+            started.append(companion)
         try:
+            # The pre-exec hook only calls a libc function resolved beforehand, and glibc resets
+            # its allocator locks in the child, so the companions' threads cannot block it.
             process = subprocess.Popen(
-                plan.argv,
-                env=plan.env,
-                process_group=0,
-                preexec_fn=_die_with_parent(),
+                plan.argv, env=plan.env, process_group=0, preexec_fn=_die_with_parent()
             )
         except OSError as exc:
             raise LaunchError(f"cannot start {plan.argv[0]!r}: {exc.strerror}") from None
         with _forward_signals(process):
             try:
-                for companion in companions:
-                    companion.start()
-                    started.append(companion)
                 code = process.wait()
             finally:
                 _end_group(process, grace)

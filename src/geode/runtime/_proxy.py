@@ -60,7 +60,7 @@ class ProxyLimits:
     idle_timeout: float = 60.0  # a keep-alive connection without a request is closed
     max_header_bytes: int = 64 * 1024  # a larger request head gets 431
     connect_timeout: float = 5.0  # to the app, or to an egress destination with its handshake
-    half_close_timeout: float = 30.0  # a spliced side that sent EOF waits this long for data
+    half_close_timeout: float = 30.0  # after an egress app's EOF, how long the answer may take
     handshake_timeout: float = 10.0  # an ingress client's TLS handshake
 
 
@@ -215,6 +215,7 @@ class _Relay(asyncio.Protocol):
 
     transport: asyncio.Transport
     partner: _Relay | None = None
+    eof_closes_tls = False  # see _pass_eof
 
     def __init__(self, proxy: TransparentProxy) -> None:
         self.proxy = proxy
@@ -281,9 +282,15 @@ class _Relay(asyncio.Protocol):
             _close(self.transport)
         elif partner.transport.can_write_eof():
             partner.transport.write_eof()
+        elif self.eof_closes_tls:
+            # TLS (in asyncio) cannot carry a half-close. An app behind ingress that ends its
+            # side has answered (an HTTP/1.0 response, a finished exchange): close the TLS
+            # side now, once what was written to it has been sent.
+            _close(partner.transport)
         else:
-            # TLS cannot carry a half-close: the partner keeps sending as long as it has
-            # something to say; once quiet, both sides close.
+            # An app using egress that ends its side usually still awaits the answer: the
+            # partner keeps sending as long as it has something to say; once quiet for
+            # half_close_timeout, both sides close.
             self._linger_on()
 
     def _linger_on(self) -> None:
@@ -315,6 +322,12 @@ class _Relay(asyncio.Protocol):
             _close(self.partner.transport)
 
 
+class _AppSide(_Relay):
+    """The connection to the app behind a TCP ingress."""
+
+    eof_closes_tls = True
+
+
 class _TcpIngress(_Relay):
     def __init__(self, proxy: TransparentProxy, route: IngressRoute) -> None:
         super().__init__(proxy)
@@ -326,7 +339,7 @@ class _TcpIngress(_Relay):
             self.transport.close()
             return
         loop = asyncio.get_running_loop()
-        factory = functools.partial(_Relay, self.proxy)
+        factory = functools.partial(_AppSide, self.proxy)
         self.splice_to(
             f"ingress port {self.route.port}: connecting to the app on "
             f"{APP_HOST}:{self.route.app_port}",
