@@ -116,6 +116,13 @@ def lay_out(
     )
     if activation.mesh is not None:
         env["GEODE_MESH_FILE"] = str(own / "mesh.json")
+        # Where an unmodified app listens, and where it connects, behind transparent TLS.
+        env["GEODE_INGRESS"] = ",".join(
+            f"{r.port}=127.0.0.1:{r.app_port}" for r in activation.mesh.ingress
+        )
+        env["GEODE_EGRESS"] = ",".join(
+            f"{r.host}:{r.port}=127.0.0.1:{r.local_port}" for r in activation.mesh.egress
+        )
     for key, value in activation.env.items():
         env[key] = os.fsdecode(substitute(value))
     argv = [*command, *(os.fsdecode(substitute(a)) for a in activation.argv)]
