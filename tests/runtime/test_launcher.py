@@ -90,3 +90,24 @@ def test_run_command_exit_codes_and_cleanup(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="cannot start"):
         run_command(missing)
     assert not missing.directory.exists()
+
+
+def test_mesh_view_and_ports_reach_the_app(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from geode.manifest import EgressRoute, IngressRoute, MeshConfig
+
+    mesh = MeshConfig(
+        trust_domain="t",
+        service="web",
+        spiffe_id="spiffe://t/service/web",
+        ingress=[IngressRoute(port=14001, app_port=24001, protocol="http")],
+        egress=[
+            EgressRoute(host="db", port=3306, local_port=23306, peers=["spiffe://t/service/db"])
+        ],
+    )
+    plan = lay_out(replace(_activation({}), mesh=mesh), "web", ["p"], base_dir=tmp_path, environ={})
+    assert plan.env["GEODE_INGRESS"] == "14001=127.0.0.1:24001"
+    assert plan.env["GEODE_EGRESS"] == "db:3306=127.0.0.1:23306"
+    assert MeshConfig.model_validate_json(Path(plan.env["GEODE_MESH_FILE"]).read_text()) == mesh
+    remove_plan(plan)
