@@ -1,0 +1,665 @@
+"""HTTP ingress for the transparent TLS proxy: each request authorised by method and path
+before the app sees it, one request at a time per connection (see ``_proxy``)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import json
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+from geode.manifest import IngressRoute
+from geode.pki import SpiffeId
+
+if TYPE_CHECKING:
+    from geode.runtime._proxy import TransparentProxy
+from geode.runtime._splice import _PEER_HEADER, APP_HOST, close_flushed, describe, log, peer_of
+
+__all__ = ["HttpIngress"]
+
+# --- HTTP ingress ------------------------------------------------------------------------------
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing where a message ends."""
+
+
+@dataclass(eq=False)
+class _Request:
+    """One request from the client, as far as it has been read."""
+
+    url: bytearray = field(default_factory=bytearray)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    method: str = ""
+    version: str = "1.1"
+    keep_alive: bool = False
+    chunked: bool = False
+    upgrade: bool = False
+    expects_continue: bool = False
+    replayable: bool = False  # idempotent and bodiless: may be sent again to a fresh connection
+    head_size: int = 0  # URL and header bytes, known once the head is complete
+    head_read: int = 0  # bytes read of a head not yet complete
+    began_mid_read: bool = False  # after another message in the same read
+    head_done: bool = False
+    done: bool = False
+    body: list[bytes] = field(default_factory=list)  # read, not yet forwarded
+    error: int | None = None  # answer this status and close the connection
+    reason: str = ""
+
+
+class _Exchange(enum.Enum):
+    """Where the request at the front of the queue is."""
+
+    NEW = enum.auto()  # not looked at yet
+    CONNECTING = enum.auto()  # allowed; the app connection is being opened
+    FORWARDING = enum.auto()  # sent to the app; its response streams back
+    ANSWERED = enum.auto()  # answered by the proxy; the rest of the body is dropped
+    TUNNEL = enum.auto()  # the app switched protocols; bytes are spliced
+
+
+def _header_lines(headers: Iterable[tuple[bytes, bytes]], *, peer: bool = True) -> list[bytes]:
+    """Header lines; with ``peer=False`` without ``X-Geode-Peer``, which only the proxy sets
+    (nor ``X_Geode_Peer``: CGI-style apps read both as ``HTTP_X_GEODE_PEER``)."""
+    return [
+        b"%s: %s\r\n" % h
+        for h in headers
+        if peer or h[0].lower().replace(b"_", b"-") != _PEER_HEADER
+    ]
+
+
+def _body_piece(data: bytes, chunked: bool) -> list[bytes]:
+    # Chunked bodies are re-framed piece by piece: the receiver decodes them the same way.
+    return [b"%x\r\n" % len(data), data, b"\r\n"] if chunked else [data]
+
+
+def _last_chunk(trailers: list[tuple[bytes, bytes]], *, peer: bool = True) -> bytes:
+    return b"".join([b"0\r\n", *_header_lines(trailers, peer=peer), b"\r\n"])
+
+
+def _policy_path(url: bytes) -> str | None:
+    """The percent-decoded path the policy judges (as ASGI's ``scope["path"]``), or ``None``
+    when it cannot be judged safely: no path, or ``.``/``..`` segments that the app might
+    resolve into a path the policy never saw."""
+    if url == b"*":
+        return "*"
+    try:
+        raw = httptools.parse_url(url).path or b"/"
+    except httptools.HttpParserInvalidURLError:
+        return None
+    path = unquote(raw.decode("latin-1"))
+    if not path.startswith("/") or any(s in (".", "..") for s in path.split("/")):
+        return None
+    return path
+
+
+def _upgrades_to_http(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        token.strip().lower().startswith((b"h2", b"http/"))
+        for name, value in headers
+        if name.lower() == b"upgrade"
+        for token in value.split(b",")
+    )
+
+
+class HttpIngress(asyncio.Protocol):
+    """One client connection of an ``http`` ingress. Requests are parsed as they arrive, kept
+    in ``_queue`` and handled one at a time: the front one is authorised, then answered here
+    or forwarded to the app; reading pauses while a later one waits its turn."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, proxy: TransparentProxy, route: IngressRoute) -> None:
+        self.proxy = proxy
+        self.route = route
+        self.limits = proxy.limits
+        self.peer: SpiffeId | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[_Request] = deque()
+        self._parsing: _Request | None = None
+        self._state = _Exchange.NEW
+        self._answered = False  # a final response to the front request has been (partly) sent
+        self._response_done = False
+        self._keep_alive = True
+        self._app: _HttpApp | None = None
+        self._paused: set[str] = set()  # why reading the client is paused
+        self._writing_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_for_head = False  # what the timer means: a head is late, or just idle
+        self._stopped = False  # no more requests are read (malformed input, or an upgrade)
+        self._upgrading = False
+        self._ended_in_read = False  # a request ended in the read being parsed
+        self._tunnel_early: list[bytes] = []  # sent after an upgrade request, before the 101
+        self._closed = False
+
+    # Connection events.
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.proxy._track(self.transport)
+        self.peer = peer_of(transport)
+        self._arm_timer(self.limits.header_timeout, head=False)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if self._state is _Exchange.TUNNEL and self._app is not None:
+            self._app.transport.write(data)
+            return
+        if self._stopped:
+            if self._upgrading:
+                self._tunnel_early.append(data)
+            return
+        partial = self._parsing if self._parsing and not self._parsing.head_done else None
+        self._ended_in_read = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._stopped = self._upgrading = True
+            self._pause("upgrade")
+            self._tunnel_early.append(data[int(exc.args[0]) :])
+        except httptools.HttpParserError as exc:
+            self._fail(400, f"malformed request: {exc}")
+        else:
+            self._check_head_size(self._parsing, partial, len(data))
+        self._advance()
+
+    def _check_head_size(self, request: _Request | None, partial: _Request | None, n: int) -> None:
+        """Refuse a head that has grown too large before it is complete. The read in which it
+        began counts only if it began there at the start: after another message, where it
+        began is unknown (its exact size is checked once complete)."""
+        if request is None or request.head_done:
+            return
+        if request is partial or not request.began_mid_read:
+            request.head_read += n
+            if request.head_read > self.limits.max_header_bytes:
+                self._fail(431, "request head too large")
+
+    def eof_received(self) -> None:
+        # asyncio's TLS closes the connection on EOF: no answer could reach the client now.
+        self.close_flushed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.proxy._untrack(self.transport)
+        self._cancel_timer()
+        if self._app is not None:
+            self._app.transport.close()
+            self._app = None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self._app is not None:
+            self._app.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._app is not None:
+            self._app.transport.resume_reading()
+
+    # Parser callbacks (httptools).
+
+    def on_message_begin(self) -> None:
+        self._parsing = _Request(began_mid_read=self._ended_in_read)
+        self._queue.append(self._parsing)
+        if len(self._queue) == 1:
+            self._arm_timer(self.limits.header_timeout, head=True)
+        else:
+            self._pause("pipeline")
+
+    def on_url(self, url: bytes) -> None:
+        assert self._parsing is not None
+        self._parsing.url += url
+        self._parsing.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        if request.head_done:
+            request.trailers.append((name, value))
+        else:
+            request.headers.append((name, value))
+            request.head_size += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        request.head_done = True
+        if request.head_size > self.limits.max_header_bytes:
+            request.error, request.reason = 431, "request head too large"
+            raise _Stop
+        parser = self._parser
+        request.method = parser.get_method().decode("ascii")
+        request.version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        request.upgrade = parser.should_upgrade()
+        body = False
+        for name, value in request.headers:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":  # llhttp has checked that chunked comes last
+                request.chunked = body = value.lower().rstrip().endswith(b"chunked")
+                if request.version == "1.0":
+                    # RFC 9112 6.1: faulty framing. An HTTP/1.0 app might ignore it and read
+                    # the chunks as the next request, one the policy never saw.
+                    request.error, request.reason = 400, "Transfer-Encoding in HTTP/1.0"
+                    raise _Stop
+            elif lowered == b"content-length":
+                body = body or value.strip() != b"0"
+            elif lowered == b"expect":
+                request.expects_continue = value.lower() == b"100-continue"
+        if request.version not in ("1.0", "1.1"):
+            request.error, request.reason = 505, f"HTTP/{request.version} is not supported"
+            raise _Stop
+        request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
+
+    def on_body(self, body: bytes) -> None:
+        request = self._parsing
+        assert request is not None
+        if request is not self._queue[0]:
+            request.body.append(body)
+        elif self._state is _Exchange.FORWARDING and self._app is not None:
+            self._app.transport.writelines(_body_piece(body, request.chunked))
+        elif self._state is not _Exchange.ANSWERED:
+            request.body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        assert request is not None
+        request.done = True
+        self._parsing = None
+        self._ended_in_read = True
+        forwarding = request is self._queue[0] and self._state is _Exchange.FORWARDING
+        if forwarding and request.chunked and self._app is not None:
+            self._app.transport.write(_last_chunk(request.trailers, peer=False))
+
+    # The exchange at the front of the queue.
+
+    def _advance(self) -> None:
+        while self._queue and not self._closed:
+            request = self._queue[0]
+            if request.error is not None:
+                if self._answered:
+                    self.close_flushed()
+                else:
+                    log.info(
+                        "ingress port %d: %d to %s: %s",
+                        self.route.port,
+                        request.error,
+                        self.peer,
+                        request.reason,
+                    )
+                    error = HTTPStatus(request.error).phrase.lower().replace(" ", "_")
+                    self._respond(request.error, {"error": error, "reason": request.reason}, True)
+                return
+            if not request.head_done:
+                return  # the head timer runs
+            if self._state is _Exchange.NEW:
+                self._start(request)
+                continue
+            if not (request.done and self._response_done):
+                return
+            self._queue.popleft()
+            self._state = _Exchange.NEW
+            self._answered = self._response_done = False
+            if not self._keep_alive:
+                self.close_flushed()
+                return
+            if len(self._queue) <= 1:
+                self._resume("pipeline")
+            if not self._queue:
+                self._arm_timer(self.limits.idle_timeout, head=False)
+            elif not self._queue[0].head_done:
+                self._arm_timer(self.limits.header_timeout, head=True)
+
+    def _start(self, request: _Request) -> None:
+        self._cancel_timer()
+        # An upgrade request leaves the parser in the new protocol: nothing can follow it.
+        self._keep_alive = request.keep_alive and not request.upgrade
+        if request.method == "CONNECT":
+            reason = "CONNECT is not proxied"
+            self._answer(request, 405, {"error": "method_not_allowed", "reason": reason})
+            return
+        path = _policy_path(bytes(request.url))
+        if path is None:
+            self._answer(request, 400, {"error": "bad_request", "reason": "unusable request path"})
+            return
+        if request.upgrade and _upgrades_to_http(request.headers):
+            # Requests inside an HTTP/2 tunnel would reach the app unchecked.
+            reason = "no upgrade to HTTP/2 (h2c)"
+            self._answer(request, 400, {"error": "bad_request", "reason": reason})
+            return
+        decision = self.proxy.engine.authorize_http(self.peer, request.method, path)
+        if not decision:
+            peer = str(self.peer) if self.peer else None
+            body = {"error": "policy_denied", "peer": peer, "reason": decision.reason}
+            self._answer(request, 403, body)
+            return
+        if self._app is not None:
+            self._forward(request, self._app)
+        else:
+            self._state = _Exchange.CONNECTING
+            self._pause("connect")
+            self.proxy._spawn(self._connect(request))
+
+    async def _connect(self, request: _Request) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, app = await asyncio.wait_for(
+                loop.create_connection(
+                    functools.partial(_HttpApp, self), APP_HOST, self.route.app_port
+                ),
+                self.limits.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "ingress port %d: the app on %s:%d is unreachable: %s",
+                self.route.port,
+                APP_HOST,
+                self.route.app_port,
+                describe(exc),
+            )
+            if not self._closed:
+                self._resume("connect")
+                self._answer(request, 502, {"error": "bad_gateway", "reason": "app unreachable"})
+                self._advance()
+            return
+        if self._closed:
+            app.transport.close()
+            return
+        self._resume("connect")
+        self._forward(request, app)
+        self._advance()
+
+    def _forward(self, request: _Request, app: _HttpApp) -> None:
+        self._state = _Exchange.FORWARDING
+        if self._app is not app:
+            self._app = app
+            if self._writing_paused:
+                app.transport.pause_reading()
+        app.expect(request)
+        head = b"%s %s HTTP/%s\r\n" % (
+            request.method.encode(),
+            bytes(request.url),
+            request.version.encode(),
+        )
+        peer = b"X-Geode-Peer: %s\r\n\r\n" % str(self.peer).encode()
+        app.transport.writelines([head, *_header_lines(request.headers, peer=False), peer])
+        for piece in request.body:
+            app.transport.writelines(_body_piece(piece, request.chunked))
+        request.body.clear()
+        if request.done and request.chunked:
+            app.transport.write(_last_chunk(request.trailers, peer=False))
+
+    def _answer(self, request: _Request, status: int, payload: dict[str, Any]) -> None:
+        """Answer the front request here; the rest of its body is read and dropped."""
+        self._state = _Exchange.ANSWERED
+        self._response_done = True
+        request.body.clear()
+        # A client waiting for 100 Continue may never send the body we would have to skip.
+        close = not self._keep_alive or (request.expects_continue and not request.done)
+        self._respond(status, payload, close)
+
+    def _respond(self, status: int, payload: dict[str, Any], close: bool) -> None:
+        self._answered = True
+        body = json.dumps(payload).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: %s\r\n\r\n%s"
+            % (
+                status,
+                HTTPStatus(status).phrase.encode(),
+                len(body),
+                b"close" if close else b"keep-alive",
+                body,
+            )
+        )
+        if close:
+            self.close_flushed()
+
+    # Events from the app connection.
+
+    def response_started(self) -> None:
+        self._answered = True
+
+    def response_done(self, app: _HttpApp, keep_alive: bool) -> None:
+        self._response_done = True
+        # The client saw the app's own Connection header and version, so it decides as the app.
+        self._keep_alive = self._keep_alive and keep_alive
+        request = self._queue[0] if self._queue else None
+        if not keep_alive or (request is not None and not request.done):
+            # An early response leaves the app connection mid-request: start afresh.
+            self._drop_app(app)
+            self._state = _Exchange.ANSWERED
+            if request is not None:
+                request.body.clear()
+        self._advance()
+
+    def tunnel(self, app: _HttpApp, rest: bytes) -> None:
+        """The app answered 101: from now on bytes are spliced both ways."""
+        self._state = _Exchange.TUNNEL
+        self._queue.clear()
+        if rest:
+            self.transport.write(rest)
+        app.transport.writelines(self._tunnel_early)
+        self._tunnel_early.clear()
+        self._resume("upgrade")
+        self._resume("pipeline")
+
+    def app_lost(self, app: _HttpApp, reason: str) -> None:
+        if app is not self._app:
+            return
+        self._app = None
+        if self._closed or self._state not in (_Exchange.FORWARDING, _Exchange.TUNNEL):
+            return  # an idle app connection: the next request opens another
+        request = self._queue[0] if self._queue else None
+        if self._state is _Exchange.TUNNEL:
+            self.close_flushed()
+        elif request is not None and request.replayable and app.reused and not app.received:
+            # The app closed an idle connection as the request went out: send it again.
+            self._state = _Exchange.CONNECTING
+            self._pause("connect")
+            self.proxy._spawn(self._connect(request))
+        elif request is not None and not self._answered:
+            log.warning("ingress port %d: the app failed: %s", self.route.port, reason)
+            self._answer(request, 502, {"error": "bad_gateway", "reason": reason})
+            self._advance()
+        else:  # a truncated response cannot be mended
+            log.warning("ingress port %d: the app's response broke off", self.route.port)
+            self.close_flushed()
+
+    def _drop_app(self, app: _HttpApp) -> None:
+        if self._app is app:
+            self._app = None
+        app.transport.close()
+
+    # Helpers.
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._stopped = True
+        self._pause("stopped")
+        request = self._parsing
+        if request is None:
+            request = _Request()
+            self._queue.append(request)
+        if request.error is None:
+            request.error, request.reason = status, reason
+        self._parsing = None
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason in self._paused:
+            self._paused.discard(reason)
+            if not self._paused:
+                self.transport.resume_reading()
+
+    def _arm_timer(self, delay: float, *, head: bool) -> None:
+        self._cancel_timer()
+        self._waiting_for_head = head
+        self._timer = asyncio.get_running_loop().call_later(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        if self._waiting_for_head and self._queue:
+            self._fail(408, "request head not received in time")
+            self._advance()
+        else:
+            self.close_flushed()
+
+    def close_flushed(self) -> None:
+        self._closed = True
+        self._cancel_timer()
+        close_flushed(self.transport)
+        if self._app is not None:
+            self._drop_app(self._app)
+
+
+class _HttpApp(asyncio.Protocol):
+    """The plaintext connection to the app behind one client connection: each response is
+    parsed only to re-frame it and find its end."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, ingress: HttpIngress) -> None:
+        self.ingress = ingress
+        self._parser: httptools.HttpResponseParser | None = None
+        self._request: _Request | None = None
+        self._reason = bytearray()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._status = 0
+        self._in_body = False
+        self._chunked = False
+        self._until_close = False  # the response ends when the app closes
+        self._keep_alive = False
+        self._tunnel = False
+        self.reused = False  # an earlier exchange completed on this connection
+        self.received = False  # the app has sent something for the current exchange
+
+    def expect(self, request: _Request) -> None:
+        """The next response answers ``request``."""
+        self.reused = self._request is not None
+        self.received = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._request = request
+        self._reason.clear()
+        self._headers, self._trailers = [], []
+        self._status, self._in_body, self._chunked, self._until_close = 0, False, False, False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.ingress.proxy._track(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel:
+            self.ingress.transport.write(data)
+            return
+        self.received = True
+        if self._parser is None:  # bytes nobody asked for
+            self.transport.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._parser = None
+            self._tunnel = True
+            self.ingress.tunnel(self, data[int(exc.args[0]) :])
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Stop):
+                self._finish()
+            else:
+                self._parser = None
+                self.transport.close()
+                self.ingress.app_lost(self, f"malformed response: {exc}")
+        else:
+            if self._status == 101 and not self._tunnel:
+                self.transport.close()
+                self.ingress.app_lost(self, "101 without a protocol upgrade")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ingress.proxy._untrack(self.transport)
+        if self._until_close and self._parser is not None:
+            self._keep_alive = False
+            self._finish()
+        self._parser = None
+        self.ingress.app_lost(self, "the app closed the connection")
+
+    def pause_writing(self) -> None:
+        self.ingress._pause("app")
+
+    def resume_writing(self) -> None:
+        self.ingress._resume("app")
+
+    # Parser callbacks (httptools).
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        (self._trailers if self._in_body else self._headers).append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        assert self._request is not None
+        status = self._status = self._parser.get_status_code()
+        head = b"HTTP/%s %d %s\r\n" % (
+            self._parser.get_http_version().encode(),
+            status,
+            bytes(self._reason),
+        )
+        lines = [head, *_header_lines(self._headers), b"\r\n"]
+        if status >= 200 or status == 101:
+            self.ingress.response_started()
+        elif self._request.version == "1.0":
+            return  # HTTP/1.0 clients do not know interim responses
+        self.ingress.transport.writelines(lines)
+        if status < 200:
+            return
+        self._in_body = True
+        names = {name.lower() for name, _ in self._headers}
+        bodyless = status in (204, 304) or self._request.method == "HEAD"
+        self._chunked = not bodyless and any(
+            n.lower() == b"transfer-encoding" and v.lower().rstrip().endswith(b"chunked")
+            for n, v in self._headers
+        )
+        self._until_close = not (bodyless or self._chunked or b"content-length" in names)
+        if self._request.method == "HEAD":
+            # llhttp cannot be told the request was HEAD: the response ends with its head.
+            self._keep_alive = self._parser.should_keep_alive()
+            raise _Stop
+
+    def on_body(self, body: bytes) -> None:
+        self.ingress.transport.writelines(_body_piece(body, self._chunked))
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None
+        if self._status < 200:  # interim (100, 103) or 101: the parser carries on
+            self._reason.clear()
+            self._headers = []
+            return
+        self._keep_alive = self._parser.should_keep_alive()
+        raise _Stop
+
+    def _finish(self) -> None:
+        self._parser = None
+        if self._chunked:
+            self.ingress.transport.write(_last_chunk(self._trailers))
+        self.ingress.response_done(self, self._keep_alive)
