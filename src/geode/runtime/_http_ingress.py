@@ -18,14 +18,12 @@ import httptools
 
 from geode.manifest import IngressRoute
 from geode.pki import SpiffeId
+from geode.runtime._splice import _PEER_HEADER, APP_HOST, close_flushed, describe, log, peer_of
 
 if TYPE_CHECKING:
     from geode.runtime._proxy import TransparentProxy
-from geode.runtime._splice import _PEER_HEADER, APP_HOST, close_flushed, describe, log, peer_of
 
 __all__ = ["HttpIngress"]
-
-# --- HTTP ingress ------------------------------------------------------------------------------
 
 
 class _Stop(Exception):
