@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from pathlib import Path
 
 import click
@@ -17,6 +19,7 @@ from geode.runtime import (
     ProxyRunner,
     activate,
     lay_out,
+    remove_plan,
     run_command,
     simulated_evidence_provider,
 )
@@ -100,18 +103,25 @@ def run(
         f"geode: activated {service} as {activation.spiffe_id} (instance {activation.instance_id})",
         err=True,
     )
-    renewer = CertificateRenewer(
-        address,
-        activation.certificate_chain,
-        activation.private_key,
-        provider,
-        root=root,
-        cert_file=Path(plan.env["GEODE_CERT_FILE"]),
-        key_file=Path(plan.env["GEODE_KEY_FILE"]),
-    )
-    companions: list[Companion] = []
-    if activation.mesh is not None and (activation.mesh.ingress or activation.mesh.egress):
-        credentials = Credentials.from_env(plan.env)
-        companions.append(ProxyRunner(credentials, listen_host=listen_host))
-    companions.append(renewer)
+    try:
+        companions: list[Companion] = []
+        if activation.mesh is not None and (activation.mesh.ingress or activation.mesh.egress):
+            credentials = Credentials.from_env(plan.env)
+            companions.append(ProxyRunner(credentials, listen_host=listen_host))
+        companions.append(
+            CertificateRenewer(
+                address,
+                activation.certificate_chain,
+                activation.private_key,
+                provider,
+                root=root,
+                cert_file=Path(plan.env["GEODE_CERT_FILE"]),
+                key_file=Path(plan.env["GEODE_KEY_FILE"]),
+                # A certificate that can no longer be renewed stops the service, as SIGTERM does.
+                on_fatal=lambda _reason: os.kill(os.getpid(), signal.SIGTERM),
+            )
+        )
+    except BaseException:
+        remove_plan(plan)
+        raise
     raise SystemExit(run_command(plan, companions=companions))

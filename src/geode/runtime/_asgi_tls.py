@@ -58,6 +58,6 @@ class TLSExtensionProtocol(HttpToolsProtocol):
 def peer_certificate(scope: Any) -> x509.Certificate | None:
     """The peer's leaf certificate from an ASGI scope, when the connection was mutual TLS."""
     tls = scope.get("extensions", {}).get("tls")
-    if not tls or not tls.get("client_cert_chain"):
+    if not tls or not tls.get("client_cert_chain") or tls.get("client_cert_error") is not None:
         return None
     return x509.load_pem_x509_certificate(tls["client_cert_chain"][0].encode())

@@ -99,13 +99,17 @@ class Credentials:
             stamp = self._files_stamp()
             if not stamp or stamp == self._stamp:
                 return False
-            for context in list(self._contexts):
-                try:
+            try:
+                # Check the pair on a scratch context first: a renewal caught between its two
+                # file replacements must not reach the live contexts.
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+                    self.cert_file, self.key_file
+                )
+                for context in list(self._contexts):
                     context.load_cert_chain(self.cert_file, self.key_file)
-                except (OSError, ssl.SSLError) as exc:
-                    # A renewal caught half-written; the next poll picks it up.
-                    log.warning("certificate reload deferred: %s", exc)
-                    return False
+            except (OSError, ssl.SSLError) as exc:
+                log.info("certificate reload deferred (%s); next poll", exc)
+                return False
             self._stamp = stamp
             log.info("reloaded the renewed certificate into %d TLS contexts", len(self._contexts))
             return True

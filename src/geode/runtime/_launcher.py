@@ -17,7 +17,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -101,7 +103,9 @@ def lay_out(
         remove_plan(LaunchPlan(directory, tuple(written), [], {}))
         raise LaunchError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
-    env = dict(os.environ if environ is None else environ)
+    # Geode's own variables are set afresh: none is inherited from the launcher's environment.
+    inherited = os.environ if environ is None else environ
+    env = {k: v for k, v in inherited.items() if not k.startswith("GEODE_")}
     env.update(  # each GEODE_* variable is documented in docs/runtime.md
         {
             "GEODE_SERVICE": service,
@@ -165,20 +169,44 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
         os.killpg(process.pid, signum)
 
 
-@contextlib.contextmanager
-def _forward_signals(process: subprocess.Popen[bytes]) -> Iterator[None]:
-    def forward(signum: int, frame: FrameType | None) -> None:
-        _signal_group(process, signum)
+class _Supervisor:
+    """Signal handling for the launcher's whole life, from before the companions start until
+    the files are removed: a signal that arrives before the command exists stops the launch; one
+    that arrives later goes to the command's process group, and a stop signal also starts the
+    grace period after which the group is killed."""
 
-    previous = {
-        sig: signal.signal(sig, forward)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-    }
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    STOP = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stopping: int | None = None
+        self._timer: threading.Timer | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Supervisor:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.STOP}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping is None:
+            self.stopping = signum
+        if self.process is None:
+            return  # checked before the command is started
+        _signal_group(self.process, signum)
+        if self._timer is None:
+            process = self.process
+            self._timer = threading.Timer(
+                self.grace, lambda: _signal_group(process, signal.SIGKILL)
+            )
+            self._timer.daemon = True
+            self._timer.start()
 
 
 def run_command(
@@ -186,39 +214,45 @@ def run_command(
 ) -> int:
     """Run the planned command, forwarding signals; returns its exit status (128+N on signal N).
 
-    The command runs in its own process group, which is ended (SIGTERM, then SIGKILL after
-    ``grace`` seconds) when the command exits or the launcher is told to stop, so nothing it
-    started outlives it; if the launcher is killed outright, Linux kills the command. Companions
-    start before the command (its transparent TLS must be listening when it starts) and stop
-    after it, before the files are removed.
+    The command runs in its own process group. A stop signal is forwarded to the group, and
+    ``grace`` seconds later the group is killed; when the command exits, whatever it left in the
+    group is ended the same way. If the launcher is killed outright, Linux kills the command
+    (descendants that leave the group, e.g. with ``setsid``, are out of reach). Companions start
+    before the command (its transparent TLS must be listening when it starts) and stop after
+    it; the files are removed in every case, a signal during start-up included.
     """
     started: list[Companion] = []
-    try:
-        for companion in companions:
-            companion.start()
-            started.append(companion)
+    with _Supervisor(grace) as supervisor:
         try:
-            # The pre-exec hook only calls a libc function resolved beforehand, and glibc resets
-            # its allocator locks in the child, so the companions' threads cannot block it.
-            process = subprocess.Popen(
-                plan.argv, env=plan.env, process_group=0, preexec_fn=_die_with_parent()
-            )
-        except OSError as exc:
-            raise LaunchError(f"cannot start {plan.argv[0]!r}: {exc.strerror}") from None
-        with _forward_signals(process):
+            for companion in companions:
+                companion.start()
+                started.append(companion)
+            if supervisor.stopping is not None:
+                return 128 + supervisor.stopping
+            try:
+                # The pre-exec hook only calls a libc function resolved beforehand, and glibc
+                # resets its allocator locks in the child, so companions' threads cannot block it.
+                process = subprocess.Popen(
+                    plan.argv, env=plan.env, process_group=0, preexec_fn=_die_with_parent()
+                )
+            except OSError as exc:
+                raise LaunchError(f"cannot start {plan.argv[0]!r}: {exc.strerror}") from None
+            supervisor.process = process
+            if supervisor.stopping is not None:  # arrived while the command was starting
+                _signal_group(process, supervisor.stopping)
             try:
                 code = process.wait()
             finally:
                 _end_group(process, grace)
-        return 128 - code if code < 0 else code
-    finally:
-        for companion in reversed(started):
-            companion.stop()
-        remove_plan(plan)
+            return 128 - code if code < 0 else code
+        finally:
+            for companion in reversed(started):
+                companion.stop()
+            remove_plan(plan)
 
 
 def _end_group(process: subprocess.Popen[bytes], grace: float) -> None:
-    """Stop whatever is left of the command's process group."""
+    """Stop whatever is left of the command's process group: SIGTERM, then SIGKILL."""
     if process.poll() is None:
         _signal_group(process, signal.SIGTERM)
         try:
@@ -226,4 +260,17 @@ def _end_group(process: subprocess.Popen[bytes], grace: float) -> None:
         except subprocess.TimeoutExpired:
             _signal_group(process, signal.SIGKILL)
             process.wait()
-    _signal_group(process, signal.SIGTERM)  # stragglers the command left behind
+    if _group_alive(process.pid):
+        _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _signal_group(process, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -105,14 +105,15 @@ class PolicyEngine:
     def authorize_http(self, peer: SpiffeId | None, method: str, path: str) -> Decision:
         decision = self._peer_ok(peer)
         if decision is None:
+            # ``path`` is the decoded path without the query string (ASGI's scope["path"],
+            # the proxy's parsed target): nothing in it is cut off here.
             source = str(peer)
-            route = path.split("?", 1)[0]
-            decision = Decision(False, f"no rule allows {method} {route}")
+            decision = Decision(False, f"no rule allows {method} {path}")
             for rule in self._rules:
                 if source not in rule.sources:
                     continue
                 if rule.allows_everything or any(
-                    (not m.methods or method.upper() in m.methods) and m.path.fullmatch(route)
+                    (not m.methods or method.upper() in m.methods) and m.path.fullmatch(path)
                     for m in rule.http
                 ):
                     decision = Decision(True, "allowed", rule.name)
@@ -136,8 +137,8 @@ class PolicyEngine:
         source = peer.service if peer is not None and peer.service else "<none>"
         self._counter.labels(self.destination, source, "allow" if decision else "deny").inc()
         if not decision:
-            log.warning(
-                "policy denied %s -> %s %s: %s (mode %s, rules %s)",
+            log.warning(  # %r: a path may hold any character, line breaks included
+                "policy denied %s -> %s %r: %r (mode %s, rules %s)",
                 peer,
                 self.destination,
                 what,

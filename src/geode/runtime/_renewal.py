@@ -1,8 +1,14 @@
 """Certificate renewal for a running instance: a fresh key and leaf at half the leaf's lifetime.
 
-The new files replace the old ones atomically (key first, then certificate), so a reader sees an
-old or a new pair; ``Credentials.reload`` and the transparent proxies pick them up, and an app
-that reads the files itself reads them again when it next opens a connection.
+Each file is replaced atomically, the key first, then the certificate: a reader that opens both
+in that brief gap finds a mismatched pair and must retry (``Credentials.reload`` checks the pair
+and tries again on its next poll); the transparent proxies reload the same way, and an app that
+reads the files itself reads them again when it next opens a connection.
+
+A failed renewal is retried until the certificate expires. A refusal that will not change (the
+Coordinator no longer recognises the certificate, e.g. after the mesh CA was rotated) or an
+expired certificate is fatal: ``on_fatal`` is called, and ``geode run`` then stops the command,
+so that a supervisor can start (and activate) it afresh.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.errors import GeodeError
+from geode.errors import ActivationDenied
 from geode.pki import certificate_pem, private_key_pem, utc_now
 from geode.runtime._activation import EvidenceProvider, renew
 
@@ -60,6 +66,7 @@ class CertificateRenewer:
         cert_file: Path,
         key_file: Path,
         clock: Callable[[], datetime.datetime] = utc_now,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.address = address
         self.chain = chain
@@ -69,6 +76,7 @@ class CertificateRenewer:
         self.cert_file = cert_file
         self.key_file = key_file
         self.clock = clock
+        self.on_fatal = on_fatal
         self.received = clock()
         self.renewals = 0
         self._stop = threading.Event()
@@ -101,9 +109,20 @@ class CertificateRenewer:
                 return
             try:
                 self.renew_now()
-            except GeodeError as exc:
+            except ActivationDenied as exc:
+                self._fatal(f"the Coordinator refuses to renew the certificate: {exc}")
+                return
+            except Exception as exc:  # the network, the disk: worth another try
                 left = (self.chain[0].not_valid_after_utc - self.clock()).total_seconds()
+                if left <= 0:
+                    self._fatal(f"the certificate expired; the last renewal failed: {exc}")
+                    return
                 retry = min(30.0, max(1.0, left / 10))
                 log.error("certificate renewal failed (%s); retrying in %.0f s", exc, retry)
                 if self._stop.wait(retry):
                     return
+
+    def _fatal(self, reason: str) -> None:
+        log.error("%s; stopping", reason)
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
