@@ -337,7 +337,13 @@ class Coordinator:
         return self.nonces.issue()
 
     def _verify_instance(
-        self, service_name: str, nonce: bytes, csr: str, evidence: Evidence
+        self,
+        service_name: str,
+        nonce: bytes,
+        csr: str,
+        evidence: Evidence,
+        *,
+        nonce_spent: bool = False,
     ) -> tuple[ManifestDocument, CoordinatorState, ec.EllipticCurvePublicKey]:
         """The checks every identity hand-out makes: nonce, service, CSR, evidence, binding of
         the evidence to the CSR's key and the nonce, and the service's package."""
@@ -346,7 +352,7 @@ class Coordinator:
         if document is None or data is None:
             raise ActivationDenied("manifest not set")
         # The nonce is spent whatever happens next, so one nonce buys one attempt.
-        if not self.nonces.consume(nonce):
+        if not nonce_spent and not self.nonces.consume(nonce):
             raise ActivationDenied("nonce expired or reused")
         manifest = document.manifest
         service = manifest.services.get(service_name)
@@ -427,6 +433,8 @@ class Coordinator:
         current certificate (valid, from the current mesh CA, for this service) and a proof that
         it holds that certificate's key. Keeps the instance id; counts no activation."""
         keys = self._require_keys()
+        if not self.nonces.consume(request.nonce):  # first: one nonce buys one attempt
+            raise ActivationDenied("nonce expired or reused")
         try:
             current = load_certificate(request.certificate, "certificate")
             current.verify_directly_issued_by(keys.mesh.certificate)
@@ -442,7 +450,7 @@ class Coordinator:
         if service_name is None:
             raise ActivationDenied("renewal refused", "certificate has no service identity")
         document, _, public_key = self._verify_instance(
-            service_name, request.nonce, request.csr, request.evidence
+            service_name, request.nonce, request.csr, request.evidence, nonce_spent=True
         )
         old_key = current.public_key()
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -57,10 +57,10 @@ class Activation:
     certificate_chain: list[x509.Certificate]
     mesh_ca: x509.Certificate
     root_ca: x509.Certificate
-    files: dict[str, bytes]
-    env: dict[str, bytes]
-    argv: list[bytes]
-    secrets: dict[str, Any]
+    files: dict[str, bytes] = field(repr=False)
+    env: dict[str, bytes] = field(repr=False)
+    argv: list[bytes] = field(repr=False)
+    secrets: dict[str, Any] = field(repr=False)
     mesh: MeshConfig | None = None
 
     @property
