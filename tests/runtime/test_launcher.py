@@ -111,3 +111,75 @@ def test_mesh_view_and_ports_reach_the_app(tmp_path: Path) -> None:
     assert plan.env["GEODE_EGRESS"] == "db:3306=127.0.0.1:23306"
     assert MeshConfig.model_validate_json(Path(plan.env["GEODE_MESH_FILE"]).read_text()) == mesh
     remove_plan(plan)
+
+
+def _later(seconds: float, action: object) -> None:
+    import threading
+
+    threading.Timer(seconds, action).start()  # type: ignore[arg-type]
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    ignore = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(30)"
+    plan = lay_out(
+        _activation({}),
+        "web",
+        [sys.executable, "-c", ignore],
+        base_dir=tmp_path,
+        environ=dict(os.environ),
+    )
+    _later(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    started = time.monotonic()
+    assert run_command(plan, grace=1.0) == 128 + signal.SIGKILL
+    assert time.monotonic() - started < 10
+    assert not plan.directory.exists()
+
+
+def test_what_the_command_leaves_behind_is_ended(tmp_path: Path) -> None:
+    import time
+
+    pid_file = tmp_path / "straggler.pid"
+    spawn = (
+        "import subprocess, sys; "
+        "p = subprocess.Popen(['sleep', '30']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))"
+    )
+    plan = lay_out(
+        _activation({}),
+        "web",
+        [sys.executable, "-c", spawn],
+        base_dir=tmp_path,
+        environ=dict(os.environ),
+    )
+    assert run_command(plan, grace=2.0) == 0
+    straggler = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{straggler}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the command's child outlived it")
+
+
+def test_a_stop_signal_during_start_up_still_cleans_up(tmp_path: Path) -> None:
+    import signal
+
+    class SlowCompanion:
+        def start(self) -> object:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while companions start
+            return self
+
+        def stop(self) -> None:
+            pass
+
+    plan = lay_out(_activation({}), "web", ["true"], base_dir=tmp_path, environ={})
+    assert run_command(plan, companions=[SlowCompanion()]) == 128 + signal.SIGTERM
+    assert not plan.directory.exists()
