@@ -91,6 +91,8 @@ from _mesh_paths import (
     make_pki,
 )
 
+import geode
+
 BAR_LIBRARY_RATIO = 0.8  # b: at least this share of a's requests/s
 BAR_PROXY_ADDED_P50_MS = 1.0  # c: adds less than this at p50
 ERROR_SAMPLES = 5
@@ -361,16 +363,21 @@ def judge(results: dict[str, PathResult]) -> list[Bar]:
 
 
 def git_commit() -> str:
-    """The commit of ``src/`` that was measured, marked ``+dirty`` if it has local changes."""
+    """The commit of ``src/`` that was measured, marked ``+dirty`` if it has local changes, or
+    where ``geode`` came from if not from this checkout (``PYTHONPATH`` put another first)."""
+    checkout = Path(__file__).resolve().parent.parent
+    imported = Path(geode.__file__).resolve().parent
+    if imported != checkout / "src" / "geode":
+        return f"geode imported from {imported.parent}, not from this checkout"
 
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+            ["git", *args], cwd=checkout, capture_output=True, text=True, check=True
         ).stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--", "../src")
+        dirty = git("status", "--porcelain", "--", "src")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
