@@ -1,8 +1,9 @@
 """The transparent TLS proxy over real sockets on 127.0.0.1: HTTP and TCP ingress, egress.
 
 A throwaway mesh PKI, a plain ``http.server`` app and a TCP echo app stand behind a proxy for
-the service ``server``; a second proxy, for ``client``, carries the client's egress. The proxies
-run on an event loop in a thread; the tests talk to them with blocking sockets.
+the service ``server``; a second proxy, for ``client``, carries the client's egress. A ``quick``
+pair of proxies, whose inactivity timeout is short, stands beside them. The proxies run on an
+event loop in a thread; the tests talk to them with blocking sockets.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import logging
+import os
+import resource
 import socket
 import socketserver
 import ssl
@@ -45,10 +49,12 @@ from geode.pki import (
     utc_now,
 )
 from geode.runtime import Credentials, ProxyLimits, TransparentProxy
+from geode.runtime._http_ingress import HttpIngress
 from tests.support import free_port
 
 DOMAIN = "t.local"
 HEADER_TIMEOUT = 0.6
+QUICK = 0.3  # inactivity_timeout of the ``quick`` proxies
 
 
 def spiffe(name: str) -> SpiffeId:
@@ -175,6 +181,9 @@ class AppServer(ThreadingHTTPServer):
     finished_at = 0.0  # when the last response was written
     reading_at = 0.0  # when a slow upload began to be read
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client (the proxy) that went away while the app wrote
+
 
 class App(BaseHTTPRequestHandler):
     """Answers every request with what it saw, as JSON."""
@@ -186,6 +195,12 @@ class App(BaseHTTPRequestHandler):
         if getattr(self, "drop_next", False):  # close this connection without an answer
             self.close_connection = True
             return
+        if self.path == "/api/stall":  # never answers
+            time.sleep(1.5)
+            self.close_connection = True
+            return
+        if self.path == "/api/sleep":  # answers late
+            time.sleep(0.3)
         if self.path == "/api/slow-upload":  # reads the body late, and drops it
             time.sleep(0.5)
             self.server.reading_at = time.monotonic()
@@ -303,6 +318,7 @@ class Mesh:
     refusing_egress_port: int  # no peers
     client: Credentials
     stranger: Credentials
+    server: TransparentProxy
 
     def context(self, who: Credentials | None) -> ssl.SSLContext:
         return self.pki.client_context(who)
@@ -383,6 +399,7 @@ def mesh(
         refusing_egress_port=refusing,
         client=client_credentials,
         stranger=pki.credentials("stranger"),
+        server=server,
     )
     loop.run(client.close())
     loop.run(server.close())
@@ -398,6 +415,98 @@ def https(mesh: Mesh, who: Credentials | None = None, port: int | None = None) -
         context=mesh.context(who or mesh.client),
         timeout=5,
     )
+
+
+def permissive(port: int, app_port: int) -> MeshConfig:
+    """The mesh view of a server with one HTTP ingress, open to every mesh peer."""
+    return MeshConfig(
+        trust_domain=DOMAIN,
+        service="server",
+        spiffe_id=str(spiffe("server")),
+        policy=MeshPolicy(mode="permissive"),
+        ingress=[IngressRoute(port=port, app_port=app_port, protocol="http")],
+    )
+
+
+def http_ingresses(mesh: Mesh, proxy: TransparentProxy) -> list[dict[str, int]]:
+    """The queue length and write buffer of each client connection of a proxy's HTTP ingress,
+    read on the proxy's loop."""
+
+    async def inspect() -> list[dict[str, int]]:
+        return [
+            {"queued": len(p._queue), "buffered": t.get_write_buffer_size()}
+            for t in list(proxy._connections)
+            if isinstance(p := t.get_protocol(), HttpIngress)
+        ]
+
+    found: list[dict[str, int]] = mesh.loop.run(inspect())
+    return found
+
+
+@dataclasses.dataclass
+class Quick:
+    """Ports of a server proxy and a client proxy whose inactivity_timeout is QUICK."""
+
+    http_port: int  # to the app, permissive
+    upgrade_port: int  # http, to the echo app
+    tcp_port: int  # tcp, to the echo app
+    egress_port: int  # to tcp_port
+
+
+@pytest.fixture(scope="module")
+def quick(mesh: Mesh) -> Iterator[Quick]:
+    http_port, upgrade_port, tcp_port, egress_port = (free_port() for _ in range(4))
+    app_port, echo_port = mesh.app.server_address[1], mesh.echo.server_address[1]
+    server_mesh = MeshConfig(
+        trust_domain=DOMAIN,
+        service="server",
+        spiffe_id=str(spiffe("server")),
+        policy=MeshPolicy(mode="permissive"),
+        ingress=[
+            IngressRoute(port=http_port, app_port=app_port, protocol="http"),
+            IngressRoute(port=upgrade_port, app_port=echo_port, protocol="http"),
+            IngressRoute(port=tcp_port, app_port=echo_port, protocol="tcp"),
+        ],
+    )
+    client_mesh = MeshConfig(
+        trust_domain=DOMAIN,
+        service="client",
+        spiffe_id=str(spiffe("client")),
+        egress=[
+            EgressRoute(
+                host="127.0.0.1",
+                port=tcp_port,
+                local_port=egress_port,
+                peers=[str(spiffe("server"))],
+            )
+        ],
+    )
+    limits = ProxyLimits(header_timeout=HEADER_TIMEOUT, inactivity_timeout=QUICK)
+    proxies = [
+        TransparentProxy(
+            mesh.pki.credentials(config.service, config, tag="-quick"),
+            listen_host="127.0.0.1",
+            limits=limits,
+        )
+        for config in (server_mesh, client_mesh)
+    ]
+    for proxy in proxies:
+        mesh.loop.run(proxy.start())
+    yield Quick(http_port, upgrade_port, tcp_port, egress_port)
+    for proxy in proxies:
+        mesh.loop.run(proxy.close())
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the peer ends the connection within ``seconds``, without sending anything."""
+    started = time.monotonic()
+    try:
+        data = sock.recv(1)
+    except (ConnectionError, ssl.SSLError):
+        data = b""
+    except TimeoutError:
+        return False
+    return data == b"" and time.monotonic() - started < seconds
 
 
 # --- HTTP ingress ------------------------------------------------------------------------------
@@ -604,6 +713,21 @@ def test_an_unreachable_app_gets_502(mesh: Mesh) -> None:
         (b"GET /api/%2e%2e/secret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"POST /api/x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         (b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n", 400),
+        # Go's h2c server switches on this, which llhttp does not take as an upgrade.
+        (
+            b"GET /api/x HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: HTTP2-Settings\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+            400,
+        ),
+        (b"GET /api/x HTTP/1.1\r\nHost: a\r\nHTTP2-Settings: AAMAAABk\r\n\r\n", 400),
+        # What Node's URL, Tomcat or Spring resolve to /secret, though the policy saw /api/...
+        (b"GET /api/..\\secret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /api/..%5csecret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /api/..%5Csecret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /api/..;/secret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /api/%2e%2e;x=1/secret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /api/x/.;/y HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /api/x#/../../secret HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"GET /api/x HTTP/1.1\r\nHost: a\r\nBig: " + b"a" * (65 * 1024) + b"\r\n\r\n", 431),
     ],
     ids=[
@@ -613,6 +737,15 @@ def test_an_unreachable_app_gets_502(mesh: Mesh) -> None:
         "encoded-dot-segments",
         "chunked-http-1.0",
         "h2c-upgrade",
+        "h2c-upgrade-without-connection-upgrade",
+        "http2-settings",
+        "backslash",
+        "encoded-backslash",
+        "encoded-backslash-upper-case",
+        "dot-segment-with-parameters",
+        "encoded-dot-segment-with-parameters",
+        "dot-segment-with-empty-parameters",
+        "fragment",
         "oversized-head",
     ],
 )
@@ -627,6 +760,100 @@ def test_bad_requests_are_refused(mesh: Mesh, request_bytes: bytes, status: int)
             assert response.headers["connection"] == "close"
             assert responses.closed()
     assert len(mesh.app.seen) == before
+
+
+def test_a_backslash_in_the_query_is_not_in_the_path(mesh: Mesh) -> None:
+    conn = https(mesh)
+    conn.request("GET", "/api/q?dir=C:%5CUsers%5Cme")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert json.loads(response.read())["path"] == "/api/q?dir=C:%5CUsers%5Cme"
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [b"", b"Upgrade: echo\r\n"],
+    ids=["no-upgrade-header", "upgrade-without-connection-upgrade"],
+)
+def test_a_101_that_no_upgrade_asked_for_ends_the_connection(mesh: Mesh, headers: bytes) -> None:
+    # The echo app answers any GET with 101 and echoes: were it spliced, what follows would
+    # reach the app without a policy decision.
+    before = mesh.echo.connections
+    with tls_socket(mesh.context(mesh.client), mesh.upgrade_port) as sock:
+        sock.sendall(b"GET /api/ws HTTP/1.1\r\nHost: a\r\n%s\r\n" % headers)
+        responses = Responses(sock)
+        response = responses.read()
+        assert response.status == 502
+        assert response.headers["connection"] == "close"
+        assert response.json()["reason"] == "the app switched protocols unasked"
+        with contextlib.suppress(OSError):
+            sock.sendall(b"GET /secret HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert responses.closed()
+    assert mesh.echo.connections == before + 1
+
+
+def test_trailers_count_against_the_head_limit(mesh: Mesh) -> None:
+    before = len(mesh.app.seen)
+    trailers = b"X-Trailer: %s\r\n" % (b"t" * 1000) * 70  # 70 KiB: over 64 KiB
+    with tls_socket(mesh.context(mesh.client), mesh.http_port) as sock:
+        sock.sendall(
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n" + trailers + b"\r\n"
+        )
+        responses = Responses(sock)
+        response = responses.read()
+        assert response.status == 431
+        assert response.json()["reason"] == "request trailers too large"
+        assert responses.closed()
+    assert len(mesh.app.seen) == before
+
+
+def test_a_trailer_that_never_ends_is_refused(mesh: Mesh) -> None:
+    with tls_socket(mesh.context(mesh.client), mesh.http_port) as sock:
+        sock.sendall(
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nX-Long: "
+        )
+        for _ in range(20):  # 160 KiB of one trailer, never finished
+            try:
+                sock.sendall(b"a" * 8192)
+            except OSError:
+                break
+        assert Responses(sock).read().status == 431
+
+
+def test_pipelined_requests_wait_in_a_bounded_queue(mesh: Mesh) -> None:
+    count = 1000  # tiny requests: one read holds hundreds of them
+    with tls_socket(mesh.context(mesh.client), mesh.http_port) as sock:
+        sock.sendall(
+            # A chunked body is parsed in larger steps: none goes far past its end.
+            b"POST /api/sleep HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n0\r\n\r\n" % (20_000, b"b" * 20_000)
+            + b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n" * count
+        )
+        time.sleep(0.15)  # the app answers the first after 0.3 s
+        queued = [c["queued"] for c in http_ingresses(mesh, mesh.server)]
+        responses = Responses(sock)
+        statuses = [responses.read().status for _ in range(count + 1)]
+    assert statuses == [200] + [403] * count
+    assert 1 < max(queued) <= 64
+
+
+def test_a_client_that_does_not_read_is_answered_no_further(mesh: Mesh) -> None:
+    # Denied requests are answered by the proxy itself: 16 KiB each way.
+    request = b"GET /nope/%s HTTP/1.1\r\nHost: a\r\n\r\n" % (b"x" * 16000)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    raw.settimeout(5)
+    raw.connect(("127.0.0.1", mesh.http_port))
+    with mesh.context(mesh.client).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.settimeout(0.3)
+        with contextlib.suppress(TimeoutError):
+            for _ in range(1000):  # 16 MiB
+                sock.sendall(request)
+        buffered = [c["buffered"] for c in http_ingresses(mesh, mesh.server)]
+    assert max(buffered) < 1024 * 1024
 
 
 def test_an_oversized_head_is_refused_before_it_ends(mesh: Mesh) -> None:
@@ -684,6 +911,99 @@ def test_a_plaintext_client_gets_nothing_useful(mesh: Mesh) -> None:
     before = len(mesh.app.seen)
     assert refused(talk)
     assert len(mesh.app.seen) == before
+
+
+def test_request_targets_are_logged_escaped(mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    with (
+        caplog.at_level(logging.INFO, logger="geode"),
+        tls_socket(mesh.context(mesh.client), mesh.http_port) as sock,
+    ):
+        sock.sendall(
+            b"GET /api/..%5c%0d%0aFORGED:1 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /nope%0d%0aFORGED:2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        responses = Responses(sock)
+        assert [responses.read().status for _ in range(2)] == [400, 403]
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("geode")]
+    assert any("400" in m and "'/api/..%5c%0d%0aFORGED:1'" in m for m in messages)
+    assert any("/nope\\r\\nFORGED:2" in m for m in messages)  # the policy's denial
+    assert not [m for m in messages if "\r" in m or "\n" in m]
+
+
+# --- Inactivity --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+        b"GET /api/stall HTTP/1.1\r\nHost: a\r\n\r\n",
+    ],
+    ids=["body-never-comes", "app-never-answers"],
+)
+def test_a_stalled_exchange_gets_408(mesh: Mesh, quick: Quick, request_bytes: bytes) -> None:
+    with tls_socket(mesh.context(mesh.client), quick.http_port) as sock:
+        started = time.monotonic()
+        sock.sendall(request_bytes)
+        responses = Responses(sock)
+        response = responses.read()
+        assert response.status == 408
+        assert response.json()["error"] == "request_timeout"
+        assert QUICK * 0.9 <= time.monotonic() - started < QUICK + 2
+        assert responses.closed()
+
+
+def test_a_slow_but_steady_exchange_goes_on(mesh: Mesh, quick: Quick) -> None:
+    with tls_socket(mesh.context(mesh.client), quick.http_port) as sock:
+        sock.sendall(b"POST /api/slow HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n")
+        for byte in b"slow":  # longer than QUICK in all, each byte within QUICK of the last
+            time.sleep(QUICK / 3)
+            sock.sendall(bytes([byte]))
+        assert Responses(sock).read().json()["body"] == "slow"
+
+
+def test_a_client_that_does_not_read_the_response_is_cut_off(mesh: Mesh, quick: Quick) -> None:
+    size = 32 * 1024 * 1024
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    raw.settimeout(5)
+    raw.connect(("127.0.0.1", quick.http_port))
+    received = 0
+    with mesh.context(mesh.client).wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"GET /api/big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
+        time.sleep(QUICK * 2)
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+    assert received < size
+
+
+def test_an_idle_tunnel_is_closed(mesh: Mesh, quick: Quick) -> None:
+    with tls_socket(mesh.context(mesh.client), quick.upgrade_port) as sock:
+        sock.sendall(
+            b"GET /api/ws HTTP/1.1\r\nHost: a\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+        )
+        responses = Responses(sock)
+        assert responses.read().status == 101
+        for _ in range(4):  # busy for longer than QUICK: each byte moved starts it over
+            sock.sendall(b"ping")
+            assert responses.file.read(4) == b"ping"
+            time.sleep(QUICK / 3)
+        assert closed_within(sock, QUICK + 2)
+
+
+@pytest.mark.parametrize("route", ["tcp-ingress", "egress"])
+def test_an_idle_splice_is_closed(mesh: Mesh, quick: Quick, route: str) -> None:
+    if route == "tcp-ingress":
+        sock: socket.socket = tls_socket(mesh.context(mesh.client), quick.tcp_port)
+    else:
+        sock = socket.create_connection(("127.0.0.1", quick.egress_port), timeout=5)
+    with sock:
+        for _ in range(4):  # busy for longer than QUICK: each byte moved starts it over
+            sock.sendall(b"tick")
+            assert sock.recv(4) == b"tick"
+            time.sleep(QUICK / 3)
+        assert closed_within(sock, QUICK + 2)
 
 
 # --- TCP ingress and egress --------------------------------------------------------------------
@@ -752,13 +1072,7 @@ def test_egress_refuses_a_destination_it_cannot_trust(mesh: Mesh, route: str) ->
 
 def test_close_drops_connections_and_leaves_no_listener(mesh: Mesh) -> None:
     port = free_port()
-    config = MeshConfig(
-        trust_domain=DOMAIN,
-        service="server",
-        spiffe_id=str(spiffe("server")),
-        policy=MeshPolicy(mode="permissive"),
-        ingress=[IngressRoute(port=port, app_port=mesh.app.server_address[1], protocol="http")],
-    )
+    config = permissive(port, mesh.app.server_address[1])
     proxy = TransparentProxy(
         mesh.pki.credentials("server", config, tag="-2"), listen_host="127.0.0.1"
     )
@@ -804,3 +1118,96 @@ def test_a_port_in_use_is_a_launch_error_naming_it(mesh: Mesh) -> None:
 def test_a_proxy_needs_a_mesh_view(mesh: Mesh) -> None:
     with pytest.raises(LaunchError, match="mesh view"):
         TransparentProxy(dataclasses.replace(mesh.client, mesh=None))
+
+
+def test_connections_beyond_max_connections_are_closed_at_once(
+    mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    proxy = TransparentProxy(
+        mesh.pki.credentials("server", permissive(port, mesh.app.server_address[1]), tag="-4"),
+        listen_host="127.0.0.1",
+        limits=ProxyLimits(max_connections=2),
+    )
+    mesh.loop.run(proxy.start())
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        for _ in range(5):  # no TLS handshake needed to hold a place: these get none
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as extra:
+                assert closed_within(extra, 1)
+        idle.pop().close()  # its place comes back once the proxy sees its handshake fail
+        deadline = time.monotonic() + 3
+        while True:
+            try:
+                conn = https(mesh, port=port)
+                conn.request("GET", "/api/x")
+                assert conn.getresponse().status == 200
+                conn.close()
+                break
+            except (OSError, ssl.SSLError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        for sock in idle:
+            sock.close()
+        mesh.loop.run(proxy.close())
+    warnings = [r for r in caplog.records if "max_connections" in r.getMessage()]
+    assert len(warnings) == 1  # not one per connection
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_start_raises_the_open_file_limit(mesh: Mesh) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 4096:
+        pytest.skip("no hard limit above 4096 to raise the soft limit to")
+    port = free_port()
+    proxy = TransparentProxy(
+        mesh.pki.credentials("server", permissive(port, mesh.app.server_address[1]), tag="-5"),
+        listen_host="127.0.0.1",
+    )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+    try:
+        mesh.loop.run(proxy.start())
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        mesh.loop.run(proxy.close())
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_accept_failures_are_logged_briefly_and_retried(
+    mesh: Mesh, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    proxy = TransparentProxy(
+        mesh.pki.credentials("server", permissive(port, mesh.app.server_address[1]), tag="-6"),
+        listen_host="127.0.0.1",
+    )
+    mesh.loop.run(proxy.start())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    client = socket.socket()
+    client.settimeout(5)
+    fillers: list[int] = []
+    try:
+        # No descriptor left for the proxy to accept with: EMFILE, again and again.
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        client.connect(("127.0.0.1", port))
+        time.sleep(0.3)  # more than one try
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        with mesh.context(mesh.client).wrap_socket(client, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert Responses(sock).read().status == 200
+    finally:
+        mesh.loop.run(proxy.close())
+    failures = [r for r in caplog.records if "cannot accept" in r.getMessage()]
+    assert len(failures) == 1
+    assert not [r for r in caplog.records if r.exc_info]

@@ -18,12 +18,30 @@ import httptools
 
 from geode.manifest import IngressRoute
 from geode.pki import SpiffeId
-from geode.runtime._splice import _PEER_HEADER, APP_HOST, close_flushed, describe, log, peer_of
+from geode.runtime._splice import (
+    _PEER_HEADER,
+    APP_HOST,
+    Slot,
+    close_flushed,
+    describe,
+    log,
+    peer_of,
+)
 
 if TYPE_CHECKING:
     from geode.runtime._proxy import TransparentProxy
 
 __all__ = ["HttpIngress"]
+
+# Requests parsed ahead of the one being answered: once this many wait, nothing more is parsed
+# (the rest of a read waits in ``_backlog``) and nothing more is read until the queue drains.
+_MAX_QUEUED = 16
+# How much is parsed at once, so that parsing can stop near ``_MAX_QUEUED`` even when one read
+# holds thousands of tiny requests: at most a step's worth of them more. A body of known length
+# is parsed in one go, a chunked one in larger steps, none far past a line that may be its end.
+_PARSE_STEP = 1024
+_CHUNKED_STEP = 16 * 1024
+_SHOWN = 256  # how much of a request target a log line shows
 
 
 class _Stop(Exception):
@@ -50,8 +68,18 @@ class _Request:
     head_done: bool = False
     done: bool = False
     body: list[bytes] = field(default_factory=list)  # read, not yet forwarded
+    remaining: int | None = None  # body bytes still to come, when Content-Length gives them
+    maybe_trailers: bool = False  # after a chunk header with no data yet: perhaps the trailers
+    trailer_size: int = 0  # bytes of the complete trailer fields
+    trailer_read: int = 0  # bytes of the reads that began within the trailers
+    may_upgrade: bool = False  # flagged as an upgrade by llhttp, and passed every check
     error: int | None = None  # answer this status and close the connection
     reason: str = ""
+
+    def target(self) -> str:
+        """The request target for a log line (logged with ``%r``: it may hold anything)."""
+        shown = bytes(self.url[:_SHOWN]).decode("latin-1")
+        return shown + "..." if len(self.url) > _SHOWN else shown
 
 
 class _Exchange(enum.Enum):
@@ -62,6 +90,15 @@ class _Exchange(enum.Enum):
     FORWARDING = enum.auto()  # sent to the app; its response streams back
     ANSWERED = enum.auto()  # answered by the proxy; the rest of the body is dropped
     TUNNEL = enum.auto()  # the app switched protocols; bytes are spliced
+
+
+class _Wait(enum.Enum):
+    """What the connection's timer waits for."""
+
+    HEAD = enum.auto()  # a request head: 408 if it is late
+    IDLE = enum.auto()  # a request on a keep-alive connection: closed if none comes
+    PROGRESS = enum.auto()  # a byte moving, during an exchange: see ``_stalled``
+    CLOSING = enum.auto()  # closed, flushing: aborted if that takes too long
 
 
 def _header_lines(headers: Iterable[tuple[bytes, bytes]], *, peer: bool = True) -> list[bytes]:
@@ -85,35 +122,64 @@ def _last_chunk(trailers: list[tuple[bytes, bytes]], *, peer: bool = True) -> by
 
 def _policy_path(url: bytes) -> str | None:
     """The percent-decoded path the policy judges (as ASGI's ``scope["path"]``), or ``None``
-    when it cannot be judged safely: no path, or ``.``/``..`` segments that the app might
-    resolve into a path the policy never saw."""
+    when it cannot be judged safely, because the app might resolve it into a path the policy
+    never saw: no path; a ``#`` anywhere (never sent by a client: the policy would judge the
+    path before it, and an app that takes the rest as path too resolves its dot segments); a
+    backslash in the path, raw or ``%5C`` (WHATWG URL parsers, Node's ``new URL`` among them,
+    read it as ``/``); or a segment that is ``.`` or ``..`` once decoded and cut at its first
+    ``;`` (Tomcat and Spring drop such path parameters: ``/public/..;/admin`` is ``/admin``)."""
     if url == b"*":
         return "*"
+    if b"#" in url:
+        return None
+    raw_path = url.partition(b"?")[0]
+    if b"\\" in raw_path or b"%5c" in raw_path.lower():
+        return None
     try:
         raw = httptools.parse_url(url).path or b"/"
     except httptools.HttpParserInvalidURLError:
         return None
     path = unquote(raw.decode("latin-1"))
-    if not path.startswith("/") or any(s in (".", "..") for s in path.split("/")):
+    if (
+        not path.startswith("/")
+        or "\\" in path
+        or any(s.partition(";")[0] in (".", "..") for s in path.split("/"))
+    ):
         return None
     return path
 
 
-def _upgrades_to_http(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(
-        token.strip().lower().startswith((b"h2", b"http/"))
-        for name, value in headers
-        if name.lower() == b"upgrade"
-        for token in value.split(b",")
-    )
+def _asks_for_http2(request: _Request) -> bool:
+    """Whether the request asks to switch to HTTP/2 over cleartext (h2c), by whatever route:
+    ``Upgrade: h2c`` or an ``HTTP2-Settings`` header, whatever ``Connection`` says (Go's h2c
+    server switches on ``Connection: HTTP2-Settings``, which llhttp does not flag as an
+    upgrade), or, in a flagged upgrade, any ``h2``/``http/`` protocol. Requests inside an HTTP/2
+    connection would reach the app unchecked."""
+    for name, value in request.headers:
+        lowered = name.lower()
+        if lowered == b"http2-settings":
+            return True
+        if lowered == b"upgrade":
+            value = value.lower()
+            if b"h2c" in value:
+                return True
+            if request.upgrade and any(
+                token.strip().startswith((b"h2", b"http/")) for token in value.split(b",")
+            ):
+                return True
+    return False
 
 
 class HttpIngress(asyncio.Protocol):
     """One client connection of an ``http`` ingress. Requests are parsed as they arrive, kept
     in ``_queue`` and handled one at a time: the front one is authorised, then answered here
-    or forwarded to the app; reading pauses while a later one waits its turn."""
+    or forwarded to the app; reading pauses while a later one waits its turn, and parsing stops
+    at ``_MAX_QUEUED`` (one read may hold thousands). While the client does not read, nothing
+    more is answered. From the front request's start to its end, ``_Wait.PROGRESS`` bounds how
+    long no byte may move (``_stalled``)."""
 
     transport: asyncio.Transport
+    slot: Slot | None = None  # set by the listener that accepted the connection
 
     def __init__(self, proxy: TransparentProxy, route: IngressRoute) -> None:
         self.proxy = proxy
@@ -130,25 +196,32 @@ class HttpIngress(asyncio.Protocol):
         self._app: _HttpApp | None = None
         self._paused: set[str] = set()  # why reading the client is paused
         self._writing_paused = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._waiting_for_head = False  # what the timer means: a head is late, or just idle
+        self._wait = _Wait.IDLE  # what the timer means
+        self._progress = 0.0  # loop time of the last byte moved (``_Wait.PROGRESS``)
         self._stopped = False  # no more requests are read (malformed input, or an upgrade)
         self._upgrading = False
-        self._ended_in_read = False  # a request ended in the read being parsed
+        self._ended_in_read = False  # a request ended in the piece being parsed
+        self._backlog = b""  # read, not parsed yet: _MAX_QUEUED requests wait
+        self._advancing = False
         self._tunnel_early: list[bytes] = []  # sent after an upgrade request, before the 101
-        self._closed = False
+        self._closed = False  # closing or closed: nothing more is read or answered
+        self._lost = False
 
     # Connection events.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         self.proxy._track(self.transport)
         self.peer = peer_of(transport)
-        self._arm_timer(self.limits.header_timeout, head=False)
+        self._arm_timer(self.limits.header_timeout, _Wait.IDLE)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        self._touch()
         if self._state is _Exchange.TUNNEL and self._app is not None:
             self._app.transport.write(data)
             return
@@ -156,19 +229,53 @@ class HttpIngress(asyncio.Protocol):
             if self._upgrading:
                 self._tunnel_early.append(data)
             return
-        partial = self._parsing if self._parsing and not self._parsing.head_done else None
-        self._ended_in_read = False
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._stopped = self._upgrading = True
-            self._pause("upgrade")
-            self._tunnel_early.append(data[int(exc.args[0]) :])
-        except httptools.HttpParserError as exc:
-            self._fail(400, f"malformed request: {exc}")
-        else:
-            self._check_head_size(self._parsing, partial, len(data))
+        if self._backlog:  # reading is paused, but a transport may still hand over what it had
+            self._backlog += data
+            return
+        self._parse(data)
         self._advance()
+
+    def _parse(self, data: bytes) -> None:
+        """Parse a step at a time, until the data is used up or ``_MAX_QUEUED`` requests wait;
+        the rest is kept in ``_backlog`` (reading is paused by then: see on_message_begin)."""
+        view = memoryview(data)
+        start = 0
+        while start < len(view) and not self._stopped:
+            if len(self._queue) >= _MAX_QUEUED:
+                self._backlog = bytes(view[start:])
+                return
+            request = self._parsing
+            step = _PARSE_STEP
+            if request is not None and request.head_done:
+                if request.remaining:  # all body: no request can begin in it
+                    step = request.remaining
+                elif request.chunked and data[start : start + 1] != b"0":
+                    # The last chunk is a line "0": no further than a step past the first
+                    # line that begins with 0.
+                    last = data.find(b"\n0", start, start + _CHUNKED_STEP)
+                    step = _CHUNKED_STEP if last < 0 else last + 2 - start + _PARSE_STEP
+            piece = view[start : start + step]
+            partial = request if request is not None and not request.head_done else None
+            trailing = request if request is not None and request.maybe_trailers else None
+            self._ended_in_read = False
+            try:
+                self._parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as exc:
+                self._stopped = self._upgrading = True
+                self._pause("upgrade")
+                self._tunnel_early.append(bytes(view[start + int(exc.args[0]) :]))
+                return
+            except httptools.HttpParserError as exc:
+                self._fail(400, f"malformed request: {exc}")
+                return
+            start += len(piece)
+            self._check_head_size(self._parsing, partial, len(piece))
+            if trailing is not None and trailing is self._parsing and trailing.maybe_trailers:
+                # The whole piece was trailers (or the CRLFs around them): llhttp reports a
+                # trailer field only once complete, and httptools holds it until then.
+                trailing.trailer_read += len(piece)
+                if trailing.trailer_read > self.limits.max_header_bytes:
+                    self._fail(431, "request trailers too large")
 
     def _check_head_size(self, request: _Request | None, partial: _Request | None, n: int) -> None:
         """Refuse a head that has grown too large before it is complete. The read in which it
@@ -186,11 +293,13 @@ class HttpIngress(asyncio.Protocol):
         self.close_flushed()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
+        self._closed = self._lost = True
         self.proxy._untrack(self.transport)
+        if self.slot is not None:
+            self.slot.release()
         self._cancel_timer()
         if self._app is not None:
-            self._app.transport.close()
+            self._app.close()
             self._app = None
 
     def pause_writing(self) -> None:
@@ -200,8 +309,11 @@ class HttpIngress(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._touch()
         if self._app is not None:
             self._app.transport.resume_reading()
+        if self._state is _Exchange.NEW and not self._closed:
+            self._advance()  # answers waited for the client to read
 
     # Parser callbacks (httptools).
 
@@ -209,7 +321,7 @@ class HttpIngress(asyncio.Protocol):
         self._parsing = _Request(began_mid_read=self._ended_in_read)
         self._queue.append(self._parsing)
         if len(self._queue) == 1:
-            self._arm_timer(self.limits.header_timeout, head=True)
+            self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
         else:
             self._pause("pipeline")
 
@@ -223,6 +335,10 @@ class HttpIngress(asyncio.Protocol):
         assert request is not None
         if request.head_done:
             request.trailers.append((name, value))
+            request.trailer_size += len(name) + len(value) + 4
+            if request.trailer_size > self.limits.max_header_bytes:
+                request.error, request.reason = 431, "request trailers too large"
+                raise _Stop
         else:
             request.headers.append((name, value))
             request.head_size += len(name) + len(value) + 4
@@ -249,18 +365,28 @@ class HttpIngress(asyncio.Protocol):
                     # the chunks as the next request, one the policy never saw.
                     request.error, request.reason = 400, "Transfer-Encoding in HTTP/1.0"
                     raise _Stop
-            elif lowered == b"content-length":
+            elif lowered == b"content-length":  # llhttp has checked it
                 body = body or value.strip() != b"0"
+                request.remaining = int(value)
             elif lowered == b"expect":
                 request.expects_continue = value.lower() == b"100-continue"
+        if request.chunked:
+            request.remaining = None
         if request.version not in ("1.0", "1.1"):
             request.error, request.reason = 505, f"HTTP/{request.version} is not supported"
             raise _Stop
         request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
 
+    def on_chunk_header(self) -> None:
+        if self._parsing is not None:
+            self._parsing.maybe_trailers = True  # until data follows: the last chunk has none
+
     def on_body(self, body: bytes) -> None:
         request = self._parsing
         assert request is not None
+        request.maybe_trailers = False
+        if request.remaining:
+            request.remaining -= len(body)
         if request is not self._queue[0]:
             request.body.append(body)
         elif self._state is _Exchange.FORWARDING and self._app is not None:
@@ -281,25 +407,33 @@ class HttpIngress(asyncio.Protocol):
     # The exchange at the front of the queue.
 
     def _advance(self) -> None:
+        if self._advancing:
+            return  # called back from a write below: the loop there goes on from where it is
+        self._advancing = True
+        try:
+            self._advance_queue()
+        finally:
+            self._advancing = False
+
+    def _advance_queue(self) -> None:
         while self._queue and not self._closed:
             request = self._queue[0]
             if request.error is not None:
                 if self._answered:
                     self.close_flushed()
                 else:
-                    log.info(
-                        "ingress port %d: %d to %s: %s",
-                        self.route.port,
-                        request.error,
-                        self.peer,
-                        request.reason,
-                    )
+                    self._log_refusal(request, request.error, request.reason)
                     error = HTTPStatus(request.error).phrase.lower().replace(" ", "_")
                     self._respond(request.error, {"error": error, "reason": request.reason}, True)
                 return
             if not request.head_done:
                 return  # the head timer runs
             if self._state is _Exchange.NEW:
+                if self._writing_paused:
+                    # The client does not read what it was sent: answer nothing more (nor read
+                    # more, the queue being full) until it does; resume_writing goes on.
+                    self._arm_progress()
+                    return
                 self._start(request)
                 continue
             if not (request.done and self._response_done):
@@ -310,15 +444,34 @@ class HttpIngress(asyncio.Protocol):
             if not self._keep_alive:
                 self.close_flushed()
                 return
-            if len(self._queue) <= 1:
+            if self._backlog and len(self._queue) < _MAX_QUEUED:
+                backlog, self._backlog = self._backlog, b""
+                self._parse(backlog)
+            if len(self._queue) <= 1 and not self._backlog:
                 self._resume("pipeline")
             if not self._queue:
-                self._arm_timer(self.limits.idle_timeout, head=False)
+                self._arm_timer(self.limits.idle_timeout, _Wait.IDLE)
             elif not self._queue[0].head_done:
-                self._arm_timer(self.limits.header_timeout, head=True)
+                self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
+
+    def _log_refusal(self, request: _Request, status: int, reason: str) -> None:
+        log.info(
+            "ingress port %d: %d to %s for %s %r: %r",
+            self.route.port,
+            status,
+            self.peer,
+            request.method or "-",  # a token: llhttp has checked it
+            request.target(),
+            reason,
+        )
+
+    def _refuse(self, request: _Request, reason: str) -> None:
+        self._log_refusal(request, 400, reason)
+        self._answer(request, 400, {"error": "bad_request", "reason": reason})
 
     def _start(self, request: _Request) -> None:
-        self._cancel_timer()
+        # From here until the exchange ends, it must make progress: see _stalled.
+        self._arm_progress()
         # An upgrade request leaves the parser in the new protocol: nothing can follow it.
         self._keep_alive = request.keep_alive and not request.upgrade
         if request.method == "CONNECT":
@@ -327,12 +480,10 @@ class HttpIngress(asyncio.Protocol):
             return
         path = _policy_path(bytes(request.url))
         if path is None:
-            self._answer(request, 400, {"error": "bad_request", "reason": "unusable request path"})
+            self._refuse(request, "unusable request path")
             return
-        if request.upgrade and _upgrades_to_http(request.headers):
-            # Requests inside an HTTP/2 tunnel would reach the app unchecked.
-            reason = "no upgrade to HTTP/2 (h2c)"
-            self._answer(request, 400, {"error": "bad_request", "reason": reason})
+        if _asks_for_http2(request):
+            self._refuse(request, "no upgrade to HTTP/2 (h2c)")
             return
         decision = self.proxy.engine.authorize_http(self.peer, request.method, path)
         if not decision:
@@ -340,6 +491,9 @@ class HttpIngress(asyncio.Protocol):
             body = {"error": "policy_denied", "peer": peer, "reason": decision.reason}
             self._answer(request, 403, body)
             return
+        # Only this request may switch protocols, and only if llhttp took it as an upgrade too:
+        # then it has stopped parsing, and what follows the app's 101 is no request.
+        request.may_upgrade = request.upgrade
         if self._app is not None:
             self._forward(request, self._app)
         else:
@@ -370,7 +524,7 @@ class HttpIngress(asyncio.Protocol):
                 self._advance()
             return
         if self._closed:
-            app.transport.close()
+            app.close()
             return
         self._resume("connect")
         self._forward(request, app)
@@ -440,6 +594,26 @@ class HttpIngress(asyncio.Protocol):
                 request.body.clear()
         self._advance()
 
+    def unasked_switch(self, app: _HttpApp) -> None:
+        """The app answered 101 to a request that did not ask to upgrade (or that llhttp did
+        not take as an upgrade, so later bytes would be parsed as requests): splicing now would
+        let what follows reach the app unchecked. The connection ends with 502."""
+        log.warning(
+            "ingress port %d: the app switched protocols for a request that was no upgrade",
+            self.route.port,
+        )
+        self._drop_app(app)
+        if self._closed:
+            return
+        self._keep_alive = False
+        request = self._queue[0] if self._queue else None
+        if request is None or self._answered:
+            self.close_flushed()
+            return
+        reason = "the app switched protocols unasked"
+        self._answer(request, 502, {"error": "bad_gateway", "reason": reason})
+        self._advance()
+
     def tunnel(self, app: _HttpApp, rest: bytes) -> None:
         """The app answered 101: from now on bytes are spliced both ways."""
         self._state = _Exchange.TUNNEL
@@ -466,7 +640,7 @@ class HttpIngress(asyncio.Protocol):
             self._pause("connect")
             self.proxy._spawn(self._connect(request))
         elif request is not None and not self._answered:
-            log.warning("ingress port %d: the app failed: %s", self.route.port, reason)
+            log.warning("ingress port %d: the app failed: %r", self.route.port, reason)
             self._answer(request, 502, {"error": "bad_gateway", "reason": reason})
             self._advance()
         else:  # a truncated response cannot be mended
@@ -476,7 +650,7 @@ class HttpIngress(asyncio.Protocol):
     def _drop_app(self, app: _HttpApp) -> None:
         if self._app is app:
             self._app = None
-        app.transport.close()
+        app.close()
 
     # Helpers.
 
@@ -502,10 +676,23 @@ class HttpIngress(asyncio.Protocol):
             if not self._paused:
                 self.transport.resume_reading()
 
-    def _arm_timer(self, delay: float, *, head: bool) -> None:
+    def _touch(self) -> None:
+        """A byte moved: the ``_Wait.PROGRESS`` timer starts over (lazily, in _timed_out)."""
+        assert self._loop is not None
+        self._progress = self._loop.time()
+
+    def _arm_progress(self) -> None:
+        self._touch()
+        if self._wait is not _Wait.PROGRESS or self._timer is None:
+            self._arm_timer(self.limits.inactivity_timeout, _Wait.PROGRESS)
+
+    def _arm_timer(self, delay: float, wait: _Wait) -> None:
+        if self._lost or (self._closed and wait is not _Wait.CLOSING):
+            return
+        assert self._loop is not None
         self._cancel_timer()
-        self._waiting_for_head = head
-        self._timer = asyncio.get_running_loop().call_later(delay, self._timed_out)
+        self._wait = wait
+        self._timer = self._loop.call_later(delay, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -513,21 +700,61 @@ class HttpIngress(asyncio.Protocol):
             self._timer = None
 
     def _timed_out(self) -> None:
+        assert self._loop is not None
         self._timer = None
-        if self._closed:
+        if self._wait is _Wait.CLOSING:
+            self._abort()  # what was left to send did not leave in time
+        elif self._closed:
             return
-        if self._waiting_for_head and self._queue:
+        elif self._wait is _Wait.PROGRESS:
+            deadline = self._progress + self.limits.inactivity_timeout
+            if self._loop.time() < deadline:
+                self._timer = self._loop.call_at(deadline, self._timed_out)
+            else:
+                self._stalled()
+        elif self._wait is _Wait.HEAD and self._queue:
             self._fail(408, "request head not received in time")
             self._advance()
         else:
             self.close_flushed()
 
+    def _stalled(self) -> None:
+        """No byte moved either way for ``inactivity_timeout`` during an exchange: a request
+        body that does not come, an app that does not answer, a client that does not read, a
+        quiet tunnel. Before any of the response, the client gets 408; else both sides close."""
+        timeout = self.limits.inactivity_timeout
+        request = self._queue[0] if self._queue else None
+        forwarding = self._state in (_Exchange.CONNECTING, _Exchange.FORWARDING)
+        if request is not None and forwarding and not self._answered:
+            reason = f"no progress for {timeout:g} s"
+            self._log_refusal(request, 408, reason)
+            self._keep_alive = False
+            self._answer(request, 408, {"error": "request_timeout", "reason": reason})
+        else:
+            log.info(
+                "ingress port %d: the connection from %s made no progress for %g s: closed",
+                self.route.port,
+                self.peer,
+                timeout,
+            )
+            self._abort()
+
     def close_flushed(self) -> None:
+        """Close once flushed; a client that does not take what is left within
+        ``inactivity_timeout`` is cut off."""
         self._closed = True
-        self._cancel_timer()
         close_flushed(self.transport)
         if self._app is not None:
             self._drop_app(self._app)
+        self._arm_timer(self.limits.inactivity_timeout, _Wait.CLOSING)
+
+    def _abort(self) -> None:
+        self._closed = True
+        self._cancel_timer()
+        self.transport.abort()
+        if self._app is not None:
+            app, self._app = self._app, None
+            app.transport.abort()
 
 
 class _HttpApp(asyncio.Protocol):
@@ -549,6 +776,8 @@ class _HttpApp(asyncio.Protocol):
         self._until_close = False  # the response ends when the app closes
         self._keep_alive = False
         self._tunnel = False
+        self._unasked = False  # a 101 that no upgrade request asked for
+        self._deadline: asyncio.TimerHandle | None = None
         self.reused = False  # an earlier exchange completed on this connection
         self.received = False  # the app has sent something for the current exchange
 
@@ -566,7 +795,16 @@ class _HttpApp(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.ingress.proxy._track(self.transport)
 
+    def close(self) -> None:
+        """Close once flushed; an app that does not take what is left within
+        ``inactivity_timeout`` is cut off."""
+        if self._deadline is None:
+            self.transport.close()
+            timeout = self.ingress.limits.inactivity_timeout
+            self._deadline = asyncio.get_running_loop().call_later(timeout, self.transport.abort)
+
     def data_received(self, data: bytes) -> None:
+        self.ingress._touch()
         if self._tunnel:
             self.ingress.transport.write(data)
             return
@@ -581,19 +819,24 @@ class _HttpApp(asyncio.Protocol):
             self._tunnel = True
             self.ingress.tunnel(self, data[int(exc.args[0]) :])
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _Stop):
+            if self._unasked:
+                self._parser = None
+                self.ingress.unasked_switch(self)
+            elif isinstance(exc.__context__, _Stop):
                 self._finish()
             else:
                 self._parser = None
                 self.transport.close()
                 self.ingress.app_lost(self, f"malformed response: {exc}")
         else:
-            if self._status == 101 and not self._tunnel:
-                self.transport.close()
-                self.ingress.app_lost(self, "101 without a protocol upgrade")
+            if self._status == 101 and not self._tunnel:  # llhttp did not switch: no tunnel
+                self._parser = None
+                self.ingress.unasked_switch(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ingress.proxy._untrack(self.transport)
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._until_close and self._parser is not None:
             self._keep_alive = False
             self._finish()
@@ -604,6 +847,7 @@ class _HttpApp(asyncio.Protocol):
         self.ingress._pause("app")
 
     def resume_writing(self) -> None:
+        self.ingress._touch()
         self.ingress._resume("app")
 
     # Parser callbacks (httptools).
@@ -618,6 +862,9 @@ class _HttpApp(asyncio.Protocol):
         assert self._parser is not None
         assert self._request is not None
         status = self._status = self._parser.get_status_code()
+        if status == 101 and not (self._request.may_upgrade and self._parser.should_upgrade()):
+            self._unasked = True  # nothing of it reaches the client
+            raise _Stop
         head = b"HTTP/%s %d %s\r\n" % (
             self._parser.get_http_version().encode(),
             status,

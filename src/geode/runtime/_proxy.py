@@ -6,8 +6,10 @@ id from its verified certificate and applies the service's policy before the app
 - ``http``: each request is authorised by method and path, then re-serialised to the app on
   127.0.0.1 with ``X-Geode-Peer`` set by the proxy (a client's own is dropped). The app's
   response streams back before the next request is forwarded, so pipelining is safe. A denial
-  gets 403 with ``PolicyMiddleware``'s JSON body; a malformed head 400, an oversized one 431, a
-  slow one 408, an unreachable app 502.
+  gets 403 with ``PolicyMiddleware``'s JSON body; a malformed head 400, an oversized one (or
+  oversized trailers) 431, a slow one 408, an unreachable app 502. Targets the app might resolve
+  differently from the policy (``#``, backslashes, ``..;``) and any request for h2c get 400; only
+  an upgrade request that passed every check may be answered with 101 (else 502, closed).
 - ``tcp``: one decision per connection, then bytes are spliced to the app (denied: closed).
 
 Egress, one loopback listener per ``EgressRoute``, turns the app's plaintext connections into
@@ -18,12 +20,23 @@ one transport to the other as they arrive, a full write buffer pauses reading on
 and HTTP is parsed by httptools (llhttp, in C). asyncio's TLS cannot half-close, so an EOF is
 passed on only towards a plaintext side. The TLS contexts come from ``Credentials``, so renewed
 certificates reach new connections without a restart.
+
+Each listener accepts its own connections (``_Listener``): at most ``max_connections`` at a time,
+handshakes included; beyond that a new connection is closed at once, with a warning at most every
+``_WARN_EVERY`` seconds. Accepting never logs a traceback: out of file descriptors, it warns and
+retries. Once forwarding, tunnelling or splicing, a connection on which no byte has moved for
+``inactivity_timeout`` is closed on both sides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
+import resource
+import socket
+import ssl
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +46,14 @@ from geode.manifest import MeshConfig
 from geode.runtime._credentials import Credentials
 from geode.runtime._http_ingress import HttpIngress
 from geode.runtime._policy import PolicyEngine
-from geode.runtime._splice import APP_HOST, Egress, TcpIngress, log
+from geode.runtime._splice import APP_HOST, Egress, Relay, Slot, TcpIngress, describe, log
 
 __all__ = ["ProxyLimits", "TransparentProxy"]
+
+_BACKLOG = 1024
+_WARN_EVERY = 10.0  # seconds between two warnings of one kind from one listener
+_ACCEPT_RETRY = 0.25  # seconds before accepting again when out of file descriptors or memory
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,127 @@ class ProxyLimits:
     connect_timeout: float = 5.0  # to the app, or to an egress destination with its handshake
     half_close_timeout: float = 30.0  # after an egress app's EOF, how long the answer may take
     handshake_timeout: float = 10.0  # an ingress client's TLS handshake
+    # Forwarding a request, tunnelling or splicing: both sides close when no byte has moved
+    # either way for this long (an HTTP request not answered at all yet gets 408).
+    inactivity_timeout: float = 120.0
+    max_connections: int = 1024  # per listener, handshakes included; more are closed at once
+
+
+def _raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one, where allowed: every connection
+    takes one descriptor, two once forwarded."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft >= hard):
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:  # e.g. an unlimited hard limit the kernel caps
+        log.debug("the open-file limit stays at %d: %s", soft, exc)
+    else:
+        log.debug("open-file limit raised from %d to %d", soft, hard)
+
+
+class _Listener:
+    """The sockets of one listener, accepting connections itself so that it can count them:
+    each holds a ``Slot`` from accept until it is lost (or its handshake fails)."""
+
+    def __init__(
+        self,
+        proxy: TransparentProxy,
+        sockets: list[socket.socket],
+        factory: Callable[[], HttpIngress | Relay],
+        what: str,
+        context: ssl.SSLContext | None,
+    ) -> None:
+        self.proxy = proxy
+        self.sockets = sockets
+        self.factory = factory
+        self.what = what
+        self.options: dict[str, Any] = {}
+        if context is not None:
+            self.options = {
+                "ssl": context,
+                "ssl_handshake_timeout": proxy.limits.handshake_timeout,
+            }
+        self.active = 0
+        self._warned: dict[str, float] = {}  # kind of warning: when last logged
+        self._unwarned: dict[str, int] = {}  # kind of warning: events since then
+        self._accepting: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in self.sockets]
+
+    async def close(self) -> None:
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        for sock in self.sockets:
+            sock.close()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self.proxy.limits.max_connections
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._warn(f"cannot accept connections: {describe(exc)}; retrying")
+                    await asyncio.sleep(_ACCEPT_RETRY)
+                else:  # that one connection is gone already (ECONNABORTED and the like)
+                    log.debug("proxy (%s): accept failed: %s", self.what, describe(exc))
+                continue
+            except Exception as exc:  # not expected; the listener must go on all the same
+                self._warn(f"accept failed: {describe(exc)}; retrying")
+                await asyncio.sleep(_ACCEPT_RETRY)
+                continue
+            if self.active >= limit:
+                conn.close()
+                self._warn(f"{limit} connections open (max_connections): closing new ones")
+                continue
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset already
+                conn.close()
+                continue
+            self.active += 1
+            self.proxy._spawn(self._serve(conn, Slot(self._release)))
+
+    def _release(self) -> None:
+        self.active -= 1
+
+    async def _serve(self, conn: socket.socket, slot: Slot) -> None:
+        made: list[HttpIngress | Relay] = []
+
+        def factory() -> HttpIngress | Relay:
+            protocol = self.factory()
+            protocol.slot = slot
+            made.append(protocol)
+            return protocol
+
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(factory, conn, **self.options)
+        except BaseException as exc:
+            slot.release()
+            if not made:  # else its transport owns the socket, and has closed it
+                conn.close()
+            if not isinstance(exc, Exception):
+                raise
+            # A failed or late TLS handshake: the client's problem, as asyncio sees it too.
+            log.debug("proxy (%s): connection not set up: %s", self.what, describe(exc))
+
+    def _warn(self, kind: str) -> None:
+        """Log ``kind`` at most every ``_WARN_EVERY`` seconds, with how often it happened."""
+        now = time.monotonic()
+        count = self._unwarned.get(kind, 0) + 1
+        if now - self._warned.get(kind, -_WARN_EVERY) < _WARN_EVERY:
+            self._unwarned[kind] = count
+            return
+        self._warned[kind], self._unwarned[kind] = now, 0
+        log.warning("proxy (%s): %s (%d time(s) since the last warning)", self.what, kind, count)
 
 
 class TransparentProxy:
@@ -76,7 +215,7 @@ class TransparentProxy:
         )
         self.listen_host = listen_host
         self.limits = limits or ProxyLimits()
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[_Listener] = []
         self._connections: set[asyncio.Transport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -88,8 +227,9 @@ class TransparentProxy:
         await self.close()
 
     async def start(self) -> None:
-        if self._servers:
+        if self._listeners:
             raise RuntimeError("the proxy is already started")
+        _raise_fd_limit()
         try:
             if self.mesh.ingress:
                 context = self.credentials.server_ssl_context()
@@ -100,8 +240,7 @@ class TransparentProxy:
                     self.listen_host,
                     ingress.port,
                     f"{ingress.protocol} ingress to app port {ingress.app_port}",
-                    ssl=context,
-                    ssl_handshake_timeout=self.limits.handshake_timeout,
+                    context,
                 )
             for egress in self.mesh.egress:
                 client_context = None
@@ -120,6 +259,7 @@ class TransparentProxy:
                     APP_HOST,
                     egress.local_port,
                     f"egress to {egress.host}:{egress.port}",
+                    None,
                 )
         except BaseException:
             await self.close()
@@ -127,32 +267,31 @@ class TransparentProxy:
 
     async def _listen(
         self,
-        factory: Callable[[], asyncio.BaseProtocol],
+        factory: Callable[[], HttpIngress | Relay],
         host: str,
         port: int,
         what: str,
-        **options: Any,
+        context: ssl.SSLContext | None,
     ) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(factory, host, port, backlog=1024, **options)
+            sockets = await _bind(host, port)
         except OSError as exc:
             raise LaunchError(
                 f"cannot listen on {host}:{port} for the {what}: {exc.strerror or exc}"
             ) from None
-        self._servers.append(server)
+        listener = _Listener(self, sockets, factory, f"{host}:{port}, {what}", context)
+        self._listeners.append(listener)
+        listener.start()
         log.info("proxy listening on %s:%d (%s)", host, port, what)
 
     async def close(self) -> None:
-        servers, self._servers = self._servers, []
-        for server in servers:
-            server.close()
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            await listener.close()
         for task in list(self._tasks):
             task.cancel()
         for transport in list(self._connections):
             transport.abort()
-        for server in servers:
-            await server.wait_closed()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         # Let the aborted connections' connection_lost callbacks run.
@@ -173,3 +312,27 @@ class TransparentProxy:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("proxy task failed", exc_info=task.exception())
+
+
+async def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of ``host``, as ``loop.create_server`` binds them."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

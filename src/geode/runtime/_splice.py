@@ -1,5 +1,5 @@
 """Splicing for the transparent TLS proxy: TCP ingress and egress, byte for byte, with flow
-control; and the helpers the HTTP ingress shares."""
+control and an inactivity timeout; and the helpers the HTTP ingress shares."""
 
 from __future__ import annotations
 
@@ -17,7 +17,17 @@ from geode.runtime._identity import peer_spiffe_id
 if TYPE_CHECKING:
     from geode.runtime._proxy import TransparentProxy
 
-__all__ = ["APP_HOST", "Egress", "Relay", "TcpIngress", "close_flushed", "describe", "peer_of"]
+__all__ = [
+    "APP_HOST",
+    "Egress",
+    "Relay",
+    "Slot",
+    "TcpIngress",
+    "Watchdog",
+    "close_flushed",
+    "describe",
+    "peer_of",
+]
 
 log = logging.getLogger("geode.proxy")
 
@@ -43,6 +53,54 @@ def peer_of(transport: asyncio.BaseTransport) -> SpiffeId | None:
     return peer_spiffe_id(ssl_object.getpeercert(True) if ssl_object is not None else None)
 
 
+class Slot:
+    """A connection's place in its listener's count (``ProxyLimits.max_connections``), given
+    back exactly once: when the connection is lost, or when its handshake fails."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class Watchdog:
+    """Calls ``expire`` once nothing has moved for ``timeout`` seconds.
+
+    ``touch()`` (on every read and every drained write buffer) only notes the time; the timer
+    re-arms itself for the rest of the period when it fires early, so busy connections cost one
+    timer per period rather than one per read."""
+
+    def __init__(self, timeout: float, expire: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._expire = expire
+        self.last = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self.last + timeout, self._check
+        )
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        deadline = self.last + self._timeout
+        if self._loop.time() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+            return
+        self._handle = None
+        self._expire()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 # --- Splicing: TCP ingress and egress ----------------------------------------------------------
 
 
@@ -52,6 +110,8 @@ class Relay(asyncio.Protocol):
     transport: asyncio.Transport
     partner: Relay | None = None
     eof_closes_tls = False  # see _pass_eof
+    slot: Slot | None = None  # set by the listener that accepted the connection
+    watchdog: Watchdog | None = None  # shared by both sides once splicing
 
     def __init__(self, proxy: TransparentProxy) -> None:
         self.proxy = proxy
@@ -67,9 +127,21 @@ class Relay(asyncio.Protocol):
     def splice_to(
         self, what: str, connect: Callable[[], Coroutine[Any, Any, tuple[Any, Relay]]]
     ) -> None:
-        """Connect the partner in the background; until then nothing more is read."""
+        """Connect the partner in the background; until then nothing more is read. From now on
+        both sides close when no byte has moved either way for ``inactivity_timeout``."""
         self.transport.pause_reading()
+        self.watchdog = Watchdog(self.proxy.limits.inactivity_timeout, self._inactive)
         self.proxy._spawn(self._splice(what, connect))
+
+    def _inactive(self) -> None:
+        log.info(
+            "proxy: a spliced connection moved no byte for %g s: closed",
+            self.proxy.limits.inactivity_timeout,
+        )
+        # Aborted, not closed: a peer that does not read would keep a flushing close open.
+        self.transport.abort()
+        if self.partner is not None:
+            self.partner.transport.abort()
 
     async def _splice(
         self, what: str, connect: Callable[[], Coroutine[Any, Any, tuple[Any, Relay]]]
@@ -77,10 +149,14 @@ class Relay(asyncio.Protocol):
         try:
             _, partner = await asyncio.wait_for(connect(), self.proxy.limits.connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            log.warning("%s failed: %s", what, describe(exc))
+            log.warning("%s failed: %r", what, describe(exc))
             close_flushed(self.transport)
             return
         self.partner, partner.partner = partner, self
+        if self._lost or self.watchdog is None:  # this side's watchdog has stopped
+            partner.watchdog = Watchdog(self.proxy.limits.inactivity_timeout, partner._inactive)
+        else:
+            partner.watchdog = self.watchdog
         partner.transport.writelines(self._early)
         self._early.clear()
         if self._lost:
@@ -91,6 +167,8 @@ class Relay(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.watchdog is not None:
+            self.watchdog.touch()
         partner = self.partner
         if partner is None:
             self._early.append(data)
@@ -146,16 +224,25 @@ class Relay(asyncio.Protocol):
             self.partner.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.touch()
         if self.partner is not None:
             self.partner.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.proxy._untrack(self.transport)
+        if self.slot is not None:
+            self.slot.release()
         if self._linger is not None:
             self._linger.cancel()
-        if self.partner is not None:
-            close_flushed(self.partner.transport)
+        partner = self.partner
+        if self.watchdog is not None and (partner is None or partner._lost):
+            # Both sides are gone (or the partner, still connecting, gets a watchdog of its
+            # own): nothing is left to watch.
+            self.watchdog.cancel()
+        if partner is not None:
+            close_flushed(partner.transport)
 
 
 class _AppSide(Relay):
