@@ -59,7 +59,11 @@ class PolicyMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        peer = peer_spiffe_id(peer_certificate(scope))
+        tls = scope.get("extensions", {}).get("tls") or {}
+        if "geode_peer" in tls and tls.get("client_cert_error") is None:
+            peer = tls["geode_peer"]  # derived once per connection by TLSExtensionProtocol
+        else:
+            peer = peer_spiffe_id(peer_certificate(scope))
         method = scope.get("method", "GET")
         decision = self.engine.authorize_http(peer, method, scope.get("path", "/"))
         if not decision:

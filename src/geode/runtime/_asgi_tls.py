@@ -17,6 +17,8 @@ from typing import Any
 from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from geode.runtime._identity import peer_spiffe_id
+
 __all__ = ["TLSExtensionProtocol", "peer_certificate", "tls_extension"]
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
@@ -30,6 +32,8 @@ def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
     chain = [ssl.DER_cert_to_PEM_cert(der)] if der else []
     cipher = ssl_object.cipher()
     return {
+        # Geode's addition, derived once per connection rather than once per request.
+        "geode_peer": peer_spiffe_id(der) if der else None,
         "server_cert": None,
         "client_cert_chain": chain,
         "client_cert_name": None,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
@@ -91,6 +93,8 @@ class PolicyEngine:
             for rule in policy.rules
         )
         self._counter = _counter(registry)
+        self._children: dict[tuple[SpiffeId | None, str], Any] = {}
+        self._allow_cache: dict[str, Decision] = {}
         self.rule_names = [rule.name for rule in self._rules]
 
     def _peer_ok(self, peer: SpiffeId | None) -> Decision | None:
@@ -103,45 +107,62 @@ class PolicyEngine:
         return None
 
     def authorize_http(self, peer: SpiffeId | None, method: str, path: str) -> Decision:
+        # ``path`` is the decoded path without the query string (ASGI's scope["path"], the
+        # proxy's parsed target): nothing in it is cut off here.
         decision = self._peer_ok(peer)
         if decision is None:
-            # ``path`` is the decoded path without the query string (ASGI's scope["path"],
-            # the proxy's parsed target): nothing in it is cut off here.
             source = str(peer)
-            decision = Decision(False, f"no rule allows {method} {path}")
+            verb = method.upper()
             for rule in self._rules:
-                if source not in rule.sources:
-                    continue
-                if rule.allows_everything or any(
-                    (not m.methods or method.upper() in m.methods) and m.path.fullmatch(path)
-                    for m in rule.http
+                if source in rule.sources and (
+                    rule.allows_everything
+                    or any(
+                        (not m.methods or verb in m.methods) and m.path.fullmatch(path)
+                        for m in rule.http
+                    )
                 ):
-                    decision = Decision(True, "allowed", rule.name)
-                    break
-        return self._record(peer, decision, f"{method} {path}")
+                    return self._allowed(peer, rule.name)
+            decision = Decision(False, f"no rule allows {method} {path}")
+        return self._record(peer, decision, lambda: f"{method} {path}")
 
     def authorize_tcp(self, peer: SpiffeId | None, port: int) -> Decision:
         decision = self._peer_ok(peer)
         if decision is None:
             source = str(peer)
-            decision = Decision(False, f"no rule allows TCP port {port}")
             for rule in self._rules:
                 if source in rule.sources and (
                     rule.allows_everything or any(not p or port in p for p in rule.ports)
                 ):
-                    decision = Decision(True, "allowed", rule.name)
-                    break
-        return self._record(peer, decision, f"TCP port {port}")
+                    return self._allowed(peer, rule.name)
+            decision = Decision(False, f"no rule allows TCP port {port}")
+        return self._record(peer, decision, lambda: f"TCP port {port}")
 
-    def _record(self, peer: SpiffeId | None, decision: Decision, what: str) -> Decision:
-        source = peer.service if peer is not None and peer.service else "<none>"
-        self._counter.labels(self.destination, source, "allow" if decision else "deny").inc()
+    def _count(self, peer: SpiffeId | None, outcome: str) -> None:
+        key = (peer, outcome)
+        child = self._children.get(key)
+        if child is None:
+            source = peer.service if peer is not None and peer.service else "<none>"
+            child = self._children[key] = self._counter.labels(self.destination, source, outcome)
+        child.inc()
+
+    def _allowed(self, peer: SpiffeId | None, rule: str) -> Decision:
+        # The hot path: one cached decision and one cached counter per rule and peer.
+        self._count(peer, "allow")
+        decision = self._allow_cache.get(rule)
+        if decision is None:
+            decision = self._allow_cache[rule] = Decision(True, "allowed", rule)
+        return decision
+
+    def _record(
+        self, peer: SpiffeId | None, decision: Decision, what: Callable[[], str]
+    ) -> Decision:
+        self._count(peer, "allow" if decision else "deny")
         if not decision:
             log.warning(  # %r: a path may hold any character, line breaks included
                 "policy denied %s -> %s %r: %r (mode %s, rules %s)",
                 peer,
                 self.destination,
-                what,
+                what(),
                 decision.reason,
                 self.mode,
                 ",".join(self.rule_names) or "none",
