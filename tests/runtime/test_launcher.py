@@ -183,3 +183,35 @@ def test_a_stop_signal_during_start_up_still_cleans_up(tmp_path: Path) -> None:
     plan = lay_out(_activation({}), "web", ["true"], base_dir=tmp_path, environ={})
     assert run_command(plan, companions=[SlowCompanion()]) == 128 + signal.SIGTERM
     assert not plan.directory.exists()
+
+
+def test_the_command_keeps_the_open_file_limit_the_launcher_started_with(tmp_path: Path) -> None:
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    original = (min(1024, before[1]), before[1])  # a soft limit below the hard one
+    resource.setrlimit(resource.RLIMIT_NOFILE, original)
+    report = tmp_path / "limit"
+
+    class RaisesLimit:  # as the transparent proxy does
+        def start(self) -> object:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (original[1], original[1]))
+            return self
+
+        def stop(self) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, original)
+
+    show = f"import resource; open({str(report)!r}, 'w').write(str(resource.getrlimit(7)[0]))"
+    plan = lay_out(
+        _activation({}),
+        "web",
+        [sys.executable, "-c", show],
+        base_dir=tmp_path,
+        environ=dict(os.environ),
+    )
+    try:
+        assert run_command(plan, companions=[RaisesLimit()]) == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+    assert original[0] < original[1]
+    assert int(report.read_text()) == original[0]

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -147,9 +148,11 @@ class Companion(Protocol):
     def stop(self) -> None: ...
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGKILL the command if the launcher itself dies (even by
-    SIGKILL). The libc function is looked up here, in the parent, so the child only calls it."""
+def _child_setup(open_files: tuple[int, int]) -> Callable[[], None] | None:
+    """A pre-exec hook: give the command the open-file limit the launcher started with (the
+    transparent proxy raises the launcher's own), and ask Linux to SIGKILL the command if the
+    launcher itself dies (even by SIGKILL). Everything is looked up here, in the parent, so the
+    child only makes two system calls."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -157,8 +160,10 @@ def _die_with_parent() -> Callable[[], None] | None:
     except (OSError, AttributeError):
         return None
     pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
+    setrlimit, nofile = resource.setrlimit, resource.RLIMIT_NOFILE
 
     def hook() -> None:
+        setrlimit(nofile, open_files)
         prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
 
     return hook
@@ -222,6 +227,7 @@ def run_command(
     it; the files are removed in every case, a signal during start-up included.
     """
     started: list[Companion] = []
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)  # before a companion raises it
     with _Supervisor(grace) as supervisor:
         try:
             for companion in companions:
@@ -233,7 +239,7 @@ def run_command(
                 # The pre-exec hook only calls a libc function resolved beforehand, and glibc
                 # resets its allocator locks in the child, so companions' threads cannot block it.
                 process = subprocess.Popen(
-                    plan.argv, env=plan.env, process_group=0, preexec_fn=_die_with_parent()
+                    plan.argv, env=plan.env, process_group=0, preexec_fn=_child_setup(open_files)
                 )
             except OSError as exc:
                 raise LaunchError(f"cannot start {plan.argv[0]!r}: {exc.strerror}") from None
