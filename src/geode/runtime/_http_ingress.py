@@ -780,6 +780,15 @@ class _HttpApp(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self.reused = False  # an earlier exchange completed on this connection
         self.received = False  # the app has sent something for the current exchange
+        # What one read of the app produces for the client goes out as one write: the TLS
+        # transport makes a record of every write, so head and body pieces would each cost one.
+        self._out: list[bytes] = []
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self.ingress.transport.write(data)
 
     def expect(self, request: _Request) -> None:
         """The next response answers ``request``."""
@@ -815,10 +824,12 @@ class _HttpApp(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._flush()
             self._parser = None
             self._tunnel = True
             self.ingress.tunnel(self, data[int(exc.args[0]) :])
         except httptools.HttpParserError as exc:
+            self._flush()
             if self._unasked:
                 self._parser = None
                 self.ingress.unasked_switch(self)
@@ -829,6 +840,7 @@ class _HttpApp(asyncio.Protocol):
                 self.transport.close()
                 self.ingress.app_lost(self, f"malformed response: {exc}")
         else:
+            self._flush()
             if self._status == 101 and not self._tunnel:  # llhttp did not switch: no tunnel
                 self._parser = None
                 self.ingress.unasked_switch(self)
@@ -875,7 +887,7 @@ class _HttpApp(asyncio.Protocol):
             self.ingress.response_started()
         elif self._request.version == "1.0":
             return  # HTTP/1.0 clients do not know interim responses
-        self.ingress.transport.writelines(lines)
+        self._out.extend(lines)
         if status < 200:
             return
         self._in_body = True
@@ -892,7 +904,7 @@ class _HttpApp(asyncio.Protocol):
             raise _Stop
 
     def on_body(self, body: bytes) -> None:
-        self.ingress.transport.writelines(_body_piece(body, self._chunked))
+        self._out.extend(_body_piece(body, self._chunked))
 
     def on_message_complete(self) -> None:
         assert self._parser is not None
@@ -906,5 +918,6 @@ class _HttpApp(asyncio.Protocol):
     def _finish(self) -> None:
         self._parser = None
         if self._chunked:
-            self.ingress.transport.write(_last_chunk(self._trailers))
+            self._out.append(_last_chunk(self._trailers))
+        self._flush()
         self.ingress.response_done(self, self._keep_alive)
