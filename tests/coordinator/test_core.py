@@ -12,7 +12,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import EvidenceVerifier, SimulatedPlatform, key_binding, renewal_payload
+from geode.attestation import (
+    Evidence,
+    EvidenceVerifier,
+    SimulatedPlatform,
+    key_binding,
+    renewal_payload,
+)
 from geode.coordinator import (
     ActivationRequest,
     Coordinator,
@@ -73,20 +79,26 @@ def coordinator(platform: SimulatedPlatform) -> Coordinator:
     return c
 
 
-def _request(
-    c: Coordinator, platform: SimulatedPlatform, service: str = "web"
-) -> ActivationRequest:
+def _bound(
+    c: Coordinator, platform: SimulatedPlatform, name: str
+) -> tuple[ec.EllipticCurvePrivateKey, bytes, str, Evidence]:
+    """A fresh key, a nonce, a CSR for the key and evidence binding both."""
     key = ec.generate_private_key(ec.SECP256R1())
     nonce, _ = c.issue_nonce()
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .sign(key, hashes.SHA256())
     )
     evidence = platform.quote(MEASUREMENT, key_binding(public_key_der(key.public_key()), nonce))
-    return ActivationRequest(
-        service, nonce, csr.public_bytes(serialization.Encoding.PEM).decode(), evidence
-    )
+    return key, nonce, csr.public_bytes(serialization.Encoding.PEM).decode(), evidence
+
+
+def _request(
+    c: Coordinator, platform: SimulatedPlatform, service: str = "web"
+) -> ActivationRequest:
+    _, nonce, csr, evidence = _bound(c, platform, service)
+    return ActivationRequest(service, nonce, csr, evidence)
 
 
 def test_states_and_manifest_once(coordinator: Coordinator) -> None:
@@ -173,41 +185,19 @@ def _renewal(
     current: x509.Certificate,
     current_key: ec.EllipticCurvePrivateKey,
 ) -> RenewalRequest:
-    key = ec.generate_private_key(ec.SECP256R1())
-    nonce, _ = c.issue_nonce()
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "renewal")]))
-        .sign(key, hashes.SHA256())
-    )
-    evidence = platform.quote(MEASUREMENT, key_binding(public_key_der(key.public_key()), nonce))
+    key, nonce, csr, evidence = _bound(c, platform, "renewal")
     proof = current_key.sign(
         renewal_payload(nonce, public_key_der(key.public_key())), ec.ECDSA(hashes.SHA256())
     )
-    return RenewalRequest(
-        nonce,
-        csr.public_bytes(serialization.Encoding.PEM).decode(),
-        evidence,
-        current.public_bytes(serialization.Encoding.PEM).decode(),
-        proof,
-    )
+    certificate = current.public_bytes(serialization.Encoding.PEM).decode()
+    return RenewalRequest(nonce, csr, evidence, certificate, proof)
 
 
 def _activated(
     c: Coordinator, platform: SimulatedPlatform
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    nonce, _ = c.issue_nonce()
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")]))
-        .sign(key, hashes.SHA256())
-    )
-    evidence = platform.quote(MEASUREMENT, key_binding(public_key_der(key.public_key()), nonce))
-    request = ActivationRequest(
-        "web", nonce, csr.public_bytes(serialization.Encoding.PEM).decode(), evidence
-    )
-    return c.activate(request).value.certificate, key
+    key, nonce, csr, evidence = _bound(c, platform, "web")
+    return c.activate(ActivationRequest("web", nonce, csr, evidence)).value.certificate, key
 
 
 def test_renewal_keeps_the_instance_and_counts_nothing(

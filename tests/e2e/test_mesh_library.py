@@ -28,7 +28,7 @@ from geode.pki import (
 )
 from geode.runtime import Activation, activate, simulated_evidence_provider
 from tests.conftest import StartCoordinator
-from tests.support import REPO, CoordinatorProcess, free_port
+from tests.support import REPO, CoordinatorProcess, free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -109,15 +109,8 @@ class Mesh:
             stderr=subprocess.STDOUT,
         )
         self.processes.append(process)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (self.tmp / f"server-{port}.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return process
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("the server did not come up")
+        wait_for_port(port, process, self.tmp / f"server-{port}.log")
+        return process
 
     def call(self, service: str, port: int) -> dict[str, object]:
         result = subprocess.run(

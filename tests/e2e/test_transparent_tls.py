@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from geode.attestation import measure_bundle
 from geode.client import CoordinatorClient
 from geode.pki import certificate_pem
 from tests.conftest import StartCoordinator
-from tests.support import REPO, CoordinatorProcess, free_port
+from tests.support import REPO, CoordinatorProcess, free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +155,7 @@ class Deployment:
         )
         self.processes.append(process)
         for port in (self.ports["web"], self.ports["web_app"], self.ports["tcp_app"]):
-            _wait_for(port, process, self.tmp / "web.log")
+            wait_for_port(port, process, self.tmp / "web.log")
 
     def call(self, service: str, *args: str) -> dict[str, object]:
         result = subprocess.run(
@@ -175,18 +174,6 @@ class Deployment:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=20)
-
-
-def _wait_for(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}:\n{log.read_text()}")
 
 
 @pytest.fixture
