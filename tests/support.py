@@ -28,6 +28,18 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
     raise AssertionError(f"nothing listens on {port}:\n{log.read_text()}")
 
 
+def geode_run_argv(
+    mesh_addr: str, service: str, bundle: Path, root_ca: Path, *command: str, listen_host: str = ""
+) -> list[str]:
+    """The real ``geode run`` command line for ``service``, pinned to ``root_ca``."""
+    options = ["--listen-host", listen_host] if listen_host else []
+    return [
+        sys.executable, "-m", "geode", "run", "--service", service,
+        "--coordinator", mesh_addr, "--bundle", str(bundle), "--root-ca", str(root_ca),
+        *options, "--", *command,
+    ]  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

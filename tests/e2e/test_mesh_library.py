@@ -28,7 +28,7 @@ from geode.pki import (
 )
 from geode.runtime import Activation, activate, simulated_evidence_provider
 from tests.conftest import StartCoordinator
-from tests.support import REPO, CoordinatorProcess, free_port, wait_for_port
+from tests.support import REPO, CoordinatorProcess, free_port, geode_run_argv, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -81,24 +81,10 @@ class Mesh:
             client.set_manifest(json.dumps(manifest).encode())
 
     def geode_run(self, service: str, *args: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "geode",
-            "run",
-            "--service",
-            service,
-            "--coordinator",
-            self.coordinator.mesh_addr,
-            "--bundle",
-            str(APP),
-            "--root-ca",
-            str(self.root_file),
-            "--",
-            sys.executable,
-            str(APP / "mesh_app.py"),
-            *args,
-        ]
+        return geode_run_argv(
+            self.coordinator.mesh_addr, service, APP, self.root_file,
+            sys.executable, str(APP / "mesh_app.py"), *args,
+        )  # fmt: skip
 
     def start_server(self, port: int) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"server-{port}.log").open("wb")

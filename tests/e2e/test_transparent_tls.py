@@ -18,7 +18,7 @@ from geode.attestation import measure_bundle
 from geode.client import CoordinatorClient
 from geode.pki import certificate_pem
 from tests.conftest import StartCoordinator
-from tests.support import REPO, CoordinatorProcess, free_port, wait_for_port
+from tests.support import REPO, CoordinatorProcess, free_port, geode_run_argv, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -111,24 +111,10 @@ class Deployment:
         }
 
     def run(self, service: str, *command: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "geode",
-            "run",
-            "--service",
-            service,
-            "--coordinator",
-            self.coordinator.mesh_addr,
-            "--bundle",
-            str(BUNDLE),
-            "--root-ca",
-            str(self.root_file),
-            "--listen-host",
-            "127.0.0.1",
-            "--",
-            *command,
-        ]
+        return geode_run_argv(
+            self.coordinator.mesh_addr, service, BUNDLE, self.root_file, *command,
+            listen_host="127.0.0.1",
+        )  # fmt: skip
 
     def start_web(self) -> None:
         """The unmodified app: http.server on loopback; one on each app port."""
