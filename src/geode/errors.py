@@ -11,6 +11,7 @@ act on, built in the constructor, and it never contains secret material.
     ├── SealError                sealed state cannot be read, unsealed or written
     ├── CoordinatorError         a request the Coordinator refuses
     │   ├── ActivationDenied     an instance may not activate (carries the reason)
+    │   │   └── StaleCertificate     a renewal presented a certificate since replaced
     │   ├── ManifestConflict     the manifest is already set (or not yet set)
     │   └── CoordinatorUnavailable   the Coordinator is in recovery
     ├── StatementError           a deployment statement does not verify
@@ -35,6 +36,7 @@ __all__ = [
     "ManifestError",
     "PKIError",
     "SealError",
+    "StaleCertificate",
     "StatementError",
 ]
 
@@ -101,6 +103,19 @@ class ActivationDenied(CoordinatorError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"activation denied: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class StaleCertificate(ActivationDenied):
+    """A renewal presented a certificate that is not the latest one issued to its instance.
+
+    Only the latest certificate renews, so a leaked older key cannot keep an identity alive, and
+    an instance cannot fork into two lines of certificates.
+    """
+
+    code = "stale_certificate"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("stale certificate", detail)
 
 
 class ManifestConflict(CoordinatorError):
