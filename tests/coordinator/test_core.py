@@ -205,7 +205,7 @@ def test_renewal_keeps_the_instance_and_counts_nothing(
 ) -> None:
     coordinator.set_manifest(_manifest())
     current, key = _activated(coordinator, platform)
-    renewed = coordinator.renew(_renewal(coordinator, platform, current, key))
+    renewed = coordinator.renew(_renewal(coordinator, platform, current, key)).value
     assert renewed.subject == current.subject  # CN = the same instance id
     assert renewed.serial_number != current.serial_number
     assert renewed.public_key() != current.public_key()

@@ -282,9 +282,18 @@ def build_apps(
             except (EvidenceError, binascii.Error, ValueError) as exc:
                 coordinator.nonces.consume(nonce)  # one nonce buys one attempt
                 raise ActivationDenied("invalid renewal request", str(exc)) from None
-            leaf = coordinator.renew(
+            pending = coordinator.renew(
                 RenewalRequest(nonce, body.csr, evidence, body.certificate, proof)
             )
+            try:
+                await persist.commit()
+            except Exception:
+                # Not on disk: the presented certificate stays the instance's latest. (A
+                # cancelled request keeps the new one: its write may still land, and refusing
+                # the old certificate is the safe side.)
+                pending.revert()
+                raise
+            leaf = pending.value
         except ActivationDenied as exc:
             metrics.renewals.labels(_slug(exc.reason)).inc()
             log.warning("renewal denied: %s", exc)

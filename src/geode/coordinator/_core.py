@@ -43,6 +43,7 @@ from geode.coordinator._activation import (
     RenewalRequest,
     render_activation,
 )
+from geode.coordinator._latest import LatestCertificates
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._seal import Sealer
 from geode.coordinator._secrets import generate_secret, template_value
@@ -187,7 +188,7 @@ class Coordinator:
             return
         try:
             self._sealer, raw = Sealer.unseal(blob, self._sealing_key)
-            self._adopt(CoordinatorState.from_bytes(raw))
+            self._adopt(CoordinatorState.from_bytes(raw, now=self._clock()))
         except SealError as exc:
             self.state = State.RECOVERY
             self.recovery_reason = str(exc)
@@ -307,6 +308,7 @@ class Coordinator:
         )
         state.secrets = secrets
         state.activations = {}
+        state.latest_certificates = LatestCertificates()  # no instance has a certificate yet
         values = {name: template_value(s) for name, s in secrets.items()}
         return PreparedManifest(document, state, values)
 
@@ -419,19 +421,23 @@ class Coordinator:
             clock=self._clock,
         )
         data.activations[request.service] = count + 1
+        forget = data.latest_certificates.record(instance_id, leaf, self._clock())
         log.info("activated %s instance %s", request.service, instance_id)
 
         def revert() -> None:
+            forget()
             data.activations[request.service] -= 1
             if not data.activations[request.service]:
                 del data.activations[request.service]
 
         return Pending(result, revert)
 
-    def renew(self, request: RenewalRequest) -> x509.Certificate:
+    def renew(self, request: RenewalRequest) -> Pending[x509.Certificate]:
         """A fresh leaf for a running instance: the same checks as an activation, plus its
-        current certificate (valid, from the current mesh CA, for this service) and a proof that
-        it holds that certificate's key. Keeps the instance id; counts no activation."""
+        current certificate (valid, from the current mesh CA, for this service, and the latest
+        issued to the instance) and a proof that it holds that certificate's key. Keeps the
+        instance id; counts no activation; the new leaf becomes the instance's latest, so the
+        presented one can never renew again."""
         keys = self._require_keys()
         if not self.nonces.consume(request.nonce):  # first: one nonce buys one attempt
             raise ActivationDenied("nonce expired or reused")
@@ -449,7 +455,7 @@ class Coordinator:
         service_name = SpiffeId.parse(spiffe[0]).service if len(spiffe) == 1 else None
         if service_name is None:
             raise ActivationDenied("renewal refused", "certificate has no service identity")
-        document, _, public_key = self._verify_instance(
+        document, data, public_key = self._verify_instance(
             service_name, request.nonce, request.csr, request.evidence, nonce_spent=True
         )
         old_key = current.public_key()
@@ -463,20 +469,28 @@ class Coordinator:
             )
         except InvalidSignature:
             raise ActivationDenied("renewal refused", "no proof of the current key") from None
-        instance_id = current.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+        instance_id = str(current.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+        # Nothing between this check and the record below yields to the event loop, so of two
+        # renewals presenting the same certificate exactly one gets past it.
+        latest = data.latest_certificates
+        first_use = latest.check(instance_id, current)
         service = document.manifest.services[service_name]
         leaf = keys.mesh.issue(
             LeafParams(
                 public_key=public_key,
-                common_name=str(instance_id),
+                common_name=instance_id,
                 spiffe_id=SpiffeId.for_service(document.manifest.trust_domain, service_name),
                 dns_names=service.dns_names,
                 lifetime=self.settings.leaf_lifetime,
             ),
             clock=self._clock,
         )
+        # An instance pinned on first use keeps its entry as long as an untracked sibling of
+        # its certificate could be valid: leaves never outlive the mesh CA.
+        keep_until = keys.mesh.certificate.not_valid_after_utc if first_use else None
+        revert = latest.record(instance_id, leaf, now, keep_until=keep_until)
         log.info("renewed the certificate of %s instance %s", service_name, instance_id)
-        return leaf
+        return Pending(leaf, revert)
 
     @property
     def ca_pems(self) -> tuple[str, str]:

@@ -2,20 +2,28 @@
 
 Keys and certificates are kept as PEM, secrets as bytes; the Coordinator parses what it needs once
 at start. The serialised form is JSON and is only ever written sealed.
+
+Version 2 added the latest certificate of each instance (``_latest``). A version 1 state is read
+as one whose certificates handed out so far are untracked (see ``LatestCertificates``); it is
+written back as version 2, which a Coordinator that knows only version 1 refuses to open rather
+than drop the record.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from geode.coordinator._latest import LatestCertificates
 from geode.errors import SealError
 
 __all__ = ["STATE_VERSION", "CoordinatorState", "StoredSecret"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+_READABLE_VERSIONS = (1, STATE_VERSION)
 
 
 @dataclass
@@ -54,6 +62,7 @@ class CoordinatorState:
     manifest_signature: bytes | None = None
     secrets: dict[str, StoredSecret] = field(default_factory=dict)
     activations: dict[str, int] = field(default_factory=dict)
+    latest_certificates: LatestCertificates = field(default_factory=LatestCertificates)
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
@@ -67,15 +76,25 @@ class CoordinatorState:
             "manifest_signature": _b64(self.manifest_signature),
             "secrets": {name: s.to_json() for name, s in self.secrets.items()},
             "activations": self.activations,
+            "latest_certificates": self.latest_certificates.to_json(),
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> CoordinatorState:
+    def from_bytes(cls, raw: bytes, *, now: datetime.datetime) -> CoordinatorState:
+        """Parse a serialised state; ``now`` dates the start of tracking for a version 1 state
+        (whose instances' certificates were not recorded)."""
         try:
             doc = json.loads(raw)
-            if doc.get("version") != STATE_VERSION:
-                raise SealError(f"unsupported state version {doc.get('version')!r}")
+            version = doc.get("version")
+            if version not in _READABLE_VERSIONS:
+                raise SealError(f"unsupported state version {version!r}")
+            activations = {str(k): int(v) for k, v in doc["activations"].items()}
+            if version == 1:
+                untracked = now if doc["manifest"] is not None and activations else None
+                latest = LatestCertificates(untracked_before=untracked)
+            else:
+                latest = LatestCertificates.from_json(doc["latest_certificates"])
             return cls(
                 root_key=doc["root_key"].encode(),
                 root_certificate=doc["root_certificate"].encode(),
@@ -85,7 +104,8 @@ class CoordinatorState:
                 manifest=_unb64(doc["manifest"]),
                 manifest_signature=_unb64(doc["manifest_signature"]),
                 secrets={n: StoredSecret.from_json(s) for n, s in doc["secrets"].items()},
-                activations={str(k): int(v) for k, v in doc["activations"].items()},
+                activations=activations,
+                latest_certificates=latest,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SealError(f"state is unreadable: {type(exc).__name__}") from None
