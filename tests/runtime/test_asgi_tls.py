@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from geode.manifest import MeshConfig, MeshPolicy
 from geode.pki import (
     CertificateAuthority,
     LeafParams,
@@ -26,7 +30,7 @@ from geode.pki import (
     generate_private_key,
     private_key_pem,
 )
-from geode.runtime import TLSExtensionProtocol, peer_certificate
+from geode.runtime import Credentials, TLSExtensionProtocol, peer_certificate, serve_asgi
 from tests.support import free_port
 
 
@@ -78,7 +82,11 @@ class Pki:
 
 
 def _serve(config: uvicorn.Config) -> Iterator[int]:
-    server = uvicorn.Server(config)
+    return _serve_server(uvicorn.Server(config))
+
+
+def _serve_server(server: uvicorn.Server) -> Iterator[int]:
+    config = server.config
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
@@ -132,3 +140,129 @@ def test_plain_uvicorn_does_not_pass_the_peer(pki: Pki) -> None:
         with _client(pki) as client:
             body = client.get(f"https://127.0.0.1:{port}/whoami").json()
     assert body["peer"] is None
+
+
+# --- Coalesced writes -------------------------------------------------------------------------
+
+
+async def _small(_scope: Any, _receive: Any, send: Any) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"x-a", b"1"), (b"content-length", b"12")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"small", "more_body": True})
+    await send({"type": "http.response.body", "body": b" answer"})
+
+
+async def _streamed(_scope: Any, _receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for i in range(64):  # 64 x 16 KiB, no await that yields in between
+        await send({"type": "http.response.body", "body": bytes([i]) * 16384, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _records_of_one_response(port: int, pki: Pki) -> tuple[int, bytes]:
+    """Send two requests on one connection over a memory-BIO TLS client; return how many TLS
+    records carried the second response, and that response."""
+    context = ssl.create_default_context(cafile=pki.root_file)
+    context.load_cert_chain(*pki.leaf("client"))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+
+        def pump() -> None:
+            if outgoing.pending:
+                sock.sendall(outgoing.read())
+
+        def feed() -> bytes:
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            incoming.write(data)
+            return data
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pump()
+                feed()
+        pump()
+        answers = []
+        for _ in range(2):
+            tls.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            pump()
+            raw = b""
+            answer = b""
+            while not answer.endswith(b"small answer"):
+                raw += feed()
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    while True:
+                        answer += tls.read(65536)
+            answers.append((raw, answer))
+    raw, answer = answers[1]  # the first may share its reads with session tickets
+    records, offset = 0, 0
+    while offset < len(raw):
+        records += 1
+        offset += 5 + int.from_bytes(raw[offset + 3 : offset + 5], "big")
+    return records, answer
+
+
+def test_a_response_written_in_pieces_leaves_as_one_tls_record(pki: Pki) -> None:
+    config = _server_config(pki, TLSExtensionProtocol)
+    config.app = _small
+    for port in _serve(config):
+        records, answer = _records_of_one_response(port, pki)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"x-a: 1\r\n" in answer
+    assert records == 1
+
+
+def test_a_large_streamed_response_arrives_whole(pki: Pki) -> None:
+    config = _server_config(pki, TLSExtensionProtocol)
+    config.app = _streamed
+    for port in _serve(config):
+        with _client(pki) as client:
+            body = client.get(f"https://127.0.0.1:{port}/").content
+    assert body == b"".join(bytes([i]) * 16384 for i in range(64))
+
+
+# --- serve_asgi ---------------------------------------------------------------------------------
+
+
+async def _client_address(scope: Any, _receive: Any, send: Any) -> None:
+    body = f"{scope['client'][0]} {scope['geode.peer']}".encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_serve_asgi_does_not_take_the_client_address_from_headers(pki: Pki) -> None:
+    """A loopback peer is trusted by uvicorn's defaults to rewrite the client address; in the
+    mesh it is not, and the peer identity is the verified certificate's."""
+    cert, key = pki.leaf("server", server=True)
+    (pki.tmp / "mesh-ca.pem").write_text(certificate_pem(pki.mesh.certificate))
+    credentials = Credentials(
+        cert_file=Path(cert),
+        key_file=Path(key),
+        ca_file=pki.tmp / "mesh-ca.pem",
+        spiffe_id=SpiffeId.for_service("t.local", "server"),
+        mesh=MeshConfig(
+            trust_domain="t.local",
+            service="server",
+            spiffe_id="spiffe://t.local/service/server",
+            policy=MeshPolicy(mode="permissive"),
+        ),
+    )
+    port = free_port()
+    server = serve_asgi(_client_address, credentials, host="127.0.0.1", port=port, watch=None)
+    server.config.log_config = None
+    for _ in _serve_server(server):
+        with _client(pki) as client:
+            answer = client.get(
+                f"https://127.0.0.1:{port}/", headers={"X-Forwarded-For": "203.0.113.9"}
+            )
+    assert answer.text == "127.0.0.1 spiffe://t.local/service/client"

@@ -110,6 +110,10 @@ def serve_asgi(
     """
     context = credentials.server_ssl_context()
     guarded = PolicyMiddleware(app, engine or policy_engine(credentials))
+    # In the mesh a peer is its SPIFFE id: X-Forwarded-* from a loopback peer (uvicorn's
+    # default trust) would let any local process claim another client address.
+    uvicorn_options.setdefault("proxy_headers", False)
+    uvicorn_options.setdefault("server_header", False)
     config = uvicorn.Config(
         guarded,
         host=host,

@@ -6,6 +6,10 @@ protocol with that one addition: at connection time it reads the TLS session (pe
 version, cipher) once, and every request on the connection carries it, following the ASGI TLS
 extension's field names. Python's ``ssl`` exposes only the peer's leaf certificate, so
 ``client_cert_chain`` holds that one certificate.
+
+It also coalesces writes: uvicorn writes a response's head and body separately, which over TLS
+is two records and two ``send`` calls, and the peer reads and decrypts both. What the app
+writes within one turn of the event loop leaves as one write (up to ``_COALESCE_LIMIT``).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from geode.runtime._identity import peer_spiffe_id
 
-__all__ = ["TLSExtensionProtocol", "peer_certificate", "tls_extension"]
+__all__ = ["CoalescingTransport", "TLSExtensionProtocol", "peer_certificate", "tls_extension"]
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+_COALESCE_LIMIT = 64 * 1024  # more than this is written at once: flow control must see it
 
 
 def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
@@ -44,13 +49,55 @@ def tls_extension(ssl_object: ssl.SSLObject | None) -> dict[str, Any] | None:
     }
 
 
+class CoalescingTransport:
+    """A transport whose writes within one turn of the event loop reach the real one as one."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._parts:
+            self._loop.call_soon(self.flush)
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size > _COALESCE_LIMIT:
+            self.flush()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def flush(self) -> None:
+        parts = self._parts
+        if not parts:
+            return
+        self._parts, self._size = [], 0
+        if not self._transport.is_closing():
+            self._transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + self._size
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
+        return getattr(self._transport, name)
+
+
 class TLSExtensionProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus ``scope["extensions"]["tls"]`` on every request."""
+    """uvicorn's httptools protocol, plus ``scope["extensions"]["tls"]`` on every request and
+    coalesced writes."""
 
     _geode_tls: dict[str, Any] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        coalescing = CoalescingTransport(transport, asyncio.get_running_loop())
+        super().connection_made(coalescing)  # type: ignore[arg-type]
         self._geode_tls = tls_extension(transport.get_extra_info("ssl_object"))
 
     def on_message_begin(self) -> None:
