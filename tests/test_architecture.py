@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "geode"
-PACKAGES = ["manifest", "attestation", "pki", "coordinator", "runtime", "client", "cli"]
+PACKAGES = ["manifest", "attestation", "pki", "coordinator", "runtime", "client", "db", "cli"]
 
 # What each package may import from Geode. The base modules (errors, _files) import nothing of
 # Geode and may be used by everyone. Nothing imports the CLI.
@@ -21,7 +21,8 @@ ALLOWED = {
     "client": {"attestation", "pki", "manifest"},
     "coordinator": {"attestation", "pki", "manifest"},
     "runtime": {"attestation", "pki", "manifest", "client"},
-    "cli": {"attestation", "pki", "manifest", "client", "coordinator", "runtime"},
+    "db": {"pki", "manifest", "runtime"},
+    "cli": {"attestation", "pki", "manifest", "client", "coordinator", "runtime", "db"},
 }
 BASE = {"errors", "_files"}
 

@@ -16,7 +16,9 @@ act on, built in the constructor, and it never contains secret material.
     │   └── CoordinatorUnavailable   the Coordinator is in recovery
     ├── StatementError           a deployment statement does not verify
     ├── ClientError              a Coordinator call failed (carries HTTP status and error code)
-    └── LaunchError              ``geode run`` cannot start the service
+    ├── LaunchError              ``geode run`` cannot start the service
+    └── DatabaseError            the confidential database cannot start, initialise or open
+        └── WrongDatabaseKey     the data was written with another key
 
 This module imports nothing from Geode, so every layer may depend on it.
 """
@@ -29,6 +31,7 @@ __all__ = [
     "ClientError",
     "CoordinatorError",
     "CoordinatorUnavailable",
+    "DatabaseError",
     "EvidenceError",
     "GeodeError",
     "LaunchError",
@@ -38,6 +41,7 @@ __all__ = [
     "SealError",
     "StaleCertificate",
     "StatementError",
+    "WrongDatabaseKey",
 ]
 
 
@@ -147,3 +151,11 @@ class ClientError(GeodeError):
 
 class LaunchError(GeodeError):
     """``geode run`` cannot start the service."""
+
+
+class DatabaseError(GeodeError):
+    """The confidential database (``geode db``) cannot start, initialise or open."""
+
+
+class WrongDatabaseKey(DatabaseError):
+    """A database was written with another key; nothing was changed."""

@@ -19,6 +19,7 @@ from geode.cli._common import (
     open_client,
     root_option,
 )
+from geode.cli._db import db
 from geode.cli._manifest import manifest
 from geode.cli._run import run
 from geode.cli._verify import verify
@@ -178,6 +179,7 @@ def certificate(
 cli.add_command(manifest)
 cli.add_command(verify)
 cli.add_command(run)
+cli.add_command(db)
 
 
 def main() -> None:

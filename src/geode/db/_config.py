@@ -1,0 +1,239 @@
+"""The MariaDB option file Geode writes: the settings every Geode database shares, and the
+confidential ones (encryption at rest keyed by the Coordinator's secret, TLS only) that nothing
+else may override."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from geode._files import create_private_file
+from geode.errors import DatabaseError
+
+__all__ = [
+    "CONFIDENTIAL_NAMES",
+    "Option",
+    "RuntimeFiles",
+    "check_extra_options",
+    "common_options",
+    "confidential_options",
+    "os_user",
+    "render_option_file",
+]
+
+Option = tuple[str, str]
+
+# Every option the confidential settings rely on; extra options may not name any of them.
+CONFIDENTIAL_NAMES = frozenset(
+    {
+        "plugin_load_add",
+        "plugin_load",
+        "plugin_maturity",
+        "file_key_management",
+        "file_key_management_filename",
+        "file_key_management_filekey",
+        "file_key_management_encryption_algorithm",
+        "innodb_encrypt_tables",
+        "innodb_encrypt_log",
+        "innodb_encrypt_temporary_tables",
+        "innodb_encryption_threads",
+        "encrypt_tmp_files",
+        "encrypt_tmp_disk_tables",
+        "encrypt_binlog",
+        "aria_encrypt_tables",
+        "aria_log_dir_path",
+        "enforce_storage_engine",
+        "default_storage_engine",
+        "default_tmp_storage_engine",
+        "require_secure_transport",
+        "ssl",
+        "ssl_cert",
+        "ssl_key",
+        "ssl_ca",
+        "ssl_capath",
+        "ssl_crl",
+        "ssl_crlpath",
+        "ssl_cipher",
+        "tls_version",
+        "skip_networking",
+        "bind_address",
+        "port",
+        "socket",
+        "datadir",
+        "pid_file",
+        "user",
+        "log_bin",
+        "general_log",
+        "general_log_file",
+        "slow_query_log",
+        "slow_query_log_file",
+        "log_error",
+        "local_infile",
+        "secure_file_priv",
+        "init_file",
+        "skip_grant_tables",
+        "skip_ssl",
+    }
+)
+_PREFIXES = ("loose_", "skip_", "disable_", "enable_", "maximum_")
+
+
+def os_user() -> str:
+    """The name of the user this process runs as (MariaDB's socket authentication uses it)."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+@dataclass(frozen=True)
+class RuntimeFiles:
+    """A private (0700) directory on a tmpfs for the option file, the key file, the CA bundle,
+    the socket and the pid file. Removed by ``remove``."""
+
+    directory: Path
+
+    @classmethod
+    def create(cls, parent: Path | None = None) -> RuntimeFiles:
+        if parent is None:
+            shm = Path("/dev/shm")  # noqa: S108 - a tmpfs keeps the key off the disk
+            parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+        return cls(Path(tempfile.mkdtemp(prefix="geode-db-", dir=parent)))
+
+    @property
+    def option_file(self) -> Path:
+        return self.directory / "mariadb.cnf"
+
+    @property
+    def key_file(self) -> Path:
+        return self.directory / "keys.txt"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "mariadb.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "mariadbd.pid"
+
+    def write_key(self, key: bytes) -> None:
+        """The key in ``file_key_management``'s format: key id 1, hex."""
+        self.remove_key()
+        create_private_file(self.key_file, f"1;{key.hex()}\n".encode())
+
+    def remove_key(self) -> None:
+        self.key_file.unlink(missing_ok=True)
+
+    def write_ca_bundle(self, ca_files: Sequence[Path]) -> None:
+        data = b"".join(path.read_bytes().rstrip(b"\n") + b"\n" for path in ca_files)
+        scratch = self.ca_file.with_suffix(".new")
+        scratch.unlink(missing_ok=True)
+        create_private_file(scratch, data)
+        scratch.replace(self.ca_file)
+
+    def write_options(self, options: Iterable[Option]) -> None:
+        self.option_file.unlink(missing_ok=True)
+        create_private_file(self.option_file, render_option_file(options).encode())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _quote(value: str) -> str:
+    if value and all(c.isalnum() or c in "/._-,:" for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_option_file(options: Iterable[Option]) -> str:
+    """The ``[mariadbd]`` option file; later options win, as in MariaDB."""
+    lines = ["# Written by geode db serve; lives on a tmpfs and is removed at exit.", "[mariadbd]"]
+    for name, value in options:
+        if "\n" in name or "\n" in value:
+            raise DatabaseError(f"option {name!r}: a line break is not allowed")
+        lines.append(f"{name} = {_quote(value)}" if value else name)
+    return "\n".join(lines) + "\n"
+
+
+def common_options(datadir: Path, files: RuntimeFiles, host: str | None, port: int) -> list[Option]:
+    """What a Geode database and the plain MariaDB it is compared with share. ``host=None``:
+    no TCP at all (first-start initialisation)."""
+    options: list[Option] = [
+        ("datadir", str(datadir)),
+        ("socket", str(files.socket)),
+        ("pid_file", str(files.pid_file)),
+    ]
+    if os.geteuid() == 0:
+        # mariadbd refuses to run as root unless told so; it then keeps the current user.
+        options.append(("user", os_user()))
+    if host is None:
+        options.append(("skip_networking", "ON"))
+    else:
+        options += [("bind_address", host), ("port", str(port))]
+    options += [
+        ("skip_name_resolve", "ON"),
+        ("local_infile", "OFF"),
+        ("log_bin", "binlog"),
+        ("server_id", "1"),
+        ("binlog_expire_logs_seconds", str(7 * 86400)),
+        ("character_set_server", "utf8mb4"),
+        ("collation_server", "utf8mb4_unicode_ci"),
+    ]
+    return options
+
+
+def confidential_options(files: RuntimeFiles, cert_file: Path, key_file: Path) -> list[Option]:
+    """Encryption at rest of everything MariaDB writes, keyed by the key in ``files``, and
+    TLS with client certificates as the only way in over the network."""
+    return [
+        ("plugin_load_add", "file_key_management"),
+        # Refuse to start at all, rather than start unencrypted, if the plugin cannot load.
+        ("file_key_management", "FORCE_PLUS_PERMANENT"),
+        ("file_key_management_filename", str(files.key_file)),
+        ("file_key_management_encryption_algorithm", "AES_CTR"),
+        ("innodb_encrypt_tables", "FORCE"),
+        ("innodb_encrypt_log", "ON"),
+        ("innodb_encrypt_temporary_tables", "ON"),
+        ("innodb_encryption_threads", "2"),
+        ("encrypt_tmp_files", "ON"),
+        ("encrypt_tmp_disk_tables", "ON"),
+        ("encrypt_binlog", "ON"),
+        ("aria_encrypt_tables", "ON"),
+        # MariaDB cannot encrypt the Aria log (changes to its own system tables: accounts,
+        # grants, routines): it lives on the tmpfs, inside the TEE, and goes at exit.
+        ("aria_log_dir_path", str(files.directory)),
+        # Every user table is InnoDB, whose tables, logs and undo are all encrypted.
+        ("enforce_storage_engine", "InnoDB"),
+        ("require_secure_transport", "ON"),
+        ("ssl_cert", str(cert_file)),
+        ("ssl_key", str(key_file)),
+        ("ssl_ca", str(files.ca_file)),
+        ("tls_version", "TLSv1.2,TLSv1.3"),
+    ]
+
+
+def _base_name(name: str) -> str:
+    name = name.strip().lower().replace("-", "_")
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name
+
+
+def check_extra_options(options: Iterable[Option]) -> None:
+    """Refuse extra options that would change a confidential setting (or a managed path)."""
+    for name, _value in options:
+        base = _base_name(name)
+        if not base or not all(c.isalnum() or c == "_" for c in base):
+            raise DatabaseError(f"option {name!r}: not a MariaDB option name")
+        if base in CONFIDENTIAL_NAMES or base.startswith(("ssl_", "file_key_management")):
+            raise DatabaseError(f"option {name!r} is managed by Geode and cannot be changed")

@@ -1,0 +1,212 @@
+"""MariaDB's programs as Geode drives them: ``mariadb-install-db`` to create a data directory,
+``mariadbd`` as a supervised child whose log is passed through, and the ``mariadb`` client over
+the local socket for administration. Their failures become one-line ``DatabaseError``s."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from geode.errors import DatabaseError
+
+__all__ = ["MariaDB", "ServerProcess", "describe_sql_error"]
+
+# Where distributions put the server (often not on a normal user's PATH).
+_SYSTEM_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
+_READY = "ready for connections"
+
+
+def _find(names: tuple[str, ...], bin_dir: Path | None) -> Path:
+    search = (
+        str(bin_dir)
+        if bin_dir is not None
+        else os.pathsep.join([os.environ.get("PATH", ""), *_SYSTEM_DIRS])
+    )
+    for name in names:
+        found = shutil.which(name, path=search)
+        if found:
+            return Path(found)
+    where = f" in {bin_dir}" if bin_dir is not None else ""
+    raise DatabaseError(
+        f"MariaDB is not installed: {names[0]!r} was not found{where} "
+        "(install the mariadb-server package)"
+    )
+
+
+def describe_sql_error(stderr: str) -> str:
+    """The client's error line, without the text it quotes from the SQL (it may hold secrets)."""
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("ERROR")]
+    line = lines[-1] if lines else (stderr.strip().splitlines() or ["no output"])[-1]
+    match = re.match(r"ERROR (\d+) \((\w+)\)(?: at line (\d+))?: (.*)", line)
+    if not match:
+        return line[:200]
+    code, state, at, message = match.groups()
+    message = message.split("; check the manual", 1)[0]
+    message = re.sub(r" near '.*", "", message)
+    where = f"line {at}: " if at else ""
+    return f"{where}{message} (error {code}, SQLSTATE {state})"
+
+
+@dataclass(frozen=True)
+class MariaDB:
+    """The MariaDB programs Geode needs, found on ``PATH`` (plus the system directories) or in
+    ``bin_dir``."""
+
+    server: Path
+    install_db: Path
+    client: Path
+
+    @classmethod
+    def locate(cls, bin_dir: Path | None = None) -> MariaDB:
+        return cls(
+            server=_find(("mariadbd", "mysqld"), bin_dir),
+            install_db=_find(("mariadb-install-db", "mysql_install_db"), bin_dir),
+            client=_find(("mariadb", "mysql"), bin_dir),
+        )
+
+    def install(self, option_file: Path, admin_user: str, env: Mapping[str, str]) -> None:
+        """Create the system tables in the (empty) data directory the option file names."""
+        result = subprocess.run(
+            [
+                str(self.install_db),
+                f"--defaults-file={option_file}",
+                "--skip-test-db",
+                "--auth-root-authentication-method=socket",
+                f"--auth-root-socket-user={admin_user}",
+            ],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            check=False,
+        )
+        if result.returncode != 0:
+            last = _last_error(result.stdout + result.stderr)
+            raise DatabaseError(f"mariadb-install-db failed: {last}")
+
+    def run_sql(self, socket_path: Path, user: str, sql: str, *, timeout: float = 600) -> str:
+        """Run ``sql`` as ``user`` over the local socket; the tab-separated output."""
+        result = subprocess.run(
+            [
+                str(self.client),
+                "--no-defaults",
+                "--protocol=SOCKET",
+                f"--socket={socket_path}",
+                f"--user={user}",
+                "--batch",
+                "--skip-column-names",
+            ],
+            input=sql,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise _SQLFailed(describe_sql_error(result.stderr))
+        return result.stdout
+
+
+class _SQLFailed(DatabaseError):
+    pass
+
+
+def _last_error(log: str) -> str:
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if "[ERROR]" in line]
+    line = (errors or lines or ["no output"])[-1]
+    # Drop the timestamp and thread id: "2026-01-01  1:02:03 0 [ERROR] text" -> "text".
+    return re.sub(r"^.*?\[ERROR\]\s*", "", line)[:300]
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """In the child: ask Linux to SIGTERM mariadbd if Geode itself dies (even by SIGKILL)."""
+    libc_name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or libc_name is None:
+        return None
+    prctl = ctypes.CDLL(libc_name, use_errno=True).prctl
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def setup() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+
+    return setup
+
+
+class ServerProcess:
+    """One ``mariadbd`` child. Its log goes to our stderr line by line; the last error lines
+    are kept to explain a failure."""
+
+    def __init__(self, mariadb: MariaDB, option_file: Path, env: Mapping[str, str]) -> None:
+        self._ready = threading.Event()
+        self._log: deque[str] = deque(maxlen=50)
+        self.process = subprocess.Popen(
+            [str(mariadb.server), f"--defaults-file={option_file}"],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_parent_death_signal(),  # only a prctl call: safe after fork
+        )
+        self._reader = threading.Thread(target=self._pump, name="mariadbd-log", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode(errors="replace")
+            self._log.append(line)
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            if _READY in line:
+                self._ready.set()
+
+    def failure(self) -> str:
+        """Why it failed, from its log."""
+        self._reader.join(timeout=5)
+        return _last_error("".join(self._log))
+
+    def wait_ready(self, timeout: float, cancelled: Callable[[], bool]) -> None:
+        """Wait for "ready for connections"; ``DatabaseError`` if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self.process.poll() is not None:
+                raise DatabaseError(
+                    f"mariadbd exited with status {self.process.returncode}: {self.failure()}"
+                )
+            if cancelled():
+                raise DatabaseError("stopped during start-up")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise DatabaseError(f"mariadbd was not ready within {timeout:g} s")
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 600) -> int:
+        """SIGTERM (mariadbd's clean shutdown), wait; SIGKILL only after ``timeout``."""
+        self.signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._reader.join(timeout=5)
+        return code

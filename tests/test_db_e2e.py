@@ -1,0 +1,129 @@
+"""The confidential database end to end: a real Coordinator, a manifest whose secrets hold the
+database key and the clients' certificates and whose rendered file holds the init SQL,
+``geode db serve`` under ``geode run``, and client services under ``geode run``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from geode.attestation import measure_bundle
+from geode.client import CoordinatorClient
+from geode.pki import certificate_pem
+from tests.conftest import StartCoordinator
+from tests.db_support import files_containing, require_mariadb
+from tests.support import REPO, free_port, geode_run_argv, wait_for_port
+
+pytestmark = pytest.mark.e2e
+
+APPS = REPO / "tests" / "db_apps"
+DOMAIN = "shop.geode.local"
+# The manifest pattern of docs/database.md: users bound to certificate secrets by subject and
+# by the deployment root as issuer.
+INIT_SQL = """CREATE DATABASE shop;
+CREATE TABLE shop.books (id INT AUTO_INCREMENT PRIMARY KEY, title VARCHAR(200) NOT NULL);
+CREATE USER 'warehouse'@'%' REQUIRE SUBJECT '/CN=warehouse' AND ISSUER '/O=Geode/CN=Geode Root CA';
+GRANT SELECT, INSERT ON shop.* TO 'warehouse'@'%';
+"""
+
+
+def _client(secret: str, user: str, port: int) -> dict[str, object]:
+    return {
+        "package": "app",
+        "env": {
+            "DB_ADDR": f"127.0.0.1:{port}",
+            "DB_USER": user,
+            "DB_SERVER_ID": f"spiffe://{DOMAIN}/service/db",
+        },
+        "files": {
+            "db-client.pem": f"{{{{ secrets.{secret}.cert | pem }}}}",
+            "db-client.key": f"{{{{ secrets.{secret}.private | pem }}}}",
+        },
+    }
+
+
+def manifest(port: int) -> bytes:
+    document = {
+        "version": 1,
+        "trust_domain": DOMAIN,
+        "packages": {"app": {"tee": "simulated", "measurement": measure_bundle(APPS).hex()}},
+        "services": {
+            "db": {
+                "package": "app",
+                "dns_names": ["localhost"],
+                "files": {"db.key": "{{ secrets.db_key | raw }}", "init.sql": INIT_SQL},
+            },
+            "warehouse": _client("warehouse_db", "warehouse", port),
+            "bookthief": _client("thief_db", "warehouse", port),
+        },
+        "secrets": {
+            "db_key": {"type": "symmetric-key", "size": 256},
+            "warehouse_db": {"type": "cert-ecdsa", "subject": {"common_name": "warehouse"}},
+            "thief_db": {"type": "cert-ecdsa", "subject": {"common_name": "bookthief"}},
+        },
+    }
+    return json.dumps(document).encode()
+
+
+def test_geode_db_serve_under_geode_run(
+    start_coordinator: StartCoordinator, geode_env: dict[str, str], tmp_path: Path
+) -> None:
+    require_mariadb()
+    coordinator = start_coordinator()
+    with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
+        root = x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+    root_file = tmp_path / "root.pem"
+    root_file.write_text(certificate_pem(root))
+    port = free_port()
+    with CoordinatorClient(coordinator.client_addr, root=root) as client:
+        client.set_manifest(manifest(port))
+
+    datadir = tmp_path / "db-data"  # (tmp_path / "data" is the Coordinator's)
+    log = tmp_path / "db.log"
+    with log.open("wb") as out:
+        db = subprocess.Popen(
+            geode_run_argv(
+                coordinator.mesh_addr, "db", APPS, root_file,
+                sys.executable, "-m", "geode", "db", "serve",
+                "--datadir", str(datadir), "--listen", f"127.0.0.1:{port}",
+                "--option", "innodb_buffer_pool_size=32M",
+            ),
+            env=geode_env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for_port(port, db, log)
+
+        def call(service: str, *statements: str) -> dict[str, object]:
+            argv = geode_run_argv(
+                coordinator.mesh_addr, service, APPS, root_file,
+                sys.executable, str(APPS / "client.py"), *statements,
+            )  # fmt: skip
+            done = subprocess.run(argv, env=geode_env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            answer: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+            return answer
+
+        marker = f"GEODE-E2E-{uuid.uuid4().hex}"
+        written = call(
+            "warehouse",
+            f"INSERT INTO books (title) VALUES ('{marker}')",
+            "SELECT title FROM books",
+        )
+        assert written == {"rows": [[marker]]}
+        # Another certificate secret of the same deployment, another subject: refused.
+        assert call("bookthief", "SELECT title FROM books") == {"error": 1045}
+    finally:
+        db.send_signal(signal.SIGTERM)
+        code = db.wait(timeout=60)
+    text = log.read_text(errors="replace")
+    assert code == 0, text
+    assert "Shutdown complete" in text
+    assert "geode db: INFO stopped" in text
+    assert files_containing(datadir, marker.encode()) == []

@@ -1,0 +1,102 @@
+"""The database's pure pieces: keys, key checks, the option file, SQL error lines."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from geode.db import parse_key, read_key_file
+from geode.db._config import check_extra_options, render_option_file
+from geode.db._key import KEY_CHECK_FILE, KeyCheck
+from geode.db._mariadb import describe_sql_error
+from geode.errors import DatabaseError, WrongDatabaseKey
+
+
+def test_keys_raw_or_hex() -> None:
+    key = os.urandom(32)
+    assert parse_key(key, "k") == key
+    assert parse_key(key.hex().encode() + b"\n", "k") == key
+    assert parse_key(key.hex().upper().encode(), "k") == key
+    for bad in (b"", key[:31], key + b"x", b"z" * 64, key.hex().encode()[:-2]):
+        with pytest.raises(DatabaseError, match="expected a 256-bit key") as info:
+            parse_key(bad, "the key")
+        assert key.hex() not in str(info.value)
+
+
+def test_read_key_file(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseError, match="cannot read the key file"):
+        read_key_file(tmp_path / "missing")
+    (tmp_path / "k").write_text("ab" * 32)
+    assert read_key_file(tmp_path / "k") == b"\xab" * 32
+
+
+def test_key_check_round_trip(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    KeyCheck.create(key).write(tmp_path)
+    assert (tmp_path / KEY_CHECK_FILE).stat().st_mode & 0o777 == 0o600
+    check = KeyCheck.read(tmp_path)
+    assert check is not None
+    assert check.matches(key)
+    check.verify(key, tmp_path)
+    assert not check.matches(os.urandom(32))
+    with pytest.raises(WrongDatabaseKey, match="written with another key"):
+        check.verify(os.urandom(32), tmp_path)
+    document = json.loads((tmp_path / KEY_CHECK_FILE).read_text())
+    assert key.hex() not in json.dumps(document)
+    assert KeyCheck.read(tmp_path / "nowhere") is None
+    (tmp_path / KEY_CHECK_FILE).write_text('{"format": "geode-db/9"}')
+    with pytest.raises(DatabaseError, match="unknown format"):
+        KeyCheck.read(tmp_path)
+
+
+def test_option_file_quotes_values() -> None:
+    text = render_option_file([("datadir", "/srv/my data"), ("skip_name_resolve", "ON"), ("x", "")])
+    assert 'datadir = "/srv/my data"' in text
+    assert "skip_name_resolve = ON" in text
+    assert text.splitlines()[1] == "[mariadbd]"
+    assert text.splitlines()[-1] == "x"
+    with pytest.raises(DatabaseError, match="line break"):
+        render_option_file([("a", "b\nrequire_secure_transport = OFF")])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "require_secure_transport",
+        "require-secure-transport",
+        "loose-innodb-encrypt-tables",
+        "skip-ssl",
+        "ssl_ca",
+        "general_log",
+        "skip_log_bin",
+        "disable-aria-encrypt-tables",
+        "file_key_management_filename",
+        "enforce_storage_engine",
+    ],
+)
+def test_confidential_options_cannot_be_changed(name: str) -> None:
+    with pytest.raises(DatabaseError, match="managed by Geode"):
+        check_extra_options([(name, "OFF")])
+
+
+def test_other_options_pass() -> None:
+    check_extra_options([("innodb_buffer_pool_size", "1G"), ("max-connections", "500")])
+    with pytest.raises(DatabaseError, match="not a MariaDB option name"):
+        check_extra_options([("bad name", "1")])
+
+
+def test_sql_errors_do_not_quote_the_sql() -> None:
+    stderr = (
+        "ERROR 1064 (42000) at line 3: You have an error in your SQL syntax; check the manual "
+        "that corresponds to your MariaDB server version for the right syntax to use near "
+        "'IDENTIFIED BY 'hunter2'' at line 1\n"
+    )
+    assert describe_sql_error(stderr) == (
+        "line 3: You have an error in your SQL syntax (error 1064, SQLSTATE 42000)"
+    )
+    assert describe_sql_error("ERROR 1049 (42000) at line 1: Unknown database 'shop'") == (
+        "line 1: Unknown database 'shop' (error 1049, SQLSTATE 42000)"
+    )
