@@ -8,7 +8,9 @@ runs any ASGI app on uvicorn with mutual TLS, handing the peer certificate to th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -105,8 +107,8 @@ def serve_asgi(
 ) -> uvicorn.Server:
     """A uvicorn server for ``app`` with mutual TLS and the service's policy in front.
 
-    Call ``.run()`` (blocking) or ``await .serve()``. Renewed certificates are picked up every
-    ``watch`` seconds.
+    Call ``.run()`` (blocking) or ``await .serve()``. While it serves, renewed certificates are
+    picked up every ``watch`` seconds, on the server's own loop.
     """
     context = credentials.server_ssl_context()
     guarded = PolicyMiddleware(app, engine or policy_engine(credentials))
@@ -123,9 +125,26 @@ def serve_asgi(
         lifespan=uvicorn_options.pop("lifespan", "off"),
         **uvicorn_options,
     )
-    if watch:
-        credentials.watch(watch)
-    return uvicorn.Server(config)
+    return _MeshServer(config, credentials, watch)
+
+
+class _MeshServer(uvicorn.Server):
+    """uvicorn's server, reloading renewed certificates on its own loop while it serves."""
+
+    def __init__(self, config: uvicorn.Config, credentials: Credentials, watch: float | None):
+        super().__init__(config)
+        self._credentials = credentials
+        self._watch = watch
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        stop = None
+        if self._watch:
+            stop = self._credentials.watch(self._watch, loop=asyncio.get_running_loop())
+        try:
+            await super().serve(sockets)
+        finally:
+            if stop is not None:
+                stop.set()
 
 
 def mesh_client(

@@ -4,6 +4,7 @@ so servers and clients keep running with the new certificate for new connections
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -114,13 +115,30 @@ class Credentials:
             log.info("reloaded the renewed certificate into %d TLS contexts", len(self._contexts))
             return True
 
-    def watch(self, interval: float = 5.0) -> threading.Event:
-        """Poll for renewed files in a daemon thread; set the returned event to stop."""
+    def watch(
+        self, interval: float = 5.0, *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> threading.Event:
+        """Poll for renewed files in a daemon thread; set the returned event to stop.
+
+        With ``loop``, renewed files are loaded on that loop's thread, between its handshakes:
+        an OpenSSL context must not change while another thread starts a connection from it.
+        Give the loop that serves (or connects) with these contexts; without one, the files are
+        loaded on the polling thread, which suits contexts only used from that thread or ones
+        that no other thread uses while it loads.
+        """
         stop = threading.Event()
 
-        def loop() -> None:
+        def poll() -> None:
             while not stop.wait(interval):
-                self.reload()
+                if loop is None:
+                    self.reload()
+                    continue
+                if self._files_stamp() == self._stamp:
+                    continue
+                try:
+                    loop.call_soon_threadsafe(self.reload)
+                except RuntimeError:  # the loop is closed: nothing left to reload for
+                    return
 
-        threading.Thread(target=loop, name="geode-credentials", daemon=True).start()
+        threading.Thread(target=poll, name="geode-credentials", daemon=True).start()
         return stop

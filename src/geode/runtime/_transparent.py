@@ -52,7 +52,7 @@ class ProxyRunner:
             if isinstance(exc, LaunchError):
                 raise
             raise LaunchError(f"the transparent TLS proxy did not start: {exc}") from None
-        self._stop_watch = self.credentials.watch(self.watch)
+        self._stop_watch = self.credentials.watch(self.watch, loop=self._loop)
         mesh = self.proxy.mesh
         for route in mesh.ingress:
             log.info(
