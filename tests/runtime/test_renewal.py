@@ -7,13 +7,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.errors import ActivationDenied
+from geode.errors import ActivationDenied, ClientError, StaleCertificate
 from geode.pki import CertificateAuthority, LeafParams
-from geode.runtime import CertificateRenewer, _renewal, renewal_time
+from geode.runtime import CertificateRenewer, _activation, _renewal, renewal_time
 
 
 def _leaf(lifetime: datetime.timedelta) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -87,3 +88,30 @@ def test_a_transient_failure_is_retried(tmp_path: Path, monkeypatch: pytest.Monk
     assert fatal == []
     assert (tmp_path / "cert.pem").exists()
     assert (tmp_path / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (403, {"error": "stale_certificate", "message": "m", "detail": "not the latest"}, "stale"),
+        (403, {"error": "activation_denied", "reason": "renewal refused"}, "denied"),
+        (503, {"error": "state_unavailable", "message": "try later"}, "client"),
+    ],
+)
+def test_the_coordinators_refusals_are_told_from_passing_failures(
+    status: int, body: dict[str, str], expected: str
+) -> None:
+    """A stale certificate or a denial ends the renewals at once (ActivationDenied); anything
+    else is a ClientError, which the renewal loop retries."""
+    http = httpx.Client(
+        base_url="https://coordinator.invalid",
+        transport=httpx.MockTransport(lambda _request: httpx.Response(status, json=body)),
+    )
+    with pytest.raises((ClientError, ActivationDenied)) as raised:
+        _activation._post(http, "/api/v1/mesh/renew", verified=False, json={})
+    error = raised.value
+    assert isinstance(error, StaleCertificate) == (expected == "stale")
+    assert isinstance(error, ActivationDenied) == (expected in ("stale", "denied"))
+    assert isinstance(error, ClientError) == (expected == "client")
+    if expected == "stale":
+        assert "not the latest" in str(error)

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from geode.attestation import Evidence, SimulatedPlatform, key_binding, renewal_payload
 from geode.client import check_coordinator_peer, client_ssl_context
-from geode.errors import ActivationDenied, ClientError, PKIError
+from geode.errors import ActivationDenied, ClientError, PKIError, StaleCertificate
 from geode.manifest import MeshConfig
 from geode.pki import load_certificate, load_certificates, private_key_pem, public_key_der
 
@@ -89,6 +89,8 @@ def _post(http: httpx.Client, path: str, verified: bool, **kwargs: Any) -> Any:
         ) from None
     if response.status_code == 403 and body.get("error") == "activation_denied":
         raise ActivationDenied(str(body.get("reason")), str(body.get("detail") or ""))
+    if response.status_code == 403 and body.get("error") == StaleCertificate.code:
+        raise StaleCertificate(str(body.get("detail") or body.get("message") or ""))
     if response.status_code >= 400:
         raise ClientError(
             str(body.get("message")), status=response.status_code, code=body.get("error")
