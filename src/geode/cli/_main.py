@@ -22,6 +22,7 @@ from geode.cli._common import (
 from geode.cli._db import db
 from geode.cli._manifest import manifest
 from geode.cli._run import run
+from geode.cli._up import up
 from geode.cli._verify import verify
 
 __all__ = ["cli", "main"]
@@ -180,6 +181,7 @@ cli.add_command(manifest)
 cli.add_command(verify)
 cli.add_command(run)
 cli.add_command(db)
+cli.add_command(up)
 
 
 def main() -> None:

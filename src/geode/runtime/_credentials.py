@@ -85,6 +85,13 @@ class Credentials:
         """TLS for a mesh server: a client certificate from the mesh CA is required."""
         return self._new_context(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
 
+    def public_ssl_context(self) -> ssl.SSLContext:
+        """TLS for a page served outside the mesh (a browser): the instance's certificate, no
+        client certificate asked. Clients verify it against the deployment's root."""
+        context = self._new_context(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        context.verify_mode = ssl.CERT_NONE
+        return context
+
     def client_ssl_context(self, peers: Iterable[str | SpiffeId] | None) -> MeshSSLContext:
         """TLS for a mesh client that accepts only the given SPIFFE ids (``None``: any peer of
         the mesh). Host names are not checked: in the mesh the SPIFFE id is the identity."""

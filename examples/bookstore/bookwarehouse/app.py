@@ -1,0 +1,207 @@
+"""bookwarehouse: ships books to the bookstore from stock kept in the confidential database.
+
+Written with Geode's library: ``serve_asgi`` serves the restock API with mutual TLS and the
+manifest's policy in front (only the bookstore may ``POST /restock-books``). The stock lives in
+the Geode database (``geode db serve``: MariaDB encrypted at rest, TLS with the certificate
+secret the manifest gives this service); where MariaDB is not installed, in an SQLCipher file
+keyed by a manifest secret, and the page says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from geode.runtime import Credentials, peer_identity, serve_asgi
+
+COUNTS = {"shipped": 0, "restock_requests": 0, "db_errors": 0}
+LAST: dict[str, str] = {}
+STARTED = time.time()
+MARIADB = ("/usr/sbin/mariadbd", "/usr/bin/mariadbd")
+
+
+class Stock:
+    """The stock table, in the Geode database or in SQLCipher. Calls run in a worker thread."""
+
+    def __init__(self, secrets: Path, state: Path) -> None:
+        self._lock = threading.Lock()
+        if os.environ.get("BOOKSTORE_DB") != "embedded" and (
+            shutil.which("mariadbd") or any(Path(p).exists() for p in MARIADB)
+        ):
+            self.mode = "Geode database (MariaDB, encrypted at rest, TLS)"
+            self._conn = self._mariadb(secrets)
+            self._param = "%s"
+        else:
+            self.mode = "embedded SQLCipher (MariaDB is not installed here)"
+            self._conn = self._sqlcipher(secrets, state)
+            self._param = "?"
+        print(f"bookwarehouse: stock kept in the {self.mode}", flush=True)
+
+    @staticmethod
+    def _mariadb(secrets: Path) -> Any:
+        import pymysql
+
+        from geode.db import client_ssl_context
+
+        context = client_ssl_context(
+            secrets / "db-client.pem",
+            secrets / "db-client.key",
+            ca_file=os.environ["GEODE_CA_FILE"],
+            servers=[os.environ["DB_SERVER_ID"]],
+        )
+        host, port = os.environ["DB_ADDR"].rsplit(":", 1)
+        deadline = time.monotonic() + 60
+        while True:  # the database may still be starting
+            try:
+                return pymysql.connect(
+                    host=host, port=int(port), user="bookwarehouse", ssl=context,
+                    database="bookstore", autocommit=False,
+                )  # fmt: skip
+            except pymysql.err.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    @staticmethod
+    def _sqlcipher(secrets: Path, state: Path) -> Any:
+        from geode.db import connect_embedded
+
+        state.mkdir(parents=True, exist_ok=True)
+        conn = connect_embedded(state / "stock.db", (secrets / "stock.key").read_bytes())
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS stock (title TEXT PRIMARY KEY, copies INTEGER NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS shipments (id INTEGER PRIMARY KEY, title TEXT NOT NULL)"
+        )
+        conn.commit()
+        return conn
+
+    def ship(self, title: str, copies: int) -> int:
+        p = self._param
+        with self._lock:
+            cursor = self._conn.cursor()
+            try:
+                cursor.execute(f"SELECT copies FROM stock WHERE title = {p}", (title,))
+                row = cursor.fetchone()
+                if row is None:  # a new title arrives at the warehouse with a fresh supply
+                    cursor.execute(f"INSERT INTO stock VALUES ({p}, {p})", (title, 1000))
+                    have = 1000
+                else:
+                    have = int(row[0])
+                shipped = min(have, copies)
+                cursor.execute(
+                    f"UPDATE stock SET copies = copies - {p} WHERE title = {p}", (shipped, title)
+                )
+                for _ in range(shipped):
+                    cursor.execute(f"INSERT INTO shipments (title) VALUES ({p})", (title,))
+                self._conn.commit()
+            except Exception:
+                self._conn.rollback()
+                raise
+            finally:
+                cursor.close()
+        return shipped
+
+    def in_stock(self) -> int:
+        with self._lock:
+            cursor = self._conn.cursor()
+            try:
+                cursor.execute("SELECT COALESCE(SUM(copies), 0) FROM stock")
+                total = int(cursor.fetchone()[0])
+                self._conn.commit()
+                return total
+            finally:
+                cursor.close()
+
+
+STOCK: Stock
+
+
+async def restock_books(request: Request) -> JSONResponse:
+    COUNTS["restock_requests"] += 1
+    order = await request.json()
+    title, copies = str(order["title"])[:200], max(0, min(int(order.get("copies", 1)), 10))
+    try:
+        shipped = await asyncio.to_thread(STOCK.ship, title, copies)
+    except Exception as exc:
+        COUNTS["db_errors"] += 1
+        LAST["db_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        return JSONResponse({"error": "database_error"}, status_code=503)
+    COUNTS["shipped"] += shipped
+    LAST["to"] = str(peer_identity(request.scope))
+    return JSONResponse({"title": title, "shipped": shipped})
+
+
+async def snapshot() -> dict[str, object]:
+    try:
+        in_stock: int | None = await asyncio.to_thread(STOCK.in_stock)
+    except Exception as exc:
+        in_stock = None
+        LAST["db_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    uptime = int(time.time() - STARTED)
+    return {
+        "service": "bookwarehouse",
+        "uptime_s": uptime,
+        **COUNTS,
+        "in_stock": in_stock,
+        "storage": STOCK.mode,
+        "last": LAST,
+    }
+
+
+async def raw(_request: Request) -> JSONResponse:
+    return JSONResponse(await snapshot())
+
+
+async def page(_request: Request) -> HTMLResponse:
+    state = await snapshot()
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in state.items()
+    )
+    return HTMLResponse(
+        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=1>"
+        "<title>bookwarehouse</title><h1>bookwarehouse</h1>"
+        f"<p>Books shipped: <b id=shipped>{COUNTS['shipped']}</b></p><table>{rows}</table>"
+    )
+
+
+async def main(state: Path) -> None:
+    global STOCK
+    credentials = Credentials.from_env()
+    STOCK = await asyncio.to_thread(Stock, Path(os.environ["GEODE_SECRETS_DIR"]), state)
+    api = Starlette(routes=[Route("/restock-books", restock_books, methods=["POST"])])
+    mesh = serve_asgi(
+        api, credentials, host="127.0.0.1", port=int(os.environ["WAREHOUSE_PORT"]),
+        log_level="warning",
+    )  # fmt: skip
+    context = credentials.public_ssl_context()
+    pages = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=[Route("/", page), Route("/raw", raw)]),
+            host="127.0.0.1",
+            port=int(os.environ["PAGE_PORT"]),
+            ssl_context_factory=lambda _config, _default: context,
+            log_level="warning",
+        )
+    )
+    await asyncio.gather(mesh.serve(), pages.serve())
+
+
+if __name__ == "__main__":
+    state_dir = Path(sys.argv[sys.argv.index("--state") + 1]) if "--state" in sys.argv else Path(".")
+    asyncio.run(main(state_dir))

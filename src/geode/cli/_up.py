@@ -1,0 +1,464 @@
+"""``geode up DIR``: a whole deployment on this machine, in simulation, with a live view.
+
+``DIR/geode-up.yaml`` names the manifest, the Coordinator's addresses and the services in start
+order (bundle, command, the port that says it is ready, its page). ``geode up`` starts the
+Coordinator, verifies its deployment statement, sets the manifest, launches each service under
+``geode run``, and shows the services and their counters until Ctrl-C (or ``--for``), then stops
+everything: services in reverse order, then the Coordinator. All state and logs are in the run
+directory (``DIR/.geode-run`` by default, emptied at start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, Literal
+
+import click
+import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import geode
+from geode.attestation import ReferenceValues, load_platform_public_key, measure_bundle
+from geode.client import CoordinatorClient, verify_statement
+from geode.errors import GeodeError
+from geode.pki import certificate_pem
+
+__all__ = ["up"]
+
+DEPLOYMENT_FILE = "geode-up.yaml"
+_SYSTEM_BIN = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CoordinatorSpec(_Strict):
+    client_addr: str = "127.0.0.1:14100"
+    mesh_addr: str = "127.0.0.1:14101"
+    leaf_ttl: str | None = None
+
+
+class ServiceSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    bundle: str
+    command: list[str] = Field(min_length=1)
+    ready: str | None = None  # HOST:PORT that accepts connections once the service is up
+    page: str | None = None  # its page; ``page`` + "raw" gives its counters as JSON
+    requires: str | None = None  # a program that must be installed, else the service is skipped
+    skipped_note: str | None = None  # what skipping it means, said when it is skipped
+
+
+class Deployment(_Strict):
+    manifest: str
+    coordinator: CoordinatorSpec = CoordinatorSpec()
+    services: list[ServiceSpec] = Field(min_length=1)
+
+
+def load_deployment(directory: Path) -> Deployment:
+    path = directory / DEPLOYMENT_FILE
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise GeodeError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise GeodeError(f"{path}: not YAML ({exc})") from None
+    try:
+        deployment = Deployment.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "(top)"
+        raise GeodeError(f"{path}: {where}: {error['msg']}") from None
+    names = [s.name for s in deployment.services]
+    if len(set(names)) != len(names):
+        raise GeodeError(f"{path}: services: a name appears twice")
+    return deployment
+
+
+def find_program(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in _SYSTEM_BIN:
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _accepts(address: str) -> bool:
+    try:
+        socket.create_connection(_address(address), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+@dataclass
+class _Process:
+    name: str
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    skipped: str | None = None
+    counters: dict[str, Any] = field(default_factory=dict)
+
+    def state(self) -> str:
+        if self.skipped is not None:
+            return "skipped"
+        if self.process is None:
+            return "waiting"
+        code = self.process.poll()
+        return "running" if code is None else f"exited ({code})"
+
+    def stop(self, grace: float) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)  # geode run forwards it and ends the whole group
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            with _suppress_lookup():
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+class _suppress_lookup:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, value: object, tb: object) -> bool:
+        return isinstance(value, ProcessLookupError | PermissionError)
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT: stop everything."""
+
+
+def _raise_stop(_signum: int, _frame: FrameType | None) -> None:
+    raise _Stop
+
+
+class Runner:
+    """One ``geode up``: the processes it started and how to show and stop them."""
+
+    def __init__(self, directory: Path, deployment: Deployment, run_dir: Path) -> None:
+        self.directory = directory
+        self.deployment = deployment
+        self.run_dir = run_dir
+        self.logs = run_dir / "logs"
+        self.root_file = run_dir / "root.pem"
+        self.coordinator = _Process("coordinator", self.logs / "coordinator.log")
+        self.services = [_Process(s.name, self.logs / f"{s.name}.log") for s in deployment.services]
+        self.env = {
+            **os.environ,
+            "GEODE_SEALING_KEY": str(run_dir / "keys" / "sealing.key"),
+            "GEODE_PLATFORM_KEY": str(run_dir / "keys" / "platform.key"),
+            "GEODE_CONFIG_DIR": str(run_dir / "config"),
+            "PYTHONDONTWRITEBYTECODE": "1",  # a bundle must not change while it runs
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env.pop("GEODE_ROOT_CA", None)
+        self.root_fingerprint = ""
+        self._root_context: ssl.SSLContext | None = None
+
+    # --- start ------------------------------------------------------------------------------
+
+    def _spawn(self, entry: _Process, argv: list[str], cwd: Path | None = None) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with entry.log.open("ab") as log:
+            entry.process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches geode up alone, which stops them in order
+            )
+
+    def _wait_ready(self, entry: _Process, address: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        assert entry.process is not None
+        while not _accepts(address):
+            if entry.process.poll() is not None:
+                raise GeodeError(
+                    f"{entry.name} exited ({entry.process.returncode}) before it was ready; "
+                    f"its log ({entry.log}):\n{_tail(entry.log)}"
+                )
+            if time.monotonic() > deadline:
+                raise GeodeError(
+                    f"{entry.name} not ready on {address} after {timeout:g} s; "
+                    f"its log ({entry.log}):\n{_tail(entry.log)}"
+                )
+            time.sleep(0.1)
+
+    def start_coordinator(self) -> None:
+        spec = self.deployment.coordinator
+        for address in (spec.client_addr, spec.mesh_addr):
+            if _accepts(address):
+                raise GeodeError(f"{address} is in use: is another deployment up?")
+        argv = [
+            sys.executable, "-m", "geode", "coordinator", "--simulation",
+            "--data-dir", str(self.run_dir / "coordinator"),
+            "--client-addr", spec.client_addr, "--mesh-addr", spec.mesh_addr,
+        ]  # fmt: skip
+        if spec.leaf_ttl:
+            argv += ["--leaf-ttl", spec.leaf_ttl]
+        self._spawn(self.coordinator, argv)
+        self._wait_ready(self.coordinator, spec.client_addr, 60)
+
+    def verify_and_set(self, manifest: bytes) -> None:
+        """Verify the Coordinator's statement (its measurement, this machine's simulated
+        platform key, a fresh nonce); then set the manifest over TLS pinned to its root."""
+        spec = self.deployment.coordinator
+        reference = ReferenceValues(
+            tee="simulated", measurement=measure_bundle(Path(geode.__file__).parent).hex()
+        )
+        platform = load_platform_public_key(Path(self.env["GEODE_PLATFORM_KEY"]))
+        nonce = os.urandom(32)
+        with CoordinatorClient(spec.client_addr, insecure=True) as client:
+            document = client.attestation(nonce)
+        verified = verify_statement(
+            document, reference=reference, platform_keys=[platform], nonce=nonce
+        )
+        self.root_fingerprint = verified.root_fingerprint
+        self.root_file.write_text(certificate_pem(verified.root))
+        with CoordinatorClient(spec.client_addr, root=verified.root) as client:
+            client.set_manifest(manifest)
+        self._root_context = ssl.create_default_context(cafile=str(self.root_file))
+
+    def start_services(self) -> None:
+        mesh = self.deployment.coordinator.mesh_addr
+        for spec, entry in zip(self.deployment.services, self.services, strict=True):
+            if spec.requires and find_program(spec.requires) is None:
+                entry.skipped = f"{spec.requires} is not installed"
+                note = f" ({spec.skipped_note})" if spec.skipped_note else ""
+                click.echo(f"  {spec.name}: SKIPPED: {entry.skipped}{note}")
+                continue
+            if spec.ready and _accepts(spec.ready):
+                raise GeodeError(f"{spec.name}: {spec.ready} is in use before it started")
+            bundle = (self.directory / spec.bundle).resolve()
+            argv = [
+                sys.executable, "-m", "geode", "run", "--service", spec.name,
+                "--coordinator", mesh, "--bundle", str(bundle), "--root-ca", str(self.root_file),
+                "--", *self._command(spec.command),
+            ]  # fmt: skip
+            click.echo(f"  {spec.name}: starting under geode run (log {entry.log})")
+            self._spawn(entry, argv, cwd=bundle)
+            if spec.ready:
+                self._wait_ready(entry, spec.ready, 120)
+
+    def _command(self, command: list[str]) -> list[str]:
+        words = {"python": [sys.executable], "geode": [sys.executable, "-m", "geode"]}
+        first = words.get(command[0], [command[0]])
+        return [*first, *(arg.replace("{run}", str(self.run_dir)) for arg in command[1:])]
+
+    # --- watch ------------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        for spec, entry in zip(self.deployment.services, self.services, strict=True):
+            if spec.page is None or entry.state() != "running":
+                continue
+            try:
+                answer = httpx.get(
+                    spec.page.rstrip("/") + "/raw", verify=self._root_context or True, timeout=1
+                )
+                entry.counters = answer.json() if answer.status_code == 200 else {}
+            except (httpx.HTTPError, ValueError):
+                entry.counters = {}
+
+    def activations(self) -> dict[str, int]:
+        """Activations by outcome, from the Coordinator's metrics."""
+        try:
+            text = httpx.get(
+                f"https://{self.deployment.coordinator.client_addr}/metrics",
+                verify=self._root_context or True,
+                timeout=1,
+            ).text
+        except httpx.HTTPError:
+            return {}
+        totals: dict[str, int] = {}
+        for match in re.finditer(
+            r'^geode_activations_total\{[^}]*outcome="([^"]+)"[^}]*\} (\S+)', text, re.MULTILINE
+        ):
+            totals[match.group(1)] = totals.get(match.group(1), 0) + int(float(match.group(2)))
+        return totals
+
+    def rows(self) -> Iterator[tuple[str, str, str]]:
+        for entry in [self.coordinator, *self.services]:
+            numbers = {
+                k: v
+                for k, v in entry.counters.items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and k != "uptime_s"
+            }
+            shown = " ".join(f"{k}={v}" for k, v in numbers.items())
+            if entry is self.coordinator:
+                outcomes = self.activations()
+                shown = "activations: " + (
+                    " ".join(f"{k}={v}" for k, v in sorted(outcomes.items())) or "none"
+                )
+            elif entry.skipped:
+                shown = entry.skipped
+            yield entry.name, entry.state(), shown
+
+    def show_plain(self, out: IO[str]) -> None:
+        line = " | ".join(f"{name} {state}: {shown}" for name, state, shown in self.rows())
+        print(time.strftime("%H:%M:%S ") + line, file=out, flush=True)
+
+    def table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title="Geode up — SIMULATION (no hardware isolation)   Ctrl-C stops")
+        table.add_column("service")
+        table.add_column("state")
+        table.add_column("counters (and denials)")
+        for name, state, shown in self.rows():
+            style = "green" if state == "running" else "yellow" if state == "skipped" else "red"
+            table.add_row(name, f"[{style}]{state}[/{style}]", shown)
+        return table
+
+    # --- stop -------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        for entry in reversed(self.services):
+            entry.stop(grace=15)
+        self.coordinator.stop(grace=10)
+
+
+def _fresh_run_dir(run_dir: Path) -> None:
+    if run_dir.exists():
+        marker = run_dir / ".geode-up"
+        if not marker.exists():
+            raise GeodeError(f"{run_dir} exists and is not a geode up run directory: not emptied")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, mode=0o700)
+    (run_dir / ".geode-up").touch()
+
+
+def _prepare_manifest(path: Path, permissive: bool) -> bytes:
+    raw = path.read_bytes()
+    if not permissive:
+        return raw
+    document = yaml.safe_load(raw)
+    document.setdefault("policies", {})["mode"] = "permissive"
+    return json.dumps(document).encode()
+
+
+@click.command()
+@click.argument(
+    "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default="."
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State and logs of this run [default: DIRECTORY/.geode-run, emptied at start].",
+)
+@click.option(
+    "--permissive",
+    is_flag=True,
+    help="Set the manifest with policies.mode = permissive: any attested service may call any.",
+)
+@click.option("--for", "seconds", type=float, help="Stop after this many seconds.")
+@click.option(
+    "--view",
+    type=click.Choice(["auto", "live", "plain"]),
+    default="auto",
+    show_default=True,
+    help="Live table (a terminal) or a line every few seconds.",
+)
+def up(
+    directory: Path,
+    run_dir: Path | None,
+    permissive: bool,
+    seconds: float | None,
+    view: Literal["auto", "live", "plain"],
+) -> None:
+    """Run the deployment in DIRECTORY (its geode-up.yaml) until Ctrl-C, with a live view."""
+    directory = directory.resolve()
+    deployment = load_deployment(directory)
+    run_dir = (run_dir or directory / ".geode-run").resolve()
+    manifest = _prepare_manifest(directory / deployment.manifest, permissive)
+    _fresh_run_dir(run_dir)
+    runner = Runner(directory, deployment, run_dir)
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    click.secho(
+        "geode up: SIMULATION mode — no hardware isolation; for development and demos only",
+        fg="yellow",
+        err=True,
+    )
+    try:
+        spec = deployment.coordinator
+        click.echo(f"Coordinator: client API {spec.client_addr}, mesh API {spec.mesh_addr}")
+        runner.start_coordinator()
+        runner.verify_and_set(manifest)
+        policy = " (PERMISSIVE policy)" if permissive else ""
+        click.echo(f"Deployment statement verified; manifest set{policy}.")
+        click.echo(
+            f"Root certificate to trust: {runner.root_file} (sha256:{runner.root_fingerprint})"
+        )
+        runner.start_services()
+        click.echo("Pages (HTTPS, trust the root certificate above):")
+        for service in deployment.services:
+            if service.page:
+                click.echo(f"  {service.name:<14} {service.page}")
+        click.echo(f"Logs: {runner.logs}   Ctrl-C stops everything.")
+        _watch(runner, seconds, view)
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        click.echo("Stopping ...", err=True)
+        runner.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        click.echo("Stopped: no process left.", err=True)
+
+
+def _watch(runner: Runner, seconds: float | None, view: str) -> None:
+    deadline = None if seconds is None else time.monotonic() + seconds
+    live = view == "live" or (view == "auto" and sys.stdout.isatty())
+    if live:
+        from rich.live import Live
+
+        with Live(runner.table(), refresh_per_second=2) as screen:
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(1)
+                runner.poll()
+                screen.update(runner.table())
+        return
+    last = 0.0
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(0.5)
+        if time.monotonic() - last >= 3:
+            runner.poll()
+            runner.show_plain(sys.stdout)
+            last = time.monotonic()
