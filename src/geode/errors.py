@@ -13,6 +13,11 @@ act on, built in the constructor, and it never contains secret material.
     │   ├── ActivationDenied     an instance may not activate (carries the reason)
     │   │   └── StaleCertificate     a renewal presented a certificate since replaced
     │   ├── ManifestConflict     the manifest is already set (or not yet set)
+    │   ├── Unauthenticated      401: no client certificate, or one that is no user's
+    │   ├── PermissionDenied     403: the user's roles do not grant the action
+    │   ├── UpdateConflict       409: no such pending update, or one is already pending
+    │   ├── SecretRejected       400: a value that does not fit the secret's type
+    │   ├── RecoveryRefused      a recovery share that is not accepted
     │   └── CoordinatorUnavailable   the Coordinator is in recovery
     ├── StatementError           a deployment statement does not verify
     ├── ClientError              a Coordinator call failed (carries HTTP status and error code)
@@ -38,9 +43,14 @@ __all__ = [
     "ManifestConflict",
     "ManifestError",
     "PKIError",
+    "PermissionDenied",
+    "RecoveryRefused",
     "SealError",
+    "SecretRejected",
     "StaleCertificate",
     "StatementError",
+    "Unauthenticated",
+    "UpdateConflict",
     "WrongDatabaseKey",
 ]
 
@@ -127,6 +137,49 @@ class ManifestConflict(CoordinatorError):
 
     code = "manifest_conflict"
     status = 409
+
+
+class Unauthenticated(CoordinatorError):
+    """A client API call that needs a user came without a client certificate
+    (``authentication_required``) or with one that is no user's (``unknown_user``)."""
+
+    status = 401
+
+    def __init__(self, message: str, *, code: str = "authentication_required") -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class PermissionDenied(CoordinatorError):
+    """An authenticated user's roles do not grant the action."""
+
+    code = "permission_denied"
+    status = 403
+
+
+class UpdateConflict(CoordinatorError):
+    """An update operation that does not fit the pending update (none, another, or stale)."""
+
+    code = "update_conflict"
+    status = 409
+
+
+class SecretRejected(CoordinatorError):
+    """A value a user tried to set does not fit the secret's type (never quotes the value)."""
+
+    code = "secret_invalid"
+    status = 400
+
+
+class RecoveryRefused(CoordinatorError):
+    """A recovery share was not accepted (unknown party, bad signature, wrong share)."""
+
+    code = "recovery_refused"
+    status = 400
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class CoordinatorUnavailable(CoordinatorError):
