@@ -106,9 +106,7 @@ async def page(_request: Request) -> HTMLResponse:
 
 
 async def main() -> None:
-    api = Starlette(
-        routes=[Route("/buy-a-book/new", buy), Route("/books-bought", books_bought)]
-    )
+    api = Starlette(routes=[Route("/buy-a-book/new", buy), Route("/books-bought", books_bought)])
     pages = Starlette(routes=[Route("/", page), Route("/raw", raw)])
     common = {"host": "127.0.0.1", "log_level": "warning"}
     servers = [

@@ -54,17 +54,32 @@ async def steal(http: httpx.AsyncClient, interval: float) -> None:
                     COUNTS["refused"] += 1
                     LAST["refusal"] = f"{answer.status_code} {answer.text[:200]}"
             except httpx.TransportError as exc:
-                text = str(exc).lower()
-                if isinstance(exc.__context__, ssl.SSLError) or "ssl" in text or "alert" in text:
-                    COUNTS["handshake_failures"] += 1
-                    LAST["handshake"] = str(exc)[:200]
-                else:
-                    COUNTS["errors"] += 1
+                # Connected, then cut off before any HTTP answer: in TLS 1.3 the server checks
+                # the client's certificate after the client has finished its handshake, and
+                # refuses one it does not trust by closing (or with an alert).
+                if isinstance(exc, httpx.ConnectError) and not_listening(exc):
+                    COUNTS["errors"] += 1  # nobody listening: not the mesh's doing
                     LAST["error"] = str(exc)[:200]
+                else:
+                    COUNTS["handshake_failures"] += 1
+                    LAST["handshake"] = f"{type(exc).__name__}: {exc}"[:200]
             except Exception as exc:
                 COUNTS["errors"] += 1
                 LAST["error"] = f"{type(exc).__name__}: {exc}"[:200]
         await asyncio.sleep(interval)
+
+
+def not_listening(exc: BaseException) -> bool:
+    """Whether a connection failed before TCP was up (nothing listening)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if (
+            isinstance(seen, ConnectionRefusedError)
+            or "all connection attempts" in str(seen).lower()
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def snapshot() -> dict[str, object]:
@@ -110,7 +125,7 @@ async def attested() -> None:
 
 def self_made_identity(directory: Path, claimed: str) -> tuple[Path, Path]:
     """A CA and a leaf of the thief's own making, claiming ``claimed`` as SPIFFE id."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Totally Legit Mesh CA")])
     key = ec.generate_private_key(ec.SECP256R1())

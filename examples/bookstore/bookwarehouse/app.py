@@ -43,11 +43,11 @@ class Stock:
         ):
             self.mode = "Geode database (MariaDB, encrypted at rest, TLS)"
             self._conn = self._mariadb(secrets)
-            self._param = "%s"
+            self._style = "%s"
         else:
             self.mode = "embedded SQLCipher (MariaDB is not installed here)"
             self._conn = self._sqlcipher(secrets, state)
-            self._param = "?"
+            self._style = "?"
         print(f"bookwarehouse: stock kept in the {self.mode}", flush=True)
 
     @staticmethod
@@ -90,24 +90,28 @@ class Stock:
         conn.commit()
         return conn
 
+    def _sql(self, query: str) -> str:
+        """``query`` (written with ``?``) in the driver's parameter style."""
+        return query.replace("?", self._style)
+
     def ship(self, title: str, copies: int) -> int:
-        p = self._param
+        sql = self._sql
         with self._lock:
             cursor = self._conn.cursor()
             try:
-                cursor.execute(f"SELECT copies FROM stock WHERE title = {p}", (title,))
+                cursor.execute(sql("SELECT copies FROM stock WHERE title = ?"), (title,))
                 row = cursor.fetchone()
                 if row is None:  # a new title arrives at the warehouse with a fresh supply
-                    cursor.execute(f"INSERT INTO stock VALUES ({p}, {p})", (title, 1000))
+                    cursor.execute(sql("INSERT INTO stock VALUES (?, ?)"), (title, 1000))
                     have = 1000
                 else:
                     have = int(row[0])
                 shipped = min(have, copies)
                 cursor.execute(
-                    f"UPDATE stock SET copies = copies - {p} WHERE title = {p}", (shipped, title)
+                    sql("UPDATE stock SET copies = copies - ? WHERE title = ?"), (shipped, title)
                 )
                 for _ in range(shipped):
-                    cursor.execute(f"INSERT INTO shipments (title) VALUES ({p})", (title,))
+                    cursor.execute(sql("INSERT INTO shipments (title) VALUES (?)"), (title,))
                 self._conn.commit()
             except Exception:
                 self._conn.rollback()
@@ -203,5 +207,7 @@ async def main(state: Path) -> None:
 
 
 if __name__ == "__main__":
-    state_dir = Path(sys.argv[sys.argv.index("--state") + 1]) if "--state" in sys.argv else Path(".")
+    state_dir = (
+        Path(sys.argv[sys.argv.index("--state") + 1]) if "--state" in sys.argv else Path(".")
+    )
     asyncio.run(main(state_dir))

@@ -1,0 +1,166 @@
+"""The confidential bookstore end to end: ``geode up examples/bookstore`` with real processes,
+the real database, and a relay on every network hop, then each threat of the demo."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bookstore_support import EXAMPLE, GeodeUp, Relay, deployment_copy
+from tests.db_support import require_mariadb
+
+pytestmark = pytest.mark.e2e
+
+OFFSET = 500  # the example's ports + 500: the tests run beside a running demo
+RELAYS = {
+    "bookstore": (15901, 14001 + OFFSET),
+    "bookwarehouse": (15902, 14002 + OFFSET),
+    "database": (15903, 14306 + OFFSET),
+}
+
+
+def titles() -> list[str]:
+    """The book titles the bookstore sells (from its source, not imported: it is a bundle)."""
+    tree = ast.parse((EXAMPLE / "bookstore" / "app.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "TITLES":
+            value: list[str] = ast.literal_eval(node.value)
+            return value
+    raise AssertionError("no TITLES in the bookstore")
+
+
+def through_relays(manifest: dict[str, Any]) -> None:
+    """Every hop between services goes through a relay of the test's: the buyer to the
+    bookstore, the bookstore's egress to the warehouse, the warehouse to the database."""
+    services = manifest["services"]
+    services["bookbuyer"]["env"]["BOOKSTORE_URL"] = f"https://localhost:{RELAYS['bookstore'][0]}"
+    outgoing = manifest["tls"]["warehouse-out"]["outgoing"][0]
+    outgoing["port"] = RELAYS["bookwarehouse"][0]
+    services["bookstore"]["env"]["WAREHOUSE_EGRESS"] = f"127.0.0.1:{outgoing['port'] + 20000}"
+    services["bookwarehouse"]["env"]["DB_ADDR"] = f"127.0.0.1:{RELAYS['database'][0]}"
+
+
+@dataclass
+class Bookstore:
+    up: GeodeUp
+    relays: dict[str, Relay]
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def bookstore(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bookstore]:
+    require_mariadb()
+    tmp = tmp_path_factory.mktemp("bookstore")
+    relays = {name: Relay(port, target) for name, (port, target) in RELAYS.items()}
+    deployment = deployment_copy(tmp / "deployment", through_relays, port_offset=OFFSET)
+    up = GeodeUp(deployment, tmp / "run", port_offset=OFFSET)
+    try:
+        up.wait_until("every service started", lambda: "Ctrl-C stops everything" in up.output())
+        up.wait_until("the buyer buys", lambda: up.raw("bookbuyer")["bought"] >= 3)
+        yield Bookstore(up, relays, tmp)
+    finally:
+        code = up.stop()
+        for relay in relays.values():
+            relay.close()
+    assert code == 0, up.output()
+    assert "Stopped: no process left." in up.output()
+    assert up.descendants, "geode up had started no process?"
+    assert up.left_behind() == []
+
+
+def test_the_thief_steals_nothing_while_the_buyer_buys(bookstore: Bookstore) -> None:
+    up = bookstore.up
+    first = up.raw("bookbuyer")["bought"]
+    up.wait_until("the buyer buys more", lambda: up.raw("bookbuyer")["bought"] > first)
+    thief = up.raw("bookthief")
+    assert thief["stolen"] == 0
+    assert thief["refused"] > 0  # attested, connected, and refused by policy
+    assert "policy_denied" in thief["last"]["refusal"]
+    store = up.raw("bookstore")
+    assert list(store["sold_to"]) == ["spiffe://bookstore.geode.local/service/bookbuyer"]
+    warehouse = up.raw("bookwarehouse")
+    assert warehouse["shipped"] > 0
+    assert warehouse["storage"].startswith("Geode database")
+
+
+def test_no_book_title_crosses_the_network_in_plaintext(bookstore: Bookstore) -> None:
+    for name, relay in bookstore.relays.items():
+        assert relay.connections > 0, f"nothing went through the {name} relay"
+        assert len(relay.carried) > 1000, name
+        for title in titles():
+            assert title.encode() not in relay.carried, f"{title!r} in clear on the {name} hop"
+    # The mesh hops are TLS from their first byte (a handshake record); the database speaks
+    # MySQL's greeting first, then TLS (application data records follow).
+    for name in ("bookstore", "bookwarehouse"):
+        assert bookstore.relays[name].carried[:1] == b"\x16", name
+    assert b"\x17\x03\x03" in bookstore.relays["database"].carried
+
+
+def test_no_book_title_sits_in_plaintext_in_the_database_files(bookstore: Bookstore) -> None:
+    datadir = bookstore.up.run_dir / "database"
+    files = [p for p in datadir.rglob("*") if p.is_file()]
+    assert len(files) > 10, "no datadir?"
+    assert bookstore.up.raw("bookwarehouse")["shipped"] > 0  # titles were written
+    for path in files:
+        data = path.read_bytes()
+        for title in titles():
+            assert title.encode() not in data, f"{title!r} in clear in {path}"
+
+
+def test_a_tampered_buyer_is_refused_activation(bookstore: Bookstore) -> None:
+    tampered = bookstore.tmp / "tampered-bookbuyer"
+    shutil.copytree(EXAMPLE / "bookbuyer", tampered)
+    app = tampered / "app.py"
+    app.write_text(app.read_text().replace('"0.5"', '"0.05"', 1))  # one changed line
+    run = bookstore.up.run_dir
+    env = {
+        **os.environ,
+        "GEODE_PLATFORM_KEY": str(run / "keys" / "platform.key"),
+        "GEODE_CONFIG_DIR": str(run / "config"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "geode", "run", "--service", "bookbuyer",
+         "--coordinator", f"127.0.0.1:{14101 + OFFSET}", "--bundle", str(tampered),
+         "--root-ca", str(bookstore.up.root_file), "--", sys.executable, "app.py"],
+        cwd=tampered, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "measurement mismatch" in done.stderr
+
+
+def test_a_thief_with_a_self_made_certificate_fails_the_handshake(bookstore: Bookstore) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GEODE_")},
+        "BOOKSTORE_URL": f"https://localhost:{14001 + OFFSET}",
+        "WAREHOUSE_URL": f"https://localhost:{14002 + OFFSET}",
+        "THIEF_SECONDS": "3",
+    }
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "bookthief" / "app.py"), "--self-signed"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["stolen"] == 0
+    assert counts["refused"] == 0  # no request got as far as the policy
+    assert counts["handshake_failures"] > 0
+
+
+def test_the_pinned_measurements_are_those_of_the_bundles() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE / "pin.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, (
+        f"{done.stderr}a bundle of examples/bookstore changed: re-pin its measurement with "
+        "'python examples/bookstore/pin.py'"
+    )
