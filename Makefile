@@ -4,7 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test check lint typecheck format bench clean
+# Debian packages: the demo's database, and what the tests drive (PROGRAM=PACKAGE).
+DEMO_PACKAGES := mariadbd=mariadb-server
+TEST_PACKAGES := $(DEMO_PACKAGES)
+
+.PHONY: venv demo quickstart test check lint typecheck format bench clean system-demo system-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,10 +18,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+system-demo:
+	tools/system-packages $(DEMO_PACKAGES)
+
+system-test:
+	tools/system-packages $(TEST_PACKAGES)
+
+# The confidential bookstore, until Ctrl-C.
+demo: $(STAMP) system-demo
+	$(BIN)/python -m geode up examples/bookstore $(DEMO_ARGS)
+
+quickstart: $(STAMP)
 	$(BIN)/python examples/quickstart/demo.py
 
-test: $(STAMP)
+test: $(STAMP) system-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

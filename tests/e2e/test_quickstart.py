@@ -1,4 +1,4 @@
-"""The README's quick start (``make demo``) runs and does what it says."""
+"""The quick start (``make quickstart``) runs and does what it says."""
 
 from __future__ import annotations
 
