@@ -208,16 +208,16 @@ class Runner:
         deadline = time.monotonic() + timeout
         assert entry.process is not None
         while not _accepts(address):
-            if entry.process.poll() is not None:
-                raise GeodeError(
-                    f"{entry.name} exited ({entry.process.returncode}) before it was ready; "
-                    f"its log ({entry.log}):\n{_tail(entry.log)}"
+            code = entry.process.poll()
+            late = time.monotonic() > deadline
+            if code is not None or late:
+                click.echo(f"--- the end of {entry.log}:\n{_tail(entry.log)}", err=True)
+                what = (
+                    f"exited ({code}) before it was ready"
+                    if code is not None
+                    else (f"not ready on {address} after {timeout:g} s")
                 )
-            if time.monotonic() > deadline:
-                raise GeodeError(
-                    f"{entry.name} not ready on {address} after {timeout:g} s; "
-                    f"its log ({entry.log}):\n{_tail(entry.log)}"
-                )
+                raise GeodeError(f"{entry.name} {what} (log: {entry.log})")
             time.sleep(0.1)
 
     def start_coordinator(self) -> None:
@@ -364,10 +364,18 @@ def _fresh_run_dir(run_dir: Path) -> None:
 
 
 def _prepare_manifest(path: Path, permissive: bool) -> bytes:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise GeodeError(f"{path}: {exc.strerror}") from None
     if not permissive:
         return raw
-    document = yaml.safe_load(raw)
+    try:
+        document = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise GeodeError(f"{path}: not YAML ({exc})") from None
+    if not isinstance(document, dict):
+        raise GeodeError(f"{path}: not a manifest")
     document.setdefault("policies", {})["mode"] = "permissive"
     return json.dumps(document).encode()
 
