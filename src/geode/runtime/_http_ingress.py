@@ -1,5 +1,6 @@
 """HTTP ingress for the transparent TLS proxy: each request authorised by method and path
-before the app sees it, one request at a time per connection (see ``_proxy``)."""
+before the app sees it, one request at a time per connection (see ``_proxy``). The app side is
+``_http_app``; the messages, ``_http_message``."""
 
 from __future__ import annotations
 
@@ -8,18 +9,24 @@ import enum
 import functools
 import json
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import unquote
 
 import httptools
 
 from geode.manifest import IngressRoute
 from geode.pki import SpiffeId
+from geode.runtime._http_app import HttpApp
+from geode.runtime._http_message import (
+    Request,
+    Stop,
+    asks_for_http2,
+    body_piece,
+    header_lines,
+    last_chunk,
+    policy_path,
+)
 from geode.runtime._splice import (
-    _PEER_HEADER,
     APP_HOST,
     Slot,
     close_flushed,
@@ -41,45 +48,6 @@ _MAX_QUEUED = 16
 # is parsed in one go, a chunked one in larger steps, none far past a line that may be its end.
 _PARSE_STEP = 1024
 _CHUNKED_STEP = 16 * 1024
-_SHOWN = 256  # how much of a request target a log line shows
-
-
-class _Stop(Exception):
-    """Raised in a parser callback to stop parsing where a message ends."""
-
-
-@dataclass(eq=False)
-class _Request:
-    """One request from the client, as far as it has been read."""
-
-    url: bytearray = field(default_factory=bytearray)
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    method: str = ""
-    version: str = "1.1"
-    keep_alive: bool = False
-    chunked: bool = False
-    upgrade: bool = False
-    expects_continue: bool = False
-    replayable: bool = False  # idempotent and bodiless: may be sent again to a fresh connection
-    head_size: int = 0  # URL and header bytes, known once the head is complete
-    head_read: int = 0  # bytes read of a head not yet complete
-    began_mid_read: bool = False  # after another message in the same read
-    head_done: bool = False
-    done: bool = False
-    body: list[bytes] = field(default_factory=list)  # read, not yet forwarded
-    remaining: int | None = None  # body bytes still to come, when Content-Length gives them
-    maybe_trailers: bool = False  # after a chunk header with no data yet: perhaps the trailers
-    trailer_size: int = 0  # bytes of the complete trailer fields
-    trailer_read: int = 0  # bytes of the reads that began within the trailers
-    may_upgrade: bool = False  # flagged as an upgrade by llhttp, and passed every check
-    error: int | None = None  # answer this status and close the connection
-    reason: str = ""
-
-    def target(self) -> str:
-        """The request target for a log line (logged with ``%r``: it may hold anything)."""
-        shown = bytes(self.url[:_SHOWN]).decode("latin-1")
-        return shown + "..." if len(self.url) > _SHOWN else shown
 
 
 class _Exchange(enum.Enum):
@@ -101,75 +69,6 @@ class _Wait(enum.Enum):
     CLOSING = enum.auto()  # closed, flushing: aborted if that takes too long
 
 
-def _header_lines(headers: Iterable[tuple[bytes, bytes]], *, peer: bool = True) -> list[bytes]:
-    """Header lines; with ``peer=False`` without ``X-Geode-Peer``, which only the proxy sets
-    (nor ``X_Geode_Peer``: CGI-style apps read both as ``HTTP_X_GEODE_PEER``)."""
-    return [
-        b"%s: %s\r\n" % h
-        for h in headers
-        if peer or h[0].lower().replace(b"_", b"-") != _PEER_HEADER
-    ]
-
-
-def _body_piece(data: bytes, chunked: bool) -> list[bytes]:
-    # Chunked bodies are re-framed piece by piece: the receiver decodes them the same way.
-    return [b"%x\r\n" % len(data), data, b"\r\n"] if chunked else [data]
-
-
-def _last_chunk(trailers: list[tuple[bytes, bytes]], *, peer: bool = True) -> bytes:
-    return b"".join([b"0\r\n", *_header_lines(trailers, peer=peer), b"\r\n"])
-
-
-def _policy_path(url: bytes) -> str | None:
-    """The percent-decoded path the policy judges (as ASGI's ``scope["path"]``), or ``None``
-    when it cannot be judged safely, because the app might resolve it into a path the policy
-    never saw: no path; a ``#`` anywhere (never sent by a client: the policy would judge the
-    path before it, and an app that takes the rest as path too resolves its dot segments); a
-    backslash in the path, raw or ``%5C`` (WHATWG URL parsers, Node's ``new URL`` among them,
-    read it as ``/``); or a segment that is ``.`` or ``..`` once decoded and cut at its first
-    ``;`` (Tomcat and Spring drop such path parameters: ``/public/..;/admin`` is ``/admin``)."""
-    if url == b"*":
-        return "*"
-    if b"#" in url:
-        return None
-    raw_path = url.partition(b"?")[0]
-    if b"\\" in raw_path or b"%5c" in raw_path.lower():
-        return None
-    try:
-        raw = httptools.parse_url(url).path or b"/"
-    except httptools.HttpParserInvalidURLError:
-        return None
-    path = unquote(raw.decode("latin-1"))
-    if (
-        not path.startswith("/")
-        or "\\" in path
-        or any(s.partition(";")[0] in (".", "..") for s in path.split("/"))
-    ):
-        return None
-    return path
-
-
-def _asks_for_http2(request: _Request) -> bool:
-    """Whether the request asks to switch to HTTP/2 over cleartext (h2c), by whatever route:
-    ``Upgrade: h2c`` or an ``HTTP2-Settings`` header, whatever ``Connection`` says (Go's h2c
-    server switches on ``Connection: HTTP2-Settings``, which llhttp does not flag as an
-    upgrade), or, in a flagged upgrade, any ``h2``/``http/`` protocol. Requests inside an HTTP/2
-    connection would reach the app unchecked."""
-    for name, value in request.headers:
-        lowered = name.lower()
-        if lowered == b"http2-settings":
-            return True
-        if lowered == b"upgrade":
-            value = value.lower()
-            if b"h2c" in value:
-                return True
-            if request.upgrade and any(
-                token.strip().startswith((b"h2", b"http/")) for token in value.split(b",")
-            ):
-                return True
-    return False
-
-
 class HttpIngress(asyncio.Protocol):
     """One client connection of an ``http`` ingress. Requests are parsed as they arrive, kept
     in ``_queue`` and handled one at a time: the front one is authorised, then answered here
@@ -187,13 +86,13 @@ class HttpIngress(asyncio.Protocol):
         self.limits = proxy.limits
         self.peer: SpiffeId | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._queue: deque[_Request] = deque()
-        self._parsing: _Request | None = None
+        self._queue: deque[Request] = deque()
+        self._parsing: Request | None = None
         self._state = _Exchange.NEW
         self._answered = False  # a final response to the front request has been (partly) sent
         self._response_done = False
         self._keep_alive = True
-        self._app: _HttpApp | None = None
+        self._app: HttpApp | None = None
         self._paused: set[str] = set()  # why reading the client is paused
         self._writing_paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -277,7 +176,7 @@ class HttpIngress(asyncio.Protocol):
                 if trailing.trailer_read > self.limits.max_header_bytes:
                     self._fail(431, "request trailers too large")
 
-    def _check_head_size(self, request: _Request | None, partial: _Request | None, n: int) -> None:
+    def _check_head_size(self, request: Request | None, partial: Request | None, n: int) -> None:
         """Refuse a head that has grown too large before it is complete. The read in which it
         began counts only if it began there at the start: after another message, where it
         began is unknown (its exact size is checked once complete)."""
@@ -318,7 +217,7 @@ class HttpIngress(asyncio.Protocol):
     # Parser callbacks (httptools).
 
     def on_message_begin(self) -> None:
-        self._parsing = _Request(began_mid_read=self._ended_in_read)
+        self._parsing = Request(began_mid_read=self._ended_in_read)
         self._queue.append(self._parsing)
         if len(self._queue) == 1:
             self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
@@ -338,7 +237,7 @@ class HttpIngress(asyncio.Protocol):
             request.trailer_size += len(name) + len(value) + 4
             if request.trailer_size > self.limits.max_header_bytes:
                 request.error, request.reason = 431, "request trailers too large"
-                raise _Stop
+                raise Stop
         else:
             request.headers.append((name, value))
             request.head_size += len(name) + len(value) + 4
@@ -349,7 +248,7 @@ class HttpIngress(asyncio.Protocol):
         request.head_done = True
         if request.head_size > self.limits.max_header_bytes:
             request.error, request.reason = 431, "request head too large"
-            raise _Stop
+            raise Stop
         parser = self._parser
         request.method = parser.get_method().decode("ascii")
         request.version = parser.get_http_version()
@@ -364,7 +263,7 @@ class HttpIngress(asyncio.Protocol):
                     # RFC 9112 6.1: faulty framing. An HTTP/1.0 app might ignore it and read
                     # the chunks as the next request, one the policy never saw.
                     request.error, request.reason = 400, "Transfer-Encoding in HTTP/1.0"
-                    raise _Stop
+                    raise Stop
             elif lowered == b"content-length":  # llhttp has checked it
                 body = body or value.strip() != b"0"
                 request.remaining = int(value)
@@ -374,7 +273,7 @@ class HttpIngress(asyncio.Protocol):
             request.remaining = None
         if request.version not in ("1.0", "1.1"):
             request.error, request.reason = 505, f"HTTP/{request.version} is not supported"
-            raise _Stop
+            raise Stop
         request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
 
     def on_chunk_header(self) -> None:
@@ -390,7 +289,7 @@ class HttpIngress(asyncio.Protocol):
         if request is not self._queue[0]:
             request.body.append(body)
         elif self._state is _Exchange.FORWARDING and self._app is not None:
-            self._app.transport.writelines(_body_piece(body, request.chunked))
+            self._app.transport.writelines(body_piece(body, request.chunked))
         elif self._state is not _Exchange.ANSWERED:
             request.body.append(body)
 
@@ -402,7 +301,7 @@ class HttpIngress(asyncio.Protocol):
         self._ended_in_read = True
         forwarding = request is self._queue[0] and self._state is _Exchange.FORWARDING
         if forwarding and request.chunked and self._app is not None:
-            self._app.transport.write(_last_chunk(request.trailers, peer=False))
+            self._app.transport.write(last_chunk(request.trailers, peer=False))
 
     # The exchange at the front of the queue.
 
@@ -454,7 +353,7 @@ class HttpIngress(asyncio.Protocol):
             elif not self._queue[0].head_done:
                 self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
 
-    def _log_refusal(self, request: _Request, status: int, reason: str) -> None:
+    def _log_refusal(self, request: Request, status: int, reason: str) -> None:
         log.info(
             "ingress port %d: %d to %s for %s %r: %r",
             self.route.port,
@@ -465,11 +364,11 @@ class HttpIngress(asyncio.Protocol):
             reason,
         )
 
-    def _refuse(self, request: _Request, reason: str) -> None:
+    def _refuse(self, request: Request, reason: str) -> None:
         self._log_refusal(request, 400, reason)
         self._answer(request, 400, {"error": "bad_request", "reason": reason})
 
-    def _start(self, request: _Request) -> None:
+    def _start(self, request: Request) -> None:
         # From here until the exchange ends, it must make progress: see _stalled.
         self._arm_progress()
         # An upgrade request leaves the parser in the new protocol: nothing can follow it.
@@ -478,11 +377,11 @@ class HttpIngress(asyncio.Protocol):
             reason = "CONNECT is not proxied"
             self._answer(request, 405, {"error": "method_not_allowed", "reason": reason})
             return
-        path = _policy_path(bytes(request.url))
+        path = policy_path(bytes(request.url))
         if path is None:
             self._refuse(request, "unusable request path")
             return
-        if _asks_for_http2(request):
+        if asks_for_http2(request):
             self._refuse(request, "no upgrade to HTTP/2 (h2c)")
             return
         decision = self.proxy.engine.authorize_http(self.peer, request.method, path)
@@ -501,12 +400,12 @@ class HttpIngress(asyncio.Protocol):
             self._pause("connect")
             self.proxy._spawn(self._connect(request))
 
-    async def _connect(self, request: _Request) -> None:
+    async def _connect(self, request: Request) -> None:
         loop = asyncio.get_running_loop()
         try:
             _, app = await asyncio.wait_for(
                 loop.create_connection(
-                    functools.partial(_HttpApp, self), APP_HOST, self.route.app_port
+                    functools.partial(HttpApp, self), APP_HOST, self.route.app_port
                 ),
                 self.limits.connect_timeout,
             )
@@ -530,7 +429,7 @@ class HttpIngress(asyncio.Protocol):
         self._forward(request, app)
         self._advance()
 
-    def _forward(self, request: _Request, app: _HttpApp) -> None:
+    def _forward(self, request: Request, app: HttpApp) -> None:
         self._state = _Exchange.FORWARDING
         if self._app is not app:
             self._app = app
@@ -543,14 +442,14 @@ class HttpIngress(asyncio.Protocol):
             request.version.encode(),
         )
         peer = b"X-Geode-Peer: %s\r\n\r\n" % str(self.peer).encode()
-        app.transport.writelines([head, *_header_lines(request.headers, peer=False), peer])
+        app.transport.writelines([head, *header_lines(request.headers, peer=False), peer])
         for piece in request.body:
-            app.transport.writelines(_body_piece(piece, request.chunked))
+            app.transport.writelines(body_piece(piece, request.chunked))
         request.body.clear()
         if request.done and request.chunked:
-            app.transport.write(_last_chunk(request.trailers, peer=False))
+            app.transport.write(last_chunk(request.trailers, peer=False))
 
-    def _answer(self, request: _Request, status: int, payload: dict[str, Any]) -> None:
+    def _answer(self, request: Request, status: int, payload: dict[str, Any]) -> None:
         """Answer the front request here; the rest of its body is read and dropped."""
         self._state = _Exchange.ANSWERED
         self._response_done = True
@@ -581,7 +480,7 @@ class HttpIngress(asyncio.Protocol):
     def response_started(self) -> None:
         self._answered = True
 
-    def response_done(self, app: _HttpApp, keep_alive: bool) -> None:
+    def response_done(self, app: HttpApp, keep_alive: bool) -> None:
         self._response_done = True
         # The client saw the app's own Connection header and version, so it decides as the app.
         self._keep_alive = self._keep_alive and keep_alive
@@ -594,7 +493,7 @@ class HttpIngress(asyncio.Protocol):
                 request.body.clear()
         self._advance()
 
-    def unasked_switch(self, app: _HttpApp) -> None:
+    def unasked_switch(self, app: HttpApp) -> None:
         """The app answered 101 to a request that did not ask to upgrade (or that llhttp did
         not take as an upgrade, so later bytes would be parsed as requests): splicing now would
         let what follows reach the app unchecked. The connection ends with 502."""
@@ -614,7 +513,7 @@ class HttpIngress(asyncio.Protocol):
         self._answer(request, 502, {"error": "bad_gateway", "reason": reason})
         self._advance()
 
-    def tunnel(self, app: _HttpApp, rest: bytes) -> None:
+    def tunnel(self, app: HttpApp, rest: bytes) -> None:
         """The app answered 101: from now on bytes are spliced both ways."""
         self._state = _Exchange.TUNNEL
         self._queue.clear()
@@ -625,7 +524,7 @@ class HttpIngress(asyncio.Protocol):
         self._resume("upgrade")
         self._resume("pipeline")
 
-    def app_lost(self, app: _HttpApp, reason: str) -> None:
+    def app_lost(self, app: HttpApp, reason: str) -> None:
         if app is not self._app:
             return
         self._app = None
@@ -647,7 +546,7 @@ class HttpIngress(asyncio.Protocol):
             log.warning("ingress port %d: the app's response broke off", self.route.port)
             self.close_flushed()
 
-    def _drop_app(self, app: _HttpApp) -> None:
+    def _drop_app(self, app: HttpApp) -> None:
         if self._app is app:
             self._app = None
         app.close()
@@ -659,7 +558,7 @@ class HttpIngress(asyncio.Protocol):
         self._pause("stopped")
         request = self._parsing
         if request is None:
-            request = _Request()
+            request = Request()
             self._queue.append(request)
         if request.error is None:
             request.error, request.reason = status, reason
@@ -755,169 +654,3 @@ class HttpIngress(asyncio.Protocol):
         if self._app is not None:
             app, self._app = self._app, None
             app.transport.abort()
-
-
-class _HttpApp(asyncio.Protocol):
-    """The plaintext connection to the app behind one client connection: each response is
-    parsed only to re-frame it and find its end."""
-
-    transport: asyncio.Transport
-
-    def __init__(self, ingress: HttpIngress) -> None:
-        self.ingress = ingress
-        self._parser: httptools.HttpResponseParser | None = None
-        self._request: _Request | None = None
-        self._reason = bytearray()
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._trailers: list[tuple[bytes, bytes]] = []
-        self._status = 0
-        self._in_body = False
-        self._chunked = False
-        self._until_close = False  # the response ends when the app closes
-        self._keep_alive = False
-        self._tunnel = False
-        self._unasked = False  # a 101 that no upgrade request asked for
-        self._deadline: asyncio.TimerHandle | None = None
-        self.reused = False  # an earlier exchange completed on this connection
-        self.received = False  # the app has sent something for the current exchange
-        # What one read of the app produces for the client goes out as one write: the TLS
-        # transport makes a record of every write, so head and body pieces would each cost one.
-        self._out: list[bytes] = []
-
-    def _flush(self) -> None:
-        if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
-            self.ingress.transport.write(data)
-
-    def expect(self, request: _Request) -> None:
-        """The next response answers ``request``."""
-        self.reused = self._request is not None
-        self.received = False
-        self._parser = httptools.HttpResponseParser(self)
-        self._request = request
-        self._reason.clear()
-        self._headers, self._trailers = [], []
-        self._status, self._in_body, self._chunked, self._until_close = 0, False, False, False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.ingress.proxy._track(self.transport)
-
-    def close(self) -> None:
-        """Close once flushed; an app that does not take what is left within
-        ``inactivity_timeout`` is cut off."""
-        if self._deadline is None:
-            self.transport.close()
-            timeout = self.ingress.limits.inactivity_timeout
-            self._deadline = asyncio.get_running_loop().call_later(timeout, self.transport.abort)
-
-    def data_received(self, data: bytes) -> None:
-        self.ingress._touch()
-        if self._tunnel:
-            self.ingress.transport.write(data)
-            return
-        self.received = True
-        if self._parser is None:  # bytes nobody asked for
-            self.transport.close()
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._flush()
-            self._parser = None
-            self._tunnel = True
-            self.ingress.tunnel(self, data[int(exc.args[0]) :])
-        except httptools.HttpParserError as exc:
-            self._flush()
-            if self._unasked:
-                self._parser = None
-                self.ingress.unasked_switch(self)
-            elif isinstance(exc.__context__, _Stop):
-                self._finish()
-            else:
-                self._parser = None
-                self.transport.close()
-                self.ingress.app_lost(self, f"malformed response: {exc}")
-        else:
-            self._flush()
-            if self._status == 101 and not self._tunnel:  # llhttp did not switch: no tunnel
-                self._parser = None
-                self.ingress.unasked_switch(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.ingress.proxy._untrack(self.transport)
-        if self._deadline is not None:
-            self._deadline.cancel()
-        if self._until_close and self._parser is not None:
-            self._keep_alive = False
-            self._finish()
-        self._parser = None
-        self.ingress.app_lost(self, "the app closed the connection")
-
-    def pause_writing(self) -> None:
-        self.ingress._pause("app")
-
-    def resume_writing(self) -> None:
-        self.ingress._touch()
-        self.ingress._resume("app")
-
-    # Parser callbacks (httptools).
-
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        (self._trailers if self._in_body else self._headers).append((name, value))
-
-    def on_headers_complete(self) -> None:
-        assert self._parser is not None
-        assert self._request is not None
-        status = self._status = self._parser.get_status_code()
-        if status == 101 and not (self._request.may_upgrade and self._parser.should_upgrade()):
-            self._unasked = True  # nothing of it reaches the client
-            raise _Stop
-        head = b"HTTP/%s %d %s\r\n" % (
-            self._parser.get_http_version().encode(),
-            status,
-            bytes(self._reason),
-        )
-        lines = [head, *_header_lines(self._headers), b"\r\n"]
-        if status >= 200 or status == 101:
-            self.ingress.response_started()
-        elif self._request.version == "1.0":
-            return  # HTTP/1.0 clients do not know interim responses
-        self._out.extend(lines)
-        if status < 200:
-            return
-        self._in_body = True
-        names = {name.lower() for name, _ in self._headers}
-        bodyless = status in (204, 304) or self._request.method == "HEAD"
-        self._chunked = not bodyless and any(
-            n.lower() == b"transfer-encoding" and v.lower().rstrip().endswith(b"chunked")
-            for n, v in self._headers
-        )
-        self._until_close = not (bodyless or self._chunked or b"content-length" in names)
-        if self._request.method == "HEAD":
-            # llhttp cannot be told the request was HEAD: the response ends with its head.
-            self._keep_alive = self._parser.should_keep_alive()
-            raise _Stop
-
-    def on_body(self, body: bytes) -> None:
-        self._out.extend(_body_piece(body, self._chunked))
-
-    def on_message_complete(self) -> None:
-        assert self._parser is not None
-        if self._status < 200:  # interim (100, 103) or 101: the parser carries on
-            self._reason.clear()
-            self._headers = []
-            return
-        self._keep_alive = self._parser.should_keep_alive()
-        raise _Stop
-
-    def _finish(self) -> None:
-        self._parser = None
-        if self._chunked:
-            self._out.append(_last_chunk(self._trailers))
-        self._flush()
-        self.ingress.response_done(self, self._keep_alive)

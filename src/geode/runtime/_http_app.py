@@ -1,0 +1,182 @@
+"""The app side of the HTTP ingress: the plaintext connection to the app behind one client
+connection, each response parsed only to re-frame it and find its end."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from geode.runtime._http_message import Request, Stop, body_piece, header_lines, last_chunk
+
+if TYPE_CHECKING:
+    from geode.runtime._http_ingress import HttpIngress
+
+__all__ = ["HttpApp"]
+
+
+class HttpApp(asyncio.Protocol):
+    """The plaintext connection to the app behind one client connection: each response is
+    parsed only to re-frame it and find its end."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, ingress: HttpIngress) -> None:
+        self.ingress = ingress
+        self._parser: httptools.HttpResponseParser | None = None
+        self._request: Request | None = None
+        self._reason = bytearray()
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[tuple[bytes, bytes]] = []
+        self._status = 0
+        self._in_body = False
+        self._chunked = False
+        self._until_close = False  # the response ends when the app closes
+        self._keep_alive = False
+        self._tunnel = False
+        self._unasked = False  # a 101 that no upgrade request asked for
+        self._deadline: asyncio.TimerHandle | None = None
+        self.reused = False  # an earlier exchange completed on this connection
+        self.received = False  # the app has sent something for the current exchange
+        # What one read of the app produces for the client goes out as one write: the TLS
+        # transport makes a record of every write, so head and body pieces would each cost one.
+        self._out: list[bytes] = []
+
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self.ingress.transport.write(data)
+
+    def expect(self, request: Request) -> None:
+        """The next response answers ``request``."""
+        self.reused = self._request is not None
+        self.received = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._request = request
+        self._reason.clear()
+        self._headers, self._trailers = [], []
+        self._status, self._in_body, self._chunked, self._until_close = 0, False, False, False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.ingress.proxy._track(self.transport)
+
+    def close(self) -> None:
+        """Close once flushed; an app that does not take what is left within
+        ``inactivity_timeout`` is cut off."""
+        if self._deadline is None:
+            self.transport.close()
+            timeout = self.ingress.limits.inactivity_timeout
+            self._deadline = asyncio.get_running_loop().call_later(timeout, self.transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        self.ingress._touch()
+        if self._tunnel:
+            self.ingress.transport.write(data)
+            return
+        self.received = True
+        if self._parser is None:  # bytes nobody asked for
+            self.transport.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._flush()
+            self._parser = None
+            self._tunnel = True
+            self.ingress.tunnel(self, data[int(exc.args[0]) :])
+        except httptools.HttpParserError as exc:
+            self._flush()
+            if self._unasked:
+                self._parser = None
+                self.ingress.unasked_switch(self)
+            elif isinstance(exc.__context__, Stop):
+                self._finish()
+            else:
+                self._parser = None
+                self.transport.close()
+                self.ingress.app_lost(self, f"malformed response: {exc}")
+        else:
+            self._flush()
+            if self._status == 101 and not self._tunnel:  # llhttp did not switch: no tunnel
+                self._parser = None
+                self.ingress.unasked_switch(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ingress.proxy._untrack(self.transport)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._until_close and self._parser is not None:
+            self._keep_alive = False
+            self._finish()
+        self._parser = None
+        self.ingress.app_lost(self, "the app closed the connection")
+
+    def pause_writing(self) -> None:
+        self.ingress._pause("app")
+
+    def resume_writing(self) -> None:
+        self.ingress._touch()
+        self.ingress._resume("app")
+
+    # Parser callbacks (httptools).
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        (self._trailers if self._in_body else self._headers).append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        assert self._request is not None
+        status = self._status = self._parser.get_status_code()
+        if status == 101 and not (self._request.may_upgrade and self._parser.should_upgrade()):
+            self._unasked = True  # nothing of it reaches the client
+            raise Stop
+        head = b"HTTP/%s %d %s\r\n" % (
+            self._parser.get_http_version().encode(),
+            status,
+            bytes(self._reason),
+        )
+        lines = [head, *header_lines(self._headers), b"\r\n"]
+        if status >= 200 or status == 101:
+            self.ingress.response_started()
+        elif self._request.version == "1.0":
+            return  # HTTP/1.0 clients do not know interim responses
+        self._out.extend(lines)
+        if status < 200:
+            return
+        self._in_body = True
+        names = {name.lower() for name, _ in self._headers}
+        bodyless = status in (204, 304) or self._request.method == "HEAD"
+        self._chunked = not bodyless and any(
+            n.lower() == b"transfer-encoding" and v.lower().rstrip().endswith(b"chunked")
+            for n, v in self._headers
+        )
+        self._until_close = not (bodyless or self._chunked or b"content-length" in names)
+        if self._request.method == "HEAD":
+            # llhttp cannot be told the request was HEAD: the response ends with its head.
+            self._keep_alive = self._parser.should_keep_alive()
+            raise Stop
+
+    def on_body(self, body: bytes) -> None:
+        self._out.extend(body_piece(body, self._chunked))
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None
+        if self._status < 200:  # interim (100, 103) or 101: the parser carries on
+            self._reason.clear()
+            self._headers = []
+            return
+        self._keep_alive = self._parser.should_keep_alive()
+        raise Stop
+
+    def _finish(self) -> None:
+        self._parser = None
+        if self._chunked:
+            self._out.append(last_chunk(self._trailers))
+        self._flush()
+        self.ingress.response_done(self, self._keep_alive)

@@ -1,0 +1,131 @@
+"""HTTP/1.1 messages as the transparent TLS proxy's HTTP ingress sees them: a request as far
+as it has been read, and the checks and re-framing both directions share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+import httptools
+
+from geode.runtime._splice import _PEER_HEADER
+
+__all__ = [
+    "Request",
+    "Stop",
+    "asks_for_http2",
+    "body_piece",
+    "header_lines",
+    "last_chunk",
+    "policy_path",
+]
+
+_SHOWN = 256  # how much of a request target a log line shows
+
+
+class Stop(Exception):
+    """Raised in a parser callback to stop parsing where a message ends."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One request from the client, as far as it has been read."""
+
+    url: bytearray = field(default_factory=bytearray)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    method: str = ""
+    version: str = "1.1"
+    keep_alive: bool = False
+    chunked: bool = False
+    upgrade: bool = False
+    expects_continue: bool = False
+    replayable: bool = False  # idempotent and bodiless: may be sent again to a fresh connection
+    head_size: int = 0  # URL and header bytes, known once the head is complete
+    head_read: int = 0  # bytes read of a head not yet complete
+    began_mid_read: bool = False  # after another message in the same read
+    head_done: bool = False
+    done: bool = False
+    body: list[bytes] = field(default_factory=list)  # read, not yet forwarded
+    remaining: int | None = None  # body bytes still to come, when Content-Length gives them
+    maybe_trailers: bool = False  # after a chunk header with no data yet: perhaps the trailers
+    trailer_size: int = 0  # bytes of the complete trailer fields
+    trailer_read: int = 0  # bytes of the reads that began within the trailers
+    may_upgrade: bool = False  # flagged as an upgrade by llhttp, and passed every check
+    error: int | None = None  # answer this status and close the connection
+    reason: str = ""
+
+    def target(self) -> str:
+        """The request target for a log line (logged with ``%r``: it may hold anything)."""
+        shown = bytes(self.url[:_SHOWN]).decode("latin-1")
+        return shown + "..." if len(self.url) > _SHOWN else shown
+
+
+def header_lines(headers: Iterable[tuple[bytes, bytes]], *, peer: bool = True) -> list[bytes]:
+    """Header lines; with ``peer=False`` without ``X-Geode-Peer``, which only the proxy sets
+    (nor ``X_Geode_Peer``: CGI-style apps read both as ``HTTP_X_GEODE_PEER``)."""
+    return [
+        b"%s: %s\r\n" % h
+        for h in headers
+        if peer or h[0].lower().replace(b"_", b"-") != _PEER_HEADER
+    ]
+
+
+def body_piece(data: bytes, chunked: bool) -> list[bytes]:
+    # Chunked bodies are re-framed piece by piece: the receiver decodes them the same way.
+    return [b"%x\r\n" % len(data), data, b"\r\n"] if chunked else [data]
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]], *, peer: bool = True) -> bytes:
+    return b"".join([b"0\r\n", *header_lines(trailers, peer=peer), b"\r\n"])
+
+
+def policy_path(url: bytes) -> str | None:
+    """The percent-decoded path the policy judges (as ASGI's ``scope["path"]``), or ``None``
+    when it cannot be judged safely, because the app might resolve it into a path the policy
+    never saw: no path; a ``#`` anywhere (never sent by a client: the policy would judge the
+    path before it, and an app that takes the rest as path too resolves its dot segments); a
+    backslash in the path, raw or ``%5C`` (WHATWG URL parsers, Node's ``new URL`` among them,
+    read it as ``/``); or a segment that is ``.`` or ``..`` once decoded and cut at its first
+    ``;`` (Tomcat and Spring drop such path parameters: ``/public/..;/admin`` is ``/admin``)."""
+    if url == b"*":
+        return "*"
+    if b"#" in url:
+        return None
+    raw_path = url.partition(b"?")[0]
+    if b"\\" in raw_path or b"%5c" in raw_path.lower():
+        return None
+    try:
+        raw = httptools.parse_url(url).path or b"/"
+    except httptools.HttpParserInvalidURLError:
+        return None
+    path = unquote(raw.decode("latin-1"))
+    if (
+        not path.startswith("/")
+        or "\\" in path
+        or any(s.partition(";")[0] in (".", "..") for s in path.split("/"))
+    ):
+        return None
+    return path
+
+
+def asks_for_http2(request: Request) -> bool:
+    """Whether the request asks to switch to HTTP/2 over cleartext (h2c), by whatever route:
+    ``Upgrade: h2c`` or an ``HTTP2-Settings`` header, whatever ``Connection`` says (Go's h2c
+    server switches on ``Connection: HTTP2-Settings``, which llhttp does not flag as an
+    upgrade), or, in a flagged upgrade, any ``h2``/``http/`` protocol. Requests inside an HTTP/2
+    connection would reach the app unchecked."""
+    for name, value in request.headers:
+        lowered = name.lower()
+        if lowered == b"http2-settings":
+            return True
+        if lowered == b"upgrade":
+            value = value.lower()
+            if b"h2c" in value:
+                return True
+            if request.upgrade and any(
+                token.strip().startswith((b"h2", b"http/")) for token in value.split(b",")
+            ):
+                return True
+    return False
