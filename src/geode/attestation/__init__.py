@@ -6,6 +6,8 @@ from __future__ import annotations
 from geode.attestation._evidence import (
     EVIDENCE_KINDS,
     REPORT_DATA_SIZE,
+    TCB_STATUSES,
+    TCB_UNVERIFIED,
     Claims,
     Evidence,
     key_binding,
@@ -24,19 +26,23 @@ from geode.attestation._simulated import (
     platform_key_id,
     verify_simulated_quote,
 )
-from geode.attestation._verifier import EvidenceVerifier
+from geode.attestation._verifier import EvidenceVerifier, KindVerifier, detect_kind
 
 __all__ = [
     "EVIDENCE_KINDS",
     "PLATFORM_KEY_ENV",
     "REPORT_DATA_SIZE",
+    "TCB_STATUSES",
+    "TCB_UNVERIFIED",
     "BundleError",
     "Claims",
     "Evidence",
     "EvidenceVerifier",
+    "KindVerifier",
     "ReferenceValues",
     "SimulatedPlatform",
     "default_platform_key_path",
+    "detect_kind",
     "key_binding",
     "load_platform_public_key",
     "manifest_signing_payload",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from geode.errors import EvidenceError
@@ -13,6 +14,8 @@ from geode.errors import EvidenceError
 __all__ = [
     "EVIDENCE_KINDS",
     "REPORT_DATA_SIZE",
+    "TCB_STATUSES",
+    "TCB_UNVERIFIED",
     "Claims",
     "Evidence",
     "key_binding",
@@ -25,6 +28,18 @@ __all__ = [
 EVIDENCE_KINDS = ("simulated", "sgx", "tdx", "sev-snp", "nvidia")
 REPORT_DATA_SIZE = 64
 MAX_EVIDENCE_BYTES = 64 * 1024
+
+# Intel's TCB statuses, best first, and ours for evidence whose TCB was not checked.
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
+TCB_UNVERIFIED = "Unverified"
 
 
 def _pad(digest: bytes) -> bytes:
@@ -95,7 +110,26 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Claims:
-    """The verified, normalised content of evidence."""
+    """The verified, normalised content of evidence.
+
+    Every kind fills ``tee``, ``report_data`` (64 bytes), ``debug`` and ``tcb_status``; the other
+    fields are per kind (empty otherwise):
+
+    ========== =====================================================================================
+    simulated  measurement, signer, product_id, svn
+    sgx        measurement (MRENCLAVE), signer (MRSIGNER), product_id (ISVPRODID), svn (ISVSVN)
+    tdx        measurement (MRTD), rtmrs (RTMR0..3), mrconfigid
+    sev-snp    measurement (48 bytes), host_data, vmpl, tcb (reported TCB by component)
+    nvidia     measurements (index -> value, from the measurement blocks)
+    ========== =====================================================================================
+
+    ``tcb_status`` is Intel's vocabulary (``UpToDate``, ``SWHardeningNeeded``,
+    ``ConfigurationNeeded``, ``ConfigurationAndSWHardeningNeeded``, ``OutOfDate``,
+    ``OutOfDateConfigurationNeeded``, ``Revoked``), ``Unverified`` when no collateral was
+    checked, ``Simulated`` for simulated evidence; kinds without TCB levels say ``UpToDate`` once
+    their own checks passed. ``platform`` names the platform (FMSPC, chip id, simulated key id);
+    ``details`` carries what an auditor may want to see but no package matches on (hex or text).
+    """
 
     tee: str
     measurement: bytes
@@ -104,5 +138,41 @@ class Claims:
     signer: bytes = b""
     product_id: int = 0
     svn: int = 0
-    tcb_status: str = "UpToDate"
+    tcb_status: str = TCB_UNVERIFIED
     platform: str = ""
+    advisory_ids: tuple[str, ...] = ()
+    rtmrs: tuple[bytes, ...] = ()
+    mrconfigid: bytes = b""
+    host_data: bytes = b""
+    vmpl: int | None = None
+    tcb: Mapping[str, int] = field(default_factory=dict)
+    measurements: Mapping[int, bytes] = field(default_factory=dict)
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        """The claims under the field names of a manifest package of their kind, plus ``tee``,
+        ``report_data`` and ``tcb_status``; bytes as lowercase hex."""
+        out: dict[str, object] = {"tee": self.tee}
+        if self.tee == "tdx":
+            out["mrtd"] = self.measurement.hex()
+            for index, value in enumerate(self.rtmrs):
+                out[f"rtmr{index}"] = value.hex()
+            out["mrconfigid"] = self.mrconfigid.hex()
+        elif self.tee == "nvidia":
+            out["measurements"] = {str(i): v.hex() for i, v in sorted(self.measurements.items())}
+        else:
+            out["measurement"] = self.measurement.hex()
+        if self.tee in ("simulated", "sgx"):
+            out.update(signer=self.signer.hex(), product_id=self.product_id, svn=self.svn)
+        if self.tee == "sev-snp":
+            out.update(host_data=self.host_data.hex(), vmpl=self.vmpl, tcb=dict(self.tcb))
+        out.update(
+            debug=self.debug,
+            report_data=self.report_data.hex(),
+            tcb_status=self.tcb_status,
+            advisory_ids=list(self.advisory_ids),
+            platform=self.platform,
+        )
+        if self.details:
+            out["details"] = dict(self.details)
+        return out

@@ -51,15 +51,76 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+TcbStatus = Literal[
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+    "Unverified",
+]
+
+# Which package fields each TEE kind understands (beyond ``tee`` and ``debug``).
+PACKAGE_FIELDS: dict[str, frozenset[str]] = {
+    "simulated": frozenset({"measurement", "signer", "product_id", "min_svn"}),
+    "sgx": frozenset({"measurement", "signer", "product_id", "min_svn", "accepted_tcb_statuses"}),
+    "tdx": frozenset(
+        {"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "accepted_tcb_statuses"}
+    ),
+    "sev-snp": frozenset({"measurement", "host_data", "min_tcb", "vmpl"}),
+    "nvidia": frozenset({"measurements"}),
+}
+_DIGEST_BYTES = {"simulated": 32, "sgx": 32, "sev-snp": 48}
+_SHA384_HEX = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{96}$")]
+
+
+class SnpTcb(_Strict):
+    """Minimum SEV-SNP TCB by component; a component left out is not checked."""
+
+    bootloader: Annotated[int, Field(ge=0, le=255)] | None = None
+    tee: Annotated[int, Field(ge=0, le=255)] | None = None
+    snp: Annotated[int, Field(ge=0, le=255)] | None = None
+    microcode: Annotated[int, Field(ge=0, le=255)] | None = None
+    fmc: Annotated[int, Field(ge=0, le=255)] | None = None  # Turin and later
+
+
 class Package(_Strict):
-    """A measured code identity."""
+    """A measured code identity. Which fields apply depends on ``tee`` (``PACKAGE_FIELDS``):
+
+    - ``simulated``, ``sgx``: ``measurement`` (MRENCLAVE), or ``signer`` (MRSIGNER) with
+      ``product_id`` and optionally ``min_svn``;
+    - ``tdx``: ``mrtd``, optionally ``rtmr0``..``rtmr3`` and ``mrconfigid`` (48 bytes each);
+    - ``sev-snp``: ``measurement`` (48 bytes), optionally ``host_data`` (32 bytes), ``min_tcb``
+      and ``vmpl``;
+    - ``nvidia``: ``measurements``, golden values by measurement index (one or more allowed
+      SHA-384 values each).
+
+    ``debug`` allows debug evidence (SGX/TDX debug attribute, SNP policy bit, NVIDIA devtools
+    mode). ``accepted_tcb_statuses`` (sgx, tdx) lists the TCB statuses accepted, UpToDate only
+    by default.
+    """
 
     tee: TeeKind
     measurement: str | None = None
     signer: str | None = None
     product_id: Annotated[int, Field(ge=0, le=0xFFFF)] | None = None
     min_svn: Annotated[int, Field(ge=0, le=0xFFFF)] | None = None
+    mrtd: str | None = None
+    rtmr0: str | None = None
+    rtmr1: str | None = None
+    rtmr2: str | None = None
+    rtmr3: str | None = None
+    mrconfigid: str | None = None
+    host_data: str | None = None
+    min_tcb: SnpTcb | None = None
+    vmpl: Annotated[int, Field(ge=0, le=3)] | None = None
+    measurements: dict[int, list[_SHA384_HEX]] | None = None
     debug: bool = False
+    accepted_tcb_statuses: Annotated[list[TcbStatus], Field(min_length=1)] = Field(
+        default_factory=lambda: list[TcbStatus](["UpToDate"])
+    )
 
     @field_validator("measurement")
     @classmethod
@@ -71,17 +132,59 @@ class Package(_Strict):
             raise ValueError("expected a SHA-256 or SHA-384 digest in hex (64 or 96 hex digits)")
         return value
 
-    @field_validator("signer")
+    @field_validator("signer", "host_data")
     @classmethod
-    def _signer_hex(cls, value: str | None) -> str | None:
+    def _hex32(cls, value: str | None) -> str | None:
         return None if value is None else _check_hex(value, 32)
 
+    @field_validator("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid")
+    @classmethod
+    def _hex48(cls, value: str | None) -> str | None:
+        return None if value is None else _check_hex(value, 48)
+
+    @field_validator("measurements", mode="before")
+    @classmethod
+    def _golden_values(cls, value: object) -> object:
+        # YAML gives integer keys, JSON string keys; a single value stands for a list of one.
+        if not isinstance(value, dict):
+            return value
+        out: dict[object, object] = {}
+        for key, item in value.items():
+            if isinstance(key, str) and key.isdigit():
+                key = int(key)
+            out[key] = [item] if isinstance(item, str) else item
+        return out
+
+    @field_validator("measurements")
+    @classmethod
+    def _golden_lower(cls, value: dict[int, list[str]] | None) -> dict[int, list[str]] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("give at least one golden measurement")
+        for index, items in value.items():
+            if not 0 <= index <= 255 or not items:
+                raise ValueError(f"measurement {index}: an index 0-255 with at least one value")
+        return {index: [v.lower() for v in items] for index, items in value.items()}
+
     @model_validator(mode="after")
-    def _identity_given(self) -> Package:
-        if self.measurement is None and self.signer is None:
-            raise ValueError("a package needs a 'measurement', or a 'signer' with a 'product_id'")
-        if self.signer is not None and self.product_id is None:
-            raise ValueError("'signer' needs a 'product_id'")
+    def _fields_fit_the_tee(self) -> Package:
+        allowed = PACKAGE_FIELDS[self.tee] | {"tee", "debug"}
+        for name in sorted(self.model_fields_set - allowed):
+            raise ValueError(f"'{name}' does not apply to {self.tee} packages")
+        if self.tee in ("simulated", "sgx"):
+            if self.measurement is None and self.signer is None:
+                raise ValueError(
+                    "a package needs a 'measurement', or a 'signer' with a 'product_id'"
+                )
+            if self.signer is not None and self.product_id is None:
+                raise ValueError("'signer' needs a 'product_id'")
+        required = {"tdx": "mrtd", "sev-snp": "measurement", "nvidia": "measurements"}
+        if self.tee in required and getattr(self, required[self.tee]) is None:
+            raise ValueError(f"a {self.tee} package needs a '{required[self.tee]}'")
+        size = _DIGEST_BYTES.get(self.tee)
+        if self.measurement is not None and size and len(self.measurement) != 2 * size:
+            raise ValueError(f"a {self.tee} measurement is {size} bytes ({2 * size} hex digits)")
         return self
 
 
