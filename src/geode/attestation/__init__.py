@@ -16,6 +16,14 @@ from geode.attestation._evidence import (
     statement_binding,
     statement_signing_payload,
 )
+from geode.attestation._governance import (
+    RECOVERY_SHARE_LABEL,
+    RECOVERY_TRANSPORT_LABEL,
+    audit_entry_hash,
+    audit_signing_payload,
+    recovery_binding,
+    recovery_upload_payload,
+)
 from geode.attestation._measure import BundleError, measure_bundle
 from geode.attestation._reference import ReferenceValues, match_claims
 from geode.attestation._simulated import (
@@ -31,6 +39,8 @@ from geode.attestation._verifier import EvidenceVerifier, KindVerifier, detect_k
 __all__ = [
     "EVIDENCE_KINDS",
     "PLATFORM_KEY_ENV",
+    "RECOVERY_SHARE_LABEL",
+    "RECOVERY_TRANSPORT_LABEL",
     "REPORT_DATA_SIZE",
     "TCB_STATUSES",
     "TCB_UNVERIFIED",
@@ -41,6 +51,8 @@ __all__ = [
     "KindVerifier",
     "ReferenceValues",
     "SimulatedPlatform",
+    "audit_entry_hash",
+    "audit_signing_payload",
     "default_platform_key_path",
     "detect_kind",
     "key_binding",
@@ -49,6 +61,8 @@ __all__ = [
     "match_claims",
     "measure_bundle",
     "platform_key_id",
+    "recovery_binding",
+    "recovery_upload_payload",
     "renewal_payload",
     "statement_binding",
     "statement_signing_payload",
