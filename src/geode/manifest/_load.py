@@ -18,6 +18,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import ValidationError
 
 from geode.errors import ManifestError
@@ -224,10 +225,17 @@ def _check_references(m: Manifest) -> None:
             if source not in m.services:
                 raise ManifestError(f"{where}.sources[{j}]", f"unknown service {source!r}")
     recovery = m.recovery
-    if recovery is not None and recovery.keys and recovery.threshold > len(recovery.keys):
+    if recovery is not None and recovery.threshold > len(recovery.keys):
         raise ManifestError(
             "recovery.threshold",
             f"threshold {recovery.threshold} exceeds the {len(recovery.keys)} recovery keys",
+        )
+    threshold = m.updates.threshold
+    if threshold is not None and threshold > len(m.manifest_updaters):
+        raise ManifestError(
+            "updates.threshold",
+            f"threshold {threshold} exceeds the {len(m.manifest_updaters)} users "
+            "who may update the manifest",
         )
 
 
@@ -260,11 +268,24 @@ def _check_secret_role(spec: SecretSpec, path: str, actions: Sequence[str]) -> N
 
 
 def _check_keys(m: Manifest) -> None:
+    holders: dict[bytes, str] = {}
     for name, user in m.users.items():
+        path = f"users.{name}.certificate"
         try:
-            x509.load_pem_x509_certificate(user.certificate.encode())
+            cert = x509.load_pem_x509_certificate(user.certificate.encode())
         except ValueError:
-            raise ManifestError(f"users.{name}.certificate", "not a PEM certificate") from None
+            raise ManifestError(path, "not a PEM certificate") from None
+        # A user is told apart by the certificate alone: two users cannot share one.
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if der in holders:
+            raise ManifestError(path, f"the same certificate as user {holders[der]!r}")
+        holders[der] = name
+        try:
+            usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            continue
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+            raise ManifestError(path, "the certificate does not allow TLS client authentication")
     if m.recovery is None:
         return
     for name, pem in m.recovery.keys.items():

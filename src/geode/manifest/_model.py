@@ -304,15 +304,30 @@ class User(_Strict):
     roles: list[Name] = Field(default_factory=list)
 
 
+Resource = Literal["secrets", "packages", "manifest"]
+Action = Literal["read", "write", "update"]
+
+
 class Role(_Strict):
-    resource: Literal["secrets", "packages", "manifest"]
+    """A permission: ``actions`` on the named ``resource`` items (a manifest role names none)."""
+
+    resource: Resource
     names: list[Name] = Field(default_factory=list)
-    actions: Annotated[list[Literal["read", "write", "update"]], Field(min_length=1)]
+    actions: Annotated[list[Action], Field(min_length=1)]
 
 
 class Recovery(_Strict):
-    keys: dict[Name, str] = Field(default_factory=dict)
+    """Recovery parties (RSA public keys, PEM) and how many of them recover the state."""
+
+    keys: Annotated[dict[Name, str], Field(min_length=1)]
     threshold: Annotated[int, Field(ge=1)] = 1
+
+
+class Updates(_Strict):
+    """How many users with the manifest ``update`` role must acknowledge a manifest update
+    (default: all of them)."""
+
+    threshold: Annotated[int, Field(ge=1)] | None = None
 
 
 class HttpRule(_Strict):
@@ -419,6 +434,7 @@ class Manifest(_Strict):
     users: dict[Name, User] = Field(default_factory=dict)
     roles: dict[Name, Role] = Field(default_factory=dict)
     recovery: Recovery | None = None
+    updates: Updates = Field(default_factory=Updates)
     policies: Policies = Field(default_factory=Policies)
     tls: dict[Name, TlsTag] = Field(default_factory=dict)
 
@@ -435,3 +451,26 @@ class Manifest(_Strict):
         for key in values:
             check_name(key)
         return values
+
+    def grants(self, user: str, resource: str, action: str, name: str = "") -> bool:
+        """Do ``user``'s roles grant ``action`` on ``resource`` (item ``name``)?"""
+        person = self.users.get(user)
+        if person is None:
+            return False
+        for role_name in person.roles:
+            role = self.roles[role_name]
+            if role.resource != resource or action not in role.actions:
+                continue
+            if resource == "manifest" or name in role.names:
+                return True
+        return False
+
+    @property
+    def manifest_updaters(self) -> list[str]:
+        """The users whose roles grant ``update`` on the manifest, sorted."""
+        return sorted(u for u in self.users if self.grants(u, "manifest", "update"))
+
+    @property
+    def update_threshold(self) -> int:
+        """Acknowledgements a manifest update needs (0 when no user may update the manifest)."""
+        return self.updates.threshold or len(self.manifest_updaters)
