@@ -33,7 +33,6 @@ import socket
 import ssl
 import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -51,6 +50,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from geode import testing
 from geode.attestation import ReferenceValues, SimulatedPlatform, measure_bundle
 from geode.client import (
     CoordinatorClient,
@@ -60,6 +60,7 @@ from geode.client import (
 )
 from geode.coordinator import coordinator_measurement
 from geode.pki import COORDINATOR_URI, certificate_pem, uri_sans
+from geode.testing import free_port
 
 __all__ = [
     "CONNECTIONS",
@@ -120,101 +121,20 @@ class NotTheCoordinator(HarnessError):
 # -- the Coordinator process --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class CoordinatorProcess:
-    """A ``geode coordinator --simulation`` process with keys, config and data under ``base``."""
+class CoordinatorProcess(testing.CoordinatorProcess):
+    """``geode.testing.CoordinatorProcess`` with keys, config, data and log under ``base``."""
 
     def __init__(self, base: Path) -> None:
+        super().__init__(base / "data", testing.isolated_env(base), base / "coordinator.log")
         self.base = base
-        self.data_dir = base / "data"
         self.platform_key = base / "keys" / "platform.key"
-        self.log_path = base / "coordinator.log"
-        self.client_addr = f"127.0.0.1:{free_port()}"
-        self.mesh_addr = f"127.0.0.1:{free_port()}"
-        self.env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in ("GEODE_COORDINATOR", "GEODE_COORDINATOR_MESH", "GEODE_ROOT_CA")
-        }
-        self.env |= {
-            "GEODE_SEALING_KEY": str(base / "keys" / "sealing.key"),
-            "GEODE_PLATFORM_KEY": str(self.platform_key),
-            "GEODE_CONFIG_DIR": str(base / "config"),
-        }
-        self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 60.0) -> None:
-        """Start it and wait until its client API answers."""
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "geode",
-                    "coordinator",
-                    "--simulation",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--client-addr",
-                    self.client_addr,
-                    "--mesh-addr",
-                    self.mesh_addr,
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise HarnessError(f"the Coordinator exited early:\n{self.log_tail()}")
-            try:
-                # Only "is it up?": nothing is trusted before the statement is verified.
-                httpx.get(f"https://{self.client_addr}/api/v1/status", verify=False, timeout=2)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise HarnessError(f"the Coordinator did not come up:\n{self.log_tail()}")
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the Coordinator process (all its threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-        return ticks / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> int | None:
-        """SIGTERM, then wait; SIGKILL only if it does not stop within 15 s. The exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def log_tail(self, lines: int = 30) -> str:
+    def start(self, timeout: float = 60.0) -> CoordinatorProcess:
         try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+            super().start(timeout)
+        except RuntimeError as exc:
+            raise HarnessError(str(exc)) from None
+        return self
 
 
 # -- the deployment ------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +11,28 @@ from pathlib import Path
 
 import httpx
 
+from geode import testing
+from geode.testing import free_port
+
+__all__ = [
+    "REPO",
+    "CoordinatorProcess",
+    "free_port",
+    "geode_cli",
+    "geode_run_argv",
+    "sample_manifest",
+    "wait_for_port",
+]
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+class CoordinatorProcess(testing.CoordinatorProcess):
+    def status(self) -> dict[str, object]:
+        """The Coordinator's status, unverified (what a test looks at, not what it trusts)."""
+        response = httpx.get(f"https://{self.client_addr}/api/v1/status", verify=False)
+        result: dict[str, object] = response.json()
+        return result
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -38,84 +58,6 @@ def geode_run_argv(
         "--coordinator", mesh_addr, "--bundle", str(bundle), "--root-ca", str(root_ca),
         *options, "--", *command,
     ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class CoordinatorProcess:
-    """A real ``geode coordinator --simulation`` process on free loopback ports."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str], log: Path, *args: str) -> None:
-        self.data_dir = data_dir
-        self.env = env
-        self.log_path = log
-        self.args = args
-        self.client_port = free_port()
-        self.mesh_port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def client_addr(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
-
-    @property
-    def mesh_addr(self) -> str:
-        return f"127.0.0.1:{self.mesh_port}"
-
-    def start(self, timeout: float = 30.0) -> CoordinatorProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "geode",
-                "coordinator",
-                "--simulation",
-                "--data-dir",
-                str(self.data_dir),
-                "--client-addr",
-                self.client_addr,
-                "--mesh-addr",
-                self.mesh_addr,
-                *self.args,
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"coordinator exited early:\n{self.log()}")
-            try:
-                httpx.get(f"https://{self.client_addr}/api/v1/status", verify=False, timeout=2)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"coordinator did not come up:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def status(self) -> dict[str, object]:
-        response = httpx.get(f"https://{self.client_addr}/api/v1/status", verify=False)
-        result: dict[str, object] = response.json()
-        return result
-
-    def stop(self) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
 
 
 def sample_manifest(measurement: str, **service: object) -> str:

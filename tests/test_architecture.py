@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "geode"
-PACKAGES = ["manifest", "attestation", "pki", "coordinator", "runtime", "client", "db", "cli"]
+PACKAGES = [
+    "manifest",
+    "attestation",
+    "pki",
+    "coordinator",
+    "runtime",
+    "client",
+    "db",
+    "cli",
+    "testing",
+]
 
 # What each package may import from Geode. The base modules (errors, _files) import nothing of
 # Geode and may be used by everyone. Nothing imports the CLI.
@@ -22,6 +32,7 @@ ALLOWED = {
     "coordinator": {"attestation", "pki", "manifest"},
     "runtime": {"attestation", "pki", "manifest", "client"},
     "db": {"pki", "manifest", "runtime"},
+    "testing": set(),
     "cli": {"attestation", "pki", "manifest", "client", "coordinator", "runtime", "db"},
 }
 BASE = {"errors", "_files"}
