@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from geode.manifest import MeshConfig, MeshPolicy
+from geode.manifest import HttpRule, MeshConfig, MeshPolicy, MeshRule
 from geode.pki import (
     CertificateAuthority,
     LeafParams,
@@ -266,3 +266,61 @@ def test_serve_asgi_does_not_take_the_client_address_from_headers(pki: Pki) -> N
                 f"https://127.0.0.1:{port}/", headers={"X-Forwarded-For": "203.0.113.9"}
             )
     assert answer.text == "127.0.0.1 spiffe://t.local/service/client"
+
+
+# --- WebSockets ---------------------------------------------------------------------------------
+
+
+async def _echo_peer(scope: Any, receive: Any, send: Any) -> None:
+    """A WebSocket that answers each message with the peer's SPIFFE id and the message."""
+    assert scope["type"] == "websocket"
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": f"{scope['geode.peer']} {message['text']}"})
+
+
+def test_websockets_carry_the_peer_and_obey_the_policy(pki: Pki) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    cert, key = pki.leaf("server", server=True)
+    (pki.tmp / "mesh-ca.pem").write_text(certificate_pem(pki.mesh.certificate))
+    rule = MeshRule(
+        name="ws",
+        sources=["spiffe://t.local/service/client"],
+        http=[HttpRule(methods=["GET"], path="^/ws$")],
+    )
+    credentials = Credentials(
+        cert_file=Path(cert),
+        key_file=Path(key),
+        ca_file=pki.tmp / "mesh-ca.pem",
+        spiffe_id=SpiffeId.for_service("t.local", "server"),
+        mesh=MeshConfig(
+            trust_domain="t.local",
+            service="server",
+            spiffe_id="spiffe://t.local/service/server",
+            policy=MeshPolicy(mode="strict", rules=[rule]),
+        ),
+    )
+    port = free_port()
+    server = serve_asgi(_echo_peer, credentials, host="127.0.0.1", port=port, watch=None)
+    server.config.log_config = None
+
+    def context(name: str) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=pki.root_file)
+        ctx.load_cert_chain(*pki.leaf(name))
+        return ctx
+
+    for _ in _serve_server(server):
+        with connect(f"wss://localhost:{port}/ws", ssl=context("client")) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=5) == "spiffe://t.local/service/client hello"
+        with pytest.raises(InvalidStatus) as refused:  # attested, but no rule allows it
+            connect(f"wss://localhost:{port}/ws", ssl=context("intruder"))
+        assert refused.value.response.status_code == 403
+        with pytest.raises(InvalidStatus):  # allowed peer, path outside the rule
+            connect(f"wss://localhost:{port}/other", ssl=context("client"))

@@ -19,7 +19,12 @@ from geode.runtime._asgi import (
     policy_engine,
     serve_asgi,
 )
-from geode.runtime._asgi_tls import TLSExtensionProtocol, peer_certificate, tls_extension
+from geode.runtime._asgi_tls import (
+    TLSExtensionProtocol,
+    TLSExtensionWSProtocol,
+    peer_certificate,
+    tls_extension,
+)
 from geode.runtime._credentials import Credentials
 from geode.runtime._identity import MeshSSLContext, peer_spiffe_id
 from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
@@ -42,6 +47,7 @@ __all__ = [
     "ProxyLimits",
     "ProxyRunner",
     "TLSExtensionProtocol",
+    "TLSExtensionWSProtocol",
     "TransparentProxy",
     "activate",
     "lay_out",

@@ -18,7 +18,11 @@ import httpx
 import uvicorn
 
 from geode.pki import SpiffeId
-from geode.runtime._asgi_tls import TLSExtensionProtocol, peer_certificate
+from geode.runtime._asgi_tls import (
+    TLSExtensionProtocol,
+    TLSExtensionWSProtocol,
+    peer_certificate,
+)
 from geode.runtime._credentials import Credentials
 from geode.runtime._identity import peer_spiffe_id
 from geode.runtime._policy import PolicyEngine
@@ -121,6 +125,7 @@ def serve_asgi(
         host=host,
         port=port,
         http=TLSExtensionProtocol,
+        ws=uvicorn_options.pop("ws", TLSExtensionWSProtocol),
         ssl_context_factory=lambda _config, _default: context,
         lifespan=uvicorn_options.pop("lifespan", "off"),
         **uvicorn_options,

@@ -20,10 +20,17 @@ from typing import Any
 
 from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
 from geode.runtime._identity import peer_spiffe_id
 
-__all__ = ["CoalescingTransport", "TLSExtensionProtocol", "peer_certificate", "tls_extension"]
+__all__ = [
+    "CoalescingTransport",
+    "TLSExtensionProtocol",
+    "TLSExtensionWSProtocol",
+    "peer_certificate",
+    "tls_extension",
+]
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 _COALESCE_LIMIT = 64 * 1024  # more than this is written at once: flow control must see it
@@ -104,6 +111,22 @@ class TLSExtensionProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self._geode_tls is not None:
             self.scope["extensions"] = {"tls": self._geode_tls}  # type: ignore[dict-item]
+
+
+class TLSExtensionWSProtocol(WSProtocol):
+    """uvicorn's wsproto WebSocket protocol, plus ``scope["extensions"]["tls"]``: a WebSocket
+    upgraded from a mutual-TLS connection names its verified peer too."""
+
+    _geode_tls: dict[str, Any] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._geode_tls = tls_extension(transport.get_extra_info("ssl_object"))
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)  # builds the scope; the app runs in a task, later
+        if self._geode_tls is not None:
+            self.scope["extensions"]["tls"] = self._geode_tls  # type: ignore[assignment]
 
 
 def peer_certificate(scope: Any) -> x509.Certificate | None:
