@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 # Debian packages: the demo's database, and what the tests drive (PROGRAM=PACKAGE).
 DEMO_PACKAGES := mariadbd=mariadb-server
-TEST_PACKAGES := $(DEMO_PACKAGES)
+TEST_PACKAGES := $(DEMO_PACKAGES) chromium=chromium certutil=libnss3-tools
 
 .PHONY: venv demo quickstart test check lint typecheck format bench clean system-demo system-test
 

@@ -156,6 +156,9 @@ def self_made_identity(directory: Path, claimed: str) -> tuple[Path, Path]:
 
 
 async def self_signed(seconds: float) -> None:
+    # Outside geode run nothing sets the addresses: the demo's own, unless given.
+    os.environ.setdefault("BOOKSTORE_URL", "https://localhost:14001")
+    os.environ.setdefault("WAREHOUSE_URL", "https://localhost:14002")
     with tempfile.TemporaryDirectory() as directory:
         claimed = os.environ.get("CLAIMED_ID", "spiffe://bookstore.geode.local/service/bookbuyer")
         cert_file, key_file = self_made_identity(Path(directory), claimed)
