@@ -58,6 +58,11 @@ class DeploymentPKI:
         self.mesh = self.root.create_intermediate("Geode Mesh CA")
         self.root_file = self._write("root.pem", certificate_pem(self.root.certificate))
         self.mesh_file = self._write("mesh.pem", certificate_pem(self.mesh.certificate))
+        self.server = self.renew_server_certificate()
+
+    def renew_server_certificate(self) -> ClientCert:
+        """A new mesh certificate for the database (another instance id), as renewal writes it:
+        each file replaced whole."""
         key = generate_private_key()
         leaf = self.mesh.issue(
             LeafParams(
@@ -67,12 +72,10 @@ class DeploymentPKI:
                 dns_names=["localhost"],
             )
         )
-        self.server = ClientCert(
-            self._write(
-                "server.pem", certificate_pem(leaf) + certificate_pem(self.mesh.certificate)
-            ),
-            self._write("server.key", private_key_pem(key).decode()),
-        )
+        chain = certificate_pem(leaf) + certificate_pem(self.mesh.certificate)
+        for name, text in (("server.key", private_key_pem(key).decode()), ("server.pem", chain)):
+            self._write(f"{name}.new", text).replace(self.dir / name)
+        return ClientCert(self.dir / "server.pem", self.dir / "server.key")
 
     def _write(self, name: str, text: str) -> Path:
         path = self.dir / name

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pymysql
 import pytest
+from cryptography import x509
 
 from geode.db import DatabaseConfig, DatabaseServer
 from geode.errors import DatabaseError, WrongDatabaseKey
@@ -165,6 +166,26 @@ def test_root_and_anonymous_accounts_are_local_only(
     ]
     with pytest.raises(pymysql.err.OperationalError):
         tls_connect(pki, running.config.port, "root", pki.secret_cert("root"))
+
+
+def test_a_renewed_certificate_is_loaded_without_a_restart(
+    running: DatabaseServer, pki: DeploymentPKI
+) -> None:
+    assert not running.reload_tls()  # nothing changed yet
+    old = _served_certificate(running, pki)
+    pki.renew_server_certificate()
+    assert running.reload_tls()
+    renewed = _served_certificate(running, pki)
+    assert renewed != old
+    assert renewed == x509.load_pem_x509_certificate(pki.server.cert.read_bytes())
+    assert not running.reload_tls()
+
+
+def _served_certificate(running: DatabaseServer, pki: DeploymentPKI) -> x509.Certificate:
+    conn = tls_connect(pki, running.config.port, "auditor", pki.secret_cert("auditor"))
+    with conn:
+        der = conn._sock.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der)
 
 
 def _occupied(port: int) -> socket.socket:

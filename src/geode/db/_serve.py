@@ -245,7 +245,8 @@ class DatabaseServer:
         return code
 
     def close(self) -> None:
-        """Release everything; kills a ``mariadbd`` still running (use ``stop`` first)."""
+        """Release everything: a ``mariadbd`` still running is stopped, the tmpfs directory
+        removed and the data directory's lock released."""
         if self._process is not None and self._process.process.poll() is None:
             self._process.stop()
         if self._files is not None:
@@ -296,7 +297,8 @@ class DatabaseServer:
         if existing:
             self._lock(datadir)
             check = KeyCheck.read(datadir)
-            assert check is not None
+            if check is None:
+                raise DatabaseError(f"{datadir}/{KEY_CHECK_FILE} has disappeared")
             check.verify(config.key, datadir)
         elif datadir.exists():
             self._lock(datadir)  # an empty directory, e.g. a mount point: filled in place
@@ -441,8 +443,11 @@ class DatabaseServer:
         accounts = [row for row in rows.splitlines() if row]
         if accounts:
             self.run_sql(f"DROP USER {', '.join(accounts)};")
-        # mariadb-install-db lets root@<host name> proxy; that account is gone.
-        self.run_sql("DELETE FROM mysql.proxies_priv WHERE Host <> 'localhost'; FLUSH PRIVILEGES;")
+        # mariadb-install-db also lets root@<host name> proxy; that account is gone.
+        self.run_sql(
+            "DELETE FROM mysql.proxies_priv "  # noqa: S608
+            f"WHERE User IN ({admins}) AND Host <> 'localhost'; FLUSH PRIVILEGES;"
+        )
 
     @staticmethod
     def _move_into_place(staging: Path, datadir: Path) -> None:
