@@ -1,0 +1,272 @@
+"""Verification of AMD SEV-SNP attestation reports, signed by a VCEK or a VLEK.
+
+Evidence of kind ``sev-snp`` is the 1184-byte report, optionally followed by the certificate
+table the guest received with it (configfs-tsm ``auxblob``, ``SNP_GET_EXT_REPORT``). Verification:
+
+1. parse the report (``_snp_report``);
+2. find the VCEK or VLEK the report names among the table's certificates and ``certs``, and
+   verify it to a trusted ARK (``_snp_certs``) at the given time;
+3. bind the key to the report: a VCEK's hwID extension is the report's chip id (8 bytes on
+   Turin), and the key's TCB extensions are the report's reported TCB, read in the product's
+   layout; the CPUID family and model (report v3+) must name the chain's product;
+4. check the ECDSA P-384 signature over bytes 0..0x29F.
+
+The claims carry the measurement, host data, report data, debug (policy bit 19), VMPL and the
+reported TCB by component; the policy, committed / current / launch TCBs, chip id and key kind
+are in ``details``. Package matching (minimum TCB, VMPL, host data) is ``match_claims``'s.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from geode.attestation._evidence import TCB_UNVERIFIED, Claims
+from geode.attestation._evidence_certs import public_key
+from geode.attestation._snp_certs import SnpChain, snp_certificates, verify_snp_chain
+from geode.attestation._snp_report import (
+    SNP_REPORT_SIZE,
+    SNP_SIGNED_SIZE,
+    SigningKey,
+    SnpProduct,
+    SnpReport,
+    TcbVersion,
+    parse_snp_report,
+)
+from geode.errors import EvidenceError
+
+__all__ = ["SnpVerified", "verify_snp_evidence", "verify_snp_report"]
+
+_AMD_OID = "1.3.6.1.4.1.3704.1"
+_PRODUCT_NAME = x509.ObjectIdentifier(f"{_AMD_OID}.2")
+_HWID = x509.ObjectIdentifier(f"{_AMD_OID}.4")
+_CSP_ID = x509.ObjectIdentifier(f"{_AMD_OID}.5")
+_TCB_OIDS = {
+    "bootloader": x509.ObjectIdentifier(f"{_AMD_OID}.3.1"),
+    "tee": x509.ObjectIdentifier(f"{_AMD_OID}.3.2"),
+    "snp": x509.ObjectIdentifier(f"{_AMD_OID}.3.3"),
+    "microcode": x509.ObjectIdentifier(f"{_AMD_OID}.3.8"),
+    "fmc": x509.ObjectIdentifier(f"{_AMD_OID}.3.9"),
+}
+
+
+class SnpVerified:
+    """A verified report with the chain that vouches for it."""
+
+    __slots__ = ("chain", "report", "reported_tcb")
+
+    def __init__(self, report: SnpReport, chain: SnpChain) -> None:
+        self.report = report
+        self.chain = chain
+        self.reported_tcb = report.decode_tcb(report.reported_tcb, chain.product)
+
+    def tcb(self, raw: int) -> TcbVersion:
+        return self.report.decode_tcb(raw, self.chain.product)
+
+    @property
+    def chip_id(self) -> bytes:
+        """The chip id as the VCEK names it: 8 bytes on Turin, 64 before."""
+        size = 8 if self.chain.product is SnpProduct.TURIN else 64
+        return self.report.chip_id[:size]
+
+    def claims(self) -> Claims:
+        report, chain = self.report, self.chain
+        key = report.signing_key.name
+        csp = _extension_text(chain.endorsement, _CSP_ID)
+        if report.signing_key is SigningKey.VCEK:
+            platform = self.chip_id.hex()
+        else:
+            platform = f"{key} {csp}" if csp else key
+        details = {
+            "product": chain.product.value,
+            "report_version": str(report.version),
+            "signing_key": key,
+            "policy": f"0x{report.policy:016x}",
+            "guest_svn": str(report.guest_svn),
+            "reported_tcb": str(self.reported_tcb),
+            "committed_tcb": str(self.tcb(report.committed_tcb)),
+            "current_tcb": str(self.tcb(report.current_tcb)),
+            "launch_tcb": str(self.tcb(report.launch_tcb)),
+            "chip_id": report.chip_id.hex(),
+            "family_id": report.family_id.hex(),
+            "image_id": report.image_id.hex(),
+            "id_key_digest": report.id_key_digest.hex(),
+            "author_key_digest": report.author_key_digest.hex(),
+            "report_id": report.report_id.hex(),
+            "platform_info": f"0x{report.platform_info:x}",
+            "firmware": ".".join(map(str, report.current_version)),
+            "committed_firmware": ".".join(map(str, report.committed_version)),
+        }
+        if report.cpuid is not None:
+            family, model, stepping = report.cpuid
+            details["cpuid"] = f"family 0x{family:x} model 0x{model:x} stepping {stepping}"
+        if csp:
+            details["csp_id"] = csp
+        return Claims(
+            tee="sev-snp",
+            measurement=report.measurement,
+            report_data=report.report_data,
+            debug=report.debug,
+            svn=report.guest_svn,
+            tcb_status=TCB_UNVERIFIED,
+            platform=platform,
+            host_data=report.host_data,
+            vmpl=report.vmpl,
+            tcb=self.reported_tcb.components(),
+            details=details,
+        )
+
+
+def verify_snp_evidence(
+    data: bytes,
+    *,
+    certs: bytes | None = None,
+    at: datetime.datetime,
+    roots: Sequence[x509.Certificate] | None = None,
+) -> SnpVerified:
+    """Verify a report (optionally followed by its certificate table) and return it with its
+    chain. ``certs``: more certificates (PEM, DER or a certificate table); ``roots``: the ARKs to
+    trust instead of the pinned ones."""
+    if at.tzinfo is None:
+        raise ValueError("at must be an aware datetime")
+    report = parse_snp_report(data)
+    found: list[x509.Certificate] = []
+    if certs:
+        found += snp_certificates(certs, field="certs")
+    tail = data[SNP_REPORT_SIZE:]
+    if any(tail):
+        found += snp_certificates(tail, field="cert_table", base=SNP_REPORT_SIZE)
+    if report.signing_key is SigningKey.NONE:
+        raise EvidenceError("the report is not signed (no signing key)", field="signer_info")
+    if report.mask_chip_key:
+        raise EvidenceError(
+            "MASK_CHIP_KEY is set: the firmware did not sign the report", field="signer_info"
+        )
+    chain = verify_snp_chain(report.signing_key, found, roots=roots, at=at)
+    verified = SnpVerified(report, chain)
+    _bind(verified)
+    _check_signature(report, chain)
+    return verified
+
+
+def verify_snp_report(
+    data: bytes,
+    *,
+    certs: bytes | None = None,
+    collateral: bytes | None = None,
+    at: datetime.datetime,
+    roots: Sequence[x509.Certificate] | None = None,
+) -> Claims:
+    """The ``sev-snp`` verifier of ``EvidenceVerifier`` (see ``_verifier``): claims of a verified
+    report. SEV-SNP takes no collateral."""
+    if collateral is not None:
+        raise EvidenceError("SEV-SNP evidence takes no collateral", field="collateral")
+    return verify_snp_evidence(data, certs=certs, at=at, roots=roots).claims()
+
+
+def _bind(verified: SnpVerified) -> None:
+    report, chain = verified.report, verified.chain
+    kind = report.signing_key.name
+    hinted = report.cpuid_product
+    if hinted is not None and hinted is not chain.product:
+        raise EvidenceError(
+            f"the report's CPUID names {hinted.value}, its {kind} chains to {chain.product.value}",
+            field="cpuid",
+            offset=0x188,
+        )
+    name = _extension_text(chain.endorsement, _PRODUCT_NAME)
+    if name is not None and name.split("-")[0] != chain.product.value:
+        raise EvidenceError(
+            f"the {kind} is for product {name!r}, its chain for {chain.product.value}",
+            field="certs",
+        )
+    if report.signing_key is SigningKey.VCEK:
+        _bind_chip(verified)
+    for component, value in verified.reported_tcb.components().items():
+        certified = _extension_int(chain.endorsement, _TCB_OIDS[component], kind, component)
+        if certified != value:
+            raise EvidenceError(
+                f"the {kind} is for {component} {certified}, the report's reported TCB has "
+                f"{value} ({verified.reported_tcb})",
+                field="reported_tcb",
+                offset=0x180,
+            )
+
+
+def _bind_chip(verified: SnpVerified) -> None:
+    report, chain = verified.report, verified.chain
+    extension = _extension_value(chain.endorsement, _HWID)
+    if extension is None:
+        raise EvidenceError("the VCEK has no hwID extension", field="certs")
+    hwid = _unwrap_octets(extension)
+    if not any(report.chip_id):
+        raise EvidenceError(
+            "the chip id is masked: the VCEK cannot be bound to the report", field="chip_id"
+        )
+    if hwid != verified.chip_id or any(report.chip_id[len(hwid) :]):
+        raise EvidenceError(
+            f"the VCEK belongs to another chip (its hwID {hwid.hex()[:16]}…, "
+            f"the report's chip id {report.chip_id.hex()[:16]}…)",
+            field="chip_id",
+            offset=0x1A0,
+        )
+
+
+def _check_signature(report: SnpReport, chain: SnpChain) -> None:
+    kind = report.signing_key.name
+    key = public_key(chain.endorsement, kind)
+    if not isinstance(key, ec.EllipticCurvePublicKey):  # _snp_certs checked it; for mypy
+        raise EvidenceError(f"the {kind} key is not an ECDSA key", field="certs")
+    signature = encode_dss_signature(report.signature_r, report.signature_s)
+    try:
+        key.verify(signature, report.raw[:SNP_SIGNED_SIZE], ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        raise EvidenceError(
+            f"the report's signature does not verify with its {kind}",
+            field="signature",
+            offset=SNP_SIGNED_SIZE,
+        ) from None
+
+
+def _extension_value(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes | None:
+    try:
+        ext = cert.extensions.get_extension_for_oid(oid)
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError as exc:  # duplicate or malformed extensions
+        raise EvidenceError(f"unreadable certificate extensions ({exc})", field="certs") from None
+    value = ext.value
+    return value.value if isinstance(value, x509.UnrecognizedExtension) else None
+
+
+def _extension_int(
+    cert: x509.Certificate, oid: x509.ObjectIdentifier, kind: str, component: str
+) -> int:
+    raw = _extension_value(cert, oid)
+    # A DER INTEGER: tag 2, a short length, big-endian two's complement (non-negative here).
+    if raw is None or len(raw) < 3 or raw[0] != 0x02 or raw[1] != len(raw) - 2 or raw[2] & 0x80:
+        raise EvidenceError(f"the {kind} has no readable {component} TCB extension", field="certs")
+    return int.from_bytes(raw[2:], "big")
+
+
+def _extension_text(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
+    raw = _extension_value(cert, oid)
+    # An IA5String (tag 22) with a short length.
+    if raw is None or len(raw) < 2 or raw[0] != 0x16 or raw[1] != len(raw) - 2:
+        return None
+    return raw[2:].decode("ascii", errors="replace")
+
+
+def _unwrap_octets(raw: bytes) -> bytes:
+    """AMD puts the hwID's bytes in the extension as they are; accept a DER OCTET STRING too."""
+    if len(raw) in (8, 64):
+        return raw
+    if len(raw) >= 2 and raw[0] == 0x04 and raw[1] == len(raw) - 2:
+        return raw[2:]
+    return raw
