@@ -18,6 +18,7 @@ PACKAGES = [
     "runtime",
     "client",
     "db",
+    "inject",
     "cli",
     "testing",
 ]
@@ -33,7 +34,17 @@ ALLOWED = {
     "runtime": {"attestation", "pki", "manifest", "client"},
     "db": {"pki", "manifest", "runtime"},
     "testing": set(),
-    "cli": {"attestation", "pki", "manifest", "client", "coordinator", "runtime", "db"},
+    "inject": {"manifest", "pki", "client"},
+    "cli": {
+        "attestation",
+        "pki",
+        "manifest",
+        "client",
+        "coordinator",
+        "runtime",
+        "db",
+        "inject",
+    },
 }
 BASE = {"errors", "_files"}
 

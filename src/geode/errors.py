@@ -22,6 +22,7 @@ act on, built in the constructor, and it never contains secret material.
     ├── StatementError           a deployment statement does not verify
     ├── ClientError              a Coordinator call failed (carries HTTP status and error code)
     ├── LaunchError              ``geode run`` cannot start the service
+    ├── InjectionRefused         the admission webhook refuses a request (carries the JSON path)
     └── DatabaseError            the confidential database cannot start, initialise or open
         └── WrongDatabaseKey     the data was written with another key
 
@@ -39,6 +40,7 @@ __all__ = [
     "DatabaseError",
     "EvidenceError",
     "GeodeError",
+    "InjectionRefused",
     "LaunchError",
     "ManifestConflict",
     "ManifestError",
@@ -204,6 +206,16 @@ class ClientError(GeodeError):
 
 class LaunchError(GeodeError):
     """``geode run`` cannot start the service."""
+
+
+class InjectionRefused(GeodeError):
+    """The admission webhook (``geode inject``) cannot turn a pod into an instance, or cannot read
+    the AdmissionReview at all. ``path`` is the dotted JSON path of the offending field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.reason = message
+        super().__init__(f"{path}: {message}" if path else message)
 
 
 class DatabaseError(GeodeError):

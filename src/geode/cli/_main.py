@@ -20,6 +20,7 @@ from geode.cli._common import (
     root_option,
 )
 from geode.cli._db import db
+from geode.cli._inject import inject
 from geode.cli._manifest import manifest
 from geode.cli._run import run
 from geode.cli._up import up
@@ -182,6 +183,7 @@ cli.add_command(verify)
 cli.add_command(run)
 cli.add_command(db)
 cli.add_command(up)
+cli.add_command(inject)
 
 
 def main() -> None:
