@@ -24,6 +24,7 @@ from geode.attestation._governance import (
     recovery_binding,
     recovery_upload_payload,
 )
+from geode.attestation._intel import verify_sgx_quote, verify_tdx_quote
 from geode.attestation._measure import BundleError, measure_bundle
 from geode.attestation._reference import ReferenceValues, match_claims
 from geode.attestation._simulated import (
@@ -66,5 +67,7 @@ __all__ = [
     "renewal_payload",
     "statement_binding",
     "statement_signing_payload",
+    "verify_sgx_quote",
     "verify_simulated_quote",
+    "verify_tdx_quote",
 ]

@@ -20,6 +20,7 @@ from geode.cli._common import (
     root_option,
 )
 from geode.cli._db import db
+from geode.cli._evidence import evidence
 from geode.cli._inject import inject
 from geode.cli._manifest import manifest
 from geode.cli._run import run
@@ -180,6 +181,7 @@ def certificate(
 
 cli.add_command(manifest)
 cli.add_command(verify)
+cli.add_command(evidence)
 cli.add_command(run)
 cli.add_command(db)
 cli.add_command(up)

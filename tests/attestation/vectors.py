@@ -1,0 +1,54 @@
+"""Real TEE evidence from public projects (``../shared/vectors``, see its SOURCES.txt).
+
+The vectors are read where they are, never copied into the project. The folder is
+``$GEODE_VECTORS``, else ``../shared/vectors`` beside the repository, else ``/work/shared/vectors``;
+tests that need it skip, with the reason shown, when it is absent (CI always has it). Every file
+read is checked against the folder's SHA256SUMS, so a test never runs on a changed vector.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+__all__ = ["VECTORS", "read_vector", "requires_vectors"]
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def _locate() -> Path | None:
+    candidates = [os.environ.get("GEODE_VECTORS"), _REPO.parent / "shared" / "vectors"]
+    candidates.append("/work/shared/vectors")
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "SHA256SUMS").is_file():
+            return Path(candidate)
+    return None
+
+
+VECTORS = _locate()
+requires_vectors = pytest.mark.skipif(
+    VECTORS is None, reason="test vectors absent (set GEODE_VECTORS to ../shared/vectors)"
+)
+
+
+@functools.cache
+def _sums() -> dict[str, str]:
+    assert VECTORS is not None
+    lines = (VECTORS / "SHA256SUMS").read_text().splitlines()
+    return {
+        name.strip(): digest for digest, name in (line.split(None, 1) for line in lines if line)
+    }
+
+
+@functools.cache
+def read_vector(name: str) -> bytes:
+    """The bytes of a vector, checked against SHA256SUMS (skips when the folder is absent)."""
+    if VECTORS is None:
+        pytest.skip("test vectors absent (set GEODE_VECTORS to ../shared/vectors)")
+    data = (VECTORS / name).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == _sums()[name], f"{name} differs from SHA256SUMS"
+    return data
