@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import ssl
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -142,6 +144,25 @@ async def _watch(check: Callable[[], bool], interval: float) -> None:
         check()
 
 
+class _Server(uvicorn.Server):
+    """Stops on SIGTERM or SIGINT and returns, so the process exits 0 as a pod's container
+    should when asked to stop (uvicorn raises the signal again once it has shut down)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        originals = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
 def webhook_server(
     config: InjectorConfig,
     cert: Path,
@@ -159,7 +180,7 @@ def webhook_server(
     ) -> ssl.SSLContext:
         return certificate.context
 
-    return uvicorn.Server(
+    return _Server(
         uvicorn.Config(
             create_app(config, certificate, reload_interval),
             host=listen[0],
