@@ -26,6 +26,8 @@ from geode.attestation._governance import (
 )
 from geode.attestation._intel import verify_sgx_quote, verify_tdx_quote
 from geode.attestation._measure import BundleError, measure_bundle
+from geode.attestation._nvidia import verify_nvidia_report
+from geode.attestation._providers import QUOTE_PROVIDER_ENV, QuoteProvider, select_quote_provider
 from geode.attestation._reference import ReferenceValues, match_claims
 from geode.attestation._simulated import (
     PLATFORM_KEY_ENV,
@@ -35,11 +37,13 @@ from geode.attestation._simulated import (
     platform_key_id,
     verify_simulated_quote,
 )
+from geode.attestation._snp import verify_snp_report
 from geode.attestation._verifier import EvidenceVerifier, KindVerifier, detect_kind
 
 __all__ = [
     "EVIDENCE_KINDS",
     "PLATFORM_KEY_ENV",
+    "QUOTE_PROVIDER_ENV",
     "RECOVERY_SHARE_LABEL",
     "RECOVERY_TRANSPORT_LABEL",
     "REPORT_DATA_SIZE",
@@ -50,6 +54,7 @@ __all__ = [
     "Evidence",
     "EvidenceVerifier",
     "KindVerifier",
+    "QuoteProvider",
     "ReferenceValues",
     "SimulatedPlatform",
     "audit_entry_hash",
@@ -65,9 +70,12 @@ __all__ = [
     "recovery_binding",
     "recovery_upload_payload",
     "renewal_payload",
+    "select_quote_provider",
     "statement_binding",
     "statement_signing_payload",
+    "verify_nvidia_report",
     "verify_sgx_quote",
     "verify_simulated_quote",
+    "verify_snp_report",
     "verify_tdx_quote",
 ]
