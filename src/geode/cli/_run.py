@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from geode.attestation import SimulatedPlatform, measure_bundle
+from geode.attestation import SimulatedPlatform, measure_bundle, select_quote_provider
 from geode.cli._common import DEFAULT_MESH_ADDR, insecure_option, resolve_root, warn
 from geode.errors import LaunchError
 from geode.runtime import (
@@ -66,6 +66,15 @@ __all__ = ["run"]
     help="Mark the simulated evidence as coming from a debug enclave.",
 )
 @click.option(
+    "--quote-provider",
+    type=click.Choice(["auto", "simulated", "gramine", "configfs-tsm", "sev-guest"]),
+    envvar="GEODE_QUOTE_PROVIDER",
+    default="auto",
+    show_default=True,
+    help="Where evidence comes from; auto: the first TEE interface present, else simulation "
+    "(env GEODE_QUOTE_PROVIDER).",
+)
+@click.option(
     "--listen-host",
     default="0.0.0.0",
     show_default=True,
@@ -80,6 +89,7 @@ def run(
     insecure: bool,
     platform_key: Path | None,
     simulate_debug: bool,
+    quote_provider: str,
     listen_host: str,
     command: tuple[str, ...],
 ) -> None:
@@ -94,9 +104,16 @@ def run(
             raise LaunchError(
                 "no trusted root: run 'geode verify' first, or pass --root-ca (or --insecure)"
             )
-    warn("SIMULATION: evidence is signed by a simulated platform key")
-    platform = SimulatedPlatform.load_or_create(platform_key)
-    provider = simulated_evidence_provider(platform, measure_bundle(bundle), debug=simulate_debug)
+    hardware = select_quote_provider(quote_provider)
+    if hardware is None:
+        warn("SIMULATION: evidence is signed by a simulated platform key")
+        platform = SimulatedPlatform.load_or_create(platform_key)
+        provider = simulated_evidence_provider(
+            platform, measure_bundle(bundle), debug=simulate_debug
+        )
+    else:
+        click.echo(f"geode: evidence from {hardware.name}", err=True)
+        provider = hardware
     activation = activate(address, service, provider, root=root)
     plan = lay_out(activation, service, command)
     click.echo(
