@@ -19,15 +19,10 @@ from geode.attestation import (
     verify_tdx_quote,
 )
 from geode.attestation._evidence_certs import common_name
-from geode.attestation._intel_collateral import (
-    QeIdentity,
-    TcbInfo,
-    parse_collateral,
-    tcb_verdict,
-    verify_signed_json,
-)
+from geode.attestation._intel_collateral import parse_collateral, verify_signed_json
 from geode.attestation._intel_pck import intel_roots, verify_pck_chain
 from geode.attestation._intel_quote import parse_intel_quote, parse_sgx_report, parse_td_report
+from geode.attestation._intel_tcb import QeIdentity, TcbInfo, tcb_verdict
 from geode.attestation._roots import INTEL_SGX_ROOT_SHA256, certificate_sha256
 from geode.errors import EvidenceError
 from tests.attestation import intel_kit

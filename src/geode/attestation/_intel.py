@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from geode.attestation._evidence import TCB_UNVERIFIED, Claims
-from geode.attestation._intel_collateral import TcbVerdict, evaluate_tcb, parse_collateral
+from geode.attestation._intel_collateral import evaluate_tcb, parse_collateral
 from geode.attestation._intel_pck import PckChain, intel_roots, verify_pck_chain
 from geode.attestation._intel_quote import (
     CERT_PCK_CHAIN,
@@ -33,6 +33,7 @@ from geode.attestation._intel_quote import (
     parse_sgx_report,
     parse_td_report,
 )
+from geode.attestation._intel_tcb import TcbVerdict
 from geode.errors import EvidenceError
 
 __all__ = ["verify_intel_quote", "verify_sgx_quote", "verify_tdx_quote"]

@@ -29,6 +29,7 @@ __all__ = [
     "PckChain",
     "PckTcb",
     "intel_roots",
+    "issuing_root",
     "parse_fully",
     "parse_sgx_extension",
     "verify_pck_chain",
@@ -106,7 +107,7 @@ def verify_pck_chain(
             offset=offset,
         )
     leaf, intermediate = certs[0], certs[1]
-    root = _issuing_root(intermediate, roots)
+    root = issuing_root(intermediate, roots)
     if root is None or (len(certs) == 3 and certs[2] != root):
         carried = common_name(certs[2]) if len(certs) == 3 else common_name(intermediate)
         raise EvidenceError(
@@ -125,9 +126,10 @@ def verify_pck_chain(
     return PckChain(leaf, intermediate, root, parse_sgx_extension(leaf))
 
 
-def _issuing_root(
+def issuing_root(
     cert: x509.Certificate, roots: Sequence[x509.Certificate]
 ) -> x509.Certificate | None:
+    """The root among ``roots`` whose key signed ``cert``, if any."""
     for root in roots:
         try:
             cert.verify_directly_issued_by(root)
