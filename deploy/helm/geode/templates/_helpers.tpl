@@ -1,0 +1,88 @@
+{{/*
+Names. Every object name is the release's full name plus a suffix of at most 11 characters, so
+the full name is cut to 52 characters to keep names within Kubernetes' 63.
+*/}}
+{{- define "geode.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "geode.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
+{{- else if contains (include "geode.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "geode.name" .) | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "geode.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "geode.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Labels of every object; in simulation each carries geode.dev/simulation: "true". */}}
+{{- define "geode.labels" -}}
+{{ include "geode.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- if .root.Values.simulation.enabled }}
+geode.dev/simulation: "true"
+{{- end }}
+{{- end -}}
+
+{{- define "geode.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The mesh API as pods reach it: what the webhook injects and the certificate names. */}}
+{{- define "geode.meshHost" -}}
+{{- printf "%s-mesh.%s.svc" (include "geode.fullname" .) .Release.Namespace -}}
+{{- end -}}
+
+{{- define "geode.meshAddress" -}}
+{{- printf "%s:%d" (include "geode.meshHost" .) (int .Values.coordinator.ports.mesh) -}}
+{{- end -}}
+
+{{/* DNS names of the Coordinator's TLS certificate: both Services in every short form. */}}
+{{- define "geode.coordinatorNames" -}}
+{{- $names := list -}}
+{{- range $service := list "client" "mesh" -}}
+{{- $base := printf "%s-%s" (include "geode.fullname" $) $service -}}
+{{- $names = concat $names (list $base (printf "%s.%s" $base $.Release.Namespace) (printf "%s.%s.svc" $base $.Release.Namespace) (printf "%s.%s.svc.%s" $base $.Release.Namespace $.Values.clusterDomain)) -}}
+{{- end -}}
+{{- concat $names .Values.coordinator.extraSANs | uniq | toJson -}}
+{{- end -}}
+
+{{/* Namespaces where labelled pods run: they get the root ConfigMap (and the simulated platform key). */}}
+{{- define "geode.workloadNamespaces" -}}
+{{- default (list .Release.Namespace) .Values.workloadNamespaces | uniq | toJson -}}
+{{- end -}}
+
+{{- define "geode.platformKeySecret" -}}
+{{- default (printf "%s-platform-key" (include "geode.fullname" .)) .Values.simulation.platformKey.existingSecret -}}
+{{- end -}}
+
+{{- define "geode.webhookTLSSecret" -}}
+{{- if eq .Values.webhook.tls.mode "generate" -}}
+{{- printf "%s-webhook-tls" (include "geode.fullname" .) -}}
+{{- else -}}
+{{- required (printf "webhook.tls.secretName is required with webhook.tls.mode=%s" .Values.webhook.tls.mode) .Values.webhook.tls.secretName -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The arguments of the etcd store. PROVISIONAL: `geode coordinator --store etcd://...` is not
+released yet (issue 8, part 1); these flag names follow etcdctl's and may change with it. */}}
+{{- define "geode.etcdArgs" -}}
+{{- $etcd := .Values.coordinator.store.etcd -}}
+{{- if not $etcd.endpoints -}}
+{{- fail "coordinator.store.etcd.endpoints: list the etcd members (host:port) with coordinator.store.type=etcd" -}}
+{{- end -}}
+{{- $args := list "--store" (printf "etcd://%s" (join "," $etcd.endpoints)) "--etcd-prefix" $etcd.prefix -}}
+{{- if $etcd.tls.enabled -}}
+{{- $args = concat $args (list "--etcd-cacert" "/etc/geode/etcd/ca.crt" "--etcd-cert" "/etc/geode/etcd/tls.crt" "--etcd-key" "/etc/geode/etcd/tls.key") -}}
+{{- end -}}
+{{- toJson $args -}}
+{{- end -}}

@@ -1,0 +1,436 @@
+"""The Helm chart rendered by Helm's own engine, every object validated against Kubernetes' schemas.
+
+No ``helm`` binary is packaged for Linux in the registries this project installs from (Debian has
+none; PyPI's binary wheels are for macOS and Windows only). ``helm-python-sdk`` binds Helm's Go
+SDK (v4) as a shared library: ``Chart.render`` is the engine ``helm template`` runs, with the
+chart's values schema, ``required``, ``fail``, ``lookup`` (empty, as offline) and the Sprig
+functions, so no renderer of our own stands in for Helm here.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from geode.cli import cli
+from geode.inject import SERVICE_LABEL
+from tests.inject.inject_support import KUBERNETES_VERSIONS, require
+
+CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "geode"
+NAMESPACE = "geode"
+ROOT_PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+SIMULATION = {"simulation": {"enabled": True}}
+ETCD = {
+    "coordinator": {
+        "replicas": 3,
+        "store": {
+            "type": "etcd",
+            "etcd": {
+                "endpoints": ["etcd-0.etcd:2379", "etcd-1.etcd:2379", "etcd-2.etcd:2379"],
+                "tls": {"secretName": "geode-etcd-client"},
+            },
+        },
+    }
+}
+TEE = {
+    "coordinator": {
+        "teeResources": {
+            "sgx.intel.com/epc": "64Mi",
+            "sgx.intel.com/enclave": 1,
+            "sgx.intel.com/provision": 1,
+        },
+        "runtimeClassName": "kata-cc",
+    }
+}
+
+
+def merged(*parts: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(result.get(key), dict):
+                result[key] = merged(result[key], value)
+            else:
+                result[key] = value
+    return result
+
+
+@functools.cache
+def _render(values: str) -> dict[str, str]:
+    # Cached: each render generates RSA keys for the webhook's certificate (most of its time).
+    helm = require("helm_python", "helm-python-sdk")
+    with helm.Chart.load(str(CHART)) as chart:
+        files: dict[str, str] = chart.render(
+            json.loads(values), name="geode", namespace=NAMESPACE, is_install=True
+        )
+    return files
+
+
+class Rendered:
+    """The chart's output: its objects by kind and name, and NOTES.txt."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        files = dict(_render(json.dumps(values, sort_keys=True)))
+        self.notes = files.pop("geode/templates/NOTES.txt", "")
+        self.objects = [
+            doc for text in files.values() for doc in yaml.safe_load_all(text) if doc is not None
+        ]
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def get(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [o for o in self.all(kind) if name is None or o["metadata"]["name"] == name]
+        assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
+        return found[0]
+
+    def coordinator(self) -> dict[str, Any]:
+        container: dict[str, Any] = self.get("StatefulSet")["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+        return container
+
+    def webhook(self) -> dict[str, Any]:
+        container: dict[str, Any] = self.get("Deployment")["spec"]["template"]["spec"][
+            "containers"
+        ][0]
+        return container
+
+
+def render_error(values: dict[str, Any]) -> str:
+    helm = require("helm_python", "helm-python-sdk")
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError) as failure:
+        chart.render(values, name="geode", namespace=NAMESPACE)
+    return str(failure.value)
+
+
+COMBINATIONS = [
+    pytest.param(
+        merged(*(part for on, part in zip(flags, (SIMULATION, ETCD, TEE), strict=True) if on)),
+        id="-".join(
+            name if on else f"no-{name}"
+            for on, name in zip(flags, ("simulation", "etcd", "tee"), strict=True)
+        ),
+    )
+    for flags in itertools.product((False, True), repeat=3)
+]
+
+
+@pytest.fixture(scope="module")
+def validate() -> Any:
+    kubernetes_validate = require("kubernetes_validate", "kubernetes-validate")
+
+    def check(obj: dict[str, Any]) -> None:
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+    return check
+
+
+@pytest.mark.parametrize("values", COMBINATIONS)
+def test_every_object_is_valid_kubernetes(values: dict[str, Any], validate: Any) -> None:
+    rendered = Rendered(merged(values, {"rootCertificate": {"pem": ROOT_PEM}}))
+    kinds = sorted({o["kind"] for o in rendered.objects})
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "MutatingWebhookConfiguration",
+        "PodDisruptionBudget",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+        "StatefulSet",
+    ]
+    seen = set()
+    for obj in rendered.objects:
+        validate(obj)
+        metadata = obj["metadata"]
+        assert len(metadata["name"]) <= 63
+        key = (obj["kind"], metadata.get("namespace"), metadata["name"])
+        assert key not in seen, key
+        seen.add(key)
+        if obj["kind"] != "MutatingWebhookConfiguration":
+            assert metadata["namespace"] == NAMESPACE
+        assert metadata["labels"]["app.kubernetes.io/instance"] == "geode"
+
+
+@pytest.mark.parametrize("values", COMBINATIONS)
+def test_containers_run_as_non_root_on_a_read_only_root(values: dict[str, Any]) -> None:
+    rendered = Rendered(values)
+    for workload in (rendered.get("StatefulSet"), rendered.get("Deployment")):
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False
+        for container in (*pod.get("initContainers", ()), *pod["containers"]):
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert container["resources"]["limits"]["memory"]
+
+
+def test_the_coordinator_statefulset() -> None:
+    rendered = Rendered({})
+    statefulset = rendered.get("StatefulSet")
+    assert statefulset["spec"]["replicas"] == 1
+    assert statefulset["spec"]["serviceName"] == "geode-headless"
+    claim = statefulset["spec"]["volumeClaimTemplates"][0]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    coordinator = rendered.coordinator()
+    assert coordinator["readinessProbe"]["httpGet"] == {
+        "path": "/api/v1/status",
+        "port": "client",
+        "scheme": "HTTPS",
+    }
+    assert coordinator["livenessProbe"]["tcpSocket"] == {"port": "mesh"}
+    assert {p["name"]: p["containerPort"] for p in coordinator["ports"]} == {
+        "client": 4433,
+        "mesh": 2001,
+    }
+    assert {m["mountPath"] for m in coordinator["volumeMounts"]} == {"/var/lib/geode", "/tmp"}
+    for name, port in (("geode-client", 4433), ("geode-mesh", 2001)):
+        service = rendered.get("Service", name)
+        assert service["spec"]["ports"][0]["port"] == port
+        assert service["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
+    assert rendered.get("Service", "geode-headless")["spec"]["clusterIP"] == "None"
+    # Without persistence the data directory is an emptyDir (and a restart loses it).
+    volatile = Rendered({"coordinator": {"persistence": {"enabled": False}}})
+    assert "volumeClaimTemplates" not in volatile.get("StatefulSet")["spec"]
+    volumes = volatile.get("StatefulSet")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "data", "emptyDir": {}} in volumes
+
+
+def _parse(command: click.Command, args: list[str]) -> dict[str, Any]:
+    context = command.make_context(command.name or "", list(args))
+    return dict(context.params)
+
+
+def test_the_coordinator_command_line_is_one_geode_accepts() -> None:
+    for values in ({}, SIMULATION, TEE):
+        command = Rendered(values).coordinator()["command"]
+        assert command[:2] == ["geode", "coordinator"]
+        params = _parse(cli.commands["coordinator"], command[2:])
+        assert str(params["data_dir"]) == "/var/lib/geode/data"
+        assert params["client_addr"] == "0.0.0.0:4433"
+        assert params["simulation"] is (values is SIMULATION)
+        assert "geode-mesh.geode.svc" in params["san"]
+
+
+def test_the_webhook_command_line_is_one_geode_accepts(tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("x")
+    (tmp_path / "tls.key").write_text("x")
+    rendered = Rendered(SIMULATION)
+    command = rendered.webhook()["command"]
+    assert command[:3] == ["geode", "inject", "serve"]
+    args = [
+        str(tmp_path / Path(arg).name) if arg.startswith("/etc/geode/webhook-tls/") else arg
+        for arg in command[3:]
+    ]
+    inject = cli.commands["inject"]
+    assert isinstance(inject, click.Group)
+    params = _parse(inject.commands["serve"], args)
+    assert params["coordinator"] == "geode-mesh.geode.svc:2001"
+    assert params["simulation_platform_key_secret"] == "geode-platform-key"
+    assert params["root_ca_configmap"] == "geode-root"
+    # The address the webhook injects is one the Coordinator's certificate names.
+    coordinator = _parse(cli.commands["coordinator"], rendered.coordinator()["command"][2:])
+    assert params["coordinator"].rpartition(":")[0] in coordinator["san"]
+    # The key installer of the Coordinator's pod is a command geode has.
+    init = rendered.get("StatefulSet")["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["command"][:3] == ["geode", "inject", "install-key"]
+    assert "install-key" in inject.commands
+
+
+def test_simulation_is_off_by_default_and_loud_when_on() -> None:
+    off = Rendered({})
+    assert "--simulation" not in off.coordinator()["command"]
+    assert "--simulation-platform-key-secret" not in off.webhook()["command"]
+    assert not [o for o in off.objects if "geode.dev/simulation" in o["metadata"]["labels"]]
+    assert "SIMULATION" not in off.notes
+    assert "initContainers" not in off.get("StatefulSet")["spec"]["template"]["spec"]
+
+    on = Rendered(SIMULATION)
+    assert "--simulation" in on.coordinator()["command"]
+    assert all(o["metadata"]["labels"]["geode.dev/simulation"] == "true" for o in on.objects)
+    assert "SIMULATION MODE: NO HARDWARE ISOLATION" in on.notes
+    secret = on.get("Secret", "geode-platform-key")
+    key = load_pem_private_key(base64.b64decode(secret["data"]["platform.key"]), password=None)
+    assert isinstance(key, Ed25519PrivateKey)  # what geode's simulated platform signs with
+    pod = on.get("StatefulSet")["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["command"][-1] == "/run/geode/simulation/platform.key"
+    command = on.coordinator()["command"]
+    assert command[command.index("--platform-key") + 1] == "/run/geode/simulation/platform.key"
+    # The sealing key is next to the data directory, never inside it.
+    assert command[command.index("--sealing-key") + 1] == "/var/lib/geode/simulation/sealing.key"
+
+
+def test_simulation_copies_the_key_and_root_to_workload_namespaces() -> None:
+    rendered = Rendered(
+        merged(
+            SIMULATION,
+            {"workloadNamespaces": ["shop", "books"], "rootCertificate": {"pem": ROOT_PEM}},
+        )
+    )
+    secrets = rendered.all("Secret")
+    keys = {
+        s["metadata"]["namespace"]: s["data"]["platform.key"]
+        for s in secrets
+        if "platform.key" in s["data"]
+    }
+    assert sorted(keys) == ["books", "geode", "shop"]
+    assert len(set(keys.values())) == 1  # one platform, the Coordinator's
+    roots = {c["metadata"]["namespace"]: c["data"]["root.pem"] for c in rendered.all("ConfigMap")}
+    assert sorted(roots) == ["books", "shop"]
+    assert set(roots.values()) == {ROOT_PEM}
+    existing = Rendered(
+        merged(SIMULATION, {"simulation": {"platformKey": {"existingSecret": "mine"}}})
+    )
+    assert not [s for s in existing.all("Secret") if "platform.key" in s["data"]]
+    assert existing.webhook()["command"][-1] == "mine"
+
+
+def test_etcd_settings_are_provisional_and_off_by_default() -> None:
+    assert "--store" not in Rendered({}).coordinator()["command"]
+    rendered = Rendered(ETCD)
+    command = rendered.coordinator()["command"]
+    store = command[command.index("--store") + 1]
+    assert store == "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379,etcd-2.etcd:2379"
+    assert command[command.index("--etcd-cacert") + 1] == "/etc/geode/etcd/ca.crt"
+    assert rendered.get("StatefulSet")["spec"]["replicas"] == 3
+    volumes = rendered.get("StatefulSet")["spec"]["template"]["spec"]["volumes"]
+    assert {
+        "name": "etcd-tls",
+        "secret": {"secretName": "geode-etcd-client", "defaultMode": 0o440},
+    } in volumes
+    assert "not have yet" in rendered.notes
+    # The Coordinator of this version has no such option: the chart says so, and does not hide it.
+    with pytest.raises(click.NoSuchOption):
+        _parse(cli.commands["coordinator"], command[2:])
+
+    plain = merged(ETCD, {"coordinator": {"store": {"etcd": {"tls": {"enabled": False}}}}})
+    assert "--etcd-cacert" not in Rendered(plain).coordinator()["command"]
+
+
+def test_values_that_cannot_work_are_refused_at_render() -> None:
+    assert "needs coordinator.store.type=etcd" in render_error({"coordinator": {"replicas": 2}})
+    no_endpoints = merged(ETCD, {"coordinator": {"store": {"etcd": {"endpoints": []}}}})
+    assert "list the etcd members" in render_error(no_endpoints)
+    no_secret = merged(ETCD, {"coordinator": {"store": {"etcd": {"tls": {"secretName": ""}}}}})
+    assert "etcd.tls.secretName is required" in render_error(no_secret)
+    assert "additional properties 'enable'" in render_error({"simulation": {"enable": True}})
+    assert "expected a PEM certificate" in render_error({"rootCertificate": {"pem": "junk"}})
+    assert "caBundle" in render_error(
+        {"webhook": {"tls": {"mode": "secret", "secretName": "webhook-tls"}}}
+    )
+    assert "webhook.tls.secretName is required" in render_error(
+        {"webhook": {"tls": {"mode": "cert-manager"}}}
+    )
+
+
+def test_tee_resources_are_requested_and_limited() -> None:
+    off = Rendered({}).coordinator()["resources"]
+    assert not [r for r in (*off["requests"], *off["limits"]) if "/" in r]
+    rendered = Rendered(TEE)
+    resources = rendered.coordinator()["resources"]
+    for part in ("requests", "limits"):
+        assert resources[part]["sgx.intel.com/epc"] == "64Mi"
+        assert resources[part]["sgx.intel.com/enclave"] == 1
+    assert resources["requests"]["cpu"] == "100m"
+    pod = rendered.get("StatefulSet")["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "kata-cc"
+    snp = Rendered({"coordinator": {"teeResources": {"amd.com/sev-snp": 1}}})
+    assert snp.coordinator()["resources"]["limits"]["amd.com/sev-snp"] == 1
+
+
+def test_the_webhook_configuration_reaches_only_labelled_pods() -> None:
+    rendered = Rendered({})
+    configuration = rendered.get("MutatingWebhookConfiguration")
+    (webhook,) = configuration["webhooks"]
+    assert webhook["failurePolicy"] == "Fail"
+    assert webhook["sideEffects"] == "None"
+    assert webhook["admissionReviewVersions"] == ["v1"]
+    assert webhook["objectSelector"] == {
+        "matchExpressions": [{"key": SERVICE_LABEL, "operator": "Exists"}]
+    }
+    assert webhook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    service = rendered.get("Service", "geode-webhook")
+    assert webhook["clientConfig"]["service"] == {
+        "name": "geode-webhook",
+        "namespace": NAMESPACE,
+        "path": "/mutate",
+        "port": service["spec"]["ports"][0]["port"],
+    }
+    container = rendered.webhook()
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert rendered.get("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert not Rendered({"webhook": {"replicas": 1}}).all("PodDisruptionBudget")
+    disabled = Rendered({"webhook": {"enabled": False}})
+    assert not disabled.all("Deployment")
+    assert not disabled.all("MutatingWebhookConfiguration")
+
+
+def test_generated_webhook_tls_is_trusted_through_the_ca_bundle() -> None:
+    rendered = Rendered({})
+    (webhook,) = rendered.get("MutatingWebhookConfiguration")["webhooks"]
+    secret = rendered.get("Secret", "geode-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    ca = x509.load_pem_x509_certificate(base64.b64decode(webhook["clientConfig"]["caBundle"]))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    public_key = ca.public_key()
+    public_key.verify(  # type: ignore[union-attr,call-arg]
+        cert.signature,
+        cert.tbs_certificate_bytes,
+        padding.PKCS1v15(),  # type: ignore[arg-type]
+        cert.signature_hash_algorithm,  # type: ignore[arg-type]
+    )
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "geode-webhook.geode.svc" in names.get_values_for_type(x509.DNSName)
+    deployment = rendered.get("Deployment")["spec"]["template"]["spec"]
+    tls = next(v for v in deployment["volumes"] if v["name"] == "tls")
+    assert tls["secret"]["secretName"] == "geode-webhook-tls"
+
+
+def test_webhook_tls_from_a_secret_or_cert_manager() -> None:
+    own = Rendered(
+        {"webhook": {"tls": {"mode": "secret", "secretName": "my-tls", "caBundle": "Q0E="}}}
+    )
+    (webhook,) = own.get("MutatingWebhookConfiguration")["webhooks"]
+    assert webhook["clientConfig"]["caBundle"] == "Q0E="
+    assert not [s for s in own.all("Secret") if s["metadata"]["name"].endswith("webhook-tls")]
+    managed = Rendered({"webhook": {"tls": {"mode": "cert-manager", "secretName": "cm-tls"}}})
+    configuration = managed.get("MutatingWebhookConfiguration")
+    assert configuration["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": "geode/geode-webhook"
+    }
+    assert "caBundle" not in configuration["webhooks"][0]["clientConfig"]
+    volumes = managed.get("Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert next(v for v in volumes if v["name"] == "tls")["secret"]["secretName"] == "cm-tls"
+
+
+def test_helm_lint_finds_no_error() -> None:
+    helm = require("helm_python", "helm-python-sdk")
+    for values in ({}, merged(SIMULATION, ETCD, TEE)):
+        report = helm.lint(str(CHART), values, strict=True)
+        assert report["errors"] == [], report
+        assert [m for m in report["messages"] if m["severity"] > 1] == [], report
