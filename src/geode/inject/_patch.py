@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from geode.errors import InjectionRefused
 from geode.inject._config import (
@@ -75,7 +75,7 @@ class Injection:
     warnings: tuple[str, ...] = ()
     skipped: str | None = None
     service: str | None = None
-    containers: tuple[str, ...] = field(default=())
+    containers: tuple[str, ...] = ()
 
     def patch(self) -> bytes:
         return json.dumps([op.to_json() for op in self.operations]).encode()
@@ -196,7 +196,7 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
         )
     containers = _selected(pod)
     commands = _commands(pod, containers)
-    root_path = _absolute_path(pod, ROOT_CA_ANNOTATION)
+    root_in_image = _absolute_path(pod, ROOT_CA_ANNOTATION)
     bundle = _absolute_path(pod, BUNDLE_ANNOTATION)
     if config.simulation and bundle is None:
         raise InjectionRefused(
@@ -211,8 +211,8 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
     dns_names = _dns_names(pod, service, config)
 
     volumes: list[JsonObject] = []
-    if root_path is None:
-        root_path = f"{ROOT_MOUNT}/root.pem"
+    root_path = root_in_image or f"{ROOT_MOUNT}/root.pem"
+    if root_in_image is None:
         volumes.append(
             {
                 "name": ROOT_VOLUME,
@@ -272,7 +272,7 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
             {"name": DNS_NAMES_ENV, "value": ",".join(dns_names)},
         ]
         mounts: list[JsonObject] = []
-        if any(v["name"] == ROOT_VOLUME for v in volumes):
+        if root_in_image is None:
             mounts.append({"name": ROOT_VOLUME, "mountPath": ROOT_MOUNT, "readOnly": True})
         if TMPFS_MOUNT not in container.mount_paths:
             # A /dev/shm the pod mounts itself is kept: it is the pod's choice of tmpfs.
