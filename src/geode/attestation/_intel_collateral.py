@@ -217,12 +217,9 @@ def _check_crl(
     what: str,
     at: datetime.datetime,
 ) -> None:
-    if crl.issuer != issuer.subject:
-        raise _error(
-            what, f"issued by {crl.issuer.rfc4514_string()}, expected {common_name(issuer)!r}"
-        )
-    if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-        raise _error(what, f"not signed by {common_name(issuer)!r}")
+    problem = _crl_problem(crl, issuer)
+    if problem:
+        raise _error(what, problem)
     _check_window(what, crl.last_update_utc, crl.next_update_utc, at)
 
 
@@ -254,16 +251,58 @@ def verify_signed_json(
             f"(valid {signer.not_valid_before_utc.date()} to {signer.not_valid_after_utc.date()})",
         )
     _check_not_revoked(signer, root_crl, f"{what} signing certificate", "root_ca_crl")
+    if not _json_signed_by(signed.text, signed.signature, signer):
+        raise _error(what, f"signature by {common_name(signer)!r} does not verify")
+
+
+# The same collateral serves many quotes: which signatures verified is remembered (the
+# signatures do not depend on the time; windows and revocation are checked on every call).
+def _crl_problem(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> str:
+    return _crl_problem_cached(_CrlKey(crl), issuer)
+
+
+class _CrlKey:
+    """A CRL object as a cache key (CRLs are not hashable). Parsed documents are cached, so the
+    same CRL object comes back; the key holds it, so its identity is not reused meanwhile."""
+
+    __slots__ = ("crl",)
+
+    def __init__(self, crl: x509.CertificateRevocationList) -> None:
+        self.crl = crl
+
+    def __hash__(self) -> int:
+        return id(self.crl)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _CrlKey) and other.crl is self.crl
+
+
+@functools.lru_cache(maxsize=64)
+def _crl_problem_cached(key: _CrlKey, issuer: x509.Certificate) -> str:
+    crl = key.crl
+    if crl.issuer != issuer.subject:
+        return f"issued by {crl.issuer.rfc4514_string()}, expected {common_name(issuer)!r}"
+    public_key = issuer.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(
+        public_key
+    ):
+        return f"not signed by {common_name(issuer)!r}"
+    return ""
+
+
+@functools.lru_cache(maxsize=64)
+def _json_signed_by(text: str, signature: bytes, signer: x509.Certificate) -> bool:
     key = signer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise _error(f"{what}_issuer_chain", "the signing key is not ECDSA")
+        return False
     der = encode_dss_signature(
-        int.from_bytes(signed.signature[:32], "big"), int.from_bytes(signed.signature[32:], "big")
+        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
     )
     try:
-        key.verify(der, signed.text.encode(), ec.ECDSA(hashes.SHA256()))
+        key.verify(der, text.encode(), ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise _error(what, f"signature by {common_name(signer)!r} does not verify") from None
+        return False
+    return True
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

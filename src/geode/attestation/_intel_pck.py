@@ -9,6 +9,7 @@ the TCB info, and its TCB (16 CPU SVN components and the PCE SVN) picks the TCB 
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,6 @@ from geode.attestation._evidence_certs import (
     check_validity,
     common_name,
     load_evidence_certificates,
-    verify_issued_by,
 )
 from geode.attestation._roots import INTEL_SGX_ROOT_SHA256, load_pinned_root
 from geode.errors import EvidenceError
@@ -91,6 +91,29 @@ def _pem_chain(blob: bytes, offset: int) -> list[x509.Certificate]:
         raise EvidenceError(f"malformed certificate ({exc})", field=_FIELD, offset=offset) from None
 
 
+# A platform's chain does not change from quote to quote: its parse and the signatures of its
+# links are remembered. Validity windows depend on the time and are checked on every call.
+@functools.lru_cache(maxsize=64)
+def _parsed_chain(blob: bytes, offset: int) -> tuple[tuple[x509.Certificate, ...], PckTcb]:
+    certs = _pem_chain(blob, offset)
+    if len(certs) not in (2, 3):
+        raise EvidenceError(
+            f"expected the PCK certificate, its CA and optionally the root; got {len(certs)}",
+            field=_FIELD,
+            offset=offset,
+        )
+    return tuple(certs), parse_sgx_extension(certs[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def verify_pck_chain(
     cert_data: bytes,
     offset: int,
@@ -99,13 +122,7 @@ def verify_pck_chain(
     roots: Sequence[x509.Certificate],
 ) -> PckChain:
     """Check the PEM chain leaf -> intermediate -> one of ``roots`` at time ``at``."""
-    certs = _pem_chain(cert_data, offset)
-    if len(certs) not in (2, 3):
-        raise EvidenceError(
-            f"expected the PCK certificate, its CA and optionally the root; got {len(certs)}",
-            field=_FIELD,
-            offset=offset,
-        )
+    certs, tcb = _parsed_chain(cert_data, offset)
     leaf, intermediate = certs[0], certs[1]
     root = issuing_root(intermediate, roots)
     if root is None or (len(certs) == 3 and certs[2] != root):
@@ -115,7 +132,10 @@ def verify_pck_chain(
             field=_FIELD,
             offset=offset,
         )
-    verify_issued_by(leaf, intermediate, "PCK certificate")
+    if not _issued_by(leaf, intermediate):
+        raise EvidenceError(
+            f"the PCK certificate is not issued by {common_name(intermediate)!r}", field="certs"
+        )
     _require_ca(intermediate, "PCK CA certificate")
     for cert, what in (
         (leaf, "the PCK certificate"),
@@ -123,20 +143,14 @@ def verify_pck_chain(
         (root, "the root"),
     ):
         check_validity(cert, at, what)
-    return PckChain(leaf, intermediate, root, parse_sgx_extension(leaf))
+    return PckChain(leaf, intermediate, root, tcb)
 
 
 def issuing_root(
     cert: x509.Certificate, roots: Sequence[x509.Certificate]
 ) -> x509.Certificate | None:
     """The root among ``roots`` whose key signed ``cert``, if any."""
-    for root in roots:
-        try:
-            cert.verify_directly_issued_by(root)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return root
-    return None
+    return next((root for root in roots if _issued_by(cert, root)), None)
 
 
 def _require_ca(cert: x509.Certificate, what: str) -> None:

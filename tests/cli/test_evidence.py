@@ -1,0 +1,136 @@
+"""``geode evidence verify``: claims and verdict on stdout, the reason and exit 1 on failure."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from geode.cli import cli
+from tests.attestation import intel_kit
+from tests.attestation.vectors import VECTORS, read_vector, requires_vectors
+from tests.support import geode_cli
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["evidence", "verify", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@requires_vectors
+def test_an_sgx_quote_with_collateral_prints_its_claims_and_status() -> None:
+    assert VECTORS is not None
+    quote = VECTORS / "sgx_v3_dcapqvl.quote.bin"
+    collateral = VECTORS / "sgx_v3_dcapqvl.collateral.json"
+    read_vector(quote.name)
+    code, out, _ = run(str(quote), "--collateral", str(collateral), "--at", "2025-07-01")
+    assert code == 0
+    assert out.splitlines()[0] == (
+        "verified sgx evidence; TCB status ConfigurationAndSWHardeningNeeded"
+    )
+    assert "advisory_ids:" in out
+    assert "INTEL-SA-00289, INTEL-SA-00615" in out
+
+
+@requires_vectors
+def test_json_claims_use_the_package_field_names() -> None:
+    assert VECTORS is not None
+    read_vector("tdx_v4_dcapqvl.quote.bin")
+    code, out, _ = run(
+        str(VECTORS / "tdx_v4_dcapqvl.quote.bin"),
+        "--kind",
+        "tdx",
+        "--collateral",
+        str(VECTORS / "tdx_v4_dcapqvl.collateral.json"),
+        "--at",
+        "2025-07-01T12:00:00+00:00",
+        "--json",
+    )
+    assert code == 0
+    document = json.loads(out)
+    assert document["verdict"] == "verified"
+    claims = document["claims"]
+    assert claims["tee"] == "tdx"
+    assert claims["tcb_status"] == "UpToDate"
+    assert {"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "debug"} <= set(claims)
+    assert claims["mrtd"] == claims["mrtd"].lower()
+    assert len(bytes.fromhex(claims["report_data"])) == 64
+
+
+@requires_vectors
+def test_expired_collateral_exits_1_with_the_reason(tmp_path: Path) -> None:
+    assert VECTORS is not None
+    read_vector("tdx_v4_dcapqvl.quote.bin")
+    code, out, err = run(
+        str(VECTORS / "tdx_v4_dcapqvl.quote.bin"),
+        "--collateral",
+        str(VECTORS / "tdx_v4_dcapqvl.collateral.json"),
+        "--at",
+        "2025-08-01",
+        "--json",
+    )
+    assert code == 1
+    assert json.loads(out)["verdict"] == "refused"
+    assert json.loads(out)["field"].startswith("collateral.")
+    assert "not valid at 2025-08-01T00:00:00" in err
+
+
+@requires_vectors
+def test_an_envelope_is_read_and_its_kind_checked(tmp_path: Path) -> None:
+    data = read_vector("sgx_v3_occlum.quote.bin")
+    envelope = tmp_path / "evidence.json"
+    envelope.write_text(json.dumps({"kind": "sgx", "data": base64.b64encode(data).decode()}))
+    code, out, _ = run(str(envelope), "--at", "2025-07-01")
+    assert code == 0
+    assert "TCB status Unverified (no collateral: TCB status not checked)" in out
+    assert "debug:" in out
+    code, _, err = run(str(envelope), "--kind", "tdx")
+    assert code == 1
+    assert "the envelope holds sgx evidence" in err
+
+
+def test_a_quote_under_another_root_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "quote.bin"
+    path.write_bytes(intel_kit.build_quote(intel_kit.QuoteSpec()))
+    code, out, err = run(str(path), "--at", "2025-07-01", "--json")
+    assert code == 1
+    refusal = json.loads(out)
+    assert set(refusal) == {"verdict", "reason", "field", "offset"}
+    assert (refusal["verdict"], refusal["field"]) == ("refused", "pck_certification_data")
+    assert "does not end at a trusted root" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"not evidence at all", "not evidence of any known kind"), (b"", "not evidence")],
+)
+def test_unknown_files_are_refused(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(content)
+    code, _, err = run(str(path))
+    assert code == 1
+    assert message in err
+
+
+def test_a_bad_time_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"x")
+    code, _, err = run(str(path), "--at", "yesterday")
+    assert code == 2
+    assert "expected an ISO 8601 time" in err
+
+
+@requires_vectors
+def test_the_real_command_prints_one_line_on_failure(tmp_path: Path) -> None:
+    data = bytearray(read_vector("sgx_v3_dcapqvl.quote.bin"))
+    data[60] ^= 1  # in the report body
+    path = tmp_path / "quote.bin"
+    path.write_bytes(bytes(data))
+    result = geode_cli("evidence", "verify", str(path), env=dict(os.environ))
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: signature (offset 436): signature does not verify"
+    assert "Traceback" not in result.stderr
