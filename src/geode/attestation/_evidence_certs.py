@@ -2,7 +2,8 @@
 vendor chain needs (a link's signature, a validity window at a given time).
 
 AMD's VCEKs and VLEKs have serial number 0, which RFC 5280 forbids and ``cryptography`` warns
-about while loading; the warning is silenced here, for those certificates only. They also lack
+about while loading; that warning is silenced while this module loads evidence certificates
+(and nowhere else). They also lack
 the key identifiers and basic constraints a path builder wants, so chains are checked link by
 link against pinned roots rather than by a generic verifier.
 """
