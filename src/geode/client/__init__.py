@@ -1,9 +1,12 @@
-"""Python API for operators and relying parties: verify a deployment, manage its manifest."""
+"""Python API for operators and relying parties: verify a deployment, manage its manifest, its
+secrets and updates, check its audit log, and recover it."""
 
 from __future__ import annotations
 
+from geode.client._audit import AuditEntry, AuditReport, verify_audit_log
 from geode.client._client import (
     CONFIG_DIR_ENV,
+    ClientIdentity,
     CoordinatorClient,
     check_coordinator_peer,
     client_ssl_context,
@@ -12,11 +15,16 @@ from geode.client._client import (
     pin_root,
     pinned_root_path,
 )
+from geode.client._recovery import ShareUpload, prepare_share_upload, verify_recovery_offer
 from geode.client._statement import VerifiedStatement, statement_manifest, verify_statement
 
 __all__ = [
     "CONFIG_DIR_ENV",
+    "AuditEntry",
+    "AuditReport",
+    "ClientIdentity",
     "CoordinatorClient",
+    "ShareUpload",
     "VerifiedStatement",
     "check_coordinator_peer",
     "client_ssl_context",
@@ -24,6 +32,9 @@ __all__ = [
     "load_pinned_root",
     "pin_root",
     "pinned_root_path",
+    "prepare_share_upload",
     "statement_manifest",
+    "verify_audit_log",
+    "verify_recovery_offer",
     "verify_statement",
 ]

@@ -2,11 +2,13 @@
 
 Every call goes over TLS verified against the deployment's root certificate, which ``geode
 verify`` pins after checking the deployment statement. ``insecure=True`` skips verification and
-exists for first contact and debugging only.
+exists for first contact and debugging only. A user of the manifest passes ``identity`` (their
+certificate and key files): the client API authenticates users by TLS client certificate.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 from pathlib import Path
@@ -21,6 +23,7 @@ from geode.pki import COORDINATOR_URI, certificate_pem, load_certificate, uri_sa
 
 __all__ = [
     "CONFIG_DIR_ENV",
+    "ClientIdentity",
     "CoordinatorClient",
     "check_coordinator_peer",
     "client_ssl_context",
@@ -32,6 +35,8 @@ __all__ = [
 
 CONFIG_DIR_ENV = "GEODE_CONFIG_DIR"
 API = "/api/v1"
+
+ClientIdentity = tuple[Path, Path]  # a user's certificate and private key, PEM files
 
 
 def config_dir() -> Path:
@@ -83,8 +88,11 @@ def check_coordinator_peer(response: httpx.Response) -> None:
         )
 
 
-def client_ssl_context(root: x509.Certificate | None) -> ssl.SSLContext:
-    """Strict TLS to a Coordinator: only ``root`` is trusted. ``None`` disables verification."""
+def client_ssl_context(
+    root: x509.Certificate | None, identity: ClientIdentity | None = None
+) -> ssl.SSLContext:
+    """Strict TLS to a Coordinator: only ``root`` is trusted. ``None`` disables verification.
+    ``identity`` is the user's certificate and key, sent when the Coordinator asks."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if root is None:
@@ -92,6 +100,14 @@ def client_ssl_context(root: x509.Certificate | None) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_NONE
     else:
         context.load_verify_locations(cadata=certificate_pem(root))
+    if identity is not None:
+        cert_file, key_file = identity
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(
+                f"cannot use the client certificate {cert_file} with key {key_file}: {exc}"
+            ) from None
     return context
 
 
@@ -105,6 +121,7 @@ class CoordinatorClient:
         root: x509.Certificate | None = None,
         insecure: bool = False,
         timeout: float = 30.0,
+        identity: ClientIdentity | None = None,
     ) -> None:
         if root is None and not insecure:
             raise ClientError(
@@ -113,10 +130,13 @@ class CoordinatorClient:
             )
         self.address = address
         self._verified = not insecure
+        self._root = None if insecure else root
+        self._timeout = timeout
+        self._identity = identity
         try:
             self._http = httpx.Client(
                 base_url=f"https://{address}",
-                verify=client_ssl_context(None if insecure else root),
+                verify=client_ssl_context(None if insecure else root, identity),
                 timeout=timeout,
             )
         except httpx.InvalidURL:
@@ -145,8 +165,21 @@ class CoordinatorClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.ConnectError as exc:
-            raise ClientError(f"cannot reach the Coordinator at {self.address}: {exc}") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError) as exc:
+            # The handshake is the only place a certificate that chains to nothing the
+            # Coordinator knows can be refused (with TLS 1.3 the client sees the connection
+            # closed before the answer): if the same server answers without it, it was that.
+            if self._identity is not None and self._answers_without_identity():
+                raise ClientError(
+                    f"the Coordinator at {self.address} refused the client certificate "
+                    f"{self._identity[0]}: it is no user's of this deployment",
+                    code="certificate_refused",
+                ) from None
+            if isinstance(exc, httpx.ConnectError):
+                raise ClientError(
+                    f"cannot reach the Coordinator at {self.address}: {exc}"
+                ) from None
+            raise ClientError(f"talking to {self.address} failed: {exc}") from None
         except httpx.TimeoutException:
             raise ClientError(f"the Coordinator at {self.address} did not answer in time") from None
         except httpx.HTTPError as exc:
@@ -164,6 +197,15 @@ class CoordinatorClient:
             return response.json()
         except ValueError:
             raise ClientError(f"the Coordinator at {self.address} sent invalid JSON") from None
+
+    def _answers_without_identity(self) -> bool:
+        context = client_ssl_context(self._root)
+        try:
+            with httpx.Client(verify=context, timeout=self._timeout) as probe:
+                probe.get(f"https://{self.address}{API}/status")
+        except httpx.HTTPError:
+            return False
+        return True
 
     def status(self) -> dict[str, Any]:
         return self._call("GET", f"{API}/status", "state")
@@ -187,3 +229,53 @@ class CoordinatorClient:
     def certificates(self) -> dict[str, str]:
         body = self._call("GET", f"{API}/certificates", "root", "mesh_ca", "chain")
         return {key: str(body[key]) for key in ("root", "mesh_ca", "chain")}
+
+    # -- governance (``identity`` must be a user's) ---------------------------------------------
+
+    def get_secret(self, name: str) -> bytes:
+        """A secret's value: bytes, or for certificates the certificate and key in PEM."""
+        body = self._call("GET", f"{API}/secrets/{name}", "value")
+        return base64.b64decode(body["value"])
+
+    def set_secret(self, name: str, value: bytes) -> dict[str, Any]:
+        return self._call(
+            "PUT", f"{API}/secrets/{name}", json={"value": base64.b64encode(value).decode()}
+        )
+
+    def update(self, raw: bytes) -> dict[str, Any]:
+        """A package update (``{"packages": ...}``) or a manifest update (a whole manifest)."""
+        content_type = "application/json" if raw.lstrip().startswith(b"{") else "application/yaml"
+        return self._call(
+            "POST", f"{API}/update", "applied", content=raw, headers={"content-type": content_type}
+        )
+
+    def pending_update(self) -> dict[str, Any] | None:
+        pending = self._call("GET", f"{API}/update", "pending")["pending"]
+        return pending if isinstance(pending, dict) else None
+
+    def acknowledge_update(self, sha256: str) -> dict[str, Any]:
+        return self._call("POST", f"{API}/update/acknowledge", "applied", json={"sha256": sha256})
+
+    def cancel_update(self, sha256: str) -> dict[str, Any]:
+        return self._call("POST", f"{API}/update/cancel", "cancelled", json={"sha256": sha256})
+
+    def manifest_log(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"{API}/manifest/log", "updates")["updates"])
+
+    def audit_log(self) -> dict[str, Any]:
+        return self._call("GET", f"{API}/audit", "entries", "head")
+
+    # -- recovery (no user: the Coordinator cannot read its manifest yet) ------------------------
+
+    def recovery_offer(self, nonce: bytes) -> dict[str, Any]:
+        return self._call(
+            "GET", f"{API}/recovery", "parties", "recovery_key", params={"nonce": nonce.hex()}
+        )
+
+    def upload_share(self, party: str, share: bytes, signature: bytes) -> dict[str, Any]:
+        body = {
+            "party": party,
+            "share": base64.b64encode(share).decode(),
+            "signature": base64.b64encode(signature).decode(),
+        }
+        return self._call("POST", f"{API}/recovery", "state", json=body)
