@@ -193,7 +193,7 @@ def test_a_version_1_state_takes_each_instance_on_first_use_only() -> None:
     fresh = d.activate(upgraded)
     d.renew(upgraded, d.renew(upgraded, fresh))  # new certificates are tracked from the start
 
-    # Written back as version 2: the pin and the untracked era survive a restart.
+    # Written back as the current version: the pin and the untracked era survive a restart.
     restarted = d.coordinator(upgraded.sealed_state())
     with pytest.raises(StaleCertificate):
         d.renew(restarted, second)
@@ -207,7 +207,7 @@ def test_a_fresh_state_takes_nothing_on_first_use() -> None:
     first = d.activate(c)
     _, raw = Sealer.unseal(c.sealed_state(), d.sealing_key)
     doc = json.loads(raw)
-    assert doc["version"] == 2
+    assert doc["version"] == 3  # version 3 keeps the record of version 2
     assert doc["latest_certificates"]["untracked_before"] is None
     doc["latest_certificates"]["instances"] = {}  # as if the entry had been pruned
     forgotten = d.coordinator(Sealer(d.sealing_key).seal(json.dumps(doc).encode()))

@@ -10,7 +10,7 @@ from typing import Any
 from cryptography import x509
 
 from geode.attestation import Evidence
-from geode.coordinator._secrets import generate_secret, template_value
+from geode.coordinator._secrets import generate_secret, is_set, template_value
 from geode.coordinator._state import StoredSecret
 from geode.errors import ActivationDenied, ManifestError
 from geode.manifest import (
@@ -97,6 +97,9 @@ def render_activation(
     The instance gets exactly the secrets its templates use, and a certificate secret's private
     key only when a template reads it. Non-shared certificates are issued here, per instance.
     A rendering failure names the template's path only: its message could quote secret values.
+    A user-defined secret that no user has set yet is handed out as what the manifest promises
+    until then: a ``plain`` secret is empty; any other type has no value of its type yet, so the
+    activation is refused (``secret not set``) rather than hand out an empty key or certificate.
     """
     manifest = document.manifest
     service = manifest.services[service_name]
@@ -110,6 +113,8 @@ def render_activation(
             context_values[name] = template_value(secret)
         else:
             secret = stored[name]
+            if spec.is_user_defined and spec.type != "plain" and not is_set(secret):
+                raise ActivationDenied("secret not set", name)
             context_values[name] = values[name]
         if secret.certificate and name not in private:
             secret = StoredSecret(certificate=secret.certificate)

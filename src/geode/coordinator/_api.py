@@ -9,16 +9,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,15 +26,21 @@ from starlette.routing import Route
 
 from geode.attestation import Evidence
 from geode.coordinator._activation import ActivationRequest, RenewalRequest
+from geode.coordinator._api_governance import Governor, governance_routes, governance_schemas
 from geode.coordinator._core import Coordinator
-from geode.coordinator._persist import GroupCommit
-from geode.errors import (
-    ActivationDenied,
-    CoordinatorError,
-    EvidenceError,
-    ManifestError,
-    SealError,
+from geode.coordinator._http import (
+    BODY_TIMEOUT,
+    MAX_JSON_BODY,
+    ApiError,
+    Body,
+    error_response,
+    handled,
+    json_body,
+    read_body,
+    slug,
 )
+from geode.coordinator._persist import GroupCommit
+from geode.errors import ActivationDenied, EvidenceError
 from geode.manifest import MAX_MANIFEST_BYTES
 from geode.pki import certificate_pem
 
@@ -45,93 +50,28 @@ log = logging.getLogger("geode.coordinator.api")
 
 API_PREFIX = "/api/v1"
 MESH_PREFIX = "/api/v1/mesh"
-MAX_JSON_BODY = 64 * 1024
-BODY_TIMEOUT = 10.0
 
 HexNonce = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class EvidenceBody(_Body):
+class EvidenceBody(Body):
     kind: Annotated[str, Field(max_length=16)]
     data: Annotated[str, Field(max_length=MAX_JSON_BODY)]
 
 
-class ActivateBody(_Body):
+class ActivateBody(Body):
     service: Annotated[str, Field(min_length=1, max_length=64)]
     nonce: HexNonce
     csr: Annotated[str, Field(min_length=1, max_length=16 * 1024)]
     evidence: EvidenceBody
 
 
-class RenewBody(_Body):
+class RenewBody(Body):
     nonce: HexNonce
     csr: Annotated[str, Field(min_length=1, max_length=16 * 1024)]
     evidence: EvidenceBody
     certificate: Annotated[str, Field(min_length=1, max_length=16 * 1024)]
     proof: Annotated[str, Field(min_length=1, max_length=512)]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra
-        super().__init__(message)
-
-
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, "invalid_request", "invalid Content-Length")
-        if int(declared) > limit:
-            raise ApiError(413, "payload_too_large", f"request body larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-
-    async def collect() -> None:
-        nonlocal size
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "payload_too_large", f"request body larger than {limit} bytes")
-            chunks.append(chunk)
-
-    try:
-        await asyncio.wait_for(collect(), request.app.state.body_timeout)
-    except TimeoutError:
-        raise ApiError(408, "request_timeout", "request body not received in time") from None
-    return b"".join(chunks)
-
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-async def _json_body(request: Request, model: type[_Model]) -> _Model:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "expected Content-Type: application/json")
-    raw = await _read_body(request, MAX_JSON_BODY)
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digits
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        path = ".".join(str(p) for p in error["loc"]) or "body"
-        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-        raise ApiError(400, "invalid_request", f"{path}: {message}", path=path) from None
 
 
 class _Metrics:
@@ -157,43 +97,21 @@ class _Metrics:
         )
 
 
-def _slug(reason: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", reason.lower()).strip("_")
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _handled(handler: Handler) -> Handler:
-    """Translate Geode errors raised by a handler into typed JSON answers."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            return _error(exc.status, exc.code, exc.message, **exc.extra)
-        except ManifestError as exc:
-            return _error(400, "manifest_invalid", str(exc), path=exc.path)
-        except ActivationDenied as exc:
-            return _error(exc.status, exc.code, str(exc), reason=exc.reason, detail=exc.detail)
-        except CoordinatorError as exc:
-            return _error(exc.status, exc.code, str(exc))
-        except SealError as exc:
-            log.error("state could not be saved: %s", exc)
-            return _error(503, "state_unavailable", "the Coordinator could not save its state")
-
-    return wrapped
-
-
 def build_apps(
-    coordinator: Coordinator, persist: GroupCommit, *, body_timeout: float = BODY_TIMEOUT
+    coordinator: Coordinator,
+    persist: GroupCommit,
+    *,
+    body_timeout: float = BODY_TIMEOUT,
+    on_change: Callable[[], None] | None = None,
 ) -> tuple[Starlette, Starlette]:
     """The client API app and the mesh API app, sharing one Coordinator.
 
     A request body must arrive within ``body_timeout`` seconds, so a slow or stalled client
-    holds nothing for long.
+    holds nothing for long. ``on_change`` runs after a change of manifest or a recovery (the
+    server reloads its TLS certificate and the users it trusts).
     """
     metrics = _Metrics()
+    governor = Governor(coordinator, persist, on_change)
 
     async def get_status(request: Request) -> Response:
         return JSONResponse(coordinator.status())
@@ -201,18 +119,17 @@ def build_apps(
     async def get_manifest(request: Request) -> Response:
         return JSONResponse(coordinator.manifest_info())
 
-    manifest_lock = asyncio.Lock()
-
     async def post_manifest(request: Request) -> Response:
-        raw = await _read_body(request, MAX_MANIFEST_BYTES)
+        raw = await read_body(request, MAX_MANIFEST_BYTES)
         if not raw.strip():
             raise ApiError(400, "manifest_invalid", "manifest: empty body", path="manifest")
-        async with manifest_lock:
+        async with governor.lock:
             # Validation and key generation can take a while: off the event loop. The new state
             # is on disk before it is adopted, so a failed write changes nothing.
             prepared = await asyncio.to_thread(coordinator.prepare_manifest, raw)
             await persist.write(coordinator.seal(prepared))
             result = coordinator.adopt_manifest(prepared)
+            await governor.changed()
         metrics.manifest_sets.inc()
         return JSONResponse(result, status_code=201)
 
@@ -241,7 +158,7 @@ def build_apps(
 
     async def post_activate(request: Request) -> Response:
         started = time.perf_counter()
-        body = await _json_body(request, ActivateBody)
+        body = await json_body(request, ActivateBody)
         document = coordinator.document
         known = document is not None and body.service in document.manifest.services
         label = body.service if known else "<unknown>"
@@ -265,7 +182,7 @@ def build_apps(
                 raise
             result = pending.value
         except ActivationDenied as exc:
-            metrics.activations.labels(label, _slug(exc.reason)).inc()
+            metrics.activations.labels(label, slug(exc.reason)).inc()
             log.warning("activation of %s denied: %s", label, exc)
             raise
         metrics.activations.labels(label, "ok").inc()
@@ -273,7 +190,7 @@ def build_apps(
         return JSONResponse(result.to_json())
 
     async def post_renew(request: Request) -> Response:
-        body = await _json_body(request, RenewBody)
+        body = await json_body(request, RenewBody)
         nonce = bytes.fromhex(body.nonce)
         try:
             try:
@@ -295,7 +212,7 @@ def build_apps(
                 raise
             leaf = pending.value
         except ActivationDenied as exc:
-            metrics.renewals.labels(_slug(exc.reason)).inc()
+            metrics.renewals.labels(slug(exc.reason)).inc()
             log.warning("renewal denied: %s", exc)
             raise
         metrics.renewals.labels("ok").inc()
@@ -311,30 +228,31 @@ def build_apps(
     async def not_found(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        return error_response(exc.status_code, code, str(exc.detail))
 
     async def internal(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error(500, "internal", "internal error")
+        return error_response(500, "internal", "internal error")
 
     handlers: dict[Any, Any] = {HTTPException: not_found, Exception: internal}
     client = Starlette(
         routes=[
-            Route(f"{API_PREFIX}/status", _handled(get_status), methods=["GET"]),
-            Route(f"{API_PREFIX}/manifest", _handled(get_manifest), methods=["GET"]),
-            Route(f"{API_PREFIX}/manifest", _handled(post_manifest), methods=["POST"]),
-            Route(f"{API_PREFIX}/attestation", _handled(get_attestation), methods=["GET"]),
-            Route(f"{API_PREFIX}/certificates", _handled(get_certificates), methods=["GET"]),
+            Route(f"{API_PREFIX}/status", handled(get_status), methods=["GET"]),
+            Route(f"{API_PREFIX}/manifest", handled(get_manifest), methods=["GET"]),
+            Route(f"{API_PREFIX}/manifest", handled(post_manifest), methods=["POST"]),
+            Route(f"{API_PREFIX}/attestation", handled(get_attestation), methods=["GET"]),
+            Route(f"{API_PREFIX}/certificates", handled(get_certificates), methods=["GET"]),
             Route(f"{API_PREFIX}/openapi.json", get_openapi, methods=["GET"]),
             Route("/metrics", get_metrics, methods=["GET"]),
+            *governance_routes(governor, API_PREFIX),
         ],
         exception_handlers=handlers,
     )
     mesh = Starlette(
         routes=[
-            Route(f"{MESH_PREFIX}/nonce", _handled(post_nonce), methods=["POST"]),
-            Route(f"{MESH_PREFIX}/activate", _handled(post_activate), methods=["POST"]),
-            Route(f"{MESH_PREFIX}/renew", _handled(post_renew), methods=["POST"]),
+            Route(f"{MESH_PREFIX}/nonce", handled(post_nonce), methods=["POST"]),
+            Route(f"{MESH_PREFIX}/activate", handled(post_activate), methods=["POST"]),
+            Route(f"{MESH_PREFIX}/renew", handled(post_renew), methods=["POST"]),
             Route(f"{API_PREFIX}/openapi.json", get_openapi, methods=["GET"]),
         ],
         exception_handlers=handlers,
@@ -373,6 +291,105 @@ def openapi_document() -> dict[str, Any]:
             }
         return out
 
+    def json_request(schema: str) -> dict[str, Any]:
+        ref = {"$ref": f"#/components/schemas/{schema}"}
+        return {"required": True, "content": {"application/json": {"schema": ref}}}
+
+    # Users authenticate with the client certificate the manifest names for each.
+    user: list[dict[str, list[str]]] = [{"clientCertificate": []}]
+    manifest_body = {
+        "required": True,
+        "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    }
+    governance: dict[str, Any] = {
+        f"{API_PREFIX}/secrets/{{name}}": {
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "summary": "Read a shared or user-defined secret (role: read)",
+                "security": user,
+                "responses": responses("200", 401, 403, 404, 409, 503),
+            },
+            "put": {
+                "summary": "Set a user-defined secret (role: write); base64 value",
+                "security": user,
+                "requestBody": json_request("SecretBody"),
+                "responses": responses("200", 400, 401, 403, 409, 413, 415, 503),
+            },
+        },
+        f"{API_PREFIX}/update": {
+            "get": {
+                "summary": "The pending manifest update, if any",
+                "security": user,
+                "responses": responses("200", 401, 409, 503),
+            },
+            "post": {
+                "summary": "A package update ({packages: ...}, applied at once; role: update on "
+                "each package) or a manifest update (applied once acknowledged by the "
+                "threshold; role: update on the manifest)",
+                "security": user,
+                "requestBody": manifest_body,
+                "responses": {
+                    **responses("201", 400, 401, 403, 409, 413, 503),
+                    "202": {"description": "manifest update pending acknowledgements"},
+                },
+            },
+        },
+        f"{API_PREFIX}/update/acknowledge": {
+            "post": {
+                "summary": "Acknowledge the pending manifest update (applied at the threshold)",
+                "security": user,
+                "requestBody": json_request("UpdateRef"),
+                "responses": responses("200", 400, 401, 403, 409, 503),
+            }
+        },
+        f"{API_PREFIX}/update/cancel": {
+            "post": {
+                "summary": "Discard the pending manifest update",
+                "security": user,
+                "requestBody": json_request("UpdateRef"),
+                "responses": responses("200", 400, 401, 403, 409, 503),
+            }
+        },
+        f"{API_PREFIX}/manifest/log": {
+            "get": {
+                "summary": "Every manifest set and update",
+                "security": user,
+                "responses": responses("200", 401, 409, 503),
+            }
+        },
+        f"{API_PREFIX}/audit": {
+            "get": {
+                "summary": "The audit log (JSON lines, hash-chained, signed by the root) and head",
+                "security": user,
+                "responses": responses("200", 401, 409, 503),
+            }
+        },
+        f"{API_PREFIX}/recovery": {
+            "get": {
+                "summary": "In recovery: the encrypted shares, and the key to send them to with "
+                "evidence bound to a nonce",
+                "parameters": [
+                    {
+                        "name": "nonce",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^([0-9a-f]{2}){16,64}$"},
+                    }
+                ],
+                "responses": responses("200", 400, 409, 503),
+            },
+            "post": {
+                "summary": "In recovery: upload one party's share, signed with its recovery key",
+                "requestBody": json_request("RecoveryUpload"),
+                "responses": responses("200", 400, 403, 409, 503),
+            },
+        },
+    }
     activate_schema = ActivateBody.model_json_schema(ref_template="#/components/schemas/{model}")
     renew_schema = RenewBody.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = {**activate_schema.pop("$defs", {}), **renew_schema.pop("$defs", {})}
@@ -454,13 +471,21 @@ def openapi_document() -> dict[str, Any]:
                     "responses": responses("200", 400, 403, 408, 413, 415, 503),
                 }
             },
+            **governance,
         },
         "components": {
             "schemas": {
                 "Error": _error_schema(),
                 "ActivateBody": activate_schema,
                 "RenewBody": renew_schema,
+                **governance_schemas(),
                 **defs,
-            }
+            },
+            "securitySchemes": {
+                "clientCertificate": {
+                    "type": "mutualTLS",
+                    "description": "TLS client certificate of a user named in the manifest",
+                }
+            },
         },
     }

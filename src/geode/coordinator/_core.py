@@ -1,4 +1,4 @@
-"""The Coordinator's state machine: manifest, activation and the deployment statement.
+"""The Coordinator's state machine: manifest, activation, governance and the deployment statement.
 
 Everything here is synchronous and runs on the server's event loop, so each operation is atomic
 with respect to the others; only ``prepare_manifest`` (validation and key generation, which can be
@@ -15,10 +15,7 @@ import datetime
 import hmac
 import logging
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -27,12 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.attestation import (
     Evidence,
-    EvidenceVerifier,
     ReferenceValues,
-    SimulatedPlatform,
     key_binding,
     manifest_signing_payload,
     match_claims,
+    recovery_binding,
     renewal_payload,
     statement_binding,
     statement_signing_payload,
@@ -43,25 +39,37 @@ from geode.coordinator._activation import (
     RenewalRequest,
     render_activation,
 )
+from geode.coordinator._base import (
+    CoordinatorSettings,
+    Pending,
+    PreparedManifest,
+    State,
+)
+from geode.coordinator._governance import GovernanceMixin
 from geode.coordinator._latest import LatestCertificates
-from geode.coordinator._nonces import NonceStore
+from geode.coordinator._recovery import RecoverySession
 from geode.coordinator._seal import Sealer
-from geode.coordinator._secrets import generate_secret, template_value
-from geode.coordinator._state import CoordinatorState
+from geode.coordinator._secrets import (
+    generate_secret,
+    template_value,
+)
+from geode.coordinator._state import (
+    CoordinatorState,
+    UpdateRecord,
+)
 from geode.errors import (
     ActivationDenied,
     ClaimsMismatch,
     CoordinatorUnavailable,
     EvidenceError,
-    GeodeError,
     ManifestConflict,
     PKIError,
+    RecoveryRefused,
     SealError,
 )
-from geode.manifest import CertificateSecret, ManifestDocument, load_manifest
+from geode.manifest import ManifestDocument, load_manifest
 from geode.pki import (
     CertificateAuthority,
-    Clock,
     LeafParams,
     SpiffeId,
     certificate_der,
@@ -69,11 +77,9 @@ from geode.pki import (
     fingerprint,
     load_certificate,
     load_csr_public_key,
-    load_private_key,
     private_key_pem,
     public_key_der,
     uri_sans,
-    utc_now,
 )
 
 __all__ = [
@@ -87,91 +93,15 @@ __all__ = [
 
 log = logging.getLogger("geode.coordinator")
 
-T = TypeVar("T")
-
-
-class State(StrEnum):
-    AWAITING_MANIFEST = "awaiting-manifest"
-    ACTIVE = "active"
-    RECOVERY = "recovery"
-
-
-@dataclass(frozen=True)
-class CoordinatorSettings:
-    simulation: bool = False
-    leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
-    nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
-
-
-@dataclass(frozen=True)
-class Pending(Generic[T]):
-    """A change made in memory, with the means to undo it if it cannot be saved."""
-
-    value: T
-    revert: Callable[[], None]
-
-
-@dataclass(frozen=True)
-class PreparedManifest:
-    """A validated manifest with its generated secrets and signature, not yet adopted."""
-
-    document: ManifestDocument
-    state: CoordinatorState
-    values: dict[str, bytes | CertificateSecret]
-
 
 def reference_values(package: Any) -> ReferenceValues:
     """A manifest package as the reference values its evidence is matched against."""
     return ReferenceValues(**package.model_dump())
 
 
-@dataclass
-class _Keys:
-    """Parsed forms of the state's keys, certificates and secrets."""
-
-    root: CertificateAuthority
-    mesh: CertificateAuthority
-    secrets: dict[str, bytes | CertificateSecret] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.root_pem = certificate_pem(self.root.certificate)
-        self.mesh_pem = certificate_pem(self.mesh.certificate)
-
-    @property
-    def root_key(self) -> ec.EllipticCurvePrivateKey:
-        key = self.root.key
-        if not isinstance(key, ec.EllipticCurvePrivateKey):  # Geode creates P-256 roots
-            raise SealError("the root key is not an ECDSA key")
-        return key
-
-
-class Coordinator:
-    """The control plane's core."""
-
-    def __init__(
-        self,
-        settings: CoordinatorSettings,
-        verifier: EvidenceVerifier,
-        platform: SimulatedPlatform | None,
-        measurement: bytes,
-        sealing_key: bytes,
-        *,
-        clock: Clock = utc_now,
-    ) -> None:
-        self.settings = settings
-        self.verifier = verifier
-        self.platform = platform
-        self.measurement = measurement
-        self._sealing_key = sealing_key
-        self._clock = clock
-        self.nonces = NonceStore(settings.nonce_ttl, clock)
-        self.state = State.RECOVERY
-        self.recovery_reason = "not started"
-        self._data: CoordinatorState | None = None
-        self._keys: _Keys | None = None
-        self._document: ManifestDocument | None = None
-        self._sealer: Sealer | None = None
-        self.started_at = clock()
+class Coordinator(GovernanceMixin):
+    """The control plane's core: lifecycle (including recovery), manifest, activation and the
+    deployment statement; governance in ``GovernanceMixin``."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -192,6 +122,11 @@ class Coordinator:
         except SealError as exc:
             self.state = State.RECOVERY
             self.recovery_reason = str(exc)
+            self._blob = blob
+            try:
+                self._recovery_header = Sealer.recovery_header(blob)
+            except SealError:
+                self._recovery_header = None
             log.error("sealed state cannot be opened; entering recovery: %s", exc)
 
     def _create(self) -> None:
@@ -208,23 +143,6 @@ class Coordinator:
             )
         )
 
-    def _adopt(self, data: CoordinatorState) -> None:
-        try:
-            root = CertificateAuthority(
-                load_private_key(data.root_key), load_certificate(data.root_certificate)
-            )
-            mesh_cert = load_certificate(data.mesh_certificate)
-            mesh = CertificateAuthority(load_private_key(data.mesh_key), mesh_cert, (mesh_cert,))
-            values = {n: template_value(s) for n, s in data.secrets.items()}
-            document = None if data.manifest is None else load_manifest(data.manifest)
-        except (GeodeError, ValueError, TypeError) as exc:
-            raise SealError(f"sealed state is inconsistent: {exc}") from None
-        self._data = data
-        self._keys = _Keys(root, mesh, values)
-        self._document = document
-        self.state = State.ACTIVE if document is not None else State.AWAITING_MANIFEST
-        self.recovery_reason = ""
-
     def sealed_state(self) -> bytes:
         """The current state, sealed, ready for the store."""
         if self._data is None or self._sealer is None:
@@ -232,32 +150,10 @@ class Coordinator:
         return self._sealer.seal(self._data.to_bytes())
 
     def seal(self, prepared: PreparedManifest) -> bytes:
-        if self._sealer is None:
+        sealer = prepared.sealer or self._sealer
+        if sealer is None:
             raise CoordinatorUnavailable("no state to save")
-        return self._sealer.seal(prepared.state.to_bytes())
-
-    # -- accessors ---------------------------------------------------------------------------
-
-    def _require_keys(self) -> _Keys:
-        if self._keys is None:
-            raise CoordinatorUnavailable(f"coordinator is in recovery: {self.recovery_reason}")
-        return self._keys
-
-    @property
-    def root_certificate(self) -> x509.Certificate:
-        return self._require_keys().root.certificate
-
-    @property
-    def root_authority(self) -> CertificateAuthority:
-        return self._require_keys().root
-
-    @property
-    def mesh_ca_certificate(self) -> x509.Certificate:
-        return self._require_keys().mesh.certificate
-
-    @property
-    def document(self) -> ManifestDocument | None:
-        return self._document
+        return sealer.seal(prepared.state.to_bytes())
 
     def manifest_info(self) -> dict[str, Any]:
         self._require_keys()
@@ -278,6 +174,12 @@ class Coordinator:
         }
         if self.state is State.RECOVERY:
             info["reason"] = self.recovery_reason
+            if self._recovery_header is not None:
+                info["recovery"] = {
+                    "threshold": self._recovery_header.threshold,
+                    "parties": sorted(self._recovery_header.parties),
+                    "received": self._recovery.received if self._recovery else [],
+                }
             return info
         assert self._data is not None
         info["root_fingerprint"] = fingerprint(self.root_certificate)
@@ -309,25 +211,36 @@ class Coordinator:
         state.secrets = secrets
         state.activations = {}
         state.latest_certificates = LatestCertificates()  # no instance has a certificate yet
+        now = self._clock()
+        state.updates = [UpdateRecord(1, "set", document.sha256.hex(), now.isoformat())]
+        self._record(state, "manifest.set", None, {"sha256": document.sha256.hex()})
         values = {name: template_value(s) for name, s in secrets.items()}
-        return PreparedManifest(document, state, values)
+        assert self._sealer is not None  # a state with keys has a sealer
+        sealer = self._sealer_for(self._sealer, document.manifest.recovery)
+        return PreparedManifest(document, state, values, sealer)
 
-    def adopt_manifest(self, prepared: PreparedManifest) -> dict[str, str]:
+    def adopt_manifest(self, prepared: PreparedManifest) -> dict[str, Any]:
         """Make a prepared (and saved) manifest the one in force."""
         keys = self._require_keys()
         if self.state is not State.AWAITING_MANIFEST:
             raise ManifestConflict("manifest already set")
+        previous = self._sealer
         self._data = prepared.state
         keys.secrets = prepared.values
-        self._document = prepared.document
+        self._set_document(prepared.document)
+        self._sealer = prepared.sealer or self._sealer
         self.state = State.ACTIVE
         log.info("manifest set: sha256 %s", prepared.document.sha256.hex())
-        return {
+        result: dict[str, Any] = {
             "sha256": prepared.document.sha256.hex(),
             "signature": base64.b64encode(prepared.state.manifest_signature or b"").decode(),
         }
+        shares = prepared.recovery_shares(previous)
+        if shares is not None:
+            result["recovery_shares"] = shares
+        return result
 
-    def set_manifest(self, raw: bytes) -> dict[str, str]:
+    def set_manifest(self, raw: bytes) -> dict[str, Any]:
         """Prepare and adopt in one step, in memory only (for embedding and tests; the server
         saves the prepared state between the two)."""
         return self.adopt_manifest(self.prepare_manifest(raw))
@@ -529,3 +442,88 @@ class Coordinator:
             "manifest_signature": base64.b64encode(signature).decode() if signature else None,
             "statement_signature": base64.b64encode(statement_signature).decode(),
         }
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def _require_recovery(self) -> RecoverySession:
+        if self.state is not State.RECOVERY or self._blob is None:
+            raise RecoveryRefused("the Coordinator is not in recovery", status=409)
+        if self._recovery_header is None:
+            raise RecoveryRefused(
+                "this state names no recovery keys: only its sealing key opens it", status=409
+            )
+        if self._recovery is None:
+            self._recovery = RecoverySession(self._recovery_header)
+        return self._recovery
+
+    def prepare_recovery(self) -> None:
+        """Create the recovery session (an RSA key: slow, so callers run it in a thread)."""
+        self._require_recovery()
+
+    def recovery_offer(self, nonce: bytes) -> dict[str, Any]:
+        """What a party needs to recover: its encrypted share, and this Coordinator's key for
+        shares with evidence binding it to the party's nonce."""
+        session = self._require_recovery()
+        if self.platform is None:
+            raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
+        evidence = self.platform.quote(self.measurement, recovery_binding(session.key_der, nonce))
+        return {
+            "threshold": session.header.threshold,
+            "parties": {
+                name: {"share": base64.b64encode(p.share).decode(), "public_key": p.public_key}
+                for name, p in sorted(session.header.parties.items())
+            },
+            "received": session.received,
+            "recovery_key": session.public_key_pem(),
+            "nonce": nonce.hex(),
+            "simulation": self.settings.simulation,
+            "evidence": evidence.to_json(),
+        }
+
+    def recover(self, party: str, sealed_share: bytes, signature: bytes) -> Pending[dict[str, Any]]:
+        """Accept one party's share; at the threshold, open the state with the recovered data
+        key and adopt it (to be saved, under this Coordinator's sealing key, by the caller)."""
+        session = self._require_recovery()
+        reason = self.recovery_reason
+        session.accept(party, sealed_share, signature)
+        log.warning(
+            "recovery share of %s accepted (%d of %d)",
+            party,
+            len(session.received),
+            session.header.threshold,
+        )
+        progress = {
+            "state": self.state.value,
+            "threshold": session.header.threshold,
+            "received": session.received,
+        }
+        if not session.complete:
+            return Pending(progress, lambda: None)
+        assert self._blob is not None
+        try:
+            sealer, raw = Sealer.unseal_with_data_key(
+                self._blob, session.data_key(), self._sealing_key
+            )
+            data = CoordinatorState.from_bytes(raw, now=self._clock())
+            self._sealer = sealer
+            self._adopt(data)
+        except SealError as exc:
+            self._sealer = None
+            raise RecoveryRefused(f"the shares do not open this state: {exc}", status=409) from None
+        self._record(data, "coordinator.recovered", party, {"parties": session.received})
+        log.warning("recovered with the shares of %s", ", ".join(session.received))
+
+        def revert() -> None:
+            self._data = self._keys = self._sealer = None
+            self._set_document(None)
+            self.state = State.RECOVERY
+            self.recovery_reason = reason
+
+        progress.update(state=self.state.value, root_fingerprint=fingerprint(self.root_certificate))
+        return Pending(progress, revert)
+
+    def recovery_saved(self) -> None:
+        """The recovered state is on disk: drop the unopened blob and the shares received."""
+        self._blob = None
+        self._recovery_header = None
+        self._recovery = None

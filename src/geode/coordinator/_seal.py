@@ -8,9 +8,13 @@ Sealed blob layout::
     nonce  12 bytes
     AES-256-GCM(state) with the magic, length and header as associated data
 
-The header is authenticated with the state, so swapping or editing a wrapped key is detected. In
-simulation the sealing key is a 32-byte file outside the data directory; on real hardware it is
-the TEE's sealing key.
+Header version 2 (written when the manifest names recovery keys) adds ``"recovery"``: the
+threshold, and per party its RSA public key, its share of the data key encrypted to that key
+(RSA-OAEP) and a check value of the share (see ``_recovery``). Version 1 headers are still read.
+
+The header is authenticated with the state, so swapping or editing a wrapped key or a recovery
+share is detected. In simulation the sealing key is a 32-byte file outside the data directory; on
+real hardware it is the TEE's sealing key.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import binascii
 import json
 import os
 import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -30,6 +37,8 @@ from geode.errors import SealError
 
 __all__ = [
     "SEALING_KEY_ENV",
+    "RecoveryHeader",
+    "RecoveryParty",
     "Sealer",
     "default_sealing_key_path",
     "load_or_create_sealing_key",
@@ -65,21 +74,98 @@ def load_or_create_sealing_key(path: Path) -> bytes:
     return key
 
 
-class Sealer:
-    """Seals and unseals state blobs; keeps one data key for the lifetime of the state."""
+@dataclass(frozen=True)
+class RecoveryParty:
+    """One recovery party as the header records it."""
 
-    def __init__(self, sealing_key: bytes, data_key: bytes | None = None) -> None:
+    public_key: str  # PEM, RSA
+    share: bytes  # the party's share of the data key, RSA-OAEP encrypted to public_key
+    check: bytes  # identifies the right share without revealing it (``_recovery.share_check``)
+
+
+@dataclass(frozen=True)
+class RecoveryHeader:
+    """Who can recover the data key, and how many of them it takes."""
+
+    threshold: int
+    parties: Mapping[str, RecoveryParty]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "parties": {
+                name: {
+                    "public_key": p.public_key,
+                    "share": base64.b64encode(p.share).decode(),
+                    "check": p.check.hex(),
+                }
+                for name, p in sorted(self.parties.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> RecoveryHeader:
+        try:
+            parties = {
+                str(name): RecoveryParty(
+                    public_key=str(p["public_key"]),
+                    share=base64.b64decode(p["share"], validate=True),
+                    check=bytes.fromhex(p["check"]),
+                )
+                for name, p in data["parties"].items()
+            }
+            threshold = int(data["threshold"])
+        except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
+            raise SealError("state file is corrupt: unreadable recovery header") from None
+        if not 1 <= threshold <= len(parties):
+            raise SealError("state file is corrupt: recovery threshold out of range")
+        return cls(threshold, parties)
+
+
+class Sealer:
+    """Seals and unseals state blobs; keeps one data key for the lifetime of the state.
+
+    ``recovery`` (the data key's shares, for the recovery parties) goes into the header.
+    """
+
+    def __init__(
+        self,
+        sealing_key: bytes,
+        data_key: bytes | None = None,
+        recovery: RecoveryHeader | None = None,
+    ) -> None:
         if len(sealing_key) != KEY_SIZE:
             raise SealError("a sealing key has 32 bytes")
+        self._sealing_key = sealing_key
         self._sealing = AESGCM(sealing_key)
         self._data_key = data_key or AESGCM.generate_key(bit_length=256)
         self._data = AESGCM(self._data_key)
+        self.recovery = recovery
         self._header = self._build_header()
+
+    @property
+    def data_key(self) -> bytes:
+        """The key the state is encrypted under (what the recovery shares recover)."""
+        return self._data_key
+
+    def with_recovery(self, recovery: RecoveryHeader | None) -> Sealer:
+        """A sealer for the same data key whose header carries ``recovery``."""
+        return Sealer(self._sealing_key, self._data_key, recovery)
+
+    def rekeyed(self) -> Sealer:
+        """A sealer with a fresh data key (and no recovery shares yet)."""
+        return Sealer(self._sealing_key)
 
     def _build_header(self) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         wrapped = nonce + self._sealing.encrypt(nonce, self._data_key, _WRAP_AAD)
-        header = {"version": 1, "wrapped_keys": {"sealing": base64.b64encode(wrapped).decode()}}
+        header: dict[str, Any] = {
+            "version": 1,
+            "wrapped_keys": {"sealing": base64.b64encode(wrapped).decode()},
+        }
+        if self.recovery is not None:
+            header["version"] = 2
+            header["recovery"] = self.recovery.to_json()
         raw = json.dumps(header, sort_keys=True).encode()
         return MAGIC + _LEN.pack(len(raw)) + raw
 
@@ -90,7 +176,7 @@ class Sealer:
     @classmethod
     def unseal(cls, blob: bytes, sealing_key: bytes) -> tuple[Sealer, bytes]:
         """Open a sealed blob; returns a sealer that keeps its data key, and the state."""
-        header_end, header = _parse_header(blob)
+        _, header = _parse_header(blob)
         wraps = header.get("wrapped_keys")
         wrapped_b64 = wraps.get("sealing") if isinstance(wraps, dict) else None
         if not isinstance(wrapped_b64, str):
@@ -108,6 +194,16 @@ class Sealer:
                 "the sealing key does not open this state "
                 "(state from another host, or the sealing key changed)"
             ) from None
+        return cls.unseal_with_data_key(blob, data_key, sealing_key)
+
+    @classmethod
+    def unseal_with_data_key(
+        cls, blob: bytes, data_key: bytes, sealing_key: bytes
+    ) -> tuple[Sealer, bytes]:
+        """Open a sealed blob with its data key (recovered from shares, or unwrapped); returns
+        a sealer that wraps that data key under ``sealing_key`` and keeps the recovery shares."""
+        header_end, header = _parse_header(blob)
+        recovery = _read_recovery_header(header)
         body = blob[header_end:]
         if len(body) < NONCE_SIZE + 16:
             raise SealError("state file is corrupt: truncated")
@@ -115,14 +211,24 @@ class Sealer:
             state = AESGCM(data_key).decrypt(
                 body[:NONCE_SIZE], body[NONCE_SIZE:], blob[:header_end]
             )
-        except InvalidTag:
+        except (InvalidTag, ValueError):
             raise SealError(
                 "state file was modified or is corrupt (authentication failed)"
             ) from None
-        return cls(sealing_key, data_key), state
+        return cls(sealing_key, data_key, recovery), state
+
+    @staticmethod
+    def recovery_header(blob: bytes) -> RecoveryHeader | None:
+        """The recovery header of a blob, unauthenticated until the blob is opened."""
+        return _read_recovery_header(_parse_header(blob)[1])
 
 
-def _parse_header(blob: bytes) -> tuple[int, dict[str, dict[str, object]]]:
+def _read_recovery_header(header: Mapping[str, Any]) -> RecoveryHeader | None:
+    raw = header.get("recovery")
+    return None if raw is None else RecoveryHeader.from_json(raw)
+
+
+def _parse_header(blob: bytes) -> tuple[int, dict[str, Any]]:
     if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _LEN.size:
         raise SealError("state file is corrupt: not a Geode sealed state")
     (length,) = _LEN.unpack_from(blob, len(MAGIC))
@@ -133,6 +239,8 @@ def _parse_header(blob: bytes) -> tuple[int, dict[str, dict[str, object]]]:
         header = json.loads(blob[len(MAGIC) + _LEN.size : end])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SealError("state file is corrupt: unreadable header") from None
-    if not isinstance(header, dict) or header.get("version") != 1:
+    if not isinstance(header, dict) or header.get("version") not in (1, 2):
+        raise SealError("state file is corrupt: unsupported header")
+    if header["version"] == 1 and "recovery" in header:
         raise SealError("state file is corrupt: unsupported header")
     return end, header

@@ -7,36 +7,26 @@ import contextlib
 import datetime
 import ipaddress
 import logging
-import os
 import signal
 import socket
 import ssl
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 import geode
 from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
 from geode.coordinator._api import build_apps
+from geode.coordinator._audit import AuditFile
 from geode.coordinator._core import Coordinator, CoordinatorSettings, State
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import default_sealing_key_path, load_or_create_sealing_key
 from geode.coordinator._store import DirectoryStore
+from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
 from geode.errors import GeodeError, SealError
-from geode.pki import (
-    COORDINATOR_URI,
-    CertificateAuthority,
-    LeafParams,
-    certificate_pem,
-    generate_private_key,
-    private_key_pem,
-)
 
 __all__ = [
     "CoordinatorConfig",
@@ -101,55 +91,6 @@ def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
     return sorted(dns), sorted(ips)
 
 
-@contextlib.contextmanager
-def _temporary_key_file(key_pem_encrypted: bytes) -> Iterator[str]:
-    shm = "/dev/shm"  # noqa: S108 - a tmpfs keeps the (encrypted) key off the disk
-    base = shm if os.path.isdir(shm) else None
-    fd, path = tempfile.mkstemp(prefix="geode-", suffix=".key", dir=base)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(key_pem_encrypted)
-        yield path
-    finally:
-        os.unlink(path)
-
-
-def server_ssl_context(coordinator: Coordinator, config: CoordinatorConfig) -> ssl.SSLContext:
-    """TLS for both APIs. The key reaches OpenSSL through a file, encrypted under a one-time
-    password that exists only in memory."""
-    key = generate_private_key()
-    dns, ips = _server_names(config)
-    if coordinator.state is State.RECOVERY:
-        # No root key while in recovery: a self-signed certificate serves the status endpoint.
-        authority = CertificateAuthority.create_root("Geode Coordinator (recovery)")
-        chain = [authority.certificate]
-    else:
-        authority = coordinator.root_authority
-        chain = []
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Geode Coordinator")])
-    cert = authority.issue(
-        LeafParams(
-            public_key=key.public_key(),
-            common_name="Geode Coordinator",
-            subject=subject,
-            uris=[COORDINATOR_URI],
-            dns_names=dns,
-            ip_addresses=ips,
-            lifetime=datetime.timedelta(days=365),
-            client=False,
-        )
-    )
-    password = os.urandom(32).hex().encode()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.NamedTemporaryFile("w", suffix=".pem") as cert_file:
-        cert_file.write(certificate_pem(cert) + "".join(certificate_pem(c) for c in chain))
-        cert_file.flush()
-        with _temporary_key_file(private_key_pem(key, password)) as key_path:
-            context.load_cert_chain(cert_file.name, key_path, password=password)
-    return context
-
-
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to ``serve``, which runs two of them."""
 
@@ -173,6 +114,8 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryS
     platform = SimulatedPlatform.load_or_create(config.platform_key)
     trusted = [platform.public_key]
     trusted += [SimulatedPlatform.load(p).public_key for p in config.trusted_platform_keys]
+    store = DirectoryStore(config.data_dir)
+    audit = AuditFile(config.data_dir)
     coordinator = Coordinator(
         CoordinatorSettings(
             simulation=True,
@@ -183,39 +126,70 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryS
         platform,
         coordinator_measurement(),
         sealing_key,
+        audit=audit,
     )
-    store = DirectoryStore(config.data_dir)
     blob = store.load()
     coordinator.load(blob)
     if blob is None:
         log.info("new deployment: root of trust created (saved with the first manifest)")
+        aside = audit.set_aside(coordinator.started_at)
+        if aside is not None:
+            log.warning("an audit log without a saved state was moved to %s", aside)
+    _record_start(coordinator, store)
     return coordinator, store
+
+
+def _record_start(coordinator: Coordinator, store: DirectoryStore) -> None:
+    """Audit the start: saved now when there is a saved state (with the first manifest when
+    not), and appended to the log together with anything a crash kept from it."""
+    start = coordinator.record_start()
+    if coordinator.state is State.ACTIVE:
+        try:
+            store.save(coordinator.sealed_state())
+        except SealError as exc:
+            start.revert()
+            log.error("the start could not be recorded: %s", exc)
+        lines = coordinator.unflushed_audit()
+        try:
+            coordinator.audit_sink.append_missing(lines)
+        except SealError as exc:
+            log.error("audit log not written, retried with the next change: %s", exc)
+        else:
+            coordinator.audit_flushed(lines)
 
 
 async def _serve(config: CoordinatorConfig) -> int:
     coordinator, store = open_coordinator(config)
     try:
         persist = GroupCommit(coordinator.sealed_state, store)
-        client_app, mesh_app = build_apps(coordinator, persist)
-        context = server_ssl_context(coordinator, config)
-
-        def tls(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-            return context
+        tls = ServerTLS(coordinator, *_server_names(config))
+        client_app, mesh_app = build_apps(coordinator, persist, on_change=tls.refresh)
 
         servers = []
-        for app, (host, port) in ((client_app, config.client_addr), (mesh_app, config.mesh_addr)):
+        for app, (host, port), context, protocol in (
+            (client_app, config.client_addr, tls.client, PeerCertificateProtocol),
+            (mesh_app, config.mesh_addr, tls.mesh, "httptools"),
+        ):
+
+            def factory(
+                _config: uvicorn.Config,
+                _default: Callable[[], ssl.SSLContext],
+                context: ssl.SSLContext = context,
+            ) -> ssl.SSLContext:
+                return context
+
             uv_config = uvicorn.Config(
                 app,
                 host=host,
                 port=port,
-                http="httptools",
+                http=protocol,
                 loop="none",
                 lifespan="off",
                 access_log=False,
                 log_config=None,
                 timeout_keep_alive=30,
                 server_header=False,
-                ssl_context_factory=tls,
+                ssl_context_factory=factory,
             )
             servers.append(_Server(uv_config))
 

@@ -7,12 +7,18 @@ Version 2 added the latest certificate of each instance (``_latest``). A version
 as one whose certificates handed out so far are untracked (see ``LatestCertificates``); it is
 written back as version 2, which a Coordinator that knows only version 1 refuses to open rather
 than drop the record.
+
+Version 3 added governance: the log of manifest updates, the pending manifest update with its
+acknowledgements, and the head of the audit log (with the entries not yet confirmed in the log
+file). A version 1 or 2 state is read with an update log of one entry (the manifest set, if any),
+no pending update and an empty audit log.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,10 +26,17 @@ from typing import Any
 from geode.coordinator._latest import LatestCertificates
 from geode.errors import SealError
 
-__all__ = ["STATE_VERSION", "CoordinatorState", "StoredSecret"]
+__all__ = [
+    "STATE_VERSION",
+    "AuditHead",
+    "CoordinatorState",
+    "PendingUpdate",
+    "StoredSecret",
+    "UpdateRecord",
+]
 
-STATE_VERSION = 2
-_READABLE_VERSIONS = (1, STATE_VERSION)
+STATE_VERSION = 3
+_READABLE_VERSIONS = (1, 2, STATE_VERSION)
 
 
 @dataclass
@@ -51,6 +64,94 @@ class StoredSecret:
         )
 
 
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One entry of the manifest log: how the manifest in force came to be."""
+
+    seq: int
+    kind: str  # "set", "package" or "manifest"
+    sha256: str
+    time: str
+    users: tuple[str, ...] = ()
+    packages: tuple[str, ...] = ()  # a package update: the packages it changed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "sha256": self.sha256,
+            "time": self.time,
+            "users": list(self.users),
+            "packages": list(self.packages),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> UpdateRecord:
+        return cls(
+            seq=int(data["seq"]),
+            kind=str(data["kind"]),
+            sha256=str(data["sha256"]),
+            time=str(data["time"]),
+            users=tuple(str(u) for u in data["users"]),
+            packages=tuple(str(p) for p in data["packages"]),
+        )
+
+
+@dataclass(frozen=True)
+class PendingUpdate:
+    """A proposed manifest, waiting for acknowledgements from users with the manifest role."""
+
+    manifest: bytes
+    base_sha256: bytes  # the manifest in force when it was proposed
+    proposer: str
+    proposed_at: str
+    acknowledgements: tuple[str, ...] = ()
+
+    @property
+    def sha256(self) -> bytes:
+        return hashlib.sha256(self.manifest).digest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "manifest": base64.b64encode(self.manifest).decode(),
+            "base_sha256": self.base_sha256.hex(),
+            "proposer": self.proposer,
+            "proposed_at": self.proposed_at,
+            "acknowledgements": list(self.acknowledgements),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PendingUpdate:
+        return cls(
+            manifest=base64.b64decode(data["manifest"]),
+            base_sha256=bytes.fromhex(data["base_sha256"]),
+            proposer=str(data["proposer"]),
+            proposed_at=str(data["proposed_at"]),
+            acknowledgements=tuple(str(u) for u in data["acknowledgements"]),
+        )
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    """The last audit entry's number and hash, and the entries (JSON lines) written since the
+    log file last confirmed an append: after a crash they are appended on the next start."""
+
+    seq: int = 0
+    hash: bytes = bytes(32)
+    unflushed: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "hash": self.hash.hex(), "unflushed": list(self.unflushed)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AuditHead:
+        return cls(
+            seq=int(data["seq"]),
+            hash=bytes.fromhex(data["hash"]),
+            unflushed=tuple(str(line) for line in data["unflushed"]),
+        )
+
+
 @dataclass
 class CoordinatorState:
     root_key: bytes
@@ -63,6 +164,9 @@ class CoordinatorState:
     secrets: dict[str, StoredSecret] = field(default_factory=dict)
     activations: dict[str, int] = field(default_factory=dict)
     latest_certificates: LatestCertificates = field(default_factory=LatestCertificates)
+    updates: list[UpdateRecord] = field(default_factory=list)
+    pending_update: PendingUpdate | None = None
+    audit: AuditHead = field(default_factory=AuditHead)
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
@@ -77,6 +181,9 @@ class CoordinatorState:
             "secrets": {name: s.to_json() for name, s in self.secrets.items()},
             "activations": self.activations,
             "latest_certificates": self.latest_certificates.to_json(),
+            "updates": [u.to_json() for u in self.updates],
+            "pending_update": self.pending_update.to_json() if self.pending_update else None,
+            "audit": self.audit.to_json(),
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -95,17 +202,33 @@ class CoordinatorState:
                 latest = LatestCertificates(untracked_before=untracked)
             else:
                 latest = LatestCertificates.from_json(doc["latest_certificates"])
+            manifest = _unb64(doc["manifest"])
+            if version >= 3:
+                updates = [UpdateRecord.from_json(u) for u in doc["updates"]]
+                pending = doc["pending_update"]
+                pending_update = PendingUpdate.from_json(pending) if pending else None
+                audit = AuditHead.from_json(doc["audit"])
+            else:
+                # Before version 3 the manifest was set once and never changed.
+                updates = []
+                if manifest is not None:
+                    digest = hashlib.sha256(manifest).hexdigest()
+                    updates = [UpdateRecord(1, "set", digest, doc["created_at"])]
+                pending_update, audit = None, AuditHead()
             return cls(
                 root_key=doc["root_key"].encode(),
                 root_certificate=doc["root_certificate"].encode(),
                 mesh_key=doc["mesh_key"].encode(),
                 mesh_certificate=doc["mesh_certificate"].encode(),
                 created_at=doc["created_at"],
-                manifest=_unb64(doc["manifest"]),
+                manifest=manifest,
                 manifest_signature=_unb64(doc["manifest_signature"]),
                 secrets={n: StoredSecret.from_json(s) for n, s in doc["secrets"].items()},
                 activations=activations,
                 latest_certificates=latest,
+                updates=updates,
+                pending_update=pending_update,
+                audit=audit,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SealError(f"state is unreadable: {type(exc).__name__}") from None

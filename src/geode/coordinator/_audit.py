@@ -1,0 +1,167 @@
+"""The audit log: every governance change, hash-chained and signed by the root key.
+
+Each entry is one line of JSON::
+
+    {"seq": n, "time": ISO 8601, "event": "secret.write", "user": "alice" or null,
+     "details": {...}, "prev": hex hash of entry n - 1 (64 zeros for the first),
+     "signature": base64 ECDSA-P256-SHA256 by the root over audit_signing_payload(hash)}
+
+An entry's hash is ``audit_entry_hash`` of the entry without its signature. The log lives in
+``DIR/audit.log`` in plaintext: it names events, users, secret names and manifest hashes, never a
+secret value. The sealed state keeps the head (number and hash of the last entry) and the entries
+written since the file last confirmed an append, so an entry whose change is on disk reaches the
+file even across a crash, and a reader can tell a log cut short from a complete one.
+
+A change's entry is appended after the change is saved: the file never holds an entry for a
+change that did not happen.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from geode.attestation import audit_entry_hash, audit_signing_payload
+from geode.coordinator._state import AuditHead
+from geode.errors import SealError
+
+__all__ = [
+    "AUDIT_FILE",
+    "AuditDetails",
+    "AuditEntry",
+    "AuditFile",
+    "AuditSink",
+    "MemoryAuditLog",
+    "make_audit_entry",
+]
+
+log = logging.getLogger("geode.coordinator.audit")
+
+AUDIT_FILE = "audit.log"
+AuditDetails = Mapping[str, str | int | list[str]]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    hash: bytes
+    line: str
+
+
+def make_audit_entry(
+    head: AuditHead,
+    *,
+    event: str,
+    user: str | None,
+    details: AuditDetails,
+    time: datetime.datetime,
+    root_key: ec.EllipticCurvePrivateKey,
+) -> AuditEntry:
+    """The entry after ``head``, signed by the root."""
+    body: dict[str, object] = {
+        "seq": head.seq + 1,
+        "time": time.isoformat(),
+        "event": event,
+        "user": user,
+        "details": dict(details),
+        "prev": head.hash.hex(),
+    }
+    digest = audit_entry_hash(body)
+    signature = root_key.sign(audit_signing_payload(digest), ec.ECDSA(hashes.SHA256()))
+    body["signature"] = base64.b64encode(signature).decode()
+    line = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return AuditEntry(head.seq + 1, digest, line)
+
+
+def _seq_of(line: str) -> int | None:
+    try:
+        seq = json.loads(line).get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return seq if type(seq) is int else None
+
+
+class AuditSink(Protocol):
+    def read(self) -> list[str]: ...
+    def append_missing(self, lines: Sequence[str]) -> None: ...
+
+
+class MemoryAuditLog:
+    """An audit log in memory, for an embedded Coordinator and tests."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def read(self) -> list[str]:
+        return list(self.lines)
+
+    def append_missing(self, lines: Sequence[str]) -> None:
+        last = _last_seq(self.lines)
+        self.lines += [line for line in lines if (_seq_of(line) or 0) > last]
+
+
+def _last_seq(lines: Sequence[str]) -> int:
+    for line in reversed(lines):
+        seq = _seq_of(line)
+        if seq is not None:
+            return seq
+    return 0
+
+
+class AuditFile:
+    """``DIR/audit.log``: JSON lines, appended with fsync, mode 0600."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / AUDIT_FILE
+
+    def read(self) -> list[str]:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise SealError(f"cannot read {self.path}: {exc.strerror}") from None
+        return [line for line in text.split("\n") if line]
+
+    def append_missing(self, lines: Sequence[str]) -> None:
+        """Append the entries of ``lines`` that come after the file's last entry.
+
+        Idempotent, so a retry after a failed or partial append writes each entry once. A line
+        cut short by a crash during an append (no final newline) is dropped first: it belongs to
+        an entry still waiting in the sealed state.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "r+b") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+                    data = data[: data.rfind(b"\n") + 1]
+                existing = data.decode("utf-8", errors="replace").split("\n")
+                last = _last_seq([line for line in existing if line])
+                missing = [line for line in lines if (_seq_of(line) or 0) > last]
+                if missing:
+                    f.write("".join(line + "\n" for line in missing).encode())
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise SealError(f"cannot append to {self.path}: {exc.strerror}") from None
+
+    def set_aside(self, now: datetime.datetime) -> Path | None:
+        """Move a log that belongs to no saved state out of the way (a deployment whose state
+        is gone); returns where it went."""
+        if not self.path.exists():
+            return None
+        target = self.path.with_name(f"{AUDIT_FILE}.orphaned-{now.strftime('%Y%m%dT%H%M%SZ')}")
+        os.replace(self.path, target)
+        return target

@@ -1,0 +1,340 @@
+"""Governance: who may do what (users and roles), user-set secrets, package and manifest
+updates with acknowledgements, and the audit entries they leave.
+
+Each operation changes the state in memory and returns a ``Pending`` with the means to undo it;
+the API saves the change (group commit) before answering, and undoes it when the write fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from geode.attestation import (
+    manifest_signing_payload,
+)
+from geode.coordinator._base import (
+    CoordinatorBase,
+    KeyRing,
+    Pending,
+    PreparedManifest,
+    both,
+)
+from geode.coordinator._secrets import (
+    secret_from_user,
+    template_value,
+)
+from geode.coordinator._state import (
+    CoordinatorState,
+    PendingUpdate,
+    StoredSecret,
+    UpdateRecord,
+)
+from geode.coordinator._updates import carry_secrets
+from geode.errors import (
+    PermissionDenied,
+    UpdateConflict,
+)
+from geode.manifest import ManifestDocument, SecretSpec, load_manifest
+from geode.pki import (
+    certificate_pem,
+    fingerprint,
+    private_key_pem,
+)
+
+__all__ = ["GovernanceMixin"]
+
+log = logging.getLogger("geode.coordinator")
+
+
+class GovernanceMixin(CoordinatorBase):
+    """The governance operations of the Coordinator."""
+
+    # -- users, audit ------------------------------------------------------------------------
+
+    def user_for(self, certificate_der: bytes) -> str | None:
+        """The manifest user whose certificate this is (exactly), if any."""
+        return self._users.get(hashlib.sha256(certificate_der).digest())
+
+    def user_certificates(self) -> list[str]:
+        """The users' certificates (PEM) of the manifest in force."""
+        document = self._document
+        return [u.certificate for u in document.manifest.users.values()] if document else []
+
+    def require_grant(self, user: str, resource: str, action: str, name: str = "") -> None:
+        """Raise ``PermissionDenied`` unless ``user``'s roles grant the action."""
+        _, _, document = self._require_manifest()
+        if not document.manifest.grants(user, resource, action, name):
+            what = resource if resource == "manifest" else f"{resource[:-1]} {name!r}"
+            raise PermissionDenied(f"user {user!r} may not {action} {what}")
+
+    def record_start(self) -> Pending[None]:
+        """The audit entry of a start (saved with the next write; at once by the server)."""
+        data = self._data
+        if data is None:
+            return Pending(None, lambda: None)
+        before = data.audit
+        self._record(
+            data,
+            "coordinator.start",
+            None,
+            {"state": self.state.value, "measurement": self.measurement.hex()},
+        )
+
+        def revert() -> None:
+            data.audit = before
+
+        return Pending(None, revert)
+
+    def unflushed_audit(self) -> tuple[str, ...]:
+        return self._data.audit.unflushed if self._data else ()
+
+    def audit_flushed(self, lines: Sequence[str]) -> None:
+        """``lines`` are in the log file: the state no longer needs to carry them."""
+        data = self._data
+        if data is not None and data.audit.unflushed[: len(lines)] == tuple(lines):
+            data.audit = replace(data.audit, unflushed=data.audit.unflushed[len(lines) :])
+
+    def audit_head(self) -> dict[str, Any]:
+        self._require_manifest()
+        assert self._data is not None
+        return {"seq": self._data.audit.seq, "hash": self._data.audit.hash.hex()}
+
+    # -- secrets -------------------------------------------------------------------------------
+
+    def read_secret(self, name: str) -> tuple[SecretSpec, StoredSecret]:
+        """A shared or user-defined secret, for a user whose role grants reading it."""
+        _, data, document = self._require_manifest()
+        spec = document.manifest.secrets.get(name)
+        if spec is None or not (spec.shared or spec.is_user_defined):
+            raise PermissionDenied(f"secret {name!r} is never handed to users")
+        return spec, data.secrets.get(name, StoredSecret())
+
+    def write_secret(self, user: str, name: str, value: bytes) -> Pending[None]:
+        """Set a user-defined secret; services get it on their next activation."""
+        keys, data, document = self._require_manifest()
+        spec = document.manifest.secrets.get(name)
+        if spec is None or not spec.is_user_defined:
+            raise PermissionDenied(f"secret {name!r} is not user-defined")
+        stored = secret_from_user(name, spec, value)
+        before = data.secrets.get(name), keys.secrets.get(name)
+        data.secrets[name] = stored
+        keys.secrets[name] = template_value(stored)
+        forget = self._recorded("secret.write", user, {"secret": name})
+        log.info("user %s set secret %s", user, name)
+
+        def revert() -> None:
+            forget()
+            for mapping, old in ((data.secrets, before[0]), (keys.secrets, before[1])):
+                if old is None:
+                    mapping.pop(name, None)
+                else:
+                    mapping[name] = old  # type: ignore[assignment]
+
+        return Pending(None, revert)
+
+    # -- updates -------------------------------------------------------------------------------
+
+    def prepare_update(self, raw: bytes) -> PreparedManifest:
+        """Validate ``raw`` as the next manifest: carry or generate its secrets, create the next
+        mesh CA, sign. Changes no state (safe in a worker thread; it only reads)."""
+        keys, data, document = self._require_manifest()
+        assert self._sealer is not None
+        new = load_manifest(raw)
+        secrets = carry_secrets(
+            document.manifest, data.secrets, new.manifest, keys.root, clock=self._clock
+        )
+        mesh = keys.root.create_intermediate("Geode Mesh CA", clock=self._clock)
+        state = CoordinatorState(
+            root_key=data.root_key,
+            root_certificate=data.root_certificate,
+            mesh_key=private_key_pem(mesh.key),
+            mesh_certificate=certificate_pem(mesh.certificate).encode(),
+            created_at=data.created_at,
+            manifest=raw,
+            manifest_signature=keys.root_key.sign(
+                manifest_signing_payload(new.sha256), ec.ECDSA(hashes.SHA256())
+            ),
+            secrets=secrets,
+        )
+        values = {name: template_value(s) for name, s in secrets.items()}
+        sealer = self._sealer_for(self._sealer, new.manifest.recovery)
+        return PreparedManifest(new, state, values, sealer, mesh, document.sha256)
+
+    def adopt_update(
+        self,
+        prepared: PreparedManifest,
+        *,
+        kind: str,
+        users: Sequence[str],
+        packages: Sequence[str] = (),
+    ) -> Pending[dict[str, Any]]:
+        """Put a prepared update in force: new manifest, new mesh CA (every instance activated
+        before can no longer reach those activated after), fresh activation counts."""
+        keys, data, document = self._require_manifest()
+        if prepared.mesh is None or prepared.base != document.sha256:
+            raise UpdateConflict("the manifest changed while this update was prepared")
+        state = prepared.state
+        now = self._clock()
+        sha = prepared.document.sha256.hex()
+        state.updates = [
+            *data.updates,
+            UpdateRecord(
+                len(data.updates) + 1, kind, sha, now.isoformat(), tuple(users), tuple(packages)
+            ),
+        ]
+        # A package update leaves a pending manifest update pending (it can no longer be
+        # acknowledged, since its base changed, only cancelled).
+        state.pending_update = data.pending_update if kind == "package" else None
+        state.audit = data.audit
+        details: dict[str, str | int | list[str]] = {
+            "sha256": sha,
+            "previous": document.sha256.hex(),
+            "mesh_ca": fingerprint(prepared.mesh.certificate),
+        }
+        if kind == "package":
+            details["packages"] = list(packages)
+            self._record(state, "package.update", users[0], details)
+        else:
+            details["acknowledgements"] = list(users)
+            self._record(state, "manifest.update.applied", None, details)
+        before = (self._data, self._keys, self._document, self._sealer)
+        self._data = state
+        self._keys = KeyRing(keys.root, prepared.mesh, prepared.values)
+        self._set_document(prepared.document)
+        previous_sealer, self._sealer = self._sealer, prepared.sealer or self._sealer
+        log.info("manifest updated (%s): sha256 %s, mesh CA rotated", kind, sha)
+
+        def revert() -> None:
+            self._data, self._keys, document_before, self._sealer = before
+            self._set_document(document_before)
+
+        result: dict[str, Any] = {
+            "applied": True,
+            "sha256": sha,
+            "signature": base64.b64encode(state.manifest_signature or b"").decode(),
+        }
+        shares = prepared.recovery_shares(previous_sealer)
+        if shares is not None:
+            result["recovery_shares"] = shares
+        return Pending(result, revert)
+
+    def pending_update(self) -> dict[str, Any] | None:
+        _, data, document = self._require_manifest()
+        pending = data.pending_update
+        if pending is None:
+            return None
+        return {
+            "sha256": pending.sha256.hex(),
+            "manifest": pending.manifest.decode(),
+            "base_sha256": pending.base_sha256.hex(),
+            "stale": pending.base_sha256 != document.sha256,
+            "proposer": pending.proposer,
+            "proposed_at": pending.proposed_at,
+            "acknowledgements": list(pending.acknowledgements),
+            "threshold": document.manifest.update_threshold,
+            "updaters": document.manifest.manifest_updaters,
+        }
+
+    def _set_pending(self, pending: PendingUpdate | None) -> Callable[[], None]:
+        _, data, _ = self._require_manifest()
+        before = data.pending_update
+        data.pending_update = pending
+
+        def revert() -> None:
+            data.pending_update = before
+
+        return revert
+
+    def _pending_named(self, sha256: bytes) -> PendingUpdate:
+        _, data, _ = self._require_manifest()
+        pending = data.pending_update
+        if pending is None:
+            raise UpdateConflict("no manifest update is pending")
+        if pending.sha256 != sha256:
+            raise UpdateConflict(
+                f"the pending manifest update is {pending.sha256.hex()}, not {sha256.hex()}"
+            )
+        return pending
+
+    def manifest_threshold(self) -> int:
+        """Acknowledgements a manifest update needs under the manifest in force."""
+        _, _, document = self._require_manifest()
+        return document.manifest.update_threshold
+
+    def acknowledgements_after(self, user: str) -> int:
+        """How many acknowledgements the pending update has once ``user``'s is counted."""
+        _, data, _ = self._require_manifest()
+        pending = data.pending_update
+        if pending is None:
+            return 0
+        return len({*pending.acknowledgements, user})
+
+    def propose_update(self, user: str, proposed: ManifestDocument) -> Pending[None]:
+        """A manifest update, acknowledged by its proposer; applied once enough users agree."""
+        _, data, document = self._require_manifest()
+        if data.pending_update is not None:
+            raise UpdateConflict(
+                f"manifest update {data.pending_update.sha256.hex()} is pending: "
+                "acknowledge or cancel it first"
+            )
+        pending = PendingUpdate(
+            manifest=proposed.raw,
+            base_sha256=document.sha256,
+            proposer=user,
+            proposed_at=self._clock().isoformat(),
+            acknowledgements=(user,),
+        )
+        undo = self._set_pending(pending)
+        forget = self._recorded(
+            "manifest.update.proposed",
+            user,
+            {"sha256": proposed.sha256.hex(), "threshold": document.manifest.update_threshold},
+        )
+        log.info("user %s proposed manifest update %s", user, proposed.sha256.hex())
+        return Pending(None, both(undo, forget))
+
+    def acknowledge_update(self, user: str, sha256: bytes) -> Pending[None]:
+        _, _, document = self._require_manifest()
+        pending = self._pending_named(sha256)
+        if pending.base_sha256 != document.sha256:
+            raise UpdateConflict(
+                "the manifest changed since this update was proposed: cancel it and propose "
+                "it again"
+            )
+        if user in pending.acknowledgements:
+            return Pending(None, lambda: None)
+        undo = self._set_pending(
+            replace(pending, acknowledgements=(*pending.acknowledgements, user))
+        )
+        forget = self._recorded(
+            "manifest.update.acknowledged",
+            user,
+            {"sha256": sha256.hex(), "acknowledgements": len(pending.acknowledgements) + 1},
+        )
+        log.info("user %s acknowledged manifest update %s", user, sha256.hex())
+        return Pending(None, both(undo, forget))
+
+    def cancel_update(self, user: str, sha256: bytes) -> Pending[None]:
+        self._pending_named(sha256)
+        undo = self._set_pending(None)
+        forget = self._recorded("manifest.update.cancelled", user, {"sha256": sha256.hex()})
+        log.info("user %s cancelled manifest update %s", user, sha256.hex())
+        return Pending(None, both(undo, forget))
+
+    def pending_manifest(self) -> bytes:
+        _, data, _ = self._require_manifest()
+        if data.pending_update is None:
+            raise UpdateConflict("no manifest update is pending")
+        return data.pending_update.manifest
+
+    def manifest_log(self) -> list[dict[str, Any]]:
+        _, data, _ = self._require_manifest()
+        return [u.to_json() for u in data.updates]
