@@ -8,7 +8,7 @@ from typing import Any
 import click
 from cryptography import x509
 
-from geode.client import CoordinatorClient, load_pinned_root
+from geode.client import ClientIdentity, CoordinatorClient, load_pinned_root
 from geode.errors import GeodeError
 from geode.pki import load_certificate
 
@@ -21,6 +21,7 @@ __all__ = [
     "open_client",
     "resolve_root",
     "root_option",
+    "user_options",
     "warn",
 ]
 
@@ -66,14 +67,37 @@ insecure_option = click.option(
 )
 
 
+def user_options(command: Any) -> Any:
+    """``--cert`` and ``--key``: the user's client certificate and key, as the manifest names
+    them (env GEODE_USER_CERT, GEODE_USER_KEY). The command receives ``identity``."""
+    command = click.option(
+        "--key",
+        "user_key",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="GEODE_USER_KEY",
+        required=True,
+        help="The user's private key, PEM (env GEODE_USER_KEY).",
+    )(command)
+    return click.option(
+        "--cert",
+        "user_cert",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        envvar="GEODE_USER_CERT",
+        required=True,
+        help="The user's certificate as the manifest names it, PEM (env GEODE_USER_CERT).",
+    )(command)
+
+
 def resolve_root(address: str | None, root_ca: Path | None) -> x509.Certificate | None:
     if root_ca is not None:
         return load_certificate(root_ca.read_bytes(), str(root_ca))
     return load_pinned_root(address)
 
 
-def open_client(address: str, root_ca: Path | None, insecure: bool) -> CoordinatorClient:
+def open_client(
+    address: str, root_ca: Path | None, insecure: bool, identity: ClientIdentity | None = None
+) -> CoordinatorClient:
     if insecure:
         warn("--insecure: the Coordinator's identity is NOT verified")
-        return CoordinatorClient(address, insecure=True)
-    return CoordinatorClient(address, root=resolve_root(address, root_ca))
+        return CoordinatorClient(address, insecure=True, identity=identity)
+    return CoordinatorClient(address, root=resolve_root(address, root_ca), identity=identity)

@@ -21,6 +21,7 @@ from geode.cli._common import (
 )
 from geode.cli._db import db
 from geode.cli._evidence import evidence
+from geode.cli._governance import audit, recover, secret
 from geode.cli._inject import inject
 from geode.cli._manifest import manifest
 from geode.cli._run import run
@@ -184,6 +185,9 @@ cli.add_command(verify)
 cli.add_command(evidence)
 cli.add_command(run)
 cli.add_command(db)
+cli.add_command(secret)
+cli.add_command(audit)
+cli.add_command(recover)
 cli.add_command(up)
 cli.add_command(inject)
 

@@ -1,22 +1,27 @@
-"""``geode manifest``: check offline, set, get, verify."""
+"""``geode manifest``: check offline, set, get, verify; updates and their log."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import click
 
+from geode._files import create_private_file
 from geode.cli._common import (
     coordinator_option,
     insecure_option,
     open_client,
     resolve_root,
     root_option,
+    user_options,
 )
 from geode.client import statement_manifest
-from geode.manifest import load_manifest
+from geode.manifest import load_manifest, parse_manifest_data
 
 __all__ = ["manifest"]
 
@@ -40,18 +45,43 @@ def check(file: Path) -> None:
     )
 
 
+def _save_shares(result: dict[str, Any], directory: Path | None) -> None:
+    shares = result.get("recovery_shares")
+    if not isinstance(shares, dict):
+        return
+    click.echo(f"recovery shares for: {', '.join(sorted(shares))} (kept in the sealed state)")
+    if directory is None:
+        return
+    for name, share in sorted(shares.items()):
+        path = directory / f"{name}.share"
+        path.unlink(missing_ok=True)
+        create_private_file(path, base64.b64decode(share))
+        click.echo(f"  wrote {path} (encrypted to {name}'s recovery key)")
+
+
+_shares_option = click.option(
+    "--save-shares",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write each recovery party's encrypted share to DIR/<party>.share.",
+)
+
+
 @manifest.command("set")
 @_file
+@_shares_option
 @coordinator_option
 @root_option
 @insecure_option
-def set_(file: Path, address: str, root_ca: Path | None, insecure: bool) -> None:
+def set_(
+    file: Path, save_shares: Path | None, address: str, root_ca: Path | None, insecure: bool
+) -> None:
     """Set the manifest from FILE (validated locally first)."""
     raw = file.read_bytes()
     load_manifest(raw)
     with open_client(address, root_ca, insecure) as client:
         result = client.set_manifest(raw)
     click.echo(f"manifest set: sha256 {result['sha256']}")
+    _save_shares(result, save_shares)
 
 
 @manifest.command()
@@ -98,3 +128,140 @@ def verify_(file: Path, address: str, root_ca: Path | None) -> None:
             f"MISMATCH: the deployment runs manifest {stated.hex()}, {file} is {digest.hex()}"
         )
     click.echo(f"OK: the deployment runs exactly {file} (sha256 {digest.hex()})")
+
+
+@manifest.command("log")
+@coordinator_option
+@root_option
+@user_options
+def log_(address: str, root_ca: Path | None, user_cert: Path, user_key: Path) -> None:
+    """List every manifest set and update."""
+    with open_client(address, root_ca, False, (user_cert, user_key)) as client:
+        updates = client.manifest_log()
+    for u in updates:
+        what = u["kind"] + (f" ({', '.join(u['packages'])})" if u.get("packages") else "")
+        users = ", ".join(u.get("users") or []) or "-"
+        click.echo(f"{u['seq']:>4}  {u['time']}  {what:<24} {u['sha256']}  by {users}")
+
+
+@manifest.group()
+def update() -> None:
+    """Update the manifest: packages at once, the whole manifest with acknowledgements."""
+
+
+@update.command()
+@_file
+@_shares_option
+@coordinator_option
+@root_option
+@user_options
+def apply(
+    file: Path,
+    save_shares: Path | None,
+    address: str,
+    root_ca: Path | None,
+    user_cert: Path,
+    user_key: Path,
+) -> None:
+    """Apply FILE: a package update ({packages: {NAME: {min_svn: N} or {measurement: HEX}}})
+    applies at once; a whole manifest waits for the acknowledgements it needs."""
+    raw = file.read_bytes()
+    data = parse_manifest_data(raw)
+    if not (isinstance(data, dict) and set(data) == {"packages"}):
+        load_manifest(raw)  # a whole manifest: validated here first
+    with open_client(address, root_ca, False, (user_cert, user_key)) as client:
+        result = client.update(raw)
+    _report(result)
+    _save_shares(result, save_shares)
+
+
+def _report(result: dict[str, Any]) -> None:
+    if result.get("applied"):
+        click.echo(f"update applied: manifest sha256 {result['sha256']}; the mesh CA rotated")
+        click.echo("  instances activated before must activate again to reach the new ones")
+        return
+    acks = result.get("acknowledgements") or []
+    click.echo(
+        f"manifest update {result['sha256']} pending: {len(acks)} of {result['threshold']} "
+        f"acknowledgements ({', '.join(acks)})"
+    )
+
+
+def _digest(value: str) -> str:
+    """A manifest's SHA-256: given as 64 hex digits, or computed from a file."""
+    if re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        return value.lower()
+    path = Path(value)
+    if not path.is_file():
+        raise click.BadParameter(f"{value!r}: neither a sha256 nor a file")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+_digest_argument = click.argument("manifest_ref", metavar="SHA256|FILE")
+
+
+@update.command()
+@_digest_argument
+@_shares_option
+@coordinator_option
+@root_option
+@user_options
+def acknowledge(
+    manifest_ref: str,
+    save_shares: Path | None,
+    address: str,
+    root_ca: Path | None,
+    user_cert: Path,
+    user_key: Path,
+) -> None:
+    """Acknowledge the pending manifest update, named by its sha256 or by the FILE you
+    reviewed; the acknowledgement that reaches the threshold applies it."""
+    with open_client(address, root_ca, False, (user_cert, user_key)) as client:
+        result = client.acknowledge_update(_digest(manifest_ref))
+    _report(result)
+    _save_shares(result, save_shares)
+
+
+@update.command()
+@_digest_argument
+@coordinator_option
+@root_option
+@user_options
+def cancel(
+    manifest_ref: str, address: str, root_ca: Path | None, user_cert: Path, user_key: Path
+) -> None:
+    """Discard the pending manifest update."""
+    with open_client(address, root_ca, False, (user_cert, user_key)) as client:
+        result = client.cancel_update(_digest(manifest_ref))
+    click.echo(f"manifest update {result['cancelled']} cancelled")
+
+
+@update.command("get")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+@coordinator_option
+@root_option
+@user_options
+def get_pending(
+    output: Path | None, address: str, root_ca: Path | None, user_cert: Path, user_key: Path
+) -> None:
+    """Show the pending manifest update (and save the proposed manifest with -o)."""
+    with open_client(address, root_ca, False, (user_cert, user_key)) as client:
+        pending = client.pending_update()
+    if pending is None:
+        click.echo("no manifest update is pending")
+        return
+    raw = str(pending["manifest"]).encode()
+    if hashlib.sha256(raw).hexdigest() != pending["sha256"]:
+        raise click.ClickException("the pending manifest does not match its stated sha256")
+    acks = pending["acknowledgements"]
+    click.echo(f"pending:          {pending['sha256']}")
+    click.echo(f"proposed by:      {pending['proposer']} at {pending['proposed_at']}")
+    click.echo(
+        f"acknowledgements: {len(acks)} of {pending['threshold']} ({', '.join(acks)}); "
+        f"may acknowledge: {', '.join(pending['updaters'])}"
+    )
+    if pending.get("stale"):
+        click.echo("stale:            the manifest changed since; it can only be cancelled")
+    if output is not None:
+        output.write_bytes(raw)
+        click.echo(f"wrote the proposed manifest to {output}")
