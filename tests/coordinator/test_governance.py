@@ -533,3 +533,26 @@ def test_uploads_are_checked_before_they_count(
             offer, reference=reference, platform_keys=[platform.public_key], nonce=bytes(32)
         )
     assert elsewhere.status()["recovery"]["received"] == []
+
+
+def test_the_openapi_document_lists_the_governance_endpoints() -> None:
+    from geode.coordinator import openapi_document
+
+    document = openapi_document()
+    paths = document["paths"]
+    for path, method in [
+        ("/api/v1/secrets/{name}", "get"),
+        ("/api/v1/secrets/{name}", "put"),
+        ("/api/v1/update", "post"),
+        ("/api/v1/update", "get"),
+        ("/api/v1/update/acknowledge", "post"),
+        ("/api/v1/update/cancel", "post"),
+        ("/api/v1/manifest/log", "get"),
+        ("/api/v1/audit", "get"),
+        ("/api/v1/recovery", "get"),
+        ("/api/v1/recovery", "post"),
+    ]:
+        assert method in paths[path], (path, method)
+    assert paths["/api/v1/audit"]["get"]["security"] == [{"clientCertificate": []}]
+    assert "security" not in paths["/api/v1/recovery"]["post"]
+    assert document["components"]["securitySchemes"]["clientCertificate"]["type"] == "mutualTLS"
