@@ -17,23 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.attestation import EvidenceVerifier, SimulatedPlatform
-from geode.coordinator._audit import (
-    AuditDetails,
-    AuditSink,
-    MemoryAuditLog,
-    make_audit_entry,
-)
+from geode.coordinator._audit import AuditDetails, AuditSink, MemoryAuditLog, make_audit_entry
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._recovery import RecoverySession, recovery_matches, split_data_key
 from geode.coordinator._seal import RecoveryHeader, Sealer
 from geode.coordinator._secrets import template_value
 from geode.coordinator._state import AuditHead, CoordinatorState
-from geode.errors import (
-    CoordinatorUnavailable,
-    GeodeError,
-    ManifestConflict,
-    SealError,
-)
+from geode.errors import CoordinatorUnavailable, GeodeError, ManifestConflict, SealError
 from geode.manifest import CertificateSecret, ManifestDocument, Recovery, load_manifest
 from geode.pki import (
     CertificateAuthority,

@@ -1,8 +1,11 @@
-"""The Coordinator's state machine: manifest, activation, governance and the deployment statement.
+"""The Coordinator's state machine: lifecycle (recovery included), manifest, activation and the
+deployment statement; the governance operations are in ``_governance``, what both share in
+``_base``.
 
 Everything here is synchronous and runs on the server's event loop, so each operation is atomic
-with respect to the others; only ``prepare_manifest`` (validation and key generation, which can be
-slow) runs in a worker thread and touches no mutable state. Persisting a change is the caller's
+with respect to the others. Only ``prepare_manifest`` and ``prepare_update`` (validation and key
+generation, which can be slow) run in a worker thread, and they change no state; so does
+``prepare_recovery``, which only creates the recovery key. Persisting a change is the caller's
 next step, and nothing is handed out before the change that produced it is on disk: a change
 that cannot be saved is reverted.
 """
@@ -39,24 +42,13 @@ from geode.coordinator._activation import (
     RenewalRequest,
     render_activation,
 )
-from geode.coordinator._base import (
-    CoordinatorSettings,
-    Pending,
-    PreparedManifest,
-    State,
-)
+from geode.coordinator._base import CoordinatorSettings, Pending, PreparedManifest, State
 from geode.coordinator._governance import GovernanceMixin
 from geode.coordinator._latest import LatestCertificates
 from geode.coordinator._recovery import RecoverySession
 from geode.coordinator._seal import Sealer
-from geode.coordinator._secrets import (
-    generate_secret,
-    template_value,
-)
-from geode.coordinator._state import (
-    CoordinatorState,
-    UpdateRecord,
-)
+from geode.coordinator._secrets import generate_secret, template_value
+from geode.coordinator._state import CoordinatorState, UpdateRecord
 from geode.errors import (
     ActivationDenied,
     ClaimsMismatch,

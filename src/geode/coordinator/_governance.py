@@ -17,37 +17,14 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import (
-    manifest_signing_payload,
-)
-from geode.coordinator._base import (
-    CoordinatorBase,
-    KeyRing,
-    Pending,
-    PreparedManifest,
-    both,
-)
-from geode.coordinator._secrets import (
-    secret_from_user,
-    template_value,
-)
-from geode.coordinator._state import (
-    CoordinatorState,
-    PendingUpdate,
-    StoredSecret,
-    UpdateRecord,
-)
+from geode.attestation import manifest_signing_payload
+from geode.coordinator._base import CoordinatorBase, KeyRing, Pending, PreparedManifest, both
+from geode.coordinator._secrets import secret_from_user, template_value
+from geode.coordinator._state import CoordinatorState, PendingUpdate, StoredSecret, UpdateRecord
 from geode.coordinator._updates import carry_secrets
-from geode.errors import (
-    PermissionDenied,
-    UpdateConflict,
-)
+from geode.errors import PermissionDenied, UpdateConflict
 from geode.manifest import ManifestDocument, SecretSpec, load_manifest
-from geode.pki import (
-    certificate_pem,
-    fingerprint,
-    private_key_pem,
-)
+from geode.pki import certificate_pem, fingerprint, private_key_pem
 
 __all__ = ["GovernanceMixin"]
 
