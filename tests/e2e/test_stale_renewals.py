@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.attestation import SimulatedPlatform
 from geode.client import CoordinatorClient
-from geode.errors import ClientError
+from geode.errors import ClientError, StaleCertificate
 from geode.runtime import EvidenceProvider, activate, renew, simulated_evidence_provider
 from tests.conftest import StartCoordinator
 from tests.support import CoordinatorProcess
@@ -54,7 +54,8 @@ class Instance:
         return new_key, chain[0]
 
     def refused_as_stale(self, held: Held) -> None:
-        with pytest.raises(ClientError) as refused:
+        # geode.runtime raises the refusal as StaleCertificate (same status and code).
+        with pytest.raises((ClientError, StaleCertificate)) as refused:
             self.renew(held)
         assert (refused.value.status, refused.value.code) == (403, "stale_certificate")
 
@@ -96,16 +97,16 @@ def test_of_concurrent_renewals_with_one_certificate_exactly_one_wins(
     instance = Instance(coordinator, geode_env)
     held = instance.activate()
 
-    def attempt(_: int) -> Held | ClientError:
+    def attempt(_: int) -> Held | ClientError | StaleCertificate:
         try:
             return instance.renew(held)
-        except ClientError as exc:
+        except (ClientError, StaleCertificate) as exc:
             return exc
 
     with ThreadPoolExecutor(4) as pool:
         outcomes = list(pool.map(attempt, range(4)))
-    winners = [o for o in outcomes if not isinstance(o, ClientError)]
-    losers = [o for o in outcomes if isinstance(o, ClientError)]
+    winners = [o for o in outcomes if not isinstance(o, ClientError | StaleCertificate)]
+    losers = [o for o in outcomes if isinstance(o, ClientError | StaleCertificate)]
     assert len(winners) == 1
     assert [(e.status, e.code) for e in losers] == [(403, "stale_certificate")] * 3
     instance.renew(winners[0])
