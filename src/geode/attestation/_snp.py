@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -56,15 +57,16 @@ _TCB_OIDS = {
 }
 
 
+@dataclass(frozen=True)
 class SnpVerified:
     """A verified report with the chain that vouches for it."""
 
-    __slots__ = ("chain", "report", "reported_tcb")
+    report: SnpReport
+    chain: SnpChain
 
-    def __init__(self, report: SnpReport, chain: SnpChain) -> None:
-        self.report = report
-        self.chain = chain
-        self.reported_tcb = report.decode_tcb(report.reported_tcb, chain.product)
+    @property
+    def reported_tcb(self) -> TcbVersion:
+        return self.tcb(self.report.reported_tcb)
 
     def tcb(self, raw: int) -> TcbVersion:
         return self.report.decode_tcb(raw, self.chain.product)
