@@ -532,3 +532,23 @@ def test_parse_reports_the_quote_size() -> None:
     data = sgx(trailing=b"xyz")
     assert parse_intel_quote(data).size == len(data) - 3
     assert dataclasses.asdict(parse_intel_quote(data))["version"] == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200) | JSON.map(json.dumps))
+def test_garbage_pcs_bodies_are_typed_errors(body: str) -> None:
+    doc = kit.collateral()
+    doc["tcb_info"] = body
+    del doc["tcb_info_signature"]
+    with pytest.raises(EvidenceError) as info:
+        verify(sgx(), collateral=json.dumps(doc).encode())
+    assert str(info.value.field).startswith("collateral.")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600))
+def test_detect_kind_names_a_kind_or_says_why_not(data: bytes) -> None:
+    kind = ""
+    with contextlib.suppress(EvidenceError):
+        kind = detect_kind(data)
+    assert kind in ("", "simulated", "sgx", "tdx", "sev-snp", "nvidia")
