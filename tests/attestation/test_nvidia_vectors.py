@@ -124,6 +124,7 @@ def test_every_truncation_is_a_typed_error() -> None:
         with pytest.raises(EvidenceError) as caught:
             verify_nvidia_report(data[:length], certs=certs, at=AT)
         assert caught.value.field is not None
+        assert caught.value.offset is not None
 
 
 def test_trailer_truncations_are_typed_errors() -> None:

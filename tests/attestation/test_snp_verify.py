@@ -3,7 +3,6 @@ synthetic reports and AMD-like certificates (no real hardware, no vectors)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import uuid
@@ -284,8 +283,9 @@ def test_garbage_certificates_in_the_table_are_typed_errors(milan: AmdPki) -> No
 )
 @given(garbage=st.binary(max_size=3000))
 def test_garbage_is_a_typed_error(garbage: bytes) -> None:
-    with pytest.raises(EvidenceError):
+    with pytest.raises(EvidenceError) as caught:
         verify_snp_report(garbage, at=AT)
+    assert caught.value.field is not None
 
 
 @settings(max_examples=150, deadline=None)
@@ -296,8 +296,12 @@ def test_mutated_evidence_is_a_typed_error_or_verifies(data: st.DataObject) -> N
         offset = data.draw(st.integers(0, len(evidence) - 1))
         evidence[offset] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(evidence)))
-    with contextlib.suppress(EvidenceError):
+    failure: EvidenceError | None = None
+    try:
         verify_snp_report(bytes(evidence[:cut]), at=AT, roots=[_FIXED_PKI.ark])
+    except EvidenceError as exc:
+        failure = exc
+    assert failure is None or failure.field is not None
 
 
 _FIXED_PKI = AmdPki.create("Genoa")

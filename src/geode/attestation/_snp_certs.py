@@ -250,7 +250,7 @@ def verify_snp_chain(
                 errors.append(exc)
                 continue
             product = _product_of_ark(ark)
-            _check_names(key, product, endorsement, intermediate)
+            _check_names(key, product, intermediate)
             check_validity(endorsement, at, kind)
             check_validity(intermediate, at, common_name(intermediate))
             check_validity(ark, at, common_name(ark))
@@ -259,12 +259,7 @@ def verify_snp_chain(
     raise errors[0]
 
 
-def _check_names(
-    key: SigningKey,
-    product: SnpProduct,
-    endorsement: x509.Certificate,
-    intermediate: x509.Certificate,
-) -> None:
+def _check_names(key: SigningKey, product: SnpProduct, intermediate: x509.Certificate) -> None:
     # A VCEK chains through the ASK (SEV-<product>), a VLEK through the ASVK (SEV-VLEK-<product>):
     # a key of one kind signed under the other's intermediate is not what AMD issues.
     middle = f"SEV-{product.value}" if key is SigningKey.VCEK else f"SEV-VLEK-{product.value}"
@@ -273,8 +268,6 @@ def _check_names(
             f"a {key.name} must chain through {middle}, not {common_name(intermediate)!r}",
             field="certs",
         )
-    if common_name(endorsement) != f"SEV-{key.name}":
-        raise EvidenceError(f"the {key.name} certificate is named {common_name(endorsement)!r}")
 
 
 def _check_keys(
