@@ -114,7 +114,7 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
     coordinator = governor.coordinator
 
     def authenticated(request: Request) -> str:
-        coordinator.manifest_info()  # 503 in recovery, 409 before a manifest
+        coordinator.require_manifest()  # 503 in recovery, 409 before a manifest
         der = peer_certificate_der(request)
         if der is None:
             raise Unauthenticated(
@@ -186,10 +186,8 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         for name in sorted(update.packages):
             coordinator.require_grant(user, "packages", "update", name)
         async with governor.lock:
-            info = coordinator.manifest_info()
-            document = coordinator.document
-            assert document is not None
-            raw = apply_package_update(info["manifest"].encode(), document.manifest, update)
+            document = coordinator.require_manifest()
+            raw = apply_package_update(document.raw, document.manifest, update)
             prepared = await asyncio.to_thread(coordinator.prepare_update, raw)
             pending = coordinator.adopt_update(
                 prepared, kind="package", users=[user], packages=sorted(update.packages)

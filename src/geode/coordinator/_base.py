@@ -188,6 +188,10 @@ class CoordinatorBase:
             raise ManifestConflict("manifest not set")
         return keys, self._data, self._document
 
+    def require_manifest(self) -> ManifestDocument:
+        """The manifest in force; 503 in recovery, 409 before one is set."""
+        return self._require_manifest()[2]
+
     @property
     def root_certificate(self) -> x509.Certificate:
         return self._require_keys().root.certificate
