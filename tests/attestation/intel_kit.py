@@ -239,6 +239,7 @@ class QuoteSpec:
     qe_svn: int = 8
     qe_product: int | None = None
     qe_report_data: bytes | None = None  # None: the correct binding
+    qe_attributes: bytes = bytes.fromhex("11000000000000000000000000000000")
     cert_type: int = 5
     chain: bytes | None = None  # None: the PKI's chain, with root
     trailing: bytes = b""
@@ -267,7 +268,7 @@ def build_quote(spec: QuoteSpec) -> bytes:
         product_id=product,
         svn=spec.qe_svn,
         report_data=binding if spec.qe_report_data is None else spec.qe_report_data,
-        attributes=bytes.fromhex("11000000000000000000000000000000"),
+        attributes=spec.qe_attributes,
     )
     chain = spec.chain if spec.chain is not None else spec.pki.chain_pem() + b"\0"
     pck_data = struct.pack("<H", len(spec.auth_data)) + spec.auth_data

@@ -131,6 +131,13 @@ def test_a_qe_report_that_does_not_bind_the_attestation_key_is_refused() -> None
     assert info.value.offset == 436 + 128 + 320
 
 
+def test_a_debug_quoting_enclave_is_refused() -> None:
+    debug = bytes.fromhex("13000000000000000000000000000000")
+    with pytest.raises(EvidenceError, match="debug enclave") as info:
+        verify(sgx(qe_attributes=debug))
+    assert (info.value.field, info.value.offset) == ("qe_report.attributes", 436 + 128 + 48)
+
+
 def test_the_qe_report_must_be_signed_by_the_pck_key() -> None:
     other = kit.make_pki()
     # The chain is the test PKI's, the QE report signed by another PCK key.
@@ -274,7 +281,7 @@ def test_a_qe_below_every_identity_level_is_refused() -> None:
         ({"mrsigner": "00" * 32}, "not the one the identity names"),
         ({"isvprodid": 5}, "not the one the identity names"),
         ({"miscselect": "00000001"}, "MISCSELECT or attributes"),
-        ({"attributes": "13000000000000000000000000000000"}, "MISCSELECT or attributes"),
+        ({"attributes": "31000000000000000000000000000000"}, "MISCSELECT or attributes"),
         ({"id": "TD_QE"}, "identity of TD_QE"),
     ],
 )

@@ -118,6 +118,12 @@ def verify_intel_quote(
         quote.qe_report_signature_offset,
     )
     qe = parse_sgx_report(quote.qe_report, quote.qe_report_offset)
+    if qe.debug:  # a debug QE's key can be read by whoever runs it; refused with or without
+        raise EvidenceError(  # collateral (whose QE identity says the same)
+            "the quoting enclave is a debug enclave",
+            field="qe_report.attributes",
+            offset=quote.qe_report_offset + 48,
+        )
     binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest() + bytes(32)
     if qe.report_data != binding:
         raise EvidenceError(
