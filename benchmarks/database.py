@@ -123,6 +123,7 @@ class Server:
         self.log = log
         self.sysbench_args: list[str] = []
         self.sysbench_cwd: Path | None = None
+        self.files: RuntimeFiles | None = None  # the plain server's option file and socket
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -132,6 +133,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.files is not None:
+            self.files.remove()
 
 
 def start_plain(base: Path, tuning: Sequence[tuple[str, str]]) -> Server:
@@ -160,6 +163,7 @@ def start_plain(base: Path, tuning: Sequence[tuple[str, str]]) -> Server:
             stderr=subprocess.STDOUT,
         )
     server = Server("plain", port, process, log)
+    server.files = files
     wait_for_port(port, lambda: process.poll() is None, "plain mariadbd", timeout=120)
     subprocess.run(
         [find_program("mariadb", "mysql"), "--no-defaults", f"--socket={files.socket}", "-uroot"],
