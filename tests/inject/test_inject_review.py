@@ -59,6 +59,8 @@ def test_a_labelled_pod_has_each_container_wrapped_and_nothing_else_changed() ->
         MESH,
         "--root-ca",
         "/geode/root/root.pem",
+        "--bundle",
+        "/srv/bookstore",
         "--",
         "python",
         "/srv/bookstore/app.py",
@@ -109,10 +111,16 @@ def test_a_labelled_pod_has_each_container_wrapped_and_nothing_else_changed() ->
 
 def test_the_wrapper_uses_options_geode_run_has() -> None:
     options = {opt for param in geode_run.params for opt in param.opts}
-    pod = patched(review("bookstore-replicaset-pod"), answer(review("bookstore-replicaset-pod")))
-    wrapper = pod["spec"]["containers"][0]["command"]
-    used = {part for part in wrapper[: wrapper.index("--")] if part.startswith("--")}
-    assert used <= options
+    for config in (CONFIG, SIMULATION):
+        pod = inject(review("bookstore-replicaset-pod"), config)
+        wrapper = pod["spec"]["containers"][0]["command"]
+        used = {part for part in wrapper[: wrapper.index("--")] if part.startswith("--")}
+        assert used <= options
+        assert {"--service", "--coordinator", "--root-ca", "--bundle"} <= used
+        # In simulation never evidence from a TEE the node may have: the Coordinator expects none.
+        assert ("--quote-provider" in used) is (config is SIMULATION)
+        if config is SIMULATION:
+            assert wrapper[wrapper.index("--quote-provider") + 1] == "simulated"
 
 
 def test_an_injected_pod_is_left_alone() -> None:
@@ -142,7 +150,7 @@ def test_a_container_without_a_command_is_refused_with_what_to_do() -> None:
 def test_the_command_annotation_gives_the_entrypoint() -> None:
     body = review("warehouse-no-command")
     pod = copy.deepcopy(pod_of(body))
-    pod["metadata"]["annotations"] = {"geode.dev/command": '["/usr/bin/bookwarehouse"]'}
+    pod["metadata"]["annotations"]["geode.dev/command"] = '["/usr/bin/bookwarehouse"]'
     result = inject(with_pod(body, pod))
     validate_pod(result)
     container = result["spec"]["containers"][0]
@@ -266,10 +274,15 @@ def test_simulation_without_init_containers_adds_the_list() -> None:
     assert result["metadata"]["annotations"]["geode.dev/simulation"] == "true"
 
 
-def test_simulation_needs_the_bundle() -> None:
-    response = answer(review("bookstore-replicaset-pod"), SIMULATION)["response"]
-    assert response["allowed"] is False
-    assert "geode.dev/bundle" in response["status"]["message"]
+def test_the_bundle_is_required() -> None:
+    body = review("bookstore-replicaset-pod")
+    pod = copy.deepcopy(pod_of(body))
+    del pod["metadata"]["annotations"]["geode.dev/bundle"]
+    for config, why in ((SIMULATION, "measures"), (CONFIG, "needs")):
+        response = answer(with_pod(body, pod), config)["response"]
+        assert response["allowed"] is False
+        assert "metadata.annotations.geode.dev/bundle" in response["status"]["message"]
+        assert why in response["status"]["message"]
 
 
 @pytest.mark.parametrize(

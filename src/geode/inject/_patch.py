@@ -1,7 +1,7 @@
 """How a labelled pod becomes an instance: the JSONPatch (RFC 6902) the webhook answers with.
 
 For each container it wraps, the patch makes the command ``geode run --service NAME
---coordinator ADDR --root-ca FILE [--bundle DIR] -- <command>`` (the container's ``args`` are
+--coordinator ADDR --root-ca FILE --bundle DIR -- <command>`` (the container's ``args`` are
 left as they are: Kubernetes appends them to the command, so they reach ``geode run`` after
 ``--``), adds Geode's environment, mounts the deployment's root certificate and a memory-backed
 ``/dev/shm`` for the credentials, and marks the pod as injected so that it is never wrapped twice.
@@ -198,11 +198,13 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
     commands = _commands(pod, containers)
     root_in_image = _absolute_path(pod, ROOT_CA_ANNOTATION)
     bundle = _absolute_path(pod, BUNDLE_ANNOTATION)
-    if config.simulation and bundle is None:
+    if bundle is None:
+        # `geode run` takes --bundle in every mode; only simulated evidence measures it.
+        why = "in simulation 'geode run' measures" if config.simulation else "'geode run' needs"
         raise InjectionRefused(
             f"metadata.annotations.{BUNDLE_ANNOTATION}",
-            "in simulation 'geode run' measures the service's code bundle: set this annotation "
-            "to the bundle's directory in the image",
+            f"{why} the service's code bundle (--bundle): set this annotation to the bundle's "
+            "directory in the image",
         )
     for container in containers:
         if config.simulation and container.image is None:
@@ -263,8 +265,10 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
     for container in containers:
         argv = [config.launcher, "run", "--service", service, "--coordinator", config.coordinator]
         argv += ["--root-ca", root_path]
-        if bundle is not None:
-            argv += ["--bundle", bundle]
+        argv += ["--bundle", bundle]
+        if config.simulation:
+            # Never evidence from a TEE the node may have: the Coordinator expects simulation.
+            argv += ["--quote-provider", "simulated"]
         argv += ["--", *commands[container.name]]
         env: list[JsonObject] = [
             {"name": "GEODE_SERVICE_NAME", "value": service},
