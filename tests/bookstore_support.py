@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ _ALL_PORTS = (*FIXED_PORTS, 24001, 34002)
 
 def _shift(text: str, offset: int) -> str:
     for port in _ALL_PORTS:
-        text = re.sub(rf"(?<![0-9]){port}(?![0-9])", str(port + offset), text)
+        text = re.sub(rf"(?<![0-9a-zA-Z]){port}(?![0-9a-zA-Z])", str(port + offset), text)
     return text
 
 
@@ -84,6 +85,14 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def kill_tree(pid: int, known: Iterable[int] = ()) -> None:
+    """SIGKILL ``pid``, its descendants (and ``known`` ones) and their process groups."""
+    for target in {pid, *known, *_children(pid)}:
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(target, signal.SIGKILL)
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -97,7 +106,7 @@ class GeodeUp:
 
     def __init__(self, directory: Path, run_dir: Path, *options: str, port_offset: int = 0) -> None:
         self.port_offset = port_offset
-        busy = ports_in_use(tuple(p + port_offset for p in FIXED_PORTS))
+        busy = ports_in_use(tuple(p + port_offset for p in _ALL_PORTS))
         if busy:
             raise RuntimeError(f"ports {busy} are in use: is a bookstore demo running here?")
         self.run_dir = run_dir
@@ -143,13 +152,15 @@ class GeodeUp:
             time.sleep(0.5)
 
     def stop(self) -> int:
-        """SIGINT, as Ctrl-C; the exit status. Remembers the processes it had started."""
+        """SIGINT, as Ctrl-C; the exit status. Remembers the processes it had started; if it
+        does not stop in time, they and it are killed (later tests need the ports)."""
         self.descendants = _children(self.process.pid)
         self.process.send_signal(signal.SIGINT)
         try:
             return self.process.wait(90)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            kill_tree(self.process.pid, self.descendants)
+            self.process.wait(10)
             raise
 
     def left_behind(self) -> list[int]:
@@ -157,14 +168,16 @@ class GeodeUp:
 
 
 class Relay:
-    """A TCP relay on ``port`` to ``target``, keeping every byte it carries, both ways."""
+    """A TCP relay on a free port (``port``) to ``target``, keeping every byte it carries,
+    both ways."""
 
-    def __init__(self, port: int, target: int) -> None:
+    def __init__(self, target: int) -> None:
         self.target = target
         self.carried = bytearray()
         self.connections = 0
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:

@@ -12,16 +12,21 @@ import pytest
 import yaml
 
 from geode.attestation import measure_bundle
+from tests.bookstore_support import kill_tree
 from tests.support import free_port
 
 
 def geode_up(directory: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "geode", "up", str(directory), "--view", "plain", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    argv = [sys.executable, "-m", "geode", "up", str(directory), "--view", "plain", *args]
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(process.pid)  # and what it started: later tests need the ports
+            raise
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
 
 
 def write(directory: Path, deployment: object, manifest: object | None = None) -> Path:

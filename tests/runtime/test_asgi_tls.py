@@ -8,6 +8,7 @@ import datetime
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,10 @@ def _serve_server(server: uvicorn.Server) -> Iterator[int]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()
+    deadline = time.monotonic() + 10
     while not server.started:
+        assert thread.is_alive(), "the server stopped before it started (port taken?)"
+        assert time.monotonic() < deadline, "the server did not start within 10 s"
         threading.Event().wait(0.02)
     yield config.port
     server.should_exit = True

@@ -171,9 +171,11 @@ def test_watch_with_a_loop_loads_on_that_loop(files: Files) -> None:
 
 def test_watch_stops_when_asked(files: Files) -> None:
     credentials = files.credentials()
+    context = credentials.server_ssl_context()
+    before = files.serial
     stop = credentials.watch(0.02)
     stop.set()
-    time.sleep(0.1)
+    time.sleep(0.1)  # the poller has seen the event
     files.renew()
-    time.sleep(0.1)
-    assert not [t for t in threading.enumerate() if t.name == "geode-credentials" and t.is_alive()]
+    time.sleep(0.2)  # ten intervals: a running poller would have loaded the new pair
+    assert served_serial(files, context) == before

@@ -5,7 +5,8 @@ plaintext on loopback (``BOOKSTORE_API_PORT``, behind ``geode run``'s transparen
 which enforces the manifest's policy per request and names the caller in ``X-Geode-Peer``), and
 reaches the warehouse in plaintext through the egress on loopback (``WAREHOUSE_EGRESS``), which
 originates mutual TLS. Its page is HTTPS with the certificate files ``geode run`` wrote, as any
-app configured with a certificate and key would use them.
+app configured with a certificate and key would use them (and reloads them when they change:
+``geode run`` renews them at half their lifetime).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import html
 import itertools
 import os
+import ssl
 import time
 
 import httpx
@@ -105,18 +107,44 @@ async def page(_request: Request) -> HTMLResponse:
     )
 
 
+class ReloadingCertificate:
+    """A server context that picks up renewed certificate files for new connections."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self.stamp: tuple[int, int] = (0, 0)
+        self.current = self._load()
+        self.context = self._load()
+        self.context.sni_callback = self._choose  # called in every handshake
+
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        self.stamp = (os.stat(self.cert_file).st_mtime_ns, os.stat(self.key_file).st_mtime_ns)
+        return context
+
+    def _choose(self, connection: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        try:
+            stamp = (os.stat(self.cert_file).st_mtime_ns, os.stat(self.key_file).st_mtime_ns)
+            if stamp != self.stamp:
+                self.current = self._load()
+        except (OSError, ssl.SSLError):  # caught between the two files: next time
+            pass
+        connection.context = self.current
+
+
 async def main() -> None:
     api = Starlette(routes=[Route("/buy-a-book/new", buy), Route("/books-bought", books_bought)])
     pages = Starlette(routes=[Route("/", page), Route("/raw", raw)])
     common = {"host": "127.0.0.1", "log_level": "warning"}
+    certificate = ReloadingCertificate(os.environ["GEODE_CERT_FILE"], os.environ["GEODE_KEY_FILE"])
     servers = [
         uvicorn.Server(uvicorn.Config(api, port=int(os.environ["BOOKSTORE_API_PORT"]), **common)),
         uvicorn.Server(
             uvicorn.Config(
                 pages,
                 port=int(os.environ["PAGE_PORT"]),
-                ssl_certfile=os.environ["GEODE_CERT_FILE"],
-                ssl_keyfile=os.environ["GEODE_KEY_FILE"],
+                ssl_context_factory=lambda _config, _default: certificate.context,
                 **common,
             )
         ),

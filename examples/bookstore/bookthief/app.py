@@ -54,32 +54,31 @@ async def steal(http: httpx.AsyncClient, interval: float) -> None:
                     COUNTS["refused"] += 1
                     LAST["refusal"] = f"{answer.status_code} {answer.text[:200]}"
             except httpx.TransportError as exc:
-                # Connected, then cut off before any HTTP answer: in TLS 1.3 the server checks
-                # the client's certificate after the client has finished its handshake, and
-                # refuses one it does not trust by closing (or with an alert).
-                if isinstance(exc, httpx.ConnectError) and not_listening(exc):
-                    COUNTS["errors"] += 1  # nobody listening: not the mesh's doing
-                    LAST["error"] = str(exc)[:200]
-                else:
+                refusal = tls_refusal(exc)
+                if refusal is not None:  # the server refused this certificate in the handshake
                     COUNTS["handshake_failures"] += 1
-                    LAST["handshake"] = f"{type(exc).__name__}: {exc}"[:200]
+                    LAST["handshake"] = refusal[:200]
+                else:
+                    COUNTS["errors"] += 1
+                    LAST["error"] = f"{type(exc).__name__}: {exc}"[:200]
             except Exception as exc:
                 COUNTS["errors"] += 1
                 LAST["error"] = f"{type(exc).__name__}: {exc}"[:200]
         await asyncio.sleep(interval)
 
 
-def not_listening(exc: BaseException) -> bool:
-    """Whether a connection failed before TCP was up (nothing listening)."""
+def tls_refusal(exc: BaseException) -> str | None:
+    """Why the TLS handshake did not complete, if that is what ``exc`` comes from (the server
+    refused the certificate: with an alert, or by closing mid-handshake); ``None`` for anything
+    else (nobody listening, a timeout, a connection cut after the handshake)."""
+    if not isinstance(exc, httpx.ConnectError):  # the handshake is part of connecting
+        return None
     seen: BaseException | None = exc
     while seen is not None:
-        if (
-            isinstance(seen, ConnectionRefusedError)
-            or "all connection attempts" in str(seen).lower()
-        ):
-            return True
+        if isinstance(seen, ssl.SSLError):
+            return str(seen)
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
 
 
 def snapshot() -> dict[str, object]:
@@ -119,6 +118,7 @@ async def attested() -> None:
         )
     )
     interval = float(os.environ.get("BUY_INTERVAL", "0.5"))
+    credentials.watch(5.0, loop=asyncio.get_running_loop())  # renewed certificates
     async with mesh_async_client(credentials, None, timeout=5) as http:  # any mesh server
         await asyncio.gather(server.serve(), steal(http, interval))
 
@@ -166,6 +166,9 @@ async def self_signed(seconds: float) -> None:
         context.check_hostname = False  # the thief would accept any server: it wants the books
         context.verify_mode = ssl.CERT_NONE
         context.load_cert_chain(cert_file, key_file)
+        # TLS 1.2: the server judges the client's certificate inside the handshake, so a refusal
+        # ends the handshake (in TLS 1.3 the client would be done before the server judges).
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
         async with httpx.AsyncClient(verify=context, timeout=5) as http:
             task = asyncio.create_task(steal(http, 0.2))
             deadline = time.monotonic() + seconds

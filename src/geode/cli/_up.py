@@ -10,6 +10,9 @@ directory (``DIR/.geode-run`` by default, emptied at start).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import json
 import os
 import re
@@ -32,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import geode
-from geode.attestation import ReferenceValues, load_platform_public_key, measure_bundle
+from geode.attestation import ReferenceValues, SimulatedPlatform, measure_bundle
 from geode.client import CoordinatorClient, verify_statement
 from geode.errors import GeodeError
 from geode.pki import certificate_pem
@@ -61,6 +64,7 @@ class ServiceSpec(_Strict):
     page: str | None = None  # its page; ``page`` + "raw" gives its counters as JSON
     requires: str | None = None  # a program that must be installed, else the service is skipped
     skipped_note: str | None = None  # what skipping it means, said when it is skipped
+    skipped_env: dict[str, str] = {}  # set for the services after it when it is skipped
 
 
 class Deployment(_Strict):
@@ -128,6 +132,7 @@ class _Process:
     process: subprocess.Popen[bytes] | None = None
     skipped: str | None = None
     counters: dict[str, Any] = field(default_factory=dict)
+    page_error: str | None = None
 
     def state(self) -> str:
         if self.skipped is not None:
@@ -138,32 +143,92 @@ class _Process:
         return "running" if code is None else f"exited ({code})"
 
     def stop(self, grace: float) -> None:
+        """SIGTERM (``geode run`` forwards it and ends its command's group), then SIGKILL to
+        the whole group after ``grace`` seconds."""
         process = self.process
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)  # geode run forwards it and ends the whole group
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            with _suppress_lookup():
-                os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(5)
+        if self.group_alive():  # the group outlived its leader
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+    def group_alive(self) -> bool:
+        """Whether any process of its group is left (a reaped leader does not count)."""
+        if self.process is None:
+            return False
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, value: object, tb: object) -> bool:
-        return isinstance(value, ProcessLookupError | PermissionError)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 class _Stop(Exception):
-    """SIGTERM or SIGINT: stop everything."""
+    """A stop signal (Ctrl-C, SIGTERM, a closed terminal): stop everything."""
 
 
-def _raise_stop(_signum: int, _frame: FrameType | None) -> None:
-    raise _Stop
+class _Signals:
+    """Turns a stop signal into ``_Stop``, except while a process is being started: then it
+    is raised once that process is recorded (a child must never be lost between fork and
+    bookkeeping; blocking the signals instead would hand the blocked mask to the child)."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending = False
+
+    def handler(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.holding:
+            self.pending = True
+            return
+        raise _Stop
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending:
+            self.pending = False
+            raise _Stop
+
+
+_signals = _Signals()
+
+
+def _die_with_parent() -> Any:
+    """A pre-exec hook: Linux sends the child SIGTERM if ``geode up`` dies, even by SIGKILL
+    (``geode run`` then ends its command's group). Looked up here, in the parent."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+
+    return hook
 
 
 class Runner:
@@ -188,12 +253,18 @@ class Runner:
         self.env.pop("GEODE_ROOT_CA", None)
         self.root_fingerprint = ""
         self._root_context: ssl.SSLContext | None = None
+        # The simulated platform key is made here, before the Coordinator starts, and its
+        # public half kept: the statement is verified against this copy, not a file the
+        # Coordinator could have written.
+        platform_key = Path(self.env["GEODE_PLATFORM_KEY"])
+        platform_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.platform = SimulatedPlatform.load_or_create(platform_key).public_key
 
     # --- start ------------------------------------------------------------------------------
 
     def _spawn(self, entry: _Process, argv: list[str], cwd: Path | None = None) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        with entry.log.open("ab") as log:
+        with _signals.held(), entry.log.open("ab") as log:
             entry.process = subprocess.Popen(
                 argv,
                 cwd=cwd,
@@ -201,7 +272,8 @@ class Runner:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches geode up alone, which stops them in order
+                start_new_session=True,  # Ctrl-C reaches geode up alone: it stops them in order
+                preexec_fn=_die_with_parent(),
             )
 
     def _wait_ready(self, entry: _Process, address: str, timeout: float) -> None:
@@ -242,12 +314,11 @@ class Runner:
         reference = ReferenceValues(
             tee="simulated", measurement=measure_bundle(Path(geode.__file__).parent).hex()
         )
-        platform = load_platform_public_key(Path(self.env["GEODE_PLATFORM_KEY"]))
         nonce = os.urandom(32)
         with CoordinatorClient(spec.client_addr, insecure=True) as client:
             document = client.attestation(nonce)
         verified = verify_statement(
-            document, reference=reference, platform_keys=[platform], nonce=nonce
+            document, reference=reference, platform_keys=[self.platform], nonce=nonce
         )
         self.root_fingerprint = verified.root_fingerprint
         self.root_file.write_text(certificate_pem(verified.root))
@@ -262,6 +333,7 @@ class Runner:
                 entry.skipped = f"{spec.requires} is not installed"
                 note = f" ({spec.skipped_note})" if spec.skipped_note else ""
                 click.echo(f"  {spec.name}: SKIPPED: {entry.skipped}{note}")
+                self.env.update(spec.skipped_env)
                 continue
             if spec.ready and _accepts(spec.ready):
                 raise GeodeError(f"{spec.name}: {spec.ready} is in use before it started")
@@ -284,23 +356,27 @@ class Runner:
     # --- watch ------------------------------------------------------------------------------
 
     def poll(self) -> None:
+        assert self._root_context is not None, "the statement is verified first"
         for spec, entry in zip(self.deployment.services, self.services, strict=True):
             if spec.page is None or entry.state() != "running":
                 continue
             try:
                 answer = httpx.get(
-                    spec.page.rstrip("/") + "/raw", verify=self._root_context or True, timeout=1
+                    spec.page.rstrip("/") + "/raw", verify=self._root_context, timeout=1
                 )
                 entry.counters = answer.json() if answer.status_code == 200 else {}
-            except (httpx.HTTPError, ValueError):
+                entry.page_error = None if answer.status_code == 200 else str(answer.status_code)
+            except (httpx.HTTPError, ValueError) as exc:
                 entry.counters = {}
+                entry.page_error = f"page: {type(exc).__name__}: {exc}"[:120]
 
     def activations(self) -> dict[str, int]:
         """Activations by outcome, from the Coordinator's metrics."""
+        assert self._root_context is not None
         try:
             text = httpx.get(
                 f"https://{self.deployment.coordinator.client_addr}/metrics",
-                verify=self._root_context or True,
+                verify=self._root_context,
                 timeout=1,
             ).text
         except httpx.HTTPError:
@@ -327,6 +403,8 @@ class Runner:
                 )
             elif entry.skipped:
                 shown = entry.skipped
+            elif entry.page_error:
+                shown = entry.page_error
             yield entry.name, entry.state(), shown
 
     def show_plain(self, out: IO[str]) -> None:
@@ -339,7 +417,7 @@ class Runner:
         table = Table(title="Geode up — SIMULATION (no hardware isolation)   Ctrl-C stops")
         table.add_column("service")
         table.add_column("state")
-        table.add_column("counters (and denials)")
+        table.add_column("counters (each page's /raw; a caller's refused = policy denials)")
         for name, state, shown in self.rows():
             style = "green" if state == "running" else "yellow" if state == "skipped" else "red"
             table.add_row(name, f"[{style}]{state}[/{style}]", shown)
@@ -347,20 +425,43 @@ class Runner:
 
     # --- stop -------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        for entry in reversed(self.services):
-            entry.stop(grace=15)
-        self.coordinator.stop(grace=10)
+    def stop(self) -> list[str]:
+        """Stop every service (reverse order), then the Coordinator; the names of those with a
+        process left (none, normally)."""
+        for entry in [*reversed(self.services), self.coordinator]:
+            try:
+                entry.stop(grace=15)
+            except Exception as exc:  # stop the others all the same
+                click.echo(f"stopping {entry.name}: {exc}; killing its processes", err=True)
+                entry.kill()
+        return [e.name for e in [*self.services, self.coordinator] if e.group_alive()]
+
+    def kill(self) -> None:
+        for entry in [*self.services, self.coordinator]:
+            entry.kill()
 
 
-def _fresh_run_dir(run_dir: Path) -> None:
-    if run_dir.exists():
-        marker = run_dir / ".geode-up"
-        if not marker.exists():
-            raise GeodeError(f"{run_dir} exists and is not a geode up run directory: not emptied")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, mode=0o700)
-    (run_dir / ".geode-up").touch()
+def _fresh_run_dir(run_dir: Path) -> IO[bytes]:
+    """Empty (or make) the run directory and lock it for this ``geode up``; the open lock file
+    holds the lock until the process ends. A directory that some other ``geode up`` holds, or
+    that is not a run directory, is left alone."""
+    marker = run_dir / ".geode-up"
+    if run_dir.exists() and not marker.exists():
+        raise GeodeError(f"{run_dir} exists and is not a geode up run directory: not emptied")
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = marker.open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise GeodeError(f"{run_dir} is in use by another geode up: not emptied") from None
+    for entry in run_dir.iterdir():
+        if entry != marker:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    return lock
 
 
 def _prepare_manifest(path: Path, permissive: bool) -> bytes:
@@ -376,7 +477,10 @@ def _prepare_manifest(path: Path, permissive: bool) -> bytes:
         raise GeodeError(f"{path}: not YAML ({exc})") from None
     if not isinstance(document, dict):
         raise GeodeError(f"{path}: not a manifest")
-    document.setdefault("policies", {})["mode"] = "permissive"
+    policies = document.get("policies") or {}
+    if not isinstance(policies, dict):
+        raise GeodeError(f"{path}: policies: not a mapping")
+    document["policies"] = {**policies, "mode": "permissive"}
     return json.dumps(document).encode()
 
 
@@ -394,7 +498,12 @@ def _prepare_manifest(path: Path, permissive: bool) -> bytes:
     is_flag=True,
     help="Set the manifest with policies.mode = permissive: any attested service may call any.",
 )
-@click.option("--for", "seconds", type=float, help="Stop after this many seconds.")
+@click.option(
+    "--for",
+    "seconds",
+    type=float,
+    help="Stop this many seconds after every service has started.",
+)
 @click.option(
     "--view",
     type=click.Choice(["auto", "live", "plain"]),
@@ -414,16 +523,19 @@ def up(
     deployment = load_deployment(directory)
     run_dir = (run_dir or directory / ".geode-run").resolve()
     manifest = _prepare_manifest(directory / deployment.manifest, permissive)
-    _fresh_run_dir(run_dir)
+    spec = deployment.coordinator
+    for address in (spec.client_addr, spec.mesh_addr):  # before anything is emptied
+        if _accepts(address):
+            raise GeodeError(f"{address} is in use: is another deployment up?")
+    lock = _fresh_run_dir(run_dir)
     runner = Runner(directory, deployment, run_dir)
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, _signals.handler) for s in _STOP_SIGNALS}
     click.secho(
         "geode up: SIMULATION mode — no hardware isolation; for development and demos only",
         fg="yellow",
         err=True,
     )
     try:
-        spec = deployment.coordinator
         click.echo(f"Coordinator: client API {spec.client_addr}, mesh API {spec.mesh_addr}")
         runner.start_coordinator()
         runner.verify_and_set(manifest)
@@ -442,13 +554,28 @@ def up(
     except _Stop:
         pass
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _shut_down(runner, previous)
+        lock.close()
+
+
+def _shut_down(runner: Runner, previous: dict[signal.Signals, Any]) -> None:
+    """Stop everything; a second stop signal kills what is left at once."""
+
+    def escalate(_signum: int, _frame: FrameType | None) -> None:
+        click.echo("Killing ...", err=True)
+        runner.kill()
+
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, escalate)
+    try:
         click.echo("Stopping ...", err=True)
-        runner.stop()
+        left = runner.stop()
+    finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        click.echo("Stopped: no process left.", err=True)
+    if left:
+        raise GeodeError(f"processes of {', '.join(left)} are still running")
+    click.echo("Stopped: no process left.", err=True)
 
 
 def _watch(runner: Runner, seconds: float | None, view: str) -> None:
