@@ -5,12 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # Debian packages: the demo's database, and what the tests drive (PROGRAM=PACKAGE).
+BASE_PACKAGES := python3=python3 py:ensurepip=python3-venv
 DEMO_PACKAGES := mariadbd=mariadb-server
 TEST_PACKAGES := $(DEMO_PACKAGES) chromium=chromium certutil=libnss3-tools
 
 .PHONY: venv demo quickstart test check lint typecheck format bench clean system-demo system-test
 
 $(STAMP): pyproject.toml
+	tools/system-packages $(BASE_PACKAGES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
