@@ -49,6 +49,7 @@ def test_the_key_is_used_raw(tmp_path: Path) -> None:
     raw = sqlcipher3.connect(str(path))
     raw.execute("PRAGMA kdf_iter = 1")  # irrelevant for a raw key, fatal for a passphrase
     raw.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+    raw.execute("PRAGMA cipher_hmac_algorithm = HMAC_SHA256")  # Geode's page authentication
     assert raw.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
     raw.close()
 
