@@ -46,6 +46,21 @@ def _address(value: str) -> tuple[str, int]:
         raise click.BadParameter(str(exc)) from None
 
 
+def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
+    from geode.attestation import EVIDENCE_KINDS
+
+    collateral: dict[str, Path] = {}
+    for value in values:
+        kind, _, file = value.partition("=")
+        if kind not in EVIDENCE_KINDS or kind == "simulated" or not file:
+            kinds = ", ".join(k for k in EVIDENCE_KINDS if k != "simulated")
+            raise click.BadParameter(f"{value!r}: expected KIND=FILE with KIND one of {kinds}")
+        if not Path(file).is_file():
+            raise click.BadParameter(f"{value!r}: no such file")
+        collateral[kind] = Path(file)
+    return collateral
+
+
 def _duration(value: str) -> datetime.timedelta:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit() or value[:-1] == "0":
@@ -79,6 +94,14 @@ def _duration(value: str) -> datetime.timedelta:
     multiple=True,
     help="Also accept simulated evidence signed by this platform key (repeatable).",
 )
+@click.option(
+    "--collateral",
+    multiple=True,
+    metavar="KIND=FILE",
+    callback=lambda _ctx, _param, values: _collateral(values),
+    help="Verification collateral for a kind of hardware evidence (sgx, tdx: Intel's TCB "
+    "info, QE identity and CRLs as JSON); without it, such evidence is Unverified.",
+)
 @click.option("--san", multiple=True, help="Extra DNS name or IP for the server certificate.")
 @click.option("--leaf-ttl", default="24h", show_default=True, help="Lifetime of leaf certificates.")
 @click.option(
@@ -98,6 +121,7 @@ def coordinator(
     sealing_key: Path | None,
     platform_key: Path | None,
     trust_platform_key: tuple[Path, ...],
+    collateral: dict[str, Path],
     san: tuple[str, ...],
     leaf_ttl: str,
     nonce_ttl: str,
@@ -114,6 +138,7 @@ def coordinator(
         sealing_key=sealing_key,
         platform_key=platform_key,
         trusted_platform_keys=trust_platform_key,
+        collateral=collateral,
         san=san,
         leaf_lifetime=_duration(leaf_ttl),
         nonce_ttl=_duration(nonce_ttl),

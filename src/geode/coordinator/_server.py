@@ -11,8 +11,8 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
@@ -71,6 +71,7 @@ class CoordinatorConfig:
     sealing_key: Path | None = None
     platform_key: Path | None = None
     trusted_platform_keys: Sequence[Path] = ()
+    collateral: Mapping[str, Path] = field(default_factory=dict)  # evidence kind: its file
     san: Sequence[str] = ()
     leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
     nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
@@ -99,6 +100,18 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _read_collateral(config: CoordinatorConfig) -> dict[str, bytes]:
+    """The verification collateral given per evidence kind (Intel: TCB info, QE identity and
+    CRLs as ``geode evidence verify --collateral`` takes them), read once at start."""
+    collateral = {}
+    for kind, path in config.collateral.items():
+        try:
+            collateral[kind] = path.read_bytes()
+        except OSError as exc:
+            raise GeodeError(f"--collateral {kind}={path}: {exc.strerror}") from None
+    return collateral
+
+
 def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryStore]:
     """Build the Coordinator from its configuration and unseal its state."""
     if not config.simulation:
@@ -122,7 +135,9 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryS
             leaf_lifetime=config.leaf_lifetime,
             nonce_ttl=config.nonce_ttl,
         ),
-        EvidenceVerifier(simulation=True, platform_keys=trusted),
+        EvidenceVerifier(
+            simulation=True, platform_keys=trusted, collateral=_read_collateral(config)
+        ),
         platform,
         coordinator_measurement(),
         sealing_key,
