@@ -6,12 +6,17 @@ Coordinator, verifies its deployment statement, sets the manifest, launches each
 ``geode run``, and shows the services and their counters until Ctrl-C (or ``--for``), then stops
 everything: services in reverse order, then the Coordinator. All state and logs are in the run
 directory (``DIR/.geode-run`` by default, emptied at start).
+
+With ``operator: true`` in the deployment file, ``geode up`` makes a user ``operator`` for the
+run (``operator.crt``/``operator.key`` in the run directory) whom the manifest lets update it
+alone; when the Coordinator's manifest changes, the services are restarted under it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import fcntl
 import json
 import os
@@ -32,9 +37,14 @@ from typing import IO, Any, Literal
 import click
 import httpx
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import geode
+from geode._files import create_private_file
 from geode.attestation import ReferenceValues, SimulatedPlatform, measure_bundle
 from geode.client import CoordinatorClient, verify_statement
 from geode.errors import GeodeError
@@ -70,6 +80,8 @@ class ServiceSpec(_Strict):
 class Deployment(_Strict):
     manifest: str
     coordinator: CoordinatorSpec = CoordinatorSpec()
+    # A user "operator" (certificate and key made for the run) who alone may update the manifest.
+    operator: bool = False
     services: list[ServiceSpec] = Field(min_length=1)
 
 
@@ -252,6 +264,10 @@ class Runner:
         }
         self.env.pop("GEODE_ROOT_CA", None)
         self.root_fingerprint = ""
+        self.root: x509.Certificate | None = None
+        self.manifest_sha256 = ""
+        self.operator_cert = run_dir / "operator.crt"
+        self.operator_key = run_dir / "operator.key"
         self._root_context: ssl.SSLContext | None = None
         # The simulated platform key is made here, before the Coordinator starts, and its
         # public half kept: the statement is verified against this copy, not a file the
@@ -323,8 +339,61 @@ class Runner:
         self.root_fingerprint = verified.root_fingerprint
         self.root_file.write_text(certificate_pem(verified.root))
         with CoordinatorClient(spec.client_addr, root=verified.root) as client:
-            client.set_manifest(manifest)
+            self.manifest_sha256 = str(client.set_manifest(manifest)["sha256"])
         self._root_context = ssl.create_default_context(cafile=str(self.root_file))
+        self.root = verified.root
+
+    def make_operator(self) -> tuple[str, str]:
+        """The operator's certificate (PEM, for the manifest) and its key, written to the run
+        directory (mode 0600): a user who may update the manifest on their own."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "geode up operator")])
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .sign(key, hashes.SHA256())
+        )
+        pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+        self.operator_cert.write_text(pem)
+        create_private_file(
+            self.operator_key,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        return pem, str(self.operator_key)
+
+    def manifest_changed(self) -> str | None:
+        """The manifest's new hash, if an update changed it since it was set (or last seen)."""
+        assert self.root is not None
+        try:
+            with CoordinatorClient(self.deployment.coordinator.client_addr, root=self.root) as c:
+                current = str(c.status().get("manifest_sha256") or "")
+        except GeodeError:
+            return None
+        if current and current != self.manifest_sha256:
+            self.manifest_sha256 = current
+            return current
+        return None
+
+    def restart_services(self) -> None:
+        """Stop every service and start them again: they activate under the new manifest (its
+        policy, and the mesh CA every update rotates)."""
+        for entry in reversed(self.services):
+            entry.stop(grace=15)
+        self.services = [
+            _Process(s.name, self.logs / f"{s.name}.log") for s in self.deployment.services
+        ]
+        self.start_services()
 
     def start_services(self) -> None:
         mesh = self.deployment.coordinator.mesh_addr
@@ -464,12 +533,14 @@ def _fresh_run_dir(run_dir: Path) -> IO[bytes]:
     return lock
 
 
-def _prepare_manifest(path: Path, permissive: bool) -> bytes:
+def _prepare_manifest(path: Path, permissive: bool, operator: str | None = None) -> bytes:
+    """The manifest to set: the file as it is, or with a permissive policy, or with the
+    operator (a user whose certificate is ``operator``, PEM) allowed to update it alone."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise GeodeError(f"{path}: {exc.strerror}") from None
-    if not permissive:
+    if not permissive and operator is None:
         return raw
     try:
         document = yaml.safe_load(raw)
@@ -477,10 +548,24 @@ def _prepare_manifest(path: Path, permissive: bool) -> bytes:
         raise GeodeError(f"{path}: not YAML ({exc})") from None
     if not isinstance(document, dict):
         raise GeodeError(f"{path}: not a manifest")
-    policies = document.get("policies") or {}
-    if not isinstance(policies, dict):
-        raise GeodeError(f"{path}: policies: not a mapping")
-    document["policies"] = {**policies, "mode": "permissive"}
+    if permissive:
+        policies = document.get("policies") or {}
+        if not isinstance(policies, dict):
+            raise GeodeError(f"{path}: policies: not a mapping")
+        document["policies"] = {**policies, "mode": "permissive"}
+    if operator is not None:
+        for section in ("users", "roles"):
+            if not isinstance(document.get(section) or {}, dict):
+                raise GeodeError(f"{path}: {section}: not a mapping")
+        document["users"] = {
+            **(document.get("users") or {}),
+            "operator": {"certificate": operator, "roles": ["geode-up-operator"]},
+        }
+        document["roles"] = {
+            **(document.get("roles") or {}),
+            "geode-up-operator": {"resource": "manifest", "actions": ["update"]},
+        }
+        document["updates"] = {"threshold": 1}
     return json.dumps(document).encode()
 
 
@@ -522,7 +607,7 @@ def up(
     directory = directory.resolve()
     deployment = load_deployment(directory)
     run_dir = (run_dir or directory / ".geode-run").resolve()
-    manifest = _prepare_manifest(directory / deployment.manifest, permissive)
+    _prepare_manifest(directory / deployment.manifest, permissive)  # readable, before anything
     spec = deployment.coordinator
     for address in (spec.client_addr, spec.mesh_addr):  # before anything is emptied
         if _accepts(address):
@@ -538,6 +623,9 @@ def up(
     try:
         click.echo(f"Coordinator: client API {spec.client_addr}, mesh API {spec.mesh_addr}")
         runner.start_coordinator()
+        operator = runner.make_operator()[0] if deployment.operator else None
+        manifest = _prepare_manifest(directory / deployment.manifest, permissive, operator)
+        (run_dir / "manifest.json").write_bytes(manifest)  # exactly what was set
         runner.verify_and_set(manifest)
         policy = " (PERMISSIVE policy)" if permissive else ""
         click.echo(f"Deployment statement verified; manifest set{policy}.")
@@ -549,6 +637,11 @@ def up(
         for service in deployment.services:
             if service.page:
                 click.echo(f"  {service.name:<14} {service.page}")
+        if deployment.operator:
+            click.echo(
+                f"Operator (may update the manifest): --cert {runner.operator_cert} "
+                f"--key {runner.operator_key}"
+            )
         click.echo(f"Logs: {runner.logs}   Ctrl-C stops everything.")
         _watch(runner, seconds, view)
     except _Stop:
@@ -587,6 +680,7 @@ def _watch(runner: Runner, seconds: float | None, view: str) -> None:
         with Live(runner.table(), refresh_per_second=2) as screen:
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(1)
+                _take_updates(runner, screen.console.print)
                 runner.poll()
                 screen.update(runner.table())
         return
@@ -594,6 +688,16 @@ def _watch(runner: Runner, seconds: float | None, view: str) -> None:
     while deadline is None or time.monotonic() < deadline:
         time.sleep(0.5)
         if time.monotonic() - last >= 3:
+            _take_updates(runner, click.echo)
             runner.poll()
             runner.show_plain(sys.stdout)
             last = time.monotonic()
+
+
+def _take_updates(runner: Runner, say: Any) -> None:
+    """After a manifest update, restart the services so that they take it up."""
+    changed = runner.manifest_changed()
+    if changed is not None:
+        say(f"The manifest was updated ({changed[:16]}…): restarting the services under it.")
+        runner.restart_services()
+        say("Services restarted.")
