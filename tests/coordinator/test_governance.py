@@ -556,3 +556,45 @@ def test_the_openapi_document_lists_the_governance_endpoints() -> None:
     assert paths["/api/v1/audit"]["get"]["security"] == [{"clientCertificate": []}]
     assert "security" not in paths["/api/v1/recovery"]["post"]
     assert document["components"]["securitySchemes"]["clientCertificate"]["type"] == "mutualTLS"
+
+
+def test_a_state_built_by_whoever_holds_its_data_key_is_not_recovered(tmp_path: Path) -> None:
+    """A host that runs Geode outside a TEE knows every key of a state it builds: one that
+    names the host's own key as recovery party (the manifest names none) is refused."""
+    from cryptography.hazmat.primitives import serialization
+
+    from geode.attestation import ReferenceValues
+    from geode.client import prepare_share_upload, verify_recovery_offer
+    from geode.coordinator import Sealer, State
+    from geode.coordinator._recovery import split_data_key
+    from geode.errors import RecoveryRefused
+    from geode.manifest import Recovery
+    from tests.governance_kit import make_party, make_user
+
+    platform = SimulatedPlatform.generate()
+    alice = make_user(tmp_path, "alice")
+    host_seal = os.urandom(32)
+    forged = _coordinator(platform, host_seal)
+    forged.set_manifest(_manifest(alice))  # the genuine manifest: no recovery section
+    raw_state = forged._data.to_bytes()  # type: ignore[union-attr]
+    host = make_party(tmp_path, "h", 7)
+    sealer = Sealer(host_seal)
+    shares = split_data_key(sealer.data_key, Recovery(keys={"h": host.public_pem}, threshold=1))
+    blob = sealer.with_recovery(shares).seal(raw_state)
+
+    victim = _coordinator(platform, os.urandom(32), blob)
+    assert victim.state is State.RECOVERY
+    victim.prepare_recovery()
+    nonce = os.urandom(32)
+    offer = victim.recovery_offer(nonce)
+    recovery_key = verify_recovery_offer(
+        offer,
+        reference=ReferenceValues(tee="simulated", measurement=MEASUREMENT.hex()),
+        platform_keys=[platform.public_key],
+        nonce=nonce,
+    )
+    key = serialization.load_pem_private_key(host.key.read_bytes(), None)
+    upload = prepare_share_upload(offer, key, recovery_key)  # type: ignore[arg-type]
+    with pytest.raises(RecoveryRefused, match="not the ones its manifest names"):
+        victim.recover(upload.party, upload.sealed_share, upload.signature)
+    assert victim.state is State.RECOVERY

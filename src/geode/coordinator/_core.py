@@ -45,7 +45,7 @@ from geode.coordinator._activation import (
 from geode.coordinator._base import CoordinatorSettings, Pending, PreparedManifest, State
 from geode.coordinator._governance import GovernanceMixin
 from geode.coordinator._latest import LatestCertificates
-from geode.coordinator._recovery import RecoverySession
+from geode.coordinator._recovery import RecoverySession, recovery_matches
 from geode.coordinator._seal import Sealer
 from geode.coordinator._secrets import generate_secret, template_value
 from geode.coordinator._state import CoordinatorState, UpdateRecord
@@ -492,18 +492,6 @@ class Coordinator(GovernanceMixin):
         if not session.complete:
             return Pending(progress, lambda: None)
         assert self._blob is not None
-        try:
-            sealer, raw = Sealer.unseal_with_data_key(
-                self._blob, session.data_key(), self._sealing_key
-            )
-            data = CoordinatorState.from_bytes(raw, now=self._clock())
-            self._sealer = sealer
-            self._adopt(data)
-        except SealError as exc:
-            self._sealer = None
-            raise RecoveryRefused(f"the shares do not open this state: {exc}", status=409) from None
-        self._record(data, "coordinator.recovered", party, {"parties": session.received})
-        log.warning("recovered with the shares of %s", ", ".join(session.received))
 
         def revert() -> None:
             self._data = self._keys = self._sealer = None
@@ -511,6 +499,24 @@ class Coordinator(GovernanceMixin):
             self.state = State.RECOVERY
             self.recovery_reason = reason
 
+        try:
+            sealer, raw = Sealer.unseal_with_data_key(
+                self._blob, session.data_key(), self._sealing_key
+            )
+            data = CoordinatorState.from_bytes(raw, now=self._clock())
+            self._sealer = sealer
+            self._adopt(data)
+            # The parties came from the blob's header, which only the state itself vouches
+            # for: a state whoever holds its data key built (naming its own party) must not
+            # be adopted. Its manifest, now opened and authenticated, must name these parties.
+            document = self._document
+            if document is None or not recovery_matches(session.header, document.manifest.recovery):
+                raise SealError("its recovery parties are not the ones its manifest names")
+        except SealError as exc:
+            revert()
+            raise RecoveryRefused(f"the shares do not open this state: {exc}", status=409) from None
+        self._record(data, "coordinator.recovered", party, {"parties": session.received})
+        log.warning("recovered with the shares of %s", ", ".join(session.received))
         progress.update(state=self.state.value, root_fingerprint=fingerprint(self.root_certificate))
         return Pending(progress, revert)
 
