@@ -203,13 +203,19 @@ def test_denials_are_counted(deployment: Callable[..., Deployment]) -> None:
     assert 'geode_activations_total{outcome="ok",service="web"} 1.0' in metrics
 
 
-def test_evidence_kind_without_verifier_is_denied(deployment: Callable[..., Deployment]) -> None:
+@pytest.mark.parametrize(
+    ("kind", "detail"), [("sgx", ""), ("nvidia", "GPU evidence attests no service")]
+)
+def test_evidence_that_does_not_verify_is_denied(
+    deployment: Callable[..., Deployment], kind: str, detail: str
+) -> None:
     d = deployment()
-    evidence = Evidence("sgx", b"\0" * 64)
+    evidence = Evidence(kind, b"\0" * 64)
     denied = _denied(
         lambda: activate(d.coordinator.mesh_addr, "web", lambda _: evidence, root=d.root)
     )
     assert denied.reason == "evidence verification failed"
+    assert detail in denied.detail
     _still_serving(d)
 
 

@@ -422,6 +422,13 @@ PACKAGE_ROLE = {"resource": "packages", "names": ["app"], "actions": ["update"]}
 
 REFERENCE_ERRORS = [
     case("unknown package", f"{WEB}.package", "nope", "unknown package 'nope'"),
+    case(
+        "a GPU package for a service",
+        "packages.app",
+        {"tee": "nvidia", "measurements": {"1": "ab" * 48}},
+        "a service needs a CPU TEE's",
+        f"{WEB}.package",
+    ),
     case("unknown tls tag", f"{WEB}.tls", ["nope"], "unknown tls tag 'nope'", f"{WEB}.tls[0]"),
     case("unknown role", "users.alice.roles[1]", "nope", "unknown role 'nope'"),
     case("unknown policy destination", f"{RULE}.destination", "nope", "unknown service 'nope'"),

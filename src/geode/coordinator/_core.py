@@ -269,10 +269,18 @@ class Coordinator(GovernanceMixin):
             public_key = load_csr_public_key(csr)
         except PKIError as exc:
             raise ActivationDenied("invalid csr", str(exc)) from None
+        if evidence.kind == "nvidia":  # binds a requester nonce, not this key: see the manifest
+            raise ActivationDenied(
+                "evidence verification failed", "GPU evidence attests no service"
+            )
         try:
             claims = self.verifier.verify(evidence)
         except EvidenceError as exc:
             raise ActivationDenied("evidence verification failed", str(exc)) from None
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            # A verifier that lets a parsing error through still refuses, without a 500.
+            log.warning("evidence verification raised %s: refused", type(exc).__name__)
+            raise ActivationDenied("evidence verification failed", "malformed evidence") from None
         expected = key_binding(public_key_der(public_key), nonce)
         if not hmac.compare_digest(claims.report_data, expected):
             raise ActivationDenied("evidence not bound to this key and nonce")
