@@ -8,6 +8,7 @@ import base64
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -598,3 +599,76 @@ def test_a_state_built_by_whoever_holds_its_data_key_is_not_recovered(tmp_path: 
     with pytest.raises(RecoveryRefused, match="not the ones its manifest names"):
         victim.recover(upload.party, upload.sealed_share, upload.signature)
     assert victim.state is State.RECOVERY
+
+
+def test_a_grant_is_checked_again_once_the_change_may_run() -> None:
+    """A user whose role an update removes while their package update waits for the lock is
+    refused: the grant is judged against the manifest in force when the change runs."""
+    import json as _json
+    import tempfile
+    import time
+
+    from starlette.requests import Request
+
+    from geode.coordinator import GroupCommit
+    from geode.coordinator._api import build_apps
+    from tests.governance_kit import governance_manifest, make_user
+
+    tmp = Path(tempfile.mkdtemp())
+    platform = SimulatedPlatform.generate()
+    alice, bob = make_user(tmp, "alice"), make_user(tmp, "bob")
+    roles = {
+        "admin": {"resource": "manifest", "actions": ["update"]},
+        "release": {"resource": "packages", "names": ["app"], "actions": ["update"]},
+    }
+    before = governance_manifest(
+        MEASUREMENT.hex(), {alice: ["release"], bob: ["admin"]}, roles, update_threshold=1
+    )
+    after = governance_manifest(
+        MEASUREMENT.hex(), {alice: [], bob: ["admin"]}, roles, update_threshold=1
+    )
+    c = _coordinator(platform, os.urandom(32))
+    c.set_manifest(before)
+    prepare = c.prepare_update
+
+    def slow_prepare(raw: bytes) -> Any:
+        time.sleep(0.3)  # key generation for the new manifest takes a while
+        return prepare(raw)
+
+    c.prepare_update = slow_prepare  # type: ignore[method-assign]
+    client_app, _ = build_apps(c, GroupCommit(c.sealed_state, FlakyStore()))
+    post_update = next(
+        r.endpoint for r in client_app.routes if getattr(r, "path", "") == "/api/v1/update"
+        and "POST" in (getattr(r, "methods", None) or ())
+    )  # fmt: skip
+
+    def request(user: Any, body: bytes) -> Request:
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        scope = {
+            "type": "http", "method": "POST", "path": "/api/v1/update", "headers": [],
+            "query_string": b"", "app": client_app,
+            "extensions": {"tls": {"client_cert_chain": [user.pem]}},
+        }  # fmt: skip
+        return Request(scope, receive)
+
+    async def race() -> tuple[int, int]:
+        bob_task = asyncio.create_task(post_update(request(bob, after)))
+        await asyncio.sleep(0.05)  # bob's manifest update holds the lock
+        package = _json.dumps({"packages": {"app": {"measurement": "ab" * 32}}}).encode()
+        try:
+            alice_status = (await post_update(request(alice, package))).status_code
+        except PermissionDenied:
+            alice_status = 403
+        return (await bob_task).status_code, alice_status
+
+    bob_status, alice_status = asyncio.run(race())
+    assert (bob_status, alice_status) == (201, 403)
+    assert c.document.manifest.packages["app"].measurement == MEASUREMENT.hex()

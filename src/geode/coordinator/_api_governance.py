@@ -129,6 +129,16 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
             )
         return user
 
+    def still_granted(request: Request, resource: str, action: str, *names: str) -> str:
+        """Under the governance lock, right before a change: the caller's user and grants as
+        the manifest in force now has them (an update may have landed while it waited)."""
+        user = authenticated(request)
+        if not names:
+            coordinator.require_grant(user, resource, action)
+        for name in names:
+            coordinator.require_grant(user, resource, action, name)
+        return user
+
     async def get_secret(request: Request) -> Response:
         name = request.path_params["name"]
         user = authenticated(request)
@@ -152,6 +162,7 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         coordinator.require_grant(user, "secrets", "write", name)
         value = _b64((await json_body(request, SecretBody)).value, "value")
         async with governor.lock:
+            user = still_granted(request, "secrets", "write", name)
             await governor.commit(coordinator.write_secret(user, name, value))
         return JSONResponse({"name": name, "set": True})
 
@@ -160,10 +171,11 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         raw = await read_body(request, MAX_MANIFEST_BYTES)
         data = parse_manifest_data(raw)
         if isinstance(data, dict) and set(data) == {"packages"}:
-            return await _package_update(user, PackageUpdate.parse(data))
+            return await _package_update(request, user, PackageUpdate.parse(data))
         coordinator.require_grant(user, "manifest", "update")
         document = await asyncio.to_thread(load_manifest, raw)
         async with governor.lock:
+            user = still_granted(request, "manifest", "update")
             threshold = coordinator.manifest_threshold()
             prepared = None
             if threshold <= 1:
@@ -182,10 +194,11 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
             )
         return JSONResponse(result, status_code=201)
 
-    async def _package_update(user: str, update: PackageUpdate) -> Response:
+    async def _package_update(request: Request, user: str, update: PackageUpdate) -> Response:
         for name in sorted(update.packages):
             coordinator.require_grant(user, "packages", "update", name)
         async with governor.lock:
+            user = still_granted(request, "packages", "update", *sorted(update.packages))
             document = coordinator.require_manifest()
             raw = apply_package_update(document.raw, document.manifest, update)
             prepared = await asyncio.to_thread(coordinator.prepare_update, raw)
@@ -214,6 +227,7 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         coordinator.require_grant(user, "manifest", "update")
         sha256 = bytes.fromhex((await json_body(request, UpdateRef)).sha256)
         async with governor.lock:
+            user = still_granted(request, "manifest", "update")
             raw = coordinator.pending_manifest()
             prepared = None
             if coordinator.acknowledgements_after(user) >= coordinator.manifest_threshold():
@@ -239,6 +253,7 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         coordinator.require_grant(user, "manifest", "update")
         sha256 = bytes.fromhex((await json_body(request, UpdateRef)).sha256)
         async with governor.lock:
+            user = still_granted(request, "manifest", "update")
             await governor.commit(coordinator.cancel_update(user, sha256))
         return JSONResponse({"cancelled": sha256.hex()})
 
