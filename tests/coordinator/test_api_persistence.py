@@ -6,6 +6,8 @@ import asyncio
 import base64
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -233,3 +235,40 @@ def test_a_stalled_body_times_out() -> None:
     asyncio.run(asyncio.wait_for(mesh(scope, receive, send), 5))
     start = next(m for m in sent if m.get("type") == "http.response.start")
     assert start["status"] == 408
+
+
+def test_a_change_whose_write_failed_never_reaches_the_disk_with_a_later_batch() -> None:
+    """A's write fails while B waits for the next one: A is undone before B's snapshot."""
+    state = {"a": False, "b": False}
+    saved: list[dict[str, bool]] = []
+
+    class SlowFailingOnce:
+        failed = False
+
+        def save(self, blob: bytes) -> None:
+            if not self.failed:
+                self.failed = True
+                time.sleep(0.1)  # B arrives while this write is under way
+                raise OSError("disk full")
+            saved.append(json.loads(blob))
+
+    commit = GroupCommit(lambda: json.dumps(state).encode(), SlowFailingOnce())  # type: ignore[arg-type]
+
+    def undo(key: str) -> Callable[[], None]:
+        return lambda: state.__setitem__(key, False)
+
+    async def change(key: str, delay: float) -> str:
+        await asyncio.sleep(delay)
+        state[key] = True
+        try:
+            await commit.commit(undo(key))
+        except OSError:
+            return "failed"
+        return "saved"
+
+    async def both() -> list[str]:
+        return list(await asyncio.gather(change("a", 0), change("b", 0.03)))
+
+    assert asyncio.run(both()) == ["failed", "saved"]
+    assert saved == [{"a": False, "b": True}]
+    assert state == {"a": False, "b": True}

@@ -172,14 +172,10 @@ def build_apps(
             pending = coordinator.activate(
                 ActivationRequest(body.service, nonce, body.csr, evidence)
             )
-            try:
-                await persist.commit()
-            except Exception:
-                # The write failed: nothing of this activation is on disk. (A cancelled
-                # request keeps its count: its write may still land, and over-counting is
-                # the safe side of max_activations.)
-                pending.revert()
-                raise
+            # If the write fails, nothing of this activation is on disk: the writer undoes it.
+            # (A cancelled request keeps its count: its write may still land, and
+            # over-counting is the safe side of max_activations.)
+            await persist.commit(pending.revert)
             result = pending.value
         except ActivationDenied as exc:
             metrics.activations.labels(label, slug(exc.reason)).inc()
@@ -202,14 +198,10 @@ def build_apps(
             pending = coordinator.renew(
                 RenewalRequest(nonce, body.csr, evidence, body.certificate, proof)
             )
-            try:
-                await persist.commit()
-            except Exception:
-                # Not on disk: the presented certificate stays the instance's latest. (A
-                # cancelled request keeps the new one: its write may still land, and refusing
-                # the old certificate is the safe side.)
-                pending.revert()
-                raise
+            # If the write fails, the writer undoes the renewal: the presented certificate
+            # stays the instance's latest. (A cancelled request keeps the new one: its write
+            # may still land, and refusing the old certificate is the safe side.)
+            await persist.commit(pending.revert)
             leaf = pending.value
         except ActivationDenied as exc:
             metrics.renewals.labels(slug(exc.reason)).inc()

@@ -82,12 +82,8 @@ class Governor:
         self.lock = asyncio.Lock()
 
     async def commit(self, pending: Pending[T]) -> T:
-        """Save a change made in memory (undone if the write fails), then log it."""
-        try:
-            await self.persist.commit()
-        except Exception:
-            pending.revert()
-            raise
+        """Save a change made in memory (undone by the writer if the write fails), then log it."""
+        await self.persist.commit(pending.revert)
         await self.changed()
         return pending.value
 

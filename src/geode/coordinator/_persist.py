@@ -1,19 +1,24 @@
 """Group commit: concurrent state changes share one sealed write.
 
-A caller changes the in-memory state, then awaits ``commit()``, with no ``await`` in between. The
-writer seals a snapshot of the state *after* every change whose caller is waiting, so one write can
-acknowledge many changes; nobody is acknowledged before a write that includes their change has
-reached the disk.
+A caller changes the in-memory state, then awaits ``commit(revert)``, with no ``await`` in
+between. The writer seals a snapshot of the state *after* every change whose caller is waiting, so
+one write can acknowledge many changes; nobody is acknowledged before a write that includes their
+change has reached the disk. When a write fails, the writer undoes that batch's changes (their
+``revert``s, newest first) before it takes another snapshot, so a change answered with an error
+never reaches the disk with a later batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from geode.coordinator._store import StateStore
 
 __all__ = ["GroupCommit"]
+
+log = logging.getLogger("geode.coordinator")
 
 
 class GroupCommit:
@@ -21,6 +26,7 @@ class GroupCommit:
         self._snapshot = snapshot
         self._store = store
         self._pending: asyncio.Future[None] | None = None
+        self._reverts: list[Callable[[], None]] = []  # of the changes in the pending batch
         self._writer: asyncio.Task[None] | None = None
         self._disk = asyncio.Lock()  # one write at a time, group or direct
         self.writes = 0
@@ -31,9 +37,13 @@ class GroupCommit:
             await asyncio.to_thread(self._store.save, blob)
             self.writes += 1
 
-    async def commit(self) -> None:
+    async def commit(self, revert: Callable[[], None] | None = None) -> None:
+        """Until a write holding the caller's change is on disk; if it fails, ``revert`` has
+        been called (by the writer, before anything else is written) and the error is raised."""
         if self._pending is None:
             self._pending = asyncio.get_running_loop().create_future()
+        if revert is not None:
+            self._reverts.append(revert)
         waiter = self._pending
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
@@ -42,12 +52,18 @@ class GroupCommit:
     async def _write_all(self) -> None:
         while self._pending is not None:
             waiter, self._pending = self._pending, None
+            reverts, self._reverts = self._reverts, []
             try:
                 async with self._disk:
                     blob = self._snapshot()
                     await asyncio.to_thread(self._store.save, blob)
                     self.writes += 1
             except Exception as exc:
+                for revert in reversed(reverts):
+                    try:
+                        revert()
+                    except Exception:  # the others must still be undone
+                        log.exception("undoing a change whose write failed")
                 waiter.set_exception(exc)
                 # Retrieve it here too, so a waiter that was cancelled leaves no warning behind.
                 waiter.exception()
