@@ -400,6 +400,27 @@ def test_unflushed_entries_reach_the_log_once(platform: SimulatedPlatform, alice
     assert c.unflushed_audit() == ()
 
 
+def test_entries_are_not_appended_after_a_forged_one(
+    platform: SimulatedPlatform, alice: User, tmp_path: Path
+) -> None:
+    """A line with a huge sequence number, planted by the host, would make every later entry
+    look written already: they are refused, and stay in the sealed state."""
+    from geode.coordinator._audit import AuditFile
+
+    sink = AuditFile(tmp_path)
+    c = _coordinator(platform, os.urandom(32))
+    c.set_manifest(_manifest(alice))
+    sink.append_missing(c.unflushed_audit())
+    sink.append_missing(c.unflushed_audit())  # a retry of ours is fine
+    with sink.path.open("a") as log:
+        log.write(json.dumps({"seq": 10**9, "event": "planted"}) + "\n")
+    c.write_secret("alice", "note", b"x")
+    lines = c.unflushed_audit()
+    with pytest.raises(SealError, match="not the one this Coordinator wrote"):
+        sink.append_missing(lines)
+    assert c.unflushed_audit() == lines  # kept, not dropped
+
+
 # -- formats -----------------------------------------------------------------------------------
 
 

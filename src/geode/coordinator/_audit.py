@@ -147,8 +147,20 @@ class AuditFile:
                 if data and not data.endswith(b"\n"):
                     f.truncate(data.rfind(b"\n") + 1)
                     data = data[: data.rfind(b"\n") + 1]
-                existing = data.decode("utf-8", errors="replace").split("\n")
-                last = _last_seq([line for line in existing if line])
+                existing = [
+                    line for line in data.decode("utf-8", errors="replace").split("\n") if line
+                ]
+                last = _last_seq(existing)
+                written = {_seq_of(line): line for line in existing}
+                for line in lines:
+                    seq = _seq_of(line) or 0
+                    if seq <= last and written.get(seq) != line:
+                        # Not a retry of ours: someone wrote or changed entries. Appending
+                        # after them would bury ours; they stay in the sealed state instead.
+                        raise SealError(
+                            f"{self.path}: entry {seq} is not the one this Coordinator wrote "
+                            "(the log was altered); not appended"
+                        )
                 missing = [line for line in lines if (_seq_of(line) or 0) > last]
                 if missing:
                     f.write("".join(line + "\n" for line in missing).encode())
