@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages: the demo's database, and what the tests drive (PROGRAM=PACKAGE).
 BASE_PACKAGES := python3=python3 py:ensurepip=python3-venv
 DEMO_PACKAGES := mariadbd=mariadb-server
-TEST_PACKAGES := $(DEMO_PACKAGES) chromium=chromium certutil=libnss3-tools
+TEST_PACKAGES := $(DEMO_PACKAGES) chromium=chromium certutil=libnss3-tools etcd=etcd-server
 
 .PHONY: venv demo quickstart test check lint typecheck format bench clean system-demo system-test
 

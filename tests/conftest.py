@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from geode.attestation import measure_bundle
+from tests.etcd_support import EtcdServer
 from tests.support import CoordinatorProcess, sample_manifest
 
 StartCoordinator = Callable[..., CoordinatorProcess]
@@ -47,6 +48,16 @@ def start_coordinator(tmp_path: Path, geode_env: dict[str, str]) -> Iterator[Sta
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A real single-member etcd on free loopback ports (fails in CI when etcd is missing)."""
+    server = EtcdServer(tmp_path / "etcd")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ act on, built in the constructor, and it never contains secret material.
     │   ├── UpdateConflict       409: no such pending update, or one is already pending
     │   ├── SecretRejected       400: a value that does not fit the secret's type
     │   ├── RecoveryRefused      a recovery share that is not accepted
-    │   └── CoordinatorUnavailable   the Coordinator is in recovery
+    │   ├── CoordinatorUnavailable   the Coordinator is in recovery
+    │   └── StoreConflict        409: another Coordinator changed the shared state first
     ├── StatementError           a deployment statement does not verify
     ├── ClientError              a Coordinator call failed (carries HTTP status and error code)
     ├── LaunchError              ``geode run`` cannot start the service
@@ -51,6 +52,7 @@ __all__ = [
     "SecretRejected",
     "StaleCertificate",
     "StatementError",
+    "StoreConflict",
     "Unauthenticated",
     "UpdateConflict",
     "WrongDatabaseKey",
@@ -189,6 +191,14 @@ class CoordinatorUnavailable(CoordinatorError):
 
     code = "coordinator_unavailable"
     status = 503
+
+
+class StoreConflict(CoordinatorError):
+    """A save lost a compare-and-swap: the shared store (etcd) changed since this Coordinator
+    read it, so the change was not written (and was undone); the state is read again."""
+
+    code = "store_conflict"
+    status = 409
 
 
 class StatementError(GeodeError):

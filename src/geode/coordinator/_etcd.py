@@ -1,0 +1,201 @@
+"""The etcd v3 store: the sealed state as one key in etcd, written by compare-and-swap.
+
+It speaks etcd's JSON gateway (``/v3/kv/range``, ``/v3/kv/txn``; keys and values base64, int64
+fields as strings) with ``httpx``, which Geode already uses: no gRPC or protobuf dependency whose
+generated code must match the installed protobuf runtime, and nothing the Python etcd clients'
+maintenance state could hold back.
+
+Every ``save`` is one transaction: *if the key's mod_revision is still the one this store last
+read or wrote, put the new blob* (revision 0: the key does not exist yet). When another writer
+came first the transaction fails and ``save`` raises ``StoreConflict``; nothing is written, so no
+update is lost. The failure branch reads the key back: if it already holds our blob (a retried
+request whose first attempt did land, on another endpoint after a timeout), the save succeeded.
+
+Endpoints are tried in turn, starting with the last one that answered; a transport error moves on
+to the next. Errors never include the blob or the key's value.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from geode.errors import SealError, StoreConflict
+
+__all__ = ["ETCD_MAX_BLOB", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
+
+# etcd's default --max-request-bytes is 1.5 MiB; the request also carries the key, base64 and
+# JSON framing, so the blob must leave room for them.
+ETCD_MAX_BLOB = 1024 * 1024
+STATE_KEY = "state"
+
+
+def parse_etcd_url(value: str) -> tuple[tuple[str, int], ...]:
+    """``etcd://host:port[,host:port...]`` to its endpoints; ``ValueError`` with a reason."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme != "etcd" or not rest:
+        raise ValueError(f"{value!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
+    endpoints = []
+    for part in rest.split(","):
+        host, colon, port = part.rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r}: expected HOST:PORT with a port from 1 to 65535")
+        endpoints.append((host, int(port)))
+    return tuple(endpoints)
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """Where the state lives in etcd and how to reach it. TLS when ``ca`` or a client
+    certificate is given (``cert`` and ``key`` go together)."""
+
+    endpoints: Sequence[tuple[str, int]]
+    prefix: str = "/geode"
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ValueError("the etcd store needs at least one endpoint")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("an etcd client certificate needs both --etcd-cert and --etcd-key")
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None or self.cert is not None
+
+    def urls(self) -> list[str]:
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://{_host(host)}:{port}" for host, port in self.endpoints]
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client context for etcd: its CA (else the system's), our certificate if any."""
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+            if self.cert is not None and self.key is not None:
+                context.load_cert_chain(str(self.cert), str(self.key))
+        except (OSError, ssl.SSLError) as exc:
+            raise SealError(f"etcd TLS files cannot be loaded: {exc}") from None
+        return context
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class EtcdStore:
+    """The sealed state under ``<prefix>/state`` in etcd, saved by compare-and-swap on the
+    revision this store last saw."""
+
+    def __init__(self, settings: EtcdSettings) -> None:
+        self.settings = settings
+        self._key = _b64(f"{settings.prefix.rstrip('/')}/{STATE_KEY}".encode())
+        self._urls = settings.urls()
+        self._current = 0  # index of the endpoint that answered last
+        self._revision = 0  # mod_revision of the state as last read or written; 0: none yet
+        self._lock = threading.Lock()  # one request at a time: the revision goes with it
+        verify: ssl.SSLContext | bool = settings.ssl_context() if settings.tls else False
+        self._client = httpx.Client(timeout=settings.timeout, verify=verify)
+
+    @property
+    def revision(self) -> int:
+        """The mod_revision the next ``save`` expects (0: the key did not exist)."""
+        return self._revision
+
+    def load(self) -> bytes | None:
+        with self._lock:
+            answer = self._post("/v3/kv/range", {"key": self._key})
+            kvs = answer.get("kvs") or []
+            if not kvs:
+                self._revision = 0
+                return None
+            self._revision = int(kvs[0].get("mod_revision", 0))
+            return base64.b64decode(kvs[0].get("value", ""))
+
+    def save(self, blob: bytes) -> None:
+        if len(blob) > ETCD_MAX_BLOB:
+            raise SealError(
+                f"the sealed state is {len(blob)} bytes; the etcd store takes at most "
+                f"{ETCD_MAX_BLOB} (etcd's request limit is 1.5 MiB by default)"
+            )
+        value = _b64(blob)
+        with self._lock:
+            answer = self._post(
+                "/v3/kv/txn",
+                {
+                    "compare": [
+                        {
+                            "key": self._key,
+                            "target": "MOD",
+                            "result": "EQUAL",
+                            "mod_revision": str(self._revision),
+                        }
+                    ],
+                    "success": [{"request_put": {"key": self._key, "value": value}}],
+                    "failure": [{"request_range": {"key": self._key}}],
+                },
+            )
+            if answer.get("succeeded"):
+                # The put is the transaction's only write, so the key's mod_revision is the
+                # revision the transaction created.
+                self._revision = int(answer["header"]["revision"])
+                return
+            kvs = _range_kvs(answer)
+            if kvs and kvs[0].get("value") == value:  # an earlier attempt of this very save
+                self._revision = int(kvs[0].get("mod_revision", 0))
+                return
+            found = int(kvs[0].get("mod_revision", 0)) if kvs else 0
+            raise StoreConflict(
+                f"the shared state changed (revision {found}, this Coordinator had read "
+                f"{self._revision}); the change was not saved, retry it"
+            )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the endpoints in turn until one answers; its JSON answer."""
+        failures = []
+        for step in range(len(self._urls)):
+            index = (self._current + step) % len(self._urls)
+            url = self._urls[index]
+            try:
+                response = self._client.post(url + path, json=body)
+            except httpx.TransportError as exc:
+                failures.append(f"{url}: {type(exc).__name__}: {exc}")
+                continue
+            self._current = index
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                raise SealError(f"etcd {url}{path}: HTTP {response.status_code}, not JSON")
+            if response.status_code != 200 or "error" in answer:
+                message = answer.get("message") or answer.get("error") or "no message"
+                raise SealError(f"etcd {url}{path}: HTTP {response.status_code}: {message}")
+            return answer
+        raise SealError("no etcd endpoint answered: " + "; ".join(failures))
+
+
+def _range_kvs(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    for response in answer.get("responses") or []:
+        ranged = response.get("response_range")
+        if ranged is not None:
+            kvs: list[dict[str, Any]] = ranged.get("kvs") or []
+            return kvs
+    return []

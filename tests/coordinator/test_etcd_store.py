@@ -1,0 +1,112 @@
+"""The etcd store against a real etcd: compare-and-swap, conflicts, fail-over, size limit."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from geode.coordinator._etcd import ETCD_MAX_BLOB, EtcdSettings, EtcdStore, parse_etcd_url
+from geode.coordinator._seal import Sealer
+from geode.errors import SealError, StoreConflict
+from tests.etcd_support import EtcdServer
+from tests.support import free_port
+
+
+def _store(etcd: EtcdServer, *extra: tuple[str, int], prefix: str = "/geode") -> EtcdStore:
+    return EtcdStore(EtcdSettings(endpoints=(*extra, *parse_etcd_url(etcd.url)), prefix=prefix))
+
+
+def test_parse_etcd_url() -> None:
+    assert parse_etcd_url("etcd://a:2379,[::1]:2380") == (("a", 2379), ("::1", 2380))
+    for bad in ("http://a:1", "etcd://", "etcd://a", "etcd://a:0", "etcd://a:1,"):
+        with pytest.raises(ValueError, match="expected"):
+            parse_etcd_url(bad)
+
+
+def test_save_load_and_revision(etcd: EtcdServer) -> None:
+    store = _store(etcd)
+    assert store.load() is None
+    store.save(b"first")
+    store.save(b"second")
+    again = _store(etcd)
+    assert again.load() == b"second"
+    assert again.revision == store.revision > 0
+    # Another prefix is another deployment.
+    assert _store(etcd, prefix="/other").load() is None
+
+
+def test_two_writers_on_one_revision_exactly_one_wins(etcd: EtcdServer) -> None:
+    seed = _store(etcd)
+    seed.load()
+    seed.save(b"base")
+    writers = [_store(etcd) for _ in range(2)]
+    for writer in writers:
+        assert writer.load() == b"base"
+    barrier = threading.Barrier(2)
+    outcomes: dict[int, object] = {}
+
+    def write(index: int) -> None:
+        barrier.wait()
+        try:
+            writers[index].save(f"writer {index}".encode())
+            outcomes[index] = "won"
+        except StoreConflict as exc:
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [i for i, outcome in outcomes.items() if outcome == "won"]
+    losers = [outcome for outcome in outcomes.values() if isinstance(outcome, StoreConflict)]
+    assert len(winners) == 1
+    assert len(losers) == 1
+    assert losers[0].status == 409
+    assert "changed" in str(losers[0])
+    # No lost update: etcd holds the winner's blob, and the loser wrote nothing.
+    assert _store(etcd).load() == f"writer {winners[0]}".encode()
+    # The loser re-reads and retries: now it wins, on the winner's revision.
+    loser = writers[1 - winners[0]]
+    assert loser.load() == f"writer {winners[0]}".encode()
+    loser.save(b"retried")
+    assert _store(etcd).load() == b"retried"
+
+
+def test_a_first_save_conflicts_with_a_state_created_meanwhile(etcd: EtcdServer) -> None:
+    late, early = _store(etcd), _store(etcd)
+    assert late.load() is None
+    assert early.load() is None
+    early.save(b"created")
+    with pytest.raises(StoreConflict):
+        late.save(b"also created")
+    assert _store(etcd).load() == b"created"
+
+
+def test_sealed_state_reads_back_and_unseals(etcd: EtcdServer) -> None:
+    key = bytes(range(32))
+    sealer = Sealer(key)
+    store = _store(etcd)
+    store.load()
+    store.save(sealer.seal(b'{"state": 1}'))
+    _, raw = Sealer.unseal(_store(etcd).load() or b"", key)
+    assert raw == b'{"state": 1}'
+
+
+def test_fails_over_to_an_endpoint_that_answers(etcd: EtcdServer) -> None:
+    store = _store(etcd, ("127.0.0.1", free_port()))  # nothing listens on the first
+    store.load()
+    store.save(b"via the second endpoint")
+    assert store.load() == b"via the second endpoint"
+
+
+def test_no_endpoint_and_too_large_are_clear_errors(etcd: EtcdServer) -> None:
+    dead = EtcdStore(EtcdSettings(endpoints=(("127.0.0.1", free_port()),), timeout=1))
+    with pytest.raises(SealError, match="no etcd endpoint answered"):
+        dead.load()
+    store = _store(etcd)
+    store.load()
+    with pytest.raises(SealError, match="at most"):
+        store.save(b"x" * (ETCD_MAX_BLOB + 1))
+    assert store.load() is None
