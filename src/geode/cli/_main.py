@@ -75,6 +75,28 @@ def _duration(value: str) -> datetime.timedelta:
     required=True,
     help="Directory of the sealed state (created if missing).",
 )
+@click.option(
+    "--store",
+    metavar="etcd://HOST:PORT[,HOST:PORT...]",
+    help="Keep the sealed state in etcd v3 (several endpoints: fail-over) instead of the data "
+    "directory, which then holds only the audit log.",
+)
+@click.option("--etcd-prefix", default="/geode", show_default=True, help="Key prefix in etcd.")
+@click.option(
+    "--etcd-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CA certificate of the etcd servers (TLS).",
+)
+@click.option(
+    "--etcd-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Client certificate for etcd (with --etcd-key).",
+)
+@click.option(
+    "--etcd-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Private key of the etcd client certificate.",
+)
 @click.option("--client-addr", default=DEFAULT_CLIENT_ADDR, show_default=True)
 @click.option("--mesh-addr", default=DEFAULT_MESH_ADDR, show_default=True)
 @click.option("--simulation", is_flag=True, help="Simulated TEE: no hardware isolation.")
@@ -115,6 +137,11 @@ def _duration(value: str) -> datetime.timedelta:
 )
 def coordinator(
     data_dir: Path,
+    store: str | None,
+    etcd_prefix: str,
+    etcd_ca: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
     client_addr: str,
     mesh_addr: str,
     simulation: bool,
@@ -128,10 +155,25 @@ def coordinator(
     log_level: str,
 ) -> None:
     """Run the Coordinator."""
-    from geode.coordinator import CoordinatorConfig, serve
+    from geode.coordinator import CoordinatorConfig, EtcdSettings, parse_etcd_url, serve
 
+    etcd = None
+    if store is not None:
+        try:
+            etcd = EtcdSettings(
+                endpoints=parse_etcd_url(store),
+                prefix=etcd_prefix,
+                ca=etcd_ca,
+                cert=etcd_cert,
+                key=etcd_key,
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--store") from None
+    elif etcd_ca or etcd_cert or etcd_key:
+        raise click.UsageError("--etcd-ca, --etcd-cert and --etcd-key need --store etcd://...")
     config = CoordinatorConfig(
         data_dir=data_dir,
+        etcd=etcd,
         client_addr=_address(client_addr),
         mesh_addr=_address(mesh_addr),
         simulation=simulation,

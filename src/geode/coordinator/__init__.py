@@ -12,6 +12,7 @@ from geode.coordinator._core import (
     State,
     reference_values,
 )
+from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
@@ -41,6 +42,8 @@ __all__ = [
     "CoordinatorSettings",
     "CoordinatorState",
     "DirectoryStore",
+    "EtcdSettings",
+    "EtcdStore",
     "GroupCommit",
     "NonceStore",
     "Pending",
@@ -57,6 +60,7 @@ __all__ = [
     "open_coordinator",
     "openapi_document",
     "parse_address",
+    "parse_etcd_url",
     "reference_values",
     "serve",
 ]

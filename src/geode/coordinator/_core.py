@@ -121,6 +121,17 @@ class Coordinator(GovernanceMixin):
                 self._recovery_header = None
             log.error("sealed state cannot be opened; entering recovery: %s", exc)
 
+    def reload(self, blob: bytes | None) -> None:
+        """Adopt the state another Coordinator saved to the shared store (after this one lost a
+        compare-and-swap). Only a state this Coordinator's sealing key opens is adopted; a
+        ``SealError`` leaves the current state as it is."""
+        if blob is None or self.state is State.RECOVERY:
+            return
+        sealer, raw = Sealer.unseal(blob, self._sealing_key)
+        data = CoordinatorState.from_bytes(raw, now=self._clock())
+        self._adopt(data)
+        self._sealer = sealer
+
     def _create(self) -> None:
         root = CertificateAuthority.create_root(clock=self._clock)
         mesh = root.create_intermediate("Geode Mesh CA", clock=self._clock)

@@ -6,6 +6,12 @@ one write can acknowledge many changes; nobody is acknowledged before a write th
 change has reached the disk. When a write fails, the writer undoes that batch's changes (their
 ``revert``s, newest first) before it takes another snapshot, so a change answered with an error
 never reaches the disk with a later batch.
+
+On a shared store (etcd) a write can lose a compare-and-swap to another Coordinator
+(``StoreConflict``): the batch is undone as for any failure, and the writer then reads the
+store's state and hands it to ``reload`` before anything else is written, so the next change
+builds on the winner's state instead of conflicting forever. The callers get the conflict (409)
+and may retry.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import logging
 from collections.abc import Callable
 
 from geode.coordinator._store import StateStore
+from geode.errors import StoreConflict
 
 __all__ = ["GroupCommit"]
 
@@ -22,9 +29,15 @@ log = logging.getLogger("geode.coordinator")
 
 
 class GroupCommit:
-    def __init__(self, snapshot: Callable[[], bytes], store: StateStore) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], bytes],
+        store: StateStore,
+        reload: Callable[[bytes | None], None] | None = None,
+    ) -> None:
         self._snapshot = snapshot
         self._store = store
+        self._reload = reload
         self._pending: asyncio.Future[None] | None = None
         self._reverts: list[Callable[[], None]] = []  # of the changes in the pending batch
         self._writer: asyncio.Task[None] | None = None
@@ -34,7 +47,11 @@ class GroupCommit:
     async def write(self, blob: bytes) -> None:
         """Write ``blob`` itself (a state not yet adopted in memory), after any write under way."""
         async with self._disk:
-            await asyncio.to_thread(self._store.save, blob)
+            try:
+                await asyncio.to_thread(self._store.save, blob)
+            except StoreConflict:
+                await self._read_again()
+                raise
             self.writes += 1
 
     async def commit(self, revert: Callable[[], None] | None = None) -> None:
@@ -64,8 +81,24 @@ class GroupCommit:
                         revert()
                     except Exception:  # the others must still be undone
                         log.exception("undoing a change whose write failed")
+                if isinstance(exc, StoreConflict):
+                    async with self._disk:
+                        await self._read_again()
                 waiter.set_exception(exc)
                 # Retrieve it here too, so a waiter that was cancelled leaves no warning behind.
                 waiter.exception()
             else:
                 waiter.set_result(None)
+
+    async def _read_again(self) -> None:
+        """After a lost compare-and-swap: adopt the state the store holds now (the caller holds
+        ``_disk``). A failure here is logged; the next write then conflicts and tries again."""
+        if self._reload is None:
+            return
+        try:
+            blob = await asyncio.to_thread(self._store.load)
+            self._reload(blob)
+        except Exception as exc:
+            log.error("the shared state could not be read again after a conflict: %s", exc)
+        else:
+            log.info("another Coordinator changed the shared state; read it again")

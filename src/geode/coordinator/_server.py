@@ -22,11 +22,12 @@ from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundl
 from geode.coordinator._api import build_apps
 from geode.coordinator._audit import AuditFile
 from geode.coordinator._core import Coordinator, CoordinatorSettings, State
+from geode.coordinator._etcd import EtcdSettings, EtcdStore
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import default_sealing_key_path, load_or_create_sealing_key
-from geode.coordinator._store import DirectoryStore
+from geode.coordinator._store import DataDirectoryLock, DirectoryStore, StateStore
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
-from geode.errors import GeodeError, SealError
+from geode.errors import GeodeError, SealError, StoreConflict
 
 __all__ = [
     "CoordinatorConfig",
@@ -76,6 +77,7 @@ class CoordinatorConfig:
     leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
     nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
     log_level: str = "info"
+    etcd: EtcdSettings | None = None  # the etcd store; None: the state in ``data_dir``
 
 
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
@@ -112,7 +114,40 @@ def _read_collateral(config: CoordinatorConfig) -> dict[str, bytes]:
     return collateral
 
 
-def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryStore]:
+def _open_store(config: CoordinatorConfig) -> StateStore:
+    """The configured store. The data directory is locked either way: with the etcd store it
+    still holds this Coordinator's audit log."""
+    if config.etcd is None:
+        return DirectoryStore(config.data_dir)
+    lock = DataDirectoryLock(config.data_dir)
+    try:
+        return _LockedStore(EtcdStore(config.etcd), lock)
+    except BaseException:
+        lock.close()
+        raise
+
+
+class _LockedStore:
+    """A shared store used together with a locked local data directory; closes both."""
+
+    def __init__(self, store: EtcdStore, lock: DataDirectoryLock) -> None:
+        self.store = store
+        self._lock = lock
+
+    def load(self) -> bytes | None:
+        return self.store.load()
+
+    def save(self, blob: bytes) -> None:
+        self.store.save(blob)
+
+    def close(self) -> None:
+        try:
+            self.store.close()
+        finally:
+            self._lock.close()
+
+
+def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore]:
     """Build the Coordinator from its configuration and unseal its state."""
     if not config.simulation:
         raise GeodeError(
@@ -127,7 +162,7 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryS
     platform = SimulatedPlatform.load_or_create(config.platform_key)
     trusted = [platform.public_key]
     trusted += [SimulatedPlatform.load(p).public_key for p in config.trusted_platform_keys]
-    store = DirectoryStore(config.data_dir)
+    store = _open_store(config)
     audit = AuditFile(config.data_dir)
     coordinator = Coordinator(
         CoordinatorSettings(
@@ -143,7 +178,11 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryS
         sealing_key,
         audit=audit,
     )
-    blob = store.load()
+    try:
+        blob = store.load()
+    except BaseException:
+        store.close()
+        raise
     coordinator.load(blob)
     if blob is None:
         log.info("new deployment: root of trust created (saved with the first manifest)")
@@ -154,14 +193,14 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, DirectoryS
     return coordinator, store
 
 
-def _record_start(coordinator: Coordinator, store: DirectoryStore) -> None:
+def _record_start(coordinator: Coordinator, store: StateStore) -> None:
     """Audit the start: saved now when there is a saved state (with the first manifest when
     not), and appended to the log together with anything a crash kept from it."""
     start = coordinator.record_start()
     if coordinator.state is State.ACTIVE:
         try:
             store.save(coordinator.sealed_state())
-        except SealError as exc:
+        except (SealError, StoreConflict) as exc:
             start.revert()
             log.error("the start could not be recorded: %s", exc)
         lines = coordinator.unflushed_audit()
@@ -176,8 +215,14 @@ def _record_start(coordinator: Coordinator, store: DirectoryStore) -> None:
 async def _serve(config: CoordinatorConfig) -> int:
     coordinator, store = open_coordinator(config)
     try:
-        persist = GroupCommit(coordinator.sealed_state, store)
         tls = ServerTLS(coordinator, *_server_names(config))
+
+        def reload(blob: bytes | None) -> None:
+            # Another Coordinator saved first (shared store): serve its state, certificate too.
+            coordinator.reload(blob)
+            tls.refresh()
+
+        persist = GroupCommit(coordinator.sealed_state, store, reload=reload)
         client_app, mesh_app = build_apps(coordinator, persist, on_change=tls.refresh)
 
         servers = []

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from geode.errors import SealError
 
-__all__ = ["DirectoryStore", "StateStore"]
+__all__ = ["DataDirectoryLock", "DirectoryStore", "StateStore"]
 
 STATE_FILE = "state.sealed"
 LOCK_FILE = "coordinator.lock"
@@ -27,23 +27,37 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
+class DataDirectoryLock:
+    """``<dir>/coordinator.lock``, held while a Coordinator uses the data directory (its state on
+    the directory store; its audit log with any store)."""
+
+    def __init__(self, directory: Path) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SealError(f"cannot use data directory {directory}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise SealError(
+                f"data directory {directory} is in use by another Coordinator"
+            ) from None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
 class DirectoryStore:
     """Sealed state in ``<dir>/state.sealed``, guarded by ``<dir>/coordinator.lock``."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._lock_fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise SealError(f"cannot use data directory {directory}: {exc.strerror}") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise SealError(
-                f"data directory {directory} is in use by another Coordinator"
-            ) from None
+        self._lock = DataDirectoryLock(directory)
 
     @property
     def path(self) -> Path:
@@ -75,7 +89,4 @@ class DirectoryStore:
             raise SealError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def close(self) -> None:
-        if self._lock_fd >= 0:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._lock.close()
