@@ -301,26 +301,27 @@ def test_simulation_copies_the_key_and_root_to_workload_namespaces() -> None:
     assert existing.webhook()["command"][-1] == "mine"
 
 
-def test_etcd_settings_are_provisional_and_off_by_default() -> None:
+def test_etcd_settings_are_off_by_default_and_accepted_by_the_coordinator() -> None:
     assert "--store" not in Rendered({}).coordinator()["command"]
     rendered = Rendered(ETCD)
     command = rendered.coordinator()["command"]
     store = command[command.index("--store") + 1]
     assert store == "etcd://etcd-0.etcd:2379,etcd-1.etcd:2379,etcd-2.etcd:2379"
-    assert command[command.index("--etcd-cacert") + 1] == "/etc/geode/etcd/ca.crt"
+    assert command[command.index("--etcd-ca") + 1] == "/etc/geode/etcd/ca.crt"
     assert rendered.get("StatefulSet")["spec"]["replicas"] == 3
     volumes = rendered.get("StatefulSet")["spec"]["template"]["spec"]["volumes"]
     assert {
         "name": "etcd-tls",
         "secret": {"secretName": "geode-etcd-client", "defaultMode": 0o440},
     } in volumes
-    assert "not have yet" in rendered.notes
-    # The Coordinator of this version has no such option: the chart says so, and does not hide it.
-    with pytest.raises(click.NoSuchOption):
-        _parse(cli.commands["coordinator"], command[2:])
+    assert "not yet hand the sealing key" in rendered.notes
+    params = _parse(cli.commands["coordinator"], command[2:])
+    assert params["store"] == store
+    assert params["etcd_prefix"] == "/geode"
+    assert str(params["etcd_key"]) == "/etc/geode/etcd/tls.key"
 
     plain = merged(ETCD, {"coordinator": {"store": {"etcd": {"tls": {"enabled": False}}}}})
-    assert "--etcd-cacert" not in Rendered(plain).coordinator()["command"]
+    assert "--etcd-ca" not in Rendered(plain).coordinator()["command"]
 
 
 def test_values_that_cannot_work_are_refused_at_render() -> None:

@@ -84,17 +84,17 @@ def _duration(value: str) -> datetime.timedelta:
 @click.option("--etcd-prefix", default="/geode", show_default=True, help="Key prefix in etcd.")
 @click.option(
     "--etcd-ca",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     help="CA certificate of the etcd servers (TLS).",
 )
 @click.option(
     "--etcd-cert",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Client certificate for etcd (with --etcd-key).",
 )
 @click.option(
     "--etcd-key",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Private key of the etcd client certificate.",
 )
 @click.option("--client-addr", default=DEFAULT_CLIENT_ADDR, show_default=True)

@@ -73,8 +73,8 @@ geode.dev/simulation: "true"
 {{- end -}}
 {{- end -}}
 
-{{/* The arguments of the etcd store. PROVISIONAL: `geode coordinator --store etcd://...` is not
-released yet (issue 8, part 1); these flag names follow etcdctl's and may change with it. */}}
+{{/* The arguments of the etcd store: `geode coordinator --store etcd://... --etcd-prefix ...`
+with the client certificate when TLS is on (docs/coordinator.md, Stores). */}}
 {{- define "geode.etcdArgs" -}}
 {{- $etcd := .Values.coordinator.store.etcd -}}
 {{- if not $etcd.endpoints -}}
@@ -82,7 +82,7 @@ released yet (issue 8, part 1); these flag names follow etcdctl's and may change
 {{- end -}}
 {{- $args := list "--store" (printf "etcd://%s" (join "," $etcd.endpoints)) "--etcd-prefix" $etcd.prefix -}}
 {{- if $etcd.tls.enabled -}}
-{{- $args = concat $args (list "--etcd-cacert" "/etc/geode/etcd/ca.crt" "--etcd-cert" "/etc/geode/etcd/tls.crt" "--etcd-key" "/etc/geode/etcd/tls.key") -}}
+{{- $args = concat $args (list "--etcd-ca" "/etc/geode/etcd/ca.crt" "--etcd-cert" "/etc/geode/etcd/tls.crt" "--etcd-key" "/etc/geode/etcd/tls.key") -}}
 {{- end -}}
 {{- toJson $args -}}
 {{- end -}}
