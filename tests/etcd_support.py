@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import shutil
+import ssl
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from geode.testing import free_port
 
-__all__ = ["EtcdServer", "etcd_binary"]
+__all__ = ["EtcdServer", "EtcdTLS", "etcd_binary"]
 
 
 def etcd_binary() -> str:
@@ -30,11 +38,83 @@ def etcd_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """A CA, etcd's server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> EtcdTLS:
+        directory.mkdir(parents=True, exist_ok=True)
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test etcd CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        paths = {"ca": directory / "ca.pem"}
+        paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        # etcd's JSON gateway calls etcd's gRPC side with the server certificate, so that one is
+        # a client certificate too (as etcd's own deployment guides issue it).
+        for role, usages in (
+            ("server", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            ("client", [ExtendedKeyUsageOID.CLIENT_AUTH]),
+        ):
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, role)]))
+                .issuer_name(ca_name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(
+                    x509.SubjectAlternativeName(
+                        [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                    ),
+                    critical=False,
+                )
+                .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+                .sign(ca_key, hashes.SHA256())
+            )
+            paths[f"{role}_cert"] = directory / f"{role}.pem"
+            paths[f"{role}_key"] = directory / f"{role}.key"
+            paths[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            paths[f"{role}_key"].write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            paths[f"{role}_key"].chmod(0o600)
+        return cls(**paths)
+
+
 class EtcdServer:
     """One etcd member listening on 127.0.0.1; ``endpoint`` is HOST:PORT for clients."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tls: EtcdTLS | None = None) -> None:
         self.directory = directory
+        self.tls = tls
         self.client_port = free_port()
         self.peer_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -50,8 +130,18 @@ class EtcdServer:
     def start(self) -> EtcdServer:
         binary = etcd_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
-        client = f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        client = f"{scheme}://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
+        tls_args: list[str] = []
+        verify: ssl.SSLContext | bool = False
+        if self.tls is not None:
+            tls_args = [
+                "--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
+                "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth",
+            ]  # fmt: skip
+            verify = ssl.create_default_context(cafile=str(self.tls.ca))
+            verify.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
         log = (self.directory / "etcd.log").open("ab")
         self.process = subprocess.Popen(
             [
@@ -72,6 +162,7 @@ class EtcdServer:
                 f"test={peer}",
                 "--initial-cluster-state",
                 "new",
+                *tls_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -82,7 +173,7 @@ class EtcdServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{client}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{client}/health", timeout=1, verify=verify).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

@@ -24,7 +24,7 @@ from geode.coordinator import (
     Sealer,
     build_apps,
 )
-from geode.errors import SealError
+from geode.errors import SealError, StoreConflict
 from geode.pki import public_key_der
 
 MEASUREMENT = bytes(range(32))
@@ -272,3 +272,53 @@ def test_a_change_whose_write_failed_never_reaches_the_disk_with_a_later_batch()
     assert asyncio.run(both()) == ["failed", "saved"]
     assert saved == [{"a": False, "b": True}]
     assert state == {"a": False, "b": True}
+
+
+def test_a_lost_compare_and_swap_is_undone_then_the_store_is_read_again() -> None:
+    """The conflict reaches the caller; before the next write the writer adopts what the
+    store holds now, so the next change builds on the winner's state."""
+    state = {"mine": False, "theirs": False}
+    events: list[str] = []
+
+    class SharedStore:
+        blob = json.dumps({"mine": False, "theirs": True}).encode()  # another writer's
+        conflicted = False
+
+        def load(self) -> bytes:
+            events.append("load")
+            return self.blob
+
+        def save(self, blob: bytes) -> None:
+            if not self.conflicted:
+                self.conflicted = True
+                raise StoreConflict("the shared state changed")
+            self.blob = blob
+            events.append("save")
+
+        def close(self) -> None:
+            pass
+
+    def reload(blob: bytes | None) -> None:
+        events.append("reload")
+        state.update(json.loads(blob or b"{}"))
+
+    store = SharedStore()
+    commit = GroupCommit(lambda: json.dumps(state).encode(), store, reload=reload)
+
+    def undo() -> None:
+        events.append("undo")
+        state["mine"] = False
+
+    async def change() -> str:
+        state["mine"] = True
+        try:
+            await commit.commit(undo)
+        except StoreConflict:
+            return "conflict"
+        return "saved"
+
+    assert asyncio.run(change()) == "conflict"
+    assert events == ["undo", "load", "reload"]
+    assert state == {"mine": False, "theirs": True}
+    assert asyncio.run(change()) == "saved"
+    assert json.loads(store.blob) == {"mine": True, "theirs": True}

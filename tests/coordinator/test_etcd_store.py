@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
 from geode.coordinator._etcd import ETCD_MAX_BLOB, EtcdSettings, EtcdStore, parse_etcd_url
 from geode.coordinator._seal import Sealer
 from geode.errors import SealError, StoreConflict
-from tests.etcd_support import EtcdServer
+from tests.etcd_support import EtcdServer, EtcdTLS
 from tests.support import free_port
 
 
@@ -110,3 +111,27 @@ def test_no_endpoint_and_too_large_are_clear_errors(etcd: EtcdServer) -> None:
     with pytest.raises(SealError, match="at most"):
         store.save(b"x" * (ETCD_MAX_BLOB + 1))
     assert store.load() is None
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    tls = EtcdTLS.create(tmp_path / "tls")
+    server = EtcdServer(tmp_path / "etcd", tls=tls).start()
+    try:
+        endpoints = parse_etcd_url(server.url)
+        settings = EtcdSettings(
+            endpoints=endpoints, ca=tls.ca, cert=tls.client_cert, key=tls.client_key
+        )
+        store = EtcdStore(settings)
+        assert store.load() is None
+        store.save(b"over TLS")
+        assert EtcdStore(settings).load() == b"over TLS"
+        # Without the client certificate etcd refuses the handshake: a clear error, no blob.
+        anonymous = EtcdStore(EtcdSettings(endpoints=endpoints, ca=tls.ca, timeout=2))
+        with pytest.raises(SealError, match="no etcd endpoint answered"):
+            anonymous.load()
+        # An etcd whose certificate is not from the given CA is not trusted.
+        other = EtcdTLS.create(tmp_path / "other")
+        with pytest.raises(SealError, match="no etcd endpoint answered"):
+            EtcdStore(EtcdSettings(endpoints=endpoints, ca=other.ca, timeout=2)).load()
+    finally:
+        server.stop()
