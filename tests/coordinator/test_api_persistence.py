@@ -322,3 +322,50 @@ def test_a_lost_compare_and_swap_is_undone_then_the_store_is_read_again() -> Non
     assert state == {"mine": False, "theirs": True}
     assert asyncio.run(change()) == "saved"
     assert json.loads(store.blob) == {"mine": True, "theirs": True}
+
+
+def test_changes_waiting_behind_a_lost_compare_and_swap_get_the_conflict_too() -> None:
+    """B changed the state while A's write was under way: the state is replaced by the store's,
+    so B is undone and refused too — acknowledged, it would be missing from what is written."""
+    state = {"count": 1}
+    events: list[str] = []
+
+    class SharedStore:
+        def load(self) -> bytes:
+            events.append("load")
+            return json.dumps({"count": 5}).encode()
+
+        def save(self, blob: bytes) -> None:
+            time.sleep(0.1)  # B arrives while this write is under way
+            events.append("save")
+            raise StoreConflict("the shared state changed")
+
+        def close(self) -> None:
+            pass
+
+    def reload(blob: bytes | None) -> None:
+        events.append("reload")
+        state.update(json.loads(blob or b"{}"))
+
+    commit = GroupCommit(lambda: json.dumps(state).encode(), SharedStore(), reload=reload)
+
+    async def change(name: str, delay: float) -> str:
+        await asyncio.sleep(delay)
+        state["count"] += 1
+
+        def undo() -> None:
+            events.append(f"undo {name}")
+            state["count"] -= 1
+
+        try:
+            await commit.commit(undo)
+        except StoreConflict:
+            return "conflict"
+        return "saved"
+
+    async def both() -> list[str]:
+        return list(await asyncio.gather(change("a", 0), change("b", 0.03)))
+
+    assert asyncio.run(both()) == ["conflict", "conflict"]
+    assert events == ["save", "undo a", "load", "undo b", "reload"]
+    assert state == {"count": 5}

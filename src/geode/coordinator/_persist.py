@@ -76,17 +76,11 @@ class GroupCommit:
                     await asyncio.to_thread(self._store.save, blob)
                     self.writes += 1
             except Exception as exc:
-                for revert in reversed(reverts):
-                    try:
-                        revert()
-                    except Exception:  # the others must still be undone
-                        log.exception("undoing a change whose write failed")
+                _undo(reverts)
                 if isinstance(exc, StoreConflict):
                     async with self._disk:
                         await self._read_again()
-                waiter.set_exception(exc)
-                # Retrieve it here too, so a waiter that was cancelled leaves no warning behind.
-                waiter.exception()
+                _fail(waiter, exc)
             else:
                 waiter.set_result(None)
 
@@ -97,8 +91,34 @@ class GroupCommit:
             return
         try:
             blob = await asyncio.to_thread(self._store.load)
-            self._reload(blob)
         except Exception as exc:
             log.error("the shared state could not be read again after a conflict: %s", exc)
+            return
+        # Nothing awaits from here on. The changes waiting for the next write were made on the
+        # state about to be replaced: undone there, they get the conflict too (kept, they would
+        # be acknowledged without being in the state that is written).
+        if self._pending is not None:
+            waiter, self._pending = self._pending, None
+            reverts, self._reverts = self._reverts, []
+            _undo(reverts)
+            _fail(waiter, StoreConflict("the shared state changed; the change was not saved"))
+        try:
+            self._reload(blob)
+        except Exception as exc:
+            log.error("the shared state read after a conflict cannot be adopted: %s", exc)
         else:
             log.info("another Coordinator changed the shared state; read it again")
+
+
+def _undo(reverts: list[Callable[[], None]]) -> None:
+    for revert in reversed(reverts):
+        try:
+            revert()
+        except Exception:  # the others must still be undone
+            log.exception("undoing a change whose write failed")
+
+
+def _fail(waiter: asyncio.Future[None], exc: BaseException) -> None:
+    waiter.set_exception(exc)
+    # Retrieve it here too, so a waiter that was cancelled leaves no warning behind.
+    waiter.exception()
