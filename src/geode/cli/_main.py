@@ -73,7 +73,7 @@ def _duration(value: str) -> datetime.timedelta:
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Directory of the sealed state (created if missing).",
+    help="Directory of the sealed state (unless --store) and the audit log (created if missing).",
 )
 @click.option(
     "--store",
