@@ -1,0 +1,40 @@
+"""``geode coordinator --store``: bad values are one clear line, before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port, geode_cli
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--store", "http://127.0.0.1:2379"), "expected etcd://HOST:PORT"),
+        (("--store", "etcd://127.0.0.1:99999"), "a port from 1 to 65535"),
+        (("--etcd-ca", "ca.pem"), "need --store etcd://"),
+        (("--store", "etcd://127.0.0.1:2379", "--etcd-cert", "c.pem"), "both --etcd-cert and"),
+    ],
+)
+def test_bad_store_options(
+    args: tuple[str, ...], message: str, tmp_path: Path, geode_env: dict[str, str]
+) -> None:
+    result = geode_cli(
+        "coordinator", "--simulation", "--data-dir", str(tmp_path / "data"), *args, env=geode_env
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_etcd_is_one_line(tmp_path: Path, geode_env: dict[str, str]) -> None:
+    store = f"etcd://127.0.0.1:{free_port()}"
+    result = geode_cli(
+        "coordinator", "--simulation", "--data-dir", str(tmp_path / "data"), "--store", store,
+        env=geode_env,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "no etcd endpoint answered" in result.stderr
+    assert "Traceback" not in result.stderr
