@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from geode.attestation import Evidence, SimulatedPlatform, key_binding, renewal_payload
 from geode.client import check_coordinator_peer, client_ssl_context
-from geode.errors import ActivationDenied, ClientError, PKIError, StaleCertificate
+from geode.errors import ActivationDenied, ClientError, PKIError, StaleCertificate, StoreConflict
 from geode.manifest import MeshConfig
 from geode.pki import load_certificate, load_certificates, private_key_pem, public_key_der
 
@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 MESH = "/api/v1/mesh"
+STORE_CONFLICT_ATTEMPTS = 3  # Coordinators sharing an etcd store: lost races are tried again
 
 EvidenceProvider = Callable[[bytes], Evidence]
 
@@ -137,6 +138,19 @@ class _MeshCall:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return _post(self.http, f"{MESH}/{path}", self.verified, json=body)
 
+    def exchange(self, path: str, body: Callable[[bytes, Evidence], dict[str, Any]]) -> Any:
+        """POST ``body(nonce, evidence)`` with a fresh nonce. A 409 ``store_conflict`` (another
+        Coordinator saved the shared state first; this one undid the change and handed out
+        nothing) is tried again, with a new nonce, on the state the Coordinator has read again."""
+        for attempt in range(1, STORE_CONFLICT_ATTEMPTS + 1):
+            nonce, evidence = self.nonce_and_evidence()
+            try:
+                return self.post(path, body(nonce, evidence))
+            except ClientError as exc:
+                if exc.code != StoreConflict.code or attempt == STORE_CONFLICT_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def chain(self, body: Any) -> tuple[list[x509.Certificate], x509.Certificate, x509.Certificate]:
         """The issued chain, checked: it carries our key and chains to the (pinned) root."""
         try:
@@ -180,10 +194,9 @@ def activate(
     """
     call = _MeshCall(address, evidence_provider, root, timeout, http)
     try:
-        nonce, evidence = call.nonce_and_evidence()
-        body = call.post(
+        body = call.exchange(
             "activate",
-            {
+            lambda nonce, evidence: {
                 "service": service,
                 "nonce": nonce.hex(),
                 "csr": call.csr(service),
@@ -227,21 +240,21 @@ def renew(
     """
     call = _MeshCall(address, evidence_provider, root, timeout, None)
     try:
-        nonce, evidence = call.nonce_and_evidence()
-        proof = private_key.sign(
-            renewal_payload(nonce, public_key_der(call.key.public_key())),
-            ec.ECDSA(hashes.SHA256()),
-        )
-        body = call.post(
-            "renew",
-            {
+
+        def request(nonce: bytes, evidence: Evidence) -> dict[str, Any]:
+            proof = private_key.sign(
+                renewal_payload(nonce, public_key_der(call.key.public_key())),
+                ec.ECDSA(hashes.SHA256()),
+            )
+            return {
                 "nonce": nonce.hex(),
                 "csr": call.csr("renewal"),
                 "evidence": evidence.to_json(),
                 "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
                 "proof": base64.b64encode(proof).decode(),
-            },
-        )
+            }
+
+        body = call.exchange("renew", request)
         chain, _, _ = call.chain(body)
     finally:
         call.close()
