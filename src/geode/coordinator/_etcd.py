@@ -11,8 +11,9 @@ came first the transaction fails and ``save`` raises ``StoreConflict``; nothing 
 update is lost. The failure branch reads the key back: if it already holds our blob (a retried
 request whose first attempt did land, on another endpoint after a timeout), the save succeeded.
 
-Endpoints are tried in turn, starting with the last one that answered; a transport error moves on
-to the next. Errors never include the blob or the key's value.
+Endpoints are tried in turn, starting with the last one that answered; a transport error or a
+server error (5xx) moves on to the next. Trying a transaction again is safe: it either did not
+apply, or its failure branch finds our own blob. Errors never include the blob or the key's value.
 """
 
 from __future__ import annotations
@@ -178,13 +179,18 @@ class EtcdStore:
             except httpx.TransportError as exc:
                 failures.append(f"{url}: {type(exc).__name__}: {exc}")
                 continue
-            self._current = index
             try:
                 answer = response.json()
             except ValueError:
                 answer = None
             if not isinstance(answer, dict):
-                raise SealError(f"etcd {url}{path}: HTTP {response.status_code}, not JSON")
+                failures.append(f"{url}: HTTP {response.status_code}, not JSON")
+                continue
+            if response.status_code >= 500:  # e.g. a member cut off from the leader
+                message = answer.get("message") or answer.get("error") or "no message"
+                failures.append(f"{url}: HTTP {response.status_code}: {message}")
+                continue
+            self._current = index
             if response.status_code != 200 or "error" in answer:
                 message = answer.get("message") or answer.get("error") or "no message"
                 raise SealError(f"etcd {url}{path}: HTTP {response.status_code}: {message}")
