@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
 from geode.coordinator._etcd import ETCD_MAX_BLOB, EtcdSettings, EtcdStore, parse_etcd_url
@@ -135,3 +138,43 @@ def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
             EtcdStore(EtcdSettings(endpoints=endpoints, ca=other.ca, timeout=2)).load()
     finally:
         server.stop()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_a_server_error_moves_on_and_a_landed_retry_counts_as_saved() -> None:
+    """The first member answers 503 (no leader); the second says the compare failed, but the
+    key already holds this very blob (the transaction landed before a timeout): saved."""
+    seen: list[str] = []
+
+    def etcd(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.url.host}{request.url.path}")
+        if request.url.host == "down":
+            return httpx.Response(503, json={"error": "etcdserver: no leader", "code": 14})
+        body = json.loads(request.content)
+        if request.url.path == "/v3/kv/range":
+            return httpx.Response(200, json={"header": {"revision": "7"}})
+        value = body["success"][0]["request_put"]["value"]
+        kv = {"key": body["compare"][0]["key"], "value": value, "mod_revision": "8"}
+        answer = {"header": {"revision": "8"}, "responses": [{"response_range": {"kvs": [kv]}}]}
+        return httpx.Response(200, json=answer)
+
+    settings = EtcdSettings(endpoints=(("down", 2379), ("up", 2379)))
+    store = EtcdStore(settings, transport=httpx.MockTransport(etcd))
+    assert store.load() is None
+    store.save(b"landed")
+    assert store.revision == 8
+    assert seen == ["down/v3/kv/range", "up/v3/kv/range", "up/v3/kv/txn"]  # "up" kept first
+
+
+def test_an_etcd_error_is_one_line_without_the_blob() -> None:
+    def etcd(request: httpx.Request) -> httpx.Response:
+        message = "etcdserver: request is too large"
+        return httpx.Response(400, json={"error": message, "message": message, "code": 3})
+
+    store = EtcdStore(EtcdSettings(endpoints=(("e", 2379),)), transport=httpx.MockTransport(etcd))
+    with pytest.raises(SealError, match="request is too large") as error:
+        store.save(b"secret-blob")
+    assert _b64(b"secret-blob") not in str(error.value)

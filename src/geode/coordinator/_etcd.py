@@ -102,7 +102,9 @@ class EtcdStore:
     """The sealed state under ``<prefix>/state`` in etcd, saved by compare-and-swap on the
     revision this store last saw."""
 
-    def __init__(self, settings: EtcdSettings) -> None:
+    def __init__(
+        self, settings: EtcdSettings, transport: httpx.BaseTransport | None = None
+    ) -> None:
         self.settings = settings
         self._key = _b64(f"{settings.prefix.rstrip('/')}/{STATE_KEY}".encode())
         self._urls = settings.urls()
@@ -110,7 +112,8 @@ class EtcdStore:
         self._revision = 0  # mod_revision of the state as last read or written; 0: none yet
         self._lock = threading.Lock()  # one request at a time: the revision goes with it
         verify: ssl.SSLContext | bool = settings.ssl_context() if settings.tls else False
-        self._client = httpx.Client(timeout=settings.timeout, verify=verify)
+        # ``transport``: tests stand in for etcd's answers that a healthy etcd does not give.
+        self._client = httpx.Client(timeout=settings.timeout, verify=verify, transport=transport)
 
     @property
     def revision(self) -> int:
