@@ -29,6 +29,7 @@ __all__ = [
     "PublicKey",
     "check_validity",
     "common_name",
+    "decoded",
     "der_element_length",
     "load_certificate_blob",
     "load_evidence_certificates",
@@ -50,13 +51,24 @@ def public_key(cert: x509.Certificate, what: str) -> PublicKey:
         raise EvidenceError(f"the {what} has an unusable key ({exc})", field="certs") from None
 
 
+def decoded(cert: x509.Certificate, field: str, offset: int | None = None) -> x509.Certificate:
+    """``cert``, its names and extensions decoded now: ``cryptography`` parses them lazily,
+    and a malformed one must be an ``EvidenceError`` here, not a ``ValueError`` later."""
+    try:
+        _ = (cert.subject, cert.issuer, cert.extensions, cert.signature_hash_algorithm)
+    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
+        raise EvidenceError(f"malformed certificate ({exc})", field=field, offset=offset) from None
+    return cert
+
+
 def _load_der(der: bytes, field: str, offset: int | None) -> x509.Certificate:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         try:
-            return x509.load_der_x509_certificate(der)
+            cert = x509.load_der_x509_certificate(der)
         except ValueError as exc:
             raise EvidenceError(f"not a certificate ({exc})", field=field, offset=offset) from None
+        return decoded(cert, field, offset)
 
 
 def der_element_length(data: bytes, field: str, offset: int = 0) -> int:
@@ -97,11 +109,12 @@ def _load_pem(blob: bytes, field: str, offset: int | None) -> list[x509.Certific
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         try:
-            return x509.load_pem_x509_certificates(blob)
+            certs = x509.load_pem_x509_certificates(blob)
         except ValueError as exc:
             raise EvidenceError(
                 f"not PEM certificates ({exc})", field=field, offset=offset
             ) from None
+        return [decoded(cert, field, offset) for cert in certs]
 
 
 def load_evidence_certificates(blob: bytes, field: str = "certs") -> list[x509.Certificate]:
