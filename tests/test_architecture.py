@@ -23,8 +23,8 @@ PACKAGES = [
     "testing",
 ]
 
-# What each package may import from Geode. The base modules (errors, _files) import nothing of
-# Geode and may be used by everyone. Nothing imports the CLI.
+# What each package may import from Geode. The base modules (errors, _files, _process) import
+# nothing of Geode and may be used by everyone. Nothing imports the CLI.
 ALLOWED = {
     "manifest": set(),
     "attestation": set(),
@@ -46,7 +46,7 @@ ALLOWED = {
         "inject",
     },
 }
-BASE = {"errors", "_files"}
+BASE = {"errors", "_files", "_process"}
 
 
 @pytest.mark.parametrize("name", ["geode", *(f"geode.{p}" for p in PACKAGES), "geode.errors"])

@@ -4,7 +4,6 @@ started, watched, restarted after a manifest update, and stopped; stop signals."
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import os
 import re
@@ -13,7 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -28,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import geode
 from geode._files import create_private_file
+from geode._process import parent_death_signal
 from geode.attestation import ReferenceValues, SimulatedPlatform, measure_bundle
 from geode.cli._up_deployment import Deployment, accepts, find_program, log_tail
 from geode.client import CoordinatorClient, verify_statement
@@ -126,21 +126,10 @@ class _Signals:
 stop_signals = _Signals()
 
 
-def die_with_parent() -> Any:
+def die_with_parent() -> Callable[[], None] | None:
     """A pre-exec hook: Linux sends the child SIGTERM if ``geode up`` dies, even by SIGKILL
-    (``geode run`` then ends its command's group). Looked up here, in the parent."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
-
-    return hook
+    (``geode run`` then ends its command's group)."""
+    return parent_death_signal(signal.SIGTERM)
 
 
 class Runner:

@@ -5,8 +5,6 @@ the local socket for administration. Their failures become one-line ``DatabaseEr
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import re
 import shutil
@@ -20,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from geode._process import parent_death_signal
 from geode.errors import DatabaseError
 
 __all__ = ["MariaDB", "ServerProcess", "describe_sql_error"]
@@ -133,20 +132,6 @@ def _last_error(log: str) -> str:
     return re.sub(r"^.*?\[ERROR\]\s*", "", line)[:300]
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """In the child: ask Linux to SIGTERM mariadbd if Geode itself dies (even by SIGKILL)."""
-    libc_name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or libc_name is None:
-        return None
-    prctl = ctypes.CDLL(libc_name, use_errno=True).prctl
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def setup() -> None:
-        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
-
-    return setup
-
-
 class ServerProcess:
     """One ``mariadbd`` child. Its log goes to our stderr line by line; the last error lines
     are kept to explain a failure."""
@@ -160,7 +145,7 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=_parent_death_signal(),  # only a prctl call: safe after fork
+            preexec_fn=parent_death_signal(signal.SIGTERM),  # a prctl call: safe after fork
         )
         self._reader = threading.Thread(target=self._pump, name="mariadbd-log", daemon=True)
         self._reader.start()

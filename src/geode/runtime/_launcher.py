@@ -9,14 +9,12 @@ are written where they say, and removed too.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+from geode._process import parent_death_signal
 from geode.errors import LaunchError
 from geode.manifest import SERVICE_KEY_MARKER
 from geode.pki import certificate_pem
@@ -153,18 +152,14 @@ def _child_setup(open_files: tuple[int, int]) -> Callable[[], None] | None:
     transparent proxy raises the launcher's own), and ask Linux to SIGKILL the command if the
     launcher itself dies (even by SIGKILL). Everything is looked up here, in the parent, so the
     child only makes two system calls."""
-    if not sys.platform.startswith("linux"):
+    die_with_launcher = parent_death_signal(signal.SIGKILL)
+    if die_with_launcher is None:
         return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
     setrlimit, nofile = resource.setrlimit, resource.RLIMIT_NOFILE
 
     def hook() -> None:
         setrlimit(nofile, open_files)
-        prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
+        die_with_launcher()
 
     return hook
 
