@@ -24,27 +24,11 @@ from geode.coordinator import (
     Sealer,
     build_apps,
 )
-from geode.errors import SealError, StoreConflict
+from geode.errors import StoreConflict
 from geode.pki import public_key_der
+from tests.support import FlakyStore
 
 MEASUREMENT = bytes(range(32))
-
-
-class FlakyStore:
-    def __init__(self) -> None:
-        self.fail = False
-        self.blobs: list[bytes] = []
-
-    def load(self) -> bytes | None:
-        return self.blobs[-1] if self.blobs else None
-
-    def save(self, blob: bytes) -> None:
-        if self.fail:
-            raise SealError("disk full")
-        self.blobs.append(blob)
-
-    def close(self) -> None:
-        pass
 
 
 def manifest(**web: object) -> bytes:

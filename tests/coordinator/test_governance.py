@@ -54,25 +54,9 @@ from geode.pki import (
     public_key_der,
 )
 from tests.governance_kit import Party, User, governance_manifest, make_party, make_user
+from tests.support import FlakyStore
 
 MEASUREMENT = bytes(range(32))
-
-
-class FlakyStore:
-    def __init__(self) -> None:
-        self.fail = False
-        self.blobs: list[bytes] = []
-
-    def load(self) -> bytes | None:
-        return self.blobs[-1] if self.blobs else None
-
-    def save(self, blob: bytes) -> None:
-        if self.fail:
-            raise SealError("disk full")
-        self.blobs.append(blob)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ from geode.coordinator import (
 from geode.coordinator._latest import LatestCertificate, LatestCertificates
 from geode.errors import SealError, StaleCertificate
 from geode.pki import CertificateAuthority, LeafParams, public_key_der
-from tests.coordinator.test_api_persistence import FlakyStore
+from tests.support import FlakyStore
 
 MEASUREMENT = bytes(range(32))
 MANIFEST = json.dumps(

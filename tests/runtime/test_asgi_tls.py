@@ -244,12 +244,11 @@ async def _client_address(scope: Any, _receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def test_serve_asgi_does_not_take_the_client_address_from_headers(pki: Pki) -> None:
-    """A loopback peer is trusted by uvicorn's defaults to rewrite the client address; in the
-    mesh it is not, and the peer identity is the verified certificate's."""
+def _server_credentials(pki: Pki, policy: MeshPolicy) -> Credentials:
+    """The server's credentials as ``geode run`` lays them out, with ``policy`` inbound."""
     cert, key = pki.leaf("server", server=True)
     (pki.tmp / "mesh-ca.pem").write_text(certificate_pem(pki.mesh.certificate))
-    credentials = Credentials(
+    return Credentials(
         cert_file=Path(cert),
         key_file=Path(key),
         ca_file=pki.tmp / "mesh-ca.pem",
@@ -258,9 +257,15 @@ def test_serve_asgi_does_not_take_the_client_address_from_headers(pki: Pki) -> N
             trust_domain="t.local",
             service="server",
             spiffe_id="spiffe://t.local/service/server",
-            policy=MeshPolicy(mode="permissive"),
+            policy=policy,
         ),
     )
+
+
+def test_serve_asgi_does_not_take_the_client_address_from_headers(pki: Pki) -> None:
+    """A loopback peer is trusted by uvicorn's defaults to rewrite the client address; in the
+    mesh it is not, and the peer identity is the verified certificate's."""
+    credentials = _server_credentials(pki, MeshPolicy(mode="permissive"))
     port = free_port()
     server = serve_asgi(_client_address, credentials, host="127.0.0.1", port=port, watch=None)
     server.config.log_config = None
@@ -291,25 +296,12 @@ def test_websockets_carry_the_peer_and_obey_the_policy(pki: Pki) -> None:
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
-    cert, key = pki.leaf("server", server=True)
-    (pki.tmp / "mesh-ca.pem").write_text(certificate_pem(pki.mesh.certificate))
     rule = MeshRule(
         name="ws",
         sources=["spiffe://t.local/service/client"],
         http=[HttpRule(methods=["GET"], path="^/ws$")],
     )
-    credentials = Credentials(
-        cert_file=Path(cert),
-        key_file=Path(key),
-        ca_file=pki.tmp / "mesh-ca.pem",
-        spiffe_id=SpiffeId.for_service("t.local", "server"),
-        mesh=MeshConfig(
-            trust_domain="t.local",
-            service="server",
-            spiffe_id="spiffe://t.local/service/server",
-            policy=MeshPolicy(mode="strict", rules=[rule]),
-        ),
-    )
+    credentials = _server_credentials(pki, MeshPolicy(mode="strict", rules=[rule]))
     port = free_port()
     server = serve_asgi(_echo_peer, credentials, host="127.0.0.1", port=port, watch=None)
     server.config.log_config = None
