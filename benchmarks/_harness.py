@@ -28,13 +28,11 @@ import multiprocessing
 import os
 import platform
 import queue
-import shutil
 import signal
 import socket
 import ssl
 import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -148,72 +146,27 @@ class CoordinatorProcess(testing.CoordinatorProcess):
         return self
 
 
-class EtcdProcess:
-    """One etcd member (Debian's ``etcd-server``) on free loopback ports, data under ``directory``.
-
-    The same way the tests' fixture starts it (``tests/etcd_support.py``, which needs pytest).
-    """
+class EtcdProcess(testing.EtcdProcess):
+    """``geode.testing.EtcdProcess`` under ``directory``, with the harness's errors."""
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """What ``geode coordinator --store`` takes."""
-        return f"etcd://127.0.0.1:{self.client_port}"
-
-    def start(self, timeout: float = 30.0) -> EtcdProcess:
-        binary = shutil.which("etcd") or next(
-            (p for p in ("/usr/bin/etcd", "/usr/sbin/etcd") if os.access(p, os.X_OK)), None
-        )
+        binary = testing.find_etcd()
         if binary is None:
             raise HarnessError("etcd is not installed (apt-get install etcd-server)")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        command = [
-            binary, "--name", "bench", "--data-dir", str(self.directory / "data"),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"bench={peer}", "--initial-cluster-state", "new",
-        ]  # fmt: skip
-        with (self.directory / "etcd.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise HarnessError(f"etcd exited early:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{client}/health", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise HarnessError(f"etcd did not come up:\n{self.log_tail()}")
+        super().__init__(directory, binary, name="bench")
+
+    def start(self, timeout: float = 30.0) -> EtcdProcess:
+        try:
+            super().start(timeout)
+        except RuntimeError as exc:
+            raise HarnessError(str(exc)) from None
+        return self
 
     def cpu_seconds(self) -> float:
         return 0.0 if self.process is None else process_tree_cpu_seconds(self.process.pid)
 
     def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return (self.directory / "etcd.log").read_text(errors="replace")[-chars:]
-        except FileNotFoundError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        return self.log(chars)
 
 
 # -- the deployment ------------------------------------------------------------------------------

@@ -5,21 +5,17 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import shutil
 import ssl
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from geode.testing import free_port
+from geode.testing import EtcdProcess, find_etcd
 
 __all__ = ["EtcdServer", "EtcdTLS", "etcd_binary"]
 
@@ -27,9 +23,7 @@ __all__ = ["EtcdServer", "EtcdTLS", "etcd_binary"]
 def etcd_binary() -> str:
     """The etcd program; fails under CI=true when it is missing (``make test`` installs it),
     skips otherwise."""
-    found = shutil.which("etcd") or next(
-        (p for p in ("/usr/bin/etcd", "/usr/sbin/etcd") if os.access(p, os.X_OK)), None
-    )
+    found = find_etcd()
     if found is None:
         message = "etcd is not installed (apt-get install etcd-server; `make test` does it)"
         if os.environ.get("CI") == "true":
@@ -109,85 +103,19 @@ class EtcdTLS:
         return cls(**paths)
 
 
-class EtcdServer:
-    """One etcd member listening on 127.0.0.1; ``endpoint`` is HOST:PORT for clients."""
+class EtcdServer(EtcdProcess):
+    """``geode.testing.EtcdProcess`` for the tests: found or failed/skipped as the environment
+    says, optionally with TLS and client certificate authentication."""
 
     def __init__(self, directory: Path, tls: EtcdTLS | None = None) -> None:
-        self.directory = directory
-        self.tls = tls
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
-
-    @property
-    def url(self) -> str:
-        return f"etcd://{self.endpoint}"
-
-    def start(self) -> EtcdServer:
-        binary = etcd_binary()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        scheme = "https" if self.tls else "http"
-        client = f"{scheme}://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
         tls_args: list[str] = []
         verify: ssl.SSLContext | bool = False
-        if self.tls is not None:
+        if tls is not None:
             tls_args = [
-                "--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
-                "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth",
+                "--cert-file", str(tls.server_cert), "--key-file", str(tls.server_key),
+                "--trusted-ca-file", str(tls.ca), "--client-cert-auth",
             ]  # fmt: skip
-            verify = ssl.create_default_context(cafile=str(self.tls.ca))
-            verify.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
-        log = (self.directory / "etcd.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--name",
-                "test",
-                "--data-dir",
-                str(self.directory / "data"),
-                "--listen-client-urls",
-                client,
-                "--advertise-client-urls",
-                client,
-                "--listen-peer-urls",
-                peer,
-                "--initial-advertise-peer-urls",
-                peer,
-                "--initial-cluster",
-                f"test={peer}",
-                "--initial-cluster-state",
-                "new",
-                *tls_args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"etcd exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{client}/health", timeout=1, verify=verify).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"etcd did not come up:\n{self.log()}")
-
-    def log(self) -> str:
-        return (self.directory / "etcd.log").read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            verify = ssl.create_default_context(cafile=str(tls.ca))
+            verify.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        super().__init__(directory, etcd_binary(), name="test", tls_args=tls_args, verify=verify)
+        self.tls = tls

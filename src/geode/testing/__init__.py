@@ -1,8 +1,9 @@
 """Helpers for tests and benchmarks of Geode deployments: a real simulated Coordinator process
-on free loopback ports, isolated from the user's keys and pins."""
+on free loopback ports, isolated from the user's keys and pins; an etcd member for its store."""
 
 from __future__ import annotations
 
 from geode.testing._coordinator import CoordinatorProcess, free_port, isolated_env
+from geode.testing._etcd import EtcdProcess, find_etcd
 
-__all__ = ["CoordinatorProcess", "free_port", "isolated_env"]
+__all__ = ["CoordinatorProcess", "EtcdProcess", "find_etcd", "free_port", "isolated_env"]
