@@ -30,6 +30,7 @@ from tests.inject.inject_support import (
     validate_pod,
     write_serving_files,
 )
+from tests.support import free_port
 
 CONFIG = InjectorConfig(coordinator="geode-mesh.geode.svc:2001")
 
@@ -153,16 +154,9 @@ def test_a_broken_rotation_keeps_the_current_certificate(tmp_path: Path) -> None
         ServingCertificate(files.cert, files.key)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_geode_inject_serve_as_a_process(tmp_path: Path) -> None:
     files = write_serving_files(tmp_path / "tls")
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "webhook.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -226,7 +220,7 @@ def test_serve_reports_bad_options_in_one_line(tmp_path: Path) -> None:
     assert "expected HOST:PORT" in result.output
     files.key.write_text("junk")
     result = runner.invoke(
-        cli, [*base, "--coordinator", "a:1", "--listen", f"127.0.0.1:{_free_port()}"]
+        cli, [*base, "--coordinator", "a:1", "--listen", f"127.0.0.1:{free_port()}"]
     )
     assert result.exit_code == 1
     assert "not a PEM certificate and its key" in result.output

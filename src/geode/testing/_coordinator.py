@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,11 +17,28 @@ __all__ = ["CoordinatorProcess", "free_port", "isolated_env"]
 _INHERITED = ("GEODE_COORDINATOR", "GEODE_COORDINATOR_MESH", "GEODE_ROOT_CA")
 
 
+# Ports are picked below the kernel's ephemeral range (32768-60999 by default), so that no
+# outgoing connection takes one between the pick and the bind, and above the fixed ports of
+# the bookstore demo and its tests (14000-16999).
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 just now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on 127.0.0.1 just now, never handed out before by this process."""
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} on 127.0.0.1")
 
 
 def isolated_env(base: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -90,7 +108,7 @@ class CoordinatorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the Coordinator exited early:\n{self.log_tail()}")
+                raise RuntimeError(f"the Coordinator exited early:\n{self.log_tail(200)}")
             try:  # uvicorn listens once it is serving
                 socket.create_connection(("127.0.0.1", self.client_port), timeout=1).close()
                 return self
