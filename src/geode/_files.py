@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
-__all__ = ["create_private_file", "is_private", "xdg_path"]
+__all__ = ["create_private_file", "is_private", "replace_private_file", "xdg_path"]
 
 
 def xdg_path(kind: str, *parts: str) -> Path:
@@ -38,6 +39,28 @@ def create_private_file(path: Path, data: bytes) -> bool:
         f.flush()
         os.fsync(f.fileno())
     return True
+
+
+def replace_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with a file of mode 0600 holding ``data``: written to a
+    temporary file beside it, flushed, renamed over it, and the directory flushed, so a crash
+    leaves the old file or the new one, never a mix. ``OSError`` as the system gives it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def is_private(path: Path) -> bool:

@@ -19,6 +19,7 @@ act on, built in the constructor, and it never contains secret material.
     │   ├── SecretRejected       400: a value that does not fit the secret's type
     │   ├── RecoveryRefused      a recovery share that is not accepted
     │   ├── CoordinatorUnavailable   the Coordinator is in recovery
+    │   ├── JoinRefused          403: a peer Coordinator's evidence does not earn the cluster key
     │   └── StoreConflict        409: another Coordinator changed the shared state first
     ├── StatementError           a deployment statement does not verify
     ├── ClientError              a Coordinator call failed (carries HTTP status and error code)
@@ -42,6 +43,7 @@ __all__ = [
     "EvidenceError",
     "GeodeError",
     "InjectionRefused",
+    "JoinRefused",
     "LaunchError",
     "ManifestConflict",
     "ManifestError",
@@ -191,6 +193,14 @@ class CoordinatorUnavailable(CoordinatorError):
 
     code = "coordinator_unavailable"
     status = 503
+
+
+class JoinRefused(CoordinatorError):
+    """A Coordinator asking for the cluster key was refused: its evidence does not show the
+    same Coordinator package on a trusted platform, bound to its request."""
+
+    code = "join_refused"
+    status = 403
 
 
 class StoreConflict(CoordinatorError):

@@ -21,6 +21,8 @@ from geode.attestation._governance import (
     RECOVERY_TRANSPORT_LABEL,
     audit_entry_hash,
     audit_signing_payload,
+    join_answer_binding,
+    join_request_binding,
     recovery_binding,
     recovery_upload_payload,
 )
@@ -61,6 +63,8 @@ __all__ = [
     "audit_signing_payload",
     "default_platform_key_path",
     "detect_kind",
+    "join_answer_binding",
+    "join_request_binding",
     "key_binding",
     "load_platform_public_key",
     "manifest_signing_payload",

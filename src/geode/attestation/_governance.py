@@ -1,5 +1,6 @@
-"""What the root key and the recovery parties sign for governance, and what binds a recovering
-Coordinator's evidence to its share-receiving key. Each payload is domain-separated from
+"""What the root key and the recovery parties sign for governance, what binds a recovering
+Coordinator's evidence to its share-receiving key, and what binds two Coordinators' evidence to
+the handover of the cluster key between them. Each payload is domain-separated from
 everything else these keys sign (``_evidence`` holds the others)."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ __all__ = [
     "RECOVERY_TRANSPORT_LABEL",
     "audit_entry_hash",
     "audit_signing_payload",
+    "join_answer_binding",
+    "join_request_binding",
     "recovery_binding",
     "recovery_upload_payload",
 ]
@@ -53,3 +56,25 @@ def recovery_upload_payload(party: str, recovery_key_der: bytes, sealed_share: b
         + hashlib.sha256(recovery_key_der).digest()
         + hashlib.sha256(sealed_share).digest()
     )
+
+
+def join_request_binding(newcomer_key_der: bytes, nonce: bytes) -> bytes:
+    """Report data of a Coordinator asking a peer for the cluster key: the key it receives it
+    under, and the peer's nonce."""
+    digest = hashlib.sha256(b"geode join request v1\0" + newcomer_key_der + nonce).digest()
+    return digest + bytes(REPORT_DATA_SIZE - len(digest))
+
+
+def join_answer_binding(
+    peer_key_der: bytes, newcomer_key_der: bytes, nonce: bytes, sealed_key: bytes
+) -> bytes:
+    """Report data of the peer's answer: its key, the newcomer's key and nonce, and the sealed
+    cluster key it sends."""
+    digest = hashlib.sha256(
+        b"geode join answer v1\0"
+        + hashlib.sha256(peer_key_der).digest()
+        + hashlib.sha256(newcomer_key_der).digest()
+        + hashlib.sha256(sealed_key).digest()
+        + nonce
+    ).digest()
+    return digest + bytes(REPORT_DATA_SIZE - len(digest))

@@ -83,6 +83,12 @@ def _duration(value: str) -> datetime.timedelta:
 )
 @click.option("--etcd-prefix", default="/geode", show_default=True, help="Key prefix in etcd.")
 @click.option(
+    "--advertise-addr",
+    metavar="HOST:PORT",
+    help="Where the other Coordinators on the etcd store reach this one's mesh API "
+    "[default: --mesh-addr].",
+)
+@click.option(
     "--etcd-ca",
     type=click.Path(dir_okay=False, path_type=Path),
     help="CA certificate of the etcd servers (TLS).",
@@ -139,6 +145,7 @@ def coordinator(
     data_dir: Path,
     store: str | None,
     etcd_prefix: str,
+    advertise_addr: str | None,
     etcd_ca: Path | None,
     etcd_cert: Path | None,
     etcd_key: Path | None,
@@ -169,13 +176,16 @@ def coordinator(
             )
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--store") from None
-    elif etcd_ca or etcd_cert or etcd_key:
-        raise click.UsageError("--etcd-ca, --etcd-cert and --etcd-key need --store etcd://...")
+    elif etcd_ca or etcd_cert or etcd_key or advertise_addr:
+        raise click.UsageError(
+            "--etcd-ca, --etcd-cert, --etcd-key and --advertise-addr need --store etcd://..."
+        )
     config = CoordinatorConfig(
         data_dir=data_dir,
         etcd=etcd,
         client_addr=_address(client_addr),
         mesh_addr=_address(mesh_addr),
+        advertise_addr=_address(advertise_addr) if advertise_addr else None,
         simulation=simulation,
         sealing_key=sealing_key,
         platform_key=platform_key,

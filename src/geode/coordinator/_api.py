@@ -40,7 +40,7 @@ from geode.coordinator._http import (
     slug,
 )
 from geode.coordinator._persist import GroupCommit
-from geode.errors import ActivationDenied, EvidenceError
+from geode.errors import ActivationDenied, EvidenceError, JoinRefused
 from geode.manifest import MAX_MANIFEST_BYTES
 from geode.pki import certificate_pem
 
@@ -72,6 +72,12 @@ class RenewBody(Body):
     evidence: EvidenceBody
     certificate: Annotated[str, Field(min_length=1, max_length=16 * 1024)]
     proof: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class ClusterKeyBody(Body):
+    nonce: HexNonce
+    public_key: Annotated[str, Field(min_length=1, max_length=512)]
+    evidence: EvidenceBody
 
 
 class _Metrics:
@@ -217,6 +223,22 @@ def build_apps(
             }
         )
 
+    async def post_cluster_key(request: Request) -> Response:
+        body = await json_body(request, ClusterKeyBody)
+        nonce = bytes.fromhex(body.nonce)
+        try:
+            try:
+                evidence = Evidence.from_json(body.evidence.model_dump())
+                newcomer_key = base64.b64decode(body.public_key, validate=True)
+            except (EvidenceError, binascii.Error, ValueError) as exc:
+                coordinator.nonces.consume(nonce)  # one nonce buys one attempt
+                raise JoinRefused(f"invalid request: {exc}") from None
+            answer = coordinator.hand_over_cluster_key(nonce, newcomer_key, evidence)
+        except JoinRefused as exc:
+            log.warning("cluster key refused to %s: %s", _peer(request), exc)
+            raise
+        return JSONResponse(answer)
+
     async def not_found(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
@@ -245,6 +267,7 @@ def build_apps(
             Route(f"{MESH_PREFIX}/nonce", handled(post_nonce), methods=["POST"]),
             Route(f"{MESH_PREFIX}/activate", handled(post_activate), methods=["POST"]),
             Route(f"{MESH_PREFIX}/renew", handled(post_renew), methods=["POST"]),
+            Route(f"{MESH_PREFIX}/cluster-key", handled(post_cluster_key), methods=["POST"]),
             Route(f"{API_PREFIX}/openapi.json", get_openapi, methods=["GET"]),
         ],
         exception_handlers=handlers,
@@ -384,7 +407,14 @@ def openapi_document() -> dict[str, Any]:
     }
     activate_schema = ActivateBody.model_json_schema(ref_template="#/components/schemas/{model}")
     renew_schema = RenewBody.model_json_schema(ref_template="#/components/schemas/{model}")
-    defs = {**activate_schema.pop("$defs", {}), **renew_schema.pop("$defs", {})}
+    cluster_key_schema = ClusterKeyBody.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    defs = {
+        **activate_schema.pop("$defs", {}),
+        **renew_schema.pop("$defs", {}),
+        **cluster_key_schema.pop("$defs", {}),
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Geode Coordinator", "version": "1"},
@@ -463,6 +493,21 @@ def openapi_document() -> dict[str, Any]:
                     "responses": responses("200", 400, 403, 408, 413, 415, 503),
                 }
             },
+            f"{MESH_PREFIX}/cluster-key": {
+                "post": {
+                    "summary": "The cluster key, sealed to a peer Coordinator that attests to "
+                    "the same Coordinator package (evidence over its key and a nonce)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ClusterKeyBody"}
+                            }
+                        },
+                    },
+                    "responses": responses("200", 400, 403, 408, 413, 415, 503),
+                }
+            },
             **governance,
         },
         "components": {
@@ -470,6 +515,7 @@ def openapi_document() -> dict[str, Any]:
                 "Error": _error_schema(),
                 "ActivateBody": activate_schema,
                 "RenewBody": renew_schema,
+                "ClusterKeyBody": cluster_key_schema,
                 **governance_schemas(),
                 **defs,
             },
@@ -481,3 +527,8 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+
+
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "an unknown peer"

@@ -17,6 +17,7 @@ import copy
 import datetime
 import hmac
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -43,6 +44,7 @@ from geode.coordinator._activation import (
     render_activation,
 )
 from geode.coordinator._base import CoordinatorSettings, Pending, PreparedManifest, State
+from geode.coordinator._cluster import CLUSTER_KEY_SIZE, JoinParty, hand_over_cluster_key
 from geode.coordinator._governance import GovernanceMixin
 from geode.coordinator._latest import LatestCertificates
 from geode.coordinator._recovery import RecoverySession, recovery_matches
@@ -54,6 +56,7 @@ from geode.errors import (
     ClaimsMismatch,
     CoordinatorUnavailable,
     EvidenceError,
+    JoinRefused,
     ManifestConflict,
     PKIError,
     RecoveryRefused,
@@ -97,8 +100,9 @@ class Coordinator(GovernanceMixin):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def load(self, blob: bytes | None) -> None:
-        """Unseal ``blob`` or, when there is none, create a fresh root of trust in memory.
+    def load(self, blob: bytes | None, cluster_key: bytes | None = None) -> None:
+        """Unseal ``blob`` (with the sealing key, else the cluster key) or, when there is none,
+        create a fresh root of trust in memory.
 
         A fresh root is saved only together with the first manifest, so the state on disk can
         never be rolled back to "root, but no manifest yet" and handed a different manifest. A
@@ -109,9 +113,12 @@ class Coordinator(GovernanceMixin):
             self._create()
             return
         try:
-            self._sealer, raw = Sealer.unseal(blob, self._sealing_key)
+            sealer, raw = Sealer.unseal(blob, self._sealing_key, cluster_key)
             self._adopt(CoordinatorState.from_bytes(raw, now=self._clock()))
+            self._sealer = self._with_cluster_key(sealer)
         except SealError as exc:
+            self._data = self._keys = self._sealer = None
+            self._set_document(None)
             self.state = State.RECOVERY
             self.recovery_reason = str(exc)
             self._blob = blob
@@ -127,15 +134,16 @@ class Coordinator(GovernanceMixin):
         ``SealError`` leaves the current state as it is."""
         if blob is None or self.state is State.RECOVERY:
             return
-        sealer, raw = Sealer.unseal(blob, self._sealing_key)
+        sealer, raw = Sealer.unseal(blob, self._sealing_key, self.cluster_key)
         data = CoordinatorState.from_bytes(raw, now=self._clock())
         self._adopt(data)
-        self._sealer = sealer
+        self._sealer = self._with_cluster_key(sealer)
 
     def _create(self) -> None:
         root = CertificateAuthority.create_root(clock=self._clock)
         mesh = root.create_intermediate("Geode Mesh CA", clock=self._clock)
-        self._sealer = Sealer(self._sealing_key)
+        cluster_key = os.urandom(CLUSTER_KEY_SIZE)
+        self._sealer = Sealer(self._sealing_key, cluster_key=cluster_key)
         self._adopt(
             CoordinatorState(
                 root_key=private_key_pem(root.key),
@@ -143,8 +151,25 @@ class Coordinator(GovernanceMixin):
                 mesh_key=private_key_pem(mesh.key),
                 mesh_certificate=certificate_pem(mesh.certificate).encode(),
                 created_at=self._clock().isoformat(),
+                cluster_key=cluster_key,
             )
         )
+
+    def _with_cluster_key(self, sealer: Sealer) -> Sealer:
+        """``sealer`` wrapping the data key under the adopted state's cluster key; a state from
+        before cluster keys gets one now (saved with its next write)."""
+        assert self._data is not None
+        if self._data.cluster_key is None:
+            self._data.cluster_key = os.urandom(CLUSTER_KEY_SIZE)
+        elif len(self._data.cluster_key) != CLUSTER_KEY_SIZE:
+            raise SealError("sealed state is inconsistent: its cluster key is not 32 bytes")
+        return sealer.with_cluster_key(self._data.cluster_key)
+
+    @property
+    def cluster_key(self) -> bytes | None:
+        """The key every Coordinator sharing this state holds (``_cluster``); ``None`` in
+        recovery."""
+        return None if self._data is None else self._data.cluster_key
 
     def sealed_state(self) -> bytes:
         """The current state, sealed, ready for the store."""
@@ -454,6 +479,31 @@ class Coordinator(GovernanceMixin):
             "statement_signature": base64.b64encode(statement_signature).decode(),
         }
 
+    # -- cluster key ---------------------------------------------------------------------------
+
+    def join_party(self) -> JoinParty:
+        """This Coordinator as either end of a cluster-key handover (``_cluster``)."""
+        if self.platform is None:
+            raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
+        tee = "simulated" if self.settings.simulation else "unknown"
+        return JoinParty(self.platform, self.measurement, self.verifier, tee)
+
+    def hand_over_cluster_key(
+        self, nonce: bytes, newcomer_key_der: bytes, evidence: Evidence
+    ) -> dict[str, Any]:
+        """The cluster key, sealed to a peer Coordinator that attested to running this same
+        Coordinator package (``_cluster``); ``JoinRefused`` otherwise."""
+        self._require_keys()
+        if not self.nonces.consume(nonce):
+            raise JoinRefused("nonce expired or reused")
+        cluster_key = self.cluster_key
+        assert cluster_key is not None  # an opened state has one
+        answer = hand_over_cluster_key(
+            self.join_party(), cluster_key, nonce, newcomer_key_der, evidence
+        )
+        log.warning("cluster key handed over to a peer Coordinator with the same measurement")
+        return answer
+
     # -- recovery ------------------------------------------------------------------------------
 
     def _require_recovery(self) -> RecoverySession:
@@ -523,8 +573,8 @@ class Coordinator(GovernanceMixin):
                 self._blob, session.data_key(), self._sealing_key
             )
             data = CoordinatorState.from_bytes(raw, now=self._clock())
-            self._sealer = sealer
             self._adopt(data)
+            self._sealer = self._with_cluster_key(sealer)
             # The parties came from the blob's header, which only the state itself vouches
             # for: a state whoever holds its data key built (naming its own party) must not
             # be adopted. Its manifest, now opened and authenticated, must name these parties.

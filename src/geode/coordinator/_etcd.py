@@ -11,6 +11,10 @@ came first the transaction fails and ``save`` raises ``StoreConflict``; nothing 
 update is lost. The failure branch reads the key back: if it already holds our blob (a retried
 request whose first attempt did land, on another endpoint after a timeout), the save succeeded.
 
+Each running Coordinator also lists itself under ``<prefix>/members/<address>`` (where peers
+reach its mesh API), so that a new one knows whom to ask for the cluster key (``_cluster``). A
+killed Coordinator's entry stays until it starts again; asking it fails and the next is asked.
+
 Endpoints are tried in turn, starting with the last one that answered; a transport error or a
 server error (5xx) moves on to the next. Trying a transaction again is safe: it either did not
 apply, or its failure branch finds our own blob. Errors never include the blob or the key's value.
@@ -36,6 +40,7 @@ __all__ = ["ETCD_MAX_BLOB", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
 # JSON framing, so the blob must leave room for them.
 ETCD_MAX_BLOB = 1024 * 1024
 STATE_KEY = "state"
+MEMBERS = "members/"
 
 
 def parse_etcd_url(value: str) -> tuple[tuple[str, int], ...]:
@@ -167,6 +172,30 @@ class EtcdStore:
                 f"the shared state changed (revision {found}, this Coordinator had read "
                 f"{self._revision}); the change was not saved, retry it"
             )
+
+    def register(self, member: str, record: bytes) -> None:
+        """List this Coordinator as ``member`` (its mesh API's HOST:PORT) with ``record``."""
+        with self._lock:
+            self._post("/v3/kv/put", {"key": self._member_key(member), "value": _b64(record)})
+
+    def unregister(self, member: str) -> None:
+        with self._lock:
+            self._post("/v3/kv/deleterange", {"key": self._member_key(member)})
+
+    def members(self) -> dict[str, bytes]:
+        """Every listed Coordinator: its name (HOST:PORT), its record."""
+        prefix = f"{self.settings.prefix.rstrip('/')}/{MEMBERS}".encode()
+        end = prefix[:-1] + bytes([prefix[-1] + 1])  # every key that starts with ``prefix``
+        with self._lock:
+            answer = self._post("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
+        found = {}
+        for kv in answer.get("kvs") or []:
+            name = base64.b64decode(kv.get("key", ""))[len(prefix) :]
+            found[name.decode(errors="replace")] = base64.b64decode(kv.get("value", ""))
+        return found
+
+    def _member_key(self, member: str) -> str:
+        return _b64(f"{self.settings.prefix.rstrip('/')}/{MEMBERS}{member}".encode())
 
     def close(self) -> None:
         self._client.close()

@@ -8,6 +8,10 @@ Sealed blob layout::
     nonce  12 bytes
     AES-256-GCM(state) with the magic, length and header as associated data
 
+The data key may also be wrapped under the deployment's cluster key (``"cluster"`` next to
+``"sealing"``), which every Coordinator sharing the state holds (``_cluster``), so that a
+Coordinator whose own sealing key did not write the header opens it too.
+
 Header version 2 (written when the manifest names recovery keys) adds ``"recovery"``: the
 threshold, and per party its RSA public key, its share of the data key encrypted to that key
 (RSA-OAEP) and a check value of the share (see ``_recovery``). Version 1 headers are still read.
@@ -48,6 +52,7 @@ SEALING_KEY_ENV = "GEODE_SEALING_KEY"
 MAGIC = b"GEODESEALED\0"
 _LEN = struct.Struct(">I")
 _WRAP_AAD = b"geode data key v1"
+_CLUSTER_WRAP_AAD = b"geode data key under the cluster key v1"
 KEY_SIZE = 32
 NONCE_SIZE = 12
 
@@ -125,7 +130,8 @@ class RecoveryHeader:
 class Sealer:
     """Seals and unseals state blobs; keeps one data key for the lifetime of the state.
 
-    ``recovery`` (the data key's shares, for the recovery parties) goes into the header.
+    ``recovery`` (the data key's shares, for the recovery parties) goes into the header, and
+    so does the data key wrapped under ``cluster_key`` when there is one.
     """
 
     def __init__(
@@ -133,10 +139,14 @@ class Sealer:
         sealing_key: bytes,
         data_key: bytes | None = None,
         recovery: RecoveryHeader | None = None,
+        cluster_key: bytes | None = None,
     ) -> None:
         if len(sealing_key) != KEY_SIZE:
             raise SealError("a sealing key has 32 bytes")
+        if cluster_key is not None and len(cluster_key) != KEY_SIZE:
+            raise SealError("a cluster key has 32 bytes")
         self._sealing_key = sealing_key
+        self.cluster_key = cluster_key
         self._sealing = AESGCM(sealing_key)
         self._data_key = data_key or AESGCM.generate_key(bit_length=256)
         self._data = AESGCM(self._data_key)
@@ -150,19 +160,25 @@ class Sealer:
 
     def with_recovery(self, recovery: RecoveryHeader | None) -> Sealer:
         """A sealer for the same data key whose header carries ``recovery``."""
-        return Sealer(self._sealing_key, self._data_key, recovery)
+        return Sealer(self._sealing_key, self._data_key, recovery, self.cluster_key)
+
+    def with_cluster_key(self, cluster_key: bytes | None) -> Sealer:
+        """A sealer for the same data key that also wraps it under ``cluster_key``."""
+        return Sealer(self._sealing_key, self._data_key, self.recovery, cluster_key)
 
     def rekeyed(self) -> Sealer:
         """A sealer with a fresh data key (and no recovery shares yet)."""
-        return Sealer(self._sealing_key)
+        return Sealer(self._sealing_key, cluster_key=self.cluster_key)
 
     def _build_header(self) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         wrapped = nonce + self._sealing.encrypt(nonce, self._data_key, _WRAP_AAD)
-        header: dict[str, Any] = {
-            "version": 1,
-            "wrapped_keys": {"sealing": base64.b64encode(wrapped).decode()},
-        }
+        wraps = {"sealing": base64.b64encode(wrapped).decode()}
+        if self.cluster_key is not None:
+            nonce = os.urandom(NONCE_SIZE)
+            sealed = AESGCM(self.cluster_key).encrypt(nonce, self._data_key, _CLUSTER_WRAP_AAD)
+            wraps["cluster"] = base64.b64encode(nonce + sealed).decode()
+        header: dict[str, Any] = {"version": 1, "wrapped_keys": wraps}
         if self.recovery is not None:
             header["version"] = 2
             header["recovery"] = self.recovery.to_json()
@@ -174,27 +190,26 @@ class Sealer:
         return self._header + nonce + self._data.encrypt(nonce, state, self._header)
 
     @classmethod
-    def unseal(cls, blob: bytes, sealing_key: bytes) -> tuple[Sealer, bytes]:
-        """Open a sealed blob; returns a sealer that keeps its data key, and the state."""
+    def unseal(
+        cls, blob: bytes, sealing_key: bytes, cluster_key: bytes | None = None
+    ) -> tuple[Sealer, bytes]:
+        """Open a sealed blob with the sealing key or, failing that, the cluster key; returns a
+        sealer that keeps its data key (and the cluster key given), and the state."""
         _, header = _parse_header(blob)
         wraps = header.get("wrapped_keys")
-        wrapped_b64 = wraps.get("sealing") if isinstance(wraps, dict) else None
-        if not isinstance(wrapped_b64, str):
+        if not isinstance(wraps, dict) or not isinstance(wraps.get("sealing"), str):
             raise SealError("state file is corrupt: no sealing-key wrap in the header")
-        try:
-            wrapped = base64.b64decode(wrapped_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise SealError("state file is corrupt: wrapped key is not base64") from None
-        try:
-            data_key = AESGCM(sealing_key).decrypt(
-                wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], _WRAP_AAD
-            )
-        except (InvalidTag, ValueError):
+        data_key = _unwrap(wraps["sealing"], sealing_key, _WRAP_AAD)
+        if data_key is None and cluster_key is not None and isinstance(wraps.get("cluster"), str):
+            data_key = _unwrap(wraps["cluster"], cluster_key, _CLUSTER_WRAP_AAD)
+        if data_key is None:
             raise SealError(
                 "the sealing key does not open this state "
                 "(state from another host, or the sealing key changed)"
-            ) from None
-        return cls.unseal_with_data_key(blob, data_key, sealing_key)
+                + ("; neither does this Coordinator's cluster key" if cluster_key else "")
+            )
+        sealer, state = cls.unseal_with_data_key(blob, data_key, sealing_key)
+        return sealer.with_cluster_key(cluster_key), state
 
     @classmethod
     def unseal_with_data_key(
@@ -221,6 +236,18 @@ class Sealer:
     def recovery_header(blob: bytes) -> RecoveryHeader | None:
         """The recovery header of a blob, unauthenticated until the blob is opened."""
         return _read_recovery_header(_parse_header(blob)[1])
+
+
+def _unwrap(wrapped_b64: str, key: bytes, aad: bytes) -> bytes | None:
+    """A wrapped data key opened with ``key``; ``None`` when ``key`` is not the one."""
+    try:
+        wrapped = base64.b64decode(wrapped_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise SealError("state file is corrupt: wrapped key is not base64") from None
+    try:
+        return AESGCM(key).decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], aad)
+    except (InvalidTag, ValueError):
+        return None
 
 
 def _read_recovery_header(header: Mapping[str, Any]) -> RecoveryHeader | None:

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import json
 import logging
+import random
 import signal
 import socket
 import ssl
@@ -21,10 +23,15 @@ import geode
 from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
 from geode.coordinator._api import build_apps
 from geode.coordinator._audit import AuditFile
+from geode.coordinator._cluster import ClusterKeyFile, JoinParty, obtain_cluster_key
 from geode.coordinator._core import Coordinator, CoordinatorSettings, State
 from geode.coordinator._etcd import EtcdSettings, EtcdStore
 from geode.coordinator._persist import GroupCommit
-from geode.coordinator._seal import default_sealing_key_path, load_or_create_sealing_key
+from geode.coordinator._seal import (
+    Sealer,
+    default_sealing_key_path,
+    load_or_create_sealing_key,
+)
 from geode.coordinator._store import DataDirectoryLock, DirectoryStore, StateStore
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
 from geode.errors import GeodeError, SealError, StoreConflict
@@ -78,6 +85,8 @@ class CoordinatorConfig:
     nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
     log_level: str = "info"
     etcd: EtcdSettings | None = None  # the etcd store; None: the state in ``data_dir``
+    # Where peer Coordinators reach this one's mesh API (etcd store); None: ``mesh_addr``.
+    advertise_addr: tuple[str, int] | None = None
 
 
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
@@ -128,11 +137,13 @@ def _open_store(config: CoordinatorConfig) -> StateStore:
 
 
 class _LockedStore:
-    """A shared store used together with a locked local data directory; closes both."""
+    """A shared store used together with a locked local data directory; closes both. It also
+    keeps this Coordinator's membership and its copy of the cluster key (``_cluster``)."""
 
     def __init__(self, store: EtcdStore, lock: DataDirectoryLock) -> None:
         self.store = store
         self._lock = lock
+        self.cluster: _Cluster | None = None
 
     def load(self) -> bytes | None:
         return self.store.load()
@@ -142,9 +153,87 @@ class _LockedStore:
 
     def close(self) -> None:
         try:
+            if self.cluster is not None:
+                self.cluster.unregister()
             self.store.close()
         finally:
             self._lock.close()
+
+
+def advertised_address(config: CoordinatorConfig) -> str:
+    """HOST:PORT where peers reach this Coordinator's mesh API."""
+    host, port = config.advertise_addr or config.mesh_addr
+    if _is_ip(host) and ipaddress.ip_address(host).is_unspecified:
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class _Cluster:
+    """This Coordinator among the others sharing its etcd store: its listing, its copy of the
+    cluster key, and how it obtains the key from a peer (``_cluster``)."""
+
+    def __init__(self, config: CoordinatorConfig, store: EtcdStore, sealing_key: bytes) -> None:
+        self.store = store
+        self.name = advertised_address(config)
+        self.copy = ClusterKeyFile(config.data_dir, sealing_key)
+        self._sealing_key = sealing_key
+
+    def local_key(self) -> bytes | None:
+        try:
+            return self.copy.load()
+        except SealError as exc:
+            log.warning("cluster key copy not used: %s", exc)
+            return None
+
+    def opens(self, blob: bytes, key: bytes | None) -> bool:
+        try:
+            Sealer.unseal(blob, self._sealing_key, key)
+        except SealError:
+            return False
+        return True
+
+    def join(self, blob: bytes, party: JoinParty) -> bytes | None:
+        """The cluster key from a running peer that attests to it; ``None`` if none does."""
+        try:
+            peers = [name for name in self.store.members() if name != self.name]
+        except SealError as exc:
+            log.error("the other Coordinators cannot be listed: %s", exc)
+            return None
+        if not peers:
+            log.error("no other Coordinator is listed in etcd to hand over the cluster key")
+            return None
+        random.shuffle(peers)
+        key, failures = obtain_cluster_key(peers, party, lambda k: self.opens(blob, k))
+        for failure in failures:
+            log.error("cluster key not obtained from %s", failure)
+        return key
+
+    def keep(self, key: bytes | None, previous: bytes | None) -> None:
+        """Seal ``key`` into the local copy when it is new."""
+        if key is not None and key != previous:
+            self.copy.save(key)
+            log.info("cluster key sealed into %s with this host's sealing key", self.copy.path)
+
+    def register(self, coordinator: Coordinator) -> None:
+        record = json.dumps(
+            {"mesh": self.name, "measurement": coordinator.measurement.hex()}
+        ).encode()
+        try:
+            self.store.register(self.name, record)
+        except SealError as exc:
+            log.error("this Coordinator could not list itself in etcd: %s", exc)
+
+    def unregister(self) -> None:
+        with contextlib.suppress(SealError):
+            self.store.unregister(self.name)
 
 
 def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore]:
@@ -180,10 +269,21 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
     )
     try:
         blob = store.load()
+        cluster_key = None
+        if isinstance(store, _LockedStore):
+            cluster = store.cluster = _Cluster(config, store.store, sealing_key)
+            cluster_key = local = cluster.local_key()
+            if blob is not None and not cluster.opens(blob, cluster_key):
+                log.warning("the shared state does not open here yet: asking a peer")
+                cluster_key = cluster.join(blob, coordinator.join_party()) or local
+            coordinator.load(blob, cluster_key)
+            cluster.keep(coordinator.cluster_key, local)
+            cluster.register(coordinator)
+        else:
+            coordinator.load(blob)
     except BaseException:
         store.close()
         raise
-    coordinator.load(blob)
     if blob is None:
         log.info("new deployment: root of trust created (saved with the first manifest)")
         aside = audit.set_aside(coordinator.started_at)
@@ -217,13 +317,32 @@ async def _serve(config: CoordinatorConfig) -> int:
     try:
         tls = ServerTLS(coordinator, *_server_names(config))
 
+        cluster = store.cluster if isinstance(store, _LockedStore) else None
+
         def reload(blob: bytes | None) -> None:
             # Another Coordinator saved first (shared store): serve its state, certificate too.
-            coordinator.reload(blob)
+            try:
+                coordinator.reload(blob)
+            except SealError:
+                # Its cluster key is not ours (two new deployments raced on one store): ours
+                # was never saved, so take the winner's from a peer that attests to it.
+                if cluster is None or blob is None:
+                    raise
+                key = cluster.join(blob, coordinator.join_party())
+                if key is None:
+                    raise
+                before = coordinator.cluster_key
+                coordinator.load(blob, key)
+                cluster.keep(coordinator.cluster_key, before)
             tls.refresh()
 
+        def changed() -> None:
+            tls.refresh()
+            if cluster is not None:  # after a recovery, the state's cluster key is known
+                cluster.keep(coordinator.cluster_key, cluster.local_key())
+
         persist = GroupCommit(coordinator.sealed_state, store, reload=reload)
-        client_app, mesh_app = build_apps(coordinator, persist, on_change=tls.refresh)
+        client_app, mesh_app = build_apps(coordinator, persist, on_change=changed)
 
         servers = []
         for app, (host, port), context, protocol in (

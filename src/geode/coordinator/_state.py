@@ -12,6 +12,9 @@ Version 3 added governance: the log of manifest updates, the pending manifest up
 acknowledgements, and the head of the audit log (with the entries not yet confirmed in the log
 file). A version 1 or 2 state is read with an update log of one entry (the manifest set, if any),
 no pending update and an empty audit log.
+
+``cluster_key`` (optional in every version) is the key the data key is also wrapped under for
+the Coordinators sharing this state (``_cluster``); a state without one gets one when opened.
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ class CoordinatorState:
     updates: list[UpdateRecord] = field(default_factory=list)
     pending_update: PendingUpdate | None = None
     audit: AuditHead = field(default_factory=AuditHead)
+    cluster_key: bytes | None = None
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {
@@ -184,6 +188,7 @@ class CoordinatorState:
             "updates": [u.to_json() for u in self.updates],
             "pending_update": self.pending_update.to_json() if self.pending_update else None,
             "audit": self.audit.to_json(),
+            "cluster_key": _b64(self.cluster_key),
         }
         return json.dumps(doc, separators=(",", ":")).encode()
 
@@ -229,6 +234,7 @@ class CoordinatorState:
                 updates=updates,
                 pending_update=pending_update,
                 audit=audit,
+                cluster_key=_unb64(doc.get("cluster_key")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SealError(f"state is unreadable: {type(exc).__name__}") from None

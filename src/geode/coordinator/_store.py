@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from geode._files import replace_private_file
 from geode.errors import SealError
 
 __all__ = ["DataDirectoryLock", "DirectoryStore", "StateStore"]
@@ -72,19 +73,8 @@ class DirectoryStore:
             raise SealError(f"cannot read {self.path}: {exc.strerror}") from None
 
     def save(self, blob: bytes) -> None:
-        tmp = self.directory / f".{STATE_FILE}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            replace_private_file(self.path, blob)
         except OSError as exc:
             raise SealError(f"cannot write {self.path}: {exc.strerror}") from None
 

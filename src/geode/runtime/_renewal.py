@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from geode._files import replace_private_file
 from geode.errors import ActivationDenied
 from geode.pki import certificate_pem, private_key_pem, utc_now
 from geode.runtime._activation import EvidenceProvider, renew
@@ -37,19 +36,6 @@ def renewal_time(cert: x509.Certificate, received: datetime.datetime) -> datetim
     """When to renew: halfway from when the certificate arrived to when it expires. (Not from
     ``not_valid_before``: certificates are backdated against clock skew.)"""
     return received + (cert.not_valid_after_utc - received) / 2
-
-
-def replace_private(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data`` (mode 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CertificateRenewer:
@@ -93,8 +79,8 @@ class CertificateRenewer:
 
     def renew_now(self) -> None:
         key, chain = renew(self.address, self.chain[0], self.key, self.provider, root=self.root)
-        replace_private(self.key_file, private_key_pem(key))
-        replace_private(self.cert_file, "".join(certificate_pem(c) for c in chain).encode())
+        replace_private_file(self.key_file, private_key_pem(key))
+        replace_private_file(self.cert_file, "".join(certificate_pem(c) for c in chain).encode())
         self.key, self.chain, self.received = key, chain, self.clock()
         self.renewals += 1
         log.info(

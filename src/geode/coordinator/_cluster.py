@@ -1,0 +1,300 @@
+"""The cluster key: how Coordinators sharing one state (the etcd store) all open it, each with
+its own sealing key.
+
+The sealed state's data key is wrapped under the sealing key of the Coordinator that wrote it and
+under the deployment's *cluster key* (``_seal``), which lives inside the state. Each Coordinator
+keeps a copy of the cluster key in its data directory, sealed with its own sealing key
+(``ClusterKeyFile``), so it opens the shared state after a restart without anyone's help.
+
+A Coordinator without a copy that opens the state (a new instance, or one whose copy was lost)
+obtains the cluster key from a running peer, and only by attestation, in both directions:
+
+1. it asks the peer's mesh API for a nonce, makes a fresh P-256 key and evidence binding that
+   key to the nonce (``join_request_binding``), and sends both;
+2. the peer verifies the evidence as it verifies a service's, and requires the same TEE and the
+   same measurement as its own: the same Coordinator package. It then makes a key of its own,
+   encrypts the cluster key to the newcomer's key (ECDH, HKDF-SHA256, AES-256-GCM), and answers
+   with its key, the sealed cluster key and evidence binding all of it to the newcomer's key and
+   nonce (``join_answer_binding``);
+3. the newcomer verifies the peer's evidence the same way (a host cannot hand it a cluster key of
+   its own making), decrypts the key, and keeps it only if it opens the shared state.
+
+The mesh API's TLS certificate is not checked in this exchange: the newcomer cannot know the
+deployment's root before it opens the state. Both ends are authenticated by their evidence, and
+the key only ever travels encrypted to the newcomer's key. When no peer hands the key over, the
+Coordinator starts in ``recovery`` (the recovery parties' shares open the state).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from geode._files import replace_private_file
+from geode.attestation import (
+    Evidence,
+    EvidenceVerifier,
+    ReferenceValues,
+    SimulatedPlatform,
+    join_answer_binding,
+    join_request_binding,
+    match_claims,
+)
+from geode.errors import ClaimsMismatch, EvidenceError, GeodeError, JoinRefused, SealError
+
+__all__ = [
+    "CLUSTER_KEY_FILE",
+    "CLUSTER_KEY_PATH",
+    "CLUSTER_KEY_SIZE",
+    "ClusterKeyFile",
+    "JoinParty",
+    "JoinRequest",
+    "hand_over_cluster_key",
+    "obtain_cluster_key",
+]
+
+log = logging.getLogger("geode.coordinator.cluster")
+
+CLUSTER_KEY_SIZE = 32
+CLUSTER_KEY_FILE = "cluster.key.sealed"
+CLUSTER_KEY_PATH = "/api/v1/mesh/cluster-key"
+_NONCE_PATH = "/api/v1/mesh/nonce"
+_COPY_AAD = b"geode cluster key copy v1"
+_TRANSPORT_AAD = b"geode cluster key transport v1"
+_NONCE_SIZE = 12
+
+
+class ClusterKeyFile:
+    """``<data dir>/cluster.key.sealed``: this Coordinator's copy of the cluster key, sealed
+    (AES-256-GCM) with its own sealing key; mode 0600, replaced atomically."""
+
+    def __init__(self, directory: Path, sealing_key: bytes) -> None:
+        self.path = directory / CLUSTER_KEY_FILE
+        self._sealing = AESGCM(sealing_key)
+
+    def load(self) -> bytes | None:
+        """The cluster key; ``None`` without a copy. ``SealError`` when the copy does not open
+        with this sealing key (another host's, or damaged)."""
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SealError(f"cannot read {self.path}: {exc.strerror}") from None
+        try:
+            key = self._sealing.decrypt(blob[:_NONCE_SIZE], blob[_NONCE_SIZE:], _COPY_AAD)
+        except (InvalidTag, ValueError):
+            raise SealError(
+                f"{self.path} does not open with this sealing key (another host's copy, or damaged)"
+            ) from None
+        if len(key) != CLUSTER_KEY_SIZE:
+            raise SealError(f"{self.path} holds no cluster key")
+        return key
+
+    def save(self, key: bytes) -> None:
+        nonce = os.urandom(_NONCE_SIZE)
+        try:
+            replace_private_file(self.path, nonce + self._sealing.encrypt(nonce, key, _COPY_AAD))
+        except OSError as exc:
+            raise SealError(f"cannot write {self.path}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class JoinParty:
+    """What either end of a handover attests with and checks the other against: its own TEE
+    kind and measurement (the other end must show the same), its quote provider and its
+    evidence verifier."""
+
+    platform: SimulatedPlatform
+    measurement: bytes
+    verifier: EvidenceVerifier
+    tee: str = "simulated"
+
+    def check(self, evidence: Evidence, expected_report_data: bytes, who: str) -> None:
+        """``JoinRefused`` unless ``evidence`` verifies, binds ``expected_report_data``, and
+        shows this party's own TEE and measurement."""
+        try:
+            claims = self.verifier.verify(evidence)
+        except EvidenceError as exc:
+            raise JoinRefused(f"{who}'s evidence does not verify: {exc}") from None
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+            raise JoinRefused(f"{who}'s evidence is malformed") from None
+        if not hmac.compare_digest(claims.report_data, expected_report_data):
+            raise JoinRefused(f"{who}'s evidence is not bound to this exchange")
+        try:
+            match_claims(claims, ReferenceValues(tee=self.tee, measurement=self.measurement.hex()))
+        except ClaimsMismatch as exc:
+            detail = f" ({exc.detail})" if exc.detail else ""
+            raise JoinRefused(
+                f"{who} is not the same Coordinator package: {exc.reason}{detail}"
+            ) from None
+
+
+def _transport_key(
+    own: ec.EllipticCurvePrivateKey, other_der: bytes, newcomer_der: bytes, peer_der: bytes,
+    nonce: bytes,
+) -> AESGCM:  # fmt: skip
+    other = serialization.load_der_public_key(other_der)
+    if not isinstance(other, ec.EllipticCurvePublicKey) or other.curve.name != "secp256r1":
+        raise JoinRefused("the exchange key is not a P-256 key")
+    shared = own.exchange(ec.ECDH(), other)
+    info = (
+        _TRANSPORT_AAD
+        + hashlib.sha256(newcomer_der).digest()
+        + hashlib.sha256(peer_der).digest()
+        + nonce
+    )
+    return AESGCM(HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(shared))
+
+
+def _public_der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(value: Any, name: str) -> bytes:
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        raise JoinRefused(f"{name}: not base64") from None
+
+
+def hand_over_cluster_key(
+    party: JoinParty, cluster_key: bytes, nonce: bytes, newcomer_der: bytes, evidence: Evidence
+) -> dict[str, Any]:
+    """The peer's side: the answer to a newcomer that attested with ``evidence`` over its key
+    and this peer's ``nonce`` (already consumed); ``JoinRefused`` when it does not earn it."""
+    party.check(evidence, join_request_binding(newcomer_der, nonce), "the newcomer")
+    own = ec.generate_private_key(ec.SECP256R1())
+    peer_der = _public_der(own)
+    sealing = _transport_key(own, newcomer_der, newcomer_der, peer_der, nonce)
+    iv = os.urandom(_NONCE_SIZE)
+    sealed = iv + sealing.encrypt(iv, cluster_key, _TRANSPORT_AAD)
+    answer = party.platform.quote(
+        party.measurement, join_answer_binding(peer_der, newcomer_der, nonce, sealed)
+    )
+    return {
+        "public_key": _b64(peer_der),
+        "sealed_key": _b64(sealed),
+        "evidence": answer.to_json(),
+    }
+
+
+class JoinRequest:
+    """The newcomer's side of one handover: its fresh key, and evidence binding the key to the
+    peer's nonce."""
+
+    def __init__(self, party: JoinParty, nonce: bytes) -> None:
+        self.party = party
+        self.nonce = nonce
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self.public_der = _public_der(self._key)
+        self.evidence = party.platform.quote(
+            party.measurement, join_request_binding(self.public_der, nonce)
+        )
+
+    def body(self) -> dict[str, Any]:
+        """What is posted to the peer's ``cluster-key`` endpoint."""
+        return {
+            "nonce": self.nonce.hex(),
+            "public_key": _b64(self.public_der),
+            "evidence": self.evidence.to_json(),
+        }
+
+    def open(self, answer: Any) -> bytes:
+        """The cluster key from the peer's answer, once its evidence shows the same package and
+        binds its key, this request and the sealed key; ``JoinRefused`` otherwise."""
+        try:
+            peer_der = _unb64(answer["public_key"], "public_key")
+            sealed = _unb64(answer["sealed_key"], "sealed_key")
+            evidence = Evidence.from_json(answer["evidence"])
+        except (KeyError, TypeError, EvidenceError) as exc:
+            raise JoinRefused(f"the peer's answer is malformed: {exc}") from None
+        binding = join_answer_binding(peer_der, self.public_der, self.nonce, sealed)
+        self.party.check(evidence, binding, "the peer")
+        opening = _transport_key(self._key, peer_der, self.public_der, peer_der, self.nonce)
+        try:
+            key = opening.decrypt(sealed[:_NONCE_SIZE], sealed[_NONCE_SIZE:], _TRANSPORT_AAD)
+        except (InvalidTag, ValueError):
+            raise JoinRefused("the sealed cluster key does not open") from None
+        if len(key) != CLUSTER_KEY_SIZE:
+            raise JoinRefused("the peer sent no cluster key")
+        return key
+
+
+def _request_from(peer: str, party: JoinParty, timeout: float) -> bytes:
+    """Ask one peer (HOST:PORT of its mesh API) for the cluster key: the key, or ``GeodeError``
+    (``JoinRefused`` for a refusal either way) saying why not."""
+    # verify=False: see the module docstring (both ends are authenticated by evidence).
+    with httpx.Client(verify=False, timeout=timeout) as client:  # noqa: S501
+        try:
+            nonce = bytes.fromhex(_answer(client.post(f"https://{peer}{_NONCE_PATH}"))["nonce"])
+            request = JoinRequest(party, nonce)
+            answer = _answer(client.post(f"https://{peer}{CLUSTER_KEY_PATH}", json=request.body()))
+        except httpx.HTTPError as exc:
+            raise GeodeError(f"unreachable ({type(exc).__name__})") from None
+        except (KeyError, TypeError, ValueError):
+            raise GeodeError("not a Coordinator's answer") from None
+    return request.open(answer)
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    """The JSON answer of a 200; ``JoinRefused`` with the peer's message for a 403."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise GeodeError(f"HTTP {response.status_code}, not JSON")
+    if response.status_code == 403:
+        raise JoinRefused(f"refused: {body.get('message', 'no reason given')}")
+    if response.status_code != 200:
+        raise GeodeError(
+            f"HTTP {response.status_code}: {body.get('message', body.get('error', '?'))}"
+        )
+    return body
+
+
+def obtain_cluster_key(
+    peers: Sequence[str],
+    party: JoinParty,
+    opens: Callable[[bytes], bool],
+    *,
+    timeout: float = 10.0,
+) -> tuple[bytes | None, list[str]]:
+    """Ask ``peers`` in turn for the cluster key until one hands over a key that ``opens(key)``
+    accepts (it opens the shared state). Returns that key (or ``None``) and one line per peer
+    that did not give it."""
+    failures = []
+    for peer in peers:
+        try:
+            key = _request_from(peer, party, timeout)
+        except GeodeError as exc:
+            failures.append(f"{peer}: {exc}")
+            continue
+        if not opens(key):
+            failures.append(f"{peer}: its cluster key does not open the shared state")
+            continue
+        log.info("obtained the cluster key from %s after mutual attestation", peer)
+        return key, failures
+    return None, failures

@@ -1,0 +1,139 @@
+"""Coordinators with their own sealing keys on one etcd store: a newcomer obtains the cluster key
+from a running peer by mutual attestation, keeps it sealed with its own key, and a Coordinator
+of another package gets nothing (real processes, real etcd)."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import geode
+from geode.attestation import measure_bundle
+from geode.errors import ActivationDenied, ClientError
+from tests.conftest import StartCoordinator
+from tests.e2e.test_etcd_coordinators import _activate, _root, _set_manifest
+from tests.etcd_support import EtcdServer
+from tests.support import CoordinatorProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def _own_key(tmp_path: Path, name: str) -> tuple[str, str]:
+    return "--sealing-key", str(tmp_path / "keys" / f"{name}.key")
+
+
+def test_a_newcomer_obtains_the_cluster_key_from_a_peer_and_keeps_it(
+    start_coordinator: StartCoordinator,
+    etcd: EtcdServer,
+    bundle: Path,
+    geode_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    store = ("--store", etcd.url)
+    a = start_coordinator(tmp_path / "data-a", *store, *_own_key(tmp_path, "a"))
+    _set_manifest(a, bundle, max_activations=2)
+    _activate(a, bundle, geode_env)
+
+    # b's sealing key opens nothing of a's: it asks a, and both attest.
+    b = start_coordinator(tmp_path / "data-b", *store, *_own_key(tmp_path, "b"))
+    assert b.status()["state"] == "active"
+    assert _root(b) == _root(a)
+    assert f"obtained the cluster key from {a.mesh_addr}" in b.log()
+    assert "cluster key handed over to a peer Coordinator" in a.log()
+    copy = tmp_path / "data-b" / "cluster.key.sealed"
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    _activate(b, bundle, geode_env)  # the second of two: counted on the shared state
+    with pytest.raises(ActivationDenied, match="max_activations reached"):
+        _activate(a, bundle, geode_env)
+
+    # Alone, b opens the shared state after a restart with its own sealed copy.
+    assert a.stop() == 0
+    assert b.stop() == 0
+    again = start_coordinator(tmp_path / "data-b", *store, *_own_key(tmp_path, "b"))
+    assert again.status()["state"] == "active"
+    assert "asking a peer" not in again.log()
+    assert again.status()["activations"] == {"web": 2}
+
+
+def _modified_geode(directory: Path) -> dict[str, str]:
+    """PYTHONPATH for a copy of the geode package with one changed byte of code: another
+    Coordinator package, hence another measurement."""
+    target = directory / "geode"
+    shutil.copytree(
+        Path(geode.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    with (target / "_files.py").open("a") as f:
+        f.write("\n# a modified Coordinator\n")
+    assert measure_bundle(target) != measure_bundle(Path(geode.__file__).parent)
+    return {"PYTHONPATH": str(directory)}
+
+
+def test_another_package_gets_no_key_and_no_peer_means_recovery(
+    start_coordinator: StartCoordinator,
+    etcd: EtcdServer,
+    bundle: Path,
+    geode_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    store = ("--store", etcd.url)
+    a = start_coordinator(tmp_path / "data-a", *store, *_own_key(tmp_path, "a"))
+    _set_manifest(a, bundle)
+
+    env = {**geode_env, **_modified_geode(tmp_path / "modified")}
+    found = subprocess.run(
+        [sys.executable, "-c", "import geode; print(geode.__file__)"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert found.startswith(str(tmp_path / "modified"))
+    other = CoordinatorProcess(
+        tmp_path / "data-m", env, tmp_path / "modified.log", *store, *_own_key(tmp_path, "m")
+    )
+    try:
+        other.start()
+        status = other.status()
+        assert status["state"] == "recovery"
+        assert "not the same Coordinator package: measurement mismatch" in other.log()
+        assert "cluster key refused to" in a.log()
+        assert "measurement mismatch" in a.log()
+        assert not (tmp_path / "data-m" / "cluster.key.sealed").exists()
+    finally:
+        other.stop()
+    assert a.status()["state"] == "active"  # the refusal changed nothing for a
+
+    # Every Coordinator that held the key is gone: a new sealing key has nobody to ask.
+    assert a.stop() == 0
+    newcomer = start_coordinator(tmp_path / "data-n", *store, *_own_key(tmp_path, "n"))
+    assert newcomer.status()["state"] == "recovery"
+    assert "no other Coordinator is listed in etcd" in newcomer.log()
+    assert not (tmp_path / "data-n" / "cluster.key.sealed").exists()
+
+
+def test_two_new_deployments_racing_on_one_store_end_as_one(
+    start_coordinator: StartCoordinator,
+    etcd: EtcdServer,
+    bundle: Path,
+    geode_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # Both start on an empty store, each with its own root and cluster key in memory.
+    store = ("--store", etcd.url)
+    a = start_coordinator(tmp_path / "data-a", *store, *_own_key(tmp_path, "a"))
+    b = start_coordinator(tmp_path / "data-b", *store, *_own_key(tmp_path, "b"))
+    assert _root(a) != _root(b)
+    _set_manifest(a, bundle, max_activations=3)
+    with pytest.raises(ClientError) as conflict:
+        _set_manifest(b, bundle)
+    assert (conflict.value.status, conflict.value.code) == (409, "store_conflict")
+    # b lost: a's state does not open with b's keys, so b obtained a's cluster key from a.
+    assert f"obtained the cluster key from {a.mesh_addr}" in b.log()
+    assert _root(b) == _root(a)
+    _activate(b, bundle, geode_env)
+    _activate(a, bundle, geode_env)
+    assert a.status()["activations"] == {"web": 2}
+    _activate(b, bundle, geode_env)  # b was behind a: it reads the state again and retries
+    assert b.status()["activations"] == {"web": 3}
