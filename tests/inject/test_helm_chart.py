@@ -314,9 +314,15 @@ def test_etcd_settings_are_off_by_default_and_accepted_by_the_coordinator() -> N
         "name": "etcd-tls",
         "secret": {"secretName": "geode-etcd-client", "defaultMode": 0o440},
     } in volumes
-    assert "not yet hand the sealing key" in rendered.notes
+    assert "each with its own sealing key" in rendered.notes
+    # Peers reach a replica at its own name under the headless Service.
+    advertised = command[command.index("--advertise-addr") + 1]
+    assert advertised == "$(GEODE_POD_NAME).geode-headless.geode.svc.cluster.local:2001"
+    env = {e["name"]: e for e in rendered.coordinator()["env"]}
+    assert env["GEODE_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     params = _parse(cli.commands["coordinator"], command[2:])
     assert params["store"] == store
+    assert params["advertise_addr"] == advertised
     assert params["etcd_prefix"] == "/geode"
     assert str(params["etcd_key"]) == "/etc/geode/etcd/tls.key"
 

@@ -81,6 +81,10 @@ with the client certificate when TLS is on (docs/coordinator.md, Stores). */}}
 {{- fail "coordinator.store.etcd.endpoints: list the etcd members (host:port) with coordinator.store.type=etcd" -}}
 {{- end -}}
 {{- $args := list "--store" (printf "etcd://%s" (join "," $etcd.endpoints)) "--etcd-prefix" $etcd.prefix -}}
+{{- /* Peers reach each replica's mesh API at its stable name (the headless Service); the
+       kubelet expands $(GEODE_POD_NAME) from the container's environment. */ -}}
+{{- $peer := printf "$(GEODE_POD_NAME).%s-headless.%s.svc.%s:%d" (include "geode.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.coordinator.ports.mesh) -}}
+{{- $args = concat $args (list "--advertise-addr" $peer) -}}
 {{- if $etcd.tls.enabled -}}
 {{- $args = concat $args (list "--etcd-ca" "/etc/geode/etcd/ca.crt" "--etcd-cert" "/etc/geode/etcd/tls.crt" "--etcd-key" "/etc/geode/etcd/tls.key") -}}
 {{- end -}}
