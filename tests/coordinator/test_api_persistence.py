@@ -353,3 +353,40 @@ def test_changes_waiting_behind_a_lost_compare_and_swap_get_the_conflict_too() -
     assert asyncio.run(both()) == ["conflict", "conflict"]
     assert events == ["save", "undo a", "load", "undo b", "reload"]
     assert state == {"count": 5}
+
+
+def test_following_the_store_adopts_its_state_unless_a_write_is_under_way() -> None:
+    state = {"count": 1}
+    events: list[str] = []
+
+    class SharedStore:
+        def load(self) -> bytes:
+            events.append("load")
+            return json.dumps({"count": 7}).encode()
+
+        def save(self, blob: bytes) -> None:
+            time.sleep(0.1)
+            events.append("save")
+
+        def close(self) -> None:
+            pass
+
+    def reload(blob: bytes | None) -> None:
+        events.append("reload")
+        state.update(json.loads(blob or b"{}"))
+
+    commit = GroupCommit(lambda: json.dumps(state).encode(), SharedStore(), reload=reload)
+
+    async def run() -> list[bool]:
+        unchanged = await commit.follow(lambda: False)
+        state["count"] += 1
+        write = asyncio.create_task(commit.commit())
+        await asyncio.sleep(0.03)  # the write is under way: following waits for another time
+        during = await commit.follow(lambda: True)
+        await write
+        after = await commit.follow(lambda: True)
+        return [unchanged, during, after]
+
+    assert asyncio.run(run()) == [False, False, True]
+    assert events == ["save", "load", "reload"]
+    assert state == {"count": 7}

@@ -83,6 +83,12 @@ def _duration(value: str) -> datetime.timedelta:
 )
 @click.option("--etcd-prefix", default="/geode", show_default=True, help="Key prefix in etcd.")
 @click.option(
+    "--etcd-poll",
+    default="1s",
+    show_default=True,
+    help="How often to check etcd for a state another Coordinator saved.",
+)
+@click.option(
     "--advertise-addr",
     metavar="HOST:PORT",
     help="Where the other Coordinators on the etcd store reach this one's mesh API "
@@ -145,6 +151,7 @@ def coordinator(
     data_dir: Path,
     store: str | None,
     etcd_prefix: str,
+    etcd_poll: str,
     advertise_addr: str | None,
     etcd_ca: Path | None,
     etcd_cert: Path | None,
@@ -186,6 +193,7 @@ def coordinator(
         client_addr=_address(client_addr),
         mesh_addr=_address(mesh_addr),
         advertise_addr=_address(advertise_addr) if advertise_addr else None,
+        etcd_poll=_duration(etcd_poll),
         simulation=simulation,
         sealing_key=sealing_key,
         platform_key=platform_key,

@@ -135,6 +135,14 @@ class EtcdStore:
             self._revision = int(kvs[0].get("mod_revision", 0))
             return base64.b64decode(kvs[0].get("value", ""))
 
+    def moved_on(self) -> bool:
+        """Whether the state's mod_revision in etcd differs from the one this store last read
+        or wrote (a keys-only read: the blob does not travel)."""
+        with self._lock:
+            answer = self._post("/v3/kv/range", {"key": self._key, "keys_only": True})
+            kvs = answer.get("kvs") or []
+            return int(kvs[0].get("mod_revision", 0)) != self._revision if kvs else False
+
     def save(self, blob: bytes) -> None:
         if len(blob) > ETCD_MAX_BLOB:
             raise SealError(

@@ -84,6 +84,19 @@ class GroupCommit:
             else:
                 waiter.set_result(None)
 
+    async def follow(self, moved_on: Callable[[], bool]) -> bool:
+        """Adopt the store's state when ``moved_on()`` (run in a thread) says another
+        Coordinator saved since this one last read or wrote it, so that reads here catch up
+        without waiting for a conflict. Does nothing while a write is under way or changes wait
+        for one (that write finds out anyway). True when a newer state was read."""
+        if self._reload is None or self._pending is not None or self._disk.locked():
+            return False
+        async with self._disk:
+            if not await asyncio.to_thread(moved_on):
+                return False
+            await self._read_again()
+            return True
+
     async def _read_again(self) -> None:
         """After a lost compare-and-swap: adopt the state the store holds now (the caller holds
         ``_disk``). A failure here is logged; the next write then conflicts and tries again."""

@@ -87,6 +87,8 @@ class CoordinatorConfig:
     etcd: EtcdSettings | None = None  # the etcd store; None: the state in ``data_dir``
     # Where peer Coordinators reach this one's mesh API (etcd store); None: ``mesh_addr``.
     advertise_addr: tuple[str, int] | None = None
+    # How often a Coordinator on etcd checks whether another one saved (reads catch up).
+    etcd_poll: datetime.timedelta = datetime.timedelta(seconds=1)
 
 
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
@@ -389,13 +391,34 @@ async def _serve(config: CoordinatorConfig) -> int:
             *config.mesh_addr,
         )
         tasks = [asyncio.create_task(server.serve()) for server in servers]
+        follower = None
+        if cluster is not None:
+            interval = config.etcd_poll.total_seconds()
+            follower = asyncio.create_task(_follow(cluster.store, persist, interval))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop()
+        if follower is not None:
+            follower.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         failed = [s for s in servers if not s.started]
         return 1 if failed else 0
     finally:
         store.close()
+
+
+async def _follow(store: EtcdStore, persist: GroupCommit, interval: float) -> None:
+    """Every ``interval`` seconds, adopt what another Coordinator saved to etcd."""
+    failing = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await persist.follow(store.moved_on)
+        except SealError as exc:
+            if not failing:  # once per outage, not once per second
+                log.warning("etcd cannot be read to follow the other Coordinators: %s", exc)
+            failing = True
+        else:
+            failing = False
 
 
 def serve(config: CoordinatorConfig) -> int:
