@@ -43,6 +43,18 @@ def manifest(**web: object) -> bytes:
     ).encode()
 
 
+class ConflictingStore(FlakyStore):
+    """Also loses the compare-and-swap of its next ``conflicts`` saves."""
+
+    conflicts = 0
+
+    def save(self, blob: bytes) -> None:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise StoreConflict("the shared state changed")
+        super().save(blob)
+
+
 class Harness:
     def __init__(self) -> None:
         self.platform = SimulatedPlatform.generate()
@@ -55,9 +67,10 @@ class Harness:
             self.sealing_key,
         )
         self.coordinator.load(None)
-        self.store = FlakyStore()
+        self.store = ConflictingStore()
         client, mesh = build_apps(
-            self.coordinator, GroupCommit(self.coordinator.sealed_state, self.store)
+            self.coordinator,
+            GroupCommit(self.coordinator.sealed_state, self.store, reload=self.coordinator.reload),
         )
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=client), base_url="https://client"
@@ -390,3 +403,25 @@ def test_following_the_store_adopts_its_state_unless_a_write_is_under_way() -> N
     assert asyncio.run(run()) == [False, False, True]
     assert events == ["save", "load", "reload"]
     assert state == {"count": 7}
+
+
+def test_an_activation_that_loses_a_compare_and_swap_is_decided_again() -> None:
+    async def scenario() -> None:
+        h = Harness()
+        manifest_set = await h.client.post("/api/v1/manifest", content=manifest(max_activations=2))
+        assert manifest_set.status_code == 201
+        h.store.conflicts = 2  # the first two saves lose: the third attempt is saved
+        ok = await h.activate()
+        assert ok.status_code == 200, ok.text
+        assert h.coordinator.status()["activations"] == {"web": 1}
+        metrics = (await h.client.get("/metrics")).text
+        assert "geode_store_retries_total 2.0" in metrics
+        # Every attempt losing: the caller gets the conflict, and nothing was counted.
+        h.store.conflicts = 5
+        lost = await h.activate()
+        assert (lost.status_code, lost.json()["error"]) == (409, "store_conflict")
+        assert h.coordinator.status()["activations"] == {"web": 1}
+        _, raw = Sealer.unseal(h.store.blobs[-1], h.sealing_key)
+        assert json.loads(raw)["activations"] == {"web": 1}
+
+    run(scenario())

@@ -10,10 +10,11 @@ import asyncio
 import base64
 import binascii
 import logging
+import random
 import re
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -27,7 +28,7 @@ from starlette.routing import Route
 from geode.attestation import Evidence
 from geode.coordinator._activation import ActivationRequest, RenewalRequest
 from geode.coordinator._api_governance import Governor, governance_routes, governance_schemas
-from geode.coordinator._core import Coordinator
+from geode.coordinator._core import Coordinator, Pending
 from geode.coordinator._http import (
     BODY_TIMEOUT,
     MAX_JSON_BODY,
@@ -40,7 +41,7 @@ from geode.coordinator._http import (
     slug,
 )
 from geode.coordinator._persist import GroupCommit
-from geode.errors import ActivationDenied, EvidenceError, JoinRefused
+from geode.errors import ActivationDenied, EvidenceError, JoinRefused, StoreConflict
 from geode.manifest import MAX_MANIFEST_BYTES
 from geode.pki import certificate_pem
 
@@ -50,6 +51,11 @@ log = logging.getLogger("geode.coordinator.api")
 
 API_PREFIX = "/api/v1"
 MESH_PREFIX = "/api/v1/mesh"
+
+# Attempts of an activation or renewal whose save loses a compare-and-swap on a shared store.
+STORE_ATTEMPTS = 5
+
+T = TypeVar("T")
 
 HexNonce = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -97,6 +103,11 @@ class _Metrics:
         )
         self.renewals = Counter(
             "geode_renewals", "Certificate renewals by outcome", ["outcome"], registry=self.registry
+        )
+        self.store_retries = Counter(
+            "geode_store_retries",
+            "Activations and renewals decided again after losing a compare-and-swap",
+            registry=self.registry,
         )
         self.manifest_sets = Counter(
             "geode_manifest_sets", "Manifests accepted", registry=self.registry
@@ -162,6 +173,23 @@ def build_apps(
         nonce, expiry = coordinator.issue_nonce()
         return JSONResponse({"nonce": nonce.hex(), "expires_at": expiry.isoformat()})
 
+    async def _retried(attempt: Callable[[bool], Pending[T]]) -> T:
+        """Make and save a change; when the save loses a compare-and-swap (another Coordinator
+        saved first), the state has been read again and the change is decided anew on it, up
+        to ``STORE_ATTEMPTS`` times (the nonce was spent by the first attempt)."""
+        for number in range(1, STORE_ATTEMPTS + 1):
+            pending = attempt(number > 1)
+            try:
+                await persist.commit(pending.revert)
+            except StoreConflict:
+                if number == STORE_ATTEMPTS:
+                    raise
+                metrics.store_retries.inc()
+                await asyncio.sleep(random.uniform(0, 0.002 * number))  # desynchronise
+                continue
+            return pending.value
+        raise AssertionError("unreachable")
+
     async def post_activate(request: Request) -> Response:
         started = time.perf_counter()
         body = await json_body(request, ActivateBody)
@@ -175,14 +203,11 @@ def build_apps(
             except EvidenceError as exc:
                 coordinator.nonces.consume(nonce)  # one nonce buys one attempt
                 raise ActivationDenied("invalid evidence", str(exc)) from None
-            pending = coordinator.activate(
-                ActivationRequest(body.service, nonce, body.csr, evidence)
-            )
+            wanted = ActivationRequest(body.service, nonce, body.csr, evidence)
             # If the write fails, nothing of this activation is on disk: the writer undoes it.
             # (A cancelled request keeps its count: its write may still land, and
             # over-counting is the safe side of max_activations.)
-            await persist.commit(pending.revert)
-            result = pending.value
+            result = await _retried(lambda spent: coordinator.activate(wanted, nonce_spent=spent))
         except ActivationDenied as exc:
             metrics.activations.labels(label, slug(exc.reason)).inc()
             log.warning("activation of %s denied: %s", label, exc)
@@ -201,14 +226,11 @@ def build_apps(
             except (EvidenceError, binascii.Error, ValueError) as exc:
                 coordinator.nonces.consume(nonce)  # one nonce buys one attempt
                 raise ActivationDenied("invalid renewal request", str(exc)) from None
-            pending = coordinator.renew(
-                RenewalRequest(nonce, body.csr, evidence, body.certificate, proof)
-            )
+            renewal = RenewalRequest(nonce, body.csr, evidence, body.certificate, proof)
             # If the write fails, the writer undoes the renewal: the presented certificate
             # stays the instance's latest. (A cancelled request keeps the new one: its write
             # may still land, and refusing the old certificate is the safe side.)
-            await persist.commit(pending.revert)
-            leaf = pending.value
+            leaf = await _retried(lambda spent: coordinator.renew(renewal, nonce_spent=spent))
         except ActivationDenied as exc:
             metrics.renewals.labels(slug(exc.reason)).inc()
             log.warning("renewal denied: %s", exc)

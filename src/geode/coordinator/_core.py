@@ -332,11 +332,15 @@ class Coordinator(GovernanceMixin):
         )
         return document, data, public_key
 
-    def activate(self, request: ActivationRequest) -> Pending[ActivationResult]:
-        """Verify an instance and hand out its identity; raises ``ActivationDenied``."""
+    def activate(
+        self, request: ActivationRequest, *, nonce_spent: bool = False
+    ) -> Pending[ActivationResult]:
+        """Verify an instance and hand out its identity; raises ``ActivationDenied``.
+        ``nonce_spent``: the same request again, after its first attempt was undone (a lost
+        compare-and-swap on a shared store); its nonce was consumed by that attempt."""
         keys = self._require_keys()
         document, data, public_key = self._verify_instance(
-            request.service, request.nonce, request.csr, request.evidence
+            request.service, request.nonce, request.csr, request.evidence, nonce_spent=nonce_spent
         )
         manifest = document.manifest
         service = manifest.services[request.service]
@@ -381,14 +385,17 @@ class Coordinator(GovernanceMixin):
 
         return Pending(result, revert)
 
-    def renew(self, request: RenewalRequest) -> Pending[x509.Certificate]:
+    def renew(
+        self, request: RenewalRequest, *, nonce_spent: bool = False
+    ) -> Pending[x509.Certificate]:
         """A fresh leaf for a running instance: the same checks as an activation, plus its
         current certificate (valid, from the current mesh CA, for this service, and the latest
         issued to the instance) and a proof that it holds that certificate's key. Keeps the
         instance id; counts no activation; the new leaf becomes the instance's latest, so the
-        presented one can never renew again."""
+        presented one can never renew again. ``nonce_spent`` as for ``activate``."""
         keys = self._require_keys()
-        if not self.nonces.consume(request.nonce):  # first: one nonce buys one attempt
+        # First: one nonce buys one attempt.
+        if not nonce_spent and not self.nonces.consume(request.nonce):
             raise ActivationDenied("nonce expired or reused")
         try:
             current = load_certificate(request.certificate, "certificate")
