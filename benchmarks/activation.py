@@ -36,12 +36,14 @@ side was the bottleneck); and the number of sealed-state writes (renames of ``st
 counted with inotify), which shows how well concurrent activations share one fsync.
 
 Several Coordinators (``--coordinators N --store etcd``): one etcd is started for the run (temp
-dir, free loopback ports) and the Coordinators run with ``--store etcd://...`` on it, sharing one
-sealing key file and platform key, each with its own data directory. The manifest is set once,
-through the first. The load runs twice in the same run: on 1 Coordinator, then with the clients
-spread round robin over N (the others are started after the first phase, so they read the current
-state). Like the runtime, a client tries an activation again, with a new nonce, on 409
-``store_conflict``, up to three attempts; a conflict still there after the third is an error.
+dir, free loopback ports) and the Coordinators run with ``--store etcd://...`` on it, sharing the
+platform key, each with its own data directory and sealing key: the ones started after the first
+obtain the cluster key from it by attestation. The manifest is set once, through the first. The
+load runs twice in the same run: on 1 Coordinator, then with the clients spread round robin over
+N (the others are started after the first phase, so they read the current state). A Coordinator
+decides an activation that lost a compare-and-swap again itself (up to five attempts); like the
+runtime, a client then tries again, with a new nonce, on 409 ``store_conflict``, up to three
+attempts; a conflict still there after the third is an error.
 Reported per phase: activations/s, latency, errors, conflicts tried again and not absorbed, CPU
 of all Coordinators and of etcd per activation; and the ratio N/1 of activations/s. Sealed writes
 are not observable with etcd (the state is not a file).
@@ -431,7 +433,8 @@ def benchmark(args: argparse.Namespace, command: str) -> Report:
                 log(f"starting etcd in {etcd.directory} ...")
                 etcd.start()
                 store_args = ("--store", etcd.url, "--etcd-prefix", ETCD_PREFIX)
-            # All Coordinators share base's sealing key and platform key; each has its data dir.
+            # All Coordinators share base's platform key; each has its data dir, and those after
+            # the first their own sealing key (they obtain the cluster key from the first).
             coordinators.append(CoordinatorProcess(base, *store_args, name="1"))
             log(f"starting the Coordinator in {base} (store: {args.store}) ...")
             coordinators[0].start()
@@ -440,7 +443,9 @@ def benchmark(args: argparse.Namespace, command: str) -> Report:
             for count in counts:
                 # Those started now read the store after the manifest and the phases before.
                 while len(coordinators) < count:
-                    extra = CoordinatorProcess(base, *store_args, name=str(len(coordinators) + 1))
+                    name = str(len(coordinators) + 1)
+                    own_key = ("--sealing-key", str(base / "keys" / f"sealing-{name}.key"))
+                    extra = CoordinatorProcess(base, *store_args, *own_key, name=name)
                     coordinators.append(extra)
                     extra.start()
                 log(
@@ -526,8 +531,8 @@ def print_report(report: Report) -> None:
         f"cryptography {machine.cryptography}",
         f"  clients        {report.clients} concurrent, one keep-alive TLS connection each, "
         f"in {report.workers} worker processes (asyncio + uvloop, {report.http} HTTP/1.1)",
-        f"  store          {report.store}, {report.coordinators} Coordinator(s) sharing one "
-        "sealing key and platform key, clients spread over them round robin",
+        f"  store          {report.store}, {report.coordinators} Coordinator(s), each with its "
+        "own sealing key, sharing the platform key; clients spread over them round robin",
         f"  precomputed    {report.precomputed}",
         f"  activations    {report.ok} ok, {report.errors} errors, in {report.seconds:.2f} s",
         f"  throughput     {report.activations_per_s:.1f} activations/s",

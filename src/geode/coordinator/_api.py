@@ -185,7 +185,7 @@ def build_apps(
                 if number == STORE_ATTEMPTS:
                     raise
                 metrics.store_retries.inc()
-                await asyncio.sleep(random.uniform(0, 0.002 * number))  # desynchronise
+                await asyncio.sleep(random.uniform(0, 0.005 * 2 ** (number - 1)))  # back off
                 continue
             return pending.value
         raise AssertionError("unreachable")
