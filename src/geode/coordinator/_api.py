@@ -13,7 +13,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -45,7 +45,7 @@ from geode.errors import ActivationDenied, EvidenceError, JoinRefused, StoreConf
 from geode.manifest import MAX_MANIFEST_BYTES
 from geode.pki import certificate_pem
 
-__all__ = ["API_PREFIX", "MESH_PREFIX", "build_apps", "openapi_document"]
+__all__ = ["API_PREFIX", "MESH_PREFIX", "Forward", "build_apps", "openapi_document"]
 
 log = logging.getLogger("geode.coordinator.api")
 
@@ -114,18 +114,25 @@ class _Metrics:
         )
 
 
+# Passes a validated activation or renewal (the request, its raw body) on to the Coordinator
+# that writes them; its answer, or ``None`` to handle the request here.
+Forward = Callable[[Request, bytes], Awaitable[Response | None]]
+
+
 def build_apps(
     coordinator: Coordinator,
     persist: GroupCommit,
     *,
     body_timeout: float = BODY_TIMEOUT,
     on_change: Callable[[], None] | None = None,
+    forward: Forward | None = None,
 ) -> tuple[Starlette, Starlette]:
     """The client API app and the mesh API app, sharing one Coordinator.
 
     A request body must arrive within ``body_timeout`` seconds, so a slow or stalled client
     holds nothing for long. ``on_change`` runs after a change of manifest or a recovery (the
-    server reloads its TLS certificate and the users it trusts).
+    server reloads its TLS certificate and the users it trusts). ``forward``: several
+    Coordinators on one store, where one of them writes activations and renewals.
     """
     metrics = _Metrics()
     governor = Governor(coordinator, persist, on_change)
@@ -193,6 +200,8 @@ def build_apps(
     async def post_activate(request: Request) -> Response:
         started = time.perf_counter()
         body = await json_body(request, ActivateBody)
+        if forward is not None and (answer := await forward(request, request.state.raw_body)):
+            return answer
         document = coordinator.document
         known = document is not None and body.service in document.manifest.services
         label = body.service if known else "<unknown>"
@@ -218,6 +227,8 @@ def build_apps(
 
     async def post_renew(request: Request) -> Response:
         body = await json_body(request, RenewBody)
+        if forward is not None and (answer := await forward(request, request.state.raw_body)):
+            return answer
         nonce = bytes.fromhex(body.nonce)
         try:
             try:

@@ -59,6 +59,9 @@ class CoordinatorSettings:
     simulation: bool = False
     leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
     nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
+    # On a shared store (etcd): nonces are authenticated with a key derived from the cluster
+    # key, so that any Coordinator of the deployment takes a nonce another one issued.
+    shared_nonces: bool = False
 
 
 @dataclass(frozen=True)

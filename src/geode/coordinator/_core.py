@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import hashlib
 import hmac
 import logging
 import os
@@ -88,6 +89,8 @@ __all__ = [
 
 log = logging.getLogger("geode.coordinator")
 
+NONCE_KEY_LABEL = b"geode shared nonce key v1"
+
 
 def reference_values(package: Any) -> ReferenceValues:
     """A manifest package as the reference values its evidence is matched against."""
@@ -144,6 +147,7 @@ class Coordinator(GovernanceMixin):
         mesh = root.create_intermediate("Geode Mesh CA", clock=self._clock)
         cluster_key = os.urandom(CLUSTER_KEY_SIZE)
         self._sealer = Sealer(self._sealing_key, cluster_key=cluster_key)
+        self._share_nonces(cluster_key)
         self._adopt(
             CoordinatorState(
                 root_key=private_key_pem(root.key),
@@ -163,7 +167,12 @@ class Coordinator(GovernanceMixin):
             self._data.cluster_key = os.urandom(CLUSTER_KEY_SIZE)
         elif len(self._data.cluster_key) != CLUSTER_KEY_SIZE:
             raise SealError("sealed state is inconsistent: its cluster key is not 32 bytes")
+        self._share_nonces(self._data.cluster_key)
         return sealer.with_cluster_key(self._data.cluster_key)
+
+    def _share_nonces(self, cluster_key: bytes) -> None:
+        if self.settings.shared_nonces:
+            self.nonces.use_key(hmac.new(cluster_key, NONCE_KEY_LABEL, hashlib.sha256).digest())
 
     @property
     def cluster_key(self) -> bytes | None:

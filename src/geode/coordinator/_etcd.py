@@ -15,6 +15,11 @@ Each running Coordinator also lists itself under ``<prefix>/members/<address>`` 
 reach its mesh API), so that a new one knows whom to ask for the cluster key (``_cluster``). A
 killed Coordinator's entry stays until it starts again; asking it fails and the next is asked.
 
+One Coordinator at a time is the *writer* of activations and renewals: it holds
+``<prefix>/writer``, a key attached to an etcd lease that it keeps alive (``campaign``); when it
+stops or dies, the lease expires and another takes the key. The others forward those requests
+to it, so that the state's compare-and-swap rarely has two writers.
+
 Endpoints are tried in turn, starting with the last one that answered; a transport error or a
 server error (5xx) moves on to the next. Trying a transaction again is safe: it either did not
 apply, or its failure branch finds our own blob. Errors never include the blob or the key's value.
@@ -41,6 +46,7 @@ __all__ = ["ETCD_MAX_BLOB", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
 ETCD_MAX_BLOB = 1024 * 1024
 STATE_KEY = "state"
 MEMBERS = "members/"
+WRITER_KEY = "writer"
 
 
 def parse_etcd_url(value: str) -> tuple[tuple[str, int], ...]:
@@ -201,6 +207,51 @@ class EtcdStore:
             name = base64.b64decode(kv.get("key", ""))[len(prefix) :]
             found[name.decode(errors="replace")] = base64.b64decode(kv.get("value", ""))
         return found
+
+    def grant(self, ttl: int) -> str:
+        """A new lease of ``ttl`` seconds; its id."""
+        with self._lock:
+            return str(self._post("/v3/lease/grant", {"TTL": ttl})["ID"])
+
+    def keep_alive(self, lease: str) -> bool:
+        """Renew ``lease``; False when it has expired (etcd answers a TTL of 0 or none)."""
+        with self._lock:
+            answer = self._post("/v3/lease/keepalive", {"ID": lease})
+        result = answer.get("result", answer)
+        return int(result.get("TTL", 0)) > 0
+
+    def revoke(self, lease: str) -> None:
+        """End ``lease`` now: the keys attached to it go (the writer key, at a clean stop)."""
+        with self._lock:
+            self._post("/v3/lease/revoke", {"ID": lease})
+
+    def campaign(self, member: str, lease: str) -> str | None:
+        """Take the writer key for ``member`` under ``lease`` unless someone holds it; the
+        holder's name after the attempt (``None``: nobody, which a new attempt fixes)."""
+        key = _b64(f"{self.settings.prefix.rstrip('/')}/{WRITER_KEY}".encode())
+        with self._lock:
+            answer = self._post(
+                "/v3/kv/txn",
+                {
+                    "compare": [
+                        {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+                    ],
+                    "success": [
+                        {
+                            "request_put": {
+                                "key": key,
+                                "value": _b64(member.encode()),
+                                "lease": lease,
+                            }
+                        }
+                    ],
+                    "failure": [{"request_range": {"key": key}}],
+                },
+            )
+        if answer.get("succeeded"):
+            return member
+        kvs = _range_kvs(answer)
+        return base64.b64decode(kvs[0].get("value", "")).decode(errors="replace") if kvs else None
 
     def _member_key(self, member: str) -> str:
         return _b64(f"{self.settings.prefix.rstrip('/')}/{MEMBERS}{member}".encode())

@@ -94,6 +94,7 @@ async def json_body(request: Request, model: type[_Model]) -> _Model:
     if content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "expected Content-Type: application/json")
     raw = await read_body(request, MAX_JSON_BODY)
+    request.state.raw_body = raw  # for a request passed on as it came (``_api``'s forward)
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digits

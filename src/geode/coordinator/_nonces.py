@@ -34,6 +34,11 @@ class NonceStore:
         self._key = key or os.urandom(32)
         self._spent: OrderedDict[bytes, int] = OrderedDict()
 
+    def use_key(self, key: bytes) -> None:
+        """Authenticate with ``key`` from now on (Coordinators sharing a store share it, so a
+        nonce from one is good at another). Nonces issued under the old key no longer pass."""
+        self._key = key
+
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:8]
 

@@ -26,6 +26,7 @@ from geode.coordinator._audit import AuditFile
 from geode.coordinator._cluster import ClusterKeyFile, JoinParty, obtain_cluster_key
 from geode.coordinator._core import Coordinator, CoordinatorSettings, State
 from geode.coordinator._etcd import EtcdSettings, EtcdStore
+from geode.coordinator._forward import Forwarder, Writer
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
     Sealer,
@@ -94,7 +95,8 @@ class CoordinatorConfig:
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
     dns = {"localhost", socket.gethostname().lower()}
     ips = {"127.0.0.1", "::1"}
-    for name in (config.client_addr[0], config.mesh_addr[0], *config.san):
+    advertised = (config.advertise_addr or config.mesh_addr)[0]
+    for name in (config.client_addr[0], config.mesh_addr[0], advertised, *config.san):
         try:
             ip = ipaddress.ip_address(name)
         except ValueError:
@@ -260,6 +262,7 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
             simulation=True,
             leaf_lifetime=config.leaf_lifetime,
             nonce_ttl=config.nonce_ttl,
+            shared_nonces=config.etcd is not None,
         ),
         EvidenceVerifier(
             simulation=True, platform_keys=trusted, collateral=_read_collateral(config)
@@ -344,7 +347,13 @@ async def _serve(config: CoordinatorConfig) -> int:
                 cluster.keep(coordinator.cluster_key, cluster.local_key())
 
         persist = GroupCommit(coordinator.sealed_state, store, reload=reload)
-        client_app, mesh_app = build_apps(coordinator, persist, on_change=changed)
+        writer = forwarder = None
+        if cluster is not None:
+            writer = Writer(cluster.store, cluster.name)
+            forwarder = Forwarder(writer, lambda: coordinator.ca_pems[0])
+        client_app, mesh_app = build_apps(
+            coordinator, persist, on_change=changed, forward=forwarder
+        )
 
         servers = []
         for app, (host, port), context, protocol in (
@@ -369,6 +378,9 @@ async def _serve(config: CoordinatorConfig) -> int:
                 access_log=False,
                 log_config=None,
                 timeout_keep_alive=30,
+                # An idle TLS connection whose client does not read (a peer Coordinator's pool,
+                # say) would hold the shutdown for the TLS close timeout: 5 s at most.
+                timeout_graceful_shutdown=5,
                 server_header=False,
                 ssl_context_factory=factory,
             )
@@ -391,15 +403,19 @@ async def _serve(config: CoordinatorConfig) -> int:
             *config.mesh_addr,
         )
         tasks = [asyncio.create_task(server.serve()) for server in servers]
-        follower = None
-        if cluster is not None:
+        background = []
+        if cluster is not None and writer is not None:
             interval = config.etcd_poll.total_seconds()
-            follower = asyncio.create_task(_follow(cluster.store, persist, interval))
+            background.append(asyncio.create_task(_follow(cluster.store, persist, interval)))
+            background.append(asyncio.create_task(writer.run()))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop()
-        if follower is not None:
-            follower.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*tasks, *background, return_exceptions=True)
+        if writer is not None and forwarder is not None:
+            await asyncio.to_thread(writer.resign)
+            await forwarder.close()
         failed = [s for s in servers if not s.started]
         return 1 if failed else 0
     finally:

@@ -1,0 +1,102 @@
+"""One writer among Coordinators on one etcd store: the others forward activations to it, so a
+stream of activations through all of them meets no conflict; when the writer dies, the others
+handle requests themselves at once and one of them takes over (real processes, real etcd)."""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import StartCoordinator
+from tests.e2e.test_etcd_coordinators import _activate, _set_manifest
+from tests.etcd_support import EtcdServer
+from tests.support import CoordinatorProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def _metric(c: CoordinatorProcess, name: str) -> float:
+    text = httpx.get(f"https://{c.client_addr}/metrics", verify=False).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _wait_for(condition: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.1)
+
+
+def _three(
+    start: StartCoordinator, etcd: EtcdServer, tmp_path: Path, bundle: Path, **service: object
+) -> list[CoordinatorProcess]:
+    """a, b and c on one etcd, each with its own sealing key, a's manifest set, all three
+    serving it (b and c started on the empty store too: they adopt a's state within a poll)."""
+    started = []
+    for name in "abc":
+        key = ("--sealing-key", str(tmp_path / "keys" / f"{name}.key"))
+        started.append(start(tmp_path / f"data-{name}", "--store", etcd.url, *key))
+    a = started[0]
+    assert f"the writer of activations is now {a.mesh_addr}" in a.log()
+    _set_manifest(a, bundle, **service)
+    sha = a.status()["manifest_sha256"]
+    _wait_for(lambda: all(x.status()["manifest_sha256"] == sha for x in started))
+    return started
+
+
+def test_activations_through_any_coordinator_are_written_by_one(
+    start_coordinator: StartCoordinator,
+    etcd: EtcdServer,
+    bundle: Path,
+    geode_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    a, b, c = _three(start_coordinator, etcd, tmp_path, bundle, max_activations=24)
+    _wait_for(lambda: f"the writer of activations is now {a.mesh_addr}" in c.log())
+
+    with ThreadPoolExecutor(6) as pool:
+        done = list(pool.map(lambda i: _activate((b, c)[i % 2], bundle, geode_env), range(24)))
+    assert len({d.certificate.serial_number for d in done}) == 24
+    # All 24 were decided by a, on one line of writes: no compare-and-swap was lost anywhere.
+    assert _metric(a, 'geode_activations_total{outcome="ok",service="web"}') == 24
+    for coordinator in (a, b, c):
+        assert _metric(coordinator, "geode_store_retries_total") == 0
+    assert "another Coordinator changed the shared state" not in a.log()
+    _wait_for(lambda: b.status()["activations"] == c.status()["activations"] == {"web": 24})
+
+
+def test_when_the_writer_dies_the_others_go_on_and_one_takes_over(
+    start_coordinator: StartCoordinator,
+    etcd: EtcdServer,
+    bundle: Path,
+    geode_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    a, b, c = _three(start_coordinator, etcd, tmp_path, bundle)
+    _wait_for(lambda: f"the writer of activations is now {a.mesh_addr}" in b.log())
+    assert a.process is not None
+    a.process.kill()
+    a.process.wait()
+
+    # At once: b cannot reach the writer and decides the activation itself.
+    _activate(b, bundle, geode_env)
+    assert f"the writer {a.mesh_addr} is unreachable" in b.log()
+    # Within the lease's time to live (3 s), b or c holds the writer key, and the other
+    # forwards to it.
+    _wait_for(
+        lambda: any(
+            f"the writer of activations is now {x.mesh_addr}" in y.log()
+            for x in (b, c)
+            for y in (b, c)
+        )
+    )
+    for _ in range(4):
+        _activate(c, bundle, geode_env)
+        _activate(b, bundle, geode_env)
+    _wait_for(lambda: b.status()["activations"] == c.status()["activations"] == {"web": 9})
