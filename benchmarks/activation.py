@@ -40,10 +40,11 @@ dir, free loopback ports) and the Coordinators run with ``--store etcd://...`` o
 platform key, each with its own data directory and sealing key: the ones started after the first
 obtain the cluster key from it by attestation. The manifest is set once, through the first. The
 load runs twice in the same run: on 1 Coordinator, then with the clients spread round robin over
-N (the others are started after the first phase, so they read the current state). A Coordinator
-decides an activation that lost a compare-and-swap again itself (up to five attempts); like the
-runtime, a client then tries again, with a new nonce, on 409 ``store_conflict``, up to three
-attempts; a conflict still there after the third is an error.
+N (the others are started after the first phase, so they read the current state). One of them
+is the writer, and the others forward activations to it (docs/coordinator.md, "One writer"). A
+Coordinator decides an activation that lost a compare-and-swap again itself (up to five
+attempts); like the runtime, a client then tries again, with a new nonce, on 409
+``store_conflict``, up to three attempts; a conflict still there after the third is an error.
 Reported per phase: activations/s, latency, errors, conflicts tried again and not absorbed, CPU
 of all Coordinators and of etcd per activation; and the ratio N/1 of activations/s. Sealed writes
 are not observable with etcd (the state is not a file).
