@@ -178,3 +178,30 @@ def test_an_etcd_error_is_one_line_without_the_blob() -> None:
     with pytest.raises(SealError, match="request is too large") as error:
         store.save(b"secret-blob")
     assert _b64(b"secret-blob") not in str(error.value)
+
+
+def test_members_moved_on_and_the_writer_key(etcd: EtcdServer) -> None:
+    a, b = _store(etcd), _store(etcd)
+    a.register("a:1", b'{"mesh": "a:1"}')
+    b.register("b:1", b"{}")
+    _store(etcd, prefix="/other").register("c:1", b"{}")  # another deployment's
+    assert a.members() == {"a:1": b'{"mesh": "a:1"}', "b:1": b"{}"}
+    b.unregister("b:1")
+    assert list(a.members()) == ["a:1"]
+
+    a.load()
+    assert not a.moved_on()
+    b.load()
+    b.save(b"from b")
+    assert a.moved_on()  # a keys-only look: a's revision is unchanged until it loads
+    a.load()
+    assert not a.moved_on()
+
+    lease_a, lease_b = a.grant(30), b.grant(30)
+    assert a.campaign("a:1", lease_a) == "a:1"
+    assert b.campaign("b:1", lease_b) == "a:1"  # held: b learns who holds it
+    assert a.campaign("a:1", lease_a) == "a:1"  # holding it again changes nothing
+    assert a.keep_alive(lease_a)
+    a.revoke(lease_a)  # a clean stop: the key goes with the lease
+    assert not a.keep_alive(lease_a)
+    assert b.campaign("b:1", lease_b) == "b:1"

@@ -75,8 +75,9 @@ class Writer:
         while True:
             try:
                 await asyncio.to_thread(self.elect)
-            except GeodeError as exc:
+            except Exception as exc:  # an etcd answer of a shape not foreseen included
                 self.holder = None
+                self._lease = None  # a new one next time; this one expires by itself
                 if not failing:
                     log.warning("no writer can be elected: %s", exc)
                 failing = True

@@ -429,7 +429,7 @@ async def _follow(store: EtcdStore, persist: GroupCommit, interval: float) -> No
         await asyncio.sleep(interval)
         try:
             await persist.follow(store.moved_on)
-        except SealError as exc:
+        except Exception as exc:  # the loop must outlive any one failure
             if not failing:  # once per outage, not once per second
                 log.warning("etcd cannot be read to follow the other Coordinators: %s", exc)
             failing = True
