@@ -37,7 +37,7 @@ def ports_in_use(ports: tuple[int, ...] = FIXED_PORTS) -> list[int]:
 
 
 # Every port of the example, with the ports derived from them (app and egress ports).
-_ALL_PORTS = (*FIXED_PORTS, 24001, 34002)
+_ALL_PORTS = (*FIXED_PORTS, 24001, 15002)
 
 
 def _shift(text: str, offset: int) -> str:

@@ -301,13 +301,30 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
 def _record_start(coordinator: Coordinator, store: StateStore) -> None:
     """Audit the start: saved now when there is a saved state (with the first manifest when
     not), and appended to the log together with anything a crash kept from it."""
-    start = coordinator.record_start()
-    if coordinator.state is State.ACTIVE:
+    for attempt in range(1, 4):
+        start = coordinator.record_start()
+        if coordinator.state is not State.ACTIVE:
+            break
         try:
             store.save(coordinator.sealed_state())
-        except (SealError, StoreConflict) as exc:
+        except StoreConflict as exc:
+            # Another Coordinator saved since this one read the store: read it again.
+            start.revert()
+            if attempt == 3:
+                log.error("the start could not be recorded: %s", exc)
+                break
+            try:
+                coordinator.reload(store.load())
+            except SealError as reload_failed:
+                log.error("the start could not be recorded: %s", reload_failed)
+                break
+        except SealError as exc:
             start.revert()
             log.error("the start could not be recorded: %s", exc)
+            break
+        else:
+            break
+    if coordinator.state is State.ACTIVE:
         lines = coordinator.unflushed_audit()
         try:
             coordinator.audit_sink.append_missing(lines)

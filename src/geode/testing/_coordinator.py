@@ -18,9 +18,9 @@ _INHERITED = ("GEODE_COORDINATOR", "GEODE_COORDINATOR_MESH", "GEODE_ROOT_CA")
 
 
 # Ports are picked below the kernel's ephemeral range (32768-60999 by default), so that no
-# outgoing connection takes one between the pick and the bind, and above the fixed ports of
-# the bookstore demo and its tests (14000-16999).
-_PORT_RANGE = (20000, 32000)
+# outgoing connection takes one between the pick and the bind, and clear of the bookstore demo's
+# fixed ports as its tests shift them (14001-15702, and its app ports 24001-24701).
+_PORT_RANGE = (16000, 24000)
 _handed_out: set[int] = set()
 
 
