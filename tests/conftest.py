@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from geode.attestation import measure_bundle
-from tests.etcd_support import EtcdServer
+from geode.testing import EtcdCluster
+from tests.etcd_support import EtcdServer, etcd_binary
 from tests.support import CoordinatorProcess, sample_manifest
 
 StartCoordinator = Callable[..., CoordinatorProcess]
@@ -58,6 +59,17 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A real three-member etcd cluster on free loopback ports (fails in CI when etcd is
+    missing)."""
+    cluster = EtcdCluster(tmp_path / "etcd-cluster", etcd_binary(), 3, name="test")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
+import json
 import os
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from geode.coordinator import Sealer, load_or_create_sealing_key
 from geode.testing import EtcdProcess, find_etcd
 
-__all__ = ["EtcdServer", "EtcdTLS", "etcd_binary"]
+__all__ = ["EtcdServer", "EtcdTLS", "etcd_binary", "state_in_etcd", "value_in_etcd"]
 
 
 def etcd_binary() -> str:
@@ -30,6 +36,40 @@ def etcd_binary() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return found
+
+
+def value_in_etcd(endpoints: Sequence[str], key: str) -> bytes | None:
+    """The value of ``key`` in etcd, read over the JSON gateway of the first of ``endpoints``
+    that answers (``None``: no such key)."""
+    failures = []
+    for endpoint in endpoints:
+        try:
+            answer = httpx.post(
+                f"http://{endpoint}/v3/kv/range",
+                json={"key": base64.b64encode(key.encode()).decode()},
+                timeout=10,
+            )
+        except httpx.TransportError as exc:
+            failures.append(f"{endpoint}: {exc!r}")
+            continue
+        if answer.status_code != 200:  # e.g. a member that sees no leader
+            failures.append(f"{endpoint}: HTTP {answer.status_code}: {answer.text}")
+            continue
+        kvs = answer.json().get("kvs") or []
+        return base64.b64decode(kvs[0]["value"]) if kvs else None
+    raise AssertionError(f"no etcd member answered: {failures}")
+
+
+def state_in_etcd(
+    endpoints: Sequence[str], sealing_key: Path, cluster_key: bytes | None = None
+) -> dict[str, Any]:
+    """The Coordinators' shared state as etcd holds it (``/geode/state``), unsealed with the key
+    file ``sealing_key`` or else ``cluster_key``: the JSON document of ``CoordinatorState``."""
+    blob = value_in_etcd(endpoints, "/geode/state")
+    assert blob is not None, "no state in etcd"
+    _, raw = Sealer.unseal(blob, load_or_create_sealing_key(sealing_key), cluster_key)
+    state: dict[str, Any] = json.loads(raw)
+    return state
 
 
 @dataclass(frozen=True)

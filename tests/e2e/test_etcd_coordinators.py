@@ -4,19 +4,19 @@ Coordinators on one store never lose each other's updates."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography import x509
 
 from geode.attestation import SimulatedPlatform, measure_bundle
 from geode.client import CoordinatorClient
-from geode.coordinator import Sealer, load_or_create_sealing_key
 from geode.errors import ActivationDenied, ClientError
 from geode.runtime import Activation, activate, simulated_evidence_provider
 from tests.conftest import StartCoordinator
-from tests.etcd_support import EtcdServer
+from tests.etcd_support import EtcdServer, state_in_etcd
 from tests.support import CoordinatorProcess, sample_manifest
 
 pytestmark = pytest.mark.e2e
@@ -38,12 +38,6 @@ def _set_manifest(c: CoordinatorProcess, bundle: Path, **service: object) -> Non
         client.set_manifest(sample_manifest(measure_bundle(bundle).hex(), **service).encode())
 
 
-def _state_in_etcd(etcd: EtcdServer) -> bytes:
-    key = base64.b64encode(b"/geode/state").decode()
-    answer = httpx.post(f"http://{etcd.endpoint}/v3/kv/range", json={"key": key}).json()
-    return base64.b64decode(answer["kvs"][0]["value"])
-
-
 def test_state_lives_in_etcd_across_restarts(
     start_coordinator: StartCoordinator,
     etcd: EtcdServer,
@@ -59,9 +53,9 @@ def test_state_lives_in_etcd_across_restarts(
     assert not (tmp_path / "data-1" / "state.sealed").exists()  # the audit log only
 
     # The state read back from etcd unseals with the Coordinator's sealing key.
-    sealing_key = load_or_create_sealing_key(Path(geode_env["GEODE_SEALING_KEY"]))
-    _, raw = Sealer.unseal(_state_in_etcd(etcd), sealing_key)
-    assert b"manifest" in raw
+    stored = state_in_etcd([etcd.endpoint], Path(geode_env["GEODE_SEALING_KEY"]))
+    assert stored["manifest"] is not None
+    assert stored["activations"] == {"web": 1}
 
     # Another data directory: everything that matters comes from etcd.
     second = start_coordinator(tmp_path / "data-2", "--store", etcd.url)
@@ -92,6 +86,11 @@ def test_two_coordinators_on_one_store_lose_no_update(
         _set_manifest(b, bundle, max_activations=100)
     assert conflict.value.status == 409
     assert conflict.value.code == "store_conflict"
+    # What etcd holds is the winner's manifest (a's, max_activations=3), not b's.
+    stored = state_in_etcd([etcd.endpoint], Path(geode_env["GEODE_SEALING_KEY"]))
+    manifest = base64.b64decode(stored["manifest"])
+    assert json.loads(manifest)["services"]["web"]["max_activations"] == 3
+    assert hashlib.sha256(manifest).hexdigest() == a.status()["manifest_sha256"]
     # b has read the winner's state again: a's root and manifest, and it serves them.
     assert _root(b) == _root(a)
     assert b.status()["manifest_sha256"] == a.status()["manifest_sha256"]

@@ -1,9 +1,17 @@
 """Helpers for tests and benchmarks of Geode deployments: a real simulated Coordinator process
-on free loopback ports, isolated from the user's keys and pins; an etcd member for its store."""
+on free loopback ports, isolated from the user's keys and pins; etcd for its store, one member
+or a cluster."""
 
 from __future__ import annotations
 
 from geode.testing._coordinator import CoordinatorProcess, free_port, isolated_env
-from geode.testing._etcd import EtcdProcess, find_etcd
+from geode.testing._etcd import EtcdCluster, EtcdProcess, find_etcd
 
-__all__ = ["CoordinatorProcess", "EtcdProcess", "find_etcd", "free_port", "isolated_env"]
+__all__ = [
+    "CoordinatorProcess",
+    "EtcdCluster",
+    "EtcdProcess",
+    "find_etcd",
+    "free_port",
+    "isolated_env",
+]

@@ -1,4 +1,5 @@
-"""One etcd member (Debian's ``etcd-server``) on free loopback ports, for tests and benchmarks."""
+"""etcd (Debian's ``etcd-server``) on free loopback ports, for tests and benchmarks: one member on
+its own, or a cluster of several whose members can be killed one by one."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 
 from geode.testing._coordinator import free_port
 
-__all__ = ["EtcdProcess", "find_etcd"]
+__all__ = ["EtcdCluster", "EtcdProcess", "find_etcd"]
 
 
 def find_etcd() -> str | None:
@@ -60,32 +61,52 @@ class EtcdProcess:
         """What ``geode coordinator --store`` takes."""
         return f"etcd://{self.endpoint}"
 
+    @property
+    def client_url(self) -> str:
+        return f"{'https' if self.tls_args else 'http'}://{self.endpoint}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
     def start(self, timeout: float = 30.0) -> EtcdProcess:
         """Start it; ``RuntimeError`` with its log's end if it exits or does not come up."""
+        self.launch()
+        self.wait_ready(time.monotonic() + timeout)
+        return self
+
+    def launch(self, initial_cluster: str | None = None) -> None:
+        """Start the process without waiting for it. ``initial_cluster`` is etcd's
+        ``--initial-cluster`` (``name=peer-url,...``) when this is one member of several."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        client = f"{'https' if self.tls_args else 'http'}://{self.endpoint}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        client, peer = self.client_url, self.peer_url
         command = [
             self.binary, "--name", self.name, "--data-dir", str(self.directory / "data"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}", "--initial-cluster-state", "new",
+            "--initial-cluster", initial_cluster or f"{self.name}={peer}",
+            "--initial-cluster-state", "new",
             *self.tls_args,
         ]  # fmt: skip
         with (self.directory / "etcd.log").open("ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
-        deadline = time.monotonic() + timeout
+
+    def wait_ready(self, deadline: float) -> None:
+        """Until ``/health`` says healthy (the member sees a leader), by ``deadline``
+        (``time.monotonic()``); ``RuntimeError`` with its log's end if it exits or is late."""
+        if self.process is None:
+            raise RuntimeError("etcd was not launched")
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"etcd exited early:\n{self.log()}")
-            with contextlib.suppress(httpx.TransportError):
-                health = httpx.get(f"{client}/health", timeout=1, verify=self.verify)
-                if health.status_code == 200:
-                    return self
+                raise RuntimeError(f"etcd {self.name} exited early:\n{self.log()}")
+            with contextlib.suppress(httpx.TransportError, ValueError):
+                health = httpx.get(f"{self.client_url}/health", timeout=1, verify=self.verify)
+                if health.status_code == 200 and health.json().get("health") == "true":
+                    return
             time.sleep(0.1)
-        raise RuntimeError(f"etcd did not come up:\n{self.log()}")
+        raise RuntimeError(f"etcd {self.name} did not come up:\n{self.log()}")
 
     def log(self, chars: int = 4000) -> str:
         try:
@@ -101,3 +122,59 @@ class EtcdProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the member dies as in a crash, with no chance to hand over leadership."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class EtcdCluster:
+    """``size`` etcd members on 127.0.0.1 forming one cluster, each under ``directory/<name>``."""
+
+    def __init__(self, directory: Path, binary: str, size: int = 3, *, name: str = "geode") -> None:
+        if size < 1:
+            raise ValueError("an etcd cluster has at least one member")
+        self.members = [
+            EtcdProcess(directory / f"{name}-{i}", binary, name=f"{name}-{i}") for i in range(size)
+        ]
+
+    def __iter__(self) -> Iterator[EtcdProcess]:
+        return iter(self.members)
+
+    @property
+    def endpoints(self) -> list[str]:
+        """HOST:PORT of every member, for clients."""
+        return [member.endpoint for member in self.members]
+
+    @property
+    def url(self) -> str:
+        """What ``geode coordinator --store`` takes: every member, tried in turn."""
+        return "etcd://" + ",".join(self.endpoints)
+
+    def start(self, timeout: float = 30.0) -> EtcdCluster:
+        """Start every member, then wait until each sees a leader (no member can come up alone:
+        each waits for a quorum of the others). ``RuntimeError`` with the failing member's log;
+        then none is left running."""
+        initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        deadline = time.monotonic() + timeout
+        try:
+            for member in self.members:
+                member.launch(initial_cluster)
+            for member in self.members:
+                member.wait_ready(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill(self, index: int) -> EtcdProcess:
+        """SIGKILL member ``index``; the member."""
+        member = self.members[index]
+        member.kill()
+        return member
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
