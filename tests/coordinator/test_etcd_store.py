@@ -205,3 +205,19 @@ def test_members_moved_on_and_the_writer_key(etcd: EtcdServer) -> None:
     a.revoke(lease_a)  # a clean stop: the key goes with the lease
     assert not a.keep_alive(lease_a)
     assert b.campaign("b:1", lease_b) == "b:1"
+
+
+def test_the_audit_log_in_etcd_is_shared_and_append_only(etcd: EtcdServer) -> None:
+    from geode.coordinator._etcd import EtcdAuditLog
+
+    first, second = EtcdAuditLog(_store(etcd)), EtcdAuditLog(_store(etcd))
+    entries = [json.dumps({"seq": n, "event": f"e{n}"}) for n in range(1, 12)]
+    first.append_missing(entries[:2])
+    second.append_missing(entries[:3])  # another Coordinator flushes 1-2 again, and 3
+    first.append_missing(entries[3:])
+    assert second.read() == first.read() == entries  # in order: 10 after 9, not after 1
+    altered = json.dumps({"seq": 2, "event": "forged"})
+    with pytest.raises(SealError, match="audit entry 2 in etcd is not the one"):
+        first.append_missing([altered])
+    assert first.read() == entries
+    assert EtcdAuditLog(_store(etcd, prefix="/other")).read() == []

@@ -4,6 +4,7 @@ of another package gets nothing (real processes, real etcd)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import stat
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 
 import geode
 from geode.attestation import measure_bundle
+from geode.coordinator import EtcdSettings, EtcdStore, parse_etcd_url
+from geode.coordinator._etcd import EtcdAuditLog
 from geode.errors import ActivationDenied, ClientError
 from tests.conftest import StartCoordinator
 from tests.e2e.test_etcd_coordinators import _activate, _root, _set_manifest
@@ -22,6 +25,10 @@ from tests.etcd_support import EtcdServer
 from tests.support import CoordinatorProcess
 
 pytestmark = pytest.mark.e2e
+
+
+def _store(etcd: EtcdServer) -> EtcdStore:
+    return EtcdStore(EtcdSettings(endpoints=parse_etcd_url(etcd.url)))
 
 
 def _own_key(tmp_path: Path, name: str) -> tuple[str, str]:
@@ -49,6 +56,11 @@ def test_a_newcomer_obtains_the_cluster_key_from_a_peer_and_keeps_it(
     copy = tmp_path / "data-b" / "cluster.key.sealed"
     assert stat.S_IMODE(copy.stat().st_mode) == 0o600
     _activate(b, bundle, geode_env)  # the second of two: counted on the shared state
+    # One audit log in etcd for both: a's manifest and both starts, whoever flushed them.
+    events = [json.loads(line)["event"] for line in EtcdAuditLog(_store(etcd)).read()]
+    assert events.count("coordinator.start") == 2
+    assert "manifest.set" in events
+    assert not (tmp_path / "data-a" / "audit.log").exists()
     with pytest.raises(ActivationDenied, match="max_activations reached"):
         _activate(a, bundle, geode_env)
 

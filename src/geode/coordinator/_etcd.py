@@ -28,6 +28,7 @@ apply, or its failure branch finds our own blob. Errors never include the blob o
 from __future__ import annotations
 
 import base64
+import json
 import ssl
 import threading
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ import httpx
 
 from geode.errors import SealError, StoreConflict
 
-__all__ = ["ETCD_MAX_BLOB", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
+__all__ = ["ETCD_MAX_BLOB", "EtcdAuditLog", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
 
 # etcd's default --max-request-bytes is 1.5 MiB; the request also carries the key, base64 and
 # JSON framing, so the blob must leave room for them.
@@ -47,6 +48,7 @@ ETCD_MAX_BLOB = 1024 * 1024
 STATE_KEY = "state"
 MEMBERS = "members/"
 WRITER_KEY = "writer"
+AUDIT = "audit/"
 
 
 def parse_etcd_url(value: str) -> tuple[tuple[str, int], ...]:
@@ -190,23 +192,17 @@ class EtcdStore:
     def register(self, member: str, record: bytes) -> None:
         """List this Coordinator as ``member`` (its mesh API's HOST:PORT) with ``record``."""
         with self._lock:
-            self._post("/v3/kv/put", {"key": self._member_key(member), "value": _b64(record)})
+            self._post(
+                "/v3/kv/put", {"key": self._name_key(MEMBERS + member), "value": _b64(record)}
+            )
 
     def unregister(self, member: str) -> None:
         with self._lock:
-            self._post("/v3/kv/deleterange", {"key": self._member_key(member)})
+            self._post("/v3/kv/deleterange", {"key": self._name_key(MEMBERS + member)})
 
     def members(self) -> dict[str, bytes]:
         """Every listed Coordinator: its name (HOST:PORT), its record."""
-        prefix = f"{self.settings.prefix.rstrip('/')}/{MEMBERS}".encode()
-        end = prefix[:-1] + bytes([prefix[-1] + 1])  # every key that starts with ``prefix``
-        with self._lock:
-            answer = self._post("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
-        found = {}
-        for kv in answer.get("kvs") or []:
-            name = base64.b64decode(kv.get("key", ""))[len(prefix) :]
-            found[name.decode(errors="replace")] = base64.b64decode(kv.get("value", ""))
-        return found
+        return dict(self.under(MEMBERS))
 
     def grant(self, ttl: int) -> str:
         """A new lease of ``ttl`` seconds; its id."""
@@ -228,7 +224,7 @@ class EtcdStore:
     def campaign(self, member: str, lease: str) -> str | None:
         """Take the writer key for ``member`` under ``lease`` unless someone holds it; the
         holder's name after the attempt (``None``: nobody, which a new attempt fixes)."""
-        key = _b64(f"{self.settings.prefix.rstrip('/')}/{WRITER_KEY}".encode())
+        key = self._name_key(WRITER_KEY)
         with self._lock:
             answer = self._post(
                 "/v3/kv/txn",
@@ -253,8 +249,45 @@ class EtcdStore:
         kvs = _range_kvs(answer)
         return base64.b64decode(kvs[0].get("value", "")).decode(errors="replace") if kvs else None
 
-    def _member_key(self, member: str) -> str:
-        return _b64(f"{self.settings.prefix.rstrip('/')}/{MEMBERS}{member}".encode())
+    def put_new(self, name: str, value: bytes) -> bytes | None:
+        """Put ``<prefix>/<name>`` unless it exists; ``None`` when put, else the value there."""
+        key = self._name_key(name)
+        with self._lock:
+            answer = self._post(
+                "/v3/kv/txn",
+                {
+                    "compare": [
+                        {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+                    ],
+                    "success": [{"request_put": {"key": key, "value": _b64(value)}}],
+                    "failure": [{"request_range": {"key": key}}],
+                },
+            )
+        if answer.get("succeeded"):
+            return None
+        kvs = _range_kvs(answer)
+        return base64.b64decode(kvs[0].get("value", "")) if kvs else b""
+
+    def under(self, name: str) -> list[tuple[str, bytes]]:
+        """Every key under ``<prefix>/<name>`` (a name ending in ``/``), in key order: its
+        name after that, its value."""
+        prefix = f"{self.settings.prefix.rstrip('/')}/{name}".encode()
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        with self._lock:
+            answer = self._post(
+                "/v3/kv/range",
+                {"key": _b64(prefix), "range_end": _b64(end), "sort_target": "KEY"},
+            )
+        return [
+            (
+                base64.b64decode(kv.get("key", ""))[len(prefix) :].decode(errors="replace"),
+                base64.b64decode(kv.get("value", "")),
+            )
+            for kv in answer.get("kvs") or []
+        ]
+
+    def _name_key(self, name: str) -> str:
+        return _b64(f"{self.settings.prefix.rstrip('/')}/{name}".encode())
 
     def close(self) -> None:
         self._client.close()
@@ -296,3 +329,38 @@ def _range_kvs(answer: dict[str, Any]) -> list[dict[str, Any]]:
             kvs: list[dict[str, Any]] = ranged.get("kvs") or []
             return kvs
     return []
+
+
+class EtcdAuditLog:
+    """The audit log of Coordinators sharing an etcd store: entry ``n`` is the key
+    ``<prefix>/audit/<n, 12 digits>``, put only if absent. Whichever Coordinator flushes an
+    entry, every one of them reads the whole log."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self.store = store
+
+    def read(self) -> list[str]:
+        return [value.decode("utf-8", errors="replace") for _, value in self.store.under(AUDIT)]
+
+    def append_missing(self, lines: Sequence[str]) -> None:
+        """Put each entry of ``lines`` not in etcd yet. Idempotent: an entry already there
+        with the same text was a retry (or another Coordinator's flush of the same entry); one
+        with other text means the log was altered, and nothing after it is put."""
+        for line in lines:
+            seq = _seq(line)
+            if seq is None:
+                continue
+            found = self.store.put_new(f"{AUDIT}{seq:012d}", line.encode())
+            if found is not None and found != line.encode():
+                raise SealError(
+                    f"audit entry {seq} in etcd is not the one this Coordinator wrote (the log "
+                    "was altered); not appended"
+                )
+
+
+def _seq(line: str) -> int | None:
+    try:
+        seq = json.loads(line).get("seq")
+    except (ValueError, AttributeError):
+        return None
+    return seq if type(seq) is int and seq > 0 else None

@@ -25,7 +25,7 @@ from geode.coordinator._api import build_apps
 from geode.coordinator._audit import AuditFile
 from geode.coordinator._cluster import ClusterKeyFile, JoinParty, obtain_cluster_key
 from geode.coordinator._core import Coordinator, CoordinatorSettings, State
-from geode.coordinator._etcd import EtcdSettings, EtcdStore
+from geode.coordinator._etcd import EtcdAuditLog, EtcdSettings, EtcdStore
 from geode.coordinator._forward import Forwarder, Writer
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
@@ -256,7 +256,10 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
     trusted = [platform.public_key]
     trusted += [SimulatedPlatform.load(p).public_key for p in config.trusted_platform_keys]
     store = _open_store(config)
-    audit = AuditFile(config.data_dir)
+    # With etcd the audit log is shared too; the data directory keeps only the cluster key copy.
+    audit: AuditFile | EtcdAuditLog = (
+        EtcdAuditLog(store.store) if isinstance(store, _LockedStore) else AuditFile(config.data_dir)
+    )
     coordinator = Coordinator(
         CoordinatorSettings(
             simulation=True,
@@ -291,9 +294,15 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
         raise
     if blob is None:
         log.info("new deployment: root of trust created (saved with the first manifest)")
-        aside = audit.set_aside(coordinator.started_at)
-        if aside is not None:
-            log.warning("an audit log without a saved state was moved to %s", aside)
+        if isinstance(audit, AuditFile):
+            aside = audit.set_aside(coordinator.started_at)
+            if aside is not None:
+                log.warning("an audit log without a saved state was moved to %s", aside)
+        elif audit.read():
+            log.warning(
+                "etcd holds audit entries but no state under this prefix: this deployment's "
+                "entries stay in its sealed state until they are removed (use another prefix)"
+            )
     _record_start(coordinator, store)
     return coordinator, store
 
