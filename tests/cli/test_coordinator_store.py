@@ -16,6 +16,9 @@ from tests.support import free_port, geode_cli
         (("--store", "etcd://127.0.0.1:99999"), "a port from 1 to 65535"),
         (("--etcd-ca", "ca.pem"), "need --store etcd://"),
         (("--store", "etcd://127.0.0.1:2379", "--etcd-cert", "c.pem"), "both --etcd-cert and"),
+        (("--advertise-addr", "10.0.0.1:2001"), "need --store etcd://"),
+        (("--store", "etcd://127.0.0.1:2379", "--advertise-addr", "x"), "expected HOST:PORT"),
+        (("--store", "etcd://127.0.0.1:2379", "--etcd-poll", "00s"), "expected a duration"),
     ],
 )
 def test_bad_store_options(

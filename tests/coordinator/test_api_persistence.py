@@ -425,3 +425,51 @@ def test_an_activation_that_loses_a_compare_and_swap_is_decided_again() -> None:
         assert json.loads(raw)["activations"] == {"web": 1}
 
     run(scenario())
+
+
+def test_a_change_made_while_following_is_never_acknowledged_and_lost() -> None:
+    """A change arrives while ``follow`` is asking the store whether it moved on: it is either
+    saved with the state it was made on, or refused — never answered and then dropped by the
+    state read in the meantime."""
+    state = {"count": 1}
+    saved: list[dict[str, int]] = []
+
+    class SharedStore:
+        def load(self) -> bytes:
+            return json.dumps({"count": 50}).encode()
+
+        def save(self, blob: bytes) -> None:
+            saved.append(json.loads(blob))
+
+        def close(self) -> None:
+            pass
+
+    def reload(blob: bytes | None) -> None:
+        state.update(json.loads(blob or b"{}"))
+
+    commit = GroupCommit(lambda: json.dumps(state).encode(), SharedStore(), reload=reload)
+
+    def slow_moved_on() -> bool:
+        time.sleep(0.1)  # the change below arrives meanwhile
+        return True
+
+    async def change() -> str:
+        await asyncio.sleep(0.03)
+        state["count"] += 1
+        try:
+            await commit.commit(lambda: state.update(count=state["count"] - 1))
+        except StoreConflict:
+            return "refused"
+        return "saved"
+
+    async def run() -> list[object]:
+        return list(await asyncio.gather(commit.follow(slow_moved_on), change()))
+
+    followed, outcome = asyncio.run(run())
+    if outcome == "saved":
+        # What was acknowledged is what was saved: the change on the state it was made on.
+        assert saved == [{"count": 2}]
+        assert state == {"count": 2}
+        assert followed is False  # it stood back for the waiting write
+    else:
+        assert not saved

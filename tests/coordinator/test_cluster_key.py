@@ -134,3 +134,21 @@ def test_the_newcomer_refuses_a_peer_with_another_measurement_or_a_swapped_key()
         request.open({"public_key": genuine["public_key"]})
     with pytest.raises(JoinRefused, match="sealed_key: not base64"):
         request.open(dict(genuine, sealed_key="%%%"))
+
+
+def test_a_malformed_exchange_key_is_refused_not_a_crash() -> None:
+    platform = SimulatedPlatform.generate()
+    nonce = os.urandom(32)
+    request = JoinRequest(_party(platform), nonce)
+    # Evidence bound to bytes that are no key: it verifies, but the exchange cannot happen.
+    from geode.attestation import join_request_binding
+
+    junk = b"not a key"
+    evidence = platform.quote(MEASUREMENT, join_request_binding(junk, nonce))
+    with pytest.raises(JoinRefused, match="not a P-256 public key"):
+        hand_over_cluster_key(_party(platform), CLUSTER_KEY, nonce, junk, evidence)
+    answer = hand_over_cluster_key(
+        _party(platform), CLUSTER_KEY, nonce, request.public_der, request.evidence
+    )
+    with pytest.raises(JoinRefused, match="not bound to this exchange"):
+        request.open(dict(answer, public_key=base64.b64encode(junk).decode()))

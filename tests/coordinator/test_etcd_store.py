@@ -221,3 +221,35 @@ def test_the_audit_log_in_etcd_is_shared_and_append_only(etcd: EtcdServer) -> No
         first.append_missing([altered])
     assert first.read() == entries
     assert EtcdAuditLog(_store(etcd, prefix="/other")).read() == []
+
+
+def test_a_state_read_but_not_adopted_is_never_overwritten(etcd: EtcdServer) -> None:
+    """A Coordinator that loses a compare-and-swap and cannot adopt the newer state (it does
+    not open with its keys) keeps expecting the state it serves: its next save conflicts
+    again instead of replacing what it could not read."""
+    import asyncio
+
+    from geode.coordinator import GroupCommit
+
+    first, second = _store(etcd), _store(etcd)
+    first.load()
+    second.load()
+    first.save(b"the other deployment's state")
+
+    def refuse(blob: bytes | None) -> None:
+        raise SealError("does not open here")
+
+    commit = GroupCommit(lambda: b"this one's state", second, reload=refuse)
+
+    async def twice() -> list[str]:
+        outcomes = []
+        for _ in range(2):
+            try:
+                await commit.commit()
+                outcomes.append("saved")
+            except StoreConflict:
+                outcomes.append("conflict")
+        return outcomes
+
+    assert asyncio.run(twice()) == ["conflict", "conflict"]
+    assert first.load() == b"the other deployment's state"

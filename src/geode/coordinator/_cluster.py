@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -149,10 +149,13 @@ def _transport_key(
     own: ec.EllipticCurvePrivateKey, other_der: bytes, newcomer_der: bytes, peer_der: bytes,
     nonce: bytes,
 ) -> AESGCM:  # fmt: skip
-    other = serialization.load_der_public_key(other_der)
-    if not isinstance(other, ec.EllipticCurvePublicKey) or other.curve.name != "secp256r1":
-        raise JoinRefused("the exchange key is not a P-256 key")
-    shared = own.exchange(ec.ECDH(), other)
+    try:
+        other = serialization.load_der_public_key(other_der)
+        if not isinstance(other, ec.EllipticCurvePublicKey) or other.curve.name != "secp256r1":
+            raise ValueError
+        shared = own.exchange(ec.ECDH(), other)
+    except (ValueError, UnsupportedAlgorithm):
+        raise JoinRefused("the exchange key is not a P-256 public key") from None
     info = (
         _TRANSPORT_AAD
         + hashlib.sha256(newcomer_der).digest()

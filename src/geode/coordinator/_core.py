@@ -131,13 +131,19 @@ class Coordinator(GovernanceMixin):
                 self._recovery_header = None
             log.error("sealed state cannot be opened; entering recovery: %s", exc)
 
-    def reload(self, blob: bytes | None) -> None:
+    def reload(self, blob: bytes | None, offered_key: bytes | None = None) -> None:
         """Adopt the state another Coordinator saved to the shared store (after this one lost a
-        compare-and-swap). Only a state this Coordinator's sealing key opens is adopted; a
+        compare-and-swap, or found it newer). Only a state that this Coordinator's sealing key
+        or cluster key opens (else ``offered_key``, a peer's cluster key) is adopted; a
         ``SealError`` leaves the current state as it is."""
         if blob is None or self.state is State.RECOVERY:
             return
-        sealer, raw = Sealer.unseal(blob, self._sealing_key, self.cluster_key)
+        try:
+            sealer, raw = Sealer.unseal(blob, self._sealing_key, self.cluster_key)
+        except SealError:
+            if offered_key is None:
+                raise
+            sealer, raw = Sealer.unseal(blob, self._sealing_key, offered_key)
         data = CoordinatorState.from_bytes(raw, now=self._clock())
         self._adopt(data)
         self._sealer = self._with_cluster_key(sealer)
@@ -163,10 +169,8 @@ class Coordinator(GovernanceMixin):
         """``sealer`` wrapping the data key under the adopted state's cluster key; a state from
         before cluster keys gets one now (saved with its next write)."""
         assert self._data is not None
-        if self._data.cluster_key is None:
+        if self._data.cluster_key is None:  # a state of 32 bytes or none (``_state``)
             self._data.cluster_key = os.urandom(CLUSTER_KEY_SIZE)
-        elif len(self._data.cluster_key) != CLUSTER_KEY_SIZE:
-            raise SealError("sealed state is inconsistent: its cluster key is not 32 bytes")
         self._share_nonces(self._data.cluster_key)
         return sealer.with_cluster_key(self._data.cluster_key)
 

@@ -133,6 +133,13 @@ class EtcdStore:
         """The mod_revision the next ``save`` expects (0: the key did not exist)."""
         return self._revision
 
+    @revision.setter
+    def revision(self, value: int) -> None:
+        """Go back to expecting ``value`` (a state read but not adopted: the next save must
+        conflict rather than overwrite what was read)."""
+        with self._lock:
+            self._revision = value
+
     def load(self) -> bytes | None:
         with self._lock:
             answer = self._post("/v3/kv/range", {"key": self._key})

@@ -20,14 +20,17 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import threading
 from collections.abc import Callable
 
 import httpx
+from cryptography.exceptions import InvalidSignature
 from starlette.requests import Request
 from starlette.responses import Response
 
 from geode.coordinator._etcd import EtcdStore
-from geode.errors import GeodeError
+from geode.errors import GeodeError, PKIError
+from geode.pki import COORDINATOR_URI, load_certificate, uri_sans
 
 __all__ = ["FORWARDED_HEADER", "Forwarder", "Writer"]
 
@@ -47,6 +50,8 @@ class Writer:
         self.ttl = ttl
         self.holder: str | None = None
         self._lease: str | None = None
+        self._lock = threading.Lock()  # an election under way in a thread, or the resignation
+        self._resigned = False
 
     @property
     def is_self(self) -> bool:
@@ -55,18 +60,23 @@ class Writer:
     def elect(self) -> None:
         """Keep this Coordinator's lease alive (a new one if it expired) and take the writer
         key if nobody holds it; learn who does."""
-        if self._lease is None or not self.store.keep_alive(self._lease):
-            self._lease = self.store.grant(self.ttl)
-        before, self.holder = self.holder, self.store.campaign(self.name, self._lease)
+        with self._lock:
+            if self._resigned:
+                return
+            if self._lease is None or not self.store.keep_alive(self._lease):
+                self._lease = self.store.grant(self.ttl)
+            before, self.holder = self.holder, self.store.campaign(self.name, self._lease)
         if self.holder != before:
             log.info("the writer of activations is now %s", self.holder or "nobody")
 
     def resign(self) -> None:
         """Give the key up at once (a clean stop), rather than after the lease's ``ttl``."""
-        if self._lease is not None:
-            with contextlib.suppress(GeodeError):
-                self.store.revoke(self._lease)
-            self._lease = None
+        with self._lock:
+            self._resigned = True
+            if self._lease is not None:
+                with contextlib.suppress(GeodeError):
+                    self.store.revoke(self._lease)
+                self._lease = None
 
     async def run(self) -> None:
         """Elect every third of ``ttl`` until cancelled; an unreachable etcd means nobody is
@@ -94,6 +104,7 @@ class Forwarder:
         self._root_pem = root_pem
         self._client: httpx.AsyncClient | None = None
         self._client_root = ""
+        self._closing: asyncio.Task[None] | None = None
 
     def _http(self) -> httpx.AsyncClient:
         root = self._root_pem()
@@ -103,7 +114,7 @@ class Forwarder:
             self._client = httpx.AsyncClient(verify=context, timeout=FORWARD_TIMEOUT)
             self._client_root = root
             if old is not None:
-                asyncio.get_running_loop().create_task(old.aclose())
+                self._closing = asyncio.get_running_loop().create_task(old.aclose())
         return self._client
 
     async def __call__(self, request: Request, raw: bytes) -> Response | None:
@@ -119,10 +130,30 @@ class Forwarder:
         except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
             log.warning("the writer %s is unreachable (%s): handled here", holder, exc)
             return None
+        if not self._is_coordinator(answer):
+            # Its certificate chains to the root but is no Coordinator's (a service's leaf,
+            # say, at an address someone wrote into etcd): its answer is not relayed.
+            log.error("the writer %s is not a Coordinator of this deployment: handled here", holder)
+            return None
         if answer.status_code >= 500:
             log.warning("the writer %s answered %d: handled here", holder, answer.status_code)
             return None
         return Response(answer.content, answer.status_code, media_type="application/json")
+
+    def _is_coordinator(self, answer: httpx.Response) -> bool:
+        """Whether the TLS peer of ``answer`` showed a Coordinator's certificate: issued by the
+        root itself (services' leaves come from the mesh CA) for ``urn:geode:coordinator``."""
+        stream = answer.extensions.get("network_stream")
+        tls = stream.get_extra_info("ssl_object") if stream is not None else None
+        der = tls.getpeercert(binary_form=True) if tls is not None else None
+        if not der:
+            return False
+        try:
+            peer = load_certificate(der)
+            peer.verify_directly_issued_by(load_certificate(self._client_root.encode()))
+        except (PKIError, ValueError, TypeError, InvalidSignature):
+            return False
+        return COORDINATOR_URI in uri_sans(peer)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -68,21 +68,25 @@ class GroupCommit:
 
     async def _write_all(self) -> None:
         while self._pending is not None:
-            waiter, self._pending = self._pending, None
-            reverts, self._reverts = self._reverts, []
-            try:
-                async with self._disk:
+            async with self._disk:
+                # The batch is taken only once the write can start: a read of the store (a
+                # conflict's, or ``follow``'s) that holds ``_disk`` meanwhile still sees it
+                # waiting, and fails it if the state it was made on is replaced.
+                if self._pending is None:
+                    return
+                waiter, self._pending = self._pending, None
+                reverts, self._reverts = self._reverts, []
+                try:
                     blob = self._snapshot()
                     await asyncio.to_thread(self._store.save, blob)
                     self.writes += 1
-            except Exception as exc:
-                _undo(reverts)
-                if isinstance(exc, StoreConflict):
-                    async with self._disk:
+                except Exception as exc:
+                    _undo(reverts)
+                    if isinstance(exc, StoreConflict):
                         await self._read_again()
-                _fail(waiter, exc)
-            else:
-                waiter.set_result(None)
+                    _fail(waiter, exc)
+                else:
+                    waiter.set_result(None)
 
     async def follow(self, moved_on: Callable[[], bool]) -> bool:
         """Adopt the store's state when ``moved_on()`` (run in a thread) says another
@@ -92,16 +96,18 @@ class GroupCommit:
         if self._reload is None or self._pending is not None or self._disk.locked():
             return False
         async with self._disk:
-            if not await asyncio.to_thread(moved_on):
+            if not await asyncio.to_thread(moved_on) or self._pending is not None:
                 return False
             await self._read_again()
             return True
 
     async def _read_again(self) -> None:
         """After a lost compare-and-swap: adopt the state the store holds now (the caller holds
-        ``_disk``). A failure here is logged; the next write then conflicts and tries again."""
+        ``_disk``). A failure here is logged; the next write then conflicts and tries again:
+        the store's compare-and-swap base moves to the state read only if it is adopted."""
         if self._reload is None:
             return
+        mark = getattr(self._store, "revision", None)
         try:
             blob = await asyncio.to_thread(self._store.load)
         except Exception as exc:
@@ -118,6 +124,8 @@ class GroupCommit:
         try:
             self._reload(blob)
         except Exception as exc:
+            if mark is not None:  # what this Coordinator serves is still the older state
+                self._store.revision = mark  # type: ignore[attr-defined]
             log.error("the shared state read after a conflict cannot be adopted: %s", exc)
         else:
             log.info("another Coordinator changed the shared state; read it again")

@@ -149,6 +149,14 @@ class _LockedStore:
         self._lock = lock
         self.cluster: _Cluster | None = None
 
+    @property
+    def revision(self) -> int:
+        return self.store.revision
+
+    @revision.setter
+    def revision(self, value: int) -> None:
+        self.store.revision = value
+
     def load(self) -> bytes | None:
         return self.store.load()
 
@@ -187,15 +195,26 @@ class _Cluster:
     def __init__(self, config: CoordinatorConfig, store: EtcdStore, sealing_key: bytes) -> None:
         self.store = store
         self.name = advertised_address(config)
+        host = (config.advertise_addr or config.mesh_addr)[0]
+        if host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
+            log.warning(
+                "this Coordinator is listed in etcd as %s: Coordinators on other hosts cannot "
+                "reach it there (set --advertise-addr)",
+                self.name,
+            )
         self.copy = ClusterKeyFile(config.data_dir, sealing_key)
         self._sealing_key = sealing_key
+        self.kept: bytes | None = None  # what the local copy holds
+        self.offered: bytes | None = None  # a peer's key, adopted with the next state read
+        self.started_empty = False  # the store held no state when this Coordinator started
 
     def local_key(self) -> bytes | None:
         try:
-            return self.copy.load()
+            self.kept = self.copy.load()
         except SealError as exc:
             log.warning("cluster key copy not used: %s", exc)
             return None
+        return self.kept
 
     def opens(self, blob: bytes, key: bytes | None) -> bool:
         try:
@@ -220,10 +239,11 @@ class _Cluster:
             log.error("cluster key not obtained from %s", failure)
         return key
 
-    def keep(self, key: bytes | None, previous: bytes | None) -> None:
-        """Seal ``key`` into the local copy when it is new."""
-        if key is not None and key != previous:
+    def keep(self, key: bytes | None) -> None:
+        """Seal ``key`` into the local copy when it is not the one there."""
+        if key is not None and key != self.kept:
             self.copy.save(key)
+            self.kept = key
             log.info("cluster key sealed into %s with this host's sealing key", self.copy.path)
 
     def register(self, coordinator: Coordinator) -> None:
@@ -280,12 +300,13 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
         cluster_key = None
         if isinstance(store, _LockedStore):
             cluster = store.cluster = _Cluster(config, store.store, sealing_key)
+            cluster.started_empty = blob is None
             cluster_key = local = cluster.local_key()
             if blob is not None and not cluster.opens(blob, cluster_key):
                 log.warning("the shared state does not open here yet: asking a peer")
                 cluster_key = cluster.join(blob, coordinator.join_party()) or local
             coordinator.load(blob, cluster_key)
-            cluster.keep(coordinator.cluster_key, local)
+            cluster.keep(coordinator.cluster_key)
             cluster.register(coordinator)
         else:
             coordinator.load(blob)
@@ -322,9 +343,12 @@ def _record_start(coordinator: Coordinator, store: StateStore) -> None:
             if attempt == 3:
                 log.error("the start could not be recorded: %s", exc)
                 break
+            mark = getattr(store, "revision", None)
             try:
                 coordinator.reload(store.load())
             except SealError as reload_failed:
+                if mark is not None:  # not adopted: the next save must conflict, not overwrite
+                    store.revision = mark  # type: ignore[attr-defined]
                 log.error("the start could not be recorded: %s", reload_failed)
                 break
         except SealError as exc:
@@ -350,27 +374,47 @@ async def _serve(config: CoordinatorConfig) -> int:
 
         cluster = store.cluster if isinstance(store, _LockedStore) else None
 
+        joining: list[asyncio.Task[None]] = []
+
         def reload(blob: bytes | None) -> None:
             # Another Coordinator saved first (shared store): serve its state, certificate too.
+            # Raising means not adopted: the store then still expects the state served here.
+            if coordinator.state is State.RECOVERY:
+                raise SealError(
+                    "in recovery, a newer shared state is not adopted: restart this "
+                    "Coordinator to open it"
+                )
             try:
-                coordinator.reload(blob)
+                coordinator.reload(blob, cluster.offered if cluster else None)
             except SealError:
-                # Its cluster key is not ours (two new deployments raced on one store): ours
-                # was never saved, so take the winner's from a peer that attests to it.
-                if cluster is None or blob is None:
-                    raise
-                key = cluster.join(blob, coordinator.join_party())
-                if key is None:
-                    raise
-                before = coordinator.cluster_key
-                coordinator.load(blob, key)
-                cluster.keep(coordinator.cluster_key, before)
+                # Two new deployments raced on one store and this one lost: its own state was
+                # never saved, so it may take the winner's cluster key from a peer that attests
+                # to it (in a thread; adopted with a later read). A Coordinator that has served
+                # a saved state never swaps it for one it cannot open.
+                if (
+                    cluster is not None
+                    and blob is not None
+                    and cluster.started_empty
+                    and persist.writes == 0
+                    and not (joining and not joining[-1].done())
+                ):
+                    joining[:] = [asyncio.get_running_loop().create_task(join_later(blob))]
+                raise
+            if cluster is not None:
+                cluster.keep(coordinator.cluster_key)
             tls.refresh()
+
+        async def join_later(blob: bytes) -> None:
+            assert cluster is not None
+            party = coordinator.join_party()
+            key = await asyncio.to_thread(cluster.join, blob, party)
+            if key is not None:
+                cluster.offered = key
 
         def changed() -> None:
             tls.refresh()
             if cluster is not None:  # after a recovery, the state's cluster key is known
-                cluster.keep(coordinator.cluster_key, cluster.local_key())
+                cluster.keep(coordinator.cluster_key)
 
         persist = GroupCommit(coordinator.sealed_state, store, reload=reload)
         writer = forwarder = None
@@ -432,7 +476,10 @@ async def _serve(config: CoordinatorConfig) -> int:
         background = []
         if cluster is not None and writer is not None:
             interval = config.etcd_poll.total_seconds()
-            background.append(asyncio.create_task(_follow(cluster.store, persist, interval)))
+            in_recovery = lambda: coordinator.state is State.RECOVERY  # noqa: E731
+            background.append(
+                asyncio.create_task(_follow(cluster.store, persist, interval, in_recovery))
+            )
             background.append(asyncio.create_task(writer.run()))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         stop()
@@ -448,11 +495,16 @@ async def _serve(config: CoordinatorConfig) -> int:
         store.close()
 
 
-async def _follow(store: EtcdStore, persist: GroupCommit, interval: float) -> None:
-    """Every ``interval`` seconds, adopt what another Coordinator saved to etcd."""
+async def _follow(
+    store: EtcdStore, persist: GroupCommit, interval: float, paused: Callable[[], bool]
+) -> None:
+    """Every ``interval`` seconds, adopt what another Coordinator saved to etcd (not while
+    ``paused()``: in recovery)."""
     failing = False
     while True:
         await asyncio.sleep(interval)
+        if paused():
+            continue
         try:
             await persist.follow(store.moved_on)
         except Exception as exc:  # the loop must outlive any one failure

@@ -234,7 +234,7 @@ class CoordinatorState:
                 updates=updates,
                 pending_update=pending_update,
                 audit=audit,
-                cluster_key=_unb64(doc.get("cluster_key")),
+                cluster_key=_cluster_key(doc.get("cluster_key")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SealError(f"state is unreadable: {type(exc).__name__}") from None
@@ -242,6 +242,13 @@ class CoordinatorState:
 
 def _b64(value: bytes | None) -> str | None:
     return None if value is None else base64.b64encode(value).decode()
+
+
+def _cluster_key(value: str | None) -> bytes | None:
+    key = _unb64(value)
+    if key is not None and len(key) != 32:
+        raise ValueError("the cluster key is not 32 bytes")
+    return key
 
 
 def _unb64(value: str | None) -> bytes | None:
