@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,8 @@ from geode.attestation import (
     join_request_binding,
     match_claims,
 )
+from geode.coordinator._etcd import EtcdStore
+from geode.coordinator._seal import Sealer
 from geode.errors import ClaimsMismatch, EvidenceError, GeodeError, JoinRefused, SealError
 
 __all__ = [
@@ -62,6 +67,7 @@ __all__ = [
     "CLUSTER_KEY_PATH",
     "CLUSTER_KEY_SIZE",
     "ClusterKeyFile",
+    "ClusterMember",
     "JoinParty",
     "JoinRequest",
     "hand_over_cluster_key",
@@ -301,3 +307,67 @@ def obtain_cluster_key(
         log.info("obtained the cluster key from %s after mutual attestation", peer)
         return key, failures
     return None, failures
+
+
+class ClusterMember:
+    """This Coordinator among the others sharing its etcd store: its listing as ``name`` (the
+    HOST:PORT of its mesh API), its copy of the cluster key in ``data_dir``, and how it
+    obtains the key from a peer."""
+
+    def __init__(self, name: str, data_dir: Path, store: EtcdStore, sealing_key: bytes) -> None:
+        self.store = store
+        self.name = name
+        self.copy = ClusterKeyFile(data_dir, sealing_key)
+        self._sealing_key = sealing_key
+        self.kept: bytes | None = None  # what the local copy holds
+        self.offered: bytes | None = None  # a peer's key, adopted with the next state read
+        self.started_empty = False  # the store held no state when this Coordinator started
+
+    def local_key(self) -> bytes | None:
+        try:
+            self.kept = self.copy.load()
+        except SealError as exc:
+            log.warning("cluster key copy not used: %s", exc)
+            return None
+        return self.kept
+
+    def opens(self, blob: bytes, key: bytes | None) -> bool:
+        try:
+            Sealer.unseal(blob, self._sealing_key, key)
+        except SealError:
+            return False
+        return True
+
+    def join(self, blob: bytes, party: JoinParty) -> bytes | None:
+        """The cluster key from a running peer that attests to it; ``None`` if none does."""
+        try:
+            peers = [name for name in self.store.members() if name != self.name]
+        except SealError as exc:
+            log.error("the other Coordinators cannot be listed: %s", exc)
+            return None
+        if not peers:
+            log.error("no other Coordinator is listed in etcd to hand over the cluster key")
+            return None
+        random.shuffle(peers)
+        key, failures = obtain_cluster_key(peers, party, lambda k: self.opens(blob, k))
+        for failure in failures:
+            log.error("cluster key not obtained from %s", failure)
+        return key
+
+    def keep(self, key: bytes | None) -> None:
+        """Seal ``key`` into the local copy when it is not the one there."""
+        if key is not None and key != self.kept:
+            self.copy.save(key)
+            self.kept = key
+            log.info("cluster key sealed into %s with this host's sealing key", self.copy.path)
+
+    def register(self, measurement: bytes) -> None:
+        record = json.dumps({"mesh": self.name, "measurement": measurement.hex()}).encode()
+        try:
+            self.store.register(self.name, record)
+        except SealError as exc:
+            log.error("this Coordinator could not list itself in etcd: %s", exc)
+
+    def unregister(self) -> None:
+        with contextlib.suppress(SealError):
+            self.store.unregister(self.name)

@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
-import json
 import logging
-import random
 import signal
 import socket
 import ssl
@@ -23,13 +21,12 @@ import geode
 from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
 from geode.coordinator._api import build_apps
 from geode.coordinator._audit import AuditFile
-from geode.coordinator._cluster import ClusterKeyFile, JoinParty, obtain_cluster_key
+from geode.coordinator._cluster import ClusterMember
 from geode.coordinator._core import Coordinator, CoordinatorSettings, State
 from geode.coordinator._etcd import EtcdAuditLog, EtcdSettings, EtcdStore
 from geode.coordinator._forward import Forwarder, Writer
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
-    Sealer,
     default_sealing_key_path,
     load_or_create_sealing_key,
 )
@@ -147,7 +144,7 @@ class _LockedStore:
     def __init__(self, store: EtcdStore, lock: DataDirectoryLock) -> None:
         self.store = store
         self._lock = lock
-        self.cluster: _Cluster | None = None
+        self.cluster: ClusterMember | None = None
 
     @property
     def revision(self) -> int:
@@ -173,11 +170,19 @@ class _LockedStore:
 
 
 def advertised_address(config: CoordinatorConfig) -> str:
-    """HOST:PORT where peers reach this Coordinator's mesh API."""
+    """HOST:PORT where peers reach this Coordinator's mesh API (warned about when only this
+    host can)."""
     host, port = config.advertise_addr or config.mesh_addr
     if _is_ip(host) and ipaddress.ip_address(host).is_unspecified:
         host = socket.gethostname()
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
+        log.warning(
+            "this Coordinator is listed in etcd as %s: Coordinators on other hosts cannot "
+            "reach it there (set --advertise-addr)",
+            name,
+        )
+    return name
 
 
 def _is_ip(host: str) -> bool:
@@ -186,78 +191,6 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-class _Cluster:
-    """This Coordinator among the others sharing its etcd store: its listing, its copy of the
-    cluster key, and how it obtains the key from a peer (``_cluster``)."""
-
-    def __init__(self, config: CoordinatorConfig, store: EtcdStore, sealing_key: bytes) -> None:
-        self.store = store
-        self.name = advertised_address(config)
-        host = (config.advertise_addr or config.mesh_addr)[0]
-        if host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
-            log.warning(
-                "this Coordinator is listed in etcd as %s: Coordinators on other hosts cannot "
-                "reach it there (set --advertise-addr)",
-                self.name,
-            )
-        self.copy = ClusterKeyFile(config.data_dir, sealing_key)
-        self._sealing_key = sealing_key
-        self.kept: bytes | None = None  # what the local copy holds
-        self.offered: bytes | None = None  # a peer's key, adopted with the next state read
-        self.started_empty = False  # the store held no state when this Coordinator started
-
-    def local_key(self) -> bytes | None:
-        try:
-            self.kept = self.copy.load()
-        except SealError as exc:
-            log.warning("cluster key copy not used: %s", exc)
-            return None
-        return self.kept
-
-    def opens(self, blob: bytes, key: bytes | None) -> bool:
-        try:
-            Sealer.unseal(blob, self._sealing_key, key)
-        except SealError:
-            return False
-        return True
-
-    def join(self, blob: bytes, party: JoinParty) -> bytes | None:
-        """The cluster key from a running peer that attests to it; ``None`` if none does."""
-        try:
-            peers = [name for name in self.store.members() if name != self.name]
-        except SealError as exc:
-            log.error("the other Coordinators cannot be listed: %s", exc)
-            return None
-        if not peers:
-            log.error("no other Coordinator is listed in etcd to hand over the cluster key")
-            return None
-        random.shuffle(peers)
-        key, failures = obtain_cluster_key(peers, party, lambda k: self.opens(blob, k))
-        for failure in failures:
-            log.error("cluster key not obtained from %s", failure)
-        return key
-
-    def keep(self, key: bytes | None) -> None:
-        """Seal ``key`` into the local copy when it is not the one there."""
-        if key is not None and key != self.kept:
-            self.copy.save(key)
-            self.kept = key
-            log.info("cluster key sealed into %s with this host's sealing key", self.copy.path)
-
-    def register(self, coordinator: Coordinator) -> None:
-        record = json.dumps(
-            {"mesh": self.name, "measurement": coordinator.measurement.hex()}
-        ).encode()
-        try:
-            self.store.register(self.name, record)
-        except SealError as exc:
-            log.error("this Coordinator could not list itself in etcd: %s", exc)
-
-    def unregister(self) -> None:
-        with contextlib.suppress(SealError):
-            self.store.unregister(self.name)
 
 
 def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore]:
@@ -299,7 +232,9 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
         blob = store.load()
         cluster_key = None
         if isinstance(store, _LockedStore):
-            cluster = store.cluster = _Cluster(config, store.store, sealing_key)
+            name = advertised_address(config)
+            cluster = ClusterMember(name, config.data_dir, store.store, sealing_key)
+            store.cluster = cluster
             cluster.started_empty = blob is None
             cluster_key = local = cluster.local_key()
             if blob is not None and not cluster.opens(blob, cluster_key):
@@ -307,7 +242,7 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
                 cluster_key = cluster.join(blob, coordinator.join_party()) or local
             coordinator.load(blob, cluster_key)
             cluster.keep(coordinator.cluster_key)
-            cluster.register(coordinator)
+            cluster.register(coordinator.measurement)
         else:
             coordinator.load(blob)
     except BaseException:
