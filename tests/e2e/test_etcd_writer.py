@@ -4,14 +4,21 @@ handle requests themselves at once and one of them takes over (real processes, r
 
 from __future__ import annotations
 
+import base64
+import http.server
+import json
 import re
+import ssl
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from geode.runtime import Activation
 from tests.conftest import StartCoordinator
 from tests.e2e.test_etcd_coordinators import _activate, _set_manifest
 from tests.etcd_support import EtcdServer
@@ -100,3 +107,65 @@ def test_when_the_writer_dies_the_others_go_on_and_one_takes_over(
         _activate(c, bundle, geode_env)
         _activate(b, bundle, geode_env)
     _wait_for(lambda: b.status()["activations"] == c.status()["activations"] == {"web": 9})
+
+
+class _ForgedWriter:
+    """An HTTPS server with a certificate that chains to the deployment's root (a service's
+    leaf) but is no Coordinator's, answering every request with a forged 200."""
+
+    def __init__(self, activation: Activation, directory: Path) -> None:
+        cert, key = directory / "leaf.pem", directory / "leaf.key"
+        cert.write_bytes(
+            b"".join(c.public_bytes(Encoding.PEM) for c in activation.certificate_chain)
+        )
+        key.write_bytes(activation.private_key_pem())
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        self.requests: list[str] = []
+        requests = self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                requests.append(self.path)
+                body = json.dumps({"forged": True}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_writer_that_is_not_a_coordinator_gets_no_say(
+    start_coordinator: StartCoordinator,
+    etcd: EtcdServer,
+    bundle: Path,
+    geode_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The host (it controls etcd) names as the writer a server holding a service's
+    certificate, valid under the deployment's root for the name used: its answers are not
+    relayed, and the request is decided where it arrived."""
+    _, b, _ = _three(start_coordinator, etcd, tmp_path, bundle, dns_names=["localhost"])
+    forged = _ForgedWriter(_activate(b, bundle, geode_env), tmp_path)
+    writer_key = base64.b64encode(b"/geode/writer").decode()
+    httpx.post(f"http://{etcd.endpoint}/v3/kv/deleterange", json={"key": writer_key})
+    name = base64.b64encode(f"localhost:{forged.port}".encode()).decode()
+    httpx.post(f"http://{etcd.endpoint}/v3/kv/put", json={"key": writer_key, "value": name})
+    _wait_for(lambda: f"the writer of activations is now localhost:{forged.port}" in b.log())
+    try:
+        genuine = _activate(b, bundle, geode_env)  # verified against the root by the runtime
+        assert genuine.spiffe_id.endswith("/service/web")
+        assert forged.requests == ["/api/v1/mesh/activate"]
+        assert f"the writer localhost:{forged.port} is not a Coordinator" in b.log()
+    finally:
+        forged.server.shutdown()
+    assert b.status()["activations"] == {"web": 2}
