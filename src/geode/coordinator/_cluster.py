@@ -355,11 +355,17 @@ class ClusterMember:
         return key
 
     def keep(self, key: bytes | None) -> None:
-        """Seal ``key`` into the local copy when it is not the one there."""
-        if key is not None and key != self.kept:
+        """Seal ``key`` into the local copy when it is not the one there. A failure is logged,
+        not raised: the Coordinator serves on, and needs a peer again only after a restart."""
+        if key is None or key == self.kept:
+            return
+        try:
             self.copy.save(key)
-            self.kept = key
-            log.info("cluster key sealed into %s with this host's sealing key", self.copy.path)
+        except SealError as exc:
+            log.error("cluster key copy not written (retried with the next change): %s", exc)
+            return
+        self.kept = key
+        log.info("cluster key sealed into %s with this host's sealing key", self.copy.path)
 
     def register(self, measurement: bytes) -> None:
         record = json.dumps({"mesh": self.name, "measurement": measurement.hex()}).encode()

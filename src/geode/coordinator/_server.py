@@ -342,7 +342,11 @@ async def _serve(config: CoordinatorConfig) -> int:
         async def join_later(blob: bytes) -> None:
             assert cluster is not None
             party = coordinator.join_party()
-            key = await asyncio.to_thread(cluster.join, blob, party)
+            try:
+                key = await asyncio.to_thread(cluster.join, blob, party)
+            except Exception:  # tried again with the next read of the store
+                log.exception("the cluster key could not be asked for")
+                return
             if key is not None:
                 cluster.offered = key
 
