@@ -26,6 +26,11 @@ from geode.testing import EtcdProcess, find_etcd
 __all__ = ["EtcdServer", "EtcdTLS", "etcd_binary", "state_in_etcd", "value_in_etcd"]
 
 
+def own_sealing_key(tmp_path: Path, name: str) -> tuple[str, str]:
+    """``geode coordinator`` arguments giving Coordinator ``name`` a sealing key of its own."""
+    return "--sealing-key", str(tmp_path / "keys" / f"{name}.key")
+
+
 def etcd_binary() -> str:
     """The etcd program; fails under CI=true when it is missing (``make test`` installs it),
     skips otherwise."""

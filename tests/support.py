@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ __all__ = [
     "geode_run_argv",
     "sample_manifest",
     "wait_for_port",
+    "wait_until",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +56,17 @@ class CoordinatorProcess(testing.CoordinatorProcess):
         response = httpx.get(f"https://{self.client_addr}/api/v1/status", verify=False)
         result: dict[str, object] = response.json()
         return result
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float, describe: Callable[[], object] = str
+) -> None:
+    """Poll ``condition`` until it holds; fails after ``timeout`` seconds, saying
+    ``describe()`` (a log's end, a status)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, describe()
+        time.sleep(0.05)
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

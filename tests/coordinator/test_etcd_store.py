@@ -208,7 +208,7 @@ def test_members_moved_on_and_the_writer_key(etcd: EtcdServer) -> None:
 
 
 def test_the_audit_log_in_etcd_is_shared_and_append_only(etcd: EtcdServer) -> None:
-    from geode.coordinator._etcd import EtcdAuditLog
+    from geode.coordinator._audit import EtcdAuditLog
 
     first, second = EtcdAuditLog(_store(etcd)), EtcdAuditLog(_store(etcd))
     entries = [json.dumps({"seq": n, "event": f"e{n}"}) for n in range(1, 12)]

@@ -9,7 +9,6 @@ import base64
 import collections
 import re
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,8 +25,8 @@ from geode.errors import ActivationDenied, ClientError, GeodeError
 from geode.runtime import Activation, EvidenceProvider, activate, simulated_evidence_provider
 from geode.testing import EtcdCluster
 from tests.conftest import StartCoordinator
-from tests.etcd_support import state_in_etcd, value_in_etcd
-from tests.support import CoordinatorProcess, sample_manifest
+from tests.etcd_support import own_sealing_key, state_in_etcd, value_in_etcd
+from tests.support import CoordinatorProcess, sample_manifest, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -140,14 +139,11 @@ def _make_leader(cluster: EtcdCluster, index: int) -> None:
             timeout=10,
         )
         assert answer.status_code == 200, answer.text
-    deadline = time.monotonic() + 10
-    while not all(s["leader"] == target for s in _etcd_status(cluster)):
-        assert time.monotonic() < deadline, _etcd_status(cluster)
-        time.sleep(0.05)
-
-
-def _own_key(tmp_path: Path, name: str) -> tuple[str, str]:
-    return "--sealing-key", str(tmp_path / "keys" / f"{name}.key")
+    wait_until(
+        lambda: all(s["leader"] == target for s in _etcd_status(cluster)),
+        10,
+        lambda: _etcd_status(cluster),
+    )
 
 
 def _writer(cluster: EtcdCluster) -> str:
@@ -166,10 +162,7 @@ def _key_from(coordinator: CoordinatorProcess) -> str:
 
 def _wait_for(condition: Callable[[], bool], coordinator: CoordinatorProcess) -> None:
     """Until ``condition()`` holds; fails after 10 s (ten times the etcd poll interval)."""
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, coordinator.log_tail()
-        time.sleep(0.05)
+    wait_until(condition, 10, coordinator.log_tail)
 
 
 def test_three_coordinators_on_an_etcd_cluster_survive_crashes(
@@ -182,7 +175,7 @@ def test_three_coordinators_on_an_etcd_cluster_survive_crashes(
     # The first Coordinator sets the manifest, which saves the root of trust to etcd; the others,
     # each with its own sealing key, obtain the cluster key from a peer by mutual attestation.
     a = start_coordinator(
-        tmp_path / "data-a", "--store", etcd_cluster.url, *_own_key(tmp_path, "a")
+        tmp_path / "data-a", "--store", etcd_cluster.url, *own_sealing_key(tmp_path, "a")
     )
     with CoordinatorClient(a.client_addr, insecure=True) as client:
         measurement = measure_bundle(bundle).hex()
@@ -196,7 +189,7 @@ def test_three_coordinators_on_an_etcd_cluster_survive_crashes(
 
     b, c = (
         start_coordinator(
-            tmp_path / f"data-{n}", "--store", etcd_cluster.url, *_own_key(tmp_path, n)
+            tmp_path / f"data-{n}", "--store", etcd_cluster.url, *own_sealing_key(tmp_path, n)
         )
         for n in "bc"
     )
@@ -317,7 +310,7 @@ def test_coordinators_started_before_the_manifest_follow_it(
 ) -> None:
     coordinators = [
         start_coordinator(
-            tmp_path / f"data-{n}", "--store", etcd_cluster.url, *_own_key(tmp_path, n)
+            tmp_path / f"data-{n}", "--store", etcd_cluster.url, *own_sealing_key(tmp_path, n)
         )
         for n in "abc"
     ]

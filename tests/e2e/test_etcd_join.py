@@ -9,7 +9,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,18 @@ import pytest
 import geode
 from geode.attestation import measure_bundle
 from geode.coordinator import EtcdSettings, EtcdStore, parse_etcd_url
-from geode.coordinator._etcd import EtcdAuditLog
+from geode.coordinator._audit import EtcdAuditLog
 from geode.errors import ActivationDenied, ClientError
 from tests.conftest import StartCoordinator
 from tests.e2e.test_etcd_coordinators import _activate, _root, _set_manifest
-from tests.etcd_support import EtcdServer
-from tests.support import CoordinatorProcess
+from tests.etcd_support import EtcdServer, own_sealing_key
+from tests.support import CoordinatorProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def _store(etcd: EtcdServer) -> EtcdStore:
     return EtcdStore(EtcdSettings(endpoints=parse_etcd_url(etcd.url)))
-
-
-def _own_key(tmp_path: Path, name: str) -> tuple[str, str]:
-    return "--sealing-key", str(tmp_path / "keys" / f"{name}.key")
 
 
 def test_a_newcomer_obtains_the_cluster_key_from_a_peer_and_keeps_it(
@@ -43,12 +38,12 @@ def test_a_newcomer_obtains_the_cluster_key_from_a_peer_and_keeps_it(
     tmp_path: Path,
 ) -> None:
     store = ("--store", etcd.url)
-    a = start_coordinator(tmp_path / "data-a", *store, *_own_key(tmp_path, "a"))
+    a = start_coordinator(tmp_path / "data-a", *store, *own_sealing_key(tmp_path, "a"))
     _set_manifest(a, bundle, max_activations=2)
     _activate(a, bundle, geode_env)
 
     # b's sealing key opens nothing of a's: it asks a, and both attest.
-    b = start_coordinator(tmp_path / "data-b", *store, *_own_key(tmp_path, "b"))
+    b = start_coordinator(tmp_path / "data-b", *store, *own_sealing_key(tmp_path, "b"))
     assert b.status()["state"] == "active"
     assert _root(b) == _root(a)
     assert f"obtained the cluster key from {a.mesh_addr}" in b.log()
@@ -67,7 +62,7 @@ def test_a_newcomer_obtains_the_cluster_key_from_a_peer_and_keeps_it(
     # Alone, b opens the shared state after a restart with its own sealed copy.
     assert a.stop() == 0
     assert b.stop() == 0
-    again = start_coordinator(tmp_path / "data-b", *store, *_own_key(tmp_path, "b"))
+    again = start_coordinator(tmp_path / "data-b", *store, *own_sealing_key(tmp_path, "b"))
     assert again.status()["state"] == "active"
     assert "asking a peer" not in again.log()
     assert again.status()["activations"] == {"web": 2}
@@ -94,7 +89,7 @@ def test_another_package_gets_no_key_and_no_peer_means_recovery(
     tmp_path: Path,
 ) -> None:
     store = ("--store", etcd.url)
-    a = start_coordinator(tmp_path / "data-a", *store, *_own_key(tmp_path, "a"))
+    a = start_coordinator(tmp_path / "data-a", *store, *own_sealing_key(tmp_path, "a"))
     _set_manifest(a, bundle)
 
     env = {**geode_env, **_modified_geode(tmp_path / "modified")}
@@ -104,7 +99,7 @@ def test_another_package_gets_no_key_and_no_peer_means_recovery(
     ).stdout  # fmt: skip
     assert found.startswith(str(tmp_path / "modified"))
     other = CoordinatorProcess(
-        tmp_path / "data-m", env, tmp_path / "modified.log", *store, *_own_key(tmp_path, "m")
+        tmp_path / "data-m", env, tmp_path / "modified.log", *store, *own_sealing_key(tmp_path, "m")
     )
     try:
         other.start()
@@ -120,7 +115,7 @@ def test_another_package_gets_no_key_and_no_peer_means_recovery(
 
     # Every Coordinator that held the key is gone: a new sealing key has nobody to ask.
     assert a.stop() == 0
-    newcomer = start_coordinator(tmp_path / "data-n", *store, *_own_key(tmp_path, "n"))
+    newcomer = start_coordinator(tmp_path / "data-n", *store, *own_sealing_key(tmp_path, "n"))
     assert newcomer.status()["state"] == "recovery"
     assert "no other Coordinator is listed in etcd" in newcomer.log()
     assert not (tmp_path / "data-n" / "cluster.key.sealed").exists()
@@ -135,8 +130,8 @@ def test_two_new_deployments_racing_on_one_store_end_as_one(
 ) -> None:
     # Both start on an empty store, each with its own root and cluster key in memory.
     store = ("--store", etcd.url)
-    a = start_coordinator(tmp_path / "data-a", *store, *_own_key(tmp_path, "a"))
-    b = start_coordinator(tmp_path / "data-b", *store, *_own_key(tmp_path, "b"))
+    a = start_coordinator(tmp_path / "data-a", *store, *own_sealing_key(tmp_path, "a"))
+    b = start_coordinator(tmp_path / "data-b", *store, *own_sealing_key(tmp_path, "b"))
     assert _root(a) != _root(b)
     _set_manifest(a, bundle, max_activations=3)
     with pytest.raises(ClientError) as conflict:
@@ -144,16 +139,10 @@ def test_two_new_deployments_racing_on_one_store_end_as_one(
     assert (conflict.value.status, conflict.value.code) == (409, "store_conflict")
     # b lost: a's state does not open with b's keys, and b never saved a state of its own, so
     # it obtains a's cluster key from a (in the background) and serves a's state.
-    deadline = time.monotonic() + 15
-    while _root(b) != _root(a):
-        assert time.monotonic() < deadline, b.log()
-        time.sleep(0.1)
+    wait_until(lambda: _root(b) == _root(a), 15, b.log)
     assert f"obtained the cluster key from {a.mesh_addr}" in b.log()
     _activate(b, bundle, geode_env)
     _activate(a, bundle, geode_env)
     assert a.status()["activations"] == {"web": 2}
     # b reads what a saved within about a second (--etcd-poll), without writing anything.
-    deadline = time.monotonic() + 10
-    while b.status()["activations"] != {"web": 2}:
-        assert time.monotonic() < deadline, b.status()
-        time.sleep(0.1)
+    wait_until(lambda: b.status()["activations"] == {"web": 2}, 10, b.status)

@@ -10,7 +10,7 @@ import json
 import re
 import ssl
 import threading
-import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from geode.runtime import Activation
 from tests.conftest import StartCoordinator
 from tests.e2e.test_etcd_coordinators import _activate, _set_manifest
-from tests.etcd_support import EtcdServer
-from tests.support import CoordinatorProcess
+from tests.etcd_support import EtcdServer, own_sealing_key
+from tests.support import CoordinatorProcess, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -33,11 +33,8 @@ def _metric(c: CoordinatorProcess, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def _wait_for(condition: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "not within the time"
-        time.sleep(0.1)
+def _wait_for(condition: Callable[[], object]) -> None:
+    wait_until(condition, 15, lambda: "not within 15 s")
 
 
 def _three(
@@ -47,7 +44,7 @@ def _three(
     serving it (b and c started on the empty store too: they adopt a's state within a poll)."""
     started = []
     for name in "abc":
-        key = ("--sealing-key", str(tmp_path / "keys" / f"{name}.key"))
+        key = own_sealing_key(tmp_path, name)
         started.append(start(tmp_path / f"data-{name}", "--store", etcd.url, *key))
     a = started[0]
     assert f"the writer of activations is now {a.mesh_addr}" in a.log()

@@ -7,10 +7,11 @@ Each entry is one line of JSON::
      "signature": base64 ECDSA-P256-SHA256 by the root over audit_signing_payload(hash)}
 
 An entry's hash is ``audit_entry_hash`` of the entry without its signature. The log lives in
-``DIR/audit.log`` in plaintext: it names events, users, secret names and manifest hashes, never a
-secret value. The sealed state keeps the head (number and hash of the last entry) and the entries
-written since the file last confirmed an append, so an entry whose change is on disk reaches the
-file even across a crash, and a reader can tell a log cut short from a complete one.
+``DIR/audit.log`` (with the etcd store, in etcd: ``EtcdAuditLog``) in plaintext: it names
+events, users, secret names and manifest hashes, never a secret value. The sealed state keeps
+the head (number and hash of the last entry) and the entries written since the file last
+confirmed an append, so an entry whose change is on disk reaches the file even across a crash,
+and a reader can tell a log cut short from a complete one.
 
 A change's entry is appended after the change is saved: the file never holds an entry for a
 change that did not happen.
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.attestation import audit_entry_hash, audit_signing_payload
+from geode.coordinator._etcd import AUDIT, EtcdStore
 from geode.coordinator._state import AuditHead
 from geode.errors import SealError
 
@@ -41,6 +43,7 @@ __all__ = [
     "AuditEntry",
     "AuditFile",
     "AuditSink",
+    "EtcdAuditLog",
     "MemoryAuditLog",
     "make_audit_entry",
 ]
@@ -177,3 +180,30 @@ class AuditFile:
         target = self.path.with_name(f"{AUDIT_FILE}.orphaned-{now.strftime('%Y%m%dT%H%M%SZ')}")
         os.replace(self.path, target)
         return target
+
+
+class EtcdAuditLog:
+    """The audit log of Coordinators sharing an etcd store: entry ``n`` is the key
+    ``<prefix>/audit/<n, 12 digits>``, put only if absent. Whichever Coordinator flushes an
+    entry, every one of them reads the whole log."""
+
+    def __init__(self, store: EtcdStore) -> None:
+        self.store = store
+
+    def read(self) -> list[str]:
+        return [value.decode("utf-8", errors="replace") for _, value in self.store.under(AUDIT)]
+
+    def append_missing(self, lines: Sequence[str]) -> None:
+        """Put each entry of ``lines`` not in etcd yet. Idempotent: an entry already there
+        with the same text was a retry (or another Coordinator's flush of the same entry); one
+        with other text means the log was altered, and nothing after it is put."""
+        for line in lines:
+            seq = _seq_of(line)
+            if seq is None or seq < 1:
+                continue
+            found = self.store.put_new(f"{AUDIT}{seq:012d}", line.encode())
+            if found is not None and found != line.encode():
+                raise SealError(
+                    f"audit entry {seq} in etcd is not the one this Coordinator wrote (the log "
+                    "was altered); not appended"
+                )

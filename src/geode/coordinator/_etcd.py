@@ -28,7 +28,6 @@ apply, or its failure branch finds our own blob. Errors never include the blob o
 from __future__ import annotations
 
 import base64
-import json
 import ssl
 import threading
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ import httpx
 
 from geode.errors import SealError, StoreConflict
 
-__all__ = ["ETCD_MAX_BLOB", "EtcdAuditLog", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
+__all__ = ["AUDIT", "ETCD_MAX_BLOB", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
 
 # etcd's default --max-request-bytes is 1.5 MiB; the request also carries the key, base64 and
 # JSON framing, so the blob must leave room for them.
@@ -231,34 +230,18 @@ class EtcdStore:
     def campaign(self, member: str, lease: str) -> str | None:
         """Take the writer key for ``member`` under ``lease`` unless someone holds it; the
         holder's name after the attempt (``None``: nobody, which a new attempt fixes)."""
-        key = self._name_key(WRITER_KEY)
-        with self._lock:
-            answer = self._post(
-                "/v3/kv/txn",
-                {
-                    "compare": [
-                        {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
-                    ],
-                    "success": [
-                        {
-                            "request_put": {
-                                "key": key,
-                                "value": _b64(member.encode()),
-                                "lease": lease,
-                            }
-                        }
-                    ],
-                    "failure": [{"request_range": {"key": key}}],
-                },
-            )
-        if answer.get("succeeded"):
+        found = self.put_new(WRITER_KEY, member.encode(), lease=lease)
+        if found is None:
             return member
-        kvs = _range_kvs(answer)
-        return base64.b64decode(kvs[0].get("value", "")).decode(errors="replace") if kvs else None
+        return found.decode(errors="replace") or None
 
-    def put_new(self, name: str, value: bytes) -> bytes | None:
-        """Put ``<prefix>/<name>`` unless it exists; ``None`` when put, else the value there."""
+    def put_new(self, name: str, value: bytes, lease: str | None = None) -> bytes | None:
+        """Put ``<prefix>/<name>`` (attached to ``lease``, if given) unless it exists; ``None``
+        when put, else the value there."""
         key = self._name_key(name)
+        put: dict[str, str] = {"key": key, "value": _b64(value)}
+        if lease is not None:
+            put["lease"] = lease
         with self._lock:
             answer = self._post(
                 "/v3/kv/txn",
@@ -266,7 +249,7 @@ class EtcdStore:
                     "compare": [
                         {"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
                     ],
-                    "success": [{"request_put": {"key": key, "value": _b64(value)}}],
+                    "success": [{"request_put": put}],
                     "failure": [{"request_range": {"key": key}}],
                 },
             )
@@ -336,38 +319,3 @@ def _range_kvs(answer: dict[str, Any]) -> list[dict[str, Any]]:
             kvs: list[dict[str, Any]] = ranged.get("kvs") or []
             return kvs
     return []
-
-
-class EtcdAuditLog:
-    """The audit log of Coordinators sharing an etcd store: entry ``n`` is the key
-    ``<prefix>/audit/<n, 12 digits>``, put only if absent. Whichever Coordinator flushes an
-    entry, every one of them reads the whole log."""
-
-    def __init__(self, store: EtcdStore) -> None:
-        self.store = store
-
-    def read(self) -> list[str]:
-        return [value.decode("utf-8", errors="replace") for _, value in self.store.under(AUDIT)]
-
-    def append_missing(self, lines: Sequence[str]) -> None:
-        """Put each entry of ``lines`` not in etcd yet. Idempotent: an entry already there
-        with the same text was a retry (or another Coordinator's flush of the same entry); one
-        with other text means the log was altered, and nothing after it is put."""
-        for line in lines:
-            seq = _seq(line)
-            if seq is None:
-                continue
-            found = self.store.put_new(f"{AUDIT}{seq:012d}", line.encode())
-            if found is not None and found != line.encode():
-                raise SealError(
-                    f"audit entry {seq} in etcd is not the one this Coordinator wrote (the log "
-                    "was altered); not appended"
-                )
-
-
-def _seq(line: str) -> int | None:
-    try:
-        seq = json.loads(line).get("seq")
-    except (ValueError, AttributeError):
-        return None
-    return seq if type(seq) is int and seq > 0 else None

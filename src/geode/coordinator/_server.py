@@ -20,10 +20,10 @@ import uvicorn
 import geode
 from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
 from geode.coordinator._api import build_apps
-from geode.coordinator._audit import AuditFile
+from geode.coordinator._audit import AuditFile, EtcdAuditLog
 from geode.coordinator._cluster import ClusterMember
 from geode.coordinator._core import Coordinator, CoordinatorSettings, State
-from geode.coordinator._etcd import EtcdAuditLog, EtcdSettings, EtcdStore
+from geode.coordinator._etcd import EtcdSettings, EtcdStore
 from geode.coordinator._forward import Forwarder, Writer
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
