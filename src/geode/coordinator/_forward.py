@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 
 import httpx
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from starlette.requests import Request
 from starlette.responses import Response
@@ -104,6 +105,7 @@ class Forwarder:
         self._root_pem = root_pem
         self._client: httpx.AsyncClient | None = None
         self._client_root = ""
+        self._root: x509.Certificate | None = None  # parsed once per root, not per request
         self._closing: asyncio.Task[None] | None = None
 
     def _http(self) -> httpx.AsyncClient:
@@ -113,6 +115,7 @@ class Forwarder:
             context = ssl.create_default_context(cadata=root)
             self._client = httpx.AsyncClient(verify=context, timeout=FORWARD_TIMEOUT)
             self._client_root = root
+            self._root = load_certificate(root.encode())
             if old is not None:
                 self._closing = asyncio.get_running_loop().create_task(old.aclose())
         return self._client
@@ -146,11 +149,11 @@ class Forwarder:
         stream = answer.extensions.get("network_stream")
         tls = stream.get_extra_info("ssl_object") if stream is not None else None
         der = tls.getpeercert(binary_form=True) if tls is not None else None
-        if not der:
+        if not der or self._root is None:
             return False
         try:
             peer = load_certificate(der)
-            peer.verify_directly_issued_by(load_certificate(self._client_root.encode()))
+            peer.verify_directly_issued_by(self._root)
         except (PKIError, ValueError, TypeError, InvalidSignature):
             return False
         return COORDINATOR_URI in uri_sans(peer)
