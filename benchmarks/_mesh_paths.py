@@ -6,6 +6,9 @@ stand between the load generator and the app on each path.
 - ``b``: the app under ``serve_asgi``.
 - ``c1``: a Geode ingress (``TransparentProxy``, http ``IngressRoute``) in front of the app of
   ``a``; ``c``: a Geode egress (``TransparentProxy`` with an ``EgressRoute``) in front of that.
+- ``c0``: a diagnostic floor for ``c``: two bare uvloop relays (plaintext in, mTLS between them,
+  plaintext to the app) that only copy bytes. No HTTP parsing, no policy, no SPIFFE id check: what
+  any asyncio proxy pair costs before it does a proxy's work.
 - ``d``: two nginx processes, a "client sidecar" and a "server sidecar", in front of the app of
   ``a``, each from its own config in the run's directory, run in the foreground.
 
@@ -23,12 +26,13 @@ import multiprocessing
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 import uvloop
@@ -80,6 +84,7 @@ PATH_NAMES = {
     "b": "library mTLS (serve_asgi)",
     "c": "Geode egress -> mTLS -> ingress",
     "c1": "client mTLS -> Geode ingress",
+    "c0": "bare uvloop TLS relay pair (floor)",
     "d": "nginx mTLS sidecar pair",
 }
 
@@ -244,6 +249,88 @@ def serve_proxy(identity: Identity, mesh_json: str, log: str) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         mesh = MeshConfig.model_validate_json(mesh_json)
         async with TransparentProxy(identity.credentials(mesh), listen_host=HOST):
+            await stop.wait()
+
+    uvloop.run(main())
+
+
+class _Relay(asyncio.Protocol):
+    """One side of a bare byte relay: what arrives is written to the other side, unchanged."""
+
+    def __init__(self, other: _Relay | None = None) -> None:
+        self.other = other
+        self.transport: asyncio.Transport | None = None
+        self.early: list[bytes] = []  # arrived before the other side was connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self.other is None or self.other.transport is None:
+            self.early.append(data)
+        else:
+            self.other.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
+
+
+def serve_relay(
+    port: int, upstream_port: int, server: Identity | None, client: Identity | None, log: str
+) -> None:
+    """A bare relay on uvloop: ``server`` set, it accepts mTLS; ``client`` set, it speaks mTLS
+    upstream (checking the chain and the host name only)."""
+    _log_to(log)
+    accept_ctx = server.credentials().server_ssl_context() if server else None
+    connect_ctx = None
+    if client is not None:
+        connect_ctx = ssl.create_default_context(cafile=client.ca_file)
+        connect_ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the mesh CA is the anchor
+        connect_ctx.load_cert_chain(client.cert_file, client.key_file)
+
+    class Inbound(_Relay):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            assert self.transport is not None
+            self.transport.pause_reading()
+            asyncio.get_running_loop().create_task(self.connect())
+
+        async def connect(self) -> None:
+            assert self.transport is not None
+            try:
+                _, outbound = await asyncio.get_running_loop().create_connection(
+                    lambda: _Relay(self),
+                    HOST,
+                    upstream_port,
+                    ssl=connect_ctx,
+                    server_hostname="localhost" if connect_ctx else None,
+                )
+            except OSError as exc:
+                print(f"relay: cannot connect upstream: {exc}", flush=True)
+                self.transport.close()
+                return
+            self.other = outbound
+            if self.early:
+                outbound.transport.writelines(self.early)  # type: ignore[union-attr]
+                self.early.clear()
+            self.transport.resume_reading()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        relay = await asyncio.get_running_loop().create_server(
+            Inbound, HOST, port, ssl=accept_ctx, backlog=1024
+        )
+        async with relay:
             await stop.wait()
 
     uvloop.run(main())
@@ -484,7 +571,7 @@ def deploy(paths: Sequence[str], pki: Pki, base: Path) -> Deployment:
 
 
 def _start(deployment: Deployment, paths: Sequence[str], pki: Pki, base: Path) -> None:
-    needs_app = {"a", "c", "c1", "d"} & set(paths)
+    needs_app = {"a", "c", "c1", "c0", "d"} & set(paths)
     app_port = free_port()
     if needs_app:
         deployment.add(PythonServer("app", [app_port], base / "app.log", serve_plain_app, app_port))
@@ -540,6 +627,34 @@ def _start(deployment: Deployment, paths: Sequence[str], pki: Pki, base: Path) -
             )
             deployment.targets["c"] = Target(egress_port, None)
             deployment.components["c"] = ["egress", "ingress", "app"]
+    if "c0" in paths:
+        inner, outer = free_port(), free_port()
+        deployment.add(
+            PythonServer(
+                "relay in",
+                [inner],
+                base / "relay-in.log",
+                serve_relay,
+                inner,
+                app_port,
+                pki.server,
+                None,
+            )
+        )
+        deployment.add(
+            PythonServer(
+                "relay out",
+                [outer],
+                base / "relay-out.log",
+                serve_relay,
+                outer,
+                inner,
+                None,
+                pki.client,
+            )
+        )
+        deployment.targets["c0"] = Target(outer, None)
+        deployment.components["c0"] = ["relay out", "relay in", "app"]
     if "d" in paths:
         nginx = find_nginx()
         if nginx is None:

@@ -139,10 +139,21 @@ class Server:
             self.files.remove()
 
 
-def start_plain(base: Path, tuning: Sequence[tuple[str, str]]) -> Server:
-    datadir, port = base / "plain-data", free_port()
+def start_plain(
+    base: Path, tuning: Sequence[tuple[str, str]], tls: Pki | None = None, name: str = "plain"
+) -> Server:
+    """Plain MariaDB; with ``tls``, the diagnostic "tls": the same server with the database's
+    certificate for TLS and nothing else of Geode's (no encryption at rest, a password user)."""
+    datadir, port = base / f"{name}-data", free_port()
     files = RuntimeFiles.create()
     options = [*common_options(datadir, files, "127.0.0.1", port), *tuning]
+    if tls is not None:
+        options += [
+            ("ssl_cert", str(tls.directory / "server.pem")),
+            ("ssl_key", str(tls.directory / "server.key")),
+            ("ssl_ca", str(tls.directory / "root.pem")),
+            ("tls_version", "TLSv1.2,TLSv1.3"),
+        ]
     files.write_options(options)
     install = subprocess.run(
         [
@@ -157,16 +168,16 @@ def start_plain(base: Path, tuning: Sequence[tuple[str, str]]) -> Server:
     )
     if install.returncode != 0:
         raise SystemExit(f"mariadb-install-db failed:\n{install.stdout}{install.stderr}")
-    log = base / "plain.log"
+    log = base / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [find_program("mariadbd", "mysqld"), f"--defaults-file={files.option_file}"],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    server = Server("plain", port, process, log)
+    server = Server(name, port, process, log)
     server.files = files
-    wait_for_port(port, lambda: process.poll() is None, "plain mariadbd", timeout=120)
+    wait_for_port(port, lambda: process.poll() is None, f"{name} mariadbd", timeout=120)
     subprocess.run(
         [find_program("mariadb", "mysql"), "--no-defaults", f"--socket={files.socket}", "-uroot"],
         input=PLAIN_INIT_SQL,
@@ -174,6 +185,9 @@ def start_plain(base: Path, tuning: Sequence[tuple[str, str]]) -> Server:
         check=True,
     )
     server.sysbench_args = ["--mysql-user=sbtest", "--mysql-password=sbtest"]
+    if tls is not None:
+        server.sysbench_args.append("--mysql-ssl=on")
+        server.sysbench_cwd = tls.directory
     return server
 
 
@@ -228,9 +242,8 @@ def make_pki(directory: Path) -> Pki:
     return Pki(directory, env)
 
 
-def start_geode(base: Path, tuning: Sequence[tuple[str, str]]) -> Server:
+def start_geode(base: Path, tuning: Sequence[tuple[str, str]], pki: Pki) -> Server:
     """The real ``geode db serve``, with the environment ``geode run`` would give it."""
-    pki = make_pki(base / "pki")
     port = free_port()
     options = [arg for name, value in tuning for arg in ("--option", f"{name}={value}")]
     log = base / "geode.log"
@@ -459,6 +472,7 @@ def summarise(server_runs: list[SysbenchRun], embedded: list[EmbeddedRun]) -> di
             "ratio_tps": ratio,
             "ratio_per_round": per_round,
             "bar": BAR_SERVER,
+            **tls_only(server_runs, tps["plain"]),
             "met": ratio >= BAR_SERVER,
         }
     if embedded:
@@ -471,6 +485,19 @@ def summarise(server_runs: list[SysbenchRun], embedded: list[EmbeddedRun]) -> di
             "met": ratio >= BAR_EMBEDDED,
         }
     return summary
+
+
+def tls_only(server_runs: list[SysbenchRun], plain_tps: list[float]) -> dict[str, Any]:
+    """The diagnostic "tls" server against plain, when it ran."""
+    runs = [r for r in server_runs if r.server == "tls"]
+    if not runs:
+        return {}
+    cpu = [r.server_cpu_ms + r.client_cpu_ms for r in runs]
+    return {
+        "tls_tps_median": median_of([r.tps for r in runs]),
+        "tls_cpu_ms_per_txn": median_of(cpu),
+        "ratio_tls_tps": median_of([r.tps for r in runs]) / median_of(plain_tps),
+    }
 
 
 def versions() -> dict[str, str]:
@@ -499,10 +526,13 @@ def run_servers(args: argparse.Namespace, base: Path) -> tuple[list[SysbenchRun]
     servers: list[Server] = []
     runs: list[SysbenchRun] = []
     try:
+        pki = make_pki(base / "pki")
         plain = start_plain(base, tuning)  # type: ignore[arg-type]
         servers.append(plain)
-        geode_server = start_geode(base, tuning)  # type: ignore[arg-type]
+        geode_server = start_geode(base, tuning, pki)  # type: ignore[arg-type]
         servers.append(geode_server)
+        if args.tls_only:
+            servers.append(start_plain(base, tuning, pki, "tls"))  # type: ignore[arg-type]
         negotiated = tls_version(geode_server)
         for server in servers:
             sysbench(server, "prepare", args)
@@ -598,6 +628,12 @@ def print_report(report: Report) -> None:
             f"{server['plain_cpu_ms_per_txn']:.3f} ms, geode {server['geode_cpu_ms_per_txn']:.3f}"
             f" ms; plain/geode {server['cpu_ratio']:.3f}"
         )
+        if "tls_tps_median" in server:
+            print(
+                f"          diagnostic tls (plain + TLS only): {server['tls_tps_median']:.1f} tps,"
+                f" {server['tls_cpu_ms_per_txn']:.3f} ms CPU/txn; tls/plain "
+                f"{server['ratio_tls_tps']:.3f}"
+            )
         rounds = ", ".join(f"{r:.3f}" for r in server["ratio_per_round"])
         verdict = "met" if server["met"] else "NOT met"
         print(
@@ -632,6 +668,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=["innodb_buffer_pool_size=256M"],
         metavar="NAME=VALUE",
         help="mariadbd option for both servers (repeatable)",
+    )
+    parser.add_argument(
+        "--tls-only",
+        action="store_true",
+        help='a diagnostic third server, "tls": plain MariaDB with TLS and nothing else of '
+        "Geode's, to part what TLS costs from what encryption at rest costs",
     )
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--skip-embedded", action="store_true")
