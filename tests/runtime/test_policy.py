@@ -90,3 +90,25 @@ def test_decisions_are_counted_and_denials_logged(caplog: pytest.LogCaptureFixtu
     assert len(denials) == 2
     assert "thief" in denials[0].getMessage()
     assert "buy,db,admin" in denials[0].getMessage()
+
+
+def test_a_remembered_decision_is_still_counted_and_stays_with_its_engine() -> None:
+    registry = CollectorRegistry()
+    e = engine(registry=registry)
+    long_path = "/" + "a" * 300
+    for _ in range(3):
+        assert e.authorize_http(peer("buyer"), "GET", "/books-bought").rule == "buy"
+        assert e.authorize_http(peer("admin"), "GET", long_path).rule == "admin"
+        # Remembered for buyer's GET only: another method, source or path is decided afresh.
+        assert not e.authorize_http(peer("buyer"), "POST", "/books-bought")
+        assert not e.authorize_http(peer("thief"), "GET", "/books-bought")
+    allowed = registry.get_sample_value(
+        "geode_policy_decisions_total",
+        {"destination": "bookstore", "source": "buyer", "decision": "allow"},
+    )
+    assert allowed == 3
+    # A new policy (a new engine) does not inherit what the old one allowed.
+    narrower = PolicyEngine(
+        MeshPolicy(mode="strict", rules=[]), "bookstore", registry=CollectorRegistry()
+    )
+    assert not narrower.authorize_http(peer("buyer"), "GET", "/books-bought")

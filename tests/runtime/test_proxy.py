@@ -1211,3 +1211,104 @@ def test_accept_failures_are_logged_briefly_and_retried(
     failures = [r for r in caplog.records if "cannot accept" in r.getMessage()]
     assert len(failures) == 1
     assert not [r for r in caplog.records if r.exc_info]
+
+
+class OneWriteApp(socketserver.BaseRequestHandler):
+    """Records each request head as it arrived and answers it with one write (a head whose
+    odd spacing the full parser would normalise), or, for ``/split``, head and body apart."""
+
+    server: OneWriteServer
+
+    def handle(self) -> None:
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                more = self.request.recv(65536)
+                if not more:
+                    return
+                data += more
+            head, _, data = data.partition(b"\r\n\r\n")
+            self.server.heads.append(head + b"\r\n\r\n")
+            body = b"seen %d" % len(self.server.heads)
+            response = b"HTTP/1.1 200 OK\r\nX-Odd:   spaced  \r\ncontent-length: %d\r\n\r\n" % len(
+                body
+            )
+            if head.split(b" ")[1] == b"/ok/split":
+                self.request.sendall(response)
+                time.sleep(0.05)
+                self.request.sendall(body)
+            else:
+                self.request.sendall(response + body)
+            self.server.sent.append(response + body)
+
+
+class OneWriteServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    heads: list[bytes]
+    sent: list[bytes]
+
+
+def test_simple_exchanges_pass_byte_for_byte_and_others_fall_back(mesh: Mesh) -> None:
+    """The ingress's fast path: a simple request reaches the app as the client sent it, with
+    only X-Geode-Peer added, and a simple response reaches the client as the app sent it. A
+    denied request, a request the full parser must read, and a response in two pieces still
+    get their usual handling on the same connection."""
+    app = OneWriteServer(("127.0.0.1", 0), OneWriteApp)
+    app.heads, app.sent = [], []
+    _serve(app)
+    port = free_port()
+    config = MeshConfig(
+        trust_domain=DOMAIN,
+        service="server",
+        spiffe_id=str(spiffe("server")),
+        policy=MeshPolicy(
+            rules=[
+                MeshRule(name="ok", sources=[str(spiffe("client"))], http=[HttpRule(path="/ok/.*")])
+            ]
+        ),
+        ingress=[IngressRoute(port=port, app_port=app.server_address[1], protocol="http")],
+    )
+    proxy = TransparentProxy(
+        mesh.pki.credentials("server", config, tag="-fast"), listen_host="127.0.0.1"
+    )
+    mesh.loop.run(proxy.start())
+    peer_line = b"X-Geode-Peer: %s\r\n\r\n" % str(spiffe("client")).encode()
+    try:
+        with tls_socket(mesh.context(mesh.client), port) as sock:
+            responses = Responses(sock)
+            for n, path in enumerate((b"/ok/a", b"/ok/b?x=1"), start=1):
+                head = b"GET %s HTTP/1.1\r\nHost: server\r\nAccept:   */*  \r\n\r\n" % path
+                sock.sendall(head)
+                response = responses.read()
+                assert (response.status, response.body) == (200, b"seen %d" % n)
+                assert app.heads[-1] == head[:-2] + peer_line
+                assert response.headers["x-odd"] == "spaced"
+            # The same bytes at the client: read one whole exchange raw.
+            sock.sendall(b"GET /ok/raw HTTP/1.1\r\nHost: server\r\n\r\n")
+            expected = b"HTTP/1.1 200 OK\r\nX-Odd:   spaced  \r\ncontent-length: 6\r\n\r\nseen 3"
+            got = b""
+            while len(got) < len(expected):
+                got += sock.recv(65536)
+            assert got == expected == app.sent[-1]
+
+            sock.sendall(b"GET /admin HTTP/1.1\r\nHost: server\r\n\r\n")
+            denied = responses.read()
+            assert denied.status == 403
+            assert denied.json()["error"] == "policy_denied"
+            assert len(app.heads) == 3
+
+            # Connection: keep-alive is for the full parser, which rebuilds the head.
+            sock.sendall(b"GET /ok/c HTTP/1.1\r\nHost: server\r\nConnection:  keep-alive\r\n\r\n")
+            assert responses.read().status == 200
+            assert b"Connection: keep-alive\r\n" in app.heads[-1]
+
+            sock.sendall(b"GET /ok/split HTTP/1.1\r\nHost: server\r\n\r\n")
+            split = responses.read()
+            assert (split.status, split.body) == (200, b"seen 5")
+            sock.sendall(b"GET /ok/d HTTP/1.1\r\nHost: server\r\n\r\n")
+            assert responses.read().body == b"seen 6"
+    finally:
+        mesh.loop.run(proxy.close())
+        app.shutdown()
+        app.server_close()

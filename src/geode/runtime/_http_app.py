@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from geode.runtime._http_message import Request, Stop, body_piece, header_lines, last_chunk
+from geode.runtime._http_message import (
+    Request,
+    Stop,
+    body_piece,
+    header_lines,
+    last_chunk,
+    simple_response_length,
+)
 
 if TYPE_CHECKING:
     from geode.runtime._http_ingress import HttpIngress
@@ -25,6 +32,7 @@ class HttpApp(asyncio.Protocol):
     def __init__(self, ingress: HttpIngress) -> None:
         self.ingress = ingress
         self._parser: httptools.HttpResponseParser | None = None
+        self._expecting = False  # a response is due and none of it has arrived
         self._request: Request | None = None
         self._reason = bytearray()
         self._headers: list[tuple[bytes, bytes]] = []
@@ -53,7 +61,8 @@ class HttpApp(asyncio.Protocol):
         """The next response answers ``request``."""
         self.reused = self._request is not None
         self.received = False
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = None  # made when the response needs it: see data_received
+        self._expecting = True
         self._request = request
         self._reason.clear()
         self._headers, self._trailers = [], []
@@ -77,9 +86,21 @@ class HttpApp(asyncio.Protocol):
             self.ingress.transport.write(data)
             return
         self.received = True
-        if self._parser is None:  # bytes nobody asked for
-            self.transport.close()
-            return
+        if self._parser is None:
+            if not self._expecting:  # bytes nobody asked for
+                self.transport.close()
+                return
+            self._expecting = False
+            assert self._request is not None
+            if simple_response_length(data, self._request) == len(data):
+                # The common case: one whole simple response in one read. It goes to the
+                # client as it came, without the parser's callbacks.
+                self._status = int(data[9:12])
+                self.ingress.response_started()
+                self.ingress.transport.write(data)
+                self.ingress.response_done(self, True)
+                return
+            self._parser = httptools.HttpResponseParser(self)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:

@@ -22,9 +22,9 @@ from geode.runtime._http_message import (
     Stop,
     asks_for_http2,
     body_piece,
-    header_lines,
+    cached_policy_path,
     last_chunk,
-    policy_path,
+    simple_request,
 )
 from geode.runtime._splice import (
     APP_HOST,
@@ -97,6 +97,8 @@ class HttpIngress(asyncio.Protocol):
         self._writing_paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # loop time the timer fires at
+        self._deadline = 0.0  # loop time the wait ends (``_Wait.PROGRESS``: see ``_progress``)
         self._wait = _Wait.IDLE  # what the timer means
         self._progress = 0.0  # loop time of the last byte moved (``_Wait.PROGRESS``)
         self._stopped = False  # no more requests are read (malformed input, or an upgrade)
@@ -107,6 +109,7 @@ class HttpIngress(asyncio.Protocol):
         self._tunnel_early: list[bytes] = []  # sent after an upgrade request, before the 101
         self._closed = False  # closing or closed: nothing more is read or answered
         self._lost = False
+        self._peer_line: bytes | None = None  # the X-Geode-Peer line the app gets
 
     # Connection events.
 
@@ -131,6 +134,14 @@ class HttpIngress(asyncio.Protocol):
         if self._backlog:  # reading is paused, but a transport may still hand over what it had
             self._backlog += data
             return
+        if not self._queue and self._parsing is None:
+            # The common case, one whole simple request between two others: read without the
+            # parser (it waits between messages, as before this read).
+            request = simple_request(data, self.limits.max_header_bytes)
+            if request is not None:
+                self._queue.append(request)
+                self._advance()
+                return
         self._parse(data)
         self._advance()
 
@@ -377,7 +388,7 @@ class HttpIngress(asyncio.Protocol):
             reason = "CONNECT is not proxied"
             self._answer(request, 405, {"error": "method_not_allowed", "reason": reason})
             return
-        path = policy_path(bytes(request.url))
+        path = cached_policy_path(bytes(request.url))
         if path is None:
             self._refuse(request, "unusable request path")
             return
@@ -436,13 +447,9 @@ class HttpIngress(asyncio.Protocol):
             if self._writing_paused:
                 app.transport.pause_reading()
         app.expect(request)
-        head = b"%s %s HTTP/%s\r\n" % (
-            request.method.encode(),
-            bytes(request.url),
-            request.version.encode(),
-        )
-        peer = b"X-Geode-Peer: %s\r\n\r\n" % str(self.peer).encode()
-        app.transport.writelines([head, *header_lines(request.headers, peer=False), peer])
+        if self._peer_line is None:
+            self._peer_line = b"X-Geode-Peer: %s\r\n\r\n" % str(self.peer).encode()
+        app.transport.write(b"".join(request.head_for_app(self._peer_line)))
         for piece in request.body:
             app.transport.writelines(body_piece(piece, request.chunked))
         request.body.clear()
@@ -586,12 +593,19 @@ class HttpIngress(asyncio.Protocol):
             self._arm_timer(self.limits.inactivity_timeout, _Wait.PROGRESS)
 
     def _arm_timer(self, delay: float, wait: _Wait) -> None:
+        """Wait ``delay`` seconds for ``wait``. A timer that fires no later stays armed (it
+        re-arms itself for the rest when it fires early): a keep-alive connection moving from
+        request to request does not cancel and create a timer each time."""
         if self._lost or (self._closed and wait is not _Wait.CLOSING):
             return
         assert self._loop is not None
-        self._cancel_timer()
         self._wait = wait
-        self._timer = self._loop.call_later(delay, self._timed_out)
+        self._deadline = self._loop.time() + delay
+        if self._timer is not None and self._timer_at <= self._deadline:
+            return
+        self._cancel_timer()
+        self._timer_at = self._deadline
+        self._timer = self._loop.call_at(self._deadline, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -601,16 +615,19 @@ class HttpIngress(asyncio.Protocol):
     def _timed_out(self) -> None:
         assert self._loop is not None
         self._timer = None
+        if self._closed and self._wait is not _Wait.CLOSING:
+            return
+        deadline = self._deadline
+        if self._wait is _Wait.PROGRESS:
+            deadline = self._progress + self.limits.inactivity_timeout
+        if self._loop.time() < deadline:  # armed for an earlier wait, or bytes moved since
+            self._timer_at = deadline
+            self._timer = self._loop.call_at(deadline, self._timed_out)
+            return
         if self._wait is _Wait.CLOSING:
             self._abort()  # what was left to send did not leave in time
-        elif self._closed:
-            return
         elif self._wait is _Wait.PROGRESS:
-            deadline = self._progress + self.limits.inactivity_timeout
-            if self._loop.time() < deadline:
-                self._timer = self._loop.call_at(deadline, self._timed_out)
-            else:
-                self._stalled()
+            self._stalled()
         elif self._wait is _Wait.HEAD and self._queue:
             self._fail(408, "request head not received in time")
             self._advance()

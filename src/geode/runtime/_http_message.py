@@ -3,6 +3,8 @@ as it has been read, and the checks and re-framing both directions share."""
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -16,9 +18,12 @@ __all__ = [
     "Stop",
     "asks_for_http2",
     "body_piece",
+    "cached_policy_path",
     "header_lines",
     "last_chunk",
     "policy_path",
+    "simple_request",
+    "simple_response_length",
 ]
 
 _SHOWN = 256  # how much of a request target a log line shows
@@ -55,6 +60,14 @@ class Request:
     may_upgrade: bool = False  # flagged as an upgrade by llhttp, and passed every check
     error: int | None = None  # answer this status and close the connection
     reason: str = ""
+    raw: bytes | None = None  # a simple request's head as the app gets it (see simple_request)
+
+    def head_for_app(self, peer: bytes) -> list[bytes]:
+        """The head the app gets: the client's, without any ``X-Geode-Peer``, with ours."""
+        if self.raw is not None:
+            return [self.raw[:-2], peer]
+        line = b"%s %s HTTP/%s\r\n" % (self.method.encode(), bytes(self.url), self.version.encode())
+        return [line, *header_lines(self.headers, peer=False), peer]
 
     def target(self) -> str:
         """The request target for a log line (logged with ``%r``: it may hold anything)."""
@@ -79,6 +92,70 @@ def body_piece(data: bytes, chunked: bool) -> list[bytes]:
 
 def last_chunk(trailers: list[tuple[bytes, bytes]], *, peer: bool = True) -> bytes:
     return b"".join([b"0\r\n", *header_lines(trailers, peer=peer), b"\r\n"])
+
+
+# The fast path of the HTTP ingress (see ``simple_request``): a head the full parser would read
+# the same way and that needs none of its care. Request line with single spaces, origin-form
+# target, HTTP/1.1; fields ``token ":" value`` with visible characters, spaces and tabs only
+# (no obs-fold, no bare CR or LF, no NUL or DEL); nothing after the blank line.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELDS = rb"(?:" + _TOKEN + rb":[\t !-~\x80-\xff]*\r\n)*"
+_SIMPLE_REQUEST = re.compile(rb"(GET|OPTIONS|DELETE) (/[!-~]*) HTTP/1\.1\r\n" + _FIELDS + rb"\r\n")
+_SIMPLE_RESPONSE = re.compile(
+    rb"HTTP/1\.1 [2-5][0-9][0-9] [\t !-~\x80-\xff]*\r\n" + _FIELDS + rb"\r\n"
+)
+# Fields that frame a message, change the connection or the protocol, or that only the proxy
+# sets: a head with any of them goes to the full parser.
+_CAREFUL_FIELD = re.compile(
+    rb"\r\n(?:content-length|transfer-encoding|connection|upgrade|expect|http2-settings|te|"
+    rb"trailer|keep-alive|proxy-connection|x[-_]geode[-_]peer)[\t ]*:",
+    re.IGNORECASE,
+)
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[\t ]*:[\t ]*([0-9]{1,15})[\t ]*\r\n", re.I)
+_RESPONSE_CAREFUL = re.compile(
+    rb"\r\n(?:transfer-encoding|connection|upgrade|trailer|keep-alive)[\t ]*:", re.IGNORECASE
+)
+
+
+def simple_request(data: bytes, max_bytes: int) -> Request | None:
+    """``data`` as a request, if it is exactly one complete, bodiless, simple head (a GET,
+    OPTIONS or DELETE in HTTP/1.1 with none of the fields in ``_CAREFUL_FIELD``): the common
+    case, read without the full parser's callbacks. Anything else gives ``None``, and the full
+    parser reads it. The head goes to the app as it came, with ``X-Geode-Peer`` added."""
+    if len(data) > max_bytes or not data.endswith(b"\r\n\r\n"):
+        return None
+    match = _SIMPLE_REQUEST.fullmatch(data)
+    if match is None or _CAREFUL_FIELD.search(data) is not None:
+        return None
+    method = match.group(1).decode()
+    return Request(
+        url=bytearray(match.group(2)),
+        method=method,
+        keep_alive=True,
+        replayable=method != "DELETE",
+        head_size=len(data),
+        head_done=True,
+        done=True,
+        raw=data,
+    )
+
+
+def simple_response_length(data: bytes, request: Request) -> int | None:
+    """If ``data`` begins with a simple final response head to ``request`` (HTTP/1.1, status
+    200-599 but 204 and 304, one ``Content-Length``, none of ``_RESPONSE_CAREFUL``; the request
+    not HEAD nor an upgrade), the length of that whole response; else ``None``."""
+    if request.method == "HEAD" or request.may_upgrade:
+        return None
+    match = _SIMPLE_RESPONSE.match(data)
+    if match is None or data[9:12] in (b"204", b"304"):
+        return None
+    head = data[: match.end()]
+    lengths = _CONTENT_LENGTH.findall(head)
+    if len(lengths) != 1 or _RESPONSE_CAREFUL.search(head) is not None:
+        return None
+    if head.lower().count(b"\ncontent-length") != 1:
+        return None  # another, malformed Content-Length: the full parser decides
+    return match.end() + int(lengths[0])
 
 
 def policy_path(url: bytes) -> str | None:
@@ -108,6 +185,16 @@ def policy_path(url: bytes) -> str | None:
     ):
         return None
     return path
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_policy_path(url: bytes) -> str | None:
+    return policy_path(url)
+
+
+def cached_policy_path(url: bytes) -> str | None:
+    """``policy_path``, remembered for short targets (a client asks for the same few)."""
+    return _cached_policy_path(url) if len(url) <= 256 else policy_path(url)
 
 
 def asks_for_http2(request: Request) -> bool:

@@ -54,6 +54,9 @@ class _Rule:
 
 
 _COUNTERS: dict[int, Counter] = {}
+# Allowed HTTP decisions are remembered, for paths up to this long, this many at most.
+_CACHED_PATH = 256
+_CACHED_DECISIONS = 4096
 
 
 def _counter(registry: CollectorRegistry) -> Counter:
@@ -95,6 +98,8 @@ class PolicyEngine:
         self._counter = _counter(registry)
         self._children: dict[tuple[SpiffeId | None, str], Any] = {}
         self._allow_cache: dict[str, Decision] = {}
+        # (source, METHOD, path) -> the rule that allows it: a client asks for the same few.
+        self._http_allowed: dict[tuple[str, str, str], str] = {}
         self.rule_names = [rule.name for rule in self._rules]
 
     def _peer_ok(self, peer: SpiffeId | None) -> Decision | None:
@@ -113,6 +118,10 @@ class PolicyEngine:
         if decision is None:
             source = str(peer)
             verb = method.upper()
+            key = (source, verb, path)
+            known = self._http_allowed.get(key)
+            if known is not None:
+                return self._allowed(peer, known)
             for rule in self._rules:
                 if source in rule.sources and (
                     rule.allows_everything
@@ -121,6 +130,10 @@ class PolicyEngine:
                         for m in rule.http
                     )
                 ):
+                    if len(path) <= _CACHED_PATH:
+                        if len(self._http_allowed) >= _CACHED_DECISIONS:
+                            self._http_allowed.clear()
+                        self._http_allowed[key] = rule.name
                     return self._allowed(peer, rule.name)
             decision = Decision(False, f"no rule allows {method} {path}")
         return self._record(peer, decision, lambda: f"{method} {path}")
