@@ -92,6 +92,19 @@ def test_decisions_are_counted_and_denials_logged(caplog: pytest.LogCaptureFixtu
     assert "buy,db,admin" in denials[0].getMessage()
 
 
+def test_each_registry_counts_its_own_decisions() -> None:
+    """Registries that come and go (each test, each reload) never share a counter, even when
+    a new one lands where an old one was in memory."""
+    for _ in range(50):
+        registry = CollectorRegistry()
+        engine(registry=registry).authorize_http(peer("buyer"), "GET", "/books-bought")
+        allowed = registry.get_sample_value(
+            "geode_policy_decisions_total",
+            {"destination": "bookstore", "source": "buyer", "decision": "allow"},
+        )
+        assert allowed == 1
+
+
 def test_a_remembered_decision_is_still_counted_and_stays_with_its_engine() -> None:
     registry = CollectorRegistry()
     e = engine(registry=registry)

@@ -1215,7 +1215,9 @@ def test_accept_failures_are_logged_briefly_and_retried(
 
 class OneWriteApp(socketserver.BaseRequestHandler):
     """Records each request head as it arrived and answers it with one write (a head whose
-    odd spacing the full parser would normalise), or, for ``/split``, head and body apart."""
+    odd spacing the full parser would normalise); for ``/ok/split``, head and body apart; for
+    ``/ok/head-split``, the head in two pieces; for ``/ok/extra``, head, then the body and
+    bytes past it."""
 
     server: OneWriteServer
 
@@ -1233,10 +1235,15 @@ class OneWriteApp(socketserver.BaseRequestHandler):
             response = b"HTTP/1.1 200 OK\r\nX-Odd:   spaced  \r\ncontent-length: %d\r\n\r\n" % len(
                 body
             )
-            if head.split(b" ")[1] == b"/ok/split":
+            path = head.split(b" ")[1]
+            if path in (b"/ok/split", b"/ok/extra"):
                 self.request.sendall(response)
                 time.sleep(0.05)
-                self.request.sendall(body)
+                self.request.sendall(body + (b"junk" if path == b"/ok/extra" else b""))
+            elif path == b"/ok/head-split":
+                self.request.sendall(response[:10])
+                time.sleep(0.05)
+                self.request.sendall(response[10:] + body)
             else:
                 self.request.sendall(response + body)
             self.server.sent.append(response + body)
@@ -1303,11 +1310,15 @@ def test_simple_exchanges_pass_byte_for_byte_and_others_fall_back(mesh: Mesh) ->
             assert responses.read().status == 200
             assert b"Connection: keep-alive\r\n" in app.heads[-1]
 
-            sock.sendall(b"GET /ok/split HTTP/1.1\r\nHost: server\r\n\r\n")
-            split = responses.read()
-            assert (split.status, split.body) == (200, b"seen 5")
-            sock.sendall(b"GET /ok/d HTTP/1.1\r\nHost: server\r\n\r\n")
-            assert responses.read().body == b"seen 6"
+            for n, path in enumerate((b"/ok/split", b"/ok/head-split", b"/ok/d"), start=5):
+                sock.sendall(b"GET %s HTTP/1.1\r\nHost: server\r\n\r\n" % path)
+                response = responses.read()
+                assert (response.status, response.body) == (200, b"seen %d" % n)
+                assert response.headers["x-odd"] == "spaced"
+            # Bytes past the end of a response: the client gets the response, then the end.
+            sock.sendall(b"GET /ok/extra HTTP/1.1\r\nHost: server\r\n\r\n")
+            assert responses.read().body == b"seen 8"
+            assert responses.closed()
     finally:
         mesh.loop.run(proxy.close())
         app.shutdown()

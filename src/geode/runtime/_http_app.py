@@ -33,6 +33,7 @@ class HttpApp(asyncio.Protocol):
         self.ingress = ingress
         self._parser: httptools.HttpResponseParser | None = None
         self._expecting = False  # a response is due and none of it has arrived
+        self._passing = 0  # bytes still to come of a simple response passed as it comes
         self._request: Request | None = None
         self._reason = bytearray()
         self._headers: list[tuple[bytes, bytes]] = []
@@ -63,6 +64,7 @@ class HttpApp(asyncio.Protocol):
         self.received = False
         self._parser = None  # made when the response needs it: see data_received
         self._expecting = True
+        self._passing = 0
         self._request = request
         self._reason.clear()
         self._headers, self._trailers = [], []
@@ -87,18 +89,22 @@ class HttpApp(asyncio.Protocol):
             return
         self.received = True
         if self._parser is None:
+            if self._passing:
+                self._pass(data)
+                return
             if not self._expecting:  # bytes nobody asked for
                 self.transport.close()
                 return
             self._expecting = False
             assert self._request is not None
-            if simple_response_length(data, self._request) == len(data):
-                # The common case: one whole simple response in one read. It goes to the
-                # client as it came, without the parser's callbacks.
+            length = simple_response_length(data, self._request)
+            if length is not None and length >= len(data):
+                # The common case: a simple response whose head came whole. It goes to the
+                # client as it comes, without the parser's callbacks.
                 self._status = int(data[9:12])
+                self._passing = length
                 self.ingress.response_started()
-                self.ingress.transport.write(data)
-                self.ingress.response_done(self, True)
+                self._pass(data)
                 return
             self._parser = httptools.HttpResponseParser(self)
         try:
@@ -124,6 +130,19 @@ class HttpApp(asyncio.Protocol):
             if self._status == 101 and not self._tunnel:  # llhttp did not switch: no tunnel
                 self._parser = None
                 self.ingress.unasked_switch(self)
+
+    def _pass(self, data: bytes) -> None:
+        """Part of a simple response: to the client as it came. Bytes past its end (nothing
+        asked for them) are dropped with the app connection, and the client's is closed
+        after the response."""
+        if len(data) < self._passing:
+            self._passing -= len(data)
+            self.ingress.transport.write(data)
+            return
+        self.ingress.transport.write(data[: self._passing] if len(data) > self._passing else data)
+        extra = len(data) > self._passing
+        self._passing = 0
+        self.ingress.response_done(self, not extra)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ingress.proxy._untrack(self.transport)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,21 +54,23 @@ class _Rule:
         return not self.http and not self.ports
 
 
-_COUNTERS: dict[int, Counter] = {}
+# One counter per registry, for as long as the registry lives (keyed by the registry itself: an
+# id could be reused by a later registry once the first is gone).
+_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
 # Allowed HTTP decisions are remembered, for paths up to this long, this many at most.
 _CACHED_PATH = 256
 _CACHED_DECISIONS = 4096
 
 
 def _counter(registry: CollectorRegistry) -> Counter:
-    if id(registry) not in _COUNTERS:
-        _COUNTERS[id(registry)] = Counter(
+    if registry not in _COUNTERS:
+        _COUNTERS[registry] = Counter(
             "geode_policy_decisions",
             "Traffic policy decisions by destination, source and decision",
             ["destination", "source", "decision"],
             registry=registry,
         )
-    return _COUNTERS[id(registry)]
+    return _COUNTERS[registry]
 
 
 class PolicyEngine:
