@@ -140,7 +140,12 @@ class HttpIngress(asyncio.Protocol):
             request = simple_request(data, self.limits.max_header_bytes)
             if request is not None:
                 self._queue.append(request)
-                self._advance()
+                if self._app is None or self._writing_paused or self._advancing:
+                    self._advance()
+                else:  # straight to the app connection that is waiting
+                    self._start(request)
+                    if self._state is not _Exchange.FORWARDING:
+                        self._advance()  # answered here
                 return
         self._parse(data)
         self._advance()
@@ -498,6 +503,21 @@ class HttpIngress(asyncio.Protocol):
             self._state = _Exchange.ANSWERED
             if request is not None:
                 request.body.clear()
+        elif (
+            len(self._queue) == 1
+            and self._keep_alive
+            and not self._backlog
+            and not self._closed
+            and not self._advancing
+        ):
+            # The common end, the one request answered and nothing waiting: as _advance_queue
+            # would end it.
+            self._queue.clear()
+            self._state = _Exchange.NEW
+            self._answered = self._response_done = False
+            self._resume("pipeline")
+            self._arm_timer(self.limits.idle_timeout, _Wait.IDLE)
+            return
         self._advance()
 
     def unasked_switch(self, app: HttpApp) -> None:

@@ -65,7 +65,7 @@ class Request:
     def head_for_app(self, peer: bytes) -> list[bytes]:
         """The head the app gets: the client's, without any ``X-Geode-Peer``, with ours."""
         if self.raw is not None:
-            return [self.raw[:-2], peer]
+            return [self.raw[:-2] + peer]
         line = b"%s %s HTTP/%s\r\n" % (self.method.encode(), bytes(self.url), self.version.encode())
         return [line, *header_lines(self.headers, peer=False), peer]
 
@@ -97,39 +97,42 @@ def last_chunk(trailers: list[tuple[bytes, bytes]], *, peer: bool = True) -> byt
 # The fast path of the HTTP ingress (see ``simple_request``): a head the full parser would read
 # the same way and that needs none of its care. Request line with single spaces, origin-form
 # target, HTTP/1.1; fields ``token ":" value`` with visible characters, spaces and tabs only
-# (no obs-fold, no bare CR or LF, no NUL or DEL); nothing after the blank line.
+# (no obs-fold, no bare CR or LF, no NUL or DEL); nothing after the blank line. Fields that
+# frame a message, change the connection or the protocol, or that only the proxy sets are left
+# to the full parser (the lookaheads; a response's one ``Content-Length`` is read apart).
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_FIELDS = rb"(?:" + _TOKEN + rb":[\t !-~\x80-\xff]*\r\n)*"
-_SIMPLE_REQUEST = re.compile(rb"(GET|OPTIONS|DELETE) (/[!-~]*) HTTP/1\.1\r\n" + _FIELDS + rb"\r\n")
-_SIMPLE_RESPONSE = re.compile(
-    rb"HTTP/1\.1 [2-5][0-9][0-9] [\t !-~\x80-\xff]*\r\n" + _FIELDS + rb"\r\n"
+_VALUE = rb":[\t !-~\x80-\xff]*\r\n"
+_REQUEST_CAREFUL = (
+    rb"content-length|transfer-encoding|connection|upgrade|expect|http2-settings|te|trailer|"
+    rb"keep-alive|proxy-connection|x[-_]geode[-_]peer"
 )
-# Fields that frame a message, change the connection or the protocol, or that only the proxy
-# sets: a head with any of them goes to the full parser.
-_CAREFUL_FIELD = re.compile(
-    rb"\r\n(?:content-length|transfer-encoding|connection|upgrade|expect|http2-settings|te|"
-    rb"trailer|keep-alive|proxy-connection|x[-_]geode[-_]peer)[\t ]*:",
-    re.IGNORECASE,
+_RESPONSE_CAREFUL = rb"transfer-encoding|connection|upgrade|trailer|keep-alive"
+_SIMPLE_REQUEST = re.compile(
+    rb"(GET|OPTIONS|DELETE) (/[!-~]*) HTTP/1\.1\r\n"
+    rb"(?:(?!(?i:" + _REQUEST_CAREFUL + rb")[\t ]*:)" + _TOKEN + _VALUE + rb")*\r\n"
+)
+_SIMPLE_RESPONSE = re.compile(
+    rb"HTTP/1\.1 (?!204|304)[2-5][0-9][0-9] [\t !-~\x80-\xff]*\r\n"
+    rb"(?:(?!(?i:" + _RESPONSE_CAREFUL + rb")[\t ]*:)" + _TOKEN + _VALUE + rb")*\r\n"
 )
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[\t ]*:[\t ]*([0-9]{1,15})[\t ]*\r\n", re.I)
-_RESPONSE_CAREFUL = re.compile(
-    rb"\r\n(?:transfer-encoding|connection|upgrade|trailer|keep-alive)[\t ]*:", re.IGNORECASE
-)
+_ANY_CONTENT_LENGTH = re.compile(rb"\ncontent-length", re.I)
+_METHODS = {b"GET": "GET", b"OPTIONS": "OPTIONS", b"DELETE": "DELETE"}
 
 
 def simple_request(data: bytes, max_bytes: int) -> Request | None:
     """``data`` as a request, if it is exactly one complete, bodiless, simple head (a GET,
-    OPTIONS or DELETE in HTTP/1.1 with none of the fields in ``_CAREFUL_FIELD``): the common
+    OPTIONS or DELETE in HTTP/1.1 with none of the fields in ``_REQUEST_CAREFUL``): the common
     case, read without the full parser's callbacks. Anything else gives ``None``, and the full
     parser reads it. The head goes to the app as it came, with ``X-Geode-Peer`` added."""
     if len(data) > max_bytes or not data.endswith(b"\r\n\r\n"):
         return None
     match = _SIMPLE_REQUEST.fullmatch(data)
-    if match is None or _CAREFUL_FIELD.search(data) is not None:
+    if match is None:
         return None
-    method = match.group(1).decode()
+    method = _METHODS[match[1]]
     return Request(
-        url=bytearray(match.group(2)),
+        url=bytearray(match[2]),
         method=method,
         keep_alive=True,
         replayable=method != "DELETE",
@@ -147,15 +150,13 @@ def simple_response_length(data: bytes, request: Request) -> int | None:
     if request.method == "HEAD" or request.may_upgrade:
         return None
     match = _SIMPLE_RESPONSE.match(data)
-    if match is None or data[9:12] in (b"204", b"304"):
+    if match is None:
         return None
-    head = data[: match.end()]
-    lengths = _CONTENT_LENGTH.findall(head)
-    if len(lengths) != 1 or _RESPONSE_CAREFUL.search(head) is not None:
-        return None
-    if head.lower().count(b"\ncontent-length") != 1:
-        return None  # another, malformed Content-Length: the full parser decides
-    return match.end() + int(lengths[0])
+    end = match.end()
+    lengths = _CONTENT_LENGTH.findall(data, 0, end)
+    if len(lengths) != 1 or len(_ANY_CONTENT_LENGTH.findall(data, 0, end)) != 1:
+        return None  # none, several, or one the full parser must judge
+    return end + int(lengths[0])
 
 
 def policy_path(url: bytes) -> str | None:

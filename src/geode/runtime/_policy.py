@@ -101,8 +101,9 @@ class PolicyEngine:
         self._counter = _counter(registry)
         self._children: dict[tuple[SpiffeId | None, str], Any] = {}
         self._allow_cache: dict[str, Decision] = {}
-        # (source, METHOD, path) -> the rule that allows it: a client asks for the same few.
-        self._http_allowed: dict[tuple[str, str, str], str] = {}
+        # (source, METHOD, path) -> the decision that allows it and its counter: a client asks
+        # for the same few.
+        self._http_allowed: dict[tuple[str, str, str], tuple[Decision, Any]] = {}
         self.rule_names = [rule.name for rule in self._rules]
 
     def _peer_ok(self, peer: SpiffeId | None) -> Decision | None:
@@ -124,7 +125,9 @@ class PolicyEngine:
             key = (source, verb, path)
             known = self._http_allowed.get(key)
             if known is not None:
-                return self._allowed(peer, known)
+                decision, counter = known
+                counter.inc()
+                return decision
             for rule in self._rules:
                 if source in rule.sources and (
                     rule.allows_everything
@@ -133,11 +136,12 @@ class PolicyEngine:
                         for m in rule.http
                     )
                 ):
+                    decision = self._allowed(peer, rule.name)
                     if len(path) <= _CACHED_PATH:
                         if len(self._http_allowed) >= _CACHED_DECISIONS:
                             self._http_allowed.clear()
-                        self._http_allowed[key] = rule.name
-                    return self._allowed(peer, rule.name)
+                        self._http_allowed[key] = (decision, self._children[(peer, "allow")])
+                    return decision
             decision = Decision(False, f"no rule allows {method} {path}")
         return self._record(peer, decision, lambda: f"{method} {path}")
 
