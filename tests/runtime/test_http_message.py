@@ -153,6 +153,59 @@ def test_a_head_the_fast_path_takes_is_read_the_same_by_llhttp(head: bytes) -> N
     assert not names & {b"content-length", b"transfer-encoding", b"connection", b"upgrade"}
 
 
+@st.composite
+def _responses(draw: Any) -> bytes:
+    """Mostly responses with one Content-Length, among fields at the fast path's edges; the
+    body as long, shorter (more to come) or longer (bytes past the end)."""
+    status = draw(st.sampled_from([b"200", b"200", b"204", b"304", b"404", b"101", b"503"]))
+    version = draw(st.sampled_from([b"1.1", b"1.1", b"1.0"]))
+    length = draw(st.integers(0, 20))
+    fields = [
+        b"%s:%s\r\n" % (draw(_TOKEN).encode(), b"".join(draw(st.lists(_VALUE_BYTES, max_size=8))))
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    extra = draw(
+        st.lists(
+            st.sampled_from(
+                [
+                    b"content-length : 3\r\n",
+                    b"Content-Length: 7\r\n",
+                    b"Transfer-Encoding: chunked\r\n",
+                ]
+            ),
+            max_size=1,
+        )
+    )
+    length_field = [] if draw(st.integers(0, 9)) == 0 else [b"Content-Length: %d\r\n" % length]
+    fields = draw(st.permutations(fields + extra + length_field))
+    body = b"x" * draw(st.sampled_from([length, length, max(length - 3, 0), length + 2]))
+    return b"HTTP/%s %s Fine\r\n" % (version, status) + b"".join(fields) + b"\r\n" + body
+
+
+class _ParsedResponse(_Parsed):
+    parser: httptools.HttpResponseParser
+    keep_alive = False
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.keep_alive = self.parser.should_keep_alive()  # as HttpApp reads it
+
+
+@settings(max_examples=600, deadline=None)
+@given(_responses())
+def test_a_response_the_fast_path_takes_is_read_the_same_by_llhttp(response: bytes) -> None:
+    length = simple_response_length(response, Request(method="GET", head_done=True, done=True))
+    if length is None:
+        return
+    whole = response.ljust(length, b"x")[:length]  # the rest of the body as it would come
+    parsed = _ParsedResponse()
+    parsed.parser = httptools.HttpResponseParser(parsed)
+    parsed.parser.feed_data(whole)  # raises if llhttp refuses it
+    assert parsed.complete == 1
+    assert len(parsed.body) == length - (response.index(b"\r\n\r\n") + 4)
+    assert parsed.keep_alive
+
+
 def _response_for(method: str = "GET") -> Request:
     return Request(method=method, head_done=True, done=True)
 
@@ -163,6 +216,7 @@ def _response_for(method: str = "GET") -> Request:
         (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", 43),
         (b"HTTP/1.1 404 Not Found\r\nContent-Length:0\r\n\r\n", 44),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel", 43),  # the rest is still to come
+        (b"HTTP/1.1 200 OK\r\nContent-Length-X: 9\r\nContent-Length: 1\r\n\r\n1", 60),
     ],
 )
 def test_a_simple_response_gives_its_whole_length(response: bytes, length: int) -> None:
@@ -177,6 +231,9 @@ def test_a_simple_response_gives_its_whole_length(response: bytes, length: int) 
         b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length : 6\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-length : 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1234567890123456\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello",
         b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
         b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",

@@ -33,7 +33,7 @@ class Stop(Exception):
     """Raised in a parser callback to stop parsing where a message ends."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     """One request from the client, as far as it has been read."""
 
@@ -111,12 +111,18 @@ _SIMPLE_REQUEST = re.compile(
     rb"(GET|OPTIONS|DELETE) (/[!-~]*) HTTP/1\.1\r\n"
     rb"(?:(?!(?i:" + _REQUEST_CAREFUL + rb")[\t ]*:)" + _TOKEN + _VALUE + rb")*\r\n"
 )
+# A response's fields: any but the careful ones and Content-Length, then exactly one
+# Content-Length of digits, then any but those again.
+_RESPONSE_FIELD = (
+    rb"(?:(?!(?i:" + _RESPONSE_CAREFUL + rb"|content-length)[\t ]*:)" + _TOKEN + _VALUE + rb")*"
+)
 _SIMPLE_RESPONSE = re.compile(
     rb"HTTP/1\.1 (?!204|304)[2-5][0-9][0-9] [\t !-~\x80-\xff]*\r\n"
-    rb"(?:(?!(?i:" + _RESPONSE_CAREFUL + rb")[\t ]*:)" + _TOKEN + _VALUE + rb")*\r\n"
+    + _RESPONSE_FIELD
+    + rb"(?i:content-length):[\t ]*([0-9]{1,15})[\t ]*\r\n"
+    + _RESPONSE_FIELD
+    + rb"\r\n"
 )
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[\t ]*:[\t ]*([0-9]{1,15})[\t ]*\r\n", re.I)
-_ANY_CONTENT_LENGTH = re.compile(rb"\ncontent-length", re.I)
 _METHODS = {b"GET": "GET", b"OPTIONS": "OPTIONS", b"DELETE": "DELETE"}
 
 
@@ -150,13 +156,7 @@ def simple_response_length(data: bytes, request: Request) -> int | None:
     if request.method == "HEAD" or request.may_upgrade:
         return None
     match = _SIMPLE_RESPONSE.match(data)
-    if match is None:
-        return None
-    end = match.end()
-    lengths = _CONTENT_LENGTH.findall(data, 0, end)
-    if len(lengths) != 1 or len(_ANY_CONTENT_LENGTH.findall(data, 0, end)) != 1:
-        return None  # none, several, or one the full parser must judge
-    return end + int(lengths[0])
+    return None if match is None else match.end() + int(match[1])
 
 
 def policy_path(url: bytes) -> str | None:
