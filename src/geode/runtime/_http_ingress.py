@@ -140,7 +140,12 @@ class HttpIngress(asyncio.Protocol):
             request = simple_request(data, self.limits.max_header_bytes)
             if request is not None:
                 self._queue.append(request)
-                if self._app is None or self._writing_paused or self._advancing:
+                if (
+                    self._app is None
+                    or self._state is not _Exchange.NEW
+                    or self._writing_paused
+                    or self._advancing
+                ):
                     self._advance()
                 else:  # straight to the app connection that is waiting
                     self._start(request)
