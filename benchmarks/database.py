@@ -15,11 +15,15 @@ What is measured
      SUBJECT ... AND ISSUER ...``). sysbench connects with ``--mysql-ssl=on`` and that
      certificate (TLS 1.3).
 
-   Both get the same ``sysbench prepare`` (``--tables``, ``--table-size``) and an unmeasured
+   - *tls* (with ``--tls-only``, a diagnostic): *plain* plus the database's certificate for
+     TLS and nothing else of Geode's (no encryption at rest, a password user); sysbench
+     connects over TLS as to *geode*. It parts what TLS costs from what the rest costs.
+
+   All get the same ``sysbench prepare`` (``--tables``, ``--table-size``) and an unmeasured
    run of ``--warmup`` seconds each (buffer pools fill; a new encrypted datadir finishes
    encrypting its system tablespace in the background), then ``--rounds`` alternating runs
-   of ``--time`` seconds with ``--threads`` threads (plain first in odd rounds, geode first
-   in even ones, so drift hits both). The machine's CPU is shared by
+   of ``--time`` seconds with ``--threads`` threads (in the order plain, geode[, tls] in odd
+   rounds and the reverse in even ones, so drift hits all). The machine's CPU is shared by
    sysbench and the server, as in a real deployment with the client on the same host.
 
 2. **Embedded mode.** ``connect_embedded`` (SQLCipher 4, raw key) against the standard
@@ -39,7 +43,8 @@ throughput ratio would be with the CPU saturated by the benchmark alone); operat
 engine and the ratio sqlcipher/sqlite3. The bars (issue 4):
 geode ≥ 0.85x plain; SQLCipher ≥ 0.8x sqlite3.
 
-Run: ``.venv/bin/python benchmarks/database.py [--time 30 --rounds 3 --warmup 20] [--json]``
+Run: ``.venv/bin/python benchmarks/database.py [--time 30 --rounds 3 --warmup 20] [--tls-only]
+[--json]``
 (needs ``mariadb-server`` and ``sysbench``: ``apt-get install mariadb-server sysbench``).
 """
 
