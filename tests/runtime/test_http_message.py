@@ -171,6 +171,8 @@ def _responses(draw: Any) -> bytes:
                     b"content-length : 3\r\n",
                     b"Content-Length: 7\r\n",
                     b"Transfer-Encoding: chunked\r\n",
+                    b"Proxy-Connection: close\r\n",
+                    b"Connection: keep-alive\r\n",
                 ]
             ),
             max_size=1,
@@ -235,6 +237,8 @@ def test_a_simple_response_gives_its_whole_length(response: bytes, length: int) 
         b"HTTP/1.1 200 OK\r\ncontent-length: 5 5\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\ncontent-length: 1234567890123456\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello",
+        # llhttp reads Proxy-Connection as Connection: the app would close.
+        b"HTTP/1.1 200 OK\r\nProxy-Connection: close\r\ncontent-length: 2\r\n\r\nhi",
         b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
         b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",

@@ -106,7 +106,7 @@ _REQUEST_CAREFUL = (
     rb"content-length|transfer-encoding|connection|upgrade|expect|http2-settings|te|trailer|"
     rb"keep-alive|proxy-connection|x[-_]geode[-_]peer"
 )
-_RESPONSE_CAREFUL = rb"transfer-encoding|connection|upgrade|trailer|keep-alive"
+_RESPONSE_CAREFUL = rb"transfer-encoding|connection|upgrade|trailer|keep-alive|proxy-connection"
 _SIMPLE_REQUEST = re.compile(
     rb"(GET|OPTIONS|DELETE) (/[!-~]*) HTTP/1\.1\r\n"
     rb"(?:(?!(?i:" + _REQUEST_CAREFUL + rb")[\t ]*:)" + _TOKEN + _VALUE + rb")*\r\n"
