@@ -308,7 +308,35 @@ def compare_to_baseline(results: dict[str, PathResult]) -> None:
 @dataclass
 class Bar:
     what: str
-    met: bool | None  # None: not measured in this run
+    met: bool | None  # None: not measured in this run; with rounds, met in more than half
+    rounds_met: int = 0
+    rounds: int = 0  # rounds in which it was measured
+
+
+def judge_rounds(rounds: list[dict[str, PathResult]]) -> list[Bar]:
+    """Each bar judged within each round (the paths of one round ran minutes apart at most);
+    met overall when met in more than half of the rounds where it was measured."""
+    per_round = [judge(results) for results in rounds]
+    bars = []
+    for i, first in enumerate(per_round[0]):
+        verdicts = [bars_of[i].met for bars_of in per_round if bars_of[i].met is not None]
+        met = sum(1 for v in verdicts if v)
+        bars.append(
+            Bar(first.what, None if not verdicts else met * 2 > len(verdicts), met, len(verdicts))
+        )
+    return bars
+
+
+def representative(rounds: list[dict[str, PathResult]], path: str) -> PathResult:
+    """The round of ``path`` with the median requests/s (the lower one of two), whole: its
+    ratios and added latencies are against (a) of the same round."""
+    ok = sorted(
+        (r[path] for r in rounds if path in r and r[path].status == "ok"),
+        key=lambda result: result.requests_per_s,
+    )
+    if not ok:
+        return next(r[path] for r in rounds if path in r and r[path].status != "ok")
+    return ok[(len(ok) - 1) // 2]
 
 
 @dataclass
@@ -322,9 +350,10 @@ class Report:
     single_duration_s: float
     body_bytes: int
     nginx: str | None
-    paths: list[PathResult]
+    paths: list[PathResult]  # with rounds: each path's median round
     bars: list[Bar]
     machine: Machine
+    rounds: list[list[PathResult]] = field(default_factory=list)  # every round, in order
 
 
 def judge(results: dict[str, PathResult]) -> list[Bar]:
@@ -396,7 +425,7 @@ def benchmark(args: argparse.Namespace, command: str) -> Report:
             print(message, file=sys.stderr)
 
     commit = git_commit()
-    results: dict[str, PathResult] = {}
+    rounds: list[dict[str, PathResult]] = []
     with tempfile.TemporaryDirectory(prefix="geode-dataplane-") as tmp:
         base = Path(tmp)
         pki = make_pki(base / "pki")
@@ -404,32 +433,22 @@ def benchmark(args: argparse.Namespace, command: str) -> Report:
         deployment = Deployment()
         try:
             deployment = deploy(args.paths, pki, base)
-            for path in args.paths:
-                if path in deployment.skipped:
-                    log(f"({path}) skipped: {deployment.skipped[path]}")
-                    results[path] = PathResult(
-                        path, PATH_NAMES[path], "skipped", deployment.skipped[path]
-                    )
-                    continue
-                log(
-                    f"({path}) {PATH_NAMES[path]}: {args.connections} connections, "
-                    f"{args.warmup:g} s warm-up + {args.duration:g} s, then one connection "
-                    f"for {args.single_duration:g} s ..."
-                )
-                try:
-                    results[path] = measure_path(path, deployment, args)
-                except HarnessError as exc:
-                    results[path] = PathResult(path, PATH_NAMES[path], "failed", str(exc))
-                if results[path].status == "failed":
-                    for name in deployment.components[path]:
-                        log(deployment.servers[name].log_tail())
+            for number in range(1, args.rounds + 1):
+                # Odd rounds in the order given, even ones reversed: drift hits every path.
+                order = args.paths if number % 2 else list(reversed(args.paths))
+                results: dict[str, PathResult] = {}
+                rounds.append(results)
+                for path in order:
+                    results[path] = measure_one(path, deployment, args, number, log)
+                compare_to_baseline(results)
         except HarnessError as exc:
             log(str(exc))
+            if not rounds:
+                rounds.append({})
             for path in args.paths:
-                results.setdefault(path, PathResult(path, PATH_NAMES[path], "failed", str(exc)))
+                rounds[-1].setdefault(path, PathResult(path, PATH_NAMES[path], "failed", str(exc)))
         finally:
             deployment.stop()
-    compare_to_baseline(results)
     if (after := git_commit()) != commit:
         commit += f" (then {after}: src/ changed during the run)"
     return Report(
@@ -442,10 +461,35 @@ def benchmark(args: argparse.Namespace, command: str) -> Report:
         single_duration_s=args.single_duration,
         body_bytes=len(BODY),
         nginx=nginx_version(find_nginx()) if "d" in args.paths else None,
-        paths=list(results.values()),
-        bars=judge(results),
+        paths=[representative(rounds, path) for path in args.paths],
+        bars=judge_rounds(rounds),
         machine=Machine.describe(),
+        rounds=[[r[path] for path in args.paths if path in r] for r in rounds]
+        if args.rounds > 1
+        else [],
     )
+
+
+def measure_one(
+    path: str, deployment: Deployment, args: argparse.Namespace, number: int, log: Any
+) -> PathResult:
+    if path in deployment.skipped:
+        log(f"({path}) skipped: {deployment.skipped[path]}")
+        return PathResult(path, PATH_NAMES[path], "skipped", deployment.skipped[path])
+    round_note = f"round {number}/{args.rounds}: " if args.rounds > 1 else ""
+    log(
+        f"{round_note}({path}) {PATH_NAMES[path]}: {args.connections} connections, "
+        f"{args.warmup:g} s warm-up + {args.duration:g} s, then one connection "
+        f"for {args.single_duration:g} s ..."
+    )
+    try:
+        result = measure_path(path, deployment, args)
+    except HarnessError as exc:
+        result = PathResult(path, PATH_NAMES[path], "failed", str(exc))
+    if result.status == "failed":
+        for name in deployment.components[path]:
+            log(deployment.servers[name].log_tail())
+    return result
 
 
 def _ms(value: float | None, signed: bool = False) -> str:
@@ -509,9 +553,23 @@ def print_report(report: Report) -> None:
         elif r.status == "failed":
             print(f"  ({r.path}) FAILED: {r.note}")
     print()
+    if report.rounds:
+        print(
+            f"  {len(report.rounds)} rounds; the table shows each path's median round. Per round:"
+        )
+        for number, paths in enumerate(report.rounds, start=1):
+            cells = ", ".join(
+                f"({r.path}) {r.requests_per_s:.0f}/s {_ms(r.added_p50_ms, True)} ms"
+                if r.status == "ok"
+                else f"({r.path}) {r.status}"
+                for r in paths
+            )
+            print(f"    {number}: {cells}")
+        print()
     for bar in report.bars:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[bar.met]
-        print(f"  bar  {bar.what}: {verdict}")
+        rounds = f" ({bar.rounds_met} of {bar.rounds} rounds)" if bar.rounds > 1 else ""
+        print(f"  bar  {bar.what}: {verdict}{rounds}")
 
 
 def parse_paths(value: str) -> list[str]:
@@ -555,10 +613,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"paths to measure, in order ({','.join(PATH_NAMES)}: all); a-tls is a "
         "diagnostic, TLS alone on uvicorn",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every path this many times, alternating the order; bars are judged "
+        "within each round (1)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     if args.connections < 1 or args.duration <= 0 or args.warmup < 0 or args.workers < 1:
         parser.error("need --connections >= 1, --duration > 0, --warmup >= 0, --workers >= 1")
+    if args.rounds < 1:
+        parser.error("need --rounds >= 1")
     if args.single_duration < 0:
         parser.error("need --single-duration >= 0")
     exit_on_sigterm()
@@ -567,7 +634,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(asdict(report), indent=2))
     else:
         print_report(report)
-    return 1 if any(p.status == "failed" for p in report.paths) else 0
+    every = [p for paths in report.rounds or [report.paths] for p in paths]
+    return 1 if any(p.status == "failed" for p in every) else 0
 
 
 if __name__ == "__main__":

@@ -62,13 +62,10 @@ class HttpApp(asyncio.Protocol):
         """The next response answers ``request``."""
         self.reused = self._request is not None
         self.received = False
-        self._parser = None  # made when the response needs it: see data_received
+        self._parser = None  # made, and the fields it fills reset, when the response needs it
         self._expecting = True
         self._passing = 0
         self._request = request
-        self._reason.clear()
-        self._headers, self._trailers = [], []
-        self._status, self._in_body, self._chunked, self._until_close = 0, False, False, False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -107,6 +104,9 @@ class HttpApp(asyncio.Protocol):
                 self._pass(data)
                 return
             self._parser = httptools.HttpResponseParser(self)
+            self._reason.clear()
+            self._headers, self._trailers = [], []
+            self._status, self._in_body, self._chunked, self._until_close = 0, False, False, False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:

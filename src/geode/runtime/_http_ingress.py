@@ -78,6 +78,7 @@ class HttpIngress(asyncio.Protocol):
     long no byte may move (``_stalled``)."""
 
     transport: asyncio.Transport
+    _loop: asyncio.AbstractEventLoop  # set with the transport
     slot: Slot | None = None  # set by the listener that accepted the connection
 
     def __init__(self, proxy: TransparentProxy, route: IngressRoute) -> None:
@@ -95,7 +96,6 @@ class HttpIngress(asyncio.Protocol):
         self._app: HttpApp | None = None
         self._paused: set[str] = set()  # why reading the client is paused
         self._writing_paused = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # loop time the timer fires at
         self._deadline = 0.0  # loop time the wait ends (``_Wait.PROGRESS``: see ``_progress``)
@@ -123,7 +123,7 @@ class HttpIngress(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
-        self._touch()
+        self._progress = self._loop.time()  # a byte moved: see _touch
         if self._state is _Exchange.TUNNEL and self._app is not None:
             self._app.transport.write(data)
             return
@@ -402,7 +402,7 @@ class HttpIngress(asyncio.Protocol):
         if path is None:
             self._refuse(request, "unusable request path")
             return
-        if asks_for_http2(request):
+        if request.headers and asks_for_http2(request):
             self._refuse(request, "no upgrade to HTTP/2 (h2c)")
             return
         decision = self.proxy.engine.authorize_http(self.peer, request.method, path)
@@ -609,7 +609,6 @@ class HttpIngress(asyncio.Protocol):
 
     def _touch(self) -> None:
         """A byte moved: the ``_Wait.PROGRESS`` timer starts over (lazily, in _timed_out)."""
-        assert self._loop is not None
         self._progress = self._loop.time()
 
     def _arm_progress(self) -> None:
@@ -623,7 +622,6 @@ class HttpIngress(asyncio.Protocol):
         request to request does not cancel and create a timer each time."""
         if self._lost or (self._closed and wait is not _Wait.CLOSING):
             return
-        assert self._loop is not None
         self._wait = wait
         self._deadline = self._loop.time() + delay
         if self._timer is not None and self._timer_at <= self._deadline:
@@ -638,7 +636,6 @@ class HttpIngress(asyncio.Protocol):
             self._timer = None
 
     def _timed_out(self) -> None:
-        assert self._loop is not None
         self._timer = None
         if self._closed and self._wait is not _Wait.CLOSING:
             return
