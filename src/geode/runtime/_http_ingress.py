@@ -149,8 +149,8 @@ class HttpIngress(asyncio.Protocol):
                     self._advance()
                 else:  # straight to the app connection that is waiting
                     self._start(request)
-                    if self._state is not _Exchange.FORWARDING:
-                        self._advance()  # answered here
+                    if self._response_done:
+                        self._advance()  # answered here (refused or denied)
                 return
         self._parse(data)
         self._advance()
