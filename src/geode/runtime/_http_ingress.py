@@ -135,8 +135,8 @@ class HttpIngress(asyncio.Protocol):
             self._backlog += data
             return
         if not self._queue and self._parsing is None:
-            # The common case, one whole simple request between two others: read without the
-            # parser (it waits between messages, as before this read).
+            # The common case, one whole simple request and nothing else in this read: taken
+            # without the parser, which stays between messages as it was.
             request = simple_request(data, self.limits.max_header_bytes)
             if request is not None:
                 self._queue.append(request)
