@@ -27,6 +27,7 @@ How
   (``geode.client``, ``geode.runtime``, ``geode.testing``), which is what a refactoring moves.
   The price: a change to a benchmark script changes what that side measures, so the scripts that
   differ between the sides are named in a warning; read their diff before trusting a ratio.
+  So are dependencies installed in different versions on the two sides.
 - Metrics: from ``activation.py`` (one Coordinator, directory store), the Coordinator's CPU ms per
   activation and activations/s; from ``dataplane.py`` path (c) only (client -> Geode egress ->
   mTLS -> Geode ingress -> app), the CPU µs per request of the egress and of the ingress process,
@@ -90,7 +91,8 @@ class Side:
     tree: Path
     python: Path
     label: str  # the commit, "+dirty" for a tree with uncommitted changes
-    python_version: str = ""
+    python_version: str
+    packages: dict[str, str]  # installed distribution -> version
 
 
 def run_quietly(command: Sequence[str | Path], cwd: Path = ROOT, what: str = "") -> str:
@@ -131,12 +133,20 @@ def side_env(python: Path) -> dict[str, str]:
     return env
 
 
-def inspect_python(name: str, python: Path, tree: Path) -> str:
-    """``python``'s version, after checking that it imports ``geode`` from ``tree``."""
-    probe = "import sys, geode; print(sys.version.split()[0]); print(geode.__file__)"
+PROBE = """
+import importlib.metadata, json, sys, geode
+packages = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions()}
+print(json.dumps([sys.version.split()[0], geode.__file__, packages]))
+"""
+NOT_COMPARED = {"geode", "pip", "setuptools", "wheel"}
+
+
+def inspect_python(name: str, python: Path, tree: Path) -> tuple[str, dict[str, str]]:
+    """``python``'s version and installed packages, after checking that it imports ``geode``
+    from ``tree``."""
     try:
         done = subprocess.run(
-            [str(python), "-c", probe],
+            [str(python), "-c", PROBE],
             cwd=tree,
             env=side_env(python),
             capture_output=True,
@@ -147,11 +157,11 @@ def inspect_python(name: str, python: Path, tree: Path) -> str:
         raise CompareError(f"{name}: {python}: {exc}") from None
     if done.returncode != 0:
         raise CompareError(f"{name}: {python} cannot import geode: {last_line(done.stderr)}")
-    version, location = done.stdout.split()
+    version, location, packages = json.loads(done.stdout)
     expected = (tree / "src" / "geode").resolve()
     if Path(location).resolve().parent != expected:
         raise CompareError(f"{name}: {python} imports geode from {location}, not from {expected}")
-    return version
+    return version, packages
 
 
 def head_tree(path: Path) -> Side:
@@ -162,7 +172,7 @@ def head_tree(path: Path) -> Side:
     commit = git("rev-parse", "--short", "HEAD", cwd=tree)
     dirty = git("status", "--porcelain", "--", "src", "benchmarks", "pyproject.toml", cwd=tree)
     label = commit + ("+dirty" if dirty else "")
-    return Side("head", tree, python, label, inspect_python("head", python, tree))
+    return Side("head", tree, python, label, *inspect_python("head", python, tree))
 
 
 def base_interpreter(python: Path | None) -> str:
@@ -187,8 +197,7 @@ def checkout(name: str, commit: str, interpreter: str) -> Iterator[Side]:
         git("worktree", "add", "--detach", "--quiet", str(tree), commit)
         try:
             python = ensure_venv(name, venv, tree, commit, interpreter)
-            version = inspect_python(name, python, tree)
-            yield Side(name, tree, python, commit[:7], version)
+            yield Side(name, tree, python, commit[:7], *inspect_python(name, python, tree))
         finally:
             remove_worktree(tree)
 
@@ -221,6 +230,17 @@ def differing_scripts(base: Side, head: Side) -> list[str]:
         return path.read_bytes() if path.exists() else None
 
     return [name for name in SCRIPTS if text(base, name) != text(head, name)]
+
+
+def differing_packages(base: Side, head: Side) -> list[str]:
+    """The dependencies both sides have in different versions (the head's venv may be older, or
+    have the test extras: only what both have is compared)."""
+    common = (base.packages.keys() & head.packages.keys()) - NOT_COMPARED
+    return [
+        f"{name} {base.packages[name]} (base) vs {head.packages[name]} (head)"
+        for name in sorted(common)
+        if base.packages[name] != head.packages[name]
+    ]
 
 
 def check_scripts(side: Side, benchmarks: Sequence[Benchmark]) -> None:
@@ -369,6 +389,8 @@ def compare(args: argparse.Namespace) -> int:
         warnings = []
         if base.python_version != head.python_version:
             warnings.append(f"Python {base.python_version} (base) vs {head.python_version} (head)")
+        if packages := differing_packages(base, head):
+            warnings.append(f"installed versions differ: {', '.join(packages)}")
         if differ := differing_scripts(base, head):
             warnings.append(
                 f"benchmarks/{{{','.join(differ)}}} differ between the sides: each side measures "
@@ -382,7 +404,7 @@ def compare(args: argparse.Namespace) -> int:
     if args.json:
         document = {
             "sides": {
-                name: {**asdict(s), "tree": str(s.tree), "python": str(s.python)}
+                name: {"label": s.label, "tree": str(s.tree), "python": s.python_version}
                 for name, s in sides.items()
             },
             "rounds": rounds,
