@@ -218,8 +218,10 @@ def ensure_venv(name: str, venv: Path, tree: Path, commit: str, interpreter: str
     log(f"{name}: creating {venv} (python -m venv, pip install -e {tree}) ...")
     shutil.rmtree(venv, ignore_errors=True)
     run_quietly([interpreter, "-m", "venv", venv], what=f"{name}: python -m venv")
-    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", tree]
-    run_quietly(pip, what=f"{name}: pip install -e")
+    quiet = ("-q", "--disable-pip-version-check")
+    run_quietly(
+        [python, "-m", "pip", "install", *quiet, "-e", tree], what=f"{name}: pip install -e"
+    )
     stamp.write_text(commit + "\n")
     return python
 
