@@ -172,6 +172,7 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, Store]:
 
 
 def _open(config: CoordinatorConfig) -> _Opened:
+    """``open_coordinator``, keeping this Coordinator's place among the others for ``_serve``."""
     if not config.simulation:
         raise GeodeError(
             "no TEE quote provider is available on this machine; start with --simulation"
