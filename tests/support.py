@@ -13,13 +13,11 @@ from pathlib import Path
 import httpx
 
 from geode import testing
-from geode.errors import SealError
 from geode.testing import free_port
 
 __all__ = [
     "REPO",
     "CoordinatorProcess",
-    "FlakyStore",
     "free_port",
     "geode_cli",
     "geode_run_argv",
@@ -29,25 +27,6 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class FlakyStore:
-    """A state store in memory whose saves fail while ``fail`` is set."""
-
-    def __init__(self) -> None:
-        self.fail = False
-        self.blobs: list[bytes] = []
-
-    def load(self) -> bytes | None:
-        return self.blobs[-1] if self.blobs else None
-
-    def save(self, blob: bytes) -> None:
-        if self.fail:
-            raise SealError("disk full")
-        self.blobs.append(blob)
-
-    def close(self) -> None:
-        pass
 
 
 class CoordinatorProcess(testing.CoordinatorProcess):

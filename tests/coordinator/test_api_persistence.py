@@ -26,7 +26,7 @@ from geode.coordinator import (
 )
 from geode.errors import StoreConflict
 from geode.pki import public_key_der
-from tests.support import FlakyStore
+from geode.testing import MemoryStore
 
 MEASUREMENT = bytes(range(32))
 
@@ -43,18 +43,6 @@ def manifest(**web: object) -> bytes:
     ).encode()
 
 
-class ConflictingStore(FlakyStore):
-    """Also loses the compare-and-swap of its next ``conflicts`` saves."""
-
-    conflicts = 0
-
-    def save(self, blob: bytes) -> None:
-        if self.conflicts:
-            self.conflicts -= 1
-            raise StoreConflict("the shared state changed")
-        super().save(blob)
-
-
 class Harness:
     def __init__(self) -> None:
         self.platform = SimulatedPlatform.generate()
@@ -67,7 +55,7 @@ class Harness:
             self.sealing_key,
         )
         self.coordinator.load(None)
-        self.store = ConflictingStore()
+        self.store = MemoryStore()
         client, mesh = build_apps(
             self.coordinator,
             GroupCommit(self.coordinator.sealed_state, self.store, reload=self.coordinator.reload),
@@ -118,7 +106,7 @@ def test_unsaved_manifest_is_not_adopted() -> None:
         ok = await h.client.post("/api/v1/manifest", content=manifest())
         assert ok.status_code == 201
         # What is on disk is exactly what is in force.
-        _, raw = Sealer.unseal(h.store.blobs[-1], h.sealing_key)
+        _, raw = Sealer.unseal(h.store.saved[-1], h.sealing_key)
         assert json.loads(raw)["manifest"] == base64.b64encode(manifest()).decode()
 
     run(scenario())
@@ -237,9 +225,8 @@ def test_a_stalled_body_times_out() -> None:
 def test_a_change_whose_write_failed_never_reaches_the_disk_with_a_later_batch() -> None:
     """A's write fails while B waits for the next one: A is undone before B's snapshot."""
     state = {"a": False, "b": False}
-    saved: list[dict[str, bool]] = []
 
-    class SlowFailingOnce:
+    class SlowFailingOnce(MemoryStore):
         failed = False
 
         def save(self, blob: bytes) -> None:
@@ -247,9 +234,10 @@ def test_a_change_whose_write_failed_never_reaches_the_disk_with_a_later_batch()
                 self.failed = True
                 time.sleep(0.1)  # B arrives while this write is under way
                 raise OSError("disk full")
-            saved.append(json.loads(blob))
+            super().save(blob)
 
-    commit = GroupCommit(lambda: json.dumps(state).encode(), SlowFailingOnce())  # type: ignore[arg-type]
+    store = SlowFailingOnce()
+    commit = GroupCommit(lambda: json.dumps(state).encode(), store)
 
     def undo(key: str) -> Callable[[], None]:
         return lambda: state.__setitem__(key, False)
@@ -267,7 +255,7 @@ def test_a_change_whose_write_failed_never_reaches_the_disk_with_a_later_batch()
         return list(await asyncio.gather(change("a", 0), change("b", 0.03)))
 
     assert asyncio.run(both()) == ["failed", "saved"]
-    assert saved == [{"a": False, "b": True}]
+    assert [json.loads(blob) for blob in store.saved] == [{"a": False, "b": True}]
     assert state == {"a": False, "b": True}
 
 
@@ -277,29 +265,21 @@ def test_a_lost_compare_and_swap_is_undone_then_the_store_is_read_again() -> Non
     state = {"mine": False, "theirs": False}
     events: list[str] = []
 
-    class SharedStore:
-        blob = json.dumps({"mine": False, "theirs": True}).encode()  # another writer's
-        conflicted = False
-
-        def load(self) -> bytes:
+    class SharedStore(MemoryStore):
+        def load(self) -> bytes | None:
             events.append("load")
-            return self.blob
+            return super().load()
 
         def save(self, blob: bytes) -> None:
-            if not self.conflicted:
-                self.conflicted = True
-                raise StoreConflict("the shared state changed")
-            self.blob = blob
+            super().save(blob)
             events.append("save")
-
-        def close(self) -> None:
-            pass
 
     def reload(blob: bytes | None) -> None:
         events.append("reload")
         state.update(json.loads(blob or b"{}"))
 
     store = SharedStore()
+    store.write_elsewhere(json.dumps({"mine": False, "theirs": True}).encode())
     commit = GroupCommit(lambda: json.dumps(state).encode(), store, reload=reload)
 
     def undo() -> None:
@@ -318,7 +298,7 @@ def test_a_lost_compare_and_swap_is_undone_then_the_store_is_read_again() -> Non
     assert events == ["undo", "load", "reload"]
     assert state == {"mine": False, "theirs": True}
     assert asyncio.run(change()) == "saved"
-    assert json.loads(store.blob) == {"mine": True, "theirs": True}
+    assert json.loads(store.blob or b"") == {"mine": True, "theirs": True}
 
 
 def test_changes_waiting_behind_a_lost_compare_and_swap_get_the_conflict_too() -> None:
@@ -327,24 +307,24 @@ def test_changes_waiting_behind_a_lost_compare_and_swap_get_the_conflict_too() -
     state = {"count": 1}
     events: list[str] = []
 
-    class SharedStore:
-        def load(self) -> bytes:
+    class SharedStore(MemoryStore):
+        def load(self) -> bytes | None:
             events.append("load")
-            return json.dumps({"count": 5}).encode()
+            return super().load()
 
         def save(self, blob: bytes) -> None:
-            time.sleep(0.1)  # B arrives while this write is under way
-            events.append("save")
-            raise StoreConflict("the shared state changed")
-
-        def close(self) -> None:
-            pass
+            try:
+                super().save(blob)  # B arrives while this write is under way
+            finally:
+                events.append("save")
 
     def reload(blob: bytes | None) -> None:
         events.append("reload")
         state.update(json.loads(blob or b"{}"))
 
-    commit = GroupCommit(lambda: json.dumps(state).encode(), SharedStore(), reload=reload)
+    store = SharedStore(save_delay=0.1)
+    store.write_elsewhere(json.dumps({"count": 5}).encode())
+    commit = GroupCommit(lambda: json.dumps(state).encode(), store, reload=reload)
 
     async def change(name: str, delay: float) -> str:
         await asyncio.sleep(delay)
@@ -372,23 +352,21 @@ def test_following_the_store_adopts_its_state_unless_a_write_is_under_way() -> N
     state = {"count": 1}
     events: list[str] = []
 
-    class SharedStore:
-        def load(self) -> bytes:
+    class SharedStore(MemoryStore):
+        def load(self) -> bytes | None:
             events.append("load")
-            return json.dumps({"count": 7}).encode()
+            return super().load()
 
         def save(self, blob: bytes) -> None:
-            time.sleep(0.1)
+            super().save(blob)
             events.append("save")
-
-        def close(self) -> None:
-            pass
 
     def reload(blob: bytes | None) -> None:
         events.append("reload")
         state.update(json.loads(blob or b"{}"))
 
-    commit = GroupCommit(lambda: json.dumps(state).encode(), SharedStore(), reload=reload)
+    store = SharedStore(save_delay=0.1)
+    commit = GroupCommit(lambda: json.dumps(state).encode(), store, reload=reload)
 
     async def run() -> list[bool]:
         unchanged = await commit.follow(lambda: False)
@@ -397,6 +375,7 @@ def test_following_the_store_adopts_its_state_unless_a_write_is_under_way() -> N
         await asyncio.sleep(0.03)  # the write is under way: following waits for another time
         during = await commit.follow(lambda: True)
         await write
+        store.write_elsewhere(json.dumps({"count": 7}).encode())
         after = await commit.follow(lambda: True)
         return [unchanged, during, after]
 
@@ -421,7 +400,7 @@ def test_an_activation_that_loses_a_compare_and_swap_is_decided_again() -> None:
         lost = await h.activate()
         assert (lost.status_code, lost.json()["error"]) == (409, "store_conflict")
         assert h.coordinator.status()["activations"] == {"web": 1}
-        _, raw = Sealer.unseal(h.store.blobs[-1], h.sealing_key)
+        _, raw = Sealer.unseal(h.store.saved[-1], h.sealing_key)
         assert json.loads(raw)["activations"] == {"web": 1}
 
     run(scenario())
@@ -432,22 +411,13 @@ def test_a_change_made_while_following_is_never_acknowledged_and_lost() -> None:
     saved with the state it was made on, or refused — never answered and then dropped by the
     state read in the meantime."""
     state = {"count": 1}
-    saved: list[dict[str, int]] = []
-
-    class SharedStore:
-        def load(self) -> bytes:
-            return json.dumps({"count": 50}).encode()
-
-        def save(self, blob: bytes) -> None:
-            saved.append(json.loads(blob))
-
-        def close(self) -> None:
-            pass
+    store = MemoryStore()
+    store.save(json.dumps({"count": 50}).encode())  # what a read of the store brings
 
     def reload(blob: bytes | None) -> None:
         state.update(json.loads(blob or b"{}"))
 
-    commit = GroupCommit(lambda: json.dumps(state).encode(), SharedStore(), reload=reload)
+    commit = GroupCommit(lambda: json.dumps(state).encode(), store, reload=reload)
 
     def slow_moved_on() -> bool:
         time.sleep(0.1)  # the change below arrives meanwhile
@@ -466,6 +436,7 @@ def test_a_change_made_while_following_is_never_acknowledged_and_lost() -> None:
         return list(await asyncio.gather(commit.follow(slow_moved_on), change()))
 
     followed, outcome = asyncio.run(run())
+    saved = [json.loads(blob) for blob in store.saved[1:]]
     if outcome == "saved":
         # What was acknowledged is what was saved: the change on the state it was made on.
         assert saved == [{"count": 2}]

@@ -29,6 +29,7 @@ from geode.coordinator import (
 from geode.errors import ActivationDenied, CoordinatorUnavailable, ManifestConflict
 from geode.manifest import SERVICE_KEY_MARKER
 from geode.pki import CertificateAuthority, LeafParams, public_key_der
+from geode.testing import FakeClock
 
 MEASUREMENT = bytes(range(32))
 SEALING_KEY = os.urandom(32)
@@ -229,18 +230,18 @@ def test_renewal_refusals(coordinator: Coordinator, platform: SimulatedPlatform)
 
 
 def test_renewal_of_an_expired_certificate_is_refused(platform: SimulatedPlatform) -> None:
-    clock = {"now": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)}
+    clock = FakeClock()
     c = Coordinator(
         CoordinatorSettings(simulation=True, leaf_lifetime=datetime.timedelta(seconds=10)),
         EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
         platform,
         MEASUREMENT,
         SEALING_KEY,
-        clock=lambda: clock["now"],
+        clock=clock,
     )
     c.load(None)
     c.set_manifest(_manifest())
     current, key = _activated(c, platform)
-    clock["now"] += datetime.timedelta(seconds=11)
+    clock.advance(datetime.timedelta(seconds=11))
     with pytest.raises(ActivationDenied, match="certificate expired"):
         c.renew(_renewal(c, platform, current, key))

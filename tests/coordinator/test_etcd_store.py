@@ -253,3 +253,21 @@ def test_a_state_read_but_not_adopted_is_never_overwritten(etcd: EtcdServer) -> 
 
     assert asyncio.run(twice()) == ["conflict", "conflict"]
     assert first.load() == b"the other deployment's state"
+
+
+def test_closing_the_store_unlists_its_members_and_frees_the_data_directory(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    from geode.coordinator import DirectoryStore
+
+    settings = EtcdSettings(endpoints=parse_etcd_url(etcd.url), prefix="/closing")
+    store = EtcdStore(settings, data_dir=tmp_path / "data")
+    assert store.shared is store
+    store.register("a:1", b"{}")
+    with pytest.raises(SealError, match="in use by another Coordinator"):
+        DirectoryStore(tmp_path / "data")
+    other = _store(etcd, prefix="/closing")
+    assert list(other.members()) == ["a:1"]
+    store.close()
+    assert other.members() == {}
+    DirectoryStore(tmp_path / "data").close()

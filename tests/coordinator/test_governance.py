@@ -53,8 +53,8 @@ from geode.pki import (
     private_key_pem,
     public_key_der,
 )
+from geode.testing import MemoryStore
 from tests.governance_kit import Party, User, governance_manifest, make_party, make_user
-from tests.support import FlakyStore
 
 MEASUREMENT = bytes(range(32))
 
@@ -191,7 +191,7 @@ def test_only_shared_or_user_defined_secrets_reach_users(
 def test_an_unsaved_secret_write_is_undone(platform: SimulatedPlatform, alice: User) -> None:
     c = _coordinator(platform, os.urandom(32))
     c.set_manifest(_manifest(alice))
-    store = FlakyStore()
+    store = MemoryStore()
     governor = Governor(c, GroupCommit(c.sealed_state, store))
 
     async def write(value: bytes) -> None:
@@ -641,7 +641,7 @@ def test_a_grant_is_checked_again_once_the_change_may_run() -> None:
         return prepare(raw)
 
     c.prepare_update = slow_prepare  # type: ignore[method-assign]
-    client_app, _ = build_apps(c, GroupCommit(c.sealed_state, FlakyStore()))
+    client_app, _ = build_apps(c, GroupCommit(c.sealed_state, MemoryStore()))
     post_update = next(
         r.endpoint for r in client_app.routes if getattr(r, "path", "") == "/api/v1/update"
         and "POST" in (getattr(r, "methods", None) or ())

@@ -37,7 +37,7 @@ from geode.coordinator import (
 from geode.coordinator._latest import LatestCertificate, LatestCertificates
 from geode.errors import SealError, StaleCertificate
 from geode.pki import CertificateAuthority, LeafParams, public_key_der
-from tests.support import FlakyStore
+from geode.testing import FakeClock, MemoryStore
 
 MEASUREMENT = bytes(range(32))
 MANIFEST = json.dumps(
@@ -52,21 +52,13 @@ MANIFEST = json.dumps(
 Held = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
-
-    def __call__(self) -> datetime.datetime:
-        return self.now
-
-
 class Deployment:
     """One platform and sealing key; Coordinators over the same sealed state, as after restarts."""
 
     def __init__(self) -> None:
         self.platform = SimulatedPlatform.generate()
         self.sealing_key = os.urandom(32)
-        self.clock = Clock()
+        self.clock = FakeClock()
 
     def coordinator(self, blob: bytes | None = None) -> Coordinator:
         c = Coordinator(
@@ -183,7 +175,7 @@ def test_a_version_1_state_takes_each_instance_on_first_use_only() -> None:
     first = d.activate(c)
     second = d.renew(c, first)  # two valid certificates of one instance, both to be untracked
     other = d.activate(c)
-    d.clock.now += datetime.timedelta(minutes=1)
+    d.clock.advance(datetime.timedelta(minutes=1))
     upgraded = d.coordinator(_version_1(c, d.sealing_key))
     assert upgraded.state is State.ACTIVE
 
@@ -243,13 +235,15 @@ def test_a_malformed_record_is_unreadable(latest: object) -> None:
         CoordinatorState.from_bytes(json.dumps(doc).encode(), now=d.clock())
 
 
-def _leaf(ca: CertificateAuthority, lifetime: datetime.timedelta, now: Clock) -> x509.Certificate:
+def _leaf(
+    ca: CertificateAuthority, lifetime: datetime.timedelta, now: FakeClock
+) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     return ca.issue(LeafParams(key.public_key(), "x", lifetime=lifetime), clock=now)
 
 
 def test_the_record_forgets_instances_whose_certificates_all_expired() -> None:
-    clock = Clock()
+    clock = FakeClock()
     ca = CertificateAuthority.create_root(clock=clock).create_intermediate("mesh", clock=clock)
     hour, day = datetime.timedelta(hours=1), datetime.timedelta(days=1)
     latest = LatestCertificates()
@@ -259,7 +253,7 @@ def test_the_record_forgets_instances_whose_certificates_all_expired() -> None:
     latest.record("renewed-shorter", _leaf(ca, day, clock), clock())
     latest.record("renewed-shorter", _leaf(ca, hour, clock), clock())  # the older outlives it
     latest.record("pinned", _leaf(ca, hour, clock), clock(), keep_until=clock() + 2 * day)
-    clock.now += 2 * hour
+    clock.advance(2 * hour)
     latest.prune(clock())
     assert {i for i in ("short", "long", "renewed-shorter", "pinned") if latest.get(i)} == {
         "long",
@@ -269,14 +263,14 @@ def test_the_record_forgets_instances_whose_certificates_all_expired() -> None:
 
 
 def test_the_record_prunes_itself_as_it_grows() -> None:
-    clock = Clock()
+    clock = FakeClock()
     ca = CertificateAuthority.create_root(clock=clock).create_intermediate("mesh", clock=clock)
     soon_expired = _leaf(ca, datetime.timedelta(minutes=1), clock)
     latest = LatestCertificates()
     for i in range(63):
         latest.record(f"old-{i}", soon_expired, clock())
     assert len(latest) == 63
-    clock.now += datetime.timedelta(hours=1)
+    clock.advance(datetime.timedelta(hours=1))
     current = _leaf(ca, datetime.timedelta(hours=1), clock)
     latest.record("new", current, clock())  # the 64th entry: time to prune
     assert len(latest) == 1
@@ -291,7 +285,7 @@ class Api:
     def __init__(self) -> None:
         self.d = Deployment()
         self.coordinator = self.d.active()
-        self.store = FlakyStore()
+        self.store = MemoryStore()
         client, mesh = build_apps(
             self.coordinator, GroupCommit(self.coordinator.sealed_state, self.store)
         )
@@ -332,7 +326,7 @@ def test_of_concurrent_renewals_with_one_certificate_exactly_one_wins() -> None:
         assert 'geode_renewals_total{outcome="ok"} 1.0' in metrics
         assert 'geode_renewals_total{outcome="stale_certificate"} 3.0' in metrics
         # The winner's certificate is on disk as the latest.
-        _, raw = Sealer.unseal(api.store.blobs[-1], api.d.sealing_key)
+        _, raw = Sealer.unseal(api.store.saved[-1], api.d.sealing_key)
         winner = next(a for a in answers if a.status_code == 200).json()
         leaf = x509.load_pem_x509_certificate(winner["certificate_chain"][0].encode())
         instances = json.loads(raw)["latest_certificates"]["instances"]

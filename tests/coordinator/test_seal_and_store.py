@@ -18,6 +18,7 @@ from geode.coordinator import (
     load_or_create_sealing_key,
 )
 from geode.errors import SealError
+from geode.testing import FakeClock, MemoryStore
 
 KEY = bytes(range(32))
 
@@ -89,16 +90,8 @@ def test_directory_store_is_atomic_and_exclusive(tmp_path: Path) -> None:
     DirectoryStore(tmp_path / "data").close()
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
-
-    def __call__(self) -> datetime.datetime:
-        return self.now
-
-
 def test_nonces_are_single_use_and_expire() -> None:
-    clock = _Clock()
+    clock = FakeClock()
     nonces = NonceStore(datetime.timedelta(seconds=60), clock)
     first, expiry = nonces.issue()
     second, _ = nonces.issue()
@@ -107,14 +100,14 @@ def test_nonces_are_single_use_and_expire() -> None:
     assert expiry == clock.now + datetime.timedelta(seconds=60)
     assert nonces.consume(first)
     assert not nonces.consume(first)
-    clock.now += datetime.timedelta(seconds=61)
+    clock.advance(datetime.timedelta(seconds=61))
     assert not nonces.consume(second)
     assert nonces.spent == 0  # spent nonces are forgotten once they have expired anyway
     assert not nonces.consume(os.urandom(32))
 
 
 def test_nonces_cannot_be_forged_or_borrowed() -> None:
-    clock = _Clock()
+    clock = FakeClock()
     nonces = NonceStore(datetime.timedelta(seconds=60), clock)
     nonce, _ = nonces.issue()
     for i in range(32):  # any changed byte, the expiry included, breaks the MAC
@@ -127,7 +120,7 @@ def test_nonces_cannot_be_forged_or_borrowed() -> None:
 
 
 def test_a_nonce_flood_evicts_nobody() -> None:
-    nonces = NonceStore(datetime.timedelta(seconds=60), _Clock())
+    nonces = NonceStore(datetime.timedelta(seconds=60), FakeClock())
     mine, _ = nonces.issue()
     for _ in range(200_000):
         nonces.issue()
@@ -135,29 +128,9 @@ def test_a_nonce_flood_evicts_nobody() -> None:
     assert nonces.consume(mine)
 
 
-class _SlowStore:
-    def __init__(self, fail: bool = False) -> None:
-        self.saved: list[bytes] = []
-        self.fail = fail
-
-    def load(self) -> bytes | None:
-        return self.saved[-1] if self.saved else None
-
-    def save(self, blob: bytes) -> None:
-        import time
-
-        time.sleep(0.02)
-        if self.fail:
-            raise SealError("disk full")
-        self.saved.append(blob)
-
-    def close(self) -> None:
-        pass
-
-
 def test_group_commit_batches_and_covers_every_change() -> None:
     counter = {"value": 0}
-    store = _SlowStore()
+    store = MemoryStore(save_delay=0.02)
     commit = GroupCommit(lambda: str(counter["value"]).encode(), store)
 
     async def change() -> int:
@@ -177,7 +150,9 @@ def test_group_commit_batches_and_covers_every_change() -> None:
 
 
 def test_group_commit_failure_reaches_every_waiter() -> None:
-    commit = GroupCommit(lambda: b"x", _SlowStore(fail=True))
+    store = MemoryStore(save_delay=0.02)
+    store.fail = True
+    commit = GroupCommit(lambda: b"x", store)
 
     async def main() -> list[BaseException | None]:
         return await asyncio.gather(*(commit.commit() for _ in range(5)), return_exceptions=True)

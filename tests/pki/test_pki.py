@@ -23,7 +23,6 @@ from geode.errors import GeodeError, PKIError
 from geode.pki import (
     BACKDATE,
     CertificateAuthority,
-    Clock,
     LeafParams,
     SpiffeId,
     certificate_der,
@@ -36,20 +35,12 @@ from geode.pki import (
     utc_now,
 )
 from geode.pki._ca import MESH_CA_LIFETIME, ROOT_LIFETIME
+from geode.testing import FakeClock
 
 # Certificates store whole seconds; a fixed clock on a whole second makes times comparable.
 T0 = datetime.datetime(2030, 6, 1, 12, 0, 0, tzinfo=datetime.UTC)
 TRUST_DOMAIN = "test.geode.local"
 INSTANCE_ID = "3f1c2b9e-8d4a-4c6f-9e1a-2b3c4d5e6f70"
-
-
-def clock_at(moment: datetime.datetime) -> Clock:
-    """An injected clock that always says ``moment``."""
-
-    def clock() -> datetime.datetime:
-        return moment
-
-    return clock
 
 
 @functools.cache
@@ -149,7 +140,7 @@ def test_root_key_is_p256() -> None:
 
 
 def test_root_honours_the_injected_clock() -> None:
-    root = CertificateAuthority.create_root(clock=clock_at(T0))
+    root = CertificateAuthority.create_root(clock=FakeClock(T0))
     assert root.certificate.not_valid_before_utc == T0 - BACKDATE
     assert root.certificate.not_valid_after_utc == T0 + ROOT_LIFETIME
 
@@ -187,17 +178,17 @@ def test_mesh_ca_is_not_self_signed() -> None:
 
 
 def test_mesh_ca_honours_the_injected_clock() -> None:
-    root = CertificateAuthority.create_root(clock=clock_at(T0))
+    root = CertificateAuthority.create_root(clock=FakeClock(T0))
     later = T0 + datetime.timedelta(days=10)
-    mesh = root.create_intermediate("Geode Mesh CA", clock=clock_at(later))
+    mesh = root.create_intermediate("Geode Mesh CA", clock=FakeClock(later))
     assert mesh.certificate.not_valid_before_utc == later - BACKDATE
     assert mesh.certificate.not_valid_after_utc == later + MESH_CA_LIFETIME
 
 
 def test_mesh_ca_lifetime_is_capped_to_the_root() -> None:
-    root = CertificateAuthority.create_root(clock=clock_at(T0))
+    root = CertificateAuthority.create_root(clock=FakeClock(T0))
     late = root.certificate.not_valid_after_utc - datetime.timedelta(days=30)
-    mesh = root.create_intermediate("Geode Mesh CA", clock=clock_at(late))
+    mesh = root.create_intermediate("Geode Mesh CA", clock=FakeClock(late))
     assert mesh.certificate.not_valid_after_utc == root.certificate.not_valid_after_utc
 
 
@@ -267,29 +258,29 @@ def test_leaf_serials_are_unique() -> None:
 
 
 def test_leaf_is_backdated_and_honours_the_clock() -> None:
-    root = CertificateAuthority.create_root(clock=clock_at(T0))
-    mesh = root.create_intermediate("Geode Mesh CA", clock=clock_at(T0))
+    root = CertificateAuthority.create_root(clock=FakeClock(T0))
+    mesh = root.create_intermediate("Geode Mesh CA", clock=FakeClock(T0))
     now = T0 + datetime.timedelta(hours=5)
     lifetime = datetime.timedelta(hours=3)
-    cert = mesh.issue(leaf_params(p256_key(), lifetime=lifetime), clock=clock_at(now))
+    cert = mesh.issue(leaf_params(p256_key(), lifetime=lifetime), clock=FakeClock(now))
     assert cert.not_valid_before_utc == now - BACKDATE
     assert cert.not_valid_after_utc == now + lifetime
 
 
 def test_leaf_default_lifetime_is_a_day() -> None:
-    root = CertificateAuthority.create_root(clock=clock_at(T0))
-    mesh = root.create_intermediate("Geode Mesh CA", clock=clock_at(T0))
-    cert = mesh.issue(leaf_params(p256_key()), clock=clock_at(T0))
+    root = CertificateAuthority.create_root(clock=FakeClock(T0))
+    mesh = root.create_intermediate("Geode Mesh CA", clock=FakeClock(T0))
+    cert = mesh.issue(leaf_params(p256_key()), clock=FakeClock(T0))
     assert cert.not_valid_after_utc == T0 + datetime.timedelta(hours=24)
 
 
 def test_leaf_lifetime_is_capped_to_the_issuer() -> None:
-    root = CertificateAuthority.create_root(clock=clock_at(T0))
-    mesh = root.create_intermediate("Geode Mesh CA", clock=clock_at(T0))
+    root = CertificateAuthority.create_root(clock=FakeClock(T0))
+    mesh = root.create_intermediate("Geode Mesh CA", clock=FakeClock(T0))
     mesh_end = mesh.certificate.not_valid_after_utc
     now = mesh_end - datetime.timedelta(hours=1)
     cert = mesh.issue(
-        leaf_params(p256_key(), lifetime=datetime.timedelta(days=30)), clock=clock_at(now)
+        leaf_params(p256_key(), lifetime=datetime.timedelta(days=30)), clock=FakeClock(now)
     )
     assert cert.not_valid_after_utc == mesh_end
     assert cert.not_valid_before_utc == now - BACKDATE
@@ -456,9 +447,9 @@ def test_path_length_zero_refuses_a_ca_below_the_mesh_ca() -> None:
 
 
 def test_leaf_is_not_yet_valid_before_its_backdated_start() -> None:
-    root = CertificateAuthority.create_root(clock=clock_at(T0))
-    mesh = root.create_intermediate("Geode Mesh CA", clock=clock_at(T0))
-    cert = mesh.issue(leaf_params(p256_key()), clock=clock_at(T0))
+    root = CertificateAuthority.create_root(clock=FakeClock(T0))
+    mesh = root.create_intermediate("Geode Mesh CA", clock=FakeClock(T0))
+    cert = mesh.issue(leaf_params(p256_key()), clock=FakeClock(T0))
 
     def verify_at(moment: datetime.datetime) -> None:
         (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from geode.coordinator._activation import ActivationRequest, ActivationResult, RenewalRequest
 from geode.coordinator._api import API_PREFIX, MESH_PREFIX, build_apps, openapi_document
+from geode.coordinator._audit import AuditLog, MemoryAuditLog
 from geode.coordinator._core import (
     Coordinator,
     CoordinatorSettings,
@@ -29,7 +30,7 @@ from geode.coordinator._server import (
     serve,
 )
 from geode.coordinator._state import CoordinatorState, StoredSecret
-from geode.coordinator._store import DirectoryStore, StateStore
+from geode.coordinator._store import DirectoryStore, SharedStore, Store
 
 __all__ = [
     "API_PREFIX",
@@ -37,6 +38,7 @@ __all__ = [
     "SEALING_KEY_ENV",
     "ActivationRequest",
     "ActivationResult",
+    "AuditLog",
     "Coordinator",
     "CoordinatorConfig",
     "CoordinatorSettings",
@@ -45,13 +47,15 @@ __all__ = [
     "EtcdSettings",
     "EtcdStore",
     "GroupCommit",
+    "MemoryAuditLog",
     "NonceStore",
     "Pending",
     "PreparedManifest",
     "RenewalRequest",
     "Sealer",
+    "SharedStore",
     "State",
-    "StateStore",
+    "Store",
     "StoredSecret",
     "build_apps",
     "coordinator_measurement",

@@ -7,7 +7,8 @@ Each entry is one line of JSON::
      "signature": base64 ECDSA-P256-SHA256 by the root over audit_signing_payload(hash)}
 
 An entry's hash is ``audit_entry_hash`` of the entry without its signature. The log lives in
-``DIR/audit.log`` (with the etcd store, in etcd: ``EtcdAuditLog``) in plaintext: it names
+``DIR/audit.log`` (with the etcd store, in etcd: ``EtcdAuditLog``; each store names its own as
+``Store.audit``) in plaintext: it names
 events, users, secret names and manifest hashes, never a secret value. The sealed state keeps
 the head (number and hash of the last entry) and the entries written since the file last
 confirmed an append, so an entry whose change is on disk reaches the file even across a crash,
@@ -33,15 +34,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.attestation import audit_entry_hash, audit_signing_payload
-from geode.coordinator._etcd import AUDIT, EtcdStore
 from geode.coordinator._state import AuditHead
 from geode.errors import SealError
 
 __all__ = [
     "AUDIT_FILE",
+    "AUDIT_PREFIX",
     "AuditDetails",
     "AuditEntry",
     "AuditFile",
+    "AuditLog",
     "AuditSink",
     "EtcdAuditLog",
     "MemoryAuditLog",
@@ -51,6 +53,7 @@ __all__ = [
 log = logging.getLogger("geode.coordinator.audit")
 
 AUDIT_FILE = "audit.log"
+AUDIT_PREFIX = "audit/"  # under the etcd store's prefix
 AuditDetails = Mapping[str, str | int | list[str]]
 
 
@@ -95,8 +98,20 @@ def _seq_of(line: str) -> int | None:
 
 
 class AuditSink(Protocol):
+    """What the Coordinator's core writes its entries to and serves them from."""
+
     def read(self) -> list[str]: ...
     def append_missing(self, lines: Sequence[str]) -> None: ...
+
+
+class AuditLog(AuditSink, Protocol):
+    """The audit log that goes with a store (``Store.audit``): also told when a new deployment
+    starts on it, since entries found then belong to no saved state."""
+
+    def set_aside(self, now: datetime.datetime) -> str | None:
+        """Put entries that belong to no saved state out of the way where they can be; a
+        warning saying what became of them, ``None`` when there were none."""
+        ...
 
 
 class MemoryAuditLog:
@@ -104,6 +119,7 @@ class MemoryAuditLog:
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.aside: list[str] = []  # what ``set_aside`` took out of the way
 
     def read(self) -> list[str]:
         return list(self.lines)
@@ -111,6 +127,12 @@ class MemoryAuditLog:
     def append_missing(self, lines: Sequence[str]) -> None:
         last = _last_seq(self.lines)
         self.lines += [line for line in lines if (_seq_of(line) or 0) > last]
+
+    def set_aside(self, now: datetime.datetime) -> str | None:
+        if not self.lines:
+            return None
+        self.aside, self.lines = self.lines, []
+        return f"an audit log without a saved state ({len(self.aside)} entries) was set aside"
 
 
 def _last_seq(lines: Sequence[str]) -> int:
@@ -172,14 +194,21 @@ class AuditFile:
         except OSError as exc:
             raise SealError(f"cannot append to {self.path}: {exc.strerror}") from None
 
-    def set_aside(self, now: datetime.datetime) -> Path | None:
+    def set_aside(self, now: datetime.datetime) -> str | None:
         """Move a log that belongs to no saved state out of the way (a deployment whose state
-        is gone); returns where it went."""
+        is gone), next to where it was."""
         if not self.path.exists():
             return None
         target = self.path.with_name(f"{AUDIT_FILE}.orphaned-{now.strftime('%Y%m%dT%H%M%SZ')}")
         os.replace(self.path, target)
-        return target
+        return f"an audit log without a saved state was moved to {target}"
+
+
+class EtcdEntries(Protocol):
+    """The keys of the etcd store that ``EtcdAuditLog`` needs (``EtcdStore``)."""
+
+    def under(self, name: str) -> list[tuple[str, bytes]]: ...
+    def put_new(self, name: str, value: bytes, lease: str | None = None) -> bytes | None: ...
 
 
 class EtcdAuditLog:
@@ -187,11 +216,13 @@ class EtcdAuditLog:
     ``<prefix>/audit/<n, 12 digits>``, put only if absent. Whichever Coordinator flushes an
     entry, every one of them reads the whole log."""
 
-    def __init__(self, store: EtcdStore) -> None:
+    def __init__(self, store: EtcdEntries) -> None:
         self.store = store
 
     def read(self) -> list[str]:
-        return [value.decode("utf-8", errors="replace") for _, value in self.store.under(AUDIT)]
+        return [
+            value.decode("utf-8", errors="replace") for _, value in self.store.under(AUDIT_PREFIX)
+        ]
 
     def append_missing(self, lines: Sequence[str]) -> None:
         """Put each entry of ``lines`` not in etcd yet. Idempotent: an entry already there
@@ -201,9 +232,18 @@ class EtcdAuditLog:
             seq = _seq_of(line)
             if seq is None or seq < 1:
                 continue
-            found = self.store.put_new(f"{AUDIT}{seq:012d}", line.encode())
+            found = self.store.put_new(f"{AUDIT_PREFIX}{seq:012d}", line.encode())
             if found is not None and found != line.encode():
                 raise SealError(
                     f"audit entry {seq} in etcd is not the one this Coordinator wrote (the log "
                     "was altered); not appended"
                 )
+
+    def set_aside(self, now: datetime.datetime) -> str | None:
+        """Entries in etcd cannot be moved aside: other Coordinators may read them."""
+        if not self.read():
+            return None
+        return (
+            "etcd holds audit entries but no state under this prefix: this deployment's "
+            "entries stay in its sealed state until they are removed (use another prefix)"
+        )

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -58,8 +57,8 @@ from geode.attestation import (
     join_request_binding,
     match_claims,
 )
-from geode.coordinator._etcd import EtcdStore
 from geode.coordinator._seal import Sealer
+from geode.coordinator._store import SharedStore
 from geode.errors import ClaimsMismatch, EvidenceError, GeodeError, JoinRefused, SealError
 
 __all__ = [
@@ -310,11 +309,11 @@ def obtain_cluster_key(
 
 
 class ClusterMember:
-    """This Coordinator among the others sharing its etcd store: its listing as ``name`` (the
-    HOST:PORT of its mesh API), its copy of the cluster key in ``data_dir``, and how it
-    obtains the key from a peer."""
+    """This Coordinator among the others sharing its store: its listing as ``name`` (the
+    HOST:PORT of its mesh API; gone when the store is closed), its copy of the cluster key in
+    ``data_dir``, and how it obtains the key from a peer."""
 
-    def __init__(self, name: str, data_dir: Path, store: EtcdStore, sealing_key: bytes) -> None:
+    def __init__(self, name: str, data_dir: Path, store: SharedStore, sealing_key: bytes) -> None:
         self.store = store
         self.name = name
         self.copy = ClusterKeyFile(data_dir, sealing_key)
@@ -373,7 +372,3 @@ class ClusterMember:
             self.store.register(self.name, record)
         except SealError as exc:
             log.error("this Coordinator could not list itself in etcd: %s", exc)
-
-    def unregister(self) -> None:
-        with contextlib.suppress(SealError):
-            self.store.unregister(self.name)

@@ -12,8 +12,13 @@ update is lost. The failure branch reads the key back: if it already holds our b
 request whose first attempt did land, on another endpoint after a timeout), the save succeeded.
 
 Each running Coordinator also lists itself under ``<prefix>/members/<address>`` (where peers
-reach its mesh API), so that a new one knows whom to ask for the cluster key (``_cluster``). A
-killed Coordinator's entry stays until it starts again; asking it fails and the next is asked.
+reach its mesh API), so that a new one knows whom to ask for the cluster key (``_cluster``); the
+listing goes when its store is closed. A killed Coordinator's entry stays until it starts again;
+asking it fails and the next is asked.
+
+The store implements ``Store`` and, being shared, is its own ``SharedStore``. Its audit log is in
+etcd too (``EtcdAuditLog``); the data directory it is given keeps only this Coordinator's copy of
+the cluster key, and is locked while the store is open as the directory store locks its own.
 
 One Coordinator at a time is the *writer* of activations and renewals: it holds
 ``<prefix>/writer``, a key attached to an etcd lease that it keeps alive (``campaign``); when it
@@ -28,6 +33,7 @@ apply, or its failure branch finds our own blob. Errors never include the blob o
 from __future__ import annotations
 
 import base64
+import contextlib
 import ssl
 import threading
 from collections.abc import Sequence
@@ -37,9 +43,11 @@ from typing import Any
 
 import httpx
 
+from geode.coordinator._audit import AuditLog, EtcdAuditLog
+from geode.coordinator._store import DataDirectoryLock, SharedStore
 from geode.errors import SealError, StoreConflict
 
-__all__ = ["AUDIT", "ETCD_MAX_BLOB", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
+__all__ = ["ETCD_MAX_BLOB", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
 
 # etcd's default --max-request-bytes is 1.5 MiB; the request also carries the key, base64 and
 # JSON framing, so the blob must leave room for them.
@@ -47,7 +55,6 @@ ETCD_MAX_BLOB = 1024 * 1024
 STATE_KEY = "state"
 MEMBERS = "members/"
 WRITER_KEY = "writer"
-AUDIT = "audit/"
 
 
 def parse_etcd_url(value: str) -> tuple[tuple[str, int], ...]:
@@ -112,10 +119,14 @@ def _b64(data: bytes) -> str:
 
 class EtcdStore:
     """The sealed state under ``<prefix>/state`` in etcd, saved by compare-and-swap on the
-    revision this store last saw."""
+    revision this store last saw; ``data_dir``, when given, locked while the store is open."""
 
     def __init__(
-        self, settings: EtcdSettings, transport: httpx.BaseTransport | None = None
+        self,
+        settings: EtcdSettings,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        data_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self._key = _b64(f"{settings.prefix.rstrip('/')}/{STATE_KEY}".encode())
@@ -123,21 +134,33 @@ class EtcdStore:
         self._current = 0  # index of the endpoint that answered last
         self._revision = 0  # mod_revision of the state as last read or written; 0: none yet
         self._lock = threading.Lock()  # one request at a time: the revision goes with it
-        verify: ssl.SSLContext | bool = settings.ssl_context() if settings.tls else False
-        # ``transport``: tests stand in for etcd's answers that a healthy etcd does not give.
-        self._client = httpx.Client(timeout=settings.timeout, verify=verify, transport=transport)
+        self._listed: set[str] = set()  # members this store registered: unlisted at close
+        self.audit: AuditLog = EtcdAuditLog(self)
+        self._data_dir = DataDirectoryLock(data_dir) if data_dir is not None else None
+        try:
+            verify: ssl.SSLContext | bool = settings.ssl_context() if settings.tls else False
+            # ``transport``: tests stand in for etcd's answers that a healthy etcd does not give.
+            self._client = httpx.Client(
+                timeout=settings.timeout, verify=verify, transport=transport
+            )
+        except BaseException:
+            self._unlock()
+            raise
+
+    @property
+    def shared(self) -> SharedStore:
+        return self
 
     @property
     def revision(self) -> int:
         """The mod_revision the next ``save`` expects (0: the key did not exist)."""
         return self._revision
 
-    @revision.setter
-    def revision(self, value: int) -> None:
-        """Go back to expecting ``value`` (a state read but not adopted: the next save must
+    def rewind(self, revision: int) -> None:
+        """Go back to expecting ``revision`` (a state read but not adopted: the next save must
         conflict rather than overwrite what was read)."""
         with self._lock:
-            self._revision = value
+            self._revision = revision
 
     def load(self) -> bytes | None:
         with self._lock:
@@ -201,10 +224,12 @@ class EtcdStore:
             self._post(
                 "/v3/kv/put", {"key": self._name_key(MEMBERS + member), "value": _b64(record)}
             )
+            self._listed.add(member)
 
     def unregister(self, member: str) -> None:
         with self._lock:
             self._post("/v3/kv/deleterange", {"key": self._name_key(MEMBERS + member)})
+            self._listed.discard(member)
 
     def members(self) -> dict[str, bytes]:
         """Every listed Coordinator: its name (HOST:PORT), its record."""
@@ -280,7 +305,19 @@ class EtcdStore:
         return _b64(f"{self.settings.prefix.rstrip('/')}/{name}".encode())
 
     def close(self) -> None:
-        self._client.close()
+        """Unlist the members this store listed (best effort: a stale entry only costs a
+        newcomer one failed request), then let go of etcd and the data directory."""
+        try:
+            for member in sorted(self._listed):
+                with contextlib.suppress(SealError):
+                    self.unregister(member)
+            self._client.close()
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._data_dir is not None:
+            self._data_dir.close()
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the endpoints in turn until one answers; its JSON answer."""

@@ -4,7 +4,7 @@ renewals to it.
 Every activation and renewal changes the shared state, and every change is a compare-and-swap on
 one etcd key: with several Coordinators writing at once, most saves lose and are decided again.
 So one Coordinator at a time is the *writer*: it holds ``<prefix>/writer`` under an etcd lease
-that it keeps alive (``EtcdStore.campaign``). The others pass validated activation and renewal
+that it keeps alive (``SharedStore.campaign``). The others pass validated activation and renewal
 requests on to it over its mesh API (TLS, verified against the deployment's root) and relay its
 answer. Everything else (nonces, reads, the client API) each Coordinator serves itself.
 
@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from starlette.requests import Request
 from starlette.responses import Response
 
-from geode.coordinator._etcd import EtcdStore
+from geode.coordinator._store import SharedStore
 from geode.errors import GeodeError, PKIError
 from geode.pki import COORDINATOR_URI, load_certificate, uri_sans
 
@@ -45,7 +45,7 @@ class Writer:
     """Which Coordinator writes activations and renewals: ``holder`` (HOST:PORT of its mesh
     API, as the Coordinators list themselves), kept current by ``run``."""
 
-    def __init__(self, store: EtcdStore, name: str, ttl: int = 3) -> None:
+    def __init__(self, store: SharedStore, name: str, ttl: int = 3) -> None:
         self.store = store
         self.name = name
         self.ttl = ttl

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from geode.coordinator._store import StateStore
+from geode.coordinator._store import Store
 from geode.errors import StoreConflict
 
 __all__ = ["GroupCommit"]
@@ -32,7 +32,7 @@ class GroupCommit:
     def __init__(
         self,
         snapshot: Callable[[], bytes],
-        store: StateStore,
+        store: Store,
         reload: Callable[[bytes | None], None] | None = None,
     ) -> None:
         self._snapshot = snapshot
@@ -107,7 +107,7 @@ class GroupCommit:
         the store's compare-and-swap base moves to the state read only if it is adopted."""
         if self._reload is None:
             return
-        mark = getattr(self._store, "revision", None)
+        mark = self._store.revision
         try:
             blob = await asyncio.to_thread(self._store.load)
         except Exception as exc:
@@ -124,8 +124,7 @@ class GroupCommit:
         try:
             self._reload(blob)
         except Exception as exc:
-            if mark is not None:  # what this Coordinator serves is still the older state
-                self._store.revision = mark  # type: ignore[attr-defined]
+            self._store.rewind(mark)  # what this Coordinator serves is still the older state
             log.error("the shared state read after a conflict cannot be adopted: %s", exc)
         else:
             log.info("another Coordinator changed the shared state; read it again")

@@ -20,7 +20,6 @@ import uvicorn
 import geode
 from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
 from geode.coordinator._api import build_apps
-from geode.coordinator._audit import AuditFile, EtcdAuditLog
 from geode.coordinator._cluster import ClusterMember
 from geode.coordinator._core import Coordinator, CoordinatorSettings, State
 from geode.coordinator._etcd import EtcdSettings, EtcdStore
@@ -30,7 +29,7 @@ from geode.coordinator._seal import (
     default_sealing_key_path,
     load_or_create_sealing_key,
 )
-from geode.coordinator._store import DataDirectoryLock, DirectoryStore, StateStore
+from geode.coordinator._store import DirectoryStore, SharedStore, Store
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
 from geode.errors import GeodeError, SealError, StoreConflict
 
@@ -124,49 +123,12 @@ def _read_collateral(config: CoordinatorConfig) -> dict[str, bytes]:
     return collateral
 
 
-def _open_store(config: CoordinatorConfig) -> StateStore:
+def _open_store(config: CoordinatorConfig) -> Store:
     """The configured store. The data directory is locked either way: with the etcd store it
-    still holds this Coordinator's audit log."""
+    still holds this Coordinator's copy of the cluster key."""
     if config.etcd is None:
         return DirectoryStore(config.data_dir)
-    lock = DataDirectoryLock(config.data_dir)
-    try:
-        return _LockedStore(EtcdStore(config.etcd), lock)
-    except BaseException:
-        lock.close()
-        raise
-
-
-class _LockedStore:
-    """A shared store used together with a locked local data directory; closes both. It also
-    keeps this Coordinator's membership and its copy of the cluster key (``_cluster``)."""
-
-    def __init__(self, store: EtcdStore, lock: DataDirectoryLock) -> None:
-        self.store = store
-        self._lock = lock
-        self.cluster: ClusterMember | None = None
-
-    @property
-    def revision(self) -> int:
-        return self.store.revision
-
-    @revision.setter
-    def revision(self, value: int) -> None:
-        self.store.revision = value
-
-    def load(self) -> bytes | None:
-        return self.store.load()
-
-    def save(self, blob: bytes) -> None:
-        self.store.save(blob)
-
-    def close(self) -> None:
-        try:
-            if self.cluster is not None:
-                self.cluster.unregister()
-            self.store.close()
-        finally:
-            self._lock.close()
+    return EtcdStore(config.etcd, data_dir=config.data_dir)
 
 
 def advertised_address(config: CoordinatorConfig) -> str:
@@ -193,8 +155,24 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore]:
+@dataclass(frozen=True)
+class _Opened:
+    """A Coordinator with its state unsealed, its store, and (on a shared store) its place
+    among the others."""
+
+    coordinator: Coordinator
+    store: Store
+    cluster: ClusterMember | None
+
+
+def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, Store]:
     """Build the Coordinator from its configuration and unseal its state."""
+    opened = _open(config)
+    return opened.coordinator, opened.store
+
+
+def _open(config: CoordinatorConfig) -> _Opened:
+    """``open_coordinator``, keeping this Coordinator's place among the others for ``_serve``."""
     if not config.simulation:
         raise GeodeError(
             "no TEE quote provider is available on this machine; start with --simulation"
@@ -209,16 +187,13 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
     trusted = [platform.public_key]
     trusted += [SimulatedPlatform.load(p).public_key for p in config.trusted_platform_keys]
     store = _open_store(config)
-    # With etcd the audit log is shared too; the data directory keeps only the cluster key copy.
-    audit: AuditFile | EtcdAuditLog = (
-        EtcdAuditLog(store.store) if isinstance(store, _LockedStore) else AuditFile(config.data_dir)
-    )
+    shared = store.shared
     coordinator = Coordinator(
         CoordinatorSettings(
             simulation=True,
             leaf_lifetime=config.leaf_lifetime,
             nonce_ttl=config.nonce_ttl,
-            shared_nonces=config.etcd is not None,
+            shared_nonces=shared is not None,
         ),
         EvidenceVerifier(
             simulation=True, platform_keys=trusted, collateral=_read_collateral(config)
@@ -226,15 +201,17 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
         platform,
         coordinator_measurement(),
         sealing_key,
-        audit=audit,
+        audit=store.audit,
     )
+    cluster = None
     try:
         blob = store.load()
-        cluster_key = None
-        if isinstance(store, _LockedStore):
-            name = advertised_address(config)
-            cluster = ClusterMember(name, config.data_dir, store.store, sealing_key)
-            store.cluster = cluster
+        if shared is None:
+            coordinator.load(blob)
+        else:
+            cluster = ClusterMember(
+                advertised_address(config), config.data_dir, shared, sealing_key
+            )
             cluster.started_empty = blob is None
             cluster_key = local = cluster.local_key()
             if blob is not None and not cluster.opens(blob, cluster_key):
@@ -243,27 +220,19 @@ def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, StateStore
             coordinator.load(blob, cluster_key)
             cluster.keep(coordinator.cluster_key)
             cluster.register(coordinator.measurement)
-        else:
-            coordinator.load(blob)
     except BaseException:
         store.close()
         raise
     if blob is None:
         log.info("new deployment: root of trust created (saved with the first manifest)")
-        if isinstance(audit, AuditFile):
-            aside = audit.set_aside(coordinator.started_at)
-            if aside is not None:
-                log.warning("an audit log without a saved state was moved to %s", aside)
-        elif audit.read():
-            log.warning(
-                "etcd holds audit entries but no state under this prefix: this deployment's "
-                "entries stay in its sealed state until they are removed (use another prefix)"
-            )
+        aside = store.audit.set_aside(coordinator.started_at)
+        if aside is not None:
+            log.warning("%s", aside)
     _record_start(coordinator, store)
-    return coordinator, store
+    return _Opened(coordinator, store, cluster)
 
 
-def _record_start(coordinator: Coordinator, store: StateStore) -> None:
+def _record_start(coordinator: Coordinator, store: Store) -> None:
     """Audit the start: saved now when there is a saved state (with the first manifest when
     not), and appended to the log together with anything a crash kept from it."""
     for attempt in range(1, 4):
@@ -278,12 +247,11 @@ def _record_start(coordinator: Coordinator, store: StateStore) -> None:
             if attempt == 3:
                 log.error("the start could not be recorded: %s", exc)
                 break
-            mark = getattr(store, "revision", None)
+            mark = store.revision
             try:
                 coordinator.reload(store.load())
             except SealError as reload_failed:
-                if mark is not None:  # not adopted: the next save must conflict, not overwrite
-                    store.revision = mark  # type: ignore[attr-defined]
+                store.rewind(mark)  # not adopted: the next save must conflict, not overwrite
                 log.error("the start could not be recorded: %s", reload_failed)
                 break
         except SealError as exc:
@@ -303,11 +271,10 @@ def _record_start(coordinator: Coordinator, store: StateStore) -> None:
 
 
 async def _serve(config: CoordinatorConfig) -> int:
-    coordinator, store = open_coordinator(config)
+    opened = _open(config)
+    coordinator, store, cluster = opened.coordinator, opened.store, opened.cluster
     try:
         tls = ServerTLS(coordinator, *_server_names(config))
-
-        cluster = store.cluster if isinstance(store, _LockedStore) else None
 
         joining: list[asyncio.Task[None]] = []
 
@@ -435,10 +402,10 @@ async def _serve(config: CoordinatorConfig) -> int:
 
 
 async def _follow(
-    store: EtcdStore, persist: GroupCommit, interval: float, paused: Callable[[], bool]
+    store: SharedStore, persist: GroupCommit, interval: float, paused: Callable[[], bool]
 ) -> None:
-    """Every ``interval`` seconds, adopt what another Coordinator saved to etcd (not while
-    ``paused()``: in recovery)."""
+    """Every ``interval`` seconds, adopt what another Coordinator saved to the shared store
+    (not while ``paused()``: in recovery)."""
     failing = False
     while True:
         await asyncio.sleep(interval)
