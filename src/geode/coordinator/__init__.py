@@ -10,7 +10,6 @@ from geode.coordinator._core import (
     Pending,
     PreparedManifest,
     State,
-    reference_values,
 )
 from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
 from geode.coordinator._nonces import NonceStore
@@ -61,6 +60,5 @@ __all__ = [
     "openapi_document",
     "parse_address",
     "parse_etcd_url",
-    "reference_values",
     "serve",
 ]
