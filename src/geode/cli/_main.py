@@ -220,9 +220,12 @@ def measure(directory: Path | None, coordinator_package: bool) -> None:
     """Print the simulation-mode measurement of a code bundle DIRECTORY."""
     if coordinator_package == (directory is not None):
         raise click.UsageError("give a DIRECTORY or --coordinator-package")
-    target = Path(geode.__file__).parent if coordinator_package else directory
-    assert target is not None
-    click.echo(measure_bundle(target).hex())
+    if directory is None:
+        from geode.coordinator import coordinator_measurement
+
+        click.echo(coordinator_measurement().hex())
+    else:
+        click.echo(measure_bundle(directory).hex())
 
 
 @cli.command()
