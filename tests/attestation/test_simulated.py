@@ -571,24 +571,24 @@ def test_matching_claims_pass() -> None:
 
 def test_debug_claims_pass_when_debug_is_allowed() -> None:
     match_claims(
-        dataclasses.replace(CLAIMS, debug=True), dataclasses.replace(REFERENCE, debug=True)
+        dataclasses.replace(CLAIMS, debug=True), REFERENCE.model_copy(update={"debug": True})
     )
 
 
 def test_a_production_enclave_matches_a_debug_package() -> None:
-    match_claims(CLAIMS, dataclasses.replace(REFERENCE, debug=True))
+    match_claims(CLAIMS, REFERENCE.model_copy(update={"debug": True}))
 
 
 @pytest.mark.parametrize(
     ("claims", "reference", "reason"),
     [
-        (CLAIMS, dataclasses.replace(REFERENCE, measurement="00" * 32), "measurement mismatch"),
+        (CLAIMS, REFERENCE.model_copy(update={"measurement": "00" * 32}), "measurement mismatch"),
         (dataclasses.replace(CLAIMS, measurement=bytes(32)), REFERENCE, "measurement mismatch"),
-        (CLAIMS, dataclasses.replace(REFERENCE, tee="tdx"), "tee mismatch"),
+        (CLAIMS, REFERENCE.model_copy(update={"tee": "tdx"}), "tee mismatch"),
         (dataclasses.replace(CLAIMS, tee="simulated"), REFERENCE, "tee mismatch"),
-        (CLAIMS, dataclasses.replace(REFERENCE, signer="00" * 32), "signer mismatch"),
-        (CLAIMS, dataclasses.replace(REFERENCE, product_id=17), "product id mismatch"),
-        (CLAIMS, dataclasses.replace(REFERENCE, min_svn=3), "security version too low"),
+        (CLAIMS, REFERENCE.model_copy(update={"signer": "00" * 32}), "signer mismatch"),
+        (CLAIMS, REFERENCE.model_copy(update={"product_id": 17}), "product id mismatch"),
+        (CLAIMS, REFERENCE.model_copy(update={"min_svn": 3}), "security version too low"),
         (dataclasses.replace(CLAIMS, debug=True), REFERENCE, "debug mode not allowed"),
     ],
     ids=[
@@ -612,12 +612,12 @@ def test_mismatches_give_stable_reasons(
 
 def test_measurement_mismatch_detail_shows_the_claimed_value() -> None:
     with pytest.raises(ClaimsMismatch) as info:
-        match_claims(CLAIMS, dataclasses.replace(REFERENCE, measurement="00" * 32))
+        match_claims(CLAIMS, REFERENCE.model_copy(update={"measurement": "00" * 32}))
     assert MEASUREMENT.hex() in info.value.detail
 
 
 def test_measurement_comparison_is_case_insensitive_in_the_reference() -> None:
-    match_claims(CLAIMS, dataclasses.replace(REFERENCE, measurement=MEASUREMENT.hex().upper()))
+    match_claims(CLAIMS, REFERENCE.model_copy(update={"measurement": MEASUREMENT.hex().upper()}))
 
 
 def test_simulated_quote_claims_match_a_simulated_package() -> None:

@@ -29,7 +29,12 @@ from geode.attestation._governance import (
 from geode.attestation._intel import verify_sgx_quote, verify_tdx_quote
 from geode.attestation._measure import BundleError, measure_bundle
 from geode.attestation._nvidia import verify_nvidia_report
-from geode.attestation._providers import QUOTE_PROVIDER_ENV, QuoteProvider, select_quote_provider
+from geode.attestation._providers import (
+    PROVIDER_NAMES,
+    QUOTE_PROVIDER_ENV,
+    QuoteProvider,
+    select_quote_provider,
+)
 from geode.attestation._reference import ReferenceValues, match_claims
 from geode.attestation._simulated import (
     PLATFORM_KEY_ENV,
@@ -45,6 +50,7 @@ from geode.attestation._verifier import EvidenceVerifier, KindVerifier, detect_k
 __all__ = [
     "EVIDENCE_KINDS",
     "PLATFORM_KEY_ENV",
+    "PROVIDER_NAMES",
     "QUOTE_PROVIDER_ENV",
     "RECOVERY_SHARE_LABEL",
     "RECOVERY_TRANSPORT_LABEL",

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from geode.errors import EvidenceError
+from geode.tee import TEE_KINDS
 
 __all__ = [
     "EVIDENCE_KINDS",
@@ -25,7 +26,7 @@ __all__ = [
     "statement_signing_payload",
 ]
 
-EVIDENCE_KINDS = ("simulated", "sgx", "tdx", "sev-snp", "nvidia")
+EVIDENCE_KINDS: tuple[str, ...] = tuple(TEE_KINDS)
 REPORT_DATA_SIZE = 64
 MAX_EVIDENCE_BYTES = 64 * 1024
 

@@ -36,9 +36,12 @@ from geode.attestation._reader import ByteReader
 from geode.attestation._snp_certs import parse_cert_table
 from geode.attestation._snp_report import SNP_REPORT_SIZE
 from geode.errors import EvidenceError
+from geode.tee import TeeKind
 
 __all__ = [
     "HARDWARE_PROVIDERS",
+    "PROVIDER_KINDS",
+    "PROVIDER_NAMES",
     "QUOTE_PROVIDER_ENV",
     "ConfigfsTsmProvider",
     "DeviceFiles",
@@ -53,6 +56,13 @@ __all__ = [
 QUOTE_PROVIDER_ENV = "GEODE_QUOTE_PROVIDER"
 HARDWARE_PROVIDERS = ("gramine", "configfs-tsm", "sev-guest")
 PROVIDER_NAMES = ("simulated", *HARDWARE_PROVIDERS)
+# The kinds of evidence each provider gives (every kind that is not a GPU's needs one).
+PROVIDER_KINDS: Mapping[str, tuple[TeeKind, ...]] = {
+    "simulated": ("simulated",),
+    "gramine": ("sgx",),
+    "configfs-tsm": ("tdx", "sev-snp"),
+    "sev-guest": ("sev-snp",),
+}
 
 
 class QuoteProvider(Protocol):

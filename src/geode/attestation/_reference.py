@@ -1,42 +1,19 @@
-"""Reference values and the match of verified claims against them."""
+"""The match of verified claims against reference values (``geode.tee.ReferenceValues``, which a
+manifest package is)."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 
 from geode.attestation._evidence import Claims
 from geode.errors import ClaimsMismatch
+from geode.tee import ReferenceValues
 
 __all__ = ["SNP_TCB_COMPONENTS", "ReferenceValues", "match_claims"]
 
 # Components of an SEV-SNP TCB, in the order reasons name them.
 SNP_TCB_COMPONENTS = ("fmc", "bootloader", "tee", "snp", "microcode")
-
-
-@dataclass(frozen=True)
-class ReferenceValues:
-    """What a package expects of its evidence: the manifest's ``packages.<name>``, field for field
-    (hex text for bytes; ``None`` for what is not checked)."""
-
-    tee: str
-    measurement: str | None = None
-    signer: str | None = None
-    product_id: int | None = None
-    min_svn: int | None = None
-    mrtd: str | None = None
-    rtmr0: str | None = None
-    rtmr1: str | None = None
-    rtmr2: str | None = None
-    rtmr3: str | None = None
-    mrconfigid: str | None = None
-    host_data: str | None = None
-    min_tcb: Mapping[str, int | None] | None = None
-    vmpl: int | None = None
-    measurements: Mapping[int, Sequence[str]] | None = None
-    debug: bool = False
-    accepted_tcb_statuses: Sequence[str] = field(default=("UpToDate",))
 
 
 def _same(claimed: bytes, expected_hex: str) -> bool:
@@ -56,15 +33,12 @@ def match_claims(claims: Claims, ref: ReferenceValues) -> None:
             raise ClaimsMismatch("product id mismatch")
     if ref.min_svn is not None and claims.svn < ref.min_svn:
         raise ClaimsMismatch("security version too low", f"{claims.svn} < {ref.min_svn}")
-    if claims.tee == "tdx":
-        _match_tdx(claims, ref)
-    elif claims.tee == "sev-snp":
-        _match_snp(claims, ref)
-    elif claims.tee == "nvidia":
-        _match_nvidia(claims, ref)
+    match_kind = _KIND_MATCHERS.get(ref.tee)
+    if match_kind is not None:
+        match_kind(claims, ref)
     if claims.debug and not ref.debug:
         raise ClaimsMismatch("debug mode not allowed")
-    if claims.tee in ("sgx", "tdx") and claims.tcb_status not in ref.accepted_tcb_statuses:
+    if ref.spec.checks_tcb_status and claims.tcb_status not in ref.accepted_tcb_statuses:
         advisories = f"; advisories {', '.join(claims.advisory_ids)}" if claims.advisory_ids else ""
         raise ClaimsMismatch("tcb status not accepted", f"{claims.tcb_status}{advisories}")
 
@@ -88,7 +62,7 @@ def _match_snp(claims: Claims, ref: ReferenceValues) -> None:
     if ref.vmpl is not None and claims.vmpl != ref.vmpl:
         raise ClaimsMismatch("vmpl mismatch", f"evidence from VMPL {claims.vmpl}, want {ref.vmpl}")
     for name in SNP_TCB_COMPONENTS:
-        minimum = (ref.min_tcb or {}).get(name)
+        minimum: int | None = getattr(ref.min_tcb, name) if ref.min_tcb is not None else None
         if minimum is None:
             continue
         got = claims.tcb.get(name)
@@ -103,3 +77,11 @@ def _match_nvidia(claims: Claims, ref: ReferenceValues) -> None:
             raise ClaimsMismatch("measurement mismatch", f"index {index} missing")
         if not any(_same(got, value) for value in allowed):
             raise ClaimsMismatch("measurement mismatch", f"index {index}: got {got.hex()}")
+
+
+# The checks of the fields a kind has beyond measurement, signer, svn, debug and TCB status.
+_KIND_MATCHERS: Mapping[str, Callable[[Claims, ReferenceValues], None]] = {
+    "tdx": _match_tdx,
+    "sev-snp": _match_snp,
+    "nvidia": _match_nvidia,
+}

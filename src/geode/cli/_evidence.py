@@ -11,10 +11,11 @@ import click
 from geode.attestation import Claims, Evidence, EvidenceVerifier, detect_kind
 from geode.cli._verify import reference_platform_keys
 from geode.errors import EvidenceError
+from geode.tee import HARDWARE_KINDS
 
 __all__ = ["evidence"]
 
-KINDS = ("auto", "sgx", "tdx", "sev-snp", "nvidia")
+KINDS = ("auto", *HARDWARE_KINDS)
 
 
 @click.group()

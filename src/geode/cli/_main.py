@@ -47,13 +47,13 @@ def _address(value: str) -> tuple[str, int]:
 
 
 def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
-    from geode.attestation import EVIDENCE_KINDS
+    from geode.tee import HARDWARE_KINDS
 
     collateral: dict[str, Path] = {}
     for value in values:
         kind, _, file = value.partition("=")
-        if kind not in EVIDENCE_KINDS or kind == "simulated" or not file:
-            kinds = ", ".join(k for k in EVIDENCE_KINDS if k != "simulated")
+        if kind not in HARDWARE_KINDS or not file:
+            kinds = ", ".join(HARDWARE_KINDS)
             raise click.BadParameter(f"{value!r}: expected KIND=FILE with KIND one of {kinds}")
         if not Path(file).is_file():
             raise click.BadParameter(f"{value!r}: no such file")
@@ -220,9 +220,12 @@ def measure(directory: Path | None, coordinator_package: bool) -> None:
     """Print the simulation-mode measurement of a code bundle DIRECTORY."""
     if coordinator_package == (directory is not None):
         raise click.UsageError("give a DIRECTORY or --coordinator-package")
-    target = Path(geode.__file__).parent if coordinator_package else directory
-    assert target is not None
-    click.echo(measure_bundle(target).hex())
+    if directory is None:
+        from geode.coordinator import coordinator_measurement
+
+        click.echo(coordinator_measurement().hex())
+    else:
+        click.echo(measure_bundle(directory).hex())
 
 
 @cli.command()

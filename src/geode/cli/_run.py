@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from geode.attestation import SimulatedPlatform, measure_bundle, select_quote_provider
+from geode.attestation import PROVIDER_NAMES
 from geode.cli._common import DEFAULT_MESH_ADDR, insecure_option, resolve_root, warn
 from geode.errors import LaunchError
 from geode.runtime import (
@@ -18,10 +18,10 @@ from geode.runtime import (
     Credentials,
     ProxyRunner,
     activate,
+    choose_evidence_source,
     lay_out,
     remove_plan,
     run_command,
-    simulated_evidence_provider,
 )
 
 __all__ = ["run"]
@@ -67,7 +67,7 @@ __all__ = ["run"]
 )
 @click.option(
     "--quote-provider",
-    type=click.Choice(["auto", "simulated", "gramine", "configfs-tsm", "sev-guest"]),
+    type=click.Choice(["auto", *PROVIDER_NAMES]),
     envvar="GEODE_QUOTE_PROVIDER",
     default="auto",
     show_default=True,
@@ -104,16 +104,14 @@ def run(
             raise LaunchError(
                 "no trusted root: run 'geode verify' first, or pass --root-ca (or --insecure)"
             )
-    hardware = select_quote_provider(quote_provider)
-    if hardware is None:
+    source = choose_evidence_source(
+        quote_provider, bundle=bundle, platform_key=platform_key, simulate_debug=simulate_debug
+    )
+    if source.simulated:
         warn("SIMULATION: evidence is signed by a simulated platform key")
-        platform = SimulatedPlatform.load_or_create(platform_key)
-        provider = simulated_evidence_provider(
-            platform, measure_bundle(bundle), debug=simulate_debug
-        )
     else:
-        click.echo(f"geode: evidence from {hardware.name}", err=True)
-        provider = hardware
+        click.echo(f"geode: evidence from {source.name}", err=True)
+    provider = source.provider
     activation = activate(address, service, provider, root=root)
     plan = lay_out(activation, service, command)
     click.echo(

@@ -4,7 +4,6 @@ started, watched, restarted after a manifest update, and stopped; stop signals."
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import re
 import signal
@@ -21,18 +20,16 @@ from typing import IO, Any
 import click
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-import geode
 from geode._files import create_private_file
 from geode._process import parent_death_signal
-from geode.attestation import ReferenceValues, SimulatedPlatform, measure_bundle
+from geode.attestation import SimulatedPlatform
 from geode.cli._up_deployment import Deployment, accepts, find_program, log_tail
 from geode.client import CoordinatorClient, verify_statement
+from geode.coordinator import coordinator_measurement
 from geode.errors import GeodeError
-from geode.pki import certificate_pem
+from geode.pki import UserCertificate, certificate_pem
+from geode.tee import ReferenceValues
 
 __all__ = ["STOP_SIGNALS", "Runner", "Stop", "die_with_parent", "stop_signals"]
 
@@ -216,9 +213,7 @@ class Runner:
         """Verify the Coordinator's statement (its measurement, this machine's simulated
         platform key, a fresh nonce); then set the manifest over TLS pinned to its root."""
         spec = self.deployment.coordinator
-        reference = ReferenceValues(
-            tee="simulated", measurement=measure_bundle(Path(geode.__file__).parent).hex()
-        )
+        reference = ReferenceValues(tee="simulated", measurement=coordinator_measurement().hex())
         nonce = os.urandom(32)
         with CoordinatorClient(spec.client_addr, insecure=True) as client:
             document = client.attestation(nonce)
@@ -235,30 +230,10 @@ class Runner:
     def make_operator(self) -> tuple[str, str]:
         """The operator's certificate (PEM, for the manifest) and its key, written to the run
         directory (mode 0600): a user who may update the manifest on their own."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "geode up operator")])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-            .sign(key, hashes.SHA256())
-        )
-        pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
+        operator = UserCertificate.create("geode up operator")
+        pem = operator.certificate_pem
         self.operator_cert.write_text(pem)
-        create_private_file(
-            self.operator_key,
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
+        create_private_file(self.operator_key, operator.key_pem)
         return pem, str(self.operator_key)
 
     def manifest_changed(self) -> str | None:

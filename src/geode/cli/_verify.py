@@ -9,16 +9,12 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from geode.attestation import (
-    ReferenceValues,
-    default_platform_key_path,
-    load_platform_public_key,
-)
+from geode.attestation import default_platform_key_path, load_platform_public_key
 from geode.cli._common import warn
 from geode.client import CoordinatorClient, pin_root, verify_statement
-from geode.coordinator import reference_values
 from geode.errors import GeodeError, ManifestError, StatementError
 from geode.manifest import load_package
+from geode.tee import ReferenceValues
 
 __all__ = ["reference_platform_keys", "verify"]
 
@@ -41,10 +37,9 @@ def _reference(measurement: str | None, policy: Path | None) -> ReferenceValues:
         return ReferenceValues(tee="simulated", measurement=value)
     assert policy is not None
     try:
-        package = load_package(policy.read_bytes())
+        return load_package(policy.read_bytes())
     except ManifestError as exc:
         raise GeodeError(f"{policy}: {exc}") from None
-    return reference_values(package)
 
 
 @click.command()

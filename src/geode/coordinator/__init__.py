@@ -11,7 +11,6 @@ from geode.coordinator._core import (
     Pending,
     PreparedManifest,
     State,
-    reference_values,
 )
 from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
 from geode.coordinator._nonces import NonceStore
@@ -65,6 +64,5 @@ __all__ = [
     "openapi_document",
     "parse_address",
     "parse_etcd_url",
-    "reference_values",
     "serve",
 ]

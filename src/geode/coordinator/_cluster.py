@@ -38,7 +38,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
@@ -60,6 +60,7 @@ from geode.attestation import (
 from geode.coordinator._seal import Sealer
 from geode.coordinator._store import SharedStore
 from geode.errors import ClaimsMismatch, EvidenceError, GeodeError, JoinRefused, SealError
+from geode.tee import TeeKind
 
 __all__ = [
     "CLUSTER_KEY_FILE",
@@ -142,7 +143,12 @@ class JoinParty:
         if not hmac.compare_digest(claims.report_data, expected_report_data):
             raise JoinRefused(f"{who}'s evidence is not bound to this exchange")
         try:
-            match_claims(claims, ReferenceValues(tee=self.tee, measurement=self.measurement.hex()))
+            # This party's own values, not a manifest's: not validated, so a TEE that has no
+            # reference values ("unknown") is refused as a mismatch.
+            own = ReferenceValues.model_construct(
+                tee=cast("TeeKind", self.tee), measurement=self.measurement.hex()
+            )
+            match_claims(claims, own)
         except ClaimsMismatch as exc:
             detail = f" ({exc.detail})" if exc.detail else ""
             raise JoinRefused(

@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.attestation import (
     Evidence,
-    ReferenceValues,
     key_binding,
     manifest_signing_payload,
     match_claims,
@@ -84,17 +83,11 @@ __all__ = [
     "Pending",
     "PreparedManifest",
     "State",
-    "reference_values",
 ]
 
 log = logging.getLogger("geode.coordinator")
 
 NONCE_KEY_LABEL = b"geode shared nonce key v1"
-
-
-def reference_values(package: Any) -> ReferenceValues:
-    """A manifest package as the reference values its evidence is matched against."""
-    return ReferenceValues(**package.model_dump())
 
 
 class Coordinator(GovernanceMixin):
@@ -334,7 +327,7 @@ class Coordinator(GovernanceMixin):
         if not hmac.compare_digest(claims.report_data, expected):
             raise ActivationDenied("evidence not bound to this key and nonce")
         try:
-            match_claims(claims, reference_values(manifest.packages[service.package]))
+            match_claims(claims, manifest.packages[service.package])
         except ClaimsMismatch as exc:
             raise ActivationDenied(exc.reason, exc.detail) from None
         log.debug(

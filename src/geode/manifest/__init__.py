@@ -30,7 +30,6 @@ from geode.manifest._model import (
     Role,
     SecretSpec,
     Service,
-    SnpTcb,
     TcpRule,
     TlsTag,
     Updates,
@@ -42,6 +41,7 @@ from geode.manifest._template import (
     TemplateContext,
     render_template,
 )
+from geode.tee import SnpTcb
 
 __all__ = [
     "MAX_MANIFEST_BYTES",

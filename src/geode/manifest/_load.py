@@ -185,12 +185,14 @@ def _check_references(m: Manifest) -> None:
     for name, service in m.services.items():
         if service.package not in m.packages:
             raise ManifestError(f"services.{name}.package", f"unknown package {service.package!r}")
-        if m.packages[service.package].tee == "nvidia":
+        package = m.packages[service.package]
+        if package.spec.gpu:
             # A GPU report binds the requester's nonce, not the service's key, and its CC mode
             # is the driver's word: on its own it attests no service.
             raise ManifestError(
                 f"services.{name}.package",
-                f"{service.package!r} is a GPU (nvidia) package: a service needs a CPU TEE's",
+                f"{service.package!r} is a GPU ({package.tee}) package: a service needs a CPU "
+                "TEE's",
             )
         for i, tag in enumerate(service.tls):
             if tag not in m.tls:

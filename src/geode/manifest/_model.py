@@ -7,17 +7,21 @@ The models check shapes and local constraints only; references between sections 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TeeKind = Literal["simulated", "sgx", "tdx", "sev-snp", "nvidia"]
+from geode.tee import TEE_KINDS, ReferenceValues
+
+# Which package fields each TEE kind understands (beyond ``tee`` and ``debug``): a view of
+# ``geode.tee.TEE_KINDS``, named here because the package's schema description points at it.
+PACKAGE_FIELDS: dict[str, frozenset[str]] = {kind: s.fields for kind, s in TEE_KINDS.items()}
+
 SecretType = Literal["symmetric-key", "cert-ecdsa", "cert-ed25519", "cert-rsa", "plain"]
 CERTIFICATE_SECRET_TYPES: frozenset[str] = frozenset({"cert-ecdsa", "cert-ed25519", "cert-rsa"})
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_HEX = re.compile(r"^[0-9a-f]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Name = Annotated[str, Field(min_length=1, max_length=64)]
@@ -40,53 +44,11 @@ def check_dns_name(value: str) -> str:
     return name
 
 
-def _check_hex(value: str, nbytes: int) -> str:
-    value = value.lower()
-    if len(value) != 2 * nbytes or not _HEX.fullmatch(value):
-        raise ValueError(f"expected {nbytes} bytes as {2 * nbytes} hex digits")
-    return value
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-TcbStatus = Literal[
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-    "Unverified",
-]
-
-# Which package fields each TEE kind understands (beyond ``tee`` and ``debug``).
-PACKAGE_FIELDS: dict[str, frozenset[str]] = {
-    "simulated": frozenset({"measurement", "signer", "product_id", "min_svn"}),
-    "sgx": frozenset({"measurement", "signer", "product_id", "min_svn", "accepted_tcb_statuses"}),
-    "tdx": frozenset(
-        {"mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid", "accepted_tcb_statuses"}
-    ),
-    "sev-snp": frozenset({"measurement", "host_data", "min_tcb", "vmpl"}),
-    "nvidia": frozenset({"measurements"}),
-}
-_DIGEST_BYTES = {"simulated": 32, "sgx": 32, "sev-snp": 48}
-_SHA384_HEX = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{96}$")]
-
-
-class SnpTcb(_Strict):
-    """Minimum SEV-SNP TCB by component; a component left out is not checked."""
-
-    bootloader: Annotated[int, Field(ge=0, le=255)] | None = None
-    tee: Annotated[int, Field(ge=0, le=255)] | None = None
-    snp: Annotated[int, Field(ge=0, le=255)] | None = None
-    microcode: Annotated[int, Field(ge=0, le=255)] | None = None
-    fmc: Annotated[int, Field(ge=0, le=255)] | None = None  # Turin and later
-
-
-class Package(_Strict):
+class Package(ReferenceValues):
     """A measured code identity. Which fields apply depends on ``tee`` (``PACKAGE_FIELDS``):
 
     - ``simulated``, ``sgx``: ``measurement`` (MRENCLAVE), or ``signer`` (MRSIGNER) with
@@ -102,90 +64,9 @@ class Package(_Strict):
     by default.
     """
 
-    tee: TeeKind
-    measurement: str | None = None
-    signer: str | None = None
-    product_id: Annotated[int, Field(ge=0, le=0xFFFF)] | None = None
-    min_svn: Annotated[int, Field(ge=0, le=0xFFFF)] | None = None
-    mrtd: str | None = None
-    rtmr0: str | None = None
-    rtmr1: str | None = None
-    rtmr2: str | None = None
-    rtmr3: str | None = None
-    mrconfigid: str | None = None
-    host_data: str | None = None
-    min_tcb: SnpTcb | None = None
-    vmpl: Annotated[int, Field(ge=0, le=3)] | None = None
-    measurements: dict[int, list[_SHA384_HEX]] | None = None
-    debug: bool = False
-    accepted_tcb_statuses: Annotated[list[TcbStatus], Field(min_length=1)] = Field(
-        default_factory=lambda: list[TcbStatus](["UpToDate"])
-    )
-
-    @field_validator("measurement")
-    @classmethod
-    def _measurement_hex(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.lower()
-        if len(value) not in (64, 96) or not _HEX.fullmatch(value):
-            raise ValueError("expected a SHA-256 or SHA-384 digest in hex (64 or 96 hex digits)")
-        return value
-
-    @field_validator("signer", "host_data")
-    @classmethod
-    def _hex32(cls, value: str | None) -> str | None:
-        return None if value is None else _check_hex(value, 32)
-
-    @field_validator("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrconfigid")
-    @classmethod
-    def _hex48(cls, value: str | None) -> str | None:
-        return None if value is None else _check_hex(value, 48)
-
-    @field_validator("measurements", mode="before")
-    @classmethod
-    def _golden_values(cls, value: object) -> object:
-        # YAML gives integer keys, JSON string keys; a single value stands for a list of one.
-        if not isinstance(value, dict):
-            return value
-        out: dict[object, object] = {}
-        for key, item in value.items():
-            if isinstance(key, str) and key.isdigit():
-                key = int(key)
-            out[key] = [item] if isinstance(item, str) else item
-        return out
-
-    @field_validator("measurements")
-    @classmethod
-    def _golden_lower(cls, value: dict[int, list[str]] | None) -> dict[int, list[str]] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("give at least one golden measurement")
-        for index, items in value.items():
-            if not 0 <= index <= 255 or not items:
-                raise ValueError(f"measurement {index}: an index 0-255 with at least one value")
-        return {index: [v.lower() for v in items] for index, items in value.items()}
-
-    @model_validator(mode="after")
-    def _fields_fit_the_tee(self) -> Package:
-        allowed = PACKAGE_FIELDS[self.tee] | {"tee", "debug"}
-        for name in sorted(self.model_fields_set - allowed):
-            raise ValueError(f"'{name}' does not apply to {self.tee} packages")
-        if self.tee in ("simulated", "sgx"):
-            if self.measurement is None and self.signer is None:
-                raise ValueError(
-                    "a package needs a 'measurement', or a 'signer' with a 'product_id'"
-                )
-            if self.signer is not None and self.product_id is None:
-                raise ValueError("'signer' needs a 'product_id'")
-        required = {"tdx": "mrtd", "sev-snp": "measurement", "nvidia": "measurements"}
-        if self.tee in required and getattr(self, required[self.tee]) is None:
-            raise ValueError(f"a {self.tee} package needs a '{required[self.tee]}'")
-        size = _DIGEST_BYTES.get(self.tee)
-        if self.measurement is not None and size and len(self.measurement) != 2 * size:
-            raise ValueError(f"a {self.tee} measurement is {size} bytes ({2 * size} hex digits)")
-        return self
+    # The fields, their validation and the kinds are ``geode.tee.ReferenceValues``'s; a package
+    # in the contract must also name what pins its code (``TeeSpec.identity``).
+    _require_identity: ClassVar[bool] = True
 
 
 class Service(_Strict):

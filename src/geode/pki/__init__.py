@@ -22,6 +22,7 @@ from geode.pki._pem import (
     public_key_der,
 )
 from geode.pki._spiffe import COORDINATOR_URI, SpiffeId, uri_sans
+from geode.pki._user import UserCertificate
 
 __all__ = [
     "BACKDATE",
@@ -30,6 +31,7 @@ __all__ = [
     "Clock",
     "LeafParams",
     "SpiffeId",
+    "UserCertificate",
     "certificate_der",
     "certificate_pem",
     "fingerprint",

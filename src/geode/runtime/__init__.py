@@ -26,6 +26,7 @@ from geode.runtime._asgi_tls import (
     tls_extension,
 )
 from geode.runtime._credentials import Credentials
+from geode.runtime._evidence_source import choose_evidence_source
 from geode.runtime._identity import MeshSSLContext, peer_spiffe_id
 from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
 from geode.runtime._policy import Decision, PolicyEngine
@@ -50,6 +51,7 @@ __all__ = [
     "TLSExtensionWSProtocol",
     "TransparentProxy",
     "activate",
+    "choose_evidence_source",
     "lay_out",
     "mesh_async_client",
     "mesh_client",
