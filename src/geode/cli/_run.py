@@ -12,16 +12,14 @@ import click
 from geode.attestation import SimulatedPlatform, measure_bundle, select_quote_provider
 from geode.cli._common import DEFAULT_MESH_ADDR, insecure_option, resolve_root, warn
 from geode.errors import LaunchError
-from geode.runtime import (
+from geode.runtime import Credentials, activate, simulated_evidence_provider
+from geode.runtime.launcher import (
     CertificateRenewer,
     Companion,
-    Credentials,
     ProxyRunner,
-    activate,
     lay_out,
     remove_plan,
     run_command,
-    simulated_evidence_provider,
 )
 
 __all__ = ["run"]

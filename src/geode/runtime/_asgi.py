@@ -18,14 +18,13 @@ import httpx
 import uvicorn
 
 from geode.pki import SpiffeId
+from geode.proxy import PolicyEngine, peer_spiffe_id
 from geode.runtime._asgi_tls import (
     TLSExtensionProtocol,
     TLSExtensionWSProtocol,
     peer_certificate,
 )
 from geode.runtime._credentials import Credentials
-from geode.runtime._identity import peer_spiffe_id
-from geode.runtime._policy import PolicyEngine
 
 __all__ = [
     "PolicyMiddleware",

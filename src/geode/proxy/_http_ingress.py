@@ -1,6 +1,8 @@
-"""HTTP ingress for the transparent TLS proxy: each request authorised by method and path
-before the app sees it, one request at a time per connection (see ``_proxy``). The app side is
-``_http_app``; the messages, ``_http_message``."""
+"""HTTP ingress for the transparent TLS proxy: the HTTP/1.1 flow control of one client
+connection. Requests are read (with the short cut of ``_http_message`` where it applies, else
+httptools), queued, judged one at a time by the route's ``HttpGate`` (``_http_gate``: the policy
+decision, nothing else), and answered here or forwarded to the app (``_http_app``) one at a
+time, keep-alive and pipelining included (see ``_proxy`` for the behaviour as a whole)."""
 
 from __future__ import annotations
 
@@ -9,34 +11,32 @@ import enum
 import functools
 import json
 from collections import deque
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, cast
+from typing import cast
 
 import httptools
 
 from geode.manifest import IngressRoute
 from geode.pki import SpiffeId
-from geode.runtime._http_app import HttpApp
-from geode.runtime._http_message import (
-    Request,
-    Stop,
-    asks_for_http2,
-    body_piece,
-    cached_policy_path,
-    last_chunk,
-    simple_request,
-)
-from geode.runtime._splice import (
+from geode.proxy._connection import (
     APP_HOST,
+    ConnectionOwner,
     Slot,
     close_flushed,
     describe,
     log,
     peer_of,
 )
-
-if TYPE_CHECKING:
-    from geode.runtime._proxy import TransparentProxy
+from geode.proxy._http_app import HttpApp
+from geode.proxy._http_gate import HttpGate, log_refusal
+from geode.proxy._http_message import (
+    Request,
+    Stop,
+    body_piece,
+    last_chunk,
+    simple_request,
+)
 
 __all__ = ["HttpIngress"]
 
@@ -81,10 +81,11 @@ class HttpIngress(asyncio.Protocol):
     _loop: asyncio.AbstractEventLoop  # set with the transport
     slot: Slot | None = None  # set by the listener that accepted the connection
 
-    def __init__(self, proxy: TransparentProxy, route: IngressRoute) -> None:
-        self.proxy = proxy
+    def __init__(self, owner: ConnectionOwner, route: IngressRoute, gate: HttpGate) -> None:
+        self.owner = owner
         self.route = route
-        self.limits = proxy.limits
+        self.gate = gate
+        self.limits = owner.limits
         self.peer: SpiffeId | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Request] = deque()
@@ -116,14 +117,14 @@ class HttpIngress(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
-        self.proxy._track(self.transport)
+        self.owner.track(self.transport)
         self.peer = peer_of(transport)
         self._arm_timer(self.limits.header_timeout, _Wait.IDLE)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
-        self._progress = self._loop.time()  # a byte moved: see _touch
+        self._progress = self._loop.time()  # a byte moved: see touch
         if self._state is _Exchange.TUNNEL and self._app is not None:
             self._app.transport.write(data)
             return
@@ -182,7 +183,7 @@ class HttpIngress(asyncio.Protocol):
                 self._parser.feed_data(piece)
             except httptools.HttpParserUpgrade as exc:
                 self._stopped = self._upgrading = True
-                self._pause("upgrade")
+                self.pause("upgrade")
                 self._tunnel_early.append(bytes(view[start + int(exc.args[0]) :]))
                 return
             except httptools.HttpParserError as exc:
@@ -214,7 +215,7 @@ class HttpIngress(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = self._lost = True
-        self.proxy._untrack(self.transport)
+        self.owner.forget(self.transport)
         if self.slot is not None:
             self.slot.release()
         self._cancel_timer()
@@ -229,7 +230,7 @@ class HttpIngress(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._touch()
+        self.touch()
         if self._app is not None:
             self._app.transport.resume_reading()
         if self._state is _Exchange.NEW and not self._closed:
@@ -243,7 +244,7 @@ class HttpIngress(asyncio.Protocol):
         if len(self._queue) == 1:
             self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
         else:
-            self._pause("pipeline")
+            self.pause("pipeline")
 
     def on_url(self, url: bytes) -> None:
         assert self._parsing is not None
@@ -368,48 +369,23 @@ class HttpIngress(asyncio.Protocol):
                 backlog, self._backlog = self._backlog, b""
                 self._parse(backlog)
             if len(self._queue) <= 1 and not self._backlog:
-                self._resume("pipeline")
+                self.resume("pipeline")
             if not self._queue:
                 self._arm_timer(self.limits.idle_timeout, _Wait.IDLE)
             elif not self._queue[0].head_done:
                 self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
 
     def _log_refusal(self, request: Request, status: int, reason: str) -> None:
-        log.info(
-            "ingress port %d: %d to %s for %s %r: %r",
-            self.route.port,
-            status,
-            self.peer,
-            request.method or "-",  # a token: llhttp has checked it
-            request.target(),
-            reason,
-        )
-
-    def _refuse(self, request: Request, reason: str) -> None:
-        self._log_refusal(request, 400, reason)
-        self._answer(request, 400, {"error": "bad_request", "reason": reason})
+        log_refusal(self.route.port, self.peer, request, status, reason)
 
     def _start(self, request: Request) -> None:
         # From here until the exchange ends, it must make progress: see _stalled.
         self._arm_progress()
         # An upgrade request leaves the parser in the new protocol: nothing can follow it.
         self._keep_alive = request.keep_alive and not request.upgrade
-        if request.method == "CONNECT":
-            reason = "CONNECT is not proxied"
-            self._answer(request, 405, {"error": "method_not_allowed", "reason": reason})
-            return
-        path = cached_policy_path(bytes(request.url))
-        if path is None:
-            self._refuse(request, "unusable request path")
-            return
-        if request.headers and asks_for_http2(request):
-            self._refuse(request, "no upgrade to HTTP/2 (h2c)")
-            return
-        decision = self.proxy.engine.authorize_http(self.peer, request.method, path)
-        if not decision:
-            peer = str(self.peer) if self.peer else None
-            body = {"error": "policy_denied", "peer": peer, "reason": decision.reason}
-            self._answer(request, 403, body)
+        refusal = self.gate.judge(self.peer, request)
+        if refusal is not None:
+            self._answer(request, refusal.status, refusal.payload)
             return
         # Only this request may switch protocols, and only if llhttp took it as an upgrade too:
         # then it has stopped parsing, and what follows the app's 101 is no request.
@@ -418,8 +394,8 @@ class HttpIngress(asyncio.Protocol):
             self._forward(request, self._app)
         else:
             self._state = _Exchange.CONNECTING
-            self._pause("connect")
-            self.proxy._spawn(self._connect(request))
+            self.pause("connect")
+            self.owner.spawn(self._connect(request))
 
     async def _connect(self, request: Request) -> None:
         loop = asyncio.get_running_loop()
@@ -439,14 +415,14 @@ class HttpIngress(asyncio.Protocol):
                 describe(exc),
             )
             if not self._closed:
-                self._resume("connect")
+                self.resume("connect")
                 self._answer(request, 502, {"error": "bad_gateway", "reason": "app unreachable"})
                 self._advance()
             return
         if self._closed:
             app.close()
             return
-        self._resume("connect")
+        self.resume("connect")
         self._forward(request, app)
         self._advance()
 
@@ -466,7 +442,7 @@ class HttpIngress(asyncio.Protocol):
         if request.done and request.chunked:
             app.transport.write(last_chunk(request.trailers, peer=False))
 
-    def _answer(self, request: Request, status: int, payload: dict[str, Any]) -> None:
+    def _answer(self, request: Request, status: int, payload: Mapping[str, str | None]) -> None:
         """Answer the front request here; the rest of its body is read and dropped."""
         self._state = _Exchange.ANSWERED
         self._response_done = True
@@ -475,7 +451,7 @@ class HttpIngress(asyncio.Protocol):
         close = not self._keep_alive or (request.expects_continue and not request.done)
         self._respond(status, payload, close)
 
-    def _respond(self, status: int, payload: dict[str, Any], close: bool) -> None:
+    def _respond(self, status: int, payload: Mapping[str, str | None], close: bool) -> None:
         self._answered = True
         body = json.dumps(payload).encode()
         self.transport.write(
@@ -520,7 +496,7 @@ class HttpIngress(asyncio.Protocol):
             self._queue.clear()
             self._state = _Exchange.NEW
             self._answered = self._response_done = False
-            self._resume("pipeline")
+            self.resume("pipeline")
             self._arm_timer(self.limits.idle_timeout, _Wait.IDLE)
             return
         self._advance()
@@ -553,8 +529,8 @@ class HttpIngress(asyncio.Protocol):
             self.transport.write(rest)
         app.transport.writelines(self._tunnel_early)
         self._tunnel_early.clear()
-        self._resume("upgrade")
-        self._resume("pipeline")
+        self.resume("upgrade")
+        self.resume("pipeline")
 
     def app_lost(self, app: HttpApp, reason: str) -> None:
         if app is not self._app:
@@ -568,8 +544,8 @@ class HttpIngress(asyncio.Protocol):
         elif request is not None and request.replayable and app.reused and not app.received:
             # The app closed an idle connection as the request went out: send it again.
             self._state = _Exchange.CONNECTING
-            self._pause("connect")
-            self.proxy._spawn(self._connect(request))
+            self.pause("connect")
+            self.owner.spawn(self._connect(request))
         elif request is not None and not self._answered:
             log.warning("ingress port %d: the app failed: %r", self.route.port, reason)
             self._answer(request, 502, {"error": "bad_gateway", "reason": reason})
@@ -587,7 +563,7 @@ class HttpIngress(asyncio.Protocol):
 
     def _fail(self, status: int, reason: str) -> None:
         self._stopped = True
-        self._pause("stopped")
+        self.pause("stopped")
         request = self._parsing
         if request is None:
             request = Request()
@@ -596,23 +572,23 @@ class HttpIngress(asyncio.Protocol):
             request.error, request.reason = status, reason
         self._parsing = None
 
-    def _pause(self, reason: str) -> None:
+    def pause(self, reason: str) -> None:
         if not self._paused:
             self.transport.pause_reading()
         self._paused.add(reason)
 
-    def _resume(self, reason: str) -> None:
+    def resume(self, reason: str) -> None:
         if reason in self._paused:
             self._paused.discard(reason)
             if not self._paused:
                 self.transport.resume_reading()
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
         """A byte moved: the ``_Wait.PROGRESS`` timer starts over (lazily, in _timed_out)."""
         self._progress = self._loop.time()
 
     def _arm_progress(self) -> None:
-        self._touch()
+        self.touch()
         if self._wait is not _Wait.PROGRESS or self._timer is None:
             self._arm_timer(self.limits.inactivity_timeout, _Wait.PROGRESS)
 
