@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import cast
 
-import httptools
-
 from geode.manifest import IngressRoute
 from geode.pki import SpiffeId
 from geode.proxy._connection import (
@@ -30,24 +28,14 @@ from geode.proxy._connection import (
 )
 from geode.proxy._http_app import HttpApp
 from geode.proxy._http_gate import HttpGate, log_refusal
-from geode.proxy._http_message import (
-    Request,
-    Stop,
-    body_piece,
-    last_chunk,
-    simple_request,
-)
+from geode.proxy._http_message import Request, body_piece, last_chunk, simple_request
+from geode.proxy._http_reader import RequestReader
 
 __all__ = ["HttpIngress"]
 
 # Requests parsed ahead of the one being answered: once this many wait, nothing more is parsed
 # (the rest of a read waits in ``_backlog``) and nothing more is read until the queue drains.
 _MAX_QUEUED = 16
-# How much is parsed at once, so that parsing can stop near ``_MAX_QUEUED`` even when one read
-# holds thousands of tiny requests: at most a step's worth of them more. A body of known length
-# is parsed in one go, a chunked one in larger steps, none far past a line that may be its end.
-_PARSE_STEP = 1024
-_CHUNKED_STEP = 16 * 1024
 
 
 class _Exchange(enum.Enum):
@@ -87,9 +75,8 @@ class HttpIngress(asyncio.Protocol):
         self.gate = gate
         self.limits = owner.limits
         self.peer: SpiffeId | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._reader = RequestReader(self, self.limits.max_header_bytes)
         self._queue: deque[Request] = deque()
-        self._parsing: Request | None = None
         self._state = _Exchange.NEW
         self._answered = False  # a final response to the front request has been (partly) sent
         self._response_done = False
@@ -102,9 +89,7 @@ class HttpIngress(asyncio.Protocol):
         self._deadline = 0.0  # loop time the wait ends (``_Wait.PROGRESS``: see ``_progress``)
         self._wait = _Wait.IDLE  # what the timer means
         self._progress = 0.0  # loop time of the last byte moved (``_Wait.PROGRESS``)
-        self._stopped = False  # no more requests are read (malformed input, or an upgrade)
         self._upgrading = False
-        self._ended_in_read = False  # a request ended in the piece being parsed
         self._backlog = b""  # read, not parsed yet: _MAX_QUEUED requests wait
         self._advancing = False
         self._tunnel_early: list[bytes] = []  # sent after an upgrade request, before the 101
@@ -128,14 +113,14 @@ class HttpIngress(asyncio.Protocol):
         if self._state is _Exchange.TUNNEL and self._app is not None:
             self._app.transport.write(data)
             return
-        if self._stopped:
+        if self._reader.stopped:
             if self._upgrading:
                 self._tunnel_early.append(data)
             return
         if self._backlog:  # reading is paused, but a transport may still hand over what it had
             self._backlog += data
             return
-        if not self._queue and self._parsing is None:
+        if not self._queue and self._reader.parsing is None:
             # The common case, one whole simple request and nothing else in this read: taken
             # without the parser, which stays between messages as it was.
             request = simple_request(data, self.limits.max_header_bytes)
@@ -153,61 +138,8 @@ class HttpIngress(asyncio.Protocol):
                     if self._response_done:
                         self._advance()  # answered here (refused or denied)
                 return
-        self._parse(data)
+        self._backlog = self._reader.feed(data)
         self._advance()
-
-    def _parse(self, data: bytes) -> None:
-        """Parse a step at a time, until the data is used up or ``_MAX_QUEUED`` requests wait;
-        the rest is kept in ``_backlog`` (reading is paused by then: see on_message_begin)."""
-        view = memoryview(data)
-        start = 0
-        while start < len(view) and not self._stopped:
-            if len(self._queue) >= _MAX_QUEUED:
-                self._backlog = bytes(view[start:])
-                return
-            request = self._parsing
-            step = _PARSE_STEP
-            if request is not None and request.head_done:
-                if request.remaining:  # all body: no request can begin in it
-                    step = request.remaining
-                elif request.chunked and data[start : start + 1] != b"0":
-                    # The last chunk is a line "0": no further than a step past the first
-                    # line that begins with 0.
-                    last = data.find(b"\n0", start, start + _CHUNKED_STEP)
-                    step = _CHUNKED_STEP if last < 0 else last + 2 - start + _PARSE_STEP
-            piece = view[start : start + step]
-            partial = request if request is not None and not request.head_done else None
-            trailing = request if request is not None and request.maybe_trailers else None
-            self._ended_in_read = False
-            try:
-                self._parser.feed_data(piece)
-            except httptools.HttpParserUpgrade as exc:
-                self._stopped = self._upgrading = True
-                self.pause("upgrade")
-                self._tunnel_early.append(bytes(view[start + int(exc.args[0]) :]))
-                return
-            except httptools.HttpParserError as exc:
-                self._fail(400, f"malformed request: {exc}")
-                return
-            start += len(piece)
-            self._check_head_size(self._parsing, partial, len(piece))
-            if trailing is not None and trailing is self._parsing and trailing.maybe_trailers:
-                # The whole piece was trailers (or the CRLFs around them): llhttp reports a
-                # trailer field only once complete, and httptools holds it until then.
-                trailing.trailer_read += len(piece)
-                if trailing.trailer_read > self.limits.max_header_bytes:
-                    self._fail(431, "request trailers too large")
-
-    def _check_head_size(self, request: Request | None, partial: Request | None, n: int) -> None:
-        """Refuse a head that has grown too large before it is complete. The read in which it
-        began counts only if it began there at the start: after another message, where it
-        began is unknown (its exact size is checked once complete)."""
-        if request is None or request.head_done:
-            return
-        if request is partial or not request.began_mid_read:
-            request.head_read += n
-            if request.head_read > self.limits.max_header_bytes:
-                self._fail(431, "request head too large")
 
     def eof_received(self) -> None:
         # asyncio's TLS closes the connection on EOF: no answer could reach the client now.
@@ -236,94 +168,43 @@ class HttpIngress(asyncio.Protocol):
         if self._state is _Exchange.NEW and not self._closed:
             self._advance()  # answers waited for the client to read
 
-    # Parser callbacks (httptools).
+    # Requests as the reader reads them (``RequestSink``).
 
-    def on_message_begin(self) -> None:
-        self._parsing = Request(began_mid_read=self._ended_in_read)
-        self._queue.append(self._parsing)
+    def full(self) -> bool:
+        return len(self._queue) >= _MAX_QUEUED
+
+    def begun(self, request: Request) -> None:
+        self._queue.append(request)
         if len(self._queue) == 1:
             self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
         else:
             self.pause("pipeline")
 
-    def on_url(self, url: bytes) -> None:
-        assert self._parsing is not None
-        self._parsing.url += url
-        self._parsing.head_size += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        request = self._parsing
-        assert request is not None
-        if request.head_done:
-            request.trailers.append((name, value))
-            request.trailer_size += len(name) + len(value) + 4
-            if request.trailer_size > self.limits.max_header_bytes:
-                request.error, request.reason = 431, "request trailers too large"
-                raise Stop
-        else:
-            request.headers.append((name, value))
-            request.head_size += len(name) + len(value) + 4
-
-    def on_headers_complete(self) -> None:
-        request = self._parsing
-        assert request is not None
-        request.head_done = True
-        if request.head_size > self.limits.max_header_bytes:
-            request.error, request.reason = 431, "request head too large"
-            raise Stop
-        parser = self._parser
-        request.method = parser.get_method().decode("ascii")
-        request.version = parser.get_http_version()
-        request.keep_alive = parser.should_keep_alive()
-        request.upgrade = parser.should_upgrade()
-        body = False
-        for name, value in request.headers:
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":  # llhttp has checked that chunked comes last
-                request.chunked = body = value.lower().rstrip().endswith(b"chunked")
-                if request.version == "1.0":
-                    # RFC 9112 6.1: faulty framing. An HTTP/1.0 app might ignore it and read
-                    # the chunks as the next request, one the policy never saw.
-                    request.error, request.reason = 400, "Transfer-Encoding in HTTP/1.0"
-                    raise Stop
-            elif lowered == b"content-length":  # llhttp has checked it
-                body = body or value.strip() != b"0"
-                request.remaining = int(value)
-            elif lowered == b"expect":
-                request.expects_continue = value.lower() == b"100-continue"
-        if request.chunked:
-            request.remaining = None
-        if request.version not in ("1.0", "1.1"):
-            request.error, request.reason = 505, f"HTTP/{request.version} is not supported"
-            raise Stop
-        request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
-
-    def on_chunk_header(self) -> None:
-        if self._parsing is not None:
-            self._parsing.maybe_trailers = True  # until data follows: the last chunk has none
-
-    def on_body(self, body: bytes) -> None:
-        request = self._parsing
-        assert request is not None
-        request.maybe_trailers = False
-        if request.remaining:
-            request.remaining -= len(body)
+    def body(self, request: Request, piece: bytes) -> None:
         if request is not self._queue[0]:
-            request.body.append(body)
+            request.body.append(piece)
         elif self._state is _Exchange.FORWARDING and self._app is not None:
-            self._app.transport.writelines(body_piece(body, request.chunked))
+            self._app.transport.writelines(body_piece(piece, request.chunked))
         elif self._state is not _Exchange.ANSWERED:
-            request.body.append(body)
+            request.body.append(piece)
 
-    def on_message_complete(self) -> None:
-        request = self._parsing
-        assert request is not None
-        request.done = True
-        self._parsing = None
-        self._ended_in_read = True
+    def complete(self, request: Request) -> None:
         forwarding = request is self._queue[0] and self._state is _Exchange.FORWARDING
         if forwarding and request.chunked and self._app is not None:
             self._app.transport.write(last_chunk(request.trailers, peer=False))
+
+    def upgraded(self, rest: bytes) -> None:
+        self._upgrading = True
+        self.pause("upgrade")
+        self._tunnel_early.append(rest)
+
+    def failed(self, request: Request | None, status: int, reason: str) -> None:
+        self.pause("stopped")
+        if request is None:
+            request = Request()
+            self._queue.append(request)
+        if request.error is None:
+            request.error, request.reason = status, reason
 
     # The exchange at the front of the queue.
 
@@ -366,8 +247,7 @@ class HttpIngress(asyncio.Protocol):
                 self.close_flushed()
                 return
             if self._backlog and len(self._queue) < _MAX_QUEUED:
-                backlog, self._backlog = self._backlog, b""
-                self._parse(backlog)
+                self._backlog = self._reader.feed(self._backlog)
             if len(self._queue) <= 1 and not self._backlog:
                 self.resume("pipeline")
             if not self._queue:
@@ -561,17 +441,6 @@ class HttpIngress(asyncio.Protocol):
 
     # Helpers.
 
-    def _fail(self, status: int, reason: str) -> None:
-        self._stopped = True
-        self.pause("stopped")
-        request = self._parsing
-        if request is None:
-            request = Request()
-            self._queue.append(request)
-        if request.error is None:
-            request.error, request.reason = status, reason
-        self._parsing = None
-
     def pause(self, reason: str) -> None:
         if not self._paused:
             self.transport.pause_reading()
@@ -627,7 +496,7 @@ class HttpIngress(asyncio.Protocol):
         elif self._wait is _Wait.PROGRESS:
             self._stalled()
         elif self._wait is _Wait.HEAD and self._queue:
-            self._fail(408, "request head not received in time")
+            self._reader.stop(408, "request head not received in time")
             self._advance()
         else:
             self.close_flushed()
