@@ -30,6 +30,7 @@ from geode.proxy._http_app import HttpApp
 from geode.proxy._http_gate import HttpGate, log_refusal
 from geode.proxy._http_message import Request, body_piece, last_chunk, simple_request
 from geode.proxy._http_reader import RequestReader
+from geode.proxy._http_timer import Wait, WaitTimer
 
 __all__ = ["HttpIngress"]
 
@@ -48,25 +49,16 @@ class _Exchange(enum.Enum):
     TUNNEL = enum.auto()  # the app switched protocols; bytes are spliced
 
 
-class _Wait(enum.Enum):
-    """What the connection's timer waits for."""
-
-    HEAD = enum.auto()  # a request head: 408 if it is late
-    IDLE = enum.auto()  # a request on a keep-alive connection: closed if none comes
-    PROGRESS = enum.auto()  # a byte moving, during an exchange: see ``_stalled``
-    CLOSING = enum.auto()  # closed, flushing: aborted if that takes too long
-
-
 class HttpIngress(asyncio.Protocol):
     """One client connection of an ``http`` ingress. Requests are parsed as they arrive, kept
     in ``_queue`` and handled one at a time: the front one is authorised, then answered here
     or forwarded to the app; reading pauses while a later one waits its turn, and parsing stops
     at ``_MAX_QUEUED`` (one read may hold thousands). While the client does not read, nothing
-    more is answered. From the front request's start to its end, ``_Wait.PROGRESS`` bounds how
+    more is answered. From the front request's start to its end, ``Wait.PROGRESS`` bounds how
     long no byte may move (``_stalled``)."""
 
     transport: asyncio.Transport
-    _loop: asyncio.AbstractEventLoop  # set with the transport
+    _timer: WaitTimer  # set with the transport
     slot: Slot | None = None  # set by the listener that accepted the connection
 
     def __init__(self, owner: ConnectionOwner, route: IngressRoute, gate: HttpGate) -> None:
@@ -84,11 +76,6 @@ class HttpIngress(asyncio.Protocol):
         self._app: HttpApp | None = None
         self._paused: set[str] = set()  # why reading the client is paused
         self._writing_paused = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0  # loop time the timer fires at
-        self._deadline = 0.0  # loop time the wait ends (``_Wait.PROGRESS``: see ``_progress``)
-        self._wait = _Wait.IDLE  # what the timer means
-        self._progress = 0.0  # loop time of the last byte moved (``_Wait.PROGRESS``)
         self._upgrading = False
         self._backlog = b""  # read, not parsed yet: _MAX_QUEUED requests wait
         self._advancing = False
@@ -101,15 +88,16 @@ class HttpIngress(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        self._timer = WaitTimer(loop, self.limits.inactivity_timeout, self._timed_out)
         self.owner.track(self.transport)
         self.peer = peer_of(transport)
-        self._arm_timer(self.limits.header_timeout, _Wait.IDLE)
+        self._arm_timer(self.limits.header_timeout, Wait.IDLE)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
-        self._progress = self._loop.time()  # a byte moved: see touch
+        self._timer.touch()  # a byte moved
         if self._state is _Exchange.TUNNEL and self._app is not None:
             self._app.transport.write(data)
             return
@@ -150,7 +138,7 @@ class HttpIngress(asyncio.Protocol):
         self.owner.forget(self.transport)
         if self.slot is not None:
             self.slot.release()
-        self._cancel_timer()
+        self._timer.cancel()
         if self._app is not None:
             self._app.close()
             self._app = None
@@ -176,7 +164,7 @@ class HttpIngress(asyncio.Protocol):
     def begun(self, request: Request) -> None:
         self._queue.append(request)
         if len(self._queue) == 1:
-            self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
+            self._arm_timer(self.limits.header_timeout, Wait.HEAD)
         else:
             self.pause("pipeline")
 
@@ -234,7 +222,7 @@ class HttpIngress(asyncio.Protocol):
                 if self._writing_paused:
                     # The client does not read what it was sent: answer nothing more (nor read
                     # more, the queue being full) until it does; resume_writing goes on.
-                    self._arm_progress()
+                    self._timer.arm_progress()
                     return
                 self._start(request)
                 continue
@@ -251,16 +239,16 @@ class HttpIngress(asyncio.Protocol):
             if len(self._queue) <= 1 and not self._backlog:
                 self.resume("pipeline")
             if not self._queue:
-                self._arm_timer(self.limits.idle_timeout, _Wait.IDLE)
+                self._arm_timer(self.limits.idle_timeout, Wait.IDLE)
             elif not self._queue[0].head_done:
-                self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
+                self._arm_timer(self.limits.header_timeout, Wait.HEAD)
 
     def _log_refusal(self, request: Request, status: int, reason: str) -> None:
         log_refusal(self.route.port, self.peer, request, status, reason)
 
     def _start(self, request: Request) -> None:
         # From here until the exchange ends, it must make progress: see _stalled.
-        self._arm_progress()
+        self._timer.arm_progress()
         # An upgrade request leaves the parser in the new protocol: nothing can follow it.
         self._keep_alive = request.keep_alive and not request.upgrade
         refusal = self.gate.judge(self.peer, request)
@@ -377,7 +365,7 @@ class HttpIngress(asyncio.Protocol):
             self._state = _Exchange.NEW
             self._answered = self._response_done = False
             self.resume("pipeline")
-            self._arm_timer(self.limits.idle_timeout, _Wait.IDLE)
+            self._arm_timer(self.limits.idle_timeout, Wait.IDLE)
             return
         self._advance()
 
@@ -453,49 +441,22 @@ class HttpIngress(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def touch(self) -> None:
-        """A byte moved: the ``_Wait.PROGRESS`` timer starts over (lazily, in _timed_out)."""
-        self._progress = self._loop.time()
+        """A byte moved: the ``Wait.PROGRESS`` timer starts over (lazily)."""
+        self._timer.touch()
 
-    def _arm_progress(self) -> None:
-        self.touch()
-        if self._wait is not _Wait.PROGRESS or self._timer is None:
-            self._arm_timer(self.limits.inactivity_timeout, _Wait.PROGRESS)
+    def _arm_timer(self, delay: float, wait: Wait) -> None:
+        if self._lost or (self._closed and wait is not Wait.CLOSING):
+            return
+        self._timer.arm(delay, wait)
 
-    def _arm_timer(self, delay: float, wait: _Wait) -> None:
-        """Wait ``delay`` seconds for ``wait``. A timer that fires no later stays armed (it
-        re-arms itself for the rest when it fires early): a keep-alive connection moving from
-        request to request does not cancel and create a timer each time."""
-        if self._lost or (self._closed and wait is not _Wait.CLOSING):
+    def _timed_out(self, wait: Wait) -> None:
+        if self._closed and wait is not Wait.CLOSING:
             return
-        self._wait = wait
-        self._deadline = self._loop.time() + delay
-        if self._timer is not None and self._timer_at <= self._deadline:
-            return
-        self._cancel_timer()
-        self._timer_at = self._deadline
-        self._timer = self._loop.call_at(self._deadline, self._timed_out)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self._closed and self._wait is not _Wait.CLOSING:
-            return
-        deadline = self._deadline
-        if self._wait is _Wait.PROGRESS:
-            deadline = self._progress + self.limits.inactivity_timeout
-        if self._loop.time() < deadline:  # armed for an earlier wait, or bytes moved since
-            self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._timed_out)
-            return
-        if self._wait is _Wait.CLOSING:
+        if wait is Wait.CLOSING:
             self._abort()  # what was left to send did not leave in time
-        elif self._wait is _Wait.PROGRESS:
+        elif wait is Wait.PROGRESS:
             self._stalled()
-        elif self._wait is _Wait.HEAD and self._queue:
+        elif wait is Wait.HEAD and self._queue:
             self._reader.stop(408, "request head not received in time")
             self._advance()
         else:
@@ -529,11 +490,11 @@ class HttpIngress(asyncio.Protocol):
         close_flushed(self.transport)
         if self._app is not None:
             self._drop_app(self._app)
-        self._arm_timer(self.limits.inactivity_timeout, _Wait.CLOSING)
+        self._arm_timer(self.limits.inactivity_timeout, Wait.CLOSING)
 
     def _abort(self) -> None:
         self._closed = True
-        self._cancel_timer()
+        self._timer.cancel()
         self.transport.abort()
         if self._app is not None:
             app, self._app = self._app, None
