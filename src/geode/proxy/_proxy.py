@@ -17,15 +17,23 @@ mutual TLS to the destination, which must present one of the route's SPIFFE ids.
 
 Everything is asyncio protocols on whichever loop runs the proxy (uvloop included): bytes go from
 one transport to the other as they arrive, a full write buffer pauses reading on the other side,
-and HTTP is parsed by httptools (llhttp, in C). asyncio's TLS cannot half-close, so an EOF is
-passed on only towards a plaintext side. The TLS contexts come from ``Credentials``, so renewed
-certificates reach new connections without a restart.
+and HTTP is parsed by httptools (llhttp, in C) but for the short cut ``_http_message``
+describes. asyncio's TLS cannot half-close, so an EOF is passed on only towards a plaintext side.
+The TLS contexts come from the ``MeshCredentials`` given (``geode.runtime.Credentials``), so
+renewed certificates reach new connections without a restart.
 
 Each listener accepts its own connections (``_Listener``): at most ``max_connections`` at a time,
 handshakes included; beyond that a new connection is closed at once, with a warning at most every
 ``_WARN_EVERY`` seconds. Accepting never logs a traceback: out of file descriptors, it warns and
 retries. Once forwarding, tunnelling or splicing, a connection on which no byte has moved for
 ``inactivity_timeout`` is closed on both sides.
+
+The modules, each importing only those listed before it: ``_identity`` (SPIFFE ids in the
+handshake), ``_policy`` (the ``PolicyEngine``), ``_connection`` (``ProxyLimits``, and
+``ConnectionOwner``, all a connection may ask of this proxy), ``_splice`` (TCP ingress, egress),
+``_http_message`` (requests, re-framing, the short cut), ``_http_gate`` (the decision on a
+request head), ``_http_reader`` (parsing), ``_http_timer``, ``_http_app`` (the app side, which
+knows its client side as a ``ClientSide``), ``_http_ingress`` (HTTP/1.1 flow control), and this.
 """
 
 from __future__ import annotations
