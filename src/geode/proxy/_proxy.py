@@ -255,9 +255,7 @@ class TransparentProxy:
             raise LaunchError("no mesh view (GEODE_MESH_FILE): the proxy has no routes")
         self.credentials = credentials
         self.mesh = mesh
-        self.engine = engine or PolicyEngine(
-            mesh.policy, mesh.service, trust_domain=mesh.trust_domain
-        )
+        self.engine = engine or PolicyEngine.for_mesh(mesh)
         self.listen_host = listen_host
         self.limits = limits or ProxyLimits()
         self._listeners: list[_Listener] = []

@@ -51,8 +51,7 @@ def policy_engine(credentials: Credentials) -> PolicyEngine:
     """The policy engine for this instance's service, from its mesh view."""
     if credentials.mesh is None:
         raise ValueError("no mesh view (GEODE_MESH_FILE): cannot build a policy engine")
-    mesh = credentials.mesh
-    return PolicyEngine(mesh.policy, mesh.service, trust_domain=mesh.trust_domain)
+    return PolicyEngine.for_mesh(credentials.mesh)
 
 
 class PolicyMiddleware:
