@@ -50,12 +50,13 @@ class _Exchange(enum.Enum):
 
 
 class HttpIngress(asyncio.Protocol):
-    """One client connection of an ``http`` ingress. Requests are parsed as they arrive, kept
-    in ``_queue`` and handled one at a time: the front one is authorised, then answered here
-    or forwarded to the app; reading pauses while a later one waits its turn, and parsing stops
-    at ``_MAX_QUEUED`` (one read may hold thousands). While the client does not read, nothing
-    more is answered. From the front request's start to its end, ``Wait.PROGRESS`` bounds how
-    long no byte may move (``_stalled``)."""
+    """One client connection of an ``http`` ingress. Requests are read as they arrive (by the
+    short cut, else by ``_reader``, which reports to this class as its ``RequestSink``), kept in
+    ``_queue`` and handled one at a time: the front one is judged by ``gate``, then answered
+    here or forwarded to the app; reading pauses while a later one waits its turn, and parsing
+    stops at ``_MAX_QUEUED`` (one read may hold thousands). While the client does not read,
+    nothing more is answered. From the front request's start to its end, ``Wait.PROGRESS``
+    bounds how long no byte may move (``_stalled``)."""
 
     transport: asyncio.Transport
     _timer: WaitTimer  # set with the transport

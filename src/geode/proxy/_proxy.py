@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 from geode.errors import LaunchError
 from geode.manifest import MeshConfig
-from geode.proxy._connection import APP_HOST, ProxyLimits, Slot, describe, log
+from geode.proxy._connection import APP_HOST, ConnectionOwner, ProxyLimits, Slot, describe, log
 from geode.proxy._http_gate import HttpGate
 from geode.proxy._http_ingress import HttpIngress
 from geode.proxy._policy import PolicyEngine
@@ -137,7 +137,7 @@ class _Listener:
 
     def __init__(
         self,
-        owner: _Connections,
+        owner: ConnectionOwner,
         sockets: list[socket.socket],
         factory: Callable[[], HttpIngress | Relay],
         what: str,
