@@ -63,7 +63,8 @@ from geode.pki import (
     generate_private_key,
     private_key_pem,
 )
-from geode.runtime import Credentials, TransparentProxy, serve_asgi
+from geode.proxy import TransparentProxy
+from geode.runtime import Credentials, serve_asgi
 
 TRUST_DOMAIN = "bench.local"
 HOST = "127.0.0.1"

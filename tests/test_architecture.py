@@ -15,6 +15,7 @@ PACKAGES = [
     "attestation",
     "pki",
     "coordinator",
+    "proxy",
     "runtime",
     "client",
     "db",
@@ -32,7 +33,8 @@ ALLOWED = {
     "pki": set(),
     "client": {"attestation", "pki", "manifest"},
     "coordinator": {"attestation", "pki", "manifest"},
-    "runtime": {"attestation", "pki", "manifest", "client"},
+    "proxy": {"manifest", "pki"},
+    "runtime": {"attestation", "pki", "manifest", "client", "proxy"},
     "db": {"pki", "manifest", "runtime"},
     # Its fakes stand in for the Coordinator's store and the CA's clock. No package imports
     # testing: the helpers never end up in what they test.
@@ -52,8 +54,12 @@ ALLOWED = {
 BASE = {"errors", "tee", "_files", "_process"}
 
 
+# Public modules inside a package, with an ``__all__`` of their own.
+SUBMODULES = ["geode.runtime.launcher"]
+
+
 @pytest.mark.parametrize(
-    "name", ["geode", *(f"geode.{p}" for p in PACKAGES), "geode.errors", "geode.tee"]
+    "name", ["geode", *(f"geode.{p}" for p in PACKAGES), *SUBMODULES, "geode.errors", "geode.tee"]
 )
 def test_all_is_the_public_surface(name: str) -> None:
     module = importlib.import_module(name)
@@ -101,3 +107,44 @@ def test_base_modules_import_nothing_of_geode() -> None:
         assert files
         for path in files:
             assert _geode_imports(path) - {name} == set(), f"{path.name}"
+
+
+def _module_graph(package: str) -> dict[str, set[str]]:
+    """The modules of ``package`` and, for each, those of the package it imports (at module
+    level or under ``TYPE_CHECKING``: a cycle there is a cycle in the design all the same)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((SRC / package).glob("*.py")):
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                if parts[:2] == ["geode", package] and len(parts) > 2:
+                    found.add(parts[2])
+                elif parts == ["geode", package]:  # the package itself, or a module of it
+                    found.update({"__init__", *(alias.name for alias in node.names)})
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    parts = alias.name.split(".")
+                    if parts[:2] == ["geode", package] and len(parts) > 2:
+                        found.add(parts[2])
+        graph[path.stem] = found & {p.stem for p in (SRC / package).glob("*.py")}
+    return graph
+
+
+@pytest.mark.parametrize("package", ["proxy", "runtime"])
+def test_no_import_cycle_within(package: str) -> None:
+    graph = _module_graph(package)
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycle = [*path[path.index(module) :], module]
+            raise AssertionError(f"import cycle in geode.{package}: {' -> '.join(cycle)}")
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])

@@ -17,7 +17,7 @@ from geode.attestation import (
     verify_simulated_quote,
 )
 from geode.errors import EvidenceError
-from geode.runtime import choose_evidence_source
+from geode.runtime.launcher import choose_evidence_source
 
 REPORT_DATA = bytes(range(64))
 

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from geode.errors import LaunchError
 from geode.manifest import SERVICE_KEY_MARKER
 from geode.pki import CertificateAuthority, LeafParams
-from geode.runtime import Activation, lay_out, remove_plan, run_command
+from geode.runtime import Activation
+from geode.runtime.launcher import lay_out, remove_plan, run_command
 
 
 def _activation(files: dict[str, bytes], env: dict[str, bytes] | None = None) -> Activation:

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.errors import ActivationDenied, ClientError, StaleCertificate
 from geode.pki import CertificateAuthority, LeafParams
-from geode.runtime import CertificateRenewer, _activation, _renewal, renewal_time
+from geode.runtime import _activation, _renewal
+from geode.runtime.launcher import CertificateRenewer, renewal_time
 
 
 def _leaf(lifetime: datetime.timedelta) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

@@ -12,12 +12,11 @@ import click
 from geode.attestation import PROVIDER_NAMES
 from geode.cli._common import DEFAULT_MESH_ADDR, insecure_option, resolve_root, warn
 from geode.errors import LaunchError
-from geode.runtime import (
+from geode.runtime import Credentials, activate
+from geode.runtime.launcher import (
     CertificateRenewer,
     Companion,
-    Credentials,
     ProxyRunner,
-    activate,
     choose_evidence_source,
     lay_out,
     remove_plan,

@@ -1,9 +1,14 @@
-"""The runtime: activation, ``geode run``, and the mesh for Python apps — mutual TLS with SPIFFE
-identities checked in the handshake, policy middleware for ASGI, and certificate reload — and the
-transparent TLS proxy that gives the same to any app."""
+"""The runtime library for Python apps in the mesh: activation, the credentials ``geode run``
+gives a service, mutual TLS with SPIFFE identities checked in the handshake, mesh clients,
+policy middleware for ASGI, a TLS-aware uvicorn server, and certificate reload.
+
+What ``geode run`` itself is made of (laying out credentials, running the command beside the
+transparent TLS proxy, renewal) is ``geode.runtime.launcher``; the proxy is ``geode.proxy``.
+"""
 
 from __future__ import annotations
 
+from geode.proxy import MeshSSLContext, peer_spiffe_id
 from geode.runtime._activation import (
     Activation,
     EvidenceProvider,
@@ -26,43 +31,23 @@ from geode.runtime._asgi_tls import (
     tls_extension,
 )
 from geode.runtime._credentials import Credentials
-from geode.runtime._evidence_source import choose_evidence_source
-from geode.runtime._identity import MeshSSLContext, peer_spiffe_id
-from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
-from geode.runtime._policy import Decision, PolicyEngine
-from geode.runtime._proxy import ProxyLimits, TransparentProxy
-from geode.runtime._renewal import CertificateRenewer, renewal_time
-from geode.runtime._transparent import ProxyRunner
 
 __all__ = [
     "Activation",
-    "CertificateRenewer",
-    "Companion",
     "Credentials",
-    "Decision",
     "EvidenceProvider",
-    "LaunchPlan",
     "MeshSSLContext",
-    "PolicyEngine",
     "PolicyMiddleware",
-    "ProxyLimits",
-    "ProxyRunner",
     "TLSExtensionProtocol",
     "TLSExtensionWSProtocol",
-    "TransparentProxy",
     "activate",
-    "choose_evidence_source",
-    "lay_out",
     "mesh_async_client",
     "mesh_client",
     "peer_certificate",
     "peer_identity",
     "peer_spiffe_id",
     "policy_engine",
-    "remove_plan",
     "renew",
-    "renewal_time",
-    "run_command",
     "serve_asgi",
     "simulated_evidence_provider",
     "tls_extension",

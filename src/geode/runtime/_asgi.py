@@ -18,14 +18,13 @@ import httpx
 import uvicorn
 
 from geode.pki import SpiffeId
+from geode.proxy import PolicyEngine, peer_spiffe_id
 from geode.runtime._asgi_tls import (
     TLSExtensionProtocol,
     TLSExtensionWSProtocol,
     peer_certificate,
 )
 from geode.runtime._credentials import Credentials
-from geode.runtime._identity import peer_spiffe_id
-from geode.runtime._policy import PolicyEngine
 
 __all__ = [
     "PolicyMiddleware",
@@ -52,8 +51,7 @@ def policy_engine(credentials: Credentials) -> PolicyEngine:
     """The policy engine for this instance's service, from its mesh view."""
     if credentials.mesh is None:
         raise ValueError("no mesh view (GEODE_MESH_FILE): cannot build a policy engine")
-    mesh = credentials.mesh
-    return PolicyEngine(mesh.policy, mesh.service, trust_domain=mesh.trust_domain)
+    return PolicyEngine.for_mesh(credentials.mesh)
 
 
 class PolicyMiddleware:

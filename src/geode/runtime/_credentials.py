@@ -17,7 +17,7 @@ from pathlib import Path
 from geode.errors import LaunchError
 from geode.manifest import MeshConfig
 from geode.pki import SpiffeId
-from geode.runtime._identity import MeshSSLContext
+from geode.proxy import MeshSSLContext
 
 __all__ = ["Credentials"]
 

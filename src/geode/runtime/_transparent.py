@@ -8,8 +8,8 @@ import logging
 import threading
 
 from geode.errors import LaunchError
+from geode.proxy import TransparentProxy
 from geode.runtime._credentials import Credentials
-from geode.runtime._proxy import TransparentProxy
 
 __all__ = ["ProxyRunner"]
 

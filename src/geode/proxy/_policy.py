@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from geode.manifest import MeshPolicy
+from geode.manifest import MeshConfig, MeshPolicy
 from geode.pki import SpiffeId
 
 __all__ = ["Decision", "PolicyEngine"]
@@ -105,6 +105,11 @@ class PolicyEngine:
         # for the same few.
         self._http_allowed: dict[tuple[str, str, str], tuple[Decision, Any]] = {}
         self.rule_names = [rule.name for rule in self._rules]
+
+    @classmethod
+    def for_mesh(cls, mesh: MeshConfig, *, registry: CollectorRegistry = REGISTRY) -> PolicyEngine:
+        """The engine of the service whose mesh view is ``mesh``: its rules, its trust domain."""
+        return cls(mesh.policy, mesh.service, trust_domain=mesh.trust_domain, registry=registry)
 
     def _peer_ok(self, peer: SpiffeId | None) -> Decision | None:
         if peer is None:

@@ -4,11 +4,12 @@ connection, each response parsed only to re-frame it and find its end."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 
-from geode.runtime._http_message import (
+from geode.proxy._connection import ConnectionOwner
+from geode.proxy._http_message import (
     Request,
     Stop,
     body_piece,
@@ -17,10 +18,39 @@ from geode.runtime._http_message import (
     simple_response_length,
 )
 
-if TYPE_CHECKING:
-    from geode.runtime._http_ingress import HttpIngress
+__all__ = ["ClientSide", "HttpApp"]
 
-__all__ = ["HttpApp"]
+
+class ClientSide(Protocol):
+    """What the app side may ask of the client connection it serves (``HttpIngress``): its
+    transport and owner, flow control, and to be told how the response goes."""
+
+    transport: asyncio.Transport
+    owner: ConnectionOwner
+
+    def touch(self) -> None:
+        """A byte moved: the exchange is making progress."""
+
+    def pause(self, reason: str) -> None:
+        """Stop reading the client, for ``reason``, until resumed for it."""
+
+    def resume(self, reason: str) -> None:
+        """Read the client again, once no other reason holds it."""
+
+    def response_started(self) -> None:
+        """The final response (or 101) has begun to reach the client."""
+
+    def response_done(self, app: HttpApp, keep_alive: bool) -> None:
+        """The response is complete; ``keep_alive``: the app connection may serve another."""
+
+    def unasked_switch(self, app: HttpApp) -> None:
+        """The app answered 101 to a request that may not switch protocols."""
+
+    def tunnel(self, app: HttpApp, rest: bytes) -> None:
+        """The app switched protocols; ``rest`` followed its 101 in the same read."""
+
+    def app_lost(self, app: HttpApp, reason: str) -> None:
+        """The app connection is gone."""
 
 
 class HttpApp(asyncio.Protocol):
@@ -29,7 +59,7 @@ class HttpApp(asyncio.Protocol):
 
     transport: asyncio.Transport
 
-    def __init__(self, ingress: HttpIngress) -> None:
+    def __init__(self, ingress: ClientSide) -> None:
         self.ingress = ingress
         self._parser: httptools.HttpResponseParser | None = None
         self._expecting = False  # a response is due and none of it has arrived
@@ -69,18 +99,18 @@ class HttpApp(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.ingress.proxy._track(self.transport)
+        self.ingress.owner.track(self.transport)
 
     def close(self) -> None:
         """Close once flushed; an app that does not take what is left within
         ``inactivity_timeout`` is cut off."""
         if self._deadline is None:
             self.transport.close()
-            timeout = self.ingress.limits.inactivity_timeout
+            timeout = self.ingress.owner.limits.inactivity_timeout
             self._deadline = asyncio.get_running_loop().call_later(timeout, self.transport.abort)
 
     def data_received(self, data: bytes) -> None:
-        self.ingress._touch()
+        self.ingress.touch()
         if self._tunnel:
             self.ingress.transport.write(data)
             return
@@ -145,7 +175,7 @@ class HttpApp(asyncio.Protocol):
         self.ingress.response_done(self, not extra)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ingress.proxy._untrack(self.transport)
+        self.ingress.owner.forget(self.transport)
         if self._deadline is not None:
             self._deadline.cancel()
         if self._until_close and self._parser is not None:
@@ -155,11 +185,11 @@ class HttpApp(asyncio.Protocol):
         self.ingress.app_lost(self, "the app closed the connection")
 
     def pause_writing(self) -> None:
-        self.ingress._pause("app")
+        self.ingress.pause("app")
 
     def resume_writing(self) -> None:
-        self.ingress._touch()
-        self.ingress._resume("app")
+        self.ingress.touch()
+        self.ingress.resume("app")
 
     # Parser callbacks (httptools).
 

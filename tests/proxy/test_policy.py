@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from geode.manifest import HttpRule, MeshPolicy, MeshRule, TcpRule
 from geode.pki import SpiffeId
-from geode.runtime import PolicyEngine
+from geode.proxy import PolicyEngine
 
 DOMAIN = "p.geode.local"
 

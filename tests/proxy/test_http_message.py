@@ -10,13 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geode.runtime._http_message import (
-    Request,
-    cached_policy_path,
-    policy_path,
-    simple_request,
-    simple_response_length,
-)
+from geode.proxy._http_gate import cached_policy_path, policy_path
+from geode.proxy._http_message import Request, simple_request, simple_response_length
 
 PEER = b"X-Geode-Peer: spiffe://t.local/service/a\r\n\r\n"
 LIMIT = 64 * 1024

@@ -1,31 +1,50 @@
 """HTTP/1.1 messages as the transparent TLS proxy's HTTP ingress sees them: a request as far
-as it has been read, and the checks and re-framing both directions share."""
+as it has been read, the re-framing both directions share, and the short cut.
+
+**The short cut** is a narrow exception to parsing with httptools (llhttp), there only because
+most requests and responses in a mesh are this plain. It takes, with one strict regular
+expression and no parser callbacks:
+
+- a request (``simple_request``) when one read holds exactly one complete head and nothing
+  after it: method GET, OPTIONS or DELETE; an origin-form target (``/`` then visible ASCII);
+  ``HTTP/1.1``; single spaces in the request line; every field ``token ":" value`` with a value
+  of visible characters, spaces and tabs (no obs-fold, no bare CR or LF, no NUL or DEL); no
+  field that frames a message, changes the connection or the protocol, or that only the proxy
+  sets (``_REQUEST_CAREFUL``: Content-Length, Transfer-Encoding, Connection, Upgrade, Expect,
+  HTTP2-Settings, TE, Trailer, Keep-Alive, Proxy-Connection, X-Geode-Peer in either spelling);
+  at most ``max_header_bytes``. It reaches the app as the client sent it, ``X-Geode-Peer``
+  appended;
+- a response (``simple_response_length``) whose head arrives whole at the start of a read:
+  ``HTTP/1.1``, a final status 200-599 other than 204 and 304, exactly one Content-Length of
+  digits, none of ``_RESPONSE_CAREFUL`` (Transfer-Encoding, Connection, Upgrade, Trailer,
+  Keep-Alive, Proxy-Connection), answering a request that was neither HEAD nor an upgrade. It
+  passes to the client as the app sent it, up to that length.
+
+Everything else (any other method or version, a body, a head split over reads or followed by
+more bytes, pipelined requests, any careful field, chunked or close-delimited responses,
+interim responses) takes the full parser, as does a request read while an earlier one of the
+same connection is still queued or partly parsed. Either way the request gets the same policy
+decision, path checks, timers and limits; tests check that llhttp reads every head the short
+cut takes the same way.
+"""
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import unquote
-
-import httptools
-
-from geode.runtime._splice import _PEER_HEADER
 
 __all__ = [
     "Request",
     "Stop",
-    "asks_for_http2",
     "body_piece",
-    "cached_policy_path",
     "header_lines",
     "last_chunk",
-    "policy_path",
     "simple_request",
     "simple_response_length",
 ]
 
+_PEER_HEADER = b"x-geode-peer"  # set by the proxy alone: a client's own is dropped
 _SHOWN = 256  # how much of a request target a log line shows
 
 
@@ -157,63 +176,3 @@ def simple_response_length(data: bytes, request: Request) -> int | None:
         return None
     match = _SIMPLE_RESPONSE.match(data)
     return None if match is None else match.end() + int(match[1])
-
-
-def policy_path(url: bytes) -> str | None:
-    """The percent-decoded path the policy judges (as ASGI's ``scope["path"]``), or ``None``
-    when it cannot be judged safely, because the app might resolve it into a path the policy
-    never saw: no path; a ``#`` anywhere (never sent by a client: the policy would judge the
-    path before it, and an app that takes the rest as path too resolves its dot segments); a
-    backslash in the path, raw or ``%5C`` (WHATWG URL parsers, Node's ``new URL`` among them,
-    read it as ``/``); or a segment that is ``.`` or ``..`` once decoded and cut at its first
-    ``;`` (Tomcat and Spring drop such path parameters: ``/public/..;/admin`` is ``/admin``)."""
-    if url == b"*":
-        return "*"
-    if b"#" in url:
-        return None
-    raw_path = url.partition(b"?")[0]
-    if b"\\" in raw_path or b"%5c" in raw_path.lower():
-        return None
-    try:
-        raw = httptools.parse_url(url).path or b"/"
-    except httptools.HttpParserInvalidURLError:
-        return None
-    path = unquote(raw.decode("latin-1"))
-    if (
-        not path.startswith("/")
-        or "\\" in path
-        or any(s.partition(";")[0] in (".", "..") for s in path.split("/"))
-    ):
-        return None
-    return path
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_policy_path(url: bytes) -> str | None:
-    return policy_path(url)
-
-
-def cached_policy_path(url: bytes) -> str | None:
-    """``policy_path``, remembered for short targets (a client asks for the same few)."""
-    return _cached_policy_path(url) if len(url) <= 256 else policy_path(url)
-
-
-def asks_for_http2(request: Request) -> bool:
-    """Whether the request asks to switch to HTTP/2 over cleartext (h2c), by whatever route:
-    ``Upgrade: h2c`` or an ``HTTP2-Settings`` header, whatever ``Connection`` says (Go's h2c
-    server switches on ``Connection: HTTP2-Settings``, which llhttp does not flag as an
-    upgrade), or, in a flagged upgrade, any ``h2``/``http/`` protocol. Requests inside an HTTP/2
-    connection would reach the app unchecked."""
-    for name, value in request.headers:
-        lowered = name.lower()
-        if lowered == b"http2-settings":
-            return True
-        if lowered == b"upgrade":
-            value = value.lower()
-            if b"h2c" in value:
-                return True
-            if request.upgrade and any(
-                token.strip().startswith((b"h2", b"http/")) for token in value.split(b",")
-            ):
-                return True
-    return False

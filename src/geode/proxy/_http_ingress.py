@@ -1,6 +1,8 @@
-"""HTTP ingress for the transparent TLS proxy: each request authorised by method and path
-before the app sees it, one request at a time per connection (see ``_proxy``). The app side is
-``_http_app``; the messages, ``_http_message``."""
+"""HTTP ingress for the transparent TLS proxy: the HTTP/1.1 flow control of one client
+connection. Requests are read (with the short cut of ``_http_message`` where it applies, else
+httptools), queued, judged one at a time by the route's ``HttpGate`` (``_http_gate``: the policy
+decision, nothing else), and answered here or forwarded to the app (``_http_app``) one at a
+time, keep-alive and pipelining included (see ``_proxy`` for the behaviour as a whole)."""
 
 from __future__ import annotations
 
@@ -9,45 +11,32 @@ import enum
 import functools
 import json
 from collections import deque
+from collections.abc import Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, cast
-
-import httptools
+from typing import cast
 
 from geode.manifest import IngressRoute
 from geode.pki import SpiffeId
-from geode.runtime._http_app import HttpApp
-from geode.runtime._http_message import (
-    Request,
-    Stop,
-    asks_for_http2,
-    body_piece,
-    cached_policy_path,
-    last_chunk,
-    simple_request,
-)
-from geode.runtime._splice import (
+from geode.proxy._connection import (
     APP_HOST,
+    ConnectionOwner,
     Slot,
     close_flushed,
     describe,
     log,
     peer_of,
 )
-
-if TYPE_CHECKING:
-    from geode.runtime._proxy import TransparentProxy
+from geode.proxy._http_app import HttpApp
+from geode.proxy._http_gate import HttpGate, log_refusal
+from geode.proxy._http_message import Request, body_piece, last_chunk, simple_request
+from geode.proxy._http_reader import RequestReader
+from geode.proxy._http_timer import Wait, WaitTimer
 
 __all__ = ["HttpIngress"]
 
 # Requests parsed ahead of the one being answered: once this many wait, nothing more is parsed
 # (the rest of a read waits in ``_backlog``) and nothing more is read until the queue drains.
 _MAX_QUEUED = 16
-# How much is parsed at once, so that parsing can stop near ``_MAX_QUEUED`` even when one read
-# holds thousands of tiny requests: at most a step's worth of them more. A body of known length
-# is parsed in one go, a chunked one in larger steps, none far past a line that may be its end.
-_PARSE_STEP = 1024
-_CHUNKED_STEP = 16 * 1024
 
 
 class _Exchange(enum.Enum):
@@ -60,35 +49,27 @@ class _Exchange(enum.Enum):
     TUNNEL = enum.auto()  # the app switched protocols; bytes are spliced
 
 
-class _Wait(enum.Enum):
-    """What the connection's timer waits for."""
-
-    HEAD = enum.auto()  # a request head: 408 if it is late
-    IDLE = enum.auto()  # a request on a keep-alive connection: closed if none comes
-    PROGRESS = enum.auto()  # a byte moving, during an exchange: see ``_stalled``
-    CLOSING = enum.auto()  # closed, flushing: aborted if that takes too long
-
-
 class HttpIngress(asyncio.Protocol):
-    """One client connection of an ``http`` ingress. Requests are parsed as they arrive, kept
-    in ``_queue`` and handled one at a time: the front one is authorised, then answered here
-    or forwarded to the app; reading pauses while a later one waits its turn, and parsing stops
-    at ``_MAX_QUEUED`` (one read may hold thousands). While the client does not read, nothing
-    more is answered. From the front request's start to its end, ``_Wait.PROGRESS`` bounds how
-    long no byte may move (``_stalled``)."""
+    """One client connection of an ``http`` ingress. Requests are read as they arrive (by the
+    short cut, else by ``_reader``, which reports to this class as its ``RequestSink``), kept in
+    ``_queue`` and handled one at a time: the front one is judged by ``gate``, then answered
+    here or forwarded to the app; reading pauses while a later one waits its turn, and parsing
+    stops at ``_MAX_QUEUED`` (one read may hold thousands). While the client does not read,
+    nothing more is answered. From the front request's start to its end, ``Wait.PROGRESS``
+    bounds how long no byte may move (``_stalled``)."""
 
     transport: asyncio.Transport
-    _loop: asyncio.AbstractEventLoop  # set with the transport
+    _timer: WaitTimer  # set with the transport
     slot: Slot | None = None  # set by the listener that accepted the connection
 
-    def __init__(self, proxy: TransparentProxy, route: IngressRoute) -> None:
-        self.proxy = proxy
+    def __init__(self, owner: ConnectionOwner, route: IngressRoute, gate: HttpGate) -> None:
+        self.owner = owner
         self.route = route
-        self.limits = proxy.limits
+        self.gate = gate
+        self.limits = owner.limits
         self.peer: SpiffeId | None = None
-        self._parser = httptools.HttpRequestParser(self)
+        self._reader = RequestReader(self, self.limits.max_header_bytes)
         self._queue: deque[Request] = deque()
-        self._parsing: Request | None = None
         self._state = _Exchange.NEW
         self._answered = False  # a final response to the front request has been (partly) sent
         self._response_done = False
@@ -96,14 +77,7 @@ class HttpIngress(asyncio.Protocol):
         self._app: HttpApp | None = None
         self._paused: set[str] = set()  # why reading the client is paused
         self._writing_paused = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0  # loop time the timer fires at
-        self._deadline = 0.0  # loop time the wait ends (``_Wait.PROGRESS``: see ``_progress``)
-        self._wait = _Wait.IDLE  # what the timer means
-        self._progress = 0.0  # loop time of the last byte moved (``_Wait.PROGRESS``)
-        self._stopped = False  # no more requests are read (malformed input, or an upgrade)
         self._upgrading = False
-        self._ended_in_read = False  # a request ended in the piece being parsed
         self._backlog = b""  # read, not parsed yet: _MAX_QUEUED requests wait
         self._advancing = False
         self._tunnel_early: list[bytes] = []  # sent after an upgrade request, before the 101
@@ -115,26 +89,27 @@ class HttpIngress(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self._loop = asyncio.get_running_loop()
-        self.proxy._track(self.transport)
+        loop = asyncio.get_running_loop()
+        self._timer = WaitTimer(loop, self.limits.inactivity_timeout, self._timed_out)
+        self.owner.track(self.transport)
         self.peer = peer_of(transport)
-        self._arm_timer(self.limits.header_timeout, _Wait.IDLE)
+        self._arm_timer(self.limits.header_timeout, Wait.IDLE)
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
-        self._progress = self._loop.time()  # a byte moved: see _touch
+        self._timer.touch()  # a byte moved
         if self._state is _Exchange.TUNNEL and self._app is not None:
             self._app.transport.write(data)
             return
-        if self._stopped:
+        if self._reader.stopped:
             if self._upgrading:
                 self._tunnel_early.append(data)
             return
         if self._backlog:  # reading is paused, but a transport may still hand over what it had
             self._backlog += data
             return
-        if not self._queue and self._parsing is None:
+        if not self._queue and self._reader.parsing is None:
             # The common case, one whole simple request and nothing else in this read: taken
             # without the parser, which stays between messages as it was.
             request = simple_request(data, self.limits.max_header_bytes)
@@ -152,61 +127,8 @@ class HttpIngress(asyncio.Protocol):
                     if self._response_done:
                         self._advance()  # answered here (refused or denied)
                 return
-        self._parse(data)
+        self._backlog = self._reader.feed(data)
         self._advance()
-
-    def _parse(self, data: bytes) -> None:
-        """Parse a step at a time, until the data is used up or ``_MAX_QUEUED`` requests wait;
-        the rest is kept in ``_backlog`` (reading is paused by then: see on_message_begin)."""
-        view = memoryview(data)
-        start = 0
-        while start < len(view) and not self._stopped:
-            if len(self._queue) >= _MAX_QUEUED:
-                self._backlog = bytes(view[start:])
-                return
-            request = self._parsing
-            step = _PARSE_STEP
-            if request is not None and request.head_done:
-                if request.remaining:  # all body: no request can begin in it
-                    step = request.remaining
-                elif request.chunked and data[start : start + 1] != b"0":
-                    # The last chunk is a line "0": no further than a step past the first
-                    # line that begins with 0.
-                    last = data.find(b"\n0", start, start + _CHUNKED_STEP)
-                    step = _CHUNKED_STEP if last < 0 else last + 2 - start + _PARSE_STEP
-            piece = view[start : start + step]
-            partial = request if request is not None and not request.head_done else None
-            trailing = request if request is not None and request.maybe_trailers else None
-            self._ended_in_read = False
-            try:
-                self._parser.feed_data(piece)
-            except httptools.HttpParserUpgrade as exc:
-                self._stopped = self._upgrading = True
-                self._pause("upgrade")
-                self._tunnel_early.append(bytes(view[start + int(exc.args[0]) :]))
-                return
-            except httptools.HttpParserError as exc:
-                self._fail(400, f"malformed request: {exc}")
-                return
-            start += len(piece)
-            self._check_head_size(self._parsing, partial, len(piece))
-            if trailing is not None and trailing is self._parsing and trailing.maybe_trailers:
-                # The whole piece was trailers (or the CRLFs around them): llhttp reports a
-                # trailer field only once complete, and httptools holds it until then.
-                trailing.trailer_read += len(piece)
-                if trailing.trailer_read > self.limits.max_header_bytes:
-                    self._fail(431, "request trailers too large")
-
-    def _check_head_size(self, request: Request | None, partial: Request | None, n: int) -> None:
-        """Refuse a head that has grown too large before it is complete. The read in which it
-        began counts only if it began there at the start: after another message, where it
-        began is unknown (its exact size is checked once complete)."""
-        if request is None or request.head_done:
-            return
-        if request is partial or not request.began_mid_read:
-            request.head_read += n
-            if request.head_read > self.limits.max_header_bytes:
-                self._fail(431, "request head too large")
 
     def eof_received(self) -> None:
         # asyncio's TLS closes the connection on EOF: no answer could reach the client now.
@@ -214,10 +136,10 @@ class HttpIngress(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = self._lost = True
-        self.proxy._untrack(self.transport)
+        self.owner.forget(self.transport)
         if self.slot is not None:
             self.slot.release()
-        self._cancel_timer()
+        self._timer.cancel()
         if self._app is not None:
             self._app.close()
             self._app = None
@@ -229,100 +151,49 @@ class HttpIngress(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._touch()
+        self.touch()
         if self._app is not None:
             self._app.transport.resume_reading()
         if self._state is _Exchange.NEW and not self._closed:
             self._advance()  # answers waited for the client to read
 
-    # Parser callbacks (httptools).
+    # Requests as the reader reads them (``RequestSink``).
 
-    def on_message_begin(self) -> None:
-        self._parsing = Request(began_mid_read=self._ended_in_read)
-        self._queue.append(self._parsing)
+    def full(self) -> bool:
+        return len(self._queue) >= _MAX_QUEUED
+
+    def begun(self, request: Request) -> None:
+        self._queue.append(request)
         if len(self._queue) == 1:
-            self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
+            self._arm_timer(self.limits.header_timeout, Wait.HEAD)
         else:
-            self._pause("pipeline")
+            self.pause("pipeline")
 
-    def on_url(self, url: bytes) -> None:
-        assert self._parsing is not None
-        self._parsing.url += url
-        self._parsing.head_size += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        request = self._parsing
-        assert request is not None
-        if request.head_done:
-            request.trailers.append((name, value))
-            request.trailer_size += len(name) + len(value) + 4
-            if request.trailer_size > self.limits.max_header_bytes:
-                request.error, request.reason = 431, "request trailers too large"
-                raise Stop
-        else:
-            request.headers.append((name, value))
-            request.head_size += len(name) + len(value) + 4
-
-    def on_headers_complete(self) -> None:
-        request = self._parsing
-        assert request is not None
-        request.head_done = True
-        if request.head_size > self.limits.max_header_bytes:
-            request.error, request.reason = 431, "request head too large"
-            raise Stop
-        parser = self._parser
-        request.method = parser.get_method().decode("ascii")
-        request.version = parser.get_http_version()
-        request.keep_alive = parser.should_keep_alive()
-        request.upgrade = parser.should_upgrade()
-        body = False
-        for name, value in request.headers:
-            lowered = name.lower()
-            if lowered == b"transfer-encoding":  # llhttp has checked that chunked comes last
-                request.chunked = body = value.lower().rstrip().endswith(b"chunked")
-                if request.version == "1.0":
-                    # RFC 9112 6.1: faulty framing. An HTTP/1.0 app might ignore it and read
-                    # the chunks as the next request, one the policy never saw.
-                    request.error, request.reason = 400, "Transfer-Encoding in HTTP/1.0"
-                    raise Stop
-            elif lowered == b"content-length":  # llhttp has checked it
-                body = body or value.strip() != b"0"
-                request.remaining = int(value)
-            elif lowered == b"expect":
-                request.expects_continue = value.lower() == b"100-continue"
-        if request.chunked:
-            request.remaining = None
-        if request.version not in ("1.0", "1.1"):
-            request.error, request.reason = 505, f"HTTP/{request.version} is not supported"
-            raise Stop
-        request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
-
-    def on_chunk_header(self) -> None:
-        if self._parsing is not None:
-            self._parsing.maybe_trailers = True  # until data follows: the last chunk has none
-
-    def on_body(self, body: bytes) -> None:
-        request = self._parsing
-        assert request is not None
-        request.maybe_trailers = False
-        if request.remaining:
-            request.remaining -= len(body)
+    def body(self, request: Request, piece: bytes) -> None:
         if request is not self._queue[0]:
-            request.body.append(body)
+            request.body.append(piece)
         elif self._state is _Exchange.FORWARDING and self._app is not None:
-            self._app.transport.writelines(body_piece(body, request.chunked))
+            self._app.transport.writelines(body_piece(piece, request.chunked))
         elif self._state is not _Exchange.ANSWERED:
-            request.body.append(body)
+            request.body.append(piece)
 
-    def on_message_complete(self) -> None:
-        request = self._parsing
-        assert request is not None
-        request.done = True
-        self._parsing = None
-        self._ended_in_read = True
+    def complete(self, request: Request) -> None:
         forwarding = request is self._queue[0] and self._state is _Exchange.FORWARDING
         if forwarding and request.chunked and self._app is not None:
             self._app.transport.write(last_chunk(request.trailers, peer=False))
+
+    def upgraded(self, rest: bytes) -> None:
+        self._upgrading = True
+        self.pause("upgrade")
+        self._tunnel_early.append(rest)
+
+    def failed(self, request: Request | None, status: int, reason: str) -> None:
+        self.pause("stopped")
+        if request is None:
+            request = Request()
+            self._queue.append(request)
+        if request.error is None:
+            request.error, request.reason = status, reason
 
     # The exchange at the front of the queue.
 
@@ -352,7 +223,7 @@ class HttpIngress(asyncio.Protocol):
                 if self._writing_paused:
                     # The client does not read what it was sent: answer nothing more (nor read
                     # more, the queue being full) until it does; resume_writing goes on.
-                    self._arm_progress()
+                    self._timer.arm_progress()
                     return
                 self._start(request)
                 continue
@@ -365,51 +236,25 @@ class HttpIngress(asyncio.Protocol):
                 self.close_flushed()
                 return
             if self._backlog and len(self._queue) < _MAX_QUEUED:
-                backlog, self._backlog = self._backlog, b""
-                self._parse(backlog)
+                self._backlog = self._reader.feed(self._backlog)
             if len(self._queue) <= 1 and not self._backlog:
-                self._resume("pipeline")
+                self.resume("pipeline")
             if not self._queue:
-                self._arm_timer(self.limits.idle_timeout, _Wait.IDLE)
+                self._arm_timer(self.limits.idle_timeout, Wait.IDLE)
             elif not self._queue[0].head_done:
-                self._arm_timer(self.limits.header_timeout, _Wait.HEAD)
+                self._arm_timer(self.limits.header_timeout, Wait.HEAD)
 
     def _log_refusal(self, request: Request, status: int, reason: str) -> None:
-        log.info(
-            "ingress port %d: %d to %s for %s %r: %r",
-            self.route.port,
-            status,
-            self.peer,
-            request.method or "-",  # a token: llhttp has checked it
-            request.target(),
-            reason,
-        )
-
-    def _refuse(self, request: Request, reason: str) -> None:
-        self._log_refusal(request, 400, reason)
-        self._answer(request, 400, {"error": "bad_request", "reason": reason})
+        log_refusal(self.route.port, self.peer, request, status, reason)
 
     def _start(self, request: Request) -> None:
         # From here until the exchange ends, it must make progress: see _stalled.
-        self._arm_progress()
+        self._timer.arm_progress()
         # An upgrade request leaves the parser in the new protocol: nothing can follow it.
         self._keep_alive = request.keep_alive and not request.upgrade
-        if request.method == "CONNECT":
-            reason = "CONNECT is not proxied"
-            self._answer(request, 405, {"error": "method_not_allowed", "reason": reason})
-            return
-        path = cached_policy_path(bytes(request.url))
-        if path is None:
-            self._refuse(request, "unusable request path")
-            return
-        if request.headers and asks_for_http2(request):
-            self._refuse(request, "no upgrade to HTTP/2 (h2c)")
-            return
-        decision = self.proxy.engine.authorize_http(self.peer, request.method, path)
-        if not decision:
-            peer = str(self.peer) if self.peer else None
-            body = {"error": "policy_denied", "peer": peer, "reason": decision.reason}
-            self._answer(request, 403, body)
+        refusal = self.gate.judge(self.peer, request)
+        if refusal is not None:
+            self._answer(request, refusal.status, refusal.payload)
             return
         # Only this request may switch protocols, and only if llhttp took it as an upgrade too:
         # then it has stopped parsing, and what follows the app's 101 is no request.
@@ -418,8 +263,8 @@ class HttpIngress(asyncio.Protocol):
             self._forward(request, self._app)
         else:
             self._state = _Exchange.CONNECTING
-            self._pause("connect")
-            self.proxy._spawn(self._connect(request))
+            self.pause("connect")
+            self.owner.spawn(self._connect(request))
 
     async def _connect(self, request: Request) -> None:
         loop = asyncio.get_running_loop()
@@ -439,14 +284,14 @@ class HttpIngress(asyncio.Protocol):
                 describe(exc),
             )
             if not self._closed:
-                self._resume("connect")
+                self.resume("connect")
                 self._answer(request, 502, {"error": "bad_gateway", "reason": "app unreachable"})
                 self._advance()
             return
         if self._closed:
             app.close()
             return
-        self._resume("connect")
+        self.resume("connect")
         self._forward(request, app)
         self._advance()
 
@@ -466,7 +311,7 @@ class HttpIngress(asyncio.Protocol):
         if request.done and request.chunked:
             app.transport.write(last_chunk(request.trailers, peer=False))
 
-    def _answer(self, request: Request, status: int, payload: dict[str, Any]) -> None:
+    def _answer(self, request: Request, status: int, payload: Mapping[str, str | None]) -> None:
         """Answer the front request here; the rest of its body is read and dropped."""
         self._state = _Exchange.ANSWERED
         self._response_done = True
@@ -475,7 +320,7 @@ class HttpIngress(asyncio.Protocol):
         close = not self._keep_alive or (request.expects_continue and not request.done)
         self._respond(status, payload, close)
 
-    def _respond(self, status: int, payload: dict[str, Any], close: bool) -> None:
+    def _respond(self, status: int, payload: Mapping[str, str | None], close: bool) -> None:
         self._answered = True
         body = json.dumps(payload).encode()
         self.transport.write(
@@ -520,8 +365,8 @@ class HttpIngress(asyncio.Protocol):
             self._queue.clear()
             self._state = _Exchange.NEW
             self._answered = self._response_done = False
-            self._resume("pipeline")
-            self._arm_timer(self.limits.idle_timeout, _Wait.IDLE)
+            self.resume("pipeline")
+            self._arm_timer(self.limits.idle_timeout, Wait.IDLE)
             return
         self._advance()
 
@@ -553,8 +398,8 @@ class HttpIngress(asyncio.Protocol):
             self.transport.write(rest)
         app.transport.writelines(self._tunnel_early)
         self._tunnel_early.clear()
-        self._resume("upgrade")
-        self._resume("pipeline")
+        self.resume("upgrade")
+        self.resume("pipeline")
 
     def app_lost(self, app: HttpApp, reason: str) -> None:
         if app is not self._app:
@@ -568,8 +413,8 @@ class HttpIngress(asyncio.Protocol):
         elif request is not None and request.replayable and app.reused and not app.received:
             # The app closed an idle connection as the request went out: send it again.
             self._state = _Exchange.CONNECTING
-            self._pause("connect")
-            self.proxy._spawn(self._connect(request))
+            self.pause("connect")
+            self.owner.spawn(self._connect(request))
         elif request is not None and not self._answered:
             log.warning("ingress port %d: the app failed: %r", self.route.port, reason)
             self._answer(request, 502, {"error": "bad_gateway", "reason": reason})
@@ -585,73 +430,35 @@ class HttpIngress(asyncio.Protocol):
 
     # Helpers.
 
-    def _fail(self, status: int, reason: str) -> None:
-        self._stopped = True
-        self._pause("stopped")
-        request = self._parsing
-        if request is None:
-            request = Request()
-            self._queue.append(request)
-        if request.error is None:
-            request.error, request.reason = status, reason
-        self._parsing = None
-
-    def _pause(self, reason: str) -> None:
+    def pause(self, reason: str) -> None:
         if not self._paused:
             self.transport.pause_reading()
         self._paused.add(reason)
 
-    def _resume(self, reason: str) -> None:
+    def resume(self, reason: str) -> None:
         if reason in self._paused:
             self._paused.discard(reason)
             if not self._paused:
                 self.transport.resume_reading()
 
-    def _touch(self) -> None:
-        """A byte moved: the ``_Wait.PROGRESS`` timer starts over (lazily, in _timed_out)."""
-        self._progress = self._loop.time()
+    def touch(self) -> None:
+        """A byte moved: the ``Wait.PROGRESS`` timer starts over (lazily)."""
+        self._timer.touch()
 
-    def _arm_progress(self) -> None:
-        self._touch()
-        if self._wait is not _Wait.PROGRESS or self._timer is None:
-            self._arm_timer(self.limits.inactivity_timeout, _Wait.PROGRESS)
+    def _arm_timer(self, delay: float, wait: Wait) -> None:
+        if self._lost or (self._closed and wait is not Wait.CLOSING):
+            return
+        self._timer.arm(delay, wait)
 
-    def _arm_timer(self, delay: float, wait: _Wait) -> None:
-        """Wait ``delay`` seconds for ``wait``. A timer that fires no later stays armed (it
-        re-arms itself for the rest when it fires early): a keep-alive connection moving from
-        request to request does not cancel and create a timer each time."""
-        if self._lost or (self._closed and wait is not _Wait.CLOSING):
+    def _timed_out(self, wait: Wait) -> None:
+        if self._closed and wait is not Wait.CLOSING:
             return
-        self._wait = wait
-        self._deadline = self._loop.time() + delay
-        if self._timer is not None and self._timer_at <= self._deadline:
-            return
-        self._cancel_timer()
-        self._timer_at = self._deadline
-        self._timer = self._loop.call_at(self._deadline, self._timed_out)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self._closed and self._wait is not _Wait.CLOSING:
-            return
-        deadline = self._deadline
-        if self._wait is _Wait.PROGRESS:
-            deadline = self._progress + self.limits.inactivity_timeout
-        if self._loop.time() < deadline:  # armed for an earlier wait, or bytes moved since
-            self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._timed_out)
-            return
-        if self._wait is _Wait.CLOSING:
+        if wait is Wait.CLOSING:
             self._abort()  # what was left to send did not leave in time
-        elif self._wait is _Wait.PROGRESS:
+        elif wait is Wait.PROGRESS:
             self._stalled()
-        elif self._wait is _Wait.HEAD and self._queue:
-            self._fail(408, "request head not received in time")
+        elif wait is Wait.HEAD and self._queue:
+            self._reader.stop(408, "request head not received in time")
             self._advance()
         else:
             self.close_flushed()
@@ -684,11 +491,11 @@ class HttpIngress(asyncio.Protocol):
         close_flushed(self.transport)
         if self._app is not None:
             self._drop_app(self._app)
-        self._arm_timer(self.limits.inactivity_timeout, _Wait.CLOSING)
+        self._arm_timer(self.limits.inactivity_timeout, Wait.CLOSING)
 
     def _abort(self) -> None:
         self._closed = True
-        self._cancel_timer()
+        self._timer.cancel()
         self.transport.abort()
         if self._app is not None:
             app, self._app = self._app, None

@@ -48,8 +48,9 @@ from geode.pki import (
     private_key_pem,
     utc_now,
 )
-from geode.runtime import Credentials, ProxyLimits, TransparentProxy
-from geode.runtime._http_ingress import HttpIngress
+from geode.proxy import ProxyLimits, TransparentProxy
+from geode.proxy._http_ingress import HttpIngress
+from geode.runtime import Credentials
 from tests.support import free_port
 
 DOMAIN = "t.local"
@@ -435,7 +436,7 @@ def http_ingresses(mesh: Mesh, proxy: TransparentProxy) -> list[dict[str, int]]:
     async def inspect() -> list[dict[str, int]]:
         return [
             {"queued": len(p._queue), "buffered": t.get_write_buffer_size()}
-            for t in list(proxy._connections)
+            for t in list(proxy._connections.transports)
             if isinstance(p := t.get_protocol(), HttpIngress)
         ]
 

@@ -1,107 +1,28 @@
 """Splicing for the transparent TLS proxy: TCP ingress and egress, byte for byte, with flow
-control and an inactivity timeout; and the helpers the HTTP ingress shares."""
+control and an inactivity timeout."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from geode.manifest import EgressRoute, IngressRoute
-from geode.pki import SpiffeId
-from geode.runtime._identity import peer_spiffe_id
+from geode.proxy._connection import (
+    APP_HOST,
+    ConnectionOwner,
+    Slot,
+    Watchdog,
+    close_flushed,
+    describe,
+    log,
+    peer_of,
+)
+from geode.proxy._policy import PolicyEngine
 
-if TYPE_CHECKING:
-    from geode.runtime._proxy import TransparentProxy
-
-__all__ = [
-    "APP_HOST",
-    "Egress",
-    "Relay",
-    "Slot",
-    "TcpIngress",
-    "Watchdog",
-    "close_flushed",
-    "describe",
-    "peer_of",
-]
-
-log = logging.getLogger("geode.proxy")
-
-APP_HOST = "127.0.0.1"
-_PEER_HEADER = b"x-geode-peer"
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and len(exc.args) == 1:
-        return str(exc.args[0])  # our own identity check: str() would show a tuple
-    return str(exc) or type(exc).__name__
-
-
-def close_flushed(transport: asyncio.Transport) -> None:
-    """Close after flushing. Reading is resumed first: asyncio's TLS transport, when EOF came
-    while it was paused, finishes closing only once it may read again."""
-    transport.resume_reading()
-    transport.close()
-
-
-def peer_of(transport: asyncio.BaseTransport) -> SpiffeId | None:
-    ssl_object = transport.get_extra_info("ssl_object")
-    return peer_spiffe_id(ssl_object.getpeercert(True) if ssl_object is not None else None)
-
-
-class Slot:
-    """A connection's place in its listener's count (``ProxyLimits.max_connections``), given
-    back exactly once: when the connection is lost, or when its handshake fails."""
-
-    __slots__ = ("_release",)
-
-    def __init__(self, release: Callable[[], None]) -> None:
-        self._release: Callable[[], None] | None = release
-
-    def release(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
-
-
-class Watchdog:
-    """Calls ``expire`` once nothing has moved for ``timeout`` seconds.
-
-    ``touch()`` (on every read and every drained write buffer) only notes the time; the timer
-    re-arms itself for the rest of the period when it fires early, so busy connections cost one
-    timer per period rather than one per read."""
-
-    def __init__(self, timeout: float, expire: Callable[[], None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._timeout = timeout
-        self._expire = expire
-        self.last = self._loop.time()
-        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
-            self.last + timeout, self._check
-        )
-
-    def touch(self) -> None:
-        self.last = self._loop.time()
-
-    def _check(self) -> None:
-        deadline = self.last + self._timeout
-        if self._loop.time() < deadline:
-            self._handle = self._loop.call_at(deadline, self._check)
-            return
-        self._handle = None
-        self._expire()
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-# --- Splicing: TCP ingress and egress ----------------------------------------------------------
+__all__ = ["Egress", "Relay", "TcpIngress"]
 
 
 class Relay(asyncio.Protocol):
@@ -113,8 +34,8 @@ class Relay(asyncio.Protocol):
     slot: Slot | None = None  # set by the listener that accepted the connection
     watchdog: Watchdog | None = None  # shared by both sides once splicing
 
-    def __init__(self, proxy: TransparentProxy) -> None:
-        self.proxy = proxy
+    def __init__(self, owner: ConnectionOwner) -> None:
+        self.owner = owner
         self._early: list[bytes] = []  # read before the partner was connected
         self._eof = False
         self._lost = False
@@ -122,7 +43,7 @@ class Relay(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.proxy._track(self.transport)
+        self.owner.track(self.transport)
 
     def splice_to(
         self, what: str, connect: Callable[[], Coroutine[Any, Any, tuple[Any, Relay]]]
@@ -130,13 +51,13 @@ class Relay(asyncio.Protocol):
         """Connect the partner in the background; until then nothing more is read. From now on
         both sides close when no byte has moved either way for ``inactivity_timeout``."""
         self.transport.pause_reading()
-        self.watchdog = Watchdog(self.proxy.limits.inactivity_timeout, self._inactive)
-        self.proxy._spawn(self._splice(what, connect))
+        self.watchdog = Watchdog(self.owner.limits.inactivity_timeout, self._inactive)
+        self.owner.spawn(self._splice(what, connect))
 
     def _inactive(self) -> None:
         log.info(
             "proxy: a spliced connection moved no byte for %g s: closed",
-            self.proxy.limits.inactivity_timeout,
+            self.owner.limits.inactivity_timeout,
         )
         # Aborted, not closed: a peer that does not read would keep a flushing close open.
         self.transport.abort()
@@ -147,14 +68,14 @@ class Relay(asyncio.Protocol):
         self, what: str, connect: Callable[[], Coroutine[Any, Any, tuple[Any, Relay]]]
     ) -> None:
         try:
-            _, partner = await asyncio.wait_for(connect(), self.proxy.limits.connect_timeout)
+            _, partner = await asyncio.wait_for(connect(), self.owner.limits.connect_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.warning("%s failed: %r", what, describe(exc))
             close_flushed(self.transport)
             return
         self.partner, partner.partner = partner, self
         if self._lost or self.watchdog is None:  # this side's watchdog has stopped
-            partner.watchdog = Watchdog(self.proxy.limits.inactivity_timeout, partner._inactive)
+            partner.watchdog = Watchdog(self.owner.limits.inactivity_timeout, partner._inactive)
         else:
             partner.watchdog = self.watchdog
         partner.transport.writelines(self._early)
@@ -211,7 +132,7 @@ class Relay(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
         self._linger = asyncio.get_running_loop().call_later(
-            self.proxy.limits.half_close_timeout, self._linger_over
+            self.owner.limits.half_close_timeout, self._linger_over
         )
 
     def _linger_over(self) -> None:
@@ -231,7 +152,7 @@ class Relay(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self.proxy._untrack(self.transport)
+        self.owner.forget(self.transport)
         if self.slot is not None:
             self.slot.release()
         if self._linger is not None:
@@ -252,17 +173,20 @@ class _AppSide(Relay):
 
 
 class TcpIngress(Relay):
-    def __init__(self, proxy: TransparentProxy, route: IngressRoute) -> None:
-        super().__init__(proxy)
+    """One client connection of a ``tcp`` ingress: one policy decision, then spliced."""
+
+    def __init__(self, owner: ConnectionOwner, route: IngressRoute, engine: PolicyEngine) -> None:
+        super().__init__(owner)
         self.route = route
+        self.engine = engine
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if not self.proxy.engine.authorize_tcp(peer_of(transport), self.route.port):
+        if not self.engine.authorize_tcp(peer_of(transport), self.route.port):
             self.transport.close()
             return
         loop = asyncio.get_running_loop()
-        factory = functools.partial(_AppSide, self.proxy)
+        factory = functools.partial(_AppSide, self.owner)
         self.splice_to(
             f"ingress port {self.route.port}: connecting to the app on "
             f"{APP_HOST}:{self.route.app_port}",
@@ -271,10 +195,13 @@ class TcpIngress(Relay):
 
 
 class Egress(Relay):
+    """One connection of the app to an egress listener, spliced to the destination over mutual
+    TLS (closed at once when no service serves the destination: ``context`` is ``None``)."""
+
     def __init__(
-        self, proxy: TransparentProxy, route: EgressRoute, context: ssl.SSLContext | None
+        self, owner: ConnectionOwner, route: EgressRoute, context: ssl.SSLContext | None
     ) -> None:
-        super().__init__(proxy)
+        super().__init__(owner)
         self.route = route
         self.context = context
 
@@ -285,7 +212,7 @@ class Egress(Relay):
             return
         loop = asyncio.get_running_loop()
         route, context = self.route, self.context
-        factory = functools.partial(Relay, self.proxy)
+        factory = functools.partial(Relay, self.owner)
         self.splice_to(
             f"egress to {route.host}:{route.port}",
             lambda: loop.create_connection(
@@ -294,6 +221,6 @@ class Egress(Relay):
                 route.port,
                 ssl=context,
                 server_hostname=route.host,
-                ssl_handshake_timeout=self.proxy.limits.connect_timeout,
+                ssl_handshake_timeout=self.owner.limits.connect_timeout,
             ),
         )

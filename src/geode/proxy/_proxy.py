@@ -17,15 +17,23 @@ mutual TLS to the destination, which must present one of the route's SPIFFE ids.
 
 Everything is asyncio protocols on whichever loop runs the proxy (uvloop included): bytes go from
 one transport to the other as they arrive, a full write buffer pauses reading on the other side,
-and HTTP is parsed by httptools (llhttp, in C). asyncio's TLS cannot half-close, so an EOF is
-passed on only towards a plaintext side. The TLS contexts come from ``Credentials``, so renewed
-certificates reach new connections without a restart.
+and HTTP is parsed by httptools (llhttp, in C) but for the short cut ``_http_message``
+describes. asyncio's TLS cannot half-close, so an EOF is passed on only towards a plaintext side.
+The TLS contexts come from the ``MeshCredentials`` given (``geode.runtime.Credentials``), so
+renewed certificates reach new connections without a restart.
 
 Each listener accepts its own connections (``_Listener``): at most ``max_connections`` at a time,
 handshakes included; beyond that a new connection is closed at once, with a warning at most every
 ``_WARN_EVERY`` seconds. Accepting never logs a traceback: out of file descriptors, it warns and
 retries. Once forwarding, tunnelling or splicing, a connection on which no byte has moved for
 ``inactivity_timeout`` is closed on both sides.
+
+The modules, each importing only those listed before it: ``_identity`` (SPIFFE ids in the
+handshake), ``_policy`` (the ``PolicyEngine``), ``_connection`` (``ProxyLimits``, and
+``ConnectionOwner``, all a connection may ask of this proxy), ``_splice`` (TCP ingress, egress),
+``_http_message`` (requests, re-framing, the short cut), ``_http_gate`` (the decision on a
+request head), ``_http_reader`` (parsing), ``_http_timer``, ``_http_app`` (the app side, which
+knows its client side as a ``ClientSide``), ``_http_ingress`` (HTTP/1.1 flow control), and this.
 """
 
 from __future__ import annotations
@@ -37,18 +45,18 @@ import resource
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Protocol
 
 from geode.errors import LaunchError
 from geode.manifest import MeshConfig
-from geode.runtime._credentials import Credentials
-from geode.runtime._http_ingress import HttpIngress
-from geode.runtime._policy import PolicyEngine
-from geode.runtime._splice import APP_HOST, Egress, Relay, Slot, TcpIngress, describe, log
+from geode.proxy._connection import APP_HOST, ConnectionOwner, ProxyLimits, Slot, describe, log
+from geode.proxy._http_gate import HttpGate
+from geode.proxy._http_ingress import HttpIngress
+from geode.proxy._policy import PolicyEngine
+from geode.proxy._splice import Egress, Relay, TcpIngress
 
-__all__ = ["ProxyLimits", "TransparentProxy"]
+__all__ = ["MeshCredentials", "TransparentProxy"]
 
 _BACKLOG = 1024
 _WARN_EVERY = 10.0  # seconds between two warnings of one kind from one listener
@@ -56,20 +64,57 @@ _ACCEPT_RETRY = 0.25  # seconds before accepting again when out of file descript
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-@dataclass(frozen=True)
-class ProxyLimits:
-    """Timeouts (seconds) and sizes that keep one client from holding the proxy."""
+class MeshCredentials(Protocol):
+    """What the proxy needs of an instance's credentials (``geode.runtime.Credentials`` is
+    one): its mesh view, and TLS contexts that take up a renewed certificate in place."""
 
-    header_timeout: float = 10.0  # a request head must arrive within this, else 408
-    idle_timeout: float = 60.0  # a keep-alive connection without a request is closed
-    max_header_bytes: int = 64 * 1024  # a larger request head gets 431
-    connect_timeout: float = 5.0  # to the app, or to an egress destination with its handshake
-    half_close_timeout: float = 30.0  # after an egress app's EOF, how long the answer may take
-    handshake_timeout: float = 10.0  # an ingress client's TLS handshake
-    # Forwarding a request, tunnelling or splicing: both sides close when no byte has moved
-    # either way for this long (an HTTP request not answered at all yet gets 408).
-    inactivity_timeout: float = 120.0
-    max_connections: int = 1024  # per listener, handshakes included; more are closed at once
+    @property
+    def mesh(self) -> MeshConfig | None: ...
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """Mutual TLS for a mesh server (ingress)."""
+        ...
+
+    def client_ssl_context(self, peers: Iterable[str]) -> ssl.SSLContext:
+        """Mutual TLS for a mesh client that accepts only the SPIFFE ids ``peers`` (egress)."""
+        ...
+
+
+class _Connections:
+    """The open transports and running tasks of one proxy: the ``ConnectionOwner`` its
+    listeners and connections talk to."""
+
+    def __init__(self, limits: ProxyLimits) -> None:
+        self.limits = limits
+        self.transports: set[asyncio.Transport] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def track(self, transport: asyncio.Transport) -> None:
+        self.transports.add(transport)
+
+    def forget(self, transport: asyncio.Transport) -> None:
+        self.transports.discard(transport)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("proxy task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Cancel every task and abort every connection."""
+        for task in list(self.tasks):
+            task.cancel()
+        for transport in list(self.transports):
+            transport.abort()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        # Let the aborted connections' connection_lost callbacks run.
+        await asyncio.sleep(0)
 
 
 def _raise_fd_limit() -> None:
@@ -92,13 +137,13 @@ class _Listener:
 
     def __init__(
         self,
-        proxy: TransparentProxy,
+        owner: ConnectionOwner,
         sockets: list[socket.socket],
         factory: Callable[[], HttpIngress | Relay],
         what: str,
         context: ssl.SSLContext | None,
     ) -> None:
-        self.proxy = proxy
+        self.owner = owner
         self.sockets = sockets
         self.factory = factory
         self.what = what
@@ -106,7 +151,7 @@ class _Listener:
         if context is not None:
             self.options = {
                 "ssl": context,
-                "ssl_handshake_timeout": proxy.limits.handshake_timeout,
+                "ssl_handshake_timeout": owner.limits.handshake_timeout,
             }
         self.active = 0
         self._warned: dict[str, float] = {}  # kind of warning: when last logged
@@ -126,7 +171,7 @@ class _Listener:
 
     async def _accept(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        limit = self.proxy.limits.max_connections
+        limit = self.owner.limits.max_connections
         while True:
             try:
                 conn, _ = await loop.sock_accept(sock)
@@ -152,7 +197,7 @@ class _Listener:
                 conn.close()
                 continue
             self.active += 1
-            self.proxy._spawn(self._serve(conn, Slot(self._release)))
+            self.owner.spawn(self._serve(conn, Slot(self._release)))
 
     def _release(self) -> None:
         self.active -= 1
@@ -198,7 +243,7 @@ class TransparentProxy:
 
     def __init__(
         self,
-        credentials: Credentials,
+        credentials: MeshCredentials,
         mesh: MeshConfig | None = None,
         engine: PolicyEngine | None = None,
         *,
@@ -210,14 +255,11 @@ class TransparentProxy:
             raise LaunchError("no mesh view (GEODE_MESH_FILE): the proxy has no routes")
         self.credentials = credentials
         self.mesh = mesh
-        self.engine = engine or PolicyEngine(
-            mesh.policy, mesh.service, trust_domain=mesh.trust_domain
-        )
+        self.engine = engine or PolicyEngine.for_mesh(mesh)
         self.listen_host = listen_host
         self.limits = limits or ProxyLimits()
         self._listeners: list[_Listener] = []
-        self._connections: set[asyncio.Transport] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections = _Connections(self.limits)
 
     async def __aenter__(self) -> TransparentProxy:
         await self.start()
@@ -234,9 +276,14 @@ class TransparentProxy:
             if self.mesh.ingress:
                 context = self.credentials.server_ssl_context()
             for ingress in self.mesh.ingress:
-                protocol = HttpIngress if ingress.protocol == "http" else TcpIngress
+                factory: Callable[[], HttpIngress | Relay]
+                if ingress.protocol == "http":
+                    gate = HttpGate(self.engine, ingress.port)
+                    factory = functools.partial(HttpIngress, self._connections, ingress, gate)
+                else:
+                    factory = functools.partial(TcpIngress, self._connections, ingress, self.engine)
                 await self._listen(
-                    functools.partial(protocol, self, ingress),
+                    factory,
                     self.listen_host,
                     ingress.port,
                     f"{ingress.protocol} ingress to app port {ingress.app_port}",
@@ -255,7 +302,7 @@ class TransparentProxy:
                         egress.local_port,
                     )
                 await self._listen(
-                    functools.partial(Egress, self, egress, client_context),
+                    functools.partial(Egress, self._connections, egress, client_context),
                     APP_HOST,
                     egress.local_port,
                     f"egress to {egress.host}:{egress.port}",
@@ -279,7 +326,7 @@ class TransparentProxy:
             raise LaunchError(
                 f"cannot listen on {host}:{port} for the {what}: {exc.strerror or exc}"
             ) from None
-        listener = _Listener(self, sockets, factory, f"{host}:{port}, {what}", context)
+        listener = _Listener(self._connections, sockets, factory, f"{host}:{port}, {what}", context)
         self._listeners.append(listener)
         listener.start()
         log.info("proxy listening on %s:%d (%s)", host, port, what)
@@ -288,30 +335,7 @@ class TransparentProxy:
         listeners, self._listeners = self._listeners, []
         for listener in listeners:
             await listener.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for transport in list(self._connections):
-            transport.abort()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        # Let the aborted connections' connection_lost callbacks run.
-        await asyncio.sleep(0)
-
-    def _track(self, transport: asyncio.Transport) -> None:
-        self._connections.add(transport)
-
-    def _untrack(self, transport: asyncio.Transport) -> None:
-        self._connections.discard(transport)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("proxy task failed", exc_info=task.exception())
+        await self._connections.close()
 
 
 async def _bind(host: str, port: int) -> list[socket.socket]:

@@ -1,0 +1,194 @@
+"""Reading requests with httptools (llhttp) for the HTTP ingress: each request built as far as
+it has been read, its head and trailers held to ``max_header_bytes``, its framing checked, and
+parsing done a step at a time so that it can stop once enough requests wait.
+
+What becomes of a request (queued, forwarded, answered, refused) is its connection's business,
+told through ``RequestSink``; the reader only reads.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+
+from geode.proxy._http_message import Request, Stop
+
+__all__ = ["RequestReader", "RequestSink"]
+
+# How much is parsed at once, so that parsing can stop near the sink's bound even when one read
+# holds thousands of tiny requests: at most a step's worth of them more. A body of known length
+# is parsed in one go, a chunked one in larger steps, none far past a line that may be its end.
+_PARSE_STEP = 1024
+_CHUNKED_STEP = 16 * 1024
+
+
+class RequestSink(Protocol):
+    """What the reader tells the connection it reads for."""
+
+    def full(self) -> bool:
+        """As many requests wait as may: parse nothing more for now."""
+
+    def begun(self, request: Request) -> None:
+        """A request has begun (its head is still to come)."""
+
+    def body(self, request: Request, piece: bytes) -> None:
+        """A piece of ``request``'s body (de-chunked)."""
+
+    def complete(self, request: Request) -> None:
+        """``request`` has been read to its end, trailers included."""
+
+    def upgraded(self, rest: bytes) -> None:
+        """The last request switches protocols: ``rest`` (and all after it) is no request."""
+
+    def failed(self, request: Request | None, status: int, reason: str) -> None:
+        """Nothing more is read: the request being read (``None``: between requests) is to be
+        answered ``status`` unless it has an error already, and the connection closed."""
+
+
+class RequestReader:
+    """The requests of one client connection, fed as they are read."""
+
+    def __init__(self, sink: RequestSink, max_header_bytes: int) -> None:
+        self._sink = sink
+        self._max = max_header_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self.parsing: Request | None = None  # begun, not yet read to its end
+        self.stopped = False  # no more requests are read (malformed input, or an upgrade)
+        self._ended_in_read = False  # a request ended in the piece being parsed
+
+    def feed(self, data: bytes) -> bytes:
+        """Parse a step at a time, until ``data`` is used up, reading stops, or the sink is
+        full; what is left (only then) is returned, for the connection to feed again later."""
+        view = memoryview(data)
+        start = 0
+        while start < len(view) and not self.stopped:
+            if self._sink.full():
+                return bytes(view[start:])
+            request = self.parsing
+            step = _PARSE_STEP
+            if request is not None and request.head_done:
+                if request.remaining:  # all body: no request can begin in it
+                    step = request.remaining
+                elif request.chunked and data[start : start + 1] != b"0":
+                    # The last chunk is a line "0": no further than a step past the first
+                    # line that begins with 0.
+                    last = data.find(b"\n0", start, start + _CHUNKED_STEP)
+                    step = _CHUNKED_STEP if last < 0 else last + 2 - start + _PARSE_STEP
+            piece = view[start : start + step]
+            partial = request if request is not None and not request.head_done else None
+            trailing = request if request is not None and request.maybe_trailers else None
+            self._ended_in_read = False
+            try:
+                self._parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as exc:
+                self.stopped = True
+                self._sink.upgraded(bytes(view[start + int(exc.args[0]) :]))
+                return b""
+            except httptools.HttpParserError as exc:
+                self.stop(400, f"malformed request: {exc}")
+                return b""
+            start += len(piece)
+            self._check_head_size(self.parsing, partial, len(piece))
+            if trailing is not None and trailing is self.parsing and trailing.maybe_trailers:
+                # The whole piece was trailers (or the CRLFs around them): llhttp reports a
+                # trailer field only once complete, and httptools holds it until then.
+                trailing.trailer_read += len(piece)
+                if trailing.trailer_read > self._max:
+                    self.stop(431, "request trailers too large")
+        return b""
+
+    def stop(self, status: int, reason: str) -> None:
+        """Read no more; the request being read gets ``status`` (see ``RequestSink.failed``)."""
+        self.stopped = True
+        request, self.parsing = self.parsing, None
+        self._sink.failed(request, status, reason)
+
+    def _check_head_size(self, request: Request | None, partial: Request | None, n: int) -> None:
+        """Refuse a head that has grown too large before it is complete. The read in which it
+        began counts only if it began there at the start: after another message, where it
+        began is unknown (its exact size is checked once complete)."""
+        if request is None or request.head_done:
+            return
+        if request is partial or not request.began_mid_read:
+            request.head_read += n
+            if request.head_read > self._max:
+                self.stop(431, "request head too large")
+
+    # Parser callbacks (httptools).
+
+    def on_message_begin(self) -> None:
+        self.parsing = Request(began_mid_read=self._ended_in_read)
+        self._sink.begun(self.parsing)
+
+    def on_url(self, url: bytes) -> None:
+        assert self.parsing is not None
+        self.parsing.url += url
+        self.parsing.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.parsing
+        assert request is not None
+        if request.head_done:
+            request.trailers.append((name, value))
+            request.trailer_size += len(name) + len(value) + 4
+            if request.trailer_size > self._max:
+                request.error, request.reason = 431, "request trailers too large"
+                raise Stop
+        else:
+            request.headers.append((name, value))
+            request.head_size += len(name) + len(value) + 4
+
+    def on_headers_complete(self) -> None:
+        request = self.parsing
+        assert request is not None
+        request.head_done = True
+        if request.head_size > self._max:
+            request.error, request.reason = 431, "request head too large"
+            raise Stop
+        parser = self._parser
+        request.method = parser.get_method().decode("ascii")
+        request.version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        request.upgrade = parser.should_upgrade()
+        body = False
+        for name, value in request.headers:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":  # llhttp has checked that chunked comes last
+                request.chunked = body = value.lower().rstrip().endswith(b"chunked")
+                if request.version == "1.0":
+                    # RFC 9112 6.1: faulty framing. An HTTP/1.0 app might ignore it and read
+                    # the chunks as the next request, one the policy never saw.
+                    request.error, request.reason = 400, "Transfer-Encoding in HTTP/1.0"
+                    raise Stop
+            elif lowered == b"content-length":  # llhttp has checked it
+                body = body or value.strip() != b"0"
+                request.remaining = int(value)
+            elif lowered == b"expect":
+                request.expects_continue = value.lower() == b"100-continue"
+        if request.chunked:
+            request.remaining = None
+        if request.version not in ("1.0", "1.1"):
+            request.error, request.reason = 505, f"HTTP/{request.version} is not supported"
+            raise Stop
+        request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
+
+    def on_chunk_header(self) -> None:
+        if self.parsing is not None:
+            self.parsing.maybe_trailers = True  # until data follows: the last chunk has none
+
+    def on_body(self, body: bytes) -> None:
+        request = self.parsing
+        assert request is not None
+        request.maybe_trailers = False
+        if request.remaining:
+            request.remaining -= len(body)
+        self._sink.body(request, body)
+
+    def on_message_complete(self) -> None:
+        request = self.parsing
+        assert request is not None
+        request.done = True
+        self.parsing = None
+        self._ended_in_read = True
+        self._sink.complete(request)

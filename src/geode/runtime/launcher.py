@@ -1,0 +1,24 @@
+"""What ``geode run`` is made of, for the CLI (and anyone building another launcher): laying
+out an activation's credentials and files, running the service's command with companions
+beside it (the transparent TLS proxy, certificate renewal), and cleaning up. Apps do not need
+any of it: they use ``geode.runtime``."""
+
+from __future__ import annotations
+
+from geode.runtime._evidence_source import EvidenceSource, choose_evidence_source
+from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
+from geode.runtime._renewal import CertificateRenewer, renewal_time
+from geode.runtime._transparent import ProxyRunner
+
+__all__ = [
+    "CertificateRenewer",
+    "Companion",
+    "EvidenceSource",
+    "LaunchPlan",
+    "ProxyRunner",
+    "choose_evidence_source",
+    "lay_out",
+    "remove_plan",
+    "renewal_time",
+    "run_command",
+]
