@@ -87,7 +87,7 @@ class Deployment:
 
     def bound(self, c: Coordinator) -> tuple[ec.EllipticCurvePrivateKey, bytes, str, Evidence]:
         key = ec.generate_private_key(ec.SECP256R1())
-        nonce, _ = c.issue_nonce()
+        nonce, _ = c.activation.issue_nonce()
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")]))
@@ -100,7 +100,9 @@ class Deployment:
 
     def activate(self, c: Coordinator) -> Held:
         key, nonce, csr, evidence = self.bound(c)
-        return c.activate(ActivationRequest("web", nonce, csr, evidence)).value.certificate, key
+        return c.activation.activate(
+            ActivationRequest("web", nonce, csr, evidence)
+        ).value.certificate, key
 
     def renewal(
         self, c: Coordinator, held: Held
@@ -115,7 +117,7 @@ class Deployment:
 
     def renew(self, c: Coordinator, held: Held) -> Held:
         request, key = self.renewal(c, held)
-        return c.renew(request).value, key
+        return c.activation.renew(request).value, key
 
 
 def _instance(cert: x509.Certificate) -> str:
@@ -164,7 +166,7 @@ def test_an_unsaved_renewal_is_undone() -> None:
     c = d.active()
     first = d.activate(c)
     request, _ = d.renewal(c, first)
-    c.renew(request).revert()  # what the API does when the write fails
+    c.activation.renew(request).revert()  # what the API does when the write fails
     d.renew(c, first)  # the presented certificate is still the latest
 
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from geode.coordinator._activation import ActivationRequest, ActivationResult, RenewalRequest
 from geode.coordinator._api import API_PREFIX, MESH_PREFIX, build_apps, openapi_document
-from geode.coordinator._core import (
-    Coordinator,
-    CoordinatorSettings,
-    Pending,
-    PreparedManifest,
-    State,
-    reference_values,
-)
+from geode.coordinator._base import CoordinatorSettings, Pending, PreparedManifest, State
+from geode.coordinator._coordinator import Coordinator
+from geode.coordinator._core import reference_values
 from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._persist import GroupCommit
@@ -30,6 +25,7 @@ from geode.coordinator._server import (
 )
 from geode.coordinator._state import CoordinatorState, StoredSecret
 from geode.coordinator._store import DirectoryStore, StateStore
+from geode.coordinator._transaction import Transaction
 
 __all__ = [
     "API_PREFIX",
@@ -53,6 +49,7 @@ __all__ = [
     "State",
     "StateStore",
     "StoredSecret",
+    "Transaction",
     "build_apps",
     "coordinator_measurement",
     "default_sealing_key_path",

@@ -6,15 +6,13 @@ errors and ``reason`` for denials) with a 4xx status for bad requests; a 500 mea
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -27,8 +25,8 @@ from starlette.routing import Route
 
 from geode.attestation import Evidence
 from geode.coordinator._activation import ActivationRequest, RenewalRequest
-from geode.coordinator._api_governance import Governor, governance_routes, governance_schemas
-from geode.coordinator._core import Coordinator, Pending
+from geode.coordinator._api_governance import governance_routes, governance_schemas
+from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._http import (
     BODY_TIMEOUT,
     MAX_JSON_BODY,
@@ -41,7 +39,8 @@ from geode.coordinator._http import (
     slug,
 )
 from geode.coordinator._persist import GroupCommit
-from geode.errors import ActivationDenied, EvidenceError, JoinRefused, StoreConflict
+from geode.coordinator._transaction import Transaction
+from geode.errors import ActivationDenied, EvidenceError, JoinRefused
 from geode.manifest import MAX_MANIFEST_BYTES
 from geode.pki import certificate_pem
 
@@ -51,11 +50,6 @@ log = logging.getLogger("geode.coordinator.api")
 
 API_PREFIX = "/api/v1"
 MESH_PREFIX = "/api/v1/mesh"
-
-# Attempts of an activation or renewal whose save loses a compare-and-swap on a shared store.
-STORE_ATTEMPTS = 5
-
-T = TypeVar("T")
 
 HexNonce = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -135,7 +129,15 @@ def build_apps(
     Coordinators on one store, where one of them writes activations and renewals.
     """
     metrics = _Metrics()
-    governor = Governor(coordinator, persist, on_change)
+    # Every change goes through it: saved before it is answered, undone when it is not.
+    transaction = Transaction(
+        coordinator.held,
+        persist,
+        coordinator.audit_sink,
+        on_change=on_change,
+        on_retry=metrics.store_retries.inc,
+    )
+    activation = coordinator.activation
 
     async def get_status(request: Request) -> Response:
         return JSONResponse(coordinator.status())
@@ -147,13 +149,9 @@ def build_apps(
         raw = await read_body(request, MAX_MANIFEST_BYTES)
         if not raw.strip():
             raise ApiError(400, "manifest_invalid", "manifest: empty body", path="manifest")
-        async with governor.lock:
-            # Validation and key generation can take a while: off the event loop. The new state
-            # is on disk before it is adopted, so a failed write changes nothing.
-            prepared = await asyncio.to_thread(coordinator.prepare_manifest, raw)
-            await persist.write(coordinator.seal(prepared))
-            result = coordinator.adopt_manifest(prepared)
-            await governor.changed()
+        result = await transaction.write_then_adopt(
+            lambda: coordinator.prepare_manifest(raw), coordinator.adopt_manifest
+        )
         metrics.manifest_sets.inc()
         return JSONResponse(result, status_code=201)
 
@@ -177,25 +175,8 @@ def build_apps(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def post_nonce(request: Request) -> Response:
-        nonce, expiry = coordinator.issue_nonce()
+        nonce, expiry = activation.issue_nonce()
         return JSONResponse({"nonce": nonce.hex(), "expires_at": expiry.isoformat()})
-
-    async def _retried(attempt: Callable[[bool], Pending[T]]) -> T:
-        """Make and save a change; when the save loses a compare-and-swap (another Coordinator
-        saved first), the state has been read again and the change is decided anew on it, up
-        to ``STORE_ATTEMPTS`` times (the nonce was spent by the first attempt)."""
-        for number in range(1, STORE_ATTEMPTS + 1):
-            pending = attempt(number > 1)
-            try:
-                await persist.commit(pending.revert)
-            except StoreConflict:
-                if number == STORE_ATTEMPTS:
-                    raise
-                metrics.store_retries.inc()
-                await asyncio.sleep(random.uniform(0, 0.005 * 2 ** (number - 1)))  # back off
-                continue
-            return pending.value
-        raise AssertionError("unreachable")
 
     async def post_activate(request: Request) -> Response:
         started = time.perf_counter()
@@ -215,8 +196,11 @@ def build_apps(
             wanted = ActivationRequest(body.service, nonce, body.csr, evidence)
             # If the write fails, nothing of this activation is on disk: the writer undoes it.
             # (A cancelled request keeps its count: its write may still land, and
-            # over-counting is the safe side of max_activations.)
-            result = await _retried(lambda spent: coordinator.activate(wanted, nonce_spent=spent))
+            # over-counting is the safe side of max_activations.) Decided again after a lost
+            # compare-and-swap, its nonce spent by the first attempt.
+            result = await transaction.decide(
+                lambda again: activation.activate(wanted, nonce_spent=again)
+            )
         except ActivationDenied as exc:
             metrics.activations.labels(label, slug(exc.reason)).inc()
             log.warning("activation of %s denied: %s", label, exc)
@@ -241,7 +225,9 @@ def build_apps(
             # If the write fails, the writer undoes the renewal: the presented certificate
             # stays the instance's latest. (A cancelled request keeps the new one: its write
             # may still land, and refusing the old certificate is the safe side.)
-            leaf = await _retried(lambda spent: coordinator.renew(renewal, nonce_spent=spent))
+            leaf = await transaction.decide(
+                lambda again: activation.renew(renewal, nonce_spent=again)
+            )
         except ActivationDenied as exc:
             metrics.renewals.labels(slug(exc.reason)).inc()
             log.warning("renewal denied: %s", exc)
@@ -266,7 +252,7 @@ def build_apps(
             except (EvidenceError, binascii.Error, ValueError) as exc:
                 coordinator.nonces.consume(nonce)  # one nonce buys one attempt
                 raise JoinRefused(f"invalid request: {exc}") from None
-            answer = coordinator.hand_over_cluster_key(nonce, newcomer_key, evidence)
+            answer = coordinator.cluster_keys.hand_over(nonce, newcomer_key, evidence)
         except JoinRefused as exc:
             log.warning("cluster key refused to %s: %s", _peer(request), exc)
             raise
@@ -291,7 +277,7 @@ def build_apps(
             Route(f"{API_PREFIX}/certificates", handled(get_certificates), methods=["GET"]),
             Route(f"{API_PREFIX}/openapi.json", get_openapi, methods=["GET"]),
             Route("/metrics", get_metrics, methods=["GET"]),
-            *governance_routes(governor, API_PREFIX),
+            *governance_routes(coordinator, transaction, API_PREFIX),
         ],
         exception_handlers=handlers,
     )

@@ -1,7 +1,8 @@
 """The client API's governance endpoints: secrets, updates, the manifest log, the audit log and
 recovery. Users authenticate with the client certificate the manifest lists for them; roles
-decide what each may do (``Manifest.grants``). Every change goes through one lock, is saved
-(group commit) before it is answered, and its audit entry reaches the log file after that.
+decide what each may do (``Manifest.grants``). Every change is one call into the transaction
+(``Transaction.govern``): made after the changes before it, saved before it is answered, its
+audit entry in the log file after that.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import binascii
 import hashlib
 import logging
 import re
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints
 from starlette.requests import Request
@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from geode.coordinator._base import Pending, both
-from geode.coordinator._core import Coordinator
+from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._http import (
     MAX_JSON_BODY,
     ApiError,
@@ -31,17 +31,16 @@ from geode.coordinator._http import (
     peer_certificate_der,
     read_body,
 )
-from geode.coordinator._persist import GroupCommit
 from geode.coordinator._secrets import exported_secret, is_set
+from geode.coordinator._transaction import Transaction
 from geode.coordinator._updates import PackageUpdate, apply_package_update
-from geode.errors import SealError, Unauthenticated
+from geode.errors import Unauthenticated
 from geode.manifest import MAX_MANIFEST_BYTES, load_manifest, parse_manifest_data
 
-__all__ = ["Governor", "governance_routes", "governance_schemas"]
+__all__ = ["governance_routes", "governance_schemas"]
 
 log = logging.getLogger("geode.coordinator.api")
 
-T = TypeVar("T")
 HexDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Base64 = Annotated[str, Field(max_length=MAX_JSON_BODY)]
 
@@ -67,56 +66,20 @@ def _b64(value: str, field: str) -> bytes:
         raise ApiError(400, "invalid_request", f"{field}: not base64", path=field) from None
 
 
-class Governor:
-    """Serialises governance changes and carries each from memory to disk to the audit log."""
-
-    def __init__(
-        self,
-        coordinator: Coordinator,
-        persist: GroupCommit,
-        on_change: Callable[[], None] | None = None,
-    ) -> None:
-        self.coordinator = coordinator
-        self.persist = persist
-        self.on_change = on_change
-        self.lock = asyncio.Lock()
-
-    async def commit(self, pending: Pending[T]) -> T:
-        """Save a change made in memory (undone by the writer if the write fails), then log it."""
-        await self.persist.commit(pending.revert)
-        await self.changed()
-        return pending.value
-
-    async def changed(self) -> None:
-        await self.flush_audit()
-        if self.on_change is not None:
-            self.on_change()
-
-    async def flush_audit(self) -> None:
-        """Append the saved entries that the log file does not hold yet."""
-        lines = self.coordinator.unflushed_audit()
-        if not lines:
-            return
-        try:
-            await asyncio.to_thread(self.coordinator.audit_sink.append_missing, lines)
-        except SealError as exc:
-            # The entries stay in the sealed state and are appended by the next flush or start.
-            log.error("audit log not written, retried with the next change: %s", exc)
-            return
-        self.coordinator.audit_flushed(lines)
-
-
-def governance_routes(governor: Governor, prefix: str) -> list[Route]:
-    coordinator = governor.coordinator
+def governance_routes(
+    coordinator: Coordinator, transaction: Transaction, prefix: str
+) -> list[Route]:
+    governance = coordinator.governance
+    recovery = coordinator.recovery
 
     def authenticated(request: Request) -> str:
-        coordinator.require_manifest()  # 503 in recovery, 409 before a manifest
+        governance.require_manifest()  # 503 in recovery, 409 before a manifest
         der = peer_certificate_der(request)
         if der is None:
             raise Unauthenticated(
                 "this call needs the client certificate of a user named in the manifest"
             )
-        user = coordinator.user_for(der)
+        user = governance.user_for(der)
         if user is None:
             fingerprint = hashlib.sha256(der).hexdigest()
             raise Unauthenticated(
@@ -130,16 +93,16 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         the manifest in force now has them (an update may have landed while it waited)."""
         user = authenticated(request)
         if not names:
-            coordinator.require_grant(user, resource, action)
+            governance.require_grant(user, resource, action)
         for name in names:
-            coordinator.require_grant(user, resource, action, name)
+            governance.require_grant(user, resource, action, name)
         return user
 
     async def get_secret(request: Request) -> Response:
         name = request.path_params["name"]
         user = authenticated(request)
-        coordinator.require_grant(user, "secrets", "read", name)
-        spec, stored = coordinator.read_secret(name)
+        governance.require_grant(user, "secrets", "read", name)
+        spec, stored = governance.read_secret(name)
         if spec.type != "plain" and not is_set(stored):
             raise ApiError(404, "secret_not_set", f"secret {name!r} has not been set yet")
         log.info("user %s read secret %s", user, name)
@@ -155,11 +118,14 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
     async def put_secret(request: Request) -> Response:
         name = request.path_params["name"]
         user = authenticated(request)
-        coordinator.require_grant(user, "secrets", "write", name)
+        governance.require_grant(user, "secrets", "write", name)
         value = _b64((await json_body(request, SecretBody)).value, "value")
-        async with governor.lock:
-            user = still_granted(request, "secrets", "write", name)
-            await governor.commit(coordinator.write_secret(user, name, value))
+
+        async def change() -> Pending[None]:
+            granted = still_granted(request, "secrets", "write", name)
+            return governance.write_secret(granted, name, value)
+
+        await transaction.govern(change)
         return JSONResponse({"name": name, "set": True})
 
     async def post_update(request: Request) -> Response:
@@ -168,44 +134,45 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         data = parse_manifest_data(raw)
         if isinstance(data, dict) and set(data) == {"packages"}:
             return await _package_update(request, user, PackageUpdate.parse(data))
-        coordinator.require_grant(user, "manifest", "update")
+        governance.require_grant(user, "manifest", "update")
         document = await asyncio.to_thread(load_manifest, raw)
-        async with governor.lock:
-            user = still_granted(request, "manifest", "update")
-            threshold = coordinator.manifest_threshold()
+
+        async def change() -> Pending[tuple[dict[str, Any], int]]:
+            granted = still_granted(request, "manifest", "update")
             prepared = None
-            if threshold <= 1:
-                prepared = await asyncio.to_thread(coordinator.prepare_update, raw)
-            proposal = coordinator.propose_update(user, document)
+            if governance.manifest_threshold() <= 1:
+                prepared = await asyncio.to_thread(governance.prepare_update, raw)
+            proposal = governance.propose_update(granted, document)
             if prepared is None:
-                await governor.commit(proposal)
-                return JSONResponse(_pending_answer(), status_code=202)
+                return Pending((_pending_answer(), 202), proposal.revert)
             try:
-                applied = coordinator.adopt_update(prepared, kind="manifest", users=[user])
+                applied = governance.adopt_update(prepared, kind="manifest", users=[granted])
             except Exception:
                 proposal.revert()
                 raise
-            result = await governor.commit(
-                Pending(applied.value, both(proposal.revert, applied.revert))
-            )
-        return JSONResponse(result, status_code=201)
+            return Pending((applied.value, 201), both(proposal.revert, applied.revert))
+
+        result, status = await transaction.govern(change)
+        return JSONResponse(result, status_code=status)
 
     async def _package_update(request: Request, user: str, update: PackageUpdate) -> Response:
         for name in sorted(update.packages):
-            coordinator.require_grant(user, "packages", "update", name)
-        async with governor.lock:
-            user = still_granted(request, "packages", "update", *sorted(update.packages))
-            document = coordinator.require_manifest()
+            governance.require_grant(user, "packages", "update", name)
+
+        async def change() -> Pending[dict[str, Any]]:
+            granted = still_granted(request, "packages", "update", *sorted(update.packages))
+            document = governance.require_manifest()
             raw = apply_package_update(document.raw, document.manifest, update)
-            prepared = await asyncio.to_thread(coordinator.prepare_update, raw)
-            pending = coordinator.adopt_update(
-                prepared, kind="package", users=[user], packages=sorted(update.packages)
+            prepared = await asyncio.to_thread(governance.prepare_update, raw)
+            return governance.adopt_update(
+                prepared, kind="package", users=[granted], packages=sorted(update.packages)
             )
-            result = await governor.commit(pending)
+
+        result = await transaction.govern(change)
         return JSONResponse(result, status_code=201)
 
     def _pending_answer() -> dict[str, Any]:
-        pending = coordinator.pending_update()
+        pending = governance.pending_update()
         assert pending is not None
         return {
             "applied": False,
@@ -216,52 +183,56 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
 
     async def get_update(request: Request) -> Response:
         authenticated(request)
-        return JSONResponse({"pending": coordinator.pending_update()})
+        return JSONResponse({"pending": governance.pending_update()})
 
     async def acknowledge(request: Request) -> Response:
         user = authenticated(request)
-        coordinator.require_grant(user, "manifest", "update")
+        governance.require_grant(user, "manifest", "update")
         sha256 = bytes.fromhex((await json_body(request, UpdateRef)).sha256)
-        async with governor.lock:
-            user = still_granted(request, "manifest", "update")
-            raw = coordinator.pending_manifest()
+
+        async def change() -> Pending[dict[str, Any]]:
+            granted = still_granted(request, "manifest", "update")
+            raw = governance.pending_manifest()
             prepared = None
-            if coordinator.acknowledgements_after(user) >= coordinator.manifest_threshold():
-                prepared = await asyncio.to_thread(coordinator.prepare_update, raw)
-            ack = coordinator.acknowledge_update(user, sha256)
+            if governance.acknowledgements_after(granted) >= governance.manifest_threshold():
+                prepared = await asyncio.to_thread(governance.prepare_update, raw)
+            ack = governance.acknowledge_update(granted, sha256)
             if prepared is None:
-                await governor.commit(ack)
-                return JSONResponse(_pending_answer())
-            pending = coordinator.pending_update()
+                return Pending(_pending_answer(), ack.revert)
+            pending = governance.pending_update()
             assert pending is not None
             try:
-                applied = coordinator.adopt_update(
+                applied = governance.adopt_update(
                     prepared, kind="manifest", users=pending["acknowledgements"]
                 )
             except Exception:
                 ack.revert()
                 raise
-            result = await governor.commit(Pending(applied.value, both(ack.revert, applied.revert)))
-        return JSONResponse(result)
+            return Pending(applied.value, both(ack.revert, applied.revert))
+
+        return JSONResponse(await transaction.govern(change))
 
     async def cancel(request: Request) -> Response:
         user = authenticated(request)
-        coordinator.require_grant(user, "manifest", "update")
+        governance.require_grant(user, "manifest", "update")
         sha256 = bytes.fromhex((await json_body(request, UpdateRef)).sha256)
-        async with governor.lock:
-            user = still_granted(request, "manifest", "update")
-            await governor.commit(coordinator.cancel_update(user, sha256))
+
+        async def change() -> Pending[None]:
+            granted = still_granted(request, "manifest", "update")
+            return governance.cancel_update(granted, sha256)
+
+        await transaction.govern(change)
         return JSONResponse({"cancelled": sha256.hex()})
 
     async def get_manifest_log(request: Request) -> Response:
         authenticated(request)
-        return JSONResponse({"updates": coordinator.manifest_log()})
+        return JSONResponse({"updates": governance.manifest_log()})
 
     async def get_audit(request: Request) -> Response:
         authenticated(request)
-        async with governor.lock:
-            await governor.flush_audit()
-            head = coordinator.audit_head()
+        async with transaction.serialised():
+            await transaction.flush_audit()
+            head = governance.audit_head()
             entries = await asyncio.to_thread(coordinator.audit_sink.read)
         return JSONResponse({"entries": entries, "head": head})
 
@@ -271,21 +242,21 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
             raise ApiError(
                 400, "invalid_request", "nonce: 16 to 64 bytes in lowercase hex", path="nonce"
             )
-        async with governor.lock:
-            await asyncio.to_thread(coordinator.prepare_recovery)
-            return JSONResponse(coordinator.recovery_offer(bytes.fromhex(nonce_hex)))
+        async with transaction.serialised():
+            await asyncio.to_thread(recovery.prepare)
+            return JSONResponse(recovery.offer(bytes.fromhex(nonce_hex)))
 
     async def post_recovery(request: Request) -> Response:
         body = await json_body(request, RecoveryUpload)
         share = _b64(body.share, "share")
         signature = _b64(body.signature, "signature")
-        async with governor.lock:
-            pending = coordinator.recover(body.party, share, signature)
-            if pending.value["state"] == "recovery":
-                return JSONResponse(pending.value)
-            result = await governor.commit(pending)
-            coordinator.recovery_saved()
-        return JSONResponse(result)
+
+        async def change() -> Pending[dict[str, Any]]:
+            # Below the threshold nothing is written; at it, the opened state is saved (under
+            # this Coordinator's sealing key) before the session is dropped and it is answered.
+            return recovery.recover(body.party, share, signature)
+
+        return JSONResponse(await transaction.govern(change))
 
     return [
         Route(f"{prefix}/secrets/{{name}}", handled(get_secret), methods=["GET"]),

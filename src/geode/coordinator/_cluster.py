@@ -58,15 +58,26 @@ from geode.attestation import (
     join_request_binding,
     match_claims,
 )
+from geode.coordinator._base import CoordinatorSettings, StateHolder
 from geode.coordinator._etcd import EtcdStore
+from geode.coordinator._nonces import NonceStore
 from geode.coordinator._seal import Sealer
-from geode.errors import ClaimsMismatch, EvidenceError, GeodeError, JoinRefused, SealError
+from geode.coordinator._state import CLUSTER_KEY_SIZE
+from geode.errors import (
+    ClaimsMismatch,
+    CoordinatorUnavailable,
+    EvidenceError,
+    GeodeError,
+    JoinRefused,
+    SealError,
+)
 
 __all__ = [
     "CLUSTER_KEY_FILE",
     "CLUSTER_KEY_PATH",
     "CLUSTER_KEY_SIZE",
     "ClusterKeyFile",
+    "ClusterKeys",
     "ClusterMember",
     "JoinParty",
     "JoinRequest",
@@ -75,8 +86,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("geode.coordinator.cluster")
+_coordinator_log = logging.getLogger("geode.coordinator")
 
-CLUSTER_KEY_SIZE = 32
 CLUSTER_KEY_FILE = "cluster.key.sealed"
 CLUSTER_KEY_PATH = "/api/v1/mesh/cluster-key"
 _NONCE_PATH = "/api/v1/mesh/nonce"
@@ -207,6 +218,52 @@ def hand_over_cluster_key(
         "sealed_key": _b64(sealed),
         "evidence": answer.to_json(),
     }
+
+
+class ClusterKeys:
+    """The Coordinator's part in a cluster-key handover: as either end (``join_party``), and as
+    the peer that hands the key of the state in force to a newcomer (``hand_over``)."""
+
+    def __init__(
+        self,
+        held: StateHolder,
+        nonces: NonceStore,
+        settings: CoordinatorSettings,
+        verifier: EvidenceVerifier,
+        platform: SimulatedPlatform | None,
+        measurement: bytes,
+    ) -> None:
+        self._held = held
+        self._nonces = nonces
+        self._settings = settings
+        self._verifier = verifier
+        self._platform = platform
+        self._measurement = measurement
+
+    def join_party(self) -> JoinParty:
+        """This Coordinator as either end of a cluster-key handover."""
+        if self._platform is None:
+            raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
+        tee = "simulated" if self._settings.simulation else "unknown"
+        return JoinParty(self._platform, self._measurement, self._verifier, tee)
+
+    def hand_over(
+        self, nonce: bytes, newcomer_key_der: bytes, evidence: Evidence
+    ) -> dict[str, Any]:
+        """The cluster key, sealed to a peer Coordinator that attested to running this same
+        Coordinator package; ``JoinRefused`` otherwise."""
+        self._held.require_keys()
+        if not self._nonces.consume(nonce):
+            raise JoinRefused("nonce expired or reused")
+        cluster_key = self._held.cluster_key
+        assert cluster_key is not None  # an opened state has one
+        answer = hand_over_cluster_key(
+            self.join_party(), cluster_key, nonce, newcomer_key_der, evidence
+        )
+        _coordinator_log.warning(
+            "cluster key handed over to a peer Coordinator with the same measurement"
+        )
+        return answer
 
 
 class JoinRequest:
