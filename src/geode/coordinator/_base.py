@@ -40,6 +40,7 @@ __all__ = [
     "KeyRing",
     "Pending",
     "PreparedManifest",
+    "Snapshot",
     "State",
     "StateHolder",
     "both",

@@ -83,6 +83,7 @@ class Transaction:
                     self._on_retry()
                 await asyncio.sleep(random.uniform(0, 0.005 * 2 ** (number - 1)))  # back off
                 continue
+            pending.saved()
             return pending.value
         raise AssertionError("unreachable")
 
