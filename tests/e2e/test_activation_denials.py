@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import Evidence, SimulatedPlatform, key_binding, measure_bundle
+from geode.attestation import Evidence, SimulatedPlatform, measure_bundle
 from geode.client import CoordinatorClient
 from geode.errors import ActivationDenied
 from geode.pki import public_key_der
+from geode.protocol import key_binding
 from geode.runtime import Activation, activate, simulated_evidence_provider
 from tests.conftest import StartCoordinator
 from tests.support import CoordinatorProcess, sample_manifest

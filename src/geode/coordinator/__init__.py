@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from geode.coordinator._activation import ActivationRequest, ActivationResult, RenewalRequest
-from geode.coordinator._api import API_PREFIX, MESH_PREFIX, build_apps, openapi_document
+from geode.coordinator._api import build_apps
 from geode.coordinator._core import (
     Coordinator,
     CoordinatorSettings,
@@ -32,8 +32,6 @@ from geode.coordinator._state import CoordinatorState, StoredSecret
 from geode.coordinator._store import DirectoryStore, StateStore
 
 __all__ = [
-    "API_PREFIX",
-    "MESH_PREFIX",
     "SEALING_KEY_ENV",
     "ActivationRequest",
     "ActivationResult",
@@ -58,7 +56,6 @@ __all__ = [
     "default_sealing_key_path",
     "load_or_create_sealing_key",
     "open_coordinator",
-    "openapi_document",
     "parse_address",
     "parse_etcd_url",
     "reference_values",

@@ -13,20 +13,17 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TypeVar
 
-from pydantic import Field, StringConstraints
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 from geode.coordinator._base import Pending, both
 from geode.coordinator._core import Coordinator
 from geode.coordinator._http import (
-    MAX_JSON_BODY,
     ApiError,
-    Body,
-    handled,
+    Handler,
+    answer,
     json_body,
     peer_certificate_der,
     read_body,
@@ -36,28 +33,26 @@ from geode.coordinator._secrets import exported_secret, is_set
 from geode.coordinator._updates import PackageUpdate, apply_package_update
 from geode.errors import SealError, Unauthenticated
 from geode.manifest import MAX_MANIFEST_BYTES, load_manifest, parse_manifest_data
+from geode.protocol import (
+    NONCE_QUERY_PATTERN,
+    AuditLogAnswer,
+    CancelAnswer,
+    ManifestLog,
+    PendingUpdateAnswer,
+    RecoveryUpload,
+    Routes,
+    SecretAnswer,
+    SecretBody,
+    SecretSetAnswer,
+    UpdatePending,
+    UpdateRef,
+)
 
-__all__ = ["Governor", "governance_routes", "governance_schemas"]
+__all__ = ["Governor", "governance_handlers"]
 
 log = logging.getLogger("geode.coordinator.api")
 
 T = TypeVar("T")
-HexDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Base64 = Annotated[str, Field(max_length=MAX_JSON_BODY)]
-
-
-class SecretBody(Body):
-    value: Base64
-
-
-class UpdateRef(Body):
-    sha256: HexDigest
-
-
-class RecoveryUpload(Body):
-    party: Annotated[str, Field(min_length=1, max_length=64)]
-    share: Annotated[str, Field(min_length=1, max_length=4096)]
-    signature: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 def _b64(value: str, field: str) -> bytes:
@@ -106,7 +101,8 @@ class Governor:
         self.coordinator.audit_flushed(lines)
 
 
-def governance_routes(governor: Governor, prefix: str) -> list[Route]:
+def governance_handlers(governor: Governor) -> dict[str, Handler]:
+    """The governance routes' handlers, by operation id (``geode.protocol.Routes``)."""
     coordinator = governor.coordinator
 
     def authenticated(request: Request) -> str:
@@ -143,13 +139,13 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         if spec.type != "plain" and not is_set(stored):
             raise ApiError(404, "secret_not_set", f"secret {name!r} has not been set yet")
         log.info("user %s read secret %s", user, name)
-        return JSONResponse(
-            {
-                "name": name,
-                "type": spec.type,
-                "set": is_set(stored),
-                "value": base64.b64encode(exported_secret(stored)).decode(),
-            }
+        return answer(
+            SecretAnswer(
+                name=name,
+                type=spec.type,
+                set=is_set(stored),
+                value=base64.b64encode(exported_secret(stored)).decode(),
+            )
         )
 
     async def put_secret(request: Request) -> Response:
@@ -160,7 +156,7 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         async with governor.lock:
             user = still_granted(request, "secrets", "write", name)
             await governor.commit(coordinator.write_secret(user, name, value))
-        return JSONResponse({"name": name, "set": True})
+        return answer(SecretSetAnswer(name=name, set=True))
 
     async def post_update(request: Request) -> Response:
         user = authenticated(request)
@@ -179,7 +175,7 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
             proposal = coordinator.propose_update(user, document)
             if prepared is None:
                 await governor.commit(proposal)
-                return JSONResponse(_pending_answer(), status_code=202)
+                return answer(_pending_answer(), 202)
             try:
                 applied = coordinator.adopt_update(prepared, kind="manifest", users=[user])
             except Exception:
@@ -188,7 +184,7 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
             result = await governor.commit(
                 Pending(applied.value, both(proposal.revert, applied.revert))
             )
-        return JSONResponse(result, status_code=201)
+        return answer(result, 201)
 
     async def _package_update(request: Request, user: str, update: PackageUpdate) -> Response:
         for name in sorted(update.packages):
@@ -202,21 +198,21 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
                 prepared, kind="package", users=[user], packages=sorted(update.packages)
             )
             result = await governor.commit(pending)
-        return JSONResponse(result, status_code=201)
+        return answer(result, 201)
 
-    def _pending_answer() -> dict[str, Any]:
+    def _pending_answer() -> UpdatePending:
         pending = coordinator.pending_update()
         assert pending is not None
-        return {
-            "applied": False,
-            "sha256": pending["sha256"],
-            "acknowledgements": pending["acknowledgements"],
-            "threshold": pending["threshold"],
-        }
+        return UpdatePending(
+            applied=False,
+            sha256=pending.sha256,
+            acknowledgements=pending.acknowledgements,
+            threshold=pending.threshold,
+        )
 
     async def get_update(request: Request) -> Response:
         authenticated(request)
-        return JSONResponse({"pending": coordinator.pending_update()})
+        return answer(PendingUpdateAnswer(pending=coordinator.pending_update()))
 
     async def acknowledge(request: Request) -> Response:
         user = authenticated(request)
@@ -231,18 +227,18 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
             ack = coordinator.acknowledge_update(user, sha256)
             if prepared is None:
                 await governor.commit(ack)
-                return JSONResponse(_pending_answer())
+                return answer(_pending_answer())
             pending = coordinator.pending_update()
             assert pending is not None
             try:
                 applied = coordinator.adopt_update(
-                    prepared, kind="manifest", users=pending["acknowledgements"]
+                    prepared, kind="manifest", users=pending.acknowledgements
                 )
             except Exception:
                 ack.revert()
                 raise
             result = await governor.commit(Pending(applied.value, both(ack.revert, applied.revert)))
-        return JSONResponse(result)
+        return answer(result)
 
     async def cancel(request: Request) -> Response:
         user = authenticated(request)
@@ -251,11 +247,11 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         async with governor.lock:
             user = still_granted(request, "manifest", "update")
             await governor.commit(coordinator.cancel_update(user, sha256))
-        return JSONResponse({"cancelled": sha256.hex()})
+        return answer(CancelAnswer(cancelled=sha256.hex()))
 
     async def get_manifest_log(request: Request) -> Response:
         authenticated(request)
-        return JSONResponse({"updates": coordinator.manifest_log()})
+        return answer(ManifestLog(updates=coordinator.manifest_log()))
 
     async def get_audit(request: Request) -> Response:
         authenticated(request)
@@ -263,17 +259,17 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
             await governor.flush_audit()
             head = coordinator.audit_head()
             entries = await asyncio.to_thread(coordinator.audit_sink.read)
-        return JSONResponse({"entries": entries, "head": head})
+        return answer(AuditLogAnswer(entries=entries, head=head))
 
     async def get_recovery(request: Request) -> Response:
         nonce_hex = request.query_params.get("nonce", "")
-        if not re.fullmatch(r"(?:[0-9a-f]{2}){16,64}", nonce_hex):
+        if not re.fullmatch(NONCE_QUERY_PATTERN, nonce_hex):
             raise ApiError(
                 400, "invalid_request", "nonce: 16 to 64 bytes in lowercase hex", path="nonce"
             )
         async with governor.lock:
             await asyncio.to_thread(coordinator.prepare_recovery)
-            return JSONResponse(coordinator.recovery_offer(bytes.fromhex(nonce_hex)))
+            return answer(coordinator.recovery_offer(bytes.fromhex(nonce_hex)))
 
     async def post_recovery(request: Request) -> Response:
         body = await json_body(request, RecoveryUpload)
@@ -281,30 +277,21 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         signature = _b64(body.signature, "signature")
         async with governor.lock:
             pending = coordinator.recover(body.party, share, signature)
-            if pending.value["state"] == "recovery":
-                return JSONResponse(pending.value)
+            if pending.value.state == "recovery":
+                return answer(pending.value)
             result = await governor.commit(pending)
             coordinator.recovery_saved()
-        return JSONResponse(result)
+        return answer(result)
 
-    return [
-        Route(f"{prefix}/secrets/{{name}}", handled(get_secret), methods=["GET"]),
-        Route(f"{prefix}/secrets/{{name}}", handled(put_secret), methods=["PUT"]),
-        Route(f"{prefix}/update", handled(get_update), methods=["GET"]),
-        Route(f"{prefix}/update", handled(post_update), methods=["POST"]),
-        Route(f"{prefix}/update/acknowledge", handled(acknowledge), methods=["POST"]),
-        Route(f"{prefix}/update/cancel", handled(cancel), methods=["POST"]),
-        Route(f"{prefix}/manifest/log", handled(get_manifest_log), methods=["GET"]),
-        Route(f"{prefix}/audit", handled(get_audit), methods=["GET"]),
-        Route(f"{prefix}/recovery", handled(get_recovery), methods=["GET"]),
-        Route(f"{prefix}/recovery", handled(post_recovery), methods=["POST"]),
-    ]
-
-
-def governance_schemas() -> dict[str, Any]:
-    """The request bodies, for the OpenAPI document."""
     return {
-        "SecretBody": SecretBody.model_json_schema(),
-        "UpdateRef": UpdateRef.model_json_schema(),
-        "RecoveryUpload": RecoveryUpload.model_json_schema(),
+        Routes.secret.operation_id: get_secret,
+        Routes.set_secret.operation_id: put_secret,
+        Routes.pending_update.operation_id: get_update,
+        Routes.update.operation_id: post_update,
+        Routes.acknowledge_update.operation_id: acknowledge,
+        Routes.cancel_update.operation_id: cancel,
+        Routes.manifest_log.operation_id: get_manifest_log,
+        Routes.audit.operation_id: get_audit,
+        Routes.recovery_offer.operation_id: get_recovery,
+        Routes.recover.operation_id: post_recovery,
     }

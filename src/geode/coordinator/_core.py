@@ -27,17 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import (
-    Evidence,
-    ReferenceValues,
-    key_binding,
-    manifest_signing_payload,
-    match_claims,
-    recovery_binding,
-    renewal_payload,
-    statement_binding,
-    statement_signing_payload,
-)
+from geode.attestation import Evidence, ReferenceValues, match_claims
 from geode.coordinator._activation import (
     ActivationRequest,
     ActivationResult,
@@ -76,6 +66,24 @@ from geode.pki import (
     private_key_pem,
     public_key_der,
     uri_sans,
+)
+from geode.protocol import (
+    ClusterKeyAnswer,
+    CoordinatorStatus,
+    DeploymentStatement,
+    EvidenceBody,
+    ManifestInfo,
+    ManifestSetResult,
+    RecoveryOffer,
+    RecoveryParty,
+    RecoveryProgress,
+    RecoveryStatus,
+    key_binding,
+    manifest_signing_payload,
+    recovery_binding,
+    renewal_payload,
+    statement_binding,
+    statement_signing_payload,
 )
 
 __all__ = [
@@ -196,37 +204,41 @@ class Coordinator(GovernanceMixin):
             raise CoordinatorUnavailable("no state to save")
         return sealer.seal(prepared.state.to_bytes())
 
-    def manifest_info(self) -> dict[str, Any]:
+    def manifest_info(self) -> ManifestInfo:
         self._require_keys()
         if self._document is None or self._data is None:
             raise ManifestConflict("manifest not set")
-        return {
-            "manifest": self._document.raw.decode(),
-            "sha256": self._document.sha256.hex(),
-            "signature": base64.b64encode(self._data.manifest_signature or b"").decode(),
-        }
+        return ManifestInfo(
+            manifest=self._document.raw.decode(),
+            sha256=self._document.sha256.hex(),
+            signature=base64.b64encode(self._data.manifest_signature or b"").decode(),
+        )
 
-    def status(self) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "state": self.state.value,
-            "simulation": self.settings.simulation,
-            "measurement": self.measurement.hex(),
-            "started_at": self.started_at.isoformat(),
-        }
+    def status(self) -> CoordinatorStatus:
+        common = CoordinatorStatus(
+            state=self.state.value,
+            simulation=self.settings.simulation,
+            measurement=self.measurement.hex(),
+            started_at=self.started_at.isoformat(),
+        )
         if self.state is State.RECOVERY:
-            info["reason"] = self.recovery_reason
-            if self._recovery_header is not None:
-                info["recovery"] = {
-                    "threshold": self._recovery_header.threshold,
-                    "parties": sorted(self._recovery_header.parties),
-                    "received": self._recovery.received if self._recovery else [],
-                }
-            return info
+            header = self._recovery_header
+            recovery = None
+            if header is not None:
+                recovery = RecoveryStatus(
+                    threshold=header.threshold,
+                    parties=sorted(header.parties),
+                    received=self._recovery.received if self._recovery else [],
+                )
+            return common.model_copy(update={"reason": self.recovery_reason, "recovery": recovery})
         assert self._data is not None
-        info["root_fingerprint"] = fingerprint(self.root_certificate)
-        info["manifest_sha256"] = self._document.sha256.hex() if self._document else None
-        info["activations"] = dict(self._data.activations)
-        return info
+        return common.model_copy(
+            update={
+                "root_fingerprint": fingerprint(self.root_certificate),
+                "manifest_sha256": self._document.sha256.hex() if self._document else None,
+                "activations": dict(self._data.activations),
+            }
+        )
 
     # -- manifest ------------------------------------------------------------------------------
 
@@ -260,7 +272,7 @@ class Coordinator(GovernanceMixin):
         sealer = self._sealer_for(self._sealer, document.manifest.recovery)
         return PreparedManifest(document, state, values, sealer)
 
-    def adopt_manifest(self, prepared: PreparedManifest) -> dict[str, Any]:
+    def adopt_manifest(self, prepared: PreparedManifest) -> ManifestSetResult:
         """Make a prepared (and saved) manifest the one in force."""
         keys = self._require_keys()
         if self.state is not State.AWAITING_MANIFEST:
@@ -272,16 +284,13 @@ class Coordinator(GovernanceMixin):
         self._sealer = prepared.sealer or self._sealer
         self.state = State.ACTIVE
         log.info("manifest set: sha256 %s", prepared.document.sha256.hex())
-        result: dict[str, Any] = {
-            "sha256": prepared.document.sha256.hex(),
-            "signature": base64.b64encode(prepared.state.manifest_signature or b"").decode(),
-        }
-        shares = prepared.recovery_shares(previous)
-        if shares is not None:
-            result["recovery_shares"] = shares
-        return result
+        return ManifestSetResult(
+            sha256=prepared.document.sha256.hex(),
+            signature=base64.b64encode(prepared.state.manifest_signature or b"").decode(),
+            recovery_shares=prepared.recovery_shares(previous),
+        )
 
-    def set_manifest(self, raw: bytes) -> dict[str, Any]:
+    def set_manifest(self, raw: bytes) -> ManifestSetResult:
         """Prepare and adopt in one step, in memory only (for embedding and tests; the server
         saves the prepared state between the two)."""
         return self.adopt_manifest(self.prepare_manifest(raw))
@@ -469,7 +478,7 @@ class Coordinator(GovernanceMixin):
 
     # -- deployment statement ------------------------------------------------------------------
 
-    def statement(self, nonce: bytes) -> dict[str, Any]:
+    def statement(self, nonce: bytes) -> DeploymentStatement:
         """The signed deployment statement for a caller's nonce."""
         keys = self._require_keys()
         if self.platform is None:
@@ -486,18 +495,18 @@ class Coordinator(GovernanceMixin):
             ),
             ec.ECDSA(hashes.SHA256()),
         )
-        return {
-            "version": 1,
-            "state": self.state.value,
-            "simulation": self.settings.simulation,
-            "nonce": nonce.hex(),
-            "evidence": evidence.to_json(),
-            "root_certificate": keys.root_pem,
-            "mesh_ca_certificate": keys.mesh_pem,
-            "manifest_sha256": self._document.sha256.hex() if self._document else None,
-            "manifest_signature": base64.b64encode(signature).decode() if signature else None,
-            "statement_signature": base64.b64encode(statement_signature).decode(),
-        }
+        return DeploymentStatement(
+            version=1,
+            state=self.state.value,
+            simulation=self.settings.simulation,
+            nonce=nonce.hex(),
+            evidence=EvidenceBody.of(evidence),
+            root_certificate=keys.root_pem,
+            mesh_ca_certificate=keys.mesh_pem,
+            manifest_sha256=self._document.sha256.hex() if self._document else None,
+            manifest_signature=base64.b64encode(signature).decode() if signature else None,
+            statement_signature=base64.b64encode(statement_signature).decode(),
+        )
 
     # -- cluster key ---------------------------------------------------------------------------
 
@@ -510,7 +519,7 @@ class Coordinator(GovernanceMixin):
 
     def hand_over_cluster_key(
         self, nonce: bytes, newcomer_key_der: bytes, evidence: Evidence
-    ) -> dict[str, Any]:
+    ) -> ClusterKeyAnswer:
         """The cluster key, sealed to a peer Coordinator that attested to running this same
         Coordinator package (``_cluster``); ``JoinRefused`` otherwise."""
         self._require_keys()
@@ -541,27 +550,31 @@ class Coordinator(GovernanceMixin):
         """Create the recovery session (an RSA key: slow, so callers run it in a thread)."""
         self._require_recovery()
 
-    def recovery_offer(self, nonce: bytes) -> dict[str, Any]:
+    def recovery_offer(self, nonce: bytes) -> RecoveryOffer:
         """What a party needs to recover: its encrypted share, and this Coordinator's key for
         shares with evidence binding it to the party's nonce."""
         session = self._require_recovery()
         if self.platform is None:
             raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
         evidence = self.platform.quote(self.measurement, recovery_binding(session.key_der, nonce))
-        return {
-            "threshold": session.header.threshold,
-            "parties": {
-                name: {"share": base64.b64encode(p.share).decode(), "public_key": p.public_key}
+        return RecoveryOffer(
+            threshold=session.header.threshold,
+            parties={
+                name: RecoveryParty(
+                    share=base64.b64encode(p.share).decode(), public_key=p.public_key
+                )
                 for name, p in sorted(session.header.parties.items())
             },
-            "received": session.received,
-            "recovery_key": session.public_key_pem(),
-            "nonce": nonce.hex(),
-            "simulation": self.settings.simulation,
-            "evidence": evidence.to_json(),
-        }
+            received=session.received,
+            recovery_key=session.public_key_pem(),
+            nonce=nonce.hex(),
+            simulation=self.settings.simulation,
+            evidence=EvidenceBody.of(evidence),
+        )
 
-    def recover(self, party: str, sealed_share: bytes, signature: bytes) -> Pending[dict[str, Any]]:
+    def recover(
+        self, party: str, sealed_share: bytes, signature: bytes
+    ) -> Pending[RecoveryProgress]:
         """Accept one party's share; at the threshold, open the state with the recovered data
         key and adopt it (to be saved, under this Coordinator's sealing key, by the caller)."""
         session = self._require_recovery()
@@ -573,11 +586,9 @@ class Coordinator(GovernanceMixin):
             len(session.received),
             session.header.threshold,
         )
-        progress = {
-            "state": self.state.value,
-            "threshold": session.header.threshold,
-            "received": session.received,
-        }
+        progress = RecoveryProgress(
+            state=self.state.value, threshold=session.header.threshold, received=session.received
+        )
         if not session.complete:
             return Pending(progress, lambda: None)
         assert self._blob is not None
@@ -606,8 +617,13 @@ class Coordinator(GovernanceMixin):
             raise RecoveryRefused(f"the shares do not open this state: {exc}", status=409) from None
         self._record(data, "coordinator.recovered", party, {"parties": session.received})
         log.warning("recovered with the shares of %s", ", ".join(session.received))
-        progress.update(state=self.state.value, root_fingerprint=fingerprint(self.root_certificate))
-        return Pending(progress, revert)
+        recovered = progress.model_copy(
+            update={
+                "state": self.state.value,
+                "root_fingerprint": fingerprint(self.root_certificate),
+            }
+        )
+        return Pending(recovered, revert)
 
     def recovery_saved(self) -> None:
         """The recovered state is on disk: drop the unopened blob and the shares received."""

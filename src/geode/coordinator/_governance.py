@@ -12,12 +12,10 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import manifest_signing_payload
 from geode.coordinator._base import CoordinatorBase, KeyRing, Pending, PreparedManifest, both
 from geode.coordinator._secrets import secret_from_user, template_value
 from geode.coordinator._state import CoordinatorState, PendingUpdate, StoredSecret, UpdateRecord
@@ -25,6 +23,15 @@ from geode.coordinator._updates import carry_secrets
 from geode.errors import PermissionDenied, UpdateConflict
 from geode.manifest import ManifestDocument, SecretSpec, load_manifest
 from geode.pki import certificate_pem, fingerprint, private_key_pem
+from geode.protocol import (
+    AuditLogHead,
+    ManifestLogEntry,
+    UpdateApplied,
+    manifest_signing_payload,
+)
+from geode.protocol import (
+    PendingUpdate as PendingUpdateInfo,
+)
 
 __all__ = ["GovernanceMixin"]
 
@@ -79,10 +86,10 @@ class GovernanceMixin(CoordinatorBase):
         if data is not None and data.audit.unflushed[: len(lines)] == tuple(lines):
             data.audit = replace(data.audit, unflushed=data.audit.unflushed[len(lines) :])
 
-    def audit_head(self) -> dict[str, Any]:
+    def audit_head(self) -> AuditLogHead:
         self._require_manifest()
         assert self._data is not None
-        return {"seq": self._data.audit.seq, "hash": self._data.audit.hash.hex()}
+        return AuditLogHead(seq=self._data.audit.seq, hash=self._data.audit.hash.hex())
 
     # -- secrets -------------------------------------------------------------------------------
 
@@ -152,7 +159,7 @@ class GovernanceMixin(CoordinatorBase):
         kind: str,
         users: Sequence[str],
         packages: Sequence[str] = (),
-    ) -> Pending[dict[str, Any]]:
+    ) -> Pending[UpdateApplied]:
         """Put a prepared update in force: new manifest, new mesh CA (every instance activated
         before can no longer reach those activated after), fresh activation counts."""
         keys, data, document = self._require_manifest()
@@ -193,32 +200,30 @@ class GovernanceMixin(CoordinatorBase):
             self._data, self._keys, document_before, self._sealer = before
             self._set_document(document_before)
 
-        result: dict[str, Any] = {
-            "applied": True,
-            "sha256": sha,
-            "signature": base64.b64encode(state.manifest_signature or b"").decode(),
-        }
-        shares = prepared.recovery_shares(previous_sealer)
-        if shares is not None:
-            result["recovery_shares"] = shares
+        result = UpdateApplied(
+            applied=True,
+            sha256=sha,
+            signature=base64.b64encode(state.manifest_signature or b"").decode(),
+            recovery_shares=prepared.recovery_shares(previous_sealer),
+        )
         return Pending(result, revert)
 
-    def pending_update(self) -> dict[str, Any] | None:
+    def pending_update(self) -> PendingUpdateInfo | None:
         _, data, document = self._require_manifest()
         pending = data.pending_update
         if pending is None:
             return None
-        return {
-            "sha256": pending.sha256.hex(),
-            "manifest": pending.manifest.decode(),
-            "base_sha256": pending.base_sha256.hex(),
-            "stale": pending.base_sha256 != document.sha256,
-            "proposer": pending.proposer,
-            "proposed_at": pending.proposed_at,
-            "acknowledgements": list(pending.acknowledgements),
-            "threshold": document.manifest.update_threshold,
-            "updaters": document.manifest.manifest_updaters,
-        }
+        return PendingUpdateInfo(
+            sha256=pending.sha256.hex(),
+            manifest=pending.manifest.decode(),
+            base_sha256=pending.base_sha256.hex(),
+            stale=pending.base_sha256 != document.sha256,
+            proposer=pending.proposer,
+            proposed_at=pending.proposed_at,
+            acknowledgements=list(pending.acknowledgements),
+            threshold=document.manifest.update_threshold,
+            updaters=list(document.manifest.manifest_updaters),
+        )
 
     def _set_pending(self, pending: PendingUpdate | None) -> Callable[[], None]:
         _, data, _ = self._require_manifest()
@@ -312,6 +317,6 @@ class GovernanceMixin(CoordinatorBase):
             raise UpdateConflict("no manifest update is pending")
         return data.pending_update.manifest
 
-    def manifest_log(self) -> list[dict[str, Any]]:
+    def manifest_log(self) -> list[ManifestLogEntry]:
         _, data, _ = self._require_manifest()
-        return [u.to_json() for u in data.updates]
+        return [ManifestLogEntry.model_validate(u.to_json()) for u in data.updates]

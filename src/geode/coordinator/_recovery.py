@@ -21,16 +21,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from geode.attestation import (
-    RECOVERY_SHARE_LABEL,
-    RECOVERY_TRANSPORT_LABEL,
-    recovery_upload_payload,
-)
 from geode.coordinator._seal import RecoveryHeader, RecoveryParty
 from geode.coordinator._shamir import combine_shares, split_secret
 from geode.errors import RecoveryRefused
 from geode.manifest import Recovery
 from geode.pki import public_key_der
+from geode.protocol import (
+    RECOVERY_SHARE_LABEL,
+    RECOVERY_TRANSPORT_LABEL,
+    recovery_upload_payload,
+)
 
 __all__ = [
     "RecoverySession",
