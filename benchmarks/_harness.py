@@ -52,14 +52,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode import testing
 from geode.attestation import ReferenceValues, SimulatedPlatform, measure_bundle
-from geode.client import (
-    CoordinatorClient,
-    check_coordinator_peer,
-    statement_manifest,
-    verify_statement,
-)
+from geode.client import CoordinatorClient, statement_manifest, verify_statement
 from geode.coordinator import coordinator_measurement
 from geode.pki import COORDINATOR_URI, certificate_pem, uri_sans
+from geode.protocol import check_coordinator_peer
 from geode.testing import free_port
 
 __all__ = [

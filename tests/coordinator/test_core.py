@@ -12,13 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import (
-    Evidence,
-    EvidenceVerifier,
-    SimulatedPlatform,
-    key_binding,
-    renewal_payload,
-)
+from geode.attestation import Evidence, EvidenceVerifier, SimulatedPlatform
 from geode.coordinator import (
     ActivationRequest,
     Coordinator,
@@ -29,6 +23,7 @@ from geode.coordinator import (
 from geode.errors import ActivationDenied, CoordinatorUnavailable, ManifestConflict
 from geode.manifest import SERVICE_KEY_MARKER
 from geode.pki import CertificateAuthority, LeafParams, public_key_der
+from geode.protocol import key_binding, renewal_payload
 
 MEASUREMENT = bytes(range(32))
 SEALING_KEY = os.urandom(32)
@@ -105,7 +100,7 @@ def test_states_and_manifest_once(coordinator: Coordinator) -> None:
     assert coordinator.state is State.AWAITING_MANIFEST
     result = coordinator.set_manifest(_manifest())
     assert coordinator.state is State.ACTIVE
-    assert len(bytes.fromhex(result["sha256"])) == 32
+    assert len(bytes.fromhex(result.sha256)) == 32
     with pytest.raises(ManifestConflict):
         coordinator.set_manifest(_manifest())
 
@@ -137,7 +132,7 @@ def test_state_survives_sealing(coordinator: Coordinator, platform: SimulatedPla
     again.load(blob)
     assert again.state is State.ACTIVE
     assert again.root_certificate == coordinator.root_certificate
-    assert again.status()["activations"] == {"web": 1}
+    assert again.status().activations == {"web": 1}
     second = again.activation.activate(_request(again, platform)).value
     assert second.files["shared.pem"] == first.files["shared.pem"]
 
@@ -152,7 +147,7 @@ def test_unopenable_state_means_recovery(platform: SimulatedPlatform) -> None:
     )
     c.load(b"GEODESEALED\0garbage")
     assert c.state is State.RECOVERY
-    assert c.status()["state"] == "recovery"
+    assert c.status().state == "recovery"
     with pytest.raises(CoordinatorUnavailable):
         c.activation.issue_nonce()
     with pytest.raises(CoordinatorUnavailable):
@@ -171,12 +166,12 @@ def test_denial_spends_the_nonce(coordinator: Coordinator, platform: SimulatedPl
 
 def test_statement_binds_root_manifest_and_nonce(coordinator: Coordinator) -> None:
     before = coordinator.statement(b"n" * 32)
-    assert before["manifest_sha256"] is None
+    assert before.manifest_sha256 is None
     coordinator.set_manifest(_manifest())
     after = coordinator.statement(b"n" * 32)
-    assert after["manifest_sha256"] is not None
-    assert after["evidence"] != before["evidence"]
-    assert after["root_certificate"] == before["root_certificate"]
+    assert after.manifest_sha256 is not None
+    assert after.evidence != before.evidence
+    assert after.root_certificate == before.root_certificate
 
 
 def _renewal(
@@ -211,7 +206,7 @@ def test_renewal_keeps_the_instance_and_counts_nothing(
     assert renewed.subject == current.subject  # CN = the same instance id
     assert renewed.serial_number != current.serial_number
     assert renewed.public_key() != current.public_key()
-    assert coordinator.status()["activations"] == {"web": 1}
+    assert coordinator.status().activations == {"web": 1}
 
 
 def test_renewal_refusals(coordinator: Coordinator, platform: SimulatedPlatform) -> None:

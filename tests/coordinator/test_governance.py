@@ -15,13 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import (
-    Evidence,
-    EvidenceVerifier,
-    ReferenceValues,
-    SimulatedPlatform,
-    key_binding,
-)
+from geode.attestation import Evidence, EvidenceVerifier, ReferenceValues, SimulatedPlatform
 from geode.client import prepare_share_upload, verify_audit_log, verify_recovery_offer
 from geode.coordinator import (
     ActivationRequest,
@@ -54,6 +48,7 @@ from geode.pki import (
     private_key_pem,
     public_key_der,
 )
+from geode.protocol import RecoveryProgress, key_binding
 from tests.governance_kit import Party, User, governance_manifest, make_party, make_user
 from tests.support import FlakyStore
 
@@ -278,10 +273,10 @@ def test_a_manifest_update_rotates_the_mesh_ca_and_keeps_what_it_can(
     applied = c.governance.adopt_update(
         c.governance.prepare_update(new_raw), kind="manifest", users=["alice"]
     )
-    assert applied.value["applied"] is True
+    assert applied.value.applied is True
     assert c.root_certificate == root
     assert c.mesh_ca_certificate != mesh
-    assert c.status()["activations"] == {}
+    assert c.status().activations == {}
     assert c.governance.read_secret("note")[1].value == b"kept"  # unchanged specification: kept
     assert c.governance.read_secret("token")[1].value == token
     assert c.governance.read_secret("ukey")[1].value == b""  # a changed specification starts afresh
@@ -292,7 +287,7 @@ def test_a_manifest_update_rotates_the_mesh_ca_and_keeps_what_it_can(
     proposal.revert()
     assert c.mesh_ca_certificate == mesh
     assert c.governance.manifest_threshold() == 1
-    assert [u["kind"] for u in c.governance.manifest_log()] == ["set"]
+    assert [u.kind for u in c.governance.manifest_log()] == ["set"]
 
 
 def test_acknowledgements_cancel_and_stale_proposals(
@@ -328,11 +323,11 @@ def test_acknowledgements_cancel_and_stale_proposals(
     )
     pending = c.governance.pending_update()
     assert pending is not None
-    assert pending["stale"] is True
+    assert pending.stale is True
     with pytest.raises(UpdateConflict, match="changed since this update was proposed"):
         c.governance.acknowledge_update("bob", digest)
     log = c.governance.manifest_log()
-    assert [(u["kind"], u["packages"], u["users"]) for u in log] == [
+    assert [(u.kind, u.packages, u.users) for u in log] == [
         ("set", [], []),
         ("package", ["app"], ["alice"]),
     ]
@@ -433,7 +428,7 @@ def test_a_version_2_state_reads_with_one_set_and_no_audit(
     assert state.audit.seq == 0
     again = _coordinator(platform, key, Sealer(key).seal(json.dumps(doc).encode()))
     assert again.state is State.ACTIVE
-    assert again.governance.manifest_log()[0]["sha256"] == c.manifest_info()["sha256"]
+    assert again.governance.manifest_log()[0].sha256 == c.manifest_info().sha256
 
 
 def test_the_recovery_header_is_authenticated(
@@ -467,7 +462,7 @@ def _parties(tmp_path: Path) -> list[Party]:
     return [make_party(tmp_path, f"p{i}", i) for i in (1, 2, 3)]
 
 
-def _upload(c: Coordinator, party: Party, platform: SimulatedPlatform) -> dict[str, object]:
+def _upload(c: Coordinator, party: Party, platform: SimulatedPlatform) -> RecoveryProgress:
     nonce = os.urandom(32)
     offer = c.recovery.offer(nonce)
     recovery_key = verify_recovery_offer(
@@ -488,22 +483,22 @@ def test_two_of_three_shares_open_the_state_under_another_sealing_key(
     parties = _parties(tmp_path)
     c = _coordinator(platform, os.urandom(32))
     result = c.set_manifest(_manifest(alice, recovery=(parties, 2)))
-    assert sorted(result["recovery_shares"]) == ["p1", "p2", "p3"]
+    assert sorted(result.recovery_shares or {}) == ["p1", "p2", "p3"]
     c.governance.write_secret("alice", "note", b"across hosts")
     blob = c.sealed_state()
 
     elsewhere = _coordinator(platform, os.urandom(32), blob)
     assert elsewhere.state is State.RECOVERY
-    assert elsewhere.status()["recovery"]["parties"] == ["p1", "p2", "p3"]
+    assert elsewhere.status().recovery.parties == ["p1", "p2", "p3"]
     with pytest.raises(RecoveryRefused, match="not a recovery party"):
         elsewhere.recovery.recover("mallory", b"", b"")
-    assert _upload(elsewhere, parties[1], platform)["state"] == "recovery"
-    assert _upload(elsewhere, parties[1], platform)["received"] == ["p2"]  # counted once
+    assert _upload(elsewhere, parties[1], platform).state == "recovery"
+    assert _upload(elsewhere, parties[1], platform).received == ["p2"]  # counted once
     done = _upload(elsewhere, parties[0], platform)
-    assert done["state"] == "active"
+    assert done.state == "active"
     assert elsewhere.root_certificate == c.root_certificate
     assert elsewhere.governance.read_secret("note")[1].value == b"across hosts"
-    assert elsewhere.manifest_info()["sha256"] == c.manifest_info()["sha256"]
+    assert elsewhere.manifest_info().sha256 == c.manifest_info().sha256
     # Sealed from now on under the new key, with the same shares.
     reopened_key = elsewhere.held.sealing_key
     again = _coordinator(platform, reopened_key, elsewhere.sealed_state())
@@ -532,7 +527,7 @@ def test_uploads_are_checked_before_they_count(
         elsewhere.recovery.recover("p1", upload.sealed_share[::-1], upload.signature)
     # The share of p1 for another state (the same parties, another data key).
     other = _coordinator(platform, os.urandom(32))
-    shares = other.set_manifest(_manifest(alice, recovery=(parties, 2)))["recovery_shares"]
+    shares = other.set_manifest(_manifest(alice, recovery=(parties, 2))).recovery_shares
     foreign = prepare_share_upload(
         offer,
         p1,
@@ -546,11 +541,11 @@ def test_uploads_are_checked_before_they_count(
         verify_recovery_offer(
             offer, reference=reference, platform_keys=[platform.public_key], nonce=bytes(32)
         )
-    assert elsewhere.status()["recovery"]["received"] == []
+    assert elsewhere.status().recovery.received == []
 
 
 def test_the_openapi_document_lists_the_governance_endpoints() -> None:
-    from geode.coordinator import openapi_document
+    from geode.protocol import openapi_document
 
     document = openapi_document()
     paths = document["paths"]
@@ -590,7 +585,7 @@ def test_a_state_built_by_whoever_holds_its_data_key_is_not_recovered(tmp_path: 
     host_seal = os.urandom(32)
     forged = _coordinator(platform, host_seal)
     forged.set_manifest(_manifest(alice))  # the genuine manifest: no recovery section
-    raw_state = forged.held.data.to_bytes()  # type: ignore[union-attr]
+    raw_state = forged.held.data.to_bytes()
     host = make_party(tmp_path, "h", 7)
     sealer = Sealer(host_seal)
     shares = split_data_key(sealer.data_key, Recovery(keys={"h": host.public_pem}, threshold=1))

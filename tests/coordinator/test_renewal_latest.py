@@ -16,13 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import (
-    Evidence,
-    EvidenceVerifier,
-    SimulatedPlatform,
-    key_binding,
-    renewal_payload,
-)
+from geode.attestation import Evidence, EvidenceVerifier, SimulatedPlatform
 from geode.coordinator import (
     ActivationRequest,
     Coordinator,
@@ -37,6 +31,7 @@ from geode.coordinator import (
 from geode.coordinator._latest import LatestCertificate, LatestCertificates
 from geode.errors import SealError, StaleCertificate
 from geode.pki import CertificateAuthority, LeafParams, public_key_der
+from geode.protocol import key_binding, renewal_payload
 from tests.support import FlakyStore
 
 MEASUREMENT = bytes(range(32))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from geode.coordinator._activation import ActivationRequest, ActivationResult, RenewalRequest
-from geode.coordinator._api import API_PREFIX, MESH_PREFIX, build_apps, openapi_document
+from geode.coordinator._api import build_apps
 from geode.coordinator._base import CoordinatorSettings, Pending, PreparedManifest, State
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._core import reference_values
@@ -28,8 +28,6 @@ from geode.coordinator._store import DirectoryStore, StateStore
 from geode.coordinator._transaction import Transaction
 
 __all__ = [
-    "API_PREFIX",
-    "MESH_PREFIX",
     "SEALING_KEY_ENV",
     "ActivationRequest",
     "ActivationResult",
@@ -55,7 +53,6 @@ __all__ = [
     "default_sealing_key_path",
     "load_or_create_sealing_key",
     "open_coordinator",
-    "openapi_document",
     "parse_address",
     "parse_etcd_url",
     "reference_values",

@@ -13,20 +13,16 @@ import binascii
 import hashlib
 import logging
 import re
-from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 from geode.coordinator._base import Pending, both
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._http import (
-    MAX_JSON_BODY,
     ApiError,
-    Body,
-    handled,
+    Handler,
+    answer,
     json_body,
     peer_certificate_der,
     read_body,
@@ -36,27 +32,26 @@ from geode.coordinator._transaction import Transaction
 from geode.coordinator._updates import PackageUpdate, apply_package_update
 from geode.errors import Unauthenticated
 from geode.manifest import MAX_MANIFEST_BYTES, load_manifest, parse_manifest_data
+from geode.protocol import (
+    NONCE_QUERY_PATTERN,
+    AuditLogAnswer,
+    CancelAnswer,
+    ManifestLog,
+    PendingUpdateAnswer,
+    RecoveryProgress,
+    RecoveryUpload,
+    Routes,
+    SecretAnswer,
+    SecretBody,
+    SecretSetAnswer,
+    UpdateApplied,
+    UpdatePending,
+    UpdateRef,
+)
 
-__all__ = ["governance_routes", "governance_schemas"]
+__all__ = ["governance_handlers"]
 
 log = logging.getLogger("geode.coordinator.api")
-
-HexDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Base64 = Annotated[str, Field(max_length=MAX_JSON_BODY)]
-
-
-class SecretBody(Body):
-    value: Base64
-
-
-class UpdateRef(Body):
-    sha256: HexDigest
-
-
-class RecoveryUpload(Body):
-    party: Annotated[str, Field(min_length=1, max_length=64)]
-    share: Annotated[str, Field(min_length=1, max_length=4096)]
-    signature: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 def _b64(value: str, field: str) -> bytes:
@@ -66,9 +61,8 @@ def _b64(value: str, field: str) -> bytes:
         raise ApiError(400, "invalid_request", f"{field}: not base64", path=field) from None
 
 
-def governance_routes(
-    coordinator: Coordinator, transaction: Transaction, prefix: str
-) -> list[Route]:
+def governance_handlers(coordinator: Coordinator, transaction: Transaction) -> dict[str, Handler]:
+    """The governance routes' handlers, by operation id (``geode.protocol.Routes``)."""
     governance = coordinator.governance
     recovery = coordinator.recovery
 
@@ -106,13 +100,13 @@ def governance_routes(
         if spec.type != "plain" and not is_set(stored):
             raise ApiError(404, "secret_not_set", f"secret {name!r} has not been set yet")
         log.info("user %s read secret %s", user, name)
-        return JSONResponse(
-            {
-                "name": name,
-                "type": spec.type,
-                "set": is_set(stored),
-                "value": base64.b64encode(exported_secret(stored)).decode(),
-            }
+        return answer(
+            SecretAnswer(
+                name=name,
+                type=spec.type,
+                set=is_set(stored),
+                value=base64.b64encode(exported_secret(stored)).decode(),
+            )
         )
 
     async def put_secret(request: Request) -> Response:
@@ -126,7 +120,7 @@ def governance_routes(
             return governance.write_secret(granted, name, value)
 
         await transaction.govern(change)
-        return JSONResponse({"name": name, "set": True})
+        return answer(SecretSetAnswer(name=name, set=True))
 
     async def post_update(request: Request) -> Response:
         user = authenticated(request)
@@ -137,7 +131,7 @@ def governance_routes(
         governance.require_grant(user, "manifest", "update")
         document = await asyncio.to_thread(load_manifest, raw)
 
-        async def change() -> Pending[tuple[dict[str, Any], int]]:
+        async def change() -> Pending[tuple[UpdatePending | UpdateApplied, int]]:
             granted = still_granted(request, "manifest", "update")
             prepared = None
             if governance.manifest_threshold() <= 1:
@@ -153,13 +147,13 @@ def governance_routes(
             return Pending((applied.value, 201), both(proposal.revert, applied.revert))
 
         result, status = await transaction.govern(change)
-        return JSONResponse(result, status_code=status)
+        return answer(result, status)
 
     async def _package_update(request: Request, user: str, update: PackageUpdate) -> Response:
         for name in sorted(update.packages):
             governance.require_grant(user, "packages", "update", name)
 
-        async def change() -> Pending[dict[str, Any]]:
+        async def change() -> Pending[UpdateApplied]:
             granted = still_granted(request, "packages", "update", *sorted(update.packages))
             document = governance.require_manifest()
             raw = apply_package_update(document.raw, document.manifest, update)
@@ -169,28 +163,28 @@ def governance_routes(
             )
 
         result = await transaction.govern(change)
-        return JSONResponse(result, status_code=201)
+        return answer(result, 201)
 
-    def _pending_answer() -> dict[str, Any]:
+    def _pending_answer() -> UpdatePending:
         pending = governance.pending_update()
         assert pending is not None
-        return {
-            "applied": False,
-            "sha256": pending["sha256"],
-            "acknowledgements": pending["acknowledgements"],
-            "threshold": pending["threshold"],
-        }
+        return UpdatePending(
+            applied=False,
+            sha256=pending.sha256,
+            acknowledgements=pending.acknowledgements,
+            threshold=pending.threshold,
+        )
 
     async def get_update(request: Request) -> Response:
         authenticated(request)
-        return JSONResponse({"pending": governance.pending_update()})
+        return answer(PendingUpdateAnswer(pending=governance.pending_update()))
 
     async def acknowledge(request: Request) -> Response:
         user = authenticated(request)
         governance.require_grant(user, "manifest", "update")
         sha256 = bytes.fromhex((await json_body(request, UpdateRef)).sha256)
 
-        async def change() -> Pending[dict[str, Any]]:
+        async def change() -> Pending[UpdatePending | UpdateApplied]:
             granted = still_granted(request, "manifest", "update")
             raw = governance.pending_manifest()
             prepared = None
@@ -203,14 +197,15 @@ def governance_routes(
             assert pending is not None
             try:
                 applied = governance.adopt_update(
-                    prepared, kind="manifest", users=pending["acknowledgements"]
+                    prepared, kind="manifest", users=pending.acknowledgements
                 )
             except Exception:
                 ack.revert()
                 raise
             return Pending(applied.value, both(ack.revert, applied.revert))
 
-        return JSONResponse(await transaction.govern(change))
+        result = await transaction.govern(change)
+        return answer(result)
 
     async def cancel(request: Request) -> Response:
         user = authenticated(request)
@@ -222,11 +217,11 @@ def governance_routes(
             return governance.cancel_update(granted, sha256)
 
         await transaction.govern(change)
-        return JSONResponse({"cancelled": sha256.hex()})
+        return answer(CancelAnswer(cancelled=sha256.hex()))
 
     async def get_manifest_log(request: Request) -> Response:
         authenticated(request)
-        return JSONResponse({"updates": governance.manifest_log()})
+        return answer(ManifestLog(updates=governance.manifest_log()))
 
     async def get_audit(request: Request) -> Response:
         authenticated(request)
@@ -234,48 +229,40 @@ def governance_routes(
             await transaction.flush_audit()
             head = governance.audit_head()
             entries = await asyncio.to_thread(coordinator.audit_sink.read)
-        return JSONResponse({"entries": entries, "head": head})
+        return answer(AuditLogAnswer(entries=entries, head=head))
 
     async def get_recovery(request: Request) -> Response:
         nonce_hex = request.query_params.get("nonce", "")
-        if not re.fullmatch(r"(?:[0-9a-f]{2}){16,64}", nonce_hex):
+        if not re.fullmatch(NONCE_QUERY_PATTERN, nonce_hex):
             raise ApiError(
                 400, "invalid_request", "nonce: 16 to 64 bytes in lowercase hex", path="nonce"
             )
         async with transaction.serialised():
             await asyncio.to_thread(recovery.prepare)
-            return JSONResponse(recovery.offer(bytes.fromhex(nonce_hex)))
+            return answer(recovery.offer(bytes.fromhex(nonce_hex)))
 
     async def post_recovery(request: Request) -> Response:
         body = await json_body(request, RecoveryUpload)
         share = _b64(body.share, "share")
         signature = _b64(body.signature, "signature")
 
-        async def change() -> Pending[dict[str, Any]]:
+        async def change() -> Pending[RecoveryProgress]:
             # Below the threshold nothing is written; at it, the opened state is saved (under
             # this Coordinator's sealing key) before the session is dropped and it is answered.
             return recovery.recover(body.party, share, signature)
 
-        return JSONResponse(await transaction.govern(change))
+        result = await transaction.govern(change)
+        return answer(result)
 
-    return [
-        Route(f"{prefix}/secrets/{{name}}", handled(get_secret), methods=["GET"]),
-        Route(f"{prefix}/secrets/{{name}}", handled(put_secret), methods=["PUT"]),
-        Route(f"{prefix}/update", handled(get_update), methods=["GET"]),
-        Route(f"{prefix}/update", handled(post_update), methods=["POST"]),
-        Route(f"{prefix}/update/acknowledge", handled(acknowledge), methods=["POST"]),
-        Route(f"{prefix}/update/cancel", handled(cancel), methods=["POST"]),
-        Route(f"{prefix}/manifest/log", handled(get_manifest_log), methods=["GET"]),
-        Route(f"{prefix}/audit", handled(get_audit), methods=["GET"]),
-        Route(f"{prefix}/recovery", handled(get_recovery), methods=["GET"]),
-        Route(f"{prefix}/recovery", handled(post_recovery), methods=["POST"]),
-    ]
-
-
-def governance_schemas() -> dict[str, Any]:
-    """The request bodies, for the OpenAPI document."""
     return {
-        "SecretBody": SecretBody.model_json_schema(),
-        "UpdateRef": UpdateRef.model_json_schema(),
-        "RecoveryUpload": RecoveryUpload.model_json_schema(),
+        Routes.secret.operation_id: get_secret,
+        Routes.set_secret.operation_id: put_secret,
+        Routes.pending_update.operation_id: get_update,
+        Routes.update.operation_id: post_update,
+        Routes.acknowledge_update.operation_id: acknowledge,
+        Routes.cancel_update.operation_id: cancel,
+        Routes.manifest_log.operation_id: get_manifest_log,
+        Routes.audit.operation_id: get_audit,
+        Routes.recovery_offer.operation_id: get_recovery,
+        Routes.recover.operation_id: post_recovery,
     }

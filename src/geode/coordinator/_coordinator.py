@@ -18,19 +18,12 @@ import hashlib
 import hmac
 import logging
 import os
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import (
-    EvidenceVerifier,
-    SimulatedPlatform,
-    manifest_signing_payload,
-    statement_binding,
-    statement_signing_payload,
-)
+from geode.attestation import EvidenceVerifier, SimulatedPlatform
 from geode.coordinator._audit import AuditSink, MemoryAuditLog
 from geode.coordinator._base import (
     CoordinatorSettings,
@@ -58,6 +51,16 @@ from geode.pki import (
     fingerprint,
     private_key_pem,
     utc_now,
+)
+from geode.protocol import (
+    CoordinatorStatus,
+    DeploymentStatement,
+    EvidenceBody,
+    ManifestInfo,
+    ManifestSetResult,
+    manifest_signing_payload,
+    statement_binding,
+    statement_signing_payload,
 )
 
 __all__ = ["Coordinator"]
@@ -220,33 +223,34 @@ class Coordinator:
         """The root and mesh CA certificates, PEM."""
         return self.held.ca_pems
 
-    def manifest_info(self) -> dict[str, Any]:
+    def manifest_info(self) -> ManifestInfo:
         _, data, document = self.held.require_manifest()
-        return {
-            "manifest": document.raw.decode(),
-            "sha256": document.sha256.hex(),
-            "signature": base64.b64encode(data.manifest_signature or b"").decode(),
-        }
+        return ManifestInfo(
+            manifest=document.raw.decode(),
+            sha256=document.sha256.hex(),
+            signature=base64.b64encode(data.manifest_signature or b"").decode(),
+        )
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CoordinatorStatus:
         held = self.held
-        info: dict[str, Any] = {
-            "state": held.state.value,
-            "simulation": self.settings.simulation,
-            "measurement": self.measurement.hex(),
-            "started_at": self.started_at.isoformat(),
-        }
+        common = CoordinatorStatus(
+            state=held.state.value,
+            simulation=self.settings.simulation,
+            measurement=self.measurement.hex(),
+            started_at=self.started_at.isoformat(),
+        )
         if held.state is State.RECOVERY:
-            info["reason"] = held.recovery_reason
-            progress = self.recovery.progress()
-            if progress is not None:
-                info["recovery"] = progress
-            return info
+            return common.model_copy(
+                update={"reason": held.recovery_reason, "recovery": self.recovery.progress()}
+            )
         assert held.data is not None
-        info["root_fingerprint"] = fingerprint(held.root_certificate)
-        info["manifest_sha256"] = held.document.sha256.hex() if held.document else None
-        info["activations"] = dict(held.data.activations)
-        return info
+        return common.model_copy(
+            update={
+                "root_fingerprint": fingerprint(held.root_certificate),
+                "manifest_sha256": held.document.sha256.hex() if held.document else None,
+                "activations": dict(held.data.activations),
+            }
+        )
 
     # -- manifest ------------------------------------------------------------------------------
 
@@ -281,7 +285,7 @@ class Coordinator:
         sealer = sealer_for(held.sealer, document.manifest.recovery)
         return PreparedManifest(document, state, values, sealer)
 
-    def adopt_manifest(self, prepared: PreparedManifest) -> dict[str, Any]:
+    def adopt_manifest(self, prepared: PreparedManifest) -> ManifestSetResult:
         """Make a prepared (and saved) manifest the one in force."""
         held = self.held
         keys = held.require_keys()
@@ -294,23 +298,20 @@ class Coordinator:
         held.sealer = prepared.sealer or held.sealer
         held.state = State.ACTIVE
         log.info("manifest set: sha256 %s", prepared.document.sha256.hex())
-        result: dict[str, Any] = {
-            "sha256": prepared.document.sha256.hex(),
-            "signature": base64.b64encode(prepared.state.manifest_signature or b"").decode(),
-        }
-        shares = prepared.recovery_shares(previous)
-        if shares is not None:
-            result["recovery_shares"] = shares
-        return result
+        return ManifestSetResult(
+            sha256=prepared.document.sha256.hex(),
+            signature=base64.b64encode(prepared.state.manifest_signature or b"").decode(),
+            recovery_shares=prepared.recovery_shares(previous),
+        )
 
-    def set_manifest(self, raw: bytes) -> dict[str, Any]:
+    def set_manifest(self, raw: bytes) -> ManifestSetResult:
         """Prepare and adopt in one step, in memory only (for embedding and tests; the server
         saves the prepared state between the two)."""
         return self.adopt_manifest(self.prepare_manifest(raw))
 
     # -- deployment statement ------------------------------------------------------------------
 
-    def statement(self, nonce: bytes) -> dict[str, Any]:
+    def statement(self, nonce: bytes) -> DeploymentStatement:
         """The signed deployment statement for a caller's nonce."""
         held = self.held
         keys = held.require_keys()
@@ -329,15 +330,15 @@ class Coordinator:
             ),
             ec.ECDSA(hashes.SHA256()),
         )
-        return {
-            "version": 1,
-            "state": held.state.value,
-            "simulation": self.settings.simulation,
-            "nonce": nonce.hex(),
-            "evidence": evidence.to_json(),
-            "root_certificate": keys.root_pem,
-            "mesh_ca_certificate": keys.mesh_pem,
-            "manifest_sha256": document.sha256.hex() if document else None,
-            "manifest_signature": base64.b64encode(signature).decode() if signature else None,
-            "statement_signature": base64.b64encode(statement_signature).decode(),
-        }
+        return DeploymentStatement(
+            version=1,
+            state=held.state.value,
+            simulation=self.settings.simulation,
+            nonce=nonce.hex(),
+            evidence=EvidenceBody.of(evidence),
+            root_certificate=keys.root_pem,
+            mesh_ca_certificate=keys.mesh_pem,
+            manifest_sha256=document.sha256.hex() if document else None,
+            manifest_signature=base64.b64encode(signature).decode() if signature else None,
+            statement_signature=base64.b64encode(statement_signature).decode(),
+        )

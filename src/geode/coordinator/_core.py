@@ -18,14 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import (
-    Evidence,
-    EvidenceVerifier,
-    ReferenceValues,
-    key_binding,
-    match_claims,
-    renewal_payload,
-)
+from geode.attestation import Evidence, EvidenceVerifier, ReferenceValues, match_claims
 from geode.coordinator._activation import (
     ActivationRequest,
     ActivationResult,
@@ -46,6 +39,7 @@ from geode.pki import (
     public_key_der,
     uri_sans,
 )
+from geode.protocol import key_binding, renewal_payload
 
 __all__ = ["Activation", "reference_values"]
 

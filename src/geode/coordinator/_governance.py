@@ -12,12 +12,10 @@ import base64
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import manifest_signing_payload
 from geode.coordinator._base import KeyRing, Pending, PreparedManifest, StateHolder, both
 from geode.coordinator._recovery import sealer_for
 from geode.coordinator._secrets import secret_from_user, template_value
@@ -26,6 +24,15 @@ from geode.coordinator._updates import carry_secrets
 from geode.errors import PermissionDenied, UpdateConflict
 from geode.manifest import ManifestDocument, SecretSpec, load_manifest
 from geode.pki import Clock, certificate_pem, fingerprint, private_key_pem
+from geode.protocol import (
+    AuditLogHead,
+    ManifestLogEntry,
+    UpdateApplied,
+    manifest_signing_payload,
+)
+from geode.protocol import (
+    PendingUpdate as PendingUpdateInfo,
+)
 
 __all__ = ["Governance"]
 
@@ -61,9 +68,9 @@ class Governance:
             what = resource if resource == "manifest" else f"{resource[:-1]} {name!r}"
             raise PermissionDenied(f"user {user!r} may not {action} {what}")
 
-    def audit_head(self) -> dict[str, Any]:
+    def audit_head(self) -> AuditLogHead:
         _, data, _ = self._held.require_manifest()
-        return {"seq": data.audit.seq, "hash": data.audit.hash.hex()}
+        return AuditLogHead(seq=data.audit.seq, hash=data.audit.hash.hex())
 
     # -- secrets -------------------------------------------------------------------------------
 
@@ -133,7 +140,7 @@ class Governance:
         kind: str,
         users: Sequence[str],
         packages: Sequence[str] = (),
-    ) -> Pending[dict[str, Any]]:
+    ) -> Pending[UpdateApplied]:
         """Put a prepared update in force: new manifest, new mesh CA (every instance activated
         before can no longer reach those activated after), fresh activation counts."""
         keys, data, document = self._held.require_manifest()
@@ -174,32 +181,30 @@ class Governance:
         def revert() -> None:
             held.restore(before)
 
-        result: dict[str, Any] = {
-            "applied": True,
-            "sha256": sha,
-            "signature": base64.b64encode(state.manifest_signature or b"").decode(),
-        }
-        shares = prepared.recovery_shares(previous_sealer)
-        if shares is not None:
-            result["recovery_shares"] = shares
+        result = UpdateApplied(
+            applied=True,
+            sha256=sha,
+            signature=base64.b64encode(state.manifest_signature or b"").decode(),
+            recovery_shares=prepared.recovery_shares(previous_sealer),
+        )
         return Pending(result, revert)
 
-    def pending_update(self) -> dict[str, Any] | None:
+    def pending_update(self) -> PendingUpdateInfo | None:
         _, data, document = self._held.require_manifest()
         pending = data.pending_update
         if pending is None:
             return None
-        return {
-            "sha256": pending.sha256.hex(),
-            "manifest": pending.manifest.decode(),
-            "base_sha256": pending.base_sha256.hex(),
-            "stale": pending.base_sha256 != document.sha256,
-            "proposer": pending.proposer,
-            "proposed_at": pending.proposed_at,
-            "acknowledgements": list(pending.acknowledgements),
-            "threshold": document.manifest.update_threshold,
-            "updaters": document.manifest.manifest_updaters,
-        }
+        return PendingUpdateInfo(
+            sha256=pending.sha256.hex(),
+            manifest=pending.manifest.decode(),
+            base_sha256=pending.base_sha256.hex(),
+            stale=pending.base_sha256 != document.sha256,
+            proposer=pending.proposer,
+            proposed_at=pending.proposed_at,
+            acknowledgements=list(pending.acknowledgements),
+            threshold=document.manifest.update_threshold,
+            updaters=list(document.manifest.manifest_updaters),
+        )
 
     def _set_pending(self, pending: PendingUpdate | None) -> Callable[[], None]:
         _, data, _ = self._held.require_manifest()
@@ -293,6 +298,6 @@ class Governance:
             raise UpdateConflict("no manifest update is pending")
         return data.pending_update.manifest
 
-    def manifest_log(self) -> list[dict[str, Any]]:
+    def manifest_log(self) -> list[ManifestLogEntry]:
         _, data, _ = self._held.require_manifest()
-        return [u.to_json() for u in data.updates]
+        return [ManifestLogEntry.model_validate(u.to_json()) for u in data.updates]

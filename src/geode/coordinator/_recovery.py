@@ -18,19 +18,12 @@ import hmac
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from geode.attestation import (
-    RECOVERY_SHARE_LABEL,
-    RECOVERY_TRANSPORT_LABEL,
-    SimulatedPlatform,
-    recovery_binding,
-    recovery_upload_payload,
-)
+from geode.attestation import SimulatedPlatform
 from geode.coordinator._base import CoordinatorSettings, Pending, State, StateHolder
 from geode.coordinator._seal import RecoveryHeader, RecoveryParty, Sealer
 from geode.coordinator._shamir import combine_shares, split_secret
@@ -38,6 +31,17 @@ from geode.coordinator._state import CoordinatorState
 from geode.errors import CoordinatorUnavailable, RecoveryRefused, SealError
 from geode.manifest import Recovery as RecoverySection
 from geode.pki import fingerprint, public_key_der
+from geode.protocol import (
+    RECOVERY_SHARE_LABEL,
+    RECOVERY_TRANSPORT_LABEL,
+    EvidenceBody,
+    RecoveryOffer,
+    RecoveryProgress,
+    RecoveryStatus,
+    recovery_binding,
+    recovery_upload_payload,
+)
+from geode.protocol import RecoveryParty as OfferedShare
 
 __all__ = [
     "Recovery",
@@ -209,15 +213,15 @@ class Recovery:
         except SealError:
             self._header = None
 
-    def progress(self) -> dict[str, Any] | None:
+    def progress(self) -> RecoveryStatus | None:
         """For the status: the threshold, the parties and whose shares arrived."""
         if self._header is None:
             return None
-        return {
-            "threshold": self._header.threshold,
-            "parties": sorted(self._header.parties),
-            "received": self._session.received if self._session else [],
-        }
+        return RecoveryStatus(
+            threshold=self._header.threshold,
+            parties=sorted(self._header.parties),
+            received=self._session.received if self._session else [],
+        )
 
     def _require(self) -> RecoverySession:
         if self._held.state is not State.RECOVERY or self._blob is None:
@@ -234,27 +238,31 @@ class Recovery:
         """Create the recovery session (an RSA key: slow, so callers run it in a thread)."""
         self._require()
 
-    def offer(self, nonce: bytes) -> dict[str, Any]:
+    def offer(self, nonce: bytes) -> RecoveryOffer:
         """What a party needs to recover: its encrypted share, and this Coordinator's key for
         shares with evidence binding it to the party's nonce."""
         session = self._require()
         if self._platform is None:
             raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
         evidence = self._platform.quote(self._measurement, recovery_binding(session.key_der, nonce))
-        return {
-            "threshold": session.header.threshold,
-            "parties": {
-                name: {"share": base64.b64encode(p.share).decode(), "public_key": p.public_key}
+        return RecoveryOffer(
+            threshold=session.header.threshold,
+            parties={
+                name: OfferedShare(
+                    share=base64.b64encode(p.share).decode(), public_key=p.public_key
+                )
                 for name, p in sorted(session.header.parties.items())
             },
-            "received": session.received,
-            "recovery_key": session.public_key_pem(),
-            "nonce": nonce.hex(),
-            "simulation": self._settings.simulation,
-            "evidence": evidence.to_json(),
-        }
+            received=session.received,
+            recovery_key=session.public_key_pem(),
+            nonce=nonce.hex(),
+            simulation=self._settings.simulation,
+            evidence=EvidenceBody.of(evidence),
+        )
 
-    def recover(self, party: str, sealed_share: bytes, signature: bytes) -> Pending[dict[str, Any]]:
+    def recover(
+        self, party: str, sealed_share: bytes, signature: bytes
+    ) -> Pending[RecoveryProgress]:
         """Accept one party's share; at the threshold, open the state with the recovered data
         key and adopt it (to be saved, under this Coordinator's sealing key). Below the
         threshold nothing is to be saved."""
@@ -268,11 +276,9 @@ class Recovery:
             len(session.received),
             session.header.threshold,
         )
-        progress: dict[str, Any] = {
-            "state": held.state.value,
-            "threshold": session.header.threshold,
-            "received": session.received,
-        }
+        progress = RecoveryProgress(
+            state=held.state.value, threshold=session.header.threshold, received=session.received
+        )
         if not session.complete:
             return Pending(progress, needs_write=False)
         assert self._blob is not None
@@ -297,8 +303,13 @@ class Recovery:
             raise RecoveryRefused(f"the shares do not open this state: {exc}", status=409) from None
         held.record(data, "coordinator.recovered", party, {"parties": session.received})
         log.warning("recovered with the shares of %s", ", ".join(session.received))
-        progress.update(state=held.state.value, root_fingerprint=fingerprint(held.root_certificate))
-        return Pending(progress, revert, saved=self.saved)
+        recovered = progress.model_copy(
+            update={
+                "state": held.state.value,
+                "root_fingerprint": fingerprint(held.root_certificate),
+            }
+        )
+        return Pending(recovered, revert, saved=self.saved)
 
     def saved(self) -> None:
         """The recovered state is on disk: drop the unopened blob and the shares received."""
