@@ -210,7 +210,7 @@ def set_up_deployment(coordinator: CoordinatorProcess, manifest: bytes) -> Deplo
         answer = client.set_manifest(manifest)
         nonce = os.urandom(32)
         vouched = statement_manifest(client.attestation(nonce), root=verified.root, nonce=nonce)
-    if answer["sha256"] != expected.hex() or vouched != expected:
+    if answer.sha256 != expected.hex() or vouched != expected:
         raise HarnessError("the Coordinator does not vouch for the manifest it was given")
     return Deployment(verified.root, expected)
 

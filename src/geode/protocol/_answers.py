@@ -67,7 +67,7 @@ def absent() -> Any:
 class Answer(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """The JSON object sent on the wire."""
         return self.model_dump(mode="json")
 

@@ -8,9 +8,10 @@ answer: its successes with their models, its refusals (each an ``ErrorBody``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -23,9 +24,6 @@ API_PREFIX = "/api/v1"
 MESH_PREFIX = f"{API_PREFIX}/mesh"
 
 Api = Literal["client", "mesh"]
-# A success's content: an answer model (or a union of them), or a raw JSON schema with its media
-# type for the two routes that answer no model (the OpenAPI document, Prometheus metrics).
-Content = type[BaseModel] | Any
 
 
 @dataclass(frozen=True)
@@ -37,13 +35,15 @@ class QueryParam:
 @dataclass(frozen=True)
 class RawContent:
     media_type: str
-    schema: Mapping[str, Any]
+    schema: Mapping[str, object]
 
 
 @dataclass(frozen=True)
 class RouteSpec:
     """One route: where it is, what it takes, and every status it answers.
 
+    ``ok``: each success status with its content: an answer model (or a union of them), or
+    ``RawContent`` for the two routes that answer no model (this document, the metrics).
     ``body``: the JSON request model; ``"manifest"`` for a manifest (YAML or JSON, read raw).
     ``errors``: the refusals it can answer. ``user``: it needs a user's client certificate.
     """
@@ -53,12 +53,15 @@ class RouteSpec:
     path: str
     operation_id: str
     summary: str
-    ok: Mapping[int, Content]
+    ok: Mapping[int, object]
     errors: tuple[int, ...] = ()
     body: type[BaseModel] | Literal["manifest"] | None = None
     query: tuple[QueryParam, ...] = ()
     user: bool = False
-    path_params: tuple[str, ...] = field(default=())
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        return tuple(re.findall(r"{(\w+)}", self.path))
 
     def url(self, **params: str) -> str:
         """The path with its ``{name}`` parameters filled in."""
@@ -109,13 +112,12 @@ class Routes:
     secret = RouteSpec(
         ("client",), "GET", f"{API_PREFIX}/secrets/{{name}}", "getSecret",
         "Read a shared or user-defined secret (role: read)",
-        {200: a.SecretAnswer}, (*_USER, 403, 404), user=True, path_params=("name",),
+        {200: a.SecretAnswer}, (*_USER, 403, 404), user=True,
     )  # fmt: skip
     set_secret = RouteSpec(
         ("client",), "PUT", f"{API_PREFIX}/secrets/{{name}}", "setSecret",
         "Set a user-defined secret (role: write); base64 value",
         {200: a.SecretSetAnswer}, (*_JSON, *_USER, 403), body=r.SecretBody, user=True,
-        path_params=("name",),
     )  # fmt: skip
     pending_update = RouteSpec(
         ("client",), "GET", f"{API_PREFIX}/update", "getPendingUpdate",
