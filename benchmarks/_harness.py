@@ -52,14 +52,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode import testing
 from geode.attestation import ReferenceValues, SimulatedPlatform, measure_bundle
-from geode.client import (
-    CoordinatorClient,
-    check_coordinator_peer,
-    statement_manifest,
-    verify_statement,
-)
+from geode.client import CoordinatorClient, statement_manifest, verify_statement
 from geode.coordinator import coordinator_measurement
 from geode.pki import COORDINATOR_URI, certificate_pem, uri_sans
+from geode.protocol import check_coordinator_peer
 from geode.testing import free_port
 
 __all__ = [
@@ -214,7 +210,7 @@ def set_up_deployment(coordinator: CoordinatorProcess, manifest: bytes) -> Deplo
         answer = client.set_manifest(manifest)
         nonce = os.urandom(32)
         vouched = statement_manifest(client.attestation(nonce), root=verified.root, nonce=nonce)
-    if answer["sha256"] != expected.hex() or vouched != expected:
+    if answer.sha256 != expected.hex() or vouched != expected:
         raise HarnessError("the Coordinator does not vouch for the manifest it was given")
     return Deployment(verified.root, expected)
 

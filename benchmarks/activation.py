@@ -90,8 +90,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import SimulatedPlatform, key_binding
-from geode.client import client_ssl_context
+from geode.attestation import SimulatedPlatform
+from geode.protocol import coordinator_client_context, key_binding
 
 SERVICE = "bench"
 NONCE_PATH = "/api/v1/mesh/nonce"
@@ -229,7 +229,7 @@ async def run_worker(job: WorkerJob, barrier: Barrier) -> dict[str, Any]:
     result = WorkerResult()
     sim = SimulatedPlatform.load(Path(job.platform_key))
     instances = [make_instance() for _ in range(sum(job.quotas))]
-    context = client_ssl_context(x509.load_pem_x509_certificate(job.root_pem.encode()))
+    context = coordinator_client_context(x509.load_pem_x509_certificate(job.root_pem.encode()))
     connections = []
     for addr in job.mesh_addrs:
         host, _, port = addr.rpartition(":")

@@ -78,7 +78,7 @@ def test_geode_db_serve_under_geode_run(
     require_mariadb()
     coordinator = start_coordinator()
     with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
-        root = x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+        root = x509.load_pem_x509_certificate(client.certificates().root.encode())
     root_file = tmp_path / "root.pem"
     root_file.write_text(certificate_pem(root))
     port = free_port()

@@ -36,15 +36,15 @@ def main() -> None:
     root = x509.load_pem_x509_certificate((run / "root.pem").read_bytes())
     identity = (run / "operator.crt", run / "operator.key")
     with CoordinatorClient(args.coordinator, root=root, identity=identity) as operator:
-        current = yaml.safe_load(operator.get_manifest()["manifest"])
+        current = yaml.safe_load(operator.get_manifest().manifest)
         rules = current.setdefault("policies", {}).setdefault("rules", [])
         if any(rule.get("name") == RULE["name"] for rule in rules):
             print("the thief is allowed already")
             return
         rules.append(RULE)
         answer = operator.update(json.dumps(current).encode())
-    state = "applied" if answer.get("applied") else "pending (more acknowledgements needed)"
-    print(f"manifest update {state}: {answer.get('sha256', '')}")
+    state = "applied" if answer.applied else "pending (more acknowledgements needed)"
+    print(f"manifest update {state}: {answer.sha256}")
 
 
 if __name__ == "__main__":

@@ -25,14 +25,13 @@ from geode.attestation import (
     EvidenceVerifier,
     ReferenceValues,
     SimulatedPlatform,
-    key_binding,
     match_claims,
     measure_bundle,
     platform_key_id,
-    statement_binding,
     verify_simulated_quote,
 )
 from geode.errors import ClaimsMismatch, EvidenceError, GeodeError
+from geode.protocol import key_binding, statement_binding
 
 MEASUREMENT = hashlib.sha256(b"bundle").digest()
 REPORT_DATA = bytes(range(64))

@@ -21,6 +21,7 @@ from geode.client import statement_manifest, verify_statement
 from geode.coordinator import Coordinator, CoordinatorSettings
 from geode.errors import StatementError
 from geode.pki import LeafParams, certificate_pem, fingerprint
+from geode.protocol import DeploymentStatement
 
 NONCE = bytes(range(32))
 
@@ -50,7 +51,8 @@ class Deployment:
         return ReferenceValues(tee="simulated", measurement=self.measurement.hex())
 
     def statement(self, nonce: bytes = NONCE) -> dict[str, Any]:
-        return self.coordinator.statement(nonce)
+        """The statement as it travels (JSON), free to tamper with."""
+        return self.coordinator.statement(nonce).to_json()
 
 
 def start(manifest: bytes | None, platform: SimulatedPlatform | None = None) -> Deployment:
@@ -82,14 +84,14 @@ def other_deployment() -> Deployment:
 
 
 def verify(
-    statement: dict[str, Any],
+    statement: Any,
     *,
     nonce: bytes | None = NONCE,
     against: Deployment | None = None,
 ) -> Any:
     d = against or deployment()
     return verify_statement(
-        statement,
+        DeploymentStatement.from_json(statement),
         reference=d.reference,
         platform_keys=[d.platform.public_key],
         nonce=nonce,
@@ -160,7 +162,7 @@ def test_statement_fields() -> None:
 def test_wrong_measurement_is_refused() -> None:
     with pytest.raises(StatementError, match="measurement mismatch"):
         verify_statement(
-            statement(),
+            DeploymentStatement.from_json(statement()),
             reference=ReferenceValues(tee="simulated", measurement="00" * 32),
             platform_keys=[deployment().platform.public_key],
             nonce=NONCE,
@@ -170,7 +172,7 @@ def test_wrong_measurement_is_refused() -> None:
 def test_wrong_tee_is_refused() -> None:
     with pytest.raises(StatementError, match="tee mismatch"):
         verify_statement(
-            statement(),
+            DeploymentStatement.from_json(statement()),
             reference=ReferenceValues(tee="sgx", measurement=deployment().measurement.hex()),
             platform_keys=[deployment().platform.public_key],
             nonce=NONCE,
@@ -203,7 +205,7 @@ def test_rewritten_nonce_is_refused() -> None:
 def test_untrusted_platform_key_is_refused() -> None:
     with pytest.raises(StatementError, match="platform_key_id"):
         verify_statement(
-            statement(),
+            DeploymentStatement.from_json(statement()),
             reference=deployment().reference,
             platform_keys=[SimulatedPlatform.generate().public_key],
             nonce=NONCE,
@@ -212,7 +214,11 @@ def test_untrusted_platform_key_is_refused() -> None:
 
 def test_no_platform_key_is_refused() -> None:
     with pytest.raises(StatementError, match="untrusted"):
-        verify_statement(statement(), reference=deployment().reference, nonce=NONCE)
+        verify_statement(
+            DeploymentStatement.from_json(statement()),
+            reference=deployment().reference,
+            nonce=NONCE,
+        )
 
 
 def test_swapped_root_certificate_is_refused() -> None:
@@ -345,28 +351,36 @@ def test_non_statements_are_refused(value: Any) -> None:
 
 def test_statement_manifest_returns_the_hash_for_the_pinned_root() -> None:
     d = deployment()
-    digest = statement_manifest(d.statement(), root=d.coordinator.root_certificate, nonce=NONCE)
+    digest = statement_manifest(
+        DeploymentStatement.from_json(d.statement()),
+        root=d.coordinator.root_certificate,
+        nonce=NONCE,
+    )
     assert digest == hashlib.sha256(d.manifest).digest()
 
 
 def test_statement_manifest_is_none_before_the_manifest_is_set() -> None:
     d = start(None)
-    assert statement_manifest(d.statement(), root=d.coordinator.root_certificate, nonce=NONCE) is (
-        None
-    )
+    assert statement_manifest(
+        DeploymentStatement.from_json(d.statement()),
+        root=d.coordinator.root_certificate,
+        nonce=NONCE,
+    ) is (None)
 
 
 def test_statement_manifest_refuses_another_root() -> None:
     with pytest.raises(StatementError, match="another root certificate than the pinned one"):
         statement_manifest(
-            statement(), root=other_deployment().coordinator.root_certificate, nonce=NONCE
+            DeploymentStatement.from_json(statement()),
+            root=other_deployment().coordinator.root_certificate,
+            nonce=NONCE,
         )
 
 
 def test_statement_manifest_refuses_a_statement_of_another_coordinator() -> None:
     with pytest.raises(StatementError, match="pinned"):
         statement_manifest(
-            other_deployment().statement(),
+            DeploymentStatement.from_json(other_deployment().statement()),
             root=deployment().coordinator.root_certificate,
             nonce=NONCE,
         )
@@ -375,7 +389,9 @@ def test_statement_manifest_refuses_a_statement_of_another_coordinator() -> None
 def test_statement_manifest_refuses_another_nonce() -> None:
     with pytest.raises(StatementError, match="another nonce"):
         statement_manifest(
-            statement(), root=deployment().coordinator.root_certificate, nonce=os.urandom(32)
+            DeploymentStatement.from_json(statement()),
+            root=deployment().coordinator.root_certificate,
+            nonce=os.urandom(32),
         )
 
 
@@ -383,22 +399,34 @@ def test_statement_manifest_refuses_a_tampered_hash() -> None:
     s = statement()
     s["manifest_sha256"] = hashlib.sha256(b"another manifest").hexdigest()
     with pytest.raises(StatementError, match="does not verify"):
-        statement_manifest(s, root=deployment().coordinator.root_certificate, nonce=NONCE)
+        statement_manifest(
+            DeploymentStatement.from_json(s),
+            root=deployment().coordinator.root_certificate,
+            nonce=NONCE,
+        )
 
 
 def test_statement_manifest_refuses_a_tampered_signature() -> None:
     s = statement()
     s["manifest_signature"] = other_deployment().statement()["manifest_signature"]
     with pytest.raises(StatementError, match="does not verify"):
-        statement_manifest(s, root=deployment().coordinator.root_certificate, nonce=NONCE)
+        statement_manifest(
+            DeploymentStatement.from_json(s),
+            root=deployment().coordinator.root_certificate,
+            nonce=NONCE,
+        )
 
 
 def test_statement_manifest_refuses_garbage() -> None:
     root = deployment().coordinator.root_certificate
     with pytest.raises(StatementError):
-        statement_manifest({"version": 1, "nonce": NONCE.hex()}, root=root, nonce=NONCE)
+        statement_manifest(
+            DeploymentStatement.from_json({"version": 1, "nonce": NONCE.hex()}),
+            root=root,
+            nonce=NONCE,
+        )
     with pytest.raises(StatementError):
-        statement_manifest(None, root=root, nonce=NONCE)
+        statement_manifest(DeploymentStatement.from_json(None), root=root, nonce=NONCE)
 
 
 # -- found while writing these tests -----------------------------------------------------------
@@ -411,7 +439,11 @@ def test_statement_manifest_refuses_a_hash_of_the_wrong_length(value: str) -> No
     s = statement()
     s["manifest_sha256"] = value
     with pytest.raises(StatementError):
-        statement_manifest(s, root=deployment().coordinator.root_certificate, nonce=NONCE)
+        statement_manifest(
+            DeploymentStatement.from_json(s),
+            root=deployment().coordinator.root_certificate,
+            nonce=NONCE,
+        )
 
 
 def test_root_certificate_that_is_not_utf8_encodable_is_a_statement_error() -> None:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import EvidenceVerifier, SimulatedPlatform, key_binding
+from geode.attestation import EvidenceVerifier, SimulatedPlatform
 from geode.coordinator import (
     Coordinator,
     CoordinatorSettings,
@@ -26,6 +26,7 @@ from geode.coordinator import (
 )
 from geode.errors import StoreConflict
 from geode.pki import public_key_der
+from geode.protocol import key_binding
 from geode.testing import MemoryStore
 
 MEASUREMENT = bytes(range(32))
@@ -392,14 +393,14 @@ def test_an_activation_that_loses_a_compare_and_swap_is_decided_again() -> None:
         h.store.conflicts = 2  # the first two saves lose: the third attempt is saved
         ok = await h.activate()
         assert ok.status_code == 200, ok.text
-        assert h.coordinator.status()["activations"] == {"web": 1}
+        assert h.coordinator.status().activations == {"web": 1}
         metrics = (await h.client.get("/metrics")).text
         assert "geode_store_retries_total 2.0" in metrics
         # Every attempt losing: the caller gets the conflict, and nothing was counted.
         h.store.conflicts = 5
         lost = await h.activate()
         assert (lost.status_code, lost.json()["error"]) == (409, "store_conflict")
-        assert h.coordinator.status()["activations"] == {"web": 1}
+        assert h.coordinator.status().activations == {"web": 1}
         _, raw = Sealer.unseal(h.store.saved[-1], h.sealing_key)
         assert json.loads(raw)["activations"] == {"web": 1}
 

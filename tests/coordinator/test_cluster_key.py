@@ -17,6 +17,7 @@ from geode.coordinator._cluster import (
     JoinParty,
     JoinRequest,
     hand_over_cluster_key,
+    read_answer,
 )
 from geode.errors import JoinRefused, SealError
 
@@ -127,13 +128,13 @@ def test_the_newcomer_refuses_a_peer_with_another_measurement_or_a_swapped_key()
     genuine = hand_over_cluster_key(
         _party(platform), CLUSTER_KEY, nonce, request.public_der, request.evidence
     )
-    swapped = dict(genuine, sealed_key=answer["sealed_key"])
+    swapped = genuine.model_copy(update={"sealed_key": answer.sealed_key})
     with pytest.raises(JoinRefused, match="not bound to this exchange"):
         request.open(swapped)
     with pytest.raises(JoinRefused, match="malformed"):
-        request.open({"public_key": genuine["public_key"]})
+        request.open(read_answer({"public_key": genuine.public_key}))
     with pytest.raises(JoinRefused, match="sealed_key: not base64"):
-        request.open(dict(genuine, sealed_key="%%%"))
+        request.open(genuine.model_copy(update={"sealed_key": "%%%"}))
 
 
 def test_a_malformed_exchange_key_is_refused_not_a_crash() -> None:
@@ -141,7 +142,7 @@ def test_a_malformed_exchange_key_is_refused_not_a_crash() -> None:
     nonce = os.urandom(32)
     request = JoinRequest(_party(platform), nonce)
     # Evidence bound to bytes that are no key: it verifies, but the exchange cannot happen.
-    from geode.attestation import join_request_binding
+    from geode.protocol import join_request_binding
 
     junk = b"not a key"
     evidence = platform.quote(MEASUREMENT, join_request_binding(junk, nonce))
@@ -151,4 +152,4 @@ def test_a_malformed_exchange_key_is_refused_not_a_crash() -> None:
         _party(platform), CLUSTER_KEY, nonce, request.public_der, request.evidence
     )
     with pytest.raises(JoinRefused, match="not bound to this exchange"):
-        request.open(dict(answer, public_key=base64.b64encode(junk).decode()))
+        request.open(answer.model_copy(update={"public_key": base64.b64encode(junk).decode()}))

@@ -12,13 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import (
-    Evidence,
-    EvidenceVerifier,
-    SimulatedPlatform,
-    key_binding,
-    renewal_payload,
-)
+from geode.attestation import Evidence, EvidenceVerifier, SimulatedPlatform
 from geode.coordinator import (
     ActivationRequest,
     Coordinator,
@@ -29,6 +23,7 @@ from geode.coordinator import (
 from geode.errors import ActivationDenied, CoordinatorUnavailable, ManifestConflict
 from geode.manifest import SERVICE_KEY_MARKER
 from geode.pki import CertificateAuthority, LeafParams, public_key_der
+from geode.protocol import key_binding, renewal_payload
 from geode.testing import FakeClock
 
 MEASUREMENT = bytes(range(32))
@@ -85,7 +80,7 @@ def _bound(
 ) -> tuple[ec.EllipticCurvePrivateKey, bytes, str, Evidence]:
     """A fresh key, a nonce, a CSR for the key and evidence binding both."""
     key = ec.generate_private_key(ec.SECP256R1())
-    nonce, _ = c.issue_nonce()
+    nonce, _ = c.activation.issue_nonce()
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -106,7 +101,7 @@ def test_states_and_manifest_once(coordinator: Coordinator) -> None:
     assert coordinator.state is State.AWAITING_MANIFEST
     result = coordinator.set_manifest(_manifest())
     assert coordinator.state is State.ACTIVE
-    assert len(bytes.fromhex(result["sha256"])) == 32
+    assert len(bytes.fromhex(result.sha256)) == 32
     with pytest.raises(ManifestConflict):
         coordinator.set_manifest(_manifest())
 
@@ -115,8 +110,8 @@ def test_per_instance_and_shared_certificates(
     coordinator: Coordinator, platform: SimulatedPlatform
 ) -> None:
     coordinator.set_manifest(_manifest())
-    a = coordinator.activate(_request(coordinator, platform)).value
-    b = coordinator.activate(_request(coordinator, platform)).value
+    a = coordinator.activation.activate(_request(coordinator, platform)).value
+    b = coordinator.activation.activate(_request(coordinator, platform)).value
     assert a.files["own.pem"] != b.files["own.pem"]  # non-shared: one per instance
     assert a.files["shared.pem"] == b.files["shared.pem"]
     assert a.files["key.pem"] == SERVICE_KEY_MARKER.encode()  # the launcher fills it in
@@ -126,7 +121,7 @@ def test_per_instance_and_shared_certificates(
 
 def test_state_survives_sealing(coordinator: Coordinator, platform: SimulatedPlatform) -> None:
     coordinator.set_manifest(_manifest())
-    first = coordinator.activate(_request(coordinator, platform)).value
+    first = coordinator.activation.activate(_request(coordinator, platform)).value
     blob = coordinator.sealed_state()
     again = Coordinator(
         CoordinatorSettings(simulation=True),
@@ -138,8 +133,8 @@ def test_state_survives_sealing(coordinator: Coordinator, platform: SimulatedPla
     again.load(blob)
     assert again.state is State.ACTIVE
     assert again.root_certificate == coordinator.root_certificate
-    assert again.status()["activations"] == {"web": 1}
-    second = again.activate(_request(again, platform)).value
+    assert again.status().activations == {"web": 1}
+    second = again.activation.activate(_request(again, platform)).value
     assert second.files["shared.pem"] == first.files["shared.pem"]
 
 
@@ -153,9 +148,9 @@ def test_unopenable_state_means_recovery(platform: SimulatedPlatform) -> None:
     )
     c.load(b"GEODESEALED\0garbage")
     assert c.state is State.RECOVERY
-    assert c.status()["state"] == "recovery"
+    assert c.status().state == "recovery"
     with pytest.raises(CoordinatorUnavailable):
-        c.issue_nonce()
+        c.activation.issue_nonce()
     with pytest.raises(CoordinatorUnavailable):
         c.sealed_state()
 
@@ -164,20 +159,20 @@ def test_denial_spends_the_nonce(coordinator: Coordinator, platform: SimulatedPl
     coordinator.set_manifest(_manifest())
     request = _request(coordinator, platform, service="nope")
     with pytest.raises(ActivationDenied, match="unknown service"):
-        coordinator.activate(request)
+        coordinator.activation.activate(request)
     retry = ActivationRequest("web", request.nonce, request.csr, request.evidence)
     with pytest.raises(ActivationDenied, match="nonce expired or reused"):
-        coordinator.activate(retry)
+        coordinator.activation.activate(retry)
 
 
 def test_statement_binds_root_manifest_and_nonce(coordinator: Coordinator) -> None:
     before = coordinator.statement(b"n" * 32)
-    assert before["manifest_sha256"] is None
+    assert before.manifest_sha256 is None
     coordinator.set_manifest(_manifest())
     after = coordinator.statement(b"n" * 32)
-    assert after["manifest_sha256"] is not None
-    assert after["evidence"] != before["evidence"]
-    assert after["root_certificate"] == before["root_certificate"]
+    assert after.manifest_sha256 is not None
+    assert after.evidence != before.evidence
+    assert after.root_certificate == before.root_certificate
 
 
 def _renewal(
@@ -198,7 +193,9 @@ def _activated(
     c: Coordinator, platform: SimulatedPlatform
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key, nonce, csr, evidence = _bound(c, platform, "web")
-    return c.activate(ActivationRequest("web", nonce, csr, evidence)).value.certificate, key
+    return c.activation.activate(
+        ActivationRequest("web", nonce, csr, evidence)
+    ).value.certificate, key
 
 
 def test_renewal_keeps_the_instance_and_counts_nothing(
@@ -206,11 +203,11 @@ def test_renewal_keeps_the_instance_and_counts_nothing(
 ) -> None:
     coordinator.set_manifest(_manifest())
     current, key = _activated(coordinator, platform)
-    renewed = coordinator.renew(_renewal(coordinator, platform, current, key)).value
+    renewed = coordinator.activation.renew(_renewal(coordinator, platform, current, key)).value
     assert renewed.subject == current.subject  # CN = the same instance id
     assert renewed.serial_number != current.serial_number
     assert renewed.public_key() != current.public_key()
-    assert coordinator.status()["activations"] == {"web": 1}
+    assert coordinator.status().activations == {"web": 1}
 
 
 def test_renewal_refusals(coordinator: Coordinator, platform: SimulatedPlatform) -> None:
@@ -218,15 +215,15 @@ def test_renewal_refusals(coordinator: Coordinator, platform: SimulatedPlatform)
     current, key = _activated(coordinator, platform)
     stranger = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(ActivationDenied, match="no proof of the current key"):
-        coordinator.renew(_renewal(coordinator, platform, current, stranger))
+        coordinator.activation.renew(_renewal(coordinator, platform, current, stranger))
     other = CertificateAuthority.create_root().create_intermediate("other")
     foreign = other.issue(LeafParams(key.public_key(), "x"))
     with pytest.raises(ActivationDenied, match="not from the current mesh CA"):
-        coordinator.renew(_renewal(coordinator, platform, foreign, key))
+        coordinator.activation.renew(_renewal(coordinator, platform, foreign, key))
     request = _renewal(coordinator, platform, current, key)
-    coordinator.renew(request)
+    coordinator.activation.renew(request)
     with pytest.raises(ActivationDenied, match="nonce expired or reused"):
-        coordinator.renew(request)
+        coordinator.activation.renew(request)
 
 
 def test_renewal_of_an_expired_certificate_is_refused(platform: SimulatedPlatform) -> None:
@@ -244,4 +241,4 @@ def test_renewal_of_an_expired_certificate_is_refused(platform: SimulatedPlatfor
     current, key = _activated(c, platform)
     clock.advance(datetime.timedelta(seconds=11))
     with pytest.raises(ActivationDenied, match="certificate expired"):
-        c.renew(_renewal(c, platform, current, key))
+        c.activation.renew(_renewal(c, platform, current, key))

@@ -15,13 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import (
-    Evidence,
-    EvidenceVerifier,
-    ReferenceValues,
-    SimulatedPlatform,
-    key_binding,
-)
+from geode.attestation import Evidence, EvidenceVerifier, ReferenceValues, SimulatedPlatform
 from geode.client import prepare_share_upload, verify_audit_log, verify_recovery_offer
 from geode.coordinator import (
     ActivationRequest,
@@ -29,10 +23,11 @@ from geode.coordinator import (
     CoordinatorSettings,
     CoordinatorState,
     GroupCommit,
+    Pending,
     Sealer,
     State,
+    Transaction,
 )
-from geode.coordinator._api_governance import Governor
 from geode.coordinator._updates import PackageUpdate, apply_package_update
 from geode.errors import (
     ActivationDenied,
@@ -53,6 +48,7 @@ from geode.pki import (
     private_key_pem,
     public_key_der,
 )
+from geode.protocol import RecoveryProgress, key_binding
 from geode.testing import MemoryStore
 from tests.governance_kit import Party, User, governance_manifest, make_party, make_user
 
@@ -106,7 +102,7 @@ def _manifest(user: User, **extra: object) -> bytes:
 
 def _activation(c: Coordinator, platform: SimulatedPlatform) -> ActivationRequest:
     key = ec.generate_private_key(ec.SECP256R1())
-    nonce, _ = c.issue_nonce()
+    nonce, _ = c.activation.issue_nonce()
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "web")]))
@@ -135,13 +131,13 @@ def test_typed_user_secrets_refuse_activation_until_set(
     c = _coordinator(platform, os.urandom(32))
     c.set_manifest(_manifest(alice))
     with pytest.raises(ActivationDenied, match="secret not set"):
-        c.activate(_activation(c, platform))
-    c.write_secret("alice", "ukey", bytes(range(16)))
+        c.activation.activate(_activation(c, platform))
+    c.governance.write_secret("alice", "ukey", bytes(range(16)))
     with pytest.raises(ActivationDenied, match=r"secret not set \(ucert\)"):
-        c.activate(_activation(c, platform))
+        c.activation.activate(_activation(c, platform))
     cert, key = _certificate_pem()
-    c.write_secret("alice", "ucert", key + cert)  # either order in the PEM file
-    result = c.activate(_activation(c, platform)).value
+    c.governance.write_secret("alice", "ucert", key + cert)  # either order in the PEM file
+    result = c.activation.activate(_activation(c, platform)).value
     assert result.env["KEY"] == bytes(range(16)).hex().encode()
     assert result.files["c.pem"] == cert
     assert "private_key" not in result.secrets["ucert"].to_json()  # the template reads .cert only
@@ -168,11 +164,11 @@ def test_values_that_do_not_fit_the_type_are_refused(
     elif value == b"MISMATCH":
         cert, _ = _certificate_pem()
         value = cert + _certificate_pem()[1]
-    head = c.audit_head()
+    head = c.governance.audit_head()
     with pytest.raises(SecretRejected, match=message) as refused:
-        c.write_secret("alice", name, value)
+        c.governance.write_secret("alice", name, value)
     assert "short" not in str(refused.value)  # errors never quote the value
-    assert c.audit_head() == head
+    assert c.governance.audit_head() == head
 
 
 def test_only_shared_or_user_defined_secrets_reach_users(
@@ -181,10 +177,10 @@ def test_only_shared_or_user_defined_secrets_reach_users(
     c = _coordinator(platform, os.urandom(32))
     c.set_manifest(_manifest(alice))
     with pytest.raises(PermissionDenied, match="never handed to users"):
-        c.read_secret("db_key")
+        c.governance.read_secret("db_key")
     with pytest.raises(PermissionDenied, match="not user-defined"):
-        c.write_secret("alice", "token", bytes(32))
-    spec, stored = c.read_secret("token")
+        c.governance.write_secret("alice", "token", bytes(32))
+    spec, stored = c.governance.read_secret("token")
     assert (spec.type, len(stored.value)) == ("symmetric-key", 32)
 
 
@@ -192,19 +188,22 @@ def test_an_unsaved_secret_write_is_undone(platform: SimulatedPlatform, alice: U
     c = _coordinator(platform, os.urandom(32))
     c.set_manifest(_manifest(alice))
     store = MemoryStore()
-    governor = Governor(c, GroupCommit(c.sealed_state, store))
+    transaction = Transaction(c.held, GroupCommit(c.sealed_state, store), c.audit_sink)
 
     async def write(value: bytes) -> None:
-        await governor.commit(c.write_secret("alice", "note", value))
+        async def change() -> Pending[None]:
+            return c.governance.write_secret("alice", "note", value)
+
+        await transaction.govern(change)
 
     asyncio.run(write(b"first"))
-    head = c.audit_head()
+    head = c.governance.audit_head()
     store.fail = True
     with pytest.raises(SealError):
         asyncio.run(write(b"second"))
-    assert c.read_secret("note")[1].value == b"first"
-    assert c.audit_head() == head
-    assert c.unflushed_audit() == ()
+    assert c.governance.read_secret("note")[1].value == b"first"
+    assert c.governance.audit_head() == head
+    assert c.held.unflushed_audit() == ()
     lines = c.audit_sink.read()
     assert [json.loads(line)["event"] for line in lines] == ["manifest.set", "secret.write"]
 
@@ -253,11 +252,11 @@ def test_a_manifest_update_rotates_the_mesh_ca_and_keeps_what_it_can(
     bob = make_user(tmp_path, "bob")
     c = _coordinator(platform, os.urandom(32))
     c.set_manifest(_manifest(alice))
-    c.write_secret("alice", "ukey", bytes(16))
-    c.write_secret("alice", "note", b"kept")
-    c.write_secret("alice", "ucert", b"".join(_certificate_pem()))
-    token = c.read_secret("token")[1].value
-    c.activate(_activation(c, platform))
+    c.governance.write_secret("alice", "ukey", bytes(16))
+    c.governance.write_secret("alice", "note", b"kept")
+    c.governance.write_secret("alice", "ucert", b"".join(_certificate_pem()))
+    token = c.governance.read_secret("token")[1].value
+    c.activation.activate(_activation(c, platform))
     root, mesh = c.root_certificate, c.mesh_ca_certificate
 
     changed = {**SECRETS, "ukey": {"type": "symmetric-key", "size": 256, "user_defined": True}}
@@ -269,24 +268,26 @@ def test_a_manifest_update_rotates_the_mesh_ca_and_keeps_what_it_can(
         services={"web": {"package": "app"}},
         update_threshold=2,
     )
-    proposal = c.propose_update("alice", load_manifest(new_raw))
-    assert c.acknowledgements_after("alice") == 1 < c.manifest_threshold() + 1
-    applied = c.adopt_update(c.prepare_update(new_raw), kind="manifest", users=["alice"])
-    assert applied.value["applied"] is True
+    proposal = c.governance.propose_update("alice", load_manifest(new_raw))
+    assert c.governance.acknowledgements_after("alice") == 1 < c.governance.manifest_threshold() + 1
+    applied = c.governance.adopt_update(
+        c.governance.prepare_update(new_raw), kind="manifest", users=["alice"]
+    )
+    assert applied.value.applied is True
     assert c.root_certificate == root
     assert c.mesh_ca_certificate != mesh
-    assert c.status()["activations"] == {}
-    assert c.read_secret("note")[1].value == b"kept"  # unchanged specification: kept
-    assert c.read_secret("token")[1].value == token
-    assert c.read_secret("ukey")[1].value == b""  # a changed specification starts afresh
-    assert c.pending_update() is None
-    assert c.manifest_threshold() == 2
+    assert c.status().activations == {}
+    assert c.governance.read_secret("note")[1].value == b"kept"  # unchanged specification: kept
+    assert c.governance.read_secret("token")[1].value == token
+    assert c.governance.read_secret("ukey")[1].value == b""  # a changed specification starts afresh
+    assert c.governance.pending_update() is None
+    assert c.governance.manifest_threshold() == 2
     # Undone (as when the write fails): the old manifest, mesh CA and pending update are back.
     applied.revert()
     proposal.revert()
     assert c.mesh_ca_certificate == mesh
-    assert c.manifest_threshold() == 1
-    assert [u["kind"] for u in c.manifest_log()] == ["set"]
+    assert c.governance.manifest_threshold() == 1
+    assert [u.kind for u in c.governance.manifest_log()] == ["set"]
 
 
 def test_acknowledgements_cancel_and_stale_proposals(
@@ -302,29 +303,31 @@ def test_acknowledgements_cancel_and_stale_proposals(
     c.set_manifest(base)
     proposed = base.replace(b"gov.geode.local", b"other.geode.local")
     digest = load_manifest(proposed).sha256
-    c.propose_update("alice", load_manifest(proposed))
+    c.governance.propose_update("alice", load_manifest(proposed))
     with pytest.raises(UpdateConflict, match="pending"):
-        c.propose_update("bob", load_manifest(proposed))
+        c.governance.propose_update("bob", load_manifest(proposed))
     with pytest.raises(UpdateConflict, match="not"):
-        c.acknowledge_update("bob", bytes(32))
-    assert c.acknowledgements_after("bob") == 2 == c.manifest_threshold()
-    c.cancel_update("bob", digest)
+        c.governance.acknowledge_update("bob", bytes(32))
+    assert c.governance.acknowledgements_after("bob") == 2 == c.governance.manifest_threshold()
+    c.governance.cancel_update("bob", digest)
     with pytest.raises(UpdateConflict, match="no manifest update is pending"):
-        c.acknowledge_update("bob", digest)
+        c.governance.acknowledge_update("bob", digest)
 
-    c.propose_update("alice", load_manifest(proposed))
+    c.governance.propose_update("alice", load_manifest(proposed))
     update = PackageUpdate.parse({"packages": {"app": {"min_svn": 1}}})
     document = c.document
     assert document is not None
     raw = apply_package_update(document.raw, document.manifest, update)
-    c.adopt_update(c.prepare_update(raw), kind="package", users=["alice"], packages=["app"])
-    pending = c.pending_update()
+    c.governance.adopt_update(
+        c.governance.prepare_update(raw), kind="package", users=["alice"], packages=["app"]
+    )
+    pending = c.governance.pending_update()
     assert pending is not None
-    assert pending["stale"] is True
+    assert pending.stale is True
     with pytest.raises(UpdateConflict, match="changed since this update was proposed"):
-        c.acknowledge_update("bob", digest)
-    log = c.manifest_log()
-    assert [(u["kind"], u["packages"], u["users"]) for u in log] == [
+        c.governance.acknowledge_update("bob", digest)
+    log = c.governance.manifest_log()
+    assert [(u.kind, u.packages, u.users) for u in log] == [
         ("set", [], []),
         ("package", ["app"], ["alice"]),
     ]
@@ -340,9 +343,9 @@ def test_the_audit_chain_verifies_and_names_the_first_broken_entry(
     c.record_start()
     c.set_manifest(_manifest(alice))
     for value in (b"a", b"b", b"c"):
-        c.write_secret("alice", "note", value)
-    lines = list(c.unflushed_audit())
-    head = c.audit_head()
+        c.governance.write_secret("alice", "note", value)
+    lines = list(c.held.unflushed_audit())
+    head = c.governance.audit_head()
     root = c.root_certificate
     report = verify_audit_log(lines, head, root)
     assert report.ok
@@ -375,13 +378,13 @@ def test_the_audit_chain_verifies_and_names_the_first_broken_entry(
 def test_unflushed_entries_reach_the_log_once(platform: SimulatedPlatform, alice: User) -> None:
     c = _coordinator(platform, os.urandom(32))
     c.set_manifest(_manifest(alice))
-    c.write_secret("alice", "note", b"x")
-    lines = c.unflushed_audit()
+    c.governance.write_secret("alice", "note", b"x")
+    lines = c.held.unflushed_audit()
     c.audit_sink.append_missing(lines)
     c.audit_sink.append_missing(lines)  # a retry after a lost confirmation
-    c.audit_flushed(lines)
+    c.held.audit_flushed(lines)
     assert c.audit_sink.read() == list(lines)
-    assert c.unflushed_audit() == ()
+    assert c.held.unflushed_audit() == ()
 
 
 def test_entries_are_not_appended_after_a_forged_one(
@@ -394,15 +397,15 @@ def test_entries_are_not_appended_after_a_forged_one(
     sink = AuditFile(tmp_path)
     c = _coordinator(platform, os.urandom(32))
     c.set_manifest(_manifest(alice))
-    sink.append_missing(c.unflushed_audit())
-    sink.append_missing(c.unflushed_audit())  # a retry of ours is fine
+    sink.append_missing(c.held.unflushed_audit())
+    sink.append_missing(c.held.unflushed_audit())  # a retry of ours is fine
     with sink.path.open("a") as log:
         log.write(json.dumps({"seq": 10**9, "event": "planted"}) + "\n")
-    c.write_secret("alice", "note", b"x")
-    lines = c.unflushed_audit()
+    c.governance.write_secret("alice", "note", b"x")
+    lines = c.held.unflushed_audit()
     with pytest.raises(SealError, match="not the one this Coordinator wrote"):
         sink.append_missing(lines)
-    assert c.unflushed_audit() == lines  # kept, not dropped
+    assert c.held.unflushed_audit() == lines  # kept, not dropped
 
 
 # -- formats -----------------------------------------------------------------------------------
@@ -425,7 +428,7 @@ def test_a_version_2_state_reads_with_one_set_and_no_audit(
     assert state.audit.seq == 0
     again = _coordinator(platform, key, Sealer(key).seal(json.dumps(doc).encode()))
     assert again.state is State.ACTIVE
-    assert again.manifest_log()[0]["sha256"] == c.manifest_info()["sha256"]
+    assert again.governance.manifest_log()[0].sha256 == c.manifest_info().sha256
 
 
 def test_the_recovery_header_is_authenticated(
@@ -459,9 +462,9 @@ def _parties(tmp_path: Path) -> list[Party]:
     return [make_party(tmp_path, f"p{i}", i) for i in (1, 2, 3)]
 
 
-def _upload(c: Coordinator, party: Party, platform: SimulatedPlatform) -> dict[str, object]:
+def _upload(c: Coordinator, party: Party, platform: SimulatedPlatform) -> RecoveryProgress:
     nonce = os.urandom(32)
-    offer = c.recovery_offer(nonce)
+    offer = c.recovery.offer(nonce)
     recovery_key = verify_recovery_offer(
         offer,
         reference=ReferenceValues(tee="simulated", measurement=MEASUREMENT.hex()),
@@ -470,7 +473,7 @@ def _upload(c: Coordinator, party: Party, platform: SimulatedPlatform) -> dict[s
     )
     key = serialization.load_pem_private_key(party.key.read_bytes(), None)
     upload = prepare_share_upload(offer, key, recovery_key)  # type: ignore[arg-type]
-    pending = c.recover(upload.party, upload.sealed_share, upload.signature)
+    pending = c.recovery.recover(upload.party, upload.sealed_share, upload.signature)
     return pending.value
 
 
@@ -480,24 +483,24 @@ def test_two_of_three_shares_open_the_state_under_another_sealing_key(
     parties = _parties(tmp_path)
     c = _coordinator(platform, os.urandom(32))
     result = c.set_manifest(_manifest(alice, recovery=(parties, 2)))
-    assert sorted(result["recovery_shares"]) == ["p1", "p2", "p3"]
-    c.write_secret("alice", "note", b"across hosts")
+    assert sorted(result.recovery_shares or {}) == ["p1", "p2", "p3"]
+    c.governance.write_secret("alice", "note", b"across hosts")
     blob = c.sealed_state()
 
     elsewhere = _coordinator(platform, os.urandom(32), blob)
     assert elsewhere.state is State.RECOVERY
-    assert elsewhere.status()["recovery"]["parties"] == ["p1", "p2", "p3"]
+    assert elsewhere.status().recovery.parties == ["p1", "p2", "p3"]
     with pytest.raises(RecoveryRefused, match="not a recovery party"):
-        elsewhere.recover("mallory", b"", b"")
-    assert _upload(elsewhere, parties[1], platform)["state"] == "recovery"
-    assert _upload(elsewhere, parties[1], platform)["received"] == ["p2"]  # counted once
+        elsewhere.recovery.recover("mallory", b"", b"")
+    assert _upload(elsewhere, parties[1], platform).state == "recovery"
+    assert _upload(elsewhere, parties[1], platform).received == ["p2"]  # counted once
     done = _upload(elsewhere, parties[0], platform)
-    assert done["state"] == "active"
+    assert done.state == "active"
     assert elsewhere.root_certificate == c.root_certificate
-    assert elsewhere.read_secret("note")[1].value == b"across hosts"
-    assert elsewhere.manifest_info()["sha256"] == c.manifest_info()["sha256"]
+    assert elsewhere.governance.read_secret("note")[1].value == b"across hosts"
+    assert elsewhere.manifest_info().sha256 == c.manifest_info().sha256
     # Sealed from now on under the new key, with the same shares.
-    reopened_key = elsewhere._sealing_key
+    reopened_key = elsewhere.held.sealing_key
     again = _coordinator(platform, reopened_key, elsewhere.sealed_state())
     assert again.state is State.ACTIVE
     assert Sealer.recovery_header(elsewhere.sealed_state()) == Sealer.recovery_header(blob)
@@ -511,7 +514,7 @@ def test_uploads_are_checked_before_they_count(
     c.set_manifest(_manifest(alice, recovery=(parties, 2)))
     elsewhere = _coordinator(platform, os.urandom(32), c.sealed_state())
     nonce = os.urandom(32)
-    offer = elsewhere.recovery_offer(nonce)
+    offer = elsewhere.recovery.offer(nonce)
     reference = ReferenceValues(tee="simulated", measurement=MEASUREMENT.hex())
     recovery_key = verify_recovery_offer(
         offer, reference=reference, platform_keys=[platform.public_key], nonce=nonce
@@ -519,12 +522,12 @@ def test_uploads_are_checked_before_they_count(
     p1 = serialization.load_pem_private_key(parties[0].key.read_bytes(), None)
     upload = prepare_share_upload(offer, p1, recovery_key)  # type: ignore[arg-type]
     with pytest.raises(RecoveryRefused, match="not signed with the recovery key of 'p2'"):
-        elsewhere.recover("p2", upload.sealed_share, upload.signature)
+        elsewhere.recovery.recover("p2", upload.sealed_share, upload.signature)
     with pytest.raises(RecoveryRefused, match="not signed"):
-        elsewhere.recover("p1", upload.sealed_share[::-1], upload.signature)
+        elsewhere.recovery.recover("p1", upload.sealed_share[::-1], upload.signature)
     # The share of p1 for another state (the same parties, another data key).
     other = _coordinator(platform, os.urandom(32))
-    shares = other.set_manifest(_manifest(alice, recovery=(parties, 2)))["recovery_shares"]
+    shares = other.set_manifest(_manifest(alice, recovery=(parties, 2))).recovery_shares
     foreign = prepare_share_upload(
         offer,
         p1,
@@ -532,17 +535,17 @@ def test_uploads_are_checked_before_they_count(
         encrypted_share=base64.b64decode(shares["p1"]),  # type: ignore[arg-type]
     )
     with pytest.raises(RecoveryRefused, match="not the share of 'p1' for this state"):
-        elsewhere.recover("p1", foreign.sealed_share, foreign.signature)
+        elsewhere.recovery.recover("p1", foreign.sealed_share, foreign.signature)
     # Evidence for another nonce (a replayed offer) is not taken.
     with pytest.raises(StatementError, match="does not vouch"):
         verify_recovery_offer(
             offer, reference=reference, platform_keys=[platform.public_key], nonce=bytes(32)
         )
-    assert elsewhere.status()["recovery"]["received"] == []
+    assert elsewhere.status().recovery.received == []
 
 
 def test_the_openapi_document_lists_the_governance_endpoints() -> None:
-    from geode.coordinator import openapi_document
+    from geode.protocol import openapi_document
 
     document = openapi_document()
     paths = document["paths"]
@@ -582,7 +585,7 @@ def test_a_state_built_by_whoever_holds_its_data_key_is_not_recovered(tmp_path: 
     host_seal = os.urandom(32)
     forged = _coordinator(platform, host_seal)
     forged.set_manifest(_manifest(alice))  # the genuine manifest: no recovery section
-    raw_state = forged._data.to_bytes()  # type: ignore[union-attr]
+    raw_state = forged.held.data.to_bytes()
     host = make_party(tmp_path, "h", 7)
     sealer = Sealer(host_seal)
     shares = split_data_key(sealer.data_key, Recovery(keys={"h": host.public_pem}, threshold=1))
@@ -590,9 +593,9 @@ def test_a_state_built_by_whoever_holds_its_data_key_is_not_recovered(tmp_path: 
 
     victim = _coordinator(platform, os.urandom(32), blob)
     assert victim.state is State.RECOVERY
-    victim.prepare_recovery()
+    victim.recovery.prepare()
     nonce = os.urandom(32)
-    offer = victim.recovery_offer(nonce)
+    offer = victim.recovery.offer(nonce)
     recovery_key = verify_recovery_offer(
         offer,
         reference=ReferenceValues(tee="simulated", measurement=MEASUREMENT.hex()),
@@ -602,7 +605,7 @@ def test_a_state_built_by_whoever_holds_its_data_key_is_not_recovered(tmp_path: 
     key = serialization.load_pem_private_key(host.key.read_bytes(), None)
     upload = prepare_share_upload(offer, key, recovery_key)  # type: ignore[arg-type]
     with pytest.raises(RecoveryRefused, match="not the ones its manifest names"):
-        victim.recover(upload.party, upload.sealed_share, upload.signature)
+        victim.recovery.recover(upload.party, upload.sealed_share, upload.signature)
     assert victim.state is State.RECOVERY
 
 
@@ -634,13 +637,13 @@ def test_a_grant_is_checked_again_once_the_change_may_run() -> None:
     )
     c = _coordinator(platform, os.urandom(32))
     c.set_manifest(before)
-    prepare = c.prepare_update
+    prepare = c.governance.prepare_update
 
     def slow_prepare(raw: bytes) -> Any:
         time.sleep(0.3)  # key generation for the new manifest takes a while
         return prepare(raw)
 
-    c.prepare_update = slow_prepare  # type: ignore[method-assign]
+    c.governance.prepare_update = slow_prepare  # type: ignore[method-assign]
     client_app, _ = build_apps(c, GroupCommit(c.sealed_state, MemoryStore()))
     post_update = next(
         r.endpoint for r in client_app.routes if getattr(r, "path", "") == "/api/v1/update"

@@ -16,13 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import (
-    Evidence,
-    EvidenceVerifier,
-    SimulatedPlatform,
-    key_binding,
-    renewal_payload,
-)
+from geode.attestation import Evidence, EvidenceVerifier, SimulatedPlatform
 from geode.coordinator import (
     ActivationRequest,
     Coordinator,
@@ -37,6 +31,7 @@ from geode.coordinator import (
 from geode.coordinator._latest import LatestCertificate, LatestCertificates
 from geode.errors import SealError, StaleCertificate
 from geode.pki import CertificateAuthority, LeafParams, public_key_der
+from geode.protocol import key_binding, renewal_payload
 from geode.testing import FakeClock, MemoryStore
 
 MEASUREMENT = bytes(range(32))
@@ -79,7 +74,7 @@ class Deployment:
 
     def bound(self, c: Coordinator) -> tuple[ec.EllipticCurvePrivateKey, bytes, str, Evidence]:
         key = ec.generate_private_key(ec.SECP256R1())
-        nonce, _ = c.issue_nonce()
+        nonce, _ = c.activation.issue_nonce()
         csr = (
             x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")]))
@@ -92,7 +87,9 @@ class Deployment:
 
     def activate(self, c: Coordinator) -> Held:
         key, nonce, csr, evidence = self.bound(c)
-        return c.activate(ActivationRequest("web", nonce, csr, evidence)).value.certificate, key
+        return c.activation.activate(
+            ActivationRequest("web", nonce, csr, evidence)
+        ).value.certificate, key
 
     def renewal(
         self, c: Coordinator, held: Held
@@ -107,7 +104,7 @@ class Deployment:
 
     def renew(self, c: Coordinator, held: Held) -> Held:
         request, key = self.renewal(c, held)
-        return c.renew(request).value, key
+        return c.activation.renew(request).value, key
 
 
 def _instance(cert: x509.Certificate) -> str:
@@ -156,7 +153,7 @@ def test_an_unsaved_renewal_is_undone() -> None:
     c = d.active()
     first = d.activate(c)
     request, _ = d.renewal(c, first)
-    c.renew(request).revert()  # what the API does when the write fails
+    c.activation.renew(request).revert()  # what the API does when the write fails
     d.renew(c, first)  # the presented certificate is still the latest
 
 

@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from geode.attestation import Evidence, SimulatedPlatform, key_binding, measure_bundle
+from geode.attestation import Evidence, SimulatedPlatform, measure_bundle
 from geode.client import CoordinatorClient
 from geode.errors import ActivationDenied
 from geode.pki import public_key_der
+from geode.protocol import key_binding
 from geode.runtime import Activation, activate, simulated_evidence_provider
 from tests.conftest import StartCoordinator
 from tests.support import CoordinatorProcess, sample_manifest
@@ -33,7 +34,7 @@ class Deployment:
         self.measurement = measure_bundle(bundle)
         self.platform = SimulatedPlatform.load(Path(env["GEODE_PLATFORM_KEY"]))
         with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
-            self.root = x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+            self.root = x509.load_pem_x509_certificate(client.certificates().root.encode())
         self.mesh = httpx.Client(
             base_url=f"https://{coordinator.mesh_addr}", verify=False, timeout=30
         )
@@ -227,4 +228,4 @@ def test_activation_response_has_no_unrequested_secrets(
     assert worker.secrets == {}
     web = d.activate("web")
     assert set(web.secrets) == {"api_token", "db_key", "tls"}
-    assert json.dumps(web.secrets)  # plain JSON all the way
+    assert json.dumps({name: s.to_json() for name, s in web.secrets.items()})  # plain JSON

@@ -57,10 +57,10 @@ def test_service_and_secret_certificates_cannot_impersonate_the_coordinator(
     manifest = json.loads(sample_manifest(measure_bundle(bundle).hex()))
     manifest["secrets"]["tls"]["dns_names"] = ["localhost"]
     with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
-        root = x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+        root = x509.load_pem_x509_certificate(client.certificates().root.encode())
     with CoordinatorClient(coordinator.client_addr, root=root) as client:
         client.set_manifest(json.dumps(manifest).encode())
-        assert client.status()["state"] == "active"  # the real Coordinator passes
+        assert client.status().state == "active"  # the real Coordinator passes
 
     platform = SimulatedPlatform.load(Path(geode_env["GEODE_PLATFORM_KEY"]))
     web = activate(
@@ -77,8 +77,8 @@ def test_service_and_secret_certificates_cannot_impersonate_the_coordinator(
         ),
         # A certificate secret's holder: issued by the root itself, for "localhost".
         "secret": (
-            web.secrets["tls"]["certificate"],
-            web.secrets["tls"]["private_key"].encode(),
+            web.secrets["tls"].certificate,
+            web.secrets["tls"].private_key.encode(),
         ),
     }
     for cert_pem, key_pem in impostors.values():

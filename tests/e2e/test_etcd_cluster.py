@@ -61,7 +61,7 @@ class Instances:
             platform, measure_bundle(bundle)
         )
         with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
-            self.root = x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+            self.root = x509.load_pem_x509_certificate(client.certificates().root.encode())
 
     def activate(self, coordinator: CoordinatorProcess, service: str) -> Activation:
         return activate(coordinator.mesh_addr, service, self.provider, root=self.root, timeout=15)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 def _root(c: CoordinatorProcess) -> x509.Certificate:
     with CoordinatorClient(c.client_addr, insecure=True) as client:
-        return x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+        return x509.load_pem_x509_certificate(client.certificates().root.encode())
 
 
 def _activate(c: CoordinatorProcess, bundle: Path, env: dict[str, str]) -> Activation:

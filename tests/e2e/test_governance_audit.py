@@ -32,7 +32,7 @@ def test_editing_or_removing_an_entry_is_detected(
     )
     first = start_coordinator()
     with CoordinatorClient(first.client_addr, insecure=True) as client:
-        root = x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+        root = x509.load_pem_x509_certificate(client.certificates().root.encode())
         client.set_manifest(manifest)
     with alice.client(first.client_addr, root) as client:
         client.set_secret("note", b"one")
@@ -73,5 +73,5 @@ def test_editing_or_removing_an_entry_is_detected(
     log.write_text("".join(original[:-1]))
     with auditor.client(coordinator.client_addr, root) as client:
         head = client.audit_log()
-    report = verify_audit_log(head["entries"], head["head"], root)
+    report = verify_audit_log(head.entries, head.head, root)
     assert (report.broken_at, report.reason.split(":")[0]) == (5, "entry 5")

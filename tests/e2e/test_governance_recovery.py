@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 def _root(c: CoordinatorProcess) -> x509.Certificate:
     with CoordinatorClient(c.client_addr, insecure=True) as client:
-        return x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+        return x509.load_pem_x509_certificate(client.certificates().root.encode())
 
 
 def test_two_of_three_parties_recover_a_copied_state(
@@ -50,7 +50,7 @@ def test_two_of_three_parties_recover_a_copied_state(
     root = _root(first)
     with CoordinatorClient(first.client_addr, root=root) as anonymous:
         result = anonymous.set_manifest(manifest)
-    assert sorted(result["recovery_shares"]) == ["p1", "p2", "p3"]
+    assert sorted(result.recovery_shares or {}) == ["p1", "p2", "p3"]
     with alice.client(first.client_addr, root) as client:
         client.set_secret("note", b"kept across hosts")
         token = client.get_secret("token")
@@ -94,7 +94,7 @@ def test_two_of_three_parties_recover_a_copied_state(
         assert client.get_secret("token") == token
         assert client.get_secret("note") == b"kept across hosts"
         log = client.audit_log()
-    report = verify_audit_log(log["entries"], log["head"], root)
+    report = verify_audit_log(log.entries, log.head, root)
     assert report.ok, report.reason
     assert report.entries[-1].event == "coordinator.recovered"
     assert report.entries[-1].details == {"parties": ["p1", "p3"]}

@@ -59,7 +59,7 @@ SERVICES = {
 
 def _root(c: CoordinatorProcess) -> x509.Certificate:
     with CoordinatorClient(c.client_addr, insecure=True) as client:
-        return x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+        return x509.load_pem_x509_certificate(client.certificates().root.encode())
 
 
 def _activate(c: CoordinatorProcess, bundle: Path, env: dict[str, str], service: str) -> Activation:
@@ -167,7 +167,7 @@ def test_each_role_allows_exactly_what_it_grants(
     assert bytes(range(32)).hex() not in log
 
     with users["dave"].client(coordinator.client_addr, root) as dave:
-        kinds = [u["kind"] for u in dave.manifest_log()]
+        kinds = [u.kind for u in dave.manifest_log()]
     assert kinds == ["set", "package", "manifest"]
 
 

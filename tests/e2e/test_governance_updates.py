@@ -16,6 +16,7 @@ from geode.attestation import SimulatedPlatform, measure_bundle
 from geode.client import CoordinatorClient
 from geode.errors import ClientError
 from geode.pki import SpiffeId, certificate_pem, private_key_pem
+from geode.protocol import UpdatePending
 from geode.runtime import Activation, Credentials, activate, simulated_evidence_provider
 from tests.governance_kit import User, governance_manifest, make_user
 from tests.support import CoordinatorProcess, geode_cli
@@ -27,7 +28,7 @@ ADMIN = {"admin": {"resource": "manifest", "actions": ["update"]}}
 
 def _root(c: CoordinatorProcess) -> x509.Certificate:
     with CoordinatorClient(c.client_addr, insecure=True) as client:
-        return x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+        return x509.load_pem_x509_certificate(client.certificates().root.encode())
 
 
 def _credentials(
@@ -109,7 +110,8 @@ def test_two_of_three_update_applies_at_the_second_acknowledgement(
     digest = hashlib.sha256(second).hexdigest()
     with u1.client(coordinator.client_addr, root) as client:
         again = client.acknowledge_update(digest)  # the proposer's acknowledgement counts once
-    assert (again["applied"], again["acknowledgements"]) == (False, ["u1"])
+    assert isinstance(again, UpdatePending)
+    assert (again.applied, again.acknowledgements) == (False, ["u1"])
     assert coordinator.status()["manifest_sha256"] == hashlib.sha256(first).hexdigest()
     shown = geode_cli("manifest", "update", "get", *as_user(u3), env=geode_env)
     assert f"pending:          {digest}" in shown.stdout, shown.stderr
@@ -132,12 +134,12 @@ def test_two_of_three_update_applies_at_the_second_acknowledgement(
     # A cancelled update is discarded: nothing to acknowledge, the manifest unchanged.
     with u2.client(coordinator.client_addr, root) as client:
         pending = client.update(third)
-        assert pending["applied"] is False
+        assert pending.applied is False
     with u3.client(coordinator.client_addr, root) as client:
-        client.cancel_update(pending["sha256"])
+        client.cancel_update(pending.sha256)
         assert client.pending_update() is None
     with u1.client(coordinator.client_addr, root) as client, pytest.raises(ClientError) as gone:
-        client.acknowledge_update(pending["sha256"])
+        client.acknowledge_update(pending.sha256)
     assert (gone.value.status, gone.value.code) == (409, "update_conflict")
     assert coordinator.status()["manifest_sha256"] == digest
 

@@ -50,7 +50,7 @@ class Mesh:
         self.measurement = measure_bundle(APP).hex()
         self.platform = SimulatedPlatform.load(Path(env["GEODE_PLATFORM_KEY"]))
         with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
-            self.root = x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+            self.root = x509.load_pem_x509_certificate(client.certificates().root.encode())
         self.root_file = tmp / "root.pem"
         self.root_file.write_bytes(certificate_pem(self.root).encode())
         self.processes: list[subprocess.Popen[bytes]] = []

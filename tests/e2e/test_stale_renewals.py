@@ -40,7 +40,7 @@ class Instance:
         platform = SimulatedPlatform.load(Path(env["GEODE_PLATFORM_KEY"]))
         self.provider: EvidenceProvider = simulated_evidence_provider(platform, MEASUREMENT)
         with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
-            self.root = x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+            self.root = x509.load_pem_x509_certificate(client.certificates().root.encode())
 
     def activate(self) -> Held:
         activation = activate(self.coordinator.mesh_addr, "web", self.provider, root=self.root)

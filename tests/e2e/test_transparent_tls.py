@@ -55,7 +55,7 @@ class Deployment:
         self.ports = {name: free_port() for name in ("web", "web_app", "tcp", "tcp_app")}
         self.local = {"web": free_port(), "tcp": free_port()}
         with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
-            root = x509.load_pem_x509_certificate(client.certificates()["root"].encode())
+            root = x509.load_pem_x509_certificate(client.certificates().root.encode())
         self.root_file = tmp / "root.pem"
         self.root_file.write_text(certificate_pem(root))
         manifest = self.manifest(measure_bundle(BUNDLE).hex())

@@ -1237,6 +1237,8 @@ class OneWriteApp(socketserver.BaseRequestHandler):
                 body
             )
             path = head.split(b" ")[1]
+            # Recorded before it is sent: the client may read it before this thread runs again.
+            self.server.sent.append(response + body)
             if path in (b"/ok/split", b"/ok/extra"):
                 self.request.sendall(response)
                 time.sleep(0.05)
@@ -1247,7 +1249,6 @@ class OneWriteApp(socketserver.BaseRequestHandler):
                 self.request.sendall(response[10:] + body)
             else:
                 self.request.sendall(response + body)
-            self.server.sent.append(response + body)
 
 
 class OneWriteServer(socketserver.ThreadingTCPServer):

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.errors import ActivationDenied, ClientError, StaleCertificate
 from geode.pki import CertificateAuthority, LeafParams
+from geode.protocol import RenewalAnswer, Routes
 from geode.runtime import _activation, _renewal
 from geode.runtime.launcher import CertificateRenewer, renewal_time
 
@@ -109,7 +110,7 @@ def test_the_coordinators_refusals_are_told_from_passing_failures(
         transport=httpx.MockTransport(lambda _request: httpx.Response(status, json=body)),
     )
     with pytest.raises((ClientError, ActivationDenied)) as raised:
-        _activation._post(http, "/api/v1/mesh/renew", verified=False, json={})
+        _activation._post(http, Routes.renew.path, False, RenewalAnswer)
     error = raised.value
     assert isinstance(error, StaleCertificate) == (expected == "stale")
     assert isinstance(error, ActivationDenied) == (expected in ("stale", "denied"))

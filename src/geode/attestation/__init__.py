@@ -1,4 +1,4 @@
-"""Evidence parsing and verification, bundle measurement, report-data bindings. Pure; no I/O
+"""Evidence parsing and verification, bundle measurement. Pure; no I/O
 except reading and creating the simulated platform key."""
 
 from __future__ import annotations
@@ -10,21 +10,6 @@ from geode.attestation._evidence import (
     TCB_UNVERIFIED,
     Claims,
     Evidence,
-    key_binding,
-    manifest_signing_payload,
-    renewal_payload,
-    statement_binding,
-    statement_signing_payload,
-)
-from geode.attestation._governance import (
-    RECOVERY_SHARE_LABEL,
-    RECOVERY_TRANSPORT_LABEL,
-    audit_entry_hash,
-    audit_signing_payload,
-    join_answer_binding,
-    join_request_binding,
-    recovery_binding,
-    recovery_upload_payload,
 )
 from geode.attestation._intel import verify_sgx_quote, verify_tdx_quote
 from geode.attestation._measure import BundleError, measure_bundle
@@ -52,8 +37,6 @@ __all__ = [
     "PLATFORM_KEY_ENV",
     "PROVIDER_NAMES",
     "QUOTE_PROVIDER_ENV",
-    "RECOVERY_SHARE_LABEL",
-    "RECOVERY_TRANSPORT_LABEL",
     "REPORT_DATA_SIZE",
     "TCB_STATUSES",
     "TCB_UNVERIFIED",
@@ -65,24 +48,13 @@ __all__ = [
     "QuoteProvider",
     "ReferenceValues",
     "SimulatedPlatform",
-    "audit_entry_hash",
-    "audit_signing_payload",
     "default_platform_key_path",
     "detect_kind",
-    "join_answer_binding",
-    "join_request_binding",
-    "key_binding",
     "load_platform_public_key",
-    "manifest_signing_payload",
     "match_claims",
     "measure_bundle",
     "platform_key_id",
-    "recovery_binding",
-    "recovery_upload_payload",
-    "renewal_payload",
     "select_quote_provider",
-    "statement_binding",
-    "statement_signing_payload",
     "verify_nvidia_report",
     "verify_sgx_quote",
     "verify_simulated_quote",

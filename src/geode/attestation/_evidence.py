@@ -1,10 +1,10 @@
-"""Evidence envelopes, normalised claims, and the report-data bindings Geode uses."""
+"""Evidence envelopes and normalised claims (the report-data bindings Geode signs and binds are
+part of its wire protocol: ``geode.protocol``)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +19,6 @@ __all__ = [
     "TCB_UNVERIFIED",
     "Claims",
     "Evidence",
-    "key_binding",
-    "manifest_signing_payload",
-    "renewal_payload",
-    "statement_binding",
-    "statement_signing_payload",
 ]
 
 EVIDENCE_KINDS: tuple[str, ...] = tuple(TEE_KINDS)
@@ -41,44 +36,6 @@ TCB_STATUSES = (
     "Revoked",
 )
 TCB_UNVERIFIED = "Unverified"
-
-
-def _pad(digest: bytes) -> bytes:
-    return digest + bytes(REPORT_DATA_SIZE - len(digest))
-
-
-def key_binding(public_key_der: bytes, nonce: bytes) -> bytes:
-    """Report data that binds an instance's key to the Coordinator's nonce."""
-    return _pad(hashlib.sha256(public_key_der + nonce).digest())
-
-
-def statement_binding(root_der: bytes, manifest_sha256: bytes, nonce: bytes) -> bytes:
-    """Report data of a deployment statement: root certificate, manifest and the caller's nonce."""
-    return _pad(hashlib.sha256(root_der + manifest_sha256 + nonce).digest())
-
-
-def statement_signing_payload(
-    nonce: bytes, manifest_sha256: bytes, mesh_ca_der: bytes, state: str
-) -> bytes:
-    """What the root key signs in a deployment statement: it binds the current mesh CA and
-    the Coordinator's state to the caller's nonce."""
-    return (
-        b"geode deployment statement v1\0"
-        + hashlib.sha256(nonce).digest()
-        + manifest_sha256
-        + hashlib.sha256(mesh_ca_der).digest()
-        + state.encode()
-    )
-
-
-def renewal_payload(nonce: bytes, new_public_key_der: bytes) -> bytes:
-    """What an instance signs with its current key to renew: the nonce and its next key."""
-    return b"geode renew v1\0" + hashlib.sha256(nonce + new_public_key_der).digest()
-
-
-def manifest_signing_payload(manifest_sha256: bytes) -> bytes:
-    """What the root key signs for a manifest (domain-separated from everything else it signs)."""
-    return b"geode manifest v1\0" + manifest_sha256
 
 
 @dataclass(frozen=True)

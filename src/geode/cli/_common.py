@@ -8,9 +8,10 @@ from typing import Any
 import click
 from cryptography import x509
 
-from geode.client import ClientIdentity, CoordinatorClient, load_pinned_root
+from geode.client import CoordinatorClient, load_pinned_root
 from geode.errors import GeodeError
 from geode.pki import load_certificate
+from geode.protocol import ClientIdentity
 
 __all__ = [
     "DEFAULT_CLIENT_ADDR",

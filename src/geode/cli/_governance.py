@@ -108,7 +108,7 @@ def verify_audit(
     with open_client(address, root_ca, False, (user_cert, user_key)) as client:
         log = client.audit_log()
     assert root is not None  # open_client refuses to run without a root
-    report = verify_audit_log([str(line) for line in log["entries"]], log["head"], root)
+    report = verify_audit_log(log.entries, log.head, root)
     if verbose:
         for entry in report.entries:
             details = ", ".join(f"{k}={v}" for k, v in sorted(entry.details.items()))
@@ -193,20 +193,20 @@ def recover(
             )
         except StatementError as exc:
             raise click.ClickException(f"recovering Coordinator REJECTED: {exc}") from None
-        if offer.get("simulation"):
+        if offer.simulation:
             warn("SIMULATION: the Coordinator's evidence comes from a simulated platform key")
         encrypted = share_file.read_bytes() if share_file is not None else None
         upload = prepare_share_upload(offer, party_key, recovery_key, encrypted_share=encrypted)
         result = client.upload_share(upload.party, upload.sealed_share, upload.signature)
-    received = result.get("received") or []
-    if result["state"] == "recovery":
+    received = result.received
+    if result.state == "recovery":
         click.echo(
-            f"share of {upload.party} accepted: {len(received)} of {result['threshold']} "
+            f"share of {upload.party} accepted: {len(received)} of {result.threshold} "
             f"({', '.join(received)})"
         )
         return
     click.echo(
         f"share of {upload.party} accepted: the Coordinator recovered ({', '.join(received)})"
     )
-    click.echo(f"  root: sha256:{result.get('root_fingerprint')}  state: {result['state']}")
+    click.echo(f"  root: sha256:{result.root_fingerprint}  state: {result.state}")
     click.echo("  verify it again ('geode verify') before trusting it")

@@ -238,17 +238,17 @@ def status(address: str, root_ca: Path | None, insecure: bool, as_json: bool) ->
     with open_client(address, root_ca, insecure) as client:
         info = client.status()
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        click.echo(json.dumps(info.to_json(), indent=2))
         return
-    click.echo(f"state:        {info['state']}")
-    if info.get("simulation"):
+    click.echo(f"state:        {info.state}")
+    if info.simulation:
         click.echo(click.style("simulation:   YES (no hardware isolation)", fg="yellow"))
-    if info.get("reason"):
-        click.echo(f"reason:       {info['reason']}")
-    if info.get("root_fingerprint"):
-        click.echo(f"root:         sha256:{info['root_fingerprint']}")
-    click.echo(f"manifest:     {info.get('manifest_sha256') or '(not set)'}")
-    for service, count in sorted((info.get("activations") or {}).items()):
+    if info.reason:
+        click.echo(f"reason:       {info.reason}")
+    if info.root_fingerprint:
+        click.echo(f"root:         sha256:{info.root_fingerprint}")
+    click.echo(f"manifest:     {info.manifest_sha256 or '(not set)'}")
+    for service, count in sorted((info.activations or {}).items()):
         click.echo(f"activations:  {service} = {count}")
 
 
@@ -264,7 +264,7 @@ def certificate(
     """Save the root certificate, or the mesh CA chain (mesh CA + root), to a file."""
     with open_client(address, root_ca, insecure) as client:
         certs = client.certificates()
-    output.write_text(certs["root"] if which == "root" else certs["chain"])
+    output.write_text(certs.root if which == "root" else certs.chain)
     click.echo(f"wrote {which} certificate to {output}")
 
 

@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -22,6 +21,7 @@ from geode.cli._common import (
 )
 from geode.client import statement_manifest
 from geode.manifest import load_manifest, parse_manifest_data
+from geode.protocol import ManifestSetResult, UpdateApplied, UpdatePending
 
 __all__ = ["manifest"]
 
@@ -45,9 +45,11 @@ def check(file: Path) -> None:
     )
 
 
-def _save_shares(result: dict[str, Any], directory: Path | None) -> None:
-    shares = result.get("recovery_shares")
-    if not isinstance(shares, dict):
+def _save_shares(
+    result: ManifestSetResult | UpdateApplied | UpdatePending, directory: Path | None
+) -> None:
+    shares = None if isinstance(result, UpdatePending) else result.recovery_shares
+    if shares is None:
         return
     click.echo(f"recovery shares for: {', '.join(sorted(shares))} (kept in the sealed state)")
     if directory is None:
@@ -80,7 +82,7 @@ def set_(
     load_manifest(raw)
     with open_client(address, root_ca, insecure) as client:
         result = client.set_manifest(raw)
-    click.echo(f"manifest set: sha256 {result['sha256']}")
+    click.echo(f"manifest set: sha256 {result.sha256}")
     _save_shares(result, save_shares)
 
 
@@ -93,14 +95,14 @@ def get(output: Path | None, address: str, root_ca: Path | None, insecure: bool)
     """Print (or save) the manifest in force."""
     with open_client(address, root_ca, insecure) as client:
         info = client.get_manifest()
-    raw = info["manifest"].encode()
-    if hashlib.sha256(raw).hexdigest() != info["sha256"]:
+    raw = info.manifest.encode()
+    if hashlib.sha256(raw).hexdigest() != info.sha256:
         raise click.ClickException("the manifest does not match its stated sha256")
     if output is None:
         click.echo(raw.decode(), nl=False)
     else:
         output.write_bytes(raw)
-        click.echo(f"wrote manifest to {output} (sha256 {info['sha256']})", err=True)
+        click.echo(f"wrote manifest to {output} (sha256 {info.sha256})", err=True)
 
 
 @manifest.command("verify")
@@ -139,9 +141,9 @@ def log_(address: str, root_ca: Path | None, user_cert: Path, user_key: Path) ->
     with open_client(address, root_ca, False, (user_cert, user_key)) as client:
         updates = client.manifest_log()
     for u in updates:
-        what = u["kind"] + (f" ({', '.join(u['packages'])})" if u.get("packages") else "")
-        users = ", ".join(u.get("users") or []) or "-"
-        click.echo(f"{u['seq']:>4}  {u['time']}  {what:<24} {u['sha256']}  by {users}")
+        what = u.kind + (f" ({', '.join(u.packages)})" if u.packages else "")
+        users = ", ".join(u.users) or "-"
+        click.echo(f"{u.seq:>4}  {u.time}  {what:<24} {u.sha256}  by {users}")
 
 
 @manifest.group()
@@ -175,14 +177,14 @@ def apply(
     _save_shares(result, save_shares)
 
 
-def _report(result: dict[str, Any]) -> None:
-    if result.get("applied"):
-        click.echo(f"update applied: manifest sha256 {result['sha256']}; the mesh CA rotated")
+def _report(result: UpdateApplied | UpdatePending) -> None:
+    if isinstance(result, UpdateApplied):
+        click.echo(f"update applied: manifest sha256 {result.sha256}; the mesh CA rotated")
         click.echo("  instances activated before must activate again to reach the new ones")
         return
-    acks = result.get("acknowledgements") or []
+    acks = result.acknowledgements
     click.echo(
-        f"manifest update {result['sha256']} pending: {len(acks)} of {result['threshold']} "
+        f"manifest update {result.sha256} pending: {len(acks)} of {result.threshold} "
         f"acknowledgements ({', '.join(acks)})"
     )
 
@@ -233,7 +235,7 @@ def cancel(
     """Discard the pending manifest update."""
     with open_client(address, root_ca, False, (user_cert, user_key)) as client:
         result = client.cancel_update(_digest(manifest_ref))
-    click.echo(f"manifest update {result['cancelled']} cancelled")
+    click.echo(f"manifest update {result.cancelled} cancelled")
 
 
 @update.command("get")
@@ -250,17 +252,17 @@ def get_pending(
     if pending is None:
         click.echo("no manifest update is pending")
         return
-    raw = str(pending["manifest"]).encode()
-    if hashlib.sha256(raw).hexdigest() != pending["sha256"]:
+    raw = pending.manifest.encode()
+    if hashlib.sha256(raw).hexdigest() != pending.sha256:
         raise click.ClickException("the pending manifest does not match its stated sha256")
-    acks = pending["acknowledgements"]
-    click.echo(f"pending:          {pending['sha256']}")
-    click.echo(f"proposed by:      {pending['proposer']} at {pending['proposed_at']}")
+    acks = pending.acknowledgements
+    click.echo(f"pending:          {pending.sha256}")
+    click.echo(f"proposed by:      {pending.proposer} at {pending.proposed_at}")
     click.echo(
-        f"acknowledgements: {len(acks)} of {pending['threshold']} ({', '.join(acks)}); "
-        f"may acknowledge: {', '.join(pending['updaters'])}"
+        f"acknowledgements: {len(acks)} of {pending.threshold} ({', '.join(acks)}); "
+        f"may acknowledge: {', '.join(pending.updaters)}"
     )
-    if pending.get("stale"):
+    if pending.stale:
         click.echo("stale:            the manifest changed since; it can only be cancelled")
     if output is not None:
         output.write_bytes(raw)

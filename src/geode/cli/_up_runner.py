@@ -223,7 +223,7 @@ class Runner:
         self.root_fingerprint = verified.root_fingerprint
         self.root_file.write_text(certificate_pem(verified.root))
         with CoordinatorClient(spec.client_addr, root=verified.root) as client:
-            self.manifest_sha256 = str(client.set_manifest(manifest)["sha256"])
+            self.manifest_sha256 = client.set_manifest(manifest).sha256
         self._root_context = ssl.create_default_context(cafile=str(self.root_file))
         self.root = verified.root
 
@@ -241,7 +241,7 @@ class Runner:
         assert self.root is not None
         try:
             with CoordinatorClient(self.deployment.coordinator.client_addr, root=self.root) as c:
-                current = str(c.status().get("manifest_sha256") or "")
+                current = c.status().manifest_sha256 or ""
         except GeodeError:
             return None
         if current and current != self.manifest_sha256:

@@ -14,6 +14,7 @@ from geode.cli._common import warn
 from geode.client import CoordinatorClient, pin_root, verify_statement
 from geode.errors import GeodeError, ManifestError, StatementError
 from geode.manifest import load_package
+from geode.protocol import DeploymentStatement
 from geode.tee import ReferenceValues
 
 __all__ = ["reference_platform_keys", "verify"]
@@ -85,18 +86,19 @@ def verify(
     reference = _reference(measurement, policy)
     keys = reference_platform_keys(platform_key or None)
     nonce: bytes | None = None
-    if address is not None:
-        nonce = os.urandom(32)
-        # First contact: the channel is not trusted yet; the statement is what we verify.
-        with CoordinatorClient(address, insecure=True) as client:
-            document = client.attestation(nonce)
-    else:
-        assert statement is not None
-        try:
-            document = json.loads(statement.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise GeodeError(f"{statement}: not a JSON statement ({exc})") from None
     try:
+        if address is not None:
+            nonce = os.urandom(32)
+            # First contact: the channel is not trusted yet; the statement is what we verify.
+            with CoordinatorClient(address, insecure=True) as client:
+                document = client.attestation(nonce)
+        else:
+            assert statement is not None
+            try:
+                saved = json.loads(statement.read_bytes())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise GeodeError(f"{statement}: not a JSON statement ({exc})") from None
+            document = DeploymentStatement.from_json(saved)
         verified = verify_statement(document, reference=reference, platform_keys=keys, nonce=nonce)
     except StatementError as exc:
         raise click.ClickException(f"deployment statement REJECTED: {exc}") from None
@@ -118,5 +120,5 @@ def verify(
         path = pin_root(address, verified.root)
         click.echo(f"  pinned root:  {path}")
     if save is not None:
-        save.write_text(json.dumps(document, indent=2))
+        save.write_text(json.dumps(document.to_json(), indent=2))
         click.echo(f"  saved:        {save}")

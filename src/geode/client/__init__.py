@@ -6,10 +6,7 @@ from __future__ import annotations
 from geode.client._audit import AuditEntry, AuditReport, verify_audit_log
 from geode.client._client import (
     CONFIG_DIR_ENV,
-    ClientIdentity,
     CoordinatorClient,
-    check_coordinator_peer,
-    client_ssl_context,
     config_dir,
     load_pinned_root,
     pin_root,
@@ -22,12 +19,9 @@ __all__ = [
     "CONFIG_DIR_ENV",
     "AuditEntry",
     "AuditReport",
-    "ClientIdentity",
     "CoordinatorClient",
     "ShareUpload",
     "VerifiedStatement",
-    "check_coordinator_peer",
-    "client_ssl_context",
     "config_dir",
     "load_pinned_root",
     "pin_root",

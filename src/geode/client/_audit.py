@@ -9,14 +9,13 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import audit_entry_hash, audit_signing_payload
+from geode.protocol import AuditLogHead, audit_entry_hash, audit_signing_payload
 
 __all__ = ["AuditEntry", "AuditReport", "verify_audit_log"]
 
@@ -29,7 +28,7 @@ class AuditEntry:
     time: str
     event: str
     user: str | None
-    details: Mapping[str, Any]
+    details: Mapping[str, object]
 
 
 @dataclass(frozen=True)
@@ -83,10 +82,10 @@ def _entry(
 
 
 def verify_audit_log(
-    lines: Sequence[str], head: Mapping[str, Any], root: x509.Certificate
+    lines: Sequence[str], head: AuditLogHead, root: x509.Certificate
 ) -> AuditReport:
-    """Check ``lines`` (the log, oldest first) against ``head`` (``{"seq", "hash"}`` from the
-    Coordinator's sealed state) and the deployment's ``root``."""
+    """Check ``lines`` (the log, oldest first) against ``head`` (the last entry the
+    Coordinator's sealed state names) and the deployment's ``root``."""
     key = root.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
         return AuditReport(broken_at=1, reason="the root key is not an ECDSA key")
@@ -98,9 +97,9 @@ def verify_audit_log(
         except _Broken as exc:
             return AuditReport(entries, index, f"entry {index}: {exc}")
         entries.append(entry)
-    head_seq, head_hash = head.get("seq"), head.get("hash")
+    head_seq, head_hash = head.seq, head.hash
     if head_seq != len(lines):
-        if isinstance(head_seq, int) and head_seq > len(lines):
+        if head_seq > len(lines):
             return AuditReport(
                 entries,
                 len(lines) + 1,

@@ -3,30 +3,56 @@
 Every call goes over TLS verified against the deployment's root certificate, which ``geode
 verify`` pins after checking the deployment statement. ``insecure=True`` skips verification and
 exists for first contact and debugging only. A user of the manifest passes ``identity`` (their
-certificate and key files): the client API authenticates users by TLS client certificate.
+certificate and key files): the client API authenticates users by TLS client certificate. The
+answers are the models of ``geode.protocol``; a refusal raises ``ClientError`` with its code.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from cryptography import x509
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from geode._files import xdg_path
 from geode.errors import ClientError
-from geode.pki import COORDINATOR_URI, certificate_pem, load_certificate, uri_sans
+from geode.pki import certificate_pem, load_certificate
+from geode.protocol import (
+    AcknowledgeAnswer,
+    AuditLogAnswer,
+    CancelAnswer,
+    CertificatesAnswer,
+    ClientIdentity,
+    CoordinatorStatus,
+    DeploymentStatement,
+    ManifestInfo,
+    ManifestLog,
+    ManifestLogEntry,
+    ManifestSetResult,
+    PendingUpdate,
+    PendingUpdateAnswer,
+    RecoveryOffer,
+    RecoveryProgress,
+    RecoveryUpload,
+    Routes,
+    SecretAnswer,
+    SecretBody,
+    SecretSetAnswer,
+    UpdateApplied,
+    UpdatePending,
+    UpdateRef,
+    check_coordinator_peer,
+    coordinator_client_context,
+    raise_for_error,
+)
 
 __all__ = [
     "CONFIG_DIR_ENV",
-    "ClientIdentity",
     "CoordinatorClient",
-    "check_coordinator_peer",
-    "client_ssl_context",
     "config_dir",
     "load_pinned_root",
     "pin_root",
@@ -34,9 +60,10 @@ __all__ = [
 ]
 
 CONFIG_DIR_ENV = "GEODE_CONFIG_DIR"
-API = "/api/v1"
 
-ClientIdentity = tuple[Path, Path]  # a user's certificate and private key, PEM files
+T = TypeVar("T")
+_Model = TypeVar("_Model", bound=BaseModel)
+_ACKNOWLEDGE: TypeAdapter[UpdateApplied | UpdatePending] = TypeAdapter(AcknowledgeAnswer)
 
 
 def config_dir() -> Path:
@@ -71,46 +98,6 @@ def load_pinned_root(address: str | None = None) -> x509.Certificate | None:
         return None
 
 
-def check_coordinator_peer(response: httpx.Response) -> None:
-    """Refuse a TLS peer that chains to the root but is not the Coordinator itself.
-
-    The root also issues certificates that services and secret holders own; only the
-    Coordinator's carries ``COORDINATOR_URI``.
-    """
-    stream = response.extensions.get("network_stream")
-    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
-    # The low-level _ssl socket httpcore hands out takes the flag positionally only.
-    der = ssl_object.getpeercert(True) if ssl_object is not None else None
-    if not der or COORDINATOR_URI not in uri_sans(x509.load_der_x509_certificate(der)):
-        raise ClientError(
-            "the server's certificate chains to the deployment root but is not the "
-            "Coordinator's: refusing to talk to it"
-        )
-
-
-def client_ssl_context(
-    root: x509.Certificate | None, identity: ClientIdentity | None = None
-) -> ssl.SSLContext:
-    """Strict TLS to a Coordinator: only ``root`` is trusted. ``None`` disables verification.
-    ``identity`` is the user's certificate and key, sent when the Coordinator asks."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if root is None:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context.load_verify_locations(cadata=certificate_pem(root))
-    if identity is not None:
-        cert_file, key_file = identity
-        try:
-            context.load_cert_chain(cert_file, key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ClientError(
-                f"cannot use the client certificate {cert_file} with key {key_file}: {exc}"
-            ) from None
-    return context
-
-
 class CoordinatorClient:
     """Synchronous client for the client API at ``address`` (``HOST:PORT``)."""
 
@@ -136,7 +123,9 @@ class CoordinatorClient:
         try:
             self._http = httpx.Client(
                 base_url=f"https://{address}",
-                verify=client_ssl_context(None if insecure else root, identity),
+                verify=coordinator_client_context(
+                    None if insecure else root, identity, insecure=insecure
+                ),
                 timeout=timeout,
             )
         except httpx.InvalidURL:
@@ -151,18 +140,22 @@ class CoordinatorClient:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, *fields: str, **kwargs: Any) -> dict[str, Any]:
-        """One API call; the answer must be a JSON object with (at least) ``fields``."""
-        body = self._request(method, path, **kwargs)
-        missing = [f for f in fields if not isinstance(body, dict) or f not in body]
-        if missing:
-            raise ClientError(
-                f"malformed answer from the Coordinator at {self.address}: no {missing[0]!r}"
-            )
-        result: dict[str, Any] = body
-        return result
+    def _call(self, model: type[_Model], method: str, path: str, **kwargs: Any) -> _Model:
+        """One API call, its answer read as ``model``."""
+        return self._read(TypeAdapter(model), method, path, **kwargs)
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _read(self, adapter: TypeAdapter[T], method: str, path: str, **kwargs: Any) -> T:
+        body = self._request(method, path, **kwargs)
+        try:
+            return adapter.validate_python(body)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in error["loc"]) or "answer"
+            raise ClientError(
+                f"malformed answer from the Coordinator at {self.address}: {where}: {error['msg']}"
+            ) from None
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> object:
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ConnectError) as exc:
@@ -188,94 +181,108 @@ class CoordinatorClient:
             check_coordinator_peer(response)
         if response.status_code >= 400:
             try:
-                body = response.json()
-                code, message = body.get("error"), body.get("message", response.text)
+                error: object = response.json()
             except ValueError:
-                code, message = None, response.text.strip() or response.reason_phrase
-            raise ClientError(str(message), status=response.status_code, code=code)
+                error = None
+            raise_for_error(
+                response.status_code, error, response.text.strip() or response.reason_phrase
+            )
         try:
-            return response.json()
+            answer: object = response.json()
+            return answer
         except ValueError:
             raise ClientError(f"the Coordinator at {self.address} sent invalid JSON") from None
 
     def _answers_without_identity(self) -> bool:
-        context = client_ssl_context(self._root)
+        context = coordinator_client_context(self._root, insecure=self._root is None)
         try:
             with httpx.Client(verify=context, timeout=self._timeout) as probe:
-                probe.get(f"https://{self.address}{API}/status")
+                probe.get(f"https://{self.address}{Routes.status.path}")
         except httpx.HTTPError:
             return False
         return True
 
-    def status(self) -> dict[str, Any]:
-        return self._call("GET", f"{API}/status", "state")
+    def status(self) -> CoordinatorStatus:
+        return self._call(CoordinatorStatus, "GET", Routes.status.path)
 
-    def get_manifest(self) -> dict[str, Any]:
-        return self._call("GET", f"{API}/manifest", "manifest", "sha256")
+    def get_manifest(self) -> ManifestInfo:
+        return self._call(ManifestInfo, "GET", Routes.manifest.path)
 
-    def set_manifest(self, raw: bytes) -> dict[str, Any]:
-        content_type = "application/json" if raw.lstrip().startswith(b"{") else "application/yaml"
+    def set_manifest(self, raw: bytes) -> ManifestSetResult:
         return self._call(
+            ManifestSetResult,
             "POST",
-            f"{API}/manifest",
-            "sha256",
+            Routes.set_manifest.path,
             content=raw,
-            headers={"content-type": content_type},
+            headers={"content-type": _manifest_type(raw)},
         )
 
-    def attestation(self, nonce: bytes) -> dict[str, Any]:
-        return self._call("GET", f"{API}/attestation", params={"nonce": nonce.hex()})
+    def attestation(self, nonce: bytes) -> DeploymentStatement:
+        """The deployment statement for ``nonce``, not verified yet (``verify_statement``);
+        ``StatementError`` when it is not even shaped like one."""
+        body = self._request("GET", Routes.attestation.path, params={"nonce": nonce.hex()})
+        return DeploymentStatement.from_json(body)
 
-    def certificates(self) -> dict[str, str]:
-        body = self._call("GET", f"{API}/certificates", "root", "mesh_ca", "chain")
-        return {key: str(body[key]) for key in ("root", "mesh_ca", "chain")}
+    def certificates(self) -> CertificatesAnswer:
+        return self._call(CertificatesAnswer, "GET", Routes.certificates.path)
 
     # -- governance (``identity`` must be a user's) ---------------------------------------------
 
     def get_secret(self, name: str) -> bytes:
         """A secret's value: bytes, or for certificates the certificate and key in PEM."""
-        body = self._call("GET", f"{API}/secrets/{name}", "value")
-        return base64.b64decode(body["value"])
+        answer = self._call(SecretAnswer, "GET", Routes.secret.url(name=name))
+        return base64.b64decode(answer.value)
 
-    def set_secret(self, name: str, value: bytes) -> dict[str, Any]:
+    def set_secret(self, name: str, value: bytes) -> SecretSetAnswer:
+        body = SecretBody(value=base64.b64encode(value).decode())
         return self._call(
-            "PUT", f"{API}/secrets/{name}", json={"value": base64.b64encode(value).decode()}
+            SecretSetAnswer, "PUT", Routes.set_secret.url(name=name), json=body.model_dump()
         )
 
-    def update(self, raw: bytes) -> dict[str, Any]:
+    def update(self, raw: bytes) -> UpdateApplied | UpdatePending:
         """A package update (``{"packages": ...}``) or a manifest update (a whole manifest)."""
-        content_type = "application/json" if raw.lstrip().startswith(b"{") else "application/yaml"
-        return self._call(
-            "POST", f"{API}/update", "applied", content=raw, headers={"content-type": content_type}
+        return self._read(
+            _ACKNOWLEDGE,
+            "POST",
+            Routes.update.path,
+            content=raw,
+            headers={"content-type": _manifest_type(raw)},
         )
 
-    def pending_update(self) -> dict[str, Any] | None:
-        pending = self._call("GET", f"{API}/update", "pending")["pending"]
-        return pending if isinstance(pending, dict) else None
+    def pending_update(self) -> PendingUpdate | None:
+        return self._call(PendingUpdateAnswer, "GET", Routes.pending_update.path).pending
 
-    def acknowledge_update(self, sha256: str) -> dict[str, Any]:
-        return self._call("POST", f"{API}/update/acknowledge", "applied", json={"sha256": sha256})
+    def acknowledge_update(self, sha256: str) -> UpdateApplied | UpdatePending:
+        body = UpdateRef(sha256=sha256)
+        return self._read(
+            _ACKNOWLEDGE, "POST", Routes.acknowledge_update.path, json=body.model_dump()
+        )
 
-    def cancel_update(self, sha256: str) -> dict[str, Any]:
-        return self._call("POST", f"{API}/update/cancel", "cancelled", json={"sha256": sha256})
+    def cancel_update(self, sha256: str) -> CancelAnswer:
+        body = UpdateRef(sha256=sha256)
+        return self._call(CancelAnswer, "POST", Routes.cancel_update.path, json=body.model_dump())
 
-    def manifest_log(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"{API}/manifest/log", "updates")["updates"])
+    def manifest_log(self) -> list[ManifestLogEntry]:
+        return self._call(ManifestLog, "GET", Routes.manifest_log.path).updates
 
-    def audit_log(self) -> dict[str, Any]:
-        return self._call("GET", f"{API}/audit", "entries", "head")
+    def audit_log(self) -> AuditLogAnswer:
+        return self._call(AuditLogAnswer, "GET", Routes.audit.path)
 
     # -- recovery (no user: the Coordinator cannot read its manifest yet) ------------------------
 
-    def recovery_offer(self, nonce: bytes) -> dict[str, Any]:
+    def recovery_offer(self, nonce: bytes) -> RecoveryOffer:
         return self._call(
-            "GET", f"{API}/recovery", "parties", "recovery_key", params={"nonce": nonce.hex()}
+            RecoveryOffer, "GET", Routes.recovery_offer.path, params={"nonce": nonce.hex()}
         )
 
-    def upload_share(self, party: str, share: bytes, signature: bytes) -> dict[str, Any]:
-        body = {
-            "party": party,
-            "share": base64.b64encode(share).decode(),
-            "signature": base64.b64encode(signature).decode(),
-        }
-        return self._call("POST", f"{API}/recovery", "state", json=body)
+    def upload_share(self, party: str, share: bytes, signature: bytes) -> RecoveryProgress:
+        body = RecoveryUpload(
+            party=party,
+            share=base64.b64encode(share).decode(),
+            signature=base64.b64encode(signature).decode(),
+        )
+        return self._call(RecoveryProgress, "POST", Routes.recover.path, json=body.model_dump())
+
+
+def _manifest_type(raw: bytes) -> str:
+    return "application/json" if raw.lstrip().startswith(b"{") else "application/yaml"

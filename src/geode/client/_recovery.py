@@ -9,24 +9,21 @@ import binascii
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from geode.attestation import (
+from geode.attestation import EvidenceVerifier, ReferenceValues, match_claims
+from geode.errors import ClaimsMismatch, ClientError, EvidenceError, StatementError
+from geode.pki import public_key_der
+from geode.protocol import (
     RECOVERY_SHARE_LABEL,
     RECOVERY_TRANSPORT_LABEL,
-    Evidence,
-    EvidenceVerifier,
-    ReferenceValues,
-    match_claims,
+    RecoveryOffer,
     recovery_binding,
     recovery_upload_payload,
 )
-from geode.errors import ClaimsMismatch, ClientError, EvidenceError, StatementError
-from geode.pki import public_key_der
 
 __all__ = ["ShareUpload", "prepare_share_upload", "verify_recovery_offer"]
 
@@ -36,7 +33,7 @@ def _oaep(label: bytes) -> padding.OAEP:
 
 
 def verify_recovery_offer(
-    offer: dict[str, Any],
+    offer: RecoveryOffer,
     *,
     reference: ReferenceValues,
     platform_keys: Sequence[Ed25519PublicKey] = (),
@@ -45,9 +42,9 @@ def verify_recovery_offer(
     """The key a recovering Coordinator receives shares under, once its evidence is checked:
     the expected Coordinator (``reference``), bound to that key and this party's ``nonce``."""
     try:
-        key = serialization.load_pem_public_key(str(offer["recovery_key"]).encode())
-        evidence = Evidence.from_json(offer["evidence"])
-    except (KeyError, ValueError, TypeError, EvidenceError) as exc:
+        key = serialization.load_pem_public_key(offer.recovery_key.encode())
+        evidence = offer.evidence.evidence()
+    except (ValueError, TypeError, EvidenceError) as exc:
         raise StatementError(f"malformed recovery offer: {exc}") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise StatementError("the recovery key is not an RSA key")
@@ -72,20 +69,20 @@ class ShareUpload:
     signature: bytes
 
 
-def _party_of(offer: dict[str, Any], key: rsa.RSAPrivateKey) -> str:
+def _party_of(offer: RecoveryOffer, key: rsa.RSAPrivateKey) -> str:
     mine = public_key_der(key.public_key())
-    for name, party in dict(offer.get("parties") or {}).items():
+    for name, party in offer.parties.items():
         try:
-            theirs = serialization.load_pem_public_key(str(party["public_key"]).encode())
-        except (KeyError, ValueError, TypeError):
+            theirs = serialization.load_pem_public_key(party.public_key.encode())
+        except (ValueError, TypeError):
             continue
         if public_key_der(theirs) == mine:
-            return str(name)
+            return name
     raise ClientError("this key is not one of the state's recovery keys")
 
 
 def prepare_share_upload(
-    offer: dict[str, Any],
+    offer: RecoveryOffer,
     party_key: rsa.RSAPrivateKey,
     recovery_key: rsa.RSAPublicKey,
     *,
@@ -96,8 +93,8 @@ def prepare_share_upload(
     party = _party_of(offer, party_key)
     if encrypted_share is None:
         try:
-            encrypted_share = base64.b64decode(offer["parties"][party]["share"], validate=True)
-        except (KeyError, TypeError, binascii.Error, ValueError):
+            encrypted_share = base64.b64decode(offer.parties[party].share, validate=True)
+        except (binascii.Error, ValueError):
             raise ClientError(f"the offer carries no share for {party!r}") from None
     try:
         share = party_key.decrypt(encrypted_share, _oaep(RECOVERY_SHARE_LABEL))

@@ -12,7 +12,6 @@ import binascii
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -20,18 +19,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from geode.attestation import (
-    Claims,
-    Evidence,
-    EvidenceVerifier,
-    ReferenceValues,
+from geode.attestation import Claims, EvidenceVerifier, ReferenceValues, match_claims
+from geode.errors import ClaimsMismatch, EvidenceError, PKIError, StatementError
+from geode.pki import certificate_der, fingerprint, load_certificate
+from geode.protocol import (
+    DeploymentStatement,
     manifest_signing_payload,
-    match_claims,
     statement_binding,
     statement_signing_payload,
 )
-from geode.errors import ClaimsMismatch, EvidenceError, PKIError, StatementError
-from geode.pki import certificate_der, fingerprint, load_certificate
 
 __all__ = ["VerifiedStatement", "statement_manifest", "verify_statement"]
 
@@ -61,56 +57,44 @@ class _Parsed:
     state: str
 
 
-def _field(statement: dict[str, Any], name: str, kind: type) -> Any:
-    value = statement.get(name)
-    if not isinstance(value, kind):
-        raise StatementError(f"statement field {name!r} is missing or not a {kind.__name__}")
-    return value
-
-
-def _hex(statement: dict[str, Any], name: str, size: int | None = None) -> bytes:
+def _hex(value: str, name: str, size: int | None = None) -> bytes:
     try:
-        value = bytes.fromhex(_field(statement, name, str))
+        decoded = bytes.fromhex(value)
     except ValueError:
         raise StatementError(f"statement field {name!r} is not hex") from None
-    if size is not None and len(value) != size:
+    if size is not None and len(decoded) != size:
         raise StatementError(f"statement field {name!r} is not a SHA-256 digest")
-    return value
+    return decoded
 
 
-def _b64(statement: dict[str, Any], name: str) -> bytes:
+def _b64(value: str | None, name: str) -> bytes:
+    if value is None:
+        raise StatementError(f"statement field {name!r} is missing")
     try:
-        return base64.b64decode(_field(statement, name, str), validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise StatementError(f"statement field {name!r} is not base64") from None
 
 
-def _parse(statement: Any, nonce: bytes | None) -> _Parsed:
-    """Shape and freshness."""
-    if (
-        not isinstance(statement, dict)
-        or type(statement.get("version")) is not int
-        or (statement["version"] != 1)
-    ):
-        raise StatementError("not a version 1 deployment statement")
-    stated_nonce = _hex(statement, "nonce")
+def _parse(statement: DeploymentStatement, nonce: bytes | None) -> _Parsed:
+    """Freshness, and the fields decoded (the model checked the shape)."""
+    stated_nonce = _hex(statement.nonce, "nonce")
     if nonce is not None and not hmac.compare_digest(stated_nonce, nonce):
         raise StatementError("statement answers another nonce (replayed or stale)")
     try:
-        root = load_certificate(_field(statement, "root_certificate", str), "root_certificate")
-        mesh = load_certificate(
-            _field(statement, "mesh_ca_certificate", str), "mesh_ca_certificate"
-        )
+        root = load_certificate(statement.root_certificate, "root_certificate")
+        mesh = load_certificate(statement.mesh_ca_certificate, "mesh_ca_certificate")
     except PKIError as exc:
         raise StatementError(str(exc)) from None
     manifest_sha = (
-        None if statement.get("manifest_sha256") is None else _hex(statement, "manifest_sha256", 32)
+        None
+        if statement.manifest_sha256 is None
+        else _hex(statement.manifest_sha256, "manifest_sha256", 32)
     )
-    state = _field(statement, "state", str)
-    return _Parsed(stated_nonce, root, mesh, manifest_sha, state)
+    return _Parsed(stated_nonce, root, mesh, manifest_sha, statement.state)
 
 
-def _check_root_signatures(statement: dict[str, Any], parsed: _Parsed) -> None:
+def _check_root_signatures(statement: DeploymentStatement, parsed: _Parsed) -> None:
     """The mesh CA's issuance, and the root's signatures over the statement and the manifest."""
     key = parsed.root.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -123,13 +107,14 @@ def _check_root_signatures(statement: dict[str, Any], parsed: _Parsed) -> None:
         parsed.state,
     )
     try:
-        key.verify(_b64(statement, "statement_signature"), payload, ec.ECDSA(hashes.SHA256()))
+        signature = _b64(statement.statement_signature, "statement_signature")
+        key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise StatementError("statement signature does not verify with the root key") from None
     if parsed.manifest_sha256 is not None:
         try:
             key.verify(
-                _b64(statement, "manifest_signature"),
+                _b64(statement.manifest_signature, "manifest_signature"),
                 manifest_signing_payload(parsed.manifest_sha256),
                 ec.ECDSA(hashes.SHA256()),
             )
@@ -149,7 +134,7 @@ def _check_mesh_ca(root: x509.Certificate, mesh: x509.Certificate) -> None:
 
 
 def verify_statement(
-    statement: Any,
+    statement: DeploymentStatement,
     *,
     reference: ReferenceValues,
     platform_keys: Sequence[Ed25519PublicKey] = (),
@@ -157,12 +142,13 @@ def verify_statement(
 ) -> VerifiedStatement:
     """Check a deployment statement; raises ``StatementError`` naming what failed.
 
-    ``nonce`` is the caller's fresh nonce; ``None`` skips the freshness check (offline use).
+    ``nonce`` is the caller's fresh nonce; ``None`` skips the freshness check (offline use). A
+    statement read from JSON is ``DeploymentStatement.from_json`` first.
     Simulated evidence verifies only against ``platform_keys``.
     """
     parsed = _parse(statement, nonce)
     try:
-        evidence = Evidence.from_json(statement.get("evidence"))
+        evidence = statement.evidence.evidence()
         claims = EvidenceVerifier(
             simulation=evidence.kind == "simulated", platform_keys=platform_keys
         ).verify(evidence)
@@ -190,7 +176,9 @@ def verify_statement(
     )
 
 
-def statement_manifest(statement: Any, *, root: x509.Certificate, nonce: bytes) -> bytes | None:
+def statement_manifest(
+    statement: DeploymentStatement, *, root: x509.Certificate, nonce: bytes
+) -> bytes | None:
     """The manifest hash a statement vouches for, given an already trusted (pinned) root.
 
     Checks the nonce, that the statement carries exactly ``root``, and the root's signatures;

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 from geode.coordinator._activation import ActivationRequest, ActivationResult, RenewalRequest
-from geode.coordinator._api import API_PREFIX, MESH_PREFIX, build_apps, openapi_document
+from geode.coordinator._api import build_apps
 from geode.coordinator._audit import AuditLog, MemoryAuditLog
-from geode.coordinator._core import (
-    Coordinator,
-    CoordinatorSettings,
-    Pending,
-    PreparedManifest,
-    State,
-)
+from geode.coordinator._base import CoordinatorSettings, Pending, PreparedManifest, State
+from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._persist import GroupCommit
@@ -30,10 +25,9 @@ from geode.coordinator._server import (
 )
 from geode.coordinator._state import CoordinatorState, StoredSecret
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
+from geode.coordinator._transaction import Transaction
 
 __all__ = [
-    "API_PREFIX",
-    "MESH_PREFIX",
     "SEALING_KEY_ENV",
     "ActivationRequest",
     "ActivationResult",
@@ -56,12 +50,12 @@ __all__ = [
     "State",
     "Store",
     "StoredSecret",
+    "Transaction",
     "build_apps",
     "coordinator_measurement",
     "default_sealing_key_path",
     "load_or_create_sealing_key",
     "open_coordinator",
-    "openapi_document",
     "parse_address",
     "parse_etcd_url",
     "serve",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 
@@ -21,6 +20,7 @@ from geode.manifest import (
     render_template,
 )
 from geode.pki import CertificateAuthority, Clock, certificate_pem
+from geode.protocol import ActivationAnswer, SecretMaterial
 
 __all__ = [
     "ActivationRequest",
@@ -60,22 +60,24 @@ class ActivationResult:
     argv: list[bytes]
     mesh: MeshConfig
 
-    def to_json(self) -> dict[str, Any]:
+    def answer(self) -> ActivationAnswer:
         def b64(value: bytes) -> str:
             return base64.b64encode(value).decode()
 
-        return {
-            "instance_id": self.instance_id,
-            "spiffe_id": self.spiffe_id,
-            "certificate_chain": [certificate_pem(self.certificate), self.mesh_ca_pem],
-            "mesh_ca": self.mesh_ca_pem,
-            "root_ca": self.root_ca_pem,
-            "secrets": {name: s.to_json() for name, s in self.secrets.items()},
-            "files": {path: b64(v) for path, v in self.files.items()},
-            "env": {key: b64(v) for key, v in self.env.items()},
-            "argv": [b64(v) for v in self.argv],
-            "mesh": self.mesh.model_dump(mode="json"),
-        }
+        return ActivationAnswer(
+            instance_id=self.instance_id,
+            spiffe_id=self.spiffe_id,
+            certificate_chain=[certificate_pem(self.certificate), self.mesh_ca_pem],
+            mesh_ca=self.mesh_ca_pem,
+            root_ca=self.root_ca_pem,
+            secrets={
+                name: SecretMaterial.model_validate(s.to_json()) for name, s in self.secrets.items()
+            },
+            files={path: b64(v) for path, v in self.files.items()},
+            env={key: b64(v) for key, v in self.env.items()},
+            argv=[b64(v) for v in self.argv],
+            mesh=self.mesh,
+        )
 
 
 def render_activation(

@@ -1,7 +1,8 @@
 """The client API's governance endpoints: secrets, updates, the manifest log, the audit log and
 recovery. Users authenticate with the client certificate the manifest lists for them; roles
-decide what each may do (``Manifest.grants``). Every change goes through one lock, is saved
-(group commit) before it is answered, and its audit entry reaches the log file after that.
+decide what each may do (``Manifest.grants``). Every change is one call into the transaction
+(``Transaction.govern``): made after the changes before it, saved before it is answered, its
+audit entry in the log file after that.
 """
 
 from __future__ import annotations
@@ -12,52 +13,45 @@ import binascii
 import hashlib
 import logging
 import re
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, StringConstraints
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 from geode.coordinator._base import Pending, both
-from geode.coordinator._core import Coordinator
+from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._http import (
-    MAX_JSON_BODY,
     ApiError,
-    Body,
-    handled,
+    Handler,
+    answer,
     json_body,
     peer_certificate_der,
     read_body,
 )
-from geode.coordinator._persist import GroupCommit
 from geode.coordinator._secrets import exported_secret, is_set
+from geode.coordinator._transaction import Transaction
 from geode.coordinator._updates import PackageUpdate, apply_package_update
-from geode.errors import SealError, Unauthenticated
+from geode.errors import Unauthenticated
 from geode.manifest import MAX_MANIFEST_BYTES, load_manifest, parse_manifest_data
+from geode.protocol import (
+    NONCE_QUERY_PATTERN,
+    AuditLogAnswer,
+    CancelAnswer,
+    ManifestLog,
+    PendingUpdateAnswer,
+    RecoveryProgress,
+    RecoveryUpload,
+    Routes,
+    SecretAnswer,
+    SecretBody,
+    SecretSetAnswer,
+    UpdateApplied,
+    UpdatePending,
+    UpdateRef,
+)
 
-__all__ = ["Governor", "governance_routes", "governance_schemas"]
+__all__ = ["governance_handlers"]
 
 log = logging.getLogger("geode.coordinator.api")
-
-T = TypeVar("T")
-HexDigest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Base64 = Annotated[str, Field(max_length=MAX_JSON_BODY)]
-
-
-class SecretBody(Body):
-    value: Base64
-
-
-class UpdateRef(Body):
-    sha256: HexDigest
-
-
-class RecoveryUpload(Body):
-    party: Annotated[str, Field(min_length=1, max_length=64)]
-    share: Annotated[str, Field(min_length=1, max_length=4096)]
-    signature: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 def _b64(value: str, field: str) -> bytes:
@@ -67,56 +61,19 @@ def _b64(value: str, field: str) -> bytes:
         raise ApiError(400, "invalid_request", f"{field}: not base64", path=field) from None
 
 
-class Governor:
-    """Serialises governance changes and carries each from memory to disk to the audit log."""
-
-    def __init__(
-        self,
-        coordinator: Coordinator,
-        persist: GroupCommit,
-        on_change: Callable[[], None] | None = None,
-    ) -> None:
-        self.coordinator = coordinator
-        self.persist = persist
-        self.on_change = on_change
-        self.lock = asyncio.Lock()
-
-    async def commit(self, pending: Pending[T]) -> T:
-        """Save a change made in memory (undone by the writer if the write fails), then log it."""
-        await self.persist.commit(pending.revert)
-        await self.changed()
-        return pending.value
-
-    async def changed(self) -> None:
-        await self.flush_audit()
-        if self.on_change is not None:
-            self.on_change()
-
-    async def flush_audit(self) -> None:
-        """Append the saved entries that the log file does not hold yet."""
-        lines = self.coordinator.unflushed_audit()
-        if not lines:
-            return
-        try:
-            await asyncio.to_thread(self.coordinator.audit_sink.append_missing, lines)
-        except SealError as exc:
-            # The entries stay in the sealed state and are appended by the next flush or start.
-            log.error("audit log not written, retried with the next change: %s", exc)
-            return
-        self.coordinator.audit_flushed(lines)
-
-
-def governance_routes(governor: Governor, prefix: str) -> list[Route]:
-    coordinator = governor.coordinator
+def governance_handlers(coordinator: Coordinator, transaction: Transaction) -> dict[str, Handler]:
+    """The governance routes' handlers, by operation id (``geode.protocol.Routes``)."""
+    governance = coordinator.governance
+    recovery = coordinator.recovery
 
     def authenticated(request: Request) -> str:
-        coordinator.require_manifest()  # 503 in recovery, 409 before a manifest
+        governance.require_manifest()  # 503 in recovery, 409 before a manifest
         der = peer_certificate_der(request)
         if der is None:
             raise Unauthenticated(
                 "this call needs the client certificate of a user named in the manifest"
             )
-        user = coordinator.user_for(der)
+        user = governance.user_for(der)
         if user is None:
             fingerprint = hashlib.sha256(der).hexdigest()
             raise Unauthenticated(
@@ -130,37 +87,40 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         the manifest in force now has them (an update may have landed while it waited)."""
         user = authenticated(request)
         if not names:
-            coordinator.require_grant(user, resource, action)
+            governance.require_grant(user, resource, action)
         for name in names:
-            coordinator.require_grant(user, resource, action, name)
+            governance.require_grant(user, resource, action, name)
         return user
 
     async def get_secret(request: Request) -> Response:
         name = request.path_params["name"]
         user = authenticated(request)
-        coordinator.require_grant(user, "secrets", "read", name)
-        spec, stored = coordinator.read_secret(name)
+        governance.require_grant(user, "secrets", "read", name)
+        spec, stored = governance.read_secret(name)
         if spec.type != "plain" and not is_set(stored):
             raise ApiError(404, "secret_not_set", f"secret {name!r} has not been set yet")
         log.info("user %s read secret %s", user, name)
-        return JSONResponse(
-            {
-                "name": name,
-                "type": spec.type,
-                "set": is_set(stored),
-                "value": base64.b64encode(exported_secret(stored)).decode(),
-            }
+        return answer(
+            SecretAnswer(
+                name=name,
+                type=spec.type,
+                set=is_set(stored),
+                value=base64.b64encode(exported_secret(stored)).decode(),
+            )
         )
 
     async def put_secret(request: Request) -> Response:
         name = request.path_params["name"]
         user = authenticated(request)
-        coordinator.require_grant(user, "secrets", "write", name)
+        governance.require_grant(user, "secrets", "write", name)
         value = _b64((await json_body(request, SecretBody)).value, "value")
-        async with governor.lock:
-            user = still_granted(request, "secrets", "write", name)
-            await governor.commit(coordinator.write_secret(user, name, value))
-        return JSONResponse({"name": name, "set": True})
+
+        async def change() -> Pending[None]:
+            granted = still_granted(request, "secrets", "write", name)
+            return governance.write_secret(granted, name, value)
+
+        await transaction.govern(change)
+        return answer(SecretSetAnswer(name=name, set=True))
 
     async def post_update(request: Request) -> Response:
         user = authenticated(request)
@@ -168,143 +128,141 @@ def governance_routes(governor: Governor, prefix: str) -> list[Route]:
         data = parse_manifest_data(raw)
         if isinstance(data, dict) and set(data) == {"packages"}:
             return await _package_update(request, user, PackageUpdate.parse(data))
-        coordinator.require_grant(user, "manifest", "update")
+        governance.require_grant(user, "manifest", "update")
         document = await asyncio.to_thread(load_manifest, raw)
-        async with governor.lock:
-            user = still_granted(request, "manifest", "update")
-            threshold = coordinator.manifest_threshold()
+
+        async def change() -> Pending[tuple[UpdatePending | UpdateApplied, int]]:
+            granted = still_granted(request, "manifest", "update")
             prepared = None
-            if threshold <= 1:
-                prepared = await asyncio.to_thread(coordinator.prepare_update, raw)
-            proposal = coordinator.propose_update(user, document)
+            if governance.manifest_threshold() <= 1:
+                prepared = await asyncio.to_thread(governance.prepare_update, raw)
+            proposal = governance.propose_update(granted, document)
             if prepared is None:
-                await governor.commit(proposal)
-                return JSONResponse(_pending_answer(), status_code=202)
+                return Pending((_pending_answer(), 202), proposal.revert)
             try:
-                applied = coordinator.adopt_update(prepared, kind="manifest", users=[user])
+                applied = governance.adopt_update(prepared, kind="manifest", users=[granted])
             except Exception:
                 proposal.revert()
                 raise
-            result = await governor.commit(
-                Pending(applied.value, both(proposal.revert, applied.revert))
-            )
-        return JSONResponse(result, status_code=201)
+            return Pending((applied.value, 201), both(proposal.revert, applied.revert))
+
+        result, status = await transaction.govern(change)
+        return answer(result, status)
 
     async def _package_update(request: Request, user: str, update: PackageUpdate) -> Response:
         for name in sorted(update.packages):
-            coordinator.require_grant(user, "packages", "update", name)
-        async with governor.lock:
-            user = still_granted(request, "packages", "update", *sorted(update.packages))
-            document = coordinator.require_manifest()
-            raw = apply_package_update(document.raw, document.manifest, update)
-            prepared = await asyncio.to_thread(coordinator.prepare_update, raw)
-            pending = coordinator.adopt_update(
-                prepared, kind="package", users=[user], packages=sorted(update.packages)
-            )
-            result = await governor.commit(pending)
-        return JSONResponse(result, status_code=201)
+            governance.require_grant(user, "packages", "update", name)
 
-    def _pending_answer() -> dict[str, Any]:
-        pending = coordinator.pending_update()
+        async def change() -> Pending[UpdateApplied]:
+            granted = still_granted(request, "packages", "update", *sorted(update.packages))
+            document = governance.require_manifest()
+            raw = apply_package_update(document.raw, document.manifest, update)
+            prepared = await asyncio.to_thread(governance.prepare_update, raw)
+            return governance.adopt_update(
+                prepared, kind="package", users=[granted], packages=sorted(update.packages)
+            )
+
+        result = await transaction.govern(change)
+        return answer(result, 201)
+
+    def _pending_answer() -> UpdatePending:
+        pending = governance.pending_update()
         assert pending is not None
-        return {
-            "applied": False,
-            "sha256": pending["sha256"],
-            "acknowledgements": pending["acknowledgements"],
-            "threshold": pending["threshold"],
-        }
+        return UpdatePending(
+            applied=False,
+            sha256=pending.sha256,
+            acknowledgements=pending.acknowledgements,
+            threshold=pending.threshold,
+        )
 
     async def get_update(request: Request) -> Response:
         authenticated(request)
-        return JSONResponse({"pending": coordinator.pending_update()})
+        return answer(PendingUpdateAnswer(pending=governance.pending_update()))
 
     async def acknowledge(request: Request) -> Response:
         user = authenticated(request)
-        coordinator.require_grant(user, "manifest", "update")
+        governance.require_grant(user, "manifest", "update")
         sha256 = bytes.fromhex((await json_body(request, UpdateRef)).sha256)
-        async with governor.lock:
-            user = still_granted(request, "manifest", "update")
-            raw = coordinator.pending_manifest()
+
+        async def change() -> Pending[UpdatePending | UpdateApplied]:
+            granted = still_granted(request, "manifest", "update")
+            raw = governance.pending_manifest()
             prepared = None
-            if coordinator.acknowledgements_after(user) >= coordinator.manifest_threshold():
-                prepared = await asyncio.to_thread(coordinator.prepare_update, raw)
-            ack = coordinator.acknowledge_update(user, sha256)
+            if governance.acknowledgements_after(granted) >= governance.manifest_threshold():
+                prepared = await asyncio.to_thread(governance.prepare_update, raw)
+            ack = governance.acknowledge_update(granted, sha256)
             if prepared is None:
-                await governor.commit(ack)
-                return JSONResponse(_pending_answer())
-            pending = coordinator.pending_update()
+                return Pending(_pending_answer(), ack.revert)
+            pending = governance.pending_update()
             assert pending is not None
             try:
-                applied = coordinator.adopt_update(
-                    prepared, kind="manifest", users=pending["acknowledgements"]
+                applied = governance.adopt_update(
+                    prepared, kind="manifest", users=pending.acknowledgements
                 )
             except Exception:
                 ack.revert()
                 raise
-            result = await governor.commit(Pending(applied.value, both(ack.revert, applied.revert)))
-        return JSONResponse(result)
+            return Pending(applied.value, both(ack.revert, applied.revert))
+
+        result = await transaction.govern(change)
+        return answer(result)
 
     async def cancel(request: Request) -> Response:
         user = authenticated(request)
-        coordinator.require_grant(user, "manifest", "update")
+        governance.require_grant(user, "manifest", "update")
         sha256 = bytes.fromhex((await json_body(request, UpdateRef)).sha256)
-        async with governor.lock:
-            user = still_granted(request, "manifest", "update")
-            await governor.commit(coordinator.cancel_update(user, sha256))
-        return JSONResponse({"cancelled": sha256.hex()})
+
+        async def change() -> Pending[None]:
+            granted = still_granted(request, "manifest", "update")
+            return governance.cancel_update(granted, sha256)
+
+        await transaction.govern(change)
+        return answer(CancelAnswer(cancelled=sha256.hex()))
 
     async def get_manifest_log(request: Request) -> Response:
         authenticated(request)
-        return JSONResponse({"updates": coordinator.manifest_log()})
+        return answer(ManifestLog(updates=governance.manifest_log()))
 
     async def get_audit(request: Request) -> Response:
         authenticated(request)
-        async with governor.lock:
-            await governor.flush_audit()
-            head = coordinator.audit_head()
+        async with transaction.serialised():
+            await transaction.flush_audit()
+            head = governance.audit_head()
             entries = await asyncio.to_thread(coordinator.audit_sink.read)
-        return JSONResponse({"entries": entries, "head": head})
+        return answer(AuditLogAnswer(entries=entries, head=head))
 
     async def get_recovery(request: Request) -> Response:
         nonce_hex = request.query_params.get("nonce", "")
-        if not re.fullmatch(r"(?:[0-9a-f]{2}){16,64}", nonce_hex):
+        if not re.fullmatch(NONCE_QUERY_PATTERN, nonce_hex):
             raise ApiError(
                 400, "invalid_request", "nonce: 16 to 64 bytes in lowercase hex", path="nonce"
             )
-        async with governor.lock:
-            await asyncio.to_thread(coordinator.prepare_recovery)
-            return JSONResponse(coordinator.recovery_offer(bytes.fromhex(nonce_hex)))
+        async with transaction.serialised():
+            await asyncio.to_thread(recovery.prepare)
+            return answer(recovery.offer(bytes.fromhex(nonce_hex)))
 
     async def post_recovery(request: Request) -> Response:
         body = await json_body(request, RecoveryUpload)
         share = _b64(body.share, "share")
         signature = _b64(body.signature, "signature")
-        async with governor.lock:
-            pending = coordinator.recover(body.party, share, signature)
-            if pending.value["state"] == "recovery":
-                return JSONResponse(pending.value)
-            result = await governor.commit(pending)
-            coordinator.recovery_saved()
-        return JSONResponse(result)
 
-    return [
-        Route(f"{prefix}/secrets/{{name}}", handled(get_secret), methods=["GET"]),
-        Route(f"{prefix}/secrets/{{name}}", handled(put_secret), methods=["PUT"]),
-        Route(f"{prefix}/update", handled(get_update), methods=["GET"]),
-        Route(f"{prefix}/update", handled(post_update), methods=["POST"]),
-        Route(f"{prefix}/update/acknowledge", handled(acknowledge), methods=["POST"]),
-        Route(f"{prefix}/update/cancel", handled(cancel), methods=["POST"]),
-        Route(f"{prefix}/manifest/log", handled(get_manifest_log), methods=["GET"]),
-        Route(f"{prefix}/audit", handled(get_audit), methods=["GET"]),
-        Route(f"{prefix}/recovery", handled(get_recovery), methods=["GET"]),
-        Route(f"{prefix}/recovery", handled(post_recovery), methods=["POST"]),
-    ]
+        async def change() -> Pending[RecoveryProgress]:
+            # Below the threshold nothing is written; at it, the opened state is saved (under
+            # this Coordinator's sealing key) before the session is dropped and it is answered.
+            return recovery.recover(body.party, share, signature)
 
+        result = await transaction.govern(change)
+        return answer(result)
 
-def governance_schemas() -> dict[str, Any]:
-    """The request bodies, for the OpenAPI document."""
     return {
-        "SecretBody": SecretBody.model_json_schema(),
-        "UpdateRef": UpdateRef.model_json_schema(),
-        "RecoveryUpload": RecoveryUpload.model_json_schema(),
+        Routes.secret.operation_id: get_secret,
+        Routes.set_secret.operation_id: put_secret,
+        Routes.pending_update.operation_id: get_update,
+        Routes.update.operation_id: post_update,
+        Routes.acknowledge_update.operation_id: acknowledge,
+        Routes.cancel_update.operation_id: cancel,
+        Routes.manifest_log.operation_id: get_manifest_log,
+        Routes.audit.operation_id: get_audit,
+        Routes.recovery_offer.operation_id: get_recovery,
+        Routes.recover.operation_id: post_recovery,
     }

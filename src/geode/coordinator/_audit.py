@@ -33,9 +33,9 @@ from typing import Protocol
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import audit_entry_hash, audit_signing_payload
 from geode.coordinator._state import AuditHead
 from geode.errors import SealError
+from geode.protocol import audit_entry_hash, audit_signing_payload
 
 __all__ = [
     "AUDIT_FILE",

@@ -38,7 +38,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import httpx
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import ValidationError
 
 from geode._files import replace_private_file
 from geode.attestation import (
@@ -53,13 +54,30 @@ from geode.attestation import (
     EvidenceVerifier,
     ReferenceValues,
     SimulatedPlatform,
-    join_answer_binding,
-    join_request_binding,
     match_claims,
 )
+from geode.coordinator._base import CoordinatorSettings, StateHolder
+from geode.coordinator._nonces import NonceStore
 from geode.coordinator._seal import Sealer
+from geode.coordinator._state import CLUSTER_KEY_SIZE
 from geode.coordinator._store import SharedStore
-from geode.errors import ClaimsMismatch, EvidenceError, GeodeError, JoinRefused, SealError
+from geode.errors import (
+    ClaimsMismatch,
+    CoordinatorUnavailable,
+    EvidenceError,
+    GeodeError,
+    JoinRefused,
+    SealError,
+)
+from geode.protocol import (
+    ClusterKeyAnswer,
+    ClusterKeyBody,
+    EvidenceBody,
+    NonceAnswer,
+    Routes,
+    join_answer_binding,
+    join_request_binding,
+)
 from geode.tee import TeeKind
 
 __all__ = [
@@ -67,19 +85,20 @@ __all__ = [
     "CLUSTER_KEY_PATH",
     "CLUSTER_KEY_SIZE",
     "ClusterKeyFile",
+    "ClusterKeys",
     "ClusterMember",
     "JoinParty",
     "JoinRequest",
     "hand_over_cluster_key",
     "obtain_cluster_key",
+    "read_answer",
 ]
 
 log = logging.getLogger("geode.coordinator.cluster")
+_coordinator_log = logging.getLogger("geode.coordinator")
 
-CLUSTER_KEY_SIZE = 32
 CLUSTER_KEY_FILE = "cluster.key.sealed"
-CLUSTER_KEY_PATH = "/api/v1/mesh/cluster-key"
-_NONCE_PATH = "/api/v1/mesh/nonce"
+CLUSTER_KEY_PATH = Routes.cluster_key.path
 _COPY_AAD = b"geode cluster key copy v1"
 _TRANSPORT_AAD = b"geode cluster key transport v1"
 _NONCE_SIZE = 12
@@ -186,16 +205,16 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _unb64(value: Any, name: str) -> bytes:
+def _unb64(value: str, name: str) -> bytes:
     try:
-        return base64.b64decode(str(value), validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise JoinRefused(f"{name}: not base64") from None
 
 
 def hand_over_cluster_key(
     party: JoinParty, cluster_key: bytes, nonce: bytes, newcomer_der: bytes, evidence: Evidence
-) -> dict[str, Any]:
+) -> ClusterKeyAnswer:
     """The peer's side: the answer to a newcomer that attested with ``evidence`` over its key
     and this peer's ``nonce`` (already consumed); ``JoinRefused`` when it does not earn it."""
     party.check(evidence, join_request_binding(newcomer_der, nonce), "the newcomer")
@@ -207,11 +226,55 @@ def hand_over_cluster_key(
     answer = party.platform.quote(
         party.measurement, join_answer_binding(peer_der, newcomer_der, nonce, sealed)
     )
-    return {
-        "public_key": _b64(peer_der),
-        "sealed_key": _b64(sealed),
-        "evidence": answer.to_json(),
-    }
+    return ClusterKeyAnswer(
+        public_key=_b64(peer_der), sealed_key=_b64(sealed), evidence=EvidenceBody.of(answer)
+    )
+
+
+class ClusterKeys:
+    """The Coordinator's part in a cluster-key handover: as either end (``join_party``), and as
+    the peer that hands the key of the state in force to a newcomer (``hand_over``)."""
+
+    def __init__(
+        self,
+        held: StateHolder,
+        nonces: NonceStore,
+        settings: CoordinatorSettings,
+        verifier: EvidenceVerifier,
+        platform: SimulatedPlatform | None,
+        measurement: bytes,
+    ) -> None:
+        self._held = held
+        self._nonces = nonces
+        self._settings = settings
+        self._verifier = verifier
+        self._platform = platform
+        self._measurement = measurement
+
+    def join_party(self) -> JoinParty:
+        """This Coordinator as either end of a cluster-key handover."""
+        if self._platform is None:
+            raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
+        tee = "simulated" if self._settings.simulation else "unknown"
+        return JoinParty(self._platform, self._measurement, self._verifier, tee)
+
+    def hand_over(
+        self, nonce: bytes, newcomer_key_der: bytes, evidence: Evidence
+    ) -> ClusterKeyAnswer:
+        """The cluster key, sealed to a peer Coordinator that attested to running this same
+        Coordinator package; ``JoinRefused`` otherwise."""
+        self._held.require_keys()
+        if not self._nonces.consume(nonce):
+            raise JoinRefused("nonce expired or reused")
+        cluster_key = self._held.cluster_key
+        assert cluster_key is not None  # an opened state has one
+        answer = hand_over_cluster_key(
+            self.join_party(), cluster_key, nonce, newcomer_key_der, evidence
+        )
+        _coordinator_log.warning(
+            "cluster key handed over to a peer Coordinator with the same measurement"
+        )
+        return answer
 
 
 class JoinRequest:
@@ -227,22 +290,22 @@ class JoinRequest:
             party.measurement, join_request_binding(self.public_der, nonce)
         )
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> ClusterKeyBody:
         """What is posted to the peer's ``cluster-key`` endpoint."""
-        return {
-            "nonce": self.nonce.hex(),
-            "public_key": _b64(self.public_der),
-            "evidence": self.evidence.to_json(),
-        }
+        return ClusterKeyBody(
+            nonce=self.nonce.hex(),
+            public_key=_b64(self.public_der),
+            evidence=EvidenceBody.of(self.evidence),
+        )
 
-    def open(self, answer: Any) -> bytes:
+    def open(self, answer: ClusterKeyAnswer) -> bytes:
         """The cluster key from the peer's answer, once its evidence shows the same package and
         binds its key, this request and the sealed key; ``JoinRefused`` otherwise."""
         try:
-            peer_der = _unb64(answer["public_key"], "public_key")
-            sealed = _unb64(answer["sealed_key"], "sealed_key")
-            evidence = Evidence.from_json(answer["evidence"])
-        except (KeyError, TypeError, EvidenceError) as exc:
+            peer_der = _unb64(answer.public_key, "public_key")
+            sealed = _unb64(answer.sealed_key, "sealed_key")
+            evidence = answer.evidence.evidence()
+        except EvidenceError as exc:
             raise JoinRefused(f"the peer's answer is malformed: {exc}") from None
         binding = join_answer_binding(peer_der, self.public_der, self.nonce, sealed)
         self.party.check(evidence, binding, "the peer")
@@ -262,17 +325,32 @@ def _request_from(peer: str, party: JoinParty, timeout: float) -> bytes:
     # verify=False: see the module docstring (both ends are authenticated by evidence).
     with httpx.Client(verify=False, timeout=timeout) as client:  # noqa: S501
         try:
-            nonce = bytes.fromhex(_answer(client.post(f"https://{peer}{_NONCE_PATH}"))["nonce"])
-            request = JoinRequest(party, nonce)
-            answer = _answer(client.post(f"https://{peer}{CLUSTER_KEY_PATH}", json=request.body()))
+            issued = NonceAnswer.model_validate(
+                _answer(client.post(f"https://{peer}{Routes.nonce.path}"))
+            )
+            request = JoinRequest(party, bytes.fromhex(issued.nonce))
+            body = request.body().model_dump(mode="json")
+            answer = read_answer(
+                _answer(client.post(f"https://{peer}{CLUSTER_KEY_PATH}", json=body))
+            )
         except httpx.HTTPError as exc:
             raise GeodeError(f"unreachable ({type(exc).__name__})") from None
-        except (KeyError, TypeError, ValueError):
+        except (ValidationError, ValueError):
             raise GeodeError("not a Coordinator's answer") from None
     return request.open(answer)
 
 
-def _answer(response: httpx.Response) -> dict[str, Any]:
+def read_answer(body: object) -> ClusterKeyAnswer:
+    """A peer's answer as received; ``JoinRefused`` when it is not shaped like one."""
+    try:
+        return ClusterKeyAnswer.model_validate(body)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise JoinRefused(f"the peer's answer is malformed: {where}: {error['msg']}") from None
+
+
+def _answer(response: httpx.Response) -> dict[str, object]:
     """The JSON answer of a 200; ``JoinRefused`` with the peer's message for a 403."""
     try:
         body = response.json()

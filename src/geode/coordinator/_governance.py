@@ -1,94 +1,82 @@
 """Governance: who may do what (users and roles), user-set secrets, package and manifest
-updates with acknowledgements, and the audit entries they leave.
+updates with acknowledgements, the manifest log and the head of the audit log.
 
-Each operation changes the state in memory and returns a ``Pending`` with the means to undo it;
-the API saves the change (group commit) before answering, and undoes it when the write fails.
+Each change is made in memory and returned as a ``Pending`` with the means to undo it; the
+transaction (``_transaction``) saves it before anything is answered, and undoes it when the
+write fails.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import manifest_signing_payload
-from geode.coordinator._base import CoordinatorBase, KeyRing, Pending, PreparedManifest, both
+from geode.coordinator._base import KeyRing, Pending, PreparedManifest, StateHolder, both
+from geode.coordinator._recovery import sealer_for
 from geode.coordinator._secrets import secret_from_user, template_value
 from geode.coordinator._state import CoordinatorState, PendingUpdate, StoredSecret, UpdateRecord
 from geode.coordinator._updates import carry_secrets
 from geode.errors import PermissionDenied, UpdateConflict
 from geode.manifest import ManifestDocument, SecretSpec, load_manifest
-from geode.pki import certificate_pem, fingerprint, private_key_pem
+from geode.pki import Clock, certificate_pem, fingerprint, private_key_pem
+from geode.protocol import (
+    AuditLogHead,
+    ManifestLogEntry,
+    UpdateApplied,
+    manifest_signing_payload,
+)
+from geode.protocol import (
+    PendingUpdate as PendingUpdateInfo,
+)
 
-__all__ = ["GovernanceMixin"]
+__all__ = ["Governance"]
 
 log = logging.getLogger("geode.coordinator")
 
 
-class GovernanceMixin(CoordinatorBase):
-    """The governance operations of the Coordinator."""
+class Governance:
+    """The governance operations, on the state ``held`` has in force."""
+
+    def __init__(self, held: StateHolder, clock: Clock) -> None:
+        self._held = held
+        self._clock = clock
 
     # -- users, audit ------------------------------------------------------------------------
 
+    def require_manifest(self) -> ManifestDocument:
+        """The manifest in force; 503 in recovery, 409 before one is set."""
+        return self._held.require_manifest()[2]
+
     def user_for(self, certificate_der: bytes) -> str | None:
         """The manifest user whose certificate this is (exactly), if any."""
-        return self._users.get(hashlib.sha256(certificate_der).digest())
+        return self._held.user_for(certificate_der)
 
     def user_certificates(self) -> list[str]:
         """The users' certificates (PEM) of the manifest in force."""
-        document = self._document
+        document = self._held.document
         return [u.certificate for u in document.manifest.users.values()] if document else []
 
     def require_grant(self, user: str, resource: str, action: str, name: str = "") -> None:
         """Raise ``PermissionDenied`` unless ``user``'s roles grant the action."""
-        _, _, document = self._require_manifest()
+        document = self.require_manifest()
         if not document.manifest.grants(user, resource, action, name):
             what = resource if resource == "manifest" else f"{resource[:-1]} {name!r}"
             raise PermissionDenied(f"user {user!r} may not {action} {what}")
 
-    def record_start(self) -> Pending[None]:
-        """The audit entry of a start (saved with the next write; at once by the server)."""
-        data = self._data
-        if data is None:
-            return Pending(None, lambda: None)
-        before = data.audit
-        self._record(
-            data,
-            "coordinator.start",
-            None,
-            {"state": self.state.value, "measurement": self.measurement.hex()},
-        )
-
-        def revert() -> None:
-            data.audit = before
-
-        return Pending(None, revert)
-
-    def unflushed_audit(self) -> tuple[str, ...]:
-        return self._data.audit.unflushed if self._data else ()
-
-    def audit_flushed(self, lines: Sequence[str]) -> None:
-        """``lines`` are in the log file: the state no longer needs to carry them."""
-        data = self._data
-        if data is not None and data.audit.unflushed[: len(lines)] == tuple(lines):
-            data.audit = replace(data.audit, unflushed=data.audit.unflushed[len(lines) :])
-
-    def audit_head(self) -> dict[str, Any]:
-        self._require_manifest()
-        assert self._data is not None
-        return {"seq": self._data.audit.seq, "hash": self._data.audit.hash.hex()}
+    def audit_head(self) -> AuditLogHead:
+        _, data, _ = self._held.require_manifest()
+        return AuditLogHead(seq=data.audit.seq, hash=data.audit.hash.hex())
 
     # -- secrets -------------------------------------------------------------------------------
 
     def read_secret(self, name: str) -> tuple[SecretSpec, StoredSecret]:
         """A shared or user-defined secret, for a user whose role grants reading it."""
-        _, data, document = self._require_manifest()
+        _, data, document = self._held.require_manifest()
         spec = document.manifest.secrets.get(name)
         if spec is None or not (spec.shared or spec.is_user_defined):
             raise PermissionDenied(f"secret {name!r} is never handed to users")
@@ -96,7 +84,7 @@ class GovernanceMixin(CoordinatorBase):
 
     def write_secret(self, user: str, name: str, value: bytes) -> Pending[None]:
         """Set a user-defined secret; services get it on their next activation."""
-        keys, data, document = self._require_manifest()
+        keys, data, document = self._held.require_manifest()
         spec = document.manifest.secrets.get(name)
         if spec is None or not spec.is_user_defined:
             raise PermissionDenied(f"secret {name!r} is not user-defined")
@@ -104,7 +92,7 @@ class GovernanceMixin(CoordinatorBase):
         before = data.secrets.get(name), keys.secrets.get(name)
         data.secrets[name] = stored
         keys.secrets[name] = template_value(stored)
-        forget = self._recorded("secret.write", user, {"secret": name})
+        forget = self._held.recorded("secret.write", user, {"secret": name})
         log.info("user %s set secret %s", user, name)
 
         def revert() -> None:
@@ -122,8 +110,8 @@ class GovernanceMixin(CoordinatorBase):
     def prepare_update(self, raw: bytes) -> PreparedManifest:
         """Validate ``raw`` as the next manifest: carry or generate its secrets, create the next
         mesh CA, sign. Changes no state (safe in a worker thread; it only reads)."""
-        keys, data, document = self._require_manifest()
-        assert self._sealer is not None
+        keys, data, document = self._held.require_manifest()
+        assert self._held.sealer is not None  # a state with keys has a sealer
         new = load_manifest(raw)
         secrets = carry_secrets(
             document.manifest, data.secrets, new.manifest, keys.root, clock=self._clock
@@ -142,7 +130,7 @@ class GovernanceMixin(CoordinatorBase):
             secrets=secrets,
         )
         values = {name: template_value(s) for name, s in secrets.items()}
-        sealer = self._sealer_for(self._sealer, new.manifest.recovery)
+        sealer = sealer_for(self._held.sealer, new.manifest.recovery)
         return PreparedManifest(new, state, values, sealer, mesh, document.sha256)
 
     def adopt_update(
@@ -152,10 +140,10 @@ class GovernanceMixin(CoordinatorBase):
         kind: str,
         users: Sequence[str],
         packages: Sequence[str] = (),
-    ) -> Pending[dict[str, Any]]:
+    ) -> Pending[UpdateApplied]:
         """Put a prepared update in force: new manifest, new mesh CA (every instance activated
         before can no longer reach those activated after), fresh activation counts."""
-        keys, data, document = self._require_manifest()
+        keys, data, document = self._held.require_manifest()
         if prepared.mesh is None or prepared.base != document.sha256:
             raise UpdateConflict("the manifest changed while this update was prepared")
         state = prepared.state
@@ -178,50 +166,48 @@ class GovernanceMixin(CoordinatorBase):
         }
         if kind == "package":
             details["packages"] = list(packages)
-            self._record(state, "package.update", users[0], details)
+            self._held.record(state, "package.update", users[0], details)
         else:
             details["acknowledgements"] = list(users)
-            self._record(state, "manifest.update.applied", None, details)
-        before = (self._data, self._keys, self._document, self._sealer)
-        self._data = state
-        self._keys = KeyRing(keys.root, prepared.mesh, prepared.values)
-        self._set_document(prepared.document)
-        previous_sealer, self._sealer = self._sealer, prepared.sealer or self._sealer
+            self._held.record(state, "manifest.update.applied", None, details)
+        held = self._held
+        before = held.snapshot()
+        held.data = state
+        held.keys = KeyRing(keys.root, prepared.mesh, prepared.values)
+        held.set_document(prepared.document)
+        previous_sealer, held.sealer = held.sealer, prepared.sealer or held.sealer
         log.info("manifest updated (%s): sha256 %s, mesh CA rotated", kind, sha)
 
         def revert() -> None:
-            self._data, self._keys, document_before, self._sealer = before
-            self._set_document(document_before)
+            held.restore(before)
 
-        result: dict[str, Any] = {
-            "applied": True,
-            "sha256": sha,
-            "signature": base64.b64encode(state.manifest_signature or b"").decode(),
-        }
-        shares = prepared.recovery_shares(previous_sealer)
-        if shares is not None:
-            result["recovery_shares"] = shares
+        result = UpdateApplied(
+            applied=True,
+            sha256=sha,
+            signature=base64.b64encode(state.manifest_signature or b"").decode(),
+            recovery_shares=prepared.recovery_shares(previous_sealer),
+        )
         return Pending(result, revert)
 
-    def pending_update(self) -> dict[str, Any] | None:
-        _, data, document = self._require_manifest()
+    def pending_update(self) -> PendingUpdateInfo | None:
+        _, data, document = self._held.require_manifest()
         pending = data.pending_update
         if pending is None:
             return None
-        return {
-            "sha256": pending.sha256.hex(),
-            "manifest": pending.manifest.decode(),
-            "base_sha256": pending.base_sha256.hex(),
-            "stale": pending.base_sha256 != document.sha256,
-            "proposer": pending.proposer,
-            "proposed_at": pending.proposed_at,
-            "acknowledgements": list(pending.acknowledgements),
-            "threshold": document.manifest.update_threshold,
-            "updaters": document.manifest.manifest_updaters,
-        }
+        return PendingUpdateInfo(
+            sha256=pending.sha256.hex(),
+            manifest=pending.manifest.decode(),
+            base_sha256=pending.base_sha256.hex(),
+            stale=pending.base_sha256 != document.sha256,
+            proposer=pending.proposer,
+            proposed_at=pending.proposed_at,
+            acknowledgements=list(pending.acknowledgements),
+            threshold=document.manifest.update_threshold,
+            updaters=list(document.manifest.manifest_updaters),
+        )
 
     def _set_pending(self, pending: PendingUpdate | None) -> Callable[[], None]:
-        _, data, _ = self._require_manifest()
+        _, data, _ = self._held.require_manifest()
         before = data.pending_update
         data.pending_update = pending
 
@@ -231,7 +217,7 @@ class GovernanceMixin(CoordinatorBase):
         return revert
 
     def _pending_named(self, sha256: bytes) -> PendingUpdate:
-        _, data, _ = self._require_manifest()
+        _, data, _ = self._held.require_manifest()
         pending = data.pending_update
         if pending is None:
             raise UpdateConflict("no manifest update is pending")
@@ -243,12 +229,12 @@ class GovernanceMixin(CoordinatorBase):
 
     def manifest_threshold(self) -> int:
         """Acknowledgements a manifest update needs under the manifest in force."""
-        _, _, document = self._require_manifest()
+        _, _, document = self._held.require_manifest()
         return document.manifest.update_threshold
 
     def acknowledgements_after(self, user: str) -> int:
         """How many acknowledgements the pending update has once ``user``'s is counted."""
-        _, data, _ = self._require_manifest()
+        _, data, _ = self._held.require_manifest()
         pending = data.pending_update
         if pending is None:
             return 0
@@ -256,7 +242,7 @@ class GovernanceMixin(CoordinatorBase):
 
     def propose_update(self, user: str, proposed: ManifestDocument) -> Pending[None]:
         """A manifest update, acknowledged by its proposer; applied once enough users agree."""
-        _, data, document = self._require_manifest()
+        _, data, document = self._held.require_manifest()
         if data.pending_update is not None:
             raise UpdateConflict(
                 f"manifest update {data.pending_update.sha256.hex()} is pending: "
@@ -270,7 +256,7 @@ class GovernanceMixin(CoordinatorBase):
             acknowledgements=(user,),
         )
         undo = self._set_pending(pending)
-        forget = self._recorded(
+        forget = self._held.recorded(
             "manifest.update.proposed",
             user,
             {"sha256": proposed.sha256.hex(), "threshold": document.manifest.update_threshold},
@@ -279,7 +265,7 @@ class GovernanceMixin(CoordinatorBase):
         return Pending(None, both(undo, forget))
 
     def acknowledge_update(self, user: str, sha256: bytes) -> Pending[None]:
-        _, _, document = self._require_manifest()
+        _, _, document = self._held.require_manifest()
         pending = self._pending_named(sha256)
         if pending.base_sha256 != document.sha256:
             raise UpdateConflict(
@@ -287,11 +273,11 @@ class GovernanceMixin(CoordinatorBase):
                 "it again"
             )
         if user in pending.acknowledgements:
-            return Pending(None, lambda: None)
+            return Pending(None)
         undo = self._set_pending(
             replace(pending, acknowledgements=(*pending.acknowledgements, user))
         )
-        forget = self._recorded(
+        forget = self._held.recorded(
             "manifest.update.acknowledged",
             user,
             {"sha256": sha256.hex(), "acknowledgements": len(pending.acknowledgements) + 1},
@@ -302,16 +288,16 @@ class GovernanceMixin(CoordinatorBase):
     def cancel_update(self, user: str, sha256: bytes) -> Pending[None]:
         self._pending_named(sha256)
         undo = self._set_pending(None)
-        forget = self._recorded("manifest.update.cancelled", user, {"sha256": sha256.hex()})
+        forget = self._held.recorded("manifest.update.cancelled", user, {"sha256": sha256.hex()})
         log.info("user %s cancelled manifest update %s", user, sha256.hex())
         return Pending(None, both(undo, forget))
 
     def pending_manifest(self) -> bytes:
-        _, data, _ = self._require_manifest()
+        _, data, _ = self._held.require_manifest()
         if data.pending_update is None:
             raise UpdateConflict("no manifest update is pending")
         return data.pending_update.manifest
 
-    def manifest_log(self) -> list[dict[str, Any]]:
-        _, data, _ = self._require_manifest()
-        return [u.to_json() for u in data.updates]
+    def manifest_log(self) -> list[ManifestLogEntry]:
+        _, data, _ = self._held.require_manifest()
+        return [ManifestLogEntry.model_validate(u.to_json()) for u in data.updates]

@@ -9,27 +9,26 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from geode.errors import (
-    ActivationDenied,
     CoordinatorError,
     ManifestError,
     PermissionDenied,
     SealError,
     Unauthenticated,
 )
+from geode.protocol import ERROR_CODES, MAX_JSON_BODY, Answer, ErrorBody, error_answer
 
 __all__ = [
     "BODY_TIMEOUT",
-    "MAX_JSON_BODY",
     "ApiError",
-    "Body",
     "Handler",
+    "answer",
     "error_response",
     "handled",
     "json_body",
@@ -40,25 +39,26 @@ __all__ = [
 
 log = logging.getLogger("geode.coordinator.api")
 
-MAX_JSON_BODY = 64 * 1024
 BODY_TIMEOUT = 10.0
 
 
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    """A refusal of the HTTP layer, with a code of ``geode.protocol.ERROR_CODES``."""
+
+    def __init__(self, status: int, code: str, message: str, *, path: str | None = None) -> None:
+        assert code in ERROR_CODES, code
         self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra
+        self.body = ErrorBody(error=code, message=message, path=path)
         super().__init__(message)
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+def answer(model: Answer, status: int = 200) -> JSONResponse:
+    """An answer of the protocol, as its JSON."""
+    return JSONResponse(model.to_json(), status_code=status)
+
+
+def error_response(status: int, body: ErrorBody) -> JSONResponse:
+    return JSONResponse(body.model_dump(mode="json"), status_code=status)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -129,23 +129,17 @@ def handled(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message, **exc.extra)
-        except ManifestError as exc:
-            return error_response(400, "manifest_invalid", str(exc), path=exc.path)
-        except ActivationDenied as exc:
-            return error_response(
-                exc.status, exc.code, str(exc), reason=exc.reason, detail=exc.detail
-            )
-        except (Unauthenticated, PermissionDenied) as exc:
-            # Every refusal of a user (or of a caller who is none) is logged.
-            log.warning("client API %s %s refused: %s", request.method, request.url.path, exc)
-            return error_response(exc.status, exc.code, str(exc))
-        except CoordinatorError as exc:
-            return error_response(exc.status, exc.code, str(exc))
+            return error_response(exc.status, exc.body)
+        except (ManifestError, CoordinatorError) as exc:
+            if isinstance(exc, Unauthenticated | PermissionDenied):
+                # Every refusal of a user (or of a caller who is none) is logged.
+                log.warning("client API %s %s refused: %s", request.method, request.url.path, exc)
+            return error_response(*error_answer(exc))
         except SealError as exc:
             log.error("state could not be saved: %s", exc)
-            return error_response(
-                503, "state_unavailable", "the Coordinator could not save its state"
+            body = ErrorBody(
+                error="state_unavailable", message="the Coordinator could not save its state"
             )
+            return error_response(503, body)
 
     return wrapped

@@ -12,8 +12,10 @@ key.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import logging
 import os
 from collections.abc import Callable
 
@@ -21,25 +23,38 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from geode.attestation import (
+from geode.attestation import SimulatedPlatform
+from geode.coordinator._base import CoordinatorSettings, Pending, State, StateHolder
+from geode.coordinator._seal import RecoveryHeader, RecoveryParty, Sealer
+from geode.coordinator._shamir import combine_shares, split_secret
+from geode.coordinator._state import CoordinatorState
+from geode.errors import CoordinatorUnavailable, RecoveryRefused, SealError
+from geode.manifest import Recovery as RecoverySection
+from geode.pki import fingerprint, public_key_der
+from geode.protocol import (
     RECOVERY_SHARE_LABEL,
     RECOVERY_TRANSPORT_LABEL,
+    EvidenceBody,
+    RecoveryOffer,
+    RecoveryProgress,
+    RecoveryStatus,
+    recovery_binding,
     recovery_upload_payload,
 )
-from geode.coordinator._seal import RecoveryHeader, RecoveryParty
-from geode.coordinator._shamir import combine_shares, split_secret
-from geode.errors import RecoveryRefused
-from geode.manifest import Recovery
-from geode.pki import public_key_der
+from geode.protocol import RecoveryParty as OfferedShare
 
 __all__ = [
+    "Recovery",
     "RecoverySession",
     "oaep",
     "recovery_matches",
+    "sealer_for",
     "share_check",
     "split_data_key",
     "upload_signature_padding",
 ]
+
+log = logging.getLogger("geode.coordinator")
 
 SHARE_SIZE = 1 + 32  # x, then one value per byte of the data key
 
@@ -66,7 +81,7 @@ def _rsa_key(pem: str) -> rsa.RSAPublicKey:
 
 
 def split_data_key(
-    data_key: bytes, recovery: Recovery, *, random: Callable[[int], bytes] = os.urandom
+    data_key: bytes, recovery: RecoverySection, *, random: Callable[[int], bytes] = os.urandom
 ) -> RecoveryHeader:
     """One encrypted share of ``data_key`` per recovery party; ``threshold`` recover it."""
     names = sorted(recovery.keys)
@@ -83,13 +98,24 @@ def split_data_key(
     return RecoveryHeader(recovery.threshold, parties)
 
 
-def recovery_matches(header: RecoveryHeader | None, recovery: Recovery | None) -> bool:
+def recovery_matches(header: RecoveryHeader | None, recovery: RecoverySection | None) -> bool:
     """Do the shares in ``header`` serve the manifest's recovery section as it is?"""
     if header is None or recovery is None:
         return header is None and recovery is None
     return header.threshold == recovery.threshold and {
         name: p.public_key for name, p in header.parties.items()
     } == dict(recovery.keys)
+
+
+def sealer_for(sealer: Sealer, recovery: RecoverySection | None) -> Sealer:
+    """``sealer`` when its recovery shares fit ``recovery``; else one with a fresh data key
+    shared anew, so parties no longer named cannot recover what is sealed from now on."""
+    if recovery_matches(sealer.recovery, recovery):
+        return sealer
+    fresh = sealer.rekeyed()
+    if recovery is None:
+        return fresh
+    return fresh.with_recovery(split_data_key(fresh.data_key, recovery))
 
 
 class RecoverySession:
@@ -156,3 +182,137 @@ class RecoverySession:
             raise RecoveryRefused("not enough shares yet")
         shares = [(s[0], s[1:]) for s in self._received.values()]
         return combine_shares(shares)
+
+
+class Recovery:
+    """The Coordinator in recovery: the sealed state it could not open, the offer each party
+    needs, and the shares that open the state at the threshold."""
+
+    def __init__(
+        self,
+        held: StateHolder,
+        settings: CoordinatorSettings,
+        platform: SimulatedPlatform | None,
+        measurement: bytes,
+    ) -> None:
+        self._held = held
+        self._settings = settings
+        self._platform = platform
+        self._measurement = measurement
+        # The blob that could not be opened, its recovery header, and the session that
+        # collects the parties' shares (created on first use: it generates a key).
+        self._blob: bytes | None = None
+        self._header: RecoveryHeader | None = None
+        self._session: RecoverySession | None = None
+
+    def enter(self, blob: bytes) -> None:
+        """``blob`` could not be opened: wait for the shares that open it."""
+        self._blob = blob
+        try:
+            self._header = Sealer.recovery_header(blob)
+        except SealError:
+            self._header = None
+
+    def progress(self) -> RecoveryStatus | None:
+        """For the status: the threshold, the parties and whose shares arrived."""
+        if self._header is None:
+            return None
+        return RecoveryStatus(
+            threshold=self._header.threshold,
+            parties=sorted(self._header.parties),
+            received=self._session.received if self._session else [],
+        )
+
+    def _require(self) -> RecoverySession:
+        if self._held.state is not State.RECOVERY or self._blob is None:
+            raise RecoveryRefused("the Coordinator is not in recovery", status=409)
+        if self._header is None:
+            raise RecoveryRefused(
+                "this state names no recovery keys: only its sealing key opens it", status=409
+            )
+        if self._session is None:
+            self._session = RecoverySession(self._header)
+        return self._session
+
+    def prepare(self) -> None:
+        """Create the recovery session (an RSA key: slow, so callers run it in a thread)."""
+        self._require()
+
+    def offer(self, nonce: bytes) -> RecoveryOffer:
+        """What a party needs to recover: its encrypted share, and this Coordinator's key for
+        shares with evidence binding it to the party's nonce."""
+        session = self._require()
+        if self._platform is None:
+            raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
+        evidence = self._platform.quote(self._measurement, recovery_binding(session.key_der, nonce))
+        return RecoveryOffer(
+            threshold=session.header.threshold,
+            parties={
+                name: OfferedShare(
+                    share=base64.b64encode(p.share).decode(), public_key=p.public_key
+                )
+                for name, p in sorted(session.header.parties.items())
+            },
+            received=session.received,
+            recovery_key=session.public_key_pem(),
+            nonce=nonce.hex(),
+            simulation=self._settings.simulation,
+            evidence=EvidenceBody.of(evidence),
+        )
+
+    def recover(
+        self, party: str, sealed_share: bytes, signature: bytes
+    ) -> Pending[RecoveryProgress]:
+        """Accept one party's share; at the threshold, open the state with the recovered data
+        key and adopt it (to be saved, under this Coordinator's sealing key). Below the
+        threshold nothing is to be saved."""
+        held = self._held
+        session = self._require()
+        reason = held.recovery_reason
+        session.accept(party, sealed_share, signature)
+        log.warning(
+            "recovery share of %s accepted (%d of %d)",
+            party,
+            len(session.received),
+            session.header.threshold,
+        )
+        progress = RecoveryProgress(
+            state=held.state.value, threshold=session.header.threshold, received=session.received
+        )
+        if not session.complete:
+            return Pending(progress, needs_write=False)
+        assert self._blob is not None
+
+        def revert() -> None:
+            held.enter_recovery(reason)
+
+        try:
+            sealer, raw = Sealer.unseal_with_data_key(
+                self._blob, session.data_key(), held.sealing_key
+            )
+            data = CoordinatorState.from_bytes(raw, now=held.clock())
+            held.open(sealer, data)
+            # The parties came from the blob's header, which only the state itself vouches
+            # for: a state whoever holds its data key built (naming its own party) must not
+            # be adopted. Its manifest, now opened and authenticated, must name these parties.
+            document = held.document
+            if document is None or not recovery_matches(session.header, document.manifest.recovery):
+                raise SealError("its recovery parties are not the ones its manifest names")
+        except SealError as exc:
+            revert()
+            raise RecoveryRefused(f"the shares do not open this state: {exc}", status=409) from None
+        held.record(data, "coordinator.recovered", party, {"parties": session.received})
+        log.warning("recovered with the shares of %s", ", ".join(session.received))
+        recovered = progress.model_copy(
+            update={
+                "state": held.state.value,
+                "root_fingerprint": fingerprint(held.root_certificate),
+            }
+        )
+        return Pending(recovered, revert, saved=self.saved)
+
+    def saved(self) -> None:
+        """The recovered state is on disk: drop the unopened blob and the shares received."""
+        self._blob = None
+        self._header = None
+        self._session = None

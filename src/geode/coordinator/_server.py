@@ -20,8 +20,9 @@ import uvicorn
 import geode
 from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
 from geode.coordinator._api import build_apps
+from geode.coordinator._base import CoordinatorSettings, State
 from geode.coordinator._cluster import ClusterMember
-from geode.coordinator._core import Coordinator, CoordinatorSettings, State
+from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore
 from geode.coordinator._forward import Forwarder, Writer
 from geode.coordinator._persist import GroupCommit
@@ -31,7 +32,8 @@ from geode.coordinator._seal import (
 )
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
-from geode.errors import GeodeError, SealError, StoreConflict
+from geode.coordinator._transaction import record_start
+from geode.errors import GeodeError, SealError
 
 __all__ = [
     "CoordinatorConfig",
@@ -216,7 +218,7 @@ def _open(config: CoordinatorConfig) -> _Opened:
             cluster_key = local = cluster.local_key()
             if blob is not None and not cluster.opens(blob, cluster_key):
                 log.warning("the shared state does not open here yet: asking a peer")
-                cluster_key = cluster.join(blob, coordinator.join_party()) or local
+                cluster_key = cluster.join(blob, coordinator.cluster_keys.join_party()) or local
             coordinator.load(blob, cluster_key)
             cluster.keep(coordinator.cluster_key)
             cluster.register(coordinator.measurement)
@@ -235,39 +237,13 @@ def _open(config: CoordinatorConfig) -> _Opened:
 def _record_start(coordinator: Coordinator, store: Store) -> None:
     """Audit the start: saved now when there is a saved state (with the first manifest when
     not), and appended to the log together with anything a crash kept from it."""
-    for attempt in range(1, 4):
-        start = coordinator.record_start()
-        if coordinator.state is not State.ACTIVE:
-            break
-        try:
-            store.save(coordinator.sealed_state())
-        except StoreConflict as exc:
-            # Another Coordinator saved since this one read the store: read it again.
-            start.revert()
-            if attempt == 3:
-                log.error("the start could not be recorded: %s", exc)
-                break
-            mark = store.revision
-            try:
-                coordinator.reload(store.load())
-            except SealError as reload_failed:
-                store.rewind(mark)  # not adopted: the next save must conflict, not overwrite
-                log.error("the start could not be recorded: %s", reload_failed)
-                break
-        except SealError as exc:
-            start.revert()
-            log.error("the start could not be recorded: %s", exc)
-            break
-        else:
-            break
-    if coordinator.state is State.ACTIVE:
-        lines = coordinator.unflushed_audit()
-        try:
-            coordinator.audit_sink.append_missing(lines)
-        except SealError as exc:
-            log.error("audit log not written, retried with the next change: %s", exc)
-        else:
-            coordinator.audit_flushed(lines)
+    record_start(
+        coordinator.record_start,
+        coordinator.held,
+        store,
+        coordinator.reload,
+        coordinator.audit_sink,
+    )
 
 
 async def _serve(config: CoordinatorConfig) -> int:
@@ -308,7 +284,7 @@ async def _serve(config: CoordinatorConfig) -> int:
 
         async def join_later(blob: bytes) -> None:
             assert cluster is not None
-            party = coordinator.join_party()
+            party = coordinator.cluster_keys.join_party()
             try:
                 key = await asyncio.to_thread(cluster.join, blob, party)
             except Exception:  # tried again with the next read of the store

@@ -30,6 +30,7 @@ from geode.coordinator._latest import LatestCertificates
 from geode.errors import SealError
 
 __all__ = [
+    "CLUSTER_KEY_SIZE",
     "STATE_VERSION",
     "AuditHead",
     "CoordinatorState",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 STATE_VERSION = 3
+CLUSTER_KEY_SIZE = 32
 _READABLE_VERSIONS = (1, 2, STATE_VERSION)
 
 
@@ -246,8 +248,8 @@ def _b64(value: bytes | None) -> str | None:
 
 def _cluster_key(value: str | None) -> bytes | None:
     key = _unb64(value)
-    if key is not None and len(key) != 32:
-        raise ValueError("the cluster key is not 32 bytes")
+    if key is not None and len(key) != CLUSTER_KEY_SIZE:
+        raise ValueError(f"the cluster key is not {CLUSTER_KEY_SIZE} bytes")
     return key
 
 

@@ -4,7 +4,7 @@ Both APIs present a certificate the root issues (self-signed while in recovery, 
 root key). The client API also asks every client for a certificate (optional: relying parties
 call it without one) and trusts, as anchors, the root and each user certificate any manifest in
 force named since the start. That is the handshake's gate only; who the caller is, is decided
-per request by the exact certificate (``Coordinator.user_for``). A user removed by an update
+per request by the exact certificate (``Governance.user_for``). A user removed by an update
 still passes the handshake until the next start, and is refused there as no user (401).
 
 Python's ``ssl`` has no verify callback: a certificate that chains to none of those anchors ends
@@ -31,7 +31,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from geode.coordinator._core import Coordinator, State
+from geode.coordinator._base import State
+from geode.coordinator._coordinator import Coordinator
 from geode.pki import (
     COORDINATOR_URI,
     CertificateAuthority,
@@ -130,7 +131,9 @@ class ServerTLS:
         if self._issuer != fingerprint(root):
             self._load_certificate(coordinator.root_authority)
             self._issuer = fingerprint(root)
-        anchors = [root] + [load_certificate(pem) for pem in coordinator.user_certificates()]
+        anchors = [root] + [
+            load_certificate(pem) for pem in coordinator.governance.user_certificates()
+        ]
         new = [cert for cert in anchors if certificate_der(cert) not in self._trusted]
         if new:
             self.client.load_verify_locations(cadata="".join(certificate_pem(c) for c in new))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from cryptography import x509
@@ -18,12 +18,29 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import BaseModel, ValidationError
 
-from geode.attestation import Evidence, SimulatedPlatform, key_binding, renewal_payload
-from geode.client import check_coordinator_peer, client_ssl_context
-from geode.errors import ActivationDenied, ClientError, PKIError, StaleCertificate, StoreConflict
+from geode.attestation import Evidence, SimulatedPlatform
+from geode.errors import ClientError, PKIError, StoreConflict
 from geode.manifest import MeshConfig
 from geode.pki import load_certificate, load_certificates, private_key_pem, public_key_der
+from geode.protocol import (
+    ActivateBody,
+    ActivationAnswer,
+    EvidenceBody,
+    NonceAnswer,
+    RenewalAnswer,
+    RenewBody,
+    RequestBody,
+    Routes,
+    RouteSpec,
+    SecretMaterial,
+    check_coordinator_peer,
+    coordinator_client_context,
+    key_binding,
+    raise_for_error,
+    renewal_payload,
+)
 
 __all__ = [
     "Activation",
@@ -33,7 +50,6 @@ __all__ = [
     "simulated_evidence_provider",
 ]
 
-MESH = "/api/v1/mesh"
 STORE_CONFLICT_ATTEMPTS = 3  # Coordinators sharing an etcd store: lost races are tried again
 
 EvidenceProvider = Callable[[bytes], Evidence]
@@ -61,7 +77,7 @@ class Activation:
     files: dict[str, bytes] = field(repr=False)
     env: dict[str, bytes] = field(repr=False)
     argv: list[bytes] = field(repr=False)
-    secrets: dict[str, Any] = field(repr=False)
+    secrets: dict[str, SecretMaterial] = field(repr=False)
     mesh: MeshConfig | None = None
 
     @property
@@ -72,31 +88,43 @@ class Activation:
         return private_key_pem(self.private_key)
 
 
-def _post(http: httpx.Client, path: str, verified: bool, **kwargs: Any) -> Any:
+_Answer = TypeVar("_Answer", bound=BaseModel)
+
+
+def _post(
+    http: httpx.Client,
+    path: str,
+    verified: bool,
+    model: type[_Answer],
+    body: RequestBody | None = None,
+) -> _Answer:
+    """POST ``body`` to the mesh API; its answer as ``model``. A refusal raises what it stands
+    for (``ActivationDenied``, ``StaleCertificate``, else ``ClientError`` with its code)."""
     try:
-        response = http.post(path, **kwargs)
+        response = http.post(path, json=body.model_dump() if body is not None else None)
     except httpx.HTTPError as exc:
         raise ClientError(f"cannot reach the Coordinator's mesh API: {exc}") from None
     if verified:
         check_coordinator_peer(response)
     try:
-        body = response.json()
-        if not isinstance(body, dict):
+        answer: Any = response.json()
+        if not isinstance(answer, dict):
             raise ValueError("not an object")
     except ValueError:
         raise ClientError(
             f"the Coordinator answered {response.status_code} without JSON",
             status=response.status_code,
         ) from None
-    if response.status_code == 403 and body.get("error") == "activation_denied":
-        raise ActivationDenied(str(body.get("reason")), str(body.get("detail") or ""))
-    if response.status_code == 403 and body.get("error") == StaleCertificate.code:
-        raise StaleCertificate(str(body.get("detail") or body.get("message") or ""))
     if response.status_code >= 400:
+        raise_for_error(response.status_code, answer, f"HTTP {response.status_code}")
+    try:
+        return model.model_validate(answer)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in error["loc"])
         raise ClientError(
-            str(body.get("message")), status=response.status_code, code=body.get("error")
-        )
-    return body
+            f"malformed answer from the Coordinator: {where}: {error['msg']}"
+        ) from None
 
 
 class _MeshCall:
@@ -114,7 +142,9 @@ class _MeshCall:
         self.verified = root is not None
         self._own = http is None
         self.http = http or httpx.Client(
-            base_url=f"https://{address}", verify=client_ssl_context(root), timeout=timeout
+            base_url=f"https://{address}",
+            verify=coordinator_client_context(root, insecure=root is None),
+            timeout=timeout,
         )
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.evidence_provider = evidence_provider
@@ -128,36 +158,41 @@ class _MeshCall:
         return request.public_bytes(serialization.Encoding.PEM).decode()
 
     def nonce_and_evidence(self) -> tuple[bytes, Evidence]:
+        issued = _post(self.http, Routes.nonce.path, self.verified, NonceAnswer)
         try:
-            nonce = bytes.fromhex(_post(self.http, f"{MESH}/nonce", self.verified)["nonce"])
-        except (KeyError, TypeError, ValueError):
+            nonce = bytes.fromhex(issued.nonce)
+        except ValueError:
             raise ClientError("malformed nonce answer from the Coordinator") from None
         binding = key_binding(public_key_der(self.key.public_key()), nonce)
         return nonce, self.evidence_provider(binding)
 
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        return _post(self.http, f"{MESH}/{path}", self.verified, json=body)
-
-    def exchange(self, path: str, body: Callable[[bytes, Evidence], dict[str, Any]]) -> Any:
+    def exchange(
+        self,
+        route: RouteSpec,
+        model: type[_Answer],
+        body: Callable[[bytes, Evidence], RequestBody],
+    ) -> _Answer:
         """POST ``body(nonce, evidence)`` with a fresh nonce. A 409 ``store_conflict`` (another
         Coordinator saved the shared state first; this one undid the change and handed out
         nothing) is tried again, with a new nonce, on the state the Coordinator has read again."""
         for attempt in range(1, STORE_CONFLICT_ATTEMPTS + 1):
             nonce, evidence = self.nonce_and_evidence()
             try:
-                return self.post(path, body(nonce, evidence))
+                return _post(self.http, route.path, self.verified, model, body(nonce, evidence))
             except ClientError as exc:
                 if exc.code != StoreConflict.code or attempt == STORE_CONFLICT_ATTEMPTS:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def chain(self, body: Any) -> tuple[list[x509.Certificate], x509.Certificate, x509.Certificate]:
+    def chain(
+        self, answer: ActivationAnswer | RenewalAnswer
+    ) -> tuple[list[x509.Certificate], x509.Certificate, x509.Certificate]:
         """The issued chain, checked: it carries our key and chains to the (pinned) root."""
         try:
-            chain = load_certificates("".join(body["certificate_chain"]), "certificate_chain")
-            mesh_ca = load_certificate(body["mesh_ca"], "mesh_ca")
-            root_ca = load_certificate(body["root_ca"], "root_ca")
-        except (KeyError, TypeError, ValueError, PKIError) as exc:
+            chain = load_certificates("".join(answer.certificate_chain), "certificate_chain")
+            mesh_ca = load_certificate(answer.mesh_ca, "mesh_ca")
+            root_ca = load_certificate(answer.root_ca, "root_ca")
+        except (ValueError, PKIError) as exc:
             raise ClientError(f"malformed answer from the Coordinator: {exc}") from None
         ours = public_key_der(self.key.public_key())
         if not chain or public_key_der(chain[0].public_key()) != ours:
@@ -195,32 +230,33 @@ def activate(
     call = _MeshCall(address, evidence_provider, root, timeout, http)
     try:
         body = call.exchange(
-            "activate",
-            lambda nonce, evidence: {
-                "service": service,
-                "nonce": nonce.hex(),
-                "csr": call.csr(service),
-                "evidence": evidence.to_json(),
-            },
+            Routes.activate,
+            ActivationAnswer,
+            lambda nonce, evidence: ActivateBody(
+                service=service,
+                nonce=nonce.hex(),
+                csr=call.csr(service),
+                evidence=EvidenceBody.of(evidence),
+            ),
         )
         chain, mesh_ca, root_ca = call.chain(body)
     finally:
         call.close()
     try:
         return Activation(
-            instance_id=str(body["instance_id"]),
-            spiffe_id=str(body["spiffe_id"]),
+            instance_id=body.instance_id,
+            spiffe_id=body.spiffe_id,
             private_key=call.key,
             certificate_chain=chain,
             mesh_ca=mesh_ca,
             root_ca=root_ca,
-            files={p: base64.b64decode(v) for p, v in body["files"].items()},
-            env={k: base64.b64decode(v) for k, v in body["env"].items()},
-            argv=[base64.b64decode(v) for v in body["argv"]],
-            secrets=dict(body["secrets"]),
-            mesh=MeshConfig.model_validate(body["mesh"]) if body.get("mesh") else None,
+            files={p: base64.b64decode(v) for p, v in body.files.items()},
+            env={k: base64.b64decode(v) for k, v in body.env.items()},
+            argv=[base64.b64decode(v) for v in body.argv],
+            secrets=dict(body.secrets),
+            mesh=body.mesh,
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except ValueError as exc:
         raise ClientError(f"malformed activation answer: {exc}") from None
 
 
@@ -241,20 +277,20 @@ def renew(
     call = _MeshCall(address, evidence_provider, root, timeout, None)
     try:
 
-        def request(nonce: bytes, evidence: Evidence) -> dict[str, Any]:
+        def request(nonce: bytes, evidence: Evidence) -> RenewBody:
             proof = private_key.sign(
                 renewal_payload(nonce, public_key_der(call.key.public_key())),
                 ec.ECDSA(hashes.SHA256()),
             )
-            return {
-                "nonce": nonce.hex(),
-                "csr": call.csr("renewal"),
-                "evidence": evidence.to_json(),
-                "certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
-                "proof": base64.b64encode(proof).decode(),
-            }
+            return RenewBody(
+                nonce=nonce.hex(),
+                csr=call.csr("renewal"),
+                evidence=EvidenceBody.of(evidence),
+                certificate=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+                proof=base64.b64encode(proof).decode(),
+            )
 
-        body = call.exchange("renew", request)
+        body = call.exchange(Routes.renew, RenewalAnswer, request)
         chain, _, _ = call.chain(body)
     finally:
         call.close()
