@@ -11,7 +11,7 @@ import pytest
 from geode.coordinator import CoordinatorConfig
 from geode.coordinator._server import _read_collateral
 from geode.errors import GeodeError
-from tests.attestation.vectors import VECTORS, requires_vectors
+from tests.attestation.support.vectors import VECTORS, requires_vectors
 from tests.support import CoordinatorProcess
 
 
