@@ -10,8 +10,8 @@ import pytest
 
 from geode.attestation import measure_bundle
 from geode.testing import EtcdCluster
-from tests.etcd_support import EtcdServer, etcd_binary
 from tests.support import CoordinatorProcess, sample_manifest
+from tests.support.etcd import EtcdServer, etcd_binary
 
 StartCoordinator = Callable[..., CoordinatorProcess]
 

@@ -25,8 +25,8 @@ from geode.attestation._intel_quote import parse_intel_quote, parse_sgx_report, 
 from geode.attestation._intel_tcb import QeIdentity, TcbInfo, tcb_verdict
 from geode.attestation._roots import INTEL_SGX_ROOT_SHA256, certificate_sha256
 from geode.errors import EvidenceError
-from tests.attestation import intel_kit
-from tests.attestation.vectors import read_vector, requires_vectors
+from tests.attestation.support import intel
+from tests.attestation.support.vectors import read_vector, requires_vectors
 
 pytestmark = requires_vectors
 
@@ -243,7 +243,7 @@ def test_collateral_outside_its_window_is_refused_with_the_reason(
 
 @pytest.mark.parametrize("v", VECTORS, ids=IDS)
 def test_a_quote_checked_against_the_wrong_root_is_refused(v: Vector) -> None:
-    other = intel_kit.make_pki(root_name="Intel SGX Root CA").root
+    other = intel.make_pki(root_name="Intel SGX Root CA").root
     with pytest.raises(EvidenceError, match="does not end at a trusted root"):
         verify(v, roots=[other])
 

@@ -25,8 +25,8 @@ from geode.attestation import (
 )
 from geode.attestation._intel_quote import parse_intel_quote
 from geode.errors import ClaimsMismatch, EvidenceError
-from tests.attestation import intel_kit as kit
-from tests.attestation.intel_kit import QuoteSpec, build_quote, collateral_bytes
+from tests.attestation.support import intel as kit
+from tests.attestation.support.intel import QuoteSpec, build_quote, collateral_bytes
 
 NOW = kit.NOW
 TDX_SVN = bytes([3, 0, 5] + [0] * 13)

@@ -21,7 +21,7 @@ from geode.attestation._nvidia import (
     verify_nvidia_report,
 )
 from geode.errors import ClaimsMismatch, EvidenceError
-from tests.attestation.vectors import read_vector
+from tests.attestation.support.vectors import read_vector
 
 AT = datetime.datetime(2026, 11, 27, tzinfo=datetime.UTC)
 # The nonce nvtrust's sample was requested with (the request's bytes 4..35).

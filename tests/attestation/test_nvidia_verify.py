@@ -19,7 +19,7 @@ from geode.attestation._nvidia import (
     verify_nvidia_report,
 )
 from geode.errors import EvidenceError
-from tests.attestation.nvidia_forge import AT, GpuPki, block, forge_spdm, tlv
+from tests.attestation.support.nvidia import AT, GpuPki, block, forge_spdm, tlv
 
 NONCE = os.urandom(32)
 GOLDEN = {1: b"\x01" * 48, 2: b"\x02" * 48}

@@ -27,7 +27,7 @@ from geode.attestation._providers import (
 from geode.attestation._snp import verify_snp_report
 from geode.attestation._snp_certs import CERT_TABLE_GUIDS, build_cert_table
 from geode.errors import EvidenceError
-from tests.attestation.snp_forge import AT, AmdPki, forge_report, tcb_raw
+from tests.attestation.support.snp import AT, AmdPki, forge_report, tcb_raw
 
 REPORT_DATA = bytes(range(64))
 CHIP = bytes(range(100, 164))

@@ -18,7 +18,7 @@ from geode.attestation._snp import verify_snp_evidence, verify_snp_report
 from geode.attestation._snp_certs import AMD_ARK_SHA256, CERT_TABLE_GUIDS, amd_roots
 from geode.attestation._snp_report import SNP_REPORT_SIZE, SNP_SIGNED_SIZE, SnpProduct
 from geode.errors import ClaimsMismatch, EvidenceError
-from tests.attestation.vectors import read_vector as vector
+from tests.attestation.support.vectors import read_vector as vector
 
 
 def utc(*args: int) -> datetime.datetime:

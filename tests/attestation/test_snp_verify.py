@@ -18,7 +18,7 @@ from geode.attestation._snp import verify_snp_evidence, verify_snp_report
 from geode.attestation._snp_certs import CERT_TABLE_GUIDS, build_cert_table, parse_cert_table
 from geode.attestation._snp_report import SnpProduct, TcbVersion, parse_snp_report
 from geode.errors import ClaimsMismatch, EvidenceError
-from tests.attestation.snp_forge import AT, AmdPki, forge_report, sign_report, tcb_raw
+from tests.attestation.support.snp import AT, AmdPki, forge_report, sign_report, tcb_raw
 
 CHIP = os.urandom(64)
 TCB = {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from geode.cli import cli
-from tests.attestation import intel_kit
-from tests.attestation.vectors import VECTORS, read_vector, requires_vectors
+from tests.attestation.support import intel
+from tests.attestation.support.vectors import VECTORS, read_vector, requires_vectors
 from tests.support import geode_cli
 
 
@@ -95,7 +95,7 @@ def test_an_envelope_is_read_and_its_kind_checked(tmp_path: Path) -> None:
 
 def test_a_quote_under_another_root_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "quote.bin"
-    path.write_bytes(intel_kit.build_quote(intel_kit.QuoteSpec()))
+    path.write_bytes(intel.build_quote(intel.QuoteSpec()))
     code, out, err = run(str(path), "--at", "2025-07-01", "--json")
     assert code == 1
     refusal = json.loads(out)

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from geode.attestation import measure_bundle
-from tests.bookstore_support import kill_tree
 from tests.support import free_port
+from tests.support.bookstore import kill_tree
 
 
 def geode_up(directory: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:

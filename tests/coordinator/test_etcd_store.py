@@ -13,8 +13,8 @@ import pytest
 from geode.coordinator._etcd import ETCD_MAX_BLOB, EtcdSettings, EtcdStore, parse_etcd_url
 from geode.coordinator._seal import Sealer
 from geode.errors import SealError, StoreConflict
-from tests.etcd_support import EtcdServer, EtcdTLS
 from tests.support import free_port
+from tests.support.etcd import EtcdServer, EtcdTLS
 
 
 def _store(etcd: EtcdServer, *extra: tuple[str, int], prefix: str = "/geode") -> EtcdStore:

@@ -50,7 +50,7 @@ from geode.pki import (
 )
 from geode.protocol import RecoveryProgress, key_binding
 from geode.testing import MemoryStore
-from tests.governance_kit import Party, User, governance_manifest, make_party, make_user
+from tests.support.governance import Party, User, governance_manifest, make_party, make_user
 
 MEASUREMENT = bytes(range(32))
 
@@ -578,7 +578,7 @@ def test_a_state_built_by_whoever_holds_its_data_key_is_not_recovered(tmp_path: 
     from geode.coordinator._recovery import split_data_key
     from geode.errors import RecoveryRefused
     from geode.manifest import Recovery
-    from tests.governance_kit import make_party, make_user
+    from tests.support.governance import make_party, make_user
 
     platform = SimulatedPlatform.generate()
     alice = make_user(tmp_path, "alice")
@@ -620,7 +620,7 @@ def test_a_grant_is_checked_again_once_the_change_may_run() -> None:
 
     from geode.coordinator import GroupCommit
     from geode.coordinator._api import build_apps
-    from tests.governance_kit import governance_manifest, make_user
+    from tests.support.governance import governance_manifest, make_user
 
     tmp = Path(tempfile.mkdtemp())
     platform = SimulatedPlatform.generate()

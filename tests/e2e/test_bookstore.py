@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.bookstore_support import EXAMPLE, GeodeUp, Relay, deployment_copy
-from tests.db_support import require_mariadb
+from tests.db.support.mariadb import require_mariadb
 from tests.support import free_port
+from tests.support.bookstore import EXAMPLE, GeodeUp, Relay, deployment_copy
 
 pytestmark = pytest.mark.e2e
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bookstore_support import EXAMPLE, PAGES, GeodeUp, ports_in_use
 from tests.support import REPO
+from tests.support.bookstore import EXAMPLE, PAGES, GeodeUp, ports_in_use
 
 pytestmark = pytest.mark.e2e
 

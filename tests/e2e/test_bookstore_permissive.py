@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.bookstore_support import EXAMPLE, GeodeUp, deployment_copy
-from tests.db_support import require_mariadb
+from tests.db.support.mariadb import require_mariadb
+from tests.support.bookstore import EXAMPLE, GeodeUp, deployment_copy
 
 pytestmark = pytest.mark.e2e
 

@@ -25,8 +25,8 @@ from geode.errors import ActivationDenied, ClientError, GeodeError
 from geode.runtime import Activation, EvidenceProvider, activate, simulated_evidence_provider
 from geode.testing import EtcdCluster
 from tests.conftest import StartCoordinator
-from tests.etcd_support import own_sealing_key, state_in_etcd, value_in_etcd
 from tests.support import CoordinatorProcess, sample_manifest, wait_until
+from tests.support.etcd import own_sealing_key, state_in_etcd, value_in_etcd
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from geode.client import CoordinatorClient
 from geode.errors import ActivationDenied, ClientError
 from geode.runtime import Activation, activate, simulated_evidence_provider
 from tests.conftest import StartCoordinator
-from tests.etcd_support import EtcdServer, state_in_etcd
 from tests.support import CoordinatorProcess, sample_manifest
+from tests.support.etcd import EtcdServer, state_in_etcd
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ from geode.coordinator._audit import EtcdAuditLog
 from geode.errors import ActivationDenied, ClientError
 from tests.conftest import StartCoordinator
 from tests.e2e.test_etcd_coordinators import _activate, _root, _set_manifest
-from tests.etcd_support import EtcdServer, own_sealing_key
 from tests.support import CoordinatorProcess, wait_until
+from tests.support.etcd import EtcdServer, own_sealing_key
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from geode.runtime import Activation
 from tests.conftest import StartCoordinator
 from tests.e2e.test_etcd_coordinators import _activate, _set_manifest
-from tests.etcd_support import EtcdServer, own_sealing_key
 from tests.support import CoordinatorProcess, wait_until
+from tests.support.etcd import EtcdServer, own_sealing_key
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ from geode.attestation import measure_bundle
 from geode.client import CoordinatorClient, verify_audit_log
 from geode.pki import certificate_pem
 from tests.conftest import StartCoordinator
-from tests.governance_kit import governance_manifest, make_user
 from tests.support import geode_cli
+from tests.support.governance import governance_manifest, make_user
 
 pytestmark = pytest.mark.e2e
 

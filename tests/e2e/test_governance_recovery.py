@@ -17,8 +17,8 @@ from geode.client import CoordinatorClient, prepare_share_upload, verify_audit_l
 from geode.errors import ClientError
 from geode.pki import fingerprint
 from tests.conftest import StartCoordinator
-from tests.governance_kit import governance_manifest, make_party, make_user
 from tests.support import CoordinatorProcess, geode_cli
+from tests.support.governance import governance_manifest, make_party, make_user
 
 pytestmark = pytest.mark.e2e
 

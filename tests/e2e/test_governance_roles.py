@@ -16,8 +16,8 @@ from geode.client import CoordinatorClient
 from geode.errors import ActivationDenied, ClientError
 from geode.pki import certificate_pem
 from geode.runtime import Activation, activate, simulated_evidence_provider
-from tests.governance_kit import governance_manifest, make_user
 from tests.support import CoordinatorProcess, geode_cli
+from tests.support.governance import governance_manifest, make_user
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,8 @@ from geode.errors import ClientError
 from geode.pki import SpiffeId, certificate_pem, private_key_pem
 from geode.protocol import UpdatePending
 from geode.runtime import Activation, Credentials, activate, simulated_evidence_provider
-from tests.governance_kit import User, governance_manifest, make_user
 from tests.support import CoordinatorProcess, geode_cli
+from tests.support.governance import User, governance_manifest, make_user
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from geode.cli import cli
 from geode.inject import SERVICE_LABEL
-from tests.inject.inject_support import KUBERNETES_VERSIONS, require
+from tests.inject.support.admission import KUBERNETES_VERSIONS, require
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "geode"
 NAMESPACE = "geode"

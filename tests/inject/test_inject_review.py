@@ -17,7 +17,7 @@ from geode.inject import (
     plan_injection,
     read_pod,
 )
-from tests.inject.inject_support import patched, pod_of, review, validate_pod, with_pod
+from tests.inject.support.admission import patched, pod_of, review, validate_pod, with_pod
 
 MESH = "geode-mesh.geode.svc:2001"
 CONFIG = InjectorConfig(coordinator=MESH)

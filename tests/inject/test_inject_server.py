@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from geode.cli import cli
 from geode.errors import PKIError
 from geode.inject import MAX_REVIEW_BYTES, InjectorConfig, ServingCertificate, webhook_server
-from tests.inject.inject_support import (
+from tests.inject.support.admission import (
     ServingFiles,
     patched,
     review,

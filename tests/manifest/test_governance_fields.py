@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from geode.errors import ManifestError
 from geode.manifest import load_manifest
 from geode.pki import certificate_pem
-from tests.governance_kit import make_party, make_user
+from tests.support.governance import make_party, make_user
 
 ROLES = {
     "admin": {"resource": "manifest", "actions": ["update"]},

@@ -18,7 +18,7 @@ from cryptography import x509
 
 from geode.db import DatabaseConfig, DatabaseServer
 from geode.errors import DatabaseError, WrongDatabaseKey
-from tests.db_support import (
+from tests.db.support.mariadb import (
     ROOT_ISSUER,
     DeploymentPKI,
     checksums,

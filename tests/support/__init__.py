@@ -1,4 +1,7 @@
-"""Helpers shared by the tests: real Coordinator processes, the real CLI, a sample manifest."""
+"""Helpers shared by several test directories. Here, what nearly every one uses: real
+Coordinator processes, the real CLI, a sample manifest; beside it, one module per concept:
+``bookstore`` (the example under ``geode up``), ``etcd`` (a real etcd), ``governance`` (users,
+recovery parties and their manifests)."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ __all__ = [
     "wait_until",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class CoordinatorProcess(testing.CoordinatorProcess):

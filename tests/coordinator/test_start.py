@@ -1,9 +1,8 @@
-"""``geode coordinator --collateral KIND=FILE``: hardware evidence checked with collateral."""
+"""What the Coordinator does at start with what its command gave it: collateral for hardware
+evidence read once (``--collateral KIND=FILE``), and an etcd that does not answer is one line."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,20 +10,8 @@ import pytest
 from geode.coordinator import CoordinatorConfig
 from geode.coordinator._server import _read_collateral
 from geode.errors import GeodeError
-from tests.attestation.vectors import VECTORS, requires_vectors
-from tests.support import CoordinatorProcess
-
-
-@pytest.mark.parametrize("value", ["simulated=x.json", "sgx", "quantum=x.json", "sgx=/nope.json"])
-def test_a_bad_collateral_option_is_one_line(value: str, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "geode", "coordinator", "--simulation",
-         "--data-dir", str(tmp_path / "data"), "--collateral", value],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 2
-    assert "--collateral" in done.stderr
-    assert "Traceback" not in done.stderr
+from tests.attestation.support.vectors import VECTORS, requires_vectors
+from tests.support import CoordinatorProcess, free_port, geode_cli
 
 
 def test_an_unreadable_collateral_file_is_named(tmp_path: Path) -> None:
@@ -52,3 +39,14 @@ def test_the_coordinator_starts_with_intel_collateral(
         ) == {"sgx": collateral.read_bytes()}
     finally:
         coordinator.stop()
+
+
+def test_unreachable_etcd_is_one_line(tmp_path: Path, geode_env: dict[str, str]) -> None:
+    store = f"etcd://127.0.0.1:{free_port()}"
+    result = geode_cli(
+        "coordinator", "--simulation", "--data-dir", str(tmp_path / "data"), "--store", store,
+        env=geode_env,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "no etcd endpoint answered" in result.stderr
+    assert "Traceback" not in result.stderr

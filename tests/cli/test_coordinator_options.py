@@ -1,12 +1,15 @@
-"""``geode coordinator --store``: bad values are one clear line, before anything starts."""
+"""``geode coordinator``'s options (``--store`` and its companions, ``--collateral``): bad values
+are one clear line, before anything starts."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, geode_cli
+from tests.support import geode_cli
 
 
 @pytest.mark.parametrize(
@@ -32,12 +35,13 @@ def test_bad_store_options(
     assert "Traceback" not in result.stderr
 
 
-def test_unreachable_etcd_is_one_line(tmp_path: Path, geode_env: dict[str, str]) -> None:
-    store = f"etcd://127.0.0.1:{free_port()}"
-    result = geode_cli(
-        "coordinator", "--simulation", "--data-dir", str(tmp_path / "data"), "--store", store,
-        env=geode_env,
+@pytest.mark.parametrize("value", ["simulated=x.json", "sgx", "quantum=x.json", "sgx=/nope.json"])
+def test_a_bad_collateral_option_is_one_line(value: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "geode", "coordinator", "--simulation",
+         "--data-dir", str(tmp_path / "data"), "--collateral", value],
+        capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode != 0
-    assert "no etcd endpoint answered" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert done.returncode == 2
+    assert "--collateral" in done.stderr
+    assert "Traceback" not in done.stderr

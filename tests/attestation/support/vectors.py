@@ -17,7 +17,7 @@ import pytest
 
 __all__ = ["VECTORS", "read_vector", "requires_vectors"]
 
-_REPO = Path(__file__).resolve().parents[2]
+_REPO = Path(__file__).resolve().parents[3]
 
 
 def _locate() -> Path | None:

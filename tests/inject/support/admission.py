@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-REVIEWS = Path(__file__).parent / "reviews"
+REVIEWS = Path(__file__).resolve().parents[1] / "reviews"
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
 """Validated against: an old release still in support somewhere, and the newest the schemas know."""
 

@@ -18,12 +18,12 @@ from geode.attestation import measure_bundle
 from geode.client import CoordinatorClient
 from geode.pki import certificate_pem
 from tests.conftest import StartCoordinator
-from tests.db_support import files_containing, require_mariadb
+from tests.db.support.mariadb import files_containing, require_mariadb
 from tests.support import REPO, free_port, geode_run_argv, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
-APPS = REPO / "tests" / "db_apps"
+APPS = REPO / "tests" / "e2e" / "db_apps"
 DOMAIN = "shop.geode.local"
 # The manifest pattern of docs/database.md: users bound to certificate secrets by subject and
 # by the deployment root as issuer.
