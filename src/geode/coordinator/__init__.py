@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from geode.coordinator._activation import ActivationRequest, ActivationResult, RenewalRequest
 from geode.coordinator._api import build_apps
 from geode.coordinator._audit import AuditLog, MemoryAuditLog
-from geode.coordinator._base import CoordinatorSettings, Pending, PreparedManifest, State
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
+from geode.coordinator._handout import ActivationRequest, ActivationResult, RenewalRequest
+from geode.coordinator._holder import CoordinatorSettings, Pending, PreparedManifest, State
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (

@@ -1,160 +1,236 @@
-"""What an activation hands out: the leaf certificate and the service's rendered configuration."""
+"""The activation core: the checks every identity hand-out makes, and the hand-outs themselves
+(an activation's certificate and configuration, a renewal's fresh certificate).
+
+This is the hot path: each call works on the state in force as it is (no copies) and returns a
+``Pending`` that the transaction saves before its value leaves (``_transaction``).
+"""
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Mapping
-from dataclasses import dataclass
+import datetime
+import hmac
+import logging
+import uuid
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import Evidence
-from geode.coordinator._secrets import generate_secret, is_set, template_value
-from geode.coordinator._state import StoredSecret
-from geode.errors import ActivationDenied, ManifestError
-from geode.manifest import (
-    CertificateSecret,
-    ManifestDocument,
-    MeshConfig,
-    TemplateContext,
-    render_template,
+from geode.attestation import Evidence, EvidenceVerifier, match_claims
+from geode.coordinator._handout import (
+    ActivationRequest,
+    ActivationResult,
+    RenewalRequest,
+    render_activation,
 )
-from geode.pki import CertificateAuthority, Clock, certificate_pem
-from geode.protocol import ActivationAnswer, SecretMaterial
+from geode.coordinator._holder import CoordinatorSettings, Pending, StateHolder
+from geode.coordinator._nonces import NonceStore
+from geode.coordinator._state import CoordinatorState
+from geode.errors import ActivationDenied, ClaimsMismatch, EvidenceError, PKIError
+from geode.manifest import ManifestDocument
+from geode.pki import (
+    Clock,
+    LeafParams,
+    SpiffeId,
+    load_certificate,
+    load_csr_public_key,
+    public_key_der,
+    uri_sans,
+)
+from geode.protocol import key_binding, renewal_payload
 
-__all__ = [
-    "ActivationRequest",
-    "ActivationResult",
-    "RenewalRequest",
-    "render_activation",
-]
+__all__ = ["Activation"]
 
-
-@dataclass(frozen=True)
-class ActivationRequest:
-    service: str
-    nonce: bytes
-    csr: str
-    evidence: Evidence
-
-
-@dataclass(frozen=True)
-class RenewalRequest:
-    nonce: bytes
-    csr: str
-    evidence: Evidence
-    certificate: str  # the instance's current leaf, PEM
-    proof: bytes  # ECDSA-SHA256 by the current key over renewal_payload(nonce, new key DER)
+log = logging.getLogger("geode.coordinator")
 
 
-@dataclass(frozen=True)
-class ActivationResult:
-    instance_id: str
-    spiffe_id: str
-    certificate: x509.Certificate
-    mesh_ca_pem: str
-    root_ca_pem: str
-    secrets: dict[str, StoredSecret]
-    files: dict[str, bytes]
-    env: dict[str, bytes]
-    argv: list[bytes]
-    mesh: MeshConfig
+class Activation:
+    """Nonces, activation and renewal: what an instance gets once its evidence is checked."""
 
-    def answer(self) -> ActivationAnswer:
-        def b64(value: bytes) -> str:
-            return base64.b64encode(value).decode()
+    def __init__(
+        self,
+        held: StateHolder,
+        settings: CoordinatorSettings,
+        verifier: EvidenceVerifier,
+        nonces: NonceStore,
+        clock: Clock,
+    ) -> None:
+        self._held = held
+        self._settings = settings
+        self._verifier = verifier
+        self._nonces = nonces
+        self._clock = clock
 
-        return ActivationAnswer(
-            instance_id=self.instance_id,
-            spiffe_id=self.spiffe_id,
-            certificate_chain=[certificate_pem(self.certificate), self.mesh_ca_pem],
-            mesh_ca=self.mesh_ca_pem,
-            root_ca=self.root_ca_pem,
-            secrets={
-                name: SecretMaterial.model_validate(s.to_json()) for name, s in self.secrets.items()
-            },
-            files={path: b64(v) for path, v in self.files.items()},
-            env={key: b64(v) for key, v in self.env.items()},
-            argv=[b64(v) for v in self.argv],
-            mesh=self.mesh,
+    def issue_nonce(self) -> tuple[bytes, datetime.datetime]:
+        self._held.require_keys()
+        return self._nonces.issue()
+
+    def _verify_instance(
+        self,
+        service_name: str,
+        nonce: bytes,
+        csr: str,
+        evidence: Evidence,
+        *,
+        nonce_spent: bool = False,
+    ) -> tuple[ManifestDocument, CoordinatorState, ec.EllipticCurvePublicKey]:
+        """The checks every identity hand-out makes: nonce, service, CSR, evidence, binding of
+        the evidence to the CSR's key and the nonce, and the service's package."""
+        document = self._held.document
+        data = self._held.data
+        if document is None or data is None:
+            raise ActivationDenied("manifest not set")
+        # The nonce is spent whatever happens next, so one nonce buys one attempt.
+        if not nonce_spent and not self._nonces.consume(nonce):
+            raise ActivationDenied("nonce expired or reused")
+        manifest = document.manifest
+        service = manifest.services.get(service_name)
+        if service is None:
+            raise ActivationDenied("unknown service", repr(service_name))
+        try:
+            public_key = load_csr_public_key(csr)
+        except PKIError as exc:
+            raise ActivationDenied("invalid csr", str(exc)) from None
+        if evidence.kind == "nvidia":  # binds a requester nonce, not this key: see the manifest
+            raise ActivationDenied(
+                "evidence verification failed", "GPU evidence attests no service"
+            )
+        try:
+            claims = self._verifier.verify(evidence)
+        except EvidenceError as exc:
+            raise ActivationDenied("evidence verification failed", str(exc)) from None
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            # A verifier that lets a parsing error through still refuses, without a 500.
+            log.warning("evidence verification raised %s: refused", type(exc).__name__)
+            raise ActivationDenied("evidence verification failed", "malformed evidence") from None
+        expected = key_binding(public_key_der(public_key), nonce)
+        if not hmac.compare_digest(claims.report_data, expected):
+            raise ActivationDenied("evidence not bound to this key and nonce")
+        try:
+            match_claims(claims, manifest.packages[service.package])
+        except ClaimsMismatch as exc:
+            raise ActivationDenied(exc.reason, exc.detail) from None
+        log.debug(
+            "verified %s evidence for %s (measurement %s…)",
+            claims.tee,
+            service_name,
+            claims.measurement.hex()[:16],
         )
+        return document, data, public_key
 
+    def activate(
+        self, request: ActivationRequest, *, nonce_spent: bool = False
+    ) -> Pending[ActivationResult]:
+        """Verify an instance and hand out its identity; raises ``ActivationDenied``.
+        ``nonce_spent``: the same request again, after its first attempt was undone (a lost
+        compare-and-swap on a shared store); its nonce was consumed by that attempt."""
+        keys = self._held.require_keys()
+        document, data, public_key = self._verify_instance(
+            request.service, request.nonce, request.csr, request.evidence, nonce_spent=nonce_spent
+        )
+        manifest = document.manifest
+        service = manifest.services[request.service]
+        count = data.activations.get(request.service, 0)
+        if service.max_activations and count >= service.max_activations:
+            raise ActivationDenied("max_activations reached", f"limit {service.max_activations}")
 
-def render_activation(
-    document: ManifestDocument,
-    service_name: str,
-    *,
-    instance_id: str,
-    spiffe_id: str,
-    leaf: x509.Certificate,
-    root: CertificateAuthority,
-    mesh: CertificateAuthority,
-    ca_pems: tuple[str, str],
-    stored: Mapping[str, StoredSecret],
-    values: Mapping[str, bytes | CertificateSecret],
-    clock: Clock,
-) -> ActivationResult:
-    """Render a service's files, env and argv for one instance.
+        instance_id = str(uuid.uuid4())
+        spiffe_id = SpiffeId.for_service(manifest.trust_domain, request.service)
+        leaf = keys.mesh.issue(
+            LeafParams(
+                public_key=public_key,
+                common_name=instance_id,
+                spiffe_id=spiffe_id,
+                dns_names=service.dns_names,
+                lifetime=self._settings.leaf_lifetime,
+            ),
+            clock=self._clock,
+        )
+        result = render_activation(
+            document,
+            request.service,
+            instance_id=instance_id,
+            spiffe_id=str(spiffe_id),
+            leaf=leaf,
+            root=keys.root,
+            mesh=keys.mesh,
+            ca_pems=(keys.root_pem, keys.mesh_pem),
+            stored=data.secrets,
+            values=keys.secrets,
+            clock=self._clock,
+        )
+        data.activations[request.service] = count + 1
+        forget = data.latest_certificates.record(instance_id, leaf, self._clock())
+        log.info("activated %s instance %s", request.service, instance_id)
 
-    The instance gets exactly the secrets its templates use, and a certificate secret's private
-    key only when a template reads it. Non-shared certificates are issued here, per instance.
-    A rendering failure names the template's path only: its message could quote secret values.
-    A user-defined secret that no user has set yet is handed out as what the manifest promises
-    until then: a ``plain`` secret is empty; any other type has no value of its type yet, so the
-    activation is refused (``secret not set``) rather than hand out an empty key or certificate.
-    """
-    manifest = document.manifest
-    service = manifest.services[service_name]
-    private = document.service_private_secrets.get(service_name, frozenset())
-    context_values: dict[str, bytes | CertificateSecret] = {}
-    handed: dict[str, StoredSecret] = {}
-    for name in sorted(document.service_secrets.get(service_name, frozenset())):
-        spec = manifest.secrets[name]
-        if spec.per_instance:
-            secret = generate_secret(name, spec, root, clock=clock)
-            context_values[name] = template_value(secret)
-        else:
-            secret = stored[name]
-            if spec.is_user_defined and spec.type != "plain" and not is_set(secret):
-                raise ActivationDenied("secret not set", name)
-            context_values[name] = values[name]
-        if secret.certificate and name not in private:
-            secret = StoredSecret(certificate=secret.certificate)
-        handed[name] = secret
-    context = TemplateContext(
-        secrets=context_values,
-        root_ca=root.certificate,
-        mesh_ca=mesh.certificate,
-        service_cert=leaf,
-    )
-    prefix = f"services.{service_name}"
-    try:
-        files = {
-            path: render_template(src, context, f"{prefix}.files.{path}")
-            for path, src in service.files.items()
-        }
-        env = {
-            key: render_template(src, context, f"{prefix}.env.{key}")
-            for key, src in service.env.items()
-        }
-        argv = [
-            render_template(src, context, f"{prefix}.argv[{i}]")
-            for i, src in enumerate(service.argv)
-        ]
-    except ManifestError as exc:
-        raise ActivationDenied("template rendering failed", exc.path) from None
-    for where, value in [*env.items(), *((f"argv[{i}]", v) for i, v in enumerate(argv))]:
-        if b"\0" in value:
-            raise ActivationDenied("template rendering failed", f"{where} contains a NUL byte")
-    return ActivationResult(
-        instance_id=instance_id,
-        spiffe_id=spiffe_id,
-        certificate=leaf,
-        mesh_ca_pem=ca_pems[1],
-        root_ca_pem=ca_pems[0],
-        secrets=handed,
-        files=files,
-        env=env,
-        argv=argv,
-        mesh=document.mesh[service_name],
-    )
+        def revert() -> None:
+            forget()
+            data.activations[request.service] -= 1
+            if not data.activations[request.service]:
+                del data.activations[request.service]
+
+        return Pending(result, revert)
+
+    def renew(
+        self, request: RenewalRequest, *, nonce_spent: bool = False
+    ) -> Pending[x509.Certificate]:
+        """A fresh leaf for a running instance: the same checks as an activation, plus its
+        current certificate (valid, from the current mesh CA, for this service, and the latest
+        issued to the instance) and a proof that it holds that certificate's key. Keeps the
+        instance id; counts no activation; the new leaf becomes the instance's latest, so the
+        presented one can never renew again. ``nonce_spent`` as for ``activate``."""
+        keys = self._held.require_keys()
+        # First: one nonce buys one attempt.
+        if not nonce_spent and not self._nonces.consume(request.nonce):
+            raise ActivationDenied("nonce expired or reused")
+        try:
+            current = load_certificate(request.certificate, "certificate")
+            current.verify_directly_issued_by(keys.mesh.certificate)
+        except (PKIError, ValueError, TypeError, InvalidSignature):
+            raise ActivationDenied(
+                "renewal refused", "certificate not from the current mesh CA"
+            ) from None
+        now = self._clock()
+        if not current.not_valid_before_utc <= now < current.not_valid_after_utc:
+            raise ActivationDenied("renewal refused", "certificate expired")
+        spiffe = [u for u in uri_sans(current) if u.startswith("spiffe://")]
+        service_name = SpiffeId.parse(spiffe[0]).service if len(spiffe) == 1 else None
+        if service_name is None:
+            raise ActivationDenied("renewal refused", "certificate has no service identity")
+        document, data, public_key = self._verify_instance(
+            service_name, request.nonce, request.csr, request.evidence, nonce_spent=True
+        )
+        old_key = current.public_key()
+        try:
+            if not isinstance(old_key, ec.EllipticCurvePublicKey):
+                raise InvalidSignature
+            old_key.verify(
+                request.proof,
+                renewal_payload(request.nonce, public_key_der(public_key)),
+                ec.ECDSA(hashes.SHA256()),
+            )
+        except InvalidSignature:
+            raise ActivationDenied("renewal refused", "no proof of the current key") from None
+        instance_id = str(current.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+        # Nothing between this check and the record below yields to the event loop, so of two
+        # renewals presenting the same certificate exactly one gets past it.
+        latest = data.latest_certificates
+        first_use = latest.check(instance_id, current)
+        service = document.manifest.services[service_name]
+        leaf = keys.mesh.issue(
+            LeafParams(
+                public_key=public_key,
+                common_name=instance_id,
+                spiffe_id=SpiffeId.for_service(document.manifest.trust_domain, service_name),
+                dns_names=service.dns_names,
+                lifetime=self._settings.leaf_lifetime,
+            ),
+            clock=self._clock,
+        )
+        # An instance pinned on first use keeps its entry as long as an untracked sibling of
+        # its certificate could be valid: leaves never outlive the mesh CA.
+        keep_until = keys.mesh.certificate.not_valid_after_utc if first_use else None
+        revert = latest.record(instance_id, leaf, now, keep_until=keep_until)
+        log.info("renewed the certificate of %s instance %s", service_name, instance_id)
+        return Pending(leaf, revert)

@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from geode.coordinator._activation import ActivationRequest, RenewalRequest
 from geode.coordinator._api_governance import governance_handlers
 from geode.coordinator._coordinator import Coordinator
+from geode.coordinator._handout import ActivationRequest, RenewalRequest
 from geode.coordinator._http import (
     BODY_TIMEOUT,
     ApiError,

@@ -17,8 +17,8 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
-from geode.coordinator._base import Pending, both
 from geode.coordinator._coordinator import Coordinator
+from geode.coordinator._holder import Pending, both
 from geode.coordinator._http import (
     ApiError,
     Handler,

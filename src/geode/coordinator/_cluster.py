@@ -56,7 +56,7 @@ from geode.attestation import (
     SimulatedPlatform,
     match_claims,
 )
-from geode.coordinator._base import CoordinatorSettings, StateHolder
+from geode.coordinator._holder import CoordinatorSettings, StateHolder
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._seal import Sealer
 from geode.coordinator._state import CLUSTER_KEY_SIZE

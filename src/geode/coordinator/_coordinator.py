@@ -24,17 +24,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.attestation import EvidenceVerifier, SimulatedPlatform
+from geode.coordinator._activation import Activation
 from geode.coordinator._audit import AuditSink, MemoryAuditLog
-from geode.coordinator._base import (
+from geode.coordinator._cluster import ClusterKeys
+from geode.coordinator._governance import Governance
+from geode.coordinator._holder import (
     CoordinatorSettings,
     Pending,
     PreparedManifest,
     State,
     StateHolder,
 )
-from geode.coordinator._cluster import ClusterKeys
-from geode.coordinator._core import Activation
-from geode.coordinator._governance import Governance
 from geode.coordinator._latest import LatestCertificates
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._recovery import Recovery, sealer_for

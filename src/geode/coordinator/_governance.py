@@ -16,7 +16,7 @@ from dataclasses import replace
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.coordinator._base import KeyRing, Pending, PreparedManifest, StateHolder, both
+from geode.coordinator._holder import KeyRing, Pending, PreparedManifest, StateHolder, both
 from geode.coordinator._recovery import sealer_for
 from geode.coordinator._secrets import secret_from_user, template_value
 from geode.coordinator._state import CoordinatorState, PendingUpdate, StoredSecret, UpdateRecord

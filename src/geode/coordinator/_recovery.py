@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from geode.attestation import SimulatedPlatform
-from geode.coordinator._base import CoordinatorSettings, Pending, State, StateHolder
+from geode.coordinator._holder import CoordinatorSettings, Pending, State, StateHolder
 from geode.coordinator._seal import RecoveryHeader, RecoveryParty, Sealer
 from geode.coordinator._shamir import combine_shares, split_secret
 from geode.coordinator._state import CoordinatorState

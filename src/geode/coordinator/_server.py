@@ -20,11 +20,11 @@ import uvicorn
 import geode
 from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
 from geode.coordinator._api import build_apps
-from geode.coordinator._base import CoordinatorSettings, State
 from geode.coordinator._cluster import ClusterMember
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore
 from geode.coordinator._forward import Forwarder, Writer
+from geode.coordinator._holder import CoordinatorSettings, State
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
     default_sealing_key_path,

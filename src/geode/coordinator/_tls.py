@@ -31,8 +31,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from geode.coordinator._base import State
 from geode.coordinator._coordinator import Coordinator
+from geode.coordinator._holder import State
 from geode.pki import (
     COORDINATOR_URI,
     CertificateAuthority,

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from geode.coordinator._audit import AuditSink
-from geode.coordinator._base import Pending, PreparedManifest, State, StateHolder
+from geode.coordinator._holder import Pending, PreparedManifest, State, StateHolder
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._store import Store
 from geode.errors import SealError, StoreConflict
