@@ -7,10 +7,10 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from geode.errors import EvidenceError
-from geode.tee import TEE_KINDS
+from geode.tee import TEE_KINDS, TcbStatus
 
 __all__ = [
     "EVIDENCE_KINDS",
@@ -25,17 +25,10 @@ EVIDENCE_KINDS: tuple[str, ...] = tuple(TEE_KINDS)
 REPORT_DATA_SIZE = 64
 MAX_EVIDENCE_BYTES = 64 * 1024
 
-# Intel's TCB statuses, best first, and ours for evidence whose TCB was not checked.
-TCB_STATUSES = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
+# Intel's TCB statuses, best first (``geode.tee.TcbStatus``), and ours for evidence whose TCB
+# was not checked (its last).
 TCB_UNVERIFIED = "Unverified"
+TCB_STATUSES: tuple[str, ...] = tuple(s for s in get_args(TcbStatus) if s != TCB_UNVERIFIED)
 
 
 @dataclass(frozen=True)

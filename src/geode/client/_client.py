@@ -47,6 +47,7 @@ from geode.protocol import (
     UpdateRef,
     check_coordinator_peer,
     coordinator_client_context,
+    first_error,
     raise_for_error,
 )
 
@@ -149,10 +150,9 @@ class CoordinatorClient:
         try:
             return adapter.validate_python(body)
         except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in error["loc"]) or "answer"
+            where, message = first_error(exc, "answer")
             raise ClientError(
-                f"malformed answer from the Coordinator at {self.address}: {where}: {error['msg']}"
+                f"malformed answer from the Coordinator at {self.address}: {where}: {message}"
             ) from None
 
     def _request(self, method: str, path: str, **kwargs: Any) -> object:

@@ -75,6 +75,7 @@ from geode.protocol import (
     EvidenceBody,
     NonceAnswer,
     Routes,
+    first_error,
     join_answer_binding,
     join_request_binding,
 )
@@ -345,9 +346,8 @@ def read_answer(body: object) -> ClusterKeyAnswer:
     try:
         return ClusterKeyAnswer.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise JoinRefused(f"the peer's answer is malformed: {where}: {error['msg']}") from None
+        where, message = first_error(exc)
+        raise JoinRefused(f"the peer's answer is malformed: {where}: {message}") from None
 
 
 def _answer(response: httpx.Response) -> dict[str, object]:

@@ -49,20 +49,9 @@ class _Strict(BaseModel):
 
 
 class Package(ReferenceValues):
-    """A measured code identity. Which fields apply depends on ``tee`` (``PACKAGE_FIELDS``):
-
-    - ``simulated``, ``sgx``: ``measurement`` (MRENCLAVE), or ``signer`` (MRSIGNER) with
-      ``product_id`` and optionally ``min_svn``;
-    - ``tdx``: ``mrtd``, optionally ``rtmr0``..``rtmr3`` and ``mrconfigid`` (48 bytes each);
-    - ``sev-snp``: ``measurement`` (48 bytes), optionally ``host_data`` (32 bytes), ``min_tcb``
-      and ``vmpl``;
-    - ``nvidia``: ``measurements``, golden values by measurement index (one or more allowed
-      SHA-384 values each).
-
-    ``debug`` allows debug evidence (SGX/TDX debug attribute, SNP policy bit, NVIDIA devtools
-    mode). ``accepted_tcb_statuses`` (sgx, tdx) lists the TCB statuses accepted, UpToDate only
-    by default.
-    """
+    """A measured code identity: the reference values of one TEE kind. Which fields apply to
+    which kind, and what they mean, is ``geode.tee.ReferenceValues``'s to say (``PACKAGE_FIELDS``
+    lists them per kind)."""
 
     # The fields, their validation and the kinds are ``geode.tee.ReferenceValues``'s; a package
     # in the contract must also name what pins its code (``TeeSpec.identity``).

@@ -32,6 +32,7 @@ from geode.protocol._answers import (
     SecretSetAnswer,
     UpdateApplied,
     UpdatePending,
+    first_error,
 )
 from geode.protocol._errors import ERROR_CODES, ErrorBody, ErrorCode, error_answer, raise_for_error
 from geode.protocol._openapi import openapi_document
@@ -129,6 +130,7 @@ __all__ = [
     "check_coordinator_peer",
     "coordinator_client_context",
     "error_answer",
+    "first_error",
     "join_answer_binding",
     "join_request_binding",
     "key_binding",

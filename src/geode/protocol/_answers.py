@@ -52,6 +52,7 @@ __all__ = [
     "SecretSetAnswer",
     "UpdateApplied",
     "UpdatePending",
+    "first_error",
 ]
 
 
@@ -62,6 +63,13 @@ def _none(value: object) -> bool:
 def absent() -> Any:
     """A field left out of the JSON when it is ``None``."""
     return Field(default=None, exclude_if=_none)
+
+
+def first_error(exc: ValidationError, where: str = "") -> tuple[str, str]:
+    """Where the first problem of an answer that does not fit its model is (a dotted path, else
+    ``where``), and what it is: what a client names when it refuses the answer."""
+    error = exc.errors(include_url=False)[0]
+    return ".".join(str(p) for p in error["loc"]) or where, error["msg"]
 
 
 class Answer(BaseModel):
@@ -135,10 +143,9 @@ class DeploymentStatement(Answer):
         try:
             return cls.model_validate(value)
         except ValidationError as exc:
-            error = exc.errors(include_url=False)[0]
-            name = ".".join(str(p) for p in error["loc"])
+            name, message = first_error(exc)
             raise StatementError(
-                f"statement field {name!r} is missing or malformed ({error['msg']})"
+                f"statement field {name!r} is missing or malformed ({message})"
             ) from None
 
 

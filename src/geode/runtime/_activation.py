@@ -37,6 +37,7 @@ from geode.protocol import (
     SecretMaterial,
     check_coordinator_peer,
     coordinator_client_context,
+    first_error,
     key_binding,
     raise_for_error,
     renewal_payload,
@@ -120,11 +121,8 @@ def _post(
     try:
         return model.model_validate(answer)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise ClientError(
-            f"malformed answer from the Coordinator: {where}: {error['msg']}"
-        ) from None
+        where, message = first_error(exc)
+        raise ClientError(f"malformed answer from the Coordinator: {where}: {message}") from None
 
 
 class _MeshCall:
