@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from geode.client import (
     CoordinatorClient,
     prepare_share_upload,
     verify_audit_log,
-    verify_recovery_offer,
 )
 from geode.errors import StatementError
 from geode.pki import fingerprint
@@ -182,14 +180,12 @@ def recover(
     reference = _reference(measurement, policy)
     keys = reference_platform_keys(platform_key or None)
     party_key = _recovery_key(key_file)
-    nonce = os.urandom(32)
     # The channel is not trusted (in recovery the Coordinator has no root key to show);
-    # the evidence bound to its recovery key and our nonce is what we check.
+    # the evidence bound to its recovery key and a nonce of this call is what we check.
     with CoordinatorClient(address, insecure=True) as client:
-        offer = client.recovery_offer(nonce)
         try:
-            recovery_key = verify_recovery_offer(
-                offer, reference=reference, platform_keys=keys, nonce=nonce
+            offer, recovery_key = client.verified_recovery_offer(
+                reference=reference, platform_keys=keys
             )
         except StatementError as exc:
             raise click.ClickException(f"recovering Coordinator REJECTED: {exc}") from None

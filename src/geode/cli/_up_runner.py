@@ -25,7 +25,7 @@ from geode._files import create_private_file
 from geode._process import parent_death_signal
 from geode.attestation import SimulatedPlatform
 from geode.cli._up_deployment import Deployment, accepts, find_program, log_tail
-from geode.client import CoordinatorClient, verify_statement
+from geode.client import CoordinatorClient
 from geode.coordinator import coordinator_measurement
 from geode.errors import GeodeError
 from geode.pki import UserCertificate, certificate_pem
@@ -214,12 +214,8 @@ class Runner:
         platform key, a fresh nonce); then set the manifest over TLS pinned to its root."""
         spec = self.deployment.coordinator
         reference = ReferenceValues(tee="simulated", measurement=coordinator_measurement().hex())
-        nonce = os.urandom(32)
         with CoordinatorClient(spec.client_addr, insecure=True) as client:
-            document = client.attestation(nonce)
-        verified = verify_statement(
-            document, reference=reference, platform_keys=[self.platform], nonce=nonce
-        )
+            verified = client.verified_statement(reference=reference, platform_keys=[self.platform])
         self.root_fingerprint = verified.root_fingerprint
         self.root_file.write_text(certificate_pem(verified.root))
         with CoordinatorClient(spec.client_addr, root=verified.root) as client:

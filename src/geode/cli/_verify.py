@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
@@ -85,13 +84,11 @@ def verify(
         raise click.UsageError("give exactly one of --coordinator and --statement")
     reference = _reference(measurement, policy)
     keys = reference_platform_keys(platform_key or None)
-    nonce: bytes | None = None
     try:
         if address is not None:
-            nonce = os.urandom(32)
             # First contact: the channel is not trusted yet; the statement is what we verify.
             with CoordinatorClient(address, insecure=True) as client:
-                document = client.attestation(nonce)
+                verified = client.verified_statement(reference=reference, platform_keys=keys)
         else:
             assert statement is not None
             try:
@@ -99,7 +96,7 @@ def verify(
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise GeodeError(f"{statement}: not a JSON statement ({exc})") from None
             document = DeploymentStatement.from_json(saved)
-        verified = verify_statement(document, reference=reference, platform_keys=keys, nonce=nonce)
+            verified = verify_statement(document, reference=reference, platform_keys=keys)
     except StatementError as exc:
         raise click.ClickException(f"deployment statement REJECTED: {exc}") from None
     if verified.simulation:
@@ -120,5 +117,5 @@ def verify(
         path = pin_root(address, verified.root)
         click.echo(f"  pinned root:  {path}")
     if save is not None:
-        save.write_text(json.dumps(document.to_json(), indent=2))
+        save.write_text(json.dumps(verified.statement.to_json(), indent=2))
         click.echo(f"  saved:        {save}")

@@ -10,15 +10,22 @@ answers are the models of ``geode.protocol``; a refusal raises ``ClientError`` w
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from geode._files import xdg_path
+from geode.attestation import ReferenceValues
+from geode.client._recovery import verify_recovery_offer
+from geode.client._statement import VerifiedStatement, statement_manifest, verify_statement
 from geode.errors import ClientError
 from geode.pki import certificate_pem, load_certificate
 from geode.protocol import (
@@ -206,7 +213,10 @@ class CoordinatorClient:
         return self._call(CoordinatorStatus, "GET", Routes.status.path)
 
     def get_manifest(self) -> ManifestInfo:
-        return self._call(ManifestInfo, "GET", Routes.manifest.path)
+        """The manifest in force; ``ClientError`` when its text is not what its hash says."""
+        info = self._call(ManifestInfo, "GET", Routes.manifest.path)
+        _check_sha256(info.manifest, info.sha256, "the manifest")
+        return info
 
     def set_manifest(self, raw: bytes) -> ManifestSetResult:
         return self._call(
@@ -222,6 +232,23 @@ class CoordinatorClient:
         ``StatementError`` when it is not even shaped like one."""
         body = self._request("GET", Routes.attestation.path, params={"nonce": nonce.hex()})
         return DeploymentStatement.from_json(body)
+
+    def verified_statement(
+        self, *, reference: ReferenceValues, platform_keys: Sequence[Ed25519PublicKey] = ()
+    ) -> VerifiedStatement:
+        """A fresh deployment statement (for a nonce of this call's own), verified against
+        ``reference`` (``verify_statement``; ``StatementError`` naming what failed)."""
+        nonce = os.urandom(32)
+        statement = self.attestation(nonce)
+        return verify_statement(
+            statement, reference=reference, platform_keys=platform_keys, nonce=nonce
+        )
+
+    def deployed_manifest(self, root: x509.Certificate) -> bytes | None:
+        """The SHA-256 of the manifest the deployment runs now, as a fresh statement carrying
+        ``root`` (already trusted, pinned) vouches for it; ``None`` before one is set."""
+        nonce = os.urandom(32)
+        return statement_manifest(self.attestation(nonce), root=root, nonce=nonce)
 
     def certificates(self) -> CertificatesAnswer:
         return self._call(CertificatesAnswer, "GET", Routes.certificates.path)
@@ -250,7 +277,11 @@ class CoordinatorClient:
         )
 
     def pending_update(self) -> PendingUpdate | None:
-        return self._call(PendingUpdateAnswer, "GET", Routes.pending_update.path).pending
+        """The pending manifest update; ``ClientError`` when its text is not what its hash says."""
+        pending = self._call(PendingUpdateAnswer, "GET", Routes.pending_update.path).pending
+        if pending is not None:
+            _check_sha256(pending.manifest, pending.sha256, "the pending manifest")
+        return pending
 
     def acknowledge_update(self, sha256: str) -> UpdateApplied | UpdatePending:
         body = UpdateRef(sha256=sha256)
@@ -275,6 +306,18 @@ class CoordinatorClient:
             RecoveryOffer, "GET", Routes.recovery_offer.path, params={"nonce": nonce.hex()}
         )
 
+    def verified_recovery_offer(
+        self, *, reference: ReferenceValues, platform_keys: Sequence[Ed25519PublicKey] = ()
+    ) -> tuple[RecoveryOffer, rsa.RSAPublicKey]:
+        """A recovering Coordinator's offer for a nonce of this call's own, and the key its
+        evidence vouches for (``verify_recovery_offer``; ``StatementError`` otherwise)."""
+        nonce = os.urandom(32)
+        offer = self.recovery_offer(nonce)
+        key = verify_recovery_offer(
+            offer, reference=reference, platform_keys=platform_keys, nonce=nonce
+        )
+        return offer, key
+
     def upload_share(self, party: str, share: bytes, signature: bytes) -> RecoveryProgress:
         body = RecoveryUpload(
             party=party,
@@ -282,6 +325,11 @@ class CoordinatorClient:
             signature=base64.b64encode(signature).decode(),
         )
         return self._call(RecoveryProgress, "POST", Routes.recover.path, json=body.model_dump())
+
+
+def _check_sha256(text: str, sha256: str, what: str) -> None:
+    if hashlib.sha256(text.encode()).hexdigest() != sha256:
+        raise ClientError(f"{what} does not match its stated sha256")
 
 
 def _manifest_type(raw: bytes) -> str:

@@ -34,8 +34,9 @@ __all__ = ["VerifiedStatement", "statement_manifest", "verify_statement"]
 
 @dataclass(frozen=True)
 class VerifiedStatement:
-    """What a verified statement proves."""
+    """What a verified statement proves, and the statement itself (to keep, or to show)."""
 
+    statement: DeploymentStatement
     root: x509.Certificate
     mesh_ca: x509.Certificate
     manifest_sha256: bytes | None
@@ -167,6 +168,7 @@ def verify_statement(
         )
     _check_root_signatures(statement, parsed)
     return VerifiedStatement(
+        statement=statement,
         root=parsed.root,
         mesh_ca=parsed.mesh,
         manifest_sha256=parsed.manifest_sha256,
