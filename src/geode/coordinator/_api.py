@@ -1,7 +1,10 @@
 """The Coordinator's HTTP APIs: the client API (operators, relying parties) and the mesh API.
 
-Every error is a JSON object ``{"error": code, "message": ...}`` (plus ``path`` for manifest
-errors and ``reason`` for denials) with a 4xx status for bad requests; a 500 means a bug.
+The routes, their models and the statuses they answer are ``geode.protocol.Routes``: the apps
+are built from that table (each handler named by its route's operation id), and the OpenAPI
+document generated from it is what both apps serve. Every error is an ``ErrorBody``
+(``{"error": code, "message": ...}``, plus ``path`` for manifest errors and ``reason`` for
+denials) with a 4xx status for bad requests; a 500 means a bug.
 """
 
 from __future__ import annotations
