@@ -6,7 +6,9 @@
 - ``coordinator_client_context``: a client of the Coordinator (operators, relying parties,
   activating instances, a Coordinator forwarding to the writer). Trusts the deployment root
   only and checks the host name; presents a user's certificate if given.
-- ``mesh_server_context``: a mesh server. Requires a client certificate from the mesh CA.
+- ``mesh_server_context``: a mesh server. Requires a client certificate from the mesh CA. The
+  database server checks its files with it too: MariaDB, which does its own TLS, plays this
+  role (clients must present a certificate the mesh CA or the root issued).
 - ``mesh_client_context``: a mesh client. Verifies the server against the mesh CA and its
   SPIFFE id in the handshake (``MeshSSLContext``).
 - ``public_server_context``: a server outside the mesh (a page for browsers, the admission
@@ -18,7 +20,9 @@
 
 The common policy (``_context``): TLS 1.2 at least, no compression, no renegotiation, and one
 cipher list, ``_CIPHERS``. Not verifying the peer is never a default and never what ``None``
-means: a client of the Coordinator that verifies nothing asks for it with ``insecure=True``.
+means: a client of the Coordinator that verifies nothing asks for it with ``insecure=True``
+(first contact, before the root is known; a Coordinator joining a cluster, where evidence
+authenticates both ends).
 
 Where this lives: ``geode.protocol`` sits above ``pki`` (whose SPIFFE ids and certificate helpers
 these contexts check) and below everything that makes a context — the Coordinator, its clients,
