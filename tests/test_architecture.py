@@ -37,11 +37,11 @@ ALLOWED = {
     "coordinator": {"attestation", "pki", "manifest", "protocol"},
     "proxy": {"manifest", "pki"},
     "runtime": {"attestation", "pki", "manifest", "protocol", "proxy"},
-    "db": {"pki", "manifest", "runtime"},
+    "db": {"pki", "manifest", "protocol", "runtime"},
     # Its fakes stand in for the Coordinator's store and the CA's clock. No package imports
     # testing: the helpers never end up in what they test.
     "testing": {"coordinator", "pki"},
-    "inject": {"manifest", "pki", "client"},
+    "inject": {"manifest", "pki", "protocol", "client"},
     "cli": {
         "attestation",
         "pki",

@@ -111,7 +111,7 @@ def run(
     else:
         click.echo(f"geode: evidence from {source.name}", err=True)
     provider = source.provider
-    activation = activate(address, service, provider, root=root)
+    activation = activate(address, service, provider, root=root, insecure=insecure)
     plan = lay_out(activation, service, command)
     click.echo(
         f"geode: activated {service} as {activation.spiffe_id} (instance {activation.instance_id})",
@@ -129,6 +129,7 @@ def run(
                 activation.private_key,
                 provider,
                 root=root,
+                insecure=insecure,
                 cert_file=Path(plan.env["GEODE_CERT_FILE"]),
                 key_file=Path(plan.env["GEODE_KEY_FILE"]),
                 # A certificate that can no longer be renewed stops the service, as SIGTERM does.

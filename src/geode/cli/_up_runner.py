@@ -29,6 +29,7 @@ from geode.client import CoordinatorClient
 from geode.coordinator import coordinator_measurement
 from geode.errors import GeodeError
 from geode.pki import UserCertificate, certificate_pem
+from geode.protocol import public_client_context
 from geode.tee import ReferenceValues
 
 __all__ = ["STOP_SIGNALS", "Runner", "Stop", "die_with_parent", "stop_signals"]
@@ -220,7 +221,7 @@ class Runner:
         self.root_file.write_text(certificate_pem(verified.root))
         with CoordinatorClient(spec.client_addr, root=verified.root) as client:
             self.manifest_sha256 = client.set_manifest(manifest).sha256
-        self._root_context = ssl.create_default_context(cafile=str(self.root_file))
+        self._root_context = public_client_context(verified.root)
         self.root = verified.root
 
     def make_operator(self) -> tuple[str, str]:

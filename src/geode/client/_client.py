@@ -124,16 +124,14 @@ class CoordinatorClient:
                 " (or pass --insecure)"
             )
         self.address = address
-        self._verified = not insecure
+        self._insecure = insecure
         self._root = None if insecure else root
         self._timeout = timeout
         self._identity = identity
         try:
             self._http = httpx.Client(
                 base_url=f"https://{address}",
-                verify=coordinator_client_context(
-                    None if insecure else root, identity, insecure=insecure
-                ),
+                verify=coordinator_client_context(self._root, identity, insecure=insecure),
                 timeout=timeout,
             )
         except httpx.InvalidURL:
@@ -184,7 +182,7 @@ class CoordinatorClient:
             raise ClientError(f"the Coordinator at {self.address} did not answer in time") from None
         except httpx.HTTPError as exc:
             raise ClientError(f"talking to {self.address} failed: {exc}") from None
-        if self._verified:
+        if not self._insecure:
             check_coordinator_peer(response)
         if response.status_code >= 400:
             try:
@@ -201,7 +199,7 @@ class CoordinatorClient:
             raise ClientError(f"the Coordinator at {self.address} sent invalid JSON") from None
 
     def _answers_without_identity(self) -> bool:
-        context = coordinator_client_context(self._root, insecure=self._root is None)
+        context = coordinator_client_context(self._root, insecure=self._insecure)
         try:
             with httpx.Client(verify=context, timeout=self._timeout) as probe:
                 probe.get(f"https://{self.address}{Routes.status.path}")

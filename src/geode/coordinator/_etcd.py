@@ -46,6 +46,7 @@ import httpx
 from geode.coordinator._audit import AuditLog, EtcdAuditLog
 from geode.coordinator._store import DataDirectoryLock, SharedStore
 from geode.errors import SealError, StoreConflict
+from geode.protocol import etcd_client_context
 
 __all__ = ["ETCD_MAX_BLOB", "EtcdSettings", "EtcdStore", "parse_etcd_url"]
 
@@ -100,10 +101,9 @@ class EtcdSettings:
 
     def ssl_context(self) -> ssl.SSLContext:
         """The client context for etcd: its CA (else the system's), our certificate if any."""
+        identity = (self.cert, self.key) if self.cert is not None and self.key is not None else None
         try:
-            context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
-            if self.cert is not None and self.key is not None:
-                context.load_cert_chain(str(self.cert), str(self.key))
+            context = etcd_client_context(self.ca, identity)
         except (OSError, ssl.SSLError) as exc:
             raise SealError(f"etcd TLS files cannot be loaded: {exc}") from None
         return context

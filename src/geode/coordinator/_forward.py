@@ -32,6 +32,7 @@ from starlette.responses import Response
 from geode.coordinator._store import SharedStore
 from geode.errors import GeodeError, PKIError
 from geode.pki import COORDINATOR_URI, load_certificate, uri_sans
+from geode.protocol import coordinator_client_context
 
 __all__ = ["FORWARDED_HEADER", "Forwarder", "Writer"]
 
@@ -112,10 +113,11 @@ class Forwarder:
         root = self._root_pem()
         if self._client is None or root != self._client_root:
             old = self._client
-            context = ssl.create_default_context(cadata=root)
-            self._client = httpx.AsyncClient(verify=context, timeout=FORWARD_TIMEOUT)
-            self._client_root = root
             self._root = load_certificate(root.encode())
+            self._client = httpx.AsyncClient(
+                verify=coordinator_client_context(self._root), timeout=FORWARD_TIMEOUT
+            )
+            self._client_root = root
             if old is not None:
                 self._closing = asyncio.get_running_loop().create_task(old.aclose())
         return self._client

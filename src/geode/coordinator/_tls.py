@@ -44,6 +44,7 @@ from geode.pki import (
     load_certificate,
     private_key_pem,
 )
+from geode.protocol import coordinator_server_context
 
 __all__ = ["PeerCertificateProtocol", "ServerTLS"]
 
@@ -102,21 +103,12 @@ class ServerTLS:
         self._coordinator = coordinator
         self._dns_names = list(dns_names)
         self._ips = list(ips)
-        self.client = self._context()
+        self.client = coordinator_server_context(users=True)
         self.client.sslobject_class = _RefusalLoggingSSLObject
-        self.client.verify_mode = ssl.CERT_OPTIONAL
-        # A user's certificate is an anchor by itself, whoever issued it.
-        self.client.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        self.mesh = self._context()
+        self.mesh = coordinator_server_context(users=False)
         self._issuer: str | None = None  # fingerprint of the root the certificate is from
         self._trusted: set[bytes] = set()
         self.refresh()
-
-    @staticmethod
-    def _context() -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
 
     def refresh(self) -> None:
         """Load a certificate from the current root (after a recovery) and trust the users of

@@ -39,6 +39,7 @@ from geode.db._config import (
 from geode.db._key import KEY_CHECK_FILE, KEY_SIZE, KeyCheck, parse_key, read_key_file
 from geode.db._mariadb import MariaDB, ServerProcess, _SQLFailed
 from geode.errors import DatabaseError
+from geode.protocol import mesh_server_context
 from geode.runtime import Credentials
 
 __all__ = ["DatabaseConfig", "DatabaseServer", "serve"]
@@ -317,11 +318,12 @@ class DatabaseServer:
         return self._process
 
     def _check_tls(self) -> None:
+        """Load the files as the server role MariaDB plays here would, before it starts: a
+        mesh server, whose clients must present a certificate one of ``ca_files`` issued."""
         config = self.config
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
-            context.load_cert_chain(config.cert_file, config.key_file)
-            for ca in config.ca_files:
+            context = mesh_server_context(config.cert_file, config.key_file, config.ca_files[0])
+            for ca in config.ca_files[1:]:
                 context.load_verify_locations(cafile=ca)
         except (OSError, ssl.SSLError) as exc:
             raise DatabaseError(f"unusable TLS certificate, key or CA: {exc}") from None

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from geode.errors import PKIError
 from geode.inject._config import InjectorConfig
 from geode.inject._review import answer_review
+from geode.protocol import public_server_context
 
 __all__ = ["MAX_REVIEW_BYTES", "ServingCertificate", "create_app", "webhook_server"]
 
@@ -40,22 +41,26 @@ class ServingCertificate:
     def __init__(self, cert: Path, key: Path) -> None:
         self.cert = cert
         self.key = key
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._stamp = self._current_stamp()
-        self._load()
+        try:
+            self.context = public_server_context(cert, key)
+        except ssl.SSLError as exc:
+            raise self._unusable(exc) from None
 
     def _current_stamp(self) -> tuple[int, ...]:
         stats = (self.cert.stat(), self.key.stat())
         return tuple(n for s in stats for n in (s.st_mtime_ns, s.st_size, s.st_ino))
 
+    def _unusable(self, exc: ssl.SSLError) -> PKIError:
+        return PKIError(
+            f"{self.cert}, {self.key}: not a PEM certificate and its key ({exc.reason})"
+        )
+
     def _load(self) -> None:
         try:
             self.context.load_cert_chain(self.cert, self.key)
         except ssl.SSLError as exc:
-            raise PKIError(
-                f"{self.cert}, {self.key}: not a PEM certificate and its key ({exc.reason})"
-            ) from None
+            raise self._unusable(exc) from None
 
     def reload_if_changed(self) -> bool:
         """Load the files again if they changed; a broken new pair is logged and the old kept."""

@@ -21,7 +21,7 @@ from geode.pki._pem import (
     private_key_pem,
     public_key_der,
 )
-from geode.pki._spiffe import COORDINATOR_URI, SpiffeId, uri_sans
+from geode.pki._spiffe import COORDINATOR_URI, SpiffeId, peer_spiffe_id, uri_sans
 from geode.pki._user import UserCertificate
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "load_certificates",
     "load_csr_public_key",
     "load_private_key",
+    "peer_spiffe_id",
     "private_key_pem",
     "public_key_der",
     "uri_sans",

@@ -9,7 +9,7 @@ from cryptography import x509
 
 from geode.errors import PKIError
 
-__all__ = ["COORDINATOR_URI", "SpiffeId", "uri_sans"]
+__all__ = ["COORDINATOR_URI", "SpiffeId", "peer_spiffe_id", "uri_sans"]
 
 # The URI SAN of the Coordinator's own TLS certificate. The root issues it to the Coordinator
 # only: mesh leaves carry spiffe:// ids and certificate secrets carry DNS names, so a client that
@@ -67,3 +67,24 @@ def uri_sans(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return sans.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def peer_spiffe_id(cert: x509.Certificate | bytes | None) -> SpiffeId | None:
+    """The SPIFFE id of a certificate (DER or parsed), or ``None`` if it has none or several.
+
+    A peer's certificate arrives as DER from ``getpeercert(True)``; one that carries two ids
+    names no single identity, and a malformed one names none."""
+    if cert is None:
+        return None
+    if isinstance(cert, bytes):
+        try:
+            cert = x509.load_der_x509_certificate(cert)
+        except ValueError:
+            return None
+    ids = [uri for uri in uri_sans(cert) if uri.startswith("spiffe://")]
+    if len(ids) != 1:
+        return None
+    try:
+        return SpiffeId.parse(ids[0])
+    except PKIError:  # a malformed id is no id
+        return None

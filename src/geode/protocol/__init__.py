@@ -1,6 +1,8 @@
 """The Coordinator's wire format: routes, request and answer models, signed payloads, the
-error-code table, and TLS for its clients. Shared by the Coordinator, its clients and the
-runtime, so that each speaks the protocol from one definition."""
+error-code table, and the TLS contexts of every role (``_tls``: the Coordinator, its clients,
+the mesh, pages outside it, etcd). Shared by the Coordinator, its clients, the runtime, the
+database and the webhook, so that each speaks the protocol, and sets up TLS, from one
+definition."""
 
 from __future__ import annotations
 
@@ -72,7 +74,19 @@ from geode.protocol._routes import (
     Routes,
     RouteSpec,
 )
-from geode.protocol._tls import ClientIdentity, check_coordinator_peer, coordinator_client_context
+from geode.protocol._tls import (
+    ClientIdentity,
+    MeshSSLContext,
+    check_certificate_and_key,
+    check_coordinator_peer,
+    coordinator_client_context,
+    coordinator_server_context,
+    etcd_client_context,
+    mesh_client_context,
+    mesh_server_context,
+    public_client_context,
+    public_server_context,
+)
 
 __all__ = [
     "API_PREFIX",
@@ -103,6 +117,7 @@ __all__ = [
     "ManifestLog",
     "ManifestLogEntry",
     "ManifestSetResult",
+    "MeshSSLContext",
     "NonceAnswer",
     "PendingUpdate",
     "PendingUpdateAnswer",
@@ -127,15 +142,22 @@ __all__ = [
     "UpdateRef",
     "audit_entry_hash",
     "audit_signing_payload",
+    "check_certificate_and_key",
     "check_coordinator_peer",
     "coordinator_client_context",
+    "coordinator_server_context",
     "error_answer",
+    "etcd_client_context",
     "first_error",
     "join_answer_binding",
     "join_request_binding",
     "key_binding",
     "manifest_signing_payload",
+    "mesh_client_context",
+    "mesh_server_context",
     "openapi_document",
+    "public_client_context",
+    "public_server_context",
     "raise_for_error",
     "recovery_binding",
     "recovery_upload_payload",

@@ -15,8 +15,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from geode.pki import SpiffeId
-from geode.proxy._identity import peer_spiffe_id
+from geode.pki import SpiffeId, peer_spiffe_id
 
 __all__ = [
     "APP_HOST",

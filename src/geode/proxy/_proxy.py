@@ -28,12 +28,12 @@ handshakes included; beyond that a new connection is closed at once, with a warn
 retries. Once forwarding, tunnelling or splicing, a connection on which no byte has moved for
 ``inactivity_timeout`` is closed on both sides.
 
-The modules, each importing only those listed before it: ``_identity`` (SPIFFE ids in the
-handshake), ``_policy`` (the ``PolicyEngine``), ``_connection`` (``ProxyLimits``, and
-``ConnectionOwner``, all a connection may ask of this proxy), ``_splice`` (TCP ingress, egress),
-``_http_message`` (requests, re-framing, the short cut), ``_http_gate`` (the decision on a
-request head), ``_http_reader`` (parsing), ``_http_timer``, ``_http_app`` (the app side, which
-knows its client side as a ``ClientSide``), ``_http_ingress`` (HTTP/1.1 flow control), and this.
+The modules, each importing only those listed before it: ``_policy`` (the ``PolicyEngine``),
+``_connection`` (``ProxyLimits``, and ``ConnectionOwner``, all a connection may ask of this
+proxy), ``_splice`` (TCP ingress, egress), ``_http_message`` (requests, re-framing, the short
+cut), ``_http_gate`` (the decision on a request head), ``_http_reader`` (parsing),
+``_http_timer``, ``_http_app`` (the app side, which knows its client side as a
+``ClientSide``), ``_http_ingress`` (HTTP/1.1 flow control), and this.
 """
 
 from __future__ import annotations

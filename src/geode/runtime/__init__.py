@@ -8,7 +8,8 @@ transparent TLS proxy, renewal) is ``geode.runtime.launcher``; the proxy is ``ge
 
 from __future__ import annotations
 
-from geode.proxy import MeshSSLContext, peer_spiffe_id
+from geode.pki import peer_spiffe_id
+from geode.protocol import MeshSSLContext
 from geode.runtime._activation import (
     Activation,
     EvidenceProvider,

@@ -133,16 +133,17 @@ class _MeshCall:
         address: str,
         evidence_provider: EvidenceProvider,
         root: x509.Certificate | None,
+        insecure: bool,
         timeout: float,
         http: httpx.Client | None,
     ) -> None:
+        # Refused here, before any key or connection: no root and no insecure=True.
+        context = coordinator_client_context(root, insecure=insecure)
         self.root = root
-        self.verified = root is not None
+        self.verified = not insecure
         self._own = http is None
         self.http = http or httpx.Client(
-            base_url=f"https://{address}",
-            verify=coordinator_client_context(root, insecure=root is None),
-            timeout=timeout,
+            base_url=f"https://{address}", verify=context, timeout=timeout
         )
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.evidence_provider = evidence_provider
@@ -217,15 +218,17 @@ def activate(
     evidence_provider: EvidenceProvider,
     *,
     root: x509.Certificate | None,
+    insecure: bool = False,
     timeout: float = 30.0,
     http: httpx.Client | None = None,
 ) -> Activation:
     """Activate one instance of ``service`` at the mesh API ``address`` (``HOST:PORT``).
 
-    ``root=None`` means the Coordinator's certificate is not verified; callers decide whether
-    that is acceptable and say so.
+    The Coordinator's certificate is verified against ``root``; not verifying it takes
+    ``root=None`` and ``insecure=True`` (a missing root alone is a ``ClientError``): callers
+    decide whether that is acceptable and say so.
     """
-    call = _MeshCall(address, evidence_provider, root, timeout, http)
+    call = _MeshCall(address, evidence_provider, root, insecure, timeout, http)
     try:
         body = call.exchange(
             Routes.activate,
@@ -265,14 +268,15 @@ def renew(
     evidence_provider: EvidenceProvider,
     *,
     root: x509.Certificate | None,
+    insecure: bool = False,
     timeout: float = 30.0,
 ) -> tuple[ec.EllipticCurvePrivateKey, list[x509.Certificate]]:
     """A fresh key and certificate chain for a running instance, before the old one expires.
 
     The instance proves what it runs again (fresh evidence) and that it holds the current key;
-    it keeps its instance id.
+    it keeps its instance id. ``root`` and ``insecure`` are as for ``activate``.
     """
-    call = _MeshCall(address, evidence_provider, root, timeout, None)
+    call = _MeshCall(address, evidence_provider, root, insecure, timeout, None)
     try:
 
         def request(nonce: bytes, evidence: Evidence) -> RenewBody:

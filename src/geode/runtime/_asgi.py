@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from geode.pki import SpiffeId
-from geode.proxy import PolicyEngine, peer_spiffe_id
+from geode.pki import SpiffeId, peer_spiffe_id
+from geode.proxy import PolicyEngine
 from geode.runtime._asgi_tls import (
     TLSExtensionProtocol,
     TLSExtensionWSProtocol,

@@ -22,7 +22,7 @@ from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
-from geode.proxy import peer_spiffe_id
+from geode.pki import peer_spiffe_id
 
 __all__ = [
     "CoalescingTransport",

@@ -1,6 +1,7 @@
 """An instance's mesh credentials, as ``geode run`` lays them out, and the TLS contexts built
-on them. Contexts made here are reloaded in place when the files change (certificate renewal),
-so servers and clients keep running with the new certificate for new connections."""
+on them (by ``geode.protocol``'s mesh and public roles). Contexts made here are reloaded in
+place when the files change (certificate renewal), so servers and clients keep running with the
+new certificate for new connections."""
 
 from __future__ import annotations
 
@@ -13,15 +14,24 @@ import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from geode.errors import LaunchError
 from geode.manifest import MeshConfig
 from geode.pki import SpiffeId
-from geode.proxy import MeshSSLContext
+from geode.protocol import (
+    MeshSSLContext,
+    check_certificate_and_key,
+    mesh_client_context,
+    mesh_server_context,
+    public_server_context,
+)
 
 __all__ = ["Credentials"]
 
 log = logging.getLogger("geode.runtime")
+
+_Context = TypeVar("_Context", bound=ssl.SSLContext)
 
 
 @dataclass
@@ -70,36 +80,26 @@ class Credentials:
         except FileNotFoundError:
             return ()
 
-    def _new_context(self, context: ssl.SSLContext) -> ssl.SSLContext:
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.verify_mode = ssl.CERT_REQUIRED
-        # The mesh CA alone is the trust anchor: certificates the root issues for other uses
-        # (certificate secrets) are no mesh identities, and a rotated mesh CA cuts off the old.
-        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        context.load_verify_locations(cafile=self.ca_file)
-        context.load_cert_chain(self.cert_file, self.key_file)
+    def _tracked(self, context: _Context) -> _Context:
+        """``context``, reloaded from now on when the files are renewed."""
         self._contexts.add(context)
         return context
 
     def server_ssl_context(self) -> ssl.SSLContext:
         """TLS for a mesh server: a client certificate from the mesh CA is required."""
-        return self._new_context(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        return self._tracked(mesh_server_context(self.cert_file, self.key_file, self.ca_file))
 
     def public_ssl_context(self) -> ssl.SSLContext:
         """TLS for a page served outside the mesh (a browser): the instance's certificate, no
         client certificate asked. Clients verify it against the deployment's root."""
-        context = self._new_context(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-        context.verify_mode = ssl.CERT_NONE
-        return context
+        return self._tracked(public_server_context(self.cert_file, self.key_file))
 
     def client_ssl_context(self, peers: Iterable[str | SpiffeId] | None) -> MeshSSLContext:
         """TLS for a mesh client that accepts only the given SPIFFE ids (``None``: any peer of
         the mesh). Host names are not checked: in the mesh the SPIFFE id is the identity."""
-        context = MeshSSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.expect_peers(peers)
-        self._new_context(context)
-        return context
+        return self._tracked(
+            mesh_client_context(self.cert_file, self.key_file, self.ca_file, peers=peers)
+        )
 
     def reload(self) -> bool:
         """Load renewed files into every context made here; True when they had changed."""
@@ -110,9 +110,7 @@ class Credentials:
             try:
                 # Check the pair on a scratch context first: a renewal caught between its two
                 # file replacements must not reach the live contexts.
-                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
-                    self.cert_file, self.key_file
-                )
+                check_certificate_and_key(self.cert_file, self.key_file)
                 for context in list(self._contexts):
                     context.load_cert_chain(self.cert_file, self.key_file)
             except (OSError, ssl.SSLError) as exc:

@@ -49,6 +49,7 @@ class CertificateRenewer:
         provider: EvidenceProvider,
         *,
         root: x509.Certificate | None,
+        insecure: bool = False,
         cert_file: Path,
         key_file: Path,
         clock: Callable[[], datetime.datetime] = utc_now,
@@ -59,6 +60,7 @@ class CertificateRenewer:
         self.key = key
         self.provider = provider
         self.root = root
+        self.insecure = insecure
         self.cert_file = cert_file
         self.key_file = key_file
         self.clock = clock
@@ -78,7 +80,14 @@ class CertificateRenewer:
             self._thread.join(timeout=5)
 
     def renew_now(self) -> None:
-        key, chain = renew(self.address, self.chain[0], self.key, self.provider, root=self.root)
+        key, chain = renew(
+            self.address,
+            self.chain[0],
+            self.key,
+            self.provider,
+            root=self.root,
+            insecure=self.insecure,
+        )
         replace_private_file(self.key_file, private_key_pem(key))
         replace_private_file(self.cert_file, "".join(certificate_pem(c) for c in chain).encode())
         self.key, self.chain, self.received = key, chain, self.clock()
