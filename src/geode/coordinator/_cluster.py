@@ -63,6 +63,7 @@ from geode.coordinator._state import CLUSTER_KEY_SIZE
 from geode.coordinator._store import SharedStore
 from geode.errors import (
     ClaimsMismatch,
+    ClientError,
     CoordinatorUnavailable,
     EvidenceError,
     GeodeError,
@@ -79,6 +80,7 @@ from geode.protocol import (
     first_error,
     join_answer_binding,
     join_request_binding,
+    raise_for_error,
 )
 from geode.tee import TeeKind
 
@@ -352,21 +354,22 @@ def read_answer(body: object) -> ClusterKeyAnswer:
         raise JoinRefused(f"the peer's answer is malformed: {where}: {message}") from None
 
 
-def _answer(response: httpx.Response) -> dict[str, object]:
-    """The JSON answer of a 200; ``JoinRefused`` with the peer's message for a 403."""
+def _answer(response: httpx.Response) -> object:
+    """The JSON answer of a 200. A refusal is read through the protocol's error table:
+    ``JoinRefused`` with the peer's message for ``join_refused``, ``GeodeError`` otherwise."""
     try:
-        body = response.json()
+        body: object = response.json()
     except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise GeodeError(f"HTTP {response.status_code}, not JSON")
-    if response.status_code == 403:
-        raise JoinRefused(f"refused: {body.get('message', 'no reason given')}")
-    if response.status_code != 200:
-        raise GeodeError(
-            f"HTTP {response.status_code}: {body.get('message', body.get('error', '?'))}"
-        )
-    return body
+        raise GeodeError(f"HTTP {response.status_code}, not JSON") from None
+    if response.status_code == 200:
+        return body
+    try:
+        raise_for_error(response.status_code, body, "no error body")
+    except ClientError as exc:
+        if exc.code == JoinRefused.code:
+            raise JoinRefused(f"refused: {exc}") from None
+        raise GeodeError(f"HTTP {response.status_code}: {exc}") from None
+    raise GeodeError(f"HTTP {response.status_code}")  # not a refusal, not an answer either
 
 
 def obtain_cluster_key(
