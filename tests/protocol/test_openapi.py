@@ -54,6 +54,23 @@ def test_both_apis_serve_the_generated_document() -> None:
     assert asyncio.run(fetch(mesh)) == generated
 
 
+def test_a_method_a_path_does_not_take_is_405_with_allow() -> None:
+    async def delete(app: object, path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="https://coordinator") as http:
+            return await http.delete(path)
+
+    client, mesh = _apps()
+    for app, path, allowed in (
+        (client, Routes.manifest.path, {"GET", "POST"}),
+        (mesh, Routes.activate.path, {"POST"}),
+    ):
+        response = asyncio.run(delete(app, path))
+        assert response.status_code == 405
+        assert response.json()["error"] == "method_not_allowed"
+        assert set(response.headers["allow"].replace(" ", "").split(",")) >= allowed
+
+
 def test_the_server_has_exactly_the_routes_of_the_table() -> None:
     client, mesh = _apps()
     for app, api in ((client, "client"), (mesh, "mesh")):

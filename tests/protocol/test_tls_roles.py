@@ -310,6 +310,17 @@ def test_every_role_has_the_one_policy(pki: Pki) -> None:
         ciphers = names
 
 
+def test_tls_1_2_offers_aead_suites_only(pki: Pki) -> None:
+    """No CBC suite on TLS 1.2: every suite offered is AES-GCM or ChaCha20-Poly1305, with
+    forward secrecy."""
+    for role, context in _every_role(pki).items():
+        suites = [c for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+        assert suites, role
+        for suite in suites:
+            assert suite["aead"], (role, suite["name"])
+            assert suite["kea"] in ("kx-ecdhe", "kx-dhe"), (role, suite["name"])
+
+
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
 def test_below_tls_1_2_no_handshake(pki: Pki, version: ssl.TLSVersion) -> None:

@@ -244,7 +244,10 @@ def build_apps(
     async def not_found(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, ErrorBody(error=code, message=str(exc.detail)))
+        # A 405 keeps the router's ``Allow`` header: it names the methods the path takes.
+        return error_response(
+            exc.status_code, ErrorBody(error=code, message=str(exc.detail)), exc.headers
+        )
 
     async def internal(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -274,12 +277,29 @@ def build_apps(
 
 
 def _routes(api: Api, handlers: Mapping[str, Handler]) -> list[Route]:
-    """The Starlette routes of ``api``, one per route of the protocol's table: a route without
-    its handler (or a handler without its route) is a bug found at start."""
-    specs = Routes.of(api)
+    """The Starlette routes of ``api`` from the protocol's table: a route without its handler
+    (or a handler without its route) is a bug found at start. The methods of one path share
+    one Starlette route, so that a method the path does not take is a 405 whose ``Allow``
+    names all the others."""
     unknown = set(handlers) - {spec.operation_id for spec in Routes.all()}
     assert not unknown, f"handlers of no route: {sorted(unknown)}"
-    return [Route(spec.path, handlers[spec.operation_id], methods=[spec.method]) for spec in specs]
+    by_path: dict[str, dict[str, Handler]] = {}
+    for spec in Routes.of(api):
+        by_path.setdefault(spec.path, {})[spec.method] = handlers[spec.operation_id]
+    return [
+        Route(path, _by_method(methods), methods=list(methods)) for path, methods in by_path.items()
+    ]
+
+
+def _by_method(handlers: Mapping[str, Handler]) -> Handler:
+    if len(handlers) == 1:
+        return next(iter(handlers.values()))
+
+    async def endpoint(request: Request) -> Response:
+        # HEAD is answered as GET (Starlette adds it to a route that takes GET).
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return endpoint
 
 
 def _peer(request: Request) -> str:

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -57,8 +57,10 @@ def answer(model: Answer, status: int = 200) -> JSONResponse:
     return JSONResponse(model.to_json(), status_code=status)
 
 
-def error_response(status: int, body: ErrorBody) -> JSONResponse:
-    return JSONResponse(body.model_dump(mode="json"), status_code=status)
+def error_response(
+    status: int, body: ErrorBody, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
