@@ -230,20 +230,10 @@ def _open(config: CoordinatorConfig) -> _Opened:
         aside = store.audit.set_aside(coordinator.started_at)
         if aside is not None:
             log.warning("%s", aside)
-    _record_start(coordinator, store)
+    # Audit the start: saved now when there is a saved state (with the first manifest when
+    # not), and appended to the log together with anything a crash kept from it.
+    record_start(coordinator.record_start, coordinator.held, store, coordinator.reload, store.audit)
     return _Opened(coordinator, store, cluster)
-
-
-def _record_start(coordinator: Coordinator, store: Store) -> None:
-    """Audit the start: saved now when there is a saved state (with the first manifest when
-    not), and appended to the log together with anything a crash kept from it."""
-    record_start(
-        coordinator.record_start,
-        coordinator.held,
-        store,
-        coordinator.reload,
-        coordinator.audit_sink,
-    )
 
 
 async def _serve(config: CoordinatorConfig) -> int:
