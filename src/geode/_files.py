@@ -5,12 +5,33 @@ Like ``geode.errors``, this module imports nothing from Geode, so every layer ma
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import os
+import platform
+import shutil
 import stat
+import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["create_private_file", "is_private", "replace_private_file", "xdg_path"]
+__all__ = [
+    "PlacedFile",
+    "SymlinkRefused",
+    "create_file_at",
+    "create_private_file",
+    "is_private",
+    "open_directory",
+    "place_file",
+    "remove_recorded_file",
+    "replace_private_file",
+    "wipe_file_at",
+    "wipe_tree",
+    "xdg_path",
+]
 
 
 def xdg_path(kind: str, *parts: str) -> Path:
@@ -66,3 +87,338 @@ def replace_private_file(path: Path, data: bytes) -> None:
 def is_private(path: Path) -> bool:
     """True when no one but the owner can read or write ``path``."""
     return not stat.S_IMODE(path.stat().st_mode) & 0o077
+
+
+# --- Paths a manifest or a caller names: no symbolic link is ever followed ---------------------
+#
+# A manifest says where a service's secret files go, and ``geode run`` writes them there and
+# deletes them at exit. If any directory on the way were a symbolic link, whoever can plant one
+# (another user of a shared directory, an earlier process of the service, the host) would choose
+# where the secret lands and which file is deleted. So every component is resolved without
+# following a link: ``openat2`` with ``RESOLVE_NO_SYMLINKS`` where Linux offers it, else a walk
+# one directory descriptor at a time with ``O_NOFOLLOW``. Files are created relative to the
+# verified directory descriptor (``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600) and deleted
+# through the same descriptor (``unlinkat``), never by path again, so a link swapped in after the
+# check changes nothing.
+
+_SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64 (and every architecture since 5.6)
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_AT_FDCWD = -100
+_O_PATH = getattr(os, "O_PATH", 0)
+_DIR_FLAGS = (_O_PATH or os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class SymlinkRefused(OSError):
+    """A path that would be followed through a symbolic link: ``filename`` is the whole path,
+    ``component`` the link on the way (``ELOOP``)."""
+
+    def __init__(self, path: str, component: str) -> None:
+        super().__init__(
+            errno.ELOOP, f"{component} is a symbolic link; refused (links are never followed)"
+        )
+        self.filename = path
+        self.component = component
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+def _load_openat2() -> Callable[[int, bytes, int, int], int] | None:
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
+        return None
+    try:
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+
+    def openat2(dir_fd: int, path: bytes, flags: int, resolve: int) -> int:
+        how = _OpenHow(flags, 0, resolve)
+        fd = int(
+            syscall(
+                ctypes.c_long(_SYS_OPENAT2),
+                ctypes.c_int(dir_fd),
+                ctypes.c_char_p(path),
+                ctypes.byref(how),
+                ctypes.c_size_t(ctypes.sizeof(how)),
+            )
+        )
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return fd
+
+    return openat2
+
+
+# ``None`` once the system said it has no openat2 (ENOSYS, or EPERM from a seccomp filter):
+# the directory walk is used from then on.
+_openat2 = _load_openat2()
+
+
+def _components(path: str, relative: bool) -> list[str]:
+    if "\0" in path:
+        raise OSError(errno.EINVAL, "a NUL byte in the path", path)
+    if relative == path.startswith("/"):
+        raise OSError(
+            errno.EINVAL, "expected a relative path" if relative else "expected an absolute path"
+        )
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise OSError(errno.EINVAL, "'..' is not allowed in the path", path)
+    return parts
+
+
+def _refuse_if_link(dir_fd: int, name: str, shown: str, full: str) -> None:
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise SymlinkRefused(full, shown)
+
+
+def _first_link(start: int, parts: list[str], shown_base: str, full: str) -> None:
+    """Raise ``SymlinkRefused`` naming the first link among ``parts``, walking from ``start``."""
+    fd = os.dup(start)
+    try:
+        for i, name in enumerate(parts):
+            _refuse_if_link(fd, name, _join(shown_base, parts[: i + 1]), full)
+            try:
+                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                return
+            os.close(fd)
+            fd = next_fd
+    finally:
+        os.close(fd)
+
+
+def _join(base: str, parts: list[str]) -> str:
+    return os.path.join(base, *parts) if parts else base
+
+
+def _walk(start: int, parts: list[str], shown_base: str, full: str, create: bool) -> int:
+    """The directory walk: one ``openat(O_NOFOLLOW | O_DIRECTORY)`` per component, creating a
+    missing one (mode 0700) when asked."""
+    fd = os.dup(start)
+    try:
+        for i, name in enumerate(parts):
+            shown = _join(shown_base, parts[: i + 1])
+            try:
+                next_fd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                next_fd = _open_component(fd, name, shown, full)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    _refuse_if_link(fd, name, shown, full)
+                raise OSError(exc.errno, exc.strerror, shown) from None
+            # O_PATH | O_NOFOLLOW opens a link itself rather than failing on it: check.
+            if stat.S_ISLNK(os.fstat(next_fd).st_mode):
+                os.close(next_fd)
+                raise SymlinkRefused(full, shown)
+            os.close(fd)
+            fd = next_fd
+        result, fd = fd, -1
+        return result
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _open_component(fd: int, name: str, shown: str, full: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            _refuse_if_link(fd, name, shown, full)
+        raise OSError(exc.errno, exc.strerror, shown) from None
+
+
+def open_directory(
+    path: str | os.PathLike[str],
+    *,
+    at: int | None = None,
+    create: bool = False,
+    shown_as: str = "",
+) -> int:
+    """A descriptor of the directory ``path`` reached without following any symbolic link.
+
+    ``path`` is absolute, or relative to the directory descriptor ``at`` (and then cannot leave
+    it). With ``create``, missing directories are made with mode 0700. A link anywhere on the way
+    raises ``SymlinkRefused`` naming it; other failures are ``OSError`` naming the component.
+    ``shown_as`` is how errors name the directory ``at`` (a relative path is shown under it).
+    The caller closes the descriptor.
+    """
+    global _openat2
+    relative = at is not None
+    parts = _components(os.fspath(path), relative)
+    shown_base = shown_as if relative else "/"
+    full = _join(shown_base, parts)
+    start = at if at is not None else os.open("/", _DIR_FLAGS)
+    try:
+        if _openat2 is not None:
+            resolve = _RESOLVE_NO_SYMLINKS | (_RESOLVE_BENEATH if relative else 0)
+            try:
+                return _openat2(start, "/".join(parts).encode() or b".", _DIR_FLAGS, resolve)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSYS, errno.EPERM):
+                    _openat2 = None  # not offered here: walk from now on
+                elif exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                    _first_link(start, parts, shown_base, full)
+                    raise OSError(exc.errno, exc.strerror, full) from None
+                elif exc.errno != errno.ENOENT or not create:
+                    raise OSError(exc.errno, exc.strerror, full) from None
+        return _walk(start, parts, shown_base, full, create)
+    finally:
+        if at is None:
+            os.close(start)
+
+
+@dataclass(frozen=True)
+class PlacedFile:
+    """A file created by ``place_file``: the verified directory it was created in (an open
+    descriptor) and its name there. ``remove`` deletes it through that descriptor."""
+
+    path: Path
+    dir_fd: int
+    name: str
+    device: int
+    inode: int
+
+    def remove(self) -> None:
+        """Unlink the name in the verified directory (``unlinkat``: a link put there since is
+        removed itself, never followed), then close the directory."""
+        try:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                os.unlink(self.name, dir_fd=self.dir_fd)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.dir_fd)
+
+
+def create_file_at(
+    dir_fd: int, name: str, data: bytes, *, shown: str | None = None
+) -> os.stat_result:
+    """Create ``name`` in the directory ``dir_fd`` with mode 0600 holding ``data``: refused when
+    anything exists under the name (a link included, which is named as such)."""
+    shown = shown or name
+    try:
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
+    except FileExistsError:
+        _refuse_if_link(dir_fd, name, shown, shown)
+        raise FileExistsError(
+            errno.EEXIST, "already exists; refused (never overwritten)", shown
+        ) from None
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return os.fstat(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+        raise
+    finally:
+        os.close(fd)
+
+
+def place_file(
+    path: str | os.PathLike[str], data: bytes, *, at: int | None = None, shown_as: str = ""
+) -> PlacedFile:
+    """Create the file ``path`` (absolute, or relative to the directory descriptor ``at``, which
+    errors name ``shown_as``) with mode 0600 holding ``data``, its missing directories made with
+    mode 0700, no link followed on the way or at the end (``SymlinkRefused``), nothing
+    overwritten (``FileExistsError``)."""
+    given = os.fspath(path)
+    parent, _, name = given.rpartition("/")
+    if not name or name in (".", ".."):
+        raise OSError(errno.EINVAL, "not a file name", given)
+    if given.startswith("/") and not parent:
+        parent = "/"
+    full = given if at is None else _join(shown_as, [given])
+    try:
+        dir_fd = open_directory(parent or ".", at=at, create=True, shown_as=shown_as)
+    except SymlinkRefused as exc:
+        raise SymlinkRefused(full, exc.component) from None
+    try:
+        info = create_file_at(dir_fd, name, data, shown=full)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return PlacedFile(Path(full), dir_fd, name, info.st_dev, info.st_ino)
+
+
+def remove_recorded_file(path: str, device: int, inode: int) -> bool:
+    """Delete ``path`` if it is still the regular file (``device``, ``inode``) created earlier,
+    reached without following a link: what a launcher that died left behind. True if removed."""
+    parent, _, name = path.rpartition("/")
+    try:
+        dir_fd = open_directory(parent or "/")
+    except OSError:
+        return False
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (device, inode):
+            return False
+        wipe_file_at(dir_fd, name)
+        os.unlink(name, dir_fd=dir_fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+
+
+def wipe_file_at(dir_fd: int, name: str) -> None:
+    """Overwrite a regular file with zeros before it is unlinked: on a tmpfs the pages that held
+    a secret are then cleared, not just freed."""
+    try:
+        fd = os.open(
+            name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd
+        )
+    except OSError:
+        return
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            zeros = bytes(min(info.st_size, 1 << 16))
+            left = info.st_size
+            while left > 0:
+                left -= os.write(fd, zeros[: min(left, len(zeros))])
+            os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def wipe_tree(path: Path) -> None:
+    """Zero every regular file under the directory ``path`` (links are not followed), then remove
+    the tree."""
+    if not path.exists():
+        return
+    with contextlib.suppress(OSError):
+        for _dir, _subdirs, names, dir_fd in os.fwalk(path, follow_symlinks=False):
+            for name in names:
+                wipe_file_at(dir_fd, name)
+    shutil.rmtree(path, ignore_errors=True)

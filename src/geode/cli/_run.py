@@ -79,6 +79,14 @@ __all__ = ["run"]
     show_default=True,
     help="Address the transparent TLS ingress listens on.",
 )
+@click.option(
+    "--runtime-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="GEODE_RUNTIME_DIR",
+    help="Where the private credentials directory is made, and where what launchers that died "
+    "left is cleaned up (default: /dev/shm if writable, else the temporary directory; "
+    "env GEODE_RUNTIME_DIR).",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(
     service: str,
@@ -90,6 +98,7 @@ def run(
     simulate_debug: bool,
     quote_provider: str,
     listen_host: str,
+    runtime_dir: Path | None,
     command: tuple[str, ...],
 ) -> None:
     """Activate as SERVICE, then run COMMAND (after --) with its credentials."""
@@ -112,7 +121,7 @@ def run(
         click.echo(f"geode: evidence from {source.name}", err=True)
     provider = source.provider
     activation = activate(address, service, provider, root=root, insecure=insecure)
-    plan = lay_out(activation, service, command)
+    plan = lay_out(activation, service, command, base_dir=runtime_dir)
     click.echo(
         f"geode: activated {service} as {activation.spiffe_id} (instance {activation.instance_id})",
         err=True,

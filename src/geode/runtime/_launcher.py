@@ -3,7 +3,12 @@
 Credentials are written to a private directory (mode 0700, files 0600) on a tmpfs where one is
 available (``/dev/shm``), and removed when the command exits: Geode's own under ``credentials/``,
 the manifest's files with relative paths under ``files/`` (``$GEODE_SECRETS_DIR``). Absolute paths
-are written where they say, and removed too.
+are written where they say, and removed too. No symbolic link is followed on the way to any of
+them, and no existing file is overwritten (``geode._files``).
+
+The command's whole process group dies with the launcher, however the launcher dies (a watchdog
+in the group, ``geode._process.GroupWatchdog``), and what a launcher killed outright left on the
+tmpfs is removed by the next launcher on the same runtime directory (``_leftovers``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import contextlib
 import logging
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -24,13 +28,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from geode._process import parent_death_signal
+from geode._files import PlacedFile, open_directory, place_file, wipe_file_at, wipe_tree
+from geode._process import GroupWatchdog, group_members, parent_death_signal
 from geode.errors import LaunchError
 from geode.manifest import SERVICE_KEY_MARKER
 from geode.pki import certificate_pem
 from geode.runtime._activation import Activation
+from geode.runtime._leftovers import LauncherRecord, clean_leftovers
 
-__all__ = ["Companion", "LaunchPlan", "lay_out", "remove_plan", "run_command"]
+__all__ = [
+    "Companion",
+    "LaunchPlan",
+    "default_runtime_dir",
+    "lay_out",
+    "remove_plan",
+    "run_command",
+]
 
 
 log = logging.getLogger("geode.runtime")
@@ -41,26 +54,17 @@ class LaunchPlan:
     """Where the credentials went, and the command and environment to run with."""
 
     directory: Path
-    written: tuple[Path, ...]
+    written: tuple[PlacedFile, ...]  # files outside ``directory``, removed through their dir fd
     argv: list[str]
     env: dict[str, str]
+    record: LauncherRecord | None = None
 
 
-def _private_dir(instance_id: str, base: Path | None) -> Path:
-    if base is None:
-        shm = Path("/dev/shm")  # noqa: S108 - a tmpfs keeps secrets off the disk
-        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    return Path(tempfile.mkdtemp(prefix=f"geode-{instance_id[:8]}-", dir=base))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # No symlink is followed to somewhere else, and the mode is 0600 before a byte is written
-    # (an existing file keeps its old mode through O_CREAT).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(data)
+def default_runtime_dir() -> Path:
+    """Where launchers make their private directories: a tmpfs (``/dev/shm``) where there is a
+    writable one, else the temporary directory."""
+    shm = Path("/dev/shm")  # noqa: S108 - a tmpfs keeps secrets off the disk
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
 def lay_out(
@@ -71,15 +75,21 @@ def lay_out(
     base_dir: Path | None = None,
     environ: dict[str, str] | None = None,
 ) -> LaunchPlan:
-    """Write the instance's credentials and files; build the command's argv and environment."""
-    directory = _private_dir(activation.instance_id, base_dir)
+    """Write the instance's credentials and files; build the command's argv and environment.
+
+    First, what dead launchers left in the runtime directory (``base_dir``, default
+    ``default_runtime_dir()``) is removed. A file path that goes through a symbolic link, or
+    names an existing file, is refused (``LaunchError``) and nothing is left written."""
+    base = default_runtime_dir() if base_dir is None else base_dir
+    clean_leftovers(base)
+    directory = Path(tempfile.mkdtemp(prefix=f"geode-{activation.instance_id[:8]}-", dir=base))
     key_pem = activation.private_key_pem()
     marker = SERVICE_KEY_MARKER.encode()
 
     def substitute(value: bytes) -> bytes:
         return value.replace(marker, key_pem) if marker in value else value
 
-    written: list[Path] = []
+    written: list[PlacedFile] = []
     credentials = {
         "cert.pem": "".join(certificate_pem(c) for c in activation.certificate_chain).encode(),
         "key.pem": key_pem,
@@ -89,18 +99,30 @@ def lay_out(
     if activation.mesh is not None:
         credentials["mesh.json"] = activation.mesh.model_dump_json(indent=2).encode()
     own, files = directory / "credentials", directory / "files"
+    record: LauncherRecord | None = None
     try:
-        files.mkdir(mode=0o700)
-        for name, data in credentials.items():
-            _write_private(own / name, data)
-        for raw_path, data in activation.files.items():
-            path = Path(raw_path) if raw_path.startswith("/") else files / raw_path
-            if not path.is_relative_to(directory):
-                written.append(path)
-            _write_private(path, substitute(data))
+        record = LauncherRecord.create(directory, service)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.mkdir(files.name, 0o700, dir_fd=dir_fd)
+            for name, data in credentials.items():
+                place_file(f"{own.name}/{name}", data, at=dir_fd, shown_as=str(directory)).close()
+            files_fd = open_directory(files.name, at=dir_fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            for raw_path, data in activation.files.items():
+                if raw_path.startswith("/"):
+                    placed = place_file(raw_path, substitute(data))
+                    written.append(placed)
+                    record.file(placed)
+                else:
+                    place_file(raw_path, substitute(data), at=files_fd, shown_as=str(files)).close()
+        finally:
+            os.close(files_fd)
     except OSError as exc:
         # Nothing half-written stays behind: the files hold secrets.
-        remove_plan(LaunchPlan(directory, tuple(written), [], {}))
+        remove_plan(LaunchPlan(directory, tuple(written), [], {}, record))
         raise LaunchError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
     # Geode's own variables are set afresh: none is inherited from the launcher's environment.
@@ -130,14 +152,19 @@ def lay_out(
     for key, value in activation.env.items():
         env[key] = os.fsdecode(substitute(value))
     argv = [*command, *(os.fsdecode(substitute(a)) for a in activation.argv)]
-    return LaunchPlan(directory, tuple(written), argv, env)
+    return LaunchPlan(directory, tuple(written), argv, env, record)
 
 
 def remove_plan(plan: LaunchPlan) -> None:
-    for path in plan.written:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            path.unlink()
-    shutil.rmtree(plan.directory, ignore_errors=True)
+    """Zero and delete every file of the plan (those outside its directory through the
+    directory descriptors they were created in), then the directory; the record's lock goes
+    last, so a launcher dying half-way still leaves its record to the next one."""
+    for placed in plan.written:
+        wipe_file_at(placed.dir_fd, placed.name)
+        placed.remove()
+    wipe_tree(plan.directory)
+    if plan.record is not None:
+        plan.record.close()
 
 
 class Companion(Protocol):
@@ -216,8 +243,9 @@ def run_command(
 
     The command runs in its own process group. A stop signal is forwarded to the group, and
     ``grace`` seconds later the group is killed; when the command exits, whatever it left in the
-    group is ended the same way. If the launcher is killed outright, Linux kills the command
-    (descendants that leave the group, e.g. with ``setsid``, are out of reach). Companions start
+    group is ended the same way. If the launcher is killed outright, the group's watchdog kills
+    the whole group (descendants that leave the group, e.g. with ``setsid``, are out of reach),
+    and the next launcher removes the files. Companions start
     before the command (its transparent TLS must be listening when it starts) and stop after
     it; the files are removed in every case, a signal during start-up included.
     """
@@ -238,13 +266,18 @@ def run_command(
                 )
             except OSError as exc:
                 raise LaunchError(f"cannot start {plan.argv[0]!r}: {exc.strerror}") from None
+            if plan.record is not None:
+                plan.record.group(process.pid)
+            watchdog = GroupWatchdog.start(process.pid)
             supervisor.process = process
             if supervisor.stopping is not None:  # arrived while the command was starting
                 _signal_group(process, supervisor.stopping)
             try:
                 code = process.wait()
             finally:
-                _end_group(process, grace)
+                _end_group(process, grace, watchdog.pid if watchdog is not None else None)
+                if watchdog is not None:
+                    watchdog.release()
             return 128 - code if code < 0 else code
         finally:
             for companion in reversed(started):
@@ -252,8 +285,9 @@ def run_command(
             remove_plan(plan)
 
 
-def _end_group(process: subprocess.Popen[bytes], grace: float) -> None:
-    """Stop whatever is left of the command's process group: SIGTERM, then SIGKILL."""
+def _end_group(process: subprocess.Popen[bytes], grace: float, watchdog: int | None) -> None:
+    """Stop whatever is left of the command's process group, ``watchdog`` aside: SIGTERM,
+    then SIGKILL."""
     if process.poll() is None:
         _signal_group(process, signal.SIGTERM)
         try:
@@ -261,15 +295,19 @@ def _end_group(process: subprocess.Popen[bytes], grace: float) -> None:
         except subprocess.TimeoutExpired:
             _signal_group(process, signal.SIGKILL)
             process.wait()
-    if _group_alive(process.pid):
+    if _group_alive(process.pid, watchdog):
         _signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while _group_alive(process.pid) and time.monotonic() < deadline:
+        while _group_alive(process.pid, watchdog) and time.monotonic() < deadline:
             time.sleep(0.05)
-        _signal_group(process, signal.SIGKILL)
+        if _group_alive(process.pid, watchdog):
+            _signal_group(process, signal.SIGKILL)
 
 
-def _group_alive(pgid: int) -> bool:
+def _group_alive(pgid: int, watchdog: int | None) -> bool:
+    """Whether a process other than the watchdog is left in the group."""
+    if watchdog is not None:
+        return any(pid != watchdog for pid in group_members(pgid))
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
