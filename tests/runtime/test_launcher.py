@@ -216,3 +216,70 @@ def test_the_command_keeps_the_open_file_limit_the_launcher_started_with(tmp_pat
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
     assert original[0] < original[1]
     assert int(report.read_text()) == original[0]
+
+
+# Where the manifest's files go: never through a symbolic link, never over an existing file;
+# what a dead launcher left is removed by the next one.
+@pytest.fixture
+def places(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(runtime directory, a real directory holding a link to a victim directory, the victim)"""
+    runtime, app, victim = tmp_path / "runtime", tmp_path / "app", tmp_path / "victim"
+    for directory in (runtime, app, victim):
+        directory.mkdir()
+    (victim / "secret").write_bytes(b"the victim's own file")
+    (app / "conf").symlink_to(victim)
+    (app / "key.pem").symlink_to(victim / "secret")
+    return runtime, app, victim
+
+
+def test_a_file_whose_directory_is_a_link_is_refused(places: tuple[Path, Path, Path]) -> None:
+    runtime, app, victim = places
+    activation = _activation({"ok": b"1", str(app / "conf" / "secret"): b"SECRET"})
+    with pytest.raises(LaunchError, match=f"{app / 'conf'} is a symbolic link"):
+        lay_out(activation, "web", ["prog"], base_dir=runtime, environ={})
+    assert (victim / "secret").read_bytes() == b"the victim's own file"
+    assert sorted(p.name for p in victim.iterdir()) == ["secret"]
+    assert list(runtime.iterdir()) == []
+
+
+def test_a_file_that_is_a_link_is_refused(places: tuple[Path, Path, Path]) -> None:
+    runtime, app, victim = places
+    activation = _activation({str(app / "key.pem"): b"SECRET"})
+    with pytest.raises(LaunchError, match=f"cannot write {app / 'key.pem'}: .*symbolic link"):
+        lay_out(activation, "web", ["prog"], base_dir=runtime, environ={})
+    assert (victim / "secret").read_bytes() == b"the victim's own file"
+    assert (app / "key.pem").is_symlink()
+    assert list(runtime.iterdir()) == []
+
+
+def test_an_existing_file_is_neither_overwritten_nor_deleted(
+    places: tuple[Path, Path, Path],
+) -> None:
+    runtime, app, _victim = places
+    (app / "existing").write_bytes(b"mine")
+    activation = _activation({"first": b"1", str(app / "existing"): b"SECRET"})
+    with pytest.raises(LaunchError, match="already exists"):
+        lay_out(activation, "web", ["prog"], base_dir=runtime, environ={})
+    assert (app / "existing").read_bytes() == b"mine"
+    assert list(runtime.iterdir()) == []
+
+
+def test_the_next_launcher_removes_what_a_dead_one_left(places: tuple[Path, Path, Path]) -> None:
+    runtime, app, _victim = places
+    outside = app / "out" / "token"
+    dead = lay_out(_activation({str(outside): b"SECRET"}), "web", ["p"], base_dir=runtime)
+    assert dead.record is not None
+    dead.record.close()  # as if its process had died: the lock goes, nothing else
+    for placed in dead.written:
+        placed.close()
+    assert outside.exists()
+    # A live launcher's files are left alone.
+    live = lay_out(_activation({"x": b"1"}), "web", ["p"], base_dir=runtime)
+    assert not dead.directory.exists()
+    assert not outside.exists()
+    assert (app / "out").is_dir()
+    again = lay_out(_activation({}), "web", ["p"], base_dir=runtime)
+    assert live.directory.exists()
+    remove_plan(again)
+    remove_plan(live)
+    assert list(runtime.iterdir()) == []
