@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import uuid
 from pathlib import Path
 
@@ -75,3 +76,20 @@ def test_only_256_bit_keys(tmp_path: Path, size: int) -> None:
     with pytest.raises(DatabaseError, match="must be 256 bits"):
         connect_embedded(tmp_path / "x.db", b"k" * size)
     assert not (tmp_path / "x.db").exists()
+
+
+def test_the_database_and_its_journals_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "shop.db"
+    previous = os.umask(0o022)
+    try:
+        connection = connect_embedded(path, os.urandom(32))
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("CREATE TABLE books (title TEXT)")
+        connection.execute("INSERT INTO books VALUES ('x')")
+        connection.commit()
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        connection.close()
+    finally:
+        os.umask(previous)
+    assert "shop.db-wal" in modes
+    assert modes == dict.fromkeys(modes, 0o600)

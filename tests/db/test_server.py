@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 import uuid
@@ -311,3 +312,24 @@ def test_missing_mariadb_and_bad_keys_are_one_line(tmp_path: Path, pki: Deployme
     assert result.returncode == 1
     assert "option 'require_secure_transport' is managed by Geode" in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def _shared_modes(*directories: Path) -> list[str]:
+    """Every file or directory under ``directories`` (themselves included) that anyone but the
+    owner may read, write or enter, with its mode. Sockets aside: MariaDB makes its socket 0777
+    whatever the umask; it is reachable only through the private (0700) runtime directory."""
+    found = []
+    for directory in directories:
+        for path in [directory, *directory.rglob("*")]:
+            info = path.lstat()
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077 and not stat.S_ISLNK(info.st_mode) and not stat.S_ISSOCK(info.st_mode):
+                found.append(f"{path.relative_to(directory.parent)} {mode:o}")
+    return found
+
+
+def test_nothing_in_the_data_directory_is_readable_by_others(running: DatabaseServer) -> None:
+    """What Geode writes there and what MariaDB writes there (tables, logs, binlog, its own
+    caches) are the owner's alone, as are the runtime files on the tmpfs."""
+    assert running._files is not None
+    assert _shared_modes(running.config.datadir, running._files.directory) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from geode.db import parse_key, read_key_file
 from geode.db._config import check_extra_options, render_option_file
 from geode.db._key import KEY_CHECK_FILE, KeyCheck
 from geode.db._mariadb import describe_sql_error
+from geode.db._serve import _make_private
 from geode.errors import DatabaseError, WrongDatabaseKey
 
 
@@ -100,3 +102,31 @@ def test_sql_errors_do_not_quote_the_sql() -> None:
     assert describe_sql_error("ERROR 1049 (42000) at line 1: Unknown database 'shop'") == (
         "line 1: Unknown database 'shop' (error 1049, SQLSTATE 42000)"
     )
+
+
+def test_an_existing_data_directory_is_made_private(tmp_path: Path) -> None:
+    """A data directory from an earlier version (or a mount point filled in place) loses its
+    group and other permissions at start; links are neither followed nor changed."""
+    datadir, outside = tmp_path / "data", tmp_path / "outside"
+    (datadir / "shop").mkdir(parents=True)
+    outside.write_text("not the database's")
+    outside.chmod(0o644)
+    (datadir / "mysql_upgrade_info").write_text("10.11")
+    (datadir / "shop" / "books.ibd").write_text("pages")
+    for path, mode in ((datadir, 0o755), (datadir / "shop", 0o750)):
+        path.chmod(mode)
+    (datadir / "mysql_upgrade_info").chmod(0o644)
+    (datadir / "link").symlink_to(outside)
+    _make_private(datadir)
+    modes = {
+        str(p.relative_to(tmp_path)): stat.S_IMODE(p.lstat().st_mode)
+        for p in [datadir, *datadir.rglob("*")]
+        if not p.is_symlink()
+    }
+    assert modes == {
+        "data": 0o700,
+        "data/shop": 0o700,
+        "data/mysql_upgrade_info": 0o600,
+        "data/shop/books.ibd": 0o600,
+    }
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o644

@@ -26,6 +26,10 @@ __all__ = ["MariaDB", "ServerProcess", "describe_sql_error"]
 # Where distributions put the server (often not on a normal user's PATH).
 _SYSTEM_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
 _READY = "ready for connections"
+# The process umask of mariadb-install-db and mariadbd. UMASK and UMASK_DIR (set by the caller)
+# only reach the files MariaDB creates through its own library; some (mysql_upgrade_info, files
+# of the install script) are created with the process umask, which must not let others read.
+PRIVATE_UMASK = 0o077
 
 
 def _find(names: tuple[str, ...], bin_dir: Path | None) -> Path:
@@ -91,6 +95,7 @@ class MariaDB:
             text=True,
             errors="replace",
             check=False,
+            umask=PRIVATE_UMASK,
         )
         if result.returncode != 0:
             last = _last_error(result.stdout + result.stderr)
@@ -146,6 +151,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=parent_death_signal(signal.SIGTERM),  # a prctl call: safe after fork
+            umask=PRIVATE_UMASK,
         )
         self._reader = threading.Thread(target=self._pump, name="mariadbd-log", daemon=True)
         self._reader.start()

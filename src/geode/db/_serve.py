@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import tempfile
 import threading
@@ -309,6 +310,7 @@ class DatabaseServer:
             self._initialise(datadir)
             if self._lock_fd is None:
                 self._lock(datadir)
+        _make_private(datadir)
         self._tls_stamp = self._tls_files_stamp()
         self._process = self._launch(datadir, config.host)
 
@@ -460,6 +462,28 @@ class DatabaseServer:
         for entry in sorted(staging.iterdir(), key=lambda p: p.name == KEY_CHECK_FILE):
             entry.rename(datadir / entry.name)
         staging.rmdir()
+
+
+def _make_private(datadir: Path) -> None:
+    """Take group and other permissions off everything in the data directory (itself
+    included): MariaDB and Geode create it all private now, but a directory made by an earlier
+    version, or a mount point filled in place, may still have files others can read. Links are
+    neither followed nor changed."""
+    changed = 0
+    for directory, subdirs, names, dir_fd in os.fwalk(datadir, follow_symlinks=False):
+        entries = [(".", os.stat(dir_fd).st_mode)] if directory == str(datadir) else []
+        for name in [*subdirs, *names]:
+            entries.append((name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode))
+        for name, mode in entries:
+            if stat.S_ISLNK(mode) or not stat.S_IMODE(mode) & 0o077:
+                continue
+            if name == ".":
+                os.chmod(dir_fd, stat.S_IMODE(mode) & 0o700)
+            else:
+                os.chmod(name, stat.S_IMODE(mode) & 0o700, dir_fd=dir_fd)
+            changed += 1
+    if changed:
+        log.warning("%s: made %d entries private (no access for group or others)", datadir, changed)
 
 
 def serve(config: DatabaseConfig, *, reload_interval: float = 5.0) -> int:
