@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from geode.db import parse_key, read_key_file
-from geode.db._config import check_extra_options, render_option_file
+from geode.db._config import RuntimeFiles, check_extra_options, render_option_file
 from geode.db._key import KEY_CHECK_FILE, KeyCheck
 from geode.db._mariadb import describe_sql_error
 from geode.db._serve import _make_private
@@ -130,3 +132,29 @@ def test_an_existing_data_directory_is_made_private(tmp_path: Path) -> None:
         "data/shop/books.ibd": 0o600,
     }
     assert stat.S_IMODE(outside.stat().st_mode) == 0o644
+
+
+def test_the_runtime_files_of_a_server_killed_outright_go_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """``geode db serve`` killed with SIGKILL leaves its tmpfs directory (key, option file,
+    Aria log); the next one on the same tmpfs zeroes and removes it, and leaves live ones."""
+    code = (
+        "import sys, time; from pathlib import Path; from geode.db._config import RuntimeFiles; "
+        "f = RuntimeFiles.create(Path(sys.argv[1])); f.write_key(bytes(32)); "
+        "print(f.directory, flush=True); time.sleep(100)"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    left = Path(server.stdout.readline().decode().strip())
+    live = RuntimeFiles.create(tmp_path)
+    assert (left / "keys.txt").exists()
+    server.kill()
+    server.wait()
+    assert (left / "keys.txt").exists()
+    files = RuntimeFiles.create(tmp_path)
+    assert not left.exists()
+    assert live.directory.exists()
+    files.remove()
+    live.remove()
+    assert list(tmp_path.iterdir()) == []

@@ -9,11 +9,12 @@ import pwd
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from geode._files import create_private_file
+from geode._files import create_private_file, wipe_tree
 from geode.errors import DatabaseError
+from geode.runtime.launcher import LauncherRecord, clean_leftovers
 
 __all__ = [
     "CONFIDENTIAL_NAMES",
@@ -91,16 +92,28 @@ def os_user() -> str:
 @dataclass(frozen=True)
 class RuntimeFiles:
     """A private (0700) directory on a tmpfs for the option file, the key file, the CA bundle,
-    the socket and the pid file. Removed by ``remove``."""
+    the socket, the pid file and the (unencrypted) Aria log. Zeroed and removed by ``remove``.
+
+    Like ``geode run``'s, the directory holds a locked record for as long as this process lives
+    (``geode.runtime.launcher.LauncherRecord``): one left by a ``geode db serve`` killed outright
+    is removed by the next one started on the same tmpfs."""
 
     directory: Path
+    record: LauncherRecord | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def create(cls, parent: Path | None = None) -> RuntimeFiles:
         if parent is None:
             shm = Path("/dev/shm")  # noqa: S108 - a tmpfs keeps the key off the disk
             parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-        return cls(Path(tempfile.mkdtemp(prefix="geode-db-", dir=parent)))
+        clean_leftovers(parent if parent is not None else Path(tempfile.gettempdir()))
+        directory = Path(tempfile.mkdtemp(prefix="geode-db-", dir=parent))
+        try:
+            record = LauncherRecord.create(directory, "geode db serve")
+        except OSError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise DatabaseError(f"cannot write in {directory}: {exc.strerror}") from None
+        return cls(directory, record)
 
     @property
     def option_file(self) -> Path:
@@ -142,7 +155,9 @@ class RuntimeFiles:
         create_private_file(self.option_file, render_option_file(options).encode())
 
     def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        wipe_tree(self.directory)
+        if self.record is not None:
+            self.record.close()
 
 
 def _quote(value: str) -> str:

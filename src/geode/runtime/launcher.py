@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from geode.runtime._evidence_source import EvidenceSource, choose_evidence_source
 from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
+from geode.runtime._leftovers import LauncherRecord, clean_leftovers
 from geode.runtime._renewal import CertificateRenewer, renewal_time
 from geode.runtime._transparent import ProxyRunner
 
@@ -15,8 +16,10 @@ __all__ = [
     "Companion",
     "EvidenceSource",
     "LaunchPlan",
+    "LauncherRecord",
     "ProxyRunner",
     "choose_evidence_source",
+    "clean_leftovers",
     "lay_out",
     "remove_plan",
     "renewal_time",
