@@ -27,6 +27,7 @@ __all__ = [
     "open_directory",
     "place_file",
     "remove_recorded_file",
+    "replace_file",
     "replace_private_file",
     "wipe_file_at",
     "wipe_tree",
@@ -63,13 +64,19 @@ def create_private_file(path: Path, data: bytes) -> bool:
 
 
 def replace_private_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with a file of mode 0600 holding ``data``: written to a
+    """Replace ``path`` atomically with a file of mode 0600 holding ``data`` (``replace_file``)."""
+    replace_file(path, data, mode=0o600)
+
+
+def replace_file(path: Path, data: bytes, *, mode: int) -> None:
+    """Replace ``path`` atomically with a file of ``mode`` holding ``data``: written to a
     temporary file beside it, flushed, renamed over it, and the directory flushed, so a crash
-    leaves the old file or the new one, never a mix. ``OSError`` as the system gives it."""
+    leaves the old file or the new one, never a mix. A link at ``path`` is replaced itself,
+    never written through. ``OSError`` as the system gives it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
+            os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 import geode
+from geode._files import replace_file
 from geode.attestation import measure_bundle
 from geode.cli._common import (
     DEFAULT_CLIENT_ADDR,
@@ -264,7 +265,8 @@ def certificate(
     """Save the root certificate, or the mesh CA chain (mesh CA + root), to a file."""
     with open_client(address, root_ca, insecure) as client:
         certs = client.certificates()
-    output.write_text(certs.root if which == "root" else certs.chain)
+    pem = certs.root if which == "root" else certs.chain
+    replace_file(output, pem.encode(), mode=0o644)  # a link at OUTPUT is replaced, not followed
     click.echo(f"wrote {which} certificate to {output}")
 
 

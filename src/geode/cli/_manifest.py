@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from geode._files import create_private_file
+from geode._files import create_private_file, replace_file
 from geode.cli._common import (
     coordinator_option,
     insecure_option,
@@ -97,7 +97,7 @@ def get(output: Path | None, address: str, root_ca: Path | None, insecure: bool)
     if output is None:
         click.echo(raw.decode(), nl=False)
     else:
-        output.write_bytes(raw)
+        replace_file(output, raw, mode=0o644)  # a link at OUTPUT is replaced, not followed
         click.echo(f"wrote manifest to {output} (sha256 {info.sha256})", err=True)
 
 
@@ -257,5 +257,5 @@ def get_pending(
     if pending.stale:
         click.echo("stale:            the manifest changed since; it can only be cancelled")
     if output is not None:
-        output.write_bytes(raw)
+        replace_file(output, raw, mode=0o644)  # a link at OUTPUT is replaced, not followed
         click.echo(f"wrote the proposed manifest to {output}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from geode._files import replace_file
 from geode.attestation import default_platform_key_path, load_platform_public_key
 from geode.cli._common import warn
 from geode.client import CoordinatorClient, pin_root, verify_statement
@@ -117,5 +118,6 @@ def verify(
         path = pin_root(address, verified.root)
         click.echo(f"  pinned root:  {path}")
     if save is not None:
-        save.write_text(json.dumps(verified.statement.to_json(), indent=2))
+        saved = json.dumps(verified.statement.to_json(), indent=2).encode()
+        replace_file(save, saved, mode=0o644)  # a link at SAVE is replaced, not followed
         click.echo(f"  saved:        {save}")

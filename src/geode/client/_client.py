@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from geode._files import xdg_path
+from geode._files import replace_file, xdg_path
 from geode.attestation import ReferenceValues
 from geode.client._recovery import verify_recovery_offer
 from geode.client._statement import VerifiedStatement, statement_manifest, verify_statement
@@ -92,9 +92,7 @@ def pin_root(address: str, root: x509.Certificate) -> Path:
     pem = certificate_pem(root).encode()
     for path in (pinned_root_path(address), pinned_root_path()):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pem)
-        os.replace(tmp, path)
+        replace_file(path, pem, mode=0o644)
     return pinned_root_path(address)
 
 
