@@ -283,3 +283,8 @@ def test_the_next_launcher_removes_what_a_dead_one_left(places: tuple[Path, Path
     remove_plan(again)
     remove_plan(live)
     assert list(runtime.iterdir()) == []
+
+
+def test_a_missing_runtime_directory_is_a_launch_error(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="cannot make a private directory in"):
+        lay_out(_activation({}), "web", ["p"], base_dir=tmp_path / "missing", environ={})

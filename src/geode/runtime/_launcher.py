@@ -82,7 +82,10 @@ def lay_out(
     names an existing file, is refused (``LaunchError``) and nothing is left written."""
     base = default_runtime_dir() if base_dir is None else base_dir
     clean_leftovers(base)
-    directory = Path(tempfile.mkdtemp(prefix=f"geode-{activation.instance_id[:8]}-", dir=base))
+    try:
+        directory = Path(tempfile.mkdtemp(prefix=f"geode-{activation.instance_id[:8]}-", dir=base))
+    except OSError as exc:
+        raise LaunchError(f"cannot make a private directory in {base}: {exc.strerror}") from None
     key_pem = activation.private_key_pem()
     marker = SERVICE_KEY_MARKER.encode()
 
