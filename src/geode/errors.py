@@ -16,6 +16,7 @@ act on, built in the constructor, and it never contains secret material.
     │   ├── Unauthenticated      401: no client certificate, or one that is no user's
     │   ├── PermissionDenied     403: the user's roles do not grant the action
     │   ├── UpdateConflict       409: no such pending update, or one is already pending
+    │   ├── UpdateChangesNothing 409: an update (or proposal) that would change nothing
     │   ├── SecretRejected       400: a value that does not fit the secret's type
     │   ├── RecoveryRefused      a recovery share that is not accepted
     │   ├── CoordinatorUnavailable   the Coordinator is in recovery
@@ -56,6 +57,7 @@ __all__ = [
     "StatementError",
     "StoreConflict",
     "Unauthenticated",
+    "UpdateChangesNothing",
     "UpdateConflict",
     "WrongDatabaseKey",
 ]
@@ -167,6 +169,14 @@ class UpdateConflict(CoordinatorError):
     """An update operation that does not fit the pending update (none, another, or stale)."""
 
     code = "update_conflict"
+    status = 409
+
+
+class UpdateChangesNothing(CoordinatorError):
+    """An update that restates what is in force: applying it would still rotate the mesh CA
+    (cutting every instance off) and log an update, for no change, so it is refused."""
+
+    code = "update_changes_nothing"
     status = 409
 
 

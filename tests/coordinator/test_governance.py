@@ -276,7 +276,7 @@ def test_a_manifest_update_rotates_the_mesh_ca_and_keeps_what_it_can(
     assert applied.value.applied is True
     assert c.root_certificate == root
     assert c.mesh_ca_certificate != mesh
-    assert c.status().activations == {}
+    assert c.status().activations == {"web": 1}  # a kept service keeps its history
     assert c.governance.read_secret("note")[1].value == b"kept"  # unchanged specification: kept
     assert c.governance.read_secret("token")[1].value == token
     assert c.governance.read_secret("ukey")[1].value == b""  # a changed specification starts afresh

@@ -1,6 +1,7 @@
 """Coordinators with their own sealing keys on one etcd store: a newcomer obtains the cluster key
 from a running peer by mutual attestation, keeps it sealed with its own key, and a Coordinator
-of another package gets nothing (real processes, real etcd)."""
+of another package, or one attesting with a platform key trusted for services only, gets nothing
+(real processes, real etcd)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 import geode
-from geode.attestation import measure_bundle
+from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
 from geode.coordinator import EtcdSettings, EtcdStore, parse_etcd_url
 from geode.coordinator._audit import EtcdAuditLog
+from geode.coordinator._cluster import JoinParty, obtain_cluster_key
 from geode.errors import ActivationDenied, ClientError
 from tests.conftest import StartCoordinator
 from tests.e2e.test_etcd_coordinators import _activate, _root, _set_manifest
@@ -146,3 +148,59 @@ def test_two_new_deployments_racing_on_one_store_end_as_one(
     assert a.status()["activations"] == {"web": 2}
     # b reads what a saved within about a second (--etcd-poll), without writing anything.
     wait_until(lambda: b.status()["activations"] == {"web": 2}, 10, b.status)
+
+
+def test_a_platform_key_trusted_for_services_earns_no_cluster_key(
+    start_coordinator: StartCoordinator,
+    etcd: EtcdServer,
+    bundle: Path,
+    geode_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    # a trusts the platform its services run on (another host's simulated platform key).
+    own = SimulatedPlatform.load_or_create(Path(geode_env["GEODE_PLATFORM_KEY"]))
+    services_key = tmp_path / "keys" / "services-platform.key"
+    services = SimulatedPlatform.load_or_create(services_key)
+    store = ("--store", etcd.url)
+    as_services = ("--trust-platform-key", str(services_key))
+    a = start_coordinator(
+        tmp_path / "data-a", *store, *own_sealing_key(tmp_path, "a"), *as_services
+    )
+    _set_manifest(a, bundle)
+
+    # Whoever holds that key signs evidence claiming the Coordinator's measurement (anyone can
+    # compute it) and asks a for the cluster key over its mesh API: refused, no key.
+    measurement = measure_bundle(Path(geode.__file__).parent)
+    verifier = EvidenceVerifier(
+        simulation=True, platform_keys=[own.public_key, services.public_key]
+    )
+    forger = JoinParty(services, measurement, verifier)
+    key, failures = obtain_cluster_key([a.mesh_addr], forger, lambda _key: True)
+    assert key is None
+    (failure,) = failures
+    assert "refused" in failure
+    assert "untrusted simulated platform key" in failure
+    assert "cluster key refused to" in a.log()
+
+    # A Coordinator process on that platform is refused the same way, and stays in recovery.
+    b_args = (*store, *own_sealing_key(tmp_path, "b"), "--platform-key", str(services_key))
+    own_key = ("--trust-platform-key", geode_env["GEODE_PLATFORM_KEY"])
+    b = start_coordinator(tmp_path / "data-b", *b_args, *own_key)
+    assert b.status()["state"] == "recovery"
+    assert not (tmp_path / "data-b" / "cluster.key.sealed").exists()
+    assert b.stop() == 0
+
+    # Trusted for Coordinators, explicitly and on both ends, the same key earns the join.
+    assert a.stop() == 0
+    a = start_coordinator(
+        tmp_path / "data-a", *store, *own_sealing_key(tmp_path, "a"), *as_services,
+        "--trust-coordinator-platform-key", str(services_key),
+    )  # fmt: skip
+    assert a.status()["state"] == "active"
+    b = start_coordinator(
+        tmp_path / "data-b", *b_args, "--trust-coordinator-platform-key",
+        geode_env["GEODE_PLATFORM_KEY"],
+    )  # fmt: skip
+    assert b.status()["state"] == "active"
+    assert _root(b) == _root(a)
+    assert f"obtained the cluster key from {a.mesh_addr}" in b.log()

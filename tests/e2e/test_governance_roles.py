@@ -90,7 +90,7 @@ def test_each_role_allows_exactly_what_it_grants(
     with CoordinatorClient(coordinator.client_addr, root=root) as anonymous:
         anonymous.set_manifest(manifest)
 
-    package_update = b'{"packages": {"app": {"min_svn": 0}}}'
+    package_update = b'{"packages": {"app": {"min_svn": 1}}}'  # a change: 0 would restate
     manifest_update = manifest.replace(b"gov.geode.local", b"gov2.geode.local")
     calls: dict[str, Callable[[CoordinatorClient], object]] = {
         "read note": lambda c: c.get_secret("note"),

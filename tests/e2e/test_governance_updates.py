@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 
 from geode.attestation import SimulatedPlatform, measure_bundle
 from geode.client import CoordinatorClient
-from geode.errors import ClientError
+from geode.errors import ActivationDenied, ClientError
 from geode.pki import SpiffeId, certificate_pem, private_key_pem
 from geode.protocol import UpdatePending
 from geode.runtime import Activation, Credentials, activate, simulated_evidence_provider
@@ -149,3 +152,64 @@ def test_two_of_three_update_applies_at_the_second_acknowledgement(
     assert [line.split()[2] for line in lines] == ["set", "manifest"]
     assert digest in lines[1]
     assert "by u1, u2" in lines[1]
+
+
+def test_an_update_that_changes_nothing_is_refused_and_counts_survive_updates(
+    coordinator: CoordinatorProcess, bundle: Path, geode_env: dict[str, str], tmp_path: Path
+) -> None:
+    u1 = make_user(tmp_path / "users", "u1")
+    roles = {**ADMIN, "pkg": {"resource": "packages", "names": ["tool"], "actions": ["update"]}}
+    manifest = json.loads(
+        governance_manifest(
+            measure_bundle(bundle).hex(),
+            {u1: ["admin", "pkg"]},
+            roles,
+            services={"web": {"package": "app", "max_activations": 1}},
+        )
+    )
+    manifest["packages"]["tool"] = {"tee": "simulated", "measurement": "cd" * 32, "min_svn": 2}
+    raw = json.dumps(manifest).encode()
+    root = _root(coordinator)
+    with CoordinatorClient(coordinator.client_addr, root=root) as anonymous:
+        anonymous.set_manifest(raw)
+    _credentials(coordinator, bundle, geode_env, tmp_path / "web")
+    (tmp_path / "root.pem").write_text(certificate_pem(root))
+    as_u1 = [
+        *("--coordinator", coordinator.client_addr, "--root-ca", str(tmp_path / "root.pem")),
+        *("--cert", str(u1.cert), "--key", str(u1.key)),
+    ]
+
+    def apply(name: str, content: bytes) -> subprocess.CompletedProcess[str]:
+        (tmp_path / name).write_bytes(content)
+        return geode_cli("manifest", "update", "apply", str(tmp_path / name), *as_u1, env=geode_env)
+
+    def in_force() -> tuple[object, ...]:
+        with CoordinatorClient(coordinator.client_addr, root=root) as client:
+            mesh = client.certificates().mesh_ca
+        status = coordinator.status()
+        return status["manifest_sha256"], status["activations"], mesh
+
+    before = in_force()
+    assert before[1] == {"web": 1}
+    for name, content, reason in [
+        ("restate.yaml", b"packages:\n  tool: {min_svn: 2}\n", "packages.tool changes nothing"),
+        ("same.json", raw, "it is the manifest in force"),
+        ("layout.yaml", yaml.safe_dump(manifest).encode(), "only in layout"),
+    ]:
+        refused = apply(name, content)
+        assert refused.returncode == 1, refused.stdout
+        (line,) = refused.stderr.splitlines()  # one line, no traceback
+        assert "changes nothing" in line, line
+        assert reason in line, line
+        assert in_force() == before  # no new manifest, no new mesh CA, counts as they were
+
+    applied = apply("raise.yaml", b"packages:\n  tool: {min_svn: 3}\n")
+    assert applied.returncode == 0, applied.stderr
+    assert "update applied" in applied.stdout
+    after = in_force()
+    assert after[0] != before[0]
+    assert after[2] != before[2]  # the update rotated the mesh CA...
+    # ...but gave "web" no second activation.
+    assert after[1] == {"web": 1}
+    with pytest.raises(ActivationDenied, match="max_activations reached"):
+        _credentials(coordinator, bundle, geode_env, tmp_path / "web-again")

@@ -136,6 +136,10 @@ def test_the_error_body_lists_every_code() -> None:
     schema = openapi_document()["components"]["schemas"]["ErrorBody"]
     assert schema["properties"]["error"]["enum"] == sorted(ERROR_CODES)
     assert schema["required"] == ["error", "message"]
+    # An update that changes nothing is refused with a code of its own, a 409 of the route.
+    assert "update_changes_nothing" in schema["properties"]["error"]["enum"]
+    assert ERROR_CODES["update_changes_nothing"].status == 409
+    assert 409 in Routes.update.errors
 
 
 def test_users_authenticate_by_client_certificate() -> None:

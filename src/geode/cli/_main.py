@@ -127,7 +127,16 @@ def _duration(value: str) -> datetime.timedelta:
     "--trust-platform-key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     multiple=True,
-    help="Also accept simulated evidence signed by this platform key (repeatable).",
+    help="Also accept services' simulated evidence signed by this platform key (repeatable). "
+    "Never enough for a Coordinator to obtain the cluster key.",
+)
+@click.option(
+    "--trust-coordinator-platform-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="Also accept peer Coordinators' simulated evidence signed by this platform key "
+    "(repeatable): it earns them the cluster key. Only this Coordinator's own platform key "
+    "is trusted for Coordinators without it.",
 )
 @click.option(
     "--collateral",
@@ -163,6 +172,7 @@ def coordinator(
     sealing_key: Path | None,
     platform_key: Path | None,
     trust_platform_key: tuple[Path, ...],
+    trust_coordinator_platform_key: tuple[Path, ...],
     collateral: dict[str, Path],
     san: tuple[str, ...],
     leaf_ttl: str,
@@ -199,6 +209,7 @@ def coordinator(
         sealing_key=sealing_key,
         platform_key=platform_key,
         trusted_platform_keys=trust_platform_key,
+        coordinator_platform_keys=trust_coordinator_platform_key,
         collateral=collateral,
         san=san,
         leaf_lifetime=_duration(leaf_ttl),

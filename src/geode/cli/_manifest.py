@@ -174,7 +174,10 @@ def apply(
 def _report(result: UpdateApplied | UpdatePending) -> None:
     if isinstance(result, UpdateApplied):
         click.echo(f"update applied: manifest sha256 {result.sha256}; the mesh CA rotated")
-        click.echo("  instances activated before must activate again to reach the new ones")
+        click.echo(
+            "  instances activated before must activate again to reach the new ones "
+            "(activation counts carry over: they count against max_activations)"
+        )
         return
     acks = result.acknowledgements
     click.echo(

@@ -19,6 +19,15 @@ obtains the cluster key from a running peer, and only by attestation, in both di
 3. the newcomer verifies the peer's evidence the same way (a host cannot hand it a cluster key of
    its own making), decrypts the key, and keeps it only if it opens the shared state.
 
+"As it verifies a service's" holds for the checks, not for the trust anchors: a peer's evidence
+is verified against what this Coordinator trusts *for Coordinators* (``coordinator_peer_verifier``),
+never against the keys it trusts for services. A simulated platform key vouches for whatever
+measurement its holder claims, so a key trusted to sign services' evidence (another host where
+services run) would otherwise obtain the cluster key by claiming the Coordinator's measurement,
+and with it open the sealed state. Simulated evidence earns the key only when this Coordinator
+runs in simulation itself and the evidence is signed by its own platform key (a peer on the
+same simulated platform) or by a key given for Coordinators (``--trust-coordinator-platform-key``).
+
 The mesh API's TLS certificate is not checked in this exchange: the newcomer cannot know the
 deployment's root before it opens the state. Both ends are authenticated by their evidence, and
 the key only ever travels encrypted to the newcomer's key. When no peer hands the key over, the
@@ -35,7 +44,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -44,6 +53,7 @@ import httpx
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import ValidationError
@@ -93,6 +103,7 @@ __all__ = [
     "ClusterMember",
     "JoinParty",
     "JoinRequest",
+    "coordinator_peer_verifier",
     "hand_over_cluster_key",
     "obtain_cluster_key",
     "read_answer",
@@ -106,6 +117,24 @@ CLUSTER_KEY_PATH = Routes.cluster_key.path
 _COPY_AAD = b"geode cluster key copy v1"
 _TRANSPORT_AAD = b"geode cluster key transport v1"
 _NONCE_SIZE = 12
+
+
+def coordinator_peer_verifier(
+    settings: CoordinatorSettings,
+    platform: SimulatedPlatform | None,
+    coordinator_keys: Sequence[Ed25519PublicKey] = (),
+    collateral: Mapping[str, bytes] | None = None,
+) -> EvidenceVerifier:
+    """The verifier of peer Coordinators' evidence: simulated evidence only in simulation, and
+    then only when signed by this Coordinator's own platform key or one of
+    ``coordinator_keys``, the keys explicitly trusted for Coordinators. Never the keys trusted
+    for services (see the module docstring)."""
+    keys = [*([platform.public_key] if platform is not None else []), *coordinator_keys]
+    return EvidenceVerifier(
+        simulation=settings.simulation,
+        platform_keys=keys if settings.simulation else (),
+        collateral=collateral,
+    )
 
 
 class ClusterKeyFile:
@@ -146,8 +175,9 @@ class ClusterKeyFile:
 @dataclass(frozen=True)
 class JoinParty:
     """What either end of a handover attests with and checks the other against: its own TEE
-    kind and measurement (the other end must show the same), its quote provider and its
-    evidence verifier."""
+    kind and measurement (the other end must show the same), its quote provider and the
+    verifier of peer Coordinators' evidence (``coordinator_peer_verifier``: never the
+    services' one)."""
 
     platform: SimulatedPlatform
     measurement: bytes
@@ -244,14 +274,14 @@ class ClusterKeys:
         held: StateHolder,
         nonces: NonceStore,
         settings: CoordinatorSettings,
-        verifier: EvidenceVerifier,
+        peer_verifier: EvidenceVerifier,
         platform: SimulatedPlatform | None,
         measurement: bytes,
     ) -> None:
         self._held = held
         self._nonces = nonces
         self._settings = settings
-        self._verifier = verifier
+        self._verifier = peer_verifier  # for Coordinators, not services
         self._platform = platform
         self._measurement = measurement
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from geode.attestation import EvidenceVerifier, SimulatedPlatform
 from geode.coordinator._activation import Activation
 from geode.coordinator._audit import AuditSink, MemoryAuditLog
-from geode.coordinator._cluster import ClusterKeys
+from geode.coordinator._cluster import ClusterKeys, coordinator_peer_verifier
 from geode.coordinator._governance import Governance
 from geode.coordinator._holder import (
     CoordinatorSettings,
@@ -83,7 +83,14 @@ class Coordinator:
         *,
         clock: Clock = utc_now,
         audit: AuditSink | None = None,
+        peer_verifier: EvidenceVerifier | None = None,
     ) -> None:
+        """``verifier`` checks services' evidence; ``peer_verifier`` checks the evidence of
+        another Coordinator asking for (or handing over) the cluster key. They are separate on
+        purpose: a key trusted for services (``--trust-platform-key``) can sign evidence of any
+        measurement, the Coordinator's included, so it must never earn the cluster key. Without
+        ``peer_verifier``, peers are trusted on this Coordinator's own platform only
+        (``coordinator_peer_verifier``)."""
         self.settings = settings
         self.verifier = verifier
         self.platform = platform
@@ -97,8 +104,10 @@ class Coordinator:
         self.activation = Activation(self.held, settings, verifier, self.nonces, clock)
         self.governance = Governance(self.held, clock)
         self.recovery = Recovery(self.held, settings, platform, measurement)
+        if peer_verifier is None:
+            peer_verifier = coordinator_peer_verifier(settings, platform)
         self.cluster_keys = ClusterKeys(
-            self.held, self.nonces, settings, verifier, platform, measurement
+            self.held, self.nonces, settings, peer_verifier, platform, measurement
         )
         self.started_at = clock()
 

@@ -21,7 +21,7 @@ from geode.coordinator._recovery import sealer_for
 from geode.coordinator._secrets import secret_from_user, template_value
 from geode.coordinator._state import CoordinatorState, PendingUpdate, StoredSecret, UpdateRecord
 from geode.coordinator._updates import carry_secrets
-from geode.errors import PermissionDenied, UpdateConflict
+from geode.errors import PermissionDenied, UpdateChangesNothing, UpdateConflict
 from geode.manifest import ManifestDocument, SecretSpec, load_manifest
 from geode.pki import Clock, certificate_pem, fingerprint, private_key_pem
 from geode.protocol import (
@@ -37,6 +37,26 @@ from geode.protocol import (
 __all__ = ["Governance"]
 
 log = logging.getLogger("geode.coordinator")
+
+
+def _refuse_unchanged(current: ManifestDocument, new: ManifestDocument) -> None:
+    """``UpdateChangesNothing`` when ``new`` means what ``current`` means.
+
+    Equal means equal as parsed (every field, defaults filled in): bytes that differ only in
+    layout (whitespace, comments, key order, quoting, YAML or JSON) change nothing the
+    Coordinator enforces, and applying them would still rotate the mesh CA, cutting every
+    running instance off, and log an update of nothing.
+    """
+    if new.manifest != current.manifest:
+        return
+    if new.raw == current.raw:
+        how = "it is the manifest in force"
+    else:
+        how = (
+            "it differs from the manifest in force only in layout (whitespace, comments, key "
+            "order or format)"
+        )
+    raise UpdateChangesNothing(f"the update changes nothing: {how} (sha256 {current.sha256.hex()})")
 
 
 class Governance:
@@ -108,11 +128,13 @@ class Governance:
     # -- updates -------------------------------------------------------------------------------
 
     def prepare_update(self, raw: bytes) -> PreparedManifest:
-        """Validate ``raw`` as the next manifest: carry or generate its secrets, create the next
-        mesh CA, sign. Changes no state (safe in a worker thread; it only reads)."""
+        """Validate ``raw`` as the next manifest (``UpdateChangesNothing`` when it means what the
+        manifest in force means): carry or generate its secrets, create the next mesh CA, sign.
+        Changes no state (safe in a worker thread; it only reads)."""
         keys, data, document = self._held.require_manifest()
         assert self._held.sealer is not None  # a state with keys has a sealer
         new = load_manifest(raw)
+        _refuse_unchanged(document, new)
         secrets = carry_secrets(
             document.manifest, data.secrets, new.manifest, keys.root, clock=self._clock
         )
@@ -142,7 +164,10 @@ class Governance:
         packages: Sequence[str] = (),
     ) -> Pending[UpdateApplied]:
         """Put a prepared update in force: new manifest, new mesh CA (every instance activated
-        before can no longer reach those activated after), fresh activation counts."""
+        before can no longer reach those activated after). Activation counts are the history
+        of each service, not of a manifest: a service the update keeps keeps its count (so no
+        update, least of all one of another package, restores a spent ``max_activations``);
+        only a service it removes loses its count."""
         keys, data, document = self._held.require_manifest()
         if prepared.mesh is None or prepared.base != document.sha256:
             raise UpdateConflict("the manifest changed while this update was prepared")
@@ -158,6 +183,9 @@ class Governance:
         # A package update leaves a pending manifest update pending (it can no longer be
         # acknowledged, since its base changed, only cancelled).
         state.pending_update = data.pending_update if kind == "package" else None
+        # Read now, not when prepared: activations went on while the update was prepared.
+        services = prepared.document.manifest.services
+        state.activations = {s: n for s, n in data.activations.items() if s in services}
         state.audit = data.audit
         details: dict[str, str | int | list[str]] = {
             "sha256": sha,
@@ -241,8 +269,10 @@ class Governance:
         return len({*pending.acknowledgements, user})
 
     def propose_update(self, user: str, proposed: ManifestDocument) -> Pending[None]:
-        """A manifest update, acknowledged by its proposer; applied once enough users agree."""
+        """A manifest update, acknowledged by its proposer; applied once enough users agree.
+        One that changes nothing is refused now, not when the last acknowledgement comes."""
         _, data, document = self._held.require_manifest()
+        _refuse_unchanged(document, proposed)
         if data.pending_update is not None:
             raise UpdateConflict(
                 f"manifest update {data.pending_update.sha256.hex()} is pending: "

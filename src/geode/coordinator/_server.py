@@ -20,7 +20,7 @@ import uvicorn
 import geode
 from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
 from geode.coordinator._api import build_apps
-from geode.coordinator._cluster import ClusterMember
+from geode.coordinator._cluster import ClusterMember, coordinator_peer_verifier
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore
 from geode.coordinator._forward import Forwarder, Writer
@@ -77,7 +77,12 @@ class CoordinatorConfig:
     simulation: bool = False
     sealing_key: Path | None = None
     platform_key: Path | None = None
+    # Simulated platform keys trusted for services' evidence only (``--trust-platform-key``).
     trusted_platform_keys: Sequence[Path] = ()
+    # ...and for peer Coordinators' evidence, which earns the cluster key
+    # (``--trust-coordinator-platform-key``); this Coordinator's own platform key is trusted
+    # for both. The lists are separate: see ``geode.coordinator._cluster``.
+    coordinator_platform_keys: Sequence[Path] = ()
     collateral: Mapping[str, Path] = field(default_factory=dict)  # evidence kind: its file
     san: Sequence[str] = ()
     leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
@@ -188,22 +193,24 @@ def _open(config: CoordinatorConfig) -> _Opened:
     platform = SimulatedPlatform.load_or_create(config.platform_key)
     trusted = [platform.public_key]
     trusted += [SimulatedPlatform.load(p).public_key for p in config.trusted_platform_keys]
+    peers = [SimulatedPlatform.load(p).public_key for p in config.coordinator_platform_keys]
+    collateral = _read_collateral(config)
     store = _open_store(config)
     shared = store.shared
+    settings = CoordinatorSettings(
+        simulation=True,
+        leaf_lifetime=config.leaf_lifetime,
+        nonce_ttl=config.nonce_ttl,
+        shared_nonces=shared is not None,
+    )
     coordinator = Coordinator(
-        CoordinatorSettings(
-            simulation=True,
-            leaf_lifetime=config.leaf_lifetime,
-            nonce_ttl=config.nonce_ttl,
-            shared_nonces=shared is not None,
-        ),
-        EvidenceVerifier(
-            simulation=True, platform_keys=trusted, collateral=_read_collateral(config)
-        ),
+        settings,
+        EvidenceVerifier(simulation=True, platform_keys=trusted, collateral=collateral),
         platform,
         coordinator_measurement(),
         sealing_key,
         audit=store.audit,
+        peer_verifier=coordinator_peer_verifier(settings, platform, peers, collateral),
     )
     cluster = None
     try:

@@ -3,8 +3,10 @@
 A **package update** raises a package's ``min_svn`` or replaces its ``measurement``; one user with
 ``update`` on each named package applies it at once. A **manifest update** replaces the whole
 manifest and applies once enough users with ``update`` on the manifest have acknowledged it. Both
-produce a new manifest (a package update: the current one as JSON, with the packages changed),
-a new mesh CA, and fresh activation counts.
+produce a new manifest (a package update: the current one as JSON, with the packages changed)
+and a new mesh CA; the activation counts of the services it keeps carry over (``Governance``).
+An update must change something: a package it names whose values it only restates is refused
+(``UpdateChangesNothing``), as is a manifest equal to the one in force (``Governance``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from geode.coordinator._secrets import generate_secret
 from geode.coordinator._state import StoredSecret
-from geode.errors import ManifestError
+from geode.errors import ManifestError, UpdateChangesNothing
 from geode.manifest import Manifest, Package, parse_manifest_data
 from geode.pki import CertificateAuthority, Clock
 
@@ -78,6 +80,16 @@ def _changed(
     except ValidationError as exc:
         message = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
         raise ManifestError(where, message) from None
+    # A package named in an update must change: otherwise the log and the audit would name it
+    # as updated, and an update of nothing but restatements would still rotate the mesh CA.
+    # No ``min_svn`` admits any SVN, as 0 does.
+    restated = []
+    if change.min_svn is not None and change.min_svn == (current.min_svn or 0):
+        restated.append(f"min_svn is already {change.min_svn}")
+    if change.measurement is not None and change.measurement == current.measurement:
+        restated.append("the measurement is already this one")
+    if len(restated) == (change.min_svn is not None) + (change.measurement is not None):
+        raise UpdateChangesNothing(f"{where} changes nothing: {' and '.join(restated)}")
     return fields
 
 

@@ -28,6 +28,7 @@ from geode.errors import (
     StaleCertificate,
     StoreConflict,
     Unauthenticated,
+    UpdateChangesNothing,
     UpdateConflict,
 )
 
@@ -74,6 +75,9 @@ _ROWS = (
     ErrorCode("unknown_user", 401, Unauthenticated, "a client certificate that is no user's"),
     ErrorCode("permission_denied", 403, PermissionDenied, "the user's roles do not allow it"),
     ErrorCode("update_conflict", 409, UpdateConflict, "no such pending update, or one pends"),
+    ErrorCode(
+        "update_changes_nothing", 409, UpdateChangesNothing, "the update restates what is in force"
+    ),
     ErrorCode("secret_invalid", 400, SecretRejected, "a value that does not fit the secret"),
     ErrorCode("recovery_refused", 400, RecoveryRefused, "a recovery share is not accepted"),
     ErrorCode("coordinator_unavailable", 503, CoordinatorUnavailable, "in recovery"),
