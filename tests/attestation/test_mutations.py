@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -42,6 +43,24 @@ MINIMUM = 150
 MAX_REPORTED = 20
 
 
+_TRIED: dict[str, tuple[int, float]] = {}  # vector: (mutations, seconds)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _totals() -> Iterator[None]:
+    """The figures of the whole run, by evidence kind (shown with ``-s`` or ``-rA``)."""
+    yield
+    by_kind: dict[str, list[float]] = {}
+    for name, (count, seconds) in _TRIED.items():
+        kind = subject(name).kind
+        total = by_kind.setdefault(kind, [0, 0.0])
+        total[0] += count
+        total[1] += seconds
+    for kind, (count, seconds) in by_kind.items():
+        print(f"mutations of {kind} evidence: {count:.0f} in {seconds:.1f} s")
+    print(f"mutations in all: {sum(c for c, _ in _TRIED.values())} (seed {SEED})")
+
+
 def baseline(verifier: EvidenceVerifier, name: str) -> Claims | EvidenceError:
     try:
         return subject(name).verify(verifier)
@@ -59,9 +78,12 @@ def test_every_mutation_is_refused_by_field_or_verifies_with_the_same_claims(nam
     problems: list[str] = []
     started = time.monotonic()
     index = 0
+    slowest = (0.0, 0)
     while index < MINIMUM or time.monotonic() - started < BUDGET:
         what, mutated = mutation(SEED, base, index)
+        began = time.perf_counter()
         outcome = try_mutation(verifier, mutated, expected)
+        slowest = max(slowest, (time.perf_counter() - began, index))
         counts[outcome.kind] += 1
         if outcome.kind == "refused":
             fields[outcome.detail] = fields.get(outcome.detail, 0) + 1
@@ -72,10 +94,12 @@ def test_every_mutation_is_refused_by_field_or_verifies_with_the_same_claims(nam
             )
         index += 1
     elapsed = time.monotonic() - started
+    _TRIED[name] = (index, elapsed)
     print(
         f"{name}: {index} mutations in {elapsed:.1f} s (seed {SEED}): "
         f"{counts['refused']} refused, {counts['identical']} verified with the same claims, "
-        f"{counts['problem']} problems; refused by field: "
+        f"{counts['problem']} problems; slowest #{slowest[1]}: {slowest[0] * 1000:.0f} ms; "
+        "by field: "
         + ", ".join(f"{f}={n}" for f, n in sorted(fields.items(), key=lambda i: -i[1])[:8])
     )
     assert not problems, (
@@ -149,3 +173,21 @@ def test_deep_nesting_inside_a_pcs_response_body_is_an_evidence_error() -> None:
             Evidence("tdx", tdx.data), collateral=json.dumps(doc).encode(), at=tdx.at
         )
     assert info.value.field == "collateral.tcb_info"
+
+
+def test_the_last_line_of_defence_refuses_and_logs_a_bug(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What no parser may let through any more, should one again: a refusal, logged as a bug.
+    def broken(data: bytes, **_: object) -> Claims:
+        raise KeyError("a parser's own exception")
+
+    monkeypatch.setattr("geode.attestation._intel.verify_sgx_quote", broken)
+    with pytest.raises(EvidenceError) as info:
+        EvidenceVerifier().verify(Evidence("sgx", b"x"))
+    assert (info.value.field, str(info.value)) == (
+        "evidence",
+        "evidence: malformed evidence (KeyError)",
+    )
+    assert [r.levelname for r in caplog.records if r.name == "geode.attestation"] == ["ERROR"]
+    assert "bug: verifying sgx evidence raised KeyError" in caplog.text

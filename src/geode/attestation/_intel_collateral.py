@@ -85,7 +85,7 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _NOT_BRACKETS = re.compile(r"[^][{}]+")
 
 
-def json_depth(text: str) -> int:
+def _json_depth(text: str) -> int:
     """How deep ``text`` nests arrays and objects (brackets inside strings do not count)."""
     brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text))
     steps = (1 if c in "[{" else -1 for c in brackets)
@@ -96,7 +96,7 @@ def _bounded(text: str, what: str) -> str:
     """``text``, once it is known to be small and shallow enough to hand to a JSON parser."""
     if len(text) > MAX_COLLATERAL_BYTES:
         raise _error(what, f"{len(text)} characters, more than {MAX_COLLATERAL_BYTES}")
-    if (depth := json_depth(text)) > MAX_JSON_DEPTH:
+    if (depth := _json_depth(text)) > MAX_JSON_DEPTH:
         raise _error(what, f"JSON nested {depth} deep, more than {MAX_JSON_DEPTH}")
     return text
 
