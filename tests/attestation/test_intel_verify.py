@@ -439,13 +439,13 @@ def test_pcs_response_bodies_are_accepted_as_served() -> None:
     [
         ({}, "collateral.tcb_info"),
         ({"tcb_info": "{}", "tcb_info_signature": "00"}, "collateral.tcb_info_signature"),
-        ([], "collateral."),
+        ([], "collateral"),
     ],
 )
 def test_malformed_collateral_is_a_typed_error(doc: object, field: str) -> None:
     with pytest.raises(EvidenceError) as info:
         verify(sgx(), collateral=json.dumps(doc).encode())
-    assert str(info.value.field).startswith(field)
+    assert info.value.field == field or str(info.value.field).startswith(f"{field}.")
 
 
 # -- the dispatcher -----------------------------------------------------------------------------
@@ -559,3 +559,16 @@ def test_detect_kind_names_a_kind_or_says_why_not(data: bytes) -> None:
     with contextlib.suppress(EvidenceError):
         kind = detect_kind(data)
     assert kind in ("", "simulated", "sgx", "tdx", "sev-snp", "nvidia")
+
+
+@pytest.mark.parametrize("member", ["tcb_info", "qe_identity"])
+def test_a_signed_date_without_a_time_zone_is_refused_by_name(member: str) -> None:
+    # Naive dates cannot be compared with the verification time: refused as the field they are.
+    naive = "2025-06-21T00:00:00"
+    if member == "tcb_info":
+        doc = kit.collateral_bytes(info={**kit.tcb_info(), "issueDate": naive})
+    else:
+        doc = kit.collateral_bytes(identity={**kit.qe_identity(), "issueDate": naive})
+    with pytest.raises(EvidenceError, match="timezone") as info:
+        verify(sgx(), collateral=doc)
+    assert info.value.field == f"collateral.{member}.issueDate"

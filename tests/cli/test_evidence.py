@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from geode.cli import cli
 from tests.attestation.support import intel
+from tests.attestation.support.fuzz import pem_chain_bit_flipped
 from tests.attestation.support.vectors import VECTORS, read_vector, requires_vectors
 from tests.support import geode_cli
 
@@ -134,3 +135,47 @@ def test_the_real_command_prints_one_line_on_failure(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == "Error: signature (offset 436): signature does not verify"
     assert "Traceback" not in result.stderr
+
+
+@requires_vectors
+def test_a_bit_flipped_in_the_quotes_pem_chain_prints_one_line(tmp_path: Path) -> None:
+    data, offset = pem_chain_bit_flipped("sgx_v3_dcapqvl")
+    path = tmp_path / "quote.bin"
+    path.write_bytes(data)
+    result = geode_cli("evidence", "verify", str(path), "--at", "2025-07-01", env=dict(os.environ))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"Error: pck_certification_data (offset {offset}): "
+        "not PEM certificates (10 is not a valid X509 version)"
+    )
+    assert "Traceback" not in result.stderr
+
+
+@requires_vectors
+@pytest.mark.parametrize("member", ["document", "tcb_info"])
+def test_deeply_nested_collateral_is_one_line_naming_it(tmp_path: Path, member: str) -> None:
+    raw = read_vector("sgx_v3_dcapqvl.collateral.json")
+    if member == "document":
+        nested = b"[" * 100_000 + raw + b"]" * 100_000
+    else:
+        nested = json.dumps({**json.loads(raw), member: "[" * 100_000 + "]" * 100_000}).encode()
+    path = tmp_path / "collateral.json"
+    path.write_bytes(nested)
+    assert VECTORS is not None
+    quote = str(VECTORS / "sgx_v3_dcapqvl.quote.bin")
+    args = ["evidence", "verify", quote, "--at", "2025-07-01", "--collateral", str(path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.exception
+    field = "collateral" if member == "document" else f"collateral.{member}"
+    assert result.stderr.splitlines() == [
+        f"Error: {field}: JSON nested {100_001 if member == 'document' else 100_000} deep, "
+        "more than 32"
+    ]
+
+
+def test_a_deeply_nested_file_is_not_taken_for_an_envelope(tmp_path: Path) -> None:
+    path = tmp_path / "evidence.json"
+    path.write_bytes(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    code, _, err = run(str(path))
+    assert code == 1
+    assert err.splitlines() == ["Error: kind (offset 0): not evidence of any known kind"]

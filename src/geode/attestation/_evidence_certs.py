@@ -3,16 +3,21 @@ vendor chain needs (a link's signature, a validity window at a given time).
 
 AMD's VCEKs and VLEKs have serial number 0, which RFC 5280 forbids and ``cryptography`` warns
 about while loading; that warning is silenced while this module loads evidence certificates
-(and nowhere else). They also lack
+(and nowhere else). Every other complaint of ``cryptography`` about what it reads -- an
+exception (``ValueError``, ``TypeError``, ``InvalidVersion``, ``DuplicateExtension``,
+``UnsupportedGeneralNameType``, ``UnsupportedAlgorithm``) or a warning (a name attribute of the
+wrong length) -- is an ``EvidenceError`` naming the field (``x509_errors``). They also lack
 the key identifiers and basic constraints a path builder wants, so chains are checked link by
 link against pinned roots rather than by a generic verifier.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import warnings
+from collections.abc import Iterator
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -31,11 +36,13 @@ __all__ = [
     "common_name",
     "decoded",
     "der_element_length",
+    "fully_decoded",
     "load_certificate_blob",
     "load_evidence_certificates",
     "public_key",
     "verify_issued_by",
     "verify_rsa_pss_sha384_link",
+    "x509_errors",
 ]
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
@@ -51,24 +58,59 @@ def public_key(cert: x509.Certificate, what: str) -> PublicKey:
         raise EvidenceError(f"the {what} has an unusable key ({exc})", field="certs") from None
 
 
+# What ``cryptography`` raises on malformed X.509, while loading or, since it decodes lazily, on
+# the first use of a field. A warning it gives about what it reads (a name attribute of the wrong
+# length) is turned into an exception too: such a certificate is malformed.
+MALFORMED_X509: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    UserWarning,
+)
+
+
+@contextlib.contextmanager
+def x509_errors(
+    field: str, offset: int | None = None, problem: str = "malformed certificate"
+) -> Iterator[None]:
+    """Turns what ``cryptography`` raises (or warns) about malformed X.509 read in the block into
+    an ``EvidenceError`` naming ``field``; AMD's serial number 0 stays accepted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        try:
+            yield
+        except MALFORMED_X509 as exc:
+            raise EvidenceError(f"{problem} ({exc})", field=field, offset=offset) from None
+
+
 def decoded(cert: x509.Certificate, field: str, offset: int | None = None) -> x509.Certificate:
     """``cert``, its names and extensions decoded now: ``cryptography`` parses them lazily,
     and a malformed one must be an ``EvidenceError`` here, not a ``ValueError`` later."""
-    try:
+    with x509_errors(field, offset):
         _ = (cert.subject, cert.issuer, cert.extensions, cert.signature_hash_algorithm)
-    except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as exc:
-        raise EvidenceError(f"malformed certificate ({exc})", field=field, offset=offset) from None
+        _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number)
+    return cert
+
+
+def fully_decoded(
+    cert: x509.Certificate, field: str, offset: int | None = None
+) -> x509.Certificate:
+    """``decoded``, and the value of every extension and the public key decoded too."""
+    with x509_errors(field, offset):
+        decoded(cert, field, offset)
+        _ = [extension.value for extension in cert.extensions]
+        cert.public_key()
     return cert
 
 
 def _load_der(der: bytes, field: str, offset: int | None) -> x509.Certificate:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError as exc:
-            raise EvidenceError(f"not a certificate ({exc})", field=field, offset=offset) from None
-        return decoded(cert, field, offset)
+    with x509_errors(field, offset, "not a certificate"):
+        cert = x509.load_der_x509_certificate(der)
+    return decoded(cert, field, offset)
 
 
 def der_element_length(data: bytes, field: str, offset: int = 0) -> int:
@@ -106,34 +148,32 @@ def load_certificate_blob(blob: bytes, field: str, offset: int | None = None) ->
 
 
 def _load_pem(blob: bytes, field: str, offset: int | None) -> list[x509.Certificate]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        try:
-            certs = x509.load_pem_x509_certificates(blob)
-        except ValueError as exc:
-            raise EvidenceError(
-                f"not PEM certificates ({exc})", field=field, offset=offset
-            ) from None
-        return [decoded(cert, field, offset) for cert in certs]
+    with x509_errors(field, offset, "not PEM certificates"):
+        certs = x509.load_pem_x509_certificates(blob)
+    return [decoded(cert, field, offset) for cert in certs]
 
 
-def load_evidence_certificates(blob: bytes, field: str = "certs") -> list[x509.Certificate]:
-    """Certificates from PEM text (any number) or concatenated DER, in order."""
+def load_evidence_certificates(
+    blob: bytes, field: str = "certs", base: int | None = None
+) -> list[x509.Certificate]:
+    """Certificates from PEM text (any number) or concatenated DER, in order. ``base``: where
+    ``blob`` starts in the evidence, for the offsets of errors (``None``: a separate file)."""
     if _PEM_BEGIN in blob:
-        return _load_pem(blob, field, None)
+        return _load_pem(blob, field, base)
+    start = base or 0
     certs: list[x509.Certificate] = []
     offset = 0
     while offset < len(blob):
         if not any(blob[offset:]):
             break  # zero padding after the last certificate
-        length = der_element_length(blob[offset:], field, offset)
+        length = der_element_length(blob[offset:], field, start + offset)
         if offset + length > len(blob):
             raise EvidenceError(
                 f"certificate truncated: {length} bytes declared, {len(blob) - offset} present",
                 field=field,
-                offset=offset,
+                offset=start + offset,
             )
-        certs.append(_load_der(blob[offset : offset + length], field, offset))
+        certs.append(_load_der(blob[offset : offset + length], field, start + offset))
         offset += length
     return certs
 

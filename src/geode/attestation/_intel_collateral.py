@@ -11,24 +11,30 @@ The collateral document is JSON (one object, or a list of them for several platf
 ``tcb_info`` and ``qe_identity`` may instead hold the PCS response bodies
 (``{"tcbInfo": {...}, "signature": "..."}``), with no separate signature. Signatures cover the
 JSON text as served, byte for byte, so it is never re-serialised.
+
+The document and each JSON text in it are bounded before they are parsed (``MAX_COLLATERAL_BYTES``,
+``MAX_JSON_DEPTH``): Python's JSON decoder recurses, and a deeply nested text would end in
+``RecursionError`` rather than in an ``EvidenceError`` naming the member.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import itertools
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from geode.attestation._evidence_certs import common_name
-from geode.attestation._intel_pck import PckChain, issuing_root, parse_fully
+from geode.attestation._evidence_certs import common_name, fully_decoded, x509_errors
+from geode.attestation._intel_pck import PckChain, issuing_root
 from geode.attestation._intel_quote import SgxReport, TdReport
 from geode.attestation._intel_tcb import (
     QeIdentity,
@@ -40,6 +46,8 @@ from geode.attestation._intel_tcb import (
 from geode.attestation._intel_tcb import collateral_error as _error
 
 __all__ = [
+    "MAX_COLLATERAL_BYTES",
+    "MAX_JSON_DEPTH",
     "IntelCollateral",
     "SignedJson",
     "check_collateral",
@@ -68,6 +76,29 @@ class IntelCollateral:
 
 
 # -- reading the document -------------------------------------------------------------------------
+
+# Intel's collateral for one platform is about 20 KB and nests 7 deep (tcbInfo, tcbLevels, a level,
+# tcb, sgxtcbcomponents, a component); a list of documents for many platforms stays far below.
+MAX_COLLATERAL_BYTES = 4 * 1024 * 1024
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKETS = re.compile(r"[^][{}]+")
+
+
+def _json_depth(text: str) -> int:
+    """How deep ``text`` nests arrays and objects (brackets inside strings do not count)."""
+    brackets = _NOT_BRACKETS.sub("", _JSON_STRING.sub("", text))
+    steps = (1 if c in "[{" else -1 for c in brackets)
+    return max(itertools.accumulate(steps, initial=0))
+
+
+def _bounded(text: str, what: str) -> str:
+    """``text``, once it is known to be small and shallow enough to hand to a JSON parser."""
+    if len(text) > MAX_COLLATERAL_BYTES:
+        raise _error(what, f"{len(text)} characters, more than {MAX_COLLATERAL_BYTES}")
+    if (depth := _json_depth(text)) > MAX_JSON_DEPTH:
+        raise _error(what, f"JSON nested {depth} deep, more than {MAX_JSON_DEPTH}")
+    return text
 
 
 def _raw_members(text: str, what: str) -> dict[str, str]:
@@ -113,21 +144,17 @@ def _signature(value: object, what: str) -> bytes:
 def _chain(value: object, what: str) -> list[x509.Certificate]:
     if not isinstance(value, str):
         raise _error(what, "expected PEM certificates")
-    try:
-        return [parse_fully(cert) for cert in x509.load_pem_x509_certificates(value.encode())]
-    except (
-        ValueError,
-        UnsupportedAlgorithm,
-        x509.DuplicateExtension,
-        x509.UnsupportedGeneralNameType,
-    ):
-        raise _error(what, "expected PEM certificates") from None
+    field = f"collateral.{what}"
+    with x509_errors(field, problem="expected PEM certificates"):
+        certs = x509.load_pem_x509_certificates(value.encode())
+    return [fully_decoded(cert, field) for cert in certs]
 
 
 def _signed(doc: dict[str, object], name: str, member: str) -> SignedJson:
     text = doc.get(name)
     if not isinstance(text, str):
-        raise _error(name, "missing")
+        raise _error(name, "missing" if text is None else "expected the JSON text as served")
+    _bounded(text, name)
     if f"{name}_signature" in doc:
         signature = _signature(doc[f"{name}_signature"], f"{name}_signature")
     else:  # a PCS response body: {"<member>": {...}, "signature": "..."}
@@ -142,18 +169,20 @@ def _signed(doc: dict[str, object], name: str, member: str) -> SignedJson:
 
 
 def _crl(value: object, what: str) -> x509.CertificateRevocationList:
-    try:
-        if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+    if not isinstance(value, str):
+        raise _error(what, "expected a CRL, hex DER or PEM (not text)")
+    with x509_errors(f"collateral.{what}", problem="expected a CRL, hex DER or PEM"):
+        if value.lstrip().startswith("-----BEGIN"):
             crl = x509.load_pem_x509_crl(value.encode())
-        elif isinstance(value, str):
-            crl = x509.load_der_x509_crl(bytes.fromhex(value))
         else:
-            raise ValueError("not text")
+            crl = x509.load_der_x509_crl(bytes.fromhex(value))
         # Decode every field now: cryptography decodes lazily, and would raise on first use.
         _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, list(crl.extensions))
-        _ = [(entry.serial_number, list(entry.extensions)) for entry in crl]
-    except (ValueError, x509.DuplicateExtension) as exc:
-        raise _error(what, f"expected a CRL, hex DER or PEM ({exc})") from None
+        _ = (crl.signature_hash_algorithm, crl.signature_algorithm_oid)
+        _ = [
+            (entry.serial_number, entry.revocation_date_utc, list(entry.extensions))
+            for entry in crl
+        ]
     return crl
 
 
@@ -178,9 +207,11 @@ def _document(doc: object) -> IntelCollateral:
 # document (checks, which depend on the time, are not cached).
 @functools.lru_cache(maxsize=16)
 def _documents(raw: bytes) -> tuple[IntelCollateral, ...]:
+    if len(raw) > MAX_COLLATERAL_BYTES:
+        raise _error("", f"{len(raw)} bytes, more than {MAX_COLLATERAL_BYTES}")
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        doc = json.loads(_bounded(raw.decode(), ""))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise _error("", "not JSON") from None
     return tuple(_document(d) for d in (doc if isinstance(doc, list) else [doc]))
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from geode.attestation._evidence_certs import (
     check_validity,
     common_name,
+    fully_decoded,
     load_evidence_certificates,
 )
 from geode.attestation._roots import INTEL_SGX_ROOT_SHA256, load_pinned_root
@@ -30,7 +31,6 @@ __all__ = [
     "PckTcb",
     "intel_roots",
     "issuing_root",
-    "parse_fully",
     "parse_sgx_extension",
     "verify_pck_chain",
 ]
@@ -65,30 +65,14 @@ class PckChain:
     tcb: PckTcb
 
 
-def parse_fully(cert: x509.Certificate) -> x509.Certificate:
-    """``cert`` with every field decoded: ``cryptography`` decodes names and extensions on first
-    use, so a malformed one would otherwise raise ``ValueError`` wherever it is first read."""
-    _ = (cert.subject, cert.issuer, cert.signature_hash_algorithm, cert.public_key())
-    _ = [extension.value for extension in cert.extensions]
-    return cert
-
-
 def _pem_chain(blob: bytes, offset: int) -> list[x509.Certificate]:
     text = blob.rstrip(b"\0")
-    certs = load_evidence_certificates(text, _FIELD)
+    certs = load_evidence_certificates(text, _FIELD, offset)
     # The chain must be exactly the certificates it holds, so no byte of it goes unchecked.
     canonical = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
     if not certs or text != canonical:
         raise EvidenceError("not a plain PEM certificate chain", field=_FIELD, offset=offset)
-    try:
-        return [parse_fully(cert) for cert in certs]
-    except (
-        ValueError,
-        UnsupportedAlgorithm,
-        x509.DuplicateExtension,
-        x509.UnsupportedGeneralNameType,
-    ) as exc:
-        raise EvidenceError(f"malformed certificate ({exc})", field=_FIELD, offset=offset) from None
+    return [fully_decoded(cert, _FIELD, offset) for cert in certs]
 
 
 # A platform's chain does not change from quote to quote: its parse and the signatures of its
@@ -109,7 +93,7 @@ def _parsed_chain(blob: bytes, offset: int) -> tuple[tuple[x509.Certificate, ...
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 

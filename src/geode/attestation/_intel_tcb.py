@@ -10,13 +10,20 @@ are those of every level that applied.
 
 from __future__ import annotations
 
-import datetime
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from geode.attestation._evidence import TCB_STATUSES
 from geode.attestation._intel_pck import PckChain
@@ -49,6 +56,8 @@ Hex = Annotated[bytes, BeforeValidator(_hex)]
 Svn = Annotated[int, Field(ge=0, le=0xFFFF)]
 
 
+# Dates carry their time zone (Intel's end in "Z"): a naive one could not be compared with the
+# verification time, and is refused as the field it is.
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -107,8 +116,8 @@ class _TdxModuleIdentity(_TdxModule):
 class TcbInfo(_Model):
     id: str = "SGX"  # version 2 has no id and is SGX only
     version: Annotated[int, Field(ge=2, le=3)]
-    issue_date: datetime.datetime = Field(alias="issueDate")
-    next_update: datetime.datetime = Field(alias="nextUpdate")
+    issue_date: AwareDatetime = Field(alias="issueDate")
+    next_update: AwareDatetime = Field(alias="nextUpdate")
     fmspc: Annotated[Hex, Field(min_length=6, max_length=6)]
     pce_id: Annotated[Hex, Field(min_length=2, max_length=2, alias="pceId")]
     tcb_type: int = Field(0, alias="tcbType")
@@ -123,8 +132,8 @@ class TcbInfo(_Model):
 class QeIdentity(_Model):
     id: str
     version: Annotated[int, Field(ge=2, le=2)]
-    issue_date: datetime.datetime = Field(alias="issueDate")
-    next_update: datetime.datetime = Field(alias="nextUpdate")
+    issue_date: AwareDatetime = Field(alias="issueDate")
+    next_update: AwareDatetime = Field(alias="nextUpdate")
     evaluation_number: int = Field(0, alias="tcbEvaluationDataNumber")
     miscselect: Annotated[Hex, Field(min_length=4, max_length=4)]
     miscselect_mask: Annotated[Hex, Field(min_length=4, max_length=4, alias="miscselectMask")]
@@ -143,7 +152,8 @@ class TcbVerdict:
 
 
 def collateral_error(field_name: str, message: str) -> EvidenceError:
-    return EvidenceError(message, field=f"collateral.{field_name}")
+    """An ``EvidenceError`` naming a member of the collateral (``""``: the document)."""
+    return EvidenceError(message, field=f"collateral.{field_name}" if field_name else "collateral")
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -365,17 +365,19 @@ def verify_nvidia_evidence(
     report = parse_spdm_report(data)
     trailer = _parse_trailer(data, report.trailer_offset)
     mode = None
-    chain_bytes = certs
+    chain_bytes, chain_field, chain_offset = certs, "certs", None
     if trailer is not None:
         mode, carried = trailer
-        chain_bytes = certs or carried
+        if not certs:
+            chain_bytes, chain_field = carried, "trailer.chain"
+            chain_offset = report.trailer_offset + 16
     if mode is CcMode.OFF:
         raise EvidenceError("the GPU's confidential-computing mode is off", field="trailer.cc_mode")
     if mode is CcMode.DEVTOOLS:
         raise EvidenceError(
             "the GPU is in devtools mode: not confidential", field="trailer.cc_mode"
         )
-    chain = load_evidence_certificates(chain_bytes or b"", "certs")
+    chain = load_evidence_certificates(chain_bytes or b"", chain_field, chain_offset)
     _verify_chain(chain, list(roots) if roots is not None else [nvidia_root()], at)
     _check_fwid(report, chain[0])
     key = public_key(chain[0], "GPU leaf certificate")

@@ -137,14 +137,16 @@ def build_cert_table(entries: Iterable[tuple[uuid.UUID, bytes]]) -> bytes:
     return head + bytes(_ENTRY_SIZE) + body
 
 
-def snp_certificates(blob: bytes, *, field: str, base: int = 0) -> list[x509.Certificate]:
-    """The certificates of a table, or of PEM / DER text (``--certs``)."""
+def snp_certificates(blob: bytes, *, field: str, base: int | None = None) -> list[x509.Certificate]:
+    """The certificates of a table, or of PEM / DER text (``--certs``); ``base``: where ``blob``
+    starts in the evidence (``None``: a separate file)."""
     if not is_cert_table(blob):
-        return load_evidence_certificates(blob, field)
+        return load_evidence_certificates(blob, field, base)
+    start = base or 0
     certs = []
-    for index, entry in enumerate(parse_cert_table(blob, base=base)):
+    for index, entry in enumerate(parse_cert_table(blob, base=start)):
         if entry.guid in _CERT_GUIDS:
-            where = base + entry.offset
+            where = start + entry.offset
             certs.append(load_certificate_blob(entry.data, f"cert_table[{index}]", where))
     return certs
 

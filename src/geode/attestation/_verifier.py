@@ -19,7 +19,11 @@ loaded on first use (a module that does not exist yet makes its kind "not suppor
 
 It returns ``Claims`` (``_evidence.Claims``: fill ``tee``, ``report_data`` (64 bytes),
 ``debug``, ``tcb_status`` and the fields of the kind) or raises ``EvidenceError`` naming the
-field and offset; any other exception from malformed input is a bug. Matching the claims
+field and offset; any other exception from malformed input is a bug. ``EvidenceVerifier``
+still turns such a bug into an ``EvidenceError`` (field ``evidence``) and logs it as one, so
+that no caller -- an activation, a cluster join, ``geode evidence verify`` -- ever sees anything
+but claims or a refusal; the mutation fuzzer (tests/attestation/test_mutations.py) checks that
+nothing reaches that last line of defence. Matching the claims
 against a package is ``_reference.match_claims``, not the verifier's business. Vendor root
 certificates ship in ``roots/`` and are loaded with ``_roots.load_pinned_root`` (SHA-256 pinned in
 code).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import logging
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, cast
@@ -41,6 +46,8 @@ from geode.attestation._simulated import MAGIC, platform_key_id, verify_simulate
 from geode.errors import EvidenceError
 
 __all__ = ["EvidenceVerifier", "KindVerifier", "detect_kind", "kind_verifier"]
+
+log = logging.getLogger("geode.attestation")
 
 
 class KindVerifier(Protocol):
@@ -141,6 +148,34 @@ class EvidenceVerifier:
         certs: bytes | None = None,
         collateral: bytes | None = None,
         at: datetime.datetime | None = None,
+    ) -> Claims:
+        """The claims of ``evidence``; ``EvidenceError`` for anything else, whatever the input."""
+        try:
+            return self._verify(evidence, certs=certs, collateral=collateral, at=at)
+        except EvidenceError:
+            raise
+        except Exception as exc:
+            # The last line of defence: a parser let an exception of its own through. The input
+            # is refused all the same, and the bug is logged for someone to fix it where the
+            # field is known.
+            log.error(
+                "bug: verifying %s evidence raised %s (%s); refused as malformed",
+                evidence.kind,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            raise EvidenceError(
+                f"malformed evidence ({type(exc).__name__})", field="evidence"
+            ) from exc
+
+    def _verify(
+        self,
+        evidence: Evidence,
+        *,
+        certs: bytes | None,
+        collateral: bytes | None,
+        at: datetime.datetime | None,
     ) -> Claims:
         if evidence.kind == "simulated":
             if not self.simulation:

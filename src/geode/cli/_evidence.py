@@ -40,7 +40,7 @@ def _read_evidence(raw: bytes, kind: str) -> Evidence:
     if raw.lstrip().startswith(b"{"):
         try:
             envelope = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
             envelope = None
         if isinstance(envelope, dict) and set(envelope) == {"kind", "data"}:
             found = Evidence.from_json(envelope)

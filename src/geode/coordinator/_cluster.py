@@ -189,10 +189,8 @@ class JoinParty:
         shows this party's own TEE and measurement."""
         try:
             claims = self.verifier.verify(evidence)
-        except EvidenceError as exc:
+        except EvidenceError as exc:  # whatever the evidence holds: claims or EvidenceError
             raise JoinRefused(f"{who}'s evidence does not verify: {exc}") from None
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError):
-            raise JoinRefused(f"{who}'s evidence is malformed") from None
         if not hmac.compare_digest(claims.report_data, expected_report_data):
             raise JoinRefused(f"{who}'s evidence is not bound to this exchange")
         try:

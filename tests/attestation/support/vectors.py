@@ -2,8 +2,9 @@
 
 The vectors are read where they are, never copied into the project. The folder is
 ``$GEODE_VECTORS``, else ``../shared/vectors`` beside the repository, else ``/work/shared/vectors``;
-tests that need it skip, with the reason shown, when it is absent (CI always has it). Every file
-read is checked against the folder's SHA256SUMS, so a test never runs on a changed vector.
+tests that need it skip, with the reason shown, when it is absent -- except in CI
+(``CI=true``), which always has it: there they fail. Every file read is checked against the
+folder's SHA256SUMS, so a test never runs on a changed vector.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def _locate() -> Path | None:
 
 
 VECTORS = _locate()
-requires_vectors = pytest.mark.skipif(
-    VECTORS is None, reason="test vectors absent (set GEODE_VECTORS to ../shared/vectors)"
-)
+_ABSENT = "test vectors absent (set GEODE_VECTORS to ../shared/vectors)"
+_IN_CI = os.environ.get("CI") == "true"
+# In CI the tests run without the folder too, and fail in ``read_vector``.
+requires_vectors = pytest.mark.skipif(VECTORS is None and not _IN_CI, reason=_ABSENT)
 
 
 @functools.cache
@@ -46,9 +48,12 @@ def _sums() -> dict[str, str]:
 
 @functools.cache
 def read_vector(name: str) -> bytes:
-    """The bytes of a vector, checked against SHA256SUMS (skips when the folder is absent)."""
+    """The bytes of a vector, checked against SHA256SUMS (skips when the folder is absent, fails
+    in CI)."""
     if VECTORS is None:
-        pytest.skip("test vectors absent (set GEODE_VECTORS to ../shared/vectors)")
+        if _IN_CI:
+            pytest.fail(_ABSENT)
+        pytest.skip(_ABSENT)
     data = (VECTORS / name).read_bytes()
     assert hashlib.sha256(data).hexdigest() == _sums()[name], f"{name} differs from SHA256SUMS"
     return data
