@@ -199,6 +199,10 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             return
         if self._refused:
             return
+        if self._in_head and self._head_timer is None:
+            # A kept-alive connection's next head starts (even with bytes the parser skips):
+            # uvicorn's idle timer stops here, so the head's starts.
+            self._head_timer = self.loop.call_later(gate.limits.head_timeout, self._head_late)
         while data:
             if self._in_head:
                 room = gate.limits.max_head_bytes - self._head_bytes
@@ -220,7 +224,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        if self._gate is not None and self._head_timer is None:  # a kept-alive connection's
+        if self._gate is not None and self._head_timer is None:  # pipelined after a body
             self._head_timer = self.loop.call_later(self._gate.limits.head_timeout, self._head_late)
 
     def on_headers_complete(self) -> None:
@@ -242,6 +246,10 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if self._gate is None or self.transport is None or self.transport.is_closing():
             return
         timeout = self._gate.limits.head_timeout
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head waits, unread, for the answer before it: not the client's fault.
+            self._head_timer = self.loop.call_later(timeout, self._head_late)
+            return
         if self._head_bytes:
             self._refuse(408, "request_timeout", f"request head not received within {timeout:g} s")
         else:  # nothing came: nobody to answer
