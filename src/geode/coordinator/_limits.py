@@ -326,9 +326,13 @@ class ApiListener:
                 conn, address = await loop.sock_accept(sock)
             except OSError as exc:
                 if exc.errno in _OUT_OF_RESOURCES:
-                    gate.warn(f"cannot accept connections: {exc.strerror}; retrying", "-")
+                    gate.warn(f"cannot accept connections: {exc.strerror}; retrying", "unknown")
                     await asyncio.sleep(_ACCEPT_RETRY)
                 continue  # else that one connection is gone already (ECONNABORTED and the like)
+            except Exception as exc:  # not expected; the API must go on accepting all the same
+                gate.warn(f"accept failed: {exc!r}; retrying", "unknown")
+                await asyncio.sleep(_ACCEPT_RETRY)
+                continue
             release = gate.admit()
             if release is None:
                 conn.close()
@@ -374,9 +378,8 @@ class ApiListener:
                 conn.close()
             if not isinstance(exc, Exception):
                 raise
-            if (
-                loop.time() >= deadline - 0.01
-            ):  # asyncio and uvloop abort it without a type of its own
+            # A late handshake is aborted without an exception type of its own: the clock says.
+            if loop.time() >= deadline - 0.01:
                 self.gate.warn(
                     f"TLS handshake not done within {self.gate.limits.head_timeout:g} s "
                     "(--head-timeout)",
