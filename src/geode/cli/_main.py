@@ -152,6 +152,42 @@ def _duration(value: str) -> datetime.timedelta:
     "--nonce-ttl", default="60s", show_default=True, help="Lifetime of activation nonces."
 )
 @click.option(
+    "--client-max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Connections open at once on the client API, TLS handshakes included; more are "
+    "closed at once (lowered to fit the open-file limit).",
+)
+@click.option(
+    "--mesh-max-connections",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="The same for the mesh API: a budget of its own, so that activations and renewals "
+    "go on while the client API is full.",
+)
+@click.option(
+    "--head-timeout",
+    default="10s",
+    show_default=True,
+    help="Time from accepting a connection (TLS handshake included) or from a request's "
+    "first byte to the end of its head; later: 408, closed.",
+)
+@click.option(
+    "--max-head-bytes",
+    default=64 * 1024,
+    show_default=True,
+    type=click.IntRange(min=1024),
+    help="Size of a request head (request line and headers); larger: 431, closed.",
+)
+@click.option(
+    "--idle-timeout",
+    default="30s",
+    show_default=True,
+    help="A kept-alive connection on which no request starts for this long is closed.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -177,10 +213,21 @@ def coordinator(
     san: tuple[str, ...],
     leaf_ttl: str,
     nonce_ttl: str,
+    client_max_connections: int,
+    mesh_max_connections: int,
+    head_timeout: str,
+    max_head_bytes: int,
+    idle_timeout: str,
     log_level: str,
 ) -> None:
     """Run the Coordinator."""
-    from geode.coordinator import CoordinatorConfig, EtcdSettings, parse_etcd_url, serve
+    from geode.coordinator import (
+        ConnectionLimits,
+        CoordinatorConfig,
+        EtcdSettings,
+        parse_etcd_url,
+        serve,
+    )
 
     etcd = None
     if store is not None:
@@ -214,6 +261,13 @@ def coordinator(
         san=san,
         leaf_lifetime=_duration(leaf_ttl),
         nonce_ttl=_duration(nonce_ttl),
+        limits=ConnectionLimits(
+            client_max_connections=client_max_connections,
+            mesh_max_connections=mesh_max_connections,
+            head_timeout=_duration(head_timeout).total_seconds(),
+            max_head_bytes=max_head_bytes,
+            idle_timeout=_duration(idle_timeout).total_seconds(),
+        ),
         log_level=log_level,
     )
     raise SystemExit(serve(config))

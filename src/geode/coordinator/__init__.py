@@ -8,6 +8,7 @@ from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
 from geode.coordinator._handout import ActivationRequest, ActivationResult, RenewalRequest
 from geode.coordinator._holder import CoordinatorSettings, Pending, PreparedManifest, State
+from geode.coordinator._limits import ConnectionLimits
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
@@ -32,6 +33,7 @@ __all__ = [
     "ActivationRequest",
     "ActivationResult",
     "AuditLog",
+    "ConnectionLimits",
     "Coordinator",
     "CoordinatorConfig",
     "CoordinatorSettings",

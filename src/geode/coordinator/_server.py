@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
+from starlette.applications import Starlette
 
 import geode
 from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
@@ -25,6 +26,13 @@ from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore
 from geode.coordinator._forward import Forwarder, Writer
 from geode.coordinator._holder import CoordinatorSettings, State
+from geode.coordinator._limits import (
+    ApiGate,
+    ConnectionLimits,
+    HeadLimitedProtocol,
+    LimitedServer,
+    fit_fd_limit,
+)
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
     default_sealing_key_path,
@@ -93,6 +101,8 @@ class CoordinatorConfig:
     advertise_addr: tuple[str, int] | None = None
     # How often a Coordinator on etcd checks whether another one saved (reads catch up).
     etcd_poll: datetime.timedelta = datetime.timedelta(seconds=1)
+    # Connections and request heads on both APIs (``_limits``).
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
@@ -110,8 +120,9 @@ def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
     return sorted(dns), sorted(ips)
 
 
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to ``serve``, which runs two of them."""
+class _Server(LimitedServer):
+    """A uvicorn server within its API's limits that leaves signal handling to ``serve``,
+    which runs two of them."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -243,6 +254,33 @@ def _open(config: CoordinatorConfig) -> _Opened:
     return _Opened(coordinator, store, cluster)
 
 
+def _api_server(
+    app: Starlette,
+    address: tuple[str, int],
+    context: ssl.SSLContext,
+    protocol: type[HeadLimitedProtocol],
+    gate: ApiGate,
+) -> _Server:
+    """One API's server: TLS with ``context``, within ``gate``'s limits."""
+    config = uvicorn.Config(
+        app,
+        host=address[0],
+        port=address[1],
+        http=protocol,
+        ws="none",
+        loop="none",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=max(1, round(gate.limits.idle_timeout)),
+        # An idle TLS connection whose client does not read (a peer Coordinator's pool, say)
+        # would hold the shutdown for the TLS close timeout: 5 s at most.
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    return _Server(config, protocol, gate, context)
+
+
 async def _serve(config: CoordinatorConfig) -> int:
     opened = _open(config)
     coordinator, store, cluster = opened.coordinator, opened.store, opened.cluster
@@ -304,36 +342,17 @@ async def _serve(config: CoordinatorConfig) -> int:
             coordinator, persist, on_change=changed, forward=forwarder
         )
 
-        servers = []
-        for app, (host, port), context, protocol in (
-            (client_app, config.client_addr, tls.client, PeerCertificateProtocol),
-            (mesh_app, config.mesh_addr, tls.mesh, "httptools"),
-        ):
-
-            def factory(
-                _config: uvicorn.Config,
-                _default: Callable[[], ssl.SSLContext],
-                context: ssl.SSLContext = context,
-            ) -> ssl.SSLContext:
-                return context
-
-            uv_config = uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                http=protocol,
-                loop="none",
-                lifespan="off",
-                access_log=False,
-                log_config=None,
-                timeout_keep_alive=30,
-                # An idle TLS connection whose client does not read (a peer Coordinator's pool,
-                # say) would hold the shutdown for the TLS close timeout: 5 s at most.
-                timeout_graceful_shutdown=5,
-                server_header=False,
-                ssl_context_factory=factory,
-            )
-            servers.append(_Server(uv_config))
+        limits = fit_fd_limit(config.limits)
+        client = ApiGate(
+            "client API", limits, limits.client_max_connections, "--client-max-connections"
+        )
+        mesh = ApiGate("mesh API", limits, limits.mesh_max_connections, "--mesh-max-connections")
+        servers = [
+            _api_server(
+                client_app, config.client_addr, tls.client, PeerCertificateProtocol, client
+            ),
+            _api_server(mesh_app, config.mesh_addr, tls.mesh, HeadLimitedProtocol, mesh),
+        ]
 
         loop = asyncio.get_running_loop()
 

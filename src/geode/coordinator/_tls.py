@@ -11,8 +11,9 @@ Python's ``ssl`` has no verify callback: a certificate that chains to none of th
 the handshake. Those refusals are logged here, since no request ever reaches the application.
 
 uvicorn does not hand the client certificate to the application, so ``PeerCertificateProtocol``
-adds it to each request's scope as the ASGI TLS extension does (``client_cert_chain``). (The
-runtime's ``TLSExtensionProtocol`` does more, for the mesh; the Coordinator may not import it.)
+(the client API's ``HeadLimitedProtocol``, ``_limits``) adds it to each request's scope as the
+ASGI TLS extension does (``client_cert_chain``). (The runtime's ``TLSExtensionProtocol`` does
+more, for the mesh; the Coordinator may not import it.)
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._holder import State
+from geode.coordinator._limits import HeadLimitedProtocol
 from geode.pki import (
     COORDINATOR_URI,
     CertificateAuthority,
@@ -65,8 +66,9 @@ class _RefusalLoggingSSLObject(ssl.SSLObject):
             raise
 
 
-class PeerCertificateProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus the verified client certificate in each scope."""
+class PeerCertificateProtocol(HeadLimitedProtocol):
+    """The Coordinator's httptools protocol, plus the verified client certificate in each
+    scope."""
 
     _peer_tls: dict[str, Any] | None = None
 

@@ -1,0 +1,456 @@
+"""Limits on the connections and request heads of the Coordinator's two APIs.
+
+Without them, a client that opens connections and never finishes a request head holds each
+one (and its file descriptor) for ever: a thousand of them, under a 1,024-descriptor limit,
+cut off activation for everyone. And uvicorn buffers a request head whole, however large.
+So, per API (``ApiGate``):
+
+- Each API accepts its own connections (``ApiListener``) so that it can count them: at most
+  ``max_connections`` at a time, TLS handshakes included; beyond that a new connection is
+  closed at once. The client and the mesh API have separate budgets, so a flood of the client
+  API leaves the mesh API (activations, renewals) reachable. ``fit_fd_limit`` raises the
+  process's open-file limit to its hard limit and lowers both budgets, with a warning, when
+  they would not fit under it beside ``FD_RESERVE`` descriptors for everything else.
+- ``head_timeout`` bounds the time from accepting a connection to the end of its first
+  request head, the TLS handshake included (the handshake alone is bounded by it too), and on
+  a kept-alive connection from the first byte of a request to the end of its head: a late head
+  gets 408 (or, when nothing came at all, is just closed).
+- ``max_head_bytes`` bounds the bytes before a head's end: more get 431, and the parser is
+  fed no more than that (a pipelined head may overrun it by one read of the transport).
+- ``idle_timeout`` closes a kept-alive connection on which no request starts (uvicorn's
+  ``timeout_keep_alive``). A slow body is the routes' concern (``_http.BODY_TIMEOUT``).
+
+Every limit that bites is logged as a warning naming the API, the limit and the peer, at most
+once per ``WARN_EVERY`` seconds per kind, with how often it happened meanwhile.
+
+The HTTP side is uvicorn's httptools protocol (what the Coordinator runs; its internals are
+relied on, hence the narrow uvicorn range in pyproject.toml): ``HeadLimitedProtocol`` counts
+head bytes before feeding the parser and times the head with the parser's own callbacks.
+``LimitedServer`` is a uvicorn server whose listening is ``ApiListener``'s instead of
+``loop.create_server``'s, which cannot count handshakes nor bound them below 60 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import resource
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from geode.protocol import ErrorBody
+
+__all__ = [
+    "FD_RESERVE",
+    "ApiGate",
+    "ConnectionLimits",
+    "HeadLimitedProtocol",
+    "LimitedServer",
+    "fit_fd_limit",
+]
+
+log = logging.getLogger("geode.coordinator.limits")
+
+FD_RESERVE = 256  # descriptors kept for the store, etcd, peers, logs and the loop itself
+WARN_EVERY = 10.0  # seconds between two warnings of one kind for one API
+TLS_CLOSE_TIMEOUT = 5.0  # seconds a TLS close waits for the peer's close_notify
+REFUSED_CLOSE_TIMEOUT = 1.0  # the same, after a refusal (408, 431): then the socket is dropped
+_ACCEPT_RETRY = 0.25  # seconds before accepting again when out of descriptors or memory
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client may hold of the Coordinator's APIs (``geode coordinator`` flags)."""
+
+    client_max_connections: int = 1024  # --client-max-connections
+    mesh_max_connections: int = 1024  # --mesh-max-connections
+    head_timeout: float = 10.0  # seconds, TLS handshake included: --head-timeout
+    max_head_bytes: int = 64 * 1024  # --max-head-bytes
+    idle_timeout: float = 30.0  # seconds between requests on one connection: --idle-timeout
+
+
+def fit_fd_limit(limits: ConnectionLimits) -> ConnectionLimits:
+    """Raise the soft open-file limit to the hard one where allowed, and return ``limits``
+    with both connection budgets lowered (proportionally, with a warning) when they would not
+    fit under it beside ``FD_RESERVE``: each connection takes one descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:  # e.g. an unlimited hard limit the kernel caps
+            log.debug("the open-file limit stays at %d: %s", soft, exc)
+        else:
+            soft = hard
+    wanted = limits.client_max_connections + limits.mesh_max_connections
+    if soft == resource.RLIM_INFINITY or wanted <= soft - FD_RESERVE:
+        return limits
+    room = max(soft - FD_RESERVE, 2)
+    client = max(1, limits.client_max_connections * room // wanted)
+    mesh = max(1, room - client)
+    log.warning(
+        "the open-file limit is %d: connections limited to %d on the client API and %d on "
+        "the mesh API (not %d and %d), keeping %d descriptors for the rest",
+        soft,
+        client,
+        mesh,
+        limits.client_max_connections,
+        limits.mesh_max_connections,
+        FD_RESERVE,
+    )
+    return replace(limits, client_max_connections=client, mesh_max_connections=mesh)
+
+
+class ApiGate:
+    """One API's limits, its connection count, and its rate-limited warnings."""
+
+    def __init__(
+        self, name: str, limits: ConnectionLimits, max_connections: int, flag: str
+    ) -> None:
+        self.name = name  # "client API", "mesh API"
+        self.limits = limits
+        self.max_connections = max_connections
+        self.flag = flag  # the option that sets max_connections
+        self.open = 0  # connections accepted and not yet lost, handshakes included
+        self._warned: dict[str, float] = {}  # kind: when last logged
+        self._unwarned: dict[str, int] = {}  # kind: times since then
+
+    def admit(self) -> Callable[[], None] | None:
+        """A place for one more connection: its release, to call exactly once (``None``:
+        the API is full)."""
+        if self.open >= self.max_connections:
+            return None
+        self.open += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open -= 1
+
+        return release
+
+    def warn(self, kind: str, peer: str) -> None:
+        """Log ``kind`` (the limit that bit) at most every ``WARN_EVERY`` seconds."""
+        now = time.monotonic()
+        count = self._unwarned.get(kind, 0) + 1
+        if now - self._warned.get(kind, -WARN_EVERY) < WARN_EVERY:
+            self._unwarned[kind] = count
+            return
+        self._warned[kind], self._unwarned[kind] = now, 0
+        log.warning(
+            "%s: %s; peer %s (%d time(s) since the last such warning)",
+            self.name,
+            kind,
+            peer,
+            count,
+        )
+
+
+def _peer(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address) if address else "unknown"
+
+
+class HeadLimitedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bounded request head in time and size, holding
+    its API's place from accept until the connection is lost (``admitted``; a protocol never
+    admitted behaves as uvicorn's)."""
+
+    _gate: ApiGate | None = None
+    _release: Callable[[], None] | None = None
+    _deadline = 0.0  # loop time by which the first head must be complete
+    _head_timer: asyncio.TimerHandle | None = None
+    _in_head = True  # between a message's end (or the start) and its next head's end
+    _head_bytes = 0  # bytes fed to the parser in the current head
+    _refused = False
+
+    def admitted(self, gate: ApiGate, release: Callable[[], None], deadline: float) -> None:
+        self._gate, self._release, self._deadline = gate, release, deadline
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self._gate is not None:
+            self._head_timer = self.loop.call_at(self._deadline, self._head_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self._release is not None:
+                self._release()
+
+    def data_received(self, data: bytes) -> None:
+        gate = self._gate
+        if gate is None:
+            super().data_received(data)
+            return
+        if self._refused:
+            return
+        if self._in_head and self._head_timer is None:
+            # A kept-alive connection's next head starts (even with bytes the parser skips):
+            # uvicorn's idle timer stops here, so the head's starts.
+            self._head_timer = self.loop.call_later(gate.limits.head_timeout, self._head_late)
+        while data:
+            if self._in_head:
+                room = gate.limits.max_head_bytes - self._head_bytes
+                if room <= 0:
+                    self._refuse(
+                        431,
+                        "http_error",
+                        f"request head larger than {gate.limits.max_head_bytes} bytes",
+                    )
+                    return
+                chunk, data = data[:room], data[room:]
+                self._head_bytes += len(chunk)
+            else:
+                chunk, data = data, b""
+            super().data_received(chunk)
+            if self.transport.is_closing():
+                return
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        if self._gate is not None and self._head_timer is None:  # pipelined after a body
+            self._head_timer = self.loop.call_later(self._gate.limits.head_timeout, self._head_late)
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head, self._head_bytes = True, 0
+        super().on_message_complete()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._gate is None or self.transport is None or self.transport.is_closing():
+            return
+        timeout = self._gate.limits.head_timeout
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head waits, unread, for the answer before it: not the client's fault.
+            self._head_timer = self.loop.call_later(timeout, self._head_late)
+            return
+        if self._head_bytes:
+            self._refuse(408, "request_timeout", f"request head not received within {timeout:g} s")
+        else:  # nothing came: nobody to answer
+            self._gate.warn(f"no request within {timeout:g} s (--head-timeout)", _peer(self.client))
+            self._refused = True
+            self._close_refused()
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer ``status`` (unless a response is under way) and close."""
+        assert self._gate is not None
+        flag = "--max-head-bytes" if status == 431 else "--head-timeout"
+        self._gate.warn(f"{message} ({flag})", _peer(self.client))
+        self._refused = True
+        self._stop_head_timer()
+        if self.cycle is None or self.cycle.response_complete:
+            body = ErrorBody(error=code, message=message).model_dump_json().encode()
+            reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+            head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+            head += [
+                name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+            ]
+            head.append(b"content-type: application/json\r\n")
+            head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+            self.transport.write(b"".join(head) + body)
+        self._close_refused()
+
+    def _close_refused(self) -> None:
+        """Close, and drop the connection if its TLS close takes longer than
+        ``REFUSED_CLOSE_TIMEOUT`` (an attacker's place is not held for the full close)."""
+        transport = self.transport
+        transport.close()
+        self.loop.call_later(REFUSED_CLOSE_TIMEOUT, transport.abort)
+
+
+class ApiListener:
+    """The listening sockets of one API, accepting connections itself to count them (each
+    holds a place from accept until it is lost, or its handshake fails) and to bound the
+    handshake by the head timeout. Closed like an ``asyncio.Server`` (by uvicorn)."""
+
+    def __init__(
+        self,
+        gate: ApiGate,
+        sockets: list[socket.socket],
+        factory: Callable[[Callable[[], None], float], HeadLimitedProtocol],
+        context: ssl.SSLContext,
+    ) -> None:
+        self.gate = gate
+        self.sockets = sockets
+        self.factory = factory
+        self.context = context
+        self._accepting: list[asyncio.Task[None]] = []
+        self._connecting: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._accepting = [loop.create_task(self._accept(sock)) for sock in self.sockets]
+
+    def close(self) -> None:
+        """Stop accepting and drop the connections still in their handshake (uvicorn shuts
+        down the others)."""
+        for task in (*self._accepting, *self._connecting):
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._accepting, *self._connecting, return_exceptions=True)
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        gate = self.gate
+        while True:
+            try:
+                conn, address = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    gate.warn(f"cannot accept connections: {exc.strerror}; retrying", "unknown")
+                    await asyncio.sleep(_ACCEPT_RETRY)
+                continue  # else that one connection is gone already (ECONNABORTED and the like)
+            except Exception as exc:  # not expected; the API must go on accepting all the same
+                gate.warn(f"accept failed: {exc!r}; retrying", "unknown")
+                await asyncio.sleep(_ACCEPT_RETRY)
+                continue
+            release = gate.admit()
+            if release is None:
+                conn.close()
+                gate.warn(
+                    f"{gate.max_connections} connections open: closing new ones ({gate.flag})",
+                    _peer(address),
+                )
+                continue
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset already
+                conn.close()
+                release()
+                continue
+            deadline = loop.time() + gate.limits.head_timeout
+            task = loop.create_task(self._connect(conn, _peer(address), release, deadline))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+    async def _connect(
+        self, conn: socket.socket, peer: str, release: Callable[[], None], deadline: float
+    ) -> None:
+        made: list[HeadLimitedProtocol] = []
+
+        def factory() -> HeadLimitedProtocol:
+            protocol = self.factory(release, deadline)
+            made.append(protocol)
+            return protocol
+
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                factory,
+                conn,
+                ssl=self.context,
+                ssl_handshake_timeout=self.gate.limits.head_timeout,
+                ssl_shutdown_timeout=TLS_CLOSE_TIMEOUT,
+            )
+        except BaseException as exc:
+            release()
+            if not made:  # else its transport owns the socket, and has closed it
+                conn.close()
+            if not isinstance(exc, Exception):
+                raise
+            # A late handshake is aborted without an exception type of its own: the clock says.
+            if loop.time() >= deadline - 0.01:
+                self.gate.warn(
+                    f"TLS handshake not done within {self.gate.limits.head_timeout:g} s "
+                    "(--head-timeout)",
+                    peer,
+                )
+            else:  # a failed handshake: the client's problem (refused certificates: _tls)
+                log.debug("%s: connection from %s not set up: %s", self.gate.name, peer, exc)
+
+
+class LimitedServer(uvicorn.Server):
+    """A uvicorn server listening through an ``ApiListener``: TLS is done there (the
+    ``uvicorn.Config`` has none), with the handshake bounded and every connection counted."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        protocol: type[HeadLimitedProtocol],
+        gate: ApiGate,
+        context: ssl.SSLContext,
+    ) -> None:
+        super().__init__(config)
+        self._protocol = protocol
+        self._gate = gate
+        self._context = context
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()  # "off" for the Coordinator: nothing to start
+        config = self.config
+        state = self.lifespan.state
+
+        def factory(release: Callable[[], None], deadline: float) -> HeadLimitedProtocol:
+            protocol = self._protocol(
+                config=config, server_state=self.server_state, app_state=state
+            )
+            protocol.admitted(self._gate, release, deadline)
+            return protocol
+
+        try:
+            bound = _bind(config.host, config.port, config.backlog)
+        except OSError as exc:
+            log.error(
+                "%s: cannot listen on %s:%d: %s",
+                self._gate.name,
+                config.host,
+                config.port,
+                exc.strerror or exc,
+            )
+            self.should_exit = True
+            return
+        listener = ApiListener(self._gate, bound, factory, self._context)
+        listener.start()
+        self.servers = [listener]  # type: ignore[list-item]
+        self.started = True
+
+
+def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for ``host`` (every address it resolves to), as asyncio binds them."""
+    bound: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound

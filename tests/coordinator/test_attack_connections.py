@@ -1,0 +1,237 @@
+"""What a network attacker can hold of a real Coordinator's two APIs: slow and never-finished
+TLS handshakes and request heads are cut after the head timeout, an oversized head is refused
+after the size limit without being buffered, a flood of the client API is closed beyond its
+cap while the mesh API (activations) still answers, and idle connections are closed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import CoordinatorProcess, wait_until
+
+pytestmark = pytest.mark.e2e
+
+HEAD_TIMEOUT = 2.0  # --head-timeout of the Coordinator under test
+IDLE_TIMEOUT = 1.0
+CLIENT_CAP = 20
+MAX_HEAD = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
+    base = tmp_path_factory.mktemp("limits")
+    env = {
+        **os.environ,
+        "GEODE_SEALING_KEY": str(base / "sealing.key"),
+        "GEODE_PLATFORM_KEY": str(base / "platform.key"),
+        "GEODE_CONFIG_DIR": str(base / "config"),
+    }
+    proc = CoordinatorProcess(
+        base / "data", env, base / "coordinator.log",
+        "--head-timeout", f"{HEAD_TIMEOUT:.0f}s", "--idle-timeout", f"{IDLE_TIMEOUT:.0f}s",
+        "--client-max-connections", str(CLIENT_CAP), "--max-head-bytes", str(MAX_HEAD),
+    )  # fmt: skip
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def _port(addr: str) -> int:
+    return int(addr.rpartition(":")[2])
+
+
+_CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # what is attacked, not who: no checks
+_CONTEXT.check_hostname = False
+_CONTEXT.verify_mode = ssl.CERT_NONE
+
+
+def _tls(addr: str) -> ssl.SSLSocket:
+    """A TLS connection with its handshake done (no client certificate)."""
+    raw = socket.create_connection(("127.0.0.1", _port(addr)), timeout=5)
+    return _CONTEXT.wrap_socket(raw)
+
+
+def _read_all(conn: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything until the server closes (or ``timeout``: ``TimeoutError``), and when."""
+    conn.settimeout(timeout)
+    start = time.monotonic()
+    received = b""
+    with contextlib.suppress(ConnectionResetError, ssl.SSLEOFError):
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received, time.monotonic() - start
+
+
+def _response(conn: socket.socket) -> bytes:
+    """One whole response (with a Content-Length) from a kept-alive connection."""
+    conn.settimeout(5)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += conn.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return received
+
+
+def _ready(conn: ssl.SSLSocket) -> bytes:
+    """What the server has sent already (not waiting; TLS session tickets are no answer)."""
+    if not select.select([conn], [], [], 0)[0]:
+        return b""
+    conn.setblocking(False)
+    try:
+        return conn.recv(65536)
+    except ssl.SSLWantReadError:
+        return b""
+    finally:
+        conn.settimeout(5)
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _answers(addr: str) -> bool:
+    with contextlib.suppress(httpx.TransportError):
+        return httpx.get(f"https://{addr}/api/v1/status", verify=False).status_code == 200
+    return False
+
+
+def _warnings(coordinator: CoordinatorProcess, words: str) -> list[str]:
+    return [line for line in coordinator.log().splitlines() if "WARNING" in line and words in line]
+
+
+def test_a_slow_head_is_answered_408_and_closed(coordinator: CoordinatorProcess) -> None:
+    with _tls(coordinator.client_addr) as conn:
+        conn.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: coordinator\r\nX-Slow: ")
+        answer, waited = _read_all(conn, HEAD_TIMEOUT + 5)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b'"error":"request_timeout"' in answer
+    assert waited < HEAD_TIMEOUT + 1.5
+    wait_until(
+        lambda: _warnings(coordinator, "client API: request head not received within 2 s"),
+        5,
+        coordinator.log_tail,
+    )
+    assert "; peer 127.0.0.1:" in _warnings(coordinator, "client API: request head")[0]
+
+
+@pytest.mark.parametrize("second", [b"GET /api/v1/openapi.json HTTP/1.1\r\n", b"\r\n"])
+def test_a_slow_second_head_on_a_kept_alive_connection_is_cut_too(
+    coordinator: CoordinatorProcess, second: bytes
+) -> None:
+    with _tls(coordinator.mesh_addr) as conn:
+        conn.sendall(b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: coordinator\r\n\r\n")
+        first = _response(conn)
+        assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+        conn.sendall(second)  # and no more: the idle timer stops, the head's starts
+        rest, waited = _read_all(conn, HEAD_TIMEOUT + 5)
+    assert b"HTTP/1.1 408 " in rest, rest[-300:]
+    assert waited < HEAD_TIMEOUT + 1.5
+
+
+def test_a_handshake_never_finished_is_closed(coordinator: CoordinatorProcess) -> None:
+    opened = time.monotonic()
+    conns = [
+        socket.create_connection(("127.0.0.1", _port(addr)), timeout=5)
+        for addr in (coordinator.client_addr, coordinator.mesh_addr)
+    ]
+    for raw in conns:
+        raw.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's start
+    for raw in conns:
+        with raw:
+            answer, _ = _read_all(raw, HEAD_TIMEOUT + 5)
+        assert b"HTTP" not in answer
+    assert time.monotonic() - opened < HEAD_TIMEOUT + 1.5
+    wait_until(
+        lambda: _warnings(coordinator, "mesh API: TLS handshake not done within 2 s"),
+        5,
+        coordinator.log_tail,
+    )
+
+
+def test_an_oversized_head_is_refused_431_without_being_buffered(
+    coordinator: CoordinatorProcess,
+) -> None:
+    big = 8 * 1024 * 1024
+    chunk = b"a" * 65536
+    before = _rss(coordinator.pid)
+    with _tls(coordinator.client_addr) as conn:
+        conn.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: coordinator\r\nX-Big: ")
+        sent, early = 0, b""
+        with contextlib.suppress(OSError):  # the server may be gone before all is sent
+            while sent < big and not early:
+                conn.sendall(chunk)
+                sent += len(chunk)
+                early = _ready(conn)
+            if sent >= big:
+                conn.sendall(b"\r\n\r\n")
+        answer, _ = _read_all(conn, 10)
+        answer = early + answer
+    grown = _rss(coordinator.pid) - before
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"request head larger than 65536 bytes" in answer
+    # What was read is bounded by the limit, not by what was sent.
+    assert grown < 4 * 1024 * 1024, f"RSS grew by {grown} bytes for {sent} sent"
+    assert _warnings(coordinator, "client API: request head larger than 65536 bytes")
+    assert httpx.get(f"https://{coordinator.client_addr}/api/v1/status", verify=False).is_success
+
+
+def test_a_flood_of_the_client_api_leaves_the_mesh_api_reachable(
+    coordinator: CoordinatorProcess,
+) -> None:
+    started = time.monotonic()
+    flood = []
+    try:
+        for _ in range(CLIENT_CAP):
+            conn = _tls(coordinator.client_addr)
+            conn.sendall(b"GET /api/v1/status HTTP/1.1\r\n")  # never finished
+            flood.append(conn)
+        # (a) Beyond the cap, a new client-API connection is closed at once.
+        refused_in = time.monotonic()
+        with pytest.raises((ssl.SSLError, ConnectionError)):  # EOF or reset in the handshake
+            _tls(coordinator.client_addr).recv(1)
+        assert time.monotonic() - refused_in < 1.0
+        # (b) The mesh API has a budget of its own: an activation's first step is answered.
+        nonce = httpx.post(f"https://{coordinator.mesh_addr}/api/v1/mesh/nonce", verify=False)
+        assert nonce.status_code < 500, nonce.text
+        assert nonce.headers["content-type"] == "application/json"
+        # All of that while the flood still held the client API.
+        assert time.monotonic() - started < HEAD_TIMEOUT
+        # (c) The head timeout cuts the flood, and the client API answers again.
+        for conn in flood:
+            answer, _ = _read_all(conn, HEAD_TIMEOUT + 5)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            conn.close()
+        wait_until(lambda: _answers(coordinator.client_addr), 3, coordinator.log_tail)
+    finally:
+        for conn in flood:
+            conn.close()
+    assert _warnings(coordinator, f"client API: {CLIENT_CAP} connections open: closing new ones")
+
+
+def test_an_idle_kept_alive_connection_is_closed(coordinator: CoordinatorProcess) -> None:
+    with _tls(coordinator.client_addr) as conn:
+        conn.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: coordinator\r\n\r\n")
+        assert _response(conn).startswith(b"HTTP/1.1 200 ")
+        rest, waited = _read_all(conn, IDLE_TIMEOUT + 5)
+    assert rest == b""
+    assert waited < IDLE_TIMEOUT + 1.5
