@@ -16,9 +16,12 @@ decoded with ``surrogateescape``, which round-trips every byte sequence exactly.
 from __future__ import annotations
 
 import base64
+import contextvars
 import datetime
 import functools
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,16 +34,22 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 from jinja2 import meta, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from geode.errors import ManifestError
 
 __all__ = [
+    "MAX_RENDERED_BYTES",
+    "MAX_TEMPLATE_TOKENS",
+    "MAX_TEMPLATE_WORK",
     "SERVICE_KEY_MARKER",
     "CertificateSecret",
+    "TemplateBudget",
     "TemplateContext",
     "TemplateRefs",
+    "is_template",
     "placeholder_context",
     "referenced_names",
     "render_template",
@@ -51,6 +60,60 @@ _TEMPLATE_GLOBALS = frozenset({"secrets", "geode"})
 GEODE_VALUES = frozenset({"root_ca", "mesh_ca", "service_cert", "service_key"})
 SERVICE_KEY_MARKER = "-----GEODE SERVICE KEY PLACEHOLDER-----"
 MAX_RENDERED_BYTES = 1 << 20
+# What one rendering may build, counted in bytes (characters) of the values its operators,
+# filters and ``~`` produce: four times what it may output, room for any template that builds
+# its output piece by piece, and the bound on its memory and time whatever it does.
+MAX_TEMPLATE_WORK = 4 * MAX_RENDERED_BYTES
+
+
+# The tokens of one template (``{{``, names, operators, literals, text between tags): what
+# parsing and compiling it costs. A template that renders a file has a few dozen.
+MAX_TEMPLATE_TOKENS = 4096
+
+
+class TemplateBudget:
+    """What templates may still cost (bytes built, or tokens parsed); shared by every template
+    that counts against it (the dry-rendering of a whole manifest has one budget for all its
+    templates)."""
+
+    def __init__(self, limit: int, what: str = "bytes") -> None:
+        self.limit = limit
+        self.what = what
+        self.used = 0
+
+    def charge(self, size: int) -> None:
+        """Count ``size`` more before it is spent; refuse past the limit."""
+        self.used += size
+        if self.used > self.limit:
+            raise SecurityError(f"template builds more than {self.limit} {self.what}")
+
+
+_BUDGETS: contextvars.ContextVar[tuple[TemplateBudget, ...]] = contextvars.ContextVar(
+    "geode_template_budgets", default=()
+)
+
+
+def _charge(size: int) -> None:
+    for budget in _BUDGETS.get():
+        budget.charge(size)
+
+
+@contextmanager
+def _budgets(*budgets: TemplateBudget) -> Iterator[None]:
+    token = _BUDGETS.set(_BUDGETS.get() + budgets)
+    try:
+        yield
+    finally:
+        _BUDGETS.reset(token)
+
+
+def _size(value: Any) -> int:
+    """The bytes ``value`` takes as text (an int of n bits prints about n/3 digits)."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 1
+    return 32  # a float, a bool or None
 
 
 @dataclass(frozen=True)
@@ -119,12 +182,33 @@ class _Namespace(_Opaque):
             raise AttributeError(key) from None
 
 
+class _CodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` to the sandbox's ``counted_concat``, which counts what it joins."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.counted_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+_TEXT_OPERANDS = str | int | float | None
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Templates may read names from the namespaces and the parts of a certificate secret,
-    nothing else: no other attribute is reachable and nothing can be called. ``*`` and ``**``
-    are bounded, so a template cannot build a huge value."""
+    nothing else: no other attribute is reachable and nothing can be called.
 
-    intercepted_binops = frozenset({"*", "**", "%"})
+    Every value a template builds is counted against its budget (``TemplateBudget``) before it
+    is built: every binary operator, ``~`` and every filter. Only text and numbers take part in
+    operators (a list literal is refused before rendering, see ``referenced_names``), so no value
+    can stand for more than its own size: nothing repeats a reference, nothing compares or prints
+    a structure larger than what was counted.
+    """
+
+    code_generator_class = _CodeGenerator
+    intercepted_binops = frozenset({"*", "**", "%", "+", "-", "/", "//"})
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if isinstance(obj, _CertificateView):
@@ -134,26 +218,43 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         raise SecurityError("templates cannot call methods; use a filter: pem, hex, raw, base64")
 
+    def counted_concat(self, parts: tuple[Any, ...]) -> str:
+        texts = []
+        for part in parts:
+            if not isinstance(part, _TEXT_OPERANDS):
+                raise SecurityError(f"~ joins text and numbers, not {type(part).__name__}")
+            texts.append(part if isinstance(part, str) else str(part))
+        _charge(sum(len(text) for text in texts))
+        return "".join(texts)
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "%":
-            if isinstance(left, str):
-                raise SecurityError("string formatting with % is not allowed; use ~")
-            return left % right
+        for operand in (left, right):
+            if not isinstance(operand, _TEXT_OPERANDS) or operand is None:
+                raise SecurityError(
+                    f"{operator} takes text and numbers, not {type(operand).__name__}"
+                )
+        if operator == "%" and isinstance(left, str):
+            raise SecurityError("string formatting with % is not allowed; use ~")
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > 64:
                 raise SecurityError("exponent too large in a template")
             if isinstance(left, int) and left.bit_length() * abs(int(right)) > 1 << 14:
                 raise SecurityError("template value too large")
-            return left**right
-        if isinstance(left, int) and isinstance(right, int):
-            if left.bit_length() + right.bit_length() > 1 << 14:
+        elif operator == "*":
+            for text, count in ((left, right), (right, left)):
+                if isinstance(text, str) and isinstance(count, int):
+                    if len(text) * count > MAX_RENDERED_BYTES:
+                        raise SecurityError("template value too large")
+                    _charge(len(text) * max(count, 0))
+            both_ints = isinstance(left, int) and isinstance(right, int)
+            if both_ints and left.bit_length() + right.bit_length() > 1 << 14:
                 raise SecurityError("template value too large")
-            return left * right
-        for seq, count in ((left, right), (right, left)):
-            sized = isinstance(seq, str | bytes | list | tuple) and isinstance(count, int)
-            if sized and len(seq) * count > MAX_RENDERED_BYTES:
-                raise SecurityError("template value too large")
-        return left * right
+        elif operator == "+" and isinstance(left, str) and isinstance(right, str):
+            _charge(len(left) + len(right))
+        result = super().call_binop(context, operator, left, right)
+        if not isinstance(result, str):  # text was counted before it was built
+            _charge(_size(result))
+        return result
 
 
 def _finalize(value: Any) -> Any:
@@ -264,6 +365,18 @@ def _base64(value: Any) -> str:
     return base64.b64encode(_to_der_or_bytes(value, "base64")).decode()
 
 
+def _counted(fn: Callable[[Any], str]) -> Callable[[Any], str]:
+    """A filter whose output counts against the template's budget."""
+
+    @functools.wraps(fn)
+    def counted(value: Any) -> str:
+        out = fn(value)
+        _charge(len(out))
+        return out
+
+    return counted
+
+
 @functools.lru_cache(maxsize=1)
 def _environment() -> _Sandbox:
     env = _Sandbox(
@@ -273,7 +386,8 @@ def _environment() -> _Sandbox:
         finalize=_finalize,
     )
     env.filters.clear()
-    env.filters.update({"pem": _pem, "hex": _hex, "raw": _raw, "base64": _base64})
+    filters = {"pem": _pem, "hex": _hex, "raw": _raw, "base64": _base64}
+    env.filters.update({name: _counted(fn) for name, fn in filters.items()})
     env.globals.clear()
     return env
 
@@ -288,7 +402,7 @@ def _parse(source: str, path: str) -> nodes.Template:
         return _environment().parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise ManifestError(path, f"template syntax error: {exc.message}") from None
-    except (ValueError, RecursionError, MemoryError) as exc:
+    except (ValueError, RecursionError, MemoryError, SyntaxError) as exc:
         raise ManifestError(path, f"template syntax error: {type(exc).__name__}") from None
 
 
@@ -301,10 +415,14 @@ class TemplateRefs:
     geode: frozenset[str]
 
 
-# Templates are expressions and if-blocks: without loops, assignments or macros, the work a
-# template does is bounded by its length (and the bounded operators of ``_Sandbox``).
+# Templates are expressions and if-blocks: without loops, assignments or macros, every value is
+# built by one expression and used once. Without list, tuple or dict literals, every value is
+# text or a number, whose size its budget counts (``_Sandbox``).
 _ALLOWED_STATEMENTS = (nodes.Output, nodes.If)
+_REFUSED_EXPRESSIONS = (nodes.List, nodes.Tuple, nodes.Dict)
 _TEMPLATE_FAILURES = (
+    SyntaxError,  # Python's compiler refusing what Jinja generated (e.g. nesting too deep)
+    MemoryError,
     TypeError,
     ValueError,
     AttributeError,
@@ -314,17 +432,49 @@ _TEMPLATE_FAILURES = (
 )
 
 
-def referenced_names(source: str, path: str) -> TemplateRefs:
+_NO_REFS = TemplateRefs(frozenset(), frozenset(), frozenset())
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+def is_template(source: str) -> bool:
+    """Can ``source`` hold template syntax? Without a brace it is plain text, which renders as
+    itself with Jinja's newline normalisation, without being parsed."""
+    return "{" in source
+
+
+def _count_tokens(source: str, path: str, budget: TemplateBudget | None) -> None:
+    """Lex ``source`` (cheap, and stopped as soon as a budget is exceeded) before it is parsed
+    and compiled (what costs)."""
+    own = TemplateBudget(MAX_TEMPLATE_TOKENS, "tokens")
+    budgets = (own,) if budget is None else (own, budget)
+    try:
+        for _ in _environment().lex(source):
+            for each in budgets:
+                each.charge(1)
+    except SecurityError as exc:
+        raise ManifestError(path, str(exc).replace("builds", "has")) from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise ManifestError(path, f"template syntax error: {exc.message}") from None
+
+
+def referenced_names(source: str, path: str, tokens: TemplateBudget | None = None) -> TemplateRefs:
     """The secrets and ``geode.*`` values a template uses, found statically.
 
     Raises ``ManifestError`` for syntax errors, statements other than ``if``, and names outside
-    ``secrets`` and ``geode``.
+    ``secrets`` and ``geode``, and for templates of more than ``MAX_TEMPLATE_TOKENS`` tokens (or
+    more than ``tokens``, a budget shared with other templates, has left).
     """
+    if not is_template(source):
+        return _NO_REFS
+    _count_tokens(source, path, tokens)
     tree = _parse(source, path)
     for statement in tree.find_all(nodes.Stmt):
         if not isinstance(statement, _ALLOWED_STATEMENTS):
             kind = type(statement).__name__.lower()
             raise ManifestError(path, f"'{kind}' is not allowed in templates (only if-blocks)")
+    for literal in tree.find_all(_REFUSED_EXPRESSIONS):
+        kind = type(literal).__name__.lower()
+        raise ManifestError(path, f"a {kind} literal is not allowed in templates")
     try:
         unknown = meta.find_undeclared_variables(tree) - _TEMPLATE_GLOBALS
     except jinja2.TemplateSyntaxError as exc:  # e.g. an unknown filter, found by compiling
@@ -375,15 +525,25 @@ def _constant_name(node: nodes.Getattr | nodes.Getitem) -> str | None:
     return None
 
 
-def render_template(source: str, context: TemplateContext, path: str) -> bytes:
-    """Render one template to bytes; every failure is a ``ManifestError`` naming ``path``."""
+def render_template(
+    source: str, context: TemplateContext, path: str, budget: TemplateBudget | None = None
+) -> bytes:
+    """Render one template to bytes; every failure is a ``ManifestError`` naming ``path``.
+
+    The rendering may build at most ``MAX_TEMPLATE_WORK`` bytes and output ``MAX_RENDERED_BYTES``;
+    ``budget`` also counts what it builds (shared with other templates).
+    """
+    if not is_template(source):
+        return _encoded(_NEWLINES.sub("\n", source), path)
+    own = TemplateBudget(MAX_TEMPLATE_WORK)
     try:
         chunks, size = [], 0
-        for chunk in _compile(source).generate(context.jinja_globals):
-            size += len(chunk)
-            if size > MAX_RENDERED_BYTES:
-                raise ManifestError(path, f"renders more than {MAX_RENDERED_BYTES} bytes")
-            chunks.append(chunk)
+        with _budgets(own, *(() if budget is None else (budget,))):
+            for chunk in _compile(source).generate(context.jinja_globals):
+                size += len(chunk)
+                if size > MAX_RENDERED_BYTES:
+                    raise ManifestError(path, f"renders more than {MAX_RENDERED_BYTES} bytes")
+                chunks.append(chunk)
         text = "".join(chunks)
     except jinja2.TemplateSyntaxError as exc:
         raise ManifestError(path, f"template syntax error: {exc.message}") from None
@@ -394,6 +554,10 @@ def render_template(source: str, context: TemplateContext, path: str) -> bytes:
     except _TEMPLATE_FAILURES as exc:
         # The exception text may quote rendered values, which can be secrets: name its type only.
         raise ManifestError(path, f"template error: {type(exc).__name__}") from None
+    return _encoded(text, path)
+
+
+def _encoded(text: str, path: str) -> bytes:
     try:
         return text.encode("utf-8", _SURROGATE)
     except UnicodeEncodeError:
