@@ -66,6 +66,18 @@ def _merge_bomb() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def _aliased_templates() -> bytes:
+    # One costly template written once and aliased thousands of times: a few KB that render
+    # gigabytes, one megabyte per alias.
+    refs = ", ".join(["*t"] * 5000)
+    return (
+        f"version: 1\ntrust_domain: bombs.geode.local\n"
+        f"packages: {{app: {{tee: simulated, measurement: '{MEASUREMENT}'}}}}\n"
+        f"services:\n  web:\n    package: app\n"
+        f"    argv: [&t \"{{{{ 'x' * 1048576 }}}}\", {refs}]\n"
+    ).encode()
+
+
 def _concat_chain(term: str, budget: int) -> str:
     """``{{ term ~ term ~ ... }}`` as long as fits in ``budget`` characters."""
     count = budget // (len(term) + 3)
@@ -77,12 +89,13 @@ _ENV = "services.web.env.X"
 
 BOMBS: tuple[Bomb, ...] = (
     # -- the parse -------------------------------------------------------------------------
-    Bomb("yaml billion laughs", _laughs(9, 9), "aliases expanded"),
-    Bomb("yaml laughs, wide", _laughs(4, 400), "aliases expanded"),
+    Bomb("yaml billion laughs", _laughs(9, 9), "values"),
+    Bomb("yaml laughs, wide", _laughs(4, 400), "values"),
     Bomb("yaml aliased big string", _alias_strings(), "aliases expanded"),
     Bomb("yaml merge keys", _merge_bomb(), "values"),
+    Bomb("yaml aliased templates", _aliased_templates(), "builds more than", "services.web.argv[16]"),
     Bomb("yaml recursive alias", b"a: &a [1, *a]\n", "recursive alias"),
-    Bomb("yaml deep flow", b"a: " + b"[" * 200_000 + b"]" * 200_000 + b"\n", "nested deeper"),
+    Bomb("yaml deep flow", b"a: " + b"[" * 200_000 + b"]" * 200_000 + b"\n", "nesting depth"),
     Bomb(
         "yaml deep block",
         "".join(f"{' ' * i}k:\n" for i in range(1200)).encode() + b" " * 1200 + b"v\n",
@@ -128,13 +141,13 @@ BOMBS: tuple[Bomb, ...] = (
     Bomb(
         "filters joined",
         template_manifest(X=_concat_chain("secrets.tls.private | pem", 900_000)),
-        "builds more than",
+        "tokens",
         _ENV,
     ),
     Bomb(
         "numbers joined",
         template_manifest(X=_concat_chain("(9 ** 64) ** 64", 900_000)),
-        "builds more than",
+        "tokens",
         _ENV,
     ),
     Bomb(
@@ -156,14 +169,32 @@ BOMBS: tuple[Bomb, ...] = (
         "services.web.argv[2048]",
     ),
     Bomb(
-        "deep template expression",
+        "long template expression",
         template_manifest(X="{{ " + "(" * 50_000 + "1" + ")" * 50_000 + " }}"),
+        "tokens",
+        _ENV,
+    ),
+    Bomb(
+        "deep template expression",
+        template_manifest(X="{{ " + "(" * 1300 + "1" + ")" * 1300 + " }}"),
         "template syntax error",
         _ENV,
     ),
     Bomb(
-        "deep template blocks",
+        "nested if-blocks",
+        template_manifest(X="{% if 1 %}" * 150 + "{% endif %}" * 150),
+        "IndentationError",
+        _ENV,
+    ),
+    Bomb(
+        "long template blocks",
         template_manifest(X="{% if 1 %}" * 20_000 + "{% endif %}" * 20_000),
+        "tokens",
+        _ENV,
+    ),
+    Bomb(
+        "deep template blocks",
+        template_manifest(X="{% if 1 %}" * 250 + "{% endif %}" * 250),
         "template syntax error",
         _ENV,
     ),

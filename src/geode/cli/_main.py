@@ -142,6 +142,21 @@ def _duration(value: str) -> datetime.timedelta:
     "--nonce-ttl", default="60s", show_default=True, help="Lifetime of activation nonces."
 )
 @click.option(
+    "--manifest-time-budget",
+    default="10s",
+    show_default=True,
+    help="Wall-clock time validating a manifest or update someone sends may take (a worker "
+    "process); past it the request is refused with manifest_too_costly.",
+)
+@click.option(
+    "--manifest-memory-budget",
+    default=512,
+    show_default=True,
+    type=click.IntRange(min=128),
+    metavar="MIB",
+    help="Address space of the worker that validates a manifest or update, in MiB.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -166,10 +181,18 @@ def coordinator(
     san: tuple[str, ...],
     leaf_ttl: str,
     nonce_ttl: str,
+    manifest_time_budget: str,
+    manifest_memory_budget: int,
     log_level: str,
 ) -> None:
     """Run the Coordinator."""
-    from geode.coordinator import CoordinatorConfig, EtcdSettings, parse_etcd_url, serve
+    from geode.coordinator import (
+        CoordinatorConfig,
+        EtcdSettings,
+        ManifestBudget,
+        parse_etcd_url,
+        serve,
+    )
 
     etcd = None
     if store is not None:
@@ -202,6 +225,10 @@ def coordinator(
         san=san,
         leaf_lifetime=_duration(leaf_ttl),
         nonce_ttl=_duration(nonce_ttl),
+        manifest_budget=ManifestBudget(
+            seconds=_duration(manifest_time_budget).total_seconds(),
+            memory=manifest_memory_budget << 20,
+        ),
         log_level=log_level,
     )
     raise SystemExit(serve(config))

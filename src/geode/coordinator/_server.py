@@ -33,6 +33,7 @@ from geode.coordinator._seal import (
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
 from geode.coordinator._transaction import record_start
+from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget
 from geode.errors import GeodeError, SealError
 
 __all__ = [
@@ -88,6 +89,8 @@ class CoordinatorConfig:
     advertise_addr: tuple[str, int] | None = None
     # How often a Coordinator on etcd checks whether another one saved (reads catch up).
     etcd_poll: datetime.timedelta = datetime.timedelta(seconds=1)
+    # What validating a manifest or update someone sent may cost (``_validation``).
+    manifest_budget: ManifestBudget = DEFAULT_MANIFEST_BUDGET
 
 
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
@@ -196,6 +199,7 @@ def _open(config: CoordinatorConfig) -> _Opened:
             leaf_lifetime=config.leaf_lifetime,
             nonce_ttl=config.nonce_ttl,
             shared_nonces=shared is not None,
+            manifest_budget=config.manifest_budget,
         ),
         EvidenceVerifier(
             simulation=True, platform_keys=trusted, collateral=_read_collateral(config)

@@ -210,20 +210,21 @@ class _StrictLoader(
 
 # A JSON string, matched without backtracking; what remains outside strings is structure.
 _JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 def _check_json_shape(text: str) -> None:
     """Refuse JSON nested deeper than ``MAX_MANIFEST_DEPTH`` or with more than
     ``MAX_MANIFEST_NODES`` values before parsing it: a cheap scan of its structure."""
     structure = _JSON_STRING.sub('""', text)
+    depth = 0
+    for bracket in _JSON_BRACKETS.finditer(structure):
+        depth += 1 if bracket[0] in "[{" else -1
+        if depth > MAX_MANIFEST_DEPTH:
+            raise ManifestError("manifest", f"nested deeper than {MAX_MANIFEST_DEPTH} levels")
     values = sum(structure.count(c) for c in ",:[{") + 1  # keys counted, as YAML counts them
     if values > MAX_MANIFEST_NODES:
         raise ManifestError("manifest", f"more than {MAX_MANIFEST_NODES} values")
-    depth = 0
-    for bracket in re.findall(r"[\[\]{}]", structure):
-        depth += 1 if bracket in "[{" else -1
-        if depth > MAX_MANIFEST_DEPTH:
-            raise ManifestError("manifest", f"nested deeper than {MAX_MANIFEST_DEPTH} levels")
 
 
 def parse_manifest_data(raw: bytes) -> Any:

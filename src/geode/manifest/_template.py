@@ -221,6 +221,8 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def counted_concat(self, parts: tuple[Any, ...]) -> str:
         texts = []
         for part in parts:
+            if isinstance(part, _Opaque):
+                part._refuse()  # a secret needs a filter
             if not isinstance(part, _TEXT_OPERANDS):
                 raise SecurityError(f"~ joins text and numbers, not {type(part).__name__}")
             texts.append(part if isinstance(part, str) else str(part))
