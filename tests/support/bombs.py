@@ -93,7 +93,9 @@ BOMBS: tuple[Bomb, ...] = (
     Bomb("yaml laughs, wide", _laughs(4, 400), "values"),
     Bomb("yaml aliased big string", _alias_strings(), "aliases expanded"),
     Bomb("yaml merge keys", _merge_bomb(), "values"),
-    Bomb("yaml aliased templates", _aliased_templates(), "builds more than", "services.web.argv[16]"),
+    Bomb(
+        "yaml aliased templates", _aliased_templates(), "builds more than", "services.web.argv[16]"
+    ),
     Bomb("yaml recursive alias", b"a: &a [1, *a]\n", "recursive alias"),
     Bomb("yaml deep flow", b"a: " + b"[" * 200_000 + b"]" * 200_000 + b"\n", "nesting depth"),
     Bomb(
@@ -166,7 +168,7 @@ BOMBS: tuple[Bomb, ...] = (
         "many templates",
         template_manifest(argv=[f"{{{{ {i} }}}}" for i in range(60_000)]),
         "templates",
-        "services.web.argv[2048]",
+        "services.web.argv[1024]",
     ),
     Bomb(
         "long template expression",

@@ -20,7 +20,6 @@ import multiprocessing
 import resource
 import time
 from dataclasses import dataclass
-from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 
 from geode.errors import ManifestError, ManifestTooCostly
@@ -69,6 +68,10 @@ def _worker(raw: bytes, update: bool, memory: int, answer: Connection) -> None:
     answer.close()
 
 
+def _nothing() -> None:
+    pass
+
+
 def _context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["geode.coordinator._validation"])
@@ -115,10 +118,12 @@ class ManifestWorker:
         self._one = asyncio.Lock()
 
     def start(self) -> None:
-        """Start the process workers are forked from, so that the first manifest does not wait
-        for it (it imports the manifest code while the server starts)."""
-        _context()
-        forkserver.ensure_running()
+        """Start the process workers are forked from and wait until it forks them (it imports
+        the manifest code first): before the Coordinator listens, not while the first manifest
+        waits."""
+        process = _context().Process(target=_nothing)  # type: ignore[attr-defined]
+        process.start()
+        process.join()
 
     async def check(self, raw: bytes, *, update: bool = False) -> None:
         async with self._one:

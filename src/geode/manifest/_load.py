@@ -57,7 +57,7 @@ MAX_MANIFEST_NODES = 1 << 16
 # The document with every YAML alias written out, in characters (plus one per node): aliases
 # may shorten a manifest, not make it larger than twice the largest one accepted.
 MAX_MANIFEST_EXPANDED_CHARS = 2 * MAX_MANIFEST_BYTES
-MAX_MANIFEST_TEMPLATES = 2048  # values with template syntax, each parsed, compiled and rendered
+MAX_MANIFEST_TEMPLATES = 1024  # values with template syntax, each parsed, compiled and rendered
 MAX_MANIFEST_TEMPLATE_WORK = 16 << 20  # bytes all templates together may build when dry-rendered
 MAX_MANIFEST_TEMPLATE_TOKENS = 1 << 16  # tokens of all templates together
 

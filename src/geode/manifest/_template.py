@@ -424,7 +424,6 @@ _ALLOWED_STATEMENTS = (nodes.Output, nodes.If)
 _REFUSED_EXPRESSIONS = (nodes.List, nodes.Tuple, nodes.Dict)
 _TEMPLATE_FAILURES = (
     SyntaxError,  # Python's compiler refusing what Jinja generated (e.g. nesting too deep)
-    MemoryError,
     TypeError,
     ValueError,
     AttributeError,
