@@ -33,7 +33,7 @@ from geode.coordinator._seal import (
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
 from geode.coordinator._transaction import record_start
-from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget
+from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget, stop_workers
 from geode.errors import GeodeError, SealError
 
 __all__ = [
@@ -401,7 +401,10 @@ def serve(config: CoordinatorConfig) -> int:
     if config.simulation:
         log.warning(SIMULATION_BANNER)
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on CPython
-        return asyncio.run(_serve(config))
-    return int(uvloop.run(_serve(config)))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on CPython
+            return asyncio.run(_serve(config))
+        return int(uvloop.run(_serve(config)))
+    finally:
+        stop_workers()  # the manifest validation's helper processes

@@ -20,12 +20,19 @@ import multiprocessing
 import resource
 import time
 from dataclasses import dataclass
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 
 from geode.errors import ManifestError, ManifestTooCostly
 from geode.manifest import load_manifest, parse_manifest_data
 
-__all__ = ["DEFAULT_MANIFEST_BUDGET", "ManifestBudget", "ManifestWorker", "check_in_worker"]
+__all__ = [
+    "DEFAULT_MANIFEST_BUDGET",
+    "ManifestBudget",
+    "ManifestWorker",
+    "check_in_worker",
+    "stop_workers",
+]
 
 log = logging.getLogger("geode.coordinator.validation")
 
@@ -84,7 +91,7 @@ def check_in_worker(raw: bytes, budget: ManifestBudget, *, update: bool = False)
     thread (``ManifestWorker`` does)."""
     context = _context()
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(  # type: ignore[attr-defined]
+    process = context.Process(  # type: ignore[attr-defined]  # no public stop
         target=_worker, args=(raw, update, budget.memory, send), daemon=True
     )
     started = time.monotonic()
@@ -110,6 +117,15 @@ def check_in_worker(raw: bytes, budget: ManifestBudget, *, update: bool = False)
     raise ManifestError(path, reason)
 
 
+def stop_workers() -> None:
+    """Stop the fork server (and multiprocessing's resource tracker it started) and wait for
+    them, so that a stopped Coordinator leaves no process behind, not even for a moment. They
+    would exit on their own once the Coordinator's end of their pipes closes; ``geode up``
+    checks that nothing of the Coordinator's process group is left right after it exits."""
+    forkserver._forkserver._stop()  # type: ignore[attr-defined]  # no public stop
+    resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]  # no public stop
+
+
 class ManifestWorker:
     """The Coordinator's manifest validations, one at a time, off the event loop."""
 
@@ -121,7 +137,7 @@ class ManifestWorker:
         """Start the process workers are forked from and wait until it forks them (it imports
         the manifest code first): before the Coordinator listens, not while the first manifest
         waits."""
-        process = _context().Process(target=_nothing)  # type: ignore[attr-defined]
+        process = _context().Process(target=_nothing)  # type: ignore[attr-defined]  # no public stop
         process.start()
         process.join()
 
