@@ -428,7 +428,7 @@ def _check_templates(
     }
     context = placeholder_context(sizes)
     budget = TemplateBudget(MAX_MANIFEST_TEMPLATE_WORK)
-    tokens = TemplateBudget(MAX_MANIFEST_TEMPLATE_TOKENS, "tokens")
+    tokens = TemplateBudget(MAX_MANIFEST_TEMPLATE_TOKENS, "templates have more than {} tokens")
     templated = 0
     used_by: dict[str, frozenset[str]] = {}
     private_by: dict[str, frozenset[str]] = {}

@@ -76,16 +76,16 @@ class TemplateBudget:
     that counts against it (the dry-rendering of a whole manifest has one budget for all its
     templates)."""
 
-    def __init__(self, limit: int, what: str = "bytes") -> None:
+    def __init__(self, limit: int, refusal: str = "template builds more than {} bytes") -> None:
         self.limit = limit
-        self.what = what
+        self.refusal = refusal
         self.used = 0
 
     def charge(self, size: int) -> None:
         """Count ``size`` more before it is spent; refuse past the limit."""
         self.used += size
         if self.used > self.limit:
-            raise SecurityError(f"template builds more than {self.limit} {self.what}")
+            raise SecurityError(self.refusal.format(self.limit))
 
 
 _BUDGETS: contextvars.ContextVar[tuple[TemplateBudget, ...]] = contextvars.ContextVar(
@@ -196,6 +196,15 @@ class _CodeGenerator(CodeGenerator):
 _TEXT_OPERANDS = str | int | float | None
 
 
+def _check_operand(value: Any) -> None:
+    """The errors an operand gets on its own: a secret needs a filter, an undefined name is
+    undefined (before the operators' "text and numbers only")."""
+    if isinstance(value, _Opaque):
+        value._refuse()
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined: raises the error that names what is undefined
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     """Templates may read names from the namespaces and the parts of a certificate secret,
     nothing else: no other attribute is reachable and nothing can be called.
@@ -221,8 +230,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def counted_concat(self, parts: tuple[Any, ...]) -> str:
         texts = []
         for part in parts:
-            if isinstance(part, _Opaque):
-                part._refuse()  # a secret needs a filter
+            _check_operand(part)
             if not isinstance(part, _TEXT_OPERANDS):
                 raise SecurityError(f"~ joins text and numbers, not {type(part).__name__}")
             texts.append(part if isinstance(part, str) else str(part))
@@ -231,6 +239,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         for operand in (left, right):
+            _check_operand(operand)
             if not isinstance(operand, _TEXT_OPERANDS) or operand is None:
                 raise SecurityError(
                     f"{operator} takes text and numbers, not {type(operand).__name__}"
@@ -446,14 +455,14 @@ def is_template(source: str) -> bool:
 def _count_tokens(source: str, path: str, budget: TemplateBudget | None) -> None:
     """Lex ``source`` (cheap, and stopped as soon as a budget is exceeded) before it is parsed
     and compiled (what costs)."""
-    own = TemplateBudget(MAX_TEMPLATE_TOKENS, "tokens")
+    own = TemplateBudget(MAX_TEMPLATE_TOKENS, "template has more than {} tokens")
     budgets = (own,) if budget is None else (own, budget)
     try:
         for _ in _environment().lex(source):
             for each in budgets:
                 each.charge(1)
     except SecurityError as exc:
-        raise ManifestError(path, str(exc).replace("builds", "has")) from None
+        raise ManifestError(path, str(exc)) from None
     except jinja2.TemplateSyntaxError as exc:
         raise ManifestError(path, f"template syntax error: {exc.message}") from None
 
