@@ -16,12 +16,10 @@ decoded with ``surrogateescape``, which round-trips every byte sequence exactly.
 from __future__ import annotations
 
 import base64
-import contextvars
 import datetime
 import functools
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +32,24 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 from jinja2 import meta, nodes
-from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from geode.errors import ManifestError
+from geode.manifest._sandbox import (
+    MAX_RENDERED_BYTES,
+    MAX_TEMPLATE_TOKENS,
+    MAX_TEMPLATE_WORK,
+    NEEDS_FILTER,
+    SERVICE_KEY,
+    CertificateView,
+    Namespace,
+    Opaque,
+    Sandbox,
+    TemplateBudget,
+    budgets,
+    charge,
+    finalize,
+)
 
 __all__ = [
     "MAX_RENDERED_BYTES",
@@ -59,61 +70,6 @@ _SURROGATE = "surrogateescape"
 _TEMPLATE_GLOBALS = frozenset({"secrets", "geode"})
 GEODE_VALUES = frozenset({"root_ca", "mesh_ca", "service_cert", "service_key"})
 SERVICE_KEY_MARKER = "-----GEODE SERVICE KEY PLACEHOLDER-----"
-MAX_RENDERED_BYTES = 1 << 20
-# What one rendering may build, counted in bytes (characters) of the values its operators,
-# filters and ``~`` produce: four times what it may output, room for any template that builds
-# its output piece by piece, and the bound on its memory and time whatever it does.
-MAX_TEMPLATE_WORK = 4 * MAX_RENDERED_BYTES
-
-
-# The tokens of one template (``{{``, names, operators, literals, text between tags): what
-# parsing and compiling it costs. A template that renders a file has a few dozen.
-MAX_TEMPLATE_TOKENS = 4096
-
-
-class TemplateBudget:
-    """What templates may still cost (bytes built, or tokens parsed); shared by every template
-    that counts against it (the dry-rendering of a whole manifest has one budget for all its
-    templates)."""
-
-    def __init__(self, limit: int, refusal: str = "template builds more than {} bytes") -> None:
-        self.limit = limit
-        self.refusal = refusal
-        self.used = 0
-
-    def charge(self, size: int) -> None:
-        """Count ``size`` more before it is spent; refuse past the limit."""
-        self.used += size
-        if self.used > self.limit:
-            raise SecurityError(self.refusal.format(self.limit))
-
-
-_BUDGETS: contextvars.ContextVar[tuple[TemplateBudget, ...]] = contextvars.ContextVar(
-    "geode_template_budgets", default=()
-)
-
-
-def _charge(size: int) -> None:
-    for budget in _BUDGETS.get():
-        budget.charge(size)
-
-
-@contextmanager
-def _budgets(*budgets: TemplateBudget) -> Iterator[None]:
-    token = _BUDGETS.set(_BUDGETS.get() + budgets)
-    try:
-        yield
-    finally:
-        _BUDGETS.reset(token)
-
-
-def _size(value: Any) -> int:
-    """The bytes ``value`` takes as text (an int of n bits prints about n/3 digits)."""
-    if isinstance(value, str | bytes):
-        return len(value)
-    if isinstance(value, int):
-        return value.bit_length() // 3 + 1
-    return 32  # a float, a bool or None
 
 
 @dataclass(frozen=True)
@@ -128,155 +84,6 @@ class CertificateSecret:
         return self.cert.public_key()
 
 
-class _Opaque:
-    """A value a template may only pass to a filter: it refuses ``str``, ``repr`` and
-    ``format``, so neither printing, ``~`` nor ``%`` can turn it into text."""
-
-    __slots__ = ("_hint", "_inner")
-
-    def __init__(self, inner: Any, hint: str) -> None:
-        self._inner = inner
-        self._hint = hint
-
-    def _refuse(self, *_: Any) -> str:
-        raise jinja2.TemplateError(self._hint)
-
-    __str__ = __repr__ = __format__ = _refuse
-
-
-_NEEDS_FILTER = "a secret or certificate needs a filter: pem, hex, raw or base64"
-_SERVICE_KEY = object()
-
-
-class _CertificateView(_Opaque):
-    """``secrets.<certificate>`` in templates."""
-
-    __slots__ = ()
-
-    @property
-    def cert(self) -> _Opaque:
-        return _Opaque(self._inner.cert, _NEEDS_FILTER)
-
-    @property
-    def private(self) -> _Opaque:
-        return _Opaque(self._inner.private, _NEEDS_FILTER)
-
-    @property
-    def public(self) -> _Opaque:
-        return _Opaque(self._inner.public, _NEEDS_FILTER)
-
-
-class _Namespace(_Opaque):
-    """``secrets`` and ``geode`` in templates: names only, no methods (a secret may be called
-    ``keys`` or ``items``)."""
-
-    __slots__ = ()
-
-    def __getitem__(self, key: str) -> Any:
-        return self._inner[key]
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._inner[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-
-class _CodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` to the sandbox's ``counted_concat``, which counts what it joins."""
-
-    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        self.write("environment.counted_concat((")
-        for arg in node.nodes:
-            self.visit(arg, frame)
-            self.write(", ")
-        self.write("))")
-
-
-_TEXT_OPERANDS = str | int | float | None
-
-
-def _check_operand(value: Any) -> None:
-    """The errors an operand gets on its own: a secret needs a filter, an undefined name is
-    undefined (before the operators' "text and numbers only")."""
-    if isinstance(value, _Opaque):
-        value._refuse()
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined: raises the error that names what is undefined
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Templates may read names from the namespaces and the parts of a certificate secret,
-    nothing else: no other attribute is reachable and nothing can be called.
-
-    Every value a template builds is counted against its budget (``TemplateBudget``) before it
-    is built: every binary operator, ``~`` and every filter. Only text and numbers take part in
-    operators (a list literal is refused before rendering, see ``referenced_names``), so no value
-    can stand for more than its own size: nothing repeats a reference, nothing compares or prints
-    a structure larger than what was counted.
-    """
-
-    code_generator_class = _CodeGenerator
-    intercepted_binops = frozenset({"*", "**", "%", "+", "-", "/", "//"})
-
-    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if isinstance(obj, _CertificateView):
-            return attr in ("cert", "private", "public")
-        return isinstance(obj, _Namespace) and not attr.startswith("_")
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        raise SecurityError("templates cannot call methods; use a filter: pem, hex, raw, base64")
-
-    def counted_concat(self, parts: tuple[Any, ...]) -> str:
-        texts = []
-        for part in parts:
-            _check_operand(part)
-            if not isinstance(part, _TEXT_OPERANDS):
-                raise SecurityError(f"~ joins text and numbers, not {type(part).__name__}")
-            texts.append(part if isinstance(part, str) else str(part))
-        _charge(sum(len(text) for text in texts))
-        return "".join(texts)
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        for operand in (left, right):
-            _check_operand(operand)
-            if not isinstance(operand, _TEXT_OPERANDS) or operand is None:
-                raise SecurityError(
-                    f"{operator} takes text and numbers, not {type(operand).__name__}"
-                )
-        if operator == "%" and isinstance(left, str):
-            raise SecurityError("string formatting with % is not allowed; use ~")
-        if operator == "**":
-            if isinstance(right, int | float) and abs(right) > 64:
-                raise SecurityError("exponent too large in a template")
-            if isinstance(left, int) and left.bit_length() * abs(int(right)) > 1 << 14:
-                raise SecurityError("template value too large")
-        elif operator == "*":
-            for text, count in ((left, right), (right, left)):
-                if isinstance(text, str) and isinstance(count, int):
-                    if len(text) * count > MAX_RENDERED_BYTES:
-                        raise SecurityError("template value too large")
-                    _charge(len(text) * max(count, 0))
-            both_ints = isinstance(left, int) and isinstance(right, int)
-            if both_ints and left.bit_length() + right.bit_length() > 1 << 14:
-                raise SecurityError("template value too large")
-        elif operator == "+" and isinstance(left, str) and isinstance(right, str):
-            _charge(len(left) + len(right))
-        result = super().call_binop(context, operator, left, right)
-        if not isinstance(result, str):  # text was counted before it was built
-            _charge(_size(result))
-        return result
-
-
-def _finalize(value: Any) -> Any:
-    """Every printed value must be text (or a number): secrets only print through filters."""
-    if isinstance(value, _Opaque):
-        value._refuse()
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
-        return value
-    raise jinja2.TemplateError(_NEEDS_FILTER)
-
-
 @dataclass(frozen=True)
 class TemplateContext:
     """Everything a template can reach for one instance."""
@@ -289,28 +96,28 @@ class TemplateContext:
     @functools.cached_property
     def jinja_globals(self) -> dict[str, Any]:
         wrapped = {
-            name: _CertificateView(value, _NEEDS_FILTER)
+            name: CertificateView(value, NEEDS_FILTER)
             if isinstance(value, CertificateSecret)
-            else _Opaque(value, "a secret needs a filter: hex, raw or base64")
+            else Opaque(value, "a secret needs a filter: hex, raw or base64")
             for name, value in self.secrets.items()
         }
         geode = {
-            "root_ca": _Opaque(self.root_ca, _NEEDS_FILTER),
-            "mesh_ca": _Opaque(self.mesh_ca, _NEEDS_FILTER),
-            "service_cert": _Opaque(self.service_cert, _NEEDS_FILTER),
-            "service_key": _Opaque(_SERVICE_KEY, "geode.service_key needs the pem filter"),
+            "root_ca": Opaque(self.root_ca, NEEDS_FILTER),
+            "mesh_ca": Opaque(self.mesh_ca, NEEDS_FILTER),
+            "service_cert": Opaque(self.service_cert, NEEDS_FILTER),
+            "service_key": Opaque(SERVICE_KEY, "geode.service_key needs the pem filter"),
         }
         namespace_hint = "use secrets.<name> or geode.<name> with a filter"
         return {
-            "secrets": _Namespace(wrapped, namespace_hint),
-            "geode": _Namespace(geode, namespace_hint),
+            "secrets": Namespace(wrapped, namespace_hint),
+            "geode": Namespace(geode, namespace_hint),
         }
 
 
 def _unwrap(value: Any, what: str) -> Any:
-    if isinstance(value, _CertificateView):
+    if isinstance(value, CertificateView):
         return value._inner.cert
-    if isinstance(value, _Namespace) or not isinstance(value, _Opaque):
+    if isinstance(value, Namespace) or not isinstance(value, Opaque):
         raise jinja2.TemplateError(
             f"the {what} filter does not apply to {type(value).__name__}: "
             "filters take secrets and geode.* values"
@@ -320,7 +127,7 @@ def _unwrap(value: Any, what: str) -> Any:
 
 def _to_der_or_bytes(value: Any, what: str) -> bytes:
     inner = _unwrap(value, what)
-    if inner is _SERVICE_KEY:
+    if inner is SERVICE_KEY:
         raise jinja2.TemplateError(f"geode.service_key takes the pem filter, not {what}")
     if isinstance(inner, bytes):
         return inner
@@ -343,7 +150,7 @@ def _to_der_or_bytes(value: Any, what: str) -> bytes:
 
 def _pem(value: Any) -> str:
     inner = _unwrap(value, "pem")
-    if inner is _SERVICE_KEY:
+    if inner is SERVICE_KEY:
         return SERVICE_KEY_MARKER
     if isinstance(inner, x509.Certificate):
         return inner.public_bytes(serialization.Encoding.PEM).decode()
@@ -382,19 +189,19 @@ def _counted(fn: Callable[[Any], str]) -> Callable[[Any], str]:
     @functools.wraps(fn)
     def counted(value: Any) -> str:
         out = fn(value)
-        _charge(len(out))
+        charge(len(out))
         return out
 
     return counted
 
 
 @functools.lru_cache(maxsize=1)
-def _environment() -> _Sandbox:
-    env = _Sandbox(
+def _environment() -> Sandbox:
+    env = Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
-        finalize=_finalize,
+        finalize=finalize,
     )
     env.filters.clear()
     filters = {"pem": _pem, "hex": _hex, "raw": _raw, "base64": _base64}
@@ -428,7 +235,7 @@ class TemplateRefs:
 
 # Templates are expressions and if-blocks: without loops, assignments or macros, every value is
 # built by one expression and used once. Without list, tuple or dict literals, every value is
-# text or a number, whose size its budget counts (``_Sandbox``).
+# text or a number, whose size its budget counts (``Sandbox``).
 _ALLOWED_STATEMENTS = (nodes.Output, nodes.If)
 _REFUSED_EXPRESSIONS = (nodes.List, nodes.Tuple, nodes.Dict)
 _TEMPLATE_FAILURES = (
@@ -548,7 +355,7 @@ def render_template(
     own = TemplateBudget(MAX_TEMPLATE_WORK)
     try:
         chunks, size = [], 0
-        with _budgets(own, *(() if budget is None else (budget,))):
+        with budgets(own, *(() if budget is None else (budget,))):
             for chunk in _compile(source).generate(context.jinja_globals):
                 size += len(chunk)
                 if size > MAX_RENDERED_BYTES:
