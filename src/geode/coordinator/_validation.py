@@ -46,8 +46,9 @@ class ManifestBudget:
     memory: int = 512 << 20
 
 
-# 10 s: the costliest manifest within the in-process bounds validates in about 3 s on a loaded
-# machine. 512 MiB: the costliest one peaks near 160 MiB resident; room for three times that.
+# 10 s: the costliest manifest within the in-process bounds (1023 templates, one rendering a
+# megabyte) validates in 2 to 4 s on a loaded two-core machine. 512 MiB: the worst of the bomb
+# corpus peaks under 90 MiB resident (``tests/manifest/test_attack_bombs.py``).
 DEFAULT_MANIFEST_BUDGET = ManifestBudget()
 
 
