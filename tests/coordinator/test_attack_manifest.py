@@ -104,6 +104,12 @@ def test_a_manifest_past_the_workers_budget_is_manifest_too_costly(
         "path": "manifest",
     }
     assert seconds < 10
+    # The API document says so, for both routes that take a manifest.
+    document = httpx.get(f"https://{proc.client_addr}/api/v1/openapi.json", verify=False).json()
+    for path in ("/api/v1/manifest", "/api/v1/update"):
+        assert "422" in document["paths"][path]["post"]["responses"], path
+    codes = document["components"]["schemas"]["ErrorBody"]["properties"]["error"]["enum"]
+    assert "manifest_too_costly" in codes
 
 
 def test_a_user_who_may_not_update_is_refused_before_the_body_is_read(
