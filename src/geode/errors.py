@@ -5,6 +5,7 @@ act on, built in the constructor, and it never contains secret material.
 
     GeodeError
     ├── ManifestError            a manifest is invalid (carries the JSON path)
+    │   └── ManifestTooCostly    validating it exceeded its time or memory budget
     ├── EvidenceError            malformed or unverifiable evidence (carries field and offset)
     ├── ClaimsMismatch           claims do not match the expected package (carries the reason)
     ├── PKIError                 a certificate, key or CSR is unusable
@@ -48,6 +49,7 @@ __all__ = [
     "LaunchError",
     "ManifestConflict",
     "ManifestError",
+    "ManifestTooCostly",
     "PKIError",
     "PermissionDenied",
     "RecoveryRefused",
@@ -74,6 +76,14 @@ class ManifestError(GeodeError):
         self.path = path
         self.reason = message
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class ManifestTooCostly(ManifestError):
+    """Validating a manifest took more time or memory than its budget: whatever it says, it is
+    refused without being looked at further."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("manifest", message)
 
 
 class EvidenceError(GeodeError):

@@ -188,6 +188,21 @@ def _duration(value: str) -> datetime.timedelta:
     help="A kept-alive connection on which no request starts for this long is closed.",
 )
 @click.option(
+    "--manifest-time-budget",
+    default="10s",
+    show_default=True,
+    help="Wall-clock time validating a manifest or update someone sends may take (a worker "
+    "process); past it the request is refused with manifest_too_costly.",
+)
+@click.option(
+    "--manifest-memory-budget",
+    default=512,
+    show_default=True,
+    type=click.IntRange(min=128),
+    metavar="MIB",
+    help="Address space of the worker that validates a manifest or update, in MiB.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -218,6 +233,8 @@ def coordinator(
     head_timeout: str,
     max_head_bytes: int,
     idle_timeout: str,
+    manifest_time_budget: str,
+    manifest_memory_budget: int,
     log_level: str,
 ) -> None:
     """Run the Coordinator."""
@@ -225,6 +242,7 @@ def coordinator(
         ConnectionLimits,
         CoordinatorConfig,
         EtcdSettings,
+        ManifestBudget,
         parse_etcd_url,
         serve,
     )
@@ -267,6 +285,10 @@ def coordinator(
             head_timeout=_duration(head_timeout).total_seconds(),
             max_head_bytes=max_head_bytes,
             idle_timeout=_duration(idle_timeout).total_seconds(),
+        ),
+        manifest_budget=ManifestBudget(
+            seconds=_duration(manifest_time_budget).total_seconds(),
+            memory=manifest_memory_budget << 20,
         ),
         log_level=log_level,
     )

@@ -27,8 +27,10 @@ from geode.coordinator._server import (
 from geode.coordinator._state import CoordinatorState, StoredSecret
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
 from geode.coordinator._transaction import Transaction
+from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget, check_in_worker
 
 __all__ = [
+    "DEFAULT_MANIFEST_BUDGET",
     "SEALING_KEY_ENV",
     "ActivationRequest",
     "ActivationResult",
@@ -42,6 +44,7 @@ __all__ = [
     "EtcdSettings",
     "EtcdStore",
     "GroupCommit",
+    "ManifestBudget",
     "MemoryAuditLog",
     "NonceStore",
     "Pending",
@@ -54,6 +57,7 @@ __all__ = [
     "StoredSecret",
     "Transaction",
     "build_apps",
+    "check_in_worker",
     "coordinator_measurement",
     "default_sealing_key_path",
     "load_or_create_sealing_key",

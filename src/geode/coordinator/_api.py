@@ -28,6 +28,7 @@ from starlette.routing import Route
 from geode.coordinator._api_governance import governance_handlers
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._handout import ActivationRequest, RenewalRequest
+from geode.coordinator._holder import State
 from geode.coordinator._http import (
     BODY_TIMEOUT,
     ApiError,
@@ -41,7 +42,7 @@ from geode.coordinator._http import (
 )
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._transaction import Transaction
-from geode.errors import ActivationDenied, EvidenceError, JoinRefused
+from geode.errors import ActivationDenied, EvidenceError, JoinRefused, ManifestConflict
 from geode.manifest import MAX_MANIFEST_BYTES
 from geode.pki import certificate_pem
 from geode.protocol import (
@@ -121,6 +122,7 @@ def build_apps(
         on_retry=metrics.store_retries.inc,
     )
     activation = coordinator.activation
+    coordinator.manifest_worker.start()
 
     async def get_status(request: Request) -> Response:
         return answer(coordinator.status())
@@ -132,6 +134,9 @@ def build_apps(
         raw = await read_body(request, MAX_MANIFEST_BYTES)
         if not raw.strip():
             raise ApiError(400, "manifest_invalid", "manifest: empty body", path="manifest")
+        if coordinator.state is State.ACTIVE:
+            raise ManifestConflict("manifest already set")  # before validating what was sent
+        await coordinator.manifest_worker.check(raw)  # bounded, and off the event loop
         result = await transaction.write_then_adopt(
             lambda: coordinator.prepare_manifest(raw), coordinator.adopt_manifest
         )

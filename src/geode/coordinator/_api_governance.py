@@ -30,7 +30,7 @@ from geode.coordinator._http import (
 from geode.coordinator._secrets import exported_secret, is_set
 from geode.coordinator._transaction import Transaction
 from geode.coordinator._updates import PackageUpdate, apply_package_update
-from geode.errors import Unauthenticated
+from geode.errors import PermissionDenied, Unauthenticated
 from geode.manifest import MAX_MANIFEST_BYTES, load_manifest, parse_manifest_data
 from geode.protocol import (
     NONCE_QUERY_PATTERN,
@@ -122,10 +122,23 @@ def governance_handlers(coordinator: Coordinator, transaction: Transaction) -> d
         await transaction.govern(change)
         return answer(SecretSetAnswer(name=name, set=True))
 
+    def may_update_something(user: str) -> None:
+        """Before a body is read: the caller may update the manifest or some package."""
+        manifest = governance.require_manifest().manifest
+        if manifest.grants(user, "manifest", "update") or any(
+            manifest.grants(user, "packages", "update", name) for name in manifest.packages
+        ):
+            return
+        raise PermissionDenied(f"user {user!r} may not update the manifest or any package")
+
     async def post_update(request: Request) -> Response:
         user = authenticated(request)
+        may_update_something(user)
         raw = await read_body(request, MAX_MANIFEST_BYTES)
-        data = parse_manifest_data(raw)
+        # Validated in a worker within its budget first, then parsed in a thread: never on the
+        # event loop, which serves both APIs.
+        await coordinator.manifest_worker.check(raw, update=True)
+        data = await asyncio.to_thread(parse_manifest_data, raw)
         if isinstance(data, dict) and set(data) == {"packages"}:
             return await _package_update(request, user, PackageUpdate.parse(data))
         governance.require_grant(user, "manifest", "update")

@@ -41,6 +41,7 @@ from geode.coordinator._recovery import Recovery, sealer_for
 from geode.coordinator._seal import Sealer
 from geode.coordinator._secrets import generate_secret, template_value
 from geode.coordinator._state import CLUSTER_KEY_SIZE, CoordinatorState, UpdateRecord
+from geode.coordinator._validation import ManifestWorker
 from geode.errors import CoordinatorUnavailable, ManifestConflict, SealError
 from geode.manifest import ManifestDocument, load_manifest
 from geode.pki import (
@@ -110,6 +111,8 @@ class Coordinator:
             self.held, self.nonces, settings, peer_verifier, platform, measurement
         )
         self.started_at = clock()
+        # Manifests and updates sent to it are validated in a worker first (``_validation``).
+        self.manifest_worker = ManifestWorker(settings.manifest_budget)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from geode.coordinator._audit import AuditDetails, make_audit_entry
 from geode.coordinator._seal import Sealer
 from geode.coordinator._secrets import template_value
 from geode.coordinator._state import CLUSTER_KEY_SIZE, AuditHead, CoordinatorState
+from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget
 from geode.errors import CoordinatorUnavailable, GeodeError, ManifestConflict, SealError
 from geode.manifest import CertificateSecret, ManifestDocument, load_manifest
 from geode.pki import (
@@ -63,6 +64,8 @@ class CoordinatorSettings:
     # On a shared store (etcd): nonces are authenticated with a key derived from the cluster
     # key, so that any Coordinator of the deployment takes a nonce another one issued.
     shared_nonces: bool = False
+    # What validating a manifest or update someone sent may cost (``_validation``).
+    manifest_budget: ManifestBudget = DEFAULT_MANIFEST_BUDGET
 
 
 def _nothing() -> None:

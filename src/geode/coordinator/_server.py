@@ -41,6 +41,7 @@ from geode.coordinator._seal import (
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
 from geode.coordinator._transaction import record_start
+from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget, stop_workers
 from geode.errors import GeodeError, SealError
 
 __all__ = [
@@ -103,6 +104,8 @@ class CoordinatorConfig:
     etcd_poll: datetime.timedelta = datetime.timedelta(seconds=1)
     # Connections and request heads on both APIs (``_limits``).
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # What validating a manifest or update someone sent may cost (``_validation``).
+    manifest_budget: ManifestBudget = DEFAULT_MANIFEST_BUDGET
 
 
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
@@ -213,6 +216,7 @@ def _open(config: CoordinatorConfig) -> _Opened:
         leaf_lifetime=config.leaf_lifetime,
         nonce_ttl=config.nonce_ttl,
         shared_nonces=shared is not None,
+        manifest_budget=config.manifest_budget,
     )
     coordinator = Coordinator(
         settings,
@@ -423,7 +427,10 @@ def serve(config: CoordinatorConfig) -> int:
     if config.simulation:
         log.warning(SIMULATION_BANNER)
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on CPython
-        return asyncio.run(_serve(config))
-    return int(uvloop.run(_serve(config)))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on CPython
+            return asyncio.run(_serve(config))
+        return int(uvloop.run(_serve(config)))
+    finally:
+        stop_workers()  # the manifest validation's helper processes

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from geode.manifest._load import (
     MAX_MANIFEST_BYTES,
+    MAX_MANIFEST_DEPTH,
+    MAX_MANIFEST_EXPANDED_CHARS,
+    MAX_MANIFEST_NODES,
+    MAX_MANIFEST_TEMPLATE_TOKENS,
+    MAX_MANIFEST_TEMPLATE_WORK,
+    MAX_MANIFEST_TEMPLATES,
     ManifestDocument,
     load_manifest,
     load_package,
@@ -36,6 +42,9 @@ from geode.manifest._model import (
     User,
 )
 from geode.manifest._template import (
+    MAX_RENDERED_BYTES,
+    MAX_TEMPLATE_TOKENS,
+    MAX_TEMPLATE_WORK,
     SERVICE_KEY_MARKER,
     CertificateSecret,
     TemplateContext,
@@ -45,6 +54,15 @@ from geode.tee import SnpTcb
 
 __all__ = [
     "MAX_MANIFEST_BYTES",
+    "MAX_MANIFEST_DEPTH",
+    "MAX_MANIFEST_EXPANDED_CHARS",
+    "MAX_MANIFEST_NODES",
+    "MAX_MANIFEST_TEMPLATES",
+    "MAX_MANIFEST_TEMPLATE_TOKENS",
+    "MAX_MANIFEST_TEMPLATE_WORK",
+    "MAX_RENDERED_BYTES",
+    "MAX_TEMPLATE_TOKENS",
+    "MAX_TEMPLATE_WORK",
     "SERVICE_KEY_MARKER",
     "CertificateSecret",
     "EgressRoute",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from geode.manifest._mesh import MeshConfig, mesh_config
 from geode.manifest._model import Manifest, Package, SecretSpec
 from geode.manifest._template import (
     GEODE_VALUES,
+    TemplateBudget,
+    is_template,
     placeholder_context,
     referenced_names,
     render_template,
@@ -33,6 +36,12 @@ from geode.manifest._template import (
 
 __all__ = [
     "MAX_MANIFEST_BYTES",
+    "MAX_MANIFEST_DEPTH",
+    "MAX_MANIFEST_EXPANDED_CHARS",
+    "MAX_MANIFEST_NODES",
+    "MAX_MANIFEST_TEMPLATES",
+    "MAX_MANIFEST_TEMPLATE_TOKENS",
+    "MAX_MANIFEST_TEMPLATE_WORK",
     "ManifestDocument",
     "load_manifest",
     "load_package",
@@ -40,6 +49,17 @@ __all__ = [
 ]
 
 MAX_MANIFEST_BYTES = 1 << 20
+# What parsing and validating a manifest may cost, whatever its bytes say. A real manifest is a
+# few levels deep and has hundreds to thousands of nodes and a handful of templates per service.
+MAX_MANIFEST_DEPTH = 64  # nested mappings and sequences
+# Values (mapping keys included), every alias counted as what it repeats.
+MAX_MANIFEST_NODES = 1 << 16
+# The document with every YAML alias written out, in characters (plus one per node): aliases
+# may shorten a manifest, not make it larger than twice the largest one accepted.
+MAX_MANIFEST_EXPANDED_CHARS = 2 * MAX_MANIFEST_BYTES
+MAX_MANIFEST_TEMPLATES = 1024  # values with template syntax, each parsed, compiled and rendered
+MAX_MANIFEST_TEMPLATE_WORK = 16 << 20  # bytes all templates together may build when dry-rendered
+MAX_MANIFEST_TEMPLATE_TOKENS = 1 << 16  # tokens of all templates together
 
 _PYDANTIC_MESSAGES = {
     "extra_forbidden": "unknown field",
@@ -105,8 +125,75 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing duplicate keys (other parsers would keep another one)."""
+try:  # libyaml's parser, ten times faster than PyYAML's own, when PyYAML was built with it
+    from yaml._yaml import CParser as _EventParser
+except ImportError:  # pragma: no cover - every wheel of PyYAML we install has libyaml
+
+    class _EventParser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):  # type: ignore[no-redef]
+        def __init__(self, stream: str) -> None:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+
+
+class _StrictLoader(
+    yaml.composer.Composer, yaml.constructor.SafeConstructor, yaml.resolver.Resolver, _EventParser
+):
+    """PyYAML's safe loader, refusing duplicate keys (other parsers would keep another one), and
+    bounded: nesting depth, nodes and the size of the document with its aliases written out are
+    counted while it is composed, before anything is built from it (a few kilobytes of aliases
+    of aliases would otherwise stand for gigabytes once validated). The events come from
+    libyaml's parser; the composing is PyYAML's, where the counting is."""
+
+    def __init__(self, stream: str) -> None:
+        _EventParser.__init__(self, stream)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._depth = 0
+        self._nodes = 0
+        self._chars = 0
+        self._anchored: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, chars) it stands for
+
+    def _count(self, nodes: int, chars: int, event: yaml.Event) -> None:
+        self._nodes += nodes
+        self._chars += chars
+        line = f" (line {event.start_mark.line + 1})" if event.start_mark else ""
+        if self._nodes > MAX_MANIFEST_NODES:
+            raise ManifestError("manifest", f"more than {MAX_MANIFEST_NODES} values{line}")
+        if self._chars > MAX_MANIFEST_EXPANDED_CHARS:
+            limit = MAX_MANIFEST_EXPANDED_CHARS
+            raise ManifestError(
+                "manifest", f"larger than {limit} characters with its aliases expanded{line}"
+            )
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()
+        assert event is not None  # the composer asks for a node only where one follows
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor or "")
+            if target is not None:
+                size = self._anchored.get(id(target))
+                if size is None:  # the alias is inside the node it names
+                    raise ManifestError("manifest", f"recursive alias {event.anchor!r}")
+                self._count(*size, event)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_MANIFEST_DEPTH:
+            line = event.start_mark.line + 1 if event.start_mark else 0
+            raise ManifestError(
+                "manifest", f"nested deeper than {MAX_MANIFEST_DEPTH} levels (line {line})"
+            )
+        nodes, chars = self._nodes, self._chars
+        scalar = event.value if isinstance(event, yaml.ScalarEvent) else ""
+        self._count(1, 1 + len(scalar), event)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if getattr(event, "anchor", None) is not None:
+            self._anchored[id(node)] = (self._nodes - nodes, self._chars - chars)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
@@ -121,11 +208,31 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# A JSON string, matched without backtracking; what remains outside strings is structure.
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _check_json_shape(text: str) -> None:
+    """Refuse JSON nested deeper than ``MAX_MANIFEST_DEPTH`` or with more than
+    ``MAX_MANIFEST_NODES`` values before parsing it: a cheap scan of its structure."""
+    structure = _JSON_STRING.sub('""', text)
+    depth = 0
+    for bracket in _JSON_BRACKETS.finditer(structure):
+        depth += 1 if bracket[0] in "[{" else -1
+        if depth > MAX_MANIFEST_DEPTH:
+            raise ManifestError("manifest", f"nested deeper than {MAX_MANIFEST_DEPTH} levels")
+    values = sum(structure.count(c) for c in ",:[{") + 1  # keys counted, as YAML counts them
+    if values > MAX_MANIFEST_NODES:
+        raise ManifestError("manifest", f"more than {MAX_MANIFEST_NODES} values")
+
+
 def parse_manifest_data(raw: bytes) -> Any:
     """YAML or JSON bytes to plain data; JSON is a subset of YAML, but is parsed as JSON first.
 
     Duplicate keys are refused in both: the manifest's hash covers its bytes, and every reader of
-    those bytes must see the same document.
+    those bytes must see the same document. Both are bounded before anything is built from them:
+    nesting depth, values, and (YAML) the size with aliases expanded.
     """
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError("manifest", f"larger than {MAX_MANIFEST_BYTES} bytes")
@@ -136,13 +243,18 @@ def parse_manifest_data(raw: bytes) -> Any:
     stripped = text.lstrip()
     try:
         if stripped.startswith("{"):
+            _check_json_shape(text)
             try:
                 return json.loads(text, object_pairs_hook=_no_duplicates)
             except json.JSONDecodeError as exc:
                 raise ManifestError(
                     "manifest", f"invalid JSON at line {exc.lineno}: {exc.msg}"
                 ) from None
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a safe loader
+        loader = _StrictLoader(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except _DuplicateKey as exc:
         where = f" at line {exc.line}" if exc.line else ""
         raise ManifestError("manifest", f"duplicate key {exc.key!r}{where}") from None
@@ -151,6 +263,8 @@ def parse_manifest_data(raw: bytes) -> Any:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise ManifestError("manifest", f"invalid YAML{where}: {problem}") from None
+    except RecursionError:  # a backstop: the depth is bounded above
+        raise ManifestError("manifest", f"nested deeper than {MAX_MANIFEST_DEPTH} levels") from None
 
 
 def load_package(raw: bytes) -> Package:
@@ -313,6 +427,9 @@ def _check_templates(
         name: None if spec.is_certificate else spec.bits // 8 for name, spec in m.secrets.items()
     }
     context = placeholder_context(sizes)
+    budget = TemplateBudget(MAX_MANIFEST_TEMPLATE_WORK)
+    tokens = TemplateBudget(MAX_MANIFEST_TEMPLATE_TOKENS, "templates have more than {} tokens")
+    templated = 0
     used_by: dict[str, frozenset[str]] = {}
     private_by: dict[str, frozenset[str]] = {}
     for name, service in m.services.items():
@@ -324,7 +441,11 @@ def _check_templates(
         used: set[str] = set()
         private: set[str] = set()
         for path, source, textual in templates:
-            refs = referenced_names(source, path)
+            if is_template(source):
+                templated += 1
+                if templated > MAX_MANIFEST_TEMPLATES:
+                    raise ManifestError(path, f"more than {MAX_MANIFEST_TEMPLATES} templates")
+            refs = referenced_names(source, path, tokens)
             for secret in sorted(refs.secrets):
                 if secret not in m.secrets:
                     raise ManifestError(path, f"unknown secret {secret!r}")
@@ -337,7 +458,7 @@ def _check_templates(
             private |= refs.private_secrets & {
                 s for s in refs.secrets if m.secrets[s].is_certificate
             }
-            rendered = render_template(source, context, path)
+            rendered = render_template(source, context, path, budget)
             if textual and b"\0" in rendered:
                 raise ManifestError(path, "renders a NUL byte; use the hex or base64 filter")
         used_by[name] = frozenset(used)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import base64
 import datetime
 import functools
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,15 +33,34 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from geode.errors import ManifestError
+from geode.manifest._sandbox import (
+    MAX_RENDERED_BYTES,
+    MAX_TEMPLATE_TOKENS,
+    MAX_TEMPLATE_WORK,
+    NEEDS_FILTER,
+    SERVICE_KEY,
+    CertificateView,
+    Namespace,
+    Opaque,
+    Sandbox,
+    TemplateBudget,
+    budgets,
+    charge,
+    finalize,
+)
 
 __all__ = [
+    "MAX_RENDERED_BYTES",
+    "MAX_TEMPLATE_TOKENS",
+    "MAX_TEMPLATE_WORK",
     "SERVICE_KEY_MARKER",
     "CertificateSecret",
+    "TemplateBudget",
     "TemplateContext",
     "TemplateRefs",
+    "is_template",
     "placeholder_context",
     "referenced_names",
     "render_template",
@@ -50,7 +70,6 @@ _SURROGATE = "surrogateescape"
 _TEMPLATE_GLOBALS = frozenset({"secrets", "geode"})
 GEODE_VALUES = frozenset({"root_ca", "mesh_ca", "service_cert", "service_key"})
 SERVICE_KEY_MARKER = "-----GEODE SERVICE KEY PLACEHOLDER-----"
-MAX_RENDERED_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -65,106 +84,6 @@ class CertificateSecret:
         return self.cert.public_key()
 
 
-class _Opaque:
-    """A value a template may only pass to a filter: it refuses ``str``, ``repr`` and
-    ``format``, so neither printing, ``~`` nor ``%`` can turn it into text."""
-
-    __slots__ = ("_hint", "_inner")
-
-    def __init__(self, inner: Any, hint: str) -> None:
-        self._inner = inner
-        self._hint = hint
-
-    def _refuse(self, *_: Any) -> str:
-        raise jinja2.TemplateError(self._hint)
-
-    __str__ = __repr__ = __format__ = _refuse
-
-
-_NEEDS_FILTER = "a secret or certificate needs a filter: pem, hex, raw or base64"
-_SERVICE_KEY = object()
-
-
-class _CertificateView(_Opaque):
-    """``secrets.<certificate>`` in templates."""
-
-    __slots__ = ()
-
-    @property
-    def cert(self) -> _Opaque:
-        return _Opaque(self._inner.cert, _NEEDS_FILTER)
-
-    @property
-    def private(self) -> _Opaque:
-        return _Opaque(self._inner.private, _NEEDS_FILTER)
-
-    @property
-    def public(self) -> _Opaque:
-        return _Opaque(self._inner.public, _NEEDS_FILTER)
-
-
-class _Namespace(_Opaque):
-    """``secrets`` and ``geode`` in templates: names only, no methods (a secret may be called
-    ``keys`` or ``items``)."""
-
-    __slots__ = ()
-
-    def __getitem__(self, key: str) -> Any:
-        return self._inner[key]
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self._inner[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Templates may read names from the namespaces and the parts of a certificate secret,
-    nothing else: no other attribute is reachable and nothing can be called. ``*`` and ``**``
-    are bounded, so a template cannot build a huge value."""
-
-    intercepted_binops = frozenset({"*", "**", "%"})
-
-    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if isinstance(obj, _CertificateView):
-            return attr in ("cert", "private", "public")
-        return isinstance(obj, _Namespace) and not attr.startswith("_")
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        raise SecurityError("templates cannot call methods; use a filter: pem, hex, raw, base64")
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "%":
-            if isinstance(left, str):
-                raise SecurityError("string formatting with % is not allowed; use ~")
-            return left % right
-        if operator == "**":
-            if isinstance(right, int | float) and abs(right) > 64:
-                raise SecurityError("exponent too large in a template")
-            if isinstance(left, int) and left.bit_length() * abs(int(right)) > 1 << 14:
-                raise SecurityError("template value too large")
-            return left**right
-        if isinstance(left, int) and isinstance(right, int):
-            if left.bit_length() + right.bit_length() > 1 << 14:
-                raise SecurityError("template value too large")
-            return left * right
-        for seq, count in ((left, right), (right, left)):
-            sized = isinstance(seq, str | bytes | list | tuple) and isinstance(count, int)
-            if sized and len(seq) * count > MAX_RENDERED_BYTES:
-                raise SecurityError("template value too large")
-        return left * right
-
-
-def _finalize(value: Any) -> Any:
-    """Every printed value must be text (or a number): secrets only print through filters."""
-    if isinstance(value, _Opaque):
-        value._refuse()
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
-        return value
-    raise jinja2.TemplateError(_NEEDS_FILTER)
-
-
 @dataclass(frozen=True)
 class TemplateContext:
     """Everything a template can reach for one instance."""
@@ -177,28 +96,28 @@ class TemplateContext:
     @functools.cached_property
     def jinja_globals(self) -> dict[str, Any]:
         wrapped = {
-            name: _CertificateView(value, _NEEDS_FILTER)
+            name: CertificateView(value, NEEDS_FILTER)
             if isinstance(value, CertificateSecret)
-            else _Opaque(value, "a secret needs a filter: hex, raw or base64")
+            else Opaque(value, "a secret needs a filter: hex, raw or base64")
             for name, value in self.secrets.items()
         }
         geode = {
-            "root_ca": _Opaque(self.root_ca, _NEEDS_FILTER),
-            "mesh_ca": _Opaque(self.mesh_ca, _NEEDS_FILTER),
-            "service_cert": _Opaque(self.service_cert, _NEEDS_FILTER),
-            "service_key": _Opaque(_SERVICE_KEY, "geode.service_key needs the pem filter"),
+            "root_ca": Opaque(self.root_ca, NEEDS_FILTER),
+            "mesh_ca": Opaque(self.mesh_ca, NEEDS_FILTER),
+            "service_cert": Opaque(self.service_cert, NEEDS_FILTER),
+            "service_key": Opaque(SERVICE_KEY, "geode.service_key needs the pem filter"),
         }
         namespace_hint = "use secrets.<name> or geode.<name> with a filter"
         return {
-            "secrets": _Namespace(wrapped, namespace_hint),
-            "geode": _Namespace(geode, namespace_hint),
+            "secrets": Namespace(wrapped, namespace_hint),
+            "geode": Namespace(geode, namespace_hint),
         }
 
 
 def _unwrap(value: Any, what: str) -> Any:
-    if isinstance(value, _CertificateView):
+    if isinstance(value, CertificateView):
         return value._inner.cert
-    if isinstance(value, _Namespace) or not isinstance(value, _Opaque):
+    if isinstance(value, Namespace) or not isinstance(value, Opaque):
         raise jinja2.TemplateError(
             f"the {what} filter does not apply to {type(value).__name__}: "
             "filters take secrets and geode.* values"
@@ -208,7 +127,7 @@ def _unwrap(value: Any, what: str) -> Any:
 
 def _to_der_or_bytes(value: Any, what: str) -> bytes:
     inner = _unwrap(value, what)
-    if inner is _SERVICE_KEY:
+    if inner is SERVICE_KEY:
         raise jinja2.TemplateError(f"geode.service_key takes the pem filter, not {what}")
     if isinstance(inner, bytes):
         return inner
@@ -231,7 +150,7 @@ def _to_der_or_bytes(value: Any, what: str) -> bytes:
 
 def _pem(value: Any) -> str:
     inner = _unwrap(value, "pem")
-    if inner is _SERVICE_KEY:
+    if inner is SERVICE_KEY:
         return SERVICE_KEY_MARKER
     if isinstance(inner, x509.Certificate):
         return inner.public_bytes(serialization.Encoding.PEM).decode()
@@ -264,16 +183,29 @@ def _base64(value: Any) -> str:
     return base64.b64encode(_to_der_or_bytes(value, "base64")).decode()
 
 
+def _counted(fn: Callable[[Any], str]) -> Callable[[Any], str]:
+    """A filter whose output counts against the template's budget."""
+
+    @functools.wraps(fn)
+    def counted(value: Any) -> str:
+        out = fn(value)
+        charge(len(out))
+        return out
+
+    return counted
+
+
 @functools.lru_cache(maxsize=1)
-def _environment() -> _Sandbox:
-    env = _Sandbox(
+def _environment() -> Sandbox:
+    env = Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
-        finalize=_finalize,
+        finalize=finalize,
     )
     env.filters.clear()
-    env.filters.update({"pem": _pem, "hex": _hex, "raw": _raw, "base64": _base64})
+    filters = {"pem": _pem, "hex": _hex, "raw": _raw, "base64": _base64}
+    env.filters.update({name: _counted(fn) for name, fn in filters.items()})
     env.globals.clear()
     return env
 
@@ -288,7 +220,7 @@ def _parse(source: str, path: str) -> nodes.Template:
         return _environment().parse(source)
     except jinja2.TemplateSyntaxError as exc:
         raise ManifestError(path, f"template syntax error: {exc.message}") from None
-    except (ValueError, RecursionError, MemoryError) as exc:
+    except (ValueError, RecursionError, MemoryError, SyntaxError) as exc:
         raise ManifestError(path, f"template syntax error: {type(exc).__name__}") from None
 
 
@@ -301,10 +233,13 @@ class TemplateRefs:
     geode: frozenset[str]
 
 
-# Templates are expressions and if-blocks: without loops, assignments or macros, the work a
-# template does is bounded by its length (and the bounded operators of ``_Sandbox``).
+# Templates are expressions and if-blocks: without loops, assignments or macros, every value is
+# built by one expression and used once. Without list, tuple or dict literals, every value is
+# text or a number, whose size its budget counts (``Sandbox``).
 _ALLOWED_STATEMENTS = (nodes.Output, nodes.If)
+_REFUSED_EXPRESSIONS = (nodes.List, nodes.Tuple, nodes.Dict)
 _TEMPLATE_FAILURES = (
+    SyntaxError,  # Python's compiler refusing what Jinja generated (e.g. nesting too deep)
     TypeError,
     ValueError,
     AttributeError,
@@ -314,17 +249,49 @@ _TEMPLATE_FAILURES = (
 )
 
 
-def referenced_names(source: str, path: str) -> TemplateRefs:
+_NO_REFS = TemplateRefs(frozenset(), frozenset(), frozenset())
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+
+
+def is_template(source: str) -> bool:
+    """Can ``source`` hold template syntax? Without a brace it is plain text, which renders as
+    itself with Jinja's newline normalisation, without being parsed."""
+    return "{" in source
+
+
+def _count_tokens(source: str, path: str, budget: TemplateBudget | None) -> None:
+    """Lex ``source`` (cheap, and stopped as soon as a budget is exceeded) before it is parsed
+    and compiled (what costs)."""
+    own = TemplateBudget(MAX_TEMPLATE_TOKENS, "template has more than {} tokens")
+    budgets = (own,) if budget is None else (own, budget)
+    try:
+        for _ in _environment().lex(source):
+            for each in budgets:
+                each.charge(1)
+    except SecurityError as exc:
+        raise ManifestError(path, str(exc)) from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise ManifestError(path, f"template syntax error: {exc.message}") from None
+
+
+def referenced_names(source: str, path: str, tokens: TemplateBudget | None = None) -> TemplateRefs:
     """The secrets and ``geode.*`` values a template uses, found statically.
 
     Raises ``ManifestError`` for syntax errors, statements other than ``if``, and names outside
-    ``secrets`` and ``geode``.
+    ``secrets`` and ``geode``, and for templates of more than ``MAX_TEMPLATE_TOKENS`` tokens (or
+    more than ``tokens``, a budget shared with other templates, has left).
     """
+    if not is_template(source):
+        return _NO_REFS
+    _count_tokens(source, path, tokens)
     tree = _parse(source, path)
     for statement in tree.find_all(nodes.Stmt):
         if not isinstance(statement, _ALLOWED_STATEMENTS):
             kind = type(statement).__name__.lower()
             raise ManifestError(path, f"'{kind}' is not allowed in templates (only if-blocks)")
+    for literal in tree.find_all(_REFUSED_EXPRESSIONS):
+        kind = type(literal).__name__.lower()
+        raise ManifestError(path, f"a {kind} literal is not allowed in templates")
     try:
         unknown = meta.find_undeclared_variables(tree) - _TEMPLATE_GLOBALS
     except jinja2.TemplateSyntaxError as exc:  # e.g. an unknown filter, found by compiling
@@ -375,15 +342,25 @@ def _constant_name(node: nodes.Getattr | nodes.Getitem) -> str | None:
     return None
 
 
-def render_template(source: str, context: TemplateContext, path: str) -> bytes:
-    """Render one template to bytes; every failure is a ``ManifestError`` naming ``path``."""
+def render_template(
+    source: str, context: TemplateContext, path: str, budget: TemplateBudget | None = None
+) -> bytes:
+    """Render one template to bytes; every failure is a ``ManifestError`` naming ``path``.
+
+    The rendering may build at most ``MAX_TEMPLATE_WORK`` bytes and output ``MAX_RENDERED_BYTES``;
+    ``budget`` also counts what it builds (shared with other templates).
+    """
+    if not is_template(source):
+        return _encoded(_NEWLINES.sub("\n", source), path)
+    own = TemplateBudget(MAX_TEMPLATE_WORK)
     try:
         chunks, size = [], 0
-        for chunk in _compile(source).generate(context.jinja_globals):
-            size += len(chunk)
-            if size > MAX_RENDERED_BYTES:
-                raise ManifestError(path, f"renders more than {MAX_RENDERED_BYTES} bytes")
-            chunks.append(chunk)
+        with budgets(own, *(() if budget is None else (budget,))):
+            for chunk in _compile(source).generate(context.jinja_globals):
+                size += len(chunk)
+                if size > MAX_RENDERED_BYTES:
+                    raise ManifestError(path, f"renders more than {MAX_RENDERED_BYTES} bytes")
+                chunks.append(chunk)
         text = "".join(chunks)
     except jinja2.TemplateSyntaxError as exc:
         raise ManifestError(path, f"template syntax error: {exc.message}") from None
@@ -394,6 +371,10 @@ def render_template(source: str, context: TemplateContext, path: str) -> bytes:
     except _TEMPLATE_FAILURES as exc:
         # The exception text may quote rendered values, which can be secrets: name its type only.
         raise ManifestError(path, f"template error: {type(exc).__name__}") from None
+    return _encoded(text, path)
+
+
+def _encoded(text: str, path: str) -> bytes:
     try:
         return text.encode("utf-8", _SURROGATE)
     except UnicodeEncodeError:

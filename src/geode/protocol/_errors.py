@@ -22,6 +22,7 @@ from geode.errors import (
     JoinRefused,
     ManifestConflict,
     ManifestError,
+    ManifestTooCostly,
     PermissionDenied,
     RecoveryRefused,
     SecretRejected,
@@ -67,6 +68,12 @@ _ROWS = (
     ErrorCode("secret_not_set", 404, None, "the secret has no value yet"),
     # What the Coordinator refuses (``geode.errors``).
     ErrorCode("manifest_invalid", 400, ManifestError, "the manifest (or update) is invalid"),
+    ErrorCode(
+        "manifest_too_costly",
+        422,
+        ManifestTooCostly,
+        "validating the manifest (or update) exceeded its time or memory budget",
+    ),
     ErrorCode("coordinator_error", 400, CoordinatorError, "another refusal"),
     ErrorCode("activation_denied", 403, ActivationDenied, "an instance may not activate"),
     ErrorCode("stale_certificate", 403, StaleCertificate, "a renewal with a replaced certificate"),
@@ -102,6 +109,8 @@ class ErrorBody(BaseModel):
 
 def error_answer(exc: GeodeError) -> tuple[int, ErrorBody]:
     """The status and body that answer ``exc`` (a ``CoordinatorError`` or ``ManifestError``)."""
+    if isinstance(exc, ManifestTooCostly):
+        return 422, ErrorBody(error="manifest_too_costly", message=str(exc), path=exc.path)
     if isinstance(exc, ManifestError):
         return 400, ErrorBody(error="manifest_invalid", message=str(exc), path=exc.path)
     if isinstance(exc, ActivationDenied):

@@ -30,6 +30,7 @@ _STATUS_TEXT = {
     409: "conflict with the Coordinator's state",
     413: "body too large",
     415: "not application/json",
+    422: "validating the manifest exceeded its time or memory budget",
     503: "unavailable (recovery, or the state could not be saved)",
 }
 _USER_SECURITY: list[dict[str, list[str]]] = [{"clientCertificate": []}]

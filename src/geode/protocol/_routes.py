@@ -69,10 +69,11 @@ class RouteSpec:
 
 
 _NONCE = (QueryParam("nonce", r.NONCE_QUERY_PATTERN),)
-# A JSON body can be malformed (400), too large (413), too slow (408) or not JSON (415); a raw
-# body all but the last.
-_RAW = (400, 408, 413)
-_JSON = (*_RAW, 415)
+# A body can be malformed (400), too large (413) or too slow (408); a JSON body can also be not
+# JSON (415), a raw manifest (or update) too costly to validate (422).
+_BODY = (400, 408, 413)
+_RAW = (*_BODY, 422)
+_JSON = (*_BODY, 415)
 # A user's call: no (known) certificate (401), before a manifest (409), in recovery (503).
 _USER = (401, 409, 503)
 
