@@ -63,10 +63,13 @@ def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
 
 
 def _duration(value: str) -> datetime.timedelta:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit() or not int(value[:-1]):
-        raise click.BadParameter(f"{value!r}: expected a duration such as 90s, 30m, 24h or 7d")
-    return datetime.timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (value[:-2], "ms") if value.endswith("ms") else (value[:-1], value[-1:])
+    if unit not in units or not number.isdigit() or not int(number):
+        raise click.BadParameter(
+            f"{value!r}: expected a duration such as 500ms, 90s, 30m, 24h or 7d"
+        )
+    return datetime.timedelta(seconds=int(number) * units[unit])
 
 
 @cli.command()
