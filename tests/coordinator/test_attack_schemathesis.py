@@ -54,13 +54,11 @@ from geode.testing import isolated_env
 from tests.support import CoordinatorProcess
 from tests.support.governance import User, governance_manifest, make_user
 
-# Each phase takes 10-50 s here; the default timeout (120 s) is for hangs, and a loaded machine is
-# not one.
-pytestmark = [pytest.mark.e2e, pytest.mark.attack, pytest.mark.timeout(300)]
-
 # Per operation, generation mode and identity: CI's bound. GEODE_SCHEMATHESIS_EXAMPLES asks for
 # a deeper run. An operation that takes nothing is called once.
 EXAMPLES = int(os.environ.get("GEODE_SCHEMATHESIS_EXAMPLES", "15"))
+# A phase takes 10-50 s in CI: the default timeout (120 s) is for hangs, not for a loaded machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.attack, pytest.mark.timeout(max(300, EXAMPLES * 20))]
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
