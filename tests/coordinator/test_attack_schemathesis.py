@@ -47,9 +47,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from geode.attestation import EVIDENCE_KINDS, SimulatedPlatform, measure_bundle
-from geode.pki import certificate_pem, private_key_pem
-from geode.protocol import ERROR_CODES, Api, Routes
-from geode.runtime import activate, simulated_evidence_provider
+from geode.pki import certificate_pem, private_key_pem, public_key_der
+from geode.protocol import ERROR_CODES, Api, Routes, key_binding, renewal_payload
+from geode.runtime import Activation, activate, simulated_evidence_provider
 from geode.testing import isolated_env
 from tests.support import CoordinatorProcess
 from tests.support.governance import User, governance_manifest, make_user
@@ -334,7 +334,7 @@ def test_every_user_route_refuses_no_user_typed(
         document = http.get(f"https://{target.coordinator.client_addr}/api/v1/openapi.json").json()
     codes = set(document["components"]["schemas"]["ErrorBody"]["properties"]["error"]["enum"])
     assert codes <= set(ERROR_CODES)
-    stranger = _service_identity(target, tmp_path / "stranger")
+    stranger = _service(target, tmp_path / "stranger").identity
     user_routes = [spec for spec in Routes.of("client") if spec.user]
     assert user_routes
     for spec in user_routes:
@@ -411,30 +411,51 @@ def _base64(generated: str, limit: int) -> str:
     return base64.b64encode(raw).decode()
 
 
-def _csr(name: str) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+def _csr(key: ec.EllipticCurvePrivateKey) -> str:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")])
     csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _service_identity(target: Target, base: Path) -> Identity:
+@dataclass(frozen=True)
+class Service:
+    """An activated instance of 'web': what it presents, and what it proves with."""
+
+    identity: Identity
+    activation: Activation
+    platform: SimulatedPlatform
+    measurement: bytes
+
+    def evidence(self, key: ec.EllipticCurvePrivateKey, nonce: bytes) -> dict[str, str]:
+        """Evidence that verifies, bound to ``key`` and ``nonce`` (as ``geode run`` sends)."""
+        binding = key_binding(public_key_der(key.public_key()), nonce)
+        return self.platform.quote(self.measurement, binding).to_json()
+
+    def proof(self, key: ec.EllipticCurvePrivateKey, nonce: bytes) -> str:
+        """The current key's signature over the renewal of ``nonce`` to ``key``."""
+        payload = renewal_payload(nonce, public_key_der(key.public_key()))
+        signature = self.activation.private_key.sign(payload, ec.ECDSA(hashes.SHA256()))
+        return base64.b64encode(signature).decode()
+
+
+def _service(target: Target, base: Path) -> Service:
     """Activate 'web' with simulated evidence; its certificate chain and key as files."""
     env = target.coordinator.env
     platform = SimulatedPlatform.load(Path(env["GEODE_PLATFORM_KEY"]))
-    bundle = _bundle(base)
+    measurement = measure_bundle(_bundle(base))
     root = x509.load_pem_x509_certificate(target.root.read_bytes())
     activation = activate(
         target.coordinator.mesh_addr,
         "web",
-        simulated_evidence_provider(platform, measure_bundle(bundle)),
+        simulated_evidence_provider(platform, measurement),
         root=root,
     )
-    base.mkdir(parents=True, exist_ok=True)
     cert, key = base / "web.crt", base / "web.key"
     cert.write_text("".join(certificate_pem(c) for c in activation.certificate_chain))
     key.write_bytes(private_key_pem(activation.private_key))
-    return Identity("service web", (str(cert), str(key)))
+    return Service(
+        Identity("service web", (str(cert), str(key))), activation, platform, measurement
+    )
 
 
 def test_as_a_service(
@@ -442,33 +463,34 @@ def test_as_a_service(
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    """An activated service on the mesh API, with its certificate: activations, renewals and
-    cluster-key requests that carry a fresh nonce, a real CSR, the service's name and its own
-    certificate, so that the generated evidence, proofs and keys reach the checks behind them."""
+    """An activated service on the mesh API (its certificate offered to TLS; the mesh API asks
+    for none): activations, renewals and cluster-key requests that carry a fresh nonce, a real
+    CSR, the service's name and its own certificate, so that the generated evidence, proofs and
+    keys reach the checks behind them. Every sixth carries evidence that verifies (and, for a
+    renewal, a proof by the current key), so that generated values meet the hand-out itself."""
     users = _users(tmp_path / "users")
     target = start("service", _manifest(tmp_path, users))
-    identity = _service_identity(target, tmp_path / "web")
-    assert identity.cert is not None
-    certificate = Path(identity.cert[0]).read_text()
+    service = _service(target, tmp_path / "web")
+    certificate = certificate_pem(service.activation.certificate)
     tally = Tally("service")
-    kinds = itertools.cycle(EVIDENCE_KINDS)
+    kinds = itertools.cycle([*EVIDENCE_KINDS, "verifies"])
 
-    with target.http(identity) as http:
+    with target.http(service.identity) as http:
 
-        def nonce() -> str:
+        def nonce() -> bytes:
             tally.requests += 1
             answer = http.post(f"https://{target.coordinator.mesh_addr}/api/v1/mesh/nonce")
             tally.statuses[answer.status_code] += 1
-            value: str = answer.json()["nonce"]
-            return value
+            return bytes.fromhex(answer.json()["nonce"])
 
         def patch(case: Case) -> None:
             body = case.body
             if not isinstance(body, dict):
                 return
-            body["nonce"] = nonce()
+            fresh, key = nonce(), ec.generate_private_key(ec.SECP256R1())
+            body["nonce"] = fresh.hex()
             if "csr" in body:
-                body["csr"] = _csr("web")
+                body["csr"] = _csr(key)
             if "service" in body:
                 body["service"] = "web"
             if "certificate" in body:
@@ -477,10 +499,15 @@ def test_as_a_service(
                 if isinstance(body.get(name), str):
                     body[name] = _base64(body[name], 512)
             evidence = body.get("evidence")
-            if isinstance(evidence, dict) and isinstance(evidence.get("data"), str):
-                # A kind the Coordinator verifies, and bytes: the verifier's turn.
-                evidence["kind"] = next(kinds)
-                evidence["data"] = _base64(evidence["data"], 65536)
+            if not isinstance(evidence, dict) or not isinstance(evidence.get("data"), str):
+                return
+            kind = next(kinds)
+            if kind != "verifies":  # a kind the Coordinator verifies, and generated bytes
+                body["evidence"] = {"kind": kind, "data": _base64(evidence["data"], 65536)}
+                return
+            body["evidence"] = service.evidence(key, fresh)
+            if "proof" in body:
+                body["proof"] = service.proof(key, fresh)
 
-        fuzz(target, "mesh", identity, tally, patch=patch)
+        fuzz(target, "mesh", service.identity, tally, patch=patch)
     report(tally, record_property)
