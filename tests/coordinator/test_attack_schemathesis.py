@@ -382,8 +382,9 @@ def test_as_a_user(
     record_property: Callable[[str, object], None],
 ) -> None:
     """Users of the manifest, one with every role and one with none, on the client API: the
-    secret routes with the manifest's secret names as well as generated ones, and package
-    updates shaped as the update route reads them."""
+    secret routes with the manifest's secret names as well as generated ones (every other value
+    set in base64, so that it meets the secret's own checks), and package updates shaped as the
+    update route reads them."""
     users = _users(tmp_path / "users")
     target = start("user", _manifest(tmp_path, users))
     tally = Tally("user")
@@ -392,9 +393,17 @@ def test_as_a_user(
         for result in target.schema("client").get_all_operations()
         if (operation := result.ok()).path == Routes.update.path and operation.method == "post"
     ]
+    encode = itertools.cycle([True, False])
+
+    def patch(case: Case) -> None:
+        body = case.body
+        if isinstance(body, dict) and isinstance(body.get("value"), str) and next(encode):
+            body["value"] = _base64(body["value"], 65536)
+
     for user in users:
         identity = Identity(user.name, (str(user.cert), str(user.key)))
-        fuzz(target, "client", identity, tally, path_parameters={"name": sorted(SECRETS)})
+        names = {"name": sorted(SECRETS)}
+        fuzz(target, "client", identity, tally, path_parameters=names, patch=patch)
         updates = _package_updates().flatmap(
             lambda body: update.as_strategy(body=body, media_type="application/json")
         )
