@@ -71,6 +71,29 @@ def test_a_method_a_path_does_not_take_is_405_with_allow() -> None:
         assert set(response.headers["allow"].replace(" ", "").split(",")) >= allowed
 
 
+def _request(app: object, method: str, path: str) -> httpx.Response:
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="https://coordinator") as http:
+            return await http.request(method, path, json={})
+
+    return asyncio.run(send())
+
+
+@pytest.mark.parametrize("spec", Routes.all(), ids=lambda s: f"{s.method} {s.path}")
+def test_a_path_the_table_does_not_have_is_a_typed_404_never_a_redirect(spec: RouteSpec) -> None:
+    client, mesh = _apps()
+    app = client if "client" in spec.apis else mesh
+    paths = [spec.path + "/"]
+    if spec.path_params:  # a value that is no path segment: the route's own documented 404
+        paths += [spec.url(**dict.fromkeys(spec.path_params, v)) for v in ("a%2Fb", "a%2F", "")]
+        assert 404 in _statuses(spec)
+    for path in paths:
+        response = _request(app, spec.method, path)
+        assert response.status_code == 404, (path, response.status_code)
+        assert response.json()["error"] == "not_found"
+
+
 def test_the_server_has_exactly_the_routes_of_the_table() -> None:
     client, mesh = _apps()
     for app, api in ((client, "client"), (mesh, "mesh")):
@@ -130,6 +153,8 @@ def test_the_statuses_follow_from_what_the_handlers_do(spec: RouteSpec) -> None:
         assert {401, 409} <= statuses
     if spec.body is not None and spec.user:  # changes need a role
         assert 403 in statuses
+    if spec.path_params:  # a value that is no path segment routes nowhere
+        assert 404 in statuses
 
 
 def test_the_error_body_lists_every_code() -> None:

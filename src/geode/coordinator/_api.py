@@ -278,6 +278,9 @@ def build_apps(
     mesh = Starlette(routes=_routes("mesh", handlers), exception_handlers=exception_handlers)
     for app in (client, mesh):
         app.state.body_timeout = body_timeout
+        # A path the table does not have is a typed 404, never a redirect to the path without
+        # its trailing slash (an answer the document does not describe).
+        app.router.redirect_slashes = False
     return client, mesh
 
 

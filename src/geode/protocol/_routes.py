@@ -76,6 +76,8 @@ _RAW = (*_BODY, 422)
 _JSON = (*_BODY, 415)
 # A user's call: no (known) certificate (401), before a manifest (409), in recovery (503).
 _USER = (401, 409, 503)
+# A path parameter: a value that is no path segment ("a/b", "a/") routes nowhere (404).
+_PATH = (404,)
 
 
 class Routes:
@@ -118,7 +120,7 @@ class Routes:
     set_secret = RouteSpec(
         ("client",), "PUT", f"{API_PREFIX}/secrets/{{name}}", "setSecret",
         "Set a user-defined secret (role: write); base64 value",
-        {200: a.SecretSetAnswer}, (*_JSON, *_USER, 403), body=r.SecretBody, user=True,
+        {200: a.SecretSetAnswer}, (*_JSON, *_USER, *_PATH, 403), body=r.SecretBody, user=True,
     )  # fmt: skip
     pending_update = RouteSpec(
         ("client",), "GET", f"{API_PREFIX}/update", "getPendingUpdate",
