@@ -235,3 +235,30 @@ def test_an_idle_kept_alive_connection_is_closed(coordinator: CoordinatorProcess
         rest, waited = _read_all(conn, IDLE_TIMEOUT + 5)
     assert rest == b""
     assert waited < IDLE_TIMEOUT + 1.5
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /api/v1/status HTTP/1.1\r\nhost: x\r\ncontent-length: \xc2\xb2\r\n\r\n",
+        b"GET /api/v1/st\x00tus HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"POST /api/v1/manifest HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"BREW /api/v1/status HTTP/1.1\r\nhost: x\r\n\r\n",
+    ],
+    ids=["content-length", "nul-in-path", "length-and-chunked", "unknown-method"],
+)
+def test_a_request_the_parser_refuses_gets_a_typed_json_error(
+    coordinator: CoordinatorProcess, request_bytes: bytes
+) -> None:
+    for addr in (coordinator.client_addr, coordinator.mesh_addr):
+        with _tls(addr) as conn:
+            conn.sendall(request_bytes)
+            received, _ = _read_all(conn, 5)
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), received
+        assert b"content-type: application/json" in head.lower()
+        assert httpx.Response(400, content=body).json() == {
+            "error": "http_error",
+            "message": "not a valid HTTP/1.1 request",
+        }

@@ -63,6 +63,11 @@ FD_RESERVE = 256  # descriptors kept for the store, etcd, peers, logs and the lo
 WARN_EVERY = 10.0  # seconds between two warnings of one kind for one API
 TLS_CLOSE_TIMEOUT = 5.0  # seconds a TLS close waits for the peer's close_notify
 REFUSED_CLOSE_TIMEOUT = 1.0  # the same, after a refusal (408, 431): then the socket is dropped
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
 _ACCEPT_RETRY = 0.25  # seconds before accepting again when out of descriptors or memory
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
@@ -265,16 +270,24 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         self._refused = True
         self._stop_head_timer()
         if self.cycle is None or self.cycle.response_complete:
-            body = ErrorBody(error=code, message=message).model_dump_json().encode()
-            reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
-            head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-            head += [
-                name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
-            ]
-            head.append(b"content-type: application/json\r\n")
-            head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
-            self.transport.write(b"".join(head) + body)
+            self._write_error(status, code, message)
         self._close_refused()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser refuses (bad framing, a NUL in the path, ...) gets the
+        protocol's typed JSON error like every other refusal, not uvicorn's plain text."""
+        self._write_error(400, "http_error", "not a valid HTTP/1.1 request")
+        self.transport.close()
+
+    def _write_error(self, status: int, code: str, message: str) -> None:
+        body = ErrorBody(error=code, message=message).model_dump_json().encode()
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+        ]
+        head.append(b"content-type: application/json\r\n")
+        head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
 
     def _close_refused(self) -> None:
         """Close, and drop the connection if its TLS close takes longer than
