@@ -97,3 +97,18 @@ def test_manifest_check_refuses_a_bomb_in_one_line(tmp_path: Path) -> None:
         lines = (result.stdout + result.stderr).strip().splitlines()
         assert len(lines) == 1, lines
         assert lines[0].startswith("error: manifest:") or "manifest:" in lines[0], lines
+
+
+def test_manifest_check_has_the_coordinators_budget(tmp_path: Path) -> None:
+    costly = tmp_path / "costly.yaml"
+    # Within every in-process bound; a fork and a thousand templates take far more than 50 ms.
+    costly.write_bytes(template_manifest(argv=[f"--n={{{{ {i} }}}}" for i in range(1000)]))
+    result = geode_cli(
+        "manifest", "check", "--time-budget", "50ms", str(costly), env=dict(os.environ)
+    )
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert lines == ["Error: manifest: validating it takes longer than 0.05 s"], lines
+    within = geode_cli("manifest", "check", str(costly), env=dict(os.environ))
+    assert within.returncode == 0, within.stderr
+    assert "valid (" in within.stdout

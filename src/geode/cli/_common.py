@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_MESH_ADDR",
     "GeodeGroup",
     "coordinator_option",
+    "duration",
     "insecure_option",
     "open_client",
     "resolve_root",
@@ -28,6 +30,17 @@ __all__ = [
 
 DEFAULT_CLIENT_ADDR = "127.0.0.1:4433"
 DEFAULT_MESH_ADDR = "127.0.0.1:2001"
+
+
+def duration(value: str) -> datetime.timedelta:
+    """A duration flag's value: a positive whole number of ms, s, m, h or d."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (value[:-2], "ms") if value.endswith("ms") else (value[:-1], value[-1:])
+    if unit not in units or not number.isdigit() or not int(number):
+        raise click.BadParameter(
+            f"{value!r}: expected a duration such as 500ms, 90s, 30m, 24h or 7d"
+        )
+    return datetime.timedelta(seconds=int(number) * units[unit])
 
 
 def warn(message: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from geode.cli._common import (
     DEFAULT_MESH_ADDR,
     GeodeGroup,
     coordinator_option,
+    duration,
     insecure_option,
     open_client,
     root_option,
@@ -60,16 +60,6 @@ def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
             raise click.BadParameter(f"{value!r}: no such file")
         collateral[kind] = Path(file)
     return collateral
-
-
-def _duration(value: str) -> datetime.timedelta:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (value[:-2], "ms") if value.endswith("ms") else (value[:-1], value[-1:])
-    if unit not in units or not number.isdigit() or not int(number):
-        raise click.BadParameter(
-            f"{value!r}: expected a duration such as 500ms, 90s, 30m, 24h or 7d"
-        )
-    return datetime.timedelta(seconds=int(number) * units[unit])
 
 
 @cli.command()
@@ -272,7 +262,7 @@ def coordinator(
         client_addr=_address(client_addr),
         mesh_addr=_address(mesh_addr),
         advertise_addr=_address(advertise_addr) if advertise_addr else None,
-        etcd_poll=_duration(etcd_poll),
+        etcd_poll=duration(etcd_poll),
         simulation=simulation,
         sealing_key=sealing_key,
         platform_key=platform_key,
@@ -280,17 +270,17 @@ def coordinator(
         coordinator_platform_keys=trust_coordinator_platform_key,
         collateral=collateral,
         san=san,
-        leaf_lifetime=_duration(leaf_ttl),
-        nonce_ttl=_duration(nonce_ttl),
+        leaf_lifetime=duration(leaf_ttl),
+        nonce_ttl=duration(nonce_ttl),
         limits=ConnectionLimits(
             client_max_connections=client_max_connections,
             mesh_max_connections=mesh_max_connections,
-            head_timeout=_duration(head_timeout).total_seconds(),
+            head_timeout=duration(head_timeout).total_seconds(),
             max_head_bytes=max_head_bytes,
-            idle_timeout=_duration(idle_timeout).total_seconds(),
+            idle_timeout=duration(idle_timeout).total_seconds(),
         ),
         manifest_budget=ManifestBudget(
-            seconds=_duration(manifest_time_budget).total_seconds(),
+            seconds=duration(manifest_time_budget).total_seconds(),
             memory=manifest_memory_budget << 20,
         ),
         log_level=log_level,

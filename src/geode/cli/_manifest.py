@@ -12,6 +12,7 @@ import click
 from geode._files import create_private_file, replace_file
 from geode.cli._common import (
     coordinator_option,
+    duration,
     insecure_option,
     open_client,
     resolve_root,
@@ -33,9 +34,34 @@ def manifest() -> None:
 
 @manifest.command()
 @_file
-def check(file: Path) -> None:
-    """Validate FILE offline (schema, references, templates)."""
-    document = load_manifest(file.read_bytes())
+@click.option(
+    "--time-budget",
+    default="10s",
+    show_default=True,
+    help="Wall-clock time the validation may take (the Coordinator's --manifest-time-budget).",
+)
+@click.option(
+    "--memory-budget",
+    default=512,
+    show_default=True,
+    type=click.IntRange(min=128),
+    metavar="MIB",
+    help="Address space of the validating process (the Coordinator's --manifest-memory-budget).",
+)
+def check(file: Path, time_budget: str, memory_budget: int) -> None:
+    """Validate FILE offline (schema, references, templates), within the budgets the
+    Coordinator gives a manifest someone sends it."""
+    from geode.coordinator import ManifestBudget, check_in_worker, stop_workers
+
+    raw = file.read_bytes()
+    budget = ManifestBudget(
+        seconds=duration(time_budget).total_seconds(), memory=memory_budget << 20
+    )
+    try:
+        check_in_worker(raw, budget)  # a bomb costs the worker, not this process
+    finally:
+        stop_workers()
+    document = load_manifest(raw)
     m = document.manifest
     click.echo(
         f"{file}: valid ({len(m.packages)} packages, {len(m.services)} services, "

@@ -27,7 +27,12 @@ from geode.coordinator._server import (
 from geode.coordinator._state import CoordinatorState, StoredSecret
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
 from geode.coordinator._transaction import Transaction
-from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget, check_in_worker
+from geode.coordinator._validation import (
+    DEFAULT_MANIFEST_BUDGET,
+    ManifestBudget,
+    check_in_worker,
+    stop_workers,
+)
 
 __all__ = [
     "DEFAULT_MANIFEST_BUDGET",
@@ -65,4 +70,5 @@ __all__ = [
     "parse_address",
     "parse_etcd_url",
     "serve",
+    "stop_workers",
 ]

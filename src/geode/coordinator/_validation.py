@@ -92,7 +92,7 @@ def check_in_worker(raw: bytes, budget: ManifestBudget, *, update: bool = False)
     thread (``ManifestWorker`` does)."""
     context = _context()
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(  # type: ignore[attr-defined]  # no public stop
+    process = context.Process(  # type: ignore[attr-defined]  # not in the stubs
         target=_worker, args=(raw, update, budget.memory, send), daemon=True
     )
     started = time.monotonic()
@@ -138,7 +138,8 @@ class ManifestWorker:
         """Start the process workers are forked from and wait until it forks them (it imports
         the manifest code first): before the Coordinator listens, not while the first manifest
         waits."""
-        process = _context().Process(target=_nothing)  # type: ignore[attr-defined]  # no public stop
+        context = _context()
+        process = context.Process(target=_nothing)  # type: ignore[attr-defined]  # not in the stubs
         process.start()
         process.join()
 
