@@ -25,9 +25,9 @@ PACKAGES = [
     "testing",
 ]
 
-# What each package may import from Geode. The base modules (errors, _files, _process) and the
-# base package tee (the TEE kinds and reference values) import nothing of Geode and may be used
-# by everyone. Nothing imports the CLI.
+# What each package may import from Geode. The base modules (errors, _files, _process,
+# _sockets) and the base package tee (the TEE kinds and reference values) import nothing of
+# Geode and may be used by everyone. Nothing imports the CLI.
 ALLOWED = {
     "manifest": set(),
     "attestation": set(),
@@ -54,7 +54,7 @@ ALLOWED = {
         "inject",
     },
 }
-BASE = {"errors", "tee", "_files", "_process"}
+BASE = {"errors", "tee", "_files", "_process", "_sockets"}
 
 
 # Public modules inside a package, with an ``__all__`` of their own.

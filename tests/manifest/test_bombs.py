@@ -104,7 +104,7 @@ def test_manifest_check_has_the_coordinators_budget(tmp_path: Path) -> None:
     # Within every in-process bound; a fork and a thousand templates take far more than 50 ms.
     costly.write_bytes(template_manifest(argv=[f"--n={{{{ {i} }}}}" for i in range(1000)]))
     result = geode_cli(
-        "manifest", "check", "--time-budget", "50ms", str(costly), env=dict(os.environ)
+        "manifest", "check", "--manifest-time-budget", "50ms", str(costly), env=dict(os.environ)
     )
     assert result.returncode == 1
     lines = (result.stdout + result.stderr).strip().splitlines()

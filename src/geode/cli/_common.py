@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "coordinator_option",
     "duration",
     "insecure_option",
+    "manifest_budget_options",
     "open_client",
     "resolve_root",
     "root_option",
@@ -100,6 +102,40 @@ def user_options(command: Any) -> Any:
         required=True,
         help="The user's certificate as the manifest names it, PEM (env GEODE_USER_CERT).",
     )(command)
+
+
+def manifest_budget_options(command: Any) -> Any:
+    """``--manifest-time-budget`` and ``--manifest-memory-budget``: what validating a manifest
+    may cost (``geode coordinator`` and ``geode manifest check`` share them, so an offline check
+    has the Coordinator's limits). The command receives ``manifest_budget``."""
+
+    @functools.wraps(command)
+    def with_budget(
+        *args: Any, manifest_time_budget: str, manifest_memory_budget: int, **kw: Any
+    ) -> Any:
+        from geode.coordinator import ManifestBudget  # not imported by every command
+
+        budget = ManifestBudget(
+            seconds=duration(manifest_time_budget).total_seconds(),
+            memory=manifest_memory_budget << 20,
+        )
+        return command(*args, manifest_budget=budget, **kw)
+
+    with_budget = click.option(
+        "--manifest-memory-budget",
+        default=512,  # ManifestBudget's
+        show_default=True,
+        type=click.IntRange(min=128),
+        metavar="MIB",
+        help="Address space of the process that validates a manifest or update, in MiB.",
+    )(with_budget)
+    return click.option(
+        "--manifest-time-budget",
+        default="10s",  # ManifestBudget's
+        show_default=True,
+        help="Wall-clock time validating a manifest or update may take (in a worker process); "
+        "past it, it is refused with manifest_too_costly.",
+    )(with_budget)
 
 
 def resolve_root(address: str | None, root_ca: Path | None) -> x509.Certificate | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,7 @@ from geode.cli._common import (
     coordinator_option,
     duration,
     insecure_option,
+    manifest_budget_options,
     open_client,
     root_option,
 )
@@ -28,6 +30,9 @@ from geode.cli._manifest import manifest
 from geode.cli._run import run
 from geode.cli._up import up
 from geode.cli._verify import verify
+
+if TYPE_CHECKING:
+    from geode.coordinator import ManifestBudget
 
 __all__ = ["cli", "main"]
 
@@ -180,21 +185,7 @@ def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
     show_default=True,
     help="A kept-alive connection on which no request starts for this long is closed.",
 )
-@click.option(
-    "--manifest-time-budget",
-    default="10s",
-    show_default=True,
-    help="Wall-clock time validating a manifest or update someone sends may take (a worker "
-    "process); past it the request is refused with manifest_too_costly.",
-)
-@click.option(
-    "--manifest-memory-budget",
-    default=512,
-    show_default=True,
-    type=click.IntRange(min=128),
-    metavar="MIB",
-    help="Address space of the worker that validates a manifest or update, in MiB.",
-)
+@manifest_budget_options
 @click.option(
     "--log-level",
     default="info",
@@ -226,8 +217,7 @@ def coordinator(
     head_timeout: str,
     max_head_bytes: int,
     idle_timeout: str,
-    manifest_time_budget: str,
-    manifest_memory_budget: int,
+    manifest_budget: ManifestBudget,
     log_level: str,
 ) -> None:
     """Run the Coordinator."""
@@ -235,7 +225,6 @@ def coordinator(
         ConnectionLimits,
         CoordinatorConfig,
         EtcdSettings,
-        ManifestBudget,
         parse_etcd_url,
         serve,
     )
@@ -279,10 +268,7 @@ def coordinator(
             max_head_bytes=max_head_bytes,
             idle_timeout=duration(idle_timeout).total_seconds(),
         ),
-        manifest_budget=ManifestBudget(
-            seconds=duration(manifest_time_budget).total_seconds(),
-            memory=manifest_memory_budget << 20,
-        ),
+        manifest_budget=manifest_budget,
         log_level=log_level,
     )
     raise SystemExit(serve(config))

@@ -6,14 +6,15 @@ import base64
 import hashlib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from geode._files import create_private_file, replace_file
 from geode.cli._common import (
     coordinator_option,
-    duration,
     insecure_option,
+    manifest_budget_options,
     open_client,
     resolve_root,
     root_option,
@@ -21,6 +22,9 @@ from geode.cli._common import (
 )
 from geode.manifest import load_manifest, parse_manifest_data
 from geode.protocol import ManifestSetResult, UpdateApplied, UpdatePending
+
+if TYPE_CHECKING:
+    from geode.coordinator import ManifestBudget
 
 __all__ = ["manifest"]
 
@@ -34,31 +38,15 @@ def manifest() -> None:
 
 @manifest.command()
 @_file
-@click.option(
-    "--time-budget",
-    default="10s",
-    show_default=True,
-    help="Wall-clock time the validation may take (the Coordinator's --manifest-time-budget).",
-)
-@click.option(
-    "--memory-budget",
-    default=512,
-    show_default=True,
-    type=click.IntRange(min=128),
-    metavar="MIB",
-    help="Address space of the validating process (the Coordinator's --manifest-memory-budget).",
-)
-def check(file: Path, time_budget: str, memory_budget: int) -> None:
+@manifest_budget_options
+def check(file: Path, manifest_budget: ManifestBudget) -> None:
     """Validate FILE offline (schema, references, templates), within the budgets the
     Coordinator gives a manifest someone sends it."""
-    from geode.coordinator import ManifestBudget, check_in_worker, stop_workers
+    from geode.coordinator import check_in_worker, stop_workers
 
     raw = file.read_bytes()
-    budget = ManifestBudget(
-        seconds=duration(time_budget).total_seconds(), memory=memory_budget << 20
-    )
     try:
-        check_in_worker(raw, budget)  # a bomb costs the worker, not this process
+        check_in_worker(raw, manifest_budget)  # a bomb costs the worker, not this process
     finally:
         stop_workers()
     document = load_manifest(raw)

@@ -46,6 +46,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from geode._sockets import listening_sockets
 from geode.protocol import ErrorBody
 
 __all__ = [
@@ -431,7 +432,10 @@ class LimitedServer(uvicorn.Server):
             return protocol
 
         try:
-            bound = _bind(config.host, config.port, config.backlog)
+            infos = socket.getaddrinfo(
+                config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            bound = listening_sockets(infos, config.backlog)
         except OSError as exc:
             log.error(
                 "%s: cannot listen on %s:%d: %s",
@@ -446,24 +450,3 @@ class LimitedServer(uvicorn.Server):
         listener.start()
         self.servers = [listener]  # type: ignore[list-item]
         self.started = True
-
-
-def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """Listening sockets for ``host`` (every address it resolves to), as asyncio binds them."""
-    bound: list[socket.socket] = []
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            bound.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in bound:
-            sock.close()
-        raise
-    return bound

@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
+from geode._sockets import listening_sockets
 from geode.errors import LaunchError
 from geode.manifest import MeshConfig
 from geode.proxy._connection import APP_HOST, ConnectionOwner, ProxyLimits, Slot, describe, log
@@ -339,24 +340,8 @@ class TransparentProxy:
 
 
 async def _bind(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for every address of ``host``, as ``loop.create_server`` binds them."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(
+    """Listening sockets for every address of ``host``."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.listen(_BACKLOG)
-            sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+    return listening_sockets(infos, _BACKLOG)
