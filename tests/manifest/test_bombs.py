@@ -112,3 +112,17 @@ def test_manifest_check_has_the_coordinators_budget(tmp_path: Path) -> None:
     within = geode_cli("manifest", "check", str(costly), env=dict(os.environ))
     assert within.returncode == 0, within.stderr
     assert "valid (" in within.stdout
+
+
+def test_the_compiled_template_cache_keeps_small_templates_only() -> None:
+    from geode.manifest import _template
+
+    cached = _template._compile_cached
+    assert cached.cache_info().maxsize is not None
+    assert cached.cache_info().maxsize <= 256
+    cached.cache_clear()
+    before = cached.cache_info().currsize
+    load_manifest(template_manifest(X="{{ secrets.k | hex }}" + "y" * 5000))
+    assert cached.cache_info().currsize == before  # a large source is compiled, not kept
+    load_manifest(template_manifest(X="{{ secrets.k | hex }}-small-one"))
+    assert cached.cache_info().currsize == before + 1

@@ -200,4 +200,11 @@ BOMBS: tuple[Bomb, ...] = (
         "template syntax error",
         _ENV,
     ),
+    # A quote and escaped quotes to the end: a scan that tries each quote again is quadratic.
+    Bomb("json unterminated escapes", b'{"' + b'\\"' * (MIB // 2 - 1), "unterminated string"),
+    # Values their type cannot hold: the YAML and JSON parsers raise ValueError on them.
+    Bomb("yaml impossible date", b"version: 1\nwhen: 2001-13-45\n", "invalid value"),
+    Bomb("yaml float tag", b"version: 1\nx: !!float xyz\n", "invalid value"),
+    Bomb("yaml huge integer", b"version: 1\nx: " + b"9" * 5000 + b"\n", "invalid value"),
+    Bomb("json huge integer", b'{"version": ' + b"9" * 5000 + b"}", "invalid value"),
 )

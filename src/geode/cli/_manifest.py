@@ -20,7 +20,7 @@ from geode.cli._common import (
     root_option,
     user_options,
 )
-from geode.manifest import load_manifest, parse_manifest_data
+from geode.manifest import is_package_update, load_manifest, parse_manifest_data
 from geode.protocol import ManifestSetResult, UpdateApplied, UpdatePending
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ def apply(
     applies at once; a whole manifest waits for the acknowledgements it needs."""
     raw = file.read_bytes()
     data = parse_manifest_data(raw)
-    if not (isinstance(data, dict) and set(data) == {"packages"}):
+    if not is_package_update(data):
         load_manifest(raw)  # a whole manifest: validated here first
     with open_client(address, root_ca, False, (user_cert, user_key)) as client:
         result = client.update(raw)

@@ -30,6 +30,7 @@ from geode.coordinator._transaction import Transaction
 from geode.coordinator._validation import (
     DEFAULT_MANIFEST_BUDGET,
     ManifestBudget,
+    ManifestWorker,
     check_in_worker,
     stop_workers,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "EtcdStore",
     "GroupCommit",
     "ManifestBudget",
+    "ManifestWorker",
     "MemoryAuditLog",
     "NonceStore",
     "Pending",

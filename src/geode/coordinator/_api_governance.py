@@ -31,7 +31,12 @@ from geode.coordinator._secrets import exported_secret, is_set
 from geode.coordinator._transaction import Transaction
 from geode.coordinator._updates import PackageUpdate, apply_package_update
 from geode.errors import PermissionDenied, Unauthenticated
-from geode.manifest import MAX_MANIFEST_BYTES, load_manifest, parse_manifest_data
+from geode.manifest import (
+    MAX_MANIFEST_BYTES,
+    is_package_update,
+    load_manifest,
+    parse_manifest_data,
+)
 from geode.protocol import (
     NONCE_QUERY_PATTERN,
     AuditLogAnswer,
@@ -139,7 +144,7 @@ def governance_handlers(coordinator: Coordinator, transaction: Transaction) -> d
         # event loop, which serves both APIs.
         await coordinator.manifest_worker.check(raw, update=True)
         data = await asyncio.to_thread(parse_manifest_data, raw)
-        if isinstance(data, dict) and set(data) == {"packages"}:
+        if is_package_update(data):
             return await _package_update(request, user, PackageUpdate.parse(data))
         governance.require_grant(user, "manifest", "update")
         document = await asyncio.to_thread(load_manifest, raw)

@@ -24,7 +24,7 @@ from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 
 from geode.errors import ManifestError, ManifestTooCostly
-from geode.manifest import load_manifest, parse_manifest_data
+from geode.manifest import is_package_update, load_manifest, parse_manifest_data
 
 __all__ = [
     "DEFAULT_MANIFEST_BUDGET",
@@ -55,7 +55,7 @@ DEFAULT_MANIFEST_BUDGET = ManifestBudget()
 def _validate(raw: bytes, update: bool) -> None:
     """What the worker checks: a whole manifest, or (``update``) a package update."""
     data = parse_manifest_data(raw)
-    if update and isinstance(data, dict) and set(data) == {"packages"}:
+    if update and is_package_update(data):
         return  # a package update: its fields are checked against the manifest in force
     load_manifest(raw)
 
@@ -72,6 +72,9 @@ def _worker(raw: bytes, update: bool, memory: int, answer: Connection) -> None:
         result = (exc.path, exc.reason)
     except MemoryError:
         result = ("", "memory")
+    except Exception as exc:  # a bug of the validation: refused as invalid, and said so
+        log.exception("a manifest could not be validated")
+        result = ("manifest", f"could not be validated ({type(exc).__name__})")
     answer.send(result)
     answer.close()
 
@@ -123,8 +126,13 @@ def stop_workers() -> None:
     them, so that a stopped Coordinator leaves no process behind, not even for a moment. They
     would exit on their own once the Coordinator's end of their pipes closes; ``geode up``
     checks that nothing of the Coordinator's process group is left right after it exits."""
-    forkserver._forkserver._stop()  # type: ignore[attr-defined]  # no public stop
-    resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]  # no public stop
+    for private in (forkserver._forkserver, resource_tracker._resource_tracker):
+        stop = getattr(private, "_stop", None)  # no public stop: absent, it is left to exit
+        try:
+            if stop is not None:
+                stop()
+        except Exception as exc:  # e.g. after a failed start: never hide what went before
+            log.debug("a manifest validation helper process could not be stopped: %s", exc)
 
 
 class ManifestWorker:
@@ -145,4 +153,14 @@ class ManifestWorker:
 
     async def check(self, raw: bytes, *, update: bool = False) -> None:
         async with self._one:
-            await asyncio.to_thread(check_in_worker, raw, self.budget, update=update)
+            validation = asyncio.ensure_future(
+                asyncio.to_thread(check_in_worker, raw, self.budget, update=update)
+            )
+            try:
+                await asyncio.shield(validation)
+            except asyncio.CancelledError:
+                # The caller left (its client hung up): the worker still runs to its end or
+                # its budget, and the next one waits for it, so one at a time still holds.
+                await asyncio.wait([validation])
+                validation.exception()  # its refusal has nobody to go to
+                raise

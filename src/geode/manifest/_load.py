@@ -43,6 +43,7 @@ __all__ = [
     "MAX_MANIFEST_TEMPLATE_TOKENS",
     "MAX_MANIFEST_TEMPLATE_WORK",
     "ManifestDocument",
+    "is_package_update",
     "load_manifest",
     "load_package",
     "parse_manifest_data",
@@ -208,23 +209,34 @@ class _StrictLoader(
         return super().construct_mapping(node, deep=deep)
 
 
-# A JSON string, matched without backtracking; what remains outside strings is structure.
-_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"')
-_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+# What the shape of a JSON text is made of: a whole string (skipped), a quote that opens no
+# whole string (the text is not JSON), and the structure outside strings. Scanned in one pass:
+# an unterminated string stops the scan, rather than being tried again from each quote in it.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"|"|[\[\]{},:]')
 
 
 def _check_json_shape(text: str) -> None:
     """Refuse JSON nested deeper than ``MAX_MANIFEST_DEPTH`` or with more than
-    ``MAX_MANIFEST_NODES`` values before parsing it: a cheap scan of its structure."""
-    structure = _JSON_STRING.sub('""', text)
+    ``MAX_MANIFEST_NODES`` values before parsing it: a linear scan of its structure."""
     depth = 0
-    for bracket in _JSON_BRACKETS.finditer(structure):
-        depth += 1 if bracket[0] in "[{" else -1
-        if depth > MAX_MANIFEST_DEPTH:
-            raise ManifestError("manifest", f"nested deeper than {MAX_MANIFEST_DEPTH} levels")
-    values = sum(structure.count(c) for c in ",:[{") + 1  # keys counted, as YAML counts them
-    if values > MAX_MANIFEST_NODES:
-        raise ManifestError("manifest", f"more than {MAX_MANIFEST_NODES} values")
+    values = 1  # keys counted, as YAML counts them
+    for token in _JSON_TOKEN.finditer(text):
+        mark = token[0]
+        if len(mark) > 1:
+            continue  # a string
+        if mark == '"':
+            line = text.count("\n", 0, token.start()) + 1
+            raise ManifestError("manifest", f"invalid JSON at line {line}: unterminated string")
+        if mark in "[{":
+            depth += 1
+            if depth > MAX_MANIFEST_DEPTH:
+                raise ManifestError("manifest", f"nested deeper than {MAX_MANIFEST_DEPTH} levels")
+        elif mark in "]}":
+            depth -= 1
+        if mark in ",:[{":
+            values += 1
+            if values > MAX_MANIFEST_NODES:
+                raise ManifestError("manifest", f"more than {MAX_MANIFEST_NODES} values")
 
 
 def parse_manifest_data(raw: bytes) -> Any:
@@ -265,6 +277,18 @@ def parse_manifest_data(raw: bytes) -> Any:
         raise ManifestError("manifest", f"invalid YAML{where}: {problem}") from None
     except RecursionError:  # a backstop: the depth is bounded above
         raise ManifestError("manifest", f"nested deeper than {MAX_MANIFEST_DEPTH} levels") from None
+    except ManifestError:
+        raise
+    except (ValueError, OverflowError) as exc:
+        # A value its type cannot hold: a date such as 2001-13-45, ``!!float xyz``, an integer
+        # of more digits than Python converts.
+        raise ManifestError("manifest", f"invalid value: {exc}") from None
+
+
+def is_package_update(data: object) -> bool:
+    """Whether parsed update data is a package update (``{packages: {NAME: change}}``, checked
+    against the manifest in force) rather than a whole manifest (validated on its own)."""
+    return isinstance(data, dict) and set(data) == {"packages"}
 
 
 def load_package(raw: bytes) -> Package:

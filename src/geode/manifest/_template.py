@@ -210,9 +210,21 @@ def _environment() -> Sandbox:
     return env
 
 
-@functools.lru_cache(maxsize=4096)
-def _compile(source: str) -> jinja2.Template:
+# Templates are compiled once per source, for the activations that render them again. The
+# cache lives as long as the process and its sources come from whoever may send a manifest (an
+# updater's refused proposals included): it keeps small templates only, and few of them.
+_CACHED_SOURCE_CHARS = 4096
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_cached(source: str) -> jinja2.Template:
     return _environment().from_string(source)
+
+
+def _compile(source: str) -> jinja2.Template:
+    if len(source) > _CACHED_SOURCE_CHARS:
+        return _environment().from_string(source)
+    return _compile_cached(source)
 
 
 def _parse(source: str, path: str) -> nodes.Template:
