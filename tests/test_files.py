@@ -17,6 +17,7 @@ from geode._files import (
     open_directory,
     place_file,
     remove_recorded_file,
+    replace_private_file,
     wipe_file_at,
     wipe_tree,
 )
@@ -235,3 +236,21 @@ def test_without_openat2_the_walk_takes_over(tree: Path, monkeypatch: pytest.Mon
     assert calls
     assert _files._openat2 is None
     place_file(tree / "real" / "y", b"1").remove()
+
+
+def test_a_private_file_replaced_is_zeroed_unless_named_elsewhere(tmp_path: Path) -> None:
+    """A renewed key replaces the old one by rename: the old one's pages are zeroed, read here
+    through a descriptor kept on it; one that still has another name keeps its content."""
+    key = tmp_path / "key.pem"
+    key.write_bytes(b"old key")
+    kept = os.open(key, os.O_RDONLY)
+    try:
+        replace_private_file(key, b"new key")
+        assert os.pread(kept, 100, 0) == bytes(7)
+    finally:
+        os.close(kept)
+    assert key.read_bytes() == b"new key"
+    os.link(key, tmp_path / "elsewhere")
+    replace_private_file(key, b"newer key")
+    assert (tmp_path / "elsewhere").read_bytes() == b"new key"
+    assert key.read_bytes() == b"newer key"

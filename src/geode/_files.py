@@ -66,31 +66,42 @@ def create_private_file(path: Path, data: bytes) -> bool:
 
 
 def replace_private_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with a file of mode 0600 holding ``data`` (``replace_file``)."""
-    replace_file(path, data, mode=0o600)
+    """Replace ``path`` atomically with a file of mode 0600 holding ``data`` (``replace_file``);
+    the file replaced is zeroed once no name refers to it any more (a renewed key's old one)."""
+    replace_file(path, data, mode=0o600, wipe_replaced=True)
 
 
-def replace_file(path: Path, data: bytes, *, mode: int) -> None:
+def replace_file(path: Path, data: bytes, *, mode: int, wipe_replaced: bool = False) -> None:
     """Replace ``path`` atomically with a file of ``mode`` holding ``data``: written to a
     temporary file beside it, flushed, renamed over it, and the directory flushed, so a crash
     leaves the old file or the new one, never a mix. A link at ``path`` is replaced itself,
-    never written through. ``OSError`` as the system gives it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    never written through. With ``wipe_replaced``, the regular file replaced is zeroed after the
+    rename through a descriptor taken before it, if the rename left it with no name at all (one
+    hard-linked elsewhere keeps its content). ``OSError`` as the system gives it."""
+    replaced = _open_regular_path(path) if wipe_replaced else -1
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        if replaced >= 0:
+            with contextlib.suppress(OSError):
+                _zero(replaced, os.fstat(replaced), names=0)
     finally:
-        os.close(dir_fd)
+        if replaced >= 0:
+            os.close(replaced)
 
 
 def is_private(path: Path) -> bool:
@@ -467,10 +478,22 @@ def _open_regular(dir_fd: int, name: str) -> int:
         return -1
 
 
-def _zero(fd: int, info: os.stat_result) -> None:
-    """Zero the open file ``fd`` (whose ``fstat`` is ``info``) if it is a regular file with no
-    other name."""
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+def _open_regular_path(path: Path) -> int:
+    """``_open_regular`` for ``path`` (its directory is followed, not the file), or -1."""
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        return _open_regular(dir_fd, path.name)
+    finally:
+        os.close(dir_fd)
+
+
+def _zero(fd: int, info: os.stat_result, *, names: int = 1) -> None:
+    """Zero the open file ``fd`` (whose ``fstat`` is ``info``) if it is a regular file with
+    ``names`` names (the one about to be unlinked, or none left): never one named elsewhere."""
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != names:
         return
     zeros = bytes(min(info.st_size, 1 << 16))
     done = 0
