@@ -26,9 +26,11 @@ __all__ = [
     "is_private",
     "open_directory",
     "place_file",
+    "remove_file_at",
     "remove_recorded_file",
     "replace_file",
     "replace_private_file",
+    "wipe_file",
     "wipe_file_at",
     "wipe_tree",
     "xdg_path",
@@ -64,31 +66,42 @@ def create_private_file(path: Path, data: bytes) -> bool:
 
 
 def replace_private_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` atomically with a file of mode 0600 holding ``data`` (``replace_file``)."""
-    replace_file(path, data, mode=0o600)
+    """Replace ``path`` atomically with a file of mode 0600 holding ``data`` (``replace_file``);
+    the file replaced is zeroed once no name refers to it any more (a renewed key's old one)."""
+    replace_file(path, data, mode=0o600, wipe_replaced=True)
 
 
-def replace_file(path: Path, data: bytes, *, mode: int) -> None:
+def replace_file(path: Path, data: bytes, *, mode: int, wipe_replaced: bool = False) -> None:
     """Replace ``path`` atomically with a file of ``mode`` holding ``data``: written to a
     temporary file beside it, flushed, renamed over it, and the directory flushed, so a crash
     leaves the old file or the new one, never a mix. A link at ``path`` is replaced itself,
-    never written through. ``OSError`` as the system gives it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    never written through. With ``wipe_replaced``, the regular file replaced is zeroed after the
+    rename through a descriptor taken before it, if the rename left it with no name at all (one
+    hard-linked elsewhere keeps its content). ``OSError`` as the system gives it."""
+    replaced = _open_regular_path(path) if wipe_replaced else -1
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        if replaced >= 0:
+            with contextlib.suppress(OSError):
+                _zero(replaced, os.fstat(replaced), names=0)
     finally:
-        os.close(dir_fd)
+        if replaced >= 0:
+            os.close(replaced)
 
 
 def is_private(path: Path) -> bool:
@@ -304,11 +317,11 @@ class PlacedFile:
     inode: int
 
     def remove(self) -> None:
-        """Unlink the name in the verified directory (``unlinkat``: a link put there since is
-        removed itself, never followed), then close the directory."""
+        """Zero and unlink the file in the verified directory if the name still refers to it
+        (``remove_file_at``: anything put under the name since is left alone, never followed
+        or zeroed), then close the directory."""
         try:
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                os.unlink(self.name, dir_fd=self.dir_fd)
+            remove_file_at(self.dir_fd, self.name, self.device, self.inode)
         finally:
             self.close()
 
@@ -384,39 +397,109 @@ def remove_recorded_file(path: str, device: int, inode: int) -> bool:
     except OSError:
         return False
     try:
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return remove_file_at(dir_fd, name, device, inode)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_file_at(dir_fd: int, name: str, device: int, inode: int) -> bool:
+    """Zero and unlink ``name`` in the directory ``dir_fd`` if it is the regular file
+    (``device``, ``inode``). True if removed.
+
+    The file is opened once (no link followed) and everything is decided on that descriptor:
+    its identity is checked, and it is zeroed, through the descriptor, so a file swapped in under
+    the name after a check is never the one zeroed. The name is unlinked only if it still refers
+    to that file; the window left between that last look and ``unlinkat`` can at worst unlink a
+    name put there in it, never zero anything. A file that cannot be opened for writing is
+    unlinked, after the same identity check, without being zeroed."""
+    fd = _open_regular(dir_fd, name)
+    try:
+        info = os.fstat(fd) if fd >= 0 else os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (device, inode):
             return False
-        wipe_file_at(dir_fd, name)
+        if fd >= 0:
+            _zero(fd, info)
+        now = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+            return False
         os.unlink(name, dir_fd=dir_fd)
         return True
     except OSError:
         return False
     finally:
-        os.close(dir_fd)
+        if fd >= 0:
+            os.close(fd)
 
 
 def wipe_file_at(dir_fd: int, name: str) -> None:
-    """Overwrite a regular file with zeros before it is unlinked: on a tmpfs the pages that held
-    a secret are then cleared, not just freed."""
-    try:
-        fd = os.open(
-            name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd
-        )
-    except OSError:
+    """Overwrite the regular file ``name`` in ``dir_fd`` with zeros before it is unlinked: on a
+    tmpfs the pages that held a secret are then cleared, not just freed. A link is not followed,
+    anything but a regular file is left alone, and so is a file with another name elsewhere
+    (``st_nlink > 1``): a hard link planted beside Geode's files may point at anyone's data."""
+    fd = _open_regular(dir_fd, name)
+    if fd < 0:
         return
     try:
-        info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode):
-            zeros = bytes(min(info.st_size, 1 << 16))
-            left = info.st_size
-            while left > 0:
-                left -= os.write(fd, zeros[: min(left, len(zeros))])
-            os.fsync(fd)
+        _zero(fd, os.fstat(fd))
     except OSError:
         pass
     finally:
         os.close(fd)
+
+
+def wipe_file(path: Path) -> None:
+    """Zero (``wipe_file_at``) and delete the file ``path`` in a directory of Geode's own; a
+    link at ``path`` is deleted itself, never followed. Nothing if it is missing."""
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        wipe_file_at(dir_fd, path.name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _open_regular(dir_fd: int, name: str) -> int:
+    """``name`` opened for writing if it looks like a regular file (no link followed), else -1.
+    The look first spares opening a device or a FIFO at all; the descriptor's own ``fstat``
+    decides what is done with it."""
+    try:
+        if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            return -1
+        return os.open(
+            name,
+            os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+            dir_fd=dir_fd,
+        )
+    except OSError:
+        return -1
+
+
+def _open_regular_path(path: Path) -> int:
+    """``_open_regular`` for ``path`` (its directory is followed, not the file), or -1."""
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        return _open_regular(dir_fd, path.name)
+    finally:
+        os.close(dir_fd)
+
+
+def _zero(fd: int, info: os.stat_result, *, names: int = 1) -> None:
+    """Zero the open file ``fd`` (whose ``fstat`` is ``info``) if it is a regular file with
+    ``names`` names (the one about to be unlinked, or none left): never one named elsewhere."""
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != names:
+        return
+    zeros = bytes(min(info.st_size, 1 << 16))
+    done = 0
+    while done < info.st_size:
+        done += os.pwrite(fd, zeros[: min(info.st_size - done, len(zeros))], done)
+    os.fsync(fd)
 
 
 def wipe_tree(path: Path) -> None:

@@ -158,3 +158,31 @@ def test_the_runtime_files_of_a_server_killed_outright_go_at_the_next_start(
     files.remove()
     live.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_key_and_option_files_are_zeroed_before_they_are_deleted(tmp_path: Path) -> None:
+    """A descriptor kept on the old file reads what is left of it once its name is gone: zeros."""
+    files = RuntimeFiles.create(tmp_path)
+    try:
+        files.write_key(bytes(range(32)))
+        files.write_options([("port", "3306")])
+        kept = os.open(files.key_file, os.O_RDONLY)
+        try:
+            files.remove_key()
+            assert not files.key_file.exists()
+            size = os.fstat(kept).st_size
+            assert size > 64
+            assert os.pread(kept, size, 0) == bytes(size)
+        finally:
+            os.close(kept)
+        kept = os.open(files.option_file, os.O_RDONLY)
+        try:
+            files.write_options([("port", "3307")])
+            size = os.fstat(kept).st_size
+            assert size > 0
+            assert os.pread(kept, size, 0) == bytes(size)
+        finally:
+            os.close(kept)
+        assert b"3307" in files.option_file.read_bytes()
+    finally:
+        files.remove()

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from geode._files import create_private_file, wipe_tree
+from geode._files import create_private_file, wipe_file, wipe_tree
 from geode.errors import DatabaseError
 from geode.runtime.launcher import LauncherRecord, clean_leftovers
 
@@ -141,17 +141,18 @@ class RuntimeFiles:
         create_private_file(self.key_file, f"1;{key.hex()}\n".encode())
 
     def remove_key(self) -> None:
-        self.key_file.unlink(missing_ok=True)
+        """Zero the key file, then delete it (``geode._files.wipe_file``)."""
+        wipe_file(self.key_file)
 
     def write_ca_bundle(self, ca_files: Sequence[Path]) -> None:
         data = b"".join(path.read_bytes().rstrip(b"\n") + b"\n" for path in ca_files)
         scratch = self.ca_file.with_suffix(".new")
-        scratch.unlink(missing_ok=True)
+        wipe_file(scratch)
         create_private_file(scratch, data)
         scratch.replace(self.ca_file)
 
     def write_options(self, options: Iterable[Option]) -> None:
-        self.option_file.unlink(missing_ok=True)
+        wipe_file(self.option_file)
         create_private_file(self.option_file, render_option_file(options).encode())
 
     def remove(self) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
-from geode._files import PlacedFile, open_directory, place_file, wipe_file_at, wipe_tree
+from geode._files import PlacedFile, open_directory, place_file, wipe_tree
 from geode._process import GroupWatchdog, group_members, parent_death_signal
 from geode.errors import LaunchError
 from geode.manifest import SERVICE_KEY_MARKER
@@ -160,10 +160,10 @@ def lay_out(
 
 def remove_plan(plan: LaunchPlan) -> None:
     """Zero and delete every file of the plan (those outside its directory through the
-    directory descriptors they were created in), then the directory; the record's lock goes
-    last, so a launcher dying half-way still leaves its record to the next one."""
+    directory descriptors they were created in, and only if still the very file written), then
+    the directory; the record's lock goes last, so a launcher dying half-way still leaves its
+    record to the next one."""
     for placed in plan.written:
-        wipe_file_at(placed.dir_fd, placed.name)
         placed.remove()
     wipe_tree(plan.directory)
     if plan.record is not None:
