@@ -5,12 +5,12 @@ one (and its file descriptor) for ever: a thousand of them, under a 1,024-descri
 cut off activation for everyone. And uvicorn buffers a request head whole, however large.
 So, per API (``ApiGate``):
 
-- Each API accepts its own connections (``ApiListener``) so that it can count them: at most
-  ``max_connections`` at a time, TLS handshakes included; beyond that a new connection is
-  closed at once. The client and the mesh API have separate budgets, so a flood of the client
-  API leaves the mesh API (activations, renewals) reachable. ``fit_fd_limit`` raises the
-  process's open-file limit to its hard limit and lowers both budgets, with a warning, when
-  they would not fit under it beside ``FD_RESERVE`` descriptors for everything else.
+- Each API accepts its own connections (``_listener.ApiListener``) so that it can count
+  them: at most ``max_connections`` at a time, TLS handshakes included; beyond that a new
+  connection is closed at once. The client and the mesh API have separate budgets, so a flood
+  of the client API leaves the mesh API (activations, renewals) reachable. ``fit_fd_limit``
+  raises the process's open-file limit to its hard limit and lowers both budgets, with a
+  warning, when they would not fit under it beside ``FD_RESERVE`` descriptors for the rest.
 - ``head_timeout`` bounds the time from accepting a connection to the end of its first
   request head, the TLS handshake included (the handshake alone is bounded by it too), and on
   a kept-alive connection from the first byte of a request to the end of its head: a late head
@@ -35,28 +35,23 @@ once per ``WARN_EVERY`` seconds per kind, with how often it happened meanwhile.
 
 The HTTP side is uvicorn's httptools protocol (what the Coordinator runs; its internals are
 relied on, hence the narrow uvicorn range in pyproject.toml): ``HeadLimitedProtocol`` counts
-head bytes before feeding the parser and times the head with the parser's own callbacks.
-``LimitedServer`` is a uvicorn server whose listening is ``ApiListener``'s instead of
-``loop.create_server``'s, which cannot count handshakes nor bound them below 60 s.
+head (and trailer) bytes before feeding the parser and times the head and the exchange with
+the parser's own callbacks. The accept path (``ApiListener``, ``LimitedServer``) is
+``_listener``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import resource
-import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from geode._sockets import listening_sockets
 from geode.protocol import ErrorBody
 
 __all__ = [
@@ -64,23 +59,20 @@ __all__ = [
     "ApiGate",
     "ConnectionLimits",
     "HeadLimitedProtocol",
-    "LimitedServer",
     "fit_fd_limit",
+    "peer_name",
 ]
 
 log = logging.getLogger("geode.coordinator.limits")
 
 FD_RESERVE = 256  # descriptors kept for the store, etcd, peers, logs and the loop itself
 WARN_EVERY = 10.0  # seconds between two warnings of one kind for one API
-TLS_CLOSE_TIMEOUT = 5.0  # seconds a TLS close waits for the peer's close_notify
-REFUSED_CLOSE_TIMEOUT = 1.0  # the same, after a refusal (408, 431): then the socket is dropped
+REFUSED_CLOSE_TIMEOUT = 1.0  # seconds a TLS close waits after a refusal (408, 431), then drops
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
 }
-_ACCEPT_RETRY = 0.25  # seconds before accepting again when out of descriptors or memory
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
@@ -173,7 +165,7 @@ class ApiGate:
         )
 
 
-def _peer(address: Any) -> str:
+def peer_name(address: Any) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -332,7 +324,9 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             message = f"request head not received within {timeout:g} s"
             self._refuse(408, "request_timeout", message, "--head-timeout", own=False)
         else:  # nothing came: nobody to answer
-            self._gate.warn(f"no request within {timeout:g} s (--head-timeout)", _peer(self.client))
+            self._gate.warn(
+                f"no request within {timeout:g} s (--head-timeout)", peer_name(self.client)
+            )
             self._refused = True
             self._close_refused()
 
@@ -342,7 +336,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         before a refused head (answered once that one is complete), ``None``: no answer
         can be given (the response under way is aborted)."""
         assert self._gate is not None
-        self._gate.warn(f"{message} ({flag})", _peer(self.client))
+        self._gate.warn(f"{message} ({flag})", peer_name(self.client))
         self._refused = True
         self._stop_head_timer()
         self._stop_request_timer()
@@ -390,157 +384,3 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         transport = self.transport
         transport.close()
         self.loop.call_later(REFUSED_CLOSE_TIMEOUT, transport.abort)
-
-
-class ApiListener:
-    """The listening sockets of one API, accepting connections itself to count them (each
-    holds a place from accept until it is lost, or its handshake fails) and to bound the
-    handshake by the head timeout. Closed like an ``asyncio.Server`` (by uvicorn)."""
-
-    def __init__(
-        self,
-        gate: ApiGate,
-        sockets: list[socket.socket],
-        factory: Callable[[Callable[[], None], float], HeadLimitedProtocol],
-        context: ssl.SSLContext,
-    ) -> None:
-        self.gate = gate
-        self.sockets = sockets
-        self.factory = factory
-        self.context = context
-        self._accepting: list[asyncio.Task[None]] = []
-        self._connecting: set[asyncio.Task[None]] = set()
-
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._accepting = [loop.create_task(self._accept(sock)) for sock in self.sockets]
-
-    def close(self) -> None:
-        """Stop accepting and drop the connections still in their handshake (uvicorn shuts
-        down the others)."""
-        for task in (*self._accepting, *self._connecting):
-            task.cancel()
-        for sock in self.sockets:
-            sock.close()
-
-    async def wait_closed(self) -> None:
-        await asyncio.gather(*self._accepting, *self._connecting, return_exceptions=True)
-
-    async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        gate = self.gate
-        while True:
-            try:
-                conn, address = await loop.sock_accept(sock)
-            except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:
-                    gate.warn(f"cannot accept connections: {exc.strerror}; retrying", "unknown")
-                    await asyncio.sleep(_ACCEPT_RETRY)
-                continue  # else that one connection is gone already (ECONNABORTED and the like)
-            except Exception as exc:  # not expected; the API must go on accepting all the same
-                gate.warn(f"accept failed: {exc!r}; retrying", "unknown")
-                await asyncio.sleep(_ACCEPT_RETRY)
-                continue
-            release = gate.admit()
-            if release is None:
-                conn.close()
-                gate.warn(
-                    f"{gate.max_connections} connections open: closing new ones ({gate.flag})",
-                    _peer(address),
-                )
-                continue
-            try:
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # reset already
-                conn.close()
-                release()
-                continue
-            deadline = loop.time() + gate.limits.head_timeout
-            task = loop.create_task(self._connect(conn, _peer(address), release, deadline))
-            self._connecting.add(task)
-            task.add_done_callback(self._connecting.discard)
-
-    async def _connect(
-        self, conn: socket.socket, peer: str, release: Callable[[], None], deadline: float
-    ) -> None:
-        made: list[HeadLimitedProtocol] = []
-
-        def factory() -> HeadLimitedProtocol:
-            protocol = self.factory(release, deadline)
-            made.append(protocol)
-            return protocol
-
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(
-                factory,
-                conn,
-                ssl=self.context,
-                ssl_handshake_timeout=self.gate.limits.head_timeout,
-                ssl_shutdown_timeout=TLS_CLOSE_TIMEOUT,
-            )
-        except BaseException as exc:
-            release()
-            if not made:  # else its transport owns the socket, and has closed it
-                conn.close()
-            if not isinstance(exc, Exception):
-                raise
-            # A late handshake is aborted without an exception type of its own: the clock says.
-            if loop.time() >= deadline - 0.01:
-                self.gate.warn(
-                    f"TLS handshake not done within {self.gate.limits.head_timeout:g} s "
-                    "(--head-timeout)",
-                    peer,
-                )
-            else:  # a failed handshake: the client's problem (refused certificates: _tls)
-                log.debug("%s: connection from %s not set up: %s", self.gate.name, peer, exc)
-
-
-class LimitedServer(uvicorn.Server):
-    """A uvicorn server listening through an ``ApiListener``: TLS is done there (the
-    ``uvicorn.Config`` has none), with the handshake bounded and every connection counted."""
-
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        protocol: type[HeadLimitedProtocol],
-        gate: ApiGate,
-        context: ssl.SSLContext,
-    ) -> None:
-        super().__init__(config)
-        self._protocol = protocol
-        self._gate = gate
-        self._context = context
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await self.lifespan.startup()  # "off" for the Coordinator: nothing to start
-        config = self.config
-        state = self.lifespan.state
-
-        def factory(release: Callable[[], None], deadline: float) -> HeadLimitedProtocol:
-            protocol = self._protocol(
-                config=config, server_state=self.server_state, app_state=state
-            )
-            protocol.admitted(self._gate, release, deadline)
-            return protocol
-
-        try:
-            infos = socket.getaddrinfo(
-                config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-            bound = listening_sockets(infos, config.backlog)
-        except OSError as exc:
-            log.error(
-                "%s: cannot listen on %s:%d: %s",
-                self._gate.name,
-                config.host,
-                config.port,
-                exc.strerror or exc,
-            )
-            self.should_exit = True
-            return
-        listener = ApiListener(self._gate, bound, factory, self._context)
-        listener.start()
-        self.servers = [listener]  # type: ignore[list-item]
-        self.started = True

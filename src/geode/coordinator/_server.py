@@ -30,9 +30,9 @@ from geode.coordinator._limits import (
     ApiGate,
     ConnectionLimits,
     HeadLimitedProtocol,
-    LimitedServer,
     fit_fd_limit,
 )
+from geode.coordinator._listener import LimitedServer
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
     default_sealing_key_path,
