@@ -1,7 +1,9 @@
 """What a network attacker can hold of a real Coordinator's two APIs: slow and never-finished
 TLS handshakes and request heads are cut after the head timeout, an oversized head is refused
 after the size limit without being buffered, a flood of the client API is closed beyond its
-cap while the mesh API (activations) still answers, and idle connections are closed."""
+cap while the mesh API (activations) still answers, idle connections are closed, and a request
+whose body or answer drags on (one byte at a time, or never read) is cut after the request
+timeout, as are a chunked body's oversized trailers after the head size limit."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.e2e
 
 HEAD_TIMEOUT = 2.0  # --head-timeout of the Coordinator under test
 IDLE_TIMEOUT = 1.0
+REQUEST_TIMEOUT = 3.0  # below the routes' own body timeout (10 s): which one bit shows
 CLIENT_CAP = 20
 MAX_HEAD = 64 * 1024
 
@@ -40,6 +43,7 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
         base / "data", env, base / "coordinator.log",
         "--head-timeout", f"{HEAD_TIMEOUT:.0f}s", "--idle-timeout", f"{IDLE_TIMEOUT:.0f}s",
         "--client-max-connections", str(CLIENT_CAP), "--max-head-bytes", str(MAX_HEAD),
+        "--request-timeout", f"{REQUEST_TIMEOUT:.0f}s",
     )  # fmt: skip
     proc.start()
     yield proc
@@ -262,3 +266,110 @@ def test_a_request_the_parser_refuses_gets_a_typed_json_error(
             "error": "http_error",
             "message": "not a valid HTTP/1.1 request",
         }
+
+
+def _trickle(conn: ssl.SSLSocket, seconds: float) -> bytes:
+    """One byte every 0.2 s for ``seconds`` or until the server answers or closes: what it
+    sent (``b""``: nothing yet, still open)."""
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            conn.sendall(b"x")
+            if received := _ready(conn):
+                return received
+            time.sleep(0.2)
+    except OSError:
+        return b"closed"
+    return b""
+
+
+@pytest.mark.parametrize("api", ["client", "mesh"])
+def test_a_body_left_unsent_after_the_answer_does_not_hold_the_connection(
+    coordinator: CoordinatorProcess, api: str
+) -> None:
+    addr = coordinator.client_addr if api == "client" else coordinator.mesh_addr
+    with _tls(addr) as conn:
+        conn.sendall(
+            b"POST /api/v1/nonexistent HTTP/1.1\r\nHost: coordinator\r\n"
+            b"Content-Length: 100000000000\r\n\r\n"
+        )
+        assert _response(conn).startswith(b"HTTP/1.1 404 ")
+        conn.sendall(b"x")  # one byte of the body, then quiet: uvicorn's timers are stopped
+        rest, waited = _read_all(conn, REQUEST_TIMEOUT + 5)
+    assert rest == b""
+    assert waited < 1.5  # the answer ended the connection, its body unfinished
+
+
+def test_a_body_sent_a_byte_at_a_time_is_cut_by_the_request_timeout(
+    coordinator: CoordinatorProcess,
+) -> None:
+    with _tls(coordinator.client_addr) as conn:
+        conn.sendall(  # a route that reads its body (whose own timeout is 10 s)
+            b"POST /api/v1/manifest HTTP/1.1\r\nHost: coordinator\r\nContent-Length: 100000\r\n\r\n"
+        )
+        started = time.monotonic()
+        answer = _trickle(conn, REQUEST_TIMEOUT + 5)
+        waited = time.monotonic() - started
+        if answer not in (b"", b"closed"):
+            answer += _read_all(conn, 5)[0]
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"request not done within 3 s" in answer
+    assert waited < REQUEST_TIMEOUT + 1.5
+    wait_until(
+        lambda: _warnings(coordinator, "client API: request not done within 3 s"),
+        5,
+        coordinator.log_tail,
+    )
+
+
+def test_answers_never_read_are_cut_by_the_request_timeout(
+    coordinator: CoordinatorProcess,
+) -> None:
+    document = httpx.get(f"https://{coordinator.mesh_addr}/api/v1/openapi.json", verify=False)
+    count = 32 * 1024 * 1024 // len(document.content) + 1  # far more than any buffer holds
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a tiny receive window
+    raw.settimeout(5)
+    raw.connect(("127.0.0.1", _port(coordinator.mesh_addr)))
+    with _CONTEXT.wrap_socket(raw) as conn:
+        conn.sendall(  # pipelined, and never read: a response waits on the client
+            b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: coordinator\r\n\r\n" * count
+        )
+        time.sleep(REQUEST_TIMEOUT + 1.5)
+        # Reading now gets what the server sent before it gave up, not every answer.
+        received, _ = _read_all(conn, 10)
+    assert received.count(b"HTTP/1.1 200 ") < count
+    wait_until(
+        lambda: _warnings(coordinator, "mesh API: request not done within 3 s"),
+        5,
+        coordinator.log_tail,
+    )
+
+
+def test_oversized_trailers_are_refused_431_without_being_buffered(
+    coordinator: CoordinatorProcess,
+) -> None:
+    big = 16 * 1024 * 1024
+    line = b"X-Trailer: " + b"a" * 1000 + b"\r\n"
+    block = line * 64
+    before = _rss(coordinator.pid)
+    with _tls(coordinator.client_addr) as conn:
+        conn.sendall(  # a route that reads its body to the end, trailers included
+            b"POST /api/v1/manifest HTTP/1.1\r\nHost: coordinator\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+        )
+        sent, early = 0, b""
+        with contextlib.suppress(OSError):  # the server may be gone before all is sent
+            while sent < big and not early:
+                conn.sendall(block)
+                sent += len(block)
+                early = _ready(conn)
+            if sent >= big:
+                conn.sendall(b"\r\n")
+        answer, _ = _read_all(conn, 10)
+        answer = early + answer
+    grown = _rss(coordinator.pid) - before
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"chunked body's trailers larger than 65536 bytes" in answer
+    assert grown < 4 * 1024 * 1024, f"RSS grew by {grown} bytes for {sent} sent"
+    assert _warnings(coordinator, "client API: chunked body's trailers larger than 65536 bytes")

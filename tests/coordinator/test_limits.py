@@ -1,16 +1,18 @@
 """The connection budgets of the Coordinator's APIs fit under the process's open-file limit,
 raised to the hard limit first; and a flood is one warning per kind and interval, not a
-flood of the log."""
+flood of the log; and a sub-second idle timeout is not rounded."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
 
 import pytest
+import uvicorn
 
 from geode.coordinator import ConnectionLimits
-from geode.coordinator._limits import FD_RESERVE, ApiGate, fit_fd_limit
+from geode.coordinator._limits import FD_RESERVE, ApiGate, HeadLimitedProtocol, fit_fd_limit
 
 
 def _rlimit(monkeypatch: pytest.MonkeyPatch, soft: int, hard: int) -> list[tuple[int, int]]:
@@ -55,3 +57,21 @@ def test_a_flood_of_refusals_is_one_warning_per_interval(
         release()
         release()  # a second release gives nothing back
     assert gate.open == 0
+
+
+def test_a_sub_second_idle_timeout_is_kept_as_it_is() -> None:
+    """uvicorn.Config's keep-alive timeout is whole seconds; each connection's is the
+    ``--idle-timeout`` given (500ms stays 0.5 s, not 1 s)."""
+    from uvicorn.server import ServerState
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("not called")
+
+    async def made() -> HeadLimitedProtocol:
+        config = uvicorn.Config(app, timeout_keep_alive=1, lifespan="off", log_config=None)
+        protocol = HeadLimitedProtocol(config=config, server_state=ServerState(), app_state={})
+        limits = ConnectionLimits(idle_timeout=0.5)
+        protocol.admitted(ApiGate("client API", limits, 1, "--x"), lambda: None, 0.0)
+        return protocol
+
+    assert asyncio.run(made()).timeout_keep_alive == 0.5

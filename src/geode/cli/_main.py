@@ -185,6 +185,14 @@ def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
     show_default=True,
     help="A kept-alive connection on which no request starts for this long is closed.",
 )
+@click.option(
+    "--request-timeout",
+    default="30s",
+    show_default=True,
+    help="Time from the end of a request's head to the end of its exchange (its body "
+    "received, its response sent); later: 408 (or, once the response has started, "
+    "aborted).",
+)
 @manifest_budget_options
 @click.option(
     "--log-level",
@@ -217,6 +225,7 @@ def coordinator(
     head_timeout: str,
     max_head_bytes: int,
     idle_timeout: str,
+    request_timeout: str,
     manifest_budget: ManifestBudget,
     log_level: str,
 ) -> None:
@@ -267,6 +276,7 @@ def coordinator(
             head_timeout=duration(head_timeout).total_seconds(),
             max_head_bytes=max_head_bytes,
             idle_timeout=duration(idle_timeout).total_seconds(),
+            request_timeout=duration(request_timeout).total_seconds(),
         ),
         manifest_budget=manifest_budget,
         log_level=log_level,

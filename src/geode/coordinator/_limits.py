@@ -5,48 +5,53 @@ one (and its file descriptor) for ever: a thousand of them, under a 1,024-descri
 cut off activation for everyone. And uvicorn buffers a request head whole, however large.
 So, per API (``ApiGate``):
 
-- Each API accepts its own connections (``ApiListener``) so that it can count them: at most
-  ``max_connections`` at a time, TLS handshakes included; beyond that a new connection is
-  closed at once. The client and the mesh API have separate budgets, so a flood of the client
-  API leaves the mesh API (activations, renewals) reachable. ``fit_fd_limit`` raises the
-  process's open-file limit to its hard limit and lowers both budgets, with a warning, when
-  they would not fit under it beside ``FD_RESERVE`` descriptors for everything else.
+- Each API accepts its own connections (``_listener.ApiListener``) so that it can count
+  them: at most ``max_connections`` at a time, TLS handshakes included; beyond that a new
+  connection is closed at once. The client and the mesh API have separate budgets, so a flood
+  of the client API leaves the mesh API (activations, renewals) reachable. ``fit_fd_limit``
+  raises the process's open-file limit to its hard limit and lowers both budgets, with a
+  warning, when they would not fit under it beside ``FD_RESERVE`` descriptors for the rest.
 - ``head_timeout`` bounds the time from accepting a connection to the end of its first
   request head, the TLS handshake included (the handshake alone is bounded by it too), and on
   a kept-alive connection from the first byte of a request to the end of its head: a late head
   gets 408 (or, when nothing came at all, is just closed).
 - ``max_head_bytes`` bounds the bytes before a head's end: more get 431, and the parser is
   fed no more than that (a pipelined head may overrun it by one read of the transport).
+- ``request_timeout`` bounds the time from the end of a request's head to the end of its
+  exchange: its body received and its response sent (a response that waits on a client who
+  does not read included). Late: 408 if no response has started, else the connection is
+  aborted. uvicorn's own timers stop at the first byte of a request, so without it one body
+  byte every so often held a connection for ever. And a response sent before its request's
+  body is all in (a 404 to a POST, say) ends the connection: the rest of that body would
+  otherwise be read, and waited for, with no exchange left to bound it.
+- ``max_head_bytes`` bounds a chunked body's trailers too: more get 431. Trailers are read
+  and dropped, never added to the request's headers (uvicorn would append them to the
+  headers the route already saw).
 - ``idle_timeout`` closes a kept-alive connection on which no request starts (uvicorn's
-  ``timeout_keep_alive``). A slow body is the routes' concern (``_http.BODY_TIMEOUT``).
+  ``timeout_keep_alive``, set per connection so that it may be below a second).
 
 Every limit that bites is logged as a warning naming the API, the limit and the peer, at most
 once per ``WARN_EVERY`` seconds per kind, with how often it happened meanwhile.
 
 The HTTP side is uvicorn's httptools protocol (what the Coordinator runs; its internals are
 relied on, hence the narrow uvicorn range in pyproject.toml): ``HeadLimitedProtocol`` counts
-head bytes before feeding the parser and times the head with the parser's own callbacks.
-``LimitedServer`` is a uvicorn server whose listening is ``ApiListener``'s instead of
-``loop.create_server``'s, which cannot count handshakes nor bound them below 60 s.
+head (and trailer) bytes before feeding the parser and times the head and the exchange with
+the parser's own callbacks. The accept path (``ApiListener``, ``LimitedServer``) is
+``_listener``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import resource
-import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from geode._sockets import listening_sockets
 from geode.protocol import ErrorBody
 
 __all__ = [
@@ -54,23 +59,20 @@ __all__ = [
     "ApiGate",
     "ConnectionLimits",
     "HeadLimitedProtocol",
-    "LimitedServer",
     "fit_fd_limit",
+    "peer_name",
 ]
 
 log = logging.getLogger("geode.coordinator.limits")
 
 FD_RESERVE = 256  # descriptors kept for the store, etcd, peers, logs and the loop itself
 WARN_EVERY = 10.0  # seconds between two warnings of one kind for one API
-TLS_CLOSE_TIMEOUT = 5.0  # seconds a TLS close waits for the peer's close_notify
-REFUSED_CLOSE_TIMEOUT = 1.0  # the same, after a refusal (408, 431): then the socket is dropped
+REFUSED_CLOSE_TIMEOUT = 1.0  # seconds a TLS close waits after a refusal (408, 431), then drops
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
 }
-_ACCEPT_RETRY = 0.25  # seconds before accepting again when out of descriptors or memory
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class ConnectionLimits:
     head_timeout: float = 10.0  # seconds, TLS handshake included: --head-timeout
     max_head_bytes: int = 64 * 1024  # --max-head-bytes
     idle_timeout: float = 30.0  # seconds between requests on one connection: --idle-timeout
+    request_timeout: float = 30.0  # seconds from a head's end to its exchange's: --request-timeout
 
 
 def fit_fd_limit(limits: ConnectionLimits) -> ConnectionLimits:
@@ -162,7 +165,7 @@ class ApiGate:
         )
 
 
-def _peer(address: Any) -> str:
+def peer_name(address: Any) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
@@ -179,11 +182,15 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     _deadline = 0.0  # loop time by which the first head must be complete
     _head_timer: asyncio.TimerHandle | None = None
     _in_head = True  # between a message's end (or the start) and its next head's end
-    _head_bytes = 0  # bytes fed to the parser in the current head
+    _head_bytes = 0  # bytes fed to the parser in the current head (or trailers)
+    _in_trailers = False  # after a chunk's size line, until its first body byte
+    _request_timer: asyncio.TimerHandle | None = None  # the exchange under way's
     _refused = False
 
     def admitted(self, gate: ApiGate, release: Callable[[], None], deadline: float) -> None:
         self._gate, self._release, self._deadline = gate, release, deadline
+        # uvicorn.Config takes whole seconds; the timer itself (call_later) takes any.
+        self.timeout_keep_alive = gate.limits.idle_timeout  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -192,6 +199,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_request_timer()
         try:
             super().connection_lost(exc)
         finally:
@@ -209,22 +217,22 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             # A kept-alive connection's next head starts (even with bytes the parser skips):
             # uvicorn's idle timer stops here, so the head's starts.
             self._head_timer = self.loop.call_later(gate.limits.head_timeout, self._head_late)
+        limit = gate.limits.max_head_bytes
         while data:
-            if self._in_head:
-                room = gate.limits.max_head_bytes - self._head_bytes
-                if room <= 0:
-                    self._refuse(
-                        431,
-                        "http_error",
-                        f"request head larger than {gate.limits.max_head_bytes} bytes",
-                    )
-                    return
-                chunk, data = data[:room], data[room:]
+            # Fed at most ``limit`` bytes at a time, so that trailers, which start in the
+            # middle of what was read, are counted from at most that far past their start.
+            counted = self._in_head or self._in_trailers
+            room = limit - self._head_bytes if counted else limit
+            if room <= 0:
+                what = "request head" if self._in_head else "chunked body's trailers"
+                message = f"{what} larger than {limit} bytes"
+                self._refuse(431, "http_error", message, "--max-head-bytes", own=not self._in_head)
+                return
+            chunk, data = data[:room], data[room:]
+            if counted:
                 self._head_bytes += len(chunk)
-            else:
-                chunk, data = data, b""
             super().data_received(chunk)
-            if self.transport.is_closing():
+            if self.transport.is_closing() or self._refused:
                 return
 
     def on_message_begin(self) -> None:
@@ -233,14 +241,70 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if self._gate is not None and self._head_timer is None:  # pipelined after a body
             self._head_timer = self.loop.call_later(self._gate.limits.head_timeout, self._head_late)
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:  # else a trailer: dropped (and counted, in data_received)
+            super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
         self._stop_head_timer()
         super().on_headers_complete()
+        if self._gate is not None and self._request_timer is None:
+            # (Else an exchange before it is under way: its own timer starts at that one's end.)
+            self._start_request_timer()
+
+    def on_chunk_header(self) -> None:
+        """A chunk's size line: the trailers follow if it was the last (size 0), else the
+        chunk's data (``on_body``) does."""
+        self._in_trailers, self._head_bytes = True, 0
+
+    def on_body(self, body: bytes) -> None:
+        self._in_trailers = False
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._in_trailers, self._head_bytes = True, False, 0
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._gate is None:
+            return
+        self._stop_request_timer()
+        cycle = self.cycle
+        if cycle is None or self.transport.is_closing():
+            return
+        if cycle.response_complete:
+            if cycle.more_body:  # answered before its body was all in: the connection ends
+                self._refused = True
+                self._stop_head_timer()
+                self._close_refused()
+        else:  # a pipelined request's exchange starts now
+            self._start_request_timer()
+
+    def _start_request_timer(self) -> None:
+        assert self._gate is not None
+        self._request_timer = self.loop.call_later(
+            self._gate.limits.request_timeout, self._request_late
+        )
+
+    def _stop_request_timer(self) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+
+    def _request_late(self) -> None:
+        self._request_timer = None
+        if self._gate is None or self.transport is None or self.transport.is_closing():
+            return
+        message = f"request not done within {self._gate.limits.request_timeout:g} s"
+        cycle = self.cycle
+        # A queued (pipelined) ``cycle`` waits for an exchange before it, whose response
+        # may have started: then, as when ``cycle``'s own has, too late for a 408.
+        started = bool(self.pipeline) or (cycle is not None and cycle.response_started)
+        self._refuse(
+            408, "request_timeout", message, "--request-timeout", own=None if started else True
+        )
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -257,22 +321,46 @@ class HeadLimitedProtocol(HttpToolsProtocol):
             self._head_timer = self.loop.call_later(timeout, self._head_late)
             return
         if self._head_bytes:
-            self._refuse(408, "request_timeout", f"request head not received within {timeout:g} s")
+            message = f"request head not received within {timeout:g} s"
+            self._refuse(408, "request_timeout", message, "--head-timeout", own=False)
         else:  # nothing came: nobody to answer
-            self._gate.warn(f"no request within {timeout:g} s (--head-timeout)", _peer(self.client))
+            self._gate.warn(
+                f"no request within {timeout:g} s (--head-timeout)", peer_name(self.client)
+            )
             self._refused = True
             self._close_refused()
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
-        """Answer ``status`` (unless a response is under way) and close."""
+    def _refuse(self, status: int, code: str, message: str, flag: str, *, own: bool | None) -> None:
+        """Answer ``status`` and close; ``own``: whether ``self.cycle`` is the refused
+        request's (answered unless its response has started), ``False``: it is the exchange
+        before a refused head (answered once that one is complete), ``None``: no answer
+        can be given (the response under way is aborted)."""
         assert self._gate is not None
-        flag = "--max-head-bytes" if status == 431 else "--head-timeout"
-        self._gate.warn(f"{message} ({flag})", _peer(self.client))
+        self._gate.warn(f"{message} ({flag})", peer_name(self.client))
         self._refused = True
         self._stop_head_timer()
-        if self.cycle is None or self.cycle.response_complete:
+        self._stop_request_timer()
+        cycle = self.cycle
+        if own is None:
+            self._end_exchange()
+            self.transport.abort()
+            return
+        if own:
+            answer = cycle is None or not cycle.response_started
+            self._end_exchange()
+        else:
+            answer = cycle is None or cycle.response_complete
+        if answer:
             self._write_error(status, code, message)
         self._close_refused()
+
+    def _end_exchange(self) -> None:
+        """Tell the route under way that its client is gone: its receive() ends, its
+        send()s are dropped (uvicorn does so too once the connection is lost)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
 
     def send_400_response(self, msg: str) -> None:
         """A request the HTTP parser refuses (bad framing, a NUL in the path, ...) gets the
@@ -296,157 +384,3 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         transport = self.transport
         transport.close()
         self.loop.call_later(REFUSED_CLOSE_TIMEOUT, transport.abort)
-
-
-class ApiListener:
-    """The listening sockets of one API, accepting connections itself to count them (each
-    holds a place from accept until it is lost, or its handshake fails) and to bound the
-    handshake by the head timeout. Closed like an ``asyncio.Server`` (by uvicorn)."""
-
-    def __init__(
-        self,
-        gate: ApiGate,
-        sockets: list[socket.socket],
-        factory: Callable[[Callable[[], None], float], HeadLimitedProtocol],
-        context: ssl.SSLContext,
-    ) -> None:
-        self.gate = gate
-        self.sockets = sockets
-        self.factory = factory
-        self.context = context
-        self._accepting: list[asyncio.Task[None]] = []
-        self._connecting: set[asyncio.Task[None]] = set()
-
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._accepting = [loop.create_task(self._accept(sock)) for sock in self.sockets]
-
-    def close(self) -> None:
-        """Stop accepting and drop the connections still in their handshake (uvicorn shuts
-        down the others)."""
-        for task in (*self._accepting, *self._connecting):
-            task.cancel()
-        for sock in self.sockets:
-            sock.close()
-
-    async def wait_closed(self) -> None:
-        await asyncio.gather(*self._accepting, *self._connecting, return_exceptions=True)
-
-    async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        gate = self.gate
-        while True:
-            try:
-                conn, address = await loop.sock_accept(sock)
-            except OSError as exc:
-                if exc.errno in _OUT_OF_RESOURCES:
-                    gate.warn(f"cannot accept connections: {exc.strerror}; retrying", "unknown")
-                    await asyncio.sleep(_ACCEPT_RETRY)
-                continue  # else that one connection is gone already (ECONNABORTED and the like)
-            except Exception as exc:  # not expected; the API must go on accepting all the same
-                gate.warn(f"accept failed: {exc!r}; retrying", "unknown")
-                await asyncio.sleep(_ACCEPT_RETRY)
-                continue
-            release = gate.admit()
-            if release is None:
-                conn.close()
-                gate.warn(
-                    f"{gate.max_connections} connections open: closing new ones ({gate.flag})",
-                    _peer(address),
-                )
-                continue
-            try:
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # reset already
-                conn.close()
-                release()
-                continue
-            deadline = loop.time() + gate.limits.head_timeout
-            task = loop.create_task(self._connect(conn, _peer(address), release, deadline))
-            self._connecting.add(task)
-            task.add_done_callback(self._connecting.discard)
-
-    async def _connect(
-        self, conn: socket.socket, peer: str, release: Callable[[], None], deadline: float
-    ) -> None:
-        made: list[HeadLimitedProtocol] = []
-
-        def factory() -> HeadLimitedProtocol:
-            protocol = self.factory(release, deadline)
-            made.append(protocol)
-            return protocol
-
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.connect_accepted_socket(
-                factory,
-                conn,
-                ssl=self.context,
-                ssl_handshake_timeout=self.gate.limits.head_timeout,
-                ssl_shutdown_timeout=TLS_CLOSE_TIMEOUT,
-            )
-        except BaseException as exc:
-            release()
-            if not made:  # else its transport owns the socket, and has closed it
-                conn.close()
-            if not isinstance(exc, Exception):
-                raise
-            # A late handshake is aborted without an exception type of its own: the clock says.
-            if loop.time() >= deadline - 0.01:
-                self.gate.warn(
-                    f"TLS handshake not done within {self.gate.limits.head_timeout:g} s "
-                    "(--head-timeout)",
-                    peer,
-                )
-            else:  # a failed handshake: the client's problem (refused certificates: _tls)
-                log.debug("%s: connection from %s not set up: %s", self.gate.name, peer, exc)
-
-
-class LimitedServer(uvicorn.Server):
-    """A uvicorn server listening through an ``ApiListener``: TLS is done there (the
-    ``uvicorn.Config`` has none), with the handshake bounded and every connection counted."""
-
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        protocol: type[HeadLimitedProtocol],
-        gate: ApiGate,
-        context: ssl.SSLContext,
-    ) -> None:
-        super().__init__(config)
-        self._protocol = protocol
-        self._gate = gate
-        self._context = context
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await self.lifespan.startup()  # "off" for the Coordinator: nothing to start
-        config = self.config
-        state = self.lifespan.state
-
-        def factory(release: Callable[[], None], deadline: float) -> HeadLimitedProtocol:
-            protocol = self._protocol(
-                config=config, server_state=self.server_state, app_state=state
-            )
-            protocol.admitted(self._gate, release, deadline)
-            return protocol
-
-        try:
-            infos = socket.getaddrinfo(
-                config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-            bound = listening_sockets(infos, config.backlog)
-        except OSError as exc:
-            log.error(
-                "%s: cannot listen on %s:%d: %s",
-                self._gate.name,
-                config.host,
-                config.port,
-                exc.strerror or exc,
-            )
-            self.should_exit = True
-            return
-        listener = ApiListener(self._gate, bound, factory, self._context)
-        listener.start()
-        self.servers = [listener]  # type: ignore[list-item]
-        self.started = True

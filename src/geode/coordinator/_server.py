@@ -30,9 +30,9 @@ from geode.coordinator._limits import (
     ApiGate,
     ConnectionLimits,
     HeadLimitedProtocol,
-    LimitedServer,
     fit_fd_limit,
 )
+from geode.coordinator._listener import LimitedServer
 from geode.coordinator._persist import GroupCommit
 from geode.coordinator._seal import (
     default_sealing_key_path,
@@ -276,6 +276,7 @@ def _api_server(
         lifespan="off",
         access_log=False,
         log_config=None,
+        # (The protocol sets its own from gate.limits.idle_timeout: this one is whole seconds.)
         timeout_keep_alive=max(1, round(gate.limits.idle_timeout)),
         # An idle TLS connection whose client does not read (a peer Coordinator's pool, say)
         # would hold the shutdown for the TLS close timeout: 5 s at most.
