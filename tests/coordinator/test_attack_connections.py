@@ -297,7 +297,7 @@ def test_a_body_left_unsent_after_the_answer_does_not_hold_the_connection(
         conn.sendall(b"x")  # one byte of the body, then quiet: uvicorn's timers are stopped
         rest, waited = _read_all(conn, REQUEST_TIMEOUT + 5)
     assert rest == b""
-    assert waited < 1.5  # the answer ended the connection, its body unfinished
+    assert waited < 2.5  # the rest of the body had 1 s after the answer
 
 
 def test_a_body_sent_a_byte_at_a_time_is_cut_by_the_request_timeout(

@@ -21,9 +21,11 @@ So, per API (``ApiGate``):
   exchange: its body received and its response sent (a response that waits on a client who
   does not read included). Late: 408 if no response has started, else the connection is
   aborted. uvicorn's own timers stop at the first byte of a request, so without it one body
-  byte every so often held a connection for ever. And a response sent before its request's
-  body is all in (a 404 to a POST, say) ends the connection: the rest of that body would
-  otherwise be read, and waited for, with no exchange left to bound it.
+  byte every so often held a connection for ever. And once a response is sent before its
+  request's body is all in (a 404 to a POST, say), the rest of that body is read (and
+  dropped) for at most ``LEFTOVER_BODY_TIMEOUT``, then the connection is closed: it would
+  otherwise be waited for with no exchange left to bound it. (Closed at once, the unread
+  body would make the kernel reset the connection, and the client lose its answer.)
 - ``max_head_bytes`` bounds a chunked body's trailers too: more get 431. Trailers are read
   and dropped, never added to the request's headers (uvicorn would append them to the
   headers the route already saw).
@@ -67,6 +69,7 @@ log = logging.getLogger("geode.coordinator.limits")
 
 FD_RESERVE = 256  # descriptors kept for the store, etcd, peers, logs and the loop itself
 WARN_EVERY = 10.0  # seconds between two warnings of one kind for one API
+LEFTOVER_BODY_TIMEOUT = 1.0  # seconds the rest of a body may take once its request is answered
 REFUSED_CLOSE_TIMEOUT = 1.0  # seconds a TLS close waits after a refusal (408, 431), then drops
 _REASONS = {
     400: b"Bad Request",
@@ -185,6 +188,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     _head_bytes = 0  # bytes fed to the parser in the current head (or trailers)
     _in_trailers = False  # after a chunk's size line, until its first body byte
     _request_timer: asyncio.TimerHandle | None = None  # the exchange under way's
+    _leftover_timer: asyncio.TimerHandle | None = None  # an answered request's unread body's
     _refused = False
 
     def admitted(self, gate: ApiGate, release: Callable[[], None], deadline: float) -> None:
@@ -200,6 +204,7 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         self._stop_request_timer()
+        self._stop_leftover_timer()
         try:
             super().connection_lost(exc)
         finally:
@@ -265,6 +270,14 @@ class HeadLimitedProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_head, self._in_trailers, self._head_bytes = True, False, 0
         super().on_message_complete()
+        if self._leftover_timer is not None:  # the answered request's body is all in
+            self._stop_leftover_timer()
+            if not self.transport.is_closing() and not self.pipeline:
+                # uvicorn stopped its idle timer at the body's bytes: it restarts here.
+                self._unset_keepalive_if_required()
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -275,10 +288,10 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if cycle is None or self.transport.is_closing():
             return
         if cycle.response_complete:
-            if cycle.more_body:  # answered before its body was all in: the connection ends
-                self._refused = True
-                self._stop_head_timer()
-                self._close_refused()
+            if cycle.more_body:  # answered before its body was all in
+                self._leftover_timer = self.loop.call_later(
+                    LEFTOVER_BODY_TIMEOUT, self._leftover_late
+                )
         else:  # a pipelined request's exchange starts now
             self._start_request_timer()
 
@@ -292,6 +305,23 @@ class HeadLimitedProtocol(HttpToolsProtocol):
         if self._request_timer is not None:
             self._request_timer.cancel()
             self._request_timer = None
+
+    def _stop_leftover_timer(self) -> None:
+        if self._leftover_timer is not None:
+            self._leftover_timer.cancel()
+            self._leftover_timer = None
+
+    def _leftover_late(self) -> None:
+        self._leftover_timer = None
+        if self._gate is None or self.transport is None or self.transport.is_closing():
+            return
+        self._gate.warn(
+            f"request body unfinished {LEFTOVER_BODY_TIMEOUT:g} s after its answer: closed",
+            peer_name(self.client),
+        )
+        self._refused = True
+        self._stop_head_timer()
+        self._close_refused()
 
     def _request_late(self) -> None:
         self._request_timer = None
