@@ -26,7 +26,7 @@ from geode.attestation._intel_tcb import QeIdentity, TcbInfo, tcb_verdict
 from geode.attestation._roots import INTEL_SGX_ROOT_SHA256, certificate_sha256
 from geode.errors import EvidenceError
 from tests.attestation.support import intel
-from tests.attestation.support.vectors import read_vector, requires_vectors
+from tests.attestation.support.vectors import gotdx_collateral, read_vector, requires_vectors
 
 pytestmark = requires_vectors
 
@@ -170,21 +170,6 @@ def test_trailing_bytes_are_not_part_of_the_quote() -> None:
     assert verify(v, data[: v.size]) == verify(v)
     padded = VECTORS[2]
     assert quote(padded)[padded.size :] == bytes(70)
-
-
-def gotdx_collateral() -> bytes:
-    """go-tdx-guest's PCS responses, with the TCB signing chain of a dcap-qvl collateral file
-    (the same key; go-tdx-guest's own chain is not among the vectors)."""
-    chains = json.loads(read_vector("sgx_v3_dcapqvl.collateral.json"))
-    doc = {
-        "tcb_info": read_vector("tdx_v4_gotdx_spr.tcbinfo_response.json").decode(),
-        "qe_identity": read_vector("tdx_v4_gotdx_spr.qeidentity_response.json").decode(),
-        "tcb_info_issuer_chain": chains["tcb_info_issuer_chain"],
-        "qe_identity_issuer_chain": chains["qe_identity_issuer_chain"],
-        "root_ca_crl": read_vector("intel_rootca.crl.2023.der").hex(),
-        "pck_crl": read_vector("tdx_v4_gotdx_spr.pckcrl.der").hex(),
-    }
-    return json.dumps(doc).encode()
 
 
 def test_gotdx_pcs_responses_are_signed_over_the_text_as_served() -> None:

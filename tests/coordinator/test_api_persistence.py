@@ -28,6 +28,7 @@ from geode.errors import StoreConflict
 from geode.pki import public_key_der
 from geode.protocol import key_binding
 from geode.testing import MemoryStore
+from tests.coordinator.support.asgi import in_process_apis
 
 MEASUREMENT = bytes(range(32))
 
@@ -57,15 +58,9 @@ class Harness:
         )
         self.coordinator.load(None)
         self.store = MemoryStore()
-        client, mesh = build_apps(
+        self.client, self.mesh = in_process_apis(
             self.coordinator,
             GroupCommit(self.coordinator.sealed_state, self.store, reload=self.coordinator.reload),
-        )
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=client), base_url="https://client"
-        )
-        self.mesh = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=mesh), base_url="https://mesh"
         )
 
     async def activate(self, *, evidence: object = None) -> httpx.Response:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from geode.attestation import EvidenceVerifier, SimulatedPlatform
-from geode.coordinator import Coordinator, CoordinatorSettings, GroupCommit, Sealer, build_apps
+from geode.coordinator import Coordinator, CoordinatorSettings, GroupCommit, Sealer
 from geode.coordinator._cluster import (
     JoinParty,
     JoinRequest,
@@ -29,6 +29,7 @@ from geode.errors import JoinRefused
 from geode.pki import public_key_der
 from geode.protocol import key_binding
 from geode.testing import FakeClock, MemoryStore
+from tests.coordinator.support.asgi import in_process_apis
 
 MEASUREMENT = bytes(range(32))  # the Coordinator's own (simulated) measurement
 SERVICE = bytes(32 * [7])
@@ -65,14 +66,8 @@ class Node:
         )
         self.coordinator.load(None)
         self.store = MemoryStore()
-        client, mesh = build_apps(
+        self.client, self.mesh = in_process_apis(
             self.coordinator, GroupCommit(self.coordinator.sealed_state, self.store)
-        )
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=client), base_url="https://client"
-        )
-        self.mesh = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=mesh), base_url="https://mesh"
         )
 
     async def set_manifest(self) -> None:

@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from geode.attestation import EvidenceVerifier, SimulatedPlatform
-from geode.coordinator import Coordinator, CoordinatorSettings, GroupCommit, build_apps
+from geode.coordinator import Coordinator, CoordinatorSettings, GroupCommit
 from geode.testing import MemoryStore
 from tests.attestation.support.fuzz import mutation, pem_chain_bit_flipped, subject
 from tests.attestation.support.mutations import DEEP
 from tests.attestation.support.vectors import read_vector, requires_vectors
+from tests.coordinator.support.asgi import in_process_apis
 
 pytestmark = requires_vectors
 
@@ -53,14 +54,8 @@ class Mesh:
             CoordinatorSettings(), verifier, platform, bytes(32), os.urandom(32)
         )
         self.coordinator.load(None)
-        client, mesh = build_apps(
+        self.client, self.mesh = in_process_apis(
             self.coordinator, GroupCommit(self.coordinator.sealed_state, MemoryStore())
-        )
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=client), base_url="https://client"
-        )
-        self.mesh = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=mesh), base_url="https://mesh"
         )
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web")])

@@ -26,13 +26,13 @@ from geode.coordinator import (
     RenewalRequest,
     Sealer,
     State,
-    build_apps,
 )
 from geode.coordinator._latest import LatestCertificate, LatestCertificates
 from geode.errors import SealError, StaleCertificate
 from geode.pki import CertificateAuthority, LeafParams, public_key_der
 from geode.protocol import key_binding, renewal_payload
 from geode.testing import FakeClock, MemoryStore
+from tests.coordinator.support.asgi import in_process_apis
 
 MEASUREMENT = bytes(range(32))
 MANIFEST = json.dumps(
@@ -283,14 +283,8 @@ class Api:
         self.d = Deployment()
         self.coordinator = self.d.active()
         self.store = MemoryStore()
-        client, mesh = build_apps(
+        self.client, self.mesh = in_process_apis(
             self.coordinator, GroupCommit(self.coordinator.sealed_state, self.store)
-        )
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=client), base_url="https://client"
-        )
-        self.mesh = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=mesh), base_url="https://mesh"
         )
 
     async def renew(self, held: Held) -> httpx.Response:

@@ -19,10 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from geode.attestation import EvidenceVerifier, SimulatedPlatform
-from geode.coordinator import Coordinator, CoordinatorSettings, GroupCommit, build_apps
+from geode.coordinator import Coordinator, CoordinatorSettings, GroupCommit
 from geode.pki import public_key_der
 from geode.protocol import key_binding
 from geode.testing import FakeClock, MemoryStore
+from tests.coordinator.support.asgi import in_process_apis
 from tests.support.governance import User, make_user
 
 Scope = MutableMapping[str, Any]
@@ -82,15 +83,10 @@ class Deployment:
         )
         self.coordinator.load(None)
         self.store = MemoryStore()
-        client, mesh = build_apps(
-            self.coordinator, GroupCommit(self.coordinator.sealed_state, self.store)
-        )
-        self.client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=_as_user(client, self.user)),
-            base_url="https://client",
-        )
-        self.mesh = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=mesh), base_url="https://mesh"
+        self.client, self.mesh = in_process_apis(
+            self.coordinator,
+            GroupCommit(self.coordinator.sealed_state, self.store),
+            wrap_client=lambda app: _as_user(app, self.user),
         )
         self.raw = json.dumps(_manifest(self.user, threshold=threshold)).encode()
 

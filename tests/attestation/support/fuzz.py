@@ -7,7 +7,6 @@ itself, verify it with Geode's ``EvidenceVerifier``, and classify the outcome.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import random
 import struct
@@ -31,7 +30,7 @@ from tests.attestation.support.mutations import (
     mutate_length,
     mutate_pem,
 )
-from tests.attestation.support.vectors import read_vector
+from tests.attestation.support.vectors import gotdx_collateral, read_vector
 
 __all__ = [
     "SUBJECT_NAMES",
@@ -97,21 +96,6 @@ _SNP_AT = {
 _NVIDIA_AT = _utc(2026, 11, 27)
 
 
-def _pcs_collateral() -> bytes:
-    """go-tdx-guest's PCS response bodies with a dcap-qvl issuer chain (as the vector tests
-    build it): the ``{"tcbInfo": ..., "signature": ...}`` form of the collateral."""
-    chains = json.loads(read_vector("sgx_v3_dcapqvl.collateral.json"))
-    doc = {
-        "tcb_info": read_vector("tdx_v4_gotdx_spr.tcbinfo_response.json").decode(),
-        "qe_identity": read_vector("tdx_v4_gotdx_spr.qeidentity_response.json").decode(),
-        "tcb_info_issuer_chain": chains["tcb_info_issuer_chain"],
-        "qe_identity_issuer_chain": chains["qe_identity_issuer_chain"],
-        "root_ca_crl": read_vector("intel_rootca.crl.2023.der").hex(),
-        "pck_crl": read_vector("tdx_v4_gotdx_spr.pckcrl.der").hex(),
-    }
-    return json.dumps(doc).encode()
-
-
 def _intel(name: str) -> Subject:
     tee, at, collateral_file = _INTEL[name]
     data = read_vector(f"{name}.quote.bin")
@@ -137,7 +121,7 @@ def _intel(name: str) -> Subject:
     if collateral_file is None:
         collateral = None
     elif collateral_file == "pcs":
-        collateral = _pcs_collateral()
+        collateral = gotdx_collateral()
     else:
         collateral = read_vector(collateral_file)
     return Subject(name, tee, data, at, None, collateral, regions, tuple(lengths))

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-__all__ = ["VECTORS", "read_vector", "requires_vectors"]
+__all__ = ["VECTORS", "gotdx_collateral", "read_vector", "requires_vectors"]
 
 _REPO = Path(__file__).resolve().parents[3]
 
@@ -57,3 +58,19 @@ def read_vector(name: str) -> bytes:
     data = (VECTORS / name).read_bytes()
     assert hashlib.sha256(data).hexdigest() == _sums()[name], f"{name} differs from SHA256SUMS"
     return data
+
+
+def gotdx_collateral() -> bytes:
+    """go-tdx-guest's PCS responses (the ``{"tcbInfo": ..., "signature": ...}`` form, signed over
+    the text as served), with the TCB signing chain of a dcap-qvl collateral file (the same key;
+    go-tdx-guest's own chain is not among the vectors)."""
+    chains = json.loads(read_vector("sgx_v3_dcapqvl.collateral.json"))
+    doc = {
+        "tcb_info": read_vector("tdx_v4_gotdx_spr.tcbinfo_response.json").decode(),
+        "qe_identity": read_vector("tdx_v4_gotdx_spr.qeidentity_response.json").decode(),
+        "tcb_info_issuer_chain": chains["tcb_info_issuer_chain"],
+        "qe_identity_issuer_chain": chains["qe_identity_issuer_chain"],
+        "root_ca_crl": read_vector("intel_rootca.crl.2023.der").hex(),
+        "pck_crl": read_vector("tdx_v4_gotdx_spr.pckcrl.der").hex(),
+    }
+    return json.dumps(doc).encode()

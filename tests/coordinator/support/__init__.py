@@ -1,0 +1,1 @@
+"""Helpers of the Coordinator's tests: ``asgi``, both APIs in-process."""
