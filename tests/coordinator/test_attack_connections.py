@@ -106,6 +106,24 @@ def _ready(conn: ssl.SSLSocket) -> bytes:
         conn.settimeout(5)
 
 
+def _flood(
+    conn: ssl.SSLSocket, start: bytes, block: bytes, total: int, end: bytes
+) -> tuple[bytes, int]:
+    """Send ``start``, then ``block`` until ``total`` bytes or an early answer, then ``end``:
+    everything the server answered (until it closed), and how much was sent."""
+    conn.sendall(start)
+    sent, early = 0, b""
+    with contextlib.suppress(OSError):  # the server may be gone before all is sent
+        while sent < total and not early:
+            conn.sendall(block)
+            sent += len(block)
+            early = _ready(conn)
+        if sent >= total:
+            conn.sendall(end)
+    answer, _ = _read_all(conn, 10)
+    return early + answer, sent
+
+
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -179,17 +197,8 @@ def test_an_oversized_head_is_refused_431_without_being_buffered(
     chunk = b"a" * 65536
     before = _rss(coordinator.pid)
     with _tls(coordinator.client_addr) as conn:
-        conn.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: coordinator\r\nX-Big: ")
-        sent, early = 0, b""
-        with contextlib.suppress(OSError):  # the server may be gone before all is sent
-            while sent < big and not early:
-                conn.sendall(chunk)
-                sent += len(chunk)
-                early = _ready(conn)
-            if sent >= big:
-                conn.sendall(b"\r\n\r\n")
-        answer, _ = _read_all(conn, 10)
-        answer = early + answer
+        start = b"GET /api/v1/status HTTP/1.1\r\nHost: coordinator\r\nX-Big: "
+        answer, sent = _flood(conn, start, chunk, big, b"\r\n\r\n")
     grown = _rss(coordinator.pid) - before
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     assert b"request head larger than 65536 bytes" in answer
@@ -354,20 +363,11 @@ def test_oversized_trailers_are_refused_431_without_being_buffered(
     block = line * 64
     before = _rss(coordinator.pid)
     with _tls(coordinator.client_addr) as conn:
-        conn.sendall(  # a route that reads its body to the end, trailers included
+        start = (  # a route that reads its body to the end, trailers included
             b"POST /api/v1/manifest HTTP/1.1\r\nHost: coordinator\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
         )
-        sent, early = 0, b""
-        with contextlib.suppress(OSError):  # the server may be gone before all is sent
-            while sent < big and not early:
-                conn.sendall(block)
-                sent += len(block)
-                early = _ready(conn)
-            if sent >= big:
-                conn.sendall(b"\r\n")
-        answer, _ = _read_all(conn, 10)
-        answer = early + answer
+        answer, sent = _flood(conn, start, block, big, b"\r\n")
     grown = _rss(coordinator.pid) - before
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     assert b"chunked body's trailers larger than 65536 bytes" in answer
