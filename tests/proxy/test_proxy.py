@@ -1260,9 +1260,10 @@ class OneWriteServer(socketserver.ThreadingTCPServer):
 
 def test_simple_exchanges_pass_byte_for_byte_and_others_fall_back(mesh: Mesh) -> None:
     """The ingress's fast path: a simple request reaches the app as the client sent it, with
-    only X-Geode-Peer added, and a simple response reaches the client as the app sent it. A
-    denied request, a request the full parser must read, and a response in two pieces still
-    get their usual handling on the same connection."""
+    only the ingress's own fields added (X-Forwarded-For, X-Forwarded-Proto, X-Geode-Peer),
+    and a simple response reaches the client as the app sent it. A denied request, a request
+    the full parser must read, and a response in two pieces still get their usual handling on
+    the same connection."""
     app = OneWriteServer(("127.0.0.1", 0), OneWriteApp)
     app.heads, app.sent = [], []
     _serve(app)
@@ -1282,7 +1283,8 @@ def test_simple_exchanges_pass_byte_for_byte_and_others_fall_back(mesh: Mesh) ->
         mesh.pki.credentials("server", config, tag="-fast"), listen_host="127.0.0.1"
     )
     mesh.loop.run(proxy.start())
-    peer_line = b"X-Geode-Peer: %s\r\n\r\n" % str(spiffe("client")).encode()
+    peer_line = b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+    peer_line += b"X-Geode-Peer: %s\r\n\r\n" % str(spiffe("client")).encode()
     try:
         with tls_socket(mesh.context(mesh.client), port) as sock:
             responses = Responses(sock)

@@ -28,7 +28,7 @@ from geode.proxy._connection import (
 )
 from geode.proxy._http_app import HttpApp
 from geode.proxy._http_gate import HttpGate, log_refusal
-from geode.proxy._http_message import Request, body_piece, last_chunk, simple_request
+from geode.proxy._http_message import Request, added_fields, body_piece, last_chunk, simple_request
 from geode.proxy._http_reader import RequestReader
 from geode.proxy._http_timer import Wait, WaitTimer
 
@@ -83,7 +83,7 @@ class HttpIngress(asyncio.Protocol):
         self._tunnel_early: list[bytes] = []  # sent after an upgrade request, before the 101
         self._closed = False  # closing or closed: nothing more is read or answered
         self._lost = False
-        self._peer_line: bytes | None = None  # the X-Geode-Peer line the app gets
+        self._peer_line: bytes | None = None  # the fields the ingress adds (added_fields)
 
     # Connection events.
 
@@ -302,8 +302,9 @@ class HttpIngress(asyncio.Protocol):
             if self._writing_paused:
                 app.transport.pause_reading()
         app.expect(request)
-        if self._peer_line is None:
-            self._peer_line = b"X-Geode-Peer: %s\r\n\r\n" % str(self.peer).encode()
+        if self._peer_line is None:  # X-Forwarded-For, X-Forwarded-Proto, X-Geode-Peer
+            peername = self.transport.get_extra_info("peername")
+            self._peer_line = added_fields(peername, str(self.peer))
         app.transport.write(b"".join(request.head_for_app(self._peer_line)))
         for piece in request.body:
             app.transport.writelines(body_piece(piece, request.chunked))

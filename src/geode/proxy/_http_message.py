@@ -1,5 +1,30 @@
 """HTTP/1.1 messages as the transparent TLS proxy's HTTP ingress sees them: a request as far
-as it has been read, the re-framing both directions share, and the short cut.
+as it has been read, the re-framing both directions share, what the app may see of a request's
+fields, and the short cut.
+
+**What the app sees** of a request's fields. Apps and their servers take some fields as facts
+about the request that the proxy vouches for: who the client is, the scheme, the path, the
+method. The policy judged none of them, so none comes from the client:
+
+- a field whose name holds an underscore is dropped (as nginx does by default): CGI-style
+  servers read ``X_Forwarded_For`` as ``X-Forwarded-For``, and gunicorn takes ``SCRIPT_NAME``
+  from a trusted front end (which the ingress, on 127.0.0.1, is) to move the path;
+- the forwarding fields, ``Forwarded``, every ``X-Forwarded-*``, ``X-Real-IP``, ``Client-IP``,
+  ``X-Client-IP`` and ``True-Client-IP``, and the fields frameworks take as the request line,
+  ``X-Original-URL``, ``X-Rewrite-URL``, ``X-HTTP-Method-Override``, ``X-HTTP-Method`` and
+  ``X-Method-Override``, are dropped (a policy that allows GET must not become a DELETE);
+- ``X-Geode-Peer``, which only the proxy sets, is dropped;
+- a request with more than one ``Host`` gets 400 (RFC 9112 3.2: apps pick the first or the
+  last); a request without one passes (the policy does not judge it, and an HTTP/1.0 request
+  needs none);
+- the ingress then adds, after the client's fields, ``X-Forwarded-For`` (the client's IP
+  address as the ingress's socket sees it), ``X-Forwarded-Proto: https`` and ``X-Geode-Peer``
+  (the verified SPIFFE ID) (``added_fields``). ``Forwarded`` is not set: the servers and
+  frameworks that read it read ``X-Forwarded-*`` too, and one source cannot disagree with
+  itself.
+
+Everything else reaches the app as the client sent it, in its order (the full parser's path
+rebuilds each line as ``name: value``). Trailers get the same filter (``header_lines``).
 
 **The short cut** is a narrow exception to parsing with httptools (llhttp), there only because
 most requests and responses in a mesh are this plain. It takes, with one strict regular
@@ -8,12 +33,12 @@ expression and no parser callbacks:
 - a request (``simple_request``) when one read holds exactly one complete head and nothing
   after it: method GET, OPTIONS or DELETE; an origin-form target (``/`` then visible ASCII);
   ``HTTP/1.1``; single spaces in the request line; every field ``token ":" value`` with a value
-  of visible characters, spaces and tabs (no obs-fold, no bare CR or LF, no NUL or DEL); no
-  field that frames a message, changes the connection or the protocol, or that only the proxy
-  sets (``_REQUEST_CAREFUL``: Content-Length, Transfer-Encoding, Connection, Upgrade, Expect,
-  HTTP2-Settings, TE, Trailer, Keep-Alive, Proxy-Connection, X-Geode-Peer in either spelling);
-  at most ``max_header_bytes``. It reaches the app as the client sent it, ``X-Geode-Peer``
-  appended;
+  of visible characters, spaces and tabs (no obs-fold, no bare CR or LF, no NUL or DEL), its
+  name without an underscore; at most one ``Host``; no field that frames a message, changes the
+  connection or the protocol (``_REQUEST_CAREFUL``: Content-Length, Transfer-Encoding,
+  Connection, Upgrade, Expect, HTTP2-Settings, TE, Trailer, Keep-Alive, Proxy-Connection), nor
+  one the app must not get from the client (``_REQUEST_DROPPED``, above); at most
+  ``max_header_bytes``. It reaches the app as the client sent it, the added fields appended;
 - a response (``simple_response_length``) whose head arrives whole at the start of a read:
   ``HTTP/1.1``, a final status 200-599 other than 204 and 304, exactly one Content-Length of
   digits, none of ``_RESPONSE_CAREFUL`` (Transfer-Encoding, Connection, Upgrade, Trailer,
@@ -21,15 +46,16 @@ expression and no parser callbacks:
   passes to the client as the app sent it, up to that length.
 
 Everything else (any other method or version, a body, a head split over reads or followed by
-more bytes, pipelined requests, any careful field, chunked or close-delimited responses,
-interim responses) takes the full parser, as does a request read while an earlier one of the
-same connection is still queued or partly parsed. Either way the request gets the same policy
-decision, path checks, timers and limits; tests check that llhttp reads every head the short
-cut takes the same way.
+more bytes, pipelined requests, any careful or dropped field, chunked or close-delimited
+responses, interim responses) takes the full parser, as does a request read while an earlier one
+of the same connection is still queued or partly parsed. Either way the request gets the same
+policy decision, path checks, field filter, timers and limits; tests check that llhttp reads
+every head the short cut takes the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,6 +63,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "Request",
     "Stop",
+    "added_fields",
     "body_piece",
     "header_lines",
     "last_chunk",
@@ -44,7 +71,24 @@ __all__ = [
     "simple_response_length",
 ]
 
-_PEER_HEADER = b"x-geode-peer"  # set by the proxy alone: a client's own is dropped
+# Fields the app never gets from a client (see the module docstring), lower case; besides
+# these, every ``X-Forwarded-*`` and every name with an underscore.
+_DROPPED = frozenset(
+    {
+        b"x-geode-peer",  # set by the proxy alone
+        b"forwarded",
+        b"x-real-ip",
+        b"client-ip",
+        b"x-client-ip",
+        b"true-client-ip",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+    }
+)
+_DROPPED_PREFIX = b"x-forwarded-"
 _SHOWN = 256  # how much of a request target a log line shows
 
 
@@ -81,12 +125,13 @@ class Request:
     reason: str = ""
     raw: bytes | None = None  # a simple request's head as the app gets it (see simple_request)
 
-    def head_for_app(self, peer: bytes) -> list[bytes]:
-        """The head the app gets: the client's, without any ``X-Geode-Peer``, with ours."""
-        if self.raw is not None:
-            return [self.raw[:-2] + peer]
+    def head_for_app(self, added: bytes) -> list[bytes]:
+        """The head the app gets: the request line, the client's fields as the app may see
+        them (``header_lines``), then ``added`` (``added_fields``, with the blank line)."""
+        if self.raw is not None:  # the short cut took only fields the app may see
+            return [self.raw[:-2] + added]
         line = b"%s %s HTTP/%s\r\n" % (self.method.encode(), bytes(self.url), self.version.encode())
-        return [line, *header_lines(self.headers, peer=False), peer]
+        return [line, *header_lines(self.headers, peer=False), added]
 
     def target(self) -> str:
         """The request target for a log line (logged with ``%r``: it may hold anything)."""
@@ -95,13 +140,35 @@ class Request:
 
 
 def header_lines(headers: Iterable[tuple[bytes, bytes]], *, peer: bool = True) -> list[bytes]:
-    """Header lines; with ``peer=False`` without ``X-Geode-Peer``, which only the proxy sets
-    (nor ``X_Geode_Peer``: CGI-style apps read both as ``HTTP_X_GEODE_PEER``)."""
-    return [
-        b"%s: %s\r\n" % h
-        for h in headers
-        if peer or h[0].lower().replace(b"_", b"-") != _PEER_HEADER
-    ]
+    """Header lines; with ``peer=False`` (a request's fields or trailers, bound for the app)
+    only those the app may get from a client (``for_app``)."""
+    if peer:
+        return [b"%s: %s\r\n" % h for h in headers]
+    return [b"%s: %s\r\n" % h for h in headers if for_app(h[0])]
+
+
+@functools.lru_cache(maxsize=1024)
+def for_app(name: bytes) -> bool:
+    """Whether the app may get a client's field of this name (see the module docstring);
+    remembered, as ``header_lines`` asks for every field and clients send the same few names
+    (that halves the cost of a typical head's fields)."""
+    if b"_" in name:
+        return False
+    lowered = name.lower()
+    return lowered not in _DROPPED and not lowered.startswith(_DROPPED_PREFIX)
+
+
+def added_fields(peername: object, peer: str) -> bytes:
+    """The fields the ingress adds to every request head of one client connection, and the
+    blank line that ends the head: ``X-Forwarded-For`` (the client's IP address, from its
+    socket's ``peername``; left out if there is none), ``X-Forwarded-Proto: https`` (clients
+    reach the ingress over TLS alone) and ``X-Geode-Peer``. Built once per connection."""
+    lines = []
+    if isinstance(peername, tuple) and peername and isinstance(peername[0], str):
+        lines.append(b"X-Forwarded-For: %s\r\n" % peername[0].encode("ascii", "replace"))
+    lines.append(b"X-Forwarded-Proto: https\r\n")
+    lines.append(b"X-Geode-Peer: %s\r\n\r\n" % peer.encode())
+    return b"".join(lines)
 
 
 def body_piece(data: bytes, chunked: bool) -> list[bytes]:
@@ -117,18 +184,52 @@ def last_chunk(trailers: list[tuple[bytes, bytes]], *, peer: bool = True) -> byt
 # the same way and that needs none of its care. Request line with single spaces, origin-form
 # target, HTTP/1.1; fields ``token ":" value`` with visible characters, spaces and tabs only
 # (no obs-fold, no bare CR or LF, no NUL or DEL); nothing after the blank line. Fields that
-# frame a message, change the connection or the protocol, or that only the proxy sets are left
-# to the full parser (the lookaheads; a response's one ``Content-Length`` is read apart).
+# frame a message, change the connection or the protocol, that the app must not get from a
+# client (``_DROPPED``; and names with an underscore: a request's names are tokens without
+# one), and a second Host, are left to the full parser (the lookaheads; a response's one
+# ``Content-Length`` and a request's one ``Host`` are read apart).
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_NAME_CHAR = rb"[!#$%&'*+\-.^`|~0-9A-Za-z]"  # a token's, but "_"
+_NAME = _NAME_CHAR + rb"+"
 _VALUE = rb":[\t !-~\x80-\xff]*\r\n"
 _REQUEST_CAREFUL = (
-    rb"content-length|transfer-encoding|connection|upgrade|expect|http2-settings|te|trailer|"
-    rb"keep-alive|proxy-connection|x[-_]geode[-_]peer"
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"upgrade",
+    b"expect",
+    b"http2-settings",
+    b"te",
+    b"trailer",
+    b"keep-alive",
+    b"proxy-connection",
 )
 _RESPONSE_CAREFUL = rb"transfer-encoding|connection|upgrade|trailer|keep-alive|proxy-connection"
+
+
+def _any_name(patterns: Iterable[bytes]) -> bytes:
+    """Any of ``patterns`` (lower case names, or patterns beginning with a letter) in any case,
+    grouped by first letter behind a plain character class: re passes over a group at its first
+    byte, where each case-insensitive alternative would cost a backtracking point of its own.
+    (Listing ~25 names flat made every field of a simple head ~140 ns dearer.)"""
+    groups: dict[bytes, list[bytes]] = {}
+    for pattern in patterns:
+        groups.setdefault(pattern[:1], []).append(pattern[1:])
+    return b"|".join(
+        b"[%s%s](?i:%s)" % (first.upper(), first, b"|".join(rests))
+        for first, rests in sorted(groups.items())
+    )
+
+
+# A request's fields: any but the careful, the dropped ones and Host, then at most one Host,
+# then any but those again.
+_REQUEST_OTHER = _any_name(
+    [*_REQUEST_CAREFUL, *sorted(_DROPPED), _DROPPED_PREFIX + _NAME_CHAR + b"*", b"host"]
+)
+_REQUEST_FIELD = rb"(?:(?!(?:" + _REQUEST_OTHER + rb")[\t ]*:)" + _NAME + _VALUE + rb")*"
 _SIMPLE_REQUEST = re.compile(
     rb"(GET|OPTIONS|DELETE) (/[!-~]*) HTTP/1\.1\r\n"
-    rb"(?:(?!(?i:" + _REQUEST_CAREFUL + rb")[\t ]*:)" + _TOKEN + _VALUE + rb")*\r\n"
+    + (_REQUEST_FIELD + rb"(?:[Hh](?i:ost)" + _VALUE + _REQUEST_FIELD + rb")?\r\n")
 )
 # A response's fields: any but the careful ones and Content-Length, then exactly one
 # Content-Length of digits, then any but those again.
@@ -147,9 +248,10 @@ _METHODS = {b"GET": "GET", b"OPTIONS": "OPTIONS", b"DELETE": "DELETE"}
 
 def simple_request(data: bytes, max_bytes: int) -> Request | None:
     """``data`` as a request, if it is exactly one complete, bodiless, simple head (a GET,
-    OPTIONS or DELETE in HTTP/1.1 with none of the fields in ``_REQUEST_CAREFUL``): the common
-    case, read without the full parser's callbacks. Anything else gives ``None``, and the full
-    parser reads it. The head goes to the app as it came, with ``X-Geode-Peer`` added."""
+    OPTIONS or DELETE in HTTP/1.1, at most one Host, none of the fields in ``_REQUEST_CAREFUL``
+    nor any the app must not get from a client): the common case, read without the full
+    parser's callbacks. Anything else gives ``None``, and the full parser reads it. The head goes
+    to the app as it came, with the added fields (``added_fields``)."""
     if len(data) > max_bytes or not data.endswith(b"\r\n\r\n"):
         return None
     match = _SIMPLE_REQUEST.fullmatch(data)

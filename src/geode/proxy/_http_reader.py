@@ -136,6 +136,10 @@ class RequestReader:
                 request.error, request.reason = 431, "request trailers too large"
                 raise Stop
         else:
+            if len(name) == 4 and name.lower() == b"host" and _has_host(request.headers):
+                # RFC 9112 3.2: apps take the first or the last.
+                request.error, request.reason = 400, "more than one Host"
+                raise Stop
             request.headers.append((name, value))
             request.head_size += len(name) + len(value) + 4
 
@@ -192,3 +196,7 @@ class RequestReader:
         self.parsing = None
         self._ended_in_read = True
         self._sink.complete(request)
+
+
+def _has_host(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name.lower() == b"host" for name, _ in headers)
