@@ -33,7 +33,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geode.manifest import HttpRule, IngressRoute, MeshConfig, MeshPolicy, MeshRule
-from geode.proxy import TransparentProxy
+from geode.proxy import TransparentProxy, _http_message
 from geode.proxy._http_message import added_fields, for_app, header_lines, simple_request
 from tests.proxy.test_proxy import DOMAIN, LoopThread, Pki, Responses, spiffe
 from tests.support import free_port, wait_for_port
@@ -426,3 +426,16 @@ def test_the_added_fields_need_no_address() -> None:
         b"X-Forwarded-Proto: https\r\nX-Geode-Peer: spiffe://t.local/service/a\r\n\r\n"
     )
     assert added_fields(("::1", 5, 0, 0), "p").startswith(b"X-Forwarded-For: ::1\r\n")
+
+
+def test_the_remembered_verdicts_stay_bounded() -> None:
+    """``header_lines`` remembers ``for_app`` per name: distinct or long names cannot make
+    that grow, and a forgotten name is judged again the same way."""
+    fields = [(b"X-Name-%d" % n, b"v") for n in range(3000)]
+    fields += [(b"X-" + b"a" * 5000, b"v"), (b"X_Name", b"v"), (b"Forwarded", b"v")]
+    assert len(header_lines(fields, peer=False)) == 3001
+    assert len(_http_message._VERDICTS) <= _http_message._VERDICTS_MAX
+    assert all(len(name) <= 64 for name in _http_message._VERDICTS)
+    assert header_lines([(b"X_Name", b"v"), (b"Accept", b"*/*")], peer=False) == [
+        b"Accept: */*\r\n"
+    ]

@@ -4,9 +4,11 @@ Ingress, one TLS listener per ``IngressRoute``, takes mesh connections, reads th
 id from its verified certificate and applies the service's policy before the app sees a byte:
 
 - ``http``: each request is authorised by method and path, then re-serialised to the app on
-  127.0.0.1 with ``X-Geode-Peer`` set by the proxy (a client's own is dropped). The app's
-  response streams back before the next request is forwarded, so pipelining is safe. A denial
-  gets 403 with ``PolicyMiddleware``'s JSON body; a malformed head 400, an oversized one (or
+  127.0.0.1 with only the fields the app may get from a client (``_http_message``: none named
+  with an underscore, no forwarding or method-override field) and ``X-Forwarded-For``,
+  ``X-Forwarded-Proto`` and ``X-Geode-Peer`` set by the proxy. The app's response streams back
+  before the next request is forwarded, so pipelining is safe. A denial gets 403 with
+  ``PolicyMiddleware``'s JSON body; a malformed head (two Hosts too) 400, an oversized one (or
   oversized trailers) 431, a slow one 408, an unreachable app 502. Targets the app might resolve
   differently from the policy (``#``, backslashes, ``..;``) and any request for h2c get 400; only
   an upgrade request that passed every check may be answered with 101 (else 502, closed).
