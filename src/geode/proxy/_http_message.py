@@ -64,6 +64,7 @@ __all__ = [
     "Stop",
     "added_fields",
     "body_piece",
+    "for_app",
     "header_lines",
     "last_chunk",
     "simple_request",
@@ -162,7 +163,7 @@ def for_app(name: bytes) -> bool:
 
 
 # ``for_app`` asked once per field name as sent: clients send the same few names, and a lookup
-# here costs a third of the check. Only short names are kept, at most _VERDICTS_MAX of them
+# here costs a fraction of the check. Only short names are kept, at most _VERDICTS_MAX of them
 # (then all are forgotten), so that distinct or long names cannot make it grow.
 _VERDICTS: dict[bytes, bool] = {}
 _VERDICTS_MAX = 1024
