@@ -123,7 +123,7 @@ async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
     raw = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string", b"")
     method = scope.get("method", "GET")
-    seen = {
+    seen: dict[str, Any] = {
         "server": os.environ.get("CORPUS_SERVER", "uvicorn"),
         "method": method,
         "target": raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else ""),
@@ -170,7 +170,7 @@ def flask_app() -> Any:
             headers.append(("SCRIPT_NAME", environ["SCRIPT_NAME"]))
         body = request.get_data() if request.method in ("POST", "PUT", "PATCH") else b""
         path = environ.get("PATH_INFO", "")
-        seen = {
+        seen: dict[str, Any] = {
             "server": "gunicorn",
             "method": request.method,
             "target": environ.get("RAW_URI", ""),
@@ -202,7 +202,7 @@ class StdlibHandler(BaseHTTPRequestHandler):
         if self.command in ("POST", "PUT", "PATCH"):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         path = target_path(self.path)
-        seen = {
+        seen: dict[str, Any] = {
             "server": "http.server",
             "method": self.command,
             "target": self.path,
