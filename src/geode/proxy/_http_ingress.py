@@ -259,6 +259,8 @@ class HttpIngress(asyncio.Protocol):
         # Only this request may switch protocols, and only if llhttp took it as an upgrade too:
         # then it has stopped parsing, and what follows the app's 101 is no request.
         request.may_upgrade = request.upgrade
+        if self._app is not None and not self._app.idle():
+            self._drop_app(self._app)  # bytes nobody asked for wait on it: start afresh
         if self._app is not None:
             self._forward(request, self._app)
         else:
@@ -304,12 +306,17 @@ class HttpIngress(asyncio.Protocol):
         app.expect(request)
         if self._peer_line is None:
             self._peer_line = b"X-Geode-Peer: %s\r\n\r\n" % str(self.peer).encode()
-        app.transport.write(b"".join(request.head_for_app(self._peer_line)))
+        # The head and what has been read of the body go in one write: an app told to close
+        # after this request (as ``_http_reader`` tells it after a body it may leave unread)
+        # then has it all before it closes; bytes left unread would turn its close into a
+        # reset, which may lose its response.
+        out = request.head_for_app(self._peer_line)
         for piece in request.body:
-            app.transport.writelines(body_piece(piece, request.chunked))
+            out.extend(body_piece(piece, request.chunked))
         request.body.clear()
         if request.done and request.chunked:
-            app.transport.write(last_chunk(request.trailers, peer=False))
+            out.append(last_chunk(request.trailers, peer=False))
+        app.transport.write(b"".join(out))
 
     def _answer(self, request: Request, status: int, payload: Mapping[str, str | None]) -> None:
         """Answer the front request here; the rest of its body is read and dropped."""
@@ -342,24 +349,26 @@ class HttpIngress(asyncio.Protocol):
     def response_started(self) -> None:
         self._answered = True
 
-    def response_done(self, app: HttpApp, keep_alive: bool) -> None:
+    def response_done(self, app: HttpApp, keep_alive: bool, reusable: bool) -> None:
         self._response_done = True
         # The client saw the app's own Connection header and version, so it decides as the app.
         self._keep_alive = self._keep_alive and keep_alive
         request = self._queue[0] if self._queue else None
-        if not keep_alive or (request is not None and not request.done):
-            # An early response leaves the app connection mid-request: start afresh.
+        if (
+            not reusable
+            or request is None
+            or not request.done
+            or len(self._queue) > 1
+            or self._backlog
+        ):
+            # The app connection serves no other request: see the module's docstring. An
+            # early response leaves it mid-request; a request that waits already goes to a
+            # fresh one, where nothing the app sends late can pass for its answer.
             self._drop_app(app)
             self._state = _Exchange.ANSWERED
             if request is not None:
                 request.body.clear()
-        elif (
-            len(self._queue) == 1
-            and self._keep_alive
-            and not self._backlog
-            and not self._closed
-            and not self._advancing
-        ):
+        elif self._keep_alive and not self._closed and not self._advancing:
             # The common end, the one request answered and nothing waiting: as _advance_queue
             # would end it.
             self._queue.clear()
