@@ -1,5 +1,14 @@
 """The app side of the HTTP ingress: the plaintext connection to the app behind one client
-connection, each response parsed only to re-frame it and find its end."""
+connection, each response parsed only to re-frame it and find its end.
+
+No byte the app sends outside an expected response reaches the client. Bytes past the end of
+a final response are never forwarded and the connection serves no other request: in the same
+read (a simple response longer than its ``Content-Length``; on the parser path, llhttp
+beginning another message after the final one, or failing on what follows it), in a later
+read while no response is due (the connection is closed), or waiting unread when the next
+request would go out (``idle``). A HEAD's response ends with its head; the ingress does not
+reuse the connection after it. The blank lines llhttp skips between messages are the one
+exception, as they can begin no message."""
 
 from __future__ import annotations
 

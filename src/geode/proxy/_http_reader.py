@@ -4,6 +4,26 @@ parsing done a step at a time so that it can stop once enough requests wait.
 
 What becomes of a request (queued, forwarded, answered, refused) is its connection's business,
 told through ``RequestSink``; the reader only reads.
+
+**Framing.** A request whose framing two parsers could read two ways is refused, and the
+connection closed after the answer, as for any malformed request (the refusal is logged):
+
+- by llhttp, with 400: ``Content-Length`` with ``Transfer-Encoding``, two ``Content-Length``
+  fields (equal or not) or a list in one, a ``Transfer-Encoding`` whose last coding is not
+  ``chunked``, obsolete line folding, bare CR or LF, control bytes;
+- here, with 400: ``Transfer-Encoding`` in HTTP/1.0; more than one ``Transfer-Encoding``
+  field (``identity`` then ``chunked``); a value that is not a list of codings ending in one
+  ``chunked`` (``,chunked``); a body (``Content-Length`` over 0, or chunked) on a request with
+  an ``Upgrade`` field, whether llhttp takes it as an upgrade or not (the body would be held
+  back until a 101, or read as the new protocol);
+- here, with 501: codings other than ``chunked`` before it (``gzip, chunked``), which the
+  proxy does not implement (RFC 9112 6.1); 505 for a version other than 1.0 and 1.1.
+
+A request the app may leave partly unread is marked ``Request.app_may_skip`` (its app
+connection then serves no other: see ``_http_ingress``): a body on GET, HEAD, DELETE, OPTIONS
+or TRACE, any ``Expect``, any ``Upgrade``. When it has a body on one of those methods, or an
+``Expect``, its ``Connection`` fields are replaced by ``Connection: close``, so that an app
+that skips the body does not read it as its next request.
 """
 
 from __future__ import annotations
