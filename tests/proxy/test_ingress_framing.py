@@ -48,9 +48,9 @@ SMUGGLED = b"GET /secret HTTP/1.1\r\nHost: a\r\n\r\n"  # denied by the policy
 
 class RawApp(socketserver.BaseRequestHandler):
     """Answers each request with ``true <path>`` and records ``(connection, method, path)``.
-    ``/api/late``: the fake response 100 ms after the true one; ``/api/same-write``: the fake
-    in the same write; HEAD ``/api/head-body``: a head, then 50 ms later a body that is the
-    fake; ``/api/chunked``: a chunked answer."""
+    ``/api/late``: the fake response 100 ms after the true one (``/api/later``: 500 ms);
+    ``/api/same-write``: the fake in the same write; HEAD ``/api/head-body``: a head, then
+    50 ms later a body that is the fake; ``/api/chunked``: a chunked answer."""
 
     server: RawServer
 
@@ -85,9 +85,9 @@ class RawApp(socketserver.BaseRequestHandler):
         body = b"true " + path
         true = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         send = self.request.sendall
-        if path == b"/api/late":
+        if path in (b"/api/late", b"/api/later"):
             send(true)
-            time.sleep(0.1)
+            time.sleep(0.1 if path == b"/api/late" else 0.5)
             send(FAKE)
         elif path == b"/api/same-write":
             send(true + FAKE)
@@ -484,11 +484,11 @@ def test_bytes_waiting_unread_on_an_idle_app_connection_retire_it(framing: Frami
     before = len(app.seen)
     with framing.connect(framing.raw_port) as sock:
         responses = Responses(sock)
-        sock.sendall(get("/api/late"))
-        assert responses.read().body == b"true /api/late"
+        sock.sendall(get("/api/later"))
+        assert responses.read().body == b"true /api/later"
         transport = _app_transport(framing, sock)
         framing.loop.loop.call_soon_threadsafe(transport.pause_reading)
-        time.sleep(0.3)  # the fake response waits in the kernel
+        time.sleep(0.8)  # the fake response waits in the kernel
         sock.sendall(get("/api/next"))
         time.sleep(0.1)
 
@@ -499,7 +499,7 @@ def test_bytes_waiting_unread_on_an_idle_app_connection_retire_it(framing: Frami
         framing.loop.loop.call_soon_threadsafe(resume)
         assert responses.read().body == b"true /api/next"
     seen = app.seen[before:]
-    assert [p for _, _, p in seen] == ["/api/late", "/api/next"]
+    assert [p for _, _, p in seen] == ["/api/later", "/api/next"]
     assert seen[0][0] != seen[1][0]
 
 
