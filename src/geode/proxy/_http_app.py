@@ -125,8 +125,8 @@ class HttpApp(asyncio.Protocol):
     def idle(self) -> bool:
         """Whether the connection may carry the next request: not closing, and no byte waiting
         in the kernel unread (bytes nobody asked for, that would pass for the next answer).
-        Asked before each request on a reused connection: one ioctl, well under a
-        microsecond's work in the kernel, about a microsecond with Python's call around it."""
+        Asked before each request on a reused connection: one ioctl, about 1.3 microseconds
+        on asyncio and uvloop alike (a loaded 2-core VM, best of 7 x 20,000 calls)."""
         if self.transport.is_closing() or self._fd < 0:
             return False
         try:

@@ -13,7 +13,7 @@ before its request was read to the end; after a request the app may not have rea
 end (``_http_app``: never forwarded); and when the next request already waits as the response
 completes (pipelined), so that nothing the app sends late can pass for its answer. Before a
 request goes out on a reused connection, ``HttpApp.idle`` checks that no byte waits on it
-unread (one ``FIONREAD`` ioctl, about 2 us); else a fresh one is opened. The client's
+unread (one ``FIONREAD`` ioctl, about 1.3 microseconds); else a fresh one is opened. The client's
 connection goes on throughout, unless the client or the app's response asks to close."""
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ told through ``RequestSink``; the reader only reads.
 **Framing.** A request whose framing two parsers could read two ways is refused, and the
 connection closed after the answer, as for any malformed request (the refusal is logged):
 
-- by llhttp, with 400: ``Content-Length`` with ``Transfer-Encoding``, two ``Content-Length``
-  fields (equal or not) or a list in one, a ``Transfer-Encoding`` whose last coding is not
-  ``chunked``, obsolete line folding, bare CR or LF, control bytes;
+- by llhttp, with 400: ``Content-Length`` with ``Transfer-Encoding`` (either first), two
+  ``Content-Length`` fields (equal or not) or a list in one, a ``Transfer-Encoding`` whose
+  last coding is not ``chunked`` (tests pin these);
 - here, with 400: ``Transfer-Encoding`` in HTTP/1.0; more than one ``Transfer-Encoding``
   field (``identity`` then ``chunked``); a value that is not a list of codings ending in one
   ``chunked`` (``,chunked``); a body (``Content-Length`` over 0, or chunked) on a request with
