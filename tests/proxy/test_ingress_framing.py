@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import socketserver
 import ssl
 import threading
@@ -307,10 +308,13 @@ def _chunked(body: bytes) -> bytes:
     ],
 )
 def test_ambiguous_framing_is_refused_at_once(
-    framing: Framing, request_bytes: bytes, status: int
+    framing: Framing, request_bytes: bytes, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     before = len(framing.raw.seen)
-    with framing.connect(framing.raw_port) as sock:
+    with (
+        caplog.at_level(logging.INFO, logger="geode"),
+        framing.connect(framing.raw_port) as sock,
+    ):
         sock.settimeout(2)  # far below the inactivity timeout
         sock.sendall(request_bytes)
         responses = Responses(sock)
@@ -319,6 +323,10 @@ def test_ambiguous_framing_is_refused_at_once(
         assert response.headers["connection"] == "close"
         assert responses.closed()
     assert framing.raw.seen[before:] == []
+    # Logged as every refusal is (the method is "-" where llhttp refused the head).
+    logged = f"ingress port {framing.raw_port}: {status} to {spiffe('client')} for "
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(logged) and " '/api/x': " in m for m in messages)
 
 
 def test_one_chunked_coding_in_any_case_is_framing_enough(framing: Framing) -> None:
