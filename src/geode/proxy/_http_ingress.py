@@ -2,7 +2,19 @@
 connection. Requests are read (with the short cut of ``_http_message`` where it applies, else
 httptools), queued, judged one at a time by the route's ``HttpGate`` (``_http_gate``: the policy
 decision, nothing else), and answered here or forwarded to the app (``_http_app``) one at a
-time, keep-alive and pipelining included (see ``_proxy`` for the behaviour as a whole)."""
+time, keep-alive and pipelining included (see ``_proxy`` for the behaviour as a whole).
+
+**When an app connection is reused.** It serves the client connection's requests in turn
+unless something leaves it in doubt; then it is closed once the response is complete, and the
+next request opens a fresh one. That is after a response that did not allow keep-alive or came
+before its request was read to the end; after a request the app may not have read in full
+(``Request.app_reusable_after``: a body on a method without body semantics, any ``Expect`` or
+``Upgrade``, a body answered with an error) and after any HEAD; after bytes past the response's
+end (``_http_app``: never forwarded); and when the next request already waits as the response
+completes (pipelined), so that nothing the app sends late can pass for its answer. Before a
+request goes out on a reused connection, ``HttpApp.idle`` checks that no byte waits on it
+unread (one ``FIONREAD`` ioctl, about 1.3 microseconds); else a fresh one is opened. The client's
+connection goes on throughout, unless the client or the app's response asks to close."""
 
 from __future__ import annotations
 
@@ -259,6 +271,8 @@ class HttpIngress(asyncio.Protocol):
         # Only this request may switch protocols, and only if llhttp took it as an upgrade too:
         # then it has stopped parsing, and what follows the app's 101 is no request.
         request.may_upgrade = request.upgrade
+        if self._app is not None and not self._app.idle():
+            self._drop_app(self._app)  # bytes nobody asked for wait on it: start afresh
         if self._app is not None:
             self._forward(request, self._app)
         else:
@@ -305,12 +319,17 @@ class HttpIngress(asyncio.Protocol):
         if self._peer_line is None:  # X-Forwarded-For, X-Forwarded-Proto, X-Geode-Peer
             peername = self.transport.get_extra_info("peername")
             self._peer_line = added_fields(peername, str(self.peer))
-        app.transport.write(b"".join(request.head_for_app(self._peer_line)))
+        # The head and what has been read of the body go in one write: an app told to close
+        # after this request (as ``_http_reader`` tells it after a body it may leave unread)
+        # then has it all before it closes; bytes left unread would turn its close into a
+        # reset, which may lose its response.
+        out = request.head_for_app(self._peer_line)
         for piece in request.body:
-            app.transport.writelines(body_piece(piece, request.chunked))
+            out.extend(body_piece(piece, request.chunked))
         request.body.clear()
         if request.done and request.chunked:
-            app.transport.write(last_chunk(request.trailers, peer=False))
+            out.append(last_chunk(request.trailers, peer=False))
+        app.transport.write(b"".join(out))
 
     def _answer(self, request: Request, status: int, payload: Mapping[str, str | None]) -> None:
         """Answer the front request here; the rest of its body is read and dropped."""
@@ -343,24 +362,24 @@ class HttpIngress(asyncio.Protocol):
     def response_started(self) -> None:
         self._answered = True
 
-    def response_done(self, app: HttpApp, keep_alive: bool) -> None:
+    def response_done(self, app: HttpApp, keep_alive: bool, reusable: bool) -> None:
         self._response_done = True
         # The client saw the app's own Connection header and version, so it decides as the app.
         self._keep_alive = self._keep_alive and keep_alive
         request = self._queue[0] if self._queue else None
-        if not keep_alive or (request is not None and not request.done):
-            # An early response leaves the app connection mid-request: start afresh.
+        if (
+            not reusable
+            or request is None
+            or not request.done
+            or len(self._queue) > 1
+            or self._backlog
+        ):
+            # The app connection serves no other request (see the module's docstring).
             self._drop_app(app)
             self._state = _Exchange.ANSWERED
             if request is not None:
                 request.body.clear()
-        elif (
-            len(self._queue) == 1
-            and self._keep_alive
-            and not self._backlog
-            and not self._closed
-            and not self._advancing
-        ):
+        elif self._keep_alive and not self._closed and not self._advancing:
             # The common end, the one request answered and nothing waiting: as _advance_queue
             # would end it.
             self._queue.clear()

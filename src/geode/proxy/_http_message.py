@@ -121,6 +121,10 @@ class Request:
     trailer_size: int = 0  # bytes of the complete trailer fields
     trailer_read: int = 0  # bytes of the reads that began within the trailers
     may_upgrade: bool = False  # flagged as an upgrade by llhttp, and passed every check
+    has_body: bool = False  # a Content-Length over 0, or chunked
+    # The app may leave some of it unread (a body on a method without body semantics, any
+    # Expect, any Upgrade): see ``app_reusable_after``.
+    app_may_skip: bool = False
     error: int | None = None  # answer this status and close the connection
     reason: str = ""
     raw: bytes | None = None  # a simple request's head as the app gets it (see simple_request)
@@ -132,6 +136,15 @@ class Request:
             return [self.raw[:-2] + added]
         line = b"%s %s HTTP/%s\r\n" % (self.method.encode(), bytes(self.url), self.version.encode())
         return [line, *header_lines(self.headers, peer=False), added]
+
+    def app_reusable_after(self, status: int) -> bool:
+        """Whether the app connection may serve another request once this one has been
+        answered ``status`` in full. Not after a request whose body the app may have left
+        unread (it would read it as the next request, one the policy never judged): a body
+        on a method without body semantics, any ``Expect``, any ``Upgrade``, or a body
+        answered with an error, which apps often send before reading. Nor after a HEAD: a
+        late body to it would pass for the answer to the next request."""
+        return not (self.app_may_skip or self.method == "HEAD" or (self.has_body and status >= 400))
 
     def target(self) -> str:
         """The request target for a log line (logged with ``%r``: it may hold anything)."""

@@ -4,6 +4,26 @@ parsing done a step at a time so that it can stop once enough requests wait.
 
 What becomes of a request (queued, forwarded, answered, refused) is its connection's business,
 told through ``RequestSink``; the reader only reads.
+
+**Framing.** A request whose framing two parsers could read two ways is refused, and the
+connection closed after the answer, as for any malformed request (the refusal is logged):
+
+- by llhttp, with 400: ``Content-Length`` with ``Transfer-Encoding`` (either first), two
+  ``Content-Length`` fields (equal or not) or a list in one, a ``Transfer-Encoding`` whose
+  last coding is not ``chunked`` (tests pin these);
+- here, with 400: ``Transfer-Encoding`` in HTTP/1.0; more than one ``Transfer-Encoding``
+  field (``identity`` then ``chunked``); a value that is not a list of codings ending in one
+  ``chunked`` (``,chunked``); a body (``Content-Length`` over 0, or chunked) on a request with
+  an ``Upgrade`` field, whether llhttp takes it as an upgrade or not (the body would be held
+  back until a 101, or read as the new protocol);
+- here, with 501: codings other than ``chunked`` before it (``gzip, chunked``), which the
+  proxy does not implement (RFC 9112 6.1); 505 for a version other than 1.0 and 1.1.
+
+A request the app may leave partly unread is marked ``Request.app_may_skip`` (its app
+connection then serves no other: see ``_http_ingress``): a body on GET, HEAD, DELETE, OPTIONS
+or TRACE, any ``Expect``, any ``Upgrade``. When it has a body on one of those methods, or an
+``Expect``, its ``Connection`` fields are replaced by ``Connection: close``, so that an app
+that skips the body does not read it as its next request.
 """
 
 from __future__ import annotations
@@ -21,6 +41,29 @@ __all__ = ["RequestReader", "RequestSink"]
 # is parsed in one go, a chunked one in larger steps, none far past a line that may be its end.
 _PARSE_STEP = 1024
 _CHUNKED_STEP = 16 * 1024
+
+
+# Methods whose requests have no defined body semantics (RFC 9110 9.3): apps often leave such
+# a body unread.
+_NO_BODY_SEMANTICS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+def _transfer_coding_refusal(values: list[bytes]) -> tuple[int, str] | None:
+    """The status and reason to refuse a request with these ``Transfer-Encoding`` values,
+    unless they are exactly one field holding the one coding ``chunked`` (in any case, with
+    optional whitespace). Several fields are ambiguous (which did the app read?): 400; so is a
+    value that is no list of codings ending in one ``chunked`` (llhttp lets ``,chunked``
+    through). A list of other codings before ``chunked`` (``gzip, chunked``) is well formed
+    but not implemented here: 501, as RFC 9112 6.1 asks for a coding the server does not
+    understand. Either way the connection is closed, as for any malformed request."""
+    if len(values) > 1:
+        return 400, "more than one Transfer-Encoding field"
+    codings = [coding.strip(b" \t").lower() for coding in values[0].split(b",")]
+    if codings == [b"chunked"]:
+        return None
+    if all(codings) and codings[-1] == b"chunked" and b"chunked" not in codings[:-1]:
+        return 501, "transfer codings other than chunked are not implemented"
+    return 400, "malformed Transfer-Encoding"
 
 
 class RequestSink(Protocol):
@@ -155,26 +198,47 @@ class RequestReader:
         request.version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
-        body = False
+        codings: list[bytes] = []  # the Transfer-Encoding values
+        expect = upgrade = False
         for name, value in request.headers:
             lowered = name.lower()
             if lowered == b"transfer-encoding":  # llhttp has checked that chunked comes last
-                request.chunked = body = value.lower().rstrip().endswith(b"chunked")
+                codings.append(value)
                 if request.version == "1.0":
                     # RFC 9112 6.1: faulty framing. An HTTP/1.0 app might ignore it and read
                     # the chunks as the next request, one the policy never saw.
                     request.error, request.reason = 400, "Transfer-Encoding in HTTP/1.0"
                     raise Stop
-            elif lowered == b"content-length":  # llhttp has checked it
-                body = body or value.strip() != b"0"
+            elif lowered == b"content-length":  # llhttp has checked it: one, digits only
                 request.remaining = int(value)
             elif lowered == b"expect":
+                expect = True
                 request.expects_continue = value.lower() == b"100-continue"
-        if request.chunked:
+            elif lowered == b"upgrade":
+                upgrade = True
+        if codings:
+            refusal = _transfer_coding_refusal(codings)
+            if refusal is not None:
+                request.error, request.reason = refusal
+                raise Stop
+            request.chunked = True
             request.remaining = None
+        body = request.has_body = request.chunked or bool(request.remaining)
         if request.version not in ("1.0", "1.1"):
             request.error, request.reason = 505, f"HTTP/{request.version} is not supported"
             raise Stop
+        if upgrade and body:
+            # The body would be held back until the app switches protocols (or be read as the
+            # new protocol): ambiguous either way.
+            request.error, request.reason = 400, "a body on an Upgrade request"
+            raise Stop
+        skipped = body and (expect or request.method in _NO_BODY_SEMANTICS)
+        request.app_may_skip = skipped or expect or upgrade
+        if skipped:
+            # An app that leaves this body unread would read it as its next request: told to
+            # close after this one, it reads none (the Connection field is for this hop only).
+            request.headers = [h for h in request.headers if h[0].lower() != b"connection"]
+            request.headers.append((b"Connection", b"close"))
         request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
 
     def on_chunk_header(self) -> None:
