@@ -188,11 +188,14 @@ async def send(payload: Payload, port: int, context: ssl.SSLContext) -> tuple[by
     except (OSError, TimeoutError) as exc:
         return b"", f"connect: {exc!r}"
     try:
-        for i, piece in enumerate(payload.pieces):
-            if i:
-                await asyncio.sleep(0.02)
-            writer.write(piece)
-            await writer.drain()
+        try:
+            for i, piece in enumerate(payload.pieces):
+                if i:
+                    await asyncio.sleep(0.02)
+                writer.write(piece)
+                await writer.drain()
+        except (OSError, ssl.SSLError):
+            pass  # the ingress closed after answering: what it answered is still to be read
         deadline = time.monotonic() + 8
         while True:
             wait = deadline - time.monotonic()
