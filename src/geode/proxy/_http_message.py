@@ -80,12 +80,20 @@ class Request:
     error: int | None = None  # answer this status and close the connection
     reason: str = ""
     raw: bytes | None = None  # a simple request's head as the app gets it (see simple_request)
+    app_target: bytes | None = None  # the normal target, set by the gate if it is not ``url``
 
     def head_for_app(self, peer: bytes) -> list[bytes]:
-        """The head the app gets: the client's, without any ``X-Geode-Peer``, with ours."""
+        """The head the app gets: the client's, with the normal target (``app_target``) if the
+        client's is not, without any ``X-Geode-Peer``, with ours."""
+        target = self.app_target
         if self.raw is not None:
-            return [self.raw[:-2] + peer]
-        line = b"%s %s HTTP/%s\r\n" % (self.method.encode(), bytes(self.url), self.version.encode())
+            if target is None:  # the common case: the head as it came
+                return [self.raw[:-2] + peer]
+            fields = self.raw.index(b"\r\n")  # a simple request's line is its method and target
+            return [b"%s %s HTTP/1.1" % (self.method.encode(), target), self.raw[fields:-2] + peer]
+        if target is None:
+            target = bytes(self.url)
+        line = b"%s %s HTTP/%s\r\n" % (self.method.encode(), target, self.version.encode())
         return [line, *header_lines(self.headers, peer=False), peer]
 
     def target(self) -> str:
