@@ -100,13 +100,14 @@ class HttpGate:
         normal = cached_normal_target(bytes(request.url))
         if isinstance(normal, str):
             return self._bad(peer, request, normal)
-        if normal.path == "*" and request.method != "OPTIONS":
+        path, target = normal
+        if path == "*" and request.method != "OPTIONS":
             return self._bad(peer, request, "the target * is for OPTIONS only")
         if request.headers and asks_for_http2(request):
             return self._bad(peer, request, "no upgrade to HTTP/2 (h2c)")
-        decision = self.engine.authorize_http(peer, request.method, normal.path)
+        decision = self.engine.authorize_http(peer, request.method, path)
         if decision:
-            request.app_target = normal.target
+            request.app_target = target
             return None
         shown = str(peer) if peer else None
         return Refusal(403, {"error": "policy_denied", "peer": shown, "reason": decision.reason})
