@@ -936,14 +936,16 @@ def test_request_targets_are_logged_escaped(mesh: Mesh, caplog: pytest.LogCaptur
     ):
         sock.sendall(
             b"GET /api/..%5c%0d%0aFORGED:1 HTTP/1.1\r\nHost: a\r\n\r\n"
-            b"GET /nope%0d%0aFORGED:2 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /nope%E2%80%A8FORGED:2 HTTP/1.1\r\nHost: a\r\n\r\n"  # U+2028
+            b"GET /nope%0d%0aFORGED:3 HTTP/1.1\r\nHost: a\r\n\r\n"  # no control in a path
         )
         responses = Responses(sock)
-        assert [responses.read().status for _ in range(2)] == [400, 403]
+        assert [responses.read().status for _ in range(3)] == [400, 403, 400]
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("geode")]
     assert any("400" in m and "'/api/..%5c%0d%0aFORGED:1'" in m for m in messages)
-    assert any("/nope\\r\\nFORGED:2" in m for m in messages)  # the policy's denial
-    assert not [m for m in messages if "\r" in m or "\n" in m]
+    assert any("/nope\\u2028FORGED:2" in m for m in messages)  # the policy's denial
+    assert any("400" in m and "'/nope%0d%0aFORGED:3'" in m for m in messages)
+    assert not [m for m in messages if "\r" in m or "\n" in m or "\u2028" in m]
 
 
 # --- Inactivity --------------------------------------------------------------------------------
