@@ -58,7 +58,6 @@ __all__ = [
     "NormalTarget",
     "Refusal",
     "asks_for_http2",
-    "cached_normal_target",
     "cached_policy_path",
     "log_refusal",
     "normal_target",
@@ -97,7 +96,7 @@ class HttpGate:
     def judge(self, peer: SpiffeId | None, request: Request) -> Refusal | None:
         if request.method == "CONNECT":
             return Refusal(405, {"error": "method_not_allowed", "reason": "CONNECT is not proxied"})
-        normal = cached_normal_target(bytes(request.url))
+        normal = normal_target(bytes(request.url))
         if isinstance(normal, str):
             return self._bad(peer, request, normal)
         path, target = normal
@@ -149,7 +148,11 @@ _ASTERISK = NormalTarget("*", None)
 
 def normal_target(url: bytes) -> NormalTarget | str:
     """``url``, a request target, in normal form (see the module docstring), or why it is
-    refused."""
+    refused; remembered for short targets (a client asks for the same few)."""
+    return _cached_normalise(url) if len(url) <= 256 else _normalise(url)
+
+
+def _normalise(url: bytes) -> NormalTarget | str:
     if url == b"*":
         return _ASTERISK
     if b"#" in url:
@@ -217,25 +220,20 @@ def _decode_unreserved(raw_path: bytes) -> bytes | str:
 
 
 @functools.lru_cache(maxsize=1024)
-def _cached_normal_target(url: bytes) -> NormalTarget | str:
-    return normal_target(url)
-
-
-def cached_normal_target(url: bytes) -> NormalTarget | str:
-    """``normal_target``, remembered for short targets (a client asks for the same few)."""
-    return _cached_normal_target(url) if len(url) <= 256 else normal_target(url)
+def _cached_normalise(url: bytes) -> NormalTarget | str:
+    return _normalise(url)
 
 
 def policy_path(url: bytes) -> str | None:
     """The percent-decoded normal path the policy judges (as ASGI's ``scope["path"]``), or
     ``None`` when the target is refused."""
-    normal = normal_target(url)
+    normal = _normalise(url)
     return None if isinstance(normal, str) else normal.path
 
 
 def cached_policy_path(url: bytes) -> str | None:
     """``policy_path``, remembered for short targets."""
-    normal = cached_normal_target(url)
+    normal = normal_target(url)
     return None if isinstance(normal, str) else normal.path
 
 
