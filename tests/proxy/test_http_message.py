@@ -255,5 +255,5 @@ def test_a_response_to_head_or_to_an_upgrade_goes_to_the_full_parser() -> None:
 
 
 def test_the_cached_path_is_the_path() -> None:
-    for url in (b"/a/b?x", b"/a/%2e%2e/b", b"/a\\b", b"*", b"/" + b"x" * 300):
+    for url in (b"/a/b?x", b"/a/%2e%2e/b", b"/a\\b", b"*", b"/" + b"x" * 300, b"//" + b"x" * 300):
         assert cached_policy_path(url) == policy_path(url)

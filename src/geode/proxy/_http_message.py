@@ -128,13 +128,21 @@ class Request:
     error: int | None = None  # answer this status and close the connection
     reason: str = ""
     raw: bytes | None = None  # a simple request's head as the app gets it (see simple_request)
+    app_target: bytes | None = None  # the normal target, set by the gate if it is not ``url``
 
     def head_for_app(self, added: bytes) -> list[bytes]:
-        """The head the app gets: the request line, the client's fields as the app may see
-        them (``header_lines``), then ``added`` (``added_fields``, with the blank line)."""
+        """The head the app gets: the request line, with the normal target (``app_target``)
+        if the client's is not, the client's fields as the app may see them
+        (``header_lines``), then ``added`` (``added_fields``, with the blank line)."""
+        target = self.app_target
         if self.raw is not None:  # the short cut took only fields the app may see
-            return [self.raw[:-2] + added]
-        line = b"%s %s HTTP/%s\r\n" % (self.method.encode(), bytes(self.url), self.version.encode())
+            if target is None:  # the common case: the head as it came
+                return [self.raw[:-2] + added]
+            fields = self.raw.index(b"\r\n")  # a simple request's line is its method and target
+            return [b"%s %s HTTP/1.1" % (self.method.encode(), target), self.raw[fields:-2] + added]
+        if target is None:
+            target = bytes(self.url)
+        line = b"%s %s HTTP/%s\r\n" % (self.method.encode(), target, self.version.encode())
         return [line, *header_lines(self.headers, peer=False), added]
 
     def app_reusable_after(self, status: int) -> bool:

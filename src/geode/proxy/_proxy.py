@@ -9,9 +9,11 @@ id from its verified certificate and applies the service's policy before the app
   ``X-Forwarded-Proto`` and ``X-Geode-Peer`` set by the proxy. The app's response streams back
   before the next request is forwarded, so pipelining is safe. A denial gets 403 with
   ``PolicyMiddleware``'s JSON body; a malformed head (two Hosts too) 400, an oversized one (or
-  oversized trailers) 431, a slow one 408, an unreachable app 502. Targets the app might resolve
-  differently from the policy (``#``, backslashes, ``..;``) and any request for h2c get 400; only
-  an upgrade request that passed every check may be answered with 101 (else 502, closed).
+  oversized trailers) 431, a slow one 408, an unreachable app 502. The target is judged, and
+  forwarded, in one normal form (``_http_gate``: ``//x``, ``/a/../x``, ``/%78`` are ``/x``);
+  targets the app might still resolve differently from the policy (``#``, an encoded ``/`` or
+  backslash, ``..;``) and any request for h2c get 400; only an upgrade request that passed
+  every check may be answered with 101 (else 502, closed).
 - ``tcp``: one decision per connection, then bytes are spliced to the app (denied: closed).
 
 Egress, one loopback listener per ``EgressRoute``, turns the app's plaintext connections into

@@ -2,7 +2,12 @@
 
 ``PolicyMiddleware`` authorises each request's verified peer against the service's policy
 before the app sees it, puts the peer's SPIFFE id in ``scope["geode.peer"]``, and answers
-denials with 403 and ``{"error": "policy_denied", "peer": ..., "reason": ...}``. ``serve_asgi``
+denials with 403 and ``{"error": "policy_denied", "peer": ..., "reason": ...}``. As the
+proxy's HTTP ingress does, it brings the path to one normal form first (``normal_target``:
+``//x``, ``/a/../x`` and ``/%78`` are ``/x``), judges that, and gives the app that path in
+``scope["path"]`` and ``scope["raw_path"]``: an app that resolves paths itself (Starlette's
+``StaticFiles`` drops empty and dot segments) serves what was judged. A path that no normal
+form makes safe (an encoded ``/`` or ``\\``, ``..;``) gets 400. ``serve_asgi``
 runs any ASGI app on uvicorn with mutual TLS, handing the peer certificate to the middleware.
 """
 
@@ -11,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import uvicorn
 
 from geode.pki import SpiffeId, peer_spiffe_id
-from geode.proxy import PolicyEngine
+from geode.proxy import PolicyEngine, normal_target
 from geode.runtime._asgi_tls import (
     TLSExtensionProtocol,
     TLSExtensionWSProtocol,
@@ -69,32 +75,39 @@ class PolicyMiddleware:
         else:
             peer = peer_spiffe_id(peer_certificate(scope))
         method = scope.get("method", "GET")
-        decision = self.engine.authorize_http(peer, method, scope.get("path", "/"))
+        raw_path = scope.get("raw_path") or quote(scope.get("path", "/")).encode("ascii")
+        normal = normal_target(raw_path)
+        if isinstance(normal, str):
+            await _refuse(scope, send, 400, {"error": "bad_request", "reason": normal})
+            return
+        if normal.target is not None:
+            scope["path"], scope["raw_path"] = normal.path, normal.target
+        decision = self.engine.authorize_http(peer, method, normal.path)
         if not decision:
-            body = json.dumps(
-                {
-                    "error": "policy_denied",
-                    "peer": str(peer) if peer else None,
-                    "reason": decision.reason,
-                }
-            ).encode()
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
-                return
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 403,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            shown = str(peer) if peer else None
+            payload = {"error": "policy_denied", "peer": shown, "reason": decision.reason}
+            await _refuse(scope, send, 403, payload)
             return
         scope["geode.peer"] = peer
         await self.app(scope, receive, send)
+
+
+async def _refuse(scope: Scope, send: Send, status: int, payload: Mapping[str, str | None]) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def serve_asgi(
