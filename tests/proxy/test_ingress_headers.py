@@ -342,7 +342,9 @@ def test_fields_and_trailers_are_filtered_for_the_app(ingress: Ingress) -> None:
         b"POST /record/upload HTTP/1.1\r\nHost: server\r\nX_Custom: 1\r\n"
         b"Transfer-Encoding: chunked\r\nx-forwarded-for: 203.0.113.7\r\nX-Keep: yes\r\n"
         b"X-Geode-Peer: forged\r\n\r\n"
-        b"3\r\nabc\r\n0\r\nX_Trailer: 1\r\nX-Forwarded-Proto: http\r\nX-Checksum: c\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX_Trailer: 1\r\nX-Forwarded-Proto: http\r\nX-Checksum: c\r\n"
+        # Fields that mean nothing in trailers, which an app merging them would act on.
+        b"Host: admin.internal\r\nAuthorization: Basic YTpi\r\nContent-Type: text/x\r\n\r\n"
     )
     assert ingress.exchange(ingress.recorder, request)[0] == 200
     head, body = ingress.seen[-1]

@@ -217,7 +217,35 @@ def body_piece(data: bytes, chunked: bool) -> list[bytes]:
     return [b"%x\r\n" % len(data), data, b"\r\n"] if chunked else [data]
 
 
+# Fields that mean nothing in a trailer section (RFC 9110 6.5.1: framing, routing, the
+# connection, request modifiers) but that an app merging trailers into the head would act on.
+_NOT_TRAILERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"trailer",
+        b"te",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"upgrade",
+        b"host",
+        b"expect",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"range",
+        b"authorization",
+        b"cookie",
+    }
+)
+
+
 def last_chunk(trailers: list[tuple[bytes, bytes]], *, peer: bool = True) -> bytes:
+    """The last chunk with ``trailers``; with ``peer=False`` (a request's, bound for the app)
+    only those ``header_lines`` lets through and that may be trailers (``_NOT_TRAILERS``)."""
+    if not peer:
+        trailers = [t for t in trailers if t[0].lower() not in _NOT_TRAILERS]
     return b"".join([b"0\r\n", *header_lines(trailers, peer=peer), b"\r\n"])
 
 

@@ -16,6 +16,7 @@ connection closed after the answer, as for any malformed request (the refusal is
   ``chunked`` (``,chunked``); a body (``Content-Length`` over 0, or chunked) on a request with
   an ``Upgrade`` field, whether llhttp takes it as an upgrade or not (the body would be held
   back until a 101, or read as the new protocol);
+- here, with 417: an ``Expect`` other than one ``100-continue`` (RFC 9110 10.1.1);
 - here, with 501: codings other than ``chunked`` before it (``gzip, chunked``), which the
   proxy does not implement (RFC 9112 6.1); 505 for a version other than 1.0 and 1.1.
 
@@ -212,8 +213,12 @@ class RequestReader:
             elif lowered == b"content-length":  # llhttp has checked it: one, digits only
                 request.remaining = int(value)
             elif lowered == b"expect":
-                expect = True
-                request.expects_continue = value.lower() == b"100-continue"
+                if expect or value.strip(b" \t").lower() != b"100-continue":
+                    # RFC 9110 10.1.1: the one expectation defined; anything else (or two
+                    # fields) would be met, or not, by the app as it pleases.
+                    request.error, request.reason = 417, "only Expect: 100-continue is supported"
+                    raise Stop
+                expect = request.expects_continue = True
             elif lowered == b"upgrade":
                 upgrade = True
         if codings:
