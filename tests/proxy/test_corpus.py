@@ -24,36 +24,25 @@ import asyncio
 import contextlib
 import json
 import ssl
-import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from geode.manifest import IngressRoute, MeshConfig
-from geode.pki import (
-    CertificateAuthority,
-    LeafParams,
-    SpiffeId,
-    certificate_pem,
-    generate_private_key,
-    private_key_pem,
-)
 from geode.proxy import PolicyEngine, ProxyLimits, TransparentProxy
-from geode.runtime import Credentials
 from tests.proxy.support.apps import KINDS, AppServer, Seen, served, target_path
 from tests.proxy.support.corpus import PAYLOADS, Payload, counts, policy
+from tests.proxy.support.mesh import DOMAIN, LoopThread, Pki, spiffe
 from tests.support import REPO, free_port, wait_for_port
 
 pytestmark = pytest.mark.attack
 
-DOMAIN = "t.local"
 CONCURRENCY = 16
 # Once every request has its answer, how long the client still listens for stray bytes.
 GRACE = 0.2
@@ -71,65 +60,6 @@ FORWARDING = {
 }  # fmt: skip
 
 
-def spiffe(name: str) -> SpiffeId:
-    return SpiffeId.for_service(DOMAIN, name)
-
-
-class Pki:
-    """A throwaway mesh CA and the leaf credentials of its services."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.root = CertificateAuthority.create_root()
-        self.ca_file = tmp / "ca.pem"
-        self.ca_file.write_text(certificate_pem(self.root.certificate))
-
-    def credentials(self, name: str, mesh: MeshConfig | None = None) -> Credentials:
-        key = generate_private_key()
-        cert = self.root.issue(
-            LeafParams(
-                public_key=key.public_key(),
-                common_name=name,
-                spiffe_id=spiffe(name),
-                dns_names=["localhost"],
-                ip_addresses=["127.0.0.1"],
-            )
-        )
-        cert_file, key_file = self.tmp / f"{name}.crt", self.tmp / f"{name}.key"
-        cert_file.write_text(certificate_pem(cert))
-        key_file.write_bytes(private_key_pem(key))
-        key_file.chmod(0o600)
-        return Credentials(
-            cert_file=cert_file,
-            key_file=key_file,
-            ca_file=self.ca_file,
-            spiffe_id=spiffe(name),
-            mesh=mesh,
-        )
-
-    def context(self, name: str) -> ssl.SSLContext:
-        credentials = self.credentials(name)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cafile=self.ca_file)
-        context.load_cert_chain(credentials.cert_file, credentials.key_file)
-        return context
-
-
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-        self.loop.close()
-
-
 @dataclass
 class Bench:
     ports: dict[str, int]  # app kind -> ingress port
@@ -141,7 +71,7 @@ class Bench:
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     tmp = tmp_path_factory.mktemp("corpus")
     apps = {kind: AppServer(kind, free_port(), tmp / f"{kind}.jsonl", REPO) for kind in KINDS}
-    loop = LoopThread()
+    loop = LoopThread("asyncio")
     try:
         for app in apps.values():
             wait_for_port(app.port, app.process, app.output)
@@ -165,7 +95,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
             pki.credentials("server", mesh), listen_host="127.0.0.1", limits=limits
         )
         loop.run(proxy.start())
-        contexts = {who: pki.context(who) for who in ("client", "other")}
+        contexts = {who: pki.client_context(pki.credentials(who)) for who in ("client", "other")}
         yield Bench(ports, apps, contexts)
         loop.run(proxy.close())
     finally:

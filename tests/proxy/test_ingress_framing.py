@@ -27,13 +27,13 @@ from geode.manifest import HttpRule, IngressRoute, MeshConfig, MeshPolicy, MeshR
 from geode.proxy import ProxyLimits, TransparentProxy
 from geode.proxy._http_app import HttpApp
 from geode.proxy._http_ingress import HttpIngress
-from tests.proxy.test_proxy import (
+from tests.proxy.support.mesh import (
     DOMAIN,
     LoopThread,
     Pki,
     Response,
     Responses,
-    _serve,
+    serve,
     spiffe,
     tls_socket,
 )
@@ -171,8 +171,8 @@ def framing(
     loop = LoopThread(request.param)
     pki = Pki(tmp_path_factory.mktemp("pki"))
     raw, ignoring = RawServer(), IgnoringServer()
-    _serve(raw)
-    _serve(ignoring)
+    serve(raw)
+    serve(ignoring)
     raw_port, ignoring_port = free_port(), free_port()
     config = MeshConfig(
         trust_domain=DOMAIN,

@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from geode.manifest import HttpRule, IngressRoute, MeshConfig, MeshPolicy, MeshRule
 from geode.proxy import TransparentProxy, _http_message
 from geode.proxy._http_message import added_fields, for_app, header_lines, simple_request
-from tests.proxy.test_proxy import DOMAIN, LoopThread, Pki, Responses, spiffe
+from tests.proxy.support.mesh import DOMAIN, LoopThread, Pki, Responses, spiffe
 from tests.support import free_port, wait_for_port
 
 CLIENT_HOST = "127.0.0.2"  # the client's address: not the ingress's (127.0.0.1)

@@ -20,7 +20,15 @@ import pytest
 from geode.manifest import HttpRule, IngressRoute, MeshConfig, MeshPolicy, MeshRule
 from geode.proxy import TransparentProxy
 from geode.runtime import Credentials
-from tests.proxy.test_proxy import DOMAIN, LoopThread, Pki, Response, Responses, spiffe, tls_socket
+from tests.proxy.support.mesh import (
+    DOMAIN,
+    LoopThread,
+    Pki,
+    Response,
+    Responses,
+    spiffe,
+    tls_socket,
+)
 from tests.support import free_port
 
 SECRET = b"the secret"
