@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geode.proxy._http_gate import cached_policy_path, policy_path
+from geode.proxy._http_gate import _normalise, normal_target
 from geode.proxy._http_message import Request, simple_request, simple_response_length
 
 PEER = b"X-Geode-Peer: spiffe://t.local/service/a\r\n\r\n"
@@ -254,6 +254,6 @@ def test_a_response_to_head_or_to_an_upgrade_goes_to_the_full_parser() -> None:
     assert simple_response_length(response + b"hello", upgrade) is None
 
 
-def test_the_cached_path_is_the_path() -> None:
+def test_the_cached_normal_form_is_the_normal_form() -> None:
     for url in (b"/a/b?x", b"/a/%2e%2e/b", b"/a\\b", b"*", b"/" + b"x" * 300, b"//" + b"x" * 300):
-        assert cached_policy_path(url) == policy_path(url)
+        assert normal_target(url) == _normalise(url)

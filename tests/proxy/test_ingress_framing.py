@@ -68,17 +68,28 @@ class RawApp(socketserver.BaseRequestHandler):
                 data += more
             head, _, data = data.partition(b"\r\n\r\n")
             method, path = head.split(b" ")[:2]
-            length, end = 0, b""
+            length, end, close = 0, b"", False
             for line in head.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
                 elif name.strip().lower() == b"transfer-encoding":
                     end = b"0\r\n\r\n"  # these tests send no trailers
+                elif name.strip().lower() == b"connection":
+                    close = value.strip().lower() == b"close"
             while len(data) < length or end not in data:
                 data += self.request.recv(65536)
             data = data[length:] if not end else data.partition(end)[2]
             self.server.seen.append((number, method.decode(), path.decode()))
+            if close:  # answered as asked, and the connection ends
+                self.server.told_to_close.append(path.decode())
+                body = b"true " + path
+                with contextlib.suppress(OSError):
+                    self.request.sendall(
+                        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(body), body)
+                    )
+                return
             with contextlib.suppress(OSError):
                 self._answer(method, path)
 
@@ -112,18 +123,20 @@ class RawServer(socketserver.ThreadingTCPServer):
         self.lock = threading.Lock()
         self.connections = 0
         self.seen: list[tuple[int, str, str]] = []
+        self.told_to_close: list[str] = []  # paths of requests that came with Connection: close
 
 
 class IgnoringApp(BaseHTTPRequestHandler):
     """Stock ``http.server`` in HTTP/1.1 mode: a GET, DELETE or OPTIONS body is left unread;
-    a POST to ``/api/refuse`` is answered 400 before its body is read."""
+    a POST to ``/api/refuse`` is answered 400 before its body is read, one to ``/api/noread``
+    200 without reading it."""
 
     protocol_version = "HTTP/1.1"
     server: IgnoringServer
 
     def answer(self) -> None:
         self.server.seen.append((self.client_address[1], self.command, self.path))
-        if self.command == "POST" and self.path != "/api/refuse":
+        if self.command == "POST" and self.path not in ("/api/refuse", "/api/noread"):
             self.rfile.read(int(self.headers["Content-Length"]))
         status = 400 if self.path == "/api/refuse" else 200
         body = b"ok " + self.path.encode()
@@ -387,6 +400,39 @@ def test_a_body_the_app_ignores_never_becomes_a_request(
     assert seen[0][0] != seen[1][0]
 
 
+@pytest.mark.parametrize(("path", "status"), [(b"/api/refuse", 400), (b"/api/noread", 200)])
+def test_a_post_body_the_app_leaves_unread_never_becomes_a_request(
+    framing: Framing, path: bytes, status: int
+) -> None:
+    """Any body may be left unread, a POST's too: the app is told to close after it."""
+    app = framing.ignoring
+    before = len(app.seen)
+    with framing.connect(framing.ignoring_port) as sock:
+        sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+            % (path, len(SMUGGLED), SMUGGLED)
+        )
+        responses = Responses(sock)
+        response = responses.read()
+        assert (response.status, response.body) == (status, b"ok " + path)
+        assert nothing_more(sock)
+        sock.sendall(get("/api/next"))
+        assert responses.read().body == b"ok /api/next"
+    seen = app.seen[before:]
+    assert [(m, p) for _, m, p in seen] == [("POST", path.decode()), ("GET", "/api/next")]
+
+
+def test_the_ingress_s_own_answer_to_a_head_has_no_body(framing: Framing) -> None:
+    """A body after a refused HEAD's head would pass for the answer to the next request."""
+    with framing.connect(framing.raw_port) as sock:
+        sock.sendall(b"HEAD /secret HTTP/1.1\r\nHost: a\r\n\r\n" + get("/api/after"))
+        responses = Responses(sock)
+        refused = responses.read(head=True)
+        assert refused.status == 403
+        assert int(refused.headers["content-length"]) > 0
+        assert responses.read().body == b"true /api/after"
+
+
 @pytest.mark.parametrize(
     "head",
     [
@@ -427,16 +473,45 @@ def test_an_ordinary_keep_alive_sequence_reuses_the_app_connection(framing: Fram
         exchanges = [
             get("/api/a"),  # the short cut both ways
             get("/api/b", b"Connection: keep-alive\r\n"),  # the parser
-            b"POST /api/c HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
             get("/api/chunked"),  # a chunked response
-            b"PUT /api/d HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-            + _chunked(b"d"),
+            b"OPTIONS /api/d HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
             get("/api/e"),
         ]
         for request_bytes in exchanges:
             sock.sendall(request_bytes)
             assert responses.read().body.startswith(b"true /api/")
     assert len({number for number, _, _ in app.seen[before:]}) == 1, app.seen[before:]
+
+
+def test_after_any_body_the_app_is_told_to_close_and_the_client_goes_on(
+    framing: Framing,
+) -> None:
+    """A handler may leave even a POST's body unread (an error answered first, a body it
+    ignores): the app is told ``Connection: close``, its connection serves no other request,
+    and its own ``Connection: close`` in answer does not end the client's connection."""
+    app = framing.raw
+    before = len(app.seen)
+    with framing.connect(framing.raw_port) as sock:
+        responses = Responses(sock)
+        exchanges = [
+            get("/api/a"),
+            b"POST /api/c HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n"
+            b"Content-Length: 3\r\n\r\nabc",
+            get("/api/b"),
+            b"PUT /api/d HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + _chunked(b"d"),
+            get("/api/e"),
+        ]
+        for request_bytes in exchanges:
+            sock.sendall(request_bytes)
+            response = responses.read()
+            assert response.body.startswith(b"true /api/")
+            assert response.headers.get("connection") != "close"
+    seen = app.seen[before:]
+    numbers = [number for number, _, _ in seen]
+    # a and c share one app connection, b and d another, e has its own.
+    assert numbers[0] == numbers[1] != numbers[2] == numbers[3] != numbers[4], seen
+    assert app.told_to_close[-2:] == ["/api/c", "/api/d"]
 
 
 # --- Class 3: bytes after a response ------------------------------------------------------------

@@ -4,6 +4,7 @@ file up. The policy allows every path but ``/secret.txt``, by regex."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ import pytest
 from starlette.staticfiles import StaticFiles
 
 from geode.manifest import HttpRule, MeshPolicy, MeshRule
-from geode.runtime import serve_asgi
+from geode.pki import SpiffeId
+from geode.proxy import PolicyEngine
+from geode.runtime import PolicyMiddleware, serve_asgi
 from tests.runtime.test_asgi_tls import Pki, _serve_server, _server_credentials
 from tests.support import free_port
 
@@ -113,3 +116,54 @@ def test_a_trailing_slash_is_a_path_of_its_own(tmp_path: Path) -> None:
         assert site.get(b"/secret.txt/")[0] == 403
         assert site.get(b"//secret.txt//")[0] == 403
         assert site.get(b"/files/a.txt/") == (200, b"a")
+
+
+@pytest.mark.parametrize(
+    ("path", "raw_path", "status", "served"),
+    [
+        ("/secret.txt", b"/files/a.txt", 403, None),  # a middleware before changed the path only
+        ("/files/a.txt", b"/secret.txt", 200, "/files/a.txt"),
+        ("/files//a.txt", b"/files//a.txt", 200, "/files/a.txt"),
+        ("/files/a.txt", None, 200, "/files/a.txt"),
+    ],
+    ids=["path-changed", "raw-path-changed", "both-normalised", "no-raw-path"],
+)
+def test_the_path_judged_is_the_path_the_app_routes_on(
+    path: str, raw_path: bytes | None, status: int, served: str | None
+) -> None:
+    """The app routes on ``scope["path"]``; a middleware in front of ``PolicyMiddleware`` may
+    have changed it without ``raw_path`` (a prefix stripped, a rewrite)."""
+    rule = MeshRule(
+        name="no-secret",
+        sources=["spiffe://t.local/service/client"],
+        http=[HttpRule(methods=["GET"], path=r"^/(?!secret\.txt$).*$")],
+    )
+    engine = PolicyEngine(MeshPolicy(mode="strict", rules=[rule]), "server", trust_domain="t.local")
+    routed: list[tuple[str, bytes]] = []
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        routed.append((scope["path"], scope["raw_path"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "extensions": {"tls": {"geode_peer": SpiffeId.for_service("t.local", "client")}},
+    }
+    if raw_path is not None:
+        scope["raw_path"] = raw_path
+    asyncio.run(PolicyMiddleware(app, engine)(scope, receive, send))
+    assert sent[0]["status"] == status
+    if served is None:
+        assert routed == []
+    else:
+        assert routed == [(served, served.encode())]

@@ -1,14 +1,19 @@
 """The app side of the HTTP ingress: the plaintext connection to the app behind one client
 connection, each response parsed only to re-frame it and find its end.
 
-No byte the app sends outside an expected response reaches the client. Bytes past the end of
-a final response are never forwarded and the connection serves no other request: in the same
-read (a simple response longer than its ``Content-Length``; on the parser path, llhttp
-beginning another message after the final one, or failing on what follows it), in a later
-read while no response is due (the connection is closed), or waiting unread when the next
-request would go out (``idle``). A HEAD's response ends with its head; the ingress does not
-reuse the connection after it. The blank lines llhttp skips between messages are the one
-exception, as they can begin no message."""
+Bytes the app sends outside an expected response are never forwarded, and the connection then
+serves no other request: bytes past the end of a final response in the same read (a simple
+response longer than its ``Content-Length``; on the parser path, llhttp beginning another
+message after the final one, or failing on what follows it), in a later read while no response
+is due (the connection is closed), or waiting unread when the next request would go out
+(``idle``). A HEAD's response ends with its head; the ingress does not reuse the connection
+after it. Not caught: bytes that arrive after the next request went out on a reused connection
+pass for its answer (see ``_http_ingress``). The blank lines llhttp skips between messages are
+ignored, as they can begin no message.
+
+When the ingress told the app ``Connection: close`` (``Request.app_close``), the app's own
+``Connection`` field in an HTTP/1.1 answer is dropped: the close was the ingress's, for this
+hop, and the client's connection goes on unless the response ends only when the app closes."""
 
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ class ClientSide(Protocol):
         """The response is complete. ``keep_alive``: the response lets its connection persist
         (as the client saw it); ``reusable``: besides, the app connection may serve another
         request (nothing came past the response's end, and the request left the app in a
-        known state: ``Request.app_reusable_after``)."""
+        known state: ``Request.app_reusable``)."""
 
     def unasked_switch(self, app: HttpApp) -> None:
         """The app answered 101 to a request that may not switch protocols."""
@@ -90,6 +95,7 @@ class HttpApp(asyncio.Protocol):
         self._until_close = False  # the response ends when the app closes
         self._keep_alive = False
         self._complete = False  # the final response has ended: any byte more is past its end
+        self._forced = False  # the app's Connection field was dropped (see on_headers_complete)
         self._tunnel = False
         self._unasked = False  # a 101 that no upgrade request asked for
         self._deadline: asyncio.TimerHandle | None = None
@@ -170,7 +176,7 @@ class HttpApp(asyncio.Protocol):
             self._reason.clear()
             self._headers, self._trailers = [], []
             self._status, self._in_body, self._chunked, self._until_close = 0, False, False, False
-            self._complete = False
+            self._complete = self._forced = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -252,7 +258,13 @@ class HttpApp(asyncio.Protocol):
             status,
             bytes(self._reason),
         )
-        lines = [head, *header_lines(self._headers), b"\r\n"]
+        fields = self._headers
+        if self._request.app_close and self._parser.get_http_version() == "1.1":
+            # The ingress told the app to close, not the client: the app's answer to that
+            # (``Connection: close``) is for this hop alone, and the client's connection goes on.
+            self._forced = True
+            fields = [f for f in fields if f[0].lower() != b"connection"]
+        lines = [head, *header_lines(fields), b"\r\n"]
         if status >= 200 or status == 101:
             self.ingress.response_started()
         elif self._request.version == "1.0":
@@ -297,5 +309,7 @@ class HttpApp(asyncio.Protocol):
 
     def _done(self, keep_alive: bool, clean: bool) -> None:
         assert self._request is not None
-        reusable = keep_alive and clean and self._request.app_reusable_after(self._status)
+        reusable = keep_alive and clean and self._request.app_reusable()
+        if self._forced and not self._until_close:
+            keep_alive = True  # as the client saw it: no Connection field, HTTP/1.1
         self.ingress.response_done(self, keep_alive, reusable)

@@ -58,10 +58,8 @@ __all__ = [
     "NormalTarget",
     "Refusal",
     "asks_for_http2",
-    "cached_policy_path",
     "log_refusal",
     "normal_target",
-    "policy_path",
 ]
 
 
@@ -222,19 +220,6 @@ def _decode_unreserved(raw_path: bytes) -> bytes | str:
 @functools.lru_cache(maxsize=1024)
 def _cached_normalise(url: bytes) -> NormalTarget | str:
     return _normalise(url)
-
-
-def policy_path(url: bytes) -> str | None:
-    """The percent-decoded normal path the policy judges (as ASGI's ``scope["path"]``), or
-    ``None`` when the target is refused."""
-    normal = _normalise(url)
-    return None if isinstance(normal, str) else normal.path
-
-
-def cached_policy_path(url: bytes) -> str | None:
-    """``policy_path``, remembered for short targets."""
-    normal = normal_target(url)
-    return None if isinstance(normal, str) else normal.path
 
 
 def asks_for_http2(request: Request) -> bool:

@@ -8,13 +8,16 @@ time, keep-alive and pipelining included (see ``_proxy`` for the behaviour as a 
 unless something leaves it in doubt; then it is closed once the response is complete, and the
 next request opens a fresh one. That is after a response that did not allow keep-alive or came
 before its request was read to the end; after a request the app may not have read in full
-(``Request.app_reusable_after``: a body on a method without body semantics, any ``Expect`` or
-``Upgrade``, a body answered with an error) and after any HEAD; after bytes past the response's
-end (``_http_app``: never forwarded); and when the next request already waits as the response
-completes (pipelined), so that nothing the app sends late can pass for its answer. Before a
-request goes out on a reused connection, ``HttpApp.idle`` checks that no byte waits on it
-unread (one ``FIONREAD`` ioctl, about 1.3 microseconds); else a fresh one is opened. The client's
-connection goes on throughout, unless the client or the app's response asks to close."""
+(``Request.app_reusable``: any body, any ``Expect`` or ``Upgrade``; the app is told to close
+after a body or an ``Expect``) and after any HEAD; after bytes past the response's end
+(``_http_app``: never forwarded); and when the next request already waits as the response
+completes (pipelined). Before a request goes out on a reused connection, ``HttpApp.idle``
+checks that no byte waits on it unread (one ``FIONREAD`` ioctl, about 1.3 microseconds); else a
+fresh one is opened. What this cannot catch: bytes an app sends unasked after that check, on a
+reused connection, pass for the answer to the request just sent (an app that writes after its
+response has ended, later than the client's next request). The client's connection goes on
+throughout, unless the client or the app's response asks to close (the app's answer to a close
+the ingress asked for is not the client's: ``_http_app``)."""
 
 from __future__ import annotations
 
@@ -227,7 +230,8 @@ class HttpIngress(asyncio.Protocol):
                 else:
                     self._log_refusal(request, request.error, request.reason)
                     error = HTTPStatus(request.error).phrase.lower().replace(" ", "_")
-                    self._respond(request.error, {"error": error, "reason": request.reason}, True)
+                    payload = {"error": error, "reason": request.reason}
+                    self._respond(request, request.error, payload, True)
                 return
             if not request.head_done:
                 return  # the head timer runs
@@ -338,9 +342,13 @@ class HttpIngress(asyncio.Protocol):
         request.body.clear()
         # A client waiting for 100 Continue may never send the body we would have to skip.
         close = not self._keep_alive or (request.expects_continue and not request.done)
-        self._respond(status, payload, close)
+        self._respond(request, status, payload, close)
 
-    def _respond(self, status: int, payload: Mapping[str, str | None], close: bool) -> None:
+    def _respond(
+        self, request: Request, status: int, payload: Mapping[str, str | None], close: bool
+    ) -> None:
+        """The ingress's own answer; to a HEAD, its head alone (RFC 9110 9.3.2: a body would
+        pass for the answer to the client's next request)."""
         self._answered = True
         body = json.dumps(payload).encode()
         self.transport.write(
@@ -351,7 +359,7 @@ class HttpIngress(asyncio.Protocol):
                 HTTPStatus(status).phrase.encode(),
                 len(body),
                 b"close" if close else b"keep-alive",
-                body,
+                b"" if request.method == "HEAD" else body,
             )
         )
         if close:

@@ -6,13 +6,16 @@ fields, and the short cut.
 about the request that the proxy vouches for: who the client is, the scheme, the path, the
 method. The policy judged none of them, so none comes from the client:
 
-- a field whose name holds an underscore is dropped (as nginx does by default): CGI-style
-  servers read ``X_Forwarded_For`` as ``X-Forwarded-For``, and gunicorn takes ``SCRIPT_NAME``
-  from a trusted front end (which the ingress, on 127.0.0.1, is) to move the path;
+- a field whose name holds an underscore, or any character but letters, digits and hyphens,
+  is dropped (as nginx does by default): CGI-style servers read ``X_Forwarded_For`` as
+  ``X-Forwarded-For``, and gunicorn takes ``SCRIPT_NAME`` from a trusted front end (which the
+  ingress, on 127.0.0.1, is) to move the path;
 - the forwarding fields, ``Forwarded``, every ``X-Forwarded-*``, ``X-Real-IP``, ``Client-IP``,
-  ``X-Client-IP`` and ``True-Client-IP``, and the fields frameworks take as the request line,
-  ``X-Original-URL``, ``X-Rewrite-URL``, ``X-HTTP-Method-Override``, ``X-HTTP-Method`` and
-  ``X-Method-Override``, are dropped (a policy that allows GET must not become a DELETE);
+  ``X-Client-IP``, ``True-Client-IP``, ``X-Cluster-Client-IP``, ``X-Scheme``, ``X-Url-Scheme``,
+  ``Front-End-Https``, ``X-Original-Host`` and ``X-Host``, and the fields frameworks take as
+  the request line, ``X-Original-URL``, ``X-Rewrite-URL``, ``X-HTTP-Method-Override``,
+  ``X-HTTP-Method`` and ``X-Method-Override``, are dropped (a policy that allows GET must not
+  become a DELETE);
 - ``X-Geode-Peer``, which only the proxy sets, is dropped;
 - a request with more than one ``Host`` gets 400 (RFC 9112 3.2: apps pick the first or the
   last); a request without one passes (the policy does not judge it, and an HTTP/1.0 request
@@ -34,11 +37,12 @@ expression and no parser callbacks:
   after it: method GET, OPTIONS or DELETE; an origin-form target (``/`` then visible ASCII);
   ``HTTP/1.1``; single spaces in the request line; every field ``token ":" value`` with a value
   of visible characters, spaces and tabs (no obs-fold, no bare CR or LF, no NUL or DEL), its
-  name without an underscore; at most one ``Host``; no field that frames a message, changes the
-  connection or the protocol (``_REQUEST_CAREFUL``: Content-Length, Transfer-Encoding,
-  Connection, Upgrade, Expect, HTTP2-Settings, TE, Trailer, Keep-Alive, Proxy-Connection), nor
-  one the app must not get from the client (``_REQUEST_DROPPED``, above); at most
-  ``max_header_bytes``. It reaches the app as the client sent it, the added fields appended;
+  name of letters, digits and hyphens only; at most one ``Host``; no field that frames a
+  message, changes the connection or the protocol (``_REQUEST_CAREFUL``: Content-Length,
+  Transfer-Encoding, Connection, Upgrade, Expect, HTTP2-Settings, TE, Trailer, Keep-Alive,
+  Proxy-Connection), nor one the app must not get from the client (``_DROPPED``, above); at
+  most ``max_header_bytes``. It reaches the app as the client sent it (its request line rebuilt
+  if the target is not in normal form: ``_http_gate``), the added fields appended;
 - a response (``simple_response_length``) whose head arrives whole at the start of a read:
   ``HTTP/1.1``, a final status 200-599 other than 204 and 304, exactly one Content-Length of
   digits, none of ``_RESPONSE_CAREFUL`` (Transfer-Encoding, Connection, Upgrade, Trailer,
@@ -86,8 +90,19 @@ _DROPPED = frozenset(
         b"x-http-method-override",
         b"x-http-method",
         b"x-method-override",
+        # Read as the scheme, the client or the host by some servers and frameworks that trust
+        # the proxy in front (Tornado's and Jupyter's X-Scheme, load balancers' others).
+        b"x-scheme",
+        b"x-url-scheme",
+        b"front-end-https",
+        b"x-cluster-client-ip",
+        b"x-original-host",
+        b"x-host",
     }
 )
+# A name the app may get: letters, digits and hyphens only (as nginx's default). Other token
+# characters (``X.Forwarded.For``) are names servers may map onto the dropped ones.
+_PLAIN_NAME = re.compile(rb"[-0-9A-Za-z]+")
 _DROPPED_PREFIX = b"x-forwarded-"
 _SHOWN = 256  # how much of a request target a log line shows
 
@@ -122,9 +137,10 @@ class Request:
     trailer_read: int = 0  # bytes of the reads that began within the trailers
     may_upgrade: bool = False  # flagged as an upgrade by llhttp, and passed every check
     has_body: bool = False  # a Content-Length over 0, or chunked
-    # The app may leave some of it unread (a body on a method without body semantics, any
-    # Expect, any Upgrade): see ``app_reusable_after``.
+    # The app may leave some of it unread (any body, any Expect, any Upgrade): its connection
+    # serves no other request (``app_reusable``).
     app_may_skip: bool = False
+    app_close: bool = False  # the app is told ``Connection: close`` (a body, or an Expect)
     error: int | None = None  # answer this status and close the connection
     reason: str = ""
     raw: bytes | None = None  # a simple request's head as the app gets it (see simple_request)
@@ -145,14 +161,13 @@ class Request:
         line = b"%s %s HTTP/%s\r\n" % (self.method.encode(), target, self.version.encode())
         return [line, *header_lines(self.headers, peer=False), added]
 
-    def app_reusable_after(self, status: int) -> bool:
+    def app_reusable(self) -> bool:
         """Whether the app connection may serve another request once this one has been
-        answered ``status`` in full. Not after a request whose body the app may have left
-        unread (it would read it as the next request, one the policy never judged): a body
-        on a method without body semantics, any ``Expect``, any ``Upgrade``, or a body
-        answered with an error, which apps often send before reading. Nor after a HEAD: a
-        late body to it would pass for the answer to the next request."""
-        return not (self.app_may_skip or self.method == "HEAD" or (self.has_body and status >= 400))
+        answered in full. Not after a request whose body the app may have left unread (it
+        would read it as the next request, one the policy never judged): any body, any
+        ``Expect``, any ``Upgrade``. Nor after a HEAD: a late body to it would pass for the
+        answer to the next request."""
+        return not (self.app_may_skip or self.method == "HEAD")
 
     def target(self) -> str:
         """The request target for a log line (logged with ``%r``: it may hold anything)."""
@@ -177,7 +192,7 @@ def header_lines(headers: Iterable[tuple[bytes, bytes]], *, peer: bool = True) -
 
 def for_app(name: bytes) -> bool:
     """Whether the app may get a client's field of this name (see the module docstring)."""
-    if b"_" in name:
+    if _PLAIN_NAME.fullmatch(name) is None:
         return False
     lowered = name.lower()
     return lowered not in _DROPPED and not lowered.startswith(_DROPPED_PREFIX)
@@ -254,11 +269,11 @@ def last_chunk(trailers: list[tuple[bytes, bytes]], *, peer: bool = True) -> byt
 # target, HTTP/1.1; fields ``token ":" value`` with visible characters, spaces and tabs only
 # (no obs-fold, no bare CR or LF, no NUL or DEL); nothing after the blank line. Fields that
 # frame a message, change the connection or the protocol, that the app must not get from a
-# client (``_DROPPED``; and names with an underscore: a request's names are tokens without
-# one), and a second Host, are left to the full parser (the lookaheads; a response's one
-# ``Content-Length`` and a request's one ``Host`` are read apart).
+# client (``_DROPPED``; and names of other characters than letters, digits and hyphens: a
+# request's names here have none), and a second Host, are left to the full parser (the
+# lookaheads; a response's one ``Content-Length`` and a request's one ``Host`` are read apart).
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_NAME_CHAR = rb"[!#$%&'*+\-.^`|~0-9A-Za-z]"  # a token's, but "_"
+_NAME_CHAR = rb"[\-0-9A-Za-z]"  # a name the app may get (``_PLAIN_NAME``)
 _NAME = _NAME_CHAR + rb"+"
 _VALUE = rb":[\t !-~\x80-\xff]*\r\n"
 _REQUEST_CAREFUL = (

@@ -21,10 +21,11 @@ connection closed after the answer, as for any malformed request (the refusal is
   proxy does not implement (RFC 9112 6.1); 505 for a version other than 1.0 and 1.1.
 
 A request the app may leave partly unread is marked ``Request.app_may_skip`` (its app
-connection then serves no other: see ``_http_ingress``): a body on GET, HEAD, DELETE, OPTIONS
-or TRACE, any ``Expect``, any ``Upgrade``. When it has a body on one of those methods, or an
-``Expect``, its ``Connection`` fields are replaced by ``Connection: close``, so that an app
-that skips the body does not read it as its next request.
+connection then serves no other: see ``_http_ingress``): any body, any ``Expect``, any
+``Upgrade``. The app gets the ingress's own ``Connection`` field (``_own_connection_field``):
+``close`` after a body or an ``Expect`` (``Request.app_close``), so that an app that skips the
+body does not read it as its next request; else only the options ``close``, ``keep-alive`` and
+``upgrade`` of the client's.
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ _PARSE_STEP = 1024
 _CHUNKED_STEP = 16 * 1024
 
 
-# Methods whose requests have no defined body semantics (RFC 9110 9.3): apps often leave such
-# a body unread.
-_NO_BODY_SEMANTICS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
-
-
 def _transfer_coding_refusal(values: list[bytes]) -> tuple[int, str] | None:
     """The status and reason to refuse a request with these ``Transfer-Encoding`` values,
     unless they are exactly one field holding the one coding ``chunked`` (in any case, with
@@ -65,6 +61,36 @@ def _transfer_coding_refusal(values: list[bytes]) -> tuple[int, str] | None:
     if all(codings) and codings[-1] == b"chunked" and b"chunked" not in codings[:-1]:
         return 501, "transfer codings other than chunked are not implemented"
     return 400, "malformed Transfer-Encoding"
+
+
+# The connection options the app may be told, of those a client's ``Connection`` field holds.
+_CONNECTION_OPTIONS = (b"close", b"keep-alive", b"upgrade")
+
+
+def _own_connection_field(request: Request) -> None:
+    """Replace the client's ``Connection`` fields by the ingress's own. The app gets the
+    options it must act on (``close``, ``keep-alive``, ``upgrade``), never the names of other
+    fields (``Connection: X-Geode-Peer`` would have an app that is itself a proxy drop the
+    identity the ingress adds); and ``close`` alone after a request it may leave partly unread
+    (``Request.app_close``: a body, or an ``Expect``), so that an app that skips the body (an
+    error answered first, a handler that never reads it) does not read it as its next request,
+    one the policy never judged."""
+    options: list[bytes] = []
+    kept = []
+    for name, value in request.headers:
+        if name.lower() == b"connection":
+            options.extend(o.strip(b" \t").lower() for o in value.split(b","))
+        else:
+            kept.append((name, value))
+    if len(kept) == len(request.headers) and not request.app_close:
+        return  # no Connection field: nothing to do (the common case)
+    if request.app_close:
+        own = b"close"
+    else:
+        own = b", ".join(o for o in _CONNECTION_OPTIONS if o in options)
+    request.headers = kept
+    if own:
+        request.headers.append((b"Connection", own))
 
 
 class RequestSink(Protocol):
@@ -237,13 +263,9 @@ class RequestReader:
             # new protocol): ambiguous either way.
             request.error, request.reason = 400, "a body on an Upgrade request"
             raise Stop
-        skipped = body and (expect or request.method in _NO_BODY_SEMANTICS)
-        request.app_may_skip = skipped or expect or upgrade
-        if skipped:
-            # An app that leaves this body unread would read it as its next request: told to
-            # close after this one, it reads none (the Connection field is for this hop only).
-            request.headers = [h for h in request.headers if h[0].lower() != b"connection"]
-            request.headers.append((b"Connection", b"close"))
+        request.app_may_skip = body or expect or upgrade
+        request.app_close = body or expect
+        _own_connection_field(request)
         request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
 
     def on_chunk_header(self) -> None:

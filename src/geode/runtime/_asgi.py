@@ -18,7 +18,7 @@ import json
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 import uvicorn
@@ -75,13 +75,19 @@ class PolicyMiddleware:
         else:
             peer = peer_spiffe_id(peer_certificate(scope))
         method = scope.get("method", "GET")
-        raw_path = scope.get("raw_path") or quote(scope.get("path", "/")).encode("ascii")
+        path = scope.get("path", "/")
+        raw_path = scope.get("raw_path")
+        if not raw_path or unquote(raw_path.decode("latin-1")) != path:
+            # No raw path, or one that a middleware before this one did not follow when it
+            # changed the path: the path is what the app routes on.
+            raw_path = quote(path).encode("ascii")
         normal = normal_target(raw_path)
         if isinstance(normal, str):
             await _refuse(scope, send, 400, {"error": "bad_request", "reason": normal})
             return
-        if normal.target is not None:
-            scope["path"], scope["raw_path"] = normal.path, normal.target
+        # The app gets the path judged, both ways it may read it.
+        scope["path"] = normal.path
+        scope["raw_path"] = raw_path if normal.target is None else normal.target
         decision = self.engine.authorize_http(peer, method, normal.path)
         if not decision:
             shown = str(peer) if peer else None
