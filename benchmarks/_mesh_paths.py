@@ -101,11 +101,13 @@ CLIENT_ID = spiffe("client")
 # -- the app ------------------------------------------------------------------------------------
 
 
-async def ping(_request: Request) -> Response:
+async def ping(request: Request) -> Response:
+    if request.method == "POST":
+        await request.body()  # read in full, as an app does
     return Response(BODY, media_type="application/json")
 
 
-app = Starlette(routes=[Route(PING, ping)])
+app = Starlette(routes=[Route(PING, ping, methods=["GET", "POST"])])
 
 
 # -- the PKI -------------------------------------------------------------------------------------
@@ -167,11 +169,12 @@ def make_pki(directory: Path) -> Pki:
 
 
 def server_policy() -> MeshPolicy:
-    """Strict: the client may ``GET /ping``, nothing else; the regex runs on every request."""
+    """Strict: the client may ``GET`` and ``POST /ping`` (``dataplane.py --body``), nothing
+    else; the regex runs on every request."""
     rule = MeshRule(
         name="bench",
         sources=[str(CLIENT_ID)],
-        http=[HttpRule(methods=["GET"], path=f"^{PING}$")],
+        http=[HttpRule(methods=["GET", "POST"], path=f"^{PING}$")],
     )
     return MeshPolicy(mode="strict", rules=[rule])
 
@@ -558,11 +561,14 @@ class Deployment:
                 server.stop()
 
 
-def deploy(paths: Sequence[str], pki: Pki, base: Path) -> Deployment:
-    """Start the processes the chosen paths need, in parallel, and wait until all listen."""
+def deploy(
+    paths: Sequence[str], pki: Pki, base: Path, *, app_reads_bodies: bool = False
+) -> Deployment:
+    """Start the processes the chosen paths need, in parallel, and wait until all listen;
+    ``app_reads_bodies``: the ingress's route says so (``IngressRoute.app_reads_bodies``)."""
     deployment = Deployment()
     try:
-        _start(deployment, paths, pki, base)
+        _start(deployment, paths, pki, base, app_reads_bodies)
         for server in deployment.servers.values():
             server.wait_ready()
     except BaseException:
@@ -571,7 +577,9 @@ def deploy(paths: Sequence[str], pki: Pki, base: Path) -> Deployment:
     return deployment
 
 
-def _start(deployment: Deployment, paths: Sequence[str], pki: Pki, base: Path) -> None:
+def _start(
+    deployment: Deployment, paths: Sequence[str], pki: Pki, base: Path, app_reads_bodies: bool
+) -> None:
     needs_app = {"a", "c", "c1", "c0", "d"} & set(paths)
     app_port = free_port()
     if needs_app:
@@ -597,7 +605,10 @@ def _start(deployment: Deployment, paths: Sequence[str], pki: Pki, base: Path) -
         deployment.components["b"] = ["serve_asgi"]
     if {"c", "c1"} & set(paths):
         ingress_port = free_port()
-        mesh = server_mesh([IngressRoute(port=ingress_port, app_port=app_port, protocol="http")])
+        # Set only when asked: a revision from before the setting refuses the field.
+        reads = {"app_reads_bodies": True} if app_reads_bodies else {}
+        route = IngressRoute(port=ingress_port, app_port=app_port, protocol="http", **reads)
+        mesh = server_mesh([route])
         deployment.add(
             PythonServer(
                 "ingress",

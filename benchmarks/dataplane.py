@@ -2,7 +2,8 @@
 
 What is measured
 ----------------
-The app is a Starlette handler that answers ``GET /ping`` with a 100-byte JSON body. The same
+The app is a Starlette handler that answers ``GET /ping`` with a 100-byte JSON body (with
+``--body N``, ``POST /ping`` with an N-byte body, which it reads in full). The same
 load generator reaches it through each path, one after the other:
 
 - ``a`` plaintext: the app on uvicorn (httptools, uvloop) on 127.0.0.1, no TLS. The baseline.
@@ -48,8 +49,8 @@ request of each server-side process and of the load generator; errors. With clos
 clients, latency under load is connections ÷ throughput, so the single-connection figures are
 the ones that show what a hop adds by itself.
 
-Run: ``.venv/bin/python benchmarks/dataplane.py [--connections 32] [--duration 5]
-[--paths a,a-tls,b,c,c1,d] [--json]`` (about a minute with the defaults). The exit status is
+Run: ``.venv/bin/python benchmarks/dataplane.py [--connections 32] [--duration 5] [--body 0]
+[--app-reads-bodies] [--paths a,a-tls,b,c,c1,d] [--json]`` (about a minute with the defaults). The exit status is
 non-zero if a path failed (a skipped ``d`` is no failure).
 """
 
@@ -110,6 +111,7 @@ class WorkerJob:
     warmup: float
     duration: float
     single: float  # seconds of the single-connection phase; 0: this worker has none
+    body: int = 0  # bytes of a POST body; 0: GET
 
 
 @dataclass
@@ -126,8 +128,16 @@ class RequestFailed(Exception):
     pass
 
 
-def request_bytes(port: int) -> bytes:
-    return f"GET {PING} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: geode-bench\r\n\r\n".encode()
+def request_bytes(port: int, body: int = 0) -> bytes:
+    """``GET /ping``; with a ``body`` of that many bytes, ``POST /ping`` with it."""
+    if not body:
+        head = f"GET {PING} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: geode-bench\r\n\r\n"
+        return head.encode()
+    head = (
+        f"POST {PING} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: geode-bench\r\n"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {body}\r\n\r\n"
+    )
+    return head.encode() + b"x" * body
 
 
 async def run_worker(job: WorkerJob, barrier: Barrier) -> dict[str, Any]:
@@ -137,7 +147,7 @@ async def run_worker(job: WorkerJob, barrier: Barrier) -> dict[str, Any]:
     context = None
     if target.tls is not None:
         context = target.tls.credentials().client_ssl_context([SERVER_ID])
-    message = request_bytes(target.port)
+    message = request_bytes(target.port, job.body)
     clients = await asyncio.wait_for(
         asyncio.gather(
             *(HttpClient.open(HOST, target.port, context) for _ in range(job.connections))
@@ -246,7 +256,14 @@ def measure_path(path: str, deployment: Deployment, args: argparse.Namespace) ->
     components = [deployment.servers[name] for name in deployment.components[path]]
     workers = min(args.workers, args.connections)
     jobs = [
-        WorkerJob(target, count, args.warmup, args.duration, args.single_duration if i == 0 else 0)
+        WorkerJob(
+            target,
+            count,
+            args.warmup,
+            args.duration,
+            args.single_duration if i == 0 else 0,
+            args.body,
+        )
         for i, count in enumerate(split_evenly(args.connections, workers))
     ]
     with WorkerPool(run_worker, jobs) as pool:
@@ -432,7 +449,7 @@ def benchmark(args: argparse.Namespace, command: str) -> Report:
         log(f"starting the servers for paths {','.join(args.paths)} in {base} ...")
         deployment = Deployment()
         try:
-            deployment = deploy(args.paths, pki, base)
+            deployment = deploy(args.paths, pki, base, app_reads_bodies=args.app_reads_bodies)
             for number in range(1, args.rounds + 1):
                 # Odd rounds in the order given, even ones reversed: drift hits every path.
                 order = args.paths if number % 2 else list(reversed(args.paths))
@@ -619,6 +636,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help="measure every path this many times, alternating the order; bars are judged "
         "within each round (1)",
+    )
+    parser.add_argument(
+        "--body",
+        type=int,
+        default=0,
+        help="send POST /ping with a body of this many bytes instead of GET /ping (0)",
+    )
+    parser.add_argument(
+        "--app-reads-bodies",
+        action="store_true",
+        help="the ingress's route says the app reads every body (IngressRoute.app_reads_bodies)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)

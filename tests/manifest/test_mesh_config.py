@@ -86,3 +86,13 @@ def test_egress_to_an_unknown_service_is_refused() -> None:
     data["tls"]["to-db"]["outgoing"][0]["service"] = "nope"
     with pytest.raises(ManifestError, match="unknown service 'nope'"):
         load_manifest(json.dumps(data).encode())
+
+
+def test_an_app_that_reads_every_body_is_said_so_in_its_route() -> None:
+    data = manifest()
+    assert not load_manifest(json.dumps(data).encode()).mesh["store"].ingress[0].app_reads_bodies
+    data["tls"]["store-in"]["incoming"][0]["app_reads_bodies"] = True
+    assert load_manifest(json.dumps(data).encode()).mesh["store"].ingress[0].app_reads_bodies
+    data["tls"]["store-in"]["incoming"][0]["app_reads_bodies"] = "sometimes"
+    with pytest.raises(ManifestError, match="app_reads_bodies"):
+        load_manifest(json.dumps(data).encode())

@@ -172,6 +172,7 @@ class Framing:
     raw_port: int  # ingress to the raw app
     ignoring: IgnoringServer
     ignoring_port: int  # ingress to http.server
+    reading_port: int  # ingress to the raw app, which the manifest says reads every body
 
     def connect(self, port: int) -> ssl.SSLSocket:
         return tls_socket(self.context, port)
@@ -186,7 +187,7 @@ def framing(
     raw, ignoring = RawServer(), IgnoringServer()
     serve(raw)
     serve(ignoring)
-    raw_port, ignoring_port = free_port(), free_port()
+    raw_port, ignoring_port, reading_port = free_port(), free_port(), free_port()
     config = MeshConfig(
         trust_domain=DOMAIN,
         service="server",
@@ -201,6 +202,12 @@ def framing(
         ingress=[
             IngressRoute(port=raw_port, app_port=raw.server_address[1], protocol="http"),
             IngressRoute(port=ignoring_port, app_port=ignoring.server_address[1], protocol="http"),
+            IngressRoute(
+                port=reading_port,
+                app_port=raw.server_address[1],
+                protocol="http",
+                app_reads_bodies=True,
+            ),
         ],
     )
     proxy = TransparentProxy(
@@ -218,6 +225,7 @@ def framing(
         raw_port=raw_port,
         ignoring=ignoring,
         ignoring_port=ignoring_port,
+        reading_port=reading_port,
     )
     loop.run(proxy.close())
     loop.close()
@@ -398,6 +406,29 @@ def test_a_body_the_app_ignores_never_becomes_a_request(
     seen = app.seen[before:]
     assert [(m, p) for _, m, p in seen] == [(method, "/api/ok"), ("GET", "/api/next")]
     assert seen[0][0] != seen[1][0]
+
+
+def test_an_app_the_manifest_says_reads_bodies_keeps_its_connection(framing: Framing) -> None:
+    """``app_reads_bodies``: a body leaves the app connection in a known state; an ``Expect``
+    still does not (a 100-continue answered with a final status leaves the body unsent)."""
+    app = framing.raw
+    before, closes = len(app.seen), len(app.told_to_close)
+    with framing.connect(framing.reading_port) as sock:
+        responses = Responses(sock)
+        for request_bytes in (
+            get("/api/a"),
+            b"POST /api/c HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n"
+            b"Content-Length: 3\r\n\r\nabc",
+            b"PUT /api/d HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + _chunked(b"d"),
+            b"GET /api/e HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
+            get("/api/f"),
+        ):
+            sock.sendall(request_bytes)
+            assert responses.read().body.startswith(b"true /api/")
+    seen = app.seen[before:]
+    assert len({number for number, _, _ in seen}) == 1, seen
+    assert len(app.told_to_close) == closes
 
 
 @pytest.mark.parametrize(("path", "status"), [(b"/api/refuse", 400), (b"/api/noread", 200)])

@@ -44,6 +44,7 @@ class IngressRoute(_Wire):
     port: int
     app_port: int
     protocol: Literal["http", "tcp"]
+    app_reads_bodies: bool = False  # the manifest's ``IncomingTls.app_reads_bodies``
 
 
 class EgressRoute(_Wire):
@@ -95,6 +96,7 @@ def mesh_config(manifest: Manifest, service: str) -> MeshConfig:
                     port=incoming.port,
                     app_port=incoming.resolved_app_port,
                     protocol=incoming.protocol,
+                    app_reads_bodies=incoming.app_reads_bodies,
                 )
             )
         for outgoing in manifest.tls[tag].outgoing:

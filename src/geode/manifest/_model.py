@@ -252,6 +252,10 @@ class IncomingTls(_Strict):
     port: Port
     app_port: Port | None = None
     protocol: Literal["http", "tcp"] = "http"
+    # The app reads every request body in full before it reads the next request (uvicorn,
+    # gunicorn, Go's net/http do; a bare http.server handler may not): the HTTP ingress may then
+    # reuse its connection after a request with a body (see docs/mesh.md, "App connections").
+    app_reads_bodies: bool = False
 
     @property
     def resolved_app_port(self) -> int:

@@ -83,7 +83,9 @@ class HttpIngress(asyncio.Protocol):
         self.gate = gate
         self.limits = owner.limits
         self.peer: SpiffeId | None = None
-        self._reader = RequestReader(self, self.limits.max_header_bytes)
+        self._reader = RequestReader(
+            self, self.limits.max_header_bytes, app_reads_bodies=route.app_reads_bodies
+        )
         self._queue: deque[Request] = deque()
         self._state = _Exchange.NEW
         self._answered = False  # a final response to the front request has been (partly) sent

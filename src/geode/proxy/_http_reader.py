@@ -21,7 +21,8 @@ connection closed after the answer, as for any malformed request (the refusal is
   proxy does not implement (RFC 9112 6.1); 505 for a version other than 1.0 and 1.1.
 
 A request the app may leave partly unread is marked ``Request.app_may_skip`` (its app
-connection then serves no other: see ``_http_ingress``): any body, any ``Expect``, any
+connection then serves no other: see ``_http_ingress``): any body (unless the manifest says the
+app reads every body in full: ``IngressRoute.app_reads_bodies``), any ``Expect``, any
 ``Upgrade``. The app gets the ingress's own ``Connection`` field (``_own_connection_field``):
 ``close`` after a body or an ``Expect`` (``Request.app_close``), so that an app that skips the
 body does not read it as its next request; else only the options ``close``, ``keep-alive`` and
@@ -119,9 +120,14 @@ class RequestSink(Protocol):
 class RequestReader:
     """The requests of one client connection, fed as they are read."""
 
-    def __init__(self, sink: RequestSink, max_header_bytes: int) -> None:
+    def __init__(
+        self, sink: RequestSink, max_header_bytes: int, *, app_reads_bodies: bool = False
+    ) -> None:
         self._sink = sink
         self._max = max_header_bytes
+        # The manifest says the app reads every body in full (``IngressRoute``): a body leaves
+        # its connection in a known state.
+        self._app_reads_bodies = app_reads_bodies
         self._parser = httptools.HttpRequestParser(self)
         self.parsing: Request | None = None  # begun, not yet read to its end
         self.stopped = False  # no more requests are read (malformed input, or an upgrade)
@@ -263,8 +269,9 @@ class RequestReader:
             # new protocol): ambiguous either way.
             request.error, request.reason = 400, "a body on an Upgrade request"
             raise Stop
-        request.app_may_skip = body or expect or upgrade
-        request.app_close = body or expect
+        skippable = body and not self._app_reads_bodies
+        request.app_may_skip = skippable or expect or upgrade
+        request.app_close = skippable or expect
         _own_connection_field(request)
         request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
 
