@@ -50,8 +50,8 @@ clients, latency under load is connections ÷ throughput, so the single-connecti
 the ones that show what a hop adds by itself.
 
 Run: ``.venv/bin/python benchmarks/dataplane.py [--connections 32] [--duration 5] [--body 0]
-[--app-reads-bodies] [--paths a,a-tls,b,c,c1,d] [--json]`` (about a minute with the defaults). The exit status is
-non-zero if a path failed (a skipped ``d`` is no failure).
+[--app-reads-bodies] [--paths a,a-tls,b,c,c1,d] [--json]`` (about a minute with the defaults).
+The exit status is non-zero if a path failed (a skipped ``d`` is no failure).
 """
 
 from __future__ import annotations
