@@ -136,7 +136,6 @@ class Request:
     trailer_size: int = 0  # bytes of the complete trailer fields
     trailer_read: int = 0  # bytes of the reads that began within the trailers
     may_upgrade: bool = False  # flagged as an upgrade by llhttp, and passed every check
-    has_body: bool = False  # a Content-Length over 0, or chunked
     # The app may leave some of it unread (any body, any Expect, any Upgrade): its connection
     # serves no other request (``app_reusable``).
     app_may_skip: bool = False

@@ -260,7 +260,7 @@ class RequestReader:
                 raise Stop
             request.chunked = True
             request.remaining = None
-        body = request.has_body = request.chunked or bool(request.remaining)
+        body = request.chunked or bool(request.remaining)
         if request.version not in ("1.0", "1.1"):
             request.error, request.reason = 505, f"HTTP/{request.version} is not supported"
             raise Stop
