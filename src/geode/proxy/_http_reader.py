@@ -68,28 +68,22 @@ def _transfer_coding_refusal(values: list[bytes]) -> tuple[int, str] | None:
 _CONNECTION_OPTIONS = (b"close", b"keep-alive", b"upgrade")
 
 
-def _own_connection_field(request: Request) -> None:
-    """Replace the client's ``Connection`` fields by the ingress's own. The app gets the
-    options it must act on (``close``, ``keep-alive``, ``upgrade``), never the names of other
-    fields (``Connection: X-Geode-Peer`` would have an app that is itself a proxy drop the
-    identity the ingress adds); and ``close`` alone after a request it may leave partly unread
-    (``Request.app_close``: a body, or an ``Expect``), so that an app that skips the body (an
-    error answered first, a handler that never reads it) does not read it as its next request,
-    one the policy never judged."""
-    options: list[bytes] = []
-    kept = []
-    for name, value in request.headers:
-        if name.lower() == b"connection":
-            options.extend(o.strip(b" \t").lower() for o in value.split(b","))
-        else:
-            kept.append((name, value))
-    if len(kept) == len(request.headers) and not request.app_close:
+def _own_connection_field(request: Request, options: list[bytes] | None) -> None:
+    """Replace the client's ``Connection`` fields (whose options are ``options``; ``None``:
+    there is none) by the ingress's own. The app gets the options it must act on (``close``,
+    ``keep-alive``, ``upgrade``), never the names of other fields (``Connection: X-Geode-Peer``
+    would have an app that is itself a proxy drop the identity the ingress adds); and ``close``
+    alone after a request it may leave partly unread (``Request.app_close``: a body, or an
+    ``Expect``), so that an app that skips the body (an error answered first, a handler that
+    never reads it) does not read it as its next request, one the policy never judged."""
+    if options is None and not request.app_close:
         return  # no Connection field: nothing to do (the common case)
     if request.app_close:
         own = b"close"
     else:
+        assert options is not None
         own = b", ".join(o for o in _CONNECTION_OPTIONS if o in options)
-    request.headers = kept
+    request.headers = [h for h in request.headers if h[0].lower() != b"connection"]
     if own:
         request.headers.append((b"Connection", own))
 
@@ -232,6 +226,7 @@ class RequestReader:
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
         codings: list[bytes] = []  # the Transfer-Encoding values
+        options: list[bytes] | None = None  # the Connection options, if there is the field
         expect = upgrade = False
         for name, value in request.headers:
             lowered = name.lower()
@@ -253,6 +248,10 @@ class RequestReader:
                 expect = request.expects_continue = True
             elif lowered == b"upgrade":
                 upgrade = True
+            elif lowered == b"connection":
+                if options is None:
+                    options = []
+                options.extend(o.strip(b" \t").lower() for o in value.split(b","))
         if codings:
             refusal = _transfer_coding_refusal(codings)
             if refusal is not None:
@@ -272,7 +271,7 @@ class RequestReader:
         skippable = body and not self._app_reads_bodies
         request.app_may_skip = skippable or expect or upgrade
         request.app_close = skippable or expect
-        _own_connection_field(request)
+        _own_connection_field(request, options)
         request.replayable = not body and request.method in ("GET", "HEAD", "OPTIONS")
 
     def on_chunk_header(self) -> None:
