@@ -7,6 +7,7 @@ act on, built in the constructor, and it never contains secret material.
     ├── ManifestError            a manifest is invalid (carries the JSON path)
     │   └── ManifestTooCostly    validating it exceeded its time or memory budget
     ├── EvidenceError            malformed or unverifiable evidence (carries field and offset)
+    ├── NoTeeError               no usable TEE on this host (carries every interface probed)
     ├── ClaimsMismatch           claims do not match the expected package (carries the reason)
     ├── PKIError                 a certificate, key or CSR is unusable
     ├── SealError                sealed state cannot be read, unsealed or written
@@ -50,6 +51,7 @@ __all__ = [
     "ManifestConflict",
     "ManifestError",
     "ManifestTooCostly",
+    "NoTeeError",
     "PKIError",
     "PermissionDenied",
     "RecoveryRefused",
@@ -99,6 +101,21 @@ class EvidenceError(GeodeError):
         if field is not None:
             where = f"{field}" + (f" (offset {offset})" if offset is not None else "") + ": "
         super().__init__(f"{where}{message}")
+
+
+class NoTeeError(GeodeError):
+    """No TEE this process could use was found. ``probes`` holds, for every interface looked at,
+    ``(interface, path, reason it is not usable)``; the message lists them all and says how to
+    run without hardware isolation instead."""
+
+    def __init__(self, wanted: str, probes: tuple[tuple[str, str, str], ...]) -> None:
+        self.wanted = wanted
+        self.probes = probes
+        listed = "; ".join(f"{name} ({path}): {reason}" for name, path, reason in probes)
+        super().__init__(
+            f"no usable TEE ({wanted}) on this machine: {listed or 'nothing probed'}; "
+            "start with --tee simulated (or --simulation) to run without hardware isolation"
+        )
 
 
 class ClaimsMismatch(GeodeError):

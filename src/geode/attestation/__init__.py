@@ -1,5 +1,5 @@
-"""Evidence parsing and verification, bundle measurement. Pure; no I/O
-except reading and creating the simulated platform key."""
+"""Evidence parsing and verification, bundle measurement, and the TEE interfaces of this host
+(quote providers for services; ``probe_host`` for the Coordinator: evidence and sealing keys)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from geode.attestation._evidence import (
     TCB_UNVERIFIED,
     Claims,
     Evidence,
+)
+from geode.attestation._host import (
+    TEE_CHOICES,
+    HostPaths,
+    HostTee,
+    Ioctl,
+    Probe,
+    SgxSealing,
+    probe_host,
 )
 from geode.attestation._intel import verify_sgx_quote, verify_tdx_quote
 from geode.attestation._measure import BundleError, measure_bundle
@@ -30,6 +39,7 @@ from geode.attestation._simulated import (
     verify_simulated_quote,
 )
 from geode.attestation._snp import verify_snp_report
+from geode.attestation._trust import TrustAnchors
 from geode.attestation._verifier import EvidenceVerifier, KindVerifier, detect_kind
 
 __all__ = [
@@ -40,20 +50,28 @@ __all__ = [
     "REPORT_DATA_SIZE",
     "TCB_STATUSES",
     "TCB_UNVERIFIED",
+    "TEE_CHOICES",
     "BundleError",
     "Claims",
     "Evidence",
     "EvidenceVerifier",
+    "HostPaths",
+    "HostTee",
+    "Ioctl",
     "KindVerifier",
+    "Probe",
     "QuoteProvider",
     "ReferenceValues",
+    "SgxSealing",
     "SimulatedPlatform",
+    "TrustAnchors",
     "default_platform_key_path",
     "detect_kind",
     "load_platform_public_key",
     "match_claims",
     "measure_bundle",
     "platform_key_id",
+    "probe_host",
     "select_quote_provider",
     "verify_nvidia_report",
     "verify_sgx_quote",

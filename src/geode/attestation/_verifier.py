@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from geode.attestation._evidence import Claims, Evidence
 from geode.attestation._simulated import MAGIC, platform_key_id, verify_simulated_quote
+from geode.attestation._trust import TrustAnchors
 from geode.errors import EvidenceError
 
 __all__ = ["EvidenceVerifier", "KindVerifier", "detect_kind", "kind_verifier"]
@@ -113,17 +114,14 @@ def detect_kind(data: bytes) -> str:
     raise EvidenceError("not evidence of any known kind", field="kind", offset=0)
 
 
-def _utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
 class EvidenceVerifier:
     """Verifies evidence of every kind it was configured to accept.
 
     Simulated evidence is accepted only with ``simulation=True`` and only when signed by one of
     ``platform_keys``. Hardware evidence chains to the pinned vendor roots (``roots`` overrides
     them per kind, for tests), checked at ``clock()``; ``collateral`` maps a kind to the
-    collateral its verifier takes (Intel: a JSON document or a list of them).
+    collateral its verifier takes (Intel: a JSON document or a list of them). ``trust`` gives
+    all of these at once (``TrustAnchors``); the other arguments add to it.
     """
 
     def __init__(
@@ -133,13 +131,17 @@ class EvidenceVerifier:
         platform_keys: Sequence[Ed25519PublicKey] = (),
         collateral: Mapping[str, bytes] | None = None,
         roots: Mapping[str, Sequence[x509.Certificate]] | None = None,
-        clock: Callable[[], datetime.datetime] = _utc_now,
+        clock: Callable[[], datetime.datetime] | None = None,
+        trust: TrustAnchors | None = None,
     ) -> None:
+        trust = trust or TrustAnchors()
         self.simulation = simulation
+        self.trust = trust
         self._platform_keys = {platform_key_id(key): key for key in platform_keys}
-        self._collateral = dict(collateral or {})
-        self._roots = dict(roots or {})
-        self._clock = clock
+        self._collateral = {**trust.collateral, **(collateral or {})}
+        self._roots: dict[str, Sequence[x509.Certificate]] = {**trust.roots, **(roots or {})}
+        self._certs = dict(trust.certs)
+        self._clock = clock or trust.clock
 
     def verify(
         self,
@@ -186,7 +188,7 @@ class EvidenceVerifier:
         verify = kind_verifier(evidence.kind)
         return verify(
             evidence.data,
-            certs=certs,
+            certs=certs if certs is not None else self._certs.get(evidence.kind),
             collateral=collateral
             if collateral is not None
             else self._collateral.get(evidence.kind),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime
 import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 from cryptography import x509
 
+from geode.attestation import HostTee, TrustAnchors, probe_host
 from geode.client import CoordinatorClient, load_pinned_root
 from geode.errors import GeodeError
 from geode.pki import load_certificate
@@ -18,7 +21,9 @@ from geode.protocol import ClientIdentity
 __all__ = [
     "DEFAULT_CLIENT_ADDR",
     "DEFAULT_MESH_ADDR",
+    "CliDeps",
     "GeodeGroup",
+    "cli_deps",
     "coordinator_option",
     "duration",
     "insecure_option",
@@ -32,6 +37,24 @@ __all__ = [
 
 DEFAULT_CLIENT_ADDR = "127.0.0.1:4433"
 DEFAULT_MESH_ADDR = "127.0.0.1:2001"
+
+
+@dataclass(frozen=True)
+class CliDeps:
+    """What the ``geode`` commands trust and probe. Production runs the defaults (pinned vendor
+    roots, the wall clock, the real TEE interfaces); tests pass their own as click's ``obj``
+    (``CliRunner().invoke(main, args, obj=CliDeps(...))``, or ``main(args, obj=...)``), the only
+    way in: no flag or environment variable of a command can replace a root of trust."""
+
+    trust: TrustAnchors = field(default_factory=TrustAnchors)
+    probe: Callable[[str], HostTee] = probe_host
+
+
+def cli_deps(ctx: click.Context | None = None) -> CliDeps:
+    """The ``CliDeps`` of the running command (the defaults unless a test gave its own)."""
+    ctx = ctx or click.get_current_context()
+    obj = ctx.find_object(CliDeps)
+    return obj if obj is not None else CliDeps()
 
 
 def duration(value: str) -> datetime.timedelta:

@@ -98,6 +98,11 @@ class CoordinatorStatus(Answer):
     simulation: bool
     measurement: str
     started_at: str
+    # The TEE the Coordinator runs in ("simulated", "sev-snp", "tdx", "sgx"), the interface it
+    # reaches it through, and how its sealing key is derived ("none" on TDX).
+    tee: str = "simulated"
+    tee_interface: str = "simulated platform key"
+    sealing: str = "sealing key file"
     reason: str | None = absent()
     recovery: RecoveryStatus | None = absent()
     root_fingerprint: str | None = None
@@ -124,6 +129,9 @@ class DeploymentStatement(Answer):
     version: Literal[1]
     state: str
     simulation: bool
+    # The TEE the evidence comes from; a verifier refuses a statement whose evidence is of
+    # another kind. Absent from statements of Coordinators before it was added: "simulated".
+    tee: str = "simulated"
     nonce: str
     evidence: EvidenceBody
     root_certificate: str
