@@ -7,18 +7,30 @@ a key to seal its state that only the same code on the same platform can derive 
 it looked at, why it is not usable when none is:
 
 =============== ================================= =========== ================================
-``--tee``       evidence interface                kind        sealing key
+``--tee``       evidence interface                kind        sealing key (``sealing``)
 =============== ================================= =========== ================================
-``sev-snp``     configfs-tsm (``sev_guest``) or   ``sev-snp`` ``SNP_GET_DERIVED_KEY`` through
-                ``/dev/sev-guest``                            ``/dev/sev-guest``
-``tdx``         configfs-tsm (``tdx_guest``)      ``tdx``     none: TDX has no sealing key
 ``sgx-gramine`` Gramine's ``/dev/attestation``    ``sgx``     ``/dev/attestation/keys/_sgx_mr*``
+                (``attestation_type`` ``dcap``)               (``gramine _sgx_mrenclave``)
+``sev-snp``     configfs-tsm (``sev_guest``),     ``sev-snp`` ``SNP_GET_DERIVED_KEY`` through
+                else ``/dev/sev-guest``                       ``/dev/sev-guest``; none without it
+``tdx``         configfs-tsm (``tdx_guest``)      ``tdx``     none: TDX has no sealing key
 =============== ================================= =========== ================================
 
 ``auto`` takes the first usable one in that order (Gramine first: inside an enclave the other
-paths are the host's). The paths, file operations and ioctls are injectable (``HostPaths``,
-``DeviceFiles``, an ``Ioctl``), which is how tests drive every TEE against fakes; nothing here
-reads an environment variable or a flag that could point it elsewhere.
+paths are the host's). What makes an interface unusable, as ``NoTeeError`` lists it:
+
+- ``gramine``: absent; ``attestation_type`` is not ``dcap``; no ``keys/_sgx_mr*`` file;
+- ``configfs-tsm``: absent (no configfs-tsm in the kernel); configfs not mounted; not writable
+  (an entry cannot be made); no provider registered; a provider Geode does not know, or the
+  other TEE's when one was asked for by name;
+- ``sev-guest``: absent; permission denied (it must open read-write);
+- ``tdx-guest``: absent; present, but it gives TD reports only: quotes need configfs-tsm
+  (Linux 6.7+).
+
+Every sealing key is HKDF-SHA256 over the TEE's own key (``_sealing``). The paths, file
+operations and ioctls are injectable (``HostPaths``, ``DeviceFiles``, an ``Ioctl``), which is how
+tests drive every TEE against fakes; nothing here reads an environment variable or a flag that
+could point it elsewhere.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from geode.attestation._providers import (
     ConfigfsTsmProvider,
     DeviceFiles,
     GramineProvider,
+    Ioctl,
     QuoteProvider,
     SevGuestProvider,
     default_ioctl,
@@ -63,8 +76,6 @@ __all__ = [
 # ``geode coordinator --tee``: a host TEE, ``auto`` (the first usable one) or ``simulated``.
 TEE_CHOICES = ("auto", "sev-snp", "tdx", "sgx-gramine", "simulated")
 SgxSealing = Literal["mrenclave", "mrsigner"]
-# ``ioctl(fd, request, buffer) -> int`` as ``fcntl.ioctl`` does it with a mutable buffer.
-Ioctl = Callable[[int, int, bytearray], int]
 
 
 @dataclass(frozen=True)

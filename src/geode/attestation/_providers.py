@@ -47,6 +47,7 @@ __all__ = [
     "ConfigfsTsmProvider",
     "DeviceFiles",
     "GramineProvider",
+    "Ioctl",
     "QuoteProvider",
     "SevGuestProvider",
     "build_snp_report_request",
@@ -259,6 +260,7 @@ def parse_snp_report_response(response: bytes) -> bytes:
     return r.bytes("report", size)
 
 
+# ``ioctl(fd, request, buffer) -> int`` as ``fcntl.ioctl`` does it with a mutable buffer.
 Ioctl = Callable[[int, int, bytearray], int]
 
 
