@@ -242,6 +242,7 @@ def _tdx_claims(
         debug=td.debug,
         rtmrs=td.rtmrs,
         mrconfigid=td.mrconfigid,
+        td_attributes=td.td_attributes,
         tcb_status=verdict.status if verdict else TCB_UNVERIFIED,
         platform=chain.tcb.fmspc.hex(),
         advisory_ids=verdict.advisory_ids if verdict else (),

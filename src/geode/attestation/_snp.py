@@ -11,13 +11,19 @@ table the guest received with it (configfs-tsm ``auxblob``, ``SNP_GET_EXT_REPORT
    layout; the CPUID family and model (report v3+) must name the chain's product;
 4. check the ECDSA P-384 signature over bytes 0..0x29F.
 
-The claims carry the measurement, host data, report data, debug (policy bit 19), VMPL and the
-reported TCB by component; the policy, committed / current / launch TCBs, chip id and key kind
-are in ``details``. Package matching (minimum TCB, VMPL, host data) is ``match_claims``'s.
+The claims carry the measurement, host data, report data, debug (policy bit 19), the guest
+policy, VMPL and the reported TCB by component; committed / current / launch TCBs, chip id and
+key kind are in ``details``. Package matching (minimum TCB, VMPL, host data, the policy's
+migration bit) is ``match_claims``'s.
+
+The collateral of SEV-SNP is AMD's CRL for the product (``_snp_crl``): with it, a revoked ASK,
+ASVK, VCEK or VLEK is refused and ``tcb_status`` says ``UpToDate`` (the reported TCB itself is
+held against the package's ``min_tcb``); without it, ``Unverified``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from geode.attestation._evidence import TCB_UNVERIFIED, Claims
 from geode.attestation._evidence_certs import public_key
 from geode.attestation._snp_certs import SnpChain, snp_certificates, verify_snp_chain
+from geode.attestation._snp_crl import check_amd_crl, load_amd_crl
 from geode.attestation._snp_report import (
     SNP_REPORT_SIZE,
     SNP_SIGNED_SIZE,
@@ -121,6 +128,7 @@ class SnpVerified:
             host_data=report.host_data,
             vmpl=report.vmpl,
             tcb=self.reported_tcb.components(),
+            policy=report.policy,
             details=details,
         )
 
@@ -166,10 +174,17 @@ def verify_snp_report(
     roots: Sequence[x509.Certificate] | None = None,
 ) -> Claims:
     """The ``sev-snp`` verifier of ``EvidenceVerifier`` (see ``_verifier``): claims of a verified
-    report. SEV-SNP takes no collateral."""
-    if collateral is not None:
-        raise EvidenceError("SEV-SNP evidence takes no collateral", field="collateral")
-    return verify_snp_evidence(data, certs=certs, at=at, roots=roots).claims()
+    report. ``collateral``: AMD's CRL for the product (DER or PEM); without it the claims'
+    ``tcb_status`` is ``Unverified``."""
+    crl = load_amd_crl(collateral) if collateral is not None else None
+    verified = verify_snp_evidence(data, certs=certs, at=at, roots=roots)
+    claims = verified.claims()
+    if crl is None:
+        details = {**claims.details, "revocation": "not checked (no AMD CRL given)"}
+        return dataclasses.replace(claims, details=details)
+    checked = check_amd_crl(crl, verified.chain, at)
+    details = {**claims.details, "revocation": checked}
+    return dataclasses.replace(claims, tcb_status="UpToDate", details=details)
 
 
 def _bind(verified: SnpVerified) -> None:
