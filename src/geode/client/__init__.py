@@ -12,6 +12,7 @@ from geode.client._client import (
     pin_root,
     pinned_root_path,
 )
+from geode.client._policy import PolicyError, PolicyMatch, VerificationPolicy
 from geode.client._recovery import ShareUpload, prepare_share_upload, verify_recovery_offer
 from geode.client._statement import VerifiedStatement, statement_manifest, verify_statement
 
@@ -20,7 +21,10 @@ __all__ = [
     "AuditEntry",
     "AuditReport",
     "CoordinatorClient",
+    "PolicyError",
+    "PolicyMatch",
     "ShareUpload",
+    "VerificationPolicy",
     "VerifiedStatement",
     "config_dir",
     "load_pinned_root",
