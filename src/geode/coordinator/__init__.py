@@ -19,6 +19,7 @@ from geode.coordinator._seal import (
 )
 from geode.coordinator._server import (
     CoordinatorConfig,
+    HostProbe,
     coordinator_measurement,
     open_coordinator,
     parse_address,
@@ -26,6 +27,7 @@ from geode.coordinator._server import (
 )
 from geode.coordinator._state import CoordinatorState, StoredSecret
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
+from geode.coordinator._tee import CoordinatorTee, HardwareTee, SimulatedTee
 from geode.coordinator._transaction import Transaction
 from geode.coordinator._validation import (
     DEFAULT_MANIFEST_BUDGET,
@@ -46,10 +48,13 @@ __all__ = [
     "CoordinatorConfig",
     "CoordinatorSettings",
     "CoordinatorState",
+    "CoordinatorTee",
     "DirectoryStore",
     "EtcdSettings",
     "EtcdStore",
     "GroupCommit",
+    "HardwareTee",
+    "HostProbe",
     "ManifestBudget",
     "ManifestWorker",
     "MemoryAuditLog",
@@ -59,6 +64,7 @@ __all__ = [
     "RenewalRequest",
     "Sealer",
     "SharedStore",
+    "SimulatedTee",
     "State",
     "Store",
     "StoredSecret",

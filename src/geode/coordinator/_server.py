@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -19,7 +20,16 @@ import uvicorn
 from starlette.applications import Starlette
 
 import geode
-from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
+from geode.attestation import (
+    TEE_CHOICES,
+    EvidenceVerifier,
+    HostTee,
+    SgxSealing,
+    SimulatedPlatform,
+    TrustAnchors,
+    measure_bundle,
+    probe_host,
+)
 from geode.coordinator._api import build_apps
 from geode.coordinator._cluster import ClusterMember, coordinator_peer_verifier
 from geode.coordinator._coordinator import Coordinator
@@ -39,6 +49,7 @@ from geode.coordinator._seal import (
     load_or_create_sealing_key,
 )
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
+from geode.coordinator._tee import CoordinatorTee, HardwareTee, SimulatedTee
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
 from geode.coordinator._transaction import record_start
 from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget, stop_workers
@@ -46,6 +57,7 @@ from geode.errors import GeodeError, SealError
 
 __all__ = [
     "CoordinatorConfig",
+    "HostProbe",
     "coordinator_measurement",
     "open_coordinator",
     "parse_address",
@@ -58,6 +70,21 @@ SIMULATION_BANNER = (
     "*** SIMULATION MODE: evidence is signed by a simulated platform key; "
     "no hardware isolation. Do not use for production secrets. ***"
 )
+NO_SEALING_KEY_WARNING = (
+    "*** NO SEALING KEY: %s gives this Coordinator no key that survives a restart; the state "
+    "is sealed with a random key of this process only. After a restart it opens only through "
+    "a running peer Coordinator (etcd store) or the manifest's recovery parties, so a manifest "
+    "without a recovery section is refused. ***"
+)
+# The options that make sense only with a simulated platform (``--platform-key``,
+# ``--sealing-key``, ``--trust-platform-key``, ``--trust-coordinator-platform-key``).
+SIMULATION_ONLY = (
+    "--platform-key, --sealing-key, --trust-platform-key and --trust-coordinator-platform-key"
+)
+
+# ``probe(choice)``: the host TEE ``--tee`` names, or ``NoTeeError`` (``geode.attestation.
+# probe_host`` in production; tests give their fakes through ``serve``/``open_coordinator``).
+HostProbe = Callable[[str], HostTee]
 
 
 def parse_address(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -83,7 +110,13 @@ class CoordinatorConfig:
     data_dir: Path
     client_addr: tuple[str, int] = ("127.0.0.1", 4433)
     mesh_addr: tuple[str, int] = ("127.0.0.1", 2001)
+    # The TEE to run in (``geode.attestation.TEE_CHOICES``): ``auto`` is the first usable one of
+    # the host, ``simulated`` a simulated platform key; ``simulation=True`` is ``simulated``.
+    tee: str = "auto"
     simulation: bool = False
+    # SGX under Gramine: seal with the enclave's own key, or with its signer's (updatable code).
+    sgx_sealing: SgxSealing = "mrenclave"
+    # Simulation only (refused on hardware): the sealing key file and the platform keys.
     sealing_key: Path | None = None
     platform_key: Path | None = None
     # Simulated platform keys trusted for services' evidence only (``--trust-platform-key``).
@@ -106,6 +139,27 @@ class CoordinatorConfig:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     # What validating a manifest or update someone sent may cost (``_validation``).
     manifest_budget: ManifestBudget = DEFAULT_MANIFEST_BUDGET
+
+    @property
+    def simulated(self) -> bool:
+        """Whether it runs on a simulated platform (``--simulation`` or ``--tee simulated``)."""
+        return self.simulation or self.tee == "simulated"
+
+    def check(self) -> None:
+        """``GeodeError`` for a combination that cannot run: an unknown TEE, ``simulation``
+        with a hardware TEE, or simulated platform keys given to a hardware Coordinator (a
+        host could sign anything with them)."""
+        if self.tee not in TEE_CHOICES:
+            raise GeodeError(f"--tee {self.tee}: expected one of {', '.join(TEE_CHOICES)}")
+        if self.simulation and self.tee not in ("auto", "simulated"):
+            raise GeodeError(f"--simulation contradicts --tee {self.tee}")
+        if not self.simulated and (
+            self.sealing_key
+            or self.platform_key
+            or self.trusted_platform_keys
+            or self.coordinator_platform_keys
+        ):
+            raise GeodeError(f"{SIMULATION_ONLY} are for simulation only (--tee simulated)")
 
 
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
@@ -186,18 +240,45 @@ class _Opened:
     cluster: ClusterMember | None
 
 
-def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, Store]:
-    """Build the Coordinator from its configuration and unseal its state."""
-    opened = _open(config)
+def open_coordinator(
+    config: CoordinatorConfig,
+    *,
+    host: HostTee | None = None,
+    probe: HostProbe | None = None,
+    trust: TrustAnchors | None = None,
+) -> tuple[Coordinator, Store]:
+    """Build the Coordinator from its configuration and unseal its state.
+
+    On hardware, ``host`` is its TEE (else ``probe(config.tee)``, else ``probe_host``) and
+    ``trust`` what hardware evidence is checked against (else the pinned vendor roots): the only
+    way to run it on a fake TEE or under test roots. No flag or environment variable reaches
+    either."""
+    opened = _open(config, _Deps(host, probe, trust or TrustAnchors()))
     return opened.coordinator, opened.store
 
 
-def _open(config: CoordinatorConfig) -> _Opened:
-    """``open_coordinator``, keeping this Coordinator's place among the others for ``_serve``."""
-    if not config.simulation:
-        raise GeodeError(
-            "no TEE quote provider is available on this machine; start with --simulation"
-        )
+@dataclass(frozen=True)
+class _Deps:
+    host: HostTee | None
+    probe: HostProbe | None
+    trust: TrustAnchors
+
+
+@dataclass(frozen=True)
+class _Attesting:
+    """What the Coordinator attests with and checks others against, and its sealing key
+    (``durable``: the same after a restart)."""
+
+    tee: CoordinatorTee
+    verifier: EvidenceVerifier
+    peer_verifier: EvidenceVerifier
+    sealing_key: bytes
+    durable: bool
+
+
+def _simulated(config: CoordinatorConfig, trust: TrustAnchors) -> _Attesting:
+    """Simulation: the sealing key file and the simulated platform key (both created if
+    missing), and the platform keys trusted for services and for peers."""
     sealing_path = config.sealing_key or default_sealing_key_path()
     if sealing_path.resolve().is_relative_to(config.data_dir.resolve()):
         raise SealError(
@@ -209,10 +290,64 @@ def _open(config: CoordinatorConfig) -> _Opened:
     trusted += [SimulatedPlatform.load(p).public_key for p in config.trusted_platform_keys]
     peers = [SimulatedPlatform.load(p).public_key for p in config.coordinator_platform_keys]
     collateral = _read_collateral(config)
+    tee = SimulatedTee(platform, coordinator_measurement())
+    return _Attesting(
+        tee,
+        EvidenceVerifier(
+            simulation=True, platform_keys=trusted, collateral=collateral, trust=trust
+        ),
+        coordinator_peer_verifier(tee, peers, collateral, trust),
+        sealing_key,
+        durable=True,
+    )
+
+
+def _hardware(config: CoordinatorConfig, deps: _Deps) -> _Attesting:
+    """The host's TEE (``NoTeeError`` listing every interface probed when there is none),
+    attested once to learn this Coordinator's identity; its sealing key, or a random one for
+    this process when the TEE has none. No simulated platform key is made or read."""
+    host = deps.host
+    if host is None:
+        if deps.probe is not None:
+            host = deps.probe(config.tee)
+        else:
+            host = probe_host(config.tee, sgx_sealing=config.sgx_sealing)
+    collateral = _read_collateral(config)
+    verifier = EvidenceVerifier(simulation=False, collateral=collateral, trust=deps.trust)
+    tee = HardwareTee.start(host, verifier, sgx_sealing=config.sgx_sealing)
+    sealing_key = host.sealing_key()
+    durable = sealing_key is not None
+    if sealing_key is None:
+        log.warning(NO_SEALING_KEY_WARNING, host.name)
+        sealing_key = os.urandom(32)
+    log.info(
+        "hardware mode: %s (%s), measurement %s; sealing: %s",
+        tee.tee,
+        tee.interface,
+        tee.measurement,
+        tee.sealing,
+    )
+    return _Attesting(
+        tee,
+        verifier,
+        coordinator_peer_verifier(tee, (), collateral, deps.trust),
+        sealing_key,
+        durable,
+    )
+
+
+def _open(config: CoordinatorConfig, deps: _Deps) -> _Opened:
+    """``open_coordinator``, keeping this Coordinator's place among the others for ``_serve``.
+    The TEE is found and attested before the store is opened: a host without one leaves no
+    data directory behind."""
+    config.check()
+    attesting = _simulated(config, deps.trust) if config.simulated else _hardware(config, deps)
+    sealing_key = attesting.sealing_key
     store = _open_store(config)
     shared = store.shared
     settings = CoordinatorSettings(
-        simulation=True,
+        simulation=config.simulated,
+        durable_sealing=attesting.durable,
         leaf_lifetime=config.leaf_lifetime,
         nonce_ttl=config.nonce_ttl,
         shared_nonces=shared is not None,
@@ -220,12 +355,11 @@ def _open(config: CoordinatorConfig) -> _Opened:
     )
     coordinator = Coordinator(
         settings,
-        EvidenceVerifier(simulation=True, platform_keys=trusted, collateral=collateral),
-        platform,
-        coordinator_measurement(),
+        attesting.verifier,
+        attesting.tee,
         sealing_key,
         audit=store.audit,
-        peer_verifier=coordinator_peer_verifier(settings, platform, peers, collateral),
+        peer_verifier=attesting.peer_verifier,
     )
     cluster = None
     try:
@@ -234,7 +368,11 @@ def _open(config: CoordinatorConfig) -> _Opened:
             coordinator.load(blob)
         else:
             cluster = ClusterMember(
-                advertised_address(config), config.data_dir, shared, sealing_key
+                advertised_address(config),
+                config.data_dir,
+                shared,
+                sealing_key,
+                keep_copy=attesting.durable,
             )
             cluster.started_empty = blob is None
             cluster_key = local = cluster.local_key()
@@ -243,7 +381,7 @@ def _open(config: CoordinatorConfig) -> _Opened:
                 cluster_key = cluster.join(blob, coordinator.cluster_keys.join_party()) or local
             coordinator.load(blob, cluster_key)
             cluster.keep(coordinator.cluster_key)
-            cluster.register(coordinator.measurement)
+            cluster.register(attesting.tee.tee, attesting.tee.measurement)
     except BaseException:
         store.close()
         raise
@@ -286,8 +424,8 @@ def _api_server(
     return _Server(config, protocol, gate, context)
 
 
-async def _serve(config: CoordinatorConfig) -> int:
-    opened = _open(config)
+async def _serve(config: CoordinatorConfig, deps: _Deps) -> int:
+    opened = _open(config, deps)
     coordinator, store, cluster = opened.coordinator, opened.store, opened.cluster
     try:
         tls = ServerTLS(coordinator, *_server_names(config))
@@ -418,20 +556,29 @@ async def _follow(
             failing = False
 
 
-def serve(config: CoordinatorConfig) -> int:
-    """Run the Coordinator until SIGINT or SIGTERM; returns the process exit code."""
+def serve(
+    config: CoordinatorConfig,
+    *,
+    host: HostTee | None = None,
+    probe: HostProbe | None = None,
+    trust: TrustAnchors | None = None,
+) -> int:
+    """Run the Coordinator until SIGINT or SIGTERM; returns the process exit code. ``host``,
+    ``probe`` and ``trust`` as ``open_coordinator`` takes them (tests only)."""
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if config.simulation:
+    config.check()
+    if config.simulated:
         log.warning(SIMULATION_BANNER)
+    deps = _Deps(host, probe, trust or TrustAnchors())
     try:
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on CPython
-            return asyncio.run(_serve(config))
-        return int(uvloop.run(_serve(config)))
+            return asyncio.run(_serve(config, deps))
+        return int(uvloop.run(_serve(config, deps)))
     finally:
         stop_workers()  # the manifest validation's helper processes
