@@ -4,11 +4,7 @@ ioctls, each faked by playing the kernel's part; SNP evidence they return verifi
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import shutil
 import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,68 +14,30 @@ from geode.attestation._providers import (
     SNP_GET_EXT_REPORT,
     SNP_GET_REPORT,
     ConfigfsTsmProvider,
-    DeviceFiles,
     GramineProvider,
     SevGuestProvider,
     build_snp_report_request,
     parse_snp_report_response,
 )
 from geode.attestation._snp import verify_snp_report
-from geode.attestation._snp_certs import CERT_TABLE_GUIDS, build_cert_table
 from geode.errors import EvidenceError
-from tests.attestation.support.snp import AT, AmdPki, forge_report, tcb_raw
+from tests.attestation.support import devices
+from tests.attestation.support.devices import FakeGramine, FakeSevGuest, FakeTsm, SnpFirmware
+from tests.attestation.support.snp import AT
 
 REPORT_DATA = bytes(range(64))
-CHIP = bytes(range(100, 164))
-TCB = {"bootloader": 9, "tee": 0, "snp": 21, "microcode": 210}
-
-
-class Platform:
-    """A synthetic Genoa: signs reports for whatever report data and VMPL it is asked."""
-
-    def __init__(self) -> None:
-        self.pki = AmdPki.create("Genoa")
-        self.key, self.vcek = self.pki.endorsement(hwid=CHIP, tcb=TCB)
-
-    def report(self, report_data: bytes, vmpl: int = 0) -> bytes:
-        tcb = tcb_raw("Genoa", **TCB)
-        return forge_report(
-            self.key, product="Genoa", tcb=tcb, chip_id=CHIP, report_data=report_data, vmpl=vmpl
-        )
-
-    def cert_table(self, *, pad_to: int = 0) -> bytes:
-        entries = [
-            (CERT_TABLE_GUIDS["ask"], self.pki.ask.public_bytes(Encoding.DER)),
-            (CERT_TABLE_GUIDS["vcek"], self.vcek.public_bytes(Encoding.DER)),
-        ]
-        table = build_cert_table(entries)
-        return table + bytes(max(0, pad_to - len(table)))
 
 
 @pytest.fixture(scope="module")
-def platform() -> Platform:
-    return Platform()
+def platform() -> SnpFirmware:
+    return SnpFirmware.create()
 
 
 # -- Gramine -------------------------------------------------------------------------------
 
 
-class FakeGramine(DeviceFiles):
-    """Gramine's pseudo-files: writing user_report_data makes the next quote."""
-
-    def write(self, path: Path, data: bytes) -> None:
-        super().write(path, data)
-        if path.name == "user_report_data":
-            (path.parent / "quote").write_bytes(b"SGXQUOTE" + data)
-
-
 def gramine_tree(tmp_path: Path, kind: bytes = b"dcap") -> Path:
-    root = tmp_path / "dev" / "attestation"
-    root.mkdir(parents=True)
-    (root / "attestation_type").write_bytes(kind)
-    (root / "user_report_data").write_bytes(bytes(64))
-    (root / "quote").write_bytes(b"")
-    return root
+    return devices.gramine_tree(tmp_path / "dev", kind)
 
 
 def test_gramine_writes_report_data_and_reads_the_quote(tmp_path: Path) -> None:
@@ -110,56 +68,15 @@ def test_gramine_errors_are_typed(tmp_path: Path) -> None:
 # -- configfs-tsm --------------------------------------------------------------------------
 
 
-class FakeTsm(DeviceFiles):
-    """The kernel's side of a configfs-tsm report entry."""
-
-    def __init__(
-        self,
-        provider: str,
-        respond: Callable[[bytes, int], tuple[bytes, bytes]],
-        *,
-        extra_generations: int = 0,
-    ) -> None:
-        self.provider = provider
-        self.respond = respond
-        self.extra_generations = extra_generations
-        self.made: list[Path] = []
-
-    def mkdir(self, path: Path) -> None:
-        path.mkdir()
-        self.made.append(path)
-        for name, value in [
-            ("provider", f"{self.provider}\n".encode()),
-            ("generation", b"0\n"),
-            ("inblob", b""),
-            ("outblob", b""),
-            ("privlevel", b"0\n"),
-            ("auxblob", b""),
-        ]:
-            (path / name).write_bytes(value)
-
-    def write(self, path: Path, data: bytes) -> None:
-        super().write(path, data)
-        generation = int((path.parent / "generation").read_bytes()) + 1
-        if path.name == "inblob":
-            vmpl = int((path.parent / "privlevel").read_bytes())
-            outblob, auxblob = self.respond(data, vmpl)
-            (path.parent / "outblob").write_bytes(outblob)
-            (path.parent / "auxblob").write_bytes(auxblob)
-            generation += self.extra_generations
-        (path.parent / "generation").write_bytes(f"{generation}\n".encode())
-
-    def rmdir(self, path: Path) -> None:
-        shutil.rmtree(path)  # configfs removes the attributes with the entry
-
-
 def tsm_root(tmp_path: Path) -> Path:
     root = tmp_path / "sys" / "kernel" / "config" / "tsm" / "report"
     root.mkdir(parents=True)
     return root
 
 
-def test_configfs_tsm_snp_report_with_auxblob_verifies(tmp_path: Path, platform: Platform) -> None:
+def test_configfs_tsm_snp_report_with_auxblob_verifies(
+    tmp_path: Path, platform: SnpFirmware
+) -> None:
     def respond(inblob: bytes, vmpl: int) -> tuple[bytes, bytes]:
         return platform.report(inblob, vmpl), platform.cert_table(pad_to=8192)
 
@@ -208,7 +125,7 @@ def test_configfs_tsm_refusals(tmp_path: Path) -> None:
     assert list(root.iterdir()) == []
 
 
-def test_configfs_tsm_malformed_auxblob_is_typed(tmp_path: Path, platform: Platform) -> None:
+def test_configfs_tsm_malformed_auxblob_is_typed(tmp_path: Path, platform: SnpFirmware) -> None:
     table = bytearray(platform.cert_table())
     table[20:24] = (1 << 20).to_bytes(4, "little")  # the first entry runs far past the end
     kernel = FakeTsm("sev_guest", lambda i, v: (platform.report(i, v), bytes(table)))
@@ -220,49 +137,6 @@ def test_configfs_tsm_malformed_auxblob_is_typed(tmp_path: Path, platform: Platf
 # -- /dev/sev-guest ------------------------------------------------------------------------
 
 
-class FakeSevGuest:
-    """The sev-guest driver: reads the request through the pointers in the ioctl argument and
-    writes the response (and the certificate table) where they point, as the kernel does."""
-
-    def __init__(self, platform: Platform, *, ext: str = "ok", status: int = 0) -> None:
-        self.platform = platform
-        self.ext = ext
-        self.status = status
-        self.calls: list[int] = []
-        self.requests: list[bytes] = []
-
-    def __call__(self, fd: int, request: int, arg: bytearray) -> int:
-        assert len(arg) == 32
-        assert arg[0] == 1  # msg_version
-        self.calls.append(request)
-        req_addr = int.from_bytes(arg[8:16], "little")
-        resp_addr = int.from_bytes(arg[16:24], "little")
-        if request == SNP_GET_EXT_REPORT:
-            raw = ctypes.string_at(req_addr, 112)
-            if self.ext in ("enotty", "both-fail"):
-                raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
-            if self.ext == "too-long":
-                arg[24:32] = (1 << 32).to_bytes(8, "little")
-                raise OSError(errno.EIO, "Input/output error")
-            certs_addr, certs_len = struct.unpack_from("<QI", raw, 96)
-            assert certs_len == 0x4000
-            table = self.platform.cert_table()
-            ctypes.memmove(certs_addr, table, len(table))
-        else:
-            assert request == SNP_GET_REPORT
-            raw = ctypes.string_at(req_addr, 96)
-            if self.ext == "both-fail":
-                arg[24:32] = (0x16).to_bytes(8, "little")
-                raise OSError(errno.EIO, "Input/output error")
-        self.requests.append(raw)
-        report_data, vmpl = raw[:64], int.from_bytes(raw[64:68], "little")
-        assert raw[68:96] == bytes(28)
-        report = self.platform.report(report_data, vmpl)
-        response = struct.pack("<II", self.status, len(report)) + bytes(24) + report
-        ctypes.memmove(resp_addr, response, len(response))
-        return 0
-
-
 def sev_guest(tmp_path: Path) -> Path:
     device = tmp_path / "dev" / "sev-guest"
     device.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +144,7 @@ def sev_guest(tmp_path: Path) -> Path:
     return device
 
 
-def test_sev_guest_extended_report_verifies(tmp_path: Path, platform: Platform) -> None:
+def test_sev_guest_extended_report_verifies(tmp_path: Path, platform: SnpFirmware) -> None:
     driver = FakeSevGuest(platform)
     provider = SevGuestProvider(sev_guest(tmp_path), vmpl=1, ioctl=driver)
     evidence = provider(REPORT_DATA)
@@ -281,7 +155,7 @@ def test_sev_guest_extended_report_verifies(tmp_path: Path, platform: Platform) 
     assert claims.vmpl == 1
 
 
-def test_sev_guest_falls_back_to_the_plain_report(tmp_path: Path, platform: Platform) -> None:
+def test_sev_guest_falls_back_to_the_plain_report(tmp_path: Path, platform: SnpFirmware) -> None:
     driver = FakeSevGuest(platform, ext="enotty")
     evidence = SevGuestProvider(sev_guest(tmp_path), ioctl=driver)(REPORT_DATA)
     assert driver.calls == [SNP_GET_EXT_REPORT, SNP_GET_REPORT]
@@ -299,14 +173,14 @@ def test_sev_guest_falls_back_to_the_plain_report(tmp_path: Path, platform: Plat
     ],
 )
 def test_sev_guest_errors_are_typed(
-    tmp_path: Path, platform: Platform, driver: dict[str, object], message: str
+    tmp_path: Path, platform: SnpFirmware, driver: dict[str, object], message: str
 ) -> None:
     fake = FakeSevGuest(platform, **driver)  # type: ignore[arg-type]
     with pytest.raises(EvidenceError, match=message):
         SevGuestProvider(sev_guest(tmp_path), ioctl=fake)(REPORT_DATA)
 
 
-def test_sev_guest_absent_device_is_typed(tmp_path: Path, platform: Platform) -> None:
+def test_sev_guest_absent_device_is_typed(tmp_path: Path, platform: SnpFirmware) -> None:
     with pytest.raises(EvidenceError, match="cannot open"):
         SevGuestProvider(tmp_path / "nothing", ioctl=FakeSevGuest(platform))(REPORT_DATA)
 
