@@ -43,12 +43,16 @@ __all__ = [
     "PROVIDER_KINDS",
     "PROVIDER_NAMES",
     "QUOTE_PROVIDER_ENV",
+    "TSM_PROVIDER_KINDS",
     "ConfigfsTsmProvider",
     "DeviceFiles",
     "GramineProvider",
+    "Ioctl",
     "QuoteProvider",
     "SevGuestProvider",
     "build_snp_report_request",
+    "default_ioctl",
+    "guest_request",
     "parse_snp_report_response",
     "select_quote_provider",
 ]
@@ -100,6 +104,11 @@ class DeviceFiles:
     def rmdir(self, path: Path) -> None:
         path.rmdir()
 
+    def check_open(self, path: Path) -> None:
+        """Open ``path`` read-write and close it, as a device's ioctls need (``OSError`` when
+        that is not allowed)."""
+        os.close(os.open(path, os.O_RDWR))
+
 
 def _io_error(path: Path, action: str, exc: OSError) -> EvidenceError:
     return EvidenceError(f"cannot {action}: {exc.strerror or exc}", field=str(path))
@@ -136,7 +145,8 @@ class GramineProvider:
         return Evidence("sgx", quote)
 
 
-_TSM_KINDS = {"tdx_guest": "tdx", "sev_guest": "sev-snp"}
+# configfs-tsm providers (an entry's `provider` attribute) and the evidence each gives.
+TSM_PROVIDER_KINDS: Mapping[str, TeeKind] = {"tdx_guest": "tdx", "sev_guest": "sev-snp"}
 
 
 def _cert_table_extent(blob: bytes) -> bytes:
@@ -192,7 +202,7 @@ class ConfigfsTsmProvider:
 
     def _report(self, entry: Path, report_data: bytes) -> Evidence:
         provider = self.files.read(entry / "provider").strip().decode(errors="replace")
-        kind = _TSM_KINDS.get(provider)
+        kind = TSM_PROVIDER_KINDS.get(provider)
         if kind is None:
             raise EvidenceError(
                 f"unsupported configfs-tsm provider {provider!r}", field=str(entry / "provider")
@@ -250,10 +260,32 @@ def parse_snp_report_response(response: bytes) -> bytes:
     return r.bytes("report", size)
 
 
+# ``ioctl(fd, request, buffer) -> int`` as ``fcntl.ioctl`` does it with a mutable buffer.
 Ioctl = Callable[[int, int, bytearray], int]
 
 
-def _ioctl(fd: int, request: int, arg: bytearray) -> int:
+def guest_request(
+    ioctl: Ioctl, fd: int, number: int, request: bytes, response_size: int
+) -> tuple[int, bytes, OSError | None]:
+    """One sev-guest ioctl: ``request`` and a response buffer of ``response_size`` bytes behind
+    the pointers of a ``snp_guest_request_ioctl``; ``(exitinfo2, response, the ioctl's error)``
+    (exitinfo2: firmware error in the low 32 bits, the host's in the high ones)."""
+    req = ctypes.create_string_buffer(request, len(request))
+    resp = ctypes.create_string_buffer(response_size)
+    arg = bytearray(_GUEST_REQUEST_SIZE)
+    arg[0] = 1  # msg_version
+    arg[8:16] = ctypes.addressof(req).to_bytes(8, "little")
+    arg[16:24] = ctypes.addressof(resp).to_bytes(8, "little")
+    error: OSError | None = None
+    try:
+        ioctl(fd, number, arg)
+    except OSError as exc:
+        error = exc
+    return int.from_bytes(arg[24:32], "little"), resp.raw, error
+
+
+def default_ioctl(fd: int, request: int, arg: bytearray) -> int:
+    """``fcntl.ioctl`` with a mutable buffer the kernel writes back into."""
     result: int = fcntl.ioctl(fd, request, arg, True)
     return result
 
@@ -265,7 +297,7 @@ class SevGuestProvider:
 
     device: Path = Path("/dev/sev-guest")
     vmpl: int = 0
-    ioctl: Ioctl = _ioctl
+    ioctl: Ioctl = default_ioctl
     name: str = "sev-guest"
 
     @staticmethod
@@ -285,19 +317,7 @@ class SevGuestProvider:
         return Evidence("sev-snp", report[:SNP_REPORT_SIZE] + _cert_table_extent(certs))
 
     def _call(self, fd: int, number: int, request: bytes) -> tuple[int, bytes, OSError | None]:
-        req = ctypes.create_string_buffer(request, len(request))
-        resp = ctypes.create_string_buffer(_RESPONSE_SIZE)
-        arg = bytearray(_GUEST_REQUEST_SIZE)
-        arg[0] = 1  # msg_version
-        arg[8:16] = ctypes.addressof(req).to_bytes(8, "little")
-        arg[16:24] = ctypes.addressof(resp).to_bytes(8, "little")
-        error: OSError | None = None
-        try:
-            self.ioctl(fd, number, arg)
-        except OSError as exc:
-            error = exc
-        exitinfo2 = int.from_bytes(arg[24:32], "little")
-        return exitinfo2, resp.raw, error
+        return guest_request(self.ioctl, fd, number, request, _RESPONSE_SIZE)
 
     def _ext_report(self, fd: int, request: bytes) -> tuple[bytes, bytes]:
         certs = ctypes.create_string_buffer(_CERTS_SIZE)
