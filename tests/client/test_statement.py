@@ -22,6 +22,7 @@ from geode.coordinator import Coordinator, CoordinatorSettings
 from geode.errors import StatementError
 from geode.pki import LeafParams, certificate_pem, fingerprint
 from geode.protocol import DeploymentStatement
+from tests.coordinator.support.simulated import simulated_tee
 
 NONCE = bytes(range(32))
 
@@ -62,8 +63,7 @@ def start(manifest: bytes | None, platform: SimulatedPlatform | None = None) -> 
     coordinator = Coordinator(
         CoordinatorSettings(simulation=True),
         EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
-        platform,
-        measurement,
+        simulated_tee(platform, measurement),
         os.urandom(32),
     )
     coordinator.load(None)

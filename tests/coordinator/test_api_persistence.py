@@ -29,6 +29,7 @@ from geode.pki import public_key_der
 from geode.protocol import key_binding
 from geode.testing import MemoryStore
 from tests.coordinator.support.asgi import in_process_apis
+from tests.coordinator.support.simulated import simulated_tee
 
 MEASUREMENT = bytes(range(32))
 
@@ -52,8 +53,7 @@ class Harness:
         self.coordinator = Coordinator(
             CoordinatorSettings(simulation=True),
             EvidenceVerifier(simulation=True, platform_keys=[self.platform.public_key]),
-            self.platform,
-            MEASUREMENT,
+            simulated_tee(self.platform, MEASUREMENT),
             self.sealing_key,
         )
         self.coordinator.load(None)
@@ -175,8 +175,7 @@ def test_state_header_of_the_wrong_shape_means_recovery(tmp_path: Path) -> None:
     c = Coordinator(
         CoordinatorSettings(simulation=True),
         EvidenceVerifier(simulation=True),
-        h.platform,
-        MEASUREMENT,
+        simulated_tee(h.platform, MEASUREMENT),
         h.sealing_key,
     )
     c.load(forged)

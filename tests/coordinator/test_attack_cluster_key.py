@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from geode.attestation import EvidenceVerifier, SimulatedPlatform
-from geode.coordinator import Coordinator, CoordinatorSettings, GroupCommit, Sealer
+from geode.coordinator import Coordinator, CoordinatorSettings, GroupCommit, HardwareTee, Sealer
 from geode.coordinator._cluster import (
     JoinParty,
     JoinRequest,
@@ -30,6 +30,8 @@ from geode.pki import public_key_der
 from geode.protocol import key_binding
 from geode.testing import FakeClock, MemoryStore
 from tests.coordinator.support.asgi import in_process_apis
+from tests.coordinator.support.fake_snp import SnpChip
+from tests.coordinator.support.simulated import simulated_tee
 
 MEASUREMENT = bytes(range(32))  # the Coordinator's own (simulated) measurement
 SERVICE = bytes(32 * [7])
@@ -58,8 +60,7 @@ class Node:
             EvidenceVerifier(
                 simulation=True, platform_keys=[self.platform.public_key, services.public_key]
             ),
-            self.platform,
-            MEASUREMENT,
+            simulated_tee(self.platform, MEASUREMENT),
             os.urandom(32),
             clock=FakeClock(),
             **extra,  # type: ignore[arg-type]
@@ -102,7 +103,9 @@ class Node:
 
 def _party(platform: SimulatedPlatform, *trusted: SimulatedPlatform) -> JoinParty:
     keys = [p.public_key for p in (platform, *trusted)]
-    return JoinParty(platform, MEASUREMENT, EvidenceVerifier(simulation=True, platform_keys=keys))
+    return JoinParty(
+        simulated_tee(platform, MEASUREMENT), EvidenceVerifier(simulation=True, platform_keys=keys)
+    )
 
 
 def test_a_key_trusted_for_services_does_not_earn_the_cluster_key() -> None:
@@ -151,9 +154,8 @@ def test_a_key_given_for_coordinators_earns_it_in_simulation_only() -> None:
 
     async def scenario() -> None:
         services, peers = SimulatedPlatform.generate(), SimulatedPlatform.generate()
-        settings = CoordinatorSettings(simulation=True)
         node = Node(
-            services, peer_verifier=coordinator_peer_verifier(settings, None, [peers.public_key])
+            services, peer_verifier=coordinator_peer_verifier(simulated_tee(), [peers.public_key])
         )
         await node.set_manifest()
         request, answer = await node.ask(_party(peers, node.platform))
@@ -166,10 +168,10 @@ def test_a_key_given_for_coordinators_earns_it_in_simulation_only() -> None:
     # A Coordinator not in simulation accepts no simulated evidence from a peer, whatever
     # keys it is given.
     platform = SimulatedPlatform.generate()
-    hardware = coordinator_peer_verifier(
-        CoordinatorSettings(simulation=False), platform, [platform.public_key]
-    )
-    party = JoinParty(platform, MEASUREMENT, hardware)
+    chip = SnpChip.create()
+    on_snp = HardwareTee.start(chip.launch(), EvidenceVerifier(trust=chip.trust))
+    hardware = coordinator_peer_verifier(on_snp, [platform.public_key], trust=chip.trust)
+    party = JoinParty(simulated_tee(platform, MEASUREMENT), hardware)
     request = JoinRequest(_party(platform), os.urandom(32))
     with pytest.raises(JoinRefused, match="simulation is not enabled"):
         party.check(request.evidence, request.evidence.data[80:144], "the newcomer")

@@ -24,6 +24,7 @@ from tests.attestation.support.fuzz import mutation, pem_chain_bit_flipped, subj
 from tests.attestation.support.mutations import DEEP
 from tests.attestation.support.vectors import read_vector, requires_vectors
 from tests.coordinator.support.asgi import in_process_apis
+from tests.coordinator.support.simulated import simulated_tee
 
 pytestmark = requires_vectors
 
@@ -51,7 +52,7 @@ class Mesh:
         at = subject(VECTOR).at
         verifier = EvidenceVerifier(collateral={"sgx": collateral}, clock=lambda: at)
         self.coordinator = Coordinator(
-            CoordinatorSettings(), verifier, platform, bytes(32), os.urandom(32)
+            CoordinatorSettings(), verifier, simulated_tee(platform), os.urandom(32)
         )
         self.coordinator.load(None)
         self.client, self.mesh = in_process_apis(

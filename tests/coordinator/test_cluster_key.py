@@ -20,6 +20,7 @@ from geode.coordinator._cluster import (
     read_answer,
 )
 from geode.errors import JoinRefused, SealError
+from tests.coordinator.support.simulated import simulated_tee
 
 MEASUREMENT = bytes(range(32))
 CLUSTER_KEY = os.urandom(32)
@@ -27,7 +28,7 @@ CLUSTER_KEY = os.urandom(32)
 
 def _party(platform: SimulatedPlatform, measurement: bytes = MEASUREMENT) -> JoinParty:
     verifier = EvidenceVerifier(simulation=True, platform_keys=[platform.public_key])
-    return JoinParty(platform, measurement, verifier)
+    return JoinParty(simulated_tee(platform, measurement), verifier)
 
 
 class _AcceptsAnyone(JoinParty):
@@ -117,7 +118,8 @@ def test_the_newcomer_refuses_a_peer_with_another_measurement_or_a_swapped_key()
     request = JoinRequest(_party(platform), nonce)
     # A peer of another package (a host's own program, say) hands over a key of its choosing.
     impostor = _AcceptsAnyone(
-        platform, bytes(32), EvidenceVerifier(simulation=True, platform_keys=[platform.public_key])
+        simulated_tee(platform, bytes(32)),
+        EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
     )
     answer = hand_over_cluster_key(
         impostor, os.urandom(32), nonce, request.public_der, request.evidence

@@ -25,6 +25,7 @@ from geode.manifest import SERVICE_KEY_MARKER
 from geode.pki import CertificateAuthority, LeafParams, public_key_der
 from geode.protocol import key_binding, renewal_payload
 from geode.testing import FakeClock
+from tests.coordinator.support.simulated import simulated_tee
 
 MEASUREMENT = bytes(range(32))
 SEALING_KEY = os.urandom(32)
@@ -67,8 +68,7 @@ def coordinator(platform: SimulatedPlatform) -> Coordinator:
     c = Coordinator(
         CoordinatorSettings(simulation=True),
         EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
-        platform,
-        MEASUREMENT,
+        simulated_tee(platform, MEASUREMENT),
         SEALING_KEY,
     )
     c.load(None)
@@ -126,8 +126,7 @@ def test_state_survives_sealing(coordinator: Coordinator, platform: SimulatedPla
     again = Coordinator(
         CoordinatorSettings(simulation=True),
         EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
-        platform,
-        MEASUREMENT,
+        simulated_tee(platform, MEASUREMENT),
         SEALING_KEY,
     )
     again.load(blob)
@@ -142,8 +141,7 @@ def test_unopenable_state_means_recovery(platform: SimulatedPlatform) -> None:
     c = Coordinator(
         CoordinatorSettings(simulation=True),
         EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
-        platform,
-        MEASUREMENT,
+        simulated_tee(platform, MEASUREMENT),
         SEALING_KEY,
     )
     c.load(b"GEODESEALED\0garbage")
@@ -231,8 +229,7 @@ def test_renewal_of_an_expired_certificate_is_refused(platform: SimulatedPlatfor
     c = Coordinator(
         CoordinatorSettings(simulation=True, leaf_lifetime=datetime.timedelta(seconds=10)),
         EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
-        platform,
-        MEASUREMENT,
+        simulated_tee(platform, MEASUREMENT),
         SEALING_KEY,
         clock=clock,
     )

@@ -50,6 +50,7 @@ from geode.pki import (
 )
 from geode.protocol import RecoveryProgress, key_binding
 from geode.testing import MemoryStore
+from tests.coordinator.support.simulated import simulated_tee
 from tests.support.governance import Party, User, governance_manifest, make_party, make_user
 
 MEASUREMENT = bytes(range(32))
@@ -64,8 +65,7 @@ def _coordinator(platform: SimulatedPlatform, key: bytes, blob: bytes | None = N
     c = Coordinator(
         CoordinatorSettings(simulation=True),
         EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
-        platform,
-        MEASUREMENT,
+        simulated_tee(platform, MEASUREMENT),
         key,
     )
     c.load(blob)

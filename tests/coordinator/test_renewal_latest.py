@@ -33,6 +33,7 @@ from geode.pki import CertificateAuthority, LeafParams, public_key_der
 from geode.protocol import key_binding, renewal_payload
 from geode.testing import FakeClock, MemoryStore
 from tests.coordinator.support.asgi import in_process_apis
+from tests.coordinator.support.simulated import simulated_tee
 
 MEASUREMENT = bytes(range(32))
 MANIFEST = json.dumps(
@@ -59,8 +60,7 @@ class Deployment:
         c = Coordinator(
             CoordinatorSettings(simulation=True, leaf_lifetime=datetime.timedelta(hours=1)),
             EvidenceVerifier(simulation=True, platform_keys=[self.platform.public_key]),
-            self.platform,
-            MEASUREMENT,
+            simulated_tee(self.platform, MEASUREMENT),
             self.sealing_key,
             clock=self.clock,
         )

@@ -21,6 +21,7 @@ from geode.coordinator import (
 from geode.coordinator._transaction import record_start
 from geode.errors import SealError, StoreConflict
 from geode.testing import MemoryStore
+from tests.coordinator.support.simulated import simulated_tee
 
 
 class Harness:
@@ -32,8 +33,7 @@ class Harness:
         c = Coordinator(
             CoordinatorSettings(simulation=True),
             EvidenceVerifier(simulation=True),
-            None,
-            bytes(32),
+            simulated_tee(None, bytes(32)),
             os.urandom(32),
         )
         c.load(None)
@@ -140,8 +140,7 @@ def test_the_start_is_recorded_once_and_reaches_the_log() -> None:
     c = Coordinator(
         CoordinatorSettings(simulation=True),
         EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
-        platform,
-        bytes(32),
+        simulated_tee(platform, bytes(32)),
         os.urandom(32),
     )
     c.load(None)

@@ -24,6 +24,7 @@ from geode.pki import public_key_der
 from geode.protocol import key_binding
 from geode.testing import FakeClock, MemoryStore
 from tests.coordinator.support.asgi import in_process_apis
+from tests.coordinator.support.simulated import simulated_tee
 from tests.support.governance import User, make_user
 
 Scope = MutableMapping[str, Any]
@@ -76,8 +77,7 @@ class Deployment:
         self.coordinator = Coordinator(
             CoordinatorSettings(simulation=True),
             EvidenceVerifier(simulation=True, platform_keys=[self.platform.public_key]),
-            self.platform,
-            MEASUREMENT,
+            simulated_tee(self.platform, MEASUREMENT),
             os.urandom(32),
             clock=FakeClock(),
         )

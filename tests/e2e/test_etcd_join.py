@@ -21,6 +21,7 @@ from geode.coordinator._audit import EtcdAuditLog
 from geode.coordinator._cluster import JoinParty, obtain_cluster_key
 from geode.errors import ActivationDenied, ClientError
 from tests.conftest import StartCoordinator
+from tests.coordinator.support.simulated import simulated_tee
 from tests.e2e.test_etcd_coordinators import _activate, _root, _set_manifest
 from tests.support import CoordinatorProcess, wait_until
 from tests.support.etcd import EtcdServer, own_sealing_key
@@ -174,7 +175,7 @@ def test_a_platform_key_trusted_for_services_earns_no_cluster_key(
     verifier = EvidenceVerifier(
         simulation=True, platform_keys=[own.public_key, services.public_key]
     )
-    forger = JoinParty(services, measurement, verifier)
+    forger = JoinParty(simulated_tee(services, measurement), verifier)
     key, failures = obtain_cluster_key([a.mesh_addr], forger, lambda _key: True)
     assert key is None
     (failure,) = failures

@@ -23,6 +23,7 @@ from geode.protocol import (
     openapi_document,
 )
 from geode.testing import MemoryStore
+from tests.coordinator.support.simulated import simulated_tee
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "geode"
 
@@ -32,8 +33,7 @@ def _apps() -> tuple[object, object]:
     coordinator = Coordinator(
         CoordinatorSettings(simulation=True),
         EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
-        platform,
-        bytes(32),
+        simulated_tee(platform, bytes(32)),
         os.urandom(32),
     )
     coordinator.load(None)

@@ -10,11 +10,12 @@ import click
 
 import geode
 from geode._files import replace_file
-from geode.attestation import measure_bundle
+from geode.attestation import TEE_CHOICES, SgxSealing, measure_bundle, probe_host
 from geode.cli._common import (
     DEFAULT_CLIENT_ADDR,
     DEFAULT_MESH_ADDR,
     GeodeGroup,
+    cli_deps,
     coordinator_option,
     duration,
     insecure_option,
@@ -110,31 +111,48 @@ def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
 )
 @click.option("--client-addr", default=DEFAULT_CLIENT_ADDR, show_default=True)
 @click.option("--mesh-addr", default=DEFAULT_MESH_ADDR, show_default=True)
-@click.option("--simulation", is_flag=True, help="Simulated TEE: no hardware isolation.")
+@click.option(
+    "--tee",
+    type=click.Choice(TEE_CHOICES),
+    default="auto",
+    show_default=True,
+    help="The TEE to run in: the first usable one of this host (auto), one named, or a "
+    "simulated platform (no hardware isolation). Without a usable TEE: exit 1, listing every "
+    "interface probed.",
+)
+@click.option("--simulation", is_flag=True, help="The same as --tee simulated.")
+@click.option(
+    "--sgx-sealing",
+    type=click.Choice(["mrenclave", "mrsigner"]),
+    default="mrenclave",
+    show_default=True,
+    help="SGX (Gramine): seal with the enclave's key, or with its signer's so that code "
+    "updated by the same signer (same product id) opens the state.",
+)
 @click.option(
     "--sealing-key",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Simulation sealing key file (env GEODE_SEALING_KEY; created if missing).",
+    help="Simulation only: sealing key file (env GEODE_SEALING_KEY; created if missing).",
 )
 @click.option(
     "--platform-key",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Simulated platform key (env GEODE_PLATFORM_KEY; created if missing).",
+    help="Simulation only: simulated platform key (env GEODE_PLATFORM_KEY; created if missing).",
 )
 @click.option(
     "--trust-platform-key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     multiple=True,
-    help="Also accept services' simulated evidence signed by this platform key (repeatable). "
-    "Never enough for a Coordinator to obtain the cluster key.",
+    help="Simulation only: also accept services' simulated evidence signed by this platform "
+    "key (repeatable). Never enough for a Coordinator to obtain the cluster key.",
 )
 @click.option(
     "--trust-coordinator-platform-key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     multiple=True,
-    help="Also accept peer Coordinators' simulated evidence signed by this platform key "
-    "(repeatable): it earns them the cluster key. Only this Coordinator's own platform key "
-    "is trusted for Coordinators without it.",
+    help="Simulation only: also accept peer Coordinators' simulated evidence signed by this "
+    "platform key (repeatable): it earns them the cluster key. Only this Coordinator's own "
+    "platform key is trusted for Coordinators without it.",
 )
 @click.option(
     "--collateral",
@@ -211,7 +229,9 @@ def coordinator(
     etcd_key: Path | None,
     client_addr: str,
     mesh_addr: str,
+    tee: str,
     simulation: bool,
+    sgx_sealing: SgxSealing,
     sealing_key: Path | None,
     platform_key: Path | None,
     trust_platform_key: tuple[Path, ...],
@@ -229,7 +249,7 @@ def coordinator(
     manifest_budget: ManifestBudget,
     log_level: str,
 ) -> None:
-    """Run the Coordinator."""
+    """Run the Coordinator, in the host's TEE (or a simulated one: --tee simulated)."""
     from geode.coordinator import (
         ConnectionLimits,
         CoordinatorConfig,
@@ -254,6 +274,21 @@ def coordinator(
         raise click.UsageError(
             "--etcd-ca, --etcd-cert, --etcd-key and --advertise-addr need --store etcd://..."
         )
+    if simulation and tee not in ("auto", "simulated"):
+        raise click.UsageError(f"--simulation contradicts --tee {tee}")
+    simulated = simulation or tee == "simulated"
+    simulation_only = {
+        "--sealing-key": sealing_key is not None,
+        "--platform-key": platform_key is not None,
+        "--trust-platform-key": bool(trust_platform_key),
+        "--trust-coordinator-platform-key": bool(trust_coordinator_platform_key),
+    }
+    given = [name for name, present in simulation_only.items() if present]
+    if given and not simulated:
+        raise click.UsageError(
+            f"{', '.join(given)}: simulation only; a Coordinator in a hardware TEE trusts no "
+            "simulated platform key and derives its sealing key from its TEE"
+        )
     config = CoordinatorConfig(
         data_dir=data_dir,
         etcd=etcd,
@@ -261,7 +296,9 @@ def coordinator(
         mesh_addr=_address(mesh_addr),
         advertise_addr=_address(advertise_addr) if advertise_addr else None,
         etcd_poll=duration(etcd_poll),
-        simulation=simulation,
+        tee="simulated" if simulated else tee,
+        simulation=simulated,
+        sgx_sealing=sgx_sealing,
         sealing_key=sealing_key,
         platform_key=platform_key,
         trusted_platform_keys=trust_platform_key,
@@ -281,7 +318,10 @@ def coordinator(
         manifest_budget=manifest_budget,
         log_level=log_level,
     )
-    raise SystemExit(serve(config))
+    deps = cli_deps()
+    # The production probe is told the SGX sealing choice; a test's probe makes its own fakes.
+    probe = None if deps.probe is probe_host else deps.probe
+    raise SystemExit(serve(config, probe=probe, trust=deps.trust))
 
 
 @cli.command()
@@ -320,6 +360,9 @@ def status(address: str, root_ca: Path | None, insecure: bool, as_json: bool) ->
     click.echo(f"state:        {info.state}")
     if info.simulation:
         click.echo(click.style("simulation:   YES (no hardware isolation)", fg="yellow"))
+    click.echo(f"tee:          {info.tee} ({info.tee_interface})")
+    click.echo(f"sealing:      {info.sealing}")
+    click.echo(f"measurement:  {info.measurement}")
     if info.reason:
         click.echo(f"reason:       {info.reason}")
     if info.root_fingerprint:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from geode.coordinator._api import build_apps
+from geode.coordinator._attesting import HostProbe, coordinator_measurement
 from geode.coordinator._audit import AuditLog, MemoryAuditLog
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
@@ -19,13 +20,13 @@ from geode.coordinator._seal import (
 )
 from geode.coordinator._server import (
     CoordinatorConfig,
-    coordinator_measurement,
     open_coordinator,
     parse_address,
     serve,
 )
 from geode.coordinator._state import CoordinatorState, StoredSecret
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
+from geode.coordinator._tee import CoordinatorTee, HardwareTee, SimulatedTee
 from geode.coordinator._transaction import Transaction
 from geode.coordinator._validation import (
     DEFAULT_MANIFEST_BUDGET,
@@ -46,10 +47,13 @@ __all__ = [
     "CoordinatorConfig",
     "CoordinatorSettings",
     "CoordinatorState",
+    "CoordinatorTee",
     "DirectoryStore",
     "EtcdSettings",
     "EtcdStore",
     "GroupCommit",
+    "HardwareTee",
+    "HostProbe",
     "ManifestBudget",
     "ManifestWorker",
     "MemoryAuditLog",
@@ -59,6 +63,7 @@ __all__ = [
     "RenewalRequest",
     "Sealer",
     "SharedStore",
+    "SimulatedTee",
     "State",
     "Store",
     "StoredSecret",

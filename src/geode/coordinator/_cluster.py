@@ -44,10 +44,9 @@ import json
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import httpx
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
@@ -62,19 +61,17 @@ from geode._files import replace_private_file
 from geode.attestation import (
     Evidence,
     EvidenceVerifier,
-    ReferenceValues,
-    SimulatedPlatform,
-    match_claims,
+    TrustAnchors,
 )
 from geode.coordinator._holder import CoordinatorSettings, StateHolder
 from geode.coordinator._nonces import NonceStore
 from geode.coordinator._seal import Sealer
 from geode.coordinator._state import CLUSTER_KEY_SIZE
 from geode.coordinator._store import SharedStore
+from geode.coordinator._tee import CoordinatorTee
 from geode.errors import (
     ClaimsMismatch,
     ClientError,
-    CoordinatorUnavailable,
     EvidenceError,
     GeodeError,
     JoinRefused,
@@ -92,7 +89,6 @@ from geode.protocol import (
     join_request_binding,
     raise_for_error,
 )
-from geode.tee import TeeKind
 
 __all__ = [
     "CLUSTER_KEY_FILE",
@@ -120,21 +116,16 @@ _NONCE_SIZE = 12
 
 
 def coordinator_peer_verifier(
-    settings: CoordinatorSettings,
-    platform: SimulatedPlatform | None,
+    tee: CoordinatorTee,
     coordinator_keys: Sequence[Ed25519PublicKey] = (),
-    collateral: Mapping[str, bytes] | None = None,
+    collateral: dict[str, bytes] | None = None,
+    trust: TrustAnchors | None = None,
 ) -> EvidenceVerifier:
-    """The verifier of peer Coordinators' evidence: simulated evidence only in simulation, and
-    then only when signed by this Coordinator's own platform key or one of
-    ``coordinator_keys``, the keys explicitly trusted for Coordinators. Never the keys trusted
-    for services (see the module docstring)."""
-    keys = [*([platform.public_key] if platform is not None else []), *coordinator_keys]
-    return EvidenceVerifier(
-        simulation=settings.simulation,
-        platform_keys=keys if settings.simulation else (),
-        collateral=collateral,
-    )
+    """The verifier of peer Coordinators' evidence: in simulation, simulated evidence signed by
+    this Coordinator's own platform key or one of ``coordinator_keys``, the keys explicitly
+    trusted for Coordinators; on hardware, hardware evidence under ``trust``. Never the keys
+    trusted for services (see the module docstring)."""
+    return tee.peer_verifier(coordinator_keys, collateral, trust)
 
 
 class ClusterKeyFile:
@@ -174,19 +165,17 @@ class ClusterKeyFile:
 
 @dataclass(frozen=True)
 class JoinParty:
-    """What either end of a handover attests with and checks the other against: its own TEE
-    kind and measurement (the other end must show the same), its quote provider and the
-    verifier of peer Coordinators' evidence (``coordinator_peer_verifier``: never the
-    services' one)."""
+    """What either end of a handover attests with and checks the other against: its TEE
+    (evidence, and the identity the other end must show: the same TEE kind and the same
+    Coordinator code, ``CoordinatorTee.identity``) and the verifier of peer Coordinators'
+    evidence (``coordinator_peer_verifier``: never the services' one)."""
 
-    platform: SimulatedPlatform
-    measurement: bytes
+    tee: CoordinatorTee
     verifier: EvidenceVerifier
-    tee: str = "simulated"
 
     def check(self, evidence: Evidence, expected_report_data: bytes, who: str) -> None:
         """``JoinRefused`` unless ``evidence`` verifies, binds ``expected_report_data``, and
-        shows this party's own TEE and measurement."""
+        shows this party's own TEE and identity."""
         try:
             claims = self.verifier.verify(evidence)
         except EvidenceError as exc:  # whatever the evidence holds: claims or EvidenceError
@@ -194,12 +183,7 @@ class JoinParty:
         if not hmac.compare_digest(claims.report_data, expected_report_data):
             raise JoinRefused(f"{who}'s evidence is not bound to this exchange")
         try:
-            # This party's own values, not a manifest's: not validated, so a TEE that has no
-            # reference values ("unknown") is refused as a mismatch.
-            own = ReferenceValues.model_construct(
-                tee=cast("TeeKind", self.tee), measurement=self.measurement.hex()
-            )
-            match_claims(claims, own)
+            self.tee.match_peer(claims)
         except ClaimsMismatch as exc:
             detail = f" ({exc.detail})" if exc.detail else ""
             raise JoinRefused(
@@ -255,9 +239,7 @@ def hand_over_cluster_key(
     sealing = _transport_key(own, newcomer_der, newcomer_der, peer_der, nonce)
     iv = os.urandom(_NONCE_SIZE)
     sealed = iv + sealing.encrypt(iv, cluster_key, _TRANSPORT_AAD)
-    answer = party.platform.quote(
-        party.measurement, join_answer_binding(peer_der, newcomer_der, nonce, sealed)
-    )
+    answer = party.tee.evidence(join_answer_binding(peer_der, newcomer_der, nonce, sealed))
     return ClusterKeyAnswer(
         public_key=_b64(peer_der), sealed_key=_b64(sealed), evidence=EvidenceBody.of(answer)
     )
@@ -273,22 +255,17 @@ class ClusterKeys:
         nonces: NonceStore,
         settings: CoordinatorSettings,
         peer_verifier: EvidenceVerifier,
-        platform: SimulatedPlatform | None,
-        measurement: bytes,
+        tee: CoordinatorTee,
     ) -> None:
         self._held = held
         self._nonces = nonces
         self._settings = settings
         self._verifier = peer_verifier  # for Coordinators, not services
-        self._platform = platform
-        self._measurement = measurement
+        self._tee = tee
 
     def join_party(self) -> JoinParty:
         """This Coordinator as either end of a cluster-key handover."""
-        if self._platform is None:
-            raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
-        tee = "simulated" if self._settings.simulation else "unknown"
-        return JoinParty(self._platform, self._measurement, self._verifier, tee)
+        return JoinParty(self._tee, self._verifier)
 
     def hand_over(
         self, nonce: bytes, newcomer_key_der: bytes, evidence: Evidence
@@ -318,9 +295,7 @@ class JoinRequest:
         self.nonce = nonce
         self._key = ec.generate_private_key(ec.SECP256R1())
         self.public_der = _public_der(self._key)
-        self.evidence = party.platform.quote(
-            party.measurement, join_request_binding(self.public_der, nonce)
-        )
+        self.evidence = party.tee.evidence(join_request_binding(self.public_der, nonce))
 
     def body(self) -> ClusterKeyBody:
         """What is posted to the peer's ``cluster-key`` endpoint."""
@@ -428,18 +403,33 @@ def obtain_cluster_key(
 class ClusterMember:
     """This Coordinator among the others sharing its store: its listing as ``name`` (the
     HOST:PORT of its mesh API; gone when the store is closed), its copy of the cluster key in
-    ``data_dir``, and how it obtains the key from a peer."""
+    ``data_dir``, and how it obtains the key from a peer.
 
-    def __init__(self, name: str, data_dir: Path, store: SharedStore, sealing_key: bytes) -> None:
+    With ``keep_copy`` false (a sealing key that does not survive this process: TDX, SNP
+    without ``/dev/sev-guest``) there is no local copy: a copy sealed with a key nobody can
+    derive again is of no use, so after a restart the key comes from a peer or recovery."""
+
+    def __init__(
+        self,
+        name: str,
+        data_dir: Path,
+        store: SharedStore,
+        sealing_key: bytes,
+        *,
+        keep_copy: bool = True,
+    ) -> None:
         self.store = store
         self.name = name
         self.copy = ClusterKeyFile(data_dir, sealing_key)
+        self._keep_copy = keep_copy
         self._sealing_key = sealing_key
         self.kept: bytes | None = None  # what the local copy holds
         self.offered: bytes | None = None  # a peer's key, adopted with the next state read
         self.started_empty = False  # the store held no state when this Coordinator started
 
     def local_key(self) -> bytes | None:
+        if not self._keep_copy:
+            return None
         try:
             self.kept = self.copy.load()
         except SealError as exc:
@@ -475,6 +465,9 @@ class ClusterMember:
         not raised: the Coordinator serves on, and needs a peer again only after a restart."""
         if key is None or key == self.kept:
             return
+        if not self._keep_copy:
+            self.kept = key
+            return
         try:
             self.copy.save(key)
         except SealError as exc:
@@ -483,8 +476,8 @@ class ClusterMember:
         self.kept = key
         log.info("cluster key sealed into %s with this host's sealing key", self.copy.path)
 
-    def register(self, measurement: bytes) -> None:
-        record = json.dumps({"mesh": self.name, "measurement": measurement.hex()}).encode()
+    def register(self, tee: str, measurement: str) -> None:
+        record = json.dumps({"mesh": self.name, "tee": tee, "measurement": measurement}).encode()
         try:
             self.store.register(self.name, record)
         except SealError as exc:

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import EvidenceVerifier, SimulatedPlatform
+from geode.attestation import EvidenceVerifier
 from geode.coordinator._activation import Activation
 from geode.coordinator._audit import AuditSink, MemoryAuditLog
 from geode.coordinator._cluster import ClusterKeys, coordinator_peer_verifier
@@ -37,12 +37,13 @@ from geode.coordinator._holder import (
 )
 from geode.coordinator._latest import LatestCertificates
 from geode.coordinator._nonces import NonceStore
-from geode.coordinator._recovery import Recovery, sealer_for
+from geode.coordinator._recovery import Recovery, require_recovery, sealer_for
 from geode.coordinator._seal import Sealer
 from geode.coordinator._secrets import generate_secret, template_value
 from geode.coordinator._state import CLUSTER_KEY_SIZE, CoordinatorState, UpdateRecord
+from geode.coordinator._tee import CoordinatorTee
 from geode.coordinator._validation import ManifestWorker
-from geode.errors import CoordinatorUnavailable, ManifestConflict, SealError
+from geode.errors import ManifestConflict, SealError
 from geode.manifest import ManifestDocument, load_manifest
 from geode.pki import (
     CertificateAuthority,
@@ -78,8 +79,7 @@ class Coordinator:
         self,
         settings: CoordinatorSettings,
         verifier: EvidenceVerifier,
-        platform: SimulatedPlatform | None,
-        measurement: bytes,
+        tee: CoordinatorTee,
         sealing_key: bytes,
         *,
         clock: Clock = utc_now,
@@ -91,11 +91,11 @@ class Coordinator:
         purpose: a key trusted for services (``--trust-platform-key``) can sign evidence of any
         measurement, the Coordinator's included, so it must never earn the cluster key. Without
         ``peer_verifier``, peers are trusted on this Coordinator's own platform only
-        (``coordinator_peer_verifier``)."""
+        (``coordinator_peer_verifier``). ``tee`` is what it attests with (``_tee``: simulated,
+        or the host's TEE) and says who it is."""
         self.settings = settings
         self.verifier = verifier
-        self.platform = platform
-        self.measurement = measurement
+        self.tee = tee
         self._clock = clock
         self.nonces = NonceStore(settings.nonce_ttl, clock)
         self.audit_sink: AuditSink = audit or MemoryAuditLog()
@@ -103,13 +103,11 @@ class Coordinator:
             sealing_key, clock, self._share_nonces if settings.shared_nonces else None
         )
         self.activation = Activation(self.held, settings, verifier, self.nonces, clock)
-        self.governance = Governance(self.held, clock)
-        self.recovery = Recovery(self.held, settings, platform, measurement)
+        self.governance = Governance(self.held, clock, settings)
+        self.recovery = Recovery(self.held, tee)
         if peer_verifier is None:
-            peer_verifier = coordinator_peer_verifier(settings, platform)
-        self.cluster_keys = ClusterKeys(
-            self.held, self.nonces, settings, peer_verifier, platform, measurement
-        )
+            peer_verifier = coordinator_peer_verifier(tee)
+        self.cluster_keys = ClusterKeys(self.held, self.nonces, settings, peer_verifier, tee)
         self.started_at = clock()
         # Manifests and updates sent to it are validated in a worker first (``_validation``).
         self.manifest_worker = ManifestWorker(settings.manifest_budget)
@@ -190,7 +188,12 @@ class Coordinator:
             data,
             "coordinator.start",
             None,
-            {"state": held.state.value, "measurement": self.measurement.hex()},
+            {
+                "state": held.state.value,
+                "tee": self.tee.tee,
+                "interface": self.tee.interface,
+                "measurement": self.tee.measurement,
+            },
         )
 
         def revert() -> None:
@@ -247,9 +250,12 @@ class Coordinator:
         held = self.held
         common = CoordinatorStatus(
             state=held.state.value,
-            simulation=self.settings.simulation,
-            measurement=self.measurement.hex(),
+            simulation=self.tee.simulated,
+            measurement=self.tee.measurement,
             started_at=self.started_at.isoformat(),
+            tee=self.tee.tee,
+            tee_interface=self.tee.interface,
+            sealing=self.tee.sealing,
         )
         if held.state is State.RECOVERY:
             return common.model_copy(
@@ -276,6 +282,7 @@ class Coordinator:
         if held.state is not State.AWAITING_MANIFEST or held.data is None:
             raise ManifestConflict("manifest already set")
         document = load_manifest(raw)
+        require_recovery(self.settings, document.manifest.recovery)
         secrets = {
             name: generate_secret(name, spec, keys.root, clock=self._clock)
             for name, spec in document.manifest.secrets.items()
@@ -327,13 +334,10 @@ class Coordinator:
         """The signed deployment statement for a caller's nonce."""
         held = self.held
         keys = held.require_keys()
-        if self.platform is None:
-            raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
         document = held.document
         manifest_sha = document.sha256 if document else bytes(32)
-        evidence = self.platform.quote(
-            self.measurement,
-            statement_binding(certificate_der(keys.root.certificate), manifest_sha, nonce),
+        evidence = self.tee.evidence(
+            statement_binding(certificate_der(keys.root.certificate), manifest_sha, nonce)
         )
         signature = held.data.manifest_signature if held.data else None
         statement_signature = keys.root_key.sign(
@@ -345,7 +349,8 @@ class Coordinator:
         return DeploymentStatement(
             version=1,
             state=held.state.value,
-            simulation=self.settings.simulation,
+            simulation=self.tee.simulated,
+            tee=self.tee.tee,
             nonce=nonce.hex(),
             evidence=EvidenceBody.of(evidence),
             root_certificate=keys.root_pem,

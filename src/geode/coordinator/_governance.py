@@ -16,8 +16,15 @@ from dataclasses import replace
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.coordinator._holder import KeyRing, Pending, PreparedManifest, StateHolder, both
-from geode.coordinator._recovery import sealer_for
+from geode.coordinator._holder import (
+    CoordinatorSettings,
+    KeyRing,
+    Pending,
+    PreparedManifest,
+    StateHolder,
+    both,
+)
+from geode.coordinator._recovery import require_recovery, sealer_for
 from geode.coordinator._secrets import secret_from_user, template_value
 from geode.coordinator._state import CoordinatorState, PendingUpdate, StoredSecret, UpdateRecord
 from geode.coordinator._updates import carry_secrets
@@ -62,9 +69,12 @@ def _refuse_unchanged(current: ManifestDocument, new: ManifestDocument) -> None:
 class Governance:
     """The governance operations, on the state ``held`` has in force."""
 
-    def __init__(self, held: StateHolder, clock: Clock) -> None:
+    def __init__(
+        self, held: StateHolder, clock: Clock, settings: CoordinatorSettings | None = None
+    ) -> None:
         self._held = held
         self._clock = clock
+        self._settings = settings or CoordinatorSettings()
 
     # -- users, audit ------------------------------------------------------------------------
 
@@ -152,6 +162,7 @@ class Governance:
             secrets=secrets,
         )
         values = {name: template_value(s) for name, s in secrets.items()}
+        require_recovery(self._settings, new.manifest.recovery)
         sealer = sealer_for(self._held.sealer, new.manifest.recovery)
         return PreparedManifest(new, state, values, sealer, mesh, document.sha256)
 

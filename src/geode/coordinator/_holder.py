@@ -59,6 +59,10 @@ class State(StrEnum):
 @dataclass(frozen=True)
 class CoordinatorSettings:
     simulation: bool = False
+    # False when the sealing key does not survive this process (a TEE without one: TDX, SNP
+    # without /dev/sev-guest): after a restart only a peer or the recovery parties open the
+    # state, so a manifest (or update) without a recovery section is refused.
+    durable_sealing: bool = True
     leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
     nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
     # On a shared store (etcd): nonces are authenticated with a key derived from the cluster

@@ -23,12 +23,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from geode.attestation import SimulatedPlatform
 from geode.coordinator._holder import CoordinatorSettings, Pending, State, StateHolder
 from geode.coordinator._seal import RecoveryHeader, RecoveryParty, Sealer
 from geode.coordinator._shamir import combine_shares, split_secret
 from geode.coordinator._state import CoordinatorState
-from geode.errors import CoordinatorUnavailable, RecoveryRefused, SealError
+from geode.coordinator._tee import CoordinatorTee
+from geode.errors import ManifestError, RecoveryRefused, SealError
 from geode.manifest import Recovery as RecoverySection
 from geode.pki import fingerprint, public_key_der
 from geode.protocol import (
@@ -48,6 +48,7 @@ __all__ = [
     "RecoverySession",
     "oaep",
     "recovery_matches",
+    "require_recovery",
     "sealer_for",
     "share_check",
     "split_data_key",
@@ -105,6 +106,19 @@ def recovery_matches(header: RecoveryHeader | None, recovery: RecoverySection | 
     return header.threshold == recovery.threshold and {
         name: p.public_key for name, p in header.parties.items()
     } == dict(recovery.keys)
+
+
+def require_recovery(settings: CoordinatorSettings, recovery: RecoverySection | None) -> None:
+    """``ManifestError`` for a manifest without recovery keys on a Coordinator whose sealing key
+    dies with its process: the state it seals could never be opened again after a restart
+    without a peer, and with a single Coordinator there is none."""
+    if recovery is None and not settings.durable_sealing:
+        raise ManifestError(
+            "recovery",
+            "required here: this Coordinator's TEE gives it no sealing key that survives a "
+            "restart (TDX, or SEV-SNP without /dev/sev-guest), so only recovery keys (or a "
+            "running peer Coordinator) can open its state again",
+        )
 
 
 def sealer_for(sealer: Sealer, recovery: RecoverySection | None) -> Sealer:
@@ -191,14 +205,10 @@ class Recovery:
     def __init__(
         self,
         held: StateHolder,
-        settings: CoordinatorSettings,
-        platform: SimulatedPlatform | None,
-        measurement: bytes,
+        tee: CoordinatorTee,
     ) -> None:
         self._held = held
-        self._settings = settings
-        self._platform = platform
-        self._measurement = measurement
+        self._tee = tee
         # The blob that could not be opened, its recovery header, and the session that
         # collects the parties' shares (created on first use: it generates a key).
         self._blob: bytes | None = None
@@ -242,9 +252,7 @@ class Recovery:
         """What a party needs to recover: its encrypted share, and this Coordinator's key for
         shares with evidence binding it to the party's nonce."""
         session = self._require()
-        if self._platform is None:
-            raise CoordinatorUnavailable("no quote provider: this Coordinator cannot attest")
-        evidence = self._platform.quote(self._measurement, recovery_binding(session.key_der, nonce))
+        evidence = self._tee.evidence(recovery_binding(session.key_der, nonce))
         return RecoveryOffer(
             threshold=session.header.threshold,
             parties={
@@ -256,7 +264,8 @@ class Recovery:
             received=session.received,
             recovery_key=session.public_key_pem(),
             nonce=nonce.hex(),
-            simulation=self._settings.simulation,
+            simulation=self._tee.simulated,
+            tee=self._tee.tee,
             evidence=EvidenceBody.of(evidence),
         )
 

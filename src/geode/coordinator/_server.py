@@ -4,49 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import ipaddress
 import logging
 import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
 
-import geode
-from geode.attestation import EvidenceVerifier, SimulatedPlatform, measure_bundle
+from geode.attestation import (
+    HostTee,
+    TrustAnchors,
+)
 from geode.coordinator._api import build_apps
-from geode.coordinator._cluster import ClusterMember, coordinator_peer_verifier
+from geode.coordinator._attesting import HostProbe, StartDeps, hardware, simulated
+from geode.coordinator._cluster import ClusterMember
+from geode.coordinator._config import CoordinatorConfig
 from geode.coordinator._coordinator import Coordinator
-from geode.coordinator._etcd import EtcdSettings, EtcdStore
+from geode.coordinator._etcd import EtcdStore
 from geode.coordinator._forward import Forwarder, Writer
 from geode.coordinator._holder import CoordinatorSettings, State
 from geode.coordinator._limits import (
     ApiGate,
-    ConnectionLimits,
     HeadLimitedProtocol,
     fit_fd_limit,
 )
 from geode.coordinator._listener import LimitedServer
 from geode.coordinator._persist import GroupCommit
-from geode.coordinator._seal import (
-    default_sealing_key_path,
-    load_or_create_sealing_key,
-)
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
 from geode.coordinator._transaction import record_start
-from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget, stop_workers
-from geode.errors import GeodeError, SealError
+from geode.coordinator._validation import stop_workers
+from geode.errors import SealError
 
 __all__ = [
     "CoordinatorConfig",
-    "coordinator_measurement",
     "open_coordinator",
     "parse_address",
     "serve",
@@ -73,41 +69,6 @@ def parse_address(value: str, default_port: int | None = None) -> tuple[str, int
     return host, int(port)
 
 
-def coordinator_measurement() -> bytes:
-    """In simulation, the Coordinator's measurement is that of the installed ``geode`` package."""
-    return measure_bundle(Path(geode.__file__).parent)
-
-
-@dataclass(frozen=True)
-class CoordinatorConfig:
-    data_dir: Path
-    client_addr: tuple[str, int] = ("127.0.0.1", 4433)
-    mesh_addr: tuple[str, int] = ("127.0.0.1", 2001)
-    simulation: bool = False
-    sealing_key: Path | None = None
-    platform_key: Path | None = None
-    # Simulated platform keys trusted for services' evidence only (``--trust-platform-key``).
-    trusted_platform_keys: Sequence[Path] = ()
-    # ...and for peer Coordinators' evidence, which earns the cluster key
-    # (``--trust-coordinator-platform-key``); this Coordinator's own platform key is trusted
-    # for both. The lists are separate: see ``geode.coordinator._cluster``.
-    coordinator_platform_keys: Sequence[Path] = ()
-    collateral: Mapping[str, Path] = field(default_factory=dict)  # evidence kind: its file
-    san: Sequence[str] = ()
-    leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
-    nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
-    log_level: str = "info"
-    etcd: EtcdSettings | None = None  # the etcd store; None: the state in ``data_dir``
-    # Where peer Coordinators reach this one's mesh API (etcd store); None: ``mesh_addr``.
-    advertise_addr: tuple[str, int] | None = None
-    # How often a Coordinator on etcd checks whether another one saved (reads catch up).
-    etcd_poll: datetime.timedelta = datetime.timedelta(seconds=1)
-    # Connections and request heads on both APIs (``_limits``).
-    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
-    # What validating a manifest or update someone sent may cost (``_validation``).
-    manifest_budget: ManifestBudget = DEFAULT_MANIFEST_BUDGET
-
-
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
     dns = {"localhost", socket.gethostname().lower()}
     ips = {"127.0.0.1", "::1"}
@@ -130,18 +91,6 @@ class _Server(LimitedServer):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def _read_collateral(config: CoordinatorConfig) -> dict[str, bytes]:
-    """The verification collateral given per evidence kind (Intel: TCB info, QE identity and
-    CRLs as ``geode evidence verify --collateral`` takes them), read once at start."""
-    collateral = {}
-    for kind, path in config.collateral.items():
-        try:
-            collateral[kind] = path.read_bytes()
-        except OSError as exc:
-            raise GeodeError(f"--collateral {kind}={path}: {exc.strerror}") from None
-    return collateral
 
 
 def _open_store(config: CoordinatorConfig) -> Store:
@@ -186,33 +135,35 @@ class _Opened:
     cluster: ClusterMember | None
 
 
-def open_coordinator(config: CoordinatorConfig) -> tuple[Coordinator, Store]:
-    """Build the Coordinator from its configuration and unseal its state."""
-    opened = _open(config)
+def open_coordinator(
+    config: CoordinatorConfig,
+    *,
+    host: HostTee | None = None,
+    probe: HostProbe | None = None,
+    trust: TrustAnchors | None = None,
+) -> tuple[Coordinator, Store]:
+    """Build the Coordinator from its configuration and unseal its state.
+
+    On hardware, ``host`` is its TEE (else ``probe(config.tee)``, else ``probe_host``) and
+    ``trust`` what hardware evidence is checked against (else the pinned vendor roots): the only
+    way to run it on a fake TEE or under test roots. No flag or environment variable reaches
+    either."""
+    opened = _open(config, StartDeps(host, probe, trust or TrustAnchors()))
     return opened.coordinator, opened.store
 
 
-def _open(config: CoordinatorConfig) -> _Opened:
-    """``open_coordinator``, keeping this Coordinator's place among the others for ``_serve``."""
-    if not config.simulation:
-        raise GeodeError(
-            "no TEE quote provider is available on this machine; start with --simulation"
-        )
-    sealing_path = config.sealing_key or default_sealing_key_path()
-    if sealing_path.resolve().is_relative_to(config.data_dir.resolve()):
-        raise SealError(
-            f"the sealing key {sealing_path} must not live in the data directory it protects"
-        )
-    sealing_key = load_or_create_sealing_key(sealing_path)
-    platform = SimulatedPlatform.load_or_create(config.platform_key)
-    trusted = [platform.public_key]
-    trusted += [SimulatedPlatform.load(p).public_key for p in config.trusted_platform_keys]
-    peers = [SimulatedPlatform.load(p).public_key for p in config.coordinator_platform_keys]
-    collateral = _read_collateral(config)
+def _open(config: CoordinatorConfig, deps: StartDeps) -> _Opened:
+    """``open_coordinator``, keeping this Coordinator's place among the others for ``_serve``.
+    The TEE is found and attested before the store is opened: a host without one leaves no
+    data directory behind."""
+    config.check()
+    attesting = simulated(config, deps.trust) if config.simulated else hardware(config, deps)
+    sealing_key = attesting.sealing_key
     store = _open_store(config)
     shared = store.shared
     settings = CoordinatorSettings(
-        simulation=True,
+        simulation=config.simulated,
+        durable_sealing=attesting.durable,
         leaf_lifetime=config.leaf_lifetime,
         nonce_ttl=config.nonce_ttl,
         shared_nonces=shared is not None,
@@ -220,12 +171,11 @@ def _open(config: CoordinatorConfig) -> _Opened:
     )
     coordinator = Coordinator(
         settings,
-        EvidenceVerifier(simulation=True, platform_keys=trusted, collateral=collateral),
-        platform,
-        coordinator_measurement(),
+        attesting.verifier,
+        attesting.tee,
         sealing_key,
         audit=store.audit,
-        peer_verifier=coordinator_peer_verifier(settings, platform, peers, collateral),
+        peer_verifier=attesting.peer_verifier,
     )
     cluster = None
     try:
@@ -234,7 +184,11 @@ def _open(config: CoordinatorConfig) -> _Opened:
             coordinator.load(blob)
         else:
             cluster = ClusterMember(
-                advertised_address(config), config.data_dir, shared, sealing_key
+                advertised_address(config),
+                config.data_dir,
+                shared,
+                sealing_key,
+                keep_copy=attesting.durable,
             )
             cluster.started_empty = blob is None
             cluster_key = local = cluster.local_key()
@@ -243,7 +197,7 @@ def _open(config: CoordinatorConfig) -> _Opened:
                 cluster_key = cluster.join(blob, coordinator.cluster_keys.join_party()) or local
             coordinator.load(blob, cluster_key)
             cluster.keep(coordinator.cluster_key)
-            cluster.register(coordinator.measurement)
+            cluster.register(attesting.tee.tee, attesting.tee.measurement)
     except BaseException:
         store.close()
         raise
@@ -286,8 +240,8 @@ def _api_server(
     return _Server(config, protocol, gate, context)
 
 
-async def _serve(config: CoordinatorConfig) -> int:
-    opened = _open(config)
+async def _serve(config: CoordinatorConfig, deps: StartDeps) -> int:
+    opened = _open(config, deps)
     coordinator, store, cluster = opened.coordinator, opened.store, opened.cluster
     try:
         tls = ServerTLS(coordinator, *_server_names(config))
@@ -418,20 +372,29 @@ async def _follow(
             failing = False
 
 
-def serve(config: CoordinatorConfig) -> int:
-    """Run the Coordinator until SIGINT or SIGTERM; returns the process exit code."""
+def serve(
+    config: CoordinatorConfig,
+    *,
+    host: HostTee | None = None,
+    probe: HostProbe | None = None,
+    trust: TrustAnchors | None = None,
+) -> int:
+    """Run the Coordinator until SIGINT or SIGTERM; returns the process exit code. ``host``,
+    ``probe`` and ``trust`` as ``open_coordinator`` takes them (tests only)."""
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if config.simulation:
+    config.check()
+    if config.simulated:
         log.warning(SIMULATION_BANNER)
+    deps = StartDeps(host, probe, trust or TrustAnchors())
     try:
         try:
             import uvloop
         except ImportError:  # pragma: no cover - uvloop is a dependency on CPython
-            return asyncio.run(_serve(config))
-        return int(uvloop.run(_serve(config)))
+            return asyncio.run(_serve(config, deps))
+        return int(uvloop.run(_serve(config, deps)))
     finally:
         stop_workers()  # the manifest validation's helper processes
