@@ -50,7 +50,7 @@ class _MeasureGroup(click.Group):
     ``geode measure bundle ...``; anything that is not a subcommand name goes to ``bundle``."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
             args = [_BUNDLE, *args]
         return super().parse_args(ctx, args)
 
@@ -73,7 +73,10 @@ def measure() -> None:
 def measure_bundle_command(directory: Path | None, coordinator_package: bool) -> None:
     """Print the simulation-mode measurement of a code bundle DIRECTORY."""
     if coordinator_package == (directory is not None):
-        raise click.UsageError("give a DIRECTORY or --coordinator-package")
+        raise click.UsageError(
+            "give a DIRECTORY or --coordinator-package, or one of sev-snp, sgx, evidence "
+            "(geode measure --help)"
+        )
     if directory is None:
         from geode.coordinator import coordinator_measurement
 
