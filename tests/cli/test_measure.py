@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import shutil
 import struct
 import subprocess
@@ -25,7 +26,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from geode.attestation import ReferenceValues
+from geode.attestation import Evidence, ReferenceValues
 from geode.attestation._sigstruct import HEADER, HEADER2, SIGSTRUCT_SIZE, parse_sigstruct
 from geode.cli import cli
 from geode.errors import EvidenceError
@@ -408,3 +409,12 @@ def test_measure_dir_and_bundle_dir_are_the_same(tmp_path: Path) -> None:
     code, _, err = run()
     assert code == 2
     assert "give a DIRECTORY or --coordinator-package" in err
+
+
+def test_evidence_in_its_json_envelope_as_a_statement_carries_it(tmp_path: Path) -> None:
+    body = intel.td_report(mrtd=b"\x31" * 48)
+    quote = intel.build_quote(intel.QuoteSpec(version=4, tee="tdx", body=body))
+    envelope = json.dumps(Evidence("tdx", quote).to_json()).encode()
+    code, out, _ = run("evidence", _write(tmp_path, "statement-evidence.json", envelope))
+    assert code == 0
+    assert policy_of(out).mrtd == "31" * 48

@@ -22,7 +22,7 @@ from types import ModuleType
 import click
 import yaml
 
-from geode.attestation import Evidence, ReferenceValues, detect_kind, measure_bundle
+from geode.attestation import ReferenceValues, measure_bundle
 
 # Private until the attestation package exports them.
 from geode.attestation._golden import (
@@ -32,6 +32,7 @@ from geode.attestation._golden import (
 )
 from geode.attestation._sigstruct import parse_sigstruct
 from geode.cli._common import warn
+from geode.cli._evidence import _read_evidence
 
 __all__ = ["SEV_SNP_MEASURE_MISSING", "measure", "policy_entry_yaml"]
 
@@ -249,11 +250,13 @@ def measure_sgx(sig: Path, identity: str) -> None:
 def measure_evidence(file: Path, kind: str, identity: str) -> None:
     """Print the reference values a golden quote or report in FILE shows, as a policy entry.
 
+    FILE holds the raw evidence or its JSON envelope (``{"kind", "data"}``: the ``evidence`` of
+    a Coordinator's statement, ``GET /api/v1/attestation``).
+
     This only READS the evidence: it does not verify its signature, chain or TCB. Take it from a
     machine you trust, or check it first with ``geode evidence verify``.
     """
-    raw = file.read_bytes()
-    found = Evidence(detect_kind(raw) if kind == "auto" else kind, raw)
+    found = _read_evidence(file.read_bytes(), kind)
     reference = golden_reference_values(found, by_signer=_by_signer(identity))
     warn(f"{file.name}: read, NOT verified; the values are only as good as where it came from")
     _echo_policy(
