@@ -40,8 +40,8 @@ SEV_SNP_MEASURE_MISSING = (
     "the sev-snp-measure package is not installed: pip install 'geode[measure]' "
     "(or pip install sev-snp-measure)"
 )
-# Guest features (SEV_FEATURES in the VMSA) the kernel enables: 0x1 = SNPActive only (before
-# Linux 6.6); 6.6 and later also turn on DebugSwap by default (0x21).
+# SEV features in the VMSA (set by the host's KVM and QEMU, not by the image): 0x1 is SNPActive
+# alone; 0x21 adds DebugSwap, which some host kernels enable.
 DEFAULT_GUEST_FEATURES = 0x1
 _BUNDLE = "bundle"
 
@@ -154,7 +154,7 @@ def _hex_int(value: str) -> int:
     "--guest-features",
     default=hex(DEFAULT_GUEST_FEATURES),
     show_default=True,
-    help="SEV features the guest kernel enables (0x1 before Linux 6.6, 0x21 from 6.6).",
+    help="SEV features the host sets in the VMSA (0x1 SNPActive; 0x21 adds DebugSwap).",
 )
 @click.option("--host-data", metavar="HEX", help="Also require this HOST_DATA (32 bytes, hex).")
 @click.option("--hex", "hex_only", is_flag=True, help="Print only the measurement in hex.")
