@@ -418,3 +418,36 @@ def test_evidence_in_its_json_envelope_as_a_statement_carries_it(tmp_path: Path)
     code, out, _ = run("evidence", _write(tmp_path, "statement-evidence.json", envelope))
     assert code == 0
     assert policy_of(out).mrtd == "31" * 48
+
+
+def test_every_printed_policy_loads_as_a_verification_policy(
+    tmp_path: Path, sgx_key: rsa.RSAPrivateKey
+) -> None:
+    """``geode verify --policy`` reads what ``geode measure`` prints (skipped until the policy
+    loader, ``geode.client.VerificationPolicy``, is on this branch)."""
+    import geode.client
+
+    loader = getattr(geode.client, "VerificationPolicy", None)
+    if loader is None:
+        pytest.skip("geode.client.VerificationPolicy is not on this branch yet")
+    tcb = snp.tcb_raw("Genoa", bootloader=9, tee=0, snp=21, microcode=210)
+    key = ec.generate_private_key(ec.SECP384R1())
+    files = {
+        "snp": _write(tmp_path, "a.snp", snp.forge_report(key, product="Genoa", tcb=tcb)),
+        "tdx": _write(tmp_path, "a.tdx", intel.build_quote(intel.QuoteSpec(version=4, tee="tdx"))),
+        "sgx": _write(tmp_path, "a.sgx", intel.build_quote(intel.QuoteSpec())),
+        "sig": _write(tmp_path, "a.sig", build_sigstruct(sgx_key)),
+    }
+    for args in (
+        ["evidence", files["snp"]],
+        ["evidence", files["tdx"]],
+        ["evidence", files["sgx"], "--identity", "mrsigner"],
+        ["sgx", files["sig"]],
+    ):
+        code, out, _ = run(*args)
+        assert code == 0
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(out)
+        (got,) = loader.load(policy).accept
+        entry = yaml.safe_load(out)["accept"][0]
+        assert {k: got.model_dump(mode="json")[k] for k in entry} == entry
