@@ -348,6 +348,9 @@ def test_sev_snp_passes_every_input_to_the_package(
     assert policy_of(out) == ReferenceValues(
         tee="sev-snp", measurement="77" * 48, host_data="0c" * 32, debug=False
     )
+    code, _, err = run(*_snp_args(vm_files, "--host-data", "zz"))
+    assert code == 2
+    assert "'zz': expected 32 bytes as 64 hex digits" in err
     code, _, err = run(*_snp_args(vm_files, "--vcpu-type", "Pentium"))
     assert code == 2
     assert "'Pentium': not one of EPYC-Milan" in err

@@ -124,6 +124,17 @@ def _hex_int(value: str) -> int:
         raise click.BadParameter(f"{value!r}: expected a number such as 0x1 or 0x21") from None
 
 
+def _host_data(value: str) -> str:
+    try:
+        if len(bytes.fromhex(value)) == 32:
+            return value.lower()
+    except ValueError:
+        pass
+    raise click.BadParameter(
+        f"{value!r}: expected 32 bytes as 64 hex digits", param_hint="--host-data"
+    )
+
+
 @measure.command("sev-snp")
 @click.option(
     "--ovmf",
@@ -174,6 +185,8 @@ def measure_sev_snp(
     Computed by the sev-snp-measure package (QEMU, SNP mode); Geode does not re-implement it.
     """
     features = _hex_int(guest_features)
+    if host_data is not None:
+        host_data = _host_data(host_data)
     guest, vcpu_types, sev_mode = _load_sevsnpmeasure()
     signatures: dict[str, int] = vcpu_types.CPU_SIGS
     if vcpu_type not in signatures:
@@ -193,18 +206,16 @@ def measure_sev_snp(
         )
     except (RuntimeError, ValueError) as exc:  # the package's own "wrong firmware" errors
         raise click.ClickException(f"sev-snp-measure: {exc}") from None
-    try:
-        reference = ReferenceValues(
-            tee="sev-snp", measurement=digest.hex(), host_data=host_data, debug=False
-        )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc).splitlines()[-1], param_hint="--host-data") from None
+    reference = ReferenceValues(
+        tee="sev-snp", measurement=digest.hex(), host_data=host_data, debug=False
+    )
     if hex_only:
         click.echo(digest.hex())
         return
     _echo_policy(
         reference,
-        f"SEV-SNP launch measurement (sev-snp-measure; {vcpus} x {vcpu_type}, "
+        f"SEV-SNP launch measurement {digest.hex()}\n"
+        f"(sev-snp-measure; {vcpus} x {vcpu_type}, "
         f"guest features {features:#x})\nkernel {Path(kernel).name}, initrd "
         f"{Path(initrd).name if initrd else '-'}, append {append!r}",
     )
