@@ -23,8 +23,6 @@ CVM = HARDWARE / "cvm" / "build.sh"
 class _Gramine:
     """What gramine-manifest offers a template under ``gramine``."""
 
-    libos = "/usr/lib/x86_64-linux-gnu/gramine/libsysdb.so"
-
     @staticmethod
     def runtimedir() -> str:
         return "/usr/lib/x86_64-linux-gnu/gramine/runtime/glibc"
