@@ -10,7 +10,7 @@ import click
 
 import geode
 from geode._files import replace_file
-from geode.attestation import TEE_CHOICES, SgxSealing, measure_bundle, probe_host
+from geode.attestation import TEE_CHOICES, SgxSealing, probe_host
 from geode.cli._common import (
     DEFAULT_CLIENT_ADDR,
     DEFAULT_MESH_ADDR,
@@ -28,6 +28,7 @@ from geode.cli._evidence import evidence
 from geode.cli._governance import audit, recover, secret
 from geode.cli._inject import inject
 from geode.cli._manifest import manifest
+from geode.cli._measure import measure
 from geode.cli._run import run
 from geode.cli._up import up
 from geode.cli._verify import verify
@@ -325,27 +326,6 @@ def coordinator(
 
 
 @cli.command()
-@click.argument(
-    "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False
-)
-@click.option(
-    "--coordinator-package",
-    is_flag=True,
-    help="Measure the installed geode package (the simulated Coordinator's measurement).",
-)
-def measure(directory: Path | None, coordinator_package: bool) -> None:
-    """Print the simulation-mode measurement of a code bundle DIRECTORY."""
-    if coordinator_package == (directory is not None):
-        raise click.UsageError("give a DIRECTORY or --coordinator-package")
-    if directory is None:
-        from geode.coordinator import coordinator_measurement
-
-        click.echo(coordinator_measurement().hex())
-    else:
-        click.echo(measure_bundle(directory).hex())
-
-
-@cli.command()
 @coordinator_option
 @root_option
 @insecure_option
@@ -399,6 +379,7 @@ cli.add_command(audit)
 cli.add_command(recover)
 cli.add_command(up)
 cli.add_command(inject)
+cli.add_command(measure)
 
 
 def main() -> None:
