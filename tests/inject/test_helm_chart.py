@@ -14,7 +14,7 @@ import functools
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 import pytest
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from geode.attestation import TEE_CHOICES, SgxSealing
 from geode.cli import cli
 from geode.inject import SERVICE_LABEL
 from tests.inject.support.admission import KUBERNETES_VERSIONS, require
@@ -199,7 +200,12 @@ def test_the_coordinator_statefulset() -> None:
         "client": 4433,
         "mesh": 2001,
     }
-    assert {m["mountPath"] for m in coordinator["volumeMounts"]} == {"/var/lib/geode", "/tmp"}
+    # /sys/kernel/config: configfs-tsm, how the default (auto) profile reaches the node's TEE.
+    assert {m["mountPath"] for m in coordinator["volumeMounts"]} == {
+        "/var/lib/geode",
+        "/tmp",
+        "/sys/kernel/config",
+    }
     for name, port in (("geode-client", 4433), ("geode-mesh", 2001)):
         service = rendered.get("Service", name)
         assert service["spec"]["ports"][0]["port"] == port
@@ -217,11 +223,28 @@ def _parse(command: click.Command, args: list[str]) -> dict[str, Any]:
     return dict(context.params)
 
 
+def _coordinator_params(args: list[str]) -> dict[str, Any]:
+    """``geode coordinator``'s parameters for ``args``. ``--tee`` and ``--sgx-sealing`` are
+    checked against the choices of geode.attestation until the command has them itself."""
+    command = cli.commands["coordinator"]
+    names = {opt for param in command.params for opt in param.opts}
+    args = list(args)
+    found: dict[str, Any] = {}
+    for option, choices in (("--tee", TEE_CHOICES), ("--sgx-sealing", get_args(SgxSealing))):
+        if option in args and option not in names:
+            at = args.index(option)
+            assert args[at + 1] in choices, (option, args[at + 1])
+            found[option.lstrip("-").replace("-", "_")] = args[at + 1]
+            del args[at : at + 2]
+    return {**_parse(command, args), **found}
+
+
 def test_the_coordinator_command_line_is_one_geode_accepts() -> None:
-    for values in ({}, SIMULATION, TEE):
+    for values, tee in ((SIMULATION, "simulated"), ({}, "auto"), (TEE, "auto")):
         command = Rendered(values).coordinator()["command"]
         assert command[:2] == ["geode", "coordinator"]
-        params = _parse(cli.commands["coordinator"], command[2:])
+        params = _coordinator_params(command[2:])
+        assert params["tee"] == tee
         assert str(params["data_dir"]) == "/var/lib/geode/data"
         assert params["client_addr"] == "0.0.0.0:4433"
         assert params["simulation"] is (values is SIMULATION)
@@ -229,13 +252,13 @@ def test_the_coordinator_command_line_is_one_geode_accepts() -> None:
 
 
 def test_the_webhook_command_line_is_one_geode_accepts(tmp_path: Path) -> None:
-    (tmp_path / "tls.crt").write_text("x")
-    (tmp_path / "tls.key").write_text("x")
+    for name in ("tls.crt", "tls.key", "profiles.json"):
+        (tmp_path / name).write_text("x")
     rendered = Rendered(SIMULATION)
     command = rendered.webhook()["command"]
     assert command[:3] == ["geode", "inject", "serve"]
     args = [
-        str(tmp_path / Path(arg).name) if arg.startswith("/etc/geode/webhook-tls/") else arg
+        str(tmp_path / Path(arg).name) if arg.startswith("/etc/geode/") else arg
         for arg in command[3:]
     ]
     inject = cli.commands["inject"]
@@ -244,9 +267,22 @@ def test_the_webhook_command_line_is_one_geode_accepts(tmp_path: Path) -> None:
     assert params["coordinator"] == "geode-mesh.geode.svc:2001"
     assert params["simulation_platform_key_secret"] == "geode-platform-key"
     assert params["root_ca_configmap"] == "geode-root"
-    # The address the webhook injects is one the Coordinator's certificate names.
-    coordinator = _parse(cli.commands["coordinator"], rendered.coordinator()["command"][2:])
+    # The addresses the webhook uses are ones the Coordinator's certificate names.
+    coordinator = _coordinator_params(rendered.coordinator()["command"][2:])
     assert params["coordinator"].rpartition(":")[0] in coordinator["san"]
+    assert params["coordinator_client"] == "geode-client.geode.svc:4433"
+    assert params["coordinator_client"].rpartition(":")[0] in coordinator["san"]
+    assert params["manifest_refresh"] == "30s"
+    # The files it reads are the ConfigMaps it mounts.
+    mounts = {m["mountPath"]: m["name"] for m in rendered.webhook()["volumeMounts"]}
+    volumes = {
+        v["name"]: v for v in rendered.get("Deployment")["spec"]["template"]["spec"]["volumes"]
+    }
+    root = volumes[mounts["/etc/geode/root"]]["configMap"]
+    assert (root["name"], root["optional"]) == ("geode-root", True)
+    assert command[command.index("--root-ca") + 1] == "/etc/geode/root/root.pem"
+    profiles = volumes[mounts["/etc/geode/tee"]]["configMap"]["name"]
+    assert "profiles.json" in rendered.get("ConfigMap", profiles)["data"]
     # The key installer of the Coordinator's pod is a command geode has.
     init = rendered.get("StatefulSet")["spec"]["template"]["spec"]["initContainers"][0]
     assert init["command"][:3] == ["geode", "inject", "install-key"]
@@ -291,8 +327,13 @@ def test_simulation_copies_the_key_and_root_to_workload_namespaces() -> None:
     }
     assert sorted(keys) == ["books", "geode", "shop"]
     assert len(set(keys.values())) == 1  # one platform, the Coordinator's
-    roots = {c["metadata"]["namespace"]: c["data"]["root.pem"] for c in rendered.all("ConfigMap")}
-    assert sorted(roots) == ["books", "shop"]
+    roots = {
+        c["metadata"]["namespace"]: c["data"]["root.pem"]
+        for c in rendered.all("ConfigMap")
+        if "root.pem" in c["data"]
+    }
+    # The release's namespace too: the webhook reads the manifest pinned to this root.
+    assert sorted(roots) == ["books", "geode", "shop"]
     assert set(roots.values()) == {ROOT_PEM}
     existing = Rendered(
         merged(SIMULATION, {"simulation": {"platformKey": {"existingSecret": "mine"}}})
@@ -320,7 +361,7 @@ def test_etcd_settings_are_off_by_default_and_accepted_by_the_coordinator() -> N
     assert advertised == "$(GEODE_POD_NAME).geode-headless.geode.svc.cluster.local:2001"
     env = {e["name"]: e for e in rendered.coordinator()["env"]}
     assert env["GEODE_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    params = _parse(cli.commands["coordinator"], command[2:])
+    params = _coordinator_params(command[2:])
     assert params["store"] == store
     assert params["advertise_addr"] == advertised
     assert params["etcd_prefix"] == "/geode"
