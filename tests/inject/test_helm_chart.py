@@ -478,7 +478,7 @@ def test_webhook_tls_from_a_secret_or_cert_manager() -> None:
 
 def test_helm_lint_finds_no_error() -> None:
     helm = require("helm_python", "helm-python-sdk")
-    for values in ({}, merged(SIMULATION, ETCD, TEE)):
+    for values in ({}, merged(SIMULATION, ETCD, TEE), GRAMINE, {"coordinator": {"tee": "tdx"}}):
         report = helm.lint(str(CHART), values, strict=True)
         assert report["errors"] == [], report
         assert [m for m in report["messages"] if m["severity"] > 1] == [], report
