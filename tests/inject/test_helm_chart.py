@@ -10,112 +10,34 @@ functions, so no renderer of our own stands in for Helm here.
 from __future__ import annotations
 
 import base64
-import functools
 import itertools
-import json
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import click
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from geode.attestation import TEE_CHOICES, SgxSealing
 from geode.cli import cli
 from geode.inject import SERVICE_LABEL
 from tests.inject.support.admission import KUBERNETES_VERSIONS, require
-
-CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "geode"
-NAMESPACE = "geode"
-ROOT_PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
-SIMULATION = {"simulation": {"enabled": True}}
-ETCD = {
-    "coordinator": {
-        "replicas": 3,
-        "store": {
-            "type": "etcd",
-            "etcd": {
-                "endpoints": ["etcd-0.etcd:2379", "etcd-1.etcd:2379", "etcd-2.etcd:2379"],
-                "tls": {"secretName": "geode-etcd-client"},
-            },
-        },
-    }
-}
-TEE = {
-    "coordinator": {
-        "teeResources": {
-            "sgx.intel.com/epc": "64Mi",
-            "sgx.intel.com/enclave": 1,
-            "sgx.intel.com/provision": 1,
-        },
-        "runtimeClassName": "kata-cc",
-    }
-}
-
-
-def merged(*parts: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, dict) and isinstance(result.get(key), dict):
-                result[key] = merged(result[key], value)
-            else:
-                result[key] = value
-    return result
-
-
-@functools.cache
-def _render(values: str) -> dict[str, str]:
-    # Cached: each render generates RSA keys for the webhook's certificate (most of its time).
-    helm = require("helm_python", "helm-python-sdk")
-    with helm.Chart.load(str(CHART)) as chart:
-        files: dict[str, str] = chart.render(
-            json.loads(values), name="geode", namespace=NAMESPACE, is_install=True
-        )
-    return files
-
-
-class Rendered:
-    """The chart's output: its objects by kind and name, and NOTES.txt."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        files = dict(_render(json.dumps(values, sort_keys=True)))
-        self.notes = files.pop("geode/templates/NOTES.txt", "")
-        self.objects = [
-            doc for text in files.values() for doc in yaml.safe_load_all(text) if doc is not None
-        ]
-
-    def all(self, kind: str) -> list[dict[str, Any]]:
-        return [o for o in self.objects if o["kind"] == kind]
-
-    def get(self, kind: str, name: str | None = None) -> dict[str, Any]:
-        found = [o for o in self.all(kind) if name is None or o["metadata"]["name"] == name]
-        assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
-        return found[0]
-
-    def coordinator(self) -> dict[str, Any]:
-        container: dict[str, Any] = self.get("StatefulSet")["spec"]["template"]["spec"][
-            "containers"
-        ][0]
-        return container
-
-    def webhook(self) -> dict[str, Any]:
-        container: dict[str, Any] = self.get("Deployment")["spec"]["template"]["spec"][
-            "containers"
-        ][0]
-        return container
-
-
-def render_error(values: dict[str, Any]) -> str:
-    helm = require("helm_python", "helm-python-sdk")
-    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError) as failure:
-        chart.render(values, name="geode", namespace=NAMESPACE)
-    return str(failure.value)
-
+from tests.inject.support.chart import (
+    CHART,
+    ETCD,
+    GRAMINE,
+    NAMESPACE,
+    ROOT_PEM,
+    SIMULATION,
+    TEE,
+    Rendered,
+    coordinator_params,
+    merged,
+    parse_command,
+    render_error,
+)
 
 COMBINATIONS = [
     pytest.param(
@@ -218,32 +140,11 @@ def test_the_coordinator_statefulset() -> None:
     assert {"name": "data", "emptyDir": {}} in volumes
 
 
-def _parse(command: click.Command, args: list[str]) -> dict[str, Any]:
-    context = command.make_context(command.name or "", list(args))
-    return dict(context.params)
-
-
-def _coordinator_params(args: list[str]) -> dict[str, Any]:
-    """``geode coordinator``'s parameters for ``args``. ``--tee`` and ``--sgx-sealing`` are
-    checked against the choices of geode.attestation until the command has them itself."""
-    command = cli.commands["coordinator"]
-    names = {opt for param in command.params for opt in param.opts}
-    args = list(args)
-    found: dict[str, Any] = {}
-    for option, choices in (("--tee", TEE_CHOICES), ("--sgx-sealing", get_args(SgxSealing))):
-        if option in args and option not in names:
-            at = args.index(option)
-            assert args[at + 1] in choices, (option, args[at + 1])
-            found[option.lstrip("-").replace("-", "_")] = args[at + 1]
-            del args[at : at + 2]
-    return {**_parse(command, args), **found}
-
-
 def test_the_coordinator_command_line_is_one_geode_accepts() -> None:
     for values, tee in ((SIMULATION, "simulated"), ({}, "auto"), (TEE, "auto")):
         command = Rendered(values).coordinator()["command"]
         assert command[:2] == ["geode", "coordinator"]
-        params = _coordinator_params(command[2:])
+        params = coordinator_params(command[2:])
         assert params["tee"] == tee
         assert str(params["data_dir"]) == "/var/lib/geode/data"
         assert params["client_addr"] == "0.0.0.0:4433"
@@ -263,12 +164,12 @@ def test_the_webhook_command_line_is_one_geode_accepts(tmp_path: Path) -> None:
     ]
     inject = cli.commands["inject"]
     assert isinstance(inject, click.Group)
-    params = _parse(inject.commands["serve"], args)
+    params = parse_command(inject.commands["serve"], args)
     assert params["coordinator"] == "geode-mesh.geode.svc:2001"
     assert params["simulation_platform_key_secret"] == "geode-platform-key"
     assert params["root_ca_configmap"] == "geode-root"
     # The addresses the webhook uses are ones the Coordinator's certificate names.
-    coordinator = _coordinator_params(rendered.coordinator()["command"][2:])
+    coordinator = coordinator_params(rendered.coordinator()["command"][2:])
     assert params["coordinator"].rpartition(":")[0] in coordinator["san"]
     assert params["coordinator_client"] == "geode-client.geode.svc:4433"
     assert params["coordinator_client"].rpartition(":")[0] in coordinator["san"]
@@ -361,7 +262,7 @@ def test_etcd_settings_are_off_by_default_and_accepted_by_the_coordinator() -> N
     assert advertised == "$(GEODE_POD_NAME).geode-headless.geode.svc.cluster.local:2001"
     env = {e["name"]: e for e in rendered.coordinator()["env"]}
     assert env["GEODE_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    params = _coordinator_params(command[2:])
+    params = coordinator_params(command[2:])
     assert params["store"] == store
     assert params["advertise_addr"] == advertised
     assert params["etcd_prefix"] == "/geode"
@@ -482,143 +383,3 @@ def test_helm_lint_finds_no_error() -> None:
         report = helm.lint(str(CHART), values, strict=True)
         assert report["errors"] == [], report
         assert [m for m in report["messages"] if m["severity"] > 1] == [], report
-
-
-def _pod(rendered: Rendered) -> dict[str, Any]:
-    pod: dict[str, Any] = rendered.get("StatefulSet")["spec"]["template"]["spec"]
-    return pod
-
-
-def _arg(command: list[str], option: str) -> str:
-    return command[command.index(option) + 1]
-
-
-def test_the_default_is_hardware_mode_on_a_node_that_is_a_tee() -> None:
-    rendered = Rendered({})
-    command = rendered.coordinator()["command"]
-    assert _arg(command, "--tee") == "auto"
-    for simulated in ("--simulation", "--platform-key", "--sealing-key", "--sgx-sealing"):
-        assert simulated not in command
-    pod = _pod(rendered)
-    assert "runtimeClassName" not in pod
-    # Scheduled only where the node itself is a TEE: a whole-node CVM by NFD's or Geode's label.
-    required = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    terms = [term["matchExpressions"] for term in required["nodeSelectorTerms"]]
-    assert terms == [
-        [{"key": "geode.dev/tee", "operator": "In", "values": ["sev-snp", "tdx"]}],
-        [
-            {
-                "key": "feature.node.kubernetes.io/cpu-security.tdx.protected",
-                "operator": "In",
-                "values": ["true"],
-            }
-        ],
-    ]
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["tee-tsm"]["hostPath"] == {"path": "/sys/kernel/config", "type": "Directory"}
-    # Settings of one's own are added to the profile's, and replace its affinity.
-    own = Rendered({"coordinator": {"nodeSelector": {"pool": "cvm"}, "affinity": {"x": {}}}})
-    assert _pod(own)["nodeSelector"] == {"pool": "cvm"}
-    assert _pod(own)["affinity"] == {"x": {}}
-
-
-@pytest.mark.parametrize(
-    ("tee", "runtime", "label"),
-    [
-        ("sev-snp", "kata-qemu-snp", "feature.node.kubernetes.io/cpu-security.sev.snp.enabled"),
-        ("tdx", "kata-qemu-tdx", "feature.node.kubernetes.io/cpu-security.tdx.enabled"),
-    ],
-)
-def test_a_confidential_vm_coordinator_through_a_runtime_class(
-    tee: str, runtime: str, label: str, validate: Any
-) -> None:
-    rendered = Rendered({"coordinator": {"tee": tee}})
-    command = rendered.coordinator()["command"]
-    assert _arg(command, "--tee") == tee
-    assert _coordinator_params(command[2:])["tee"] == tee
-    pod = _pod(rendered)
-    assert pod["runtimeClassName"] == runtime
-    assert pod["nodeSelector"] == {label: "true"}
-    assert "affinity" not in pod
-    validate(rendered.get("StatefulSet"))
-    # A whole-node CVM: no runtime class, the node's own runtime.
-    whole = Rendered(
-        {"coordinator": {"tee": tee}, "tee": {"profiles": {tee: {"runtimeClassName": ""}}}}
-    )
-    assert "runtimeClassName" not in _pod(whole)
-    override = Rendered({"coordinator": {"tee": tee, "runtimeClassName": "mine"}})
-    assert _pod(override)["runtimeClassName"] == "mine"
-
-
-GRAMINE = {
-    "coordinator": {"tee": "sgx-gramine", "sgxSealing": "mrsigner"},
-    "tee": {"profiles": {"sgx-gramine": {"gramine": {"image": {"repository": "geode-sgx"}}}}},
-}
-
-
-def test_an_sgx_coordinator_runs_the_gramine_image_with_enclave_resources(validate: Any) -> None:
-    rendered = Rendered(GRAMINE)
-    container = rendered.coordinator()
-    assert container["image"] == "geode-sgx:0.1.0"
-    command = container["command"]
-    assert command[:3] == ["gramine-sgx", "geode", "coordinator"]
-    params = _coordinator_params(command[3:])
-    assert (params["tee"], params["sgx_sealing"]) == ("sgx-gramine", "mrsigner")
-    for part in ("requests", "limits"):
-        resources = container["resources"][part]
-        assert resources["sgx.intel.com/epc"] == "64Mi"
-        assert resources["sgx.intel.com/enclave"] == 1
-        assert resources["sgx.intel.com/provision"] == 1
-    pod = _pod(rendered)
-    assert pod["nodeSelector"] == {"feature.node.kubernetes.io/cpu-security.sgx.enabled": "true"}
-    assert "runtimeClassName" not in pod
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["tee-aesmd"]["hostPath"]["path"] == "/var/run/aesmd"
-    assert {"name": "tee-aesmd", "mountPath": "/var/run/aesmd"} in container["volumeMounts"]
-    validate(rendered.get("StatefulSet"))
-
-
-def test_simulation_only_when_asked_and_loud() -> None:
-    for values in (SIMULATION, merged(SIMULATION, {"coordinator": {"tee": "simulated"}})):
-        rendered = Rendered(values)
-        command = rendered.coordinator()["command"]
-        assert _arg(command, "--tee") == "simulated"
-        assert "--simulation" in command
-        assert "SIMULATION MODE: NO HARDWARE ISOLATION" in rendered.notes
-        assert all(
-            o["metadata"]["labels"]["geode.dev/simulation"] == "true" for o in rendered.objects
-        )
-        assert "affinity" not in _pod(rendered)
-        assert "runtimeClassName" not in _pod(rendered)
-
-
-def test_impossible_tee_values_fail_with_what_to_do() -> None:
-    message = render_error({"coordinator": {"tee": "simulated"}})
-    assert "coordinator.tee=simulated runs without hardware isolation" in message
-    assert "simulation.enabled=true" in message
-    message = render_error(merged(SIMULATION, {"coordinator": {"tee": "tdx"}}))
-    assert "simulation.enabled=true contradicts coordinator.tee=tdx" in message
-    message = render_error({"coordinator": {"tee": "sgx-gramine"}})
-    assert "needs the Gramine image of geode" in message
-    assert "tee.profiles.sgx-gramine.gramine.image.repository" in message
-    assert "'/coordinator/tee': value must be one of" in render_error(
-        {"coordinator": {"tee": "sgx"}}
-    )
-    assert "additional properties 'runtimeClass'" in render_error(
-        {"tee": {"profiles": {"tdx": {"runtimeClass": "kata"}}}}
-    )
-
-
-def test_the_webhook_gets_the_profiles_by_package_kind(tmp_path: Path) -> None:
-    from geode.inject import TeeProfiles
-
-    values = {"tee": {"profiles": {"sgx-gramine": {"resources": {"sgx.intel.com/epc": "128Mi"}}}}}
-    configmap = Rendered(values).get("ConfigMap", "geode-tee-profiles")
-    path = tmp_path / "profiles.json"
-    path.write_text(configmap["data"]["profiles.json"])
-    profiles = TeeProfiles.load(path)
-    assert sorted(profiles.by_kind) == ["sev-snp", "sgx", "tdx"]  # the manifest's kinds
-    sgx = profiles.by_kind["sgx"]
-    assert sgx.resources["sgx.intel.com/epc"] == "128Mi"
-    assert sgx.launcher == ["gramine-sgx", "geode"]
-    assert profiles.by_kind["tdx"].runtime_class_name == "kata-qemu-tdx"

@@ -33,7 +33,7 @@ MESH = "geode-mesh.geode.svc:2001"
 
 def chart_profiles(tmp_path: Path) -> TeeProfiles:
     """The profiles as the chart renders them for the webhook (its default values)."""
-    from tests.inject.test_helm_chart import Rendered
+    from tests.inject.support.chart import Rendered
 
     configmap = Rendered({}).get("ConfigMap", "geode-tee-profiles")
     path = tmp_path / "profiles.json"
