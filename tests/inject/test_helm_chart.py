@@ -10,15 +10,12 @@ functions, so no renderer of our own stands in for Helm here.
 from __future__ import annotations
 
 import base64
-import functools
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,94 +24,20 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from geode.cli import cli
 from geode.inject import SERVICE_LABEL
 from tests.inject.support.admission import KUBERNETES_VERSIONS, require
-
-CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "geode"
-NAMESPACE = "geode"
-ROOT_PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
-SIMULATION = {"simulation": {"enabled": True}}
-ETCD = {
-    "coordinator": {
-        "replicas": 3,
-        "store": {
-            "type": "etcd",
-            "etcd": {
-                "endpoints": ["etcd-0.etcd:2379", "etcd-1.etcd:2379", "etcd-2.etcd:2379"],
-                "tls": {"secretName": "geode-etcd-client"},
-            },
-        },
-    }
-}
-TEE = {
-    "coordinator": {
-        "teeResources": {
-            "sgx.intel.com/epc": "64Mi",
-            "sgx.intel.com/enclave": 1,
-            "sgx.intel.com/provision": 1,
-        },
-        "runtimeClassName": "kata-cc",
-    }
-}
-
-
-def merged(*parts: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, dict) and isinstance(result.get(key), dict):
-                result[key] = merged(result[key], value)
-            else:
-                result[key] = value
-    return result
-
-
-@functools.cache
-def _render(values: str) -> dict[str, str]:
-    # Cached: each render generates RSA keys for the webhook's certificate (most of its time).
-    helm = require("helm_python", "helm-python-sdk")
-    with helm.Chart.load(str(CHART)) as chart:
-        files: dict[str, str] = chart.render(
-            json.loads(values), name="geode", namespace=NAMESPACE, is_install=True
-        )
-    return files
-
-
-class Rendered:
-    """The chart's output: its objects by kind and name, and NOTES.txt."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        files = dict(_render(json.dumps(values, sort_keys=True)))
-        self.notes = files.pop("geode/templates/NOTES.txt", "")
-        self.objects = [
-            doc for text in files.values() for doc in yaml.safe_load_all(text) if doc is not None
-        ]
-
-    def all(self, kind: str) -> list[dict[str, Any]]:
-        return [o for o in self.objects if o["kind"] == kind]
-
-    def get(self, kind: str, name: str | None = None) -> dict[str, Any]:
-        found = [o for o in self.all(kind) if name is None or o["metadata"]["name"] == name]
-        assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
-        return found[0]
-
-    def coordinator(self) -> dict[str, Any]:
-        container: dict[str, Any] = self.get("StatefulSet")["spec"]["template"]["spec"][
-            "containers"
-        ][0]
-        return container
-
-    def webhook(self) -> dict[str, Any]:
-        container: dict[str, Any] = self.get("Deployment")["spec"]["template"]["spec"][
-            "containers"
-        ][0]
-        return container
-
-
-def render_error(values: dict[str, Any]) -> str:
-    helm = require("helm_python", "helm-python-sdk")
-    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError) as failure:
-        chart.render(values, name="geode", namespace=NAMESPACE)
-    return str(failure.value)
-
+from tests.inject.support.chart import (
+    CHART,
+    ETCD,
+    GRAMINE,
+    NAMESPACE,
+    ROOT_PEM,
+    SIMULATION,
+    TEE,
+    Rendered,
+    coordinator_params,
+    merged,
+    parse_command,
+    render_error,
+)
 
 COMBINATIONS = [
     pytest.param(
@@ -199,7 +122,12 @@ def test_the_coordinator_statefulset() -> None:
         "client": 4433,
         "mesh": 2001,
     }
-    assert {m["mountPath"] for m in coordinator["volumeMounts"]} == {"/var/lib/geode", "/tmp"}
+    # /sys/kernel/config: configfs-tsm, how the default (auto) profile reaches the node's TEE.
+    assert {m["mountPath"] for m in coordinator["volumeMounts"]} == {
+        "/var/lib/geode",
+        "/tmp",
+        "/sys/kernel/config",
+    }
     for name, port in (("geode-client", 4433), ("geode-mesh", 2001)):
         service = rendered.get("Service", name)
         assert service["spec"]["ports"][0]["port"] == port
@@ -212,16 +140,12 @@ def test_the_coordinator_statefulset() -> None:
     assert {"name": "data", "emptyDir": {}} in volumes
 
 
-def _parse(command: click.Command, args: list[str]) -> dict[str, Any]:
-    context = command.make_context(command.name or "", list(args))
-    return dict(context.params)
-
-
 def test_the_coordinator_command_line_is_one_geode_accepts() -> None:
-    for values in ({}, SIMULATION, TEE):
+    for values, tee in ((SIMULATION, "simulated"), ({}, "auto"), (TEE, "auto")):
         command = Rendered(values).coordinator()["command"]
         assert command[:2] == ["geode", "coordinator"]
-        params = _parse(cli.commands["coordinator"], command[2:])
+        params = coordinator_params(command[2:])
+        assert params["tee"] == tee
         assert str(params["data_dir"]) == "/var/lib/geode/data"
         assert params["client_addr"] == "0.0.0.0:4433"
         assert params["simulation"] is (values is SIMULATION)
@@ -229,24 +153,37 @@ def test_the_coordinator_command_line_is_one_geode_accepts() -> None:
 
 
 def test_the_webhook_command_line_is_one_geode_accepts(tmp_path: Path) -> None:
-    (tmp_path / "tls.crt").write_text("x")
-    (tmp_path / "tls.key").write_text("x")
+    for name in ("tls.crt", "tls.key", "profiles.json"):
+        (tmp_path / name).write_text("x")
     rendered = Rendered(SIMULATION)
     command = rendered.webhook()["command"]
     assert command[:3] == ["geode", "inject", "serve"]
     args = [
-        str(tmp_path / Path(arg).name) if arg.startswith("/etc/geode/webhook-tls/") else arg
+        str(tmp_path / Path(arg).name) if arg.startswith("/etc/geode/") else arg
         for arg in command[3:]
     ]
     inject = cli.commands["inject"]
     assert isinstance(inject, click.Group)
-    params = _parse(inject.commands["serve"], args)
+    params = parse_command(inject.commands["serve"], args)
     assert params["coordinator"] == "geode-mesh.geode.svc:2001"
     assert params["simulation_platform_key_secret"] == "geode-platform-key"
     assert params["root_ca_configmap"] == "geode-root"
-    # The address the webhook injects is one the Coordinator's certificate names.
-    coordinator = _parse(cli.commands["coordinator"], rendered.coordinator()["command"][2:])
+    # The addresses the webhook uses are ones the Coordinator's certificate names.
+    coordinator = coordinator_params(rendered.coordinator()["command"][2:])
     assert params["coordinator"].rpartition(":")[0] in coordinator["san"]
+    assert params["coordinator_client"] == "geode-client.geode.svc:4433"
+    assert params["coordinator_client"].rpartition(":")[0] in coordinator["san"]
+    assert params["manifest_refresh"] == "30s"
+    # The files it reads are the ConfigMaps it mounts.
+    mounts = {m["mountPath"]: m["name"] for m in rendered.webhook()["volumeMounts"]}
+    volumes = {
+        v["name"]: v for v in rendered.get("Deployment")["spec"]["template"]["spec"]["volumes"]
+    }
+    root = volumes[mounts["/etc/geode/root"]]["configMap"]
+    assert (root["name"], root["optional"]) == ("geode-root", True)
+    assert command[command.index("--root-ca") + 1] == "/etc/geode/root/root.pem"
+    profiles = volumes[mounts["/etc/geode/tee"]]["configMap"]["name"]
+    assert "profiles.json" in rendered.get("ConfigMap", profiles)["data"]
     # The key installer of the Coordinator's pod is a command geode has.
     init = rendered.get("StatefulSet")["spec"]["template"]["spec"]["initContainers"][0]
     assert init["command"][:3] == ["geode", "inject", "install-key"]
@@ -291,8 +228,13 @@ def test_simulation_copies_the_key_and_root_to_workload_namespaces() -> None:
     }
     assert sorted(keys) == ["books", "geode", "shop"]
     assert len(set(keys.values())) == 1  # one platform, the Coordinator's
-    roots = {c["metadata"]["namespace"]: c["data"]["root.pem"] for c in rendered.all("ConfigMap")}
-    assert sorted(roots) == ["books", "shop"]
+    roots = {
+        c["metadata"]["namespace"]: c["data"]["root.pem"]
+        for c in rendered.all("ConfigMap")
+        if "root.pem" in c["data"]
+    }
+    # The release's namespace too: the webhook reads the manifest pinned to this root.
+    assert sorted(roots) == ["books", "geode", "shop"]
     assert set(roots.values()) == {ROOT_PEM}
     existing = Rendered(
         merged(SIMULATION, {"simulation": {"platformKey": {"existingSecret": "mine"}}})
@@ -320,7 +262,7 @@ def test_etcd_settings_are_off_by_default_and_accepted_by_the_coordinator() -> N
     assert advertised == "$(GEODE_POD_NAME).geode-headless.geode.svc.cluster.local:2001"
     env = {e["name"]: e for e in rendered.coordinator()["env"]}
     assert env["GEODE_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    params = _parse(cli.commands["coordinator"], command[2:])
+    params = coordinator_params(command[2:])
     assert params["store"] == store
     assert params["advertise_addr"] == advertised
     assert params["etcd_prefix"] == "/geode"
@@ -437,7 +379,7 @@ def test_webhook_tls_from_a_secret_or_cert_manager() -> None:
 
 def test_helm_lint_finds_no_error() -> None:
     helm = require("helm_python", "helm-python-sdk")
-    for values in ({}, merged(SIMULATION, ETCD, TEE)):
+    for values in ({}, merged(SIMULATION, ETCD, TEE), GRAMINE, {"coordinator": {"tee": "tdx"}}):
         report = helm.lint(str(CHART), values, strict=True)
         assert report["errors"] == [], report
         assert [m for m in report["messages"] if m["severity"] > 1] == [], report

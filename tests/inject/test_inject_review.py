@@ -13,6 +13,9 @@ from geode.cli._run import run as geode_run
 from geode.inject import (
     InjectorConfig,
     PatchOperation,
+    ServiceTees,
+    TeeProfile,
+    TeeProfiles,
     answer_review,
     plan_injection,
     read_pod,
@@ -20,13 +23,21 @@ from geode.inject import (
 from tests.inject.support.admission import patched, pod_of, review, validate_pod, with_pod
 
 MESH = "geode-mesh.geode.svc:2001"
-CONFIG = InjectorConfig(coordinator=MESH)
+# Hardware: the services run on whole-node SEV-SNP VMs whose profile adds nothing to a pod, so
+# these tests see the wrapping alone (tests/inject/test_inject_tee.py has the profiles).
+CONFIG = InjectorConfig(coordinator=MESH, tee_profiles=TeeProfiles({"sev-snp": TeeProfile()}))
 SIMULATION = InjectorConfig(coordinator=MESH, simulation_platform_key_secret="geode-platform-key")
+HARDWARE_TEES = ServiceTees({"bookstore": "sev-snp", "bookwarehouse": "sev-snp"}, "00" * 32)
+SIMULATED_TEES = ServiceTees({"bookstore": "simulated", "bookwarehouse": "simulated"}, "11" * 32)
 WRAPPER = ["geode", "run", "--service"]
 
 
+def tees_for(config: InjectorConfig) -> ServiceTees:
+    return SIMULATED_TEES if config.simulation else HARDWARE_TEES
+
+
 def answer(body: dict[str, Any], config: InjectorConfig = CONFIG) -> dict[str, Any]:
-    result = answer_review(json.dumps(body).encode(), config)
+    result = answer_review(json.dumps(body).encode(), config, tees_for(config))
     assert result.status == 200, result.body
     assert result.body["apiVersion"] == "admission.k8s.io/v1"
     assert result.body["kind"] == "AdmissionReview"
@@ -332,8 +343,8 @@ def test_labelled_pods_that_cannot_be_wrapped_are_refused(change: Any, expected:
 
 
 def test_malformed_reviews_get_a_typed_error() -> None:
-    assert answer_review(b"{not json", CONFIG).status == 400
-    assert answer_review(b"{not json", CONFIG).body["error"] == "invalid_json"
+    assert answer_review(b"{not json", CONFIG, HARDWARE_TEES).status == 400
+    assert answer_review(b"{not json", CONFIG, HARDWARE_TEES).body["error"] == "invalid_json"
     for body, path in [
         ([], ""),
         ({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}, "apiVersion"),
@@ -344,7 +355,7 @@ def test_malformed_reviews_get_a_typed_error() -> None:
             "request.uid",
         ),
     ]:
-        result = answer_review(json.dumps(body).encode(), CONFIG)
+        result = answer_review(json.dumps(body).encode(), CONFIG, HARDWARE_TEES)
         assert result.status == 400
         assert result.body["error"] == "invalid_admission_review"
         assert result.body.get("path", "") == path
@@ -379,7 +390,7 @@ def test_other_operations_and_kinds_are_allowed_untouched() -> None:
 
 def test_the_patch_escapes_annotation_keys() -> None:
     pod = read_pod(pod_of(review("bookstore-replicaset-pod")), "shop")
-    injection = plan_injection(pod, CONFIG)
+    injection = plan_injection(pod, CONFIG, HARDWARE_TEES)
     assert injection.operations[0] == PatchOperation(
         "/metadata/annotations/geode.dev~1injected", "bookstore"
     )

@@ -22,7 +22,15 @@ from click.testing import CliRunner
 
 from geode.cli import cli
 from geode.errors import PKIError
-from geode.inject import MAX_REVIEW_BYTES, InjectorConfig, ServingCertificate, webhook_server
+from geode.inject import (
+    MAX_REVIEW_BYTES,
+    InjectorConfig,
+    ServiceTees,
+    ServingCertificate,
+    TeeProfile,
+    TeeProfiles,
+    webhook_server,
+)
 from tests.inject.support.admission import (
     ServingFiles,
     patched,
@@ -30,16 +38,20 @@ from tests.inject.support.admission import (
     validate_pod,
     write_serving_files,
 )
+from tests.inject.support.manifests import MANIFEST
 from tests.support import free_port
 
-CONFIG = InjectorConfig(coordinator="geode-mesh.geode.svc:2001")
+CONFIG = InjectorConfig(
+    coordinator="geode-mesh.geode.svc:2001", tee_profiles=TeeProfiles({"sev-snp": TeeProfile()})
+)
+TEES = ServiceTees({"bookstore": "sev-snp", "bookwarehouse": "sev-snp"}, "00" * 32)
 
 
 class RunningWebhook:
     def __init__(self, files: ServingFiles, reload_interval: float = 30.0) -> None:
         self.files = files
         self.server = webhook_server(
-            CONFIG, files.cert, files.key, ("127.0.0.1", 0), reload_interval=reload_interval
+            CONFIG, TEES, files.cert, files.key, ("127.0.0.1", 0), reload_interval=reload_interval
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -157,6 +169,8 @@ def test_a_broken_rotation_keeps_the_current_certificate(tmp_path: Path) -> None
 def test_geode_inject_serve_as_a_process(tmp_path: Path) -> None:
     files = write_serving_files(tmp_path / "tls")
     port = free_port()
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_bytes(MANIFEST)
     log = tmp_path / "webhook.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -176,6 +190,8 @@ def test_geode_inject_serve_as_a_process(tmp_path: Path) -> None:
                 "geode-mesh.geode.svc:2001",
                 "--simulation-platform-key-secret",
                 "geode-platform-key",
+                "--manifest",
+                str(manifest),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -210,8 +226,10 @@ def test_geode_inject_serve_as_a_process(tmp_path: Path) -> None:
 
 def test_serve_reports_bad_options_in_one_line(tmp_path: Path) -> None:
     files = write_serving_files(tmp_path)
+    (tmp_path / "manifest.yaml").write_bytes(MANIFEST)
     runner = CliRunner()
     base = ["inject", "serve", "--cert", str(files.cert), "--key", str(files.key)]
+    base += ["--manifest", str(tmp_path / "manifest.yaml")]
     result = runner.invoke(cli, [*base, "--coordinator", "no-port"])
     assert result.exit_code == 1
     assert result.output.strip() == "Error: coordinator: 'no-port': expected HOST:PORT"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geode.cli._common import GeodeGroup, warn
+from geode.cli._common import GeodeGroup, duration, warn
 
 __all__ = ["inject"]
 
@@ -47,6 +47,36 @@ def inject() -> None:
     help="The Coordinator's mesh API as pods reach it, HOST:PORT (env GEODE_COORDINATOR_MESH).",
 )
 @click.option(
+    "--coordinator-client",
+    metavar="HOST:PORT",
+    help="The Coordinator's client API, where the webhook reads the manifest to learn each "
+    "service's TEE (with --root-ca).",
+)
+@click.option(
+    "--root-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The deployment's root certificate (PEM) that --coordinator-client is pinned to; read "
+    "at each fetch, so it may appear after the webhook started.",
+)
+@click.option(
+    "--manifest",
+    "manifest_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Instead of --coordinator-client: the manifest in force, from a file you keep current.",
+)
+@click.option(
+    "--manifest-refresh",
+    default="30s",
+    show_default=True,
+    help="How long a manifest read is used before it is read again.",
+)
+@click.option(
+    "--tee-profiles",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON: what a pod needs per TEE kind (the chart's tee.profiles). Without it, pods of "
+    "hardware services are refused.",
+)
+@click.option(
     "--root-ca-configmap",
     default="geode-root",
     show_default=True,
@@ -81,6 +111,11 @@ def serve(
     key: Path,
     listen: str,
     coordinator: str,
+    coordinator_client: str | None,
+    root_ca: Path | None,
+    manifest_file: Path | None,
+    manifest_refresh: str,
+    tee_profiles: Path | None,
     root_ca_configmap: str,
     launcher: str,
     cluster_domain: str,
@@ -88,8 +123,19 @@ def serve(
     simulation_platform_key_secret: str | None,
     log_level: str,
 ) -> None:
-    """Serve POST /mutate (AdmissionReview v1) over HTTPS."""
-    from geode.inject import InjectorConfig, webhook_server
+    """Serve POST /mutate (AdmissionReview v1) over HTTPS.
+
+    Each labelled pod gets what its service's TEE needs; the TEE is the manifest's (its
+    service's package), read from the Coordinator (--coordinator-client, --root-ca) or a file
+    (--manifest). A pod whose service's TEE is unknown is refused."""
+    from geode.inject import (
+        CoordinatorManifest,
+        InjectorConfig,
+        ManifestFile,
+        ManifestSource,
+        TeeProfiles,
+        webhook_server,
+    )
 
     logging.basicConfig(
         level=log_level.upper(), format="geode inject: %(levelname)s %(name)s: %(message)s"
@@ -102,13 +148,30 @@ def serve(
         cluster_domain=cluster_domain,
         tmpfs_size=tmpfs_size,
         simulation_platform_key_secret=simulation_platform_key_secret,
+        tee_profiles=TeeProfiles.load(tee_profiles) if tee_profiles else TeeProfiles(),
     )
+    refresh = duration(manifest_refresh).total_seconds()
+    source: ManifestSource
+    if manifest_file is not None:
+        if coordinator_client is not None or root_ca is not None:
+            raise click.UsageError("--manifest replaces --coordinator-client and --root-ca")
+        source = ManifestFile(manifest_file, refresh)
+        where = str(manifest_file)
+    elif coordinator_client is not None and root_ca is not None:
+        _address(coordinator_client)
+        source = CoordinatorManifest(coordinator_client, root_ca, refresh)
+        where = f"the Coordinator's client API {coordinator_client}"
+    else:
+        raise click.UsageError(
+            "the webhook learns each service's TEE from the manifest: pass --coordinator-client "
+            "and --root-ca, or --manifest"
+        )
     if config.simulation:
         warn("SIMULATION: injected pods get a simulated platform key: no hardware isolation")
-    server = webhook_server(config, cert, key, address)
+    server = webhook_server(config, source, cert, key, address)
     click.echo(
         f"geode inject: serving https://{address[0]}:{address[1]}/mutate, "
-        f"Coordinator mesh API {coordinator}",
+        f"Coordinator mesh API {coordinator}, manifest from {where}",
         err=True,
     )
     server.run()

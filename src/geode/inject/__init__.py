@@ -1,7 +1,9 @@
 """The Kubernetes admission webhook: pods labelled ``geode.dev/service: NAME`` become instances.
 
 ``answer_review`` turns an AdmissionReview into its answer (a JSONPatch that wraps each container
-in ``geode run``), ``plan_injection`` is the same for a pod already read, ``webhook_server``
+in ``geode run`` and gives the pod what its service's TEE needs: ``TeeProfiles``, with the TEE
+from the manifest through a ``ManifestSource``), ``plan_injection`` is the same for a pod already
+read, ``webhook_server``
 serves it over HTTPS, and ``install_key`` makes the private copy of the simulated platform key
 that injected pods need in simulation. See docs/kubernetes.md.
 """
@@ -20,8 +22,17 @@ from geode.inject._config import (
     InjectorConfig,
 )
 from geode.inject._keys import install_key
+from geode.inject._packages import (
+    CoordinatorManifest,
+    ManifestFile,
+    ManifestSource,
+    ManifestUnavailable,
+    PackageTees,
+    ServiceTees,
+)
 from geode.inject._patch import DNS_NAMES_ENV, ROOT_MOUNT, Injection, PatchOperation, plan_injection
 from geode.inject._pod import ContainerView, PodView, read_pod
+from geode.inject._profiles import HostPathMount, TeeProfile, TeeProfiles
 from geode.inject._review import ADMISSION_API_VERSION, AdmissionAnswer, answer_review
 from geode.inject._server import MAX_REVIEW_BYTES, ServingCertificate, create_app, webhook_server
 
@@ -40,11 +51,20 @@ __all__ = [
     "SIMULATION_ANNOTATION",
     "AdmissionAnswer",
     "ContainerView",
+    "CoordinatorManifest",
+    "HostPathMount",
     "Injection",
     "InjectorConfig",
+    "ManifestFile",
+    "ManifestSource",
+    "ManifestUnavailable",
+    "PackageTees",
     "PatchOperation",
     "PodView",
+    "ServiceTees",
     "ServingCertificate",
+    "TeeProfile",
+    "TeeProfiles",
     "answer_review",
     "create_app",
     "install_key",

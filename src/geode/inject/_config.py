@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
 from geode.errors import InjectionRefused
+from geode.inject._profiles import TeeProfiles
 
 __all__ = [
     "BUNDLE_ANNOTATION",
@@ -61,6 +63,7 @@ class InjectorConfig:
     ``launcher`` is the ``geode`` command inside the pods' images. In simulation
     (``simulation_platform_key_secret`` set), pods also get the simulated platform key from that
     Secret: whoever holds it can forge evidence, so simulation isolates nothing.
+    ``tee_profiles`` say what a pod needs in each TEE kind its service's package may name.
     """
 
     coordinator: str
@@ -69,6 +72,7 @@ class InjectorConfig:
     cluster_domain: str = "cluster.local"
     tmpfs_size: str = "64Mi"
     simulation_platform_key_secret: str | None = None
+    tee_profiles: TeeProfiles = dataclasses.field(default_factory=TeeProfiles)
 
     def __post_init__(self) -> None:
         if (

@@ -7,6 +7,11 @@ left as they are: Kubernetes appends them to the command, so they reach ``geode 
 ``/dev/shm`` for the credentials, and marks the pod as injected so that it is never wrapped twice.
 Fields are replaced whole (``add`` on an existing member replaces it), which makes the patch
 independent of what the pod already holds there; entries the webhook does not own are kept.
+
+A pod whose service's package runs in a hardware TEE also gets that TEE's profile: its runtime
+class, node selector and tolerations, its device plugin resources and node paths on each wrapped
+container, and its launcher in front of ``geode run``. A simulated service gets none of these,
+and ``--quote-provider simulated``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from geode.inject._config import (
     is_dns_label,
     is_dns_name,
 )
+from geode.inject._packages import PackageTees
 from geode.inject._pod import ContainerView, JsonObject, PodView
+from geode.inject._profiles import SIMULATED, TeeProfile
 
 __all__ = [
     "DNS_NAMES_ENV",
@@ -47,6 +54,7 @@ PLATFORM_SECRET_VOLUME = "geode-simulation-secret"  # noqa: S105 - a volume name
 PLATFORM_SECRET_MOUNT = "/geode/simulation-secret"  # noqa: S105 - a path
 KEY_VOLUME = "geode-simulation"
 KEY_MOUNT = "/geode/simulation"
+TEE_VOLUME_PREFIX = "geode-tee-"
 DNS_NAMES_ENV = "GEODE_DNS_NAMES"
 _OWNED_ENV = ("GEODE_SERVICE_NAME", "GEODE_COORDINATOR_MESH", DNS_NAMES_ENV, "GEODE_PLATFORM_KEY")
 
@@ -165,14 +173,18 @@ def _dns_names(pod: PodView, service: str, config: InjectorConfig) -> list[str]:
     return names
 
 
-def _check_free(pod: PodView, containers: tuple[ContainerView, ...], simulation: bool) -> None:
+def _check_free(
+    pod: PodView, containers: tuple[ContainerView, ...], simulation: bool, profile: TeeProfile
+) -> None:
     volumes = {ROOT_VOLUME, TMPFS_VOLUME} | (
         {KEY_VOLUME, PLATFORM_SECRET_VOLUME} if simulation else set()
     )
+    volumes |= {TEE_VOLUME_PREFIX + mount.name for mount in profile.host_paths}
     taken = sorted(volumes & pod.volume_names)
     if taken:
         raise InjectionRefused("spec.volumes", f"volume {taken[0]!r} is Geode's; rename it")
     mounts = {ROOT_MOUNT} | ({KEY_MOUNT} if simulation else set())
+    mounts |= {mount.mount_path.rstrip("/") or "/" for mount in profile.host_paths}
     for container in containers:
         clash = sorted(mounts & container.mount_paths)
         if clash:
@@ -181,10 +193,74 @@ def _check_free(pod: PodView, containers: tuple[ContainerView, ...], simulation:
             )
 
 
-def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
+def _profile(service: str, kind: str, config: InjectorConfig) -> TeeProfile:
+    """The profile of the service's TEE; refused where the pod could not attest."""
+    path = f"metadata.labels.{SERVICE_LABEL}"
+    if kind == SIMULATED and not config.simulation:
+        raise InjectionRefused(
+            path,
+            f"service {service!r} has a simulated package, and the Coordinator runs on hardware: "
+            "it accepts no simulated evidence; give the service a package of its TEE",
+        )
+    profile = config.tee_profiles.for_kind(kind)
+    if profile is None:
+        raise InjectionRefused(
+            path,
+            f"service {service!r} runs in {kind} (its package's tee), and the webhook has no "
+            f"TEE profile for {kind}: set the chart's tee.profiles",
+        )
+    return profile
+
+
+def _pod_operations(pod: PodView, profile: TeeProfile, kind: str) -> list[PatchOperation]:
+    """The pod-level fields of the profile: runtime class, node selector, tolerations."""
+    operations: list[PatchOperation] = []
+    wanted = profile.runtime_class_name
+    if wanted:
+        own = pod.runtime_class
+        if own is not None and own != wanted:
+            raise InjectionRefused(
+                "spec.runtimeClassName",
+                f"the pod asks for {own!r}; its service runs in {kind}, whose profile needs "
+                f"{wanted!r}: remove the pod's runtimeClassName",
+            )
+        operations.append(PatchOperation("/spec/runtimeClassName", wanted))
+    if profile.node_selector:
+        selector = pod.node_selector
+        for key, value in profile.node_selector.items():
+            if selector.get(key, value) != value:
+                raise InjectionRefused(
+                    f"spec.nodeSelector.{key}",
+                    f"is {selector[key]!r}; its service runs in {kind}, whose nodes have {value!r}",
+                )
+        operations.append(
+            PatchOperation("/spec/nodeSelector", {**selector, **profile.node_selector})
+        )
+    if profile.tolerations:
+        own_tolerations = list(pod.tolerations)
+        added = [t for t in profile.tolerations if t not in own_tolerations]
+        operations.append(PatchOperation("/spec/tolerations", [*own_tolerations, *added]))
+    return operations
+
+
+def _resources(container: ContainerView, profile: TeeProfile) -> JsonObject:
+    """The container's resources with the profile's extended resources, requested and limited
+    alike (Kubernetes demands both equal for extended resources)."""
+    resources = dict(_object_or_empty(container.raw.get("resources")))
+    for part in ("requests", "limits"):
+        resources[part] = {**_object_or_empty(resources.get(part)), **profile.resources}
+    return resources
+
+
+def _object_or_empty(value: object) -> JsonObject:
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def plan_injection(pod: PodView, config: InjectorConfig, tees: PackageTees) -> Injection:
     """The patch that turns ``pod`` into an instance of the service its label names; an empty
-    one for pods without the label or already injected. Raises ``InjectionRefused`` for a
-    labelled pod that cannot be wrapped, naming the field and what to do."""
+    one for pods without the label or already injected. ``tees`` says which TEE the service's
+    package runs in. Raises ``InjectionRefused`` for a labelled pod that cannot be wrapped
+    (including one whose service's TEE is unknown), naming the field and what to do."""
     service = pod.labels.get(SERVICE_LABEL)
     if service is None:
         return Injection(skipped="not labelled " + SERVICE_LABEL)
@@ -194,22 +270,25 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
         raise InjectionRefused(
             f"metadata.labels.{SERVICE_LABEL}", f"{service!r} is not a manifest service name"
         )
+    kind = tees.tee_of(service)
+    profile = _profile(service, kind, config)
+    simulated = kind == SIMULATED
     containers = _selected(pod)
     commands = _commands(pod, containers)
     root_in_image = _absolute_path(pod, ROOT_CA_ANNOTATION)
     bundle = _absolute_path(pod, BUNDLE_ANNOTATION)
     if bundle is None:
         # `geode run` takes --bundle in every mode; only simulated evidence measures it.
-        why = "in simulation 'geode run' measures" if config.simulation else "'geode run' needs"
+        why = "in simulation 'geode run' measures" if simulated else "'geode run' needs"
         raise InjectionRefused(
             f"metadata.annotations.{BUNDLE_ANNOTATION}",
             f"{why} the service's code bundle (--bundle): set this annotation to the bundle's "
             "directory in the image",
         )
     for container in containers:
-        if config.simulation and container.image is None:
+        if simulated and container.image is None:
             raise InjectionRefused(f"{container.path}.image", "a container needs an image")
-    _check_free(pod, containers, config.simulation)
+    _check_free(pod, containers, simulated, profile)
     dns_names = _dns_names(pod, service, config)
 
     volumes: list[JsonObject] = []
@@ -227,7 +306,12 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
     volumes.append(
         {"name": TMPFS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": config.tmpfs_size}}
     )
-    if config.simulation:
+    for host in profile.host_paths:
+        source: JsonObject = {"path": host.path}
+        if host.type:
+            source["type"] = host.type
+        volumes.append({"name": TEE_VOLUME_PREFIX + host.name, "hostPath": source})
+    if simulated:
         volumes += [
             {
                 "name": PLATFORM_SECRET_VOLUME,
@@ -242,7 +326,7 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
 
     annotations = {**pod.annotations, INJECTED_ANNOTATION: service}
     warnings: list[str] = []
-    if config.simulation:
+    if simulated:
         annotations[SIMULATION_ANNOTATION] = "true"
         warnings.append(
             f"geode: SIMULATION: {service} is attested by a simulated TEE: no hardware isolation"
@@ -255,18 +339,20 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
             service if pod.has_annotations else annotations,
         )
     ]
-    if pod.has_annotations and config.simulation:
+    if pod.has_annotations and simulated:
         operations.append(
             PatchOperation("/metadata/annotations/" + _escape(SIMULATION_ANNOTATION), "true")
         )
     operations.append(PatchOperation("/spec/volumes", [*pod.volumes, *volumes]))
+    operations += _pod_operations(pod, profile, kind)
 
     key_installers: list[JsonObject] = []
     for container in containers:
-        argv = [config.launcher, "run", "--service", service, "--coordinator", config.coordinator]
+        argv = [*(profile.launcher or [config.launcher]), "run", "--service", service]
+        argv += ["--coordinator", config.coordinator]
         argv += ["--root-ca", root_path]
         argv += ["--bundle", bundle]
-        if config.simulation:
+        if simulated:
             # Never evidence from a TEE the node may have: the Coordinator expects simulation.
             argv += ["--quote-provider", "simulated"]
         argv += ["--", *commands[container.name]]
@@ -281,7 +367,15 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
         if TMPFS_MOUNT not in container.mount_paths:
             # A /dev/shm the pod mounts itself is kept: it is the pod's choice of tmpfs.
             mounts.append({"name": TMPFS_VOLUME, "mountPath": TMPFS_MOUNT})
-        if config.simulation:
+        for host in profile.host_paths:
+            mount: JsonObject = {
+                "name": TEE_VOLUME_PREFIX + host.name,
+                "mountPath": host.mount_path,
+            }
+            if host.read_only:
+                mount["readOnly"] = True
+            mounts.append(mount)
+        if simulated:
             key_file = f"{KEY_MOUNT}/{container.name}.key"
             env.append({"name": "GEODE_PLATFORM_KEY", "value": key_file})
             mounts.append({"name": KEY_VOLUME, "mountPath": KEY_MOUNT})
@@ -294,6 +388,10 @@ def plan_injection(pod: PodView, config: InjectorConfig) -> Injection:
                 f"{container.pointer}/volumeMounts", [*container.volume_mounts, *mounts]
             ),
         ]
+        if profile.resources:
+            operations.append(
+                PatchOperation(f"{container.pointer}/resources", _resources(container, profile))
+            )
     # Inserted last, in front of the pod's own init containers, so that the indices the
     # operations above use are still the pod's.
     if key_installers and not pod.has_init_containers:

@@ -93,6 +93,20 @@ class PodView:
     volumes: tuple[JsonObject, ...]
     has_annotations: bool
     has_init_containers: bool
+    spec: JsonObject
+
+    @property
+    def runtime_class(self) -> str | None:
+        value = self.spec.get("runtimeClassName")
+        return _string(value, "spec.runtimeClassName") if value is not None else None
+
+    @property
+    def node_selector(self) -> dict[str, str]:
+        return _string_map(self.spec.get("nodeSelector"), "spec.nodeSelector")
+
+    @property
+    def tolerations(self) -> tuple[JsonObject, ...]:
+        return _objects(self.spec.get("tolerations"), "spec.tolerations")
 
     @property
     def volume_names(self) -> frozenset[str]:
@@ -138,4 +152,5 @@ def read_pod(pod: object, namespace: str) -> PodView:
         volumes=_objects(spec.get("volumes"), "spec.volumes"),
         has_annotations=metadata.get("annotations") is not None,
         has_init_containers=spec.get("initContainers") is not None,
+        spec=spec,
     )

@@ -1,4 +1,5 @@
-"""AdmissionReview (``admission.k8s.io/v1``) in, AdmissionReview out: pure, no I/O.
+"""AdmissionReview (``admission.k8s.io/v1``) in, AdmissionReview out: no I/O of its own (the
+``PackageTees`` it is given may read the manifest).
 
 The API server needs an answer with the request's ``uid``. Once the uid is known every outcome
 is such an answer: a patch for a labelled pod, ``allowed: true`` without a patch for anything the
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from geode.errors import InjectionRefused
 from geode.inject._config import InjectorConfig
+from geode.inject._packages import PackageTees
 from geode.inject._patch import Injection, plan_injection
 from geode.inject._pod import JsonObject, json_object, read_pod
 
@@ -62,8 +64,9 @@ def _denied(uid: str, code: int, reason: str, message: str) -> AdmissionAnswer:
     )
 
 
-def answer_review(body: bytes, config: InjectorConfig) -> AdmissionAnswer:
-    """Answer one AdmissionReview request body."""
+def answer_review(body: bytes, config: InjectorConfig, tees: PackageTees) -> AdmissionAnswer:
+    """Answer one AdmissionReview request body; ``tees`` is asked for the TEE of a labelled
+    pod's service only (it may read the manifest: call this off the event loop)."""
     try:
         review = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -100,7 +103,7 @@ def answer_review(body: bytes, config: InjectorConfig) -> AdmissionAnswer:
         return _denied(uid, 400, "BadRequest", f"geode inject: {exc}")
 
     try:
-        injection = plan_injection(pod, config)
+        injection = plan_injection(pod, config, tees)
     except InjectionRefused as exc:
         log.warning("refused pod %s/%s: %s", namespace, pod.name, exc)
         return _denied(uid, 403, "Forbidden", f"geode inject: pod {pod.name}: {exc}")

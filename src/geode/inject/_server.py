@@ -17,6 +17,7 @@ from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -24,6 +25,7 @@ from starlette.routing import Route
 
 from geode.errors import PKIError
 from geode.inject._config import InjectorConfig
+from geode.inject._packages import PackageTees
 from geode.inject._review import answer_review
 from geode.protocol import public_server_context
 
@@ -94,11 +96,13 @@ async def _read_body(request: Request) -> bytes | None:
 
 def create_app(
     config: InjectorConfig,
+    tees: PackageTees,
     certificate: ServingCertificate | None = None,
     reload_interval: float = 30.0,
 ) -> Starlette:
-    """The webhook as an ASGI app. With ``certificate``, it checks the files for a new one every
-    ``reload_interval`` seconds while it runs."""
+    """The webhook as an ASGI app; ``tees`` tells each labelled pod's TEE (``ManifestSource``).
+    With ``certificate``, it checks the files for a new one every ``reload_interval`` seconds
+    while it runs."""
 
     async def mutate(request: Request) -> Response:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -108,7 +112,8 @@ def create_app(
         if body is None:
             return _error(413, "payload_too_large", f"at most {MAX_REVIEW_BYTES} bytes")
         try:
-            answer = answer_review(body, config)
+            # In a worker thread: learning a service's TEE may read the manifest.
+            answer = await run_in_threadpool(answer_review, body, config, tees)
         except Exception:  # a bug must not reach the API server as a stack trace
             log.exception("error while answering an AdmissionReview")
             return _error(500, "internal_error", "the webhook failed; see its log")
@@ -170,6 +175,7 @@ class _Server(uvicorn.Server):
 
 def webhook_server(
     config: InjectorConfig,
+    tees: PackageTees,
     cert: Path,
     key: Path,
     listen: tuple[str, int],
@@ -187,7 +193,7 @@ def webhook_server(
 
     return _Server(
         uvicorn.Config(
-            create_app(config, certificate, reload_interval),
+            create_app(config, tees, certificate, reload_interval),
             host=listen[0],
             port=listen[1],
             lifespan="on",

@@ -90,3 +90,40 @@ with the client certificate when TLS is on (docs/coordinator.md, Stores). */}}
 {{- end -}}
 {{- toJson $args -}}
 {{- end -}}
+
+{{/* The Coordinator's TEE (`--tee`), checked: simulation.enabled=true is the acknowledgement
+that simulated needs, and it contradicts a hardware kind. */}}
+{{- define "geode.tee" -}}
+{{- $tee := .Values.coordinator.tee -}}
+{{- if .Values.simulation.enabled -}}
+{{- if not (has $tee (list "auto" "simulated")) -}}
+{{- fail (printf "simulation.enabled=true contradicts coordinator.tee=%s: a Coordinator runs either in a TEE or in simulation; unset one of them" $tee) -}}
+{{- end -}}
+simulated
+{{- else if eq $tee "simulated" -}}
+{{- fail "coordinator.tee=simulated runs without hardware isolation: set simulation.enabled=true as well to acknowledge it (every object is then labelled geode.dev/simulation)" -}}
+{{- else -}}
+{{- if eq $tee "sgx-gramine" -}}
+{{- if not (index .Values.tee.profiles "sgx-gramine").gramine.image.repository -}}
+{{- fail "coordinator.tee=sgx-gramine needs the Gramine image of geode: set tee.profiles.sgx-gramine.gramine.image.repository (the plain image cannot run in an enclave; see deploy/hardware/gramine)" -}}
+{{- end -}}
+{{- end -}}
+{{- $tee -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The profile of the Coordinator's TEE (tee.profiles), as JSON. */}}
+{{- define "geode.teeProfile" -}}
+{{- toJson (default dict (index .Values.tee.profiles (include "geode.tee" .))) -}}
+{{- end -}}
+
+{{/* What the webhook gives injected pods per package TEE (docs/kubernetes.md): the profiles'
+fields that apply to a workload pod, keyed by the manifest's kind. */}}
+{{- define "geode.workloadProfiles" -}}
+{{- $out := dict -}}
+{{- range $kind, $name := dict "sev-snp" "sev-snp" "tdx" "tdx" "sgx" "sgx-gramine" -}}
+{{- $p := default dict (index $.Values.tee.profiles $name) -}}
+{{- $_ := set $out $kind (dict "runtimeClassName" (default "" $p.runtimeClassName) "resources" (default dict $p.resources) "nodeSelector" (default dict $p.nodeSelector) "tolerations" (default list $p.tolerations) "hostPaths" (default list $p.hostPaths) "launcher" (default list $p.launcher)) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
