@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import click
 from cryptography import x509
 
-from geode.attestation import HostTee, TrustAnchors, probe_host
+from geode.attestation import HostProbe, TrustAnchors, probe_host
 from geode.client import CoordinatorClient, load_pinned_root
 from geode.errors import GeodeError
 from geode.pki import load_certificate
@@ -47,7 +46,7 @@ class CliDeps:
     way in: no flag or environment variable of a command can replace a root of trust."""
 
     trust: TrustAnchors = field(default_factory=TrustAnchors)
-    probe: Callable[[str], HostTee] = probe_host
+    probe: HostProbe = probe_host
 
 
 def cli_deps(ctx: click.Context | None = None) -> CliDeps:

@@ -10,7 +10,7 @@ import click
 
 import geode
 from geode._files import replace_file
-from geode.attestation import TEE_CHOICES, SgxSealing, probe_host
+from geode.attestation import TEE_CHOICES, SgxSealing
 from geode.cli._common import (
     DEFAULT_CLIENT_ADDR,
     DEFAULT_MESH_ADDR,
@@ -320,9 +320,7 @@ def coordinator(
         log_level=log_level,
     )
     deps = cli_deps()
-    # The production probe is told the SGX sealing choice; a test's probe makes its own fakes.
-    probe = None if deps.probe is probe_host else deps.probe
-    raise SystemExit(serve(config, probe=probe, trust=deps.trust))
+    raise SystemExit(serve(config, probe=deps.probe, trust=deps.trust))
 
 
 @cli.command()
