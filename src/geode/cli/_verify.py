@@ -40,7 +40,7 @@ from geode.errors import EvidenceError, GeodeError, StatementError
 from geode.protocol import DeploymentStatement
 from geode.tee import HARDWARE_KINDS, ReferenceValues
 
-__all__ = ["reference_platform_keys", "verify"]
+__all__ = ["load_policy", "reference_platform_keys", "verify"]
 
 
 def reference_platform_keys(paths: tuple[Path, ...] | None) -> list[Ed25519PublicKey]:
@@ -51,7 +51,10 @@ def reference_platform_keys(paths: tuple[Path, ...] | None) -> list[Ed25519Publi
     return [load_platform_public_key(local)] if local.exists() else []
 
 
-def _policy(measurement: str | None, policy: Path | None) -> VerificationPolicy:
+def load_policy(measurement: str | None, policy: Path | None) -> VerificationPolicy:
+    """What ``--measurement`` (a simulated Coordinator) or ``--policy FILE`` says to accept
+    (exactly one of them): ``geode verify`` checks a statement against it, ``geode recover``
+    a recovery offer."""
     if (measurement is None) == (policy is None):
         raise click.UsageError("give exactly one of --measurement and --policy")
     if measurement is not None:
@@ -61,17 +64,6 @@ def _policy(measurement: str | None, policy: Path | None) -> VerificationPolicy:
         return VerificationPolicy.of(ReferenceValues(tee="simulated", measurement=value))
     assert policy is not None
     return VerificationPolicy.load(policy)  # PolicyError: one line naming the field
-
-
-def _reference(measurement: str | None, policy: Path | None) -> ReferenceValues:
-    """The one set of reference values of ``--measurement`` or a single-entry ``--policy``
-    (``geode recover``, which checks a recovery offer against one)."""
-    accepted = _policy(measurement, policy)
-    if len(accepted.accept) != 1:
-        raise click.BadParameter(
-            "this command takes a policy with exactly one accepted entry", param_hint="--policy"
-        )
-    return accepted.accept[0]
 
 
 def _documents(values: tuple[str, ...], option: str) -> dict[str, bytes]:
@@ -199,7 +191,7 @@ def verify(
         raise click.UsageError("give exactly one of --coordinator and --statement")
     if address is not None and nonce_hex is not None:
         raise click.UsageError("--nonce is for --statement: a fresh statement has a fresh nonce")
-    accepted = _policy(measurement, policy).with_documents(
+    accepted = load_policy(measurement, policy).with_documents(
         collateral=_documents(collateral, "--collateral"), certs=_documents(certs, "--certs")
     )
     trust = accepted.anchors(cli_deps().trust)
