@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import click
+import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from geode._files import replace_file
@@ -107,13 +108,14 @@ def _check(
     nonce: bytes | None,
     trust: TrustAnchors,
     online: bool,
+    transport: httpx.BaseTransport | None,
 ) -> VerifiedStatement:
     if online:
         try:
             evidence = statement.evidence.evidence()
         except EvidenceError as exc:
             raise StatementError(f"coordinator evidence: {exc}") from None
-        with CollateralFetcher(on_fetch=_print_fetched) as fetcher:
+        with CollateralFetcher(transport=transport, on_fetch=_print_fetched) as fetcher:
             try:
                 trust = fetcher.complete(evidence, trust)
             except EvidenceError as exc:
@@ -194,7 +196,8 @@ def verify(
     accepted = load_policy(measurement, policy).with_documents(
         collateral=_documents(collateral, "--collateral"), certs=_documents(certs, "--certs")
     )
-    trust = accepted.anchors(cli_deps().trust)
+    deps = cli_deps()
+    trust = accepted.anchors(deps.trust)
     keys = reference_platform_keys(platform_key or None)
     try:
         nonce = _nonce(nonce_hex)
@@ -210,7 +213,15 @@ def verify(
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise GeodeError(f"{statement}: not a JSON statement ({exc})") from None
             document = DeploymentStatement.from_json(saved)
-        verified = _check(document, accepted, keys=keys, nonce=nonce, trust=trust, online=online)
+        verified = _check(
+            document,
+            accepted,
+            keys=keys,
+            nonce=nonce,
+            trust=trust,
+            online=online,
+            transport=deps.http_transport,
+        )
     except StatementError as exc:
         raise click.ClickException(f"deployment statement REJECTED: {exc}") from None
     _report(verified, accepted, fresh=nonce is not None)
