@@ -75,7 +75,8 @@ def _print_claims(claims: Claims) -> None:
 @click.option(
     "--collateral",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Collateral (Intel: TCB info, QE identity and CRLs as JSON) for the TCB status.",
+    help="Collateral for the TCB status (sgx, tdx: Intel's TCB info, QE identity and CRLs as "
+    "JSON; sev-snp: AMD's CRL, DER or PEM).",
 )
 @click.option("--at", "at", help="Check validity at this time (ISO 8601; default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and claims as JSON.")

@@ -161,7 +161,8 @@ def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
     metavar="KIND=FILE",
     callback=lambda _ctx, _param, values: _collateral(values),
     help="Verification collateral for a kind of hardware evidence (sgx, tdx: Intel's TCB "
-    "info, QE identity and CRLs as JSON); without it, such evidence is Unverified.",
+    "info, QE identity and CRLs as JSON; sev-snp: AMD's CRL, DER or PEM); without it, such "
+    "evidence is Unverified.",
 )
 @click.option("--san", multiple=True, help="Extra DNS name or IP for the server certificate.")
 @click.option("--leaf-ttl", default="24h", show_default=True, help="Lifetime of leaf certificates.")
