@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from geode.attestation import Claims, Evidence, EvidenceVerifier, detect_kind
+from geode.cli._common import cli_deps
 from geode.cli._verify import reference_platform_keys
 from geode.errors import EvidenceError
 from geode.tee import HARDWARE_KINDS
@@ -95,6 +96,7 @@ def verify_evidence(
         verifier = EvidenceVerifier(
             simulation=found.kind == "simulated",
             platform_keys=reference_platform_keys(None) if found.kind == "simulated" else (),
+            trust=cli_deps().trust,  # the pinned vendor roots, unless a test gave its own
         )
         claims = verifier.verify(
             found,
