@@ -80,10 +80,10 @@ def test_simulation_options_are_usage_errors_on_hardware(
 def test_the_command_probes_through_its_deps(tmp_path: Path) -> None:
     """``CliDeps.probe`` is the one way a test puts a TEE under the command: it is asked for
     the TEE ``--tee`` names, and its NoTeeError is the command's one line, exit 1."""
-    asked: list[str] = []
+    asked: list[tuple[str, str]] = []
 
-    def probe(choice: str) -> HostTee:
-        asked.append(choice)
+    def probe(choice: str, *, sgx_sealing: str) -> HostTee:
+        asked.append((choice, sgx_sealing))
         raise NoTeeError(choice, (("/dev/tdx_guest", "/dev/tdx_guest", "absent"),))
 
     data = tmp_path / "data"
@@ -91,9 +91,24 @@ def test_the_command_probes_through_its_deps(tmp_path: Path) -> None:
         cli, ["coordinator", "--data-dir", str(data), "--tee", "tdx"], obj=CliDeps(probe=probe)
     )
     assert result.exit_code == 1, result.output
-    assert asked == ["tdx"]
+    assert asked == [("tdx", "mrenclave")]
     assert "no usable TEE (tdx)" in result.output
     assert not data.exists()
+
+
+def test_the_probe_is_told_the_sgx_sealing_choice(tmp_path: Path) -> None:
+    """``--sgx-sealing`` reaches a test's probe as it reaches ``probe_host``: what the command
+    runs on is what the flags say, whoever probes."""
+    asked: list[tuple[str, str]] = []
+
+    def probe(choice: str, *, sgx_sealing: str) -> HostTee:
+        asked.append((choice, sgx_sealing))
+        raise NoTeeError(choice, (("gramine", "/dev/attestation", "absent"),))
+
+    args = ["coordinator", "--data-dir", str(tmp_path / "data"), "--tee", "sgx-gramine"]
+    result = CliRunner().invoke(cli, [*args, "--sgx-sealing", "mrsigner"], obj=CliDeps(probe=probe))
+    assert result.exit_code == 1, result.output
+    assert asked == [("sgx-gramine", "mrsigner")]
 
 
 def test_status_names_the_tee(tmp_path: Path, geode_env: dict[str, str]) -> None:

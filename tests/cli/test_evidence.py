@@ -179,3 +179,21 @@ def test_a_deeply_nested_file_is_not_taken_for_an_envelope(tmp_path: Path) -> No
     code, _, err = run(str(path))
     assert code == 1
     assert err.splitlines() == ["Error: kind (offset 0): not evidence of any known kind"]
+
+
+def test_hardware_evidence_verifies_under_the_deps_trust_only(tmp_path: Path) -> None:
+    """The roots come from ``CliDeps`` (a test's, here the SNP kit's), never from a flag: the
+    same report is refused under the pinned AMD roots."""
+    from geode.attestation import TrustAnchors
+    from geode.cli._common import CliDeps
+    from tests.support.hardware_statement import SnpKit
+
+    snp = SnpKit()
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(snp.evidence(bytes(64)).to_json()))
+    ok = CliRunner().invoke(cli, ["evidence", "verify", str(path)], obj=CliDeps(trust=snp.trust()))
+    assert ok.exit_code == 0, ok.output
+    assert ok.stdout.startswith("verified sev-snp evidence; TCB status Unverified")
+    pinned = CliRunner().invoke(cli, ["evidence", "verify", str(path)], obj=CliDeps(TrustAnchors()))
+    assert pinned.exit_code == 1
+    assert "Traceback" not in pinned.output

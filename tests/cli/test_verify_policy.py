@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from geode.attestation import TrustAnchors
 from geode.cli import cli
 from geode.cli._common import CliDeps
-from geode.client import CollateralFetcher
 from tests.support.hardware_statement import (
     SNP_MEASUREMENT,
     SNP_TCB,
@@ -196,9 +195,8 @@ def test_a_bad_policy_field_is_one_line(tmp_path: Path, snp: SnpKit) -> None:
     assert result.output.strip() == f"Error: {policy}: accept[0].measurment: unknown field"
 
 
-def test_online_fetches_what_is_missing_and_says_so(
-    tmp_path: Path, snp: SnpKit, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_online_fetches_what_is_missing_and_says_so(tmp_path: Path, snp: SnpKit) -> None:
+    """``--online`` fetches through ``CliDeps.http_transport`` (here: answers from the kit)."""
     spl = "blSPL={bootloader}&teeSPL={tee}&snpSPL={snp}&ucodeSPL={microcode}".format(**SNP_TCB)
     routes = {
         f"https://kdsintf.amd.com/vcek/v1/Milan/{snp.chip.hex()}?{spl}": snp.vcek.public_bytes(
@@ -214,17 +212,15 @@ def test_online_fetches_what_is_missing_and_says_so(
         )
     )
 
-    def fetcher(**kwargs: object) -> CollateralFetcher:
-        return CollateralFetcher(transport=transport, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr("geode.cli._verify.CollateralFetcher", fetcher)
     coordinator = FakeCoordinator(lambda data: snp.evidence(data, with_vcek=False))
     statement = saved_statement(tmp_path, coordinator, os.urandom(32))
     args = ["--statement", str(statement), "--policy", str(policy_file(tmp_path, SNP))]
     offline = run(args, snp.trust())
     assert offline.exit_code == 1
     assert "no VCEK" in offline.output
-    result = run([*args, "--online"], snp.trust())
+    result = CliRunner().invoke(
+        cli, ["verify", *args, "--online"], obj=CliDeps(trust=snp.trust(), http_transport=transport)
+    )
     assert result.exit_code == 0, result.output
     fetched = [line for line in result.output.splitlines() if line.startswith("fetched ")]
     assert len(fetched) == 2

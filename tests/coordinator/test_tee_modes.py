@@ -220,16 +220,16 @@ def test_a_tee_without_a_sealing_key_insists_on_recovery_keys(
 
 def test_without_a_tee_nothing_is_left_behind(tmp_path: Path) -> None:
     """The TEE is found before the store is opened: no data directory, no simulation keys."""
-    asked: list[str] = []
+    asked: list[tuple[str, str]] = []
 
-    def probe(choice: str) -> FakeSnpHost:
-        asked.append(choice)
+    def probe(choice: str, *, sgx_sealing: str) -> FakeSnpHost:
+        asked.append((choice, sgx_sealing))
         raise NoTeeError(choice, (("configfs-tsm", "/sys/kernel/config/tsm/report", "absent"),))
 
     config = CoordinatorConfig(data_dir=tmp_path / "data", tee="tdx")
     with pytest.raises(NoTeeError, match=r"configfs-tsm .* absent; start with --tee simulated"):
         open_coordinator(config, probe=probe)
-    assert asked == ["tdx"]
+    assert asked == [("tdx", "mrenclave")]
     assert not (tmp_path / "data").exists()
     assert not (tmp_path / "sim").exists()
 

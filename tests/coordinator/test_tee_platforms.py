@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from geode.attestation import EvidenceVerifier, HostTee
+from geode.attestation import EvidenceVerifier
 from geode.coordinator import Coordinator, CoordinatorConfig, State, Store, open_coordinator
 from geode.coordinator._cluster import JoinRequest
 from geode.errors import JoinRefused, ManifestError
@@ -55,13 +55,8 @@ def _no_simulation_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def _open(
     data: Path, guest: FakeGuest, tee: str = "auto", **config: Any
 ) -> tuple[Coordinator, Store]:
-    options = {k: v for k, v in config.items() if k == "sgx_sealing"}
-
-    def probe(choice: str) -> HostTee:
-        return guest.probe(choice, **options)
-
     return open_coordinator(
-        CoordinatorConfig(data_dir=data, tee=tee, **config), probe=probe, trust=guest.trust()
+        CoordinatorConfig(data_dir=data, tee=tee, **config), probe=guest.probe, trust=guest.trust()
     )
 
 

@@ -14,6 +14,7 @@ from geode.attestation._evidence import (
 from geode.attestation._host import (
     TEE_CHOICES,
     HostPaths,
+    HostProbe,
     HostTee,
     Ioctl,
     Probe,
@@ -56,6 +57,7 @@ __all__ = [
     "Evidence",
     "EvidenceVerifier",
     "HostPaths",
+    "HostProbe",
     "HostTee",
     "Ioctl",
     "KindVerifier",

@@ -66,6 +66,7 @@ from geode.tee import TeeKind
 __all__ = [
     "TEE_CHOICES",
     "HostPaths",
+    "HostProbe",
     "HostTee",
     "Ioctl",
     "Probe",
@@ -116,6 +117,17 @@ class HostTee(Protocol):
     def sealing_key(self) -> bytes | None:
         """32 bytes that only the same code on the same platform derives again; ``None`` when
         the TEE has none (TDX)."""
+        ...
+
+
+class HostProbe(Protocol):
+    """What finds the Coordinator's TEE: ``probe_host`` in production; a test's probe answers
+    over its fake devices. It is told every start option that shapes the TEE it returns (the
+    SGX sealing key), so a test probe sees what the production one would."""
+
+    def __call__(self, choice: str, /, *, sgx_sealing: SgxSealing) -> HostTee:
+        """The host TEE ``choice`` (a ``--tee`` value other than ``simulated``) names, or
+        ``NoTeeError`` listing every interface probed."""
         ...
 
 

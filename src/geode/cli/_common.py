@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 from cryptography import x509
 
-from geode.attestation import HostTee, TrustAnchors, probe_host
+from geode.attestation import HostProbe, TrustAnchors, probe_host
 from geode.client import CoordinatorClient, load_pinned_root
 from geode.errors import GeodeError
 from geode.pki import load_certificate
@@ -41,13 +41,17 @@ DEFAULT_MESH_ADDR = "127.0.0.1:2001"
 
 @dataclass(frozen=True)
 class CliDeps:
-    """What the ``geode`` commands trust and probe. Production runs the defaults (pinned vendor
-    roots, the wall clock, the real TEE interfaces); tests pass their own as click's ``obj``
-    (``CliRunner().invoke(main, args, obj=CliDeps(...))``, or ``main(args, obj=...)``), the only
-    way in: no flag or environment variable of a command can replace a root of trust."""
+    """What the ``geode`` commands trust, probe and fetch through. Production runs the defaults
+    (pinned vendor roots, the wall clock, the real TEE interfaces, the network); tests pass their
+    own as click's ``obj`` (``CliRunner().invoke(main, args, obj=CliDeps(...))``, or
+    ``main(args, obj=...)``), the only way in: no flag or environment variable of a command can
+    replace a root of trust or where collateral comes from."""
 
     trust: TrustAnchors = field(default_factory=TrustAnchors)
-    probe: Callable[[str], HostTee] = probe_host
+    probe: HostProbe = probe_host
+    # What ``geode verify --online`` fetches collateral (Intel PCS, AMD KDS) through; ``None``:
+    # the network. Tests answer with an ``httpx.MockTransport``.
+    http_transport: httpx.BaseTransport | None = None
 
 
 def cli_deps(ctx: click.Context | None = None) -> CliDeps:

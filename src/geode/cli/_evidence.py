@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from geode.attestation import Claims, Evidence, EvidenceVerifier, detect_kind
+from geode.cli._common import cli_deps
 from geode.cli._verify import reference_platform_keys
 from geode.errors import EvidenceError
 from geode.tee import HARDWARE_KINDS
@@ -75,7 +76,8 @@ def _print_claims(claims: Claims) -> None:
 @click.option(
     "--collateral",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Collateral (Intel: TCB info, QE identity and CRLs as JSON) for the TCB status.",
+    help="Collateral for the TCB status (sgx, tdx: Intel's TCB info, QE identity and CRLs as "
+    "JSON; sev-snp: AMD's CRL, DER or PEM).",
 )
 @click.option("--at", "at", help="Check validity at this time (ISO 8601; default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and claims as JSON.")
@@ -94,6 +96,7 @@ def verify_evidence(
         verifier = EvidenceVerifier(
             simulation=found.kind == "simulated",
             platform_keys=reference_platform_keys(None) if found.kind == "simulated" else (),
+            trust=cli_deps().trust,  # the pinned vendor roots, unless a test gave its own
         )
         claims = verifier.verify(
             found,

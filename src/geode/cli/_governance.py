@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from geode._files import create_private_file
 from geode.cli._common import (
+    cli_deps,
     coordinator_option,
     open_client,
     resolve_root,
@@ -18,7 +19,7 @@ from geode.cli._common import (
     user_options,
     warn,
 )
-from geode.cli._verify import _reference, reference_platform_keys
+from geode.cli._verify import load_policy, reference_platform_keys
 from geode.client import (
     CoordinatorClient,
     prepare_share_upload,
@@ -153,7 +154,8 @@ def _recovery_key(path: Path) -> rsa.RSAPrivateKey:
 @click.option(
     "--policy",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Expected Coordinator package (YAML/JSON).",
+    help="Verification policy (YAML/JSON), as 'geode verify --policy' takes it: the accepted "
+    "reference values (any one entry), collateral and certificates.",
 )
 @click.option(
     "--platform-key",
@@ -172,20 +174,22 @@ def recover(
 ) -> None:
     """Hand your recovery share to a Coordinator in recovery.
 
-    The Coordinator's evidence is checked first (as 'geode verify' does); the share goes
+    The Coordinator's evidence is checked first, as 'geode verify' checks a statement
+    (--measurement in simulation, else --policy, under the pinned vendor roots); the share goes
     encrypted to the key that evidence vouches for, signed with your recovery key. Once
     enough parties have sent theirs, the Coordinator resumes with its root, manifest and
     secrets.
     """
-    reference = _reference(measurement, policy)
+    accepted = load_policy(measurement, policy)
     keys = reference_platform_keys(platform_key or None)
+    trust = cli_deps().trust
     party_key = _recovery_key(key_file)
     # The channel is not trusted (in recovery the Coordinator has no root key to show);
     # the evidence bound to its recovery key and a nonce of this call is what we check.
     with CoordinatorClient(address, insecure=True) as client:
         try:
             offer, recovery_key = client.verified_recovery_offer(
-                reference=reference, platform_keys=keys
+                policy=accepted, platform_keys=keys, trust=trust
             )
         except StatementError as exc:
             raise click.ClickException(f"recovering Coordinator REJECTED: {exc}") from None

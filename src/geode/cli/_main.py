@@ -10,7 +10,7 @@ import click
 
 import geode
 from geode._files import replace_file
-from geode.attestation import TEE_CHOICES, SgxSealing, probe_host
+from geode.attestation import TEE_CHOICES, SgxSealing
 from geode.cli._common import (
     DEFAULT_CLIENT_ADDR,
     DEFAULT_MESH_ADDR,
@@ -161,7 +161,8 @@ def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
     metavar="KIND=FILE",
     callback=lambda _ctx, _param, values: _collateral(values),
     help="Verification collateral for a kind of hardware evidence (sgx, tdx: Intel's TCB "
-    "info, QE identity and CRLs as JSON); without it, such evidence is Unverified.",
+    "info, QE identity and CRLs as JSON; sev-snp: AMD's CRL, DER or PEM); without it, such "
+    "evidence is Unverified.",
 )
 @click.option("--san", multiple=True, help="Extra DNS name or IP for the server certificate.")
 @click.option("--leaf-ttl", default="24h", show_default=True, help="Lifetime of leaf certificates.")
@@ -320,9 +321,7 @@ def coordinator(
         log_level=log_level,
     )
     deps = cli_deps()
-    # The production probe is told the SGX sealing choice; a test's probe makes its own fakes.
-    probe = None if deps.probe is probe_host else deps.probe
-    raise SystemExit(serve(config, probe=probe, trust=deps.trust))
+    raise SystemExit(serve(config, probe=deps.probe, trust=deps.trust))
 
 
 @cli.command()

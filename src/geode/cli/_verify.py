@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import click
+import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from geode._files import replace_file
@@ -40,7 +41,7 @@ from geode.errors import EvidenceError, GeodeError, StatementError
 from geode.protocol import DeploymentStatement
 from geode.tee import HARDWARE_KINDS, ReferenceValues
 
-__all__ = ["reference_platform_keys", "verify"]
+__all__ = ["load_policy", "reference_platform_keys", "verify"]
 
 
 def reference_platform_keys(paths: tuple[Path, ...] | None) -> list[Ed25519PublicKey]:
@@ -51,7 +52,10 @@ def reference_platform_keys(paths: tuple[Path, ...] | None) -> list[Ed25519Publi
     return [load_platform_public_key(local)] if local.exists() else []
 
 
-def _policy(measurement: str | None, policy: Path | None) -> VerificationPolicy:
+def load_policy(measurement: str | None, policy: Path | None) -> VerificationPolicy:
+    """What ``--measurement`` (a simulated Coordinator) or ``--policy FILE`` says to accept
+    (exactly one of them): ``geode verify`` checks a statement against it, ``geode recover``
+    a recovery offer."""
     if (measurement is None) == (policy is None):
         raise click.UsageError("give exactly one of --measurement and --policy")
     if measurement is not None:
@@ -61,17 +65,6 @@ def _policy(measurement: str | None, policy: Path | None) -> VerificationPolicy:
         return VerificationPolicy.of(ReferenceValues(tee="simulated", measurement=value))
     assert policy is not None
     return VerificationPolicy.load(policy)  # PolicyError: one line naming the field
-
-
-def _reference(measurement: str | None, policy: Path | None) -> ReferenceValues:
-    """The one set of reference values of ``--measurement`` or a single-entry ``--policy``
-    (``geode recover``, which checks a recovery offer against one)."""
-    accepted = _policy(measurement, policy)
-    if len(accepted.accept) != 1:
-        raise click.BadParameter(
-            "this command takes a policy with exactly one accepted entry", param_hint="--policy"
-        )
-    return accepted.accept[0]
 
 
 def _documents(values: tuple[str, ...], option: str) -> dict[str, bytes]:
@@ -115,13 +108,14 @@ def _check(
     nonce: bytes | None,
     trust: TrustAnchors,
     online: bool,
+    transport: httpx.BaseTransport | None,
 ) -> VerifiedStatement:
     if online:
         try:
             evidence = statement.evidence.evidence()
         except EvidenceError as exc:
             raise StatementError(f"coordinator evidence: {exc}") from None
-        with CollateralFetcher(on_fetch=_print_fetched) as fetcher:
+        with CollateralFetcher(transport=transport, on_fetch=_print_fetched) as fetcher:
             try:
                 trust = fetcher.complete(evidence, trust)
             except EvidenceError as exc:
@@ -199,10 +193,11 @@ def verify(
         raise click.UsageError("give exactly one of --coordinator and --statement")
     if address is not None and nonce_hex is not None:
         raise click.UsageError("--nonce is for --statement: a fresh statement has a fresh nonce")
-    accepted = _policy(measurement, policy).with_documents(
+    accepted = load_policy(measurement, policy).with_documents(
         collateral=_documents(collateral, "--collateral"), certs=_documents(certs, "--certs")
     )
-    trust = accepted.anchors(cli_deps().trust)
+    deps = cli_deps()
+    trust = accepted.anchors(deps.trust)
     keys = reference_platform_keys(platform_key or None)
     try:
         nonce = _nonce(nonce_hex)
@@ -218,7 +213,15 @@ def verify(
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise GeodeError(f"{statement}: not a JSON statement ({exc})") from None
             document = DeploymentStatement.from_json(saved)
-        verified = _check(document, accepted, keys=keys, nonce=nonce, trust=trust, online=online)
+        verified = _check(
+            document,
+            accepted,
+            keys=keys,
+            nonce=nonce,
+            trust=trust,
+            online=online,
+            transport=deps.http_transport,
+        )
     except StatementError as exc:
         raise click.ClickException(f"deployment statement REJECTED: {exc}") from None
     _report(verified, accepted, fresh=nonce is not None)

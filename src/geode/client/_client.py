@@ -317,7 +317,8 @@ class CoordinatorClient:
     def verified_recovery_offer(
         self,
         *,
-        reference: ReferenceValues,
+        reference: ReferenceValues | None = None,
+        policy: VerificationPolicy | None = None,
         platform_keys: Sequence[Ed25519PublicKey] = (),
         trust: TrustAnchors | None = None,
     ) -> tuple[RecoveryOffer, rsa.RSAPublicKey]:
@@ -326,7 +327,12 @@ class CoordinatorClient:
         nonce = os.urandom(32)
         offer = self.recovery_offer(nonce)
         key = verify_recovery_offer(
-            offer, reference=reference, platform_keys=platform_keys, nonce=nonce, trust=trust
+            offer,
+            reference=reference,
+            policy=policy,
+            platform_keys=platform_keys,
+            nonce=nonce,
+            trust=trust,
         )
         return offer, key
 

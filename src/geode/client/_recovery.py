@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from geode.attestation import EvidenceVerifier, ReferenceValues, TrustAnchors, match_claims
+from geode.attestation import EvidenceVerifier, ReferenceValues, TrustAnchors
+from geode.client._policy import VerificationPolicy
 from geode.errors import ClaimsMismatch, ClientError, EvidenceError, StatementError
 from geode.pki import public_key_der
 from geode.protocol import (
@@ -35,15 +36,22 @@ def _oaep(label: bytes) -> padding.OAEP:
 def verify_recovery_offer(
     offer: RecoveryOffer,
     *,
-    reference: ReferenceValues,
+    reference: ReferenceValues | None = None,
+    policy: VerificationPolicy | None = None,
     platform_keys: Sequence[Ed25519PublicKey] = (),
     nonce: bytes,
     trust: TrustAnchors | None = None,
 ) -> rsa.RSAPublicKey:
     """The key a recovering Coordinator receives shares under, once its evidence is checked
-    (hardware evidence under ``trust``, default: the pinned vendor roots; simulated evidence
-    against ``platform_keys``): the expected Coordinator (``reference``), bound to that key and
-    this party's ``nonce``."""
+    as a deployment statement's is: the offer's ``tee`` and ``simulation`` say what its
+    evidence is; hardware evidence verifies under ``trust`` (default: the pinned vendor roots)
+    with ``policy``'s collateral and certificates, simulated evidence against ``platform_keys``;
+    its claims match ``reference`` or one entry of ``policy`` (exactly one of the two); and it
+    is bound to that key and this party's ``nonce``."""
+    if reference is not None and policy is None:
+        policy = VerificationPolicy.of(reference)
+    elif policy is None or reference is not None:
+        raise ValueError("give exactly one of reference and policy")
     try:
         key = serialization.load_pem_public_key(offer.recovery_key.encode())
         evidence = offer.evidence.evidence()
@@ -54,11 +62,15 @@ def verify_recovery_offer(
     if offer.simulation != (evidence.kind == "simulated"):
         claimed = "simulation" if offer.simulation else "hardware"
         raise StatementError(f"the offer claims {claimed}, its evidence is {evidence.kind!r}")
+    if offer.tee != evidence.kind:
+        raise StatementError(f"the offer says tee {offer.tee!r}, its evidence is {evidence.kind!r}")
     try:
         claims = EvidenceVerifier(
-            simulation=evidence.kind == "simulated", platform_keys=platform_keys, trust=trust
+            simulation=evidence.kind == "simulated",
+            platform_keys=platform_keys,
+            trust=policy.anchors(trust or TrustAnchors()),
         ).verify(evidence)
-        match_claims(claims, reference)
+        policy.match(claims)
     except EvidenceError as exc:
         raise StatementError(f"recovering Coordinator's evidence: {exc}") from None
     except ClaimsMismatch as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from geode.coordinator._api import build_apps
-from geode.coordinator._attesting import HostProbe, coordinator_measurement
+from geode.coordinator._attesting import coordinator_measurement
 from geode.coordinator._audit import AuditLog, MemoryAuditLog
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
@@ -53,7 +53,6 @@ __all__ = [
     "EtcdStore",
     "GroupCommit",
     "HardwareTee",
-    "HostProbe",
     "ManifestBudget",
     "ManifestWorker",
     "MemoryAuditLog",

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import geode
 from geode.attestation import (
     EvidenceVerifier,
+    HostProbe,
     HostTee,
     SimulatedPlatform,
     TrustAnchors,
     measure_bundle,
-    probe_host,
 )
 from geode.coordinator._cluster import coordinator_peer_verifier
 from geode.coordinator._config import CoordinatorConfig
@@ -33,7 +32,6 @@ from geode.errors import GeodeError, SealError
 __all__ = [
     "NO_SEALING_KEY_WARNING",
     "Attesting",
-    "HostProbe",
     "StartDeps",
     "coordinator_measurement",
     "hardware",
@@ -49,10 +47,6 @@ NO_SEALING_KEY_WARNING = (
     "a running peer Coordinator (etcd store) or the manifest's recovery parties, so a manifest "
     "without a recovery section is refused. ***"
 )
-
-# ``probe(choice)``: the host TEE ``--tee`` names, or ``NoTeeError`` (``geode.attestation.
-# probe_host`` in production; tests give their fakes through ``serve``/``open_coordinator``).
-HostProbe = Callable[[str], HostTee]
 
 
 def coordinator_measurement() -> bytes:
@@ -78,7 +72,7 @@ class StartDeps:
     trust anchors hardware evidence is checked against."""
 
     host: HostTee | None
-    probe: HostProbe | None
+    probe: HostProbe
     trust: TrustAnchors
 
 
@@ -126,10 +120,7 @@ def hardware(config: CoordinatorConfig, deps: StartDeps) -> Attesting:
     this process when the TEE has none. No simulated platform key is made or read."""
     host = deps.host
     if host is None:
-        if deps.probe is not None:
-            host = deps.probe(config.tee)
-        else:
-            host = probe_host(config.tee, sgx_sealing=config.sgx_sealing)
+        host = deps.probe(config.tee, sgx_sealing=config.sgx_sealing)
     collateral = read_collateral(config)
     verifier = EvidenceVerifier(simulation=False, collateral=collateral, trust=deps.trust)
     tee = HardwareTee.start(host, verifier, sgx_sealing=config.sgx_sealing)

@@ -16,12 +16,9 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.applications import Starlette
 
-from geode.attestation import (
-    HostTee,
-    TrustAnchors,
-)
+from geode.attestation import HostProbe, HostTee, TrustAnchors, probe_host
 from geode.coordinator._api import build_apps
-from geode.coordinator._attesting import HostProbe, StartDeps, hardware, simulated
+from geode.coordinator._attesting import StartDeps, hardware, simulated
 from geode.coordinator._cluster import ClusterMember
 from geode.coordinator._config import CoordinatorConfig
 from geode.coordinator._coordinator import Coordinator
@@ -139,12 +136,13 @@ def open_coordinator(
     config: CoordinatorConfig,
     *,
     host: HostTee | None = None,
-    probe: HostProbe | None = None,
+    probe: HostProbe = probe_host,
     trust: TrustAnchors | None = None,
 ) -> tuple[Coordinator, Store]:
     """Build the Coordinator from its configuration and unseal its state.
 
-    On hardware, ``host`` is its TEE (else ``probe(config.tee)``, else ``probe_host``) and
+    On hardware, ``host`` is its TEE (else what ``probe`` finds for ``config.tee`` and
+    ``config.sgx_sealing``; ``probe_host`` in production) and
     ``trust`` what hardware evidence is checked against (else the pinned vendor roots): the only
     way to run it on a fake TEE or under test roots. No flag or environment variable reaches
     either."""
@@ -376,7 +374,7 @@ def serve(
     config: CoordinatorConfig,
     *,
     host: HostTee | None = None,
-    probe: HostProbe | None = None,
+    probe: HostProbe = probe_host,
     trust: TrustAnchors | None = None,
 ) -> int:
     """Run the Coordinator until SIGINT or SIGTERM; returns the process exit code. ``host``,
