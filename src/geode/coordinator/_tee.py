@@ -51,6 +51,7 @@ from geode.attestation import (
     SimulatedPlatform,
     TrustAnchors,
     match_claims,
+    reference_values_of,
 )
 from geode.errors import ClaimsMismatch, EvidenceError, GeodeError
 from geode.tee import TcbStatus
@@ -231,40 +232,15 @@ class HardwareTee:
 
 
 def identity_of(claims: Claims, *, sgx_sealing: SgxSealing = "mrenclave") -> ReferenceValues:
-    """A Coordinator's identity (see the module docstring) from its own verified claims."""
-    if claims.tee == "sev-snp":
-        return ReferenceValues(
-            tee="sev-snp",
-            measurement=claims.measurement.hex(),
-            host_data=claims.host_data.hex(),
-            vmpl=claims.vmpl,
-            debug=claims.debug,
-        )
-    if claims.tee == "tdx":
-        rtmrs = [r.hex() for r in claims.rtmrs] + [None] * (4 - len(claims.rtmrs))
-        return ReferenceValues(
-            tee="tdx",
-            mrtd=claims.measurement.hex(),
-            rtmr0=rtmrs[0],
-            rtmr1=rtmrs[1],
-            rtmr2=rtmrs[2],
-            mrconfigid=claims.mrconfigid.hex(),
-            debug=claims.debug,
-            accepted_tcb_statuses=_PEER_TCB_STATUSES,
-        )
-    if claims.tee == "sgx":
-        if sgx_sealing == "mrsigner":
-            return ReferenceValues(
-                tee="sgx",
-                signer=claims.signer.hex(),
-                product_id=claims.product_id,
-                debug=claims.debug,
-                accepted_tcb_statuses=_PEER_TCB_STATUSES,
-            )
-        return ReferenceValues(
-            tee="sgx",
-            measurement=claims.measurement.hex(),
-            debug=claims.debug,
-            accepted_tcb_statuses=_PEER_TCB_STATUSES,
-        )
-    raise GeodeError(f"a Coordinator does not run in a {claims.tee} TEE")
+    """A Coordinator's identity (see the module docstring) from its own claims, which the
+    caller has VERIFIED (``HardwareTee.start``): the reference values they show
+    (``reference_values_of``, the mapping golden evidence is read with too), less what a peer
+    may differ in (the SNP reported TCB, the SGX ISVSVN), with any TCB status but ``Revoked``."""
+    try:
+        shown = reference_values_of(claims, by_signer=sgx_sealing == "mrsigner")
+    except EvidenceError:
+        raise GeodeError(f"a Coordinator does not run in a {claims.tee} TEE") from None
+    fields = shown.model_dump(exclude_unset=True, exclude={"min_tcb", "min_svn"})
+    if shown.spec.checks_tcb_status:
+        fields["accepted_tcb_statuses"] = _PEER_TCB_STATUSES
+    return ReferenceValues(**fields)
