@@ -23,6 +23,7 @@ from geode.attestation._host import (
     Ioctl,
     Probe,
     SgxSealing,
+    attach_snp_certs,
     probe_host,
 )
 from geode.attestation._intel import verify_sgx_quote, verify_tdx_quote
@@ -74,6 +75,7 @@ __all__ = [
     "SimulatedPlatform",
     "SnpEndorsementQuery",
     "TrustAnchors",
+    "attach_snp_certs",
     "default_platform_key_path",
     "detect_kind",
     "golden_reference_values",
