@@ -27,8 +27,15 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from geode.attestation import Evidence, ReferenceValues
-from geode.attestation._sigstruct import HEADER, HEADER2, SIGSTRUCT_SIZE, parse_sigstruct
+from geode.attestation import (
+    Evidence,
+    EvidenceVerifier,
+    ReferenceValues,
+    match_claims,
+    parse_sigstruct,
+    verify_tdx_quote,
+)
+from geode.attestation._sigstruct import HEADER, HEADER2, SIGSTRUCT_SIZE
 from geode.cli import cli
 from geode.errors import EvidenceError
 from tests.attestation.support import intel, snp
@@ -222,6 +229,47 @@ def test_sgx_evidence_gives_mrenclave_or_the_signer(tmp_path: Path) -> None:
     assert policy_of(out) == ReferenceValues(
         tee="sgx", signer="22" * 32, product_id=7, min_svn=3, debug=False
     )
+
+
+@pytest.mark.parametrize("migratable", [False, True])
+def test_snp_evidence_of_a_migratable_guest_gives_migrate_ma(
+    migratable: bool, tmp_path: Path
+) -> None:
+    """Guest policy bit 18 (a migration agent may take the guest away) is refused unless the
+    entry allows it: golden evidence of such a guest gives ``migrate_ma: true``, and the
+    printed entry accepts that same guest's verified evidence."""
+    from tests.support.hardware import FakeSnp
+
+    platform = FakeSnp.create(tmp_path / "snp")
+    policy = 0x30000 | (1 << 18 if migratable else 0)
+    guest = platform.launch(policy=policy, interfaces=("configfs-tsm",))
+    evidence = guest.evidence(bytes(64))
+    code, out, err = run("evidence", _write(tmp_path, "golden.snp", evidence.data))
+    assert code == 0, err
+    entry = yaml.safe_load(out)["accept"][0]
+    assert entry.get("migrate_ma", False) is migratable
+    if not migratable:
+        assert "migrate_ma" not in entry
+    match_claims(EvidenceVerifier(trust=guest.trust()).verify(evidence), policy_of(out))
+
+
+@pytest.mark.parametrize(
+    ("attributes", "sept_ve_disable", "debug"),
+    [(0x10000000, True, False), (0, False, False), (0x10000001, True, True), (1, False, True)],
+)
+def test_tdx_evidence_gives_sept_ve_disable_and_debug_from_the_td_attributes(
+    attributes: int, sept_ve_disable: bool, debug: bool, tmp_path: Path
+) -> None:
+    body = intel.td_report(td_attributes=attributes)
+    quote = intel.build_quote(intel.QuoteSpec(version=4, tee="tdx", body=body))
+    code, out, _ = run("evidence", _write(tmp_path, "golden.tdx", quote))
+    assert code == 0
+    entry = yaml.safe_load(out)["accept"][0]
+    assert entry["sept_ve_disable"] is sept_ve_disable
+    assert entry["debug"] is debug
+    claims = verify_tdx_quote(quote, at=intel.NOW, roots=[intel.pki().root])
+    ref = policy_of(out).model_copy(update={"accepted_tcb_statuses": ["Unverified"]})
+    match_claims(claims, ref)
 
 
 def test_evidence_of_the_wrong_kind_or_truncated_is_one_line(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from geode.attestation import EvidenceVerifier
+from geode.attestation import EvidenceVerifier, golden_reference_values
 from geode.coordinator import Coordinator, CoordinatorConfig, State, Store, open_coordinator
 from geode.coordinator._cluster import JoinRequest
 from geode.errors import JoinRefused, ManifestError
@@ -213,3 +213,42 @@ def test_a_peer_launched_with_another_configuration_is_another_coordinator(
     finally:
         for store in stores:
             store.close()
+
+
+def test_peers_launched_to_allow_a_migration_agent_are_the_same_coordinator(
+    snp: FakeSnp, tmp_path: Path
+) -> None:
+    """The identity is the reference values the verified claims show: a guest policy with the
+    migration-agent bit gives ``migrate_ma``, so two such Coordinators hand over the key (and
+    one without the bit still refuses them)."""
+    migratable = 0x30000 | 1 << 18
+    peer, peer_store = _open(tmp_path / "peer", snp.launch(policy=migratable))
+    twin, twin_store = _open(tmp_path / "twin", snp.launch(policy=migratable))
+    plain, plain_store = _open(tmp_path / "plain", snp.launch())
+    try:
+        assert peer.tee.identity.migrate_ma is True
+        assert plain.tee.identity.migrate_ma is False
+        assert _hand_over(peer, twin) == peer.cluster_key
+        with pytest.raises(JoinRefused, match="policy mismatch"):
+            _hand_over(plain, peer)
+    finally:
+        for store in (peer_store, twin_store, plain_store):
+            store.close()
+
+
+@pytest.mark.parametrize("which", ["sev-snp", "tdx", "sgx-gramine"])
+def test_the_identity_is_what_golden_evidence_of_the_same_launch_shows(
+    which: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """One mapping from claims to reference values: the Coordinator's identity (from its own
+    verified claims) and ``geode measure evidence`` (reading golden evidence) agree, but for
+    what a peer may differ in (the SNP reported TCB, the SGX SVN) and the TCB statuses."""
+    _name, kind, launch = LAUNCHES[which]
+    guest = launch(request.getfixturevalue(kind if kind != "sev-snp" else "snp"))
+    coordinator, store = _open(tmp_path / "data", guest)
+    store.close()
+    golden = golden_reference_values(guest.evidence(bytes(64)))
+    identity = coordinator.tee.identity
+    skip = {"min_tcb", "min_svn", "accepted_tcb_statuses"}
+    assert identity.model_dump(exclude=skip) == golden.model_dump(exclude=skip)
+    assert identity.model_fields_set - skip == golden.model_fields_set - skip

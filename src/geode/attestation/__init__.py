@@ -11,6 +11,11 @@ from geode.attestation._evidence import (
     Claims,
     Evidence,
 )
+from geode.attestation._golden import (
+    GOLDEN_KINDS,
+    golden_reference_values,
+    sigstruct_reference_values,
+)
 from geode.attestation._host import (
     TEE_CHOICES,
     HostPaths,
@@ -19,6 +24,7 @@ from geode.attestation._host import (
     Ioctl,
     Probe,
     SgxSealing,
+    attach_snp_certs,
     probe_host,
 )
 from geode.attestation._intel import verify_sgx_quote, verify_tdx_quote
@@ -30,7 +36,8 @@ from geode.attestation._providers import (
     QuoteProvider,
     select_quote_provider,
 )
-from geode.attestation._reference import ReferenceValues, match_claims
+from geode.attestation._reference import ReferenceValues, match_claims, reference_values_of
+from geode.attestation._sigstruct import Sigstruct, parse_sigstruct
 from geode.attestation._simulated import (
     PLATFORM_KEY_ENV,
     SimulatedPlatform,
@@ -45,6 +52,7 @@ from geode.attestation._verifier import EvidenceVerifier, KindVerifier, detect_k
 
 __all__ = [
     "EVIDENCE_KINDS",
+    "GOLDEN_KINDS",
     "PLATFORM_KEY_ENV",
     "PROVIDER_NAMES",
     "QUOTE_PROVIDER_ENV",
@@ -65,17 +73,23 @@ __all__ = [
     "QuoteProvider",
     "ReferenceValues",
     "SgxSealing",
+    "Sigstruct",
     "SimulatedPlatform",
     "SnpEndorsementQuery",
     "TrustAnchors",
+    "attach_snp_certs",
     "default_platform_key_path",
     "detect_kind",
+    "golden_reference_values",
     "load_platform_public_key",
     "match_claims",
     "measure_bundle",
+    "parse_sigstruct",
     "platform_key_id",
     "probe_host",
+    "reference_values_of",
     "select_quote_provider",
+    "sigstruct_reference_values",
     "snp_endorsement_query",
     "verify_nvidia_report",
     "verify_sgx_quote",

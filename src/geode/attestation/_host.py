@@ -60,6 +60,8 @@ from geode.attestation._sealing import (
     sealing_key,
     snp_derived_key,
 )
+from geode.attestation._snp_certs import snp_cert_table
+from geode.attestation._snp_report import SNP_REPORT_SIZE
 from geode.errors import NoTeeError
 from geode.tee import TeeKind
 
@@ -71,6 +73,7 @@ __all__ = [
     "Ioctl",
     "Probe",
     "SgxSealing",
+    "attach_snp_certs",
     "probe_host",
 ]
 
@@ -161,6 +164,43 @@ def probe_host(
         choice,
         tuple((p.interface, str(p.path), p.reason) for p in prober.probes if not p.usable),
     )
+
+
+def attach_snp_certs(host: HostTee, certs: bytes) -> HostTee:
+    """``host`` (SEV-SNP), whose evidence carries ``certs`` as its certificate table whenever
+    the interface gives none (``SNP_GET_REPORT`` through ``/dev/sev-guest``, configfs-tsm
+    without an ``auxblob``): evidence that a relying party can verify without fetching the VCEK.
+
+    ``certs``: PEM or DER, the VCEK or VLEK and optionally the ASK or ASVK and the ARK
+    (``EvidenceError`` otherwise). They are public, and checked like any the evidence carries:
+    a VCEK of another chip or TCB fails verification. ``ValueError`` for a host of another
+    kind."""
+    if host.kind != "sev-snp":
+        raise ValueError(f"SEV-SNP certificates given to a {host.kind} TEE")
+    return _WithSnpCerts(host, snp_cert_table(certs))
+
+
+class _WithSnpCerts:
+    """A ``HostTee`` adding a certificate table to the reports its interface gives without."""
+
+    def __init__(self, host: HostTee, table: bytes) -> None:
+        self.kind: TeeKind = host.kind
+        self.name = f"{host.name}, certificates given at start"
+        self.sealing = host.sealing
+        self._host = host
+        self._table = table
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        evidence = self._host.evidence(report_data)
+        if any(evidence.data[SNP_REPORT_SIZE:]):
+            return evidence  # the interface's own certificates
+        return Evidence(evidence.kind, evidence.data[:SNP_REPORT_SIZE] + self._table)
+
+    def sealing_key(self) -> bytes | None:
+        return self._host.sealing_key()
+
+    def __repr__(self) -> str:
+        return f"HostTee({self.name!r}, sealing={self.sealing!r})"
 
 
 _ORDER = ("sgx-gramine", "sev-snp", "tdx")

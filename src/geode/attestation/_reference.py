@@ -1,5 +1,7 @@
 """The match of verified claims against reference values (``geode.tee.ReferenceValues``, which a
-manifest package is)."""
+manifest package is), and its inverse: the reference values claims show (``reference_values_of``),
+the one mapping from claims to reference values that golden evidence (``_golden``) and the
+Coordinator's own identity (``geode.coordinator``) share."""
 
 from __future__ import annotations
 
@@ -7,15 +9,17 @@ import hmac
 from collections.abc import Callable, Mapping
 
 from geode.attestation._evidence import Claims
-from geode.errors import ClaimsMismatch
-from geode.tee import ReferenceValues
+from geode.errors import ClaimsMismatch, EvidenceError
+from geode.tee import ReferenceValues, SnpTcb
 
 __all__ = [
+    "REFERENCE_KINDS",
     "SNP_POLICY_MIGRATE_MA",
     "SNP_TCB_COMPONENTS",
     "TD_ATTRIBUTE_SEPT_VE_DISABLE",
     "ReferenceValues",
     "match_claims",
+    "reference_values_of",
 ]
 
 # Components of an SEV-SNP TCB, in the order reasons name them.
@@ -110,3 +114,63 @@ _KIND_MATCHERS: Mapping[str, Callable[[Claims, ReferenceValues], None]] = {
     "sev-snp": _match_snp,
     "nvidia": _match_nvidia,
 }
+
+
+# The kinds whose claims ``reference_values_of`` maps (a Coordinator runs in one of these).
+REFERENCE_KINDS = ("sev-snp", "tdx", "sgx")
+
+
+def reference_values_of(claims: Claims, *, by_signer: bool = False) -> ReferenceValues:
+    """The reference values ``claims`` show, as ``match_claims`` reads them: the claims match
+    them (a TCB status aside). Whether the claims can be believed is the caller's business:
+    verified evidence's claims, or values merely read from golden evidence (``_golden``).
+
+    - ``sev-snp``: ``measurement``, ``host_data``, ``vmpl``, the reported TCB as ``min_tcb`` (when
+      the claims decode it), ``migrate_ma`` (only when the guest policy sets bit 18), ``debug``;
+    - ``tdx``: ``mrtd``, ``rtmr0``..``rtmr2`` (``rtmr3`` is extended at run time: left out),
+      ``mrconfigid``, ``sept_ve_disable`` (TD attribute bit 28, set or clear), ``debug``;
+    - ``sgx``: ``measurement`` (MRENCLAVE) or, ``by_signer``, ``signer``, ``product_id`` and
+      ``min_svn`` (the ISVSVN), and ``debug``.
+
+    ``EvidenceError`` for claims of another kind (``REFERENCE_KINDS``)."""
+    if claims.tee == "sev-snp":
+        snp = ReferenceValues(
+            tee="sev-snp",
+            measurement=claims.measurement.hex(),
+            host_data=claims.host_data.hex(),
+            vmpl=claims.vmpl,
+            min_tcb=SnpTcb(**claims.tcb) if claims.tcb else None,
+            debug=claims.debug,
+        )
+        if (claims.policy or 0) & SNP_POLICY_MIGRATE_MA:
+            return snp.model_copy(update={"migrate_ma": True})
+        return snp
+    if claims.tee == "tdx":
+        rtmrs: list[str | None] = [r.hex() for r in claims.rtmrs[:3]]
+        rtmrs += [None] * (3 - len(rtmrs))
+        attributes = int.from_bytes(claims.td_attributes, "little")
+        return ReferenceValues(
+            tee="tdx",
+            mrtd=claims.measurement.hex(),
+            rtmr0=rtmrs[0],
+            rtmr1=rtmrs[1],
+            rtmr2=rtmrs[2],
+            mrconfigid=claims.mrconfigid.hex(),
+            sept_ve_disable=bool(attributes & TD_ATTRIBUTE_SEPT_VE_DISABLE),
+            debug=claims.debug,
+        )
+    if claims.tee == "sgx":
+        if by_signer:
+            return ReferenceValues(
+                tee="sgx",
+                signer=claims.signer.hex(),
+                product_id=claims.product_id,
+                min_svn=claims.svn,
+                debug=claims.debug,
+            )
+        return ReferenceValues(tee="sgx", measurement=claims.measurement.hex(), debug=claims.debug)
+    raise EvidenceError(
+        f"no reference values are read from {claims.tee} evidence "
+        f"(one of {', '.join(REFERENCE_KINDS)})",
+        field="kind",
+    )

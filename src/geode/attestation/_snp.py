@@ -211,6 +211,21 @@ class SnpEndorsementQuery:
     tcb: Mapping[str, int]  # the reported TCB by component
     carried: bool  # the report's certificate table brings the key's certificate
 
+    @property
+    def vcek_path(self) -> str:
+        """Where AMD's KDS serves this VCEK (path and query, after the KDS's base URL):
+        ``vcek/v1/{product}/{chip id}?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..[&fmcSPL=..]``."""
+        spl = {
+            "blSPL": self.tcb["bootloader"],
+            "teeSPL": self.tcb["tee"],
+            "snpSPL": self.tcb["snp"],
+            "ucodeSPL": self.tcb["microcode"],
+        }
+        if "fmc" in self.tcb:
+            spl["fmcSPL"] = self.tcb["fmc"]
+        query = "&".join(f"{name}={value}" for name, value in spl.items())
+        return f"vcek/v1/{self.product}/{self.chip_id.hex()}?{query}"
+
 
 def snp_endorsement_query(data: bytes, product: str | None = None) -> SnpEndorsementQuery:
     """Which VCEK (or VLEK) signed this report and where AMD lists its revocations.

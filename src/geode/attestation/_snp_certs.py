@@ -48,6 +48,7 @@ __all__ = [
     "build_cert_table",
     "is_cert_table",
     "parse_cert_table",
+    "snp_cert_table",
     "snp_certificates",
     "verify_snp_chain",
 ]
@@ -67,6 +68,7 @@ CERT_TABLE_GUIDS = {
 }
 _CERT_GUIDS = {CERT_TABLE_GUIDS[name] for name in ("ark", "ask", "vcek", "vlek")}
 _ENTRY_SIZE = 24
+_KEY_ROLES = {"vcek", "vlek"}
 
 
 @functools.cache
@@ -149,6 +151,39 @@ def snp_certificates(blob: bytes, *, field: str, base: int | None = None) -> lis
             where = start + entry.offset
             certs.append(load_certificate_blob(entry.data, f"cert_table[{index}]", where))
     return certs
+
+
+def snp_cert_table(blob: bytes, *, field: str = "certs") -> bytes:
+    """The certificate table a host would give with a report, made of the certificates in
+    ``blob`` (PEM or DER, or a table): a VCEK or a VLEK, and optionally its ASK or ASVK and the
+    ARK. For a host whose interface gives no certificates (``SNP_GET_REPORT``, configfs-tsm
+    without an ``auxblob``). Nothing is verified here: the table is checked with the report it
+    travels with. ``EvidenceError`` for a certificate of no such role, a role given twice, or no
+    VCEK or VLEK."""
+    roles: dict[str, x509.Certificate] = {}
+    for cert in snp_certificates(blob, field=field):
+        name = common_name(cert)
+        if name in ("SEV-VCEK", "SEV-VLEK"):
+            role = name.removeprefix("SEV-").lower()
+        elif _is_self_signed_name(cert):
+            role = "ark"
+        elif name.startswith("SEV-"):
+            role = "ask"  # an ASK or an ASVK: the table has one entry for either
+        else:
+            raise EvidenceError(f"{name!r} is none of VCEK, VLEK, ASK, ASVK or ARK", field=field)
+        if role in roles:
+            raise EvidenceError(f"two {role.upper()} certificates", field=field)
+        if role in _KEY_ROLES and _KEY_ROLES & set(roles):
+            raise EvidenceError(
+                "a VCEK and a VLEK: give the one that signs the reports", field=field
+            )
+        roles[role] = cert
+    if "vcek" not in roles and "vlek" not in roles:
+        raise EvidenceError("no VCEK or VLEK certificate", field=field)
+    return build_cert_table(
+        (CERT_TABLE_GUIDS[role], cert.public_bytes(serialization.Encoding.DER))
+        for role, cert in roles.items()
+    )
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,13 @@ def _collateral(values: tuple[str, ...]) -> dict[str, Path]:
     "updated by the same signer (same product id) opens the state.",
 )
 @click.option(
+    "--tee-certs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="SEV-SNP whose interface gives no certificates (SNP_GET_REPORT, configfs-tsm without "
+    "auxblob): the VCEK or VLEK (PEM or DER, optionally with its ASK or ASVK) that every "
+    "report of this Coordinator then carries. Checked like any: a wrong one stops the start.",
+)
+@click.option(
     "--sealing-key",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Simulation only: sealing key file (env GEODE_SEALING_KEY; created if missing).",
@@ -234,6 +241,7 @@ def coordinator(
     tee: str,
     simulation: bool,
     sgx_sealing: SgxSealing,
+    tee_certs: Path | None,
     sealing_key: Path | None,
     platform_key: Path | None,
     trust_platform_key: tuple[Path, ...],
@@ -291,6 +299,11 @@ def coordinator(
             f"{', '.join(given)}: simulation only; a Coordinator in a hardware TEE trusts no "
             "simulated platform key and derives its sealing key from its TEE"
         )
+    if tee_certs is not None and (simulated or tee not in ("auto", "sev-snp")):
+        raise click.UsageError(
+            "--tee-certs: SEV-SNP only (the VCEK or VLEK its reports lack), not "
+            + ("simulation" if simulated else f"--tee {tee}")
+        )
     config = CoordinatorConfig(
         data_dir=data_dir,
         etcd=etcd,
@@ -301,6 +314,7 @@ def coordinator(
         tee="simulated" if simulated else tee,
         simulation=simulated,
         sgx_sealing=sgx_sealing,
+        tee_certs=tee_certs,
         sealing_key=sealing_key,
         platform_key=platform_key,
         trusted_platform_keys=trust_platform_key,

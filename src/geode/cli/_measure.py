@@ -22,15 +22,14 @@ from types import ModuleType
 import click
 import yaml
 
-from geode.attestation import ReferenceValues, measure_bundle
-
-# Private until the attestation package exports them.
-from geode.attestation._golden import (
+from geode.attestation import (
     GOLDEN_KINDS,
+    ReferenceValues,
     golden_reference_values,
+    measure_bundle,
+    parse_sigstruct,
     sigstruct_reference_values,
 )
-from geode.attestation._sigstruct import parse_sigstruct
 from geode.cli._common import warn
 from geode.cli._evidence import _read_evidence
 

@@ -21,13 +21,14 @@ from geode.attestation import (
     HostTee,
     SimulatedPlatform,
     TrustAnchors,
+    attach_snp_certs,
     measure_bundle,
 )
 from geode.coordinator._cluster import coordinator_peer_verifier
 from geode.coordinator._config import CoordinatorConfig
 from geode.coordinator._seal import default_sealing_key_path, load_or_create_sealing_key
 from geode.coordinator._tee import CoordinatorTee, HardwareTee, SimulatedTee
-from geode.errors import GeodeError, SealError
+from geode.errors import EvidenceError, GeodeError, SealError
 
 __all__ = [
     "NO_SEALING_KEY_WARNING",
@@ -37,6 +38,7 @@ __all__ = [
     "hardware",
     "read_collateral",
     "simulated",
+    "with_tee_certs",
 ]
 
 log = logging.getLogger("geode.coordinator")
@@ -121,6 +123,8 @@ def hardware(config: CoordinatorConfig, deps: StartDeps) -> Attesting:
     host = deps.host
     if host is None:
         host = deps.probe(config.tee, sgx_sealing=config.sgx_sealing)
+    if config.tee_certs is not None:
+        host = with_tee_certs(host, config.tee_certs)
     collateral = read_collateral(config)
     verifier = EvidenceVerifier(simulation=False, collateral=collateral, trust=deps.trust)
     tee = HardwareTee.start(host, verifier, sgx_sealing=config.sgx_sealing)
@@ -143,3 +147,19 @@ def hardware(config: CoordinatorConfig, deps: StartDeps) -> Attesting:
         sealing_key,
         durable,
     )
+
+
+def with_tee_certs(host: HostTee, path: Path) -> HostTee:
+    """``host`` whose SEV-SNP evidence carries the certificates in ``path`` (``--tee-certs``)
+    when its interface gives none; ``GeodeError`` for a file that cannot be read or holds no
+    VCEK or VLEK, or a host that is not SEV-SNP (``--tee auto`` found another TEE)."""
+    if host.kind != "sev-snp":
+        raise GeodeError(
+            f"--tee-certs is for SEV-SNP, and this Coordinator runs in {host.kind} ({host.name})"
+        )
+    try:
+        return attach_snp_certs(host, path.read_bytes())
+    except OSError as exc:
+        raise GeodeError(f"--tee-certs {path}: {exc.strerror or exc}") from None
+    except EvidenceError as exc:
+        raise GeodeError(f"--tee-certs {path}: {exc}") from None

@@ -21,6 +21,9 @@ SIMULATION_ONLY = (
     "--platform-key, --sealing-key, --trust-platform-key and --trust-coordinator-platform-key"
 )
 
+# The ``--tee`` choices ``--tee-certs`` goes with (``auto`` must then find SEV-SNP).
+_TEE_CERTS_CHOICES = ("auto", "sev-snp")
+
 
 @dataclass(frozen=True)
 class CoordinatorConfig:
@@ -33,6 +36,10 @@ class CoordinatorConfig:
     simulation: bool = False
     # SGX under Gramine: seal with the enclave's own key, or with its signer's (updatable code).
     sgx_sealing: SgxSealing = "mrenclave"
+    # SEV-SNP only (``--tee-certs``): a PEM or DER file with the VCEK or VLEK (and optionally
+    # the ASK or ASVK) that this Coordinator's evidence carries when the host's interface gives
+    # no certificates (``geode.attestation.attach_snp_certs``).
+    tee_certs: Path | None = None
     # Simulation only (refused on hardware): the sealing key file and the platform keys.
     sealing_key: Path | None = None
     platform_key: Path | None = None
@@ -64,8 +71,8 @@ class CoordinatorConfig:
 
     def check(self) -> None:
         """``GeodeError`` for a combination that cannot run: an unknown TEE, ``simulation``
-        with a hardware TEE, or simulated platform keys given to a hardware Coordinator (a
-        host could sign anything with them)."""
+        with a hardware TEE, simulated platform keys given to a hardware Coordinator (a
+        host could sign anything with them), or SEV-SNP certificates to another TEE."""
         if self.tee not in TEE_CHOICES:
             raise GeodeError(f"--tee {self.tee}: expected one of {', '.join(TEE_CHOICES)}")
         if self.simulation and self.tee not in ("auto", "simulated"):
@@ -77,3 +84,6 @@ class CoordinatorConfig:
             or self.coordinator_platform_keys
         ):
             raise GeodeError(f"{SIMULATION_ONLY} are for simulation only (--tee simulated)")
+        if self.tee_certs is not None and (self.simulated or self.tee not in _TEE_CERTS_CHOICES):
+            tee = "simulation" if self.simulated else f"--tee {self.tee}"
+            raise GeodeError(f"--tee-certs is for SEV-SNP (the VCEK or VLEK), not {tee}")

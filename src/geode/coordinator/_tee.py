@@ -51,6 +51,8 @@ from geode.attestation import (
     SimulatedPlatform,
     TrustAnchors,
     match_claims,
+    reference_values_of,
+    snp_endorsement_query,
 )
 from geode.errors import ClaimsMismatch, EvidenceError, GeodeError
 from geode.tee import TcbStatus
@@ -58,6 +60,8 @@ from geode.tee import TcbStatus
 __all__ = ["CoordinatorTee", "HardwareTee", "SimulatedTee"]
 
 _IDENTITY_LABEL = b"geode coordinator identity v1\0"
+# AMD's key distribution service, named in the hint for a host that gives no VCEK.
+AMD_KDS = "https://kdsintf.amd.com"
 # A peer's TCB status is the verifier's business; only a revoked platform is never a peer.
 _PEER_TCB_STATUSES: list[TcbStatus] = [s for s in get_args(TcbStatus) if s != "Revoked"]
 # Launch configuration that reference values do not name but a peer must share (claims.details).
@@ -190,13 +194,17 @@ class HardwareTee:
         with ``verifier`` (hardware only, the trust anchors in use). ``GeodeError`` when the
         host's evidence does not verify: then neither would a relying party's."""
         expected = hashlib.sha512(_IDENTITY_LABEL + os.urandom(32)).digest()
+        evidence = None
         try:
             evidence = host.evidence(expected)
             if evidence.kind != host.kind:
                 raise EvidenceError(f"{host.name} gave {evidence.kind} evidence", field="kind")
             claims = verifier.verify(evidence)
         except (EvidenceError, OSError) as exc:
-            raise GeodeError(f"this Coordinator's own evidence ({host.name}): {exc}") from None
+            hint = _missing_certs_hint(evidence) if evidence is not None else ""
+            raise GeodeError(
+                f"this Coordinator's own evidence ({host.name}): {exc}{hint}"
+            ) from None
         if not hmac.compare_digest(claims.report_data, expected):
             raise GeodeError(f"{host.name} gave evidence over other report data than asked")
         identity = identity_of(claims, sgx_sealing=sgx_sealing)
@@ -230,41 +238,42 @@ class HardwareTee:
         return EvidenceVerifier(simulation=False, collateral=collateral, trust=trust)
 
 
+def _missing_certs_hint(evidence: Evidence) -> str:
+    """What to do when the host's SEV-SNP report came without the certificate of the key that
+    signed it (the interface gives none): give it with ``--tee-certs``, and where it is."""
+    if evidence.kind != "sev-snp":
+        return ""
+    try:
+        query = snp_endorsement_query(evidence.data)
+    except EvidenceError:
+        return (
+            "; the interface gives no certificates: start with --tee-certs FILE holding the "
+            "VCEK (AMD's KDS) or the VLEK (the cloud provider's)"
+        )
+    if query.carried:
+        return ""
+    if query.signing_key != "VCEK":
+        return (
+            f"; the interface gives no certificates: start with --tee-certs FILE holding the "
+            f"{query.signing_key} (AMD hands it to the cloud provider only: ask them for it)"
+        )
+    return (
+        "; the interface gives no certificates: start with --tee-certs FILE holding this "
+        f"chip's VCEK (PEM or DER) as AMD's KDS serves it ({AMD_KDS}/{query.vcek_path}, the "
+        "one geode verify --online fetches)"
+    )
+
+
 def identity_of(claims: Claims, *, sgx_sealing: SgxSealing = "mrenclave") -> ReferenceValues:
-    """A Coordinator's identity (see the module docstring) from its own verified claims."""
-    if claims.tee == "sev-snp":
-        return ReferenceValues(
-            tee="sev-snp",
-            measurement=claims.measurement.hex(),
-            host_data=claims.host_data.hex(),
-            vmpl=claims.vmpl,
-            debug=claims.debug,
-        )
-    if claims.tee == "tdx":
-        rtmrs = [r.hex() for r in claims.rtmrs] + [None] * (4 - len(claims.rtmrs))
-        return ReferenceValues(
-            tee="tdx",
-            mrtd=claims.measurement.hex(),
-            rtmr0=rtmrs[0],
-            rtmr1=rtmrs[1],
-            rtmr2=rtmrs[2],
-            mrconfigid=claims.mrconfigid.hex(),
-            debug=claims.debug,
-            accepted_tcb_statuses=_PEER_TCB_STATUSES,
-        )
-    if claims.tee == "sgx":
-        if sgx_sealing == "mrsigner":
-            return ReferenceValues(
-                tee="sgx",
-                signer=claims.signer.hex(),
-                product_id=claims.product_id,
-                debug=claims.debug,
-                accepted_tcb_statuses=_PEER_TCB_STATUSES,
-            )
-        return ReferenceValues(
-            tee="sgx",
-            measurement=claims.measurement.hex(),
-            debug=claims.debug,
-            accepted_tcb_statuses=_PEER_TCB_STATUSES,
-        )
-    raise GeodeError(f"a Coordinator does not run in a {claims.tee} TEE")
+    """A Coordinator's identity (see the module docstring) from its own claims, which the
+    caller has VERIFIED (``HardwareTee.start``): the reference values they show
+    (``reference_values_of``, the mapping golden evidence is read with too), less what a peer
+    may differ in (the SNP reported TCB, the SGX ISVSVN), with any TCB status but ``Revoked``."""
+    try:
+        shown = reference_values_of(claims, by_signer=sgx_sealing == "mrsigner")
+    except EvidenceError:
+        raise GeodeError(f"a Coordinator does not run in a {claims.tee} TEE") from None
+    fields = shown.model_dump(exclude_unset=True, exclude={"min_tcb", "min_svn"})
+    if shown.spec.checks_tcb_status:
+        fields["accepted_tcb_statuses"] = _PEER_TCB_STATUSES
+    return ReferenceValues(**fields)
