@@ -301,6 +301,7 @@ def test_a_real_chain_checked_against_another_root_is_refused() -> None:
         verify(case, roots=wrong)
 
 
-def test_collateral_is_refused() -> None:
-    with pytest.raises(EvidenceError, match="no collateral"):
+def test_collateral_that_is_not_a_crl_is_refused() -> None:
+    # The collateral of SEV-SNP is AMD's CRL (test_snp_crl.py); anything else is refused.
+    with pytest.raises(EvidenceError, match="expected AMD's CRL"):
         verify(CASES[0], collateral=b"{}")

@@ -38,7 +38,7 @@ from geode.attestation._simulated import (
     platform_key_id,
     verify_simulated_quote,
 )
-from geode.attestation._snp import verify_snp_report
+from geode.attestation._snp import SnpEndorsementQuery, snp_endorsement_query, verify_snp_report
 from geode.attestation._trust import TrustAnchors
 from geode.attestation._verifier import EvidenceVerifier, KindVerifier, detect_kind
 
@@ -64,6 +64,7 @@ __all__ = [
     "ReferenceValues",
     "SgxSealing",
     "SimulatedPlatform",
+    "SnpEndorsementQuery",
     "TrustAnchors",
     "default_platform_key_path",
     "detect_kind",
@@ -73,6 +74,7 @@ __all__ = [
     "platform_key_id",
     "probe_host",
     "select_quote_provider",
+    "snp_endorsement_query",
     "verify_nvidia_report",
     "verify_sgx_quote",
     "verify_simulated_quote",

@@ -69,8 +69,8 @@ class Claims:
     ========== =====================================================================================
     simulated  measurement, signer, product_id, svn
     sgx        measurement (MRENCLAVE), signer (MRSIGNER), product_id (ISVPRODID), svn (ISVSVN)
-    tdx        measurement (MRTD), rtmrs (RTMR0..3), mrconfigid
-    sev-snp    measurement (48 bytes), host_data, vmpl, tcb (reported TCB by component)
+    tdx        measurement (MRTD), rtmrs (RTMR0..3), mrconfigid, td_attributes (8 bytes)
+    sev-snp    measurement (48 bytes), host_data, vmpl, tcb (reported TCB by component), policy
     nvidia     measurements (index -> value, from the measurement blocks)
     ========== =====================================================================================
 
@@ -97,6 +97,8 @@ class Claims:
     host_data: bytes = b""
     vmpl: int | None = None
     tcb: Mapping[str, int] = field(default_factory=dict)
+    policy: int | None = None
+    td_attributes: bytes = b""
     measurements: Mapping[int, bytes] = field(default_factory=dict)
     details: Mapping[str, str] = field(default_factory=dict)
 
@@ -109,6 +111,7 @@ class Claims:
             for index, value in enumerate(self.rtmrs):
                 out[f"rtmr{index}"] = value.hex()
             out["mrconfigid"] = self.mrconfigid.hex()
+            out["td_attributes"] = self.td_attributes.hex()
         elif self.tee == "nvidia":
             out["measurements"] = {str(i): v.hex() for i, v in sorted(self.measurements.items())}
         else:
@@ -117,6 +120,7 @@ class Claims:
             out.update(signer=self.signer.hex(), product_id=self.product_id, svn=self.svn)
         if self.tee == "sev-snp":
             out.update(host_data=self.host_data.hex(), vmpl=self.vmpl, tcb=dict(self.tcb))
+            out["policy"] = f"0x{self.policy or 0:x}"
         out.update(
             debug=self.debug,
             report_data=self.report_data.hex(),

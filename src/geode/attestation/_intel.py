@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from geode.attestation._evidence import TCB_UNVERIFIED, Claims
+from geode.attestation._evidence_certs import common_name
 from geode.attestation._intel_collateral import evaluate_tcb, parse_collateral
 from geode.attestation._intel_pck import PckChain, intel_roots, verify_pck_chain
 from geode.attestation._intel_quote import (
@@ -172,6 +173,8 @@ def _common_details(
     details = {
         "quote_version": str(quote.version),
         "fmspc": chain.tcb.fmspc.hex(),
+        # Which PCK CA issued the PCK (the PCK CRL to fetch): "processor" or "platform".
+        "pck_ca": "processor" if "Processor" in common_name(chain.intermediate) else "platform",
         "pce_id": chain.tcb.pce_id.hex(),
         "ppid": chain.tcb.ppid.hex(),
         "pck_cpu_svn": chain.tcb.cpu_svn.hex(),
@@ -242,6 +245,7 @@ def _tdx_claims(
         debug=td.debug,
         rtmrs=td.rtmrs,
         mrconfigid=td.mrconfigid,
+        td_attributes=td.td_attributes,
         tcb_status=verdict.status if verdict else TCB_UNVERIFIED,
         platform=chain.tcb.fmspc.hex(),
         advisory_ids=verdict.advisory_ids if verdict else (),

@@ -10,10 +10,22 @@ from geode.attestation._evidence import Claims
 from geode.errors import ClaimsMismatch
 from geode.tee import ReferenceValues
 
-__all__ = ["SNP_TCB_COMPONENTS", "ReferenceValues", "match_claims"]
+__all__ = [
+    "SNP_POLICY_MIGRATE_MA",
+    "SNP_TCB_COMPONENTS",
+    "TD_ATTRIBUTE_SEPT_VE_DISABLE",
+    "ReferenceValues",
+    "match_claims",
+]
 
 # Components of an SEV-SNP TCB, in the order reasons name them.
 SNP_TCB_COMPONENTS = ("fmc", "bootloader", "tee", "snp", "microcode")
+# SEV-SNP guest policy: a migration agent may export the guest (its memory leaves the chip's
+# keys). The debug bit (19) is the claims' ``debug``.
+SNP_POLICY_MIGRATE_MA = 1 << 18
+# TDX TD attributes: EPT violations are not converted to #VE (the guest cannot be made to
+# take a #VE on memory the host unmapped). The debug bit (0) is the claims' ``debug``.
+TD_ATTRIBUTE_SEPT_VE_DISABLE = 1 << 28
 
 
 def _same(claimed: bytes, expected_hex: str) -> bool:
@@ -54,9 +66,22 @@ def _match_tdx(claims: Claims, ref: ReferenceValues) -> None:
             raise ClaimsMismatch(f"rtmr{index} mismatch", f"got {got}")
     if ref.mrconfigid is not None and not _same(claims.mrconfigid, ref.mrconfigid):
         raise ClaimsMismatch("mrconfigid mismatch", f"got {claims.mrconfigid.hex()}")
+    if ref.sept_ve_disable is not None:
+        attributes = int.from_bytes(claims.td_attributes, "little")
+        if bool(attributes & TD_ATTRIBUTE_SEPT_VE_DISABLE) != ref.sept_ve_disable:
+            want = "set" if ref.sept_ve_disable else "clear"
+            raise ClaimsMismatch(
+                "td attributes mismatch",
+                f"SEPT_VE_DISABLE must be {want} (td_attributes {claims.td_attributes.hex()})",
+            )
 
 
 def _match_snp(claims: Claims, ref: ReferenceValues) -> None:
+    policy = claims.policy or 0  # the SNP verifier always fills it
+    if policy & SNP_POLICY_MIGRATE_MA and not ref.migrate_ma:
+        raise ClaimsMismatch(
+            "guest policy mismatch", f"a migration agent is allowed (policy 0x{policy:x}, bit 18)"
+        )
     if ref.host_data is not None and not _same(claims.host_data, ref.host_data):
         raise ClaimsMismatch("host data mismatch", f"got {claims.host_data.hex()}")
     if ref.vmpl is not None and claims.vmpl != ref.vmpl:

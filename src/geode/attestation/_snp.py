@@ -11,15 +11,21 @@ table the guest received with it (configfs-tsm ``auxblob``, ``SNP_GET_EXT_REPORT
    layout; the CPUID family and model (report v3+) must name the chain's product;
 4. check the ECDSA P-384 signature over bytes 0..0x29F.
 
-The claims carry the measurement, host data, report data, debug (policy bit 19), VMPL and the
-reported TCB by component; the policy, committed / current / launch TCBs, chip id and key kind
-are in ``details``. Package matching (minimum TCB, VMPL, host data) is ``match_claims``'s.
+The claims carry the measurement, host data, report data, debug (policy bit 19), the guest
+policy, VMPL and the reported TCB by component; committed / current / launch TCBs, chip id and
+key kind are in ``details``. Package matching (minimum TCB, VMPL, host data, the policy's
+migration bit) is ``match_claims``'s.
+
+The collateral of SEV-SNP is AMD's CRL for the product (``_snp_crl``): with it, a revoked ASK,
+ASVK, VCEK or VLEK is refused and ``tcb_status`` says ``UpToDate`` (the reported TCB itself is
+held against the package's ``min_tcb``); without it, ``Unverified``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -30,7 +36,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from geode.attestation._evidence import TCB_UNVERIFIED, Claims
 from geode.attestation._evidence_certs import public_key
-from geode.attestation._snp_certs import SnpChain, snp_certificates, verify_snp_chain
+from geode.attestation._snp_certs import (
+    CERT_TABLE_GUIDS,
+    SnpChain,
+    is_cert_table,
+    parse_cert_table,
+    snp_certificates,
+    verify_snp_chain,
+)
+from geode.attestation._snp_crl import check_amd_crl, load_amd_crl
 from geode.attestation._snp_report import (
     SNP_REPORT_SIZE,
     SNP_SIGNED_SIZE,
@@ -42,7 +56,13 @@ from geode.attestation._snp_report import (
 )
 from geode.errors import EvidenceError
 
-__all__ = ["SnpVerified", "verify_snp_evidence", "verify_snp_report"]
+__all__ = [
+    "SnpEndorsementQuery",
+    "SnpVerified",
+    "snp_endorsement_query",
+    "verify_snp_evidence",
+    "verify_snp_report",
+]
 
 _AMD_OID = "1.3.6.1.4.1.3704.1"
 _PRODUCT_NAME = x509.ObjectIdentifier(f"{_AMD_OID}.2")
@@ -121,6 +141,7 @@ class SnpVerified:
             host_data=report.host_data,
             vmpl=report.vmpl,
             tcb=self.reported_tcb.components(),
+            policy=report.policy,
             details=details,
         )
 
@@ -166,10 +187,54 @@ def verify_snp_report(
     roots: Sequence[x509.Certificate] | None = None,
 ) -> Claims:
     """The ``sev-snp`` verifier of ``EvidenceVerifier`` (see ``_verifier``): claims of a verified
-    report. SEV-SNP takes no collateral."""
-    if collateral is not None:
-        raise EvidenceError("SEV-SNP evidence takes no collateral", field="collateral")
-    return verify_snp_evidence(data, certs=certs, at=at, roots=roots).claims()
+    report. ``collateral``: AMD's CRL for the product (DER or PEM); without it the claims'
+    ``tcb_status`` is ``Unverified``."""
+    crl = load_amd_crl(collateral) if collateral is not None else None
+    verified = verify_snp_evidence(data, certs=certs, at=at, roots=roots)
+    claims = verified.claims()
+    if crl is None:
+        details = {**claims.details, "revocation": "not checked (no AMD CRL given)"}
+        return dataclasses.replace(claims, details=details)
+    checked = check_amd_crl(crl, verified.chain, at)
+    details = {**claims.details, "revocation": checked}
+    return dataclasses.replace(claims, tcb_status="UpToDate", details=details)
+
+
+@dataclass(frozen=True)
+class SnpEndorsementQuery:
+    """What AMD's key distribution service needs to hand out the key that signed a report, read
+    from the report alone (nothing verified yet: what is fetched is verified afterwards)."""
+
+    product: str  # Milan, Genoa, Turin
+    signing_key: str  # VCEK or VLEK
+    chip_id: bytes  # as the VCEK's hwID: 8 bytes on Turin, 64 before
+    tcb: Mapping[str, int]  # the reported TCB by component
+    carried: bool  # the report's certificate table brings the key's certificate
+
+
+def snp_endorsement_query(data: bytes, product: str | None = None) -> SnpEndorsementQuery:
+    """Which VCEK (or VLEK) signed this report and where AMD lists its revocations.
+    ``product``: when the report (version 2) does not name it by its CPUID."""
+    report = parse_snp_report(data)
+    named = report.cpuid_product
+    if named is None:
+        if product is None:
+            raise EvidenceError(
+                "the report does not name its product (CPUID): give it", field="cpuid"
+            )
+        named = SnpProduct(product)
+    size = 8 if named is SnpProduct.TURIN else 64
+    tcb = report.decode_tcb(report.reported_tcb, named).components()
+    tail = data[SNP_REPORT_SIZE:]
+    guid = CERT_TABLE_GUIDS["vcek" if report.signing_key is SigningKey.VCEK else "vlek"]
+    carried = (
+        any(tail)
+        and is_cert_table(tail)
+        and any(entry.guid == guid for entry in parse_cert_table(tail, base=SNP_REPORT_SIZE))
+    )
+    return SnpEndorsementQuery(
+        named.value, report.signing_key.name, report.chip_id[:size], tcb, carried
+    )
 
 
 def _bind(verified: SnpVerified) -> None:

@@ -12,15 +12,25 @@ from geode.client._client import (
     pin_root,
     pinned_root_path,
 )
+from geode.client._fetch import AMD_KDS, INTEL_PCS, INTEL_ROOT_CA_CRL, CollateralFetcher, Fetched
+from geode.client._policy import PolicyError, PolicyMatch, VerificationPolicy
 from geode.client._recovery import ShareUpload, prepare_share_upload, verify_recovery_offer
 from geode.client._statement import VerifiedStatement, statement_manifest, verify_statement
 
 __all__ = [
+    "AMD_KDS",
     "CONFIG_DIR_ENV",
+    "INTEL_PCS",
+    "INTEL_ROOT_CA_CRL",
     "AuditEntry",
     "AuditReport",
+    "CollateralFetcher",
     "CoordinatorClient",
+    "Fetched",
+    "PolicyError",
+    "PolicyMatch",
     "ShareUpload",
+    "VerificationPolicy",
     "VerifiedStatement",
     "config_dir",
     "load_pinned_root",

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from geode._files import replace_file, xdg_path
-from geode.attestation import ReferenceValues
+from geode.attestation import ReferenceValues, TrustAnchors
+from geode.client._policy import VerificationPolicy
 from geode.client._recovery import verify_recovery_offer
 from geode.client._statement import VerifiedStatement, statement_manifest, verify_statement
 from geode.errors import ClientError
@@ -230,14 +231,25 @@ class CoordinatorClient:
         return DeploymentStatement.from_json(body)
 
     def verified_statement(
-        self, *, reference: ReferenceValues, platform_keys: Sequence[Ed25519PublicKey] = ()
+        self,
+        *,
+        reference: ReferenceValues | None = None,
+        policy: VerificationPolicy | None = None,
+        platform_keys: Sequence[Ed25519PublicKey] = (),
+        trust: TrustAnchors | None = None,
     ) -> VerifiedStatement:
         """A fresh deployment statement (for a nonce of this call's own), verified against
-        ``reference`` (``verify_statement``; ``StatementError`` naming what failed)."""
+        ``reference`` or ``policy`` under ``trust`` (``verify_statement``; ``StatementError``
+        naming what failed)."""
         nonce = os.urandom(32)
         statement = self.attestation(nonce)
         return verify_statement(
-            statement, reference=reference, platform_keys=platform_keys, nonce=nonce
+            statement,
+            reference=reference,
+            policy=policy,
+            platform_keys=platform_keys,
+            nonce=nonce,
+            trust=trust,
         )
 
     def deployed_manifest(self, root: x509.Certificate) -> bytes | None:
@@ -303,14 +315,18 @@ class CoordinatorClient:
         )
 
     def verified_recovery_offer(
-        self, *, reference: ReferenceValues, platform_keys: Sequence[Ed25519PublicKey] = ()
+        self,
+        *,
+        reference: ReferenceValues,
+        platform_keys: Sequence[Ed25519PublicKey] = (),
+        trust: TrustAnchors | None = None,
     ) -> tuple[RecoveryOffer, rsa.RSAPublicKey]:
         """A recovering Coordinator's offer for a nonce of this call's own, and the key its
         evidence vouches for (``verify_recovery_offer``; ``StatementError`` otherwise)."""
         nonce = os.urandom(32)
         offer = self.recovery_offer(nonce)
         key = verify_recovery_offer(
-            offer, reference=reference, platform_keys=platform_keys, nonce=nonce
+            offer, reference=reference, platform_keys=platform_keys, nonce=nonce, trust=trust
         )
         return offer, key
 

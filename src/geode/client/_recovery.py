@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from geode.attestation import EvidenceVerifier, ReferenceValues, match_claims
+from geode.attestation import EvidenceVerifier, ReferenceValues, TrustAnchors, match_claims
 from geode.errors import ClaimsMismatch, ClientError, EvidenceError, StatementError
 from geode.pki import public_key_der
 from geode.protocol import (
@@ -38,9 +38,12 @@ def verify_recovery_offer(
     reference: ReferenceValues,
     platform_keys: Sequence[Ed25519PublicKey] = (),
     nonce: bytes,
+    trust: TrustAnchors | None = None,
 ) -> rsa.RSAPublicKey:
-    """The key a recovering Coordinator receives shares under, once its evidence is checked:
-    the expected Coordinator (``reference``), bound to that key and this party's ``nonce``."""
+    """The key a recovering Coordinator receives shares under, once its evidence is checked
+    (hardware evidence under ``trust``, default: the pinned vendor roots; simulated evidence
+    against ``platform_keys``): the expected Coordinator (``reference``), bound to that key and
+    this party's ``nonce``."""
     try:
         key = serialization.load_pem_public_key(offer.recovery_key.encode())
         evidence = offer.evidence.evidence()
@@ -50,7 +53,7 @@ def verify_recovery_offer(
         raise StatementError("the recovery key is not an RSA key")
     try:
         claims = EvidenceVerifier(
-            simulation=evidence.kind == "simulated", platform_keys=platform_keys
+            simulation=evidence.kind == "simulated", platform_keys=platform_keys, trust=trust
         ).verify(evidence)
         match_claims(claims, reference)
     except EvidenceError as exc:

@@ -3,6 +3,11 @@
 A statement carries the Coordinator's evidence, whose report data binds the root certificate, the
 manifest hash and the caller's nonce; the root's signature over the manifest hash; and the root's
 signature over (nonce, manifest hash, mesh CA), which ties the *current* mesh CA to this answer.
+
+The statement's ``tee`` and ``simulation`` fields are what a reader sees first; they must say
+what the evidence is (its kind, and whether it is simulated), or the statement is refused, so
+that simulated evidence never passes for a hardware TEE's, nor the reverse. Hardware evidence is
+checked under ``trust`` (``TrustAnchors``: the pinned vendor roots, collateral, the clock).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from geode.attestation import Claims, EvidenceVerifier, ReferenceValues, match_claims
+from geode.attestation import Claims, Evidence, EvidenceVerifier, ReferenceValues, TrustAnchors
+from geode.client._policy import PolicyMatch, VerificationPolicy
 from geode.errors import ClaimsMismatch, EvidenceError, PKIError, StatementError
 from geode.pki import certificate_der, fingerprint, load_certificate
 from geode.protocol import (
@@ -43,6 +49,11 @@ class VerifiedStatement:
     claims: Claims
     simulation: bool
     state: str
+    matched: PolicyMatch
+
+    @property
+    def tee(self) -> str:
+        return self.claims.tee
 
     @property
     def root_fingerprint(self) -> str:
@@ -137,26 +148,41 @@ def _check_mesh_ca(root: x509.Certificate, mesh: x509.Certificate) -> None:
 def verify_statement(
     statement: DeploymentStatement,
     *,
-    reference: ReferenceValues,
+    reference: ReferenceValues | None = None,
+    policy: VerificationPolicy | None = None,
     platform_keys: Sequence[Ed25519PublicKey] = (),
     nonce: bytes | None = None,
+    trust: TrustAnchors | None = None,
 ) -> VerifiedStatement:
     """Check a deployment statement; raises ``StatementError`` naming what failed.
 
-    ``nonce`` is the caller's fresh nonce; ``None`` skips the freshness check (offline use). A
-    statement read from JSON is ``DeploymentStatement.from_json`` first.
-    Simulated evidence verifies only against ``platform_keys``.
+    The Coordinator must match ``reference``, or one entry of ``policy`` (exactly one of the
+    two); ``policy``'s collateral and certificates add to ``trust`` (default: the pinned vendor
+    roots and the wall clock). ``nonce`` is the caller's fresh nonce; ``None`` skips the
+    freshness check (offline use). A statement read from JSON is
+    ``DeploymentStatement.from_json`` first. Simulated evidence verifies only against
+    ``platform_keys``.
     """
+    if reference is not None and policy is None:
+        policy = VerificationPolicy.of(reference)
+    elif policy is None or reference is not None:
+        raise ValueError("give exactly one of reference and policy")
     parsed = _parse(statement, nonce)
     try:
         evidence = statement.evidence.evidence()
+    except EvidenceError as exc:
+        raise StatementError(f"coordinator evidence: {exc}") from None
+    _check_stated_tee(statement, evidence)
+    try:
         claims = EvidenceVerifier(
-            simulation=evidence.kind == "simulated", platform_keys=platform_keys
+            simulation=evidence.kind == "simulated",
+            platform_keys=platform_keys,
+            trust=policy.anchors(trust or TrustAnchors()),
         ).verify(evidence)
     except EvidenceError as exc:
         raise StatementError(f"coordinator evidence: {exc}") from None
     try:
-        match_claims(claims, reference)
+        matched = policy.match(claims)
     except ClaimsMismatch as exc:
         raise StatementError(f"coordinator {exc}") from None
     expected = statement_binding(
@@ -175,7 +201,23 @@ def verify_statement(
         claims=claims,
         simulation=evidence.kind == "simulated",
         state=parsed.state,
+        matched=matched,
     )
+
+
+def _check_stated_tee(statement: DeploymentStatement, evidence: Evidence) -> None:
+    """The statement's ``tee`` and ``simulation`` say what its evidence is."""
+    if statement.tee != evidence.kind:
+        raise StatementError(
+            f"the statement says tee {statement.tee!r}, its evidence is {evidence.kind!r}"
+        )
+    simulated = evidence.kind == "simulated"
+    if statement.simulation != simulated:
+        if simulated:
+            raise StatementError("the statement claims hardware, its evidence is simulated")
+        raise StatementError(
+            f"the statement claims simulation, its evidence is {evidence.kind!r} hardware evidence"
+        )
 
 
 def statement_manifest(

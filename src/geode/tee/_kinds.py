@@ -67,12 +67,12 @@ TEE_KINDS: Final[Mapping[TeeKind, TeeSpec]] = {
     ),
     "tdx": TeeSpec(
         "tdx",
-        _fields("mrtd rtmr0 rtmr1 rtmr2 rtmr3 mrconfigid accepted_tcb_statuses"),
+        _fields("mrtd rtmr0 rtmr1 rtmr2 rtmr3 mrconfigid sept_ve_disable accepted_tcb_statuses"),
         identity=("mrtd",),
     ),
     "sev-snp": TeeSpec(
         "sev-snp",
-        _fields("measurement host_data min_tcb vmpl"),
+        _fields("measurement host_data min_tcb vmpl migrate_ma"),
         identity=("measurement",),
         measurement_bytes=48,
     ),

@@ -46,16 +46,20 @@ class ReferenceValues(_Strict):
 
     - ``simulated``, ``sgx``: ``measurement`` (MRENCLAVE), or ``signer`` (MRSIGNER) with
       ``product_id`` and optionally ``min_svn``;
-    - ``tdx``: ``mrtd``, optionally ``rtmr0``..``rtmr3`` and ``mrconfigid`` (48 bytes each);
+    - ``tdx``: ``mrtd``, optionally ``rtmr0``..``rtmr3`` and ``mrconfigid`` (48 bytes each), and
+      ``sept_ve_disable`` (TD attribute bit 28: ``true`` requires it set, ``false`` clear, left
+      out: not checked);
     - ``sev-snp``: ``measurement`` (48 bytes), optionally ``host_data`` (32 bytes), ``min_tcb``
-      and ``vmpl``;
+      and ``vmpl``; ``migrate_ma`` allows a guest policy that lets a migration agent take the
+      guest's memory away (policy bit 18; refused by default);
     - ``nvidia``: ``measurements``, golden values by measurement index (one or more allowed
       SHA-384 values each).
 
-    ``debug`` allows debug evidence (SGX/TDX debug attribute, SNP policy bit, NVIDIA devtools
-    mode). ``accepted_tcb_statuses`` (sgx, tdx) lists the TCB statuses accepted, UpToDate only
-    by default. A relying party may match against a partial set (say, a minimum SNP TCB
-    alone); a manifest package must also name its ``identity`` (``manifest.Package``).
+    ``debug`` allows debug evidence (SGX/TDX debug attribute, SNP policy bit 19, NVIDIA devtools
+    mode; refused by default). ``accepted_tcb_statuses`` (sgx, tdx) lists the TCB statuses
+    accepted, UpToDate only by default. A relying party may match against a partial set (say, a
+    minimum SNP TCB alone); a manifest package must also name its ``identity``
+    (``manifest.Package``).
     """
 
     # Whether the fields of the kind's ``identity`` are required (the manifest's packages).
@@ -75,6 +79,8 @@ class ReferenceValues(_Strict):
     host_data: str | None = None
     min_tcb: SnpTcb | None = None
     vmpl: Annotated[int, Field(ge=0, le=3)] | None = None
+    migrate_ma: bool = False
+    sept_ve_disable: bool | None = None
     measurements: dict[int, list[_SHA384_HEX]] | None = None
     debug: bool = False
     accepted_tcb_statuses: Annotated[list[TcbStatus], Field(min_length=1)] = Field(

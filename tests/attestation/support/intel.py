@@ -204,13 +204,17 @@ def td_report(
     tee_tcb_svn: bytes = bytes([3, 0, 5] + [0] * 13),
     mrsignerseam: bytes = bytes(48),
     tdx15: bool = False,
+    td_attributes: int | None = None,
 ) -> bytes:
+    """A TD report body; ``td_attributes`` replaces the default (SEPT_VE_DISABLE, and DEBUG
+    when ``debug``)."""
+    attributes = 0x10000000 | (1 if debug else 0) if td_attributes is None else td_attributes
     body = (
         tee_tcb_svn
         + b"\x01" * 48
         + mrsignerseam
         + bytes(8)
-        + struct.pack("<Q", 0x10000000 | (1 if debug else 0))
+        + struct.pack("<Q", attributes)
         + struct.pack("<Q", 0xE7)
         + mrtd
         + mrconfigid

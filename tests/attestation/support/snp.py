@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
@@ -90,6 +90,34 @@ class AmdPki:
             ark_key, hashes.SHA384(), rsa_padding=PSS
         )
         return cls(product, ark_key, ark, ask_key, ask, asvk_key, asvk)
+
+    def crl(
+        self,
+        *,
+        revoked: tuple[x509.Certificate, ...] = (),
+        issued: datetime.datetime = START,
+        next_update: datetime.datetime = END,
+        key: rsa.RSAPrivateKey | None = None,
+        rsa_padding: padding.AsymmetricPadding = PSS,
+        pem: bool = False,
+    ) -> bytes:
+        """AMD's CRL for this product, signed by the ARK (RSA-PSS, as AMD's), listing
+        ``revoked``; ``key`` / ``rsa_padding`` forge a wrong signature."""
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.ark.subject)
+            .last_update(issued)
+            .next_update(next_update)
+        )
+        for cert in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(issued)
+                .build()
+            )
+        crl = builder.sign(key or self.ark_key, hashes.SHA384(), rsa_padding=rsa_padding)  # type: ignore[arg-type]
+        return crl.public_bytes(serialization.Encoding.PEM if pem else serialization.Encoding.DER)
 
     def endorsement(
         self,
