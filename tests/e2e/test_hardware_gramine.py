@@ -30,8 +30,8 @@ pytestmark = pytest.mark.e2e
 # FakeSgx.launch's defaults: the Coordinator's enclave.
 MRENCLAVE = b"\x11" * 32
 MRSIGNER = b"\x22" * 32
-ACCEPT = {"tee": "sgx", "measurement": MRENCLAVE.hex()}
-BY_SIGNER = {"tee": "sgx", "signer": MRSIGNER.hex(), "product_id": 7, "min_svn": 3}
+ACCEPT: dict[str, object] = {"tee": "sgx", "measurement": MRENCLAVE.hex()}
+BY_SIGNER: dict[str, object] = {"tee": "sgx", "signer": MRSIGNER.hex(), "product_id": 7, "min_svn": 3}
 SERVICE = b"\x5e" * 32
 UPDATED = b"\x12" * 32  # the Coordinator's next version, from the same signer
 MANIFEST = hardware_manifest({"tee": "sgx", "measurement": SERVICE.hex()})
@@ -71,7 +71,7 @@ def test_status_names_the_tee(deployed: TeeCoordinatorProcess, bed: TeeTestbed) 
 def test_verify_accepts_only_the_right_mrenclave_or_mrsigner(
     deployed: TeeCoordinatorProcess, bed: TeeTestbed
 ) -> None:
-    wrong = {
+    wrong: dict[str, dict[str, object]] = {
         "measurement mismatch": {**ACCEPT, "measurement": UPDATED.hex()},
         "signer mismatch": {**BY_SIGNER, "signer": "23" * 32},
         "product id mismatch": {**BY_SIGNER, "product_id": 8},
