@@ -51,6 +51,9 @@ def verify_recovery_offer(
         raise StatementError(f"malformed recovery offer: {exc}") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise StatementError("the recovery key is not an RSA key")
+    if offer.simulation != (evidence.kind == "simulated"):
+        claimed = "simulation" if offer.simulation else "hardware"
+        raise StatementError(f"the offer claims {claimed}, its evidence is {evidence.kind!r}")
     try:
         claims = EvidenceVerifier(
             simulation=evidence.kind == "simulated", platform_keys=platform_keys, trust=trust
