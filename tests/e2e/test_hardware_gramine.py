@@ -31,7 +31,12 @@ pytestmark = pytest.mark.e2e
 MRENCLAVE = b"\x11" * 32
 MRSIGNER = b"\x22" * 32
 ACCEPT: dict[str, object] = {"tee": "sgx", "measurement": MRENCLAVE.hex()}
-BY_SIGNER: dict[str, object] = {"tee": "sgx", "signer": MRSIGNER.hex(), "product_id": 7, "min_svn": 3}
+BY_SIGNER: dict[str, object] = {
+    "tee": "sgx",
+    "signer": MRSIGNER.hex(),
+    "product_id": 7,
+    "min_svn": 3,
+}
 SERVICE = b"\x5e" * 32
 UPDATED = b"\x12" * 32  # the Coordinator's next version, from the same signer
 MANIFEST = hardware_manifest({"tee": "sgx", "measurement": SERVICE.hex()})
@@ -75,7 +80,7 @@ def test_verify_accepts_only_the_right_mrenclave_or_mrsigner(
         "measurement mismatch": {**ACCEPT, "measurement": UPDATED.hex()},
         "signer mismatch": {**BY_SIGNER, "signer": "23" * 32},
         "product id mismatch": {**BY_SIGNER, "product_id": 8},
-        "svn": {**BY_SIGNER, "min_svn": 4},
+        "security version too low": {**BY_SIGNER, "min_svn": 4},
     }
     for reason, values in wrong.items():
         refused = verify_cli(bed, deployed, "--policy", str(policy_file(bed.base / "p", values)))

@@ -19,6 +19,7 @@ from geode.errors import ActivationDenied
 from geode.pki import certificate_pem
 from geode.runtime import Activation, activate, simulated_evidence_provider
 from tests.e2e.conftest import MakeTestbed
+from tests.support.hardware import FakeSnp
 from tests.support.tee_coordinator import (
     TeeCoordinatorProcess,
     TeeTestbed,
@@ -86,7 +87,7 @@ def test_verify_accepts_only_the_right_reference_values(
     assert refused.exit_code == 1
     assert "REJECTED" in refused.output
     assert "measurement mismatch" in refused.output
-    assert "host_data mismatch" in verify_cli(bed, deployed, "--policy", str(other_host)).output
+    assert "host data mismatch" in verify_cli(bed, deployed, "--policy", str(other_host)).output
     # The production trust (AMD's pinned root) does not accept the test chip.
     production = CliRunner().invoke(
         cli,
@@ -103,9 +104,36 @@ def test_verify_accepts_only_the_right_reference_values(
     assert "deployment statement verified" in accepted.output
     assert "tee:          sev-snp" in accepted.output
     assert f"measurement:  {COORDINATOR.hex()}" in accepted.output
+    assert "TCB UNVERIFIED" in accepted.output  # no AMD CRL given: said loudly, not refused
     assert "SIMULATION" not in accepted.output
     pinned = Path(bed.env["GEODE_CONFIG_DIR"]) / "root.pem"
     assert x509.load_pem_x509_certificate(pinned.read_bytes()) == coordinator_root(deployed)
+
+
+def test_verify_checks_amds_crl_from_the_policy_file(
+    deployed: TeeCoordinatorProcess, bed: TeeTestbed
+) -> None:
+    chip = bed.platform
+    assert isinstance(chip, FakeSnp)
+    (bed.base / "amd-crl.der").write_bytes(chip.pki.crl())
+    (bed.base / "revoked.der").write_bytes(chip.pki.crl(revoked=(chip.vcek,)))
+    strict = {"require_collateral": True}
+    without = policy_file(bed.base / "without.json", ACCEPT, **strict)
+    current = policy_file(
+        bed.base / "crl.json", ACCEPT, collateral={"sev-snp": "amd-crl.der"}, **strict
+    )
+    revoked = policy_file(bed.base / "revoked.json", ACCEPT, collateral={"sev-snp": "revoked.der"})
+
+    refused = verify_cli(bed, deployed, "--policy", str(without))
+    assert refused.exit_code == 1
+    assert "requires collateral" in refused.output
+    accepted = verify_cli(bed, deployed, "--policy", str(current))
+    assert accepted.exit_code == 0, accepted.output
+    assert "UNVERIFIED" not in accepted.output
+    revocation = verify_cli(bed, deployed, "--policy", str(revoked))
+    assert revocation.exit_code == 1
+    assert "REJECTED" in revocation.output
+    assert "revoked" in revocation.output
 
 
 def test_services_activate_with_evidence_of_the_same_chip(

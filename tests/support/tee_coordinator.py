@@ -293,6 +293,28 @@ def check_replayed_statement_refused(
     replayed = fresh.model_copy(update={"evidence": old.evidence})
     with pytest.raises(StatementError, match="not bound to this root certificate"):
         verify_statement(replayed, policy=policy, nonce=new_nonce, trust=trust)
+    # ``geode verify`` of the saved statements, with the nonce the verifier asked for.
+    cases = [
+        (old, old_nonce, None),
+        (old, new_nonce, "another nonce"),
+        (replayed, new_nonce, "not bound to this root certificate"),
+    ]
+    for statement, nonce, refusal in cases:
+        saved = bed.base / "replayed.json"
+        saved.write_text(json.dumps(statement.to_json()))
+        result = CliRunner().invoke(
+            cli,
+            ["verify", "--statement", str(saved), "--nonce", nonce.hex(),
+             "--policy", str(bed.base / "replay-policy.json")],
+            obj=CliDeps(trust=trust),
+            env=bed.env,
+        )  # fmt: skip
+        if refusal is None:
+            assert result.exit_code == 0, result.output
+        else:
+            assert result.exit_code == 1, result.output
+            assert "REJECTED" in result.output
+            assert refusal in result.output
 
 
 def check_simulated_statement_refused(
