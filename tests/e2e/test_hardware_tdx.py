@@ -170,16 +170,16 @@ def test_a_second_td_on_etcd_obtains_the_state_key_from_the_first(
     try:
         with CoordinatorClient(a.client_addr, root=coordinator_root(a)) as client:
             client.set_manifest(_manifest(party))
-        b = bed.start(tmp_path / "b", *store)
-        assert b.status()["state"] == "active"
+        b = bed.spawn(tmp_path / "b", *store)
+        # A TD of other code (another RTMR2: another kernel command line) gets nothing.
+        other = bed.spawn(tmp_path / "other", *store, launch={"rtmrs": OTHER_RTMR2})
+        assert b.ready().status()["state"] == "active"
         assert coordinator_root(b) == coordinator_root(a)
         assert f"obtained the cluster key from {a.mesh_addr}" in b.log()
         service = bed.guest(mrtd=SERVICE)
         activate(b.mesh_addr, "web", service.evidence, root=coordinator_root(b))
 
-        # A TD of other code (another RTMR2: another kernel command line) gets nothing.
-        other = bed.start(tmp_path / "other", *store, launch={"rtmrs": OTHER_RTMR2})
-        assert other.status()["state"] == "recovery"
+        assert other.ready().status()["state"] == "recovery"
         assert "rtmr2 mismatch" in a.log() + b.log()
         for process in (other, b):
             assert process.stop() == 0

@@ -146,8 +146,12 @@ class TeeCoordinatorProcess(CoordinatorProcess):
         ]  # fmt: skip
 
     def start(self, timeout: float = 60.0) -> TeeCoordinatorProcess:
-        """Start it (from the repository root, where ``tests`` is a package); ``RuntimeError``
-        with its log's end if it exits or does not answer."""
+        """Start it and wait until it answers (``spawn``, then ``ready``)."""
+        return self.spawn().ready(timeout)
+
+    def spawn(self) -> TeeCoordinatorProcess:
+        """Start it (from the repository root, where ``tests`` is a package), not waiting: so
+        that several come up at once."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -158,6 +162,12 @@ class TeeCoordinatorProcess(CoordinatorProcess):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+        return self
+
+    def ready(self, timeout: float = 60.0) -> TeeCoordinatorProcess:
+        """Wait until its client API listens; ``RuntimeError`` with its log's end if it exits
+        or does not answer."""
+        assert self.process is not None, "not spawned"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -192,6 +202,12 @@ class TeeTestbed:
     ) -> TeeCoordinatorProcess:
         """A Coordinator on this platform, in a guest launched with ``launch`` (the platform's
         ``launch`` parameters; its defaults without), started; stopped by ``stop()``."""
+        return self.spawn(data_dir, *args, launch=launch).ready()
+
+    def spawn(
+        self, data_dir: Path | None = None, *args: str, launch: Mapping[str, Any] | None = None
+    ) -> TeeCoordinatorProcess:
+        """``start`` without waiting for it to answer (``ready()`` does)."""
         process = TeeCoordinatorProcess(
             self.platform_dir,
             self.kind,
@@ -202,7 +218,7 @@ class TeeTestbed:
             guest=None if launch is None else self.guest(**launch).tree,
         )
         self.started.append(process)
-        return process.start()
+        return process.spawn()
 
     def guest(self, **launch: Any) -> FakeGuest:
         """A guest of the same platform in this process (a service, a forger)."""
