@@ -92,9 +92,8 @@ def _option(args: Sequence[str], name: str) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ours, coordinator_args = (
-        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if ("--" in argv) else (argv, [])
-    )
+    split = argv.index("--") if "--" in argv else len(argv)
+    ours, coordinator_args = argv[:split], argv[split + 1 :]
     parser = argparse.ArgumentParser(prog="python -m tests.support.tee_coordinator")
     parser.add_argument("--platform", type=Path, required=True)
     parser.add_argument("--kind", choices=sorted(KINDS), required=True)
