@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from geode.coordinator import CoordinatorConfig
-from geode.coordinator._server import _read_collateral
+from geode.coordinator._attesting import read_collateral
 from geode.errors import GeodeError
 from tests.attestation.support.vectors import VECTORS, requires_vectors
 from tests.support import CoordinatorProcess, free_port, geode_cli
@@ -19,7 +19,7 @@ def test_an_unreadable_collateral_file_is_named(tmp_path: Path) -> None:
     directory.mkdir()
     config = CoordinatorConfig(data_dir=tmp_path / "data", collateral={"sgx": directory})
     with pytest.raises(GeodeError, match="--collateral sgx="):
-        _read_collateral(config)
+        read_collateral(config)
 
 
 @requires_vectors
@@ -34,7 +34,7 @@ def test_the_coordinator_starts_with_intel_collateral(
     try:
         coordinator.start()
         assert coordinator.status()["state"] == "awaiting-manifest"
-        assert _read_collateral(
+        assert read_collateral(
             CoordinatorConfig(data_dir=tmp_path, collateral={"sgx": collateral})
         ) == {"sgx": collateral.read_bytes()}
     finally:

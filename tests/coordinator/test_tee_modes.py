@@ -210,6 +210,12 @@ def test_a_tee_without_a_sealing_key_insists_on_recovery_keys(
     progress = again.status().recovery
     assert progress is not None
     assert progress.parties == ["ops"]
+    # The recovery offer is attested by the TEE too, bound to the Coordinator's recovery key.
+    nonce = os.urandom(32)
+    offer = again.recovery.offer(nonce)
+    assert (offer.tee, offer.simulation) == ("sev-snp", False)
+    claims = EvidenceVerifier(trust=chip.trust).verify(offer.evidence.evidence())
+    assert claims.measurement == MEASUREMENT
 
 
 def test_without_a_tee_nothing_is_left_behind(tmp_path: Path) -> None:

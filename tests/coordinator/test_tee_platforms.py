@@ -183,3 +183,38 @@ def test_tdx_peers_of_the_same_code_hand_over_the_cluster_key(tdx: FakeTdx, tmp_
     finally:
         for store in (peer_store, newcomer_store, other_store, extended_store):
             store.close()
+
+
+def _hand_over(peer: Coordinator, joining: Coordinator) -> bytes:
+    nonce, _ = peer.nonces.issue()
+    request = JoinRequest(joining.cluster_keys.join_party(), nonce)
+    return request.open(peer.cluster_keys.hand_over(nonce, request.public_der, request.evidence))
+
+
+def test_a_peer_launched_with_another_configuration_is_another_coordinator(
+    snp: FakeSnp, tdx: FakeTdx, tmp_path: Path
+) -> None:
+    """The same code launched otherwise (an SNP guest policy that allows a migration agent, a
+    TD with other attributes) is not the same Coordinator: no cluster key either way."""
+    pairs = [
+        (snp.launch(), snp.launch(), snp.launch(policy=0x30000 | 1 << 18), "policy mismatch"),
+        (
+            tdx.launch(),
+            tdx.launch(),
+            tdx.launch(td_attributes=0x10000000 | 1 << 27),
+            "td attributes mismatch",
+        ),
+    ]
+    stores = []
+    try:
+        for index, (own, same, other, reason) in enumerate(pairs):
+            peer, store = _open(tmp_path / f"peer{index}", own)
+            twin, twin_store = _open(tmp_path / f"twin{index}", same)
+            stranger, stranger_store = _open(tmp_path / f"other{index}", other)
+            stores += [store, twin_store, stranger_store]
+            assert _hand_over(peer, twin) == peer.cluster_key
+            with pytest.raises(JoinRefused, match=reason):
+                _hand_over(peer, stranger)
+    finally:
+        for store in stores:
+            store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from geode.coordinator._api import build_apps
+from geode.coordinator._attesting import HostProbe, coordinator_measurement
 from geode.coordinator._audit import AuditLog, MemoryAuditLog
 from geode.coordinator._coordinator import Coordinator
 from geode.coordinator._etcd import EtcdSettings, EtcdStore, parse_etcd_url
@@ -19,8 +20,6 @@ from geode.coordinator._seal import (
 )
 from geode.coordinator._server import (
     CoordinatorConfig,
-    HostProbe,
-    coordinator_measurement,
     open_coordinator,
     parse_address,
     serve,

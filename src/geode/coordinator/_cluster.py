@@ -62,7 +62,6 @@ from geode.attestation import (
     Evidence,
     EvidenceVerifier,
     TrustAnchors,
-    match_claims,
 )
 from geode.coordinator._holder import CoordinatorSettings, StateHolder
 from geode.coordinator._nonces import NonceStore
@@ -184,7 +183,7 @@ class JoinParty:
         if not hmac.compare_digest(claims.report_data, expected_report_data):
             raise JoinRefused(f"{who}'s evidence is not bound to this exchange")
         try:
-            match_claims(claims, self.tee.identity)
+            self.tee.match_peer(claims)
         except ClaimsMismatch as exc:
             detail = f" ({exc.detail})" if exc.detail else ""
             raise JoinRefused(

@@ -265,6 +265,7 @@ class Recovery:
             recovery_key=session.public_key_pem(),
             nonce=nonce.hex(),
             simulation=self._tee.simulated,
+            tee=self._tee.tee,
             evidence=EvidenceBody.of(evidence),
         )
 

@@ -4,61 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import ipaddress
 import logging
-import os
 import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
 
-import geode
 from geode.attestation import (
-    TEE_CHOICES,
-    EvidenceVerifier,
     HostTee,
-    SgxSealing,
-    SimulatedPlatform,
     TrustAnchors,
-    measure_bundle,
-    probe_host,
 )
 from geode.coordinator._api import build_apps
-from geode.coordinator._cluster import ClusterMember, coordinator_peer_verifier
+from geode.coordinator._attesting import HostProbe, StartDeps, hardware, simulated
+from geode.coordinator._cluster import ClusterMember
+from geode.coordinator._config import CoordinatorConfig
 from geode.coordinator._coordinator import Coordinator
-from geode.coordinator._etcd import EtcdSettings, EtcdStore
+from geode.coordinator._etcd import EtcdStore
 from geode.coordinator._forward import Forwarder, Writer
 from geode.coordinator._holder import CoordinatorSettings, State
 from geode.coordinator._limits import (
     ApiGate,
-    ConnectionLimits,
     HeadLimitedProtocol,
     fit_fd_limit,
 )
 from geode.coordinator._listener import LimitedServer
 from geode.coordinator._persist import GroupCommit
-from geode.coordinator._seal import (
-    default_sealing_key_path,
-    load_or_create_sealing_key,
-)
 from geode.coordinator._store import DirectoryStore, SharedStore, Store
-from geode.coordinator._tee import CoordinatorTee, HardwareTee, SimulatedTee
 from geode.coordinator._tls import PeerCertificateProtocol, ServerTLS
 from geode.coordinator._transaction import record_start
-from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget, stop_workers
-from geode.errors import GeodeError, SealError
+from geode.coordinator._validation import stop_workers
+from geode.errors import SealError
 
 __all__ = [
     "CoordinatorConfig",
-    "HostProbe",
-    "coordinator_measurement",
     "open_coordinator",
     "parse_address",
     "serve",
@@ -70,21 +54,6 @@ SIMULATION_BANNER = (
     "*** SIMULATION MODE: evidence is signed by a simulated platform key; "
     "no hardware isolation. Do not use for production secrets. ***"
 )
-NO_SEALING_KEY_WARNING = (
-    "*** NO SEALING KEY: %s gives this Coordinator no key that survives a restart; the state "
-    "is sealed with a random key of this process only. After a restart it opens only through "
-    "a running peer Coordinator (etcd store) or the manifest's recovery parties, so a manifest "
-    "without a recovery section is refused. ***"
-)
-# The options that make sense only with a simulated platform (``--platform-key``,
-# ``--sealing-key``, ``--trust-platform-key``, ``--trust-coordinator-platform-key``).
-SIMULATION_ONLY = (
-    "--platform-key, --sealing-key, --trust-platform-key and --trust-coordinator-platform-key"
-)
-
-# ``probe(choice)``: the host TEE ``--tee`` names, or ``NoTeeError`` (``geode.attestation.
-# probe_host`` in production; tests give their fakes through ``serve``/``open_coordinator``).
-HostProbe = Callable[[str], HostTee]
 
 
 def parse_address(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -98,68 +67,6 @@ def parse_address(value: str, default_port: int | None = None) -> tuple[str, int
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{value!r}: expected HOST:PORT with a port from 1 to 65535")
     return host, int(port)
-
-
-def coordinator_measurement() -> bytes:
-    """In simulation, the Coordinator's measurement is that of the installed ``geode`` package."""
-    return measure_bundle(Path(geode.__file__).parent)
-
-
-@dataclass(frozen=True)
-class CoordinatorConfig:
-    data_dir: Path
-    client_addr: tuple[str, int] = ("127.0.0.1", 4433)
-    mesh_addr: tuple[str, int] = ("127.0.0.1", 2001)
-    # The TEE to run in (``geode.attestation.TEE_CHOICES``): ``auto`` is the first usable one of
-    # the host, ``simulated`` a simulated platform key; ``simulation=True`` is ``simulated``.
-    tee: str = "auto"
-    simulation: bool = False
-    # SGX under Gramine: seal with the enclave's own key, or with its signer's (updatable code).
-    sgx_sealing: SgxSealing = "mrenclave"
-    # Simulation only (refused on hardware): the sealing key file and the platform keys.
-    sealing_key: Path | None = None
-    platform_key: Path | None = None
-    # Simulated platform keys trusted for services' evidence only (``--trust-platform-key``).
-    trusted_platform_keys: Sequence[Path] = ()
-    # ...and for peer Coordinators' evidence, which earns the cluster key
-    # (``--trust-coordinator-platform-key``); this Coordinator's own platform key is trusted
-    # for both. The lists are separate: see ``geode.coordinator._cluster``.
-    coordinator_platform_keys: Sequence[Path] = ()
-    collateral: Mapping[str, Path] = field(default_factory=dict)  # evidence kind: its file
-    san: Sequence[str] = ()
-    leaf_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
-    nonce_ttl: datetime.timedelta = datetime.timedelta(seconds=60)
-    log_level: str = "info"
-    etcd: EtcdSettings | None = None  # the etcd store; None: the state in ``data_dir``
-    # Where peer Coordinators reach this one's mesh API (etcd store); None: ``mesh_addr``.
-    advertise_addr: tuple[str, int] | None = None
-    # How often a Coordinator on etcd checks whether another one saved (reads catch up).
-    etcd_poll: datetime.timedelta = datetime.timedelta(seconds=1)
-    # Connections and request heads on both APIs (``_limits``).
-    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
-    # What validating a manifest or update someone sent may cost (``_validation``).
-    manifest_budget: ManifestBudget = DEFAULT_MANIFEST_BUDGET
-
-    @property
-    def simulated(self) -> bool:
-        """Whether it runs on a simulated platform (``--simulation`` or ``--tee simulated``)."""
-        return self.simulation or self.tee == "simulated"
-
-    def check(self) -> None:
-        """``GeodeError`` for a combination that cannot run: an unknown TEE, ``simulation``
-        with a hardware TEE, or simulated platform keys given to a hardware Coordinator (a
-        host could sign anything with them)."""
-        if self.tee not in TEE_CHOICES:
-            raise GeodeError(f"--tee {self.tee}: expected one of {', '.join(TEE_CHOICES)}")
-        if self.simulation and self.tee not in ("auto", "simulated"):
-            raise GeodeError(f"--simulation contradicts --tee {self.tee}")
-        if not self.simulated and (
-            self.sealing_key
-            or self.platform_key
-            or self.trusted_platform_keys
-            or self.coordinator_platform_keys
-        ):
-            raise GeodeError(f"{SIMULATION_ONLY} are for simulation only (--tee simulated)")
 
 
 def _server_names(config: CoordinatorConfig) -> tuple[list[str], list[str]]:
@@ -184,18 +91,6 @@ class _Server(LimitedServer):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def _read_collateral(config: CoordinatorConfig) -> dict[str, bytes]:
-    """The verification collateral given per evidence kind (Intel: TCB info, QE identity and
-    CRLs as ``geode evidence verify --collateral`` takes them), read once at start."""
-    collateral = {}
-    for kind, path in config.collateral.items():
-        try:
-            collateral[kind] = path.read_bytes()
-        except OSError as exc:
-            raise GeodeError(f"--collateral {kind}={path}: {exc.strerror}") from None
-    return collateral
 
 
 def _open_store(config: CoordinatorConfig) -> Store:
@@ -253,95 +148,16 @@ def open_coordinator(
     ``trust`` what hardware evidence is checked against (else the pinned vendor roots): the only
     way to run it on a fake TEE or under test roots. No flag or environment variable reaches
     either."""
-    opened = _open(config, _Deps(host, probe, trust or TrustAnchors()))
+    opened = _open(config, StartDeps(host, probe, trust or TrustAnchors()))
     return opened.coordinator, opened.store
 
 
-@dataclass(frozen=True)
-class _Deps:
-    host: HostTee | None
-    probe: HostProbe | None
-    trust: TrustAnchors
-
-
-@dataclass(frozen=True)
-class _Attesting:
-    """What the Coordinator attests with and checks others against, and its sealing key
-    (``durable``: the same after a restart)."""
-
-    tee: CoordinatorTee
-    verifier: EvidenceVerifier
-    peer_verifier: EvidenceVerifier
-    sealing_key: bytes
-    durable: bool
-
-
-def _simulated(config: CoordinatorConfig, trust: TrustAnchors) -> _Attesting:
-    """Simulation: the sealing key file and the simulated platform key (both created if
-    missing), and the platform keys trusted for services and for peers."""
-    sealing_path = config.sealing_key or default_sealing_key_path()
-    if sealing_path.resolve().is_relative_to(config.data_dir.resolve()):
-        raise SealError(
-            f"the sealing key {sealing_path} must not live in the data directory it protects"
-        )
-    sealing_key = load_or_create_sealing_key(sealing_path)
-    platform = SimulatedPlatform.load_or_create(config.platform_key)
-    trusted = [platform.public_key]
-    trusted += [SimulatedPlatform.load(p).public_key for p in config.trusted_platform_keys]
-    peers = [SimulatedPlatform.load(p).public_key for p in config.coordinator_platform_keys]
-    collateral = _read_collateral(config)
-    tee = SimulatedTee(platform, coordinator_measurement())
-    return _Attesting(
-        tee,
-        EvidenceVerifier(
-            simulation=True, platform_keys=trusted, collateral=collateral, trust=trust
-        ),
-        coordinator_peer_verifier(tee, peers, collateral, trust),
-        sealing_key,
-        durable=True,
-    )
-
-
-def _hardware(config: CoordinatorConfig, deps: _Deps) -> _Attesting:
-    """The host's TEE (``NoTeeError`` listing every interface probed when there is none),
-    attested once to learn this Coordinator's identity; its sealing key, or a random one for
-    this process when the TEE has none. No simulated platform key is made or read."""
-    host = deps.host
-    if host is None:
-        if deps.probe is not None:
-            host = deps.probe(config.tee)
-        else:
-            host = probe_host(config.tee, sgx_sealing=config.sgx_sealing)
-    collateral = _read_collateral(config)
-    verifier = EvidenceVerifier(simulation=False, collateral=collateral, trust=deps.trust)
-    tee = HardwareTee.start(host, verifier, sgx_sealing=config.sgx_sealing)
-    sealing_key = host.sealing_key()
-    durable = sealing_key is not None
-    if sealing_key is None:
-        log.warning(NO_SEALING_KEY_WARNING, host.name)
-        sealing_key = os.urandom(32)
-    log.info(
-        "hardware mode: %s (%s), measurement %s; sealing: %s",
-        tee.tee,
-        tee.interface,
-        tee.measurement,
-        tee.sealing,
-    )
-    return _Attesting(
-        tee,
-        verifier,
-        coordinator_peer_verifier(tee, (), collateral, deps.trust),
-        sealing_key,
-        durable,
-    )
-
-
-def _open(config: CoordinatorConfig, deps: _Deps) -> _Opened:
+def _open(config: CoordinatorConfig, deps: StartDeps) -> _Opened:
     """``open_coordinator``, keeping this Coordinator's place among the others for ``_serve``.
     The TEE is found and attested before the store is opened: a host without one leaves no
     data directory behind."""
     config.check()
-    attesting = _simulated(config, deps.trust) if config.simulated else _hardware(config, deps)
+    attesting = simulated(config, deps.trust) if config.simulated else hardware(config, deps)
     sealing_key = attesting.sealing_key
     store = _open_store(config)
     shared = store.shared
@@ -424,7 +240,7 @@ def _api_server(
     return _Server(config, protocol, gate, context)
 
 
-async def _serve(config: CoordinatorConfig, deps: _Deps) -> int:
+async def _serve(config: CoordinatorConfig, deps: StartDeps) -> int:
     opened = _open(config, deps)
     coordinator, store, cluster = opened.coordinator, opened.store, opened.cluster
     try:
@@ -573,7 +389,7 @@ def serve(
     config.check()
     if config.simulated:
         log.warning(SIMULATION_BANNER)
-    deps = _Deps(host, probe, trust or TrustAnchors())
+    deps = StartDeps(host, probe, trust or TrustAnchors())
     try:
         try:
             import uvloop

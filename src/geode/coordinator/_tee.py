@@ -13,9 +13,10 @@ a report-data binding and, for a handover, compares the other end's verified cla
   peers with, so a peer matching it is exactly "the same code on the same kind of TEE":
 
   ========= =====================================================================================
-  sev-snp   launch measurement, ``host_data`` and VMPL (the guest policy is checked by the
-            verifier's debug bit; the sealing key binds policy and measurement)
-  tdx       MRTD, RTMR0-2 and MRCONFIGID (RTMR3 is extended at run time: left out)
+  sev-snp   launch measurement, ``host_data``, VMPL and the guest policy (debug, migration agent,
+            SMT, single socket: a launch with another policy is another Coordinator)
+  tdx       MRTD, RTMR0-2, MRCONFIGID and the TD attributes (RTMR3 is extended at run time:
+            left out)
   sgx       MRENCLAVE; or MRSIGNER and ISVPRODID when sealing with the signer's key
             (``--sgx-sealing mrsigner``: code updated by the same signer is the same Coordinator)
   ========= =====================================================================================
@@ -49,8 +50,9 @@ from geode.attestation import (
     SgxSealing,
     SimulatedPlatform,
     TrustAnchors,
+    match_claims,
 )
-from geode.errors import EvidenceError, GeodeError
+from geode.errors import ClaimsMismatch, EvidenceError, GeodeError
 from geode.tee import TcbStatus
 
 __all__ = ["CoordinatorTee", "HardwareTee", "SimulatedTee"]
@@ -58,6 +60,8 @@ __all__ = ["CoordinatorTee", "HardwareTee", "SimulatedTee"]
 _IDENTITY_LABEL = b"geode coordinator identity v1\0"
 # A peer's TCB status is the verifier's business; only a revoked platform is never a peer.
 _PEER_TCB_STATUSES: list[TcbStatus] = [s for s in get_args(TcbStatus) if s != "Revoked"]
+# Launch configuration that reference values do not name but a peer must share (claims.details).
+_PEER_DETAILS = {"sev-snp": ("policy",), "tdx": ("td_attributes",)}
 
 
 class CoordinatorTee(Protocol):
@@ -96,6 +100,10 @@ class CoordinatorTee(Protocol):
         """Evidence whose report data is ``report_data`` (64 bytes)."""
         ...
 
+    def match_peer(self, claims: Claims) -> None:
+        """``ClaimsMismatch`` unless a peer's verified ``claims`` show this same Coordinator."""
+        ...
+
     def peer_verifier(
         self,
         coordinator_keys: Sequence[Ed25519PublicKey] = (),
@@ -130,6 +138,9 @@ class SimulatedTee:
     def evidence(self, report_data: bytes) -> Evidence:
         return self.platform.quote(self.package, report_data)
 
+    def match_peer(self, claims: Claims) -> None:
+        match_claims(claims, self.identity)
+
     def peer_verifier(
         self,
         coordinator_keys: Sequence[Ed25519PublicKey] = (),
@@ -154,6 +165,8 @@ class HardwareTee:
     host: HostTee
     identity: ReferenceValues
     measurement: str
+    # The launch configuration a peer must share beyond ``identity`` (``_PEER_DETAILS``).
+    launch: tuple[tuple[str, str], ...] = ()
 
     simulated = False
 
@@ -187,12 +200,24 @@ class HardwareTee:
         if not hmac.compare_digest(claims.report_data, expected):
             raise GeodeError(f"{host.name} gave evidence over other report data than asked")
         identity = identity_of(claims, sgx_sealing=sgx_sealing)
-        return cls(host, identity, claims.measurement.hex())
+        launch = tuple(
+            (name, claims.details.get(name, "")) for name in _PEER_DETAILS.get(claims.tee, ())
+        )
+        return cls(host, identity, claims.measurement.hex(), launch)
 
     def evidence(self, report_data: bytes) -> Evidence:
         if len(report_data) != REPORT_DATA_SIZE:
             raise ValueError("report data takes 64 bytes")
         return self.host.evidence(report_data)
+
+    def match_peer(self, claims: Claims) -> None:
+        match_claims(claims, self.identity)
+        for name, own in self.launch:
+            theirs = claims.details.get(name, "")
+            if not hmac.compare_digest(theirs.encode(), own.encode()):
+                raise ClaimsMismatch(
+                    f"{name.replace('_', ' ')} mismatch", f"got {theirs or 'none'}"
+                )
 
     def peer_verifier(
         self,

@@ -310,6 +310,9 @@ class RecoveryOffer(Answer):
     recovery_key: str  # PEM: shares are encrypted to it
     nonce: str
     simulation: bool
+    # The TEE the evidence comes from, as in the deployment statement ("simulated" when absent:
+    # Coordinators before it was added).
+    tee: str = "simulated"
     evidence: EvidenceBody  # binds recovery_key to nonce
 
 
