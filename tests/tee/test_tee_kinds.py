@@ -45,6 +45,8 @@ SAMPLES: dict[str, object] = {
     "host_data": H32,
     "min_tcb": {"snp": 1},
     "vmpl": 0,
+    "migrate_ma": True,
+    "sept_ve_disable": True,
     "measurements": {1: [H48]},
     "accepted_tcb_statuses": ["UpToDate"],
 }
