@@ -124,13 +124,16 @@ class VerificationPolicy:
         )
 
     def with_documents(
-        self, *, collateral: Mapping[str, bytes] = {}, certs: Mapping[str, bytes] = {}
+        self,
+        *,
+        collateral: Mapping[str, bytes] | None = None,
+        certs: Mapping[str, bytes] | None = None,
     ) -> VerificationPolicy:
         """This policy with more collateral and certificates (given ones win)."""
         return VerificationPolicy(
             self.accept,
-            {**self.collateral, **collateral},
-            {**self.certs, **certs},
+            {**self.collateral, **(collateral or {})},
+            {**self.certs, **(certs or {})},
             self.require_collateral,
         )
 
