@@ -6,16 +6,17 @@ on the same etcd obtains the state key from the first, a TD of other code does n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from click.testing import CliRunner, Result
 
-from geode.client import CoordinatorClient, prepare_share_upload
-from geode.errors import ActivationDenied, ClientError, StatementError
+from geode.cli import cli
+from geode.cli._common import CliDeps
+from geode.client import CoordinatorClient
+from geode.errors import ActivationDenied, ClientError
 from geode.runtime import Activation, activate
-from geode.tee import ReferenceValues
 from tests.e2e.conftest import MakeTestbed
 from tests.support.etcd import EtcdServer
 from tests.support.governance import Party, make_party
@@ -138,21 +139,27 @@ def test_a_restart_goes_to_recovery_and_the_party_brings_it_back(
     assert recovering["recovery"] == {"threshold": 1, "parties": ["ops"], "received": []}
 
     # The party checks the TD's evidence (its recovery key is bound in it) under the platform's
-    # roots, then sends its share.
-    key = serialization.load_pem_private_key(party.key.read_bytes(), None)
-    assert isinstance(key, rsa.RSAPrivateKey)
-    with CoordinatorClient(again.client_addr, insecure=True) as client:
-        with pytest.raises(StatementError, match="mrtd mismatch"):
-            client.verified_recovery_offer(
-                reference=ReferenceValues.model_validate({**ACCEPT, "mrtd": "34" * 48}),
-                trust=bed.trust(),
-            )
-        offer, recovery_key = client.verified_recovery_offer(
-            reference=ReferenceValues.model_validate(ACCEPT), trust=bed.trust()
+    # roots with ``geode recover --policy``, then sends its share; a policy naming another MRTD
+    # sends nothing.
+    def recover(accept: Mapping[str, object]) -> Result:
+        policy = policy_file(bed.base / "recover.json", accept)
+        args = ["recover", "--key", str(party.key), "--policy", str(policy)]
+        return CliRunner().invoke(
+            cli,
+            [*args, "--coordinator", again.client_addr],
+            obj=CliDeps(trust=bed.trust()),
+            env=bed.env,
         )
-        upload = prepare_share_upload(offer, key, recovery_key)
-        result = client.upload_share(upload.party, upload.sealed_share, upload.signature)
-    assert result.state == "active"
+
+    refused = recover({**ACCEPT, "mrtd": "34" * 48})
+    assert refused.exit_code == 1, refused.output
+    assert "REJECTED" in refused.output
+    assert "mrtd mismatch" in refused.output
+    assert again.status()["recovery"]["received"] == []
+    accepted = recover(ACCEPT)
+    assert accepted.exit_code == 0, accepted.output
+    assert "share of ops accepted" in accepted.output
+    assert again.status()["state"] == "active"
     after = again.status()
     for field in ("root_fingerprint", "manifest_sha256", "activations"):
         assert after[field] == before[field]

@@ -33,7 +33,7 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
 
-from geode.attestation import HostTee, SimulatedPlatform, TrustAnchors
+from geode.attestation import SimulatedPlatform, TrustAnchors
 from geode.cli import cli
 from geode.cli._common import CliDeps
 from geode.client import CoordinatorClient, VerificationPolicy, verify_statement
@@ -81,15 +81,6 @@ def launch_guest(platform_dir: Path, kind: str, tree: Path | None) -> FakeGuest:
     return guest
 
 
-def _option(args: Sequence[str], name: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
@@ -100,17 +91,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--guest", type=Path, help="the device tree of a launched guest")
     options = parser.parse_args(ours)
     guest = launch_guest(options.platform, options.kind, options.guest)
-    # What the production probe is told from the command line, this one is told too.
-    sealing = _option(coordinator_args, "--sgx-sealing")
-    extra = {"sgx_sealing": sealing} if sealing and options.kind == "sgx" else {}
-
-    def probe(choice: str) -> HostTee:
-        return guest.probe(choice, **extra)
-
+    # The probe is told what the production probe is told (``--sgx-sealing``) by the command.
     cli.main(
         ["coordinator", *coordinator_args],
         prog_name="geode",
-        obj=CliDeps(trust=guest.trust(), probe=probe),
+        obj=CliDeps(trust=guest.trust(), probe=guest.probe),
     )
 
 
