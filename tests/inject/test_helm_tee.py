@@ -132,6 +132,18 @@ def test_simulation_only_when_asked_and_loud() -> None:
         assert "runtimeClassName" not in _pod(rendered)
 
 
+def test_notes_say_the_container_is_not_measured_on_cvm_profiles() -> None:
+    # auto and the Kata profiles measure the node's or Kata's guest image, not the container:
+    # the NOTES must not let an operator believe the Coordinator's code is attested.
+    warning = "NOT the Coordinator's container"
+    for tee in ("auto", "sev-snp", "tdx"):
+        notes = Rendered({"coordinator": {"tee": tee}}).notes
+        assert warning in notes, tee
+        assert "not protected against a cluster administrator" in " ".join(notes.split()), tee
+    assert warning not in Rendered(GRAMINE).notes
+    assert warning not in Rendered(SIMULATION).notes
+
+
 def test_impossible_tee_values_fail_with_what_to_do() -> None:
     message = render_error({"coordinator": {"tee": "simulated"}})
     assert "coordinator.tee=simulated runs without hardware isolation" in message
