@@ -144,6 +144,16 @@ def test_notes_say_the_container_is_not_measured_on_cvm_profiles() -> None:
     assert warning not in Rendered(SIMULATION).notes
 
 
+def test_notes_say_the_default_user_cannot_reach_configfs_tsm() -> None:
+    # The default runs as 10001 with no capabilities: configfs-tsm entries are root's, so the
+    # Coordinator exits listing its probes; the NOTES say so and what to grant.
+    warning = "only root can create a configfs-tsm"
+    assert warning in " ".join(Rendered({}).notes.split())
+    as_root = {"coordinator": {"podSecurityContext": {"runAsUser": 0, "runAsNonRoot": False}}}
+    assert warning not in " ".join(Rendered(as_root).notes.split())
+    assert warning not in " ".join(Rendered(GRAMINE).notes.split())
+
+
 def test_impossible_tee_values_fail_with_what_to_do() -> None:
     message = render_error({"coordinator": {"tee": "simulated"}})
     assert "coordinator.tee=simulated runs without hardware isolation" in message
