@@ -256,7 +256,7 @@ def test_etcd_settings_are_off_by_default_and_accepted_by_the_coordinator() -> N
         "name": "etcd-tls",
         "secret": {"secretName": "geode-etcd-client", "defaultMode": 0o440},
     } in volumes
-    assert "each with its own sealing key" in rendered.notes
+    assert "under its own sealing key where its TEE gives one" in rendered.notes
     # Peers reach a replica at its own name under the headless Service.
     advertised = command[command.index("--advertise-addr") + 1]
     assert advertised == "$(GEODE_POD_NAME).geode-headless.geode.svc.cluster.local:2001"
