@@ -27,7 +27,14 @@ from tests.support.hardware_statement import (
 )
 
 SNP = {"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex(), "min_tcb": {"snp": 8}}
-TDX = {"tee": "tdx", "mrtd": TDX_MRTD.hex(), "accepted_tcb_statuses": ["UpToDate"]}
+# The Intel kit's default RTMR0-2 (a policy's tdx entry must pin them).
+TDX_RTMRS = {f"rtmr{i}": bytes([0x40 + i]).hex() * 48 for i in range(3)}
+TDX = {
+    "tee": "tdx",
+    "mrtd": TDX_MRTD.hex(),
+    **TDX_RTMRS,
+    "accepted_tcb_statuses": ["UpToDate"],
+}
 MIGRATE_MA = 1 << 18
 
 

@@ -19,7 +19,9 @@ The file is YAML or JSON::
 Each ``accept`` entry is the reference values of a manifest package (``geode.tee.
 ReferenceValues``: ``tee`` and the fields of its kind), and, as a package, must name what pins
 the code (a measurement, MRTD, or signer with product id). A file holding a single package
-mapping, the format of earlier versions, still loads as a policy of that one entry. Collateral
+mapping, the format of earlier versions, still loads as a policy of that one entry. A ``tdx``
+entry must name ``rtmr0``, ``rtmr1`` and ``rtmr2``, and an ``sgx`` entry naming ``signer`` must
+name ``min_svn`` (``_refuse_loose``). Collateral
 and certificates add to what the caller trusts; no field of the file can add a root of trust.
 """
 
@@ -107,7 +109,9 @@ class VerificationPolicy:
         try:
             data = parse_manifest_data(raw)
             if isinstance(data, dict) and not {"version", "accept"} & set(data):
-                return cls.of(load_package(raw))  # a single package: the earlier format
+                single = load_package(raw)  # a single package: the earlier format
+                _refuse_loose(source, "", single)
+                return cls.of(single)
         except ManifestError as exc:
             raise PolicyError(source, exc.path, exc.reason) from None
         if not isinstance(data, dict):
@@ -116,6 +120,8 @@ class VerificationPolicy:
             model = _PolicyFile.model_validate(data)
         except ValidationError as exc:
             raise _policy_error(source, exc) from None
+        for index, entry in enumerate(model.accept):
+            _refuse_loose(source, f"accept[{index}]", entry)
         return cls(
             accept=tuple(model.accept),
             collateral=_read_files(source, base, "collateral", model.collateral),
@@ -186,6 +192,30 @@ def _read_files(
                 source, f"{name}.{kind}", f"cannot read {path} ({exc.strerror or exc})"
             ) from None
     return out
+
+
+def _refuse_loose(source: str, where: str, entry: ReferenceValues) -> None:
+    """``PolicyError`` for an entry that would accept more than one Coordinator image: a TDX
+    entry must pin RTMR0-2 (MRTD covers the firmware only; the kernel, its command line and the
+    initrd the Coordinator lives in are measured into RTMR1-2), and an SGX entry naming a
+    signer must set ``min_svn`` (else every older, perhaps vulnerable, enclave of that signer
+    matches)."""
+    if entry.tee == "tdx":
+        missing = [name for name in ("rtmr0", "rtmr1", "rtmr2") if getattr(entry, name) is None]
+        if missing:
+            raise PolicyError(
+                source,
+                where,
+                f"a tdx entry must name {', '.join(missing)} (MRTD covers the firmware only: "
+                "the kernel, command line and initrd are measured into RTMR1-2)",
+            )
+    if entry.tee == "sgx" and entry.signer is not None and entry.min_svn is None:
+        raise PolicyError(
+            source,
+            where,
+            "an sgx entry naming signer must name min_svn (else any older enclave of that "
+            "signer matches)",
+        )
 
 
 def _policy_error(source: str, exc: ValidationError) -> PolicyError:
