@@ -167,8 +167,9 @@ require_collateral: true
     assert policy.collateral == {"sev-snp": crl}
     assert policy.certs == {"sev-snp": b"vcek"}
     assert policy.require_collateral is True
-    # The collateral is used: the TCB verdict is no longer Unverified. (The certs file is not a
-    # certificate: the report brings its VCEK, so leave it out here.)
+    # The collateral is used: the chain was checked against AMD's CRL, which satisfies
+    # require_collateral (the TCB status stays Unverified: AMD publishes none). (The certs
+    # file is not a certificate: the report brings its VCEK, so leave it out here.)
     nonce = os.urandom(32)
     verified = verify_statement(
         coordinator.statement(nonce),
@@ -176,7 +177,8 @@ require_collateral: true
         nonce=nonce,
         trust=snp.trust(),
     )
-    assert verified.claims.tcb_status == "UpToDate"
+    assert verified.claims.revocation_checked is True
+    assert verified.claims.tcb_status == "Unverified"
 
 
 def test_require_collateral_refuses_an_unverified_tcb(

@@ -113,6 +113,13 @@ def verify_evidence(
         click.echo(json.dumps({"verdict": "verified", "claims": claims.to_json()}, indent=2))
         return
     status = claims.tcb_status
-    note = "" if status != "Unverified" else " (no collateral: TCB status not checked)"
+    note = ""
+    if status == "Unverified":
+        note = (
+            " (chain not revoked (AMD CRL); AMD publishes no TCB status: the TCB level is "
+            "checked against min_tcb only)"
+            if claims.revocation_checked
+            else " (no collateral: TCB status not checked)"
+        )
     click.echo(f"verified {found.kind} evidence; TCB status {status}{note}")
     _print_claims(claims)

@@ -83,7 +83,8 @@ class PolicyMatch:
 class VerificationPolicy:
     """Reference values a Coordinator's evidence must match (any one of ``accept``), with the
     collateral and certificates to verify it with; ``require_collateral`` refuses evidence
-    whose TCB could not be checked (``Unverified``)."""
+    whose collateral was not checked (an ``Unverified`` TCB; for SEV-SNP, whose TCB status
+    AMD does not publish, no CRL check: ``Claims.revocation_checked``)."""
 
     accept: tuple[ReferenceValues, ...]
     collateral: Mapping[str, bytes] = field(default_factory=dict)
@@ -158,7 +159,8 @@ class VerificationPolicy:
 
     def match(self, claims: Claims) -> PolicyMatch:
         """The first entry the claims match; ``ClaimsMismatch`` naming why each did not."""
-        if self.require_collateral and claims.tcb_status == TCB_UNVERIFIED:
+        unchecked = claims.tcb_status == TCB_UNVERIFIED and not claims.revocation_checked
+        if self.require_collateral and unchecked:
             raise ClaimsMismatch(
                 "tcb unverified",
                 "the policy requires collateral: give it (--collateral, the policy's "
