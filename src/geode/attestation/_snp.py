@@ -58,6 +58,7 @@ from geode.attestation._snp_report import (
 from geode.errors import EvidenceError
 
 __all__ = [
+    "AMD_KDS",
     "SnpEndorsementQuery",
     "SnpVerified",
     "snp_endorsement_query",
@@ -200,6 +201,10 @@ def verify_snp_report(
     checked = check_amd_crl(crl, verified.chain, at)
     details = {**claims.details, "revocation": checked}
     return dataclasses.replace(claims, revocation_checked=True, details=details)
+
+
+# AMD's key distribution service: the VCEKs (``SnpEndorsementQuery.vcek_path``) and the CRLs.
+AMD_KDS = "https://kdsintf.amd.com"
 
 
 @dataclass(frozen=True)

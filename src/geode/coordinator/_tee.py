@@ -43,6 +43,7 @@ from typing import Protocol, get_args
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from geode.attestation import (
+    AMD_KDS,
     REPORT_DATA_SIZE,
     Claims,
     Evidence,
@@ -62,8 +63,6 @@ from geode.tee import TcbStatus
 __all__ = ["CoordinatorTee", "HardwareTee", "SimulatedTee"]
 
 _IDENTITY_LABEL = b"geode coordinator identity v1\0"
-# AMD's key distribution service, named in the hint for a host that gives no VCEK.
-AMD_KDS = "https://kdsintf.amd.com"
 # A peer's TCB status is the verifier's business; only a revoked platform is never a peer.
 _PEER_TCB_STATUSES: list[TcbStatus] = [s for s in get_args(TcbStatus) if s != "Revoked"]
 
