@@ -7,7 +7,9 @@ collateral, certificates). Hardware evidence chains to the pinned vendor roots -
 environment variable of this command adds a root. ``--collateral`` and ``--certs`` add
 documents; ``--online`` fetches what is still missing (Intel PCS, AMD KDS) and says what it
 fetched. Without collateral the TCB verdict is ``Unverified``, printed loudly, and the statement
-is accepted unless the policy says ``require_collateral``.
+is accepted unless the policy says ``require_collateral``. For SEV-SNP, AMD's CRL proves only
+that the chain is not revoked (AMD publishes no TCB status): that is what is printed, the TCB
+level is the policy's ``min_tcb``, and the CRL satisfies ``require_collateral``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ The file is YAML or JSON::
         sept_ve_disable: true
     collateral: {sev-snp: amd-crl.der, tdx: intel-collateral.json}   # relative to this file
     certs: {sev-snp: vcek.der}
-    require_collateral: true     # refuse a TCB that stays Unverified
+    require_collateral: true     # refuse evidence no collateral checked (AMD CRL for sev-snp)
 
 Each ``accept`` entry is the reference values of a manifest package (``geode.tee.
 ReferenceValues``: ``tee`` and the fields of its kind), and, as a package, must name what pins
