@@ -27,7 +27,16 @@ from tests.support.hardware_statement import (
 )
 
 SNP = {"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex(), "min_tcb": {"snp": 8}}
-TDX = {"tee": "tdx", "mrtd": TDX_MRTD.hex(), "accepted_tcb_statuses": ["UpToDate"]}
+# What verify says of an SNP TCB once AMD's CRL was checked (AMD publishes no TCB status).
+NOT_REVOKED = "chain not revoked (AMD CRL); TCB level checked by min_tcb only"
+# The Intel kit's default RTMR0-2 (a policy's tdx entry must pin them).
+TDX_RTMRS = {f"rtmr{i}": bytes([0x40 + i]).hex() * 48 for i in range(3)}
+TDX = {
+    "tee": "tdx",
+    "mrtd": TDX_MRTD.hex(),
+    **TDX_RTMRS,
+    "accepted_tcb_statuses": ["UpToDate"],
+}
 MIGRATE_MA = 1 << 18
 
 
@@ -72,14 +81,22 @@ def test_the_right_values_are_accepted_and_the_tcb_is_unverified_loudly(
     assert "freshness is not checked" not in result.output
 
 
-def test_with_the_crl_the_tcb_is_verified(tmp_path: Path, snp: SnpKit) -> None:
+def test_with_the_crl_the_chain_is_not_revoked_and_require_collateral_holds(
+    tmp_path: Path, snp: SnpKit
+) -> None:
+    """AMD's CRL proves the chain is not revoked, not the TCB level (AMD publishes no TCB status
+    for SNP): the output says exactly that, and the CRL satisfies ``require_collateral``."""
     nonce = os.urandom(32)
     statement = saved_statement(tmp_path, FakeCoordinator(snp.evidence), nonce)
     (tmp_path / "amd.crl").write_bytes(snp.pki.crl())
     policy = policy_file(tmp_path, SNP, collateral={"sev-snp": "amd.crl"}, require_collateral=True)
     result = run(["--statement", str(statement), "--policy", str(policy)], snp.trust())
     assert result.exit_code == 0, result.output
-    assert "tcb:          UpToDate" in result.output
+    assert (
+        "tcb:          chain not revoked (AMD CRL); TCB level checked by min_tcb only"
+        in result.output
+    )
+    assert "UpToDate" not in result.output
     assert "TCB UNVERIFIED" not in result.output
     assert "freshness is not checked" in result.output
 
@@ -226,7 +243,10 @@ def test_online_fetches_what_is_missing_and_says_so(tmp_path: Path, snp: SnpKit)
     assert len(fetched) == 2
     assert fetched[0].startswith("fetched sev-snp VCEK: https://kdsintf.amd.com/vcek/v1/Milan/")
     assert fetched[1].startswith("fetched sev-snp CRL: https://kdsintf.amd.com/vcek/v1/Milan/crl")
-    assert "tcb:          UpToDate" in result.output
+    assert (
+        "tcb:          chain not revoked (AMD CRL); TCB level checked by min_tcb only"
+        in result.output
+    )
 
 
 def test_no_option_of_verify_names_a_root() -> None:

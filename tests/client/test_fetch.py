@@ -126,7 +126,7 @@ def test_the_vcek_and_crl_are_fetched_from_kds(snp: SnpKit) -> None:
         trust = online.complete(evidence, snp.trust())
     assert [(f.kind, f.what) for f in log] == [("sev-snp", "VCEK"), ("sev-snp", "CRL")]
     assert log[0].url.startswith(f"{AMD}/vcek/v1/Milan/{snp.chip.hex()}?blSPL=3")
-    assert EvidenceVerifier(trust=trust).verify(evidence).tcb_status == "UpToDate"
+    assert EvidenceVerifier(trust=trust).verify(evidence).revocation_checked is True
 
 
 def test_a_report_that_carries_its_vcek_fetches_the_crl_only(snp: SnpKit) -> None:
@@ -172,3 +172,19 @@ def test_the_fetcher_adds_no_root() -> None:
     with fetcher(intel_routes(), [], []) as online:
         trust = online.complete(kit.evidence(bytes(64)), kit.trust())
     assert trust.roots == kit.trust().roots
+
+
+def test_the_vcek_is_fetched_where_the_endorsement_query_says(snp: SnpKit) -> None:
+    """One KDS base URL (``geode.attestation.AMD_KDS``, which the client re-exports) and one
+    VCEK path (``SnpEndorsementQuery.vcek_path``), shared by the fetcher and the Coordinator's
+    hint for a host that gives no VCEK."""
+    import geode.attestation
+    import geode.client
+    from geode.attestation import snp_endorsement_query
+
+    assert geode.client.AMD_KDS is geode.attestation.AMD_KDS == "https://kdsintf.amd.com"
+    evidence = snp.evidence(bytes(64), with_vcek=False)
+    log: list[Fetched] = []
+    with fetcher(snp_routes(snp), [], log) as online:
+        online.complete(evidence, snp.trust())
+    assert log[0].url == f"{AMD}/{snp_endorsement_query(evidence.data).vcek_path}"

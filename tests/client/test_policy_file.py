@@ -15,7 +15,9 @@ from geode.errors import StatementError
 from tests.support.hardware_statement import SNP_MEASUREMENT, TDX_MRTD, FakeCoordinator, SnpKit
 
 SNP = {"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex()}
-TDX = {"tee": "tdx", "mrtd": TDX_MRTD.hex(), "sept_ve_disable": True}
+RTMRS = {f"rtmr{i}": bytes([0x40 + i]).hex() * 48 for i in range(3)}
+TDX = {"tee": "tdx", "mrtd": TDX_MRTD.hex(), **RTMRS, "sept_ve_disable": True}
+SGX_SIGNER = {"tee": "sgx", "signer": "22" * 32, "product_id": 1}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,9 @@ def test_two_alternatives_in_yaml(tmp_path: Path) -> None:
 accept:
   - tee: tdx
     mrtd: "{TDX_MRTD.hex()}"
+    rtmr0: "{RTMRS["rtmr0"]}"
+    rtmr1: "{RTMRS["rtmr1"]}"
+    rtmr2: "{RTMRS["rtmr2"]}"
     sept_ve_disable: true
   - tee: sev-snp
     measurement: {SNP_MEASUREMENT.hex()}
@@ -113,6 +118,18 @@ def test_no_matching_entry_names_each_reason(
         ),
         ({"version": 1, "accept": [SNP], "require_collateral": "yes"}, "require_collateral", ""),
         ({"version": 1, "accept": [SNP], "extra": 1}, "extra", "unknown field"),
+        (
+            {"version": 1, "accept": [SNP, {**TDX, "rtmr1": None, "rtmr2": None}]},
+            "accept[1]",
+            "a tdx entry must name rtmr1, rtmr2",
+        ),
+        (
+            {"version": 1, "accept": [{"tee": "tdx", "mrtd": TDX_MRTD.hex()}]},
+            "accept[0]",
+            "must name rtmr0, rtmr1, rtmr2",
+        ),
+        ({"version": 1, "accept": [SGX_SIGNER]}, "accept[0]", "must name min_svn"),
+        (SGX_SIGNER, "", "must name min_svn"),
     ],
 )
 def test_a_bad_field_is_one_line_naming_it(
@@ -123,7 +140,7 @@ def test_a_bad_field_is_one_line_naming_it(
         VerificationPolicy.load(path)
     message = str(caught.value)
     assert caught.value.field == field
-    assert message.startswith(f"{path}: {field}: ")
+    assert message.startswith(f"{path}: {field}: " if field else f"{path}: ")
     assert fragment in message
     assert "\n" not in message
 
@@ -150,8 +167,9 @@ require_collateral: true
     assert policy.collateral == {"sev-snp": crl}
     assert policy.certs == {"sev-snp": b"vcek"}
     assert policy.require_collateral is True
-    # The collateral is used: the TCB verdict is no longer Unverified. (The certs file is not a
-    # certificate: the report brings its VCEK, so leave it out here.)
+    # The collateral is used: the chain was checked against AMD's CRL, which satisfies
+    # require_collateral (the TCB status stays Unverified: AMD publishes none). (The certs
+    # file is not a certificate: the report brings its VCEK, so leave it out here.)
     nonce = os.urandom(32)
     verified = verify_statement(
         coordinator.statement(nonce),
@@ -159,7 +177,8 @@ require_collateral: true
         nonce=nonce,
         trust=snp.trust(),
     )
-    assert verified.claims.tcb_status == "UpToDate"
+    assert verified.claims.revocation_checked is True
+    assert verified.claims.tcb_status == "Unverified"
 
 
 def test_require_collateral_refuses_an_unverified_tcb(
@@ -201,3 +220,11 @@ def test_a_policy_cannot_name_roots(tmp_path: Path) -> None:
     )
     with pytest.raises(PolicyError, match="roots: unknown field"):
         VerificationPolicy.load(path)
+
+
+def test_pinned_tdx_and_sgx_signer_entries_load(tmp_path: Path) -> None:
+    signer = {**SGX_SIGNER, "min_svn": 3}
+    path = write(tmp_path / "p.json", json.dumps({"version": 1, "accept": [TDX, signer]}))
+    policy = VerificationPolicy.load(path)
+    assert policy.accept[0].rtmr2 == RTMRS["rtmr2"]
+    assert policy.accept[1].min_svn == 3

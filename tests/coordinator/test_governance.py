@@ -333,6 +333,35 @@ def test_acknowledgements_cancel_and_stale_proposals(
     ]
 
 
+def test_without_a_lasting_sealing_key_an_update_without_recovery_is_refused_at_proposal(
+    platform: SimulatedPlatform, alice: User, tmp_path: Path
+) -> None:
+    """On a Coordinator whose sealing key dies with its process (TDX, SNP without
+    /dev/sev-guest) an update that drops the recovery section is refused when proposed, not
+    after every user has acknowledged it."""
+    bob = make_user(tmp_path, "bob")
+    party = make_party(tmp_path / "parties", "p1", 0)
+    c = Coordinator(
+        CoordinatorSettings(simulation=True, durable_sealing=False),
+        EvidenceVerifier(simulation=True, platform_keys=[platform.public_key]),
+        simulated_tee(platform, MEASUREMENT),
+        os.urandom(32),
+    )
+    c.load(None)
+    users = {alice: ["admin"], bob: ["admin"]}
+    c.set_manifest(governance_manifest(MEASUREMENT.hex(), users, ROLES, recovery=([party], 1)))
+    assert c.governance.manifest_threshold() == 2
+    bare = governance_manifest(MEASUREMENT.hex(), users, ROLES, trust_domain="other.geode.local")
+    with pytest.raises(ManifestError, match="recovery"):
+        c.governance.propose_update("alice", load_manifest(bare))
+    assert c.governance.pending_update() is None
+    kept = governance_manifest(
+        MEASUREMENT.hex(), users, ROLES, recovery=([party], 1), trust_domain="other.geode.local"
+    )
+    c.governance.propose_update("alice", load_manifest(kept))
+    assert c.governance.pending_update() is not None
+
+
 # -- audit -------------------------------------------------------------------------------------
 
 

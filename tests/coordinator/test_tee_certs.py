@@ -235,7 +235,7 @@ def test_the_option_is_a_usage_error_off_sev_snp(args: tuple[str, ...], tmp_path
         cli, ["coordinator", "--data-dir", str(tmp_path / "data"), "--tee-certs", str(certs), *args]
     )
     assert result.exit_code == 2, result.output
-    assert "--tee-certs: SEV-SNP only" in result.output
+    assert "--tee-certs is for SEV-SNP only" in result.output
     assert not (tmp_path / "data").exists()
 
 

@@ -6,6 +6,7 @@ over the cluster key, of other code not."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import pytest
 from geode.attestation import EvidenceVerifier, golden_reference_values
 from geode.coordinator import Coordinator, CoordinatorConfig, State, Store, open_coordinator
 from geode.coordinator._cluster import JoinRequest
-from geode.errors import JoinRefused, ManifestError
+from geode.errors import ClaimsMismatch, JoinRefused, ManifestError
 from geode.pki import certificate_der
 from geode.protocol import statement_binding
 from tests.support.governance import make_party
@@ -249,6 +250,33 @@ def test_the_identity_is_what_golden_evidence_of_the_same_launch_shows(
     store.close()
     golden = golden_reference_values(guest.evidence(bytes(64)))
     identity = coordinator.tee.identity
-    skip = {"min_tcb", "min_svn", "accepted_tcb_statuses"}
+    skip = {"accepted_tcb_statuses"}
     assert identity.model_dump(exclude=skip) == golden.model_dump(exclude=skip)
     assert identity.model_fields_set - skip == golden.model_fields_set - skip
+
+
+def test_a_peer_older_than_this_coordinator_is_not_the_same_coordinator(
+    snp: FakeSnp, sgx: FakeSgx, tdx: FakeTdx, tmp_path: Path
+) -> None:
+    """A peer may be newer, never older: an SNP guest on older firmware (lower reported TCB)
+    and, sealing by signer, an older enclave of the same signer (lower ISVSVN) are refused; the
+    launch configuration is compared on the typed claims, not on their text in ``details``."""
+    cases: list[tuple[FakeGuest, dict[str, Any], dict[str, Any], str]] = []
+    own = snp.launch()
+    low = {name: max(value - 1, 0) for name, value in snp.tcb.items()}
+    cases.append((own, {}, {"tcb": low}, "tcb too low"))
+    cases.append((sgx.launch(), {"sgx_sealing": "mrsigner"}, {"svn": 2}, "security version"))
+    td = tdx.launch()
+    cases.append((td, {}, {"td_attributes": bytes(8), "details": {}}, "td attributes mismatch"))
+    cases.append((own, {}, {"policy": 0x20000, "details": {}}, "policy mismatch"))
+    for index, (guest, config, change, reason) in enumerate(cases):
+        coordinator, store = _open(tmp_path / f"c{index}", guest, **config)
+        store.close()
+        claims = EvidenceVerifier(simulation=False, trust=guest.trust()).verify(
+            guest.evidence(bytes(64))
+        )
+        coordinator.tee.match_peer(claims)  # itself: the same Coordinator
+        newer = {"tcb": {n: v + 1 for n, v in claims.tcb.items()}, "svn": claims.svn + 1}
+        coordinator.tee.match_peer(dataclasses.replace(claims, **newer))
+        with pytest.raises(ClaimsMismatch, match=reason):
+            coordinator.tee.match_peer(dataclasses.replace(claims, **change))

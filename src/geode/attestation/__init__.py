@@ -46,11 +46,17 @@ from geode.attestation._simulated import (
     platform_key_id,
     verify_simulated_quote,
 )
-from geode.attestation._snp import SnpEndorsementQuery, snp_endorsement_query, verify_snp_report
+from geode.attestation._snp import (
+    AMD_KDS,
+    SnpEndorsementQuery,
+    snp_endorsement_query,
+    verify_snp_report,
+)
 from geode.attestation._trust import TrustAnchors
 from geode.attestation._verifier import EvidenceVerifier, KindVerifier, detect_kind
 
 __all__ = [
+    "AMD_KDS",
     "EVIDENCE_KINDS",
     "GOLDEN_KINDS",
     "PLATFORM_KEY_ENV",

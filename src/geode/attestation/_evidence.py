@@ -78,8 +78,12 @@ class Claims:
     ``ConfigurationNeeded``, ``ConfigurationAndSWHardeningNeeded``, ``OutOfDate``,
     ``OutOfDateConfigurationNeeded``, ``Revoked``), ``Unverified`` when no collateral was
     checked, ``Simulated`` for simulated evidence; kinds without TCB levels say ``UpToDate`` once
-    their own checks passed. ``platform`` names the platform (FMSPC, chip id, simulated key id);
-    ``details`` carries what an auditor may want to see but no package matches on (hex or text).
+    their own checks passed. ``revocation_checked``: the signing chain was checked against the
+    vendor's revocation list. For SEV-SNP that is all AMD's collateral (its CRL) proves: AMD
+    publishes no TCB status, so an SNP ``tcb_status`` stays ``Unverified`` and the reported TCB
+    is held against a package's ``min_tcb`` only. ``platform`` names the platform (FMSPC, chip
+    id, simulated key id); ``details`` carries what an auditor may want to see but no package
+    matches on (hex or text).
     """
 
     tee: str
@@ -90,6 +94,7 @@ class Claims:
     product_id: int = 0
     svn: int = 0
     tcb_status: str = TCB_UNVERIFIED
+    revocation_checked: bool = False
     platform: str = ""
     advisory_ids: tuple[str, ...] = ()
     rtmrs: tuple[bytes, ...] = ()

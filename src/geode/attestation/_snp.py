@@ -17,8 +17,9 @@ key kind are in ``details``. Package matching (minimum TCB, VMPL, host data, the
 migration bit) is ``match_claims``'s.
 
 The collateral of SEV-SNP is AMD's CRL for the product (``_snp_crl``): with it, a revoked ASK,
-ASVK, VCEK or VLEK is refused and ``tcb_status`` says ``UpToDate`` (the reported TCB itself is
-held against the package's ``min_tcb``); without it, ``Unverified``.
+ASVK, VCEK or VLEK is refused and the claims say ``revocation_checked``. A CRL proves only that
+the chain is not revoked; AMD publishes no TCB status for SNP, so ``tcb_status`` stays
+``Unverified`` either way and the reported TCB is held against the package's ``min_tcb`` only.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from geode.attestation._snp_report import (
 from geode.errors import EvidenceError
 
 __all__ = [
+    "AMD_KDS",
     "SnpEndorsementQuery",
     "SnpVerified",
     "snp_endorsement_query",
@@ -187,8 +189,9 @@ def verify_snp_report(
     roots: Sequence[x509.Certificate] | None = None,
 ) -> Claims:
     """The ``sev-snp`` verifier of ``EvidenceVerifier`` (see ``_verifier``): claims of a verified
-    report. ``collateral``: AMD's CRL for the product (DER or PEM); without it the claims'
-    ``tcb_status`` is ``Unverified``."""
+    report. ``collateral``: AMD's CRL for the product (DER or PEM); with it the claims say
+    ``revocation_checked``. ``tcb_status`` is ``Unverified`` either way: a CRL says nothing of
+    the TCB level (``min_tcb`` does)."""
     crl = load_amd_crl(collateral) if collateral is not None else None
     verified = verify_snp_evidence(data, certs=certs, at=at, roots=roots)
     claims = verified.claims()
@@ -197,7 +200,11 @@ def verify_snp_report(
         return dataclasses.replace(claims, details=details)
     checked = check_amd_crl(crl, verified.chain, at)
     details = {**claims.details, "revocation": checked}
-    return dataclasses.replace(claims, tcb_status="UpToDate", details=details)
+    return dataclasses.replace(claims, revocation_checked=True, details=details)
+
+
+# AMD's key distribution service: the VCEKs (``SnpEndorsementQuery.vcek_path``) and the CRLs.
+AMD_KDS = "https://kdsintf.amd.com"
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 AMD publishes one CRL per product and key kind (KDS ``/vcek/v1/<product>/crl``,
 ``/vlek/v1/<product>/crl``), signed by the product's ARK with RSASSA-PSS, SHA-384, salt 48 --
 the parameters of every link of the chain, and the only ones accepted. With it, the verifier
-refuses a report whose ASK / ASVK, or VCEK / VLEK, is listed; without it, nothing is known of
-revocation and the claims say TCB ``Unverified``: the verdict never claims more than was
-checked.
+refuses a report whose ASK / ASVK, or VCEK / VLEK, is listed and the claims say
+``revocation_checked``; without it, nothing is known of revocation. Either way the TCB status
+is ``Unverified`` (a CRL says nothing of the TCB level; AMD publishes no TCB status): the
+verdict never claims more than was checked.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ import click
 import httpx
 from cryptography import x509
 
-from geode.attestation import HostProbe, TrustAnchors, probe_host
+from geode.attestation import Evidence, HostProbe, TrustAnchors, detect_kind, probe_host
 from geode.client import CoordinatorClient, load_pinned_root
-from geode.errors import GeodeError
+from geode.errors import EvidenceError, GeodeError
 from geode.pki import load_certificate
 from geode.protocol import ClientIdentity
 
@@ -29,6 +30,7 @@ __all__ = [
     "insecure_option",
     "manifest_budget_options",
     "open_client",
+    "read_evidence",
     "resolve_root",
     "root_option",
     "user_options",
@@ -178,3 +180,20 @@ def open_client(
         warn("--insecure: the Coordinator's identity is NOT verified")
         return CoordinatorClient(address, insecure=True, identity=identity)
     return CoordinatorClient(address, root=resolve_root(address, root_ca), identity=identity)
+
+
+def read_evidence(raw: bytes, kind: str) -> Evidence:
+    """Raw evidence bytes, or the ``{"kind", "data"}`` envelope Geode sends evidence in
+    (``geode evidence verify`` and ``geode measure evidence`` read files the same way); ``kind``
+    is ``auto`` or the kind the evidence must be."""
+    if raw.lstrip().startswith(b"{"):
+        try:
+            envelope = json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
+            envelope = None
+        if isinstance(envelope, dict) and set(envelope) == {"kind", "data"}:
+            found = Evidence.from_json(envelope)
+            if kind not in ("auto", found.kind):
+                raise EvidenceError(f"the envelope holds {found.kind} evidence", field="kind")
+            return found
+    return Evidence(detect_kind(raw) if kind == "auto" else kind, raw)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from geode.attestation import Claims, Evidence, EvidenceVerifier, detect_kind
-from geode.cli._common import cli_deps
+from geode.attestation import Claims, EvidenceVerifier
+from geode.cli._common import cli_deps, read_evidence
 from geode.cli._verify import reference_platform_keys
 from geode.errors import EvidenceError
 from geode.tee import HARDWARE_KINDS
@@ -34,21 +34,6 @@ def _instant(value: str | None) -> datetime.datetime | None:
             f"{value!r}: expected an ISO 8601 time such as 2025-07-01T12:00:00Z", param_hint="--at"
         ) from None
     return when.replace(tzinfo=datetime.UTC) if when.tzinfo is None else when
-
-
-def _read_evidence(raw: bytes, kind: str) -> Evidence:
-    """Raw evidence bytes, or the ``{"kind", "data"}`` envelope Geode sends evidence in."""
-    if raw.lstrip().startswith(b"{"):
-        try:
-            envelope = json.loads(raw)
-        except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
-            envelope = None
-        if isinstance(envelope, dict) and set(envelope) == {"kind", "data"}:
-            found = Evidence.from_json(envelope)
-            if kind not in ("auto", found.kind):
-                raise EvidenceError(f"the envelope holds {found.kind} evidence", field="kind")
-            return found
-    return Evidence(detect_kind(raw) if kind == "auto" else kind, raw)
 
 
 def _print_claims(claims: Claims) -> None:
@@ -92,7 +77,7 @@ def verify_evidence(
     """Verify the evidence in FILE and print its claims; exit 1 with the reason if it fails."""
     when = _instant(at)
     try:
-        found = _read_evidence(file.read_bytes(), kind)
+        found = read_evidence(file.read_bytes(), kind)
         verifier = EvidenceVerifier(
             simulation=found.kind == "simulated",
             platform_keys=reference_platform_keys(None) if found.kind == "simulated" else (),
@@ -113,6 +98,13 @@ def verify_evidence(
         click.echo(json.dumps({"verdict": "verified", "claims": claims.to_json()}, indent=2))
         return
     status = claims.tcb_status
-    note = "" if status != "Unverified" else " (no collateral: TCB status not checked)"
+    note = ""
+    if status == "Unverified":
+        note = (
+            " (chain not revoked (AMD CRL); AMD publishes no TCB status: the TCB level is "
+            "checked against min_tcb only)"
+            if claims.revocation_checked
+            else " (no collateral: TCB status not checked)"
+        )
     click.echo(f"verified {found.kind} evidence; TCB status {status}{note}")
     _print_claims(claims)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from geode.cli._measure import measure
 from geode.cli._run import run
 from geode.cli._up import up
 from geode.cli._verify import verify
+from geode.errors import GeodeError
 
 if TYPE_CHECKING:
     from geode.coordinator import ManifestBudget
@@ -284,26 +286,6 @@ def coordinator(
         raise click.UsageError(
             "--etcd-ca, --etcd-cert, --etcd-key and --advertise-addr need --store etcd://..."
         )
-    if simulation and tee not in ("auto", "simulated"):
-        raise click.UsageError(f"--simulation contradicts --tee {tee}")
-    simulated = simulation or tee == "simulated"
-    simulation_only = {
-        "--sealing-key": sealing_key is not None,
-        "--platform-key": platform_key is not None,
-        "--trust-platform-key": bool(trust_platform_key),
-        "--trust-coordinator-platform-key": bool(trust_coordinator_platform_key),
-    }
-    given = [name for name, present in simulation_only.items() if present]
-    if given and not simulated:
-        raise click.UsageError(
-            f"{', '.join(given)}: simulation only; a Coordinator in a hardware TEE trusts no "
-            "simulated platform key and derives its sealing key from its TEE"
-        )
-    if tee_certs is not None and (simulated or tee not in ("auto", "sev-snp")):
-        raise click.UsageError(
-            "--tee-certs: SEV-SNP only (the VCEK or VLEK its reports lack), not "
-            + ("simulation" if simulated else f"--tee {tee}")
-        )
     config = CoordinatorConfig(
         data_dir=data_dir,
         etcd=etcd,
@@ -311,8 +293,8 @@ def coordinator(
         mesh_addr=_address(mesh_addr),
         advertise_addr=_address(advertise_addr) if advertise_addr else None,
         etcd_poll=duration(etcd_poll),
-        tee="simulated" if simulated else tee,
-        simulation=simulated,
+        tee=tee,
+        simulation=simulation,
         sgx_sealing=sgx_sealing,
         tee_certs=tee_certs,
         sealing_key=sealing_key,
@@ -334,6 +316,12 @@ def coordinator(
         manifest_budget=manifest_budget,
         log_level=log_level,
     )
+    try:
+        config.check()  # the option combinations: one rule for the CLI and the API
+    except GeodeError as exc:
+        raise click.UsageError(str(exc)) from None
+    if config.simulated:
+        config = dataclasses.replace(config, tee="simulated", simulation=True)
     deps = cli_deps()
     raise SystemExit(serve(config, probe=deps.probe, trust=deps.trust))
 

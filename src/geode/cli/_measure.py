@@ -30,8 +30,7 @@ from geode.attestation import (
     parse_sigstruct,
     sigstruct_reference_values,
 )
-from geode.cli._common import warn
-from geode.cli._evidence import _read_evidence
+from geode.cli._common import read_evidence, warn
 
 __all__ = ["SEV_SNP_MEASURE_MISSING", "measure", "policy_entry_yaml"]
 
@@ -266,7 +265,7 @@ def measure_evidence(file: Path, kind: str, identity: str) -> None:
     This only READS the evidence: it does not verify its signature, chain or TCB. Take it from a
     machine you trust, or check it first with ``geode evidence verify``.
     """
-    found = _read_evidence(file.read_bytes(), kind)
+    found = read_evidence(file.read_bytes(), kind)
     reference = golden_reference_values(found, by_signer=_by_signer(identity))
     warn(f"{file.name}: read, NOT verified; the values are only as good as where it came from")
     _echo_policy(

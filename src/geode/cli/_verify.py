@@ -7,7 +7,9 @@ collateral, certificates). Hardware evidence chains to the pinned vendor roots -
 environment variable of this command adds a root. ``--collateral`` and ``--certs`` add
 documents; ``--online`` fetches what is still missing (Intel PCS, AMD KDS) and says what it
 fetched. Without collateral the TCB verdict is ``Unverified``, printed loudly, and the statement
-is accepted unless the policy says ``require_collateral``.
+is accepted unless the policy says ``require_collateral``. For SEV-SNP, AMD's CRL proves only
+that the chain is not revoked (AMD publishes no TCB status): that is what is printed, the TCB
+level is the policy's ``min_tcb``, and the CRL satisfies ``require_collateral``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from geode._files import replace_file
 from geode.attestation import (
     TCB_UNVERIFIED,
+    Claims,
     TrustAnchors,
     default_platform_key_path,
     load_platform_public_key,
@@ -237,6 +240,17 @@ def verify(
         click.echo(f"  saved:        {save}")
 
 
+def _tcb_line(claims: Claims, *, unverified: bool) -> str:
+    """The verdict on the TCB, never more than was checked: for SEV-SNP a CRL proves only that
+    the chain is not revoked (AMD publishes no TCB status; the level is the policy's
+    ``min_tcb``)."""
+    if not unverified:
+        return claims.tcb_status
+    if claims.revocation_checked:
+        return "chain not revoked (AMD CRL); TCB level checked by min_tcb only"
+    return "UNVERIFIED"
+
+
 def _report(verified: VerifiedStatement, policy: VerificationPolicy, *, fresh: bool) -> None:
     claims = verified.claims
     if verified.simulation:
@@ -244,7 +258,7 @@ def _report(verified: VerifiedStatement, policy: VerificationPolicy, *, fresh: b
     if not fresh:
         warn("offline verification: the statement's freshness is not checked (give --nonce)")
     unverified = claims.tcb_status == TCB_UNVERIFIED and not verified.simulation
-    if unverified:
+    if unverified and not claims.revocation_checked:
         warn(
             f"TCB UNVERIFIED: no {claims.tee} collateral was checked, so the platform's TCB "
             "level and revocations are NOT known (give --collateral, or --online)"
@@ -254,7 +268,7 @@ def _report(verified: VerifiedStatement, policy: VerificationPolicy, *, fresh: b
     click.echo("deployment statement verified")
     click.echo(f"  tee:          {claims.tee}")
     click.echo(f"  matched:      {entry} ({match.reference.tee})")
-    click.echo(f"  tcb:          {'UNVERIFIED' if unverified else claims.tcb_status}")
+    click.echo(f"  tcb:          {_tcb_line(claims, unverified=unverified)}")
     click.echo(f"  measurement:  {claims.measurement.hex()}")
     click.echo(f"  state:        {verified.state}")
     click.echo(f"  root:         sha256:{verified.root_fingerprint}")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import httpx
 
 from geode.attestation import (
+    AMD_KDS,
     Evidence,
     EvidenceVerifier,
     TrustAnchors,
@@ -36,7 +37,6 @@ __all__ = ["AMD_KDS", "INTEL_PCS", "INTEL_ROOT_CA_CRL", "CollateralFetcher", "Fe
 
 INTEL_PCS = "https://api.trustedservices.intel.com"
 INTEL_ROOT_CA_CRL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
-AMD_KDS = "https://kdsintf.amd.com"
 # A document larger than this is not collateral (Intel's TCB info is ~20 KB, a CRL a few KB).
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
@@ -141,20 +141,7 @@ class CollateralFetcher:
                     f"the report is signed by a {query.signing_key}, which AMD hands out to the "
                     "cloud provider only: give it with --certs sev-snp=FILE"
                 )
-            spl = {
-                "blSPL": query.tcb["bootloader"],
-                "teeSPL": query.tcb["tee"],
-                "snpSPL": query.tcb["snp"],
-                "ucodeSPL": query.tcb["microcode"],
-            }
-            if "fmc" in query.tcb:
-                spl["fmcSPL"] = query.tcb["fmc"]
-            vcek = self._get(
-                "sev-snp",
-                "VCEK",
-                f"{self._amd}/vcek/v1/{query.product}/{query.chip_id.hex()}",
-                {k: str(v) for k, v in spl.items()},
-            )
+            vcek = self._get("sev-snp", "VCEK", f"{self._amd}/{query.vcek_path}")
             trust = trust.with_certs("sev-snp", vcek.content)
         if "sev-snp" not in trust.collateral:
             path = "vcek" if query.signing_key == "VCEK" else "vlek"
@@ -164,7 +151,9 @@ class CollateralFetcher:
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def _get(self, kind: str, what: str, url: str, params: dict[str, str]) -> httpx.Response:
+    def _get(
+        self, kind: str, what: str, url: str, params: dict[str, str] | None = None
+    ) -> httpx.Response:
         try:
             response = self._client.get(url, params=params)
         except httpx.HTTPError as exc:

@@ -14,12 +14,14 @@ The file is YAML or JSON::
         sept_ve_disable: true
     collateral: {sev-snp: amd-crl.der, tdx: intel-collateral.json}   # relative to this file
     certs: {sev-snp: vcek.der}
-    require_collateral: true     # refuse a TCB that stays Unverified
+    require_collateral: true     # refuse evidence no collateral checked (AMD CRL for sev-snp)
 
 Each ``accept`` entry is the reference values of a manifest package (``geode.tee.
 ReferenceValues``: ``tee`` and the fields of its kind), and, as a package, must name what pins
 the code (a measurement, MRTD, or signer with product id). A file holding a single package
-mapping, the format of earlier versions, still loads as a policy of that one entry. Collateral
+mapping, the format of earlier versions, still loads as a policy of that one entry. A ``tdx``
+entry must name ``rtmr0``, ``rtmr1`` and ``rtmr2``, and an ``sgx`` entry naming ``signer`` must
+name ``min_svn`` (``_refuse_loose``). Collateral
 and certificates add to what the caller trusts; no field of the file can add a root of trust.
 """
 
@@ -81,7 +83,8 @@ class PolicyMatch:
 class VerificationPolicy:
     """Reference values a Coordinator's evidence must match (any one of ``accept``), with the
     collateral and certificates to verify it with; ``require_collateral`` refuses evidence
-    whose TCB could not be checked (``Unverified``)."""
+    whose collateral was not checked (an ``Unverified`` TCB; for SEV-SNP, whose TCB status
+    AMD does not publish, no CRL check: ``Claims.revocation_checked``)."""
 
     accept: tuple[ReferenceValues, ...]
     collateral: Mapping[str, bytes] = field(default_factory=dict)
@@ -107,7 +110,9 @@ class VerificationPolicy:
         try:
             data = parse_manifest_data(raw)
             if isinstance(data, dict) and not {"version", "accept"} & set(data):
-                return cls.of(load_package(raw))  # a single package: the earlier format
+                single = load_package(raw)  # a single package: the earlier format
+                _refuse_loose(source, "", single)
+                return cls.of(single)
         except ManifestError as exc:
             raise PolicyError(source, exc.path, exc.reason) from None
         if not isinstance(data, dict):
@@ -116,6 +121,8 @@ class VerificationPolicy:
             model = _PolicyFile.model_validate(data)
         except ValidationError as exc:
             raise _policy_error(source, exc) from None
+        for index, entry in enumerate(model.accept):
+            _refuse_loose(source, f"accept[{index}]", entry)
         return cls(
             accept=tuple(model.accept),
             collateral=_read_files(source, base, "collateral", model.collateral),
@@ -152,7 +159,8 @@ class VerificationPolicy:
 
     def match(self, claims: Claims) -> PolicyMatch:
         """The first entry the claims match; ``ClaimsMismatch`` naming why each did not."""
-        if self.require_collateral and claims.tcb_status == TCB_UNVERIFIED:
+        unchecked = claims.tcb_status == TCB_UNVERIFIED and not claims.revocation_checked
+        if self.require_collateral and unchecked:
             raise ClaimsMismatch(
                 "tcb unverified",
                 "the policy requires collateral: give it (--collateral, the policy's "
@@ -186,6 +194,30 @@ def _read_files(
                 source, f"{name}.{kind}", f"cannot read {path} ({exc.strerror or exc})"
             ) from None
     return out
+
+
+def _refuse_loose(source: str, where: str, entry: ReferenceValues) -> None:
+    """``PolicyError`` for an entry that would accept more than one Coordinator image: a TDX
+    entry must pin RTMR0-2 (MRTD covers the firmware only; the kernel, its command line and the
+    initrd the Coordinator lives in are measured into RTMR1-2), and an SGX entry naming a
+    signer must set ``min_svn`` (else every older, perhaps vulnerable, enclave of that signer
+    matches)."""
+    if entry.tee == "tdx":
+        missing = [name for name in ("rtmr0", "rtmr1", "rtmr2") if getattr(entry, name) is None]
+        if missing:
+            raise PolicyError(
+                source,
+                where,
+                f"a tdx entry must name {', '.join(missing)} (MRTD covers the firmware only: "
+                "the kernel, command line and initrd are measured into RTMR1-2)",
+            )
+    if entry.tee == "sgx" and entry.signer is not None and entry.min_svn is None:
+        raise PolicyError(
+            source,
+            where,
+            "an sgx entry naming signer must name min_svn (else any older enclave of that "
+            "signer matches)",
+        )
 
 
 def _policy_error(source: str, exc: ValidationError) -> PolicyError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import geode
@@ -81,12 +81,13 @@ class StartDeps:
 @dataclass(frozen=True)
 class Attesting:
     """What the Coordinator attests with and checks others against, and its sealing key
-    (``durable``: the same after a restart)."""
+    (``durable``: the same after a restart). The key stays out of ``repr``: a repr ends up
+    in logs and tracebacks."""
 
     tee: CoordinatorTee
     verifier: EvidenceVerifier
     peer_verifier: EvidenceVerifier
-    sealing_key: bytes
+    sealing_key: bytes = field(repr=False)
     durable: bool
 
 

@@ -13,13 +13,7 @@ from geode.coordinator._limits import ConnectionLimits
 from geode.coordinator._validation import DEFAULT_MANIFEST_BUDGET, ManifestBudget
 from geode.errors import GeodeError
 
-__all__ = ["SIMULATION_ONLY", "CoordinatorConfig"]
-
-# The options that make sense only with a simulated platform (``--platform-key``,
-# ``--sealing-key``, ``--trust-platform-key``, ``--trust-coordinator-platform-key``).
-SIMULATION_ONLY = (
-    "--platform-key, --sealing-key, --trust-platform-key and --trust-coordinator-platform-key"
-)
+__all__ = ["CoordinatorConfig"]
 
 # The ``--tee`` choices ``--tee-certs`` goes with (``auto`` must then find SEV-SNP).
 _TEE_CERTS_CHOICES = ("auto", "sev-snp")
@@ -77,13 +71,21 @@ class CoordinatorConfig:
             raise GeodeError(f"--tee {self.tee}: expected one of {', '.join(TEE_CHOICES)}")
         if self.simulation and self.tee not in ("auto", "simulated"):
             raise GeodeError(f"--simulation contradicts --tee {self.tee}")
-        if not self.simulated and (
-            self.sealing_key
-            or self.platform_key
-            or self.trusted_platform_keys
-            or self.coordinator_platform_keys
-        ):
-            raise GeodeError(f"{SIMULATION_ONLY} are for simulation only (--tee simulated)")
+        simulation_only = {
+            "--sealing-key": self.sealing_key is not None,
+            "--platform-key": self.platform_key is not None,
+            "--trust-platform-key": bool(self.trusted_platform_keys),
+            "--trust-coordinator-platform-key": bool(self.coordinator_platform_keys),
+        }
+        given = [name for name, present in simulation_only.items() if present]
+        if given and not self.simulated:
+            raise GeodeError(
+                f"{', '.join(given)}: for simulation only (--tee simulated); a Coordinator in a "
+                "hardware TEE trusts no simulated platform key and derives its sealing key from "
+                "its TEE"
+            )
         if self.tee_certs is not None and (self.simulated or self.tee not in _TEE_CERTS_CHOICES):
             tee = "simulation" if self.simulated else f"--tee {self.tee}"
-            raise GeodeError(f"--tee-certs is for SEV-SNP (the VCEK or VLEK), not {tee}")
+            raise GeodeError(
+                f"--tee-certs is for SEV-SNP only (the VCEK or VLEK its reports lack), not {tee}"
+            )

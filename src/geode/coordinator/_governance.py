@@ -281,9 +281,11 @@ class Governance:
 
     def propose_update(self, user: str, proposed: ManifestDocument) -> Pending[None]:
         """A manifest update, acknowledged by its proposer; applied once enough users agree.
-        One that changes nothing is refused now, not when the last acknowledgement comes."""
+        One that changes nothing, or that drops the recovery section a Coordinator without a
+        lasting sealing key needs, is refused now, not when the last acknowledgement comes."""
         _, data, document = self._held.require_manifest()
         _refuse_unchanged(document, proposed)
+        require_recovery(self._settings, proposed.manifest.recovery)
         if data.pending_update is not None:
             raise UpdateConflict(
                 f"manifest update {data.pending_update.sha256.hex()} is pending: "

@@ -46,11 +46,12 @@ _READABLE_VERSIONS = (1, 2, STATE_VERSION)
 
 @dataclass
 class StoredSecret:
-    """A generated or user-set secret: raw bytes, or a certificate with its key (PEM)."""
+    """A generated or user-set secret: raw bytes, or a certificate with its key (PEM). The
+    secret parts stay out of ``repr`` (logs, tracebacks)."""
 
-    value: bytes = b""
+    value: bytes = field(default=b"", repr=False)
     certificate: bytes = b""
-    private_key: bytes = b""
+    private_key: bytes = field(default=b"", repr=False)
 
     def to_json(self) -> dict[str, str]:
         out = {"value": base64.b64encode(self.value).decode()}
@@ -159,9 +160,11 @@ class AuditHead:
 
 @dataclass
 class CoordinatorState:
-    root_key: bytes
+    """The Coordinator's sealed state; its keys stay out of ``repr`` (logs, tracebacks)."""
+
+    root_key: bytes = field(repr=False)
     root_certificate: bytes
-    mesh_key: bytes
+    mesh_key: bytes = field(repr=False)
     mesh_certificate: bytes
     created_at: str
     manifest: bytes | None = None
@@ -172,7 +175,7 @@ class CoordinatorState:
     updates: list[UpdateRecord] = field(default_factory=list)
     pending_update: PendingUpdate | None = None
     audit: AuditHead = field(default_factory=AuditHead)
-    cluster_key: bytes | None = None
+    cluster_key: bytes | None = field(default=None, repr=False)
 
     def to_bytes(self) -> bytes:
         doc: dict[str, Any] = {

@@ -14,11 +14,13 @@ a report-data binding and, for a handover, compares the other end's verified cla
 
   ========= =====================================================================================
   sev-snp   launch measurement, ``host_data``, VMPL and the guest policy (debug, migration agent,
-            SMT, single socket: a launch with another policy is another Coordinator)
+            SMT, single socket: a launch with another policy is another Coordinator); this
+            Coordinator's reported TCB as the minimum (a peer on older firmware is refused)
   tdx       MRTD, RTMR0-2, MRCONFIGID and the TD attributes (RTMR3 is extended at run time:
             left out)
   sgx       MRENCLAVE; or MRSIGNER and ISVPRODID when sealing with the signer's key
-            (``--sgx-sealing mrsigner``: code updated by the same signer is the same Coordinator)
+            (``--sgx-sealing mrsigner``: code updated by the same signer is the same Coordinator),
+            with this Coordinator's ISVSVN as the minimum (an older enclave is refused)
   ========= =====================================================================================
 
   The TCB status of a peer's evidence is not part of the identity: any status but ``Revoked``
@@ -41,6 +43,7 @@ from typing import Protocol, get_args
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from geode.attestation import (
+    AMD_KDS,
     REPORT_DATA_SIZE,
     Claims,
     Evidence,
@@ -60,12 +63,18 @@ from geode.tee import TcbStatus
 __all__ = ["CoordinatorTee", "HardwareTee", "SimulatedTee"]
 
 _IDENTITY_LABEL = b"geode coordinator identity v1\0"
-# AMD's key distribution service, named in the hint for a host that gives no VCEK.
-AMD_KDS = "https://kdsintf.amd.com"
 # A peer's TCB status is the verifier's business; only a revoked platform is never a peer.
 _PEER_TCB_STATUSES: list[TcbStatus] = [s for s in get_args(TcbStatus) if s != "Revoked"]
-# Launch configuration that reference values do not name but a peer must share (claims.details).
-_PEER_DETAILS = {"sev-snp": ("policy",), "tdx": ("td_attributes",)}
+
+
+def _launch_of(claims: Claims) -> tuple[tuple[str, bytes], ...]:
+    """The launch configuration reference values do not name but a peer must share, from the
+    typed claims: the SNP guest policy, the TDX TD attributes."""
+    if claims.tee == "sev-snp":
+        return (("policy", (claims.policy or 0).to_bytes(8, "little")),)
+    if claims.tee == "tdx":
+        return (("td_attributes", claims.td_attributes),)
+    return ()
 
 
 class CoordinatorTee(Protocol):
@@ -169,8 +178,8 @@ class HardwareTee:
     host: HostTee
     identity: ReferenceValues
     measurement: str
-    # The launch configuration a peer must share beyond ``identity`` (``_PEER_DETAILS``).
-    launch: tuple[tuple[str, str], ...] = ()
+    # The launch configuration a peer must share beyond ``identity`` (``_launch_of``).
+    launch: tuple[tuple[str, bytes], ...] = ()
 
     simulated = False
 
@@ -208,10 +217,7 @@ class HardwareTee:
         if not hmac.compare_digest(claims.report_data, expected):
             raise GeodeError(f"{host.name} gave evidence over other report data than asked")
         identity = identity_of(claims, sgx_sealing=sgx_sealing)
-        launch = tuple(
-            (name, claims.details.get(name, "")) for name in _PEER_DETAILS.get(claims.tee, ())
-        )
-        return cls(host, identity, claims.measurement.hex(), launch)
+        return cls(host, identity, claims.measurement.hex(), _launch_of(claims))
 
     def evidence(self, report_data: bytes) -> Evidence:
         if len(report_data) != REPORT_DATA_SIZE:
@@ -220,12 +226,9 @@ class HardwareTee:
 
     def match_peer(self, claims: Claims) -> None:
         match_claims(claims, self.identity)
-        for name, own in self.launch:
-            theirs = claims.details.get(name, "")
-            if not hmac.compare_digest(theirs.encode(), own.encode()):
-                raise ClaimsMismatch(
-                    f"{name.replace('_', ' ')} mismatch", f"got {theirs or 'none'}"
-                )
+        for (name, own), (_, theirs) in zip(self.launch, _launch_of(claims), strict=True):
+            if not hmac.compare_digest(theirs, own):
+                raise ClaimsMismatch(f"{name.replace('_', ' ')} mismatch", f"got {theirs.hex()}")
 
     def peer_verifier(
         self,
@@ -267,13 +270,15 @@ def _missing_certs_hint(evidence: Evidence) -> str:
 def identity_of(claims: Claims, *, sgx_sealing: SgxSealing = "mrenclave") -> ReferenceValues:
     """A Coordinator's identity (see the module docstring) from its own claims, which the
     caller has VERIFIED (``HardwareTee.start``): the reference values they show
-    (``reference_values_of``, the mapping golden evidence is read with too), less what a peer
-    may differ in (the SNP reported TCB, the SGX ISVSVN), with any TCB status but ``Revoked``."""
+    (``reference_values_of``, the mapping golden evidence is read with too), with any TCB status
+    but ``Revoked``. The SNP reported TCB (``min_tcb``) and, sealing by signer, the SGX ISVSVN
+    (``min_svn``) are this Coordinator's own as minimums: a peer may be newer, never older (an
+    older enclave of the same signer, or a guest on older firmware, may be the vulnerable one)."""
     try:
         shown = reference_values_of(claims, by_signer=sgx_sealing == "mrsigner")
     except EvidenceError:
         raise GeodeError(f"a Coordinator does not run in a {claims.tee} TEE") from None
-    fields = shown.model_dump(exclude_unset=True, exclude={"min_tcb", "min_svn"})
+    fields = shown.model_dump(exclude_unset=True)
     if shown.spec.checks_tcb_status:
         fields["accepted_tcb_statuses"] = _PEER_TCB_STATUSES
     return ReferenceValues(**fields)
