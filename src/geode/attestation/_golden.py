@@ -26,6 +26,7 @@ relying party's policy names the same way):
 from __future__ import annotations
 
 from geode.attestation._evidence import Claims, Evidence
+from geode.attestation._intel import sgx_report_claims, td_report_claims
 from geode.attestation._intel_quote import parse_intel_quote, parse_sgx_report, parse_td_report
 from geode.attestation._reference import REFERENCE_KINDS, reference_values_of
 from geode.attestation._sigstruct import Sigstruct
@@ -91,29 +92,11 @@ def _tdx(data: bytes) -> Claims:
     quote = parse_intel_quote(data)
     if not quote.is_tdx:
         raise EvidenceError("an SGX quote, not a TDX one", field="header.tee_type", offset=4)
-    td = parse_td_report(quote.body, quote.body_offset)
-    return Claims(
-        tee="tdx",
-        measurement=td.mrtd,
-        report_data=td.report_data,
-        debug=td.debug,
-        rtmrs=td.rtmrs,
-        mrconfigid=td.mrconfigid,
-        td_attributes=td.td_attributes,
-    )
+    return td_report_claims(parse_td_report(quote.body, quote.body_offset))
 
 
 def _sgx(data: bytes) -> Claims:
     quote = parse_intel_quote(data)
     if quote.is_tdx:
         raise EvidenceError("a TDX quote, not an SGX one", field="header.tee_type", offset=4)
-    report = parse_sgx_report(quote.body, quote.body_offset)
-    return Claims(
-        tee="sgx",
-        measurement=report.mrenclave,
-        report_data=report.report_data,
-        debug=report.debug,
-        signer=report.mrsigner,
-        product_id=report.isv_prod_id,
-        svn=report.isv_svn,
-    )
+    return sgx_report_claims(parse_sgx_report(quote.body, quote.body_offset))

@@ -11,6 +11,7 @@ without, the status is ``Unverified``. Layouts: ``_intel_quote``; collateral:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 from collections.abc import Sequence
@@ -37,7 +38,13 @@ from geode.attestation._intel_quote import (
 from geode.attestation._intel_tcb import TcbVerdict
 from geode.errors import EvidenceError
 
-__all__ = ["verify_intel_quote", "verify_sgx_quote", "verify_tdx_quote"]
+__all__ = [
+    "sgx_report_claims",
+    "td_report_claims",
+    "verify_intel_quote",
+    "verify_sgx_quote",
+    "verify_tdx_quote",
+]
 
 
 def verify_sgx_quote(
@@ -167,6 +174,48 @@ def _pck_chain(
     return verify_pck_chain(quote.cert_data, quote.cert_data_offset, at=at, roots=roots)
 
 
+def sgx_report_claims(body: SgxReport) -> Claims:
+    """The claims an enclave's report makes by itself (what a golden quote shows); a verified
+    quote's claims add what checking it gave (``_verified``)."""
+    return Claims(
+        tee="sgx",
+        measurement=body.mrenclave,
+        report_data=body.report_data,
+        debug=body.debug,
+        signer=body.mrsigner,
+        product_id=body.isv_prod_id,
+        svn=body.isv_svn,
+    )
+
+
+def td_report_claims(td: TdReport) -> Claims:
+    """The claims a TD's report makes by itself, as ``sgx_report_claims``."""
+    return Claims(
+        tee="tdx",
+        measurement=td.mrtd,
+        report_data=td.report_data,
+        debug=td.debug,
+        rtmrs=td.rtmrs,
+        mrconfigid=td.mrconfigid,
+        td_attributes=td.td_attributes,
+    )
+
+
+def _verified(
+    claims: Claims, chain: PckChain, verdict: TcbVerdict | None, details: dict[str, str]
+) -> Claims:
+    """``claims`` with what verifying the quote found: the TCB verdict (``Unverified`` without
+    collateral), the platform and the details."""
+    return dataclasses.replace(
+        claims,
+        tcb_status=verdict.status if verdict else TCB_UNVERIFIED,
+        revocation_checked=verdict is not None,
+        platform=chain.tcb.fmspc.hex(),
+        advisory_ids=verdict.advisory_ids if verdict else (),
+        details=details,
+    )
+
+
 def _common_details(
     quote: IntelQuote, chain: PckChain, qe: SgxReport, verdict: TcbVerdict | None
 ) -> dict[str, str]:
@@ -203,20 +252,7 @@ def _sgx_claims(
         "isv_family_id": body.isv_family_id.hex(),
         **_common_details(quote, chain, qe, verdict),
     }
-    return Claims(
-        tee="sgx",
-        measurement=body.mrenclave,
-        report_data=body.report_data,
-        debug=body.debug,
-        signer=body.mrsigner,
-        product_id=body.isv_prod_id,
-        svn=body.isv_svn,
-        tcb_status=verdict.status if verdict else TCB_UNVERIFIED,
-        revocation_checked=verdict is not None,
-        platform=chain.tcb.fmspc.hex(),
-        advisory_ids=verdict.advisory_ids if verdict else (),
-        details=details,
-    )
+    return _verified(sgx_report_claims(body), chain, verdict, details)
 
 
 def _tdx_claims(
@@ -239,17 +275,4 @@ def _tdx_claims(
     }
     if td.tee_tcb_svn2:
         details.update(tee_tcb_svn2=td.tee_tcb_svn2.hex(), mrservicetd=td.mrservicetd.hex())
-    return Claims(
-        tee="tdx",
-        measurement=td.mrtd,
-        report_data=td.report_data,
-        debug=td.debug,
-        rtmrs=td.rtmrs,
-        mrconfigid=td.mrconfigid,
-        td_attributes=td.td_attributes,
-        tcb_status=verdict.status if verdict else TCB_UNVERIFIED,
-        revocation_checked=verdict is not None,
-        platform=chain.tcb.fmspc.hex(),
-        advisory_ids=verdict.advisory_ids if verdict else (),
-        details=details,
-    )
+    return _verified(td_report_claims(td), chain, verdict, details)
