@@ -12,6 +12,7 @@ from geode.attestation import measure_bundle
 from geode.testing import EtcdCluster
 from tests.support import CoordinatorProcess, sample_manifest
 from tests.support.etcd import EtcdServer, etcd_binary
+from tests.support.hardware import FakeSgx, FakeSnp, FakeTdx
 
 StartCoordinator = Callable[..., CoordinatorProcess]
 
@@ -92,3 +93,21 @@ def manifest_for(bundle: Path) -> Callable[..., str]:
         return sample_manifest(measure_bundle(bundle).hex(), **service)
 
     return build
+
+
+# Fake TEE platforms (``tests.support.hardware``), one per test module: its tests share a chip.
+
+
+@pytest.fixture(scope="module")
+def snp(tmp_path_factory: pytest.TempPathFactory) -> FakeSnp:
+    return FakeSnp.create(tmp_path_factory.mktemp("snp"))
+
+
+@pytest.fixture(scope="module")
+def tdx(tmp_path_factory: pytest.TempPathFactory) -> FakeTdx:
+    return FakeTdx.create(tmp_path_factory.mktemp("tdx"))
+
+
+@pytest.fixture(scope="module")
+def sgx(tmp_path_factory: pytest.TempPathFactory) -> FakeSgx:
+    return FakeSgx.create(tmp_path_factory.mktemp("sgx"))

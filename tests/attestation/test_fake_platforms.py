@@ -21,21 +21,6 @@ from tests.support.hardware import FakeGuest, FakeSgx, FakeSnp, FakeTdx, load_gu
 REPORT_DATA = bytes(range(64))
 
 
-@pytest.fixture(scope="module")
-def snp(tmp_path_factory: pytest.TempPathFactory) -> FakeSnp:
-    return FakeSnp.create(tmp_path_factory.mktemp("snp"))
-
-
-@pytest.fixture(scope="module")
-def tdx(tmp_path_factory: pytest.TempPathFactory) -> FakeTdx:
-    return FakeTdx.create(tmp_path_factory.mktemp("tdx"))
-
-
-@pytest.fixture(scope="module")
-def sgx(tmp_path_factory: pytest.TempPathFactory) -> FakeSgx:
-    return FakeSgx.create(tmp_path_factory.mktemp("sgx"))
-
-
 def snp_derived_key(guest: FakeGuest, field_select: int = 0x9, vmpl: int = 0) -> tuple[int, bytes]:
     """SNP_GET_DERIVED_KEY through the fake driver, laid out by hand (no code under test)."""
     assert isinstance(guest.ioctl, FakeSevGuest)

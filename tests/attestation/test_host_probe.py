@@ -21,21 +21,6 @@ EVERY_INTERFACE = ("gramine", "configfs-tsm", "sev-guest", "tdx-guest")
 DERIVED = "sev-snp derived key (VCEK; policy, measurement)"
 
 
-@pytest.fixture(scope="module")
-def snp(tmp_path_factory: pytest.TempPathFactory) -> FakeSnp:
-    return FakeSnp.create(tmp_path_factory.mktemp("snp"))
-
-
-@pytest.fixture(scope="module")
-def tdx(tmp_path_factory: pytest.TempPathFactory) -> FakeTdx:
-    return FakeTdx.create(tmp_path_factory.mktemp("tdx"))
-
-
-@pytest.fixture(scope="module")
-def sgx(tmp_path_factory: pytest.TempPathFactory) -> FakeSgx:
-    return FakeSgx.create(tmp_path_factory.mktemp("sgx"))
-
-
 def paths(base: Path) -> HostPaths:
     return HostPaths(
         tsm_root=base / "sys" / "kernel" / "config" / "tsm" / "report",

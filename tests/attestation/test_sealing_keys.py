@@ -23,16 +23,6 @@ from tests.support import REPO
 from tests.support.hardware import FakeGuest, FakeSgx, FakeSnp, FakeTdx
 
 
-@pytest.fixture(scope="module")
-def snp(tmp_path_factory: pytest.TempPathFactory) -> FakeSnp:
-    return FakeSnp.create(tmp_path_factory.mktemp("snp"))
-
-
-@pytest.fixture(scope="module")
-def sgx(tmp_path_factory: pytest.TempPathFactory) -> FakeSgx:
-    return FakeSgx.create(tmp_path_factory.mktemp("sgx"))
-
-
 def key_of(guest: FakeGuest, **options: object) -> bytes:
     key = guest.probe(**options).sealing_key()
     assert key is not None

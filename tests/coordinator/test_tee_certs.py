@@ -44,11 +44,6 @@ MANIFEST: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def snp(tmp_path_factory: pytest.TempPathFactory) -> FakeSnp:
-    return FakeSnp.create(tmp_path_factory.mktemp("snp"))
-
-
 @pytest.fixture(autouse=True)
 def _no_simulation_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEODE_PLATFORM_KEY", str(tmp_path / "sim" / "platform.key"))

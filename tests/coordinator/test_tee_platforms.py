@@ -32,21 +32,6 @@ MANIFEST: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def snp(tmp_path_factory: pytest.TempPathFactory) -> FakeSnp:
-    return FakeSnp.create(tmp_path_factory.mktemp("snp"))
-
-
-@pytest.fixture(scope="module")
-def tdx(tmp_path_factory: pytest.TempPathFactory) -> FakeTdx:
-    return FakeTdx.create(tmp_path_factory.mktemp("tdx"))
-
-
-@pytest.fixture(scope="module")
-def sgx(tmp_path_factory: pytest.TempPathFactory) -> FakeSgx:
-    return FakeSgx.create(tmp_path_factory.mktemp("sgx"))
-
-
 @pytest.fixture(autouse=True)
 def _no_simulation_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEODE_PLATFORM_KEY", str(tmp_path / "sim" / "platform.key"))
