@@ -49,6 +49,7 @@ SAMPLES: dict[str, object] = {
     "sept_ve_disable": True,
     "measurements": {1: [H48]},
     "accepted_tcb_statuses": ["UpToDate"],
+    "accepted_advisories": ["INTEL-SA-00615"],
 }
 REFERENCE_FIELDS = set(ReferenceValues.model_fields) - {"tee", "debug"}
 

@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+from geode.attestation._binding import (
+    BINDING_KINDS,
+    bundle_binding,
+    check_bundle_binding,
+    reported_binding,
+)
 from geode.attestation._evidence import (
     EVIDENCE_KINDS,
     REPORT_DATA_SIZE,
@@ -10,6 +16,7 @@ from geode.attestation._evidence import (
     TCB_UNVERIFIED,
     Claims,
     Evidence,
+    Verdict,
 )
 from geode.attestation._golden import (
     GOLDEN_KINDS,
@@ -57,6 +64,7 @@ from geode.attestation._verifier import EvidenceVerifier, KindVerifier, detect_k
 
 __all__ = [
     "AMD_KDS",
+    "BINDING_KINDS",
     "EVIDENCE_KINDS",
     "GOLDEN_KINDS",
     "PLATFORM_KEY_ENV",
@@ -83,7 +91,10 @@ __all__ = [
     "SimulatedPlatform",
     "SnpEndorsementQuery",
     "TrustAnchors",
+    "Verdict",
     "attach_snp_certs",
+    "bundle_binding",
+    "check_bundle_binding",
     "default_platform_key_path",
     "detect_kind",
     "golden_reference_values",
@@ -94,6 +105,7 @@ __all__ = [
     "platform_key_id",
     "probe_host",
     "reference_values_of",
+    "reported_binding",
     "select_quote_provider",
     "sigstruct_reference_values",
     "snp_endorsement_query",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from geode.errors import EvidenceError
-from geode.tee import TEE_KINDS, TcbStatus
+from geode.tee import TEE_KINDS, Check, TcbStatus
 
 __all__ = [
     "EVIDENCE_KINDS",
@@ -19,6 +19,7 @@ __all__ = [
     "TCB_UNVERIFIED",
     "Claims",
     "Evidence",
+    "Verdict",
 ]
 
 EVIDENCE_KINDS: tuple[str, ...] = tuple(TEE_KINDS)
@@ -81,7 +82,9 @@ class Claims:
     their own checks passed. ``revocation_checked``: the signing chain was checked against the
     vendor's revocation list. For SEV-SNP that is all AMD's collateral (its CRL) proves: AMD
     publishes no TCB status, so an SNP ``tcb_status`` stays ``Unverified`` and the reported TCB
-    is held against a package's ``min_tcb`` only. ``platform`` names the platform (FMSPC, chip
+    is held against a package's ``min_tcb`` only. ``checked`` says what the verifier checked, in
+    the vocabulary of ``geode.tee.Check`` (``reference`` is never the verifier's: that is
+    ``match_claims``, whose ``Verdict`` adds it). ``platform`` names the platform (FMSPC, chip
     id, simulated key id); ``details`` carries what an auditor may want to see but no package
     matches on (hex or text).
     """
@@ -95,6 +98,7 @@ class Claims:
     svn: int = 0
     tcb_status: str = TCB_UNVERIFIED
     revocation_checked: bool = False
+    checked: frozenset[Check] = frozenset()
     platform: str = ""
     advisory_ids: tuple[str, ...] = ()
     rtmrs: tuple[bytes, ...] = ()
@@ -130,9 +134,34 @@ class Claims:
             debug=self.debug,
             report_data=self.report_data.hex(),
             tcb_status=self.tcb_status,
+            checked=sorted(self.checked),
             advisory_ids=list(self.advisory_ids),
             platform=self.platform,
         )
         if self.details:
             out["details"] = dict(self.details)
         return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How sure a match of claims against reference values is (``match_claims``' answer).
+
+    ``checked``: what the verifier checked plus ``reference``; ``status``: the TCB status the
+    decision rests on (``Unverified`` when no collateral was checked: never more than was
+    checked; for SEV-SNP derived from AMD's CRL and the package's minimum TCB); ``reasons``:
+    what qualifies the status (advisories accepted, "below every TCB level"), as text.
+    """
+
+    tee: str
+    status: str
+    checked: frozenset[Check]
+    reasons: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "tee": self.tee,
+            "status": self.status,
+            "checked": sorted(self.checked),
+            "reasons": list(self.reasons),
+        }

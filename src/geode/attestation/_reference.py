@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable, Mapping
 
-from geode.attestation._evidence import Claims
+from geode.attestation._evidence import Claims, Verdict
 from geode.errors import ClaimsMismatch, EvidenceError
 from geode.tee import ReferenceValues, SnpTcb
 
@@ -36,8 +36,9 @@ def _same(claimed: bytes, expected_hex: str) -> bool:
     return hmac.compare_digest(claimed, bytes.fromhex(expected_hex))
 
 
-def match_claims(claims: Claims, ref: ReferenceValues) -> None:
-    """Raise ``ClaimsMismatch`` with a stable reason unless the claims satisfy ``ref``."""
+def match_claims(claims: Claims, ref: ReferenceValues) -> Verdict:
+    """Raise ``ClaimsMismatch`` with a stable reason unless the claims satisfy ``ref``; the
+    ``Verdict`` says what the acceptance rests on."""
     if claims.tee != ref.tee:
         raise ClaimsMismatch("tee mismatch", f"evidence is {claims.tee}, package wants {ref.tee}")
     if ref.measurement is not None and not _same(claims.measurement, ref.measurement):
@@ -57,6 +58,7 @@ def match_claims(claims: Claims, ref: ReferenceValues) -> None:
     if ref.spec.checks_tcb_status and claims.tcb_status not in ref.accepted_tcb_statuses:
         advisories = f"; advisories {', '.join(claims.advisory_ids)}" if claims.advisory_ids else ""
         raise ClaimsMismatch("tcb status not accepted", f"{claims.tcb_status}{advisories}")
+    return Verdict(claims.tee, claims.tcb_status, claims.checked | {"reference"})
 
 
 def _match_tdx(claims: Claims, ref: ReferenceValues) -> None:

@@ -12,6 +12,7 @@ import click
 import geode
 from geode._files import replace_file
 from geode.attestation import TEE_CHOICES, SgxSealing
+from geode.cli._bundle import bundle
 from geode.cli._common import (
     DEFAULT_CLIENT_ADDR,
     DEFAULT_MESH_ADDR,
@@ -381,6 +382,7 @@ cli.add_command(recover)
 cli.add_command(up)
 cli.add_command(inject)
 cli.add_command(measure)
+cli.add_command(bundle)
 
 
 def main() -> None:

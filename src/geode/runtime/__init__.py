@@ -31,25 +31,41 @@ from geode.runtime._asgi_tls import (
     peer_certificate,
     tls_extension,
 )
+from geode.runtime._bundle import (
+    BUNDLE_LOCK_ENV,
+    LOCK_FILE,
+    BundleLock,
+    LockedExecutable,
+    locked_executable,
+    read_lock,
+    write_lock,
+)
 from geode.runtime._credentials import Credentials
 
 __all__ = [
+    "BUNDLE_LOCK_ENV",
+    "LOCK_FILE",
     "Activation",
+    "BundleLock",
     "Credentials",
     "EvidenceProvider",
+    "LockedExecutable",
     "MeshSSLContext",
     "PolicyMiddleware",
     "TLSExtensionProtocol",
     "TLSExtensionWSProtocol",
     "activate",
+    "locked_executable",
     "mesh_async_client",
     "mesh_client",
     "peer_certificate",
     "peer_identity",
     "peer_spiffe_id",
     "policy_engine",
+    "read_lock",
     "renew",
     "serve_asgi",
     "simulated_evidence_provider",
     "tls_extension",
+    "write_lock",
 ]

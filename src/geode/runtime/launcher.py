@@ -5,6 +5,13 @@ any of it: they use ``geode.runtime``."""
 
 from __future__ import annotations
 
+from geode.runtime._bundle import (
+    StagedBundle,
+    check_executables,
+    remove_staged,
+    resolve_command,
+    stage_bundle,
+)
 from geode.runtime._evidence_source import EvidenceSource, choose_evidence_source
 from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
 from geode.runtime._leftovers import LauncherRecord, clean_leftovers
@@ -18,10 +25,15 @@ __all__ = [
     "LaunchPlan",
     "LauncherRecord",
     "ProxyRunner",
+    "StagedBundle",
+    "check_executables",
     "choose_evidence_source",
     "clean_leftovers",
     "lay_out",
     "remove_plan",
+    "remove_staged",
     "renewal_time",
+    "resolve_command",
     "run_command",
+    "stage_bundle",
 ]

@@ -25,12 +25,22 @@ Adding a TEE kind
 
 from __future__ import annotations
 
-from geode.tee._kinds import HARDWARE_KINDS, TEE_KINDS, TcbStatus, TeeKind, TeeSpec
+from geode.tee._kinds import (
+    CHECKS,
+    HARDWARE_KINDS,
+    TEE_KINDS,
+    Check,
+    TcbStatus,
+    TeeKind,
+    TeeSpec,
+)
 from geode.tee._reference import ReferenceValues, SnpTcb
 
 __all__ = [
+    "CHECKS",
     "HARDWARE_KINDS",
     "TEE_KINDS",
+    "Check",
     "ReferenceValues",
     "SnpTcb",
     "TcbStatus",

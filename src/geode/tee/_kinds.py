@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
-__all__ = ["HARDWARE_KINDS", "TEE_KINDS", "TcbStatus", "TeeKind", "TeeSpec"]
+__all__ = ["CHECKS", "HARDWARE_KINDS", "TEE_KINDS", "Check", "TcbStatus", "TeeKind", "TeeSpec"]
 
 TeeKind = Literal["simulated", "sgx", "tdx", "sev-snp", "nvidia"]
 
@@ -20,6 +20,17 @@ TcbStatus = Literal[
     "Revoked",
     "Unverified",
 ]
+
+# What a verdict says was checked, one vocabulary for every kind (``Claims.checked``, ``Verdict``):
+# - ``signature``: the evidence is signed by the key its chain (or the simulated platform) names;
+# - ``chain``: that key's certificate chain reaches a pinned vendor root, valid at the time given;
+# - ``revocation``: no certificate of the chain is revoked, by the vendor's CRLs or OCSP answers;
+# - ``tcb``: the platform's TCB level was judged against the vendor's signed collateral (Intel TCB
+#   info and QE identity; AMD CRLs with the package's minimum TCB; NVIDIA RIMs);
+# - ``reference``: the measurements were compared with reference values (a package, a policy entry,
+#   NVIDIA's reference integrity manifests).
+Check = Literal["signature", "chain", "revocation", "tcb", "reference"]
+CHECKS: tuple[Check, ...] = get_args(Check)
 
 
 @dataclass(frozen=True)
@@ -61,13 +72,16 @@ TEE_KINDS: Final[Mapping[TeeKind, TeeSpec]] = {
     ),
     "sgx": TeeSpec(
         "sgx",
-        _fields("measurement signer product_id min_svn accepted_tcb_statuses"),
+        _fields("measurement signer product_id min_svn accepted_tcb_statuses accepted_advisories"),
         identity=("measurement", "signer"),
         measurement_bytes=32,
     ),
     "tdx": TeeSpec(
         "tdx",
-        _fields("mrtd rtmr0 rtmr1 rtmr2 rtmr3 mrconfigid sept_ve_disable accepted_tcb_statuses"),
+        _fields(
+            "mrtd rtmr0 rtmr1 rtmr2 rtmr3 mrconfigid sept_ve_disable accepted_tcb_statuses "
+            "accepted_advisories"
+        ),
         identity=("mrtd",),
     ),
     "sev-snp": TeeSpec(

@@ -17,6 +17,8 @@ _NEEDS = {"signer": "product_id"}
 _HEX = re.compile(r"^[0-9a-f]*$")
 _SHA384_HEX = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{96}$")]
 _TCB_COMPONENT = Annotated[int, Field(ge=0, le=255)]
+# An Intel security advisory or technical document id, as TCB info lists them.
+_ADVISORY_ID = Annotated[str, Field(pattern=r"^INTEL-(SA|DOC)-[0-9]{5}$")]
 
 
 def _check_hex(value: str, nbytes: int) -> str:
@@ -57,9 +59,11 @@ class ReferenceValues(_Strict):
 
     ``debug`` allows debug evidence (SGX/TDX debug attribute, SNP policy bit 19, NVIDIA devtools
     mode; refused by default). ``accepted_tcb_statuses`` (sgx, tdx) lists the TCB statuses
-    accepted, UpToDate only by default. A relying party may match against a partial set (say, a
-    minimum SNP TCB alone); a manifest package must also name its ``identity``
-    (``manifest.Package``).
+    accepted, UpToDate only by default; ``accepted_advisories`` (sgx, tdx) the Intel advisories
+    (``INTEL-SA-00615``) a platform may still be exposed to: evidence accepted at a status other
+    than ``UpToDate`` whose TCB level lists an advisory not named here is refused, naming it (none
+    by default). A relying party may match against a partial set (say, a minimum SNP TCB alone);
+    a manifest package must also name its ``identity`` (``manifest.Package``).
     """
 
     # Whether the fields of the kind's ``identity`` are required (the manifest's packages).
@@ -86,6 +90,7 @@ class ReferenceValues(_Strict):
     accepted_tcb_statuses: Annotated[list[TcbStatus], Field(min_length=1)] = Field(
         default_factory=lambda: list[TcbStatus](["UpToDate"])
     )
+    accepted_advisories: list[_ADVISORY_ID] = Field(default_factory=list)
 
     @property
     def spec(self) -> TeeSpec:
