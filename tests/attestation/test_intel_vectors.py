@@ -3,8 +3,10 @@ that no byte of what is signed can change unnoticed."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -294,3 +296,33 @@ def test_an_sgx_quote_is_not_a_tdx_quote() -> None:
     assert (info.value.field, info.value.offset) == ("header.tee_type", 4)
     with pytest.raises(EvidenceError, match="a TDX quote, not sgx"):
         verify_sgx_quote(quote(VECTORS[2]), at=VECTORS[2].at)
+
+
+def _with_unused_signature_bits(data: bytes, index: int) -> tuple[bytes, bool]:
+    """``data`` with certificate ``index`` of its PEM chain re-encoded saying its signature BIT
+    STRING has unused bits (the same bytes; the PEM keeps its length and line breaks), and
+    whether that is DER at all (unused bits must be zero bits of the last byte)."""
+    blocks = list(re.finditer(rb"-----BEGIN CERTIFICATE-----\n(.*?)\n-----END", data, re.S))
+    body = blocks[index]
+    der = bytearray(base64.b64decode(body.group(1).replace(b"\n", b"")))
+    signature = x509.load_der_x509_certificate(bytes(der)).signature
+    last = signature[-1]
+    unused = min(7, (last & -last).bit_length() - 1) if last else 7
+    der[-len(signature) - 1] = max(unused, 1)
+    encoded = base64.b64encode(bytes(der))
+    lines = b"\n".join(encoded[i : i + 64] for i in range(0, len(encoded), 64))
+    assert len(lines) == len(body.group(1))
+    return data[: body.start(1)] + lines + data[body.end(1) :], unused > 0
+
+
+@pytest.mark.parametrize("v", VECTORS, ids=IDS)
+@pytest.mark.parametrize("index", [0, 1], ids=["pck", "pck_ca"])
+def test_a_second_encoding_of_a_chain_certificate_is_refused(v: Vector, index: int) -> None:
+    # A signature BIT STRING declaring unused bits gives the same signature bytes: the quote
+    # would verify with a certificate that is not Intel's encoding (dcap-qvl refuses it too).
+    changed, is_der = _with_unused_signature_bits(quote(v), index)
+    assert changed != quote(v)
+    problem = "not a whole number of bytes" if is_der else "not PEM certificates"
+    with pytest.raises(EvidenceError, match=problem) as info:
+        verify(v, changed)
+    assert info.value.field == "pck_certification_data"

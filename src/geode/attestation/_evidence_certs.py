@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
@@ -93,6 +94,17 @@ def decoded(cert: x509.Certificate, field: str, offset: int | None = None) -> x5
     with x509_errors(field, offset):
         _ = (cert.subject, cert.issuer, cert.extensions, cert.signature_hash_algorithm)
         _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.serial_number)
+    # The signature is the certificate's last element, a BIT STRING: its first content octet
+    # counts the unused bits. ``cryptography`` hands out the signature bytes whatever it says, so
+    # a certificate saying 1..7 would verify like the original: a second encoding of one
+    # certificate, which other verifiers (dcap-qvl, webpki) refuse.
+    der = cert.public_bytes(Encoding.DER)
+    if der[-len(cert.signature) - 1] != 0:
+        raise EvidenceError(
+            "malformed certificate (its signature is not a whole number of bytes)",
+            field=field,
+            offset=offset,
+        )
     return cert
 
 
