@@ -389,6 +389,11 @@ def crl(
         .issuer_name(issuer.subject)
         .last_update(issued)
         .next_update(next_update)
+        # As Intel's CRLs: a CRL number and the issuer's key id (RFC 5280 asks for both).
+        .add_extension(x509.CRLNumber(1), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
     )
     for serial in revoked:
         builder = builder.add_revoked_certificate(

@@ -1,0 +1,247 @@
+"""A second opinion on Intel quotes: Phala's ``dcap-qvl`` (Rust, Python bindings), given the same
+quote, the same collateral and the same time as Geode, and both answers in one vocabulary.
+
+dcap-qvl's Python API (0.7): ``verify(quote, QuoteCollateralV3, now_secs)`` checks the quote
+against Intel's SGX Root CA, which it pins; ``verify_with_root_ca(quote, collateral, root_der,
+now_secs)`` against another root (so the property tests' quotes, which chain to a test root, can
+be checked too). Both return a report with ``status`` (Intel's TCB status names) and
+``advisory_ids``, or raise ``ValueError`` with the reason. ``QuoteCollateralV3`` takes nine
+members: the PCK CRL issuer chain (PEM), the root CA CRL and the PCK CRL (DER), and for the TCB
+info and the QE identity their issuer chain (PEM), JSON text as served and raw r||s signature.
+
+Geode's collateral document (``geode.attestation._intel_collateral``) maps onto it member for
+member, read here independently of Geode's reader: hex signatures become bytes, CRLs (hex DER or
+PEM) become DER, PCS response bodies (``{"tcbInfo": {...}, "signature": "..."}``) give the
+``tcbInfo`` text exactly as served and their signature. Geode's document has no PCK CRL issuer
+chain (Geode checks the PCK CRL against the intermediate of the quote's own chain): when absent,
+it is the quote's chain without its leaf, as dcap-qvl itself reads it from the quote.
+
+One vocabulary (``Opinion``): ``accepted`` with Intel's TCB ``status`` and the advisory ids, or
+refused with the reason. Where the two say the same thing differently, ``from_dcap_qvl`` maps:
+
+=========================================== ===================================================
+dcap-qvl                                    Geode
+=========================================== ===================================================
+status ``UpToDate`` ... ``OutOfDate``-       ``Claims.tcb_status``, the same name (the six Intel
+``ConfigurationNeeded``                     statuses between them are spelled alike)
+refusal "TCB status is invalid: Revoked"    ``tcb_status == "Revoked"`` (Geode reports it and
+                                            lets the package refuse; dcap-qvl's ``verify``
+                                            refuses it itself): both become refused/Revoked
+refusal "No matching TCB level found"       a platform below every TCB level: refused by Geode
+                                            ("below every TCB level") until the change that
+                                            reports it as ``OutOfDate`` with that reason
+                                            (``BELOW_EVERY_LEVEL``)
+``TDRelaunchAdvised``,                      no Geode status: a mismatch if ever seen (the vectors
+``TDRelaunchAdvisedConfigurationNeeded``    and the test collateral have no TD relaunch levels)
+=========================================== ===================================================
+
+``Unverified`` (Geode without collateral) has no dcap-qvl counterpart: dcap-qvl does not verify
+without collateral. For a quote without collateral, what both can say is the structure
+(``structure_of``: quote version, TEE, FMSPC, measurement, report data).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from geode.attestation import Evidence, EvidenceVerifier
+from geode.errors import EvidenceError
+
+try:
+    import dcap_qvl
+except ImportError:  # pragma: no cover - the test extra installs it
+    dcap_qvl = None
+
+__all__ = [
+    "BELOW_EVERY_LEVEL",
+    "HAVE_DCAP_QVL",
+    "Opinion",
+    "Structure",
+    "dcap_collateral",
+    "dcap_qvl_opinion",
+    "geode_opinion",
+    "requires_dcap_qvl",
+    "structure_by_dcap_qvl",
+    "structure_by_geode",
+]
+
+HAVE_DCAP_QVL = dcap_qvl is not None
+requires_dcap_qvl = pytest.mark.skipif(
+    not HAVE_DCAP_QVL and os.environ.get("CI") != "true",
+    reason="dcap-qvl is not installed (pip install -e '.[test]')",
+)
+
+# dcap-qvl's refusal of a platform below every TCB level, and Geode's.
+BELOW_EVERY_LEVEL = ("No matching TCB level found", "below every TCB level")
+_REVOKED_LEVEL = "TCB status is invalid: Revoked"
+
+
+@dataclass(frozen=True)
+class Opinion:
+    """A verifier's verdict on a quote: accepted with a TCB status and advisories, or refused
+    (``status`` then names a refusal both verifiers know by name: ``Revoked``)."""
+
+    accepted: bool
+    status: str = ""
+    advisories: tuple[str, ...] = ()
+    reason: str = field(default="", compare=False)
+
+    def __str__(self) -> str:
+        if self.accepted:
+            return f"{self.status} {list(self.advisories)}".rstrip(" []")
+        return f"refused{f' ({self.status})' if self.status else ''}: {self.reason}"
+
+
+def _pem(certs: Sequence[x509.Certificate]) -> str:
+    return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
+
+
+def _crl_der(value: str) -> bytes:
+    if value.lstrip().startswith("-----BEGIN"):
+        return x509.load_pem_x509_crl(value.encode()).public_bytes(Encoding.DER)
+    return bytes.fromhex(value)
+
+
+def _served(doc: dict[str, str], name: str, member: str) -> tuple[str, bytes]:
+    """The JSON text as served and its signature, from either form of Geode's document."""
+    text = doc[name]
+    if f"{name}_signature" in doc:
+        return text, bytes.fromhex(doc[f"{name}_signature"])
+    decoder = json.JSONDecoder()
+    start = text.index(f'"{member}"') + len(member) + 2
+    start = text.index(":", start) + 1
+    while text[start] in " \t\r\n":
+        start += 1
+    _, end = decoder.raw_decode(text, start)
+    return text[start:end], bytes.fromhex(json.loads(text)["signature"])
+
+
+def _pick(raw: bytes, fmspc: str) -> dict[str, str]:
+    doc = json.loads(raw)
+    documents = doc if isinstance(doc, list) else [doc]
+    for candidate in documents:
+        info = json.loads(_served(candidate, "tcb_info", "tcbInfo")[0])
+        if str(info.get("fmspc", "")).lower() == fmspc.lower():
+            return dict(candidate)
+    return dict(documents[0])
+
+
+def dcap_collateral(quote: bytes, collateral: bytes) -> object:
+    """Geode's collateral document for ``quote``, as dcap-qvl's ``QuoteCollateralV3``."""
+    assert dcap_qvl is not None
+    parsed = dcap_qvl.parse_quote(quote)
+    doc = _pick(collateral, parsed.fmspc())
+    issuers = doc.get("pck_crl_issuer_chain")
+    if issuers is None:
+        chain = x509.load_pem_x509_certificates(parsed.cert_chain_pem_bytes() or b"")
+        issuers = _pem(chain[1:])
+    tcb_info, tcb_info_signature = _served(doc, "tcb_info", "tcbInfo")
+    qe_identity, qe_identity_signature = _served(doc, "qe_identity", "enclaveIdentity")
+    return dcap_qvl.QuoteCollateralV3(
+        pck_crl_issuer_chain=issuers,
+        root_ca_crl=_crl_der(doc["root_ca_crl"]),
+        pck_crl=_crl_der(doc["pck_crl"]),
+        tcb_info_issuer_chain=doc["tcb_info_issuer_chain"],
+        tcb_info=tcb_info,
+        tcb_info_signature=tcb_info_signature,
+        qe_identity_issuer_chain=doc["qe_identity_issuer_chain"],
+        qe_identity=qe_identity,
+        qe_identity_signature=qe_identity_signature,
+    )
+
+
+def dcap_qvl_opinion(
+    quote: bytes,
+    collateral: bytes,
+    *,
+    at: datetime.datetime,
+    root: x509.Certificate | None = None,
+) -> Opinion:
+    """dcap-qvl's verdict on ``quote`` with Geode's ``collateral`` at ``at``, under Intel's root
+    or ``root``."""
+    if dcap_qvl is None:
+        pytest.fail("dcap-qvl is not installed (pip install -e '.[test]')")
+    now = int(at.timestamp())
+    try:
+        theirs = dcap_collateral(quote, collateral)
+        if root is None:
+            report = dcap_qvl.verify(quote, theirs, now)
+        else:
+            der = root.public_bytes(Encoding.DER)
+            report = dcap_qvl.verify_with_root_ca(quote, theirs, der, now)
+    except (ValueError, KeyError, IndexError) as exc:
+        reason = " ".join(str(exc).split())
+        return Opinion(False, "Revoked" if _REVOKED_LEVEL in reason else "", reason=reason)
+    return Opinion(True, report.status, tuple(sorted(report.advisory_ids)))
+
+
+def geode_opinion(
+    tee: str,
+    quote: bytes,
+    collateral: bytes | None,
+    *,
+    at: datetime.datetime,
+    root: x509.Certificate | None = None,
+) -> Opinion:
+    """Geode's verdict on the same, through ``EvidenceVerifier`` as the Coordinator calls it."""
+    roots = {tee: [root]} if root is not None else None
+    verifier = EvidenceVerifier(roots=roots, clock=lambda: at)
+    try:
+        claims = verifier.verify(Evidence(tee, quote), collateral=collateral)
+    except EvidenceError as exc:
+        return Opinion(False, reason=str(exc))
+    if claims.tcb_status == "Revoked":
+        return Opinion(False, "Revoked", reason="the TCB level is Revoked")
+    return Opinion(True, claims.tcb_status, tuple(sorted(claims.advisory_ids)))
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What a quote says of itself, as each verifier parses it (no collateral needed)."""
+
+    version: int
+    tee: str
+    fmspc: str
+    measurement: str
+    report_data: str
+
+
+def structure_by_dcap_qvl(quote: bytes) -> Structure | str:
+    """dcap-qvl's parse of ``quote``, or why it refused it."""
+    assert dcap_qvl is not None
+    try:
+        parsed = dcap_qvl.parse_quote(quote)
+        report = parsed.report
+        measurement = report.mr_td if parsed.is_tdx() else report.mr_enclave
+        return Structure(
+            parsed.header.version,
+            "tdx" if parsed.is_tdx() else "sgx",
+            parsed.fmspc().lower(),
+            measurement.hex(),
+            report.report_data.hex(),
+        )
+    except ValueError as exc:
+        return f"refused: {exc}"
+
+
+def structure_by_geode(tee: str, quote: bytes, *, at: datetime.datetime) -> Structure | str:
+    """Geode's verified claims of ``quote`` without collateral, or why it refused it."""
+    try:
+        claims = EvidenceVerifier(clock=lambda: at).verify(Evidence(tee, quote))
+    except EvidenceError as exc:
+        return f"refused: {exc}"
+    return Structure(
+        int(claims.details["quote_version"]),
+        claims.tee,
+        claims.platform,
+        claims.measurement.hex(),
+        claims.report_data.hex(),
+    )
