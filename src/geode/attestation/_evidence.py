@@ -79,14 +79,16 @@ class Claims:
     ``ConfigurationNeeded``, ``ConfigurationAndSWHardeningNeeded``, ``OutOfDate``,
     ``OutOfDateConfigurationNeeded``, ``Revoked``), ``Unverified`` when no collateral was
     checked, ``Simulated`` for simulated evidence; kinds without TCB levels say ``UpToDate`` once
-    their own checks passed. ``revocation_checked``: the signing chain was checked against the
-    vendor's revocation list. For SEV-SNP that is all AMD's collateral (its CRL) proves: AMD
-    publishes no TCB status, so an SNP ``tcb_status`` stays ``Unverified`` and the reported TCB
-    is held against a package's ``min_tcb`` only. ``checked`` says what the verifier checked, in
-    the vocabulary of ``geode.tee.Check`` (``reference`` is never the verifier's: that is
-    ``match_claims``, whose ``Verdict`` adds it). ``platform`` names the platform (FMSPC, chip
-    id, simulated key id); ``details`` carries what an auditor may want to see but no package
-    matches on (hex or text).
+    their own checks passed. ``tcb_reasons`` qualify it (Intel: "below every TCB level" when the
+    platform, the TD or the QE is below every level of the collateral, reported ``OutOfDate``).
+    ``checked`` says what the verifier checked, in the vocabulary of ``geode.tee.Check``:
+    ``"revocation" in checked`` when the signing chain was checked against the vendor's
+    revocation lists; ``reference`` is never the verifier's: that is ``match_claims``, whose
+    ``Verdict`` adds it. The split for SEV-SNP: the verifier does not know the package, so an SNP
+    ``tcb_status`` stays ``Unverified`` (AMD publishes no TCB status) even with AMD's CRL; the
+    ``Verdict`` derives the status from the CRL check and the package's ``min_tcb``.
+    ``platform`` names the platform (FMSPC, chip id, simulated key id); ``details`` carries what
+    an auditor may want to see but no package matches on (hex or text).
     """
 
     tee: str
@@ -97,8 +99,8 @@ class Claims:
     product_id: int = 0
     svn: int = 0
     tcb_status: str = TCB_UNVERIFIED
-    revocation_checked: bool = False
     checked: frozenset[Check] = frozenset()
+    tcb_reasons: tuple[str, ...] = ()
     platform: str = ""
     advisory_ids: tuple[str, ...] = ()
     rtmrs: tuple[bytes, ...] = ()
@@ -134,6 +136,7 @@ class Claims:
             debug=self.debug,
             report_data=self.report_data.hex(),
             tcb_status=self.tcb_status,
+            tcb_reasons=list(self.tcb_reasons),
             checked=sorted(self.checked),
             advisory_ids=list(self.advisory_ids),
             platform=self.platform,
@@ -147,10 +150,14 @@ class Claims:
 class Verdict:
     """How sure a match of claims against reference values is (``match_claims``' answer).
 
-    ``checked``: what the verifier checked plus ``reference``; ``status``: the TCB status the
-    decision rests on (``Unverified`` when no collateral was checked: never more than was
-    checked; for SEV-SNP derived from AMD's CRL and the package's minimum TCB); ``reasons``:
-    what qualifies the status (advisories accepted, "below every TCB level"), as text.
+    ``checked``: what the verifier checked plus ``reference`` (and, for SEV-SNP, ``tcb`` when
+    the reported TCB was held against the package's ``min_tcb`` with AMD's CRL checked);
+    ``status``: the TCB status the decision rests on, never more than was checked --
+    ``Unverified`` when no collateral was checked; for SEV-SNP derived here, not by the verifier
+    (which does not know the package): ``UpToDate`` when revocation was checked and the package
+    sets a ``min_tcb`` the reported TCB meets, ``Unverified`` otherwise, with the reason;
+    ``reasons``: what qualifies the status (advisories accepted, "below every TCB level", why
+    an SNP status stays ``Unverified``), as text.
     """
 
     tee: str

@@ -103,7 +103,7 @@ def verify_evidence(
         note = (
             " (chain not revoked (AMD CRL); AMD publishes no TCB status: the TCB level is "
             "checked against min_tcb only)"
-            if claims.revocation_checked
+            if "revocation" in claims.checked
             else " (no collateral: TCB status not checked)"
         )
     click.echo(f"verified {found.kind} evidence; TCB status {status}{note}")

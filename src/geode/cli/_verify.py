@@ -246,7 +246,7 @@ def _tcb_line(claims: Claims, *, unverified: bool) -> str:
     ``min_tcb``)."""
     if not unverified:
         return claims.tcb_status
-    if claims.revocation_checked:
+    if "revocation" in claims.checked:
         return "chain not revoked (AMD CRL); TCB level checked by min_tcb only"
     return "UNVERIFIED"
 
@@ -258,7 +258,7 @@ def _report(verified: VerifiedStatement, policy: VerificationPolicy, *, fresh: b
     if not fresh:
         warn("offline verification: the statement's freshness is not checked (give --nonce)")
     unverified = claims.tcb_status == TCB_UNVERIFIED and not verified.simulation
-    if unverified and not claims.revocation_checked:
+    if unverified and "revocation" not in claims.checked:
         warn(
             f"TCB UNVERIFIED: no {claims.tee} collateral was checked, so the platform's TCB "
             "level and revocations are NOT known (give --collateral, or --online)"

@@ -84,7 +84,7 @@ class VerificationPolicy:
     """Reference values a Coordinator's evidence must match (any one of ``accept``), with the
     collateral and certificates to verify it with; ``require_collateral`` refuses evidence
     whose collateral was not checked (an ``Unverified`` TCB; for SEV-SNP, whose TCB status
-    AMD does not publish, no CRL check: ``Claims.revocation_checked``)."""
+    AMD does not publish, no CRL check: ``revocation`` not in ``Claims.checked``)."""
 
     accept: tuple[ReferenceValues, ...]
     collateral: Mapping[str, bytes] = field(default_factory=dict)
@@ -159,7 +159,7 @@ class VerificationPolicy:
 
     def match(self, claims: Claims) -> PolicyMatch:
         """The first entry the claims match; ``ClaimsMismatch`` naming why each did not."""
-        unchecked = claims.tcb_status == TCB_UNVERIFIED and not claims.revocation_checked
+        unchecked = claims.tcb_status == TCB_UNVERIFIED and "revocation" not in claims.checked
         if self.require_collateral and unchecked:
             raise ClaimsMismatch(
                 "tcb unverified",
