@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from geode.errors import EvidenceError
-from geode.tee import TEE_KINDS, Check, TcbStatus
+from geode.tee import CHECKS, TEE_KINDS, Check, TcbStatus
 
 __all__ = [
     "EVIDENCE_KINDS",
@@ -20,6 +20,7 @@ __all__ = [
     "Claims",
     "Evidence",
     "Verdict",
+    "checks_in_order",
 ]
 
 EVIDENCE_KINDS: tuple[str, ...] = tuple(TEE_KINDS)
@@ -30,6 +31,12 @@ MAX_EVIDENCE_BYTES = 64 * 1024
 # was not checked (its last).
 TCB_UNVERIFIED = "Unverified"
 TCB_STATUSES: tuple[str, ...] = tuple(s for s in get_args(TcbStatus) if s != TCB_UNVERIFIED)
+
+
+def checks_in_order(checked: frozenset[Check]) -> list[Check]:
+    """``checked`` in the order of ``geode.tee.CHECKS`` (signature, chain, revocation, tcb,
+    reference): how JSON and the command line show them."""
+    return [check for check in CHECKS if check in checked]
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ class Claims:
             report_data=self.report_data.hex(),
             tcb_status=self.tcb_status,
             tcb_reasons=list(self.tcb_reasons),
-            checked=sorted(self.checked),
+            checked=checks_in_order(self.checked),
             advisory_ids=list(self.advisory_ids),
             platform=self.platform,
         )
@@ -165,10 +172,17 @@ class Verdict:
     checked: frozenset[Check]
     reasons: tuple[str, ...] = ()
 
+    def summary(self) -> str:
+        """The verdict in one line, for logs: tee, status, what was checked, the reasons (no
+        secrets: reasons name statuses, advisories and TCB components only)."""
+        reasons = f"; {'; '.join(self.reasons)}" if self.reasons else ""
+        checked = ",".join(checks_in_order(self.checked))
+        return f"tee {self.tee}, status {self.status}, checked {checked}{reasons}"
+
     def to_json(self) -> dict[str, object]:
         return {
             "tee": self.tee,
             "status": self.status,
-            "checked": sorted(self.checked),
+            "checked": checks_in_order(self.checked),
             "reasons": list(self.reasons),
         }

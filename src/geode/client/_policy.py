@@ -34,7 +34,14 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from geode.attestation import TCB_UNVERIFIED, Claims, ReferenceValues, TrustAnchors, match_claims
+from geode.attestation import (
+    TCB_UNVERIFIED,
+    Claims,
+    ReferenceValues,
+    TrustAnchors,
+    Verdict,
+    match_claims,
+)
 from geode.errors import ClaimsMismatch, GeodeError, ManifestError
 from geode.manifest import Package, load_package, parse_manifest_data
 from geode.tee import HARDWARE_KINDS, TeeKind
@@ -73,10 +80,12 @@ class _PolicyFile(BaseModel):
 
 @dataclass(frozen=True)
 class PolicyMatch:
-    """Which entry of a policy the claims matched (its index in ``accept``)."""
+    """Which entry of a policy the claims matched (its index in ``accept``), and the verdict:
+    what the acceptance rests on (``attestation.Verdict``)."""
 
     index: int
     reference: ReferenceValues
+    verdict: Verdict
 
 
 @dataclass(frozen=True)
@@ -169,13 +178,13 @@ class VerificationPolicy:
         reasons: list[str] = []
         for index, reference in enumerate(self.accept):
             try:
-                match_claims(claims, reference)
+                verdict = match_claims(claims, reference)
             except ClaimsMismatch as exc:
                 if len(self.accept) == 1:
                     raise
                 reasons.append(f"accept[{index}] ({reference.tee}): {exc}")
                 continue
-            return PolicyMatch(index, reference)
+            return PolicyMatch(index, reference, verdict)
         raise ClaimsMismatch("no accepted reference values match", "; ".join(reasons))
 
 
