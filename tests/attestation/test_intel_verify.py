@@ -238,10 +238,35 @@ def test_the_first_level_the_platform_reaches_wins() -> None:
     assert (claims.tcb_status, claims.advisory_ids) == ("SWHardeningNeeded", ("INTEL-SA-2",))
 
 
-def test_a_platform_below_every_level_is_refused() -> None:
-    info = kit.tcb_info(levels=[kit.tcb_level("UpToDate", cpu_svn=bytes([9] * 16), tdx=None)])
-    with pytest.raises(EvidenceError, match="below every TCB level"):
-        verify(sgx(), collateral=collateral_bytes(info=info))
+def test_a_platform_below_every_level_is_out_of_date_and_the_package_decides() -> None:
+    info = kit.tcb_info(
+        levels=[kit.tcb_level("UpToDate", cpu_svn=bytes([9] * 16), tdx=None, advisories=["X"])]
+    )
+    claims = verify(sgx(), collateral=collateral_bytes(info=info))
+    assert claims.tcb_status == "OutOfDate"
+    assert claims.tcb_reasons == ("below every TCB level: the platform's TCB",)
+    assert claims.advisory_ids == ()  # no level applied
+    assert claims.checked == {"signature", "chain", "revocation", "tcb"}
+    package = ReferenceValues(tee="sgx", measurement=claims.measurement.hex())
+    with pytest.raises(ClaimsMismatch) as refused:
+        match_claims(claims, package)
+    assert refused.value.reason == "tcb status not accepted"
+    assert refused.value.detail == "OutOfDate (below every TCB level: the platform's TCB)"
+    lenient = package.model_copy(update={"accepted_tcb_statuses": ["UpToDate", "OutOfDate"]})
+    verdict = match_claims(claims, lenient)
+    assert verdict.status == "OutOfDate"
+    assert verdict.reasons == ("below every TCB level: the platform's TCB",)
+
+
+def test_a_td_below_every_level_converges_with_its_platform_level() -> None:
+    # The platform's TCB reaches a ConfigurationNeeded level whose TDX components the TD's TEE
+    # TCB SVN does not reach: out of date, configuration still needed.
+    info = kit.tcb_info(
+        tdx=True, levels=[kit.tcb_level("ConfigurationNeeded", tdx=bytes([0xFF] * 16))]
+    )
+    claims = verify(tdx(), "tdx", collateral=collateral_bytes(info=info, tdx=True))
+    assert claims.tcb_status == "OutOfDateConfigurationNeeded"
+    assert claims.tcb_reasons == ("below every TCB level: the TD's TEE TCB SVN",)
 
 
 @pytest.mark.parametrize(
@@ -269,10 +294,21 @@ def test_the_qe_identity_status_converges_with_the_platforms(
     assert claims.advisory_ids == ("INTEL-SA-P", "INTEL-SA-Q")
 
 
-def test_a_qe_below_every_identity_level_is_refused() -> None:
-    identity = kit.qe_identity(levels=[kit.identity_level(9, "UpToDate")])
-    with pytest.raises(EvidenceError, match="ISVSVN 8 is below every TCB level"):
-        verify(sgx(), collateral=collateral_bytes(identity=identity))
+@pytest.mark.parametrize(
+    ("platform", "expected"),
+    [("UpToDate", "OutOfDate"), ("ConfigurationNeeded", "OutOfDateConfigurationNeeded")],
+)
+def test_a_qe_below_every_identity_level_is_out_of_date(platform: str, expected: str) -> None:
+    info = kit.tcb_info(levels=[kit.tcb_level(platform, tdx=None)])
+    identity = kit.qe_identity(levels=[kit.identity_level(9, "UpToDate", ["INTEL-SA-Q"])])
+    claims = verify(sgx(), collateral=collateral_bytes(info=info, identity=identity))
+    assert claims.tcb_status == expected
+    assert claims.details["qe_tcb_status"] == "OutOfDate"
+    assert claims.tcb_reasons == ("below every TCB level: the QE's ISVSVN 8",)
+    assert claims.advisory_ids == ()
+    package = ReferenceValues(tee="sgx", measurement=claims.measurement.hex())
+    with pytest.raises(ClaimsMismatch, match=rf"{expected} \(below every TCB level"):
+        match_claims(claims, package)
 
 
 @pytest.mark.parametrize(
@@ -573,3 +609,47 @@ def test_a_signed_date_without_a_time_zone_is_refused_by_name(member: str) -> No
     with pytest.raises(EvidenceError, match="timezone") as info:
         verify(sgx(), collateral=doc)
     assert info.value.field == f"collateral.{member}.issueDate"
+
+
+# -- advisories the package accepts -------------------------------------------------------------
+
+
+def test_accepted_advisories_work_both_ways() -> None:
+    info = kit.tcb_info(
+        levels=[
+            kit.tcb_level(
+                "SWHardeningNeeded", tdx=None, advisories=["INTEL-SA-00615", "INTEL-SA-00657"]
+            )
+        ]
+    )
+    claims = verify(sgx(), collateral=collateral_bytes(info=info))
+    assert claims.advisory_ids == ("INTEL-SA-00615", "INTEL-SA-00657")
+    package = ReferenceValues(
+        tee="sgx",
+        measurement=claims.measurement.hex(),
+        accepted_tcb_statuses=["UpToDate", "SWHardeningNeeded"],
+        accepted_advisories=["INTEL-SA-00657"],
+    )
+    with pytest.raises(ClaimsMismatch) as refused:
+        match_claims(claims, package)
+    assert refused.value.reason == "advisory not accepted"
+    assert refused.value.detail == "INTEL-SA-00615 (SWHardeningNeeded)"
+    both = package.model_copy(update={"accepted_advisories": ["INTEL-SA-00615", "INTEL-SA-00657"]})
+    verdict = match_claims(claims, both)
+    assert verdict.status == "SWHardeningNeeded"
+    assert verdict.checked == {"signature", "chain", "revocation", "tcb", "reference"}
+    assert verdict.reasons == (
+        "advisories accepted at SWHardeningNeeded: INTEL-SA-00615, INTEL-SA-00657",
+    )
+
+
+def test_up_to_date_evidence_needs_no_accepted_advisories() -> None:
+    claims = verify(sgx(), collateral=collateral_bytes())
+    assert claims.tcb_status == "UpToDate"
+    verdict = match_claims(claims, ReferenceValues(tee="sgx", measurement=claims.measurement.hex()))
+    assert (verdict.status, verdict.reasons) == ("UpToDate", ())
+
+
+def test_without_collateral_only_signature_and_chain_are_checked() -> None:
+    assert verify(sgx()).checked == {"signature", "chain"}
+    assert verify(tdx(), "tdx").checked == {"signature", "chain"}

@@ -181,9 +181,14 @@ def test_tcb_status_must_be_accepted(claims: Claims) -> None:
     assert info.value.reason == "tcb status not accepted"
     assert "SWHardeningNeeded" in info.value.detail
     assert "INTEL-SA-00615" in info.value.detail
-    match_claims(
-        outdated, reference(**fields, accepted_tcb_statuses=["UpToDate", "SWHardeningNeeded"])
+    accepting = reference(
+        **fields,
+        accepted_tcb_statuses=["UpToDate", "SWHardeningNeeded"],
+        accepted_advisories=["INTEL-SA-00615"],
     )
+    verdict = match_claims(outdated, accepting)
+    assert verdict.status == "SWHardeningNeeded"
+    assert "INTEL-SA-00615" in " ".join(verdict.reasons)
     unverified = dataclasses.replace(claims, tcb_status="Unverified")
     with pytest.raises(ClaimsMismatch, match="Unverified"):
         match_claims(unverified, reference(**fields))

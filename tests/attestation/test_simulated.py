@@ -267,6 +267,7 @@ def test_quote_round_trip_gives_the_claims() -> None:
         product_id=16,
         svn=3,
         tcb_status="Simulated",
+        checked=frozenset({"signature"}),
         platform=platform_key_id(platform().public_key).hex(),
     )
 

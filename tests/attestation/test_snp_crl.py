@@ -1,5 +1,6 @@
-"""AMD's CRL as the collateral of SEV-SNP: a revoked ASK, ASVK or VCEK is refused; a CRL not
-signed by the chain's ARK, or out of date, is refused; without one, the TCB is Unverified."""
+"""AMD's CRL as the collateral of SEV-SNP: a revoked ASK, ASVK, VCEK or VLEK is refused; a CRL
+not signed by the chain's ARK, of the other key kind or product, or out of date, is refused;
+without one, the TCB is Unverified. The verdict's status: UpToDate with a CRL and a min_tcb met."""
 
 from __future__ import annotations
 
@@ -11,10 +12,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from geode.attestation import Evidence, EvidenceVerifier, TrustAnchors
+from geode.attestation import (
+    Claims,
+    Evidence,
+    EvidenceVerifier,
+    ReferenceValues,
+    TrustAnchors,
+    match_claims,
+)
 from geode.attestation._snp import verify_snp_report
 from geode.attestation._snp_certs import CERT_TABLE_GUIDS, build_cert_table
-from geode.errors import EvidenceError
+from geode.errors import ClaimsMismatch, EvidenceError
+from geode.tee import SnpTcb
 from tests.attestation.support.snp import AT, AmdPki, forge_report, tcb_raw
 
 CHIP = os.urandom(64)
@@ -42,7 +51,7 @@ def test_without_a_crl_the_tcb_is_unverified(
 ) -> None:
     claims = verify_snp_report(signed[0], at=AT, roots=[pki.ark])
     assert claims.tcb_status == "Unverified"
-    assert claims.revocation_checked is False
+    assert "revocation" not in claims.checked
     assert "not checked" in claims.details["revocation"]
 
 
@@ -56,7 +65,7 @@ def test_a_current_crl_that_lists_nothing_of_the_chain(
     # A CRL proves the chain is not revoked, nothing about the TCB level: AMD publishes no TCB
     # status for SNP, so the verdict stays Unverified and says what was checked.
     assert claims.tcb_status == "Unverified"
-    assert claims.revocation_checked is True
+    assert "revocation" in claims.checked
     assert "not revoked" in claims.details["revocation"]
 
 
@@ -127,3 +136,120 @@ def test_the_verifier_takes_the_crl_from_its_trust_anchors(
     )
     with pytest.raises(EvidenceError, match="revoked"):
         EvidenceVerifier(trust=trust).verify(Evidence("sev-snp", signed[0]))
+
+
+# -- what the verdict says -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vlek_signed(pki: AmdPki) -> tuple[bytes, x509.Certificate]:
+    key, vlek = pki.endorsement(kind="VLEK", tcb=TCB)
+    data = forge_report(key, tcb=tcb_raw("Milan", **TCB), signer_info=1 << 2)
+    table = build_cert_table(
+        (CERT_TABLE_GUIDS[n], c.public_bytes(Encoding.DER))
+        for n, c in (("ask", pki.asvk), ("vlek", vlek))
+    )
+    return data + table, vlek
+
+
+def package(claims: Claims, **fields: object) -> ReferenceValues:
+    return ReferenceValues(tee="sev-snp", measurement=claims.measurement.hex(), **fields)
+
+
+def test_checked_says_signature_and_chain_and_revocation_with_a_crl(
+    pki: AmdPki, signed: tuple[bytes, x509.Certificate]
+) -> None:
+    assert verify_snp_report(signed[0], at=AT, roots=[pki.ark]).checked == {"signature", "chain"}
+    claims = verify_snp_report(signed[0], collateral=pki.crl(), at=AT, roots=[pki.ark])
+    assert claims.checked == {"signature", "chain", "revocation"}
+
+
+def test_snp_with_a_revoked_certificate_in_the_given_crl_is_refused(
+    pki: AmdPki,
+    signed: tuple[bytes, x509.Certificate],
+    vlek_signed: tuple[bytes, x509.Certificate],
+) -> None:
+    for (data, leaf), intermediate in ((signed, pki.ask), (vlek_signed, pki.asvk)):
+        for revoked in (intermediate, leaf):
+            with pytest.raises(EvidenceError, match="is revoked") as caught:
+                verify_snp_report(
+                    data, collateral=pki.crl(revoked=(revoked,)), at=AT, roots=[pki.ark]
+                )
+            assert f"serial {revoked.serial_number:x}" in str(caught.value)
+            assert caught.value.field == "collateral"
+
+
+@pytest.mark.parametrize("kind", ["VCEK", "VLEK"])
+def test_a_crl_stating_the_chains_kind_is_checked(
+    pki: AmdPki,
+    signed: tuple[bytes, x509.Certificate],
+    vlek_signed: tuple[bytes, x509.Certificate],
+    kind: str,
+) -> None:
+    data = signed[0] if kind == "VCEK" else vlek_signed[0]
+    url = f"https://kdsintf.amd.com/{kind.lower()}/v1/Milan/crl"
+    crl = pki.crl(distribution_point=url)
+    claims = verify_snp_report(data, collateral=crl, at=AT, roots=[pki.ark])
+    assert "revocation" in claims.checked
+    assert f"AMD {kind} CRL" in claims.details["revocation"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "url", "message"),
+    [
+        ("VCEK", "vlek/v1/Milan/crl", "the CRL is the VLEK CRL of Milan, the chain is a VCEK"),
+        ("VLEK", "vcek/v1/Milan/crl", "the CRL is the VCEK CRL of Milan, the chain is a VLEK"),
+        ("VCEK", "vcek/v1/Genoa/crl", "the CRL is the VCEK CRL of Genoa, the chain is a VCEK"),
+    ],
+)
+def test_a_crl_of_the_other_kind_or_product_is_refused(
+    pki: AmdPki,
+    signed: tuple[bytes, x509.Certificate],
+    vlek_signed: tuple[bytes, x509.Certificate],
+    kind: str,
+    url: str,
+    message: str,
+) -> None:
+    data = signed[0] if kind == "VCEK" else vlek_signed[0]
+    crl = pki.crl(distribution_point=f"https://kdsintf.amd.com/{url}")
+    with pytest.raises(EvidenceError, match=message):
+        verify_snp_report(data, collateral=crl, at=AT, roots=[pki.ark])
+
+
+def test_a_crl_of_another_products_ark_is_refused_naming_both(
+    pki: AmdPki, signed: tuple[bytes, x509.Certificate]
+) -> None:
+    genoa = AmdPki.create("Genoa")
+    with pytest.raises(EvidenceError, match="the CRL is AMD's for Genoa, the VCEK chain is Milan"):
+        verify_snp_report(signed[0], collateral=genoa.crl(), at=AT, roots=[pki.ark])
+
+
+def test_the_verdict_is_up_to_date_with_a_crl_and_a_min_tcb_met(
+    pki: AmdPki, signed: tuple[bytes, x509.Certificate]
+) -> None:
+    claims = verify_snp_report(signed[0], collateral=pki.crl(), at=AT, roots=[pki.ark])
+    assert claims.tcb_status == "Unverified"  # the verifier does not know the package
+    verdict = match_claims(claims, package(claims, min_tcb=SnpTcb(snp=8, microcode=115)))
+    assert verdict.status == "UpToDate"
+    assert verdict.checked == {"signature", "chain", "revocation", "tcb", "reference"}
+    assert "min_tcb" in verdict.reasons[-1]
+    with pytest.raises(ClaimsMismatch, match=r"tcb too low \(microcode 115 < 116\)"):
+        match_claims(claims, package(claims, min_tcb=SnpTcb(microcode=116)))
+
+
+def test_the_verdict_stays_unverified_without_a_min_tcb_or_without_a_crl(
+    pki: AmdPki, signed: tuple[bytes, x509.Certificate]
+) -> None:
+    with_crl = verify_snp_report(signed[0], collateral=pki.crl(), at=AT, roots=[pki.ark])
+    verdict = match_claims(with_crl, package(with_crl))
+    assert (verdict.status, verdict.checked) == (
+        "Unverified",
+        {"signature", "chain", "revocation", "reference"},
+    )
+    assert verdict.reasons == (
+        "the package sets no min_tcb: the reported TCB was held against nothing",
+    )
+    without = verify_snp_report(signed[0], at=AT, roots=[pki.ark])
+    verdict = match_claims(without, package(without, min_tcb=SnpTcb(snp=8)))
+    assert (verdict.status, verdict.checked) == ("Unverified", {"signature", "chain", "reference"})
+    assert "no AMD CRL" in verdict.reasons[0]

@@ -127,6 +127,13 @@ def test_a_vcek_for_another_tcb_is_refused(milan: AmdPki) -> None:
         verify_snp_report(data, certs=der(vcek) + der(milan.ask), at=AT, roots=[milan.ark])
 
 
+def test_a_vlek_for_another_tcb_is_refused(milan: AmdPki) -> None:
+    key, vlek = milan.endorsement(kind="VLEK", tcb={**TCB, "snp": 9})
+    data = forge_report(key, tcb=tcb_raw("Milan", **TCB), signer_info=1 << 2)
+    with pytest.raises(EvidenceError, match="VLEK is for snp 9, the report's reported TCB has 8"):
+        verify_snp_report(data, certs=der(vlek) + der(milan.asvk), at=AT, roots=[milan.ark])
+
+
 def test_a_vcek_without_a_tcb_extension_is_refused(milan: AmdPki) -> None:
     key, vcek = milan.endorsement(hwid=CHIP, tcb={"bootloader": 3, "tee": 0, "snp": 8})
     data = forge_report(key, tcb=tcb_raw("Milan", **TCB), chip_id=CHIP)

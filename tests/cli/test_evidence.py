@@ -197,3 +197,40 @@ def test_hardware_evidence_verifies_under_the_deps_trust_only(tmp_path: Path) ->
     pinned = CliRunner().invoke(cli, ["evidence", "verify", str(path)], obj=CliDeps(TrustAnchors()))
     assert pinned.exit_code == 1
     assert "Traceback" not in pinned.output
+
+
+def test_checked_and_the_verdict_of_a_package_are_printed(tmp_path: Path) -> None:
+    """What was checked is on the first lines; with ``--package`` the verdict (an SNP report
+    with AMD's CRL and a min_tcb met: UpToDate) and, as JSON, ``checked`` and ``match``."""
+    from geode.cli._common import CliDeps
+    from tests.support.hardware_statement import SNP_MEASUREMENT, SnpKit
+
+    snp = SnpKit()
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(snp.evidence(bytes(64)).to_json()))
+    crl = tmp_path / "amd.crl"
+    crl.write_bytes(snp.pki.crl())
+    package = tmp_path / "package.json"
+    package.write_text(
+        json.dumps({"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex(), "min_tcb": {"snp": 8}})
+    )
+    args = ["evidence", "verify", str(path), "--collateral", str(crl), "--package", str(package)]
+    result = CliRunner().invoke(cli, args, obj=CliDeps(trust=snp.trust()))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("verified sev-snp evidence; TCB status Unverified")
+    assert lines[1] == "checked: signature, chain, revocation"
+    assert lines[2] == "package matched; verdict UpToDate"
+    assert lines[3] == "  checked: signature, chain, revocation, tcb, reference"
+    as_json = CliRunner().invoke(cli, [*args, "--json"], obj=CliDeps(trust=snp.trust()))
+    document = json.loads(as_json.stdout)
+    assert document["checked"] == ["signature", "chain", "revocation"]
+    assert document["claims"]["checked"] == ["signature", "chain", "revocation"]
+    assert document["match"]["status"] == "UpToDate"
+    assert document["match"]["checked"] == ["signature", "chain", "revocation", "tcb", "reference"]
+    package.write_text(
+        json.dumps({"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex(), "min_tcb": {"snp": 99}})
+    )
+    refused = CliRunner().invoke(cli, args, obj=CliDeps(trust=snp.trust()))
+    assert refused.exit_code == 1
+    assert "tcb too low (snp 8 < 99)" in refused.output

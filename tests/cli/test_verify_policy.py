@@ -27,8 +27,10 @@ from tests.support.hardware_statement import (
 )
 
 SNP = {"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex(), "min_tcb": {"snp": 8}}
-# What verify says of an SNP TCB once AMD's CRL was checked (AMD publishes no TCB status).
-NOT_REVOKED = "chain not revoked (AMD CRL); TCB level checked by min_tcb only"
+# What verify says of an SNP TCB once AMD's CRL was checked and the policy's min_tcb is met
+# (AMD publishes no TCB status: the verdict derives it).
+NOT_REVOKED = "tcb:          UpToDate"
+CHECKED_ALL = "checked:      signature, chain, revocation, tcb, reference"
 # The Intel kit's default RTMR0-2 (a policy's tdx entry must pin them).
 TDX_RTMRS = {f"rtmr{i}": bytes([0x40 + i]).hex() * 48 for i in range(3)}
 TDX = {
@@ -78,25 +80,25 @@ def test_the_right_values_are_accepted_and_the_tcb_is_unverified_loudly(
     assert "matched:      accept[1] (sev-snp)" in result.output
     assert "tcb:          UNVERIFIED" in result.output
     assert "TCB UNVERIFIED" in result.output  # the warning
+    assert "checked:      signature, chain, reference" in result.output
+    assert "reason:       revocation not checked (no AMD CRL given)" in result.output
     assert "freshness is not checked" not in result.output
 
 
 def test_with_the_crl_the_chain_is_not_revoked_and_require_collateral_holds(
     tmp_path: Path, snp: SnpKit
 ) -> None:
-    """AMD's CRL proves the chain is not revoked, not the TCB level (AMD publishes no TCB status
-    for SNP): the output says exactly that, and the CRL satisfies ``require_collateral``."""
+    """AMD's CRL proves the chain is not revoked; with the policy's min_tcb met the verdict is
+    UpToDate and says what it rests on; the CRL satisfies ``require_collateral``."""
     nonce = os.urandom(32)
     statement = saved_statement(tmp_path, FakeCoordinator(snp.evidence), nonce)
     (tmp_path / "amd.crl").write_bytes(snp.pki.crl())
     policy = policy_file(tmp_path, SNP, collateral={"sev-snp": "amd.crl"}, require_collateral=True)
     result = run(["--statement", str(statement), "--policy", str(policy)], snp.trust())
     assert result.exit_code == 0, result.output
-    assert (
-        "tcb:          chain not revoked (AMD CRL); TCB level checked by min_tcb only"
-        in result.output
-    )
-    assert "UpToDate" not in result.output
+    assert NOT_REVOKED in result.output
+    assert CHECKED_ALL in result.output
+    assert "min_tcb" in result.output  # the reason
     assert "TCB UNVERIFIED" not in result.output
     assert "freshness is not checked" in result.output
 
@@ -243,10 +245,8 @@ def test_online_fetches_what_is_missing_and_says_so(tmp_path: Path, snp: SnpKit)
     assert len(fetched) == 2
     assert fetched[0].startswith("fetched sev-snp VCEK: https://kdsintf.amd.com/vcek/v1/Milan/")
     assert fetched[1].startswith("fetched sev-snp CRL: https://kdsintf.amd.com/vcek/v1/Milan/crl")
-    assert (
-        "tcb:          chain not revoked (AMD CRL); TCB level checked by min_tcb only"
-        in result.output
-    )
+    assert NOT_REVOKED in result.output
+    assert CHECKED_ALL in result.output
 
 
 def test_no_option_of_verify_names_a_root() -> None:

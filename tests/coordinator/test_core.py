@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 
 import pytest
@@ -117,6 +118,18 @@ def test_per_instance_and_shared_certificates(
     assert a.files["key.pem"] == SERVICE_KEY_MARKER.encode()  # the launcher fills it in
     assert a.files["note"] == b""  # user-defined, not set yet
     assert a.certificate.not_valid_after_utc <= coordinator.mesh_ca_certificate.not_valid_after_utc
+
+
+def test_an_activation_is_logged_with_its_verdict(
+    coordinator: Coordinator, platform: SimulatedPlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    coordinator.set_manifest(_manifest())
+    with caplog.at_level(logging.INFO, logger="geode.coordinator"):
+        result = coordinator.activation.activate(_request(coordinator, platform)).value
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("activated ")]
+    assert len(lines) == 1
+    assert lines[0].endswith("(tee simulated, status Simulated, checked signature,reference)")
+    assert result.instance_id in lines[0]
 
 
 def test_state_survives_sealing(coordinator: Coordinator, platform: SimulatedPlatform) -> None:

@@ -17,6 +17,7 @@ from geode.attestation._evidence import (
     Claims,
     Evidence,
     Verdict,
+    checks_in_order,
 )
 from geode.attestation._golden import (
     GOLDEN_KINDS,
@@ -95,6 +96,7 @@ __all__ = [
     "attach_snp_certs",
     "bundle_binding",
     "check_bundle_binding",
+    "checks_in_order",
     "default_platform_key_path",
     "detect_kind",
     "golden_reference_values",

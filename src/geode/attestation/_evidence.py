@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from geode.errors import EvidenceError
-from geode.tee import TEE_KINDS, Check, TcbStatus
+from geode.tee import CHECKS, TEE_KINDS, Check, TcbStatus
 
 __all__ = [
     "EVIDENCE_KINDS",
@@ -20,6 +20,7 @@ __all__ = [
     "Claims",
     "Evidence",
     "Verdict",
+    "checks_in_order",
 ]
 
 EVIDENCE_KINDS: tuple[str, ...] = tuple(TEE_KINDS)
@@ -30,6 +31,12 @@ MAX_EVIDENCE_BYTES = 64 * 1024
 # was not checked (its last).
 TCB_UNVERIFIED = "Unverified"
 TCB_STATUSES: tuple[str, ...] = tuple(s for s in get_args(TcbStatus) if s != TCB_UNVERIFIED)
+
+
+def checks_in_order(checked: frozenset[Check]) -> list[Check]:
+    """``checked`` in the order of ``geode.tee.CHECKS`` (signature, chain, revocation, tcb,
+    reference): how JSON and the command line show them."""
+    return [check for check in CHECKS if check in checked]
 
 
 @dataclass(frozen=True)
@@ -79,14 +86,16 @@ class Claims:
     ``ConfigurationNeeded``, ``ConfigurationAndSWHardeningNeeded``, ``OutOfDate``,
     ``OutOfDateConfigurationNeeded``, ``Revoked``), ``Unverified`` when no collateral was
     checked, ``Simulated`` for simulated evidence; kinds without TCB levels say ``UpToDate`` once
-    their own checks passed. ``revocation_checked``: the signing chain was checked against the
-    vendor's revocation list. For SEV-SNP that is all AMD's collateral (its CRL) proves: AMD
-    publishes no TCB status, so an SNP ``tcb_status`` stays ``Unverified`` and the reported TCB
-    is held against a package's ``min_tcb`` only. ``checked`` says what the verifier checked, in
-    the vocabulary of ``geode.tee.Check`` (``reference`` is never the verifier's: that is
-    ``match_claims``, whose ``Verdict`` adds it). ``platform`` names the platform (FMSPC, chip
-    id, simulated key id); ``details`` carries what an auditor may want to see but no package
-    matches on (hex or text).
+    their own checks passed. ``tcb_reasons`` qualify it (Intel: "below every TCB level" when the
+    platform, the TD or the QE is below every level of the collateral, reported ``OutOfDate``).
+    ``checked`` says what the verifier checked, in the vocabulary of ``geode.tee.Check``:
+    ``"revocation" in checked`` when the signing chain was checked against the vendor's
+    revocation lists; ``reference`` is never the verifier's: that is ``match_claims``, whose
+    ``Verdict`` adds it. The split for SEV-SNP: the verifier does not know the package, so an SNP
+    ``tcb_status`` stays ``Unverified`` (AMD publishes no TCB status) even with AMD's CRL; the
+    ``Verdict`` derives the status from the CRL check and the package's ``min_tcb``.
+    ``platform`` names the platform (FMSPC, chip id, simulated key id); ``details`` carries what
+    an auditor may want to see but no package matches on (hex or text).
     """
 
     tee: str
@@ -97,8 +106,8 @@ class Claims:
     product_id: int = 0
     svn: int = 0
     tcb_status: str = TCB_UNVERIFIED
-    revocation_checked: bool = False
     checked: frozenset[Check] = frozenset()
+    tcb_reasons: tuple[str, ...] = ()
     platform: str = ""
     advisory_ids: tuple[str, ...] = ()
     rtmrs: tuple[bytes, ...] = ()
@@ -134,7 +143,8 @@ class Claims:
             debug=self.debug,
             report_data=self.report_data.hex(),
             tcb_status=self.tcb_status,
-            checked=sorted(self.checked),
+            tcb_reasons=list(self.tcb_reasons),
+            checked=checks_in_order(self.checked),
             advisory_ids=list(self.advisory_ids),
             platform=self.platform,
         )
@@ -147,10 +157,14 @@ class Claims:
 class Verdict:
     """How sure a match of claims against reference values is (``match_claims``' answer).
 
-    ``checked``: what the verifier checked plus ``reference``; ``status``: the TCB status the
-    decision rests on (``Unverified`` when no collateral was checked: never more than was
-    checked; for SEV-SNP derived from AMD's CRL and the package's minimum TCB); ``reasons``:
-    what qualifies the status (advisories accepted, "below every TCB level"), as text.
+    ``checked``: what the verifier checked plus ``reference`` (and, for SEV-SNP, ``tcb`` when
+    the reported TCB was held against the package's ``min_tcb`` with AMD's CRL checked);
+    ``status``: the TCB status the decision rests on, never more than was checked --
+    ``Unverified`` when no collateral was checked; for SEV-SNP derived here, not by the verifier
+    (which does not know the package): ``UpToDate`` when revocation was checked and the package
+    sets a ``min_tcb`` the reported TCB meets, ``Unverified`` otherwise, with the reason;
+    ``reasons``: what qualifies the status (advisories accepted, "below every TCB level", why
+    an SNP status stays ``Unverified``), as text.
     """
 
     tee: str
@@ -158,10 +172,17 @@ class Verdict:
     checked: frozenset[Check]
     reasons: tuple[str, ...] = ()
 
+    def summary(self) -> str:
+        """The verdict in one line, for logs: tee, status, what was checked, the reasons (no
+        secrets: reasons name statuses, advisories and TCB components only)."""
+        reasons = f"; {'; '.join(self.reasons)}" if self.reasons else ""
+        checked = ",".join(checks_in_order(self.checked))
+        return f"tee {self.tee}, status {self.status}, checked {checked}{reasons}"
+
     def to_json(self) -> dict[str, object]:
         return {
             "tee": self.tee,
             "status": self.status,
-            "checked": sorted(self.checked),
+            "checked": checks_in_order(self.checked),
             "reasons": list(self.reasons),
         }

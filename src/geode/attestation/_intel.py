@@ -37,6 +37,7 @@ from geode.attestation._intel_quote import (
 )
 from geode.attestation._intel_tcb import TcbVerdict
 from geode.errors import EvidenceError
+from geode.tee import Check
 
 __all__ = [
     "sgx_report_claims",
@@ -201,6 +202,10 @@ def td_report_claims(td: TdReport) -> Claims:
     )
 
 
+_SIGNED: frozenset[Check] = frozenset({"signature", "chain"})
+_COLLATERAL: frozenset[Check] = frozenset({"revocation", "tcb"})
+
+
 def _verified(
     claims: Claims, chain: PckChain, verdict: TcbVerdict | None, details: dict[str, str]
 ) -> Claims:
@@ -209,7 +214,10 @@ def _verified(
     return dataclasses.replace(
         claims,
         tcb_status=verdict.status if verdict else TCB_UNVERIFIED,
-        revocation_checked=verdict is not None,
+        tcb_reasons=verdict.reasons if verdict else (),
+        # Collateral is checked whole (``check_collateral``): the root CA and PCK CRLs, then
+        # the TCB info and the QE identity -- revocation and TCB level together, or neither.
+        checked=_SIGNED | _COLLATERAL if verdict else _SIGNED,
         platform=chain.tcb.fmspc.hex(),
         advisory_ids=verdict.advisory_ids if verdict else (),
         details=details,

@@ -6,6 +6,14 @@ its first two bytes left to the TDX module's identity when the module says its v
 identity's status, and for TDX the module's, then converge with it: an out-of-date component makes
 the platform out of date (keeping "configuration needed"), a revoked one revokes it. Advisories
 are those of every level that applied.
+
+A platform, TD, TDX module or QE below every level of the collateral is not a parse-level
+refusal: Intel's library answers "TCB not supported", which says only that it is older than
+anything Intel still appraises. Geode reports it
+``OutOfDate`` -- converged like a component's, so a platform level that says configuration is
+needed gives ``OutOfDateConfigurationNeeded`` -- with the reason ``BELOW_EVERY_LEVEL`` in
+``TcbVerdict.reasons`` (the claims' ``tcb_reasons``), and the package decides: one that accepts
+``UpToDate`` only refuses it.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from geode.attestation._intel_quote import SgxReport, TdReport
 from geode.errors import EvidenceError
 
 __all__ = [
+    "BELOW_EVERY_LEVEL",
     "QeIdentity",
     "TcbInfo",
     "TcbVerdict",
@@ -41,6 +50,7 @@ __all__ = [
 
 PLATFORM_STATUSES = TCB_STATUSES
 IDENTITY_STATUSES = ("UpToDate", "OutOfDate", "Revoked")
+BELOW_EVERY_LEVEL = "below every TCB level"
 
 
 def _hex(value: object) -> object:
@@ -149,6 +159,7 @@ class TcbVerdict:
     status: str
     advisory_ids: tuple[str, ...]
     details: dict[str, str] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
 
 
 def collateral_error(field_name: str, message: str) -> EvidenceError:
@@ -199,11 +210,18 @@ def _status(level_status: str, allowed: Sequence[str], what: str) -> str:
     return level_status
 
 
-def _identity_level(levels: Sequence[_IdentityLevel], isvsvn: int, what: str) -> _IdentityLevel:
-    for level in levels:
-        if isvsvn >= level.tcb.isvsvn:
-            return level
-    raise collateral_error(what, f"ISVSVN {isvsvn} is below every TCB level (not supported)")
+def _identity_level(levels: Sequence[_IdentityLevel], isvsvn: int) -> _IdentityLevel | None:
+    """The first level ``isvsvn`` reaches; ``None`` below every level."""
+    return next((level for level in levels if isvsvn >= level.tcb.isvsvn), None)
+
+
+def _identity_status(
+    level: _IdentityLevel | None, what: str, field_name: str, reasons: list[str]
+) -> str:
+    if level is None:
+        reasons.append(f"{BELOW_EVERY_LEVEL}: {what}")
+        return "OutOfDate"
+    return _status(level.status, IDENTITY_STATUSES, field_name)
 
 
 def tcb_verdict(
@@ -245,34 +263,53 @@ def tcb_verdict(
         raise collateral_error(
             "qe_identity", "the quoting enclave's MISCSELECT or attributes do not match"
         )
-    qe_level = _identity_level(identity.tcb_levels, qe.isv_svn, "qe_identity.tcbLevels")
-    qe_status = _status(qe_level.status, IDENTITY_STATUSES, "qe_identity.tcbLevels")
+    reasons: list[str] = []
+    qe_level = _identity_level(identity.tcb_levels, qe.isv_svn)
+    qe_status = _identity_status(
+        qe_level, f"the QE's ISVSVN {qe.isv_svn}", "qe_identity.tcbLevels", reasons
+    )
 
+    advisories: list[Sequence[str]] = []
+    details: dict[str, str] = {}
     sgx_level, tdx_level = _match_levels(info.tcb_levels, chain, td)
     level = tdx_level or sgx_level
-    status = _status(level.status, PLATFORM_STATUSES, "tcb_info.tcbLevels")
-    advisories: list[Sequence[str]] = [level.advisory_ids]
-    details = {"tcb_date": level.tcb_date, "qe_tcb_status": qe_status}
+    if level is None:  # the platform's TCB is below every level
+        reasons.insert(0, f"{BELOW_EVERY_LEVEL}: the platform's TCB")
+        status = "OutOfDate"
+    else:
+        status = _status(level.status, PLATFORM_STATUSES, "tcb_info.tcbLevels")
+        advisories.append(level.advisory_ids)
+        details["tcb_date"] = level.tcb_date
+        if td is not None and tdx_level is None:  # the TD's TEE TCB SVN is below every level
+            reasons.insert(0, f"{BELOW_EVERY_LEVEL}: the TD's TEE TCB SVN")
+            status = _converge(status, "OutOfDate")
+    details["qe_tcb_status"] = qe_status
     if td is not None:
-        module = _module_level(info, td, quote_version)
-        if module is not None:
-            module_status = _status(
-                module.status, IDENTITY_STATUSES, "tcb_info.tdxModuleIdentities"
+        found, module = _module_level(info, td, quote_version)
+        if found:
+            module_status = _identity_status(
+                module,
+                f"the TDX module's ISVSVN {td.tee_tcb_svn[0]}",
+                "tcb_info.tdxModuleIdentities",
+                reasons,
             )
             details["tdx_module_tcb_status"] = module_status
             status = _converge(status, module_status)
-            advisories.append(module.advisory_ids)
+            if module is not None:
+                advisories.append(module.advisory_ids)
     status = _converge(status, qe_status)
-    advisories.append(qe_level.advisory_ids)
+    if qe_level is not None:
+        advisories.append(qe_level.advisory_ids)
     details["tcb_evaluation_data_number"] = str(info.evaluation_number)
-    return TcbVerdict(status, _merge(*advisories), details)
+    return TcbVerdict(status, _merge(*advisories), details, tuple(reasons))
 
 
 def _match_levels(
     levels: Sequence[_TcbLevel], chain: PckChain, td: TdReport | None
-) -> tuple[_TcbLevel, _TcbLevel | None]:
+) -> tuple[_TcbLevel | None, _TcbLevel | None]:
     """The first level the PCK's TCB reaches and, for TDX, the first the TD's TEE TCB SVN
-    reaches too (its first two bytes left to the module identity when the module says so)."""
+    reaches too (its first two bytes left to the module identity when the module says so);
+    ``None`` for what is below every level."""
     sgx_level: _TcbLevel | None = None
     for level in levels:
         if chain.tcb.pce_svn < level.tcb.pcesvn or any(
@@ -290,12 +327,14 @@ def _match_levels(
         start = 2 if td.tee_tcb_svn[1] > 0 else 0
         if all(td.tee_tcb_svn[i] >= level.tcb.tdxtcbcomponents[i].svn for i in range(start, 16)):
             return sgx_level, level
-    what = "the platform's TCB" if sgx_level is None else "the TD's TEE TCB SVN"
-    raise collateral_error("tcb_info.tcbLevels", f"{what} is below every TCB level (not supported)")
+    return sgx_level, None
 
 
-def _module_level(info: TcbInfo, td: TdReport, quote_version: int) -> _IdentityLevel | None:
-    """The TDX module's TCB level, after checking the module's signer and attributes."""
+def _module_level(
+    info: TcbInfo, td: TdReport, quote_version: int
+) -> tuple[bool, _IdentityLevel | None]:
+    """Whether the TDX module has identity levels and the one it reaches (``None`` below every
+    level), after checking the module's signer and attributes."""
     version, isvsvn = td.tee_tcb_svn[1], td.tee_tcb_svn[0]
     module: _TdxModule | None
     if version == 0 and quote_version > 3:
@@ -316,6 +355,6 @@ def _module_level(info: TcbInfo, td: TdReport, quote_version: int) -> _IdentityL
         raise collateral_error(
             "tcb_info.tdxModule", "the TDX module's signer or attributes do not match"
         )
-    return (
-        None if levels is None else _identity_level(levels, isvsvn, "tcb_info.tdxModuleIdentities")
-    )
+    if levels is None:
+        return False, None
+    return True, _identity_level(levels, isvsvn)

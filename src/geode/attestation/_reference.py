@@ -1,16 +1,23 @@
 """The match of verified claims against reference values (``geode.tee.ReferenceValues``, which a
 manifest package is), and its inverse: the reference values claims show (``reference_values_of``),
 the one mapping from claims to reference values that golden evidence (``_golden``) and the
-Coordinator's own identity (``geode.coordinator``) share."""
+Coordinator's own identity (``geode.coordinator``) share.
+
+The ``Verdict`` says what the acceptance rests on: the claims' ``checked`` plus ``reference``,
+and a status. For SGX and TDX the status is the claims' (Intel's, from the collateral) once the
+package accepts it and every advisory it carries (``accepted_advisories``); its ``tcb_reasons``
+("below every TCB level") become reasons. For SEV-SNP the verifier cannot say more than
+``Unverified`` (it does not know the package); the status is derived here (``_snp_status``).
+"""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Mapping
 
-from geode.attestation._evidence import Claims, Verdict
+from geode.attestation._evidence import TCB_UNVERIFIED, Claims, Verdict
 from geode.errors import ClaimsMismatch, EvidenceError
-from geode.tee import ReferenceValues, SnpTcb
+from geode.tee import Check, ReferenceValues, SnpTcb
 
 __all__ = [
     "REFERENCE_KINDS",
@@ -38,7 +45,7 @@ def _same(claimed: bytes, expected_hex: str) -> bool:
 
 def match_claims(claims: Claims, ref: ReferenceValues) -> Verdict:
     """Raise ``ClaimsMismatch`` with a stable reason unless the claims satisfy ``ref``; the
-    ``Verdict`` says what the acceptance rests on."""
+    ``Verdict`` says what the acceptance rests on (see the module docstring)."""
     if claims.tee != ref.tee:
         raise ClaimsMismatch("tee mismatch", f"evidence is {claims.tee}, package wants {ref.tee}")
     if ref.measurement is not None and not _same(claims.measurement, ref.measurement):
@@ -55,10 +62,55 @@ def match_claims(claims: Claims, ref: ReferenceValues) -> Verdict:
         match_kind(claims, ref)
     if claims.debug and not ref.debug:
         raise ClaimsMismatch("debug mode not allowed")
-    if ref.spec.checks_tcb_status and claims.tcb_status not in ref.accepted_tcb_statuses:
-        advisories = f"; advisories {', '.join(claims.advisory_ids)}" if claims.advisory_ids else ""
-        raise ClaimsMismatch("tcb status not accepted", f"{claims.tcb_status}{advisories}")
-    return Verdict(claims.tee, claims.tcb_status, claims.checked | {"reference"})
+    reasons = list(claims.tcb_reasons)
+    if ref.spec.checks_tcb_status:
+        _match_tcb_status(claims, ref)
+        reasons += _advisory_reasons(claims, ref)
+    checked: frozenset[Check] = claims.checked | {"reference"}
+    if claims.tee == "sev-snp":
+        status, more, why = _snp_status(claims, ref)
+        return Verdict(claims.tee, status, checked | more, (*reasons, why))
+    return Verdict(claims.tee, claims.tcb_status, checked, tuple(reasons))
+
+
+def _match_tcb_status(claims: Claims, ref: ReferenceValues) -> None:
+    if claims.tcb_status in ref.accepted_tcb_statuses:
+        return
+    why = f" ({'; '.join(claims.tcb_reasons)})" if claims.tcb_reasons else ""
+    advisories = f"; advisories {', '.join(claims.advisory_ids)}" if claims.advisory_ids else ""
+    raise ClaimsMismatch("tcb status not accepted", f"{claims.tcb_status}{why}{advisories}")
+
+
+def _advisory_reasons(claims: Claims, ref: ReferenceValues) -> list[str]:
+    """Evidence accepted at a status other than ``UpToDate`` may be exposed only to advisories
+    the package accepts: the first one it does not is refused, by name. The reasons name the
+    advisories accepted."""
+    if claims.tcb_status == "UpToDate" or not claims.advisory_ids:
+        return []
+    accepted = set(ref.accepted_advisories)
+    for advisory in claims.advisory_ids:
+        if advisory not in accepted:
+            raise ClaimsMismatch("advisory not accepted", f"{advisory} ({claims.tcb_status})")
+    return [f"advisories accepted at {claims.tcb_status}: {', '.join(claims.advisory_ids)}"]
+
+
+# Why an SEV-SNP verdict stays Unverified, or what makes it UpToDate.
+SNP_NO_CRL = "revocation not checked (no AMD CRL given): the TCB level is not known"
+SNP_NO_MIN_TCB = "the package sets no min_tcb: the reported TCB was held against nothing"
+SNP_UP_TO_DATE = "chain not revoked (AMD CRL) and the reported TCB meets the package's min_tcb"
+
+
+def _snp_status(claims: Claims, ref: ReferenceValues) -> tuple[str, frozenset[Check], str]:
+    """An SEV-SNP verdict's status, the checks it adds and why. AMD publishes no TCB status: the
+    status is ``UpToDate`` only when the chain was checked against AMD's CRL and the package
+    sets a ``min_tcb`` (one component at least) that the reported TCB meets (``_match_snp``
+    refused it below); otherwise ``Unverified``, saying why."""
+    if "revocation" not in claims.checked:
+        return TCB_UNVERIFIED, frozenset(), SNP_NO_CRL
+    minimum = ref.min_tcb
+    if minimum is None or all(getattr(minimum, n) is None for n in SNP_TCB_COMPONENTS):
+        return TCB_UNVERIFIED, frozenset(), SNP_NO_MIN_TCB
+    return "UpToDate", frozenset({"tcb"}), SNP_UP_TO_DATE
 
 
 def _match_tdx(claims: Claims, ref: ReferenceValues) -> None:

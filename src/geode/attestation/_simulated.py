@@ -203,5 +203,6 @@ def verify_simulated_quote(
         product_id=product_id,
         svn=svn,
         tcb_status="Simulated",
+        checked=frozenset({"signature"}),  # by a platform key: no chain, no collateral
         platform=key_id.hex(),
     )

@@ -16,10 +16,12 @@ policy, VMPL and the reported TCB by component; committed / current / launch TCB
 key kind are in ``details``. Package matching (minimum TCB, VMPL, host data, the policy's
 migration bit) is ``match_claims``'s.
 
-The collateral of SEV-SNP is AMD's CRL for the product (``_snp_crl``): with it, a revoked ASK,
-ASVK, VCEK or VLEK is refused and the claims say ``revocation_checked``. A CRL proves only that
-the chain is not revoked; AMD publishes no TCB status for SNP, so ``tcb_status`` stays
-``Unverified`` either way and the reported TCB is held against the package's ``min_tcb`` only.
+The claims' ``checked`` say ``signature`` and ``chain``. The collateral of SEV-SNP is AMD's CRL
+for the product and key kind (``_snp_crl``): with it, a revoked ASK, ASVK, VCEK or VLEK is
+refused, naming it, and ``checked`` gains ``revocation``. A CRL proves only that the chain is not
+revoked; AMD publishes no TCB status for SNP, so the claims' ``tcb_status`` stays ``Unverified``
+either way: ``match_claims`` derives the verdict's status from the CRL check and the package's
+``min_tcb``, which the verifier does not know.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class SnpVerified:
             vmpl=report.vmpl,
             tcb=self.reported_tcb.components(),
             policy=report.policy,
+            checked=frozenset({"signature", "chain"}),
             details=details,
         )
 
@@ -189,18 +192,18 @@ def verify_snp_report(
     roots: Sequence[x509.Certificate] | None = None,
 ) -> Claims:
     """The ``sev-snp`` verifier of ``EvidenceVerifier`` (see ``_verifier``): claims of a verified
-    report. ``collateral``: AMD's CRL for the product (DER or PEM); with it the claims say
-    ``revocation_checked``. ``tcb_status`` is ``Unverified`` either way: a CRL says nothing of
-    the TCB level (``min_tcb`` does)."""
+    report. ``collateral``: AMD's CRL for the product and key kind (DER or PEM); with it
+    ``checked`` says ``revocation``. ``tcb_status`` is ``Unverified`` either way: a CRL says
+    nothing of the TCB level (the package's ``min_tcb`` does, in ``match_claims``)."""
     crl = load_amd_crl(collateral) if collateral is not None else None
     verified = verify_snp_evidence(data, certs=certs, at=at, roots=roots)
     claims = verified.claims()
     if crl is None:
         details = {**claims.details, "revocation": "not checked (no AMD CRL given)"}
         return dataclasses.replace(claims, details=details)
-    checked = check_amd_crl(crl, verified.chain, at)
+    checked = check_amd_crl(crl, verified.chain, verified.report.signing_key.name, at)
     details = {**claims.details, "revocation": checked}
-    return dataclasses.replace(claims, revocation_checked=True, details=details)
+    return dataclasses.replace(claims, checked=claims.checked | {"revocation"}, details=details)
 
 
 # AMD's key distribution service: the VCEKs (``SnpEndorsementQuery.vcek_path``) and the CRLs.

@@ -1,17 +1,30 @@
 """AMD's certificate revocation list for an SEV-SNP product: the collateral of ``sev-snp``.
 
-AMD publishes one CRL per product and key kind (KDS ``/vcek/v1/<product>/crl``,
-``/vlek/v1/<product>/crl``), signed by the product's ARK with RSASSA-PSS, SHA-384, salt 48 --
-the parameters of every link of the chain, and the only ones accepted. With it, the verifier
-refuses a report whose ASK / ASVK, or VCEK / VLEK, is listed and the claims say
-``revocation_checked``; without it, nothing is known of revocation. Either way the TCB status
-is ``Unverified`` (a CRL says nothing of the TCB level; AMD publishes no TCB status): the
-verdict never claims more than was checked.
+AMD publishes one CRL per product and key kind, both signed by the product's ARK with
+RSASSA-PSS, SHA-384, salt 48 -- the parameters of every link of the chain, and the only ones
+accepted:
+
+- KDS ``/vcek/v1/<product>/crl``: the revoked ASKs (and VCEKs, where listed), for a VCEK chain;
+- KDS ``/vlek/v1/<product>/crl``: the revoked ASVKs (and VLEKs, where listed), for a VLEK chain.
+
+The CRL must be the chain's: issued by its ARK (a CRL of another product is refused, naming both
+products) and, when it names its distribution point (the issuing distribution point extension,
+a KDS URL), of the chain's key kind and product -- a VLEK CRL given for a VCEK chain is refused.
+A CRL that does not name its distribution point cannot be told apart from its sibling by its
+content (same issuer, same signature); it is checked against the chain's intermediate and
+endorsement key all the same, and ``details`` say the kind was not stated.
+
+With a CRL the verifier refuses a report whose intermediate (ASK / ASVK) or endorsement key
+(VCEK / VLEK) is listed, naming it, and the claims' ``checked`` gains ``revocation``; without
+one, nothing is known of revocation. Either way the claims' TCB status is ``Unverified`` (a CRL
+says nothing of the TCB level; AMD publishes no TCB status): ``match_claims`` derives the
+verdict's status from the CRL check and the package's ``min_tcb``.
 """
 
 from __future__ import annotations
 
 import datetime
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -21,6 +34,7 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from geode.attestation._evidence_certs import common_name, public_key, x509_errors
 from geode.attestation._snp_certs import SnpChain
+from geode.attestation._snp_report import SnpProduct
 from geode.errors import EvidenceError
 
 __all__ = ["check_amd_crl", "load_amd_crl"]
@@ -42,18 +56,33 @@ def load_amd_crl(blob: bytes) -> x509.CertificateRevocationList:
 
 
 def check_amd_crl(
-    crl: x509.CertificateRevocationList, chain: SnpChain, at: datetime.datetime
+    crl: x509.CertificateRevocationList, chain: SnpChain, key: str, at: datetime.datetime
 ) -> str:
-    """Raise ``EvidenceError`` unless ``crl`` is the chain's ARK's, current at ``at``, and lists
-    neither the intermediate nor the endorsement key; returns what was checked, for details."""
+    """Raise ``EvidenceError`` unless ``crl`` is the CRL of the chain's ARK for ``key``'s kind
+    (``VCEK`` or ``VLEK``), current at ``at``, and lists neither the intermediate nor the
+    endorsement key; returns what was checked, for details."""
     ark = chain.ark
     if crl.issuer.public_bytes() != ark.subject.public_bytes():
+        issuer = _issuer_name(crl)
+        product = _product_named(issuer)
+        mine = chain.product.value
         raise EvidenceError(
-            f"the CRL is issued by {crl.issuer.rfc4514_string()!r}, not by the chain's "
-            f"{common_name(ark)!r}",
+            f"the CRL is AMD's for {product.value}, the {key} chain is {mine}'s"
+            if product is not None and product is not chain.product
+            else f"the CRL is issued by {issuer!r}, not by the chain's {common_name(ark)!r}",
             field=_FIELD,
         )
     _check_signature(crl, ark)
+    stated = _stated_kind(crl)
+    if stated is not None:
+        kind, product = stated
+        if kind != key or product not in (None, chain.product):
+            named = f"{kind} CRL" + (f" of {product.value}" if product is not None else "")
+            raise EvidenceError(
+                f"the CRL is the {named}, the chain is a {key} chain of {chain.product.value} "
+                f"(give /{key.lower()}/v1/{chain.product.value}/crl)",
+                field=_FIELD,
+            )
     next_update = crl.next_update_utc
     if next_update is None:
         raise EvidenceError("the CRL has no next update", field=_FIELD)
@@ -71,7 +100,43 @@ def check_amd_crl(
                 f"since {entry.revocation_date_utc.date()}",
                 field=_FIELD,
             )
-    return f"not revoked (AMD CRL of {crl.last_update_utc.date()}, {len(list(crl))} entries)"
+    kind = f"{key} CRL" if stated is not None else "CRL (kind not stated)"
+    return (
+        f"not revoked (AMD {kind} of {crl.last_update_utc.date()}, {len(list(crl))} entries, "
+        f"checked: {common_name(chain.intermediate)}, {common_name(chain.endorsement)})"
+    )
+
+
+def _issuer_name(crl: x509.CertificateRevocationList) -> str:
+    names = crl.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    value = names[0].value if names else crl.issuer.rfc4514_string()
+    return value if isinstance(value, str) else value.decode("latin-1")
+
+
+def _product_named(name: str) -> SnpProduct | None:
+    """The product an ARK's common name (``ARK-Milan``) or a KDS path segment names."""
+    for product in SnpProduct:
+        if name in (f"ARK-{product.value}", product.value):
+            return product
+    return None
+
+
+def _stated_kind(crl: x509.CertificateRevocationList) -> tuple[str, SnpProduct | None] | None:
+    """The key kind (``VCEK``/``VLEK``) and product the CRL's issuing distribution point names
+    (a KDS URL ``.../vcek/v1/<product>/crl``); ``None`` when it names none."""
+    try:
+        idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
+    except x509.ExtensionNotFound:
+        return None
+    for name in idp.full_name or ():
+        if not isinstance(name, x509.UniformResourceIdentifier):
+            continue
+        parts = [p for p in urlsplit(name.value).path.split("/") if p]
+        for index, part in enumerate(parts):
+            if part.lower() in ("vcek", "vlek"):
+                rest = parts[index + 2 : index + 3]  # <kind>/v1/<product>/crl
+                return part.upper(), _product_named(rest[0]) if rest else None
+    return None
 
 
 def _check_signature(crl: x509.CertificateRevocationList, ark: x509.Certificate) -> None:

@@ -1,4 +1,6 @@
-"""``geode evidence verify``: verify TEE evidence offline and print its claims."""
+"""``geode evidence verify``: verify TEE evidence offline and print its claims, what was checked
+(``Claims.checked``) and, with ``--package``, the verdict of matching them
+(``attestation.Verdict``)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ from pathlib import Path
 
 import click
 
-from geode.attestation import Claims, EvidenceVerifier
+from geode.attestation import Claims, EvidenceVerifier, Verdict, checks_in_order, match_claims
 from geode.cli._common import cli_deps, read_evidence
 from geode.cli._verify import reference_platform_keys
-from geode.errors import EvidenceError
+from geode.errors import ClaimsMismatch, EvidenceError, ManifestError
+from geode.manifest import Package, load_package
 from geode.tee import HARDWARE_KINDS
 
 __all__ = ["evidence"]
@@ -65,6 +68,11 @@ def _print_claims(claims: Claims) -> None:
     "JSON; sev-snp: AMD's CRL, DER or PEM).",
 )
 @click.option("--at", "at", help="Check validity at this time (ISO 8601; default: now).")
+@click.option(
+    "--package",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A package (YAML or JSON) to match the claims against: prints the verdict.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict and claims as JSON.")
 def verify_evidence(
     file: Path,
@@ -72,10 +80,12 @@ def verify_evidence(
     certs: Path | None,
     collateral: Path | None,
     at: str | None,
+    package: Path | None,
     as_json: bool,
 ) -> None:
     """Verify the evidence in FILE and print its claims; exit 1 with the reason if it fails."""
     when = _instant(at)
+    reference = _package(package) if package is not None else None
     try:
         found = read_evidence(file.read_bytes(), kind)
         verifier = EvidenceVerifier(
@@ -94,17 +104,51 @@ def verify_evidence(
             refusal = {"verdict": "refused", "reason": str(exc), "field": exc.field}
             click.echo(json.dumps({**refusal, "offset": exc.offset}, indent=2))
         raise
+    verdict = _match(claims, reference, as_json=as_json) if reference is not None else None
     if as_json:
-        click.echo(json.dumps({"verdict": "verified", "claims": claims.to_json()}, indent=2))
+        out: dict[str, object] = {
+            "verdict": "verified",
+            "status": claims.tcb_status,
+            "checked": checks_in_order(claims.checked),
+            "claims": claims.to_json(),
+        }
+        if verdict is not None:
+            out["match"] = verdict.to_json()
+        click.echo(json.dumps(out, indent=2))
         return
     status = claims.tcb_status
     note = ""
     if status == "Unverified":
         note = (
             " (chain not revoked (AMD CRL); AMD publishes no TCB status: the TCB level is "
-            "checked against min_tcb only)"
-            if claims.revocation_checked
+            "held against a package's min_tcb, give --package)"
+            if "revocation" in claims.checked
             else " (no collateral: TCB status not checked)"
         )
     click.echo(f"verified {found.kind} evidence; TCB status {status}{note}")
+    click.echo(f"checked: {', '.join(checks_in_order(claims.checked))}")
+    if verdict is not None:
+        click.echo(f"package matched; verdict {verdict.status}")
+        click.echo(f"  checked: {', '.join(checks_in_order(verdict.checked))}")
+        for reason in verdict.reasons:
+            click.echo(f"  reason:  {reason}")
     _print_claims(claims)
+
+
+def _package(path: Path) -> Package:
+    try:
+        return load_package(path.read_bytes())
+    except ManifestError as exc:
+        raise click.BadParameter(str(exc), param_hint="--package") from None
+
+
+def _match(claims: Claims, package: Package, *, as_json: bool) -> Verdict:
+    """The verdict of matching ``claims`` against ``package``; a mismatch is refused as an
+    ``EvidenceError`` is (exit 1, the reason; as JSON with ``--json``)."""
+    try:
+        return match_claims(claims, package)
+    except ClaimsMismatch as exc:
+        if as_json:
+            refusal = {"verdict": "refused", "reason": exc.reason, "detail": exc.detail}
+            click.echo(json.dumps({**refusal, "claims": claims.to_json()}, indent=2))
+        raise

@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from geode._files import replace_file
 from geode.attestation import (
     TCB_UNVERIFIED,
-    Claims,
     TrustAnchors,
+    Verdict,
+    checks_in_order,
     default_platform_key_path,
     load_platform_public_key,
 )
@@ -240,15 +241,11 @@ def verify(
         click.echo(f"  saved:        {save}")
 
 
-def _tcb_line(claims: Claims, *, unverified: bool) -> str:
-    """The verdict on the TCB, never more than was checked: for SEV-SNP a CRL proves only that
-    the chain is not revoked (AMD publishes no TCB status; the level is the policy's
-    ``min_tcb``)."""
-    if not unverified:
-        return claims.tcb_status
-    if claims.revocation_checked:
-        return "chain not revoked (AMD CRL); TCB level checked by min_tcb only"
-    return "UNVERIFIED"
+def _tcb_line(verdict: Verdict, *, simulation: bool) -> str:
+    """The verdict's status, never more than was checked (``Unverified`` said loudly)."""
+    if verdict.status == TCB_UNVERIFIED and not simulation:
+        return "UNVERIFIED"
+    return verdict.status
 
 
 def _report(verified: VerifiedStatement, policy: VerificationPolicy, *, fresh: bool) -> None:
@@ -258,7 +255,7 @@ def _report(verified: VerifiedStatement, policy: VerificationPolicy, *, fresh: b
     if not fresh:
         warn("offline verification: the statement's freshness is not checked (give --nonce)")
     unverified = claims.tcb_status == TCB_UNVERIFIED and not verified.simulation
-    if unverified and not claims.revocation_checked:
+    if unverified and "revocation" not in claims.checked:
         warn(
             f"TCB UNVERIFIED: no {claims.tee} collateral was checked, so the platform's TCB "
             "level and revocations are NOT known (give --collateral, or --online)"
@@ -268,7 +265,10 @@ def _report(verified: VerifiedStatement, policy: VerificationPolicy, *, fresh: b
     click.echo("deployment statement verified")
     click.echo(f"  tee:          {claims.tee}")
     click.echo(f"  matched:      {entry} ({match.reference.tee})")
-    click.echo(f"  tcb:          {_tcb_line(claims, unverified=unverified)}")
+    click.echo(f"  tcb:          {_tcb_line(match.verdict, simulation=verified.simulation)}")
+    click.echo(f"  checked:      {', '.join(checks_in_order(match.verdict.checked))}")
+    for reason in match.verdict.reasons:
+        click.echo(f"  reason:       {reason}")
     click.echo(f"  measurement:  {claims.measurement.hex()}")
     click.echo(f"  state:        {verified.state}")
     click.echo(f"  root:         sha256:{verified.root_fingerprint}")

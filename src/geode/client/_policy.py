@@ -34,7 +34,14 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from geode.attestation import TCB_UNVERIFIED, Claims, ReferenceValues, TrustAnchors, match_claims
+from geode.attestation import (
+    TCB_UNVERIFIED,
+    Claims,
+    ReferenceValues,
+    TrustAnchors,
+    Verdict,
+    match_claims,
+)
 from geode.errors import ClaimsMismatch, GeodeError, ManifestError
 from geode.manifest import Package, load_package, parse_manifest_data
 from geode.tee import HARDWARE_KINDS, TeeKind
@@ -73,10 +80,12 @@ class _PolicyFile(BaseModel):
 
 @dataclass(frozen=True)
 class PolicyMatch:
-    """Which entry of a policy the claims matched (its index in ``accept``)."""
+    """Which entry of a policy the claims matched (its index in ``accept``), and the verdict:
+    what the acceptance rests on (``attestation.Verdict``)."""
 
     index: int
     reference: ReferenceValues
+    verdict: Verdict
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ class VerificationPolicy:
     """Reference values a Coordinator's evidence must match (any one of ``accept``), with the
     collateral and certificates to verify it with; ``require_collateral`` refuses evidence
     whose collateral was not checked (an ``Unverified`` TCB; for SEV-SNP, whose TCB status
-    AMD does not publish, no CRL check: ``Claims.revocation_checked``)."""
+    AMD does not publish, no CRL check: ``revocation`` not in ``Claims.checked``)."""
 
     accept: tuple[ReferenceValues, ...]
     collateral: Mapping[str, bytes] = field(default_factory=dict)
@@ -159,7 +168,7 @@ class VerificationPolicy:
 
     def match(self, claims: Claims) -> PolicyMatch:
         """The first entry the claims match; ``ClaimsMismatch`` naming why each did not."""
-        unchecked = claims.tcb_status == TCB_UNVERIFIED and not claims.revocation_checked
+        unchecked = claims.tcb_status == TCB_UNVERIFIED and "revocation" not in claims.checked
         if self.require_collateral and unchecked:
             raise ClaimsMismatch(
                 "tcb unverified",
@@ -169,13 +178,13 @@ class VerificationPolicy:
         reasons: list[str] = []
         for index, reference in enumerate(self.accept):
             try:
-                match_claims(claims, reference)
+                verdict = match_claims(claims, reference)
             except ClaimsMismatch as exc:
                 if len(self.accept) == 1:
                     raise
                 reasons.append(f"accept[{index}] ({reference.tee}): {exc}")
                 continue
-            return PolicyMatch(index, reference)
+            return PolicyMatch(index, reference, verdict)
         raise ClaimsMismatch("no accepted reference values match", "; ".join(reasons))
 
 

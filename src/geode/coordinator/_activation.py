@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from geode.attestation import Evidence, EvidenceVerifier, match_claims
+from geode.attestation import Evidence, EvidenceVerifier, Verdict, match_claims
 from geode.coordinator._handout import (
     ActivationRequest,
     ActivationResult,
@@ -74,9 +74,10 @@ class Activation:
         evidence: Evidence,
         *,
         nonce_spent: bool = False,
-    ) -> tuple[ManifestDocument, CoordinatorState, ec.EllipticCurvePublicKey]:
+    ) -> tuple[ManifestDocument, CoordinatorState, ec.EllipticCurvePublicKey, Verdict]:
         """The checks every identity hand-out makes: nonce, service, CSR, evidence, binding of
-        the evidence to the CSR's key and the nonce, and the service's package."""
+        the evidence to the CSR's key and the nonce, and the service's package; with the
+        verdict of the match (what the hand-out rests on, logged with it)."""
         document = self._held.document
         data = self._held.data
         if document is None or data is None:
@@ -105,7 +106,7 @@ class Activation:
         if not hmac.compare_digest(claims.report_data, expected):
             raise ActivationDenied("evidence not bound to this key and nonce")
         try:
-            match_claims(claims, manifest.packages[service.package])
+            verdict = match_claims(claims, manifest.packages[service.package])
         except ClaimsMismatch as exc:
             raise ActivationDenied(exc.reason, exc.detail) from None
         log.debug(
@@ -114,7 +115,7 @@ class Activation:
             service_name,
             claims.measurement.hex()[:16],
         )
-        return document, data, public_key
+        return document, data, public_key, verdict
 
     def activate(
         self, request: ActivationRequest, *, nonce_spent: bool = False
@@ -123,7 +124,7 @@ class Activation:
         ``nonce_spent``: the same request again, after its first attempt was undone (a lost
         compare-and-swap on a shared store); its nonce was consumed by that attempt."""
         keys = self._held.require_keys()
-        document, data, public_key = self._verify_instance(
+        document, data, public_key, verdict = self._verify_instance(
             request.service, request.nonce, request.csr, request.evidence, nonce_spent=nonce_spent
         )
         manifest = document.manifest
@@ -159,7 +160,7 @@ class Activation:
         )
         data.activations[request.service] = count + 1
         forget = data.latest_certificates.record(instance_id, leaf, self._clock())
-        log.info("activated %s instance %s", request.service, instance_id)
+        log.info("activated %s instance %s (%s)", request.service, instance_id, verdict.summary())
 
         def revert() -> None:
             forget()
@@ -195,7 +196,7 @@ class Activation:
         service_name = SpiffeId.parse(spiffe[0]).service if len(spiffe) == 1 else None
         if service_name is None:
             raise ActivationDenied("renewal refused", "certificate has no service identity")
-        document, data, public_key = self._verify_instance(
+        document, data, public_key, verdict = self._verify_instance(
             service_name, request.nonce, request.csr, request.evidence, nonce_spent=True
         )
         old_key = current.public_key()
@@ -229,5 +230,10 @@ class Activation:
         # its certificate could be valid: leaves never outlive the mesh CA.
         keep_until = keys.mesh.certificate.not_valid_after_utc if first_use else None
         revert = latest.record(instance_id, leaf, now, keep_until=keep_until)
-        log.info("renewed the certificate of %s instance %s", service_name, instance_id)
+        log.info(
+            "renewed the certificate of %s instance %s (%s)",
+            service_name,
+            instance_id,
+            verdict.summary(),
+        )
         return Pending(leaf, revert)

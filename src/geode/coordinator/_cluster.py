@@ -183,12 +183,13 @@ class JoinParty:
         if not hmac.compare_digest(claims.report_data, expected_report_data):
             raise JoinRefused(f"{who}'s evidence is not bound to this exchange")
         try:
-            self.tee.match_peer(claims)
+            verdict = self.tee.match_peer(claims)
         except ClaimsMismatch as exc:
             detail = f" ({exc.detail})" if exc.detail else ""
             raise JoinRefused(
                 f"{who} is not the same Coordinator package: {exc.reason}{detail}"
             ) from None
+        log.info("%s's evidence matched this Coordinator (%s)", who, verdict.summary())
 
 
 def _transport_key(

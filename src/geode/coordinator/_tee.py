@@ -53,6 +53,7 @@ from geode.attestation import (
     SgxSealing,
     SimulatedPlatform,
     TrustAnchors,
+    Verdict,
     match_claims,
     reference_values_of,
     snp_endorsement_query,
@@ -113,8 +114,9 @@ class CoordinatorTee(Protocol):
         """Evidence whose report data is ``report_data`` (64 bytes)."""
         ...
 
-    def match_peer(self, claims: Claims) -> None:
-        """``ClaimsMismatch`` unless a peer's verified ``claims`` show this same Coordinator."""
+    def match_peer(self, claims: Claims) -> Verdict:
+        """``ClaimsMismatch`` unless a peer's verified ``claims`` show this same Coordinator;
+        the verdict of the match otherwise."""
         ...
 
     def peer_verifier(
@@ -151,8 +153,8 @@ class SimulatedTee:
     def evidence(self, report_data: bytes) -> Evidence:
         return self.platform.quote(self.package, report_data)
 
-    def match_peer(self, claims: Claims) -> None:
-        match_claims(claims, self.identity)
+    def match_peer(self, claims: Claims) -> Verdict:
+        return match_claims(claims, self.identity)
 
     def peer_verifier(
         self,
@@ -224,11 +226,12 @@ class HardwareTee:
             raise ValueError("report data takes 64 bytes")
         return self.host.evidence(report_data)
 
-    def match_peer(self, claims: Claims) -> None:
-        match_claims(claims, self.identity)
+    def match_peer(self, claims: Claims) -> Verdict:
+        verdict = match_claims(claims, self.identity)
         for (name, own), (_, theirs) in zip(self.launch, _launch_of(claims), strict=True):
             if not hmac.compare_digest(theirs, own):
                 raise ClaimsMismatch(f"{name.replace('_', ' ')} mismatch", f"got {theirs.hex()}")
+        return verdict
 
     def peer_verifier(
         self,

@@ -100,15 +100,28 @@ class AmdPki:
         key: rsa.RSAPrivateKey | None = None,
         rsa_padding: padding.AsymmetricPadding = PSS,
         pem: bool = False,
+        distribution_point: str | None = None,
     ) -> bytes:
         """AMD's CRL for this product, signed by the ARK (RSA-PSS, as AMD's), listing
-        ``revoked``; ``key`` / ``rsa_padding`` forge a wrong signature."""
+        ``revoked``; ``key`` / ``rsa_padding`` forge a wrong signature; ``distribution_point``
+        (a KDS URL) states which CRL it is (issuing distribution point)."""
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.ark.subject)
             .last_update(issued)
             .next_update(next_update)
         )
+        if distribution_point is not None:
+            idp = x509.IssuingDistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(distribution_point)],
+                relative_name=None,
+                only_contains_user_certs=False,
+                only_contains_ca_certs=False,
+                only_some_reasons=None,
+                indirect_crl=False,
+                only_contains_attribute_certs=False,
+            )
+            builder = builder.add_extension(idp, critical=True)
         for cert in revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder()
