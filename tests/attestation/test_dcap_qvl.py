@@ -23,9 +23,11 @@ Where they differ by design, a test says so and asserts the difference (nothing 
 Geode refuses more than dcap-qvl (a changed root certificate inside the quote, which dcap-qvl
 does not read; PEM line breaks; the outer certification data type and size fields); dcap-qvl
 verifies SGX quotes in version 3 only; dcap-qvl refuses a CRL without extensions, which Geode
-accepts. A platform below every TCB level is refused by dcap-qvl ("No matching TCB level found");
-Geode reports it ``OutOfDate`` with the reason and lets the package decide (the change of
-engineer v2's branch; until it lands, ``test_a_platform_below_every_tcb_level_*`` fail).
+accepts. A platform, TD or QE below every TCB level is refused by dcap-qvl ("No matching TCB level
+found", "QE ISVSVN n is below minimum required m"); Geode reports it ``OutOfDate`` with the reason
+and lets the package decide: with the default package (``UpToDate`` only) both refuse.
+dcap-qvl's ``verify`` also applies a policy of its own that Geode leaves to the package (debug
+enclaves and TDs) or only reports (a bound service TD, MRSERVICETD): asserted below too.
 
 Without ``../shared/vectors`` or without dcap-qvl the tests skip locally and fail in CI.
 """
@@ -44,8 +46,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geode.attestation import Evidence, EvidenceVerifier
+from geode.attestation import Evidence, EvidenceVerifier, ReferenceValues, match_claims
 from geode.attestation._intel_quote import parse_intel_quote
+from geode.errors import ClaimsMismatch
 from tests.attestation.support import intel as kit
 from tests.attestation.support.dcap_qvl import (
     BELOW_EVERY_LEVEL,
@@ -155,17 +158,33 @@ def test_without_collateral_both_parse_the_same_quote(
     assert geode_opinion(tee, quote, None, at=utc(at)) == Opinion(True, "Unverified")
 
 
+def below_every_level(
+    tee: str, quote: bytes, collateral: bytes, at: datetime.datetime, root: x509.Certificate | None
+) -> None:
+    """dcap-qvl refuses; Geode reports ``OutOfDate`` with the reason, and a package accepting
+    ``UpToDate`` only (the default) refuses it: the verdicts agree, the statuses map."""
+    theirs = dcap_qvl_opinion(quote, collateral, at=at, root=root)
+    assert not theirs.accepted
+    assert any(message in theirs.reason for message in BELOW_EVERY_LEVEL[0]), theirs.reason
+    ours = geode_opinion(tee, quote, collateral, at=at, root=root)
+    assert (ours.accepted, ours.status) == (True, "OutOfDate")
+    assert BELOW_EVERY_LEVEL[1] in ours.reason
+    roots = {tee: [root]} if root is not None else None
+    claims = EvidenceVerifier(roots=roots, clock=lambda: at).verify(
+        Evidence(tee, quote), collateral=collateral
+    )
+    field = "mrtd" if tee == "tdx" else "measurement"
+    package = ReferenceValues.model_validate({"tee": tee, field: claims.measurement.hex()})
+    with pytest.raises(ClaimsMismatch, match=BELOW_EVERY_LEVEL[1]):
+        match_claims(claims, package)
+
+
 @requires_vectors
 def test_a_platform_below_every_tcb_level_on_the_outdated_vector() -> None:
-    # Its SEAMLDR ACM SVN is 3, every TCB level asks for 5. dcap-qvl refuses; Geode reports
-    # OutOfDate with the reason, and the package decides (default: refused, UpToDate only).
+    # Its SEAMLDR ACM SVN is 3, every TCB level asks for 5.
     quote = read_vector("tdx_v5_dcapqvl_outdated.quote.bin")
     collateral = read_vector("tdx_v5_dcapqvl_outdated.collateral.json")
-    at = utc("2026-03-01")
-    theirs = dcap_qvl_opinion(quote, collateral, at=at)
-    assert not theirs.accepted
-    assert BELOW_EVERY_LEVEL[0] in theirs.reason
-    assert geode_opinion("tdx", quote, collateral, at=at) == Opinion(True, "OutOfDate")
+    below_every_level("tdx", quote, collateral, utc("2026-03-01"), None)
 
 
 # -- bit flips in what is signed -------------------------------------------------------------------
@@ -388,8 +407,6 @@ PROPERTY_CASES: list[tuple[str, str, object, object, Opinion]] = [
             ("ConfigurationNeeded", "UpToDate", up("ConfigurationNeeded", "SA-P", "SA-Q")),
         ]
     ],
-    ("qe-below-every-identity-level", "sgx", sgx, lambda: collateral_bytes(
-        identity=kit.qe_identity(levels=[kit.identity_level(9, "UpToDate")])), REFUSED),
     *[
         (f"qe-identity-{key}", "sgx", sgx,
          lambda c=change: collateral_bytes(identity={**kit.qe_identity(), **c}), REFUSED)
@@ -445,14 +462,19 @@ def test_geode_and_dcap_qvl_agree_on_the_property_tests_quotes(
     assert agree(tee, quote, collateral, kit.NOW, kit.pki().root) == expected
 
 
-def test_a_platform_below_every_tcb_level_under_the_test_root() -> None:
-    info = kit.tcb_info(levels=[kit.tcb_level("UpToDate", cpu_svn=bytes([9] * 16), tdx=None)])
-    collateral = collateral_bytes(info=info)
-    theirs = dcap_qvl_opinion(sgx(), collateral, at=kit.NOW, root=kit.pki().root)
-    assert not theirs.accepted
-    assert BELOW_EVERY_LEVEL[0] in theirs.reason
-    ours = geode_opinion("sgx", sgx(), collateral, at=kit.NOW, root=kit.pki().root)
-    assert ours == Opinion(True, "OutOfDate")
+@pytest.mark.parametrize("what", ["platform", "td", "qe"])
+def test_below_every_tcb_level_under_the_test_root(what: str) -> None:
+    high = bytes([9] * 16)
+    if what == "platform":
+        info = kit.tcb_info(levels=[kit.tcb_level("UpToDate", cpu_svn=high, tdx=None)])
+        quote, collateral = sgx(), collateral_bytes(info=info)
+    elif what == "td":
+        info = kit.tcb_info(tdx=True, levels=[kit.tcb_level("UpToDate", tdx=high)])
+        quote, collateral = tdx(), tdx_collateral(info=info)
+    else:
+        identity = kit.qe_identity(levels=[kit.identity_level(9, "UpToDate")])
+        quote, collateral = sgx(), collateral_bytes(identity=identity)
+    below_every_level("tdx" if what == "td" else "sgx", quote, collateral, kit.NOW, kit.pki().root)
 
 
 STATUSES = [

@@ -27,10 +27,10 @@ status ``UpToDate`` ... ``OutOfDate``-       ``Claims.tcb_status``, the same nam
 refusal "TCB status is invalid: Revoked"    ``tcb_status == "Revoked"`` (Geode reports it and
                                             lets the package refuse; dcap-qvl's ``verify``
                                             refuses it itself): both become refused/Revoked
-refusal "No matching TCB level found"       a platform below every TCB level: refused by Geode
-                                            ("below every TCB level") until the change that
-                                            reports it as ``OutOfDate`` with that reason
-                                            (``BELOW_EVERY_LEVEL``)
+refusal "No matching TCB level found", or   a platform, TD or QE below every TCB level:
+"QE ISVSVN n is below minimum required m"   ``OutOfDate`` with the reason "below every TCB
+                                            level" (``tcb_reasons``), which a package accepting
+                                            ``UpToDate`` only refuses (``BELOW_EVERY_LEVEL``)
 ``TDRelaunchAdvised``,                      no Geode status: a mismatch if ever seen (the vectors
 ``TDRelaunchAdvisedConfigurationNeeded``    and the test collateral have no TD relaunch levels)
 =========================================== ===================================================
@@ -79,15 +79,20 @@ requires_dcap_qvl = pytest.mark.skipif(
     reason="dcap-qvl is not installed (pip install -e '.[test]')",
 )
 
-# dcap-qvl's refusal of a platform below every TCB level, and Geode's.
-BELOW_EVERY_LEVEL = ("No matching TCB level found", "below every TCB level")
+# How dcap-qvl refuses a platform (or TD) and a QE below every TCB level; Geode's reason for the
+# same, with the status OutOfDate.
+BELOW_EVERY_LEVEL = (
+    ("No matching TCB level found", "below minimum required"),
+    "below every TCB level",
+)
 _REVOKED_LEVEL = "TCB status is invalid: Revoked"
 
 
 @dataclass(frozen=True)
 class Opinion:
     """A verifier's verdict on a quote: accepted with a TCB status and advisories, or refused
-    (``status`` then names a refusal both verifiers know by name: ``Revoked``)."""
+    (``status`` then names a refusal both verifiers know by name: ``Revoked``). ``reason``: why
+    it was refused, or what qualifies the status (Geode's ``tcb_reasons``)."""
 
     accepted: bool
     status: str = ""
@@ -200,7 +205,8 @@ def geode_opinion(
         return Opinion(False, reason=str(exc))
     if claims.tcb_status == "Revoked":
         return Opinion(False, "Revoked", reason="the TCB level is Revoked")
-    return Opinion(True, claims.tcb_status, tuple(sorted(claims.advisory_ids)))
+    reason = "; ".join(claims.tcb_reasons)
+    return Opinion(True, claims.tcb_status, tuple(sorted(claims.advisory_ids)), reason)
 
 
 @dataclass(frozen=True)
