@@ -47,12 +47,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geode.attestation import Evidence, EvidenceVerifier, ReferenceValues, match_claims
+from geode.attestation._intel_collateral import parse_collateral
 from geode.attestation._intel_quote import parse_intel_quote
 from geode.errors import ClaimsMismatch
 from tests.attestation.support import intel as kit
 from tests.attestation.support.dcap_qvl import (
     BELOW_EVERY_LEVEL,
     Opinion,
+    dcap_collateral,
     dcap_qvl_opinion,
     geode_opinion,
     requires_dcap_qvl,
@@ -133,6 +135,30 @@ def test_geode_and_dcap_qvl_agree_on_the_vectors(case: Case) -> None:
     quote = read_vector(f"{case.quote}.quote.bin")
     opinion = agree(case.tee, quote, collateral_of(case.collateral), utc(case.at))
     assert opinion == case.expected
+
+
+@requires_vectors
+def test_the_adapter_hands_dcap_qvl_the_texts_geode_checks() -> None:
+    # go-tdx-guest's collateral comes as PCS response bodies: the texts and signatures handed to
+    # dcap-qvl are the ones Geode verifies, byte for byte (no acceptance shows it: the TCB
+    # signing chain among the vectors is not valid while those responses are).
+    quote = read_vector("tdx_v4_gotdx_spr_trailing.quote.bin")
+    theirs = dcap_collateral(quote, gotdx_collateral())
+    ours = parse_collateral(gotdx_collateral(), bytes.fromhex("50806f000000"))
+    assert (theirs.tcb_info, theirs.tcb_info_signature) == (
+        ours.tcb_info.text,
+        ours.tcb_info.signature,
+    )
+    assert (theirs.qe_identity, theirs.qe_identity_signature) == (
+        ours.qe_identity.text,
+        ours.qe_identity.signature,
+    )
+    assert theirs.pck_crl == ours.pck_crl.public_bytes(serialization.Encoding.DER)
+    chain = x509.load_pem_x509_certificates(theirs.pck_crl_issuer_chain.encode())
+    assert [c.subject.rfc4514_string() for c in chain] == [
+        ours.pck_crl.issuer.rfc4514_string(),
+        ours.root_crl.issuer.rfc4514_string(),
+    ]
 
 
 @requires_vectors

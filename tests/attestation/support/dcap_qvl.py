@@ -45,7 +45,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Sequence
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -105,8 +105,7 @@ class Opinion:
         return f"refused{f' ({self.status})' if self.status else ''}: {self.reason}"
 
 
-def _pem(certs: Sequence[x509.Certificate]) -> str:
-    return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", re.S)
 
 
 def _crl_der(value: str) -> bytes:
@@ -145,9 +144,9 @@ def dcap_collateral(quote: bytes, collateral: bytes) -> object:
     parsed = dcap_qvl.parse_quote(quote)
     doc = _pick(collateral, parsed.fmspc())
     issuers = doc.get("pck_crl_issuer_chain")
-    if issuers is None:
-        chain = x509.load_pem_x509_certificates(parsed.cert_chain_pem_bytes() or b"")
-        issuers = _pem(chain[1:])
+    if issuers is None:  # the quote's chain after its leaf, as the text it is
+        blocks = _PEM_BLOCK.findall((parsed.cert_chain_pem_bytes() or b"").decode())
+        issuers = "".join(blocks[1:])
     tcb_info, tcb_info_signature = _served(doc, "tcb_info", "tcbInfo")
     qe_identity, qe_identity_signature = _served(doc, "qe_identity", "enclaveIdentity")
     return dcap_qvl.QuoteCollateralV3(
