@@ -122,6 +122,10 @@ def test_verify_checks_amds_crl_from_the_policy_file(
     current = policy_file(
         bed.base / "crl.json", ACCEPT, collateral={"sev-snp": "amd-crl.der"}, **strict
     )
+    minimum = {**ACCEPT, "min_tcb": {"snp": chip.tcb["snp"]}}
+    up_to_date = policy_file(
+        bed.base / "min-tcb.json", minimum, collateral={"sev-snp": "amd-crl.der"}, **strict
+    )
     revoked = policy_file(bed.base / "revoked.json", ACCEPT, collateral={"sev-snp": "revoked.der"})
 
     refused = verify_cli(bed, deployed, "--policy", str(without))
@@ -129,7 +133,16 @@ def test_verify_checks_amds_crl_from_the_policy_file(
     assert "requires collateral" in refused.output
     accepted = verify_cli(bed, deployed, "--policy", str(current))
     assert accepted.exit_code == 0, accepted.output
-    assert "UNVERIFIED" not in accepted.output
+    # The chain is not revoked, but no min_tcb holds the reported TCB: still Unverified, saying
+    # why, without the no-collateral warning.
+    assert "tcb:          UNVERIFIED" in accepted.output
+    assert "checked:      signature, chain, revocation, reference" in accepted.output
+    assert "the package sets no min_tcb" in accepted.output
+    assert "TCB UNVERIFIED:" not in accepted.output
+    met = verify_cli(bed, deployed, "--policy", str(up_to_date))
+    assert met.exit_code == 0, met.output
+    assert "tcb:          UpToDate" in met.output
+    assert "checked:      signature, chain, revocation, tcb, reference" in met.output
     revocation = verify_cli(bed, deployed, "--policy", str(revoked))
     assert revocation.exit_code == 1
     assert "REJECTED" in revocation.output

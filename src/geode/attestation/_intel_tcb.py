@@ -9,11 +9,10 @@ are those of every level that applied.
 
 A platform, TD, TDX module or QE below every level of the collateral is not a parse-level
 refusal: Intel's library answers "TCB not supported", which says only that it is older than
-anything Intel still appraises. Geode reports it
-``OutOfDate`` -- converged like a component's, so a platform level that says configuration is
-needed gives ``OutOfDateConfigurationNeeded`` -- with the reason ``BELOW_EVERY_LEVEL`` in
-``TcbVerdict.reasons`` (the claims' ``tcb_reasons``), and the package decides: one that accepts
-``UpToDate`` only refuses it.
+anything Intel still appraises. Geode reports it ``OutOfDate`` -- converged like a component's,
+so a platform level that says configuration is needed gives ``OutOfDateConfigurationNeeded`` --
+with the reason ``BELOW_EVERY_LEVEL`` in ``TcbVerdict.reasons`` (the claims' ``tcb_reasons``),
+and the package decides: one that accepts ``UpToDate`` only refuses it.
 """
 
 from __future__ import annotations
