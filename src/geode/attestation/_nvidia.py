@@ -42,8 +42,10 @@ the root but its leaf (made by the GPU's firmware, unknown to OCSP), and every c
 RIM chains below the root, has a good OCSP response, fresh at ``at`` and signed by its issuer or a
 delegated responder (``_nvidia_ocsp``); and every active measurement index ``i`` of the RIMs
 (driver and VBIOS together; both claiming one index is refused) matches one of its alternative
-values in the report's block ``i + 1``, a mismatch refused naming the index. Then ``tcb_status``
-is ``UpToDate`` and ``checked`` = {signature, chain, revocation, tcb, reference}.
+values in the report's block ``i + 1``, a mismatch refused naming the index (the details:
+``_nvidia_collateral``). Then ``tcb_status`` is ``UpToDate`` and ``checked`` = {signature, chain,
+revocation, tcb, reference}: ``reference`` because the verifier itself compared the measurements
+with NVIDIA's signed golden values, before any package's are matched.
 
 Roots: the device root (``nvidia_device_identity_ca.pem``) and the RIM root
 (``nvidia_rim_root_ca.pem``, "NVIDIA CoRIM signing Root CA", as nvtrust ships it) are pinned by
@@ -58,8 +60,6 @@ from __future__ import annotations
 
 import datetime
 import enum
-import functools
-import json
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,29 +74,28 @@ from cryptography.x509.oid import NameOID
 
 from geode.attestation._evidence import REPORT_DATA_SIZE, TCB_UNVERIFIED, Claims
 from geode.attestation._evidence_certs import (
-    check_validity,
     common_name,
     load_evidence_certificates,
     public_key,
-    verify_issued_by,
 )
-from geode.attestation._nvidia_ocsp import OcspResponses, check_revocation
-from geode.attestation._nvidia_rim import Rim, compare_measurements, merge_golden, verify_rim
+from geode.attestation._nvidia_chain import verify_chain
+from geode.attestation._nvidia_collateral import (
+    NvidiaCollateral,
+    apply_collateral,
+    nvidia_rim_roots,
+)
+from geode.attestation._nvidia_rim import Rim
 from geode.attestation._reader import ByteReader
 from geode.attestation._roots import certificate_sha256, load_pinned_root
 from geode.errors import EvidenceError
 from geode.tee import Check
 
 __all__ = [
-    "COLLATERAL_KEYS",
-    "NVIDIA_RIM_ROOT_SHA256",
     "NVIDIA_ROOT_SHA256",
     "NVIDIA_TRAILER_MAGIC",
     "CcMode",
-    "NvidiaCollateral",
     "SpdmMeasurementReport",
     "build_nvidia_evidence",
-    "nvidia_rim_roots",
     "nvidia_root",
     "parse_spdm_report",
     "verify_nvidia_evidence",
@@ -104,10 +103,7 @@ __all__ = [
 ]
 
 NVIDIA_ROOT_SHA256 = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48"
-NVIDIA_RIM_ROOT_SHA256 = "12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1"
 NVIDIA_TRAILER_MAGIC = b"GEODENV1"
-COLLATERAL_KEYS = ("driver_rim", "vbios_rim", "ocsp")
-MAX_COLLATERAL_SIZE = 16 * 1024 * 1024
 SPDM_VERSION = 0x11
 GET_MEASUREMENTS = 0xE0
 MEASUREMENTS = 0x60
@@ -292,58 +288,6 @@ def nvidia_root() -> x509.Certificate:
     return load_pinned_root("nvidia_device_identity_ca.pem", NVIDIA_ROOT_SHA256)
 
 
-Link = tuple[x509.Certificate, x509.Certificate]  # (certificate, its issuer)
-
-
-def _verify_chain(
-    chain: Sequence[x509.Certificate],
-    roots: Sequence[x509.Certificate],
-    at: datetime.datetime,
-    what: str = "GPU",
-) -> list[Link]:
-    """Each link of ``chain`` (leaf first) up to one of ``roots``; the links checked."""
-    if not chain:
-        raise EvidenceError(f"no certificate chain for the {what}", field="certs")
-    trusted = {certificate_sha256(root): root for root in roots}
-    links: list[Link] = []
-    for position, cert in enumerate(chain):
-        check_validity(cert, at, f"{what} certificate {position}")
-        if certificate_sha256(cert) in trusted:
-            if position == 0:
-                raise EvidenceError("the chain holds only the root", field="certs")
-            return links
-        issuer = chain[position + 1] if position + 1 < len(chain) else None
-        if issuer is None:
-            issuer = next((root for root in roots if root.subject == cert.issuer), None)
-            if issuer is None:
-                raise EvidenceError(
-                    f"the {what}'s chain does not end at the pinned NVIDIA root: certificate "
-                    f"{position} ({common_name(cert)!r}) is issued by "
-                    f"{cert.issuer.rfc4514_string()!r}",
-                    field="certs",
-                )
-        _verify_link(cert, issuer, position, what)
-        links.append((cert, issuer))
-        if issuer in roots:
-            check_validity(issuer, at, common_name(issuer))
-            return links
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-
-@functools.lru_cache(maxsize=64)
-def _verify_link(
-    cert: x509.Certificate, issuer: x509.Certificate, position: int, what: str
-) -> None:
-    """``issuer`` is a CA and signed ``cert`` (remembered: a GPU's chain does not change)."""
-    try:
-        constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except (x509.ExtensionNotFound, ValueError):
-        constraints = None
-    if constraints is None or not constraints.ca:
-        raise EvidenceError(f"{common_name(issuer)!r} is not a CA certificate", field="certs")
-    verify_issued_by(cert, issuer, f"{what} certificate {position} ({common_name(cert)!r})")
-
-
 def _check_fwid(report: SpdmMeasurementReport, leaf: x509.Certificate) -> None:
     fwid = report.opaque.get(OPAQUE_FWID)
     if fwid is None:
@@ -358,50 +302,6 @@ def _check_fwid(report: SpdmMeasurementReport, leaf: x509.Certificate) -> None:
     if _SHA384_OCTETS + fwid not in value:
         raise EvidenceError(
             "the report's FWID is not its leaf certificate's", field=f"opaque[{OPAQUE_FWID}]"
-        )
-
-
-@dataclass(frozen=True)
-class NvidiaCollateral:
-    """Geode's collateral document for ``nvidia`` (see the module docstring), parsed."""
-
-    driver_rim: str
-    vbios_rim: str
-    ocsp: OcspResponses
-
-    @classmethod
-    def from_json(cls, data: bytes) -> NvidiaCollateral:
-        if len(data) > MAX_COLLATERAL_SIZE:
-            raise EvidenceError(
-                f"NVIDIA collateral larger than {MAX_COLLATERAL_SIZE} bytes", field="collateral"
-            )
-        try:
-            document = json.loads(data)
-        except (ValueError, RecursionError):
-            raise EvidenceError("NVIDIA collateral is not JSON", field="collateral") from None
-        if not isinstance(document, dict):
-            raise EvidenceError("NVIDIA collateral is not a JSON object", field="collateral")
-        unknown = sorted(set(document) - set(COLLATERAL_KEYS))
-        if unknown:
-            raise EvidenceError(
-                f"unknown NVIDIA collateral keys: {', '.join(unknown)[:200]}", field="collateral"
-            )
-        missing = [key for key in COLLATERAL_KEYS if not document.get(key)]
-        if missing:
-            raise EvidenceError(
-                f"NVIDIA collateral lacks {', '.join(missing)}: RIMs and OCSP responses go "
-                "together (give none for an Unverified report)",
-                field="collateral",
-            )
-        for key in ("driver_rim", "vbios_rim"):
-            if not isinstance(document[key], str):
-                raise EvidenceError("not a string (XML text)", field=f"collateral.{key}")
-        if not isinstance(document["ocsp"], list):
-            raise EvidenceError("not a list of base64 DER responses", field="collateral.ocsp")
-        return cls(
-            document["driver_rim"],
-            document["vbios_rim"],
-            OcspResponses.from_base64(document["ocsp"]),
         )
 
 
@@ -474,54 +374,6 @@ def _check_mode(mode: CcMode | None, report: SpdmMeasurementReport) -> CcMode:
     return mode
 
 
-def _rim_links(
-    chain: Sequence[x509.Certificate],
-    which: str,
-    roots: Sequence[x509.Certificate],
-    at: datetime.datetime,
-) -> list[Link]:
-    field = f"collateral.{which}_rim"
-    if not roots:
-        raise EvidenceError(f"no trusted NVIDIA RIM root for the {which} RIM", field=field)
-    try:
-        return _verify_chain(chain, roots, at, f"{which} RIM")
-    except EvidenceError as exc:
-        raise EvidenceError(exc.reason, field=field) from None
-
-
-def _apply_collateral(
-    report: SpdmMeasurementReport,
-    device_links: Sequence[Link],
-    collateral: NvidiaCollateral,
-    *,
-    rim_roots: Sequence[x509.Certificate],
-    at: datetime.datetime,
-) -> tuple[Rim, ...]:
-    """The RIMs' chains and signatures, OCSP for every chain, then the measurements."""
-    versions = {
-        "driver": report.opaque_text(OPAQUE_DRIVER_VERSION),
-        "vbios": _vbios_version(report),
-    }
-    rims = []
-    links = list(device_links[1:])  # the GPU's leaf is made by its firmware: no OCSP for it
-    for which, text in (("driver", collateral.driver_rim), ("vbios", collateral.vbios_rim)):
-        rim_links: list[Link] = []
-
-        def check(chain: Sequence[x509.Certificate], which: str = which) -> None:
-            rim_links.extend(_rim_links(chain, which, rim_roots, at))
-
-        rims.append(verify_rim(text, which, version=versions[which], check_chain=check))
-        links += rim_links
-    check_revocation(links, collateral.ocsp, at)
-    compare_measurements(report.measurements, merge_golden(rims))
-    return tuple(rims)
-
-
-def nvidia_rim_roots() -> tuple[x509.Certificate, ...]:
-    """The pinned NVIDIA RIM signing roots shipped with Geode."""
-    return (load_pinned_root("nvidia_rim_root_ca.pem", NVIDIA_RIM_ROOT_SHA256),)
-
-
 def verify_nvidia_evidence(
     data: bytes,
     *,
@@ -546,7 +398,7 @@ def verify_nvidia_evidence(
     mode = _check_mode(None if trailer is None else trailer[0], report)
     parsed = NvidiaCollateral.from_json(collateral) if collateral is not None else None
     chain = load_evidence_certificates(chain_bytes or b"", chain_field, chain_offset)
-    links = _verify_chain(chain, list(roots) if roots is not None else [nvidia_root()], at)
+    links = verify_chain(chain, list(roots) if roots is not None else [nvidia_root()], at)
     _check_fwid(report, chain[0])
     key = public_key(chain[0], "GPU leaf certificate")
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
@@ -569,7 +421,17 @@ def verify_nvidia_evidence(
     rims: tuple[Rim, ...] = ()
     if parsed is not None:
         rim_roots = tuple(roots) if roots is not None else nvidia_rim_roots()
-        rims = _apply_collateral(report, links, parsed, rim_roots=rim_roots, at=at)
+        rims = apply_collateral(
+            parsed,
+            measurements=report.measurements,
+            versions={
+                "driver": report.opaque_text(OPAQUE_DRIVER_VERSION),
+                "vbios": _vbios_version(report),
+            },
+            device_links=links,
+            rim_roots=rim_roots,
+            at=at,
+        )
     return NvidiaVerified(report, tuple(chain), mode, rims)
 
 

@@ -97,9 +97,7 @@ def _verify_with(key: object, response: ocsp.OCSPResponse) -> None:
     if isinstance(key, ec.EllipticCurvePublicKey):
         key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(algorithm))
     elif isinstance(key, rsa.RSAPublicKey):
-        key.verify(
-            response.signature, response.tbs_response_bytes, padding.PKCS1v15(), algorithm
-        )
+        key.verify(response.signature, response.tbs_response_bytes, padding.PKCS1v15(), algorithm)
     else:
         raise InvalidSignature
 
@@ -167,6 +165,4 @@ def check_revocation(
                 field=FIELD,
             )
         if status is not ocsp.OCSPCertStatus.GOOD:
-            raise EvidenceError(
-                f"the OCSP status of certificate {name!r} is unknown", field=FIELD
-            )
+            raise EvidenceError(f"the OCSP status of certificate {name!r} is unknown", field=FIELD)

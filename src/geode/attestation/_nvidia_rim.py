@@ -11,9 +11,9 @@ hands it out. What this module reads of it:
   (how many values are golden), ``size`` (bytes) and the values themselves, attributes
   ``Hash0``, ``Hash1``, ... in the namespace ``http://www.w3.org/2001/04/xmlenc#sha384`` (hex);
 - the enveloped XML-DSig ``Signature`` (NVIDIA's: canonical XML 1.1, ECDSA P-384 with
-  SHA-384, one reference ``URI=""``), whose ``KeyInfo/X509Data`` carries the signing chain leaf first
-  (NVIDIA's: RIM signer, "Reference Value L3", "Reference Value GH100 CA", "CoRIM signing Root
-  CA").
+  SHA-384, one reference ``URI=""``), whose ``KeyInfo/X509Data`` carries the signing chain,
+  leaf first (NVIDIA's: RIM signer, "Reference Value L3", "Reference Value GH100 CA",
+  "CoRIM signing Root CA").
 
 The signature is checked by ``signxml`` (the optional extra ``geode[nvidia]``, imported only when a
 RIM is given) with the chain's leaf, after the chain was checked up to a trusted RIM root here;
