@@ -78,13 +78,14 @@ class Claims:
     ``tcb_status`` is Intel's vocabulary (``UpToDate``, ``SWHardeningNeeded``,
     ``ConfigurationNeeded``, ``ConfigurationAndSWHardeningNeeded``, ``OutOfDate``,
     ``OutOfDateConfigurationNeeded``, ``Revoked``), ``Unverified`` when no collateral was
-    checked, ``Simulated`` for simulated evidence; kinds without TCB levels say ``UpToDate`` once
-    their own checks passed. ``revocation_checked``: the signing chain was checked against the
-    vendor's revocation list. For SEV-SNP that is all AMD's collateral (its CRL) proves: AMD
-    publishes no TCB status, so an SNP ``tcb_status`` stays ``Unverified`` and the reported TCB
-    is held against a package's ``min_tcb`` only. ``checked`` says what the verifier checked, in
-    the vocabulary of ``geode.tee.Check`` (``reference`` is never the verifier's: that is
-    ``match_claims``, whose ``Verdict`` adds it). ``platform`` names the platform (FMSPC, chip
+    checked, ``Simulated`` for simulated evidence; NVIDIA (no TCB levels) says ``UpToDate``
+    once its RIMs and revocation were checked. ``revocation_checked``: the signing chain was
+    checked against the vendor's revocation list. For SEV-SNP that is all AMD's collateral (its
+    CRL) proves: AMD publishes no TCB status, so an SNP ``tcb_status`` stays ``Unverified`` and
+    the reported TCB is held against a package's ``min_tcb`` only. ``checked`` says what the
+    verifier checked, in the vocabulary of ``geode.tee.Check`` (``reference`` is the verifier's
+    only where it compares with the vendor's signed reference values itself, NVIDIA's RIMs;
+    otherwise ``match_claims``'s ``Verdict`` adds it). ``platform`` names the platform (FMSPC, chip
     id, simulated key id); ``details`` carries what an auditor may want to see but no package
     matches on (hex or text).
     """
