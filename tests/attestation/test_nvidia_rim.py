@@ -7,6 +7,7 @@ only be refused here."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import importlib.util
@@ -19,6 +20,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from geode.attestation import Claims, Evidence, EvidenceVerifier, TrustAnchors
 from geode.attestation._evidence_certs import load_evidence_certificates
@@ -412,3 +415,78 @@ def test_ocsp_for_the_vectors_chain_from_a_stranger_is_refused(rims: RimPki) -> 
             roots=[nvidia_root(), rims.root],
             collateral=json.dumps(whole).encode(),
         )
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_a_mutated_collateral_document_is_refused_by_field_or_verifies(
+    gpu: GpuPki, rims: RimPki, data: st.DataObject
+) -> None:
+    mutated = bytearray(_document(gpu, rims))
+    for _ in range(data.draw(st.integers(1, 4))):
+        mutated[data.draw(st.integers(0, len(mutated) - 1))] = data.draw(st.integers(0, 255))
+    failure: EvidenceError | None = None
+    try:
+        claims = verify(gpu, rims, collateral=bytes(mutated))
+    except EvidenceError as exc:
+        failure = exc
+    if failure is None:
+        assert claims.tcb_status == "UpToDate"
+    else:
+        assert (failure.field or "").startswith(("collateral", "measurements")), failure
+
+
+_DOCUMENTS: dict[tuple[int, int], bytes] = {}
+
+
+def _document(gpu: GpuPki, rims: RimPki) -> bytes:
+    """One signed document per PKI pair (signing is the slow part)."""
+    key = (id(gpu), id(rims))
+    if key not in _DOCUMENTS:
+        _DOCUMENTS[key] = document(gpu, rims)
+    return _DOCUMENTS[key]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_a_mutated_rim_is_refused_naming_it(gpu: GpuPki, rims: RimPki, data: st.DataObject) -> None:
+    whole = json.loads(_document(gpu, rims))
+    text = list(whole["vbios_rim"])
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(text) - 1))
+        text[position] = data.draw(st.sampled_from('<>&"=/ x0:\n'))
+    whole["vbios_rim"] = "".join(text)
+    failure: EvidenceError | None = None
+    try:
+        verify(gpu, rims, collateral=json.dumps(whole).encode())
+    except EvidenceError as exc:
+        failure = exc
+    # A mutation may land where it changes nothing signed (whitespace in base64 text).
+    if failure is not None:
+        assert failure.field == "collateral.vbios_rim", failure
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_a_mutated_ocsp_response_is_refused_naming_it(
+    gpu: GpuPki, rims: RimPki, data: st.DataObject
+) -> None:
+    whole = json.loads(_document(gpu, rims))
+    which = data.draw(st.integers(0, len(whole["ocsp"]) - 1))
+    der = bytearray(base64.b64decode(whole["ocsp"][which]))
+    for _ in range(data.draw(st.integers(1, 3))):
+        der[data.draw(st.integers(0, len(der) - 1))] = data.draw(st.integers(0, 255))
+    whole["ocsp"][which] = base64.b64encode(bytes(der)).decode()
+    failure: EvidenceError | None = None
+    try:
+        verify(gpu, rims, collateral=json.dumps(whole).encode())
+    except EvidenceError as exc:
+        failure = exc
+    if failure is not None:
+        assert (failure.field or "").startswith("collateral.ocsp"), failure

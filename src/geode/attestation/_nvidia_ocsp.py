@@ -81,7 +81,10 @@ def _single(
         for single in response.responses:
             if single.serial_number != cert.serial_number:
                 continue
-            wanted = _cert_id(cert, issuer, single.hash_algorithm)
+            try:
+                wanted = _cert_id(cert, issuer, single.hash_algorithm)
+            except (UnsupportedAlgorithm, ValueError, TypeError):
+                continue  # a hash the builder does not take (or none): not a match
             if (single.issuer_name_hash, single.issuer_key_hash) == (
                 wanted.issuer_name_hash,
                 wanted.issuer_key_hash,
@@ -115,7 +118,10 @@ def _check_signer(
         except x509.ExtensionNotFound:
             continue
         if ExtendedKeyUsageOID.OCSP_SIGNING in usage:
-            check_validity(responder, at, f"OCSP responder for {name!r}")
+            try:
+                check_validity(responder, at, f"the OCSP responder for {name!r}")
+            except EvidenceError as exc:
+                raise EvidenceError(exc.reason, field=FIELD) from None
             signers.append(responder)
     for signer in signers:
         try:

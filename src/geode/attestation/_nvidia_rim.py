@@ -33,6 +33,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from geode.attestation._evidence_certs import fully_decoded
 from geode.errors import EvidenceError
 
 __all__ = [
@@ -116,7 +117,7 @@ def _key_info_chain(root: Any, which: str) -> list[x509.Certificate]:
     for position, element in enumerate(found[0].findall(f"{{{_DSIG}}}X509Certificate")):
         try:
             der = base64.b64decode("".join((element.text or "").split()), validate=True)
-            chain.append(x509.load_der_x509_certificate(der))
+            chain.append(fully_decoded(x509.load_der_x509_certificate(der), _field(which)))
         except (binascii.Error, ValueError):
             raise EvidenceError(
                 f"certificate {position} of the {which} RIM's KeyInfo is not DER",
@@ -145,7 +146,7 @@ def _check_signature(text: str, leaf: x509.Certificate, which: str) -> Any:
             x509_cert=leaf.public_bytes(Encoding.PEM).decode("ascii"),
             parser=parser,
         )
-    except (InvalidSignature, InvalidInput) as exc:
+    except (InvalidSignature, InvalidInput, etree.LxmlError, ValueError) as exc:
         raise EvidenceError(
             f"the {which} RIM's signature does not verify ({exc})", field=_field(which)
         ) from None
@@ -165,7 +166,7 @@ def _attribute(element: Any, name: str, which: str, position: int) -> str:
 
 def _integer(element: Any, name: str, which: str, position: int, limit: int) -> int:
     text = _attribute(element, name, which, position)
-    if not text.isdigit() or int(text) > limit:
+    if not (text.isascii() and text.isdigit()) or int(text) > limit:
         raise EvidenceError(
             f"Resource {position} of the {which} RIM: {name} {text[:20]!r} is not 0..{limit}",
             field=_field(which),
