@@ -164,6 +164,13 @@ def test_two_rims_claiming_one_index_are_refused(gpu: GpuPki, rims: RimPki) -> N
     assert "both claim measurement index 5" in error.reason
 
 
+def test_a_rim_without_active_measurements_is_refused(gpu: GpuPki, rims: RimPki) -> None:
+    empty = rim_xml(rims, version=VBIOS, golden={}, inactive=[0, 1])
+    error = refused(gpu, rims, document(gpu, rims, vbios_rim=empty))
+    assert error.field == "collateral.vbios_rim"
+    assert "marks no measurement active" in error.reason
+
+
 def test_a_tampered_rim_fails_its_signature(gpu: GpuPki, rims: RimPki) -> None:
     text = rim_xml(rims, version=DRIVER, golden=DRIVER_GOLDEN)
     forged = MEASUREMENTS[6].hex()

@@ -238,9 +238,15 @@ def verify_rim(text: str, which: str, *, version: str, check_chain: ChainCheck) 
 
 
 def merge_golden(rims: Sequence[Rim]) -> dict[int, GoldenMeasurement]:
-    """The active measurements of all RIMs by index; two RIMs may not claim one index."""
+    """The active measurements of all RIMs by index; two RIMs may not claim one index, and each
+    must have at least one."""
     golden: dict[int, GoldenMeasurement] = {}
     for rim in rims:
+        if not any(measurement.active for measurement in rim.measurements.values()):
+            raise EvidenceError(
+                f"the {rim.which} RIM marks no measurement active: it vouches for nothing",
+                field=_field(rim.which),
+            )
         for index, measurement in rim.measurements.items():
             if not measurement.active:
                 continue
