@@ -45,20 +45,41 @@ def verify(gpu: GpuPki, data: bytes, **kwargs: object) -> object:
     return verify_nvidia_evidence(data, at=AT, roots=[gpu.root], **kwargs)  # type: ignore[arg-type]
 
 
-def test_synthetic_report_verifies(gpu: GpuPki) -> None:
+def test_synthetic_report_verifies_unverified_without_collateral(gpu: GpuPki) -> None:
     claims = verify_nvidia_report(evidence(gpu), at=AT, roots=[gpu.root])
     assert dict(claims.measurements) == GOLDEN
     assert claims.report_data == NONCE + bytes(32)
     assert claims.details["driver_version"] == "570.1"
     assert claims.details["cc_mode"] == "on"
+    assert claims.tcb_status == "Unverified"
+    assert claims.checked == {"signature", "chain"}
+    assert "revocation" not in claims.checked
 
 
 def test_certs_stand_in_for_the_trailers_chain(gpu: GpuPki) -> None:
     report = forge_spdm(gpu.leaf_key, nonce=NONCE, measurements=GOLDEN)
-    verify_nvidia_report(report, certs=gpu.chain_pem(), at=AT, roots=[gpu.root])
+    no_chain = build_nvidia_evidence(report, [], CcMode.ON)
+    verify_nvidia_report(no_chain, certs=gpu.chain_pem(), at=AT, roots=[gpu.root])
     # A chain that stops below the root is completed from the trusted root.
     short = build_nvidia_evidence(report, gpu.chain_der(with_root=False), CcMode.ON)
     verify_nvidia_report(short, at=AT, roots=[gpu.root])
+
+
+def test_a_report_that_does_not_state_its_mode_is_refused(gpu: GpuPki) -> None:
+    # A raw report (no Geode trailer) verifies in every other respect, but says nothing of the
+    # GPU's confidential-computing mode.
+    report = forge_spdm(gpu.leaf_key, nonce=NONCE, measurements=GOLDEN)
+    with pytest.raises(EvidenceError, match="does not state") as caught:
+        verify_nvidia_report(report, certs=gpu.chain_pem(), at=AT, roots=[gpu.root])
+    assert caught.value.field == "cc_mode"
+    assert caught.value.offset == len(report)
+
+
+@pytest.mark.parametrize(("mode", "message"), [(CcMode.OFF, "off"), (CcMode.DEVTOOLS, "devtools")])
+def test_modes_other_than_on_are_refused(gpu: GpuPki, mode: CcMode, message: str) -> None:
+    with pytest.raises(EvidenceError, match=message) as caught:
+        verify_nvidia_report(evidence(gpu, mode=mode), at=AT, roots=[gpu.root])
+    assert caught.value.field == "cc_mode"
 
 
 def test_the_pinned_root_refuses_a_test_chain(gpu: GpuPki) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -234,3 +235,49 @@ def test_checked_and_the_verdict_of_a_package_are_printed(tmp_path: Path) -> Non
     refused = CliRunner().invoke(cli, args, obj=CliDeps(trust=snp.trust()))
     assert refused.exit_code == 1
     assert "tcb too low (snp 8 < 99)" in refused.output
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("signxml") is None and os.environ.get("CI") != "true",
+    reason="signxml (geode[nvidia]) is not installed",
+)
+def test_nvidia_collateral_makes_the_status_up_to_date(tmp_path: Path) -> None:
+    """``--collateral`` takes the NVIDIA document (RIMs and OCSP responses); without it the
+    report is Unverified, with half of it refused."""
+    from geode.attestation import TrustAnchors
+    from geode.attestation._nvidia import CcMode, build_nvidia_evidence
+    from geode.cli._common import CliDeps
+    from tests.attestation.support.nvidia import GpuPki, forge_spdm, tlv
+    from tests.attestation.support.nvidia_rim import RimPki, collateral, ocsp_response, rim_xml
+
+    gpu, rims = GpuPki.create(), RimPki.create()
+    blocks = {1: os.urandom(48), 2: os.urandom(48)}
+    opaque = tlv(3, b"570.1\0") + tlv(6, bytes([0, 0x9F, 0, 0x96, 1])) + tlv(20, gpu.fwid)
+    report = forge_spdm(gpu.leaf_key, nonce=bytes(32), measurements=blocks, opaque=opaque)
+    evidence = tmp_path / "gpu.bin"
+    evidence.write_bytes(build_nvidia_evidence(report, gpu.chain_der(), CcMode.ON))
+    document = {
+        "driver_rim": rim_xml(rims, version="570.1", golden={1: [blocks[2]]}),
+        "vbios_rim": rim_xml(rims, version="96.00.9F.00.01", golden={0: [blocks[1]]}),
+        "ocsp": [ocsp_response(gpu.ica, gpu.root, gpu.root_key)]
+        + [ocsp_response(c, i, k) for c, i, k in rims.links()],
+    }
+    whole, half = tmp_path / "whole.json", tmp_path / "half.json"
+    whole.write_bytes(collateral(**document))
+    half.write_bytes(collateral(driver_rim=document["driver_rim"], ocsp=document["ocsp"]))
+    deps = CliDeps(trust=TrustAnchors().with_roots("nvidia", [gpu.root, rims.root]))
+
+    def run_with(*args: str) -> tuple[int, str]:
+        argv = ["evidence", "verify", str(evidence), "--at", "2026-06-01", *args]
+        result = CliRunner().invoke(cli, argv, obj=deps)
+        return result.exit_code, result.output
+
+    code, out = run_with("--collateral", str(whole))
+    assert code == 0, out
+    assert out.startswith("verified nvidia evidence; TCB status UpToDate\n")
+    code, out = run_with()
+    assert code == 0, out
+    assert out.startswith("verified nvidia evidence; TCB status Unverified (no collateral")
+    code, out = run_with("--collateral", str(half))
+    assert code == 1
+    assert "collateral: NVIDIA collateral lacks vbios_rim" in out

@@ -85,12 +85,13 @@ class Claims:
     ``tcb_status`` is Intel's vocabulary (``UpToDate``, ``SWHardeningNeeded``,
     ``ConfigurationNeeded``, ``ConfigurationAndSWHardeningNeeded``, ``OutOfDate``,
     ``OutOfDateConfigurationNeeded``, ``Revoked``), ``Unverified`` when no collateral was
-    checked, ``Simulated`` for simulated evidence; kinds without TCB levels say ``UpToDate`` once
-    their own checks passed. ``tcb_reasons`` qualify it (Intel: "below every TCB level" when the
-    platform, the TD or the QE is below every level of the collateral, reported ``OutOfDate``).
-    ``checked`` says what the verifier checked, in the vocabulary of ``geode.tee.Check``:
-    ``"revocation" in checked`` when the signing chain was checked against the vendor's
-    revocation lists; ``reference`` is never the verifier's: that is ``match_claims``, whose
+    checked, ``Simulated`` for simulated evidence; NVIDIA (no TCB levels) says ``UpToDate``
+    once its RIMs and revocation were checked. ``tcb_reasons`` qualify it (Intel: "below every
+    TCB level" when the platform, the TD or the QE is below every level of the collateral,
+    reported ``OutOfDate``). ``checked`` says what the verifier checked, in the vocabulary of
+    ``geode.tee.Check``: ``"revocation" in checked`` when the signing chain was checked against
+    the vendor's revocation lists; ``reference`` is the verifier's only where it compares with
+    the vendor's signed reference values itself (NVIDIA's RIMs), otherwise ``match_claims``'s
     ``Verdict`` adds it. The split for SEV-SNP: the verifier does not know the package, so an SNP
     ``tcb_status`` stays ``Unverified`` (AMD publishes no TCB status) even with AMD's CRL; the
     ``Verdict`` derives the status from the CRL check and the package's ``min_tcb``.

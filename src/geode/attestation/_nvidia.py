@@ -14,24 +14,52 @@ r‖s ECDSA P-384 signature), and, as Geode's provider sends it, a trailer::
     12     4    length of the certificate chain (u32)
     16     n    the GPU's certificate chain, DER certificates back to back, leaf first
 
-Verification: the signature over request ‖ response (without the signature) by the chain's leaf
-(``GH100 A01 GSP FMC LF``); each link of the chain up to the pinned NVIDIA Device Identity CA;
-the leaf's DICE FWID equals the report's FWID; the mode is ``on`` (CC-off and devtools refused).
-The caller's nonce comes back as the claims' report data (the nonce then 32 zero bytes), which is
-how Geode's binding check sees it; ``verify_nvidia_evidence(nonce=...)`` checks it directly.
-Matching the measurement blocks against a package's golden values is ``match_claims``'s.
+Verification without collateral: the signature over request ‖ response (without the signature)
+by the chain's leaf (``GH100 A01 GSP FMC LF``); each link of the chain up to the pinned NVIDIA
+Device Identity CA; the leaf's DICE FWID equals the report's FWID; the mode is ``on``. The claims
+then say ``tcb_status`` ``Unverified`` and ``checked`` = {signature, chain}: nothing says the
+firmware that signed is one NVIDIA released, nor that the chain is not revoked. The caller's nonce
+comes back as the claims' report data (the nonce then 32 zero bytes), which is how Geode's binding
+check sees it; ``verify_nvidia_evidence(nonce=...)`` checks it directly. Matching the measurement
+blocks against a package's golden values is ``match_claims``'s.
 
-The mode is not in the signed report: a GPU in devtools mode still signs valid-looking reports
-(its measurements then differ from the production reference values). The trailer carries what
-the guest's driver says, and a raw report verified with ``certs`` has no stated mode
-(``details["cc_mode"] == "not stated"``).
+The mode is not in the signed report: a GPU in devtools mode still signs valid-looking reports.
+The trailer carries what the guest's driver says; a report that does not state mode ``on`` (off,
+devtools, or a raw report without the trailer) is refused (field ``cc_mode``).
+
+Collateral (``collateral``, ``geode evidence verify --collateral``, ``TrustAnchors``) is one JSON
+object, all three keys required (a partial document is refused, naming what is missing)::
+
+    {"driver_rim": "<the driver's RIM, XML text>",
+     "vbios_rim": "<the VBIOS's RIM, XML text>",
+     "ocsp": ["<base64 DER OCSP response>", ...]}
+
+as NVIDIA's RIM service (the XML) and OCSP responder (``ocsp.ndis.nvidia.com``) hand them out;
+fetching them is the caller's. With it, additionally: each RIM (``_nvidia_rim``: SWID tag,
+enveloped XML-DSig) chains to a trusted NVIDIA RIM root, its signature verifies with its leaf, and
+its version is the report's driver or VBIOS version; every certificate of the GPU's chain below
+the root but its leaf (made by the GPU's firmware, unknown to OCSP), and every certificate of both
+RIM chains below the root, has a good OCSP response, fresh at ``at`` and signed by its issuer or a
+delegated responder (``_nvidia_ocsp``); and every active measurement index ``i`` of the RIMs
+(driver and VBIOS together; both claiming one index is refused) matches one of its alternative
+values in the report's block ``i + 1``, a mismatch refused naming the index (the details:
+``_nvidia_collateral``). Then ``tcb_status`` is ``UpToDate`` and ``checked`` = {signature, chain,
+revocation, tcb, reference}: ``reference`` because the verifier itself compared the measurements
+with NVIDIA's signed golden values, before any package's are matched.
+
+Roots: the device root (``nvidia_device_identity_ca.pem``) and the RIM root
+(``nvidia_rim_root_ca.pem``, "NVIDIA CoRIM signing Root CA", as nvtrust ships it) are pinned by
+SHA-256 and used each for its own chains; ``roots`` (tests) replaces both. What was tested:
+the device chain and signature against NVIDIA's real sample report; RIMs, OCSP responses and the
+comparison only against RIMs and responses Geode's tests make under their own CA (no real RIM
+with its OCSP responses for the sample report is in the test vectors), so RIM parsing follows
+NVIDIA's published format (nvtrust's samples) but was not run against NVIDIA's live services.
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
-import functools
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,17 +72,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from geode.attestation._evidence import REPORT_DATA_SIZE, Claims
+from geode.attestation._evidence import REPORT_DATA_SIZE, TCB_UNVERIFIED, Claims
 from geode.attestation._evidence_certs import (
-    check_validity,
     common_name,
     load_evidence_certificates,
     public_key,
-    verify_issued_by,
 )
+from geode.attestation._nvidia_chain import verify_chain
+from geode.attestation._nvidia_collateral import (
+    NvidiaCollateral,
+    apply_collateral,
+    nvidia_rim_roots,
+)
+from geode.attestation._nvidia_rim import Rim
 from geode.attestation._reader import ByteReader
 from geode.attestation._roots import certificate_sha256, load_pinned_root
 from geode.errors import EvidenceError
+from geode.tee import Check
 
 __all__ = [
     "NVIDIA_ROOT_SHA256",
@@ -254,47 +288,6 @@ def nvidia_root() -> x509.Certificate:
     return load_pinned_root("nvidia_device_identity_ca.pem", NVIDIA_ROOT_SHA256)
 
 
-def _verify_chain(
-    chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate], at: datetime.datetime
-) -> None:
-    if not chain:
-        raise EvidenceError("no certificate chain for the GPU's report", field="certs")
-    trusted = {certificate_sha256(root): root for root in roots}
-    for position, cert in enumerate(chain):
-        check_validity(cert, at, f"GPU certificate {position}")
-        if certificate_sha256(cert) in trusted:
-            if position == 0:
-                raise EvidenceError("the chain holds only the root", field="certs")
-            return
-        issuer = chain[position + 1] if position + 1 < len(chain) else None
-        if issuer is None:
-            issuer = next((root for root in roots if root.subject == cert.issuer), None)
-            if issuer is None:
-                raise EvidenceError(
-                    f"the GPU's chain does not end at the pinned NVIDIA root: certificate "
-                    f"{position} ({common_name(cert)!r}) is issued by "
-                    f"{cert.issuer.rfc4514_string()!r}",
-                    field="certs",
-                )
-        _verify_link(cert, issuer, position)
-        if issuer in roots:
-            check_validity(issuer, at, common_name(issuer))
-            return
-    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
-
-
-@functools.lru_cache(maxsize=64)
-def _verify_link(cert: x509.Certificate, issuer: x509.Certificate, position: int) -> None:
-    """``issuer`` is a CA and signed ``cert`` (remembered: a GPU's chain does not change)."""
-    try:
-        constraints = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except (x509.ExtensionNotFound, ValueError):
-        constraints = None
-    if constraints is None or not constraints.ca:
-        raise EvidenceError(f"{common_name(issuer)!r} is not a CA certificate", field="certs")
-    verify_issued_by(cert, issuer, f"GPU certificate {position} ({common_name(cert)!r})")
-
-
 def _check_fwid(report: SpdmMeasurementReport, leaf: x509.Certificate) -> None:
     fwid = report.opaque.get(OPAQUE_FWID)
     if fwid is None:
@@ -316,69 +309,95 @@ def _check_fwid(report: SpdmMeasurementReport, leaf: x509.Certificate) -> None:
 class NvidiaVerified:
     report: SpdmMeasurementReport
     chain: tuple[x509.Certificate, ...]
-    mode: CcMode | None
+    mode: CcMode
+    rims: tuple[Rim, ...] = ()
 
     def claims(self) -> Claims:
         report = self.report
         vbios = report.opaque.get(OPAQUE_VBIOS_VERSION, b"")
         details = {
-            "cc_mode": "not stated" if self.mode is None else self.mode.name.lower(),
+            "cc_mode": self.mode.name.lower(),
             "spdm_version": f"{report.version >> 4}.{report.version & 0xF}",
             "driver_version": report.opaque_text(OPAQUE_DRIVER_VERSION),
             "gpu_nonce": report.gpu_nonce.hex(),
             "leaf": common_name(self.chain[0]),
         }
         if len(vbios) >= 5:
-            details["vbios_version"] = ".".join(f"{vbios[i]:02X}" for i in (3, 2, 1, 0, 4))
+            details["vbios_version"] = _vbios_version(report)
         for name, field in (("project", OPAQUE_PROJECT), ("chip_sku", OPAQUE_CHIP_SKU)):
             if field in report.opaque:
                 details[name] = report.opaque_text(field)
         if OPAQUE_FWID in report.opaque:
             details["fwid"] = report.opaque[OPAQUE_FWID].hex()
+        for rim in self.rims:
+            details[f"{rim.which}_rim_signer"] = common_name(rim.chain[0])
         serial = self.chain[0].subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
         platform = str(serial[0].value) if serial else certificate_sha256(self.chain[0])
+        checked: frozenset[Check] = frozenset({"signature", "chain"})
+        if self.rims:
+            checked |= {"revocation", "tcb", "reference"}
         return Claims(
             tee="nvidia",
             measurement=b"",
             report_data=report.nonce + bytes(REPORT_DATA_SIZE - NONCE_SIZE),
             debug=False,
-            tcb_status="UpToDate",
+            tcb_status="UpToDate" if self.rims else TCB_UNVERIFIED,
+            checked=checked,
             platform=platform,
             measurements=report.measurements,
             details=details,
         )
 
 
+def _vbios_version(report: SpdmMeasurementReport) -> str:
+    vbios = report.opaque.get(OPAQUE_VBIOS_VERSION, b"")
+    return ".".join(f"{vbios[i]:02X}" for i in (3, 2, 1, 0, 4)) if len(vbios) >= 5 else ""
+
+
+def _check_mode(mode: CcMode | None, report: SpdmMeasurementReport) -> CcMode:
+    offset = report.trailer_offset
+    if mode is None:
+        raise EvidenceError(
+            "the report does not state the GPU's confidential-computing mode (no Geode trailer)",
+            field="cc_mode",
+            offset=offset,
+        )
+    if mode is CcMode.OFF:
+        raise EvidenceError(
+            "the GPU's confidential-computing mode is off", field="cc_mode", offset=offset + 8
+        )
+    if mode is CcMode.DEVTOOLS:
+        raise EvidenceError(
+            "the GPU is in devtools mode: not confidential", field="cc_mode", offset=offset + 8
+        )
+    return mode
+
+
 def verify_nvidia_evidence(
     data: bytes,
     *,
     certs: bytes | None = None,
+    collateral: bytes | None = None,
     at: datetime.datetime,
     roots: Sequence[x509.Certificate] | None = None,
     nonce: bytes | None = None,
 ) -> NvidiaVerified:
-    """Verify the exchange (and its trailer, if any). ``certs`` (PEM or DER, leaf first) stands
-    in for the trailer's chain; ``roots`` replaces the pinned NVIDIA root; ``nonce`` is the one
-    the caller sent, if it wants it checked here."""
+    """Verify the exchange and its trailer; with ``collateral``, the RIMs, revocation and the
+    measurements too. ``certs`` (PEM or DER, leaf first) stands in for the trailer's chain;
+    ``roots`` replaces the pinned NVIDIA roots, device and RIM alike (tests); ``nonce`` is the
+    one the caller sent, if it wants it checked here."""
     if at.tzinfo is None:
         raise ValueError("at must be an aware datetime")
     report = parse_spdm_report(data)
     trailer = _parse_trailer(data, report.trailer_offset)
-    mode = None
     chain_bytes, chain_field, chain_offset = certs, "certs", None
-    if trailer is not None:
-        mode, carried = trailer
-        if not certs:
-            chain_bytes, chain_field = carried, "trailer.chain"
-            chain_offset = report.trailer_offset + 16
-    if mode is CcMode.OFF:
-        raise EvidenceError("the GPU's confidential-computing mode is off", field="trailer.cc_mode")
-    if mode is CcMode.DEVTOOLS:
-        raise EvidenceError(
-            "the GPU is in devtools mode: not confidential", field="trailer.cc_mode"
-        )
+    if trailer is not None and not certs:
+        chain_bytes, chain_field = trailer[1], "trailer.chain"
+        chain_offset = report.trailer_offset + 16
+    mode = _check_mode(None if trailer is None else trailer[0], report)
+    parsed = NvidiaCollateral.from_json(collateral) if collateral is not None else None
     chain = load_evidence_certificates(chain_bytes or b"", chain_field, chain_offset)
-    _verify_chain(chain, list(roots) if roots is not None else [nvidia_root()], at)
+    links = verify_chain(chain, list(roots) if roots is not None else [nvidia_root()], at)
     _check_fwid(report, chain[0])
     key = public_key(chain[0], "GPU leaf certificate")
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
@@ -398,7 +417,21 @@ def verify_nvidia_evidence(
         ) from None
     if nonce is not None and nonce != report.nonce:
         raise EvidenceError("the report answers another nonce", field="request.nonce", offset=4)
-    return NvidiaVerified(report, tuple(chain), mode)
+    rims: tuple[Rim, ...] = ()
+    if parsed is not None:
+        rim_roots = tuple(roots) if roots is not None else nvidia_rim_roots()
+        rims = apply_collateral(
+            parsed,
+            measurements=report.measurements,
+            versions={
+                "driver": report.opaque_text(OPAQUE_DRIVER_VERSION),
+                "vbios": _vbios_version(report),
+            },
+            device_links=links,
+            rim_roots=rim_roots,
+            at=at,
+        )
+    return NvidiaVerified(report, tuple(chain), mode, rims)
 
 
 def verify_nvidia_report(
@@ -409,8 +442,7 @@ def verify_nvidia_report(
     at: datetime.datetime,
     roots: Sequence[x509.Certificate] | None = None,
 ) -> Claims:
-    """The ``nvidia`` verifier of ``EvidenceVerifier`` (see ``_verifier``). NVIDIA evidence takes
-    no collateral (golden measurements are the package's)."""
-    if collateral is not None:
-        raise EvidenceError("NVIDIA evidence takes no collateral", field="collateral")
-    return verify_nvidia_evidence(data, certs=certs, at=at, roots=roots).claims()
+    """The ``nvidia`` verifier of ``EvidenceVerifier`` (see ``_verifier``)."""
+    return verify_nvidia_evidence(
+        data, certs=certs, collateral=collateral, at=at, roots=roots
+    ).claims()

@@ -65,7 +65,8 @@ def _print_claims(claims: Claims) -> None:
     "--collateral",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Collateral for the TCB status (sgx, tdx: Intel's TCB info, QE identity and CRLs as "
-    "JSON; sev-snp: AMD's CRL, DER or PEM).",
+    "JSON; sev-snp: AMD's CRL, DER or PEM; nvidia: JSON with the driver and VBIOS RIMs and "
+    "OCSP responses, see docs/attestation.md).",
 )
 @click.option("--at", "at", help="Check validity at this time (ISO 8601; default: now).")
 @click.option(

@@ -172,9 +172,11 @@ def _nvidia(name: str) -> Subject:
     signed = Region("the signed report", 0, parsed.signed_size)
     lengths = _nvidia_lengths(report)
     if name == "nvidia_h100_spdm":
-        return Subject(
-            name, "nvidia", report, _NVIDIA_AT, chain_pem, None, (signed,), tuple(lengths)
-        )
+        # The report stating mode on, its chain given apart (as ``geode evidence verify
+        # --certs`` does); without the trailer the report is refused for its unstated mode.
+        data = build_nvidia_evidence(report, [], CcMode.ON)
+        lengths.append(("trailer.cc_mode", parsed.trailer_offset + 8, 1))
+        return Subject(name, "nvidia", data, _NVIDIA_AT, chain_pem, None, (signed,), tuple(lengths))
     chain = [c.public_bytes(Encoding.DER) for c in load_evidence_certificates(chain_pem)]
     data = build_nvidia_evidence(report, chain, CcMode.ON)
     trailer = parsed.trailer_offset
