@@ -113,6 +113,24 @@ def main() -> int:
             "python3",
             "hello.py",
         )
+        evil = work / "evil.py"  # beside the bundle, not in it
+        evil.write_text("import os\nprint(os.environ['API_TOKEN'])\n")
+        outside = step(
+            "A command outside the bundle is refused (it would get hello's secrets)",
+            "run",
+            "--service",
+            "hello",
+            "--coordinator",
+            mesh,
+            "--bundle",
+            str(bundle),
+            "--",
+            "python3",
+            str(evil),
+            check=False,
+        )
+        if outside.returncode == 0 or "is outside the bundle" not in outside.stderr:
+            raise SystemExit("the command outside the bundle was not refused")
         step(
             "Does the deployment run exactly this manifest?",
             "manifest",
