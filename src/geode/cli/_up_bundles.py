@@ -75,7 +75,7 @@ def build_bundles(
         target = bundle_dir(run_dir, spec.name)
         try:
             shutil.copytree(
-                source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+                source, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
             )
         except (OSError, shutil.Error) as exc:
             raise GeodeError(f"{spec.name}: cannot copy the bundle {source}: {exc}") from None

@@ -218,5 +218,5 @@ def prepare_manifest(
         *(["a permissive policy"] if permissive else []),
         *(["its operator"] if operator is not None else []),
     ]
-    header = f"# The manifest geode up set: {path.name} with {', '.join(changes)}.\n"
+    header = f"# The manifest geode up set: {path.name} with {' and '.join(changes)}.\n"
     return (header + yaml.safe_dump(document, sort_keys=False, width=100)).encode()
