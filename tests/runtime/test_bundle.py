@@ -386,6 +386,7 @@ def test_geode_is_the_running_runtime(staged: StagedBundle) -> None:
         (["python3", "-mhttp.server"], "-m http.server runs a module that is not in the bundle"),
         (["python3"], "python3 would read its program from standard input"),
         (["python3", "-"], "python3 would read its program from standard input"),
+        (["python3", "-i", "app.py"], "the option -i of python3 is not allowed"),
         (["python3", "--check-hash-based-pycs", "never", "app.py"], "is not allowed"),
         (["node", "-e", "1"], "-e runs code that is not in the bundle"),
         (["node", "--require=/tmp/x.js", "app.py"], "is not allowed"),

@@ -419,7 +419,7 @@ def check_executables(lock: BundleLock) -> None:
 
 # Python's options: those taking an argument, and those that run code not in a file.
 _PY_WITH_ARGUMENT = frozenset("WX")
-_PY_FLAGS = frozenset("bBdEhiIOPqsSuvVxR")
+_PY_FLAGS = frozenset("bBdEhIOPqsSuvVxR")  # not -i: it reads code from stdin after
 _SHELL_FLAGS = frozenset("aeEfhkmnptuvxCHP")
 _SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh"})
 
