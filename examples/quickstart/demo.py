@@ -1,4 +1,5 @@
-"""The quick start, scripted: Coordinator up, verify, set the manifest, run a service, tamper.
+"""The quick start, scripted: Coordinator up, verify, lock and measure the bundle, set the
+manifest, run a service, tamper.
 
 Runs in a fresh temporary directory with its own keys, so it never touches ~/.config or
 ~/.local/share. Every step prints the ``geode`` command it runs.
@@ -28,8 +29,12 @@ def free_port() -> int:
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="geode-quickstart-"))
+    # The interpreter the bundle locks is the python3 found first: this one's (its virtual
+    # environment has what hello.py imports), as after `. .venv/bin/activate`.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {
         **os.environ,
+        "PATH": path,
         "GEODE_SEALING_KEY": str(work / "keys" / "sealing.key"),
         "GEODE_PLATFORM_KEY": str(work / "keys" / "platform.key"),
         "GEODE_CONFIG_DIR": str(work / "config"),
@@ -87,6 +92,7 @@ def main() -> int:
             "--measurement",
             measurement,
         )
+        step("Lock the interpreter the bundle needs", "bundle", "lock", str(bundle), "python3")
         hello = step("Measure the service bundle", "measure", str(bundle)).stdout.strip()
         manifest = work / "manifest.yaml"
         manifest.write_text(
@@ -104,9 +110,27 @@ def main() -> int:
             "--bundle",
             str(bundle),
             "--",
-            sys.executable,
-            str(bundle / "hello.py"),
+            "python3",
+            "hello.py",
         )
+        evil = work / "evil.py"  # beside the bundle, not in it
+        evil.write_text("import os\nprint(os.environ['API_TOKEN'])\n")
+        outside = step(
+            "A command outside the bundle is refused (it would get hello's secrets)",
+            "run",
+            "--service",
+            "hello",
+            "--coordinator",
+            mesh,
+            "--bundle",
+            str(bundle),
+            "--",
+            "python3",
+            str(evil),
+            check=False,
+        )
+        if outside.returncode == 0 or "is outside the bundle" not in outside.stderr:
+            raise SystemExit("the command outside the bundle was not refused")
         step(
             "Does the deployment run exactly this manifest?",
             "manifest",
@@ -126,8 +150,8 @@ def main() -> int:
             "--bundle",
             str(bundle),
             "--",
-            sys.executable,
-            str(bundle / "hello.py"),
+            "python3",
+            "hello.py",
             check=False,
         )
         if tampered.returncode == 0 or "measurement mismatch" not in tampered.stderr:

@@ -1,4 +1,5 @@
-"""``geode up``: the deployment file's errors, and a service that fails to start."""
+"""``geode up``: the deployment file's errors, the bundles it builds and the measurements it
+pins, and a service that fails to start."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 import yaml
 
 from geode.attestation import measure_bundle
-from tests.support import free_port, make_bundle
+from geode.cli._up_deployment import package_pins, prepare_manifest
+from geode.errors import GeodeError
+from tests.support import free_port
 from tests.support.bookstore import kill_tree
 
 
@@ -68,6 +71,16 @@ def test_a_missing_deployment_file_is_named(tmp_path: Path) -> None:
             "a name appears twice",
         ),
         ("- not a mapping", "(top)"),
+        (
+            {"manifest": "m.yaml",
+             "services": [{"name": "a", "bundle": "a", "command": ["x"], "lock": "python3"}]},
+            "services.0.lock",
+        ),
+        (
+            {"manifest": "m.yaml", "services": [
+                {"name": "a", "bundle": "a", "command": ["x"], "lock": ["/usr/bin/python3"]}]},
+            "services.0.lock.0",
+        ),
     ],
 )  # fmt: skip
 def test_a_bad_deployment_file_is_one_line_naming_the_field(
@@ -116,34 +129,143 @@ def test_a_coordinator_address_in_use_is_refused(tmp_path: Path) -> None:
     assert f"127.0.0.1:{port} is in use" in error
 
 
-def test_a_service_that_dies_at_start_stops_the_deployment(tmp_path: Path) -> None:
-    """Its log is shown, a skipped service is said, and nothing is left running."""
-    bundle = make_bundle(
-        tmp_path / "d" / "app",
-        {"app.py": "import sys\nprint('cannot start: no config')\nsys.exit(3)\n"},
-    )
+PLACEHOLDER = "00" * 32  # what geode up replaces with the measurement of the bundle it built
+
+
+def deployment_of(bundle: Path, **service: object) -> tuple[dict[str, object], dict[str, object]]:
+    """A deployment of one Python service ``app`` in ``bundle`` (python3 locked), on free
+    ports, and its manifest (placeholder measurement)."""
     manifest = {
         "version": 1,
         "trust_domain": "t.local",
-        "packages": {"app": {"tee": "simulated", "measurement": measure_bundle(bundle).hex()}},
+        "packages": {"app": {"tee": "simulated", "measurement": PLACEHOLDER}},
         "services": {"app": {"package": "app"}, "other": {"package": "app"}},
     }
-    client, mesh, ready = free_port(), free_port(), free_port()
     deployment = {
         "manifest": "manifest.json",
-        "coordinator": {"client_addr": f"127.0.0.1:{client}", "mesh_addr": f"127.0.0.1:{mesh}"},
+        "coordinator": {
+            "client_addr": f"127.0.0.1:{free_port()}",
+            "mesh_addr": f"127.0.0.1:{free_port()}",
+        },
         "services": [
-            {"name": "other", "bundle": "app", "command": ["python3", "app.py"],
-             "requires": "no-such-program-here", "skipped_note": "it is optional"},
-            {"name": "app", "bundle": "app", "command": ["python3", "app.py"],
-             "ready": f"127.0.0.1:{ready}"},
+            {"name": "app", "bundle": bundle.name, "lock": ["python3"],
+             "command": ["python3", "app.py"], **service},
         ],
     }  # fmt: skip
+    return deployment, manifest
+
+
+def nothing_listens(address: object) -> bool:
+    host, _, port = str(address).rpartition(":")
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) != 0
+
+
+def test_geode_up_pins_the_bundle_it_built(tmp_path: Path) -> None:
+    """The service runs from the bundle geode up built (python3 locked in it), and the
+    manifest it set pins that bundle's measurement, not the file's placeholder."""
+    bundle = tmp_path / "d" / "app"
+    bundle.mkdir(parents=True)
+    ready = free_port()
+    (bundle / "app.py").write_text(
+        "import socket, time\n"
+        f"server = socket.create_server(('127.0.0.1', {ready}))\n"
+        "time.sleep(600)\n"
+    )
+    deployment, manifest = deployment_of(bundle, ready=f"127.0.0.1:{ready}")
+    run = tmp_path / "run"
+    done = geode_up(
+        write(tmp_path / "d", deployment, manifest), "--run-dir", str(run), "--for", "1"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    built = run / "bundles" / "app"
+    lock = json.loads((built / "geode.lock").read_text())
+    python3 = lock["executables"]["python3"]
+    assert Path(python3["path"]).parent == Path(sys.executable).parent  # this environment's
+    assert python3["interpreter"] is True
+    measurement = measure_bundle(built).hex()
+    assert measurement != measure_bundle(bundle).hex()  # the lock is part of it
+    assert f"pinned app {measurement[:16]}" in done.stdout
+    set_manifest = yaml.safe_load((run / "manifest.yaml").read_text())
+    assert set_manifest["packages"]["app"]["measurement"] == measurement
+    assert "Stopped: no process left." in done.stderr
+    assert not (bundle / "geode.lock").exists()  # the deployment's own bundle is left alone
+
+
+def test_a_lock_naming_a_missing_executable_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "d" / "app"
+    bundle.mkdir(parents=True)
+    (bundle / "app.py").write_text("print('never runs')\n")
+    deployment, manifest = deployment_of(bundle, lock=["python3", "no-such-executable-here"])
+    run = tmp_path / "run"
+    done = geode_up(write(tmp_path / "d", deployment, manifest), "--run-dir", str(run))
+    error = one_line_error(done)
+    assert "app: lock: no-such-executable-here is not found" in error
+    assert "Coordinator:" not in done.stdout
+    assert not (run / "logs").exists()  # no process was started, not even the Coordinator
+    coordinator = deployment["coordinator"]
+    assert isinstance(coordinator, dict)
+    assert nothing_listens(coordinator["client_addr"])
+
+
+def test_each_package_is_pinned_to_the_bundle_of_its_services(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "trust_domain": "t.local",
+                "packages": {
+                    "app": {"tee": "simulated", "measurement": PLACEHOLDER, "debug": False},
+                    "enclave": {"tee": "sgx", "measurement": PLACEHOLDER},
+                },
+                "services": {
+                    "a": {"package": "app"},
+                    "b": {"package": "app"},
+                    "e": {"package": "enclave"},
+                },
+            }
+        )
+    )
+    assert package_pins(manifest, {"a": "11" * 32, "b": "11" * 32}) == {"app": "11" * 32}
+    pinned = yaml.safe_load(prepare_manifest(manifest, False, pins={"app": "11" * 32}))
+    assert pinned["packages"]["app"] == {
+        "tee": "simulated",
+        "measurement": "11" * 32,
+        "debug": False,
+    }
+    assert pinned["packages"]["enclave"]["measurement"] == PLACEHOLDER
+    with pytest.raises(GeodeError, match=r"packages.app: the bundles of its services measure"):
+        package_pins(manifest, {"a": "11" * 32, "b": "22" * 32})
+    with pytest.raises(GeodeError, match=r"packages.enclave.tee: 'sgx', not 'simulated'"):
+        package_pins(manifest, {"e": "11" * 32})
+    with pytest.raises(GeodeError, match=r"services.x.package: missing"):
+        package_pins(manifest, {"x": "11" * 32})
+
+
+def test_a_service_that_dies_at_start_stops_the_deployment(tmp_path: Path) -> None:
+    """Its log is shown, a skipped service is said, and nothing is left running."""
+    bundle = tmp_path / "d" / "app"
+    bundle.mkdir(parents=True)
+    (bundle / "app.py").write_text("import sys\nprint('cannot start: no config')\nsys.exit(3)\n")
+    ready = free_port()
+    deployment, manifest = deployment_of(bundle, ready=f"127.0.0.1:{ready}")
+    services = deployment["services"]
+    assert isinstance(services, list)
+    services.insert(
+        0,
+        {"name": "other", "bundle": "app", "lock": ["no-such-program-here"],
+         "command": ["python3", "app.py"], "requires": "no-such-program-here",
+         "skipped_note": "it is optional"},
+    )  # fmt: skip
     done = geode_up(write(tmp_path / "d", deployment, manifest))
     error = one_line_error(done)
-    assert "app exited (3) before it was ready" in error
+    assert "app exited (3) before it was ready" in error  # activated: its bundle was pinned
     assert "cannot start: no config" in done.stderr  # the log's tail
     assert "other: SKIPPED: no-such-program-here is not installed (it is optional)" in done.stdout
     assert "Stopped: no process left." in done.stderr
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", client)) != 0  # the Coordinator is gone
+    coordinator = deployment["coordinator"]
+    assert isinstance(coordinator, dict)
+    assert nothing_listens(coordinator["client_addr"])  # the Coordinator is gone

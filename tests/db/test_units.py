@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from geode.db import parse_key, read_key_file
+from geode.db import DatabaseConfig, parse_key, read_key_file
 from geode.db._config import RuntimeFiles, check_extra_options, render_option_file
 from geode.db._key import KEY_CHECK_FILE, KeyCheck
 from geode.db._mariadb import describe_sql_error
@@ -186,3 +186,36 @@ def test_the_key_and_option_files_are_zeroed_before_they_are_deleted(tmp_path: P
         assert b"3307" in files.option_file.read_bytes()
     finally:
         files.remove()
+
+
+def test_the_init_sql_is_the_manifests_else_the_bundles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative init SQL is the manifest's file when it gives one, else the working
+    directory's: under geode run, the measured copy of the bundle."""
+    secrets, bundle = tmp_path / "secrets", tmp_path / "bundle"
+    secrets.mkdir()
+    bundle.mkdir()
+    (secrets / "db.key").write_text("ab" * 32)
+    (bundle / "init.sql").write_text("CREATE DATABASE from_the_bundle;\n")
+    env = {
+        "GEODE_CERT_FILE": str(tmp_path / "cert.pem"),
+        "GEODE_KEY_FILE": str(tmp_path / "key.pem"),
+        "GEODE_CA_FILE": str(tmp_path / "ca.pem"),
+        "GEODE_SPIFFE_ID": "spiffe://t.local/service/db",
+        "GEODE_SECRETS_DIR": str(secrets),
+    }
+    monkeypatch.chdir(bundle)
+    for given in ("init.sql", None):
+        config = DatabaseConfig.from_activation(tmp_path / "data", environ=env, init_sql_file=given)
+        assert config.init_sql == "CREATE DATABASE from_the_bundle;\n", given
+    (secrets / "init.sql").write_text("CREATE DATABASE from_the_manifest;\n")
+    config = DatabaseConfig.from_activation(
+        tmp_path / "data", environ=env, init_sql_file="init.sql"
+    )
+    assert config.init_sql == "CREATE DATABASE from_the_manifest;\n"
+    (secrets / "init.sql").unlink()
+    (bundle / "init.sql").unlink()
+    assert DatabaseConfig.from_activation(tmp_path / "data", environ=env).init_sql is None
+    with pytest.raises(DatabaseError, match="cannot read the init SQL"):
+        DatabaseConfig.from_activation(tmp_path / "data", environ=env, init_sql_file="init.sql")

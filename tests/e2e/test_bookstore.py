@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from geode.attestation import measure_bundle
 from tests.db.support.mariadb import require_mariadb
 from tests.support import free_port
 from tests.support.bookstore import EXAMPLE, GeodeUp, Relay, deployment_copy
@@ -122,8 +124,9 @@ def test_no_book_title_sits_in_plaintext_in_the_database_files(bookstore: Bookst
 
 
 def test_a_tampered_buyer_is_refused_activation(bookstore: Bookstore) -> None:
+    """The buyer's bundle as geode up built it (its python3 locked), one line changed."""
     tampered = bookstore.tmp / "tampered-bookbuyer"
-    shutil.copytree(EXAMPLE / "bookbuyer", tampered)
+    shutil.copytree(bookstore.up.run_dir / "bundles" / "bookbuyer", tampered)
     app = tampered / "app.py"
     app.write_text(app.read_text().replace('"0.5"', '"0.05"', 1))  # one changed line
     run = bookstore.up.run_dir
@@ -135,7 +138,7 @@ def test_a_tampered_buyer_is_refused_activation(bookstore: Bookstore) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "geode", "run", "--service", "bookbuyer",
          "--coordinator", f"127.0.0.1:{14101 + OFFSET}", "--bundle", str(tampered),
-         "--root-ca", str(bookstore.up.root_file), "--", sys.executable, "app.py"],
+         "--root-ca", str(bookstore.up.root_file), "--", "python3", "app.py"],
         cwd=tampered, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode != 0
@@ -163,11 +166,26 @@ def test_a_thief_with_a_self_made_certificate_fails_the_handshake(bookstore: Boo
     # refused by policy, in HTTP, in the test above): it is this certificate they refuse.
 
 
-def test_the_pinned_measurements_are_those_of_the_bundles() -> None:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLE / "pin.py"), "--check"], capture_output=True, text=True
-    )
-    assert done.returncode == 0, (
-        f"{done.stderr}a bundle of examples/bookstore changed: re-pin its measurement with "
-        "'python examples/bookstore/pin.py'"
-    )
+def test_the_manifest_set_pins_the_bundles_geode_up_built(bookstore: Bookstore) -> None:
+    """Every service ran from a bundle geode up built, with its executables locked, and the
+    manifest it set (and wrote for the user to read) pins those bundles' measurements."""
+    run = bookstore.up.run_dir
+    pinned = yaml.safe_load((run / "manifest.yaml").read_text())["packages"]
+    for name in ("bookbuyer", "bookthief", "bookstore", "bookwarehouse", "database"):
+        built = run / "bundles" / name
+        measurement = measure_bundle(built).hex()
+        assert pinned[name]["measurement"] == measurement, name
+        assert f"pinned {name} {measurement[:16]}" in bookstore.up.output()
+        assert not pinned[name].get("debug", False), name
+        lock = json.loads((built / "geode.lock").read_text())["executables"]
+        database = {"mariadbd", "mariadb-install-db", "mariadb"}
+        assert set(lock) == (database if name == "database" else {"python3"}), name
+    assert (run / "bundles" / "database" / "init.sql").is_file()  # measured with the bundle
+
+
+def test_no_bookstore_package_is_debug() -> None:
+    """Simulated evidence from geode run is not a debug enclave's: no package needs it."""
+    manifest = yaml.safe_load((EXAMPLE / "manifest.yaml").read_text())
+    assert manifest["packages"], "no packages?"
+    for name, package in manifest["packages"].items():
+        assert package.get("debug", False) is False, name

@@ -23,5 +23,8 @@ def test_quickstart_demo() -> None:
     out = result.stdout
     assert "deployment statement verified" in out
     assert "hello: I am spiffe://quickstart.geode.local/service/hello" in out
+    assert "$ geode bundle lock" in out
+    assert "evil.py is outside the bundle" in out  # refused before it activates
+    assert "hello: I am" not in out.split("A command outside the bundle is refused")[1]
     assert "activation denied: measurement mismatch" in out
     assert "quickstart: all steps behaved as expected" in out

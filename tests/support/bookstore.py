@@ -47,9 +47,9 @@ def _shift(text: str, offset: int) -> str:
 
 
 def deployment_copy(directory: Path, edit: Any = None, *, port_offset: int = 0) -> Path:
-    """The example's deployment in ``directory``: bundles pointing at the example (so the
-    measurements hold), every port moved by ``port_offset`` (tests run beside a demo), and
-    the manifest passed through ``edit(document)``."""
+    """The example's deployment in ``directory``: bundles pointing at the example (``geode up``
+    builds them and pins their measurements), every port moved by ``port_offset`` (tests run
+    beside a demo), and the manifest passed through ``edit(document)``."""
     directory.mkdir(parents=True, exist_ok=True)
     deployment = yaml.safe_load(_shift((EXAMPLE / "geode-up.yaml").read_text(), port_offset))
     for service in deployment["services"]:

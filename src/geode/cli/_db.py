@@ -73,7 +73,8 @@ def serve(
 ) -> None:
     """Run MariaDB encrypted under the activation's key, TLS only (under 'geode run').
 
-    Relative --key-file and --init-sql paths are in $GEODE_SECRETS_DIR: the manifest's files."""
+    Relative --key-file and --init-sql paths are in $GEODE_SECRETS_DIR: the manifest's files;
+    an init SQL the manifest does not give is the working directory's (the bundle's)."""
     from geode.db import DatabaseConfig
     from geode.db import serve as serve_database
 

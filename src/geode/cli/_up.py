@@ -1,11 +1,14 @@
 """``geode up DIR``: a whole deployment on this machine, in simulation, with a live view.
 
 ``DIR/geode-up.yaml`` names the manifest, the Coordinator's addresses and the services in start
-order (bundle, command, the port that says it is ready, its page). ``geode up`` starts the
-Coordinator, verifies its deployment statement, sets the manifest, launches each service under
-``geode run``, and shows the services and their counters until Ctrl-C (or ``--for``), then stops
-everything: services in reverse order, then the Coordinator. All state and logs are in the run
-directory (``DIR/.geode-run`` by default, emptied at start).
+order (bundle, the system executables to lock in it, command, the port that says it is ready, its
+page). ``geode up`` builds each service's bundle (copied to the run directory, its executables
+locked, measured: ``_up_bundles``), starts the Coordinator, verifies its deployment statement,
+sets the manifest with the built bundles' measurements pinned (written to ``manifest.yaml`` in the
+run directory), launches each service under ``geode run`` with its built bundle, and shows the
+services and their counters until Ctrl-C (or ``--for``), then stops everything: services in
+reverse order, then the Coordinator. All state and logs are in the run directory
+(``DIR/.geode-run`` by default, emptied at start).
 
 With ``operator: true`` in the deployment file, ``geode up`` makes a user ``operator`` for the
 run (``operator.crt``/``operator.key`` in the run directory) whom the manifest lets update it
@@ -23,7 +26,14 @@ from typing import Any, Literal
 
 import click
 
-from geode.cli._up_deployment import accepts, fresh_run_dir, load_deployment, prepare_manifest
+from geode.cli._up_bundles import build_bundles, service_path
+from geode.cli._up_deployment import (
+    accepts,
+    fresh_run_dir,
+    load_deployment,
+    package_pins,
+    prepare_manifest,
+)
 from geode.cli._up_runner import STOP_SIGNALS, Runner, Stop, stop_signals
 from geode.errors import GeodeError
 
@@ -68,13 +78,34 @@ def up(
     directory = directory.resolve()
     deployment = load_deployment(directory)
     run_dir = (run_dir or directory / ".geode-run").resolve()
-    prepare_manifest(directory / deployment.manifest, permissive)  # readable, before anything
+    manifest_file = directory / deployment.manifest
+    prepare_manifest(manifest_file, permissive)  # readable, before anything
     spec = deployment.coordinator
     for address in (spec.client_addr, spec.mesh_addr):  # before anything is emptied
         if accepts(address):
             raise GeodeError(f"{address} is in use: is another deployment up?")
     lock = fresh_run_dir(run_dir)
-    runner = Runner(directory, deployment, run_dir)
+    try:
+        path = service_path()
+        built = build_bundles(directory, deployment, run_dir, path)  # before anything starts
+        pins = package_pins(manifest_file, {b.service: b.measurement for b in built})
+        click.echo(f"Bundles built in {run_dir / 'bundles'}:")
+        for package, measurement in pins.items():
+            click.echo(f"  pinned {package} {measurement[:16]}")
+        _run(Runner(directory, deployment, run_dir, path), pins, permissive, seconds, view)
+    finally:
+        lock.close()
+
+
+def _run(
+    runner: Runner,
+    pins: dict[str, str],
+    permissive: bool,
+    seconds: float | None,
+    view: Literal["auto", "live", "plain"],
+) -> None:
+    deployment, run_dir, spec = runner.deployment, runner.run_dir, runner.deployment.coordinator
+    manifest_file = runner.directory / deployment.manifest
     previous = {s: signal.signal(s, stop_signals.handler) for s in STOP_SIGNALS}
     click.secho(
         "geode up: SIMULATION mode — no hardware isolation; for development and demos only",
@@ -85,11 +116,14 @@ def up(
         click.echo(f"Coordinator: client API {spec.client_addr}, mesh API {spec.mesh_addr}")
         runner.start_coordinator()
         operator = runner.make_operator()[0] if deployment.operator else None
-        manifest = prepare_manifest(directory / deployment.manifest, permissive, operator)
-        (run_dir / "manifest.json").write_bytes(manifest)  # exactly what was set
+        manifest = prepare_manifest(manifest_file, permissive, operator, pins)
+        (run_dir / "manifest.yaml").write_bytes(manifest)  # exactly what was set
         runner.verify_and_set(manifest)
         policy = " (PERMISSIVE policy)" if permissive else ""
-        click.echo(f"Deployment statement verified; manifest set{policy}.")
+        click.echo(
+            f"Deployment statement verified; manifest set{policy} "
+            f"(as set: {run_dir / 'manifest.yaml'})."
+        )
         click.echo(
             f"Root certificate to trust: {runner.root_file} (sha256:{runner.root_fingerprint})"
         )
@@ -109,7 +143,6 @@ def up(
         pass
     finally:
         _shut_down(runner, previous)
-        lock.close()
 
 
 def _shut_down(runner: Runner, previous: dict[signal.Signals, Any]) -> None:

@@ -1,18 +1,18 @@
 """The deployment file of ``geode up`` (``DIR/geode-up.yaml``), its run directory, and the
-manifest it sets."""
+manifest it sets: the file's, with the measurements of the bundles ``geode up`` built pinned in
+their packages (``_up_bundles``), and the permissive policy or the operator when asked for."""
 
 from __future__ import annotations
 
 import fcntl
-import json
-import os
 import shutil
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from geode.errors import GeodeError
 
@@ -26,12 +26,14 @@ __all__ = [
     "fresh_run_dir",
     "load_deployment",
     "log_tail",
+    "package_pins",
     "prepare_manifest",
     "split_address",
 ]
 
 DEPLOYMENT_FILE = "geode-up.yaml"
-_SYSTEM_BIN = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
+# An executable's name as a lock names it, looked up on PATH: no directory in it.
+_ExecutableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+][A-Za-z0-9._+-]*$")]
 
 
 class _Strict(BaseModel):
@@ -48,6 +50,7 @@ class ServiceSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     bundle: str
     command: list[str] = Field(min_length=1)
+    lock: list[_ExecutableName] = []  # the system executables to pin in the built bundle
     ready: str | None = None  # HOST:PORT that accepts connections once the service is up
     page: str | None = None  # its page; ``page`` + "raw" gives its counters as JSON
     requires: str | None = None  # a program that must be installed, else the service is skipped
@@ -83,15 +86,9 @@ def load_deployment(directory: Path) -> Deployment:
     return deployment
 
 
-def find_program(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in _SYSTEM_BIN:
-        candidate = Path(directory) / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+def find_program(name: str, path: str) -> str | None:
+    """``name`` on ``path`` (the services' PATH, which has the system directories)."""
+    return shutil.which(name, path=path)
 
 
 def split_address(value: str) -> tuple[str, int]:
@@ -138,37 +135,88 @@ def fresh_run_dir(run_dir: Path) -> IO[bytes]:
     return lock
 
 
-def prepare_manifest(path: Path, permissive: bool, operator: str | None = None) -> bytes:
-    """The manifest to set: the file as it is, or with a permissive policy, or with the
-    operator (a user whose certificate is ``operator``, PEM) allowed to update it alone."""
+def _manifest_document(path: Path) -> dict[str, object]:
     try:
-        raw = path.read_bytes()
+        document = yaml.safe_load(path.read_bytes())
     except OSError as exc:
         raise GeodeError(f"{path}: {exc.strerror}") from None
-    if not permissive and operator is None:
-        return raw
-    try:
-        document = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise GeodeError(f"{path}: not YAML ({exc})") from None
     if not isinstance(document, dict):
         raise GeodeError(f"{path}: not a manifest")
+    for section in ("packages", "services", "policies", "users", "roles"):
+        if not isinstance(document.get(section) or {}, dict):
+            raise GeodeError(f"{path}: {section}: not a mapping")
+    return document
+
+
+def _section(document: dict[str, object], name: str) -> dict[str, object]:
+    value = document.get(name) or {}
+    assert isinstance(value, dict)  # checked by _manifest_document
+    return value
+
+
+def package_pins(path: Path, measurements: Mapping[str, str]) -> dict[str, str]:
+    """The measurement (hex) to pin in each package, from ``measurements`` of the bundles
+    built for the services (by service name): a service's package is the manifest's. Services
+    of one package must have built the same bundle, and the package must be simulated."""
+    document = _manifest_document(path)
+    services, packages = _section(document, "services"), _section(document, "packages")
+    pins: dict[str, str] = {}
+    for service, measurement in measurements.items():
+        entry = services.get(service)
+        package = entry.get("package") if isinstance(entry, dict) else None
+        if not isinstance(package, str):
+            raise GeodeError(f"{path}: services.{service}.package: missing (geode up runs it)")
+        package_entry = packages.get(package)
+        tee = package_entry.get("tee") if isinstance(package_entry, dict) else None
+        if tee != "simulated":
+            raise GeodeError(
+                f"{path}: packages.{package}.tee: {tee!r}, not 'simulated': geode up runs "
+                "services in simulation and pins their measurement"
+            )
+        if pins.setdefault(package, measurement) != measurement:
+            raise GeodeError(
+                f"{path}: packages.{package}: the bundles of its services measure differently"
+            )
+    return pins
+
+
+def prepare_manifest(
+    path: Path,
+    permissive: bool,
+    operator: str | None = None,
+    pins: Mapping[str, str] | None = None,
+) -> bytes:
+    """The manifest to set: the file with ``pins`` (package -> measurement, from
+    ``package_pins``) as its packages' measurements, with a permissive policy if asked, and
+    with the operator (a user whose certificate is ``operator``, PEM) allowed to update it
+    alone. The file as it is, comments and all, when nothing changes it."""
+    document = _manifest_document(path)
+    if not permissive and operator is None and not pins:
+        return path.read_bytes()
+    packages = _section(document, "packages")
+    for package, measurement in (pins or {}).items():
+        entry = packages.get(package)
+        if not isinstance(entry, dict):
+            raise GeodeError(f"{path}: packages.{package}: not a mapping")
+        entry["measurement"] = measurement
     if permissive:
-        policies = document.get("policies") or {}
-        if not isinstance(policies, dict):
-            raise GeodeError(f"{path}: policies: not a mapping")
-        document["policies"] = {**policies, "mode": "permissive"}
+        document["policies"] = {**_section(document, "policies"), "mode": "permissive"}
     if operator is not None:
-        for section in ("users", "roles"):
-            if not isinstance(document.get(section) or {}, dict):
-                raise GeodeError(f"{path}: {section}: not a mapping")
         document["users"] = {
-            **(document.get("users") or {}),
+            **_section(document, "users"),
             "operator": {"certificate": operator, "roles": ["geode-up-operator"]},
         }
         document["roles"] = {
-            **(document.get("roles") or {}),
+            **_section(document, "roles"),
             "geode-up-operator": {"resource": "manifest", "actions": ["update"]},
         }
         document["updates"] = {"threshold": 1}
-    return json.dumps(document).encode()
+    changes = [
+        *(["the measurements of the bundles it built (bundles/) pinned"] if pins else []),
+        *(["a permissive policy"] if permissive else []),
+        *(["its operator"] if operator is not None else []),
+    ]
+    header = f"# The manifest geode up set: {path.name} with {' and '.join(changes)}.\n"
+    return (header + yaml.safe_dump(document, sort_keys=False, width=100)).encode()

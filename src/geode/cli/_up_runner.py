@@ -1,5 +1,6 @@
-"""The processes of one ``geode up``: the Coordinator and each service under ``geode run``,
-started, watched, restarted after a manifest update, and stopped; stop signals."""
+"""The processes of one ``geode up``: the Coordinator and each service under ``geode run`` with
+the bundle ``geode up`` built for it, started, watched, restarted after a manifest update, and
+stopped; stop signals."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from cryptography import x509
 from geode._files import create_private_file
 from geode._process import parent_death_signal
 from geode.attestation import SimulatedPlatform
-from geode.cli._up_deployment import Deployment, accepts, find_program, log_tail
+from geode.cli._up_bundles import bundle_dir, skipped
+from geode.cli._up_deployment import Deployment, accepts, log_tail
 from geode.client import CoordinatorClient
 from geode.coordinator import coordinator_measurement
 from geode.errors import GeodeError
@@ -133,7 +135,7 @@ def die_with_parent() -> Callable[[], None] | None:
 class Runner:
     """One ``geode up``: the processes it started and how to show and stop them."""
 
-    def __init__(self, directory: Path, deployment: Deployment, run_dir: Path) -> None:
+    def __init__(self, directory: Path, deployment: Deployment, run_dir: Path, path: str) -> None:
         self.directory = directory
         self.deployment = deployment
         self.run_dir = run_dir
@@ -143,6 +145,7 @@ class Runner:
         self.services = [_Process(s.name, self.logs / f"{s.name}.log") for s in deployment.services]
         self.env = {
             **os.environ,
+            "PATH": path,  # the PATH the bundles' executables were locked from
             "GEODE_SEALING_KEY": str(run_dir / "keys" / "sealing.key"),
             "GEODE_PLATFORM_KEY": str(run_dir / "keys" / "platform.key"),
             "GEODE_CONFIG_DIR": str(run_dir / "config"),
@@ -259,7 +262,7 @@ class Runner:
     def start_services(self) -> None:
         mesh = self.deployment.coordinator.mesh_addr
         for spec, entry in zip(self.deployment.services, self.services, strict=True):
-            if spec.requires and find_program(spec.requires) is None:
+            if skipped(spec, self.env["PATH"]):
                 entry.skipped = f"{spec.requires} is not installed"
                 note = f" ({spec.skipped_note})" if spec.skipped_note else ""
                 click.echo(f"  {spec.name}: SKIPPED: {entry.skipped}{note}")
@@ -267,7 +270,7 @@ class Runner:
                 continue
             if spec.ready and accepts(spec.ready):
                 raise GeodeError(f"{spec.name}: {spec.ready} is in use before it started")
-            bundle = (self.directory / spec.bundle).resolve()
+            bundle = bundle_dir(self.run_dir, spec.name)
             argv = [
                 sys.executable, "-m", "geode", "run", "--service", spec.name,
                 "--coordinator", mesh, "--bundle", str(bundle), "--root-ca", str(self.root_file),
@@ -279,9 +282,9 @@ class Runner:
                 self._wait_ready(entry, spec.ready, 120)
 
     def _command(self, command: list[str]) -> list[str]:
-        words = {"python": [sys.executable], "geode": [sys.executable, "-m", "geode"]}
-        first = words.get(command[0], [command[0]])
-        return [*first, *(arg.replace("{run}", str(self.run_dir)) for arg in command[1:])]
+        """The command as written (``geode run`` resolves its program in the bundle or its
+        lock, and ``geode`` as itself), with ``{run}`` the run directory."""
+        return [command[0], *(arg.replace("{run}", str(self.run_dir)) for arg in command[1:])]
 
     # --- watch ------------------------------------------------------------------------------
 

@@ -109,7 +109,9 @@ class DatabaseConfig:
         CAs (``GEODE_CERT_FILE``, ``GEODE_KEY_FILE``, ``GEODE_CA_FILE`` and
         ``GEODE_ROOT_CA_FILE``), the master key from ``key_file`` (default ``db.key``) or the
         hex in variable ``key_env``, and the init SQL in ``init_sql_file`` (default
-        ``init.sql``, if present). Relative paths are in ``GEODE_SECRETS_DIR``."""
+        ``init.sql``, if present). Relative paths are in ``GEODE_SECRETS_DIR`` (the manifest's
+        files); a relative init SQL the manifest does not give is the working directory's: the
+        bundle's, under ``geode run``, which runs the command in its measured copy."""
         env = os.environ if environ is None else environ
         credentials = Credentials.from_env(env)
         secrets_dir = env.get("GEODE_SECRETS_DIR")
@@ -124,7 +126,10 @@ class DatabaseConfig:
             key = parse_key(env[key_env].encode(), f"${key_env}")
         else:
             key = read_key_file(resolve(key_file or "db.key"))
-        init_path = resolve(init_sql_file or "init.sql")
+        init_name = Path(init_sql_file or "init.sql")
+        init_path = resolve(str(init_name))
+        if not init_path.exists() and not init_name.is_absolute() and init_name.is_file():
+            init_path = init_name.absolute()  # the bundle's, in the working directory
         init_sql = None
         if init_sql_file is not None or init_path.is_file():
             try:
