@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from geode.runtime import LOCK_FILE, write_lock
+
 __all__ = ["bundle"]
 
 
@@ -23,9 +25,21 @@ def bundle() -> None:
 @bundle.command("lock")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("names", nargs=-1, required=True)
-def lock(directory: Path, names: tuple[str, ...]) -> None:
+@click.option(
+    "--interpreter",
+    "interpreters",
+    multiple=True,
+    help="A name whose first operand is a script that must be in the bundle (repeatable; "
+    "replaces the guess: python*, sh, bash, node, perl, ruby).",
+)
+def lock(directory: Path, names: tuple[str, ...], interpreters: tuple[str, ...]) -> None:
     """Pin the system executables NAMES (found on $PATH) in DIRECTORY/geode.lock."""
-    raise NotImplementedError
+    pinned = write_lock(directory, names, interpreters=interpreters)
+    for name in dict.fromkeys([*names, *interpreters]):
+        entry = pinned.executables[name]
+        kind = " (interpreter)" if entry.interpreter else ""
+        click.echo(f"{name}: {entry.path} sha256 {entry.sha256[:16]}...{kind}")
+    click.echo(f"geode: wrote {directory / LOCK_FILE}", err=True)
 
 
 @bundle.command("gramine-manifest")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -12,15 +13,19 @@ import click
 from geode.attestation import PROVIDER_NAMES
 from geode.cli._common import DEFAULT_MESH_ADDR, insecure_option, resolve_root, warn
 from geode.errors import LaunchError
-from geode.runtime import Credentials, activate
+from geode.runtime import BUNDLE_DIR_ENV, BUNDLE_LOCK_ENV, Credentials, activate
 from geode.runtime.launcher import (
     CertificateRenewer,
     Companion,
     ProxyRunner,
+    check_executables,
     choose_evidence_source,
     lay_out,
     remove_plan,
+    remove_staged,
+    resolve_command,
     run_command,
+    stage_bundle,
 )
 
 __all__ = ["run"]
@@ -45,7 +50,8 @@ __all__ = ["run"]
     "--bundle",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     required=True,
-    help="The service's code bundle (measured in simulation).",
+    help="The service's code bundle: copied, measured (in simulation), and the command runs "
+    "from the copy.",
 )
 @click.option(
     "--root-ca",
@@ -112,16 +118,45 @@ def run(
             raise LaunchError(
                 "no trusted root: run 'geode verify' first, or pass --root-ca (or --insecure)"
             )
-    source = choose_evidence_source(
-        quote_provider, bundle=bundle, platform_key=platform_key, simulate_debug=simulate_debug
+    # What runs is a private copy of the bundle, measured after copying; the command must
+    # resolve inside it, and the system executables it locks must still hash as locked.
+    staged = stage_bundle(bundle, runtime_dir, service=service)
+    try:
+        source = choose_evidence_source(
+            quote_provider,
+            measurement=staged.measurement,
+            platform_key=platform_key,
+            simulate_debug=simulate_debug,
+        )
+        if not source.simulated:
+            # HARDWARE BINDING: the staged bundle's binding to what the hardware reports
+            # (SEV-SNP HOST_DATA, TDX MRCONFIGID) is checked here, before anything is activated
+            # (geode.attestation.check_bundle_binding).
+            pass
+        try:
+            check_executables(staged.lock)
+            argv = resolve_command(staged, command)
+        except LaunchError as exc:
+            raise LaunchError(f"geode run: {exc}") from None
+        if source.simulated:
+            warn("SIMULATION: evidence is signed by a simulated platform key")
+        else:
+            click.echo(f"geode: evidence from {source.name}", err=True)
+        provider = source.provider
+        activation = activate(address, service, provider, root=root, insecure=insecure)
+        plan = lay_out(activation, service, argv, base_dir=runtime_dir)
+    except BaseException:
+        remove_staged(staged)
+        raise
+    plan = replace(
+        plan,
+        cwd=staged.directory,
+        env={
+            **plan.env,
+            BUNDLE_LOCK_ENV: str(staged.lock_file),
+            BUNDLE_DIR_ENV: str(staged.directory),
+        },
     )
-    if source.simulated:
-        warn("SIMULATION: evidence is signed by a simulated platform key")
-    else:
-        click.echo(f"geode: evidence from {source.name}", err=True)
-    provider = source.provider
-    activation = activate(address, service, provider, root=root, insecure=insecure)
-    plan = lay_out(activation, service, command, base_dir=runtime_dir)
     click.echo(
         f"geode: activated {service} as {activation.spiffe_id} (instance {activation.instance_id})",
         err=True,
@@ -147,5 +182,10 @@ def run(
         )
     except BaseException:
         remove_plan(plan)
+        remove_staged(staged)
         raise
-    raise SystemExit(run_command(plan, companions=companions))
+    try:
+        code = run_command(plan, companions=companions)
+    finally:
+        remove_staged(staged)
+    raise SystemExit(code)

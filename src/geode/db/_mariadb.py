@@ -1,6 +1,10 @@
 """MariaDB's programs as Geode drives them: ``mariadb-install-db`` to create a data directory,
 ``mariadbd`` as a supervised child whose log is passed through, and the ``mariadb`` client over
-the local socket for administration. Their failures become one-line ``DatabaseError``s."""
+the local socket for administration. Their failures become one-line ``DatabaseError``s.
+
+Under ``geode run`` (``$GEODE_BUNDLE_LOCK`` set) the server started is the ``mariadbd`` the
+bundle's lock names, hashed again before it starts; a lock that does not name it refuses the
+start. Outside ``geode run`` the programs are found on ``PATH`` and the system directories."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from geode._process import parent_death_signal
 from geode.errors import DatabaseError
+from geode.runtime import BUNDLE_LOCK_ENV, locked_executable, read_lock
 
 __all__ = ["MariaDB", "ServerProcess", "describe_sql_error"]
 
@@ -49,6 +54,13 @@ def _find(names: tuple[str, ...], bin_dir: Path | None) -> Path:
     )
 
 
+def _locked_or_found(name: str, bin_dir: Path | None, environ: Mapping[str, str]) -> Path:
+    """The program the bundle's lock names (checked), else the one found as outside geode run."""
+    lock = read_lock(Path(environ[BUNDLE_LOCK_ENV]).parent)
+    entry = lock.executables.get(name)
+    return entry.check() if entry is not None else _find((name,), bin_dir)
+
+
 def describe_sql_error(stderr: str) -> str:
     """The client's error line, without the text it quotes from the SQL (it may hold secrets)."""
     lines = [line for line in stderr.strip().splitlines() if line.startswith("ERROR")]
@@ -73,7 +85,21 @@ class MariaDB:
     client: Path
 
     @classmethod
-    def locate(cls, bin_dir: Path | None = None) -> MariaDB:
+    def locate(
+        cls, bin_dir: Path | None = None, environ: Mapping[str, str] = os.environ
+    ) -> MariaDB:
+        """Under ``geode run`` (``$GEODE_BUNDLE_LOCK`` set), the server is the ``mariadbd`` the
+        bundle's lock names, its hash checked again (``LaunchError`` when the lock does not name
+        it or it changed); the other programs are the locked ones where the lock names them."""
+        if environ.get(BUNDLE_LOCK_ENV):
+            server = locked_executable("mariadbd", environ)
+            if server is None:  # pragma: no cover - the variable is set
+                raise DatabaseError(f"${BUNDLE_LOCK_ENV} is empty")
+            return cls(
+                server=server,
+                install_db=_locked_or_found("mariadb-install-db", bin_dir, environ),
+                client=_locked_or_found("mariadb", bin_dir, environ),
+            )
         return cls(
             server=_find(("mariadbd", "mysqld"), bin_dir),
             install_db=_find(("mariadb-install-db", "mysql_install_db"), bin_dir),

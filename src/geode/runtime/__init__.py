@@ -32,6 +32,7 @@ from geode.runtime._asgi_tls import (
     tls_extension,
 )
 from geode.runtime._bundle import (
+    BUNDLE_DIR_ENV,
     BUNDLE_LOCK_ENV,
     LOCK_FILE,
     BundleLock,
@@ -43,6 +44,7 @@ from geode.runtime._bundle import (
 from geode.runtime._credentials import Credentials
 
 __all__ = [
+    "BUNDLE_DIR_ENV",
     "BUNDLE_LOCK_ENV",
     "LOCK_FILE",
     "Activation",

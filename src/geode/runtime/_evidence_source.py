@@ -11,12 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from geode.attestation import (
-    QuoteProvider,
-    SimulatedPlatform,
-    measure_bundle,
-    select_quote_provider,
-)
+from geode.attestation import QuoteProvider, SimulatedPlatform, select_quote_provider
 from geode.runtime._activation import EvidenceProvider, simulated_evidence_provider
 
 __all__ = ["EvidenceSource", "choose_evidence_source"]
@@ -34,18 +29,19 @@ class EvidenceSource:
 def choose_evidence_source(
     quote_provider: str | None,
     *,
-    bundle: Path,
+    measurement: bytes,
     platform_key: Path | None = None,
     simulate_debug: bool = False,
     select: Callable[[str | None], QuoteProvider | None] = select_quote_provider,
 ) -> EvidenceSource:
     """The provider ``quote_provider`` names (``auto``/``None``: ``$GEODE_QUOTE_PROVIDER``, else
-    the first TEE interface present); without one, simulation: quotes of the measured
-    ``bundle`` signed by the simulated platform key at ``platform_key`` (made if absent).
+    the first TEE interface present); without one, simulation: quotes of ``measurement`` (that of
+    the staged copy of the bundle, which is what runs: ``stage_bundle``) signed by the simulated
+    platform key at ``platform_key`` (made if absent).
     ``select`` finds the hardware provider (tests give a fake device tree)."""
     hardware = select(quote_provider)
     if hardware is not None:
         return EvidenceSource(hardware, hardware.name, simulated=False)
     platform = SimulatedPlatform.load_or_create(platform_key)
-    provider = simulated_evidence_provider(platform, measure_bundle(bundle), debug=simulate_debug)
+    provider = simulated_evidence_provider(platform, measurement, debug=simulate_debug)
     return EvidenceSource(provider, "simulated", simulated=True)

@@ -58,6 +58,7 @@ class LaunchPlan:
     argv: list[str]
     env: dict[str, str]
     record: LauncherRecord | None = None
+    cwd: Path | None = None  # where the command runs (``geode run``: the staged bundle)
 
 
 def default_runtime_dir() -> Path:
@@ -265,7 +266,11 @@ def run_command(
                 # The pre-exec hook only calls a libc function resolved beforehand, and glibc
                 # resets its allocator locks in the child, so companions' threads cannot block it.
                 process = subprocess.Popen(
-                    plan.argv, env=plan.env, process_group=0, preexec_fn=_child_setup(open_files)
+                    plan.argv,
+                    env=plan.env,
+                    cwd=plan.cwd,
+                    process_group=0,
+                    preexec_fn=_child_setup(open_files),
                 )
             except OSError as exc:
                 raise LaunchError(f"cannot start {plan.argv[0]!r}: {exc.strerror}") from None
