@@ -12,7 +12,11 @@ from geode.runtime._bundle import (
     resolve_command,
     stage_bundle,
 )
-from geode.runtime._evidence_source import EvidenceSource, choose_evidence_source
+from geode.runtime._evidence_source import (
+    EvidenceSource,
+    check_hardware_binding,
+    choose_evidence_source,
+)
 from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
 from geode.runtime._leftovers import LauncherRecord, clean_leftovers
 from geode.runtime._renewal import CertificateRenewer, renewal_time
@@ -27,6 +31,7 @@ __all__ = [
     "ProxyRunner",
     "StagedBundle",
     "check_executables",
+    "check_hardware_binding",
     "choose_evidence_source",
     "clean_leftovers",
     "lay_out",
