@@ -84,7 +84,10 @@ def python_layout(python: Path) -> PythonLayout:
         raise LaunchError(f"cannot run the interpreter {python}: {exc}") from None
     if done.returncode != 0:
         raise LaunchError(f"the interpreter {python} failed (exit {done.returncode})")
-    found = json.loads(done.stdout)
+    try:
+        found = json.loads(done.stdout)
+    except ValueError:
+        raise LaunchError(f"the interpreter {python} did not say where its library is") from None
     if found["geode"] is None:
         raise LaunchError(f"the interpreter {python} cannot import geode: install it there")
     geode_root = Path(found["geode"]).resolve().parent.parent
