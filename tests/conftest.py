@@ -10,7 +10,7 @@ import pytest
 
 from geode.attestation import measure_bundle
 from geode.testing import EtcdCluster
-from tests.support import CoordinatorProcess, sample_manifest
+from tests.support import CoordinatorProcess, make_bundle, sample_manifest
 from tests.support.etcd import EtcdServer, etcd_binary
 from tests.support.hardware import FakeSgx, FakeSnp, FakeTdx
 
@@ -80,11 +80,10 @@ def coordinator(start_coordinator: StartCoordinator) -> CoordinatorProcess:
 
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
-    """A small service bundle."""
-    path = tmp_path / "bundle"
-    path.mkdir()
-    (path / "app.py").write_text("print('hello from a confidential service')\n")
-    return path
+    """A small service bundle, with the tests' Python locked (``python3 app.py`` runs it)."""
+    return make_bundle(
+        tmp_path / "bundle", {"app.py": "print('hello from a confidential service')\n"}
+    )
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from geode.attestation import measure_bundle
-from tests.support import free_port
+from tests.support import free_port, make_bundle
 from tests.support.bookstore import kill_tree
 
 
@@ -118,9 +118,10 @@ def test_a_coordinator_address_in_use_is_refused(tmp_path: Path) -> None:
 
 def test_a_service_that_dies_at_start_stops_the_deployment(tmp_path: Path) -> None:
     """Its log is shown, a skipped service is said, and nothing is left running."""
-    bundle = tmp_path / "d" / "app"
-    bundle.mkdir(parents=True)
-    (bundle / "app.py").write_text("import sys\nprint('cannot start: no config')\nsys.exit(3)\n")
+    bundle = make_bundle(
+        tmp_path / "d" / "app",
+        {"app.py": "import sys\nprint('cannot start: no config')\nsys.exit(3)\n"},
+    )
     manifest = {
         "version": 1,
         "trust_domain": "t.local",
@@ -132,9 +133,9 @@ def test_a_service_that_dies_at_start_stops_the_deployment(tmp_path: Path) -> No
         "manifest": "manifest.json",
         "coordinator": {"client_addr": f"127.0.0.1:{client}", "mesh_addr": f"127.0.0.1:{mesh}"},
         "services": [
-            {"name": "other", "bundle": "app", "command": ["python", "app.py"],
+            {"name": "other", "bundle": "app", "command": ["python3", "app.py"],
              "requires": "no-such-program-here", "skipped_note": "it is optional"},
-            {"name": "app", "bundle": "app", "command": ["python", "app.py"],
+            {"name": "app", "bundle": "app", "command": ["python3", "app.py"],
              "ready": f"127.0.0.1:{ready}"},
         ],
     }  # fmt: skip

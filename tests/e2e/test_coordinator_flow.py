@@ -25,6 +25,7 @@ out = {
     "env": {k: v for k, v in os.environ.items()
             if k.startswith("GEODE_") or k in ("API_TOKEN", "GREETING")},
     "argv": sys.argv[1:],
+    "cwd": os.getcwd(),
     "cert": open(os.environ["GEODE_CERT_FILE"]).read(),
     "ca": open(os.environ["GEODE_CA_FILE"]).read(),
     "root": open(os.environ["GEODE_ROOT_CA_FILE"]).read(),
@@ -70,6 +71,7 @@ def test_happy_path(
     bundle: Path,
     tmp_path: Path,
 ) -> None:
+    (bundle / "report.py").write_text(REPORT)
     manifest = tmp_path / "manifest.json"
     manifest.write_text(manifest_for())
     _verified_setup(coordinator, manifest, geode_env)
@@ -85,9 +87,8 @@ def test_happy_path(
         "--bundle",
         str(bundle),
         "--",
-        "python",
-        "-c",
-        REPORT,
+        "python3",
+        "report.py",
         env=env,
     )
     assert result.returncode == 7, result.stderr  # the app's exit status comes back out
@@ -97,6 +98,11 @@ def test_happy_path(
     spiffe = "spiffe://test.geode.local/service/web"
     assert got["env"]["GEODE_SPIFFE_ID"] == spiffe
     assert got["env"]["GREETING"] == "hello"
+    # It ran from a private copy of the bundle, which is gone once the launcher exited.
+    copy = Path(got["env"]["GEODE_BUNDLE_DIR"])
+    assert got["env"]["GEODE_BUNDLE_LOCK"] == str(copy / "geode.lock")
+    assert got["cwd"] == str(copy) != str(bundle)
+    assert not copy.exists()
     token = got["env"]["API_TOKEN"]
     assert len(bytes.fromhex(token)) == 16
     assert got["argv"] == [f"--token={token}"]

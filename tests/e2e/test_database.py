@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from geode.client import CoordinatorClient
 from geode.pki import certificate_pem
 from tests.conftest import StartCoordinator
 from tests.db.support.mariadb import files_containing, require_mariadb
-from tests.support import REPO, free_port, geode_run_argv, wait_for_port
+from tests.support import REPO, free_port, geode_run_argv, make_bundle, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -49,11 +48,19 @@ def _client(secret: str, user: str, port: int) -> dict[str, object]:
     }
 
 
-def manifest(port: int) -> bytes:
+def db_bundle(path: Path) -> Path:
+    """The services' bundle: the client app, with the tests' Python and MariaDB's server
+    locked (``geode db serve`` under ``geode run`` starts the locked ``mariadbd``)."""
+    return make_bundle(
+        path, {"client.py": (APPS / "client.py").read_text()}, lock=("python3", "mariadbd")
+    )
+
+
+def manifest(port: int, bundle: Path) -> bytes:
     document = {
         "version": 1,
         "trust_domain": DOMAIN,
-        "packages": {"app": {"tee": "simulated", "measurement": measure_bundle(APPS).hex()}},
+        "packages": {"app": {"tee": "simulated", "measurement": measure_bundle(bundle).hex()}},
         "services": {
             "db": {
                 "package": "app",
@@ -82,16 +89,17 @@ def test_geode_db_serve_under_geode_run(
     root_file = tmp_path / "root.pem"
     root_file.write_text(certificate_pem(root))
     port = free_port()
+    bundle = db_bundle(tmp_path / "bundle")
     with CoordinatorClient(coordinator.client_addr, root=root) as client:
-        client.set_manifest(manifest(port))
+        client.set_manifest(manifest(port, bundle))
 
     datadir = tmp_path / "db-data"  # (tmp_path / "data" is the Coordinator's)
     log = tmp_path / "db.log"
     with log.open("wb") as out:
         db = subprocess.Popen(
             geode_run_argv(
-                coordinator.mesh_addr, "db", APPS, root_file,
-                sys.executable, "-m", "geode", "db", "serve",
+                coordinator.mesh_addr, "db", bundle, root_file,
+                "geode", "db", "serve",
                 "--datadir", str(datadir), "--listen", f"127.0.0.1:{port}",
                 "--option", "innodb_buffer_pool_size=32M",
             ),
@@ -102,8 +110,8 @@ def test_geode_db_serve_under_geode_run(
 
         def call(service: str, *statements: str) -> dict[str, object]:
             argv = geode_run_argv(
-                coordinator.mesh_addr, service, APPS, root_file,
-                sys.executable, str(APPS / "client.py"), *statements,
+                coordinator.mesh_addr, service, bundle, root_file,
+                "python3", "client.py", *statements,
             )  # fmt: skip
             done = subprocess.run(argv, env=geode_env, capture_output=True, text=True, timeout=60)
             assert done.returncode == 0, done.stderr

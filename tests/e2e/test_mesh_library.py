@@ -8,7 +8,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,14 @@ from geode.pki import (
 )
 from geode.runtime import Activation, activate, simulated_evidence_provider
 from tests.conftest import StartCoordinator
-from tests.support import REPO, CoordinatorProcess, free_port, geode_run_argv, wait_for_port
+from tests.support import (
+    REPO,
+    CoordinatorProcess,
+    free_port,
+    geode_run_argv,
+    make_bundle,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +53,14 @@ class Mesh:
         self.coordinator = coordinator
         self.env = env
         self.tmp = tmp
-        self.measurement = measure_bundle(APP).hex()
+        self.bundle = make_bundle(
+            tmp / "bundle",
+            {
+                "mesh_app.py": (APP / "mesh_app.py").read_text(),
+                "exit42.py": "raise SystemExit(42)\n",
+            },
+        )
+        self.measurement = measure_bundle(self.bundle).hex()
         self.platform = SimulatedPlatform.load(Path(env["GEODE_PLATFORM_KEY"]))
         with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
             self.root = x509.load_pem_x509_certificate(client.certificates().root.encode())
@@ -82,8 +95,8 @@ class Mesh:
 
     def geode_run(self, service: str, *args: str) -> list[str]:
         return geode_run_argv(
-            self.coordinator.mesh_addr, service, APP, self.root_file,
-            sys.executable, str(APP / "mesh_app.py"), *args,
+            self.coordinator.mesh_addr, service, self.bundle, self.root_file,
+            "python3", "mesh_app.py", *args,
         )  # fmt: skip
 
     def start_server(self, port: int) -> subprocess.Popen[bytes]:
@@ -279,7 +292,7 @@ def test_killing_the_launcher_leaves_no_process(mesh: Mesh) -> None:
 
 def test_exit_code_comes_back(mesh: Mesh) -> None:
     result = subprocess.run(
-        [*mesh.geode_run("client", "x")[:-3], sys.executable, "-c", "raise SystemExit(42)"],
+        [*mesh.geode_run("client", "x")[:-3], "python3", "exit42.py"],
         env=mesh.env,
         capture_output=True,
         timeout=60,

@@ -15,11 +15,18 @@ import pytest
 from geode.attestation import measure_bundle
 from geode.client import CoordinatorClient
 from tests.conftest import StartCoordinator
-from tests.support import CoordinatorProcess, geode_run_argv, sample_manifest, wait_until
+from tests.support import (
+    CoordinatorProcess,
+    geode_run_argv,
+    make_bundle,
+    sample_manifest,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
-APP = ["sh", "-c", "sleep 1000 & exec sleep 1000"]
+# The app is a script of the bundle, run by the locked shell (see _Deployment).
+APP = ["sh", "app.sh"]
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -53,9 +60,11 @@ def _command(pid: int) -> bytes:
 class _Deployment:
     def __init__(self, coordinator: CoordinatorProcess, env: dict[str, str], tmp: Path) -> None:
         self.coordinator, self.tmp = coordinator, tmp
-        self.bundle = tmp / "bundle"
-        self.bundle.mkdir()
-        (self.bundle / "app.py").write_text("print('hello')\n")
+        self.bundle = make_bundle(
+            tmp / "bundle",
+            {"app.sh": "sleep 1000 & exec sleep 1000\n", "done.sh": "exit 0\n"},
+            lock=("sh",),
+        )
         self.outside = tmp / "outside"
         self.runtime = tmp / "runtime"
         self.runtime.mkdir()
@@ -104,6 +113,12 @@ class _Deployment:
     def leftovers(self) -> list[Path]:
         return sorted(self.runtime.iterdir())
 
+    def private_and_staged(self) -> tuple[Path, Path]:
+        """The launcher's private directory and its staged copy of the bundle."""
+        [staged] = [p for p in self.leftovers() if p.name.startswith("geode-bundle-")]
+        [private] = [p for p in self.leftovers() if p != staged]
+        return private, staged
+
 
 @pytest.fixture
 def deployment(
@@ -118,8 +133,9 @@ def test_a_launcher_killed_outright_leaves_no_process_and_its_files_go_at_the_ne
     deployment: _Deployment,
 ) -> None:
     launcher, tree = deployment.start_app("first")
-    [private] = deployment.leftovers()
+    private, staged = deployment.private_and_staged()
     assert (private / "credentials" / "key.pem").exists()
+    assert (staged / "bundle" / "app.sh").read_text() == "sleep 1000 & exec sleep 1000\n"
     assert (deployment.outside / "token").exists()
 
     launcher.kill()
@@ -129,12 +145,17 @@ def test_a_launcher_killed_outright_leaves_no_process_and_its_files_go_at_the_ne
         5,
         lambda: f"still running: {[(p, _command(p)) for p in tree if _alive(p)]}",
     )
-    # Nobody could clean up: the private directory and the file outside it are still there.
-    assert deployment.leftovers() == [private]
+    # Nobody could clean up: the private directory, the staged copy of the bundle and the file
+    # outside them are still there.
+    assert deployment.leftovers() == sorted([private, staged])
 
     # The next start removes them (and, here, runs a command that ends at once).
     done = subprocess.run(
-        deployment.argv("true"), env=deployment.env, capture_output=True, text=True, timeout=60
+        deployment.argv("sh", "done.sh"),
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "left when it died" in done.stderr
@@ -155,7 +176,11 @@ def test_the_next_start_kills_a_group_whose_watchdog_died_with_the_launcher(
     assert survivors, "PR_SET_PDEATHSIG alone does not reach the shell's child"
     # ... until the next launcher on the same runtime directory.
     done = subprocess.run(
-        deployment.argv("true"), env=deployment.env, capture_output=True, text=True, timeout=60
+        deployment.argv("sh", "done.sh"),
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     wait_until(lambda: not any(_alive(pid) for pid in survivors), 5)

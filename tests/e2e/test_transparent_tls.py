@@ -7,7 +7,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +17,24 @@ from geode.attestation import measure_bundle
 from geode.client import CoordinatorClient
 from geode.pki import certificate_pem
 from tests.conftest import StartCoordinator
-from tests.support import REPO, CoordinatorProcess, free_port, geode_run_argv, wait_for_port
+from tests.support import (
+    CoordinatorProcess,
+    free_port,
+    geode_run_argv,
+    make_bundle,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.e2e
 
-BUNDLE = REPO / "tests" / "e2e" / "apps"
+# The unmodified app: http.server on loopback, one on each app port (argv: site, ports).
+WEB = r"""
+import subprocess, sys
+site, tcp_port, web_port = sys.argv[1:4]
+app = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory", site]
+subprocess.Popen([*app, tcp_port])
+sys.exit(subprocess.call([*app, web_port]))
+"""
 
 # An unmodified client: plaintext HTTP to its local egress port, or a raw TCP exchange.
 CALL = r"""
@@ -58,7 +70,8 @@ class Deployment:
             root = x509.load_pem_x509_certificate(client.certificates().root.encode())
         self.root_file = tmp / "root.pem"
         self.root_file.write_text(certificate_pem(root))
-        manifest = self.manifest(measure_bundle(BUNDLE).hex())
+        self.bundle = make_bundle(tmp / "bundle", {"web.py": WEB, "call.py": CALL})
+        manifest = self.manifest(measure_bundle(self.bundle).hex())
         with CoordinatorClient(coordinator.client_addr, root=root) as client:
             client.set_manifest(json.dumps(manifest).encode())
         self.site = tmp / "site"
@@ -112,29 +125,16 @@ class Deployment:
 
     def run(self, service: str, *command: str) -> list[str]:
         return geode_run_argv(
-            self.coordinator.mesh_addr, service, BUNDLE, self.root_file, *command,
+            self.coordinator.mesh_addr, service, self.bundle, self.root_file, *command,
             listen_host="127.0.0.1",
         )  # fmt: skip
 
     def start_web(self) -> None:
-        """The unmodified app: http.server on loopback; one on each app port."""
-        app = [
-            sys.executable,
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            str(self.site),
-        ]
+        """The unmodified app (WEB), a script of the bundle."""
         log = (self.tmp / "web.log").open("wb")
-        script = (
-            "import subprocess, sys; "
-            f"a = subprocess.Popen({[*app, str(self.ports['tcp_app'])]!r}); "
-            f"sys.exit(subprocess.call({[*app, str(self.ports['web_app'])]!r}))"
-        )
+        ports = (str(self.ports["tcp_app"]), str(self.ports["web_app"]))
         process = subprocess.Popen(
-            self.run("web", sys.executable, "-c", script),
+            self.run("web", "python3", "web.py", str(self.site), *ports),
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -145,7 +145,7 @@ class Deployment:
 
     def call(self, service: str, *args: str) -> dict[str, object]:
         result = subprocess.run(
-            self.run(service, sys.executable, "-c", CALL, *args),
+            self.run(service, "python3", "call.py", *args),
             env=self.env,
             capture_output=True,
             text=True,

@@ -11,7 +11,6 @@ from geode.attestation import (
     Evidence,
     QuoteProvider,
     SimulatedPlatform,
-    measure_bundle,
     platform_key_id,
     select_quote_provider,
     verify_simulated_quote,
@@ -22,12 +21,8 @@ from geode.runtime.launcher import choose_evidence_source
 REPORT_DATA = bytes(range(64))
 
 
-@pytest.fixture
-def bundle(tmp_path: Path) -> Path:
-    directory = tmp_path / "bundle"
-    directory.mkdir()
-    (directory / "app.py").write_text("print('hello')\n")
-    return directory
+# The measurement of the staged copy of a bundle, as ``geode run`` passes it.
+MEASUREMENT = bytes(range(32))
 
 
 def _no_tee(environ: dict[str, str]) -> Callable[[str | None], QuoteProvider | None]:
@@ -44,14 +39,14 @@ def _no_tee(environ: dict[str, str]) -> Callable[[str | None], QuoteProvider | N
 
 @pytest.mark.parametrize("name", ["auto", "simulated", None])
 @pytest.mark.parametrize("debug", [False, True])
-def test_without_a_tee_it_is_simulation_of_the_measured_bundle(
-    tmp_path: Path, bundle: Path, name: str | None, debug: bool
+def test_without_a_tee_it_is_simulation_of_the_given_measurement(
+    tmp_path: Path, name: str | None, debug: bool
 ) -> None:
     key = tmp_path / "keys" / "platform.key"
     key.parent.mkdir(mode=0o700)
     source = choose_evidence_source(
         name,
-        bundle=bundle,
+        measurement=MEASUREMENT,
         platform_key=key,
         simulate_debug=debug,
         select=_no_tee({}),
@@ -63,7 +58,7 @@ def test_without_a_tee_it_is_simulation_of_the_measured_bundle(
     platform = SimulatedPlatform.load(key)  # made on first use, mode 0600
     keys = {platform_key_id(platform.public_key): platform.public_key}
     claims = verify_simulated_quote(evidence.data, keys)
-    assert claims.measurement == measure_bundle(bundle)
+    assert claims.measurement == MEASUREMENT
     assert claims.report_data == REPORT_DATA
     assert claims.debug is debug
 
@@ -75,7 +70,7 @@ class _FakeTee:
         return Evidence("tdx", b"quote:" + report_data)
 
 
-def test_a_tee_present_is_used_and_no_platform_key_is_made(tmp_path: Path, bundle: Path) -> None:
+def test_a_tee_present_is_used_and_no_platform_key_is_made(tmp_path: Path) -> None:
     key = tmp_path / "platform.key"
     asked: list[str | None] = []
 
@@ -83,7 +78,9 @@ def test_a_tee_present_is_used_and_no_platform_key_is_made(tmp_path: Path, bundl
         asked.append(name)
         return _FakeTee()
 
-    source = choose_evidence_source("auto", bundle=bundle, platform_key=key, select=select)
+    source = choose_evidence_source(
+        "auto", measurement=MEASUREMENT, platform_key=key, select=select
+    )
     assert asked == ["auto"]
     assert not source.simulated
     assert source.name == "configfs-tsm"
@@ -91,11 +88,11 @@ def test_a_tee_present_is_used_and_no_platform_key_is_made(tmp_path: Path, bundl
     assert not key.exists()
 
 
-def test_a_named_provider_that_is_absent_is_an_error(tmp_path: Path, bundle: Path) -> None:
+def test_a_named_provider_that_is_absent_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(EvidenceError, match="'gramine' is not available"):
         choose_evidence_source(
             "gramine",
-            bundle=bundle,
+            measurement=MEASUREMENT,
             platform_key=tmp_path / "k",
             select=_no_tee({}),
         )
@@ -103,12 +100,12 @@ def test_a_named_provider_that_is_absent_is_an_error(tmp_path: Path, bundle: Pat
 
 
 def test_the_environment_names_the_provider_when_the_flag_does_not(
-    tmp_path: Path, bundle: Path
+    tmp_path: Path,
 ) -> None:
     with pytest.raises(EvidenceError, match="unknown quote provider 'tpm'"):
         choose_evidence_source(
             None,
-            bundle=bundle,
+            measurement=MEASUREMENT,
             platform_key=tmp_path / "k",
             select=_no_tee({"GEODE_QUOTE_PROVIDER": "tpm"}),
         )

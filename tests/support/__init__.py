@@ -5,17 +5,20 @@ recovery parties and their manifests)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
 
 from geode import testing
+from geode.runtime import LOCK_FILE, BundleLock, LockedExecutable, read_lock, write_lock
 from geode.testing import free_port
 
 __all__ = [
@@ -24,6 +27,7 @@ __all__ = [
     "free_port",
     "geode_cli",
     "geode_run_argv",
+    "make_bundle",
     "sample_manifest",
     "wait_for_port",
     "wait_until",
@@ -74,6 +78,37 @@ def geode_run_argv(
         "--coordinator", mesh_addr, "--bundle", str(bundle), "--root-ca", str(root_ca),
         *options, "--", *command,
     ]  # fmt: skip
+
+
+def make_bundle(
+    path: Path, files: Mapping[str, str | bytes], lock: Sequence[str] = ("python3",)
+) -> Path:
+    """A bundle at ``path`` holding ``files`` (relative path: content; ``*.sh`` executable)
+    whose ``geode.lock`` pins the executables ``lock``: ``python3`` is the interpreter the tests
+    run with, ``sys.executable`` by its un-resolved path (so ``python3 app.py`` and
+    ``sys.executable app.py`` both run it), the others as found on ``$PATH``."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content)
+        if name.endswith(".sh"):
+            target.chmod(0o755)
+    others = [name for name in lock if name != "python3"]
+    if others:  # found as geode db serve finds MariaDB's programs: PATH, then the system's
+        search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/usr/bin"])
+        write_lock(path, others, path=search)
+    if "python3" in lock:
+        python = Path(sys.executable)
+        digest = hashlib.sha256(python.resolve().read_bytes()).hexdigest()
+        pinned = dict(read_lock(path).executables)
+        pinned["python3"] = LockedExecutable("python3", python, digest, interpreter=True)
+        text = json.dumps(BundleLock(pinned).to_json(), indent=2) + "\n"
+        (path / LOCK_FILE).write_text(text)
+    return path
 
 
 def sample_manifest(measurement: str, **service: object) -> str:

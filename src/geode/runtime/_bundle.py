@@ -488,10 +488,12 @@ class _Resolver:
             if not arg.startswith("-") or arg == "-":
                 return self.script(name, before, argv[i:])
             letters = arg[1:]
+            if arg.startswith("--"):
+                raise LaunchError(f"the option {arg} of {name} is not allowed by geode run")
             if "c" in letters or ("e" in letters and name not in _SHELLS):
                 raise LaunchError(f"{arg} runs code that is not in the bundle")
             unknown = [c for c in letters if c not in flags]
-            if unknown or arg.startswith("--"):
+            if unknown:
                 raise LaunchError(f"the option {arg} of {name} is not allowed by geode run")
             before.append(arg)
         return self.script(name, before, [])
