@@ -8,11 +8,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
+from geode.cli._common import DEFAULT_MESH_ADDR
 from geode.runtime import LOCK_FILE, write_lock
+from geode.runtime.launcher import gramine_manifest as render_gramine_manifest
+from geode.runtime.launcher import python_layout
 
 __all__ = ["bundle"]
 
@@ -44,6 +48,59 @@ def lock(directory: Path, names: tuple[str, ...], interpreters: tuple[str, ...])
 
 @bundle.command("gramine-manifest")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def gramine_manifest(directory: Path) -> None:
-    """Write the Gramine manifest of the Python service in DIRECTORY."""
-    raise NotImplementedError
+@click.option(
+    "--entrypoint",
+    required=True,
+    metavar="SCRIPT",
+    help="The service's Python script, a path inside DIRECTORY.",
+)
+@click.option("--service", required=True, help="The manifest service the enclave activates as.")
+@click.option(
+    "--coordinator",
+    default=DEFAULT_MESH_ADDR,
+    show_default=True,
+    help="Mesh API address HOST:PORT (fixed in the enclave's arguments).",
+)
+@click.option(
+    "--root-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The deployment's root certificate (a trusted file: the enclave trusts only it).",
+)
+@click.option(
+    "--python",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=sys.executable,
+    show_default="this Python",
+    help="The interpreter, with Geode installed (the bundle's geode.lock must lock it).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the manifest here (default: standard output).",
+)
+def gramine_manifest(
+    directory: Path,
+    entrypoint: str,
+    service: str,
+    coordinator: str,
+    root_ca: Path,
+    python: Path,
+    output: Path | None,
+) -> None:
+    """Write the Gramine manifest of the Python service in DIRECTORY: every file of it a
+    trusted file with its SHA-256, so that MRENCLAVE covers the bundle."""
+    text = render_gramine_manifest(
+        directory,
+        entrypoint,
+        python_layout(python),
+        service=service,
+        coordinator=coordinator,
+        root_ca=root_ca,
+    )
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"geode: wrote {output}", err=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,15 @@ import click
 import httpx
 from cryptography import x509
 
-from geode.attestation import Evidence, HostProbe, TrustAnchors, detect_kind, probe_host
+from geode.attestation import (
+    Evidence,
+    HostProbe,
+    QuoteProvider,
+    TrustAnchors,
+    detect_kind,
+    probe_host,
+    select_quote_provider,
+)
 from geode.client import CoordinatorClient, load_pinned_root
 from geode.errors import EvidenceError, GeodeError
 from geode.pki import load_certificate
@@ -54,6 +63,9 @@ class CliDeps:
     # What ``geode verify --online`` fetches collateral (Intel PCS, AMD KDS) through; ``None``:
     # the network. Tests answer with an ``httpx.MockTransport``.
     http_transport: httpx.BaseTransport | None = None
+    # Where ``geode run`` gets a service's evidence: its ``--quote-provider`` in, a provider of
+    # this host's TEE (or ``None``: simulation) out. Tests hand in a fake TEE's provider.
+    quote_providers: Callable[[str | None], QuoteProvider | None] = select_quote_provider
 
 
 def cli_deps(ctx: click.Context | None = None) -> CliDeps:

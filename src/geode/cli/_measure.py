@@ -1,6 +1,9 @@
 """``geode measure``: the values to expect from a Coordinator or service image, per TEE.
 
 - ``geode measure DIR`` / ``--coordinator-package`` (``bundle``): the simulation-mode measurement;
+  ``--binding sev-snp|tdx``: the bundle's measurement as the SEV-SNP ``HOST_DATA`` or TDX
+  ``MRCONFIGID`` a confidential VM running it is launched with (``attestation.bundle_binding``),
+  the value its manifest package pins as ``host_data`` or ``mrconfigid``;
 - ``sev-snp``: the SEV-SNP launch measurement of a direct-boot VM (firmware, kernel, initrd, command
   line, vCPUs), computed by the maintained ``sev-snp-measure`` package (``geode[measure]``);
 - ``sgx``: MRENCLAVE, MRSIGNER, ISVPRODID and ISVSVN from the SIGSTRUCT (``.sig``) Gramine's
@@ -14,6 +17,7 @@ field names of the manifest's packages, for ``geode verify --policy``.
 
 from __future__ import annotations
 
+import base64
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +27,10 @@ import click
 import yaml
 
 from geode.attestation import (
+    BINDING_KINDS,
     GOLDEN_KINDS,
     ReferenceValues,
+    bundle_binding,
     golden_reference_values,
     measure_bundle,
     parse_sigstruct,
@@ -69,19 +75,87 @@ def measure() -> None:
     is_flag=True,
     help="Measure the installed geode package (the simulated Coordinator's measurement).",
 )
-def measure_bundle_command(directory: Path | None, coordinator_package: bool) -> None:
-    """Print the simulation-mode measurement of a code bundle DIRECTORY."""
+@click.option(
+    "--binding",
+    type=click.Choice(sorted(BINDING_KINDS)),
+    help="Print the bundle's measurement as the SEV-SNP HOST_DATA or TDX MRCONFIGID to launch "
+    "the VM with and to pin in the manifest package (host_data / mrconfigid).",
+)
+@click.option(
+    "--policy",
+    "as_policy",
+    is_flag=True,
+    help="With --binding: print a policy file entry instead (geode verify --policy).",
+)
+@click.option(
+    "--launch-measurement",
+    metavar="HEX",
+    help="With --policy: also require this launch measurement (SEV-SNP measurement, 48 bytes; "
+    "TDX MRTD, 48 bytes).",
+)
+def measure_bundle_command(
+    directory: Path | None,
+    coordinator_package: bool,
+    binding: str | None,
+    as_policy: bool,
+    launch_measurement: str | None,
+) -> None:
+    """Print the simulation-mode measurement of a code bundle DIRECTORY, or with --binding the
+    value that binds it to a confidential VM."""
     if coordinator_package == (directory is not None):
         raise click.UsageError(
             "give a DIRECTORY or --coordinator-package, or one of sev-snp, sgx, evidence "
             "(geode measure --help)"
         )
+    if binding is None and (as_policy or launch_measurement is not None):
+        raise click.UsageError("--policy and --launch-measurement go with --binding")
+    if launch_measurement is not None and not as_policy:
+        raise click.UsageError("--launch-measurement goes with --policy")
     if directory is None:
         from geode.coordinator import coordinator_measurement
 
-        click.echo(coordinator_measurement().hex())
+        measurement = coordinator_measurement()
     else:
-        click.echo(measure_bundle(directory).hex())
+        measurement = measure_bundle(directory)
+    if binding is None:
+        click.echo(measurement.hex())
+    elif as_policy:
+        _echo_binding_policy(binding, measurement, launch_measurement)
+    else:
+        _echo_binding(binding, measurement)
+
+
+# How the VM is launched with the binding: QEMU takes both fields base64-encoded.
+_QEMU_BINDING = {
+    "sev-snp": "-object sev-snp-guest,...,host-data={}",
+    "tdx": "-object tdx-guest,...,mrconfigid={}",
+}
+# The field of the launch measurement a policy entry names beside the binding.
+_LAUNCH_FIELD = {"sev-snp": "measurement", "tdx": "mrtd"}
+
+
+def _echo_binding(kind: str, measurement: bytes) -> None:
+    """``<field>: <hex>`` (the manifest package's line) and, as a YAML comment, QEMU's option."""
+    value = bundle_binding(measurement, kind)
+    click.echo(f"{BINDING_KINDS[kind]}: {value.hex()}")
+    click.echo(f"# QEMU: {_QEMU_BINDING[kind].format(base64.b64encode(value).decode())}")
+
+
+def _echo_binding_policy(kind: str, measurement: bytes, launch_measurement: str | None) -> None:
+    value = bundle_binding(measurement, kind)
+    fields: dict[str, str] = {BINDING_KINDS[kind]: value.hex()}
+    if launch_measurement is None:
+        warn(
+            "the entry pins the bundle only, not the VM image: add --launch-measurement "
+            f"(the {_LAUNCH_FIELD[kind]})"
+        )
+    else:
+        fields[_LAUNCH_FIELD[kind]] = _hex48(launch_measurement, "--launch-measurement")
+    reference = ReferenceValues.model_validate({"tee": kind, "debug": False, **fields})
+    _echo_policy(
+        reference,
+        f"bundle measurement {measurement.hex()} as {kind} {BINDING_KINDS[kind]}",
+    )
 
 
 def policy_entry_yaml(reference: ReferenceValues, comment: str) -> str:
@@ -120,6 +194,15 @@ def _hex_int(value: str) -> int:
         return int(value, 0)
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected a number such as 0x1 or 0x21") from None
+
+
+def _hex48(value: str, option: str) -> str:
+    try:
+        if len(bytes.fromhex(value)) == 48:
+            return value.lower()
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{value!r}: expected 48 bytes as 96 hex digits", param_hint=option)
 
 
 def _host_data(value: str) -> str:

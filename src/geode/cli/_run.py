@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from geode.attestation import PROVIDER_NAMES
-from geode.cli._common import DEFAULT_MESH_ADDR, insecure_option, resolve_root, warn
+from geode.cli._common import DEFAULT_MESH_ADDR, cli_deps, insecure_option, resolve_root, warn
 from geode.errors import LaunchError
 from geode.runtime import BUNDLE_DIR_ENV, BUNDLE_LOCK_ENV, Credentials, activate
 from geode.runtime.launcher import (
@@ -19,6 +19,7 @@ from geode.runtime.launcher import (
     Companion,
     ProxyRunner,
     check_executables,
+    check_hardware_binding,
     choose_evidence_source,
     lay_out,
     remove_plan,
@@ -127,12 +128,11 @@ def run(
             measurement=staged.measurement,
             platform_key=platform_key,
             simulate_debug=simulate_debug,
+            select=cli_deps().quote_providers,
         )
-        if not source.simulated:
-            # HARDWARE BINDING: the staged bundle's binding to what the hardware reports
-            # (SEV-SNP HOST_DATA, TDX MRCONFIGID) is checked here, before anything is activated
-            # (geode.attestation.check_bundle_binding).
-            pass
+        # In a confidential VM, the staged bundle must be the one the VM was launched for
+        # (SEV-SNP HOST_DATA, TDX MRCONFIGID), before anything is activated.
+        bound_by = check_hardware_binding(source, staged.measurement)
         try:
             check_executables(staged.lock)
             argv = resolve_command(staged, command)
@@ -142,6 +142,8 @@ def run(
             warn("SIMULATION: evidence is signed by a simulated platform key")
         else:
             click.echo(f"geode: evidence from {source.name}", err=True)
+        if bound_by is not None:
+            click.echo(f"geode: the VM's {bound_by} binds this bundle", err=True)
         provider = source.provider
         activation = activate(address, service, provider, root=root, insecure=insecure)
         plan = lay_out(activation, service, argv, base_dir=runtime_dir)

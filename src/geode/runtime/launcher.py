@@ -1,7 +1,8 @@
 """What ``geode run`` is made of, for the CLI (and anyone building another launcher): laying
 out an activation's credentials and files, running the service's command with companions
-beside it (the transparent TLS proxy, certificate renewal), and cleaning up. Apps do not need
-any of it: they use ``geode.runtime``."""
+beside it (the transparent TLS proxy, certificate renewal), and cleaning up; and the Gramine
+manifest that runs it in an SGX enclave. Apps do not need any of it: they use
+``geode.runtime``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from geode.runtime._bundle import (
     resolve_command,
     stage_bundle,
 )
-from geode.runtime._evidence_source import EvidenceSource, choose_evidence_source
+from geode.runtime._evidence_source import (
+    EvidenceSource,
+    check_hardware_binding,
+    choose_evidence_source,
+)
+from geode.runtime._gramine import PythonLayout, gramine_manifest, python_layout
 from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
 from geode.runtime._leftovers import LauncherRecord, clean_leftovers
 from geode.runtime._renewal import CertificateRenewer, renewal_time
@@ -25,11 +31,15 @@ __all__ = [
     "LaunchPlan",
     "LauncherRecord",
     "ProxyRunner",
+    "PythonLayout",
     "StagedBundle",
     "check_executables",
+    "check_hardware_binding",
     "choose_evidence_source",
     "clean_leftovers",
+    "gramine_manifest",
     "lay_out",
+    "python_layout",
     "remove_plan",
     "remove_staged",
     "renewal_time",
