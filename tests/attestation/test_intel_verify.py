@@ -245,17 +245,57 @@ def test_a_platform_below_every_level_is_out_of_date_and_the_package_decides() -
     claims = verify(sgx(), collateral=collateral_bytes(info=info))
     assert claims.tcb_status == "OutOfDate"
     assert claims.tcb_reasons == ("below every TCB level: the platform's TCB",)
-    assert claims.advisory_ids == ()  # no level applied
+    assert claims.advisory_ids == ("X",)  # exposed to at least the lowest level's
     assert claims.checked == {"signature", "chain", "revocation", "tcb"}
     package = ReferenceValues(tee="sgx", measurement=claims.measurement.hex())
     with pytest.raises(ClaimsMismatch) as refused:
         match_claims(claims, package)
     assert refused.value.reason == "tcb status not accepted"
-    assert refused.value.detail == "OutOfDate (below every TCB level: the platform's TCB)"
-    lenient = package.model_copy(update={"accepted_tcb_statuses": ["UpToDate", "OutOfDate"]})
+    assert refused.value.detail == (
+        "OutOfDate (below every TCB level: the platform's TCB); advisories X"
+    )
+    lenient = package.model_copy(
+        update={"accepted_tcb_statuses": ["UpToDate", "OutOfDate"], "accepted_advisories": ["X"]}
+    )
     verdict = match_claims(claims, lenient)
     assert verdict.status == "OutOfDate"
-    assert verdict.reasons == ("below every TCB level: the platform's TCB",)
+    assert verdict.reasons == (
+        "below every TCB level: the platform's TCB",
+        "advisories accepted at OutOfDate: X",
+    )
+
+
+def test_below_every_level_carries_the_lowest_levels_advisories() -> None:
+    # A package accepting OutOfDate with a narrow list of advisories must not accept a platform
+    # older than every level: it is exposed to at least the lowest level's advisories.
+    info = kit.tcb_info(
+        levels=[
+            kit.tcb_level("UpToDate", cpu_svn=bytes([9] * 16), tdx=None),
+            kit.tcb_level(
+                "OutOfDate", cpu_svn=bytes([8] * 16), tdx=None, advisories=["INTEL-SA-00001"]
+            ),
+        ]
+    )
+    identity = kit.qe_identity(levels=[kit.identity_level(9, "UpToDate", ["INTEL-SA-00002"])])
+    claims = verify(sgx(), collateral=collateral_bytes(info=info, identity=identity))
+    assert claims.tcb_status == "OutOfDate"
+    assert claims.advisory_ids == ("INTEL-SA-00001", "INTEL-SA-00002")
+    package = ReferenceValues(
+        tee="sgx",
+        measurement=claims.measurement.hex(),
+        accepted_tcb_statuses=["OutOfDate"],
+        accepted_advisories=["INTEL-SA-00001"],
+    )
+    with pytest.raises(ClaimsMismatch) as refused:
+        match_claims(claims, package)
+    assert (refused.value.reason, refused.value.detail) == (
+        "advisory not accepted",
+        "INTEL-SA-00002 (OutOfDate)",
+    )
+    both = package.model_copy(
+        update={"accepted_advisories": ["INTEL-SA-00001", "INTEL-SA-00002"]}
+    )
+    assert match_claims(claims, both).status == "OutOfDate"
 
 
 def test_a_td_below_every_level_converges_with_its_platform_level() -> None:
@@ -305,7 +345,7 @@ def test_a_qe_below_every_identity_level_is_out_of_date(platform: str, expected:
     assert claims.tcb_status == expected
     assert claims.details["qe_tcb_status"] == "OutOfDate"
     assert claims.tcb_reasons == ("below every TCB level: the QE's ISVSVN 8",)
-    assert claims.advisory_ids == ()
+    assert claims.advisory_ids == ("INTEL-SA-Q",)
     package = ReferenceValues(tee="sgx", measurement=claims.measurement.hex())
     with pytest.raises(ClaimsMismatch, match=rf"{expected} \(below every TCB level"):
         match_claims(claims, package)

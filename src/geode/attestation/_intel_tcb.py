@@ -12,7 +12,10 @@ refusal: Intel's library answers "TCB not supported", which says only that it is
 anything Intel still appraises. Geode reports it ``OutOfDate`` -- converged like a component's,
 so a platform level that says configuration is needed gives ``OutOfDateConfigurationNeeded`` --
 with the reason ``BELOW_EVERY_LEVEL`` in ``TcbVerdict.reasons`` (the claims' ``tcb_reasons``),
-and the package decides: one that accepts ``UpToDate`` only refuses it.
+and the package decides: one that accepts ``UpToDate`` only refuses it. What is below every level
+is exposed to at least the advisories of the lowest level (the last: Intel lists levels from the
+highest down), so those are carried, merged with the others: a package accepting ``OutOfDate``
+with a narrow ``accepted_advisories`` does not accept the oldest platforms unawares.
 """
 
 from __future__ import annotations
@@ -223,6 +226,13 @@ def _identity_status(
     return _status(level.status, IDENTITY_STATUSES, field_name)
 
 
+def _identity_advisories(
+    level: _IdentityLevel | None, levels: Sequence[_IdentityLevel]
+) -> Sequence[str]:
+    """The advisories of the level reached or, below every level, of the lowest one."""
+    return (level or levels[-1]).advisory_ids
+
+
 def tcb_verdict(
     info: TcbInfo,
     identity: QeIdentity,
@@ -275,6 +285,7 @@ def tcb_verdict(
     if level is None:  # the platform's TCB is below every level
         reasons.insert(0, f"{BELOW_EVERY_LEVEL}: the platform's TCB")
         status = "OutOfDate"
+        advisories.append(info.tcb_levels[-1].advisory_ids)
     else:
         status = _status(level.status, PLATFORM_STATUSES, "tcb_info.tcbLevels")
         advisories.append(level.advisory_ids)
@@ -282,10 +293,11 @@ def tcb_verdict(
         if td is not None and tdx_level is None:  # the TD's TEE TCB SVN is below every level
             reasons.insert(0, f"{BELOW_EVERY_LEVEL}: the TD's TEE TCB SVN")
             status = _converge(status, "OutOfDate")
+            advisories.append(info.tcb_levels[-1].advisory_ids)
     details["qe_tcb_status"] = qe_status
     if td is not None:
-        found, module = _module_level(info, td, quote_version)
-        if found:
+        levels, module = _module_level(info, td, quote_version)
+        if levels:
             module_status = _identity_status(
                 module,
                 f"the TDX module's ISVSVN {td.tee_tcb_svn[0]}",
@@ -294,11 +306,9 @@ def tcb_verdict(
             )
             details["tdx_module_tcb_status"] = module_status
             status = _converge(status, module_status)
-            if module is not None:
-                advisories.append(module.advisory_ids)
+            advisories.append(_identity_advisories(module, levels))
     status = _converge(status, qe_status)
-    if qe_level is not None:
-        advisories.append(qe_level.advisory_ids)
+    advisories.append(_identity_advisories(qe_level, identity.tcb_levels))
     details["tcb_evaluation_data_number"] = str(info.evaluation_number)
     return TcbVerdict(status, _merge(*advisories), details, tuple(reasons))
 
@@ -331,9 +341,9 @@ def _match_levels(
 
 def _module_level(
     info: TcbInfo, td: TdReport, quote_version: int
-) -> tuple[bool, _IdentityLevel | None]:
-    """Whether the TDX module has identity levels and the one it reaches (``None`` below every
-    level), after checking the module's signer and attributes."""
+) -> tuple[Sequence[_IdentityLevel], _IdentityLevel | None]:
+    """The TDX module's identity levels (none when it has no identity) and the one it reaches
+    (``None`` below every level), after checking the module's signer and attributes."""
     version, isvsvn = td.tee_tcb_svn[1], td.tee_tcb_svn[0]
     module: _TdxModule | None
     if version == 0 and quote_version > 3:
@@ -355,5 +365,5 @@ def _module_level(
             "tcb_info.tdxModule", "the TDX module's signer or attributes do not match"
         )
     if levels is None:
-        return False, None
-    return True, _identity_level(levels, isvsvn)
+        return (), None
+    return levels, _identity_level(levels, isvsvn)
