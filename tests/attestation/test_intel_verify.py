@@ -292,9 +292,7 @@ def test_below_every_level_carries_the_lowest_levels_advisories() -> None:
         "advisory not accepted",
         "INTEL-SA-00002 (OutOfDate)",
     )
-    both = package.model_copy(
-        update={"accepted_advisories": ["INTEL-SA-00001", "INTEL-SA-00002"]}
-    )
+    both = package.model_copy(update={"accepted_advisories": ["INTEL-SA-00001", "INTEL-SA-00002"]})
     assert match_claims(claims, both).status == "OutOfDate"
 
 

@@ -229,12 +229,39 @@ def test_the_verdict_is_up_to_date_with_a_crl_and_a_min_tcb_met(
 ) -> None:
     claims = verify_snp_report(signed[0], collateral=pki.crl(), at=AT, roots=[pki.ark])
     assert claims.tcb_status == "Unverified"  # the verifier does not know the package
-    verdict = match_claims(claims, package(claims, min_tcb=SnpTcb(snp=8, microcode=115)))
+    assert claims.tcb == {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
+    every = SnpTcb(bootloader=3, tee=0, snp=8, microcode=115)
+    verdict = match_claims(claims, package(claims, min_tcb=every))
     assert verdict.status == "UpToDate"
     assert verdict.checked == {"signature", "chain", "revocation", "tcb", "reference"}
-    assert "min_tcb" in verdict.reasons[-1]
+    assert "every component of the reported TCB meets the package's min_tcb" in verdict.reasons[-1]
     with pytest.raises(ClaimsMismatch, match=r"tcb too low \(microcode 115 < 116\)"):
         match_claims(claims, package(claims, min_tcb=SnpTcb(microcode=116)))
+
+
+@pytest.mark.parametrize(
+    ("minimum", "unset"),
+    [
+        (SnpTcb(bootloader=0), "tee, snp, microcode"),
+        (SnpTcb(snp=8, microcode=115), "bootloader, tee"),
+        (SnpTcb(bootloader=3, snp=8, microcode=115), "tee"),
+    ],
+)
+def test_a_min_tcb_leaving_a_reported_component_out_is_not_up_to_date(
+    pki: AmdPki, signed: tuple[bytes, x509.Certificate], minimum: SnpTcb, unset: str
+) -> None:
+    # A trivial min_tcb ({bootloader: 0}) must not make the verdict say UpToDate: the TCB was
+    # held against part of its components only.
+    claims = verify_snp_report(signed[0], collateral=pki.crl(), at=AT, roots=[pki.ark])
+    verdict = match_claims(claims, package(claims, min_tcb=minimum))
+    assert (verdict.status, verdict.checked) == (
+        "Unverified",
+        {"signature", "chain", "revocation", "reference"},
+    )
+    assert verdict.reasons == (
+        f"the package's min_tcb does not set {unset}: those components of the reported TCB "
+        "were held against nothing",
+    )
 
 
 def test_the_verdict_stays_unverified_without_a_min_tcb_or_without_a_crl(

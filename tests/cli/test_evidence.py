@@ -204,7 +204,7 @@ def test_checked_and_the_verdict_of_a_package_are_printed(tmp_path: Path) -> Non
     """What was checked is on the first lines; with ``--package`` the verdict (an SNP report
     with AMD's CRL and a min_tcb met: UpToDate) and, as JSON, ``checked`` and ``match``."""
     from geode.cli._common import CliDeps
-    from tests.support.hardware_statement import SNP_MEASUREMENT, SnpKit
+    from tests.support.hardware_statement import SNP_MEASUREMENT, SNP_TCB, SnpKit
 
     snp = SnpKit()
     path = tmp_path / "report.json"
@@ -213,7 +213,7 @@ def test_checked_and_the_verdict_of_a_package_are_printed(tmp_path: Path) -> Non
     crl.write_bytes(snp.pki.crl())
     package = tmp_path / "package.json"
     package.write_text(
-        json.dumps({"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex(), "min_tcb": {"snp": 8}})
+        json.dumps({"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex(), "min_tcb": SNP_TCB})
     )
     args = ["evidence", "verify", str(path), "--collateral", str(crl), "--package", str(package)]
     result = CliRunner().invoke(cli, args, obj=CliDeps(trust=snp.trust()))

@@ -26,7 +26,8 @@ from tests.support.hardware_statement import (
     TdxKit,
 )
 
-SNP = {"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex(), "min_tcb": {"snp": 8}}
+# The min_tcb sets every component of the reported TCB (SNP_TCB): with AMD's CRL, UpToDate.
+SNP = {"tee": "sev-snp", "measurement": SNP_MEASUREMENT.hex(), "min_tcb": SNP_TCB}
 # What verify says of an SNP TCB once AMD's CRL was checked and the policy's min_tcb is met
 # (AMD publishes no TCB status: the verdict derives it).
 NOT_REVOKED = "tcb:          UpToDate"

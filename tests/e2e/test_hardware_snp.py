@@ -122,7 +122,13 @@ def test_verify_checks_amds_crl_from_the_policy_file(
     current = policy_file(
         bed.base / "crl.json", ACCEPT, collateral={"sev-snp": "amd-crl.der"}, **strict
     )
-    minimum = {**ACCEPT, "min_tcb": {"snp": chip.tcb["snp"]}}
+    partial = policy_file(
+        bed.base / "partial.json",
+        {**ACCEPT, "min_tcb": {"snp": chip.tcb["snp"]}},
+        collateral={"sev-snp": "amd-crl.der"},
+        **strict,
+    )
+    minimum = {**ACCEPT, "min_tcb": dict(chip.tcb)}
     up_to_date = policy_file(
         bed.base / "min-tcb.json", minimum, collateral={"sev-snp": "amd-crl.der"}, **strict
     )
@@ -139,6 +145,11 @@ def test_verify_checks_amds_crl_from_the_policy_file(
     assert "checked:      signature, chain, revocation, reference" in accepted.output
     assert "the package sets no min_tcb" in accepted.output
     assert "TCB UNVERIFIED:" not in accepted.output
+    # A min_tcb that sets the SNP component alone held only part of the TCB: still Unverified.
+    part = verify_cli(bed, deployed, "--policy", str(partial))
+    assert part.exit_code == 0, part.output
+    assert "tcb:          UNVERIFIED" in part.output
+    assert "does not set bootloader, tee, microcode" in part.output
     met = verify_cli(bed, deployed, "--policy", str(up_to_date))
     assert met.exit_code == 0, met.output
     assert "tcb:          UpToDate" in met.output

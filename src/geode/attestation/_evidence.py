@@ -159,11 +159,13 @@ class Verdict:
     """How sure a match of claims against reference values is (``match_claims``' answer).
 
     ``checked``: what the verifier checked plus ``reference`` (and, for SEV-SNP, ``tcb`` when
-    the reported TCB was held against the package's ``min_tcb`` with AMD's CRL checked);
+    every component of the reported TCB was held against the package's ``min_tcb`` with AMD's
+    CRL checked);
     ``status``: the TCB status the decision rests on, never more than was checked --
     ``Unverified`` when no collateral was checked; for SEV-SNP derived here, not by the verifier
     (which does not know the package): ``UpToDate`` when revocation was checked and the package
-    sets a ``min_tcb`` the reported TCB meets, ``Unverified`` otherwise, with the reason;
+    sets a ``min_tcb`` for every component the reported TCB has, all met, ``Unverified``
+    otherwise, with the reason;
     ``reasons``: what qualifies the status (advisories accepted, "below every TCB level", why
     an SNP status stays ``Unverified``), as text.
     """

@@ -97,19 +97,32 @@ def _advisory_reasons(claims: Claims, ref: ReferenceValues) -> list[str]:
 # Why an SEV-SNP verdict stays Unverified, or what makes it UpToDate.
 SNP_NO_CRL = "revocation not checked (no AMD CRL given): the TCB level is not known"
 SNP_NO_MIN_TCB = "the package sets no min_tcb: the reported TCB was held against nothing"
-SNP_UP_TO_DATE = "chain not revoked (AMD CRL) and the reported TCB meets the package's min_tcb"
+SNP_PARTIAL_MIN_TCB = (
+    "the package's min_tcb does not set {names}: those components of the reported TCB were held "
+    "against nothing"
+)
+SNP_UP_TO_DATE = (
+    "chain not revoked (AMD CRL) and every component of the reported TCB meets the package's "
+    "min_tcb"
+)
 
 
 def _snp_status(claims: Claims, ref: ReferenceValues) -> tuple[str, frozenset[Check], str]:
     """An SEV-SNP verdict's status, the checks it adds and why. AMD publishes no TCB status: the
-    status is ``UpToDate`` only when the chain was checked against AMD's CRL and the package
-    sets a ``min_tcb`` (one component at least) that the reported TCB meets (``_match_snp``
-    refused it below); otherwise ``Unverified``, saying why."""
+    status is ``UpToDate`` only when the chain was checked against AMD's CRL and the package's
+    ``min_tcb`` sets every component the reported TCB has (bootloader, tee, snp, microcode; fmc
+    where the claims report it), each met (``_match_snp`` refused one below). A ``min_tcb`` that
+    leaves a component out held the TCB against part of it only: ``Unverified``, naming the
+    components not set."""
     if "revocation" not in claims.checked:
         return TCB_UNVERIFIED, frozenset(), SNP_NO_CRL
     minimum = ref.min_tcb
     if minimum is None or all(getattr(minimum, n) is None for n in SNP_TCB_COMPONENTS):
         return TCB_UNVERIFIED, frozenset(), SNP_NO_MIN_TCB
+    unset = [n for n in SNP_TCB_COMPONENTS if n in claims.tcb and getattr(minimum, n) is None]
+    if unset:
+        names = ", ".join(unset)
+        return TCB_UNVERIFIED, frozenset(), SNP_PARTIAL_MIN_TCB.format(names=names)
     return "UpToDate", frozenset({"tcb"}), SNP_UP_TO_DATE
 
 
