@@ -88,11 +88,74 @@ def test_a_revoked_asvk_is_refused(pki: AmdPki) -> None:
         (CERT_TABLE_GUIDS[n], c.public_bytes(Encoding.DER))
         for n, c in (("ask", pki.asvk), ("vlek", vlek))
     )
-    verify_snp_report(data + table, collateral=pki.crl(), at=AT, roots=[pki.ark])
+    verify_snp_report(data + table, collateral=pki.crl(kind="VLEK"), at=AT, roots=[pki.ark])
     with pytest.raises(EvidenceError, match=r"SEV-VLEK-Milan certificate .* is revoked"):
         verify_snp_report(
-            data + table, collateral=pki.crl(revoked=(pki.asvk,)), at=AT, roots=[pki.ark]
+            data + table,
+            collateral=pki.crl(revoked=(pki.asvk,), kind="VLEK"),
+            at=AT,
+            roots=[pki.ark],
         )
+    # A CRL of no stated kind that lists the ASVK is the ARK saying it is revoked, all the same.
+    with pytest.raises(EvidenceError, match=r"SEV-VLEK-Milan certificate .* is revoked"):
+        verify_snp_report(
+            data + table, collateral=pki.crl(revoked=(pki.asvk,), kind=None), at=AT, roots=[pki.ark]
+        )
+
+
+@pytest.mark.parametrize("kind", ["VCEK", "VLEK"])
+def test_a_crl_of_unstated_kind_does_not_count_as_revocation_checked(
+    pki: AmdPki,
+    signed: tuple[bytes, x509.Certificate],
+    vlek_signed: tuple[bytes, x509.Certificate],
+    kind: str,
+) -> None:
+    # The VCEK CRL (listing the ASKs) given for a VLEK chain, without an issuing distribution
+    # point, cannot be told from the VLEK CRL: its not listing a revoked ASVK says nothing.
+    data = signed[0] if kind == "VCEK" else vlek_signed[0]
+    sibling = pki.crl(revoked=(pki.asvk if kind == "VLEK" else pki.ask,), kind=None)
+    other = pki.crl(revoked=(pki.ask if kind == "VLEK" else pki.asvk,), kind=None)
+    claims = verify_snp_report(data, collateral=other, at=AT, roots=[pki.ark])
+    intermediate = "SEV-VLEK-Milan" if kind == "VLEK" else "SEV-Milan"
+    assert claims.checked == {"signature", "chain"}
+    assert claims.tcb_reasons == (
+        "revocation not checked: the AMD CRL does not state its kind (no issuing distribution "
+        f"point), so it is not known to cover {intermediate} (give /{kind.lower()}/v1/Milan/crl "
+        "with its distribution point)",
+    )
+    assert "kind not stated" in claims.details["revocation"]
+    with pytest.raises(EvidenceError, match=f"{intermediate} certificate .* is revoked"):
+        verify_snp_report(data, collateral=sibling, at=AT, roots=[pki.ark])
+    verdict = match_claims(claims, package(claims, min_tcb=SnpTcb(**TCB)))
+    assert (verdict.status, verdict.checked) == ("Unverified", {"signature", "chain", "reference"})
+    assert verdict.reasons == (
+        claims.tcb_reasons[0],
+        "revocation not checked (the AMD CRL given is not known to cover the chain)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extension", "critical", "message"),
+    [
+        (x509.DeltaCRLIndicator(1), True, "the CRL is a delta CRL"),
+        (x509.CRLNumber(7), True, "critical extension 2.5.29.20 that is not understood"),
+    ],
+)
+def test_a_delta_crl_or_an_unknown_critical_extension_is_refused(
+    pki: AmdPki,
+    signed: tuple[bytes, x509.Certificate],
+    extension: x509.ExtensionType,
+    critical: bool,
+    message: str,
+) -> None:
+    crl = pki.crl(extensions=((extension, critical),))
+    with pytest.raises(EvidenceError, match=message):
+        verify_snp_report(signed[0], collateral=crl, at=AT, roots=[pki.ark])
+    plain = pki.crl(extensions=((x509.CRLNumber(7), False),))
+    assert (
+        "revocation"
+        in verify_snp_report(signed[0], collateral=plain, at=AT, roots=[pki.ark]).checked
+    )
 
 
 def test_a_crl_of_another_ark_is_refused(
@@ -169,12 +232,14 @@ def test_snp_with_a_revoked_certificate_in_the_given_crl_is_refused(
     signed: tuple[bytes, x509.Certificate],
     vlek_signed: tuple[bytes, x509.Certificate],
 ) -> None:
-    for (data, leaf), intermediate in ((signed, pki.ask), (vlek_signed, pki.asvk)):
+    for (data, leaf), intermediate, kind in (
+        (signed, pki.ask, "VCEK"),
+        (vlek_signed, pki.asvk, "VLEK"),
+    ):
         for revoked in (intermediate, leaf):
+            crl = pki.crl(revoked=(revoked,), kind=kind)
             with pytest.raises(EvidenceError, match="is revoked") as caught:
-                verify_snp_report(
-                    data, collateral=pki.crl(revoked=(revoked,)), at=AT, roots=[pki.ark]
-                )
+                verify_snp_report(data, collateral=crl, at=AT, roots=[pki.ark])
             assert f"serial {revoked.serial_number:x}" in str(caught.value)
             assert caught.value.field == "collateral"
 

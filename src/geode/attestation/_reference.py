@@ -96,6 +96,7 @@ def _advisory_reasons(claims: Claims, ref: ReferenceValues) -> list[str]:
 
 # Why an SEV-SNP verdict stays Unverified, or what makes it UpToDate.
 SNP_NO_CRL = "revocation not checked (no AMD CRL given): the TCB level is not known"
+SNP_CRL_NOT_COUNTED = "revocation not checked (the AMD CRL given is not known to cover the chain)"
 SNP_NO_MIN_TCB = "the package sets no min_tcb: the reported TCB was held against nothing"
 SNP_PARTIAL_MIN_TCB = (
     "the package's min_tcb does not set {names}: those components of the reported TCB were held "
@@ -115,7 +116,8 @@ def _snp_status(claims: Claims, ref: ReferenceValues) -> tuple[str, frozenset[Ch
     leaves a component out held the TCB against part of it only: ``Unverified``, naming the
     components not set."""
     if "revocation" not in claims.checked:
-        return TCB_UNVERIFIED, frozenset(), SNP_NO_CRL
+        crl_given = not claims.details.get("revocation", "").startswith("not checked")
+        return TCB_UNVERIFIED, frozenset(), SNP_CRL_NOT_COUNTED if crl_given else SNP_NO_CRL
     minimum = ref.min_tcb
     if minimum is None or all(getattr(minimum, n) is None for n in SNP_TCB_COMPONENTS):
         return TCB_UNVERIFIED, frozenset(), SNP_NO_MIN_TCB

@@ -18,10 +18,11 @@ migration bit) is ``match_claims``'s.
 
 The claims' ``checked`` say ``signature`` and ``chain``. The collateral of SEV-SNP is AMD's CRL
 for the product and key kind (``_snp_crl``): with it, a revoked ASK, ASVK, VCEK or VLEK is
-refused, naming it, and ``checked`` gains ``revocation``. A CRL proves only that the chain is not
-revoked; AMD publishes no TCB status for SNP, so the claims' ``tcb_status`` stays ``Unverified``
-either way: ``match_claims`` derives the verdict's status from the CRL check and the package's
-``min_tcb``, which the verifier does not know.
+refused, naming it, and ``checked`` gains ``revocation`` when the CRL states the chain's kind
+(otherwise it is not known to cover the chain: ``tcb_reasons`` say so). A CRL proves only that
+the chain is not revoked; AMD publishes no TCB status for SNP, so the claims' ``tcb_status``
+stays ``Unverified`` either way: ``match_claims`` derives the verdict's status from the CRL
+check and the package's ``min_tcb``, which the verifier does not know.
 """
 
 from __future__ import annotations
@@ -192,17 +193,21 @@ def verify_snp_report(
     roots: Sequence[x509.Certificate] | None = None,
 ) -> Claims:
     """The ``sev-snp`` verifier of ``EvidenceVerifier`` (see ``_verifier``): claims of a verified
-    report. ``collateral``: AMD's CRL for the product and key kind (DER or PEM); with it
-    ``checked`` says ``revocation``. ``tcb_status`` is ``Unverified`` either way: a CRL says
-    nothing of the TCB level (the package's ``min_tcb`` does, in ``match_claims``)."""
+    report. ``collateral``: AMD's CRL for the product and key kind (DER or PEM); with one that
+    states the chain's kind ``checked`` says ``revocation`` (else ``tcb_reasons`` say why
+    not). ``tcb_status`` is ``Unverified`` either way: a CRL says nothing of the TCB level (the
+    package's ``min_tcb`` does, in ``match_claims``)."""
     crl = load_amd_crl(collateral) if collateral is not None else None
     verified = verify_snp_evidence(data, certs=certs, at=at, roots=roots)
     claims = verified.claims()
     if crl is None:
         details = {**claims.details, "revocation": "not checked (no AMD CRL given)"}
         return dataclasses.replace(claims, details=details)
-    checked = check_amd_crl(crl, verified.chain, verified.report.signing_key.name, at)
-    details = {**claims.details, "revocation": checked}
+    check = check_amd_crl(crl, verified.chain, verified.report.signing_key.name, at)
+    details = {**claims.details, "revocation": check.summary}
+    if not check.covers:
+        reasons = (*claims.tcb_reasons, check.reason)
+        return dataclasses.replace(claims, details=details, tcb_reasons=reasons)
     return dataclasses.replace(claims, checked=claims.checked | {"revocation"}, details=details)
 
 

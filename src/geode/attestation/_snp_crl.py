@@ -7,23 +7,33 @@ accepted:
 - KDS ``/vcek/v1/<product>/crl``: the revoked ASKs (and VCEKs, where listed), for a VCEK chain;
 - KDS ``/vlek/v1/<product>/crl``: the revoked ASVKs (and VLEKs, where listed), for a VLEK chain.
 
-The CRL must be the chain's: issued by its ARK (a CRL of another product is refused, naming both
-products) and, when it names its distribution point (the issuing distribution point extension,
-a KDS URL), of the chain's key kind and product -- a VLEK CRL given for a VCEK chain is refused.
-A CRL that does not name its distribution point cannot be told apart from its sibling by its
-content (same issuer, same signature); it is checked against the chain's intermediate and
-endorsement key all the same, and ``details`` say the kind was not stated.
+Facts this rests on: AMD's intermediates name their CRL in their CRL distribution points
+extension -- ``SEV-<product>`` (the ASK) ``/vcek/v1/<product>/crl``, ``SEV-VLEK-<product>``
+(the ASVK) ``/vlek/v1/<product>/crl`` (the certificates shipped in ``roots/`` say so). The two
+CRLs have the same issuer (the ARK), the same signature algorithm and the same extensions
+otherwise; only an issuing distribution point (IDP) naming the KDS URL says which one a CRL is.
+Whether AMD's published CRLs carry an IDP was not established here.
 
-With a CRL the verifier refuses a report whose intermediate (ASK / ASVK) or endorsement key
-(VCEK / VLEK) is listed, naming it, and the claims' ``checked`` gains ``revocation``; without
-one, nothing is known of revocation. Either way the claims' TCB status is ``Unverified`` (a CRL
-says nothing of the TCB level; AMD publishes no TCB status): ``match_claims`` derives the
-verdict's status from the CRL check and the package's ``min_tcb``.
+The CRL must be the chain's: issued by its ARK (a CRL of another product is refused, naming both
+products), signed by it, current at the verification time, neither a delta CRL nor carrying a
+critical extension other than the IDP (its scope would be something this module does not read),
+and, when its IDP names a KDS URL, of the chain's key kind and product -- a VLEK CRL given for a
+VCEK chain is refused. A listed intermediate (ASK / ASVK) or endorsement key (VCEK / VLEK) is
+refused, naming it, whatever the CRL's kind: the ARK says it is revoked.
+
+Revocation counts as checked (``AmdCrlCheck.covers``; the claims' ``checked`` gains
+``revocation``) only when the CRL states the chain's kind: only then is it known to cover the
+chain's intermediate. A CRL that does not state its kind could be its sibling (the VCEK CRL
+given for a VLEK chain does not list a revoked ASVK), so its not listing the chain says nothing;
+the check's ``reason`` says why revocation was not counted. The claims' TCB status is
+``Unverified`` either way (a CRL says nothing of the TCB level; AMD publishes no TCB status):
+``match_claims`` derives the verdict's status from the CRL check and the package's ``min_tcb``.
 """
 
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -37,9 +47,21 @@ from geode.attestation._snp_certs import SnpChain
 from geode.attestation._snp_report import SnpProduct
 from geode.errors import EvidenceError
 
-__all__ = ["check_amd_crl", "load_amd_crl"]
+__all__ = ["AmdCrlCheck", "check_amd_crl", "load_amd_crl"]
 
 _FIELD = "collateral"
+# The extensions whose meaning this module knows; any other one marked critical is refused.
+_KNOWN_CRITICAL = (x509.IssuingDistributionPoint.oid,)
+
+
+@dataclass(frozen=True)
+class AmdCrlCheck:
+    """What a CRL check found: ``summary`` for details, whether the CRL is known to cover the
+    chain (``covers``: revocation counts as checked) and, when it is not, ``reason``."""
+
+    summary: str
+    covers: bool
+    reason: str = ""
 
 
 def load_amd_crl(blob: bytes) -> x509.CertificateRevocationList:
@@ -57,10 +79,10 @@ def load_amd_crl(blob: bytes) -> x509.CertificateRevocationList:
 
 def check_amd_crl(
     crl: x509.CertificateRevocationList, chain: SnpChain, key: str, at: datetime.datetime
-) -> str:
-    """Raise ``EvidenceError`` unless ``crl`` is the CRL of the chain's ARK for ``key``'s kind
-    (``VCEK`` or ``VLEK``), current at ``at``, and lists neither the intermediate nor the
-    endorsement key; returns what was checked, for details."""
+) -> AmdCrlCheck:
+    """Raise ``EvidenceError`` unless ``crl`` is a CRL of the chain's ARK, not of another kind
+    than ``key``'s (``VCEK`` or ``VLEK``), current at ``at``, and lists neither the intermediate
+    nor the endorsement key; returns what was checked and whether it covers the chain."""
     ark = chain.ark
     if crl.issuer.public_bytes() != ark.subject.public_bytes():
         issuer = _issuer_name(crl)
@@ -73,6 +95,7 @@ def check_amd_crl(
             field=_FIELD,
         )
     _check_signature(crl, ark)
+    _check_scope(crl)
     stated = _stated_kind(crl)
     if stated is not None:
         kind, product = stated
@@ -100,11 +123,38 @@ def check_amd_crl(
                 f"since {entry.revocation_date_utc.date()}",
                 field=_FIELD,
             )
-    kind = f"{key} CRL" if stated is not None else "CRL (kind not stated)"
-    return (
-        f"not revoked (AMD {kind} of {crl.last_update_utc.date()}, {len(list(crl))} entries, "
-        f"checked: {common_name(chain.intermediate)}, {common_name(chain.endorsement)})"
+    checked = f"checked: {common_name(chain.intermediate)}, {common_name(chain.endorsement)}"
+    if stated is None:
+        intermediate = common_name(chain.intermediate)
+        return AmdCrlCheck(
+            f"not listed (AMD CRL of kind not stated, of {crl.last_update_utc.date()}, "
+            f"{len(list(crl))} entries, {checked})",
+            covers=False,
+            reason=(
+                "revocation not checked: the AMD CRL does not state its kind (no issuing "
+                f"distribution point), so it is not known to cover {intermediate} (give "
+                f"/{key.lower()}/v1/{chain.product.value}/crl with its distribution point)"
+            ),
+        )
+    return AmdCrlCheck(
+        f"not revoked (AMD {key} CRL of {crl.last_update_utc.date()}, {len(list(crl))} "
+        f"entries, {checked})",
+        covers=True,
     )
+
+
+def _check_scope(crl: x509.CertificateRevocationList) -> None:
+    """Refuse a delta CRL (it lists changes only) and a critical extension this module does not
+    read (it would narrow or change the CRL's scope)."""
+    for extension in crl.extensions:
+        if isinstance(extension.value, x509.DeltaCRLIndicator):
+            raise EvidenceError("the CRL is a delta CRL: give AMD's full CRL", field=_FIELD)
+        if extension.critical and extension.oid not in _KNOWN_CRITICAL:
+            raise EvidenceError(
+                f"the CRL has a critical extension {extension.oid.dotted_string} "
+                "that is not understood",
+                field=_FIELD,
+            )
 
 
 def _issuer_name(crl: x509.CertificateRevocationList) -> str:

@@ -100,11 +100,17 @@ class AmdPki:
         key: rsa.RSAPrivateKey | None = None,
         rsa_padding: padding.AsymmetricPadding = PSS,
         pem: bool = False,
+        kind: str | None = "VCEK",
         distribution_point: str | None = None,
+        extensions: tuple[tuple[x509.ExtensionType, bool], ...] = (),
     ) -> bytes:
         """AMD's CRL for this product, signed by the ARK (RSA-PSS, as AMD's), listing
-        ``revoked``; ``key`` / ``rsa_padding`` forge a wrong signature; ``distribution_point``
-        (a KDS URL) states which CRL it is (issuing distribution point)."""
+        ``revoked``; ``key`` / ``rsa_padding`` forge a wrong signature. Its issuing distribution
+        point states which CRL it is: ``distribution_point`` (a KDS URL), else the KDS URL of
+        ``kind``'s CRL of this product; ``kind=None`` states none. ``extensions``: more, with
+        their criticality."""
+        if distribution_point is None and kind is not None:
+            distribution_point = f"https://kdsintf.amd.com/{kind.lower()}/v1/{self.product}/crl"
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.ark.subject)
@@ -122,6 +128,8 @@ class AmdPki:
                 only_contains_attribute_certs=False,
             )
             builder = builder.add_extension(idp, critical=True)
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
         for cert in revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder()
