@@ -27,6 +27,12 @@ The mode is not in the signed report: a GPU in devtools mode still signs valid-l
 The trailer carries what the guest's driver says; a report that does not state mode ``on`` (off,
 devtools, or a raw report without the trailer) is refused (field ``cc_mode``).
 
+What the status rests on is in the claims' ``tcb_reasons`` (so in every verdict's reasons):
+``UpToDate`` means the measurements match signed, non-revoked NVIDIA RIMs for the driver and
+VBIOS versions the report states, not that those are the newest releases
+(``NVIDIA_UP_TO_DATE_REASON``); the mode is the guest's driver's word, not signed by the GPU
+(``NVIDIA_CC_MODE_REASON``, always).
+
 Collateral (``collateral``, ``geode evidence verify --collateral``, ``TrustAnchors``) is one JSON
 object, all three keys required (a partial document is refused, naming what is missing)::
 
@@ -305,6 +311,14 @@ def _check_fwid(report: SpdmMeasurementReport, leaf: x509.Certificate) -> None:
         )
 
 
+# What the claims' status and mode rest on, in every verdict's reasons.
+NVIDIA_UP_TO_DATE_REASON = (
+    "UpToDate: the measurements match signed, non-revoked NVIDIA RIMs for {versions} "
+    "(not: the newest driver or VBIOS)"
+)
+NVIDIA_CC_MODE_REASON = "cc_mode on: as the guest's driver states it, not signed by the GPU"
+
+
 @dataclass(frozen=True)
 class NvidiaVerified:
     report: SpdmMeasurementReport
@@ -334,8 +348,11 @@ class NvidiaVerified:
         serial = self.chain[0].subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
         platform = str(serial[0].value) if serial else certificate_sha256(self.chain[0])
         checked: frozenset[Check] = frozenset({"signature", "chain"})
+        reasons = [NVIDIA_CC_MODE_REASON]
         if self.rims:
             checked |= {"revocation", "tcb", "reference"}
+            versions = ", ".join(f"{rim.which} {rim.version}" for rim in self.rims)
+            reasons.insert(0, NVIDIA_UP_TO_DATE_REASON.format(versions=versions))
         return Claims(
             tee="nvidia",
             measurement=b"",
@@ -346,6 +363,7 @@ class NvidiaVerified:
             platform=platform,
             measurements=report.measurements,
             details=details,
+            tcb_reasons=tuple(reasons),
         )
 
 

@@ -12,6 +12,13 @@ fetches the responses and passes them in (DER, base64 in the collateral document
 - is fresh at ``at`` (``thisUpdate <= at <= nextUpdate``; a response without ``nextUpdate``
   is refused: its freshness is unknown);
 - says ``good``. ``revoked`` refuses naming the certificate and the reason; ``unknown`` refuses.
+
+The collateral comes from whoever presents the evidence, so it may hold several responses for one
+certificate (an older ``good`` one still inside its nextUpdate next to a newer ``revoked`` one).
+Every response naming the certificate must be properly signed; any that says ``revoked`` refuses,
+whatever its date; of the rest, the one with the latest ``thisUpdate`` decides (it must be fresh
+and ``good``). Responses carry no nonce (NVIDIA's responder's are pre-signed), so freshness is
+only ``thisUpdate``/``nextUpdate``.
 """
 
 from __future__ import annotations
@@ -74,9 +81,11 @@ def _cert_id(
     return ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, algorithm).build()
 
 
-def _single(
+def _matching(
     responses: OcspResponses, cert: x509.Certificate, issuer: x509.Certificate
-) -> tuple[ocsp.OCSPResponse, ocsp.OCSPSingleResponse] | None:
+) -> list[tuple[ocsp.OCSPResponse, ocsp.OCSPSingleResponse]]:
+    """Every single response, in every response, that names ``cert`` (issued by ``issuer``)."""
+    found = []
     for response in responses.responses:
         for single in response.responses:
             if single.serial_number != cert.serial_number:
@@ -89,8 +98,8 @@ def _single(
                 wanted.issuer_name_hash,
                 wanted.issuer_key_hash,
             ):
-                return response, single
-    return None
+                found.append((response, single))
+    return found
 
 
 def _verify_with(key: object, response: ocsp.OCSPResponse) -> None:
@@ -140,35 +149,41 @@ def check_revocation(
     responses: OcspResponses,
     at: datetime.datetime,
 ) -> None:
-    """Each ``(certificate, issuer)`` has a good, fresh, properly signed OCSP response."""
+    """Each ``(certificate, issuer)`` has a good, fresh, properly signed OCSP response and no
+    response saying it is revoked (see the module docstring)."""
     for cert, issuer in certs:
         name = common_name(cert)
-        found = _single(responses, cert, issuer)
-        if found is None:
+        found = _matching(responses, cert, issuer)
+        if not found:
             raise EvidenceError(f"no OCSP response for certificate {name!r}", field=FIELD)
-        response, single = found
-        _check_signer(response, issuer, at, name)
-        next_update = single.next_update_utc
-        if next_update is None:
-            raise EvidenceError(
-                f"the OCSP response for {name!r} has no nextUpdate: its freshness is unknown",
-                field=FIELD,
-            )
-        if not single.this_update_utc <= at <= next_update:
-            raise EvidenceError(
-                f"the OCSP response for {name!r} is not current at {at.isoformat()} "
-                f"(thisUpdate {single.this_update_utc.isoformat()}, "
-                f"nextUpdate {next_update.isoformat()})",
-                field=FIELD,
-            )
-        status = single.certificate_status
-        if status is ocsp.OCSPCertStatus.REVOKED:
-            reason = single.revocation_reason
-            raise EvidenceError(
-                f"certificate {name!r} is revoked (OCSP"
-                + (f", {reason.value}" if reason is not None else "")
-                + ")",
-                field=FIELD,
-            )
-        if status is not ocsp.OCSPCertStatus.GOOD:
+        for response, _ in found:
+            _check_signer(response, issuer, at, name)
+        for _, single in found:
+            if single.certificate_status is ocsp.OCSPCertStatus.REVOKED:
+                reason = single.revocation_reason
+                raise EvidenceError(
+                    f"certificate {name!r} is revoked (OCSP"
+                    + (f", {reason.value}" if reason is not None else "")
+                    + ")",
+                    field=FIELD,
+                )
+        single = max((s for _, s in found), key=lambda s: s.this_update_utc)
+        _check_fresh(single, name, at)
+        if single.certificate_status is not ocsp.OCSPCertStatus.GOOD:
             raise EvidenceError(f"the OCSP status of certificate {name!r} is unknown", field=FIELD)
+
+
+def _check_fresh(single: ocsp.OCSPSingleResponse, name: str, at: datetime.datetime) -> None:
+    next_update = single.next_update_utc
+    if next_update is None:
+        raise EvidenceError(
+            f"the OCSP response for {name!r} has no nextUpdate: its freshness is unknown",
+            field=FIELD,
+        )
+    if not single.this_update_utc <= at <= next_update:
+        raise EvidenceError(
+            f"the OCSP response for {name!r} is not current at {at.isoformat()} "
+            f"(thisUpdate {single.this_update_utc.isoformat()}, "
+            f"nextUpdate {next_update.isoformat()})",
+            field=FIELD,
+        )

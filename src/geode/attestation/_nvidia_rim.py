@@ -17,7 +17,14 @@ hands it out. What this module reads of it:
 
 The signature is checked by ``signxml`` (the optional extra ``geode[nvidia]``, imported only when a
 RIM is given) with the chain's leaf, after the chain was checked up to a trusted RIM root here;
-only what the signature covers (``signxml``'s ``signed_xml``) is read afterwards. The text is
+only what the signature covers (``signxml``'s ``signed_xml``) is read afterwards.
+
+The signer's role: NVIDIA's RIM signing certificates (``HCC RIM L4 Signer`` in nvtrust's published
+RIMs) carry no extended key usage or other RIM-specific mark; they are end-entity certificates
+(basic constraints ``CA:FALSE``, critical) with the key usage ``digitalSignature`` (critical),
+under a root used for nothing but RIMs. That is what is checked: a CA certificate of the chain, or
+a leaf without ``digitalSignature``, does not sign a RIM. Nothing in a RIM's chain ties it to a GPU
+product or SKU; the RIM is tied to the report by its version string only. The text is
 parsed without DTDs, entities or network access, and refused above ``MAX_RIM_SIZE``.
 """
 
@@ -33,7 +40,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from geode.attestation._evidence_certs import fully_decoded
+from geode.attestation._evidence_certs import common_name, fully_decoded
 from geode.errors import EvidenceError
 
 __all__ = [
@@ -126,6 +133,29 @@ def _key_info_chain(root: Any, which: str) -> list[x509.Certificate]:
     if not chain:
         raise EvidenceError(f"the {which} RIM's KeyInfo has no certificate", field=_field(which))
     return chain
+
+
+def _check_signer_role(leaf: x509.Certificate, which: str) -> None:
+    """The signer is an end entity allowed to sign (see the module docstring)."""
+    name = common_name(leaf)
+    try:
+        constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        raise EvidenceError(
+            f"the {which} RIM is signed by {name!r}, a CA certificate, not a RIM signer",
+            field=_field(which),
+        )
+    try:
+        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is None or not usage.digital_signature:
+        raise EvidenceError(
+            f"the {which} RIM's signer {name!r} has no digitalSignature key usage",
+            field=_field(which),
+        )
 
 
 def _check_signature(text: str, leaf: x509.Certificate, which: str) -> Any:
@@ -222,6 +252,7 @@ def verify_rim(text: str, which: str, *, version: str, check_chain: ChainCheck) 
     root = _parse(text, which)
     chain = _key_info_chain(root, which)
     check_chain(chain)
+    _check_signer_role(chain[0], which)
     signed = _check_signature(text, chain[0], which)
     if signed.tag != f"{{{_SWID}}}SoftwareIdentity":
         raise EvidenceError(

@@ -22,6 +22,19 @@ SWID = "http://standards.iso.org/iso/19770/-2/2015/schema.xsd"
 SHA384 = "http://www.w3.org/2001/04/xmlenc#sha384"
 
 
+_SIGNING_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
@@ -34,6 +47,7 @@ def issue(
     *,
     ca: bool,
     ocsp_signing: bool = False,
+    signing_usage: bool = True,
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -45,6 +59,8 @@ def issue(
         .not_valid_after(END)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
+    if not ca and signing_usage:  # as NVIDIA's end entities: digitalSignature, critical
+        builder = builder.add_extension(_SIGNING_USAGE, critical=True)
     if ocsp_signing:
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False
