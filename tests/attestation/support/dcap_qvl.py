@@ -27,10 +27,12 @@ status ``UpToDate`` ... ``OutOfDate``-       ``Claims.tcb_status``, the same nam
 refusal "TCB status is invalid: Revoked"    ``tcb_status == "Revoked"`` (Geode reports it and
                                             lets the package refuse; dcap-qvl's ``verify``
                                             refuses it itself): both become refused/Revoked
-refusal "No matching TCB level found", or   a platform, TD or QE below every TCB level:
-"QE ISVSVN n is below minimum required m"   ``OutOfDate`` with the reason "below every TCB
-                                            level" (``tcb_reasons``), which a package accepting
-                                            ``UpToDate`` only refuses (``BELOW_EVERY_LEVEL``)
+refusal "No matching TCB level found", or   not mapped: a named exception (``Divergence``
+"QE ISVSVN n is below minimum required m"   ``BELOW_EVERY_LEVEL``). Geode reports a platform,
+                                            TD or QE below every TCB level ``OutOfDate`` with
+                                            the reason "below every TCB level" and the lowest
+                                            level's advisories; dcap-qvl refuses. Both refuse
+                                            under the default package (``UpToDate`` only)
 ``TDRelaunchAdvised``,                      no Geode status: a mismatch if ever seen (the vectors
 ``TDRelaunchAdvisedConfigurationNeeded``    and the test collateral have no TD relaunch levels)
 =========================================== ===================================================
@@ -38,6 +40,10 @@ refusal "No matching TCB level found", or   a platform, TD or QE below every TCB
 ``Unverified`` (Geode without collateral) has no dcap-qvl counterpart: dcap-qvl does not verify
 without collateral. For a quote without collateral, what both can say is the structure
 (``structure_of``: quote version, TEE, FMSPC, measurement, report data).
+
+Shared by the vector and property comparisons: ``agree`` (both opinions, which must be equal),
+``below_every_level`` (the named exception, asserted as the difference it is) and the bit flips
+in what a quote's signatures cover (``signed_offsets``, ``both_refuse_flips``).
 """
 
 from __future__ import annotations
@@ -46,14 +52,16 @@ import datetime
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from geode.attestation import Evidence, EvidenceVerifier
-from geode.errors import EvidenceError
+from geode.attestation import Evidence, EvidenceVerifier, ReferenceValues, match_claims
+from geode.attestation._intel_quote import parse_intel_quote
+from geode.errors import ClaimsMismatch, EvidenceError
 
 try:
     import dcap_qvl
@@ -63,14 +71,22 @@ except ImportError:  # pragma: no cover - the test extra installs it
 __all__ = [
     "BELOW_EVERY_LEVEL",
     "HAVE_DCAP_QVL",
+    "Divergence",
     "Opinion",
     "Structure",
+    "agree",
+    "below_every_level",
+    "both_refuse_flips",
     "dcap_collateral",
     "dcap_qvl_opinion",
+    "flipped",
     "geode_opinion",
+    "pem_blocks",
     "requires_dcap_qvl",
+    "signed_offsets",
     "structure_by_dcap_qvl",
     "structure_by_geode",
+    "utc",
 ]
 
 HAVE_DCAP_QVL = dcap_qvl is not None
@@ -79,13 +95,28 @@ requires_dcap_qvl = pytest.mark.skipif(
     reason="dcap-qvl is not installed (pip install -e '.[test]')",
 )
 
-# How dcap-qvl refuses a platform (or TD) and a QE below every TCB level; Geode's reason for the
-# same, with the status OutOfDate.
-BELOW_EVERY_LEVEL = (
-    ("No matching TCB level found", "below minimum required"),
-    "below every TCB level",
-)
 _REVOKED_LEVEL = "TCB status is invalid: Revoked"
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """A documented difference between the verifiers -- an exception, never counted as agreement:
+    Geode accepts with ``geode_status`` and a reason containing ``geode_reason``, dcap-qvl refuses
+    with one of ``dcap_qvl_refusals``; a package accepting ``UpToDate`` only (the default) refuses
+    Geode's claims, so both refuse there."""
+
+    name: str
+    geode_status: str
+    geode_reason: str
+    dcap_qvl_refusals: tuple[str, ...]
+
+
+BELOW_EVERY_LEVEL = Divergence(
+    "below every TCB level",
+    geode_status="OutOfDate",
+    geode_reason="below every TCB level",
+    dcap_qvl_refusals=("No matching TCB level found", "below minimum required"),
+)
 
 
 @dataclass(frozen=True)
@@ -250,3 +281,108 @@ def structure_by_geode(tee: str, quote: bytes, *, at: datetime.datetime) -> Stru
         claims.measurement.hex(),
         claims.report_data.hex(),
     )
+
+
+def utc(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.UTC)
+
+
+def agree(
+    tee: str,
+    quote: bytes,
+    collateral: bytes,
+    at: datetime.datetime,
+    root: x509.Certificate | None = None,
+) -> Opinion:
+    """Both opinions, which must be equal; the common one."""
+    ours = geode_opinion(tee, quote, collateral, at=at, root=root)
+    theirs = dcap_qvl_opinion(quote, collateral, at=at, root=root)
+    assert ours == theirs, f"Geode: {ours}; dcap-qvl: {theirs}"
+    return ours
+
+
+def below_every_level(
+    tee: str, quote: bytes, collateral: bytes, at: datetime.datetime, root: x509.Certificate | None
+) -> tuple[Opinion, Opinion]:
+    """The named exception ``BELOW_EVERY_LEVEL``, asserted as the difference it is: the opinions
+    differ (Geode ``OutOfDate`` with the reason, dcap-qvl refuses), and under the default package
+    Geode refuses too. Returns (Geode's, dcap-qvl's)."""
+    divergence = BELOW_EVERY_LEVEL
+    theirs = dcap_qvl_opinion(quote, collateral, at=at, root=root)
+    ours = geode_opinion(tee, quote, collateral, at=at, root=root)
+    assert ours != theirs, divergence.name
+    assert not theirs.accepted
+    assert any(message in theirs.reason for message in divergence.dcap_qvl_refusals), theirs.reason
+    assert (ours.accepted, ours.status) == (True, divergence.geode_status)
+    assert divergence.geode_reason in ours.reason
+    roots = {tee: [root]} if root is not None else None
+    claims = EvidenceVerifier(roots=roots, clock=lambda: at).verify(
+        Evidence(tee, quote), collateral=collateral
+    )
+    measured = "mrtd" if tee == "tdx" else "measurement"
+    package = ReferenceValues.model_validate({"tee": tee, measured: claims.measurement.hex()})
+    with pytest.raises(ClaimsMismatch, match=divergence.geode_reason):
+        match_claims(claims, package)
+    return ours, theirs
+
+
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\n(.*?)\n-----END CERTIFICATE-----", re.S)
+
+
+def pem_blocks(quote: bytes) -> list[re.Match[bytes]]:
+    """The PEM certificates of the quote's certification data (offsets within it)."""
+    return list(_PEM.finditer(parse_intel_quote(quote).cert_data))
+
+
+def signed_offsets(quote: bytes) -> Iterator[tuple[str, int]]:
+    """Offsets of the bytes a signature covers, directly or through a certificate: header and
+    body, quote signature and attestation key, QE report and its signature, QE authentication
+    data, and the base64 of the PCK and intermediate certificates (not their line breaks)."""
+    parsed = parse_intel_quote(quote)
+    auth = parsed.qe_report_signature_offset + 64 + 2
+    spans = [
+        ("header and body", 0, len(parsed.signed)),
+        ("signature and attestation key", parsed.signature_offset, parsed.signature_offset + 128),
+        ("QE report", parsed.qe_report_offset, parsed.qe_report_offset + 384),
+        ("QE report signature", parsed.qe_report_signature_offset, auth - 2),
+        ("QE authentication data", auth, auth + len(parsed.qe_auth_data)),
+    ]
+    yield from ((name, i) for name, start, end in spans for i in range(start, end))
+    blocks = pem_blocks(quote)[:2]  # the root is the verifier's own
+    for name, block in zip(("PCK certificate", "PCK CA certificate"), blocks, strict=True):
+        start = parsed.cert_data_offset + block.start(1)
+        for i in range(start, start + len(block.group(1))):
+            if quote[i] != 0x0A:
+                yield name, i
+
+
+def flipped(quote: bytes, offset: int, mask: int) -> bytes:
+    changed = bytearray(quote)
+    changed[offset] ^= mask
+    return bytes(changed)
+
+
+def both_refuse_flips(
+    tee: str,
+    quote: bytes,
+    collateral: bytes,
+    at: datetime.datetime,
+    *,
+    stride: int,
+    root: x509.Certificate | None = None,
+) -> int:
+    """Flip one bit in every ``stride``-th signed byte: both must refuse each; how many."""
+    accepted = []
+    count = 0
+    for index, (region, offset) in enumerate(signed_offsets(quote)):
+        if index % stride:
+            continue
+        mask = 1 << (index // stride % 8)
+        changed = flipped(quote, offset, mask)
+        ours = geode_opinion(tee, changed, collateral, at=at, root=root)
+        theirs = dcap_qvl_opinion(changed, collateral, at=at, root=root)
+        if ours.accepted or theirs.accepted:
+            accepted.append(f"{region} at {offset} ^ {mask:#x}: Geode {ours}; dcap-qvl {theirs}")
+        count += 1
+    assert accepted == []
+    return count
