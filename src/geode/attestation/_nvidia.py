@@ -97,8 +97,10 @@ from geode.errors import EvidenceError
 from geode.tee import Check
 
 __all__ = [
+    "NVIDIA_CC_MODE_REASON",
     "NVIDIA_ROOT_SHA256",
     "NVIDIA_TRAILER_MAGIC",
+    "NVIDIA_UP_TO_DATE_REASON",
     "CcMode",
     "SpdmMeasurementReport",
     "build_nvidia_evidence",
