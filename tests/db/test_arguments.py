@@ -183,16 +183,25 @@ def test_a_bundle_link_to_elsewhere_is_not_taken_as_the_default_init_sql(
         _config(activation)
 
 
+def test_under_geode_run_mariadb_programs_from_elsewhere_are_refused(
+    activation: dict[str, str], tmp_path: Path
+) -> None:
+    with pytest.raises(DatabaseError, match=r"^--mariadb-bin .*: under geode run the MariaDB"):
+        DatabaseConfig.from_activation(tmp_path / "data", environ=activation, mariadb_bin=tmp_path)
+
+
 def test_outside_geode_run_any_file_is_read_as_before(
     activation: dict[str, str], tmp_path: Path
 ) -> None:
     del activation["GEODE_BUNDLE_DIR"]
     (tmp_path / "elsewhere.sql").write_text("CREATE DATABASE anywhere;\n")
     (tmp_path / "elsewhere.key").write_text("ef" * 32)
-    config = _config(
-        activation,
+    config = DatabaseConfig.from_activation(
+        tmp_path / "data",
+        environ=activation,
         init_sql_file=str(tmp_path / "elsewhere.sql"),
         key_file=str(tmp_path / "elsewhere.key"),
+        mariadb_bin=tmp_path,
     )
     assert config.init_sql == "CREATE DATABASE anywhere;\n"
     assert config.key == b"\xef" * 32

@@ -107,10 +107,16 @@ class DatabaseConfig:
         ``init.sql``, if present). Relative paths are in ``GEODE_SECRETS_DIR`` (the manifest's
         files); a relative init SQL the manifest does not give is the working directory's (the
         bundle's, under ``geode run``, which runs the command in its measured copy). Under
-        ``geode run`` both files must be the bundle's or the manifest's (``_ActivationFiles``)."""
+        ``geode run`` both files must be the bundle's or the manifest's (``_ActivationFiles``),
+        and ``mariadb_bin`` (programs from elsewhere) is refused."""
         env = os.environ if environ is None else environ
         credentials = Credentials.from_env(env)
         files = _ActivationFiles.from_env(env)
+        if mariadb_bin is not None and files.bundle_dir is not None:
+            raise DatabaseError(
+                f"--mariadb-bin {mariadb_bin}: under geode run the MariaDB programs are the ones "
+                "the bundle's geode.lock names"
+            )
         if key_env is not None:
             if not env.get(key_env):
                 raise DatabaseError(f"${key_env} is not set: it should hold the database key")
