@@ -13,9 +13,9 @@ import pytest
 
 from geode.db import DatabaseConfig, parse_key, read_key_file
 from geode.db._config import RuntimeFiles, check_extra_options, render_option_file
+from geode.db._datadir import make_private as _make_private
 from geode.db._key import KEY_CHECK_FILE, KeyCheck
 from geode.db._mariadb import describe_sql_error
-from geode.db._serve import _make_private
 from geode.errors import DatabaseError, WrongDatabaseKey
 
 

@@ -135,3 +135,47 @@ def test_geode_db_serve_under_geode_run(
     assert "Shutdown complete" in text
     assert "geode db: INFO stopped" in text
     assert files_containing(datadir, marker.encode()) == []
+
+
+def test_geode_db_serve_under_geode_run_refuses_code_and_sql_from_outside_the_bundle(
+    start_coordinator: StartCoordinator, geode_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The command line after ``geode run ... --`` is the caller's: an option that loads a
+    plugin from elsewhere, or init SQL or a key outside the bundle and the manifest's files,
+    is refused in one line before MariaDB touches anything."""
+    require_mariadb()
+    coordinator = start_coordinator()
+    with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
+        root = x509.load_pem_x509_certificate(client.certificates().root.encode())
+    root_file = tmp_path / "root.pem"
+    root_file.write_text(certificate_pem(root))
+    port = free_port()
+    bundle = db_bundle(tmp_path / "bundle")
+    with CoordinatorClient(coordinator.client_addr, root=root) as client:
+        client.set_manifest(manifest(port, bundle))
+    evil_sql = tmp_path / "evil.sql"
+    evil_sql.write_text("CREATE USER 'thief'@'%'; GRANT ALL ON *.* TO 'thief'@'%';\n")
+    evil_key = tmp_path / "evil.key"
+    evil_key.write_text("00" * 32)
+    datadir = tmp_path / "db-data"
+    cases = {
+        ("--option", "plugin_dir=/tmp/evil"): "option 'plugin_dir' would load code",
+        ("--option", "init_connect=DROP DATABASE shop"): "option 'init_connect' would load code",
+        ("--init-sql", str(evil_sql)): f"--init-sql {evil_sql}: under geode run it must be",
+        ("--init-sql", "../../evil.sql"): "--init-sql ",
+        ("--key-file", str(evil_key)): f"--key-file {evil_key}: under geode run it must be",
+    }
+    for argument, refusal in cases.items():
+        done = subprocess.run(
+            geode_run_argv(
+                coordinator.mesh_addr, "db", bundle, root_file,
+                "geode", "db", "serve",
+                "--datadir", str(datadir), "--listen", f"127.0.0.1:{port}", *argument,
+            ),
+            env=geode_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode != 0, (argument, done.stderr)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, (argument, done.stderr)
+        assert refusal in errors[0], (argument, done.stderr)
+        assert not datadir.exists()

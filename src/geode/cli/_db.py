@@ -54,7 +54,7 @@ def db() -> None:
     "options",
     multiple=True,
     metavar="NAME=VALUE",
-    help="An extra mariadbd option (repeatable); confidential settings cannot be changed.",
+    help="A mariadbd tuning option (repeatable; the accepted ones are in docs/database.md).",
 )
 @click.option(
     "--mariadb-bin",
@@ -74,7 +74,8 @@ def serve(
     """Run MariaDB encrypted under the activation's key, TLS only (under 'geode run').
 
     Relative --key-file and --init-sql paths are in $GEODE_SECRETS_DIR: the manifest's files;
-    an init SQL the manifest does not give is the working directory's (the bundle's)."""
+    an init SQL the manifest does not give is the working directory's (the bundle's). Under
+    'geode run' both must be files of the bundle or of the manifest."""
     from geode.db import DatabaseConfig
     from geode.db import serve as serve_database
 

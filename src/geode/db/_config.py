@@ -1,6 +1,11 @@
 """The MariaDB option file Geode writes: the settings every Geode database shares, and the
 confidential ones (encryption at rest keyed by the Coordinator's secret, TLS only) that nothing
-else may override."""
+else may override.
+
+Extra options (``--option``) come from whoever starts ``geode db serve``: under ``geode run``,
+from outside the measured bundle. So they are an allow list of tuning options (sizes, limits,
+timeouts, SQL behaviour) rather than a deny list: nothing that loads a plugin, reads or writes a
+file or directory, runs SQL or changes access control can be named, whatever MariaDB adds later."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from geode.runtime.launcher import LauncherRecord, clean_leftovers
 
 __all__ = [
     "CONFIDENTIAL_NAMES",
+    "TUNING_OPTIONS",
     "Option",
     "RuntimeFiles",
     "check_extra_options",
@@ -61,7 +67,7 @@ CONFIDENTIAL_NAMES = frozenset(
         "ssl_crlpath",
         "ssl_cipher",
         "tls_version",
-        "skip_networking",
+        "networking",  # skip_networking, once unprefixed
         "bind_address",
         "port",
         "socket",
@@ -75,10 +81,94 @@ CONFIDENTIAL_NAMES = frozenset(
         "slow_query_log_file",
         "log_error",
         "local_infile",
-        "secure_file_priv",
-        "init_file",
-        "skip_grant_tables",
-        "skip_ssl",
+        # What common_options sets besides (skip_name_resolve is name_resolve once unprefixed).
+        "name_resolve",
+        "server_id",
+        "binlog_expire_logs_seconds",
+        "character_set_server",
+        "collation_server",
+    }
+)
+# The only extra options accepted: tuning that neither loads code or files nor runs SQL nor
+# changes who may connect (each name is checked against mariadbd's own list in the tests).
+TUNING_OPTIONS = frozenset(
+    {
+        # InnoDB
+        "innodb_buffer_pool_size",
+        "innodb_buffer_pool_chunk_size",
+        "innodb_log_file_size",
+        "innodb_log_buffer_size",
+        "innodb_flush_log_at_trx_commit",
+        "innodb_flush_method",
+        "innodb_io_capacity",
+        "innodb_io_capacity_max",
+        "innodb_read_io_threads",
+        "innodb_write_io_threads",
+        "innodb_purge_threads",
+        "innodb_lock_wait_timeout",
+        "innodb_deadlock_detect",
+        "innodb_print_all_deadlocks",
+        "innodb_sort_buffer_size",
+        "innodb_open_files",
+        "innodb_adaptive_hash_index",
+        "innodb_autoinc_lock_mode",
+        "innodb_strict_mode",
+        "innodb_stats_persistent",
+        "innodb_ft_min_token_size",
+        "innodb_ft_max_token_size",
+        # connections and threads
+        "max_connections",
+        "max_user_connections",
+        "max_connect_errors",
+        "max_allowed_packet",
+        "net_buffer_length",
+        "wait_timeout",
+        "interactive_timeout",
+        "connect_timeout",
+        "net_read_timeout",
+        "net_write_timeout",
+        "thread_cache_size",
+        "thread_handling",
+        "thread_pool_size",
+        "back_log",
+        # caches and buffers
+        "table_open_cache",
+        "table_definition_cache",
+        "open_files_limit",
+        "sort_buffer_size",
+        "join_buffer_size",
+        "read_buffer_size",
+        "read_rnd_buffer_size",
+        "tmp_table_size",
+        "max_heap_table_size",
+        "key_buffer_size",
+        "aria_pagecache_buffer_size",
+        "query_cache_type",
+        "query_cache_size",
+        "query_cache_limit",
+        # statements and SQL behaviour
+        "max_statement_time",
+        "lock_wait_timeout",
+        "long_query_time",
+        "transaction_isolation",
+        "sql_mode",
+        "default_time_zone",
+        "explicit_defaults_for_timestamp",
+        "group_concat_max_len",
+        "max_prepared_stmt_count",
+        "max_sp_recursion_depth",
+        "ft_min_word_len",
+        "optimizer_switch",
+        "optimizer_search_depth",
+        "div_precision_increment",
+        "default_week_format",
+        # binary log (it stays in the data directory, encrypted) and diagnostics
+        "binlog_format",
+        "binlog_cache_size",
+        "max_binlog_size",
+        "sync_binlog",
+        "performance_schema",
+        "log_warnings",
     }
 )
 _PREFIXES = ("loose_", "skip_", "disable_", "enable_", "maximum_")
@@ -245,11 +335,30 @@ def _base_name(name: str) -> str:
     return name
 
 
+def _loads_from_outside(base: str) -> bool:
+    """Options that load a plugin, name a file or directory, or run SQL."""
+    return base.startswith(("plugin", "init_", "secure_", "local_infile")) or base.endswith(
+        ("_dir", "_file", "_path", "_filename", "_directory", "_connect", "_slave", "_replica")
+    )
+
+
 def check_extra_options(options: Iterable[Option]) -> None:
-    """Refuse extra options that would change a confidential setting (or a managed path)."""
+    """Refuse every extra option but the ``TUNING_OPTIONS`` (with MariaDB's ``loose-``,
+    ``skip-``, ``enable-``, ``disable-`` and ``maximum-`` prefixes), in one line naming it."""
     for name, _value in options:
         base = _base_name(name)
         if not base or not all(c.isalnum() or c == "_" for c in base):
             raise DatabaseError(f"option {name!r}: not a MariaDB option name")
         if base in CONFIDENTIAL_NAMES or base.startswith(("ssl_", "file_key_management")):
             raise DatabaseError(f"option {name!r} is managed by Geode and cannot be changed")
+        if base in TUNING_OPTIONS:
+            continue
+        if _loads_from_outside(base):
+            raise DatabaseError(
+                f"option {name!r} would load code, files or SQL from outside the measured "
+                "bundle: refused"
+            )
+        raise DatabaseError(
+            f"option {name!r} is not one of the tuning options geode db serve accepts "
+            "(docs/database.md)"
+        )

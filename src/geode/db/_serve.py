@@ -7,43 +7,37 @@ programs, the TLS files, the key against the directory's key check, the address)
 to the final one and moved into place only once MariaDB, the Geode hardening and the manifest's
 initialisation SQL have all succeeded, so the initialisation runs exactly once and a failed one
 leaves nothing behind.
+
+The configuration is ``_database_config``; the data directory on disk (its lock, its moving
+into place, its permissions) is ``_datadir``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import signal
 import socket
 import ssl
-import stat
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from geode.db._config import (
-    Option,
-    RuntimeFiles,
-    check_extra_options,
-    common_options,
-    confidential_options,
-    os_user,
-)
-from geode.db._key import KEY_CHECK_FILE, KEY_SIZE, KeyCheck, parse_key, read_key_file
+from geode.db._config import Option, RuntimeFiles, common_options, confidential_options, os_user
+from geode.db._database_config import DatabaseConfig
+from geode.db._datadir import inspect_datadir, lock_datadir, make_private, move_into_place
+from geode.db._key import KEY_CHECK_FILE, KeyCheck
 from geode.db._mariadb import MariaDB, ServerProcess, _SQLFailed
 from geode.errors import DatabaseError
 from geode.protocol import mesh_server_context
-from geode.runtime import Credentials
 
-__all__ = ["DatabaseConfig", "DatabaseServer", "serve"]
+__all__ = ["DatabaseServer", "serve"]
 
 log = logging.getLogger("geode.db")
 
@@ -61,96 +55,6 @@ FLUSH PRIVILEGES;
 # Variables a child MariaDB program may see; nothing else (a key passed in the environment
 # stays with Geode).
 _CHILD_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DatabaseConfig:
-    """What ``geode db serve`` needs: where the data lives, the 256-bit master key, the TLS
-    files (the server's certificate chain and key, and the CAs whose certificates clients may
-    present), the address, and the initialisation SQL run once on first start."""
-
-    datadir: Path
-    key: bytes = field(repr=False)
-    cert_file: Path
-    key_file: Path
-    ca_files: tuple[Path, ...]
-    host: str = "127.0.0.1"
-    port: int = 3306
-    init_sql: str | None = field(default=None, repr=False)
-    options: tuple[Option, ...] = ()
-    mariadb_bin: Path | None = None
-    runtime_parent: Path | None = None
-    start_timeout: float = 300.0
-
-    def __post_init__(self) -> None:
-        if len(self.key) != KEY_SIZE:
-            raise DatabaseError(f"the database key must be {KEY_SIZE * 8} bits")
-        if not 0 < self.port < 65536:
-            raise DatabaseError(f"port {self.port} is out of range")
-        if not self.ca_files:
-            raise DatabaseError("no CA certificate to verify clients with")
-        check_extra_options(self.options)
-
-    @classmethod
-    def from_activation(
-        cls,
-        datadir: Path,
-        *,
-        environ: Mapping[str, str] | None = None,
-        key_file: str | None = None,
-        key_env: str | None = None,
-        init_sql_file: str | None = None,
-        host: str = "127.0.0.1",
-        port: int = 3306,
-        options: Iterable[Option] = (),
-        mariadb_bin: Path | None = None,
-    ) -> DatabaseConfig:
-        """The configuration of a service started by ``geode run``: its certificate, key and
-        CAs (``GEODE_CERT_FILE``, ``GEODE_KEY_FILE``, ``GEODE_CA_FILE`` and
-        ``GEODE_ROOT_CA_FILE``), the master key from ``key_file`` (default ``db.key``) or the
-        hex in variable ``key_env``, and the init SQL in ``init_sql_file`` (default
-        ``init.sql``, if present). Relative paths are in ``GEODE_SECRETS_DIR`` (the manifest's
-        files); a relative init SQL the manifest does not give is the working directory's: the
-        bundle's, under ``geode run``, which runs the command in its measured copy."""
-        env = os.environ if environ is None else environ
-        credentials = Credentials.from_env(env)
-        secrets_dir = env.get("GEODE_SECRETS_DIR")
-
-        def resolve(name: str) -> Path:
-            path = Path(name)
-            return path if path.is_absolute() or not secrets_dir else Path(secrets_dir, path)
-
-        if key_env is not None:
-            if not env.get(key_env):
-                raise DatabaseError(f"${key_env} is not set: it should hold the database key")
-            key = parse_key(env[key_env].encode(), f"${key_env}")
-        else:
-            key = read_key_file(resolve(key_file or "db.key"))
-        init_name = Path(init_sql_file or "init.sql")
-        init_path = resolve(str(init_name))
-        if not init_path.exists() and not init_name.is_absolute() and init_name.is_file():
-            init_path = init_name.absolute()  # the bundle's, in the working directory
-        init_sql = None
-        if init_sql_file is not None or init_path.is_file():
-            try:
-                init_sql = init_path.read_text()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise DatabaseError(f"cannot read the init SQL {init_path}: {exc}") from None
-        ca_files = [credentials.ca_file]
-        if env.get("GEODE_ROOT_CA_FILE"):
-            ca_files.append(Path(env["GEODE_ROOT_CA_FILE"]))
-        return cls(
-            datadir=datadir,
-            key=key,
-            cert_file=credentials.cert_file,
-            key_file=credentials.key_file,
-            ca_files=tuple(ca_files),
-            init_sql=init_sql,
-            host=host,
-            port=port,
-            options=tuple(options),
-            mariadb_bin=mariadb_bin,
-        )
 
 
 def _ensure_port_free(host: str, port: int) -> None:
@@ -300,22 +204,24 @@ class DatabaseServer:
         self._mariadb = MariaDB.locate(config.mariadb_bin)
         self._check_tls()
         datadir = config.datadir.absolute()
-        existing = self._inspect(datadir)
+        existing = inspect_datadir(datadir)
         if existing:
-            self._lock(datadir)
+            self._lock_fd = lock_datadir(datadir)
             check = KeyCheck.read(datadir)
             if check is None:
                 raise DatabaseError(f"{datadir}/{KEY_CHECK_FILE} has disappeared")
             check.verify(config.key, datadir)
         elif datadir.exists():
-            self._lock(datadir)  # an empty directory, e.g. a mount point: filled in place
+            self._lock_fd = lock_datadir(
+                datadir
+            )  # an empty directory, e.g. a mount point: filled in place
         _ensure_port_free(config.host, config.port)
         self._files = RuntimeFiles.create(config.runtime_parent)
         if not existing:
             self._initialise(datadir)
             if self._lock_fd is None:
-                self._lock(datadir)
-        _make_private(datadir)
+                self._lock_fd = lock_datadir(datadir)
+        make_private(datadir)
         self._tls_stamp = self._tls_files_stamp()
         self._process = self._launch(datadir, config.host)
 
@@ -341,31 +247,6 @@ class DatabaseServer:
             return tuple(path.stat().st_mtime_ns for path in paths)
         except OSError:
             return ()
-
-    @staticmethod
-    def _inspect(datadir: Path) -> bool:
-        """True for an existing Geode data directory, False for a missing or empty one."""
-        if not datadir.exists():
-            return False
-        if not datadir.is_dir():
-            raise DatabaseError(f"{datadir} is not a directory")
-        if not any(datadir.iterdir()):
-            return False
-        if not (datadir / KEY_CHECK_FILE).exists():
-            raise DatabaseError(
-                f"{datadir} is not empty and has no {KEY_CHECK_FILE}: "
-                "not a Geode database directory; nothing was changed"
-            )
-        return True
-
-    def _lock(self, datadir: Path) -> None:
-        fd = os.open(datadir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise DatabaseError(f"{datadir} is in use by another geode db serve") from None
-        self._lock_fd = fd
 
     def _options(self, datadir: Path, host: str | None) -> list[Option]:
         assert self._files is not None
@@ -423,7 +304,7 @@ class DatabaseServer:
             if code != 0:
                 raise DatabaseError(f"mariadbd exited with status {code}: {process.failure()}")
             KeyCheck.create(self.config.key).write(staging)
-            self._move_into_place(staging, datadir)
+            move_into_place(staging, datadir)
             log.info("initialised %s", datadir)
         except BaseException:
             if self._process is not None:
@@ -457,38 +338,6 @@ class DatabaseServer:
             "DELETE FROM mysql.proxies_priv "  # noqa: S608
             f"WHERE User IN ({admins}) AND Host <> 'localhost'; FLUSH PRIVILEGES;"
         )
-
-    @staticmethod
-    def _move_into_place(staging: Path, datadir: Path) -> None:
-        if not datadir.exists():
-            staging.rename(datadir)
-            return
-        # The key check goes last: a directory without it is never taken for a complete one.
-        for entry in sorted(staging.iterdir(), key=lambda p: p.name == KEY_CHECK_FILE):
-            entry.rename(datadir / entry.name)
-        staging.rmdir()
-
-
-def _make_private(datadir: Path) -> None:
-    """Take group and other permissions off everything in the data directory (itself
-    included): MariaDB and Geode create it all private now, but a directory made by an earlier
-    version, or a mount point filled in place, may still have files others can read. Links are
-    neither followed nor changed."""
-    changed = 0
-    for directory, subdirs, names, dir_fd in os.fwalk(datadir, follow_symlinks=False):
-        entries = [(".", os.stat(dir_fd).st_mode)] if directory == str(datadir) else []
-        for name in [*subdirs, *names]:
-            entries.append((name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode))
-        for name, mode in entries:
-            if stat.S_ISLNK(mode) or not stat.S_IMODE(mode) & 0o077:
-                continue
-            if name == ".":
-                os.chmod(dir_fd, stat.S_IMODE(mode) & 0o700)
-            else:
-                os.chmod(name, stat.S_IMODE(mode) & 0o700, dir_fd=dir_fd)
-            changed += 1
-    if changed:
-        log.warning("%s: made %d entries private (no access for group or others)", datadir, changed)
 
 
 def serve(config: DatabaseConfig, *, reload_interval: float = 5.0) -> int:
