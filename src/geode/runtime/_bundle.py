@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from geode._files import replace_file
 from geode.errors import LaunchError
 
 __all__ = [
@@ -101,6 +102,17 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _is_bare_name(name: str) -> bool:
+    """A name ``$PATH`` is searched for: not empty, no ``/``, not ``.`` or ``..``, and no NUL or
+    other control character (it is shown in one-line messages and passed to the system)."""
+    return (
+        bool(name)
+        and "/" not in name
+        and name not in (".", "..")
+        and not any(ord(char) < 0x20 or ord(char) == 0x7F for char in name)
+    )
+
+
 def _lock_field_error(source: str, field: str, problem: str) -> LaunchError:
     return LaunchError(f"{source}: {field}: {problem}")
 
@@ -141,8 +153,9 @@ class BundleLock:
         executables: dict[str, LockedExecutable] = {}
         for name, entry in raw.items():
             field = f"executables.{name}"
-            if not name or "/" in name or name in (".", ".."):
-                raise _lock_field_error(source, field, "not a bare executable name")
+            if not _is_bare_name(name):
+                shown = field if name.isprintable() else f"executables.{name!r}"
+                raise _lock_field_error(source, shown, "not a bare executable name")
             if not isinstance(entry, dict):
                 raise _lock_field_error(source, field, "not a JSON object")
             unknown = sorted(set(entry) - {"path", "sha256", "interpreter"})
@@ -195,11 +208,16 @@ def write_lock(
     ``bundle/geode.lock``, keeping entries already there for other names. ``interpreters``
     marks names whose first operand is a script (default: ``python*``, ``sh``, ``bash``,
     ``node``, ``perl``, ``ruby``); given, it replaces that guess (and its names are locked too).
+    The lock is replaced atomically (``replace_file``: a crash leaves the old lock or the new
+    one); ``LaunchError`` if ``geode.lock`` is a symbolic link (its target is never written).
     """
+    lock_file = bundle / LOCK_FILE
+    if lock_file.is_symlink():
+        raise LaunchError(f"{lock_file} is a symbolic link: refused, a lock is written in place")
     existing = dict(read_lock(bundle).executables)
     wanted = list(dict.fromkeys([*names, *interpreters]))
     for name in wanted:
-        if not name or "/" in name or name in (".", ".."):
+        if not _is_bare_name(name):
             raise LaunchError(f"{name!r} is not a bare executable name")
         found = shutil.which(name, path=path)
         if found is None:
@@ -216,9 +234,9 @@ def write_lock(
     lock = BundleLock(existing)
     text = json.dumps(lock.to_json(), indent=2) + "\n"
     try:
-        (bundle / LOCK_FILE).write_text(text, encoding="utf-8")
+        replace_file(lock_file, text.encode("utf-8"), mode=0o644)
     except OSError as exc:
-        raise LaunchError(f"cannot write {bundle / LOCK_FILE}: {exc.strerror}") from None
+        raise LaunchError(f"cannot write {lock_file}: {exc.strerror}") from None
     return lock
 
 

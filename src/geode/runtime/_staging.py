@@ -1,31 +1,42 @@
 """What ``geode run`` runs is what it measured: the bundle is staged and measured, and the
 command runs from the staged copy.
 
-``stage_bundle`` copies the bundle into a private directory (0700) of the runtime directory,
-never following a symbolic link out of it, and measures the copy (``measure_bundle``); the
-activation uses that measurement and the command runs from the copy (its working directory), so
-changing the original after the launch changes nothing that runs. The copy is removed when the
-launcher exits (and by the next launcher, when one was killed outright: ``_leftovers``).
+``stage_bundle`` copies the bundle into a private directory (0700) of the runtime directory and
+measures the copy (``measure_bundle``); the activation uses that measurement and the command
+runs from the copy (its working directory), so changing the original after the launch changes
+nothing that runs. The copy is removed when the launcher exits (and by the next launcher, when
+one was killed outright: ``_leftovers``).
 
 The layout is ``<runtime dir>/geode-bundle-XXXXXXXX/`` (0700) holding the launcher's record
 ``launcher.state`` (``_leftovers.LauncherRecord``, locked for the launcher's life) and the copy,
-``bundle/``: directories 0700, files 0700 or 0600 (execute bits kept, nothing readable by
-others). The copy is made with ``os.scandir``, never following a link: a relative link that
-stays inside the bundle is copied as a link, an absolute one or one that leads out is refused,
-and so is a special file. ``__pycache__/`` and ``*.pyc`` are not copied: they are not measured,
-so they must not run.
+``bundle/``. The copy is made from the entries of ``bundle_entries`` (the walk the measurement
+uses, so both skip the same things: ``__pycache__/`` and ``*.pyc`` are not copied, they are not
+measured, so they must not run). Only ``--bundle`` itself is followed if it is a link; below it
+every directory is opened relative to its parent's descriptor with ``O_DIRECTORY |
+O_NOFOLLOW`` and every file with ``O_NOFOLLOW``, each checked to be the entry listed (device,
+inode), so a directory or file swapped for a link while the copy is made is refused, never
+followed. A relative link that stays inside the bundle is copied as a link; an absolute one, one
+that leads out (checked on the copy, so links read together count), or a special file is
+refused. In any case the copy is measured after copying: whatever a race changed is what is
+measured, and so what is attested.
+
+Once measured, the copy is made read-only: files 0400 (0500 if executable), directories 0500,
+so the running command cannot rewrite its scripts or the ``geode.lock`` that ``locked_executable``
+reads by accident. That is simulation, not isolation: a process of the same user can ``chmod``
+it back (and root ignores the modes). ``remove_staged`` and ``clean_leftovers`` make the tree
+writable again before removing it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from geode.attestation import BundleError, measure_bundle
+from geode._files import writable_tree
+from geode.attestation import BundleEntry, BundleError, bundle_entries, measure_bundle
 from geode.errors import LaunchError
 from geode.runtime._bundle import LOCK_FILE, BundleLock, read_lock
 from geode.runtime._launcher import default_runtime_dir
@@ -54,21 +65,10 @@ class StagedBundle:
         return self.directory / LOCK_FILE
 
 
-def _skipped(name: str, is_dir: bool) -> bool:
-    """What the measurement skips is not copied either: it must not run unmeasured."""
-    return (is_dir and name == "__pycache__") or (not is_dir and name.endswith(".pyc"))
-
-
-def _copy_file(source: str, info: os.stat_result, target: Path, shown: str) -> None:
+def _copy_file(entry: BundleEntry, target: Path) -> None:
+    mode = 0o700 if entry.mode & 0o111 else 0o600
+    src = entry.open()
     try:
-        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise LaunchError(f"cannot read {shown} in the bundle: {exc.strerror}") from None
-    try:
-        now = os.fstat(src)
-        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
-            raise LaunchError(f"{shown} in the bundle changed while it was copied")
-        mode = 0o700 if info.st_mode & 0o111 else 0o600
         dst = os.open(
             target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode
         )
@@ -85,41 +85,43 @@ def _copy_file(source: str, info: os.stat_result, target: Path, shown: str) -> N
 
 
 def _copy_tree(source: Path, target: Path) -> list[tuple[str, Path]]:
-    """Copy ``source`` into the existing ``target``; the links made, (shown name, copy path)."""
+    """Copy ``source`` into the existing ``target`` from its entries (``bundle_entries``); the
+    links made, (relative path, copy path)."""
     links: list[tuple[str, Path]] = []
-    stack: list[tuple[Path, Path, str]] = [(source, target, "")]
-    while stack:
-        src_dir, dst_dir, prefix = stack.pop()
-        try:
-            entries = list(os.scandir(src_dir))
-        except OSError as exc:
-            raise LaunchError(f"cannot read {src_dir}: {exc.strerror}") from None
-        for entry in entries:
-            shown = prefix + entry.name
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError as exc:
-                raise LaunchError(f"cannot read {shown} in the bundle: {exc.strerror}") from None
-            mode = info.st_mode
-            if _skipped(entry.name, stat.S_ISDIR(mode)):
-                continue
-            dst = dst_dir / entry.name
-            if stat.S_ISDIR(mode):
+    try:
+        for entry in bundle_entries(source):
+            dst = target / entry.rel
+            if entry.kind == "dir":
                 os.mkdir(dst, 0o700)
-                stack.append((Path(entry.path), dst, shown + "/"))
-            elif stat.S_ISREG(mode):
-                _copy_file(entry.path, info, dst, shown)
-            elif stat.S_ISLNK(mode):
-                link = os.readlink(entry.path)
+            elif entry.kind == "file":
+                _copy_file(entry, dst)
+            elif entry.kind == "link":
+                link = entry.read_link()
                 if os.path.isabs(link):
                     raise LaunchError(
-                        f"the link {shown} points outside the bundle (to the absolute path {link})"
+                        f"the link {entry.rel} points outside the bundle "
+                        f"(to the absolute path {link})"
                     )
                 os.symlink(link, dst)
-                links.append((shown, dst))
+                links.append((entry.rel, dst))
             else:
-                raise LaunchError(f"{shown} in the bundle is a special file: it cannot be staged")
+                raise LaunchError(
+                    f"{entry.rel} in the bundle is a special file: it cannot be staged"
+                )
+    except BundleError as exc:
+        raise LaunchError(f"cannot stage the bundle: {exc}") from None
     return links
+
+
+def _read_only(copy: Path) -> None:
+    """Files 0400 (0500 if executable), directories 0500, the copy's root last; links have no
+    mode of their own."""
+    for entry in bundle_entries(copy):
+        if entry.kind == "dir":
+            os.chmod(entry.path, 0o500)
+        elif entry.kind == "file":
+            os.chmod(entry.path, 0o500 if entry.mode & 0o111 else 0o400)
+    os.chmod(copy, 0o500)
 
 
 def is_inside(root: str, path: str) -> bool:
@@ -157,7 +159,9 @@ def stage_bundle(source: Path, base_dir: Path | None = None, *, service: str = "
         except BundleError as exc:
             raise LaunchError(f"cannot measure the staged bundle: {exc}") from None
         lock = read_lock(copy)
+        _read_only(copy)
     except BaseException as exc:
+        writable_tree(holder)
         shutil.rmtree(holder, ignore_errors=True)
         if record is not None:
             record.close()
@@ -168,8 +172,10 @@ def stage_bundle(source: Path, base_dir: Path | None = None, *, service: str = "
 
 
 def remove_staged(staged: StagedBundle) -> None:
-    """Remove the staged copy (quietly; what is left is removed by the next launcher)."""
+    """Remove the staged copy, read-only as it is (made writable first; quietly: what is left
+    is removed by the next launcher)."""
     holder = staged.directory.parent
+    writable_tree(staged.directory)
     if staged.record is not None and holder.name.startswith(STAGED_PREFIX):
         shutil.rmtree(holder, ignore_errors=True)
         staged.record.close()
