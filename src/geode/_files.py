@@ -33,6 +33,7 @@ __all__ = [
     "wipe_file",
     "wipe_file_at",
     "wipe_tree",
+    "writable_tree",
     "xdg_path",
 ]
 
@@ -502,11 +503,30 @@ def _zero(fd: int, info: os.stat_result, *, names: int = 1) -> None:
     os.fsync(fd)
 
 
+def writable_tree(path: Path) -> None:
+    """Give the owner write permission on every directory and regular file under the directory
+    ``path`` (and search permission on the directories), links not followed, so that a tree made
+    read-only (a staged bundle) can be zeroed and removed. Quietly does what it can."""
+    with contextlib.suppress(OSError):
+        info = os.lstat(path)
+        if stat.S_ISDIR(info.st_mode):
+            os.chmod(path, stat.S_IMODE(info.st_mode) | 0o700)
+    with contextlib.suppress(OSError):
+        for _dir, subdirs, names, dir_fd in os.fwalk(path, follow_symlinks=False):
+            for name in [*subdirs, *names]:
+                with contextlib.suppress(OSError):
+                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    extra = 0o700 if stat.S_ISDIR(info.st_mode) else 0o200
+                    if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
+                        os.chmod(name, stat.S_IMODE(info.st_mode) | extra, dir_fd=dir_fd)
+
+
 def wipe_tree(path: Path) -> None:
     """Zero every regular file under the directory ``path`` (links are not followed), then remove
-    the tree."""
+    the tree; a read-only tree is made writable first (``writable_tree``)."""
     if not path.exists():
         return
+    writable_tree(path)
     with contextlib.suppress(OSError):
         for _dir, _subdirs, names, dir_fd in os.fwalk(path, follow_symlinks=False):
             for name in names:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from geode.attestation import bundle_entries
 from geode.cli import cli
 from geode.runtime import write_lock
 
@@ -147,3 +148,39 @@ def test_the_output_option_writes_a_file(service: Path, root_ca: Path, tmp_path:
     assert code == 0, text
     doc = tomllib.loads(out.read_text())
     assert doc["sgx"]["debug"] is False
+
+
+@pytest.mark.parametrize("directory", [False, True])
+def test_a_link_is_refused_saying_it_is_one(
+    service: Path, root_ca: Path, tmp_path: Path, directory: bool
+) -> None:
+    # Staging and the measurement keep a link inside the bundle; a trusted file cannot be one.
+    if directory:
+        (service / "shared").symlink_to("lib", target_is_directory=True)
+    else:
+        (service / "shared").symlink_to("main.py")
+    code, _, err = manifest(service, root_ca, "--entrypoint", "main.py")
+    assert code == 1
+    assert "shared: not a regular file (a symbolic link)" in err
+
+
+def test_the_trusted_files_are_the_files_of_the_one_bundle_walk(
+    service: Path, root_ca: Path
+) -> None:
+    (service / "lib" / "stale.pyc").write_bytes(b"old")
+    (service / "lib" / "nested" / "__pycache__").mkdir(parents=True)
+    (service / "lib" / "nested" / "__pycache__" / "notes.txt").write_text("skipped")
+    code, doc, text = manifest(service, root_ca, "--entrypoint", "main.py")
+    assert code == 0, text
+    root = service.resolve()
+    listed = [
+        entry["uri"].removeprefix(f"file:{root}/")
+        for entry in doc["sgx"]["trusted_files"]
+        if isinstance(entry, dict)
+    ]
+    walked = [e.rel for e in bundle_entries(service) if e.kind == "file"]
+    assert (
+        sorted(listed)
+        == sorted(walked)
+        == ["geode.lock", "lib/__init__.py", "lib/data.bin", "main.py"]
+    )

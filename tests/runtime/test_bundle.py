@@ -240,9 +240,11 @@ def test_the_copy_is_private_measured_and_registered(
     assert staged.measurement == measure_bundle(staged.directory) == measure_bundle(bundle)
     assert staged.lock == read_lock(bundle)
     modes = _modes(staged.directory)
-    assert modes["pkg"] == 0o700
-    assert modes["serve.sh"] == 0o700  # execute bits kept
-    assert modes["app.py"] == 0o600  # nothing readable by others
+    assert stat.S_IMODE(staged.directory.stat().st_mode) == 0o500  # read-only once measured
+    assert modes["pkg"] == 0o500
+    assert modes["serve.sh"] == 0o500  # execute bits kept
+    assert modes["app.py"] == 0o400  # nothing readable by others
+    assert modes["geode.lock"] == 0o400
     assert os.readlink(staged.directory / "alias.py") == "app.py"  # copied as a link
     # The record is held: another launcher's clean-up leaves the copy alone.
     assert (holder / "launcher.state").exists()

@@ -36,7 +36,7 @@ from geode.attestation._host import (
     probe_host,
 )
 from geode.attestation._intel import verify_sgx_quote, verify_tdx_quote
-from geode.attestation._measure import BundleError, measure_bundle
+from geode.attestation._measure import BundleEntry, BundleError, bundle_entries, measure_bundle
 from geode.attestation._nvidia import verify_nvidia_report
 from geode.attestation._providers import (
     PROVIDER_NAMES,
@@ -75,6 +75,7 @@ __all__ = [
     "TCB_STATUSES",
     "TCB_UNVERIFIED",
     "TEE_CHOICES",
+    "BundleEntry",
     "BundleError",
     "Claims",
     "Evidence",
@@ -95,6 +96,7 @@ __all__ = [
     "Verdict",
     "attach_snp_certs",
     "bundle_binding",
+    "bundle_entries",
     "check_bundle_binding",
     "checks_in_order",
     "default_platform_key_path",

@@ -6,9 +6,9 @@ the signed manifest, and the manifest lists every file the enclave may read with
 ``gramine_manifest`` writes that manifest for ``geode run`` of a Python service:
 
 - every file of the bundle is an ``sgx.trusted_files`` entry with its SHA-256 (the walk of
-  ``measure_bundle``: ``__pycache__`` and ``*.pyc`` are left out, a symbolic link or anything
-  else that is not a regular file is refused), so the bundle ``geode run`` stages is the one
-  MRENCLAVE covers;
+  ``measure_bundle`` and staging, ``bundle_entries``: ``__pycache__`` and ``*.pyc`` are left
+  out; a symbolic link, which they keep, is refused here: see ``_bundle_files``; so is anything
+  else not a regular file), so the bundle ``geode run`` stages is the one MRENCLAVE covers;
 - the interpreter, its standard library, the directories Geode and its dependencies are imported
   from, the system's shared libraries and Gramine's own runtime are trusted too (listed by URI:
   ``gramine-sgx-sign`` hashes them; it keeps the hashes given here);
@@ -27,15 +27,14 @@ expression left in it is Gramine's runtime directory, which only Gramine knows.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import stat
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from geode.attestation import BundleError, bundle_entries
 from geode.errors import LaunchError
 from geode.runtime._bundle import read_lock
 
@@ -112,28 +111,25 @@ def _outermost(paths: Iterable[Path]) -> tuple[Path, ...]:
 
 
 def _bundle_files(bundle: Path) -> list[tuple[Path, str]]:
-    """Every regular file of ``bundle`` with its SHA-256, sorted by relative path."""
-    found: list[tuple[Path, str]] = []
-    for directory, dirnames, filenames in os.walk(bundle, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in sorted(dirnames):
-            if os.path.islink(os.path.join(directory, name)):
-                raise LaunchError(
-                    f"{os.path.relpath(os.path.join(directory, name), bundle)}: a symbolic link "
-                    "in the bundle; a Gramine trusted file must be a regular file"
-                )
-        for name in sorted(filenames):
-            if name.endswith(".pyc"):
+    """Every regular file of ``bundle`` (``bundle_entries``) with its SHA-256, sorted by relative
+    path. A link is refused although staging and the measurement keep it: a trusted file is
+    listed by its path and hash, and Gramine opens what the link names at run time, so the link
+    itself would not be covered by MRENCLAVE."""
+    found: list[tuple[str, Path, str]] = []
+    try:
+        for entry in bundle_entries(bundle):
+            if entry.kind == "dir":
                 continue
-            path = Path(directory, name)
-            mode = path.lstat().st_mode
-            if not stat.S_ISREG(mode):
+            if entry.kind != "file":
+                what = "a symbolic link" if entry.kind == "link" else "a special file"
                 raise LaunchError(
-                    f"{path.relative_to(bundle)}: not a regular file; a Gramine trusted file "
-                    "must be one"
+                    f"{entry.rel}: not a regular file ({what}); a Gramine trusted file must be one"
                 )
-            found.append((path, hashlib.sha256(path.read_bytes()).hexdigest()))
-    return sorted(found, key=lambda item: item[0].relative_to(bundle).as_posix().encode())
+            found.append((entry.rel, entry.path, entry.sha256().hex()))
+    except BundleError as exc:
+        raise LaunchError(f"cannot read the bundle: {exc}") from None
+    found.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
+    return [(path, digest) for _rel, path, digest in found]
 
 
 def _toml(value: str) -> str:

@@ -6,13 +6,8 @@ manifest that runs it in an SGX enclave. Apps do not need any of it: they use
 
 from __future__ import annotations
 
-from geode.runtime._bundle import (
-    StagedBundle,
-    check_executables,
-    remove_staged,
-    resolve_command,
-    stage_bundle,
-)
+from geode.runtime._bundle import check_executables
+from geode.runtime._command import resolve_command
 from geode.runtime._evidence_source import (
     EvidenceSource,
     check_hardware_binding,
@@ -22,6 +17,7 @@ from geode.runtime._gramine import PythonLayout, gramine_manifest, python_layout
 from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
 from geode.runtime._leftovers import LauncherRecord, clean_leftovers
 from geode.runtime._renewal import CertificateRenewer, renewal_time
+from geode.runtime._staging import StagedBundle, remove_staged, stage_bundle
 from geode.runtime._transparent import ProxyRunner
 
 __all__ = [
