@@ -203,7 +203,7 @@ async def main(state: Path) -> None:
 
 
 if __name__ == "__main__":
-    state_dir = (
-        Path(sys.argv[sys.argv.index("--state") + 1]) if "--state" in sys.argv else Path(".")
-    )
-    asyncio.run(main(state_dir))
+    # The working directory is the bundle's read-only measured copy: the stock lives elsewhere.
+    if "--state" not in sys.argv:
+        sys.exit("bookwarehouse: --state DIR is required (where the embedded stock is kept)")
+    asyncio.run(main(Path(sys.argv[sys.argv.index("--state") + 1])))
