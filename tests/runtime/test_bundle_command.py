@@ -61,6 +61,9 @@ def staged(tmp_path: Path, tools: Path) -> Iterator[StagedBundle]:
     _file(bundle / "by-env-perl", "#!/usr/bin/env perl\nprint 1;\n", 0o755)
     _file(bundle / "by-env-split", "#!/usr/bin/env -S python3 -u\nprint(1)\n", 0o755)
     _file(bundle / "by-sh", "#!/bin/sh\necho 1\n", 0o755)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "py").symlink_to(tools / "python3")  # as /bin/sh is /usr/bin/sh
+    _file(bundle / "by-link", f"#!{tmp_path}/other/py\nprint(1)\n", 0o755)
     _file(bundle / "by-path-c", f"#!{tools}/python3 -c\nprint(1)\n", 0o755)
     write_lock(bundle, ["python3", "tool"], path=str(tools))
     runtime = tmp_path / "runtime"
@@ -170,6 +173,8 @@ def test_a_script_runs_with_its_locked_interpreter(staged: StagedBundle, tools: 
     python = str(tools / "python3")
     assert resolve_command(staged, ["by-env", "a"]) == [python, f"{root}/by-env", "a"]
     assert resolve_command(staged, ["./by-path", "a"]) == [python, "-u", f"{root}/by-path", "a"]
+    # Another path to the locked target: run by the locked path.
+    assert resolve_command(staged, ["by-link"]) == [python, f"{root}/by-link"]
 
 
 @pytest.mark.parametrize(

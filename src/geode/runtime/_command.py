@@ -5,8 +5,9 @@
   absolute path, so ``$PATH`` cannot substitute it), else refused;
 - a file of the copy whose first line is ``#!`` runs only with a locked interpreter:
   ``#!/usr/bin/env NAME`` needs NAME locked, ``#!/abs/path`` needs a locked executable at exactly
-  that path; the argv becomes ``[locked path, (its #! argument,) script, ...]``, checked as that
-  interpreter's command;
+  that path, or one whose locked target it resolves to (``/bin/sh`` for ``/usr/bin/sh``); the
+  argv becomes ``[locked path, (its #! argument,) script, ...]``, checked as that interpreter's
+  command;
 - ``geode`` names the running Geode itself (``sys.executable -P -m geode``), before anything
   else, and only as ``geode db serve``: the runtime is what the platform measures, not the
   bundle, and no other subcommand is one a bundle runs;
@@ -144,6 +145,19 @@ class _Resolver:
                 return entry
         return None
 
+    def interpreter_at(self, path: str) -> LockedExecutable | None:
+        """The locked executable a ``#!`` path names: by its locked path, or resolving to its
+        locked target (``#!/bin/sh`` for ``sh`` locked at ``/usr/bin/sh``); it runs by its
+        locked path either way."""
+        entry = self.at_path(path)
+        if entry is not None or not os.path.isabs(path):
+            return entry
+        real = os.path.realpath(path)
+        for entry in self.staged.lock.executables.values():
+            if str(entry.target) == real:
+                return entry
+        return None
+
     def geode(self, rest: list[str]) -> list[str]:
         if tuple(rest[:2]) not in _GEODE_SUBCOMMANDS:
             shown = " ".join(rest[:2] if rest[:1] == ["db"] else rest[:1]) or "(no subcommand)"
@@ -172,7 +186,7 @@ class _Resolver:
                     f"the program {name} starts with #!{line}, which names no locked executable"
                 )
             return self.locked(entry, [real, *rest])
-        entry = self.at_path(interpreter)
+        entry = self.interpreter_at(interpreter)
         if entry is None:
             raise LaunchError(
                 f"the program {name} starts with #!{line}, and {interpreter} is not a locked "
