@@ -17,7 +17,7 @@ def test_lock_pins_and_prints_what_it_pinned(tmp_path: Path) -> None:
     tools = tmp_path / "tools"
     tools.mkdir()
     real = tmp_path / "real-tool"
-    real.write_text("#!/bin/sh\n")
+    real.write_bytes(Path("/bin/true").read_bytes())  # only a native executable is locked
     real.chmod(0o755)
     (tools / "python3").symlink_to(real)
     (tools / "runner").symlink_to(real)
@@ -46,3 +46,16 @@ def test_lock_of_a_missing_name_is_one_line(tmp_path: Path) -> None:
     )
     assert done.exit_code == 1
     assert done.output.strip() == "Error: nope is not found on $PATH"
+
+
+def test_lock_of_a_script_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "python3").write_text('#!/usr/bin/env bash\nexec python3.11 "$@"\n')
+    (tmp_path / "python3").chmod(0o755)
+    done = CliRunner().invoke(
+        cli, ["bundle", "lock", str(tmp_path), "python3"], env={"PATH": os.fspath(tmp_path)}
+    )
+    assert done.exit_code == 1
+    assert done.output.strip() == (
+        f"Error: python3 at {tmp_path / 'python3'} is a script (#!/usr/bin/env bash): "
+        "lock its interpreter instead"
+    )

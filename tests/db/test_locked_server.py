@@ -14,11 +14,16 @@ from geode.runtime import BUNDLE_LOCK_ENV, LOCK_FILE, write_lock
 NAMES = ("mariadbd", "mariadb-install-db", "mariadb")
 
 
+def _native(path: Path, text: str) -> None:
+    """A native (ELF) executable of its own content: only those can be locked."""
+    path.write_bytes(Path("/bin/true").read_bytes() + text.encode())
+    path.chmod(0o755)
+
+
 def _programs(directory: Path, text: str) -> Path:
     directory.mkdir()
     for name in NAMES:
-        (directory / name).write_text(f"#!/bin/sh\n# {text}\n")
-        (directory / name).chmod(0o755)
+        _native(directory / name, text)
     return directory
 
 
@@ -46,7 +51,7 @@ def test_under_geode_run_the_locked_server_is_started(dirs: tuple[Path, Path, Pa
     assert found.server == locked / "mariadbd"
     assert found.install_db == system / "mariadb-install-db"  # not locked: found as before
 
-    (locked / "mariadbd").write_text("#!/bin/sh\n# changed\n")
+    _native(locked / "mariadbd", "changed")
     with pytest.raises(LaunchError, match=r"mariadbd at .* has changed since it was locked"):
         MariaDB.locate(system, environ=environ)
 

@@ -20,6 +20,7 @@ import pytest
 from geode.attestation import bundle_binding, measure_bundle
 from geode.client import CoordinatorClient
 from geode.pki import certificate_pem
+from geode.runtime import write_lock
 from tests.e2e.conftest import MakeTestbed
 from tests.support import REPO
 from tests.support.governance import make_party
@@ -44,6 +45,7 @@ def make_bundle(path: Path, flavour: str) -> Path:
     app.write_text(APP)
     app.chmod(0o755)
     (path / "flavour.txt").write_text(flavour)
+    write_lock(path, ["sh"])  # the #! interpreter of app.sh, which runs by its locked path
     return path
 
 

@@ -43,19 +43,28 @@ def _executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:
     return path
 
 
+def _native(path: Path, tag: str) -> Path:
+    """A native (ELF) executable of its own content: ``/bin/true`` with ``tag`` appended."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.write_bytes(Path("/bin/true").read_bytes() + tag.encode())
+    path.chmod(0o755)
+    return path
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
 def tools(tmp_path: Path) -> Path:
-    """A ``$PATH`` directory: ``tool`` (a file), ``python3`` (a link, as in a venv) to
-    ``real/python3.11``, and ``node`` (a file)."""
+    """A ``$PATH`` directory of native executables: ``tool`` (a file), ``python3`` (a link, as
+    in a venv) to ``real/python3.11``, and ``node`` (a file)."""
     directory = tmp_path / "bin"
-    _executable(directory / "tool")
-    _executable(tmp_path / "real" / "python3.11", "#!/bin/sh\necho python\n")
+    _native(directory / "tool", "tool")
+    _native(tmp_path / "real" / "python3.11", "python")
     (directory / "python3").symlink_to(tmp_path / "real" / "python3.11")
-    _executable(directory / "node", "#!/bin/sh\necho node\n")
+    _native(directory / "node", "node")
     return directory
 
 
@@ -67,7 +76,7 @@ def bundle(tmp_path: Path, tools: Path) -> Path:
     (directory / "mod.py").write_text("print('mod')\n")
     (directory / "pkg" / "__init__.py").write_text("")
     (directory / "pkg" / "__main__.py").write_text("print('pkg')\n")
-    _executable(directory / "serve.sh")
+    _native(directory / "serve", "serve")  # a native program of the bundle
     (directory / "alias.py").symlink_to("app.py")
     write_lock(directory, ["python3", "tool", "node"], path=str(tools))
     return directory
@@ -89,6 +98,7 @@ def test_the_lock_keeps_the_path_as_found_and_hashes_what_it_resolves_to(
     lock = read_lock(bundle)
     python = lock.executables["python3"]
     assert python.path == tools / "python3"  # the link itself, as in a venv
+    assert python.target == tmp_path / "real" / "python3.11"
     assert python.sha256 == _sha(tmp_path / "real" / "python3.11")
     assert python.interpreter
     assert not lock.executables["tool"].interpreter
@@ -122,7 +132,13 @@ def test_write_lock_refuses_what_is_not_found(bundle: Path, tools: Path) -> None
 
 
 def _entry(**fields: object) -> dict[str, object]:
-    return {"path": "/usr/bin/python3", "sha256": SHA_A, "interpreter": True, **fields}
+    return {
+        "path": "/usr/bin/python3",
+        "sha256": SHA_A,
+        "interpreter": True,
+        "target": "/usr/bin/python3.11",
+        **fields,
+    }
 
 
 @pytest.mark.parametrize(
@@ -150,6 +166,14 @@ def _entry(**fields: object) -> dict[str, object]:
             {"version": 1, "executables": {"p": _entry(interpreter="yes")}},
             "executables.p.interpreter: not true or false",
         ),
+        (
+            {"version": 1, "executables": {"p": _entry(target="python3.11")}},
+            "executables.p.target: not an absolute path",
+        ),
+        (
+            {"version": 1, "executables": {"p": {"path": "/usr/bin/python3", "sha256": SHA_A}}},
+            "executables.p.target: not an absolute path",
+        ),
         ({"version": 1, "executables": {"a/b": _entry()}}, "executables.a/b: not a bare"),
         ({"version": 1, "executables": {"p": "x"}}, "executables.p: not a JSON object"),
         ([], r"\(document\): not a JSON object"),
@@ -169,25 +193,34 @@ def test_a_lock_that_is_not_json_is_refused(tmp_path: Path) -> None:
         read_lock(tmp_path)
 
 
-def test_check_resolves_the_path_now_and_hashes_that_file(
+def test_check_resolves_the_path_now_and_refuses_another_target(
     bundle: Path, tools: Path, tmp_path: Path
 ) -> None:
     lock = read_lock(bundle)
     check_executables(lock)
-    # The link now leads to another file with the same content: still what was locked.
-    twin = _executable(tmp_path / "twin", (tmp_path / "real" / "python3.11").read_text())
+    # The link now leads to another file, even one with the same content: the file that is
+    # executed is not the one that was locked.
+    twin = tmp_path / "twin"
+    twin.write_bytes((tmp_path / "real" / "python3.11").read_bytes())
+    twin.chmod(0o755)
     (tools / "python3").unlink()
     (tools / "python3").symlink_to(twin)
-    check_executables(lock)
-    # To a file with other content: refused.
-    _executable(twin, "#!/bin/sh\necho evil\n")
+    with pytest.raises(
+        LaunchError,
+        match=rf"python3 at .*/bin/python3 now resolves to {twin}, not to .*python3.11 as locked",
+    ):
+        check_executables(lock)
+    # Back to the locked file, whose content changed: refused.
+    (tools / "python3").unlink()
+    (tools / "python3").symlink_to(tmp_path / "real" / "python3.11")
+    _native(tmp_path / "real" / "python3.11", "evil")
     with pytest.raises(LaunchError, match=r"python3 at .* has changed since it was locked"):
         check_executables(lock)
 
 
 def test_check_refuses_a_changed_file(bundle: Path, tools: Path) -> None:
     lock = read_lock(bundle)
-    _executable(tools / "tool", "#!/bin/sh\nexit 1\n")
+    _native(tools / "tool", "changed")
     with pytest.raises(LaunchError, match=r"tool at .* has changed"):
         check_executables(lock)
 
@@ -214,7 +247,7 @@ def test_locked_executable(staged: StagedBundle, tools: Path) -> None:
     assert locked_executable("tool", environ) == tools / "tool"
     with pytest.raises(LaunchError, match="mariadbd is outside the bundle: lock it with"):
         locked_executable("mariadbd", environ)
-    _executable(tools / "tool", "#!/bin/sh\nexit 1\n")
+    _native(tools / "tool", "changed")
     with pytest.raises(LaunchError, match="has changed"):
         locked_executable("tool", environ)
 
@@ -242,7 +275,7 @@ def test_the_copy_is_private_measured_and_registered(
     modes = _modes(staged.directory)
     assert stat.S_IMODE(staged.directory.stat().st_mode) == 0o500  # read-only once measured
     assert modes["pkg"] == 0o500
-    assert modes["serve.sh"] == 0o500  # execute bits kept
+    assert modes["serve"] == 0o500  # execute bits kept
     assert modes["app.py"] == 0o400  # nothing readable by others
     assert modes["geode.lock"] == 0o400
     assert os.readlink(staged.directory / "alias.py") == "app.py"  # copied as a link
@@ -351,9 +384,9 @@ def test_an_interpreter_runs_a_script_of_the_copy_by_its_locked_path(
 
 def test_programs_of_the_copy_and_locked_programs(staged: StagedBundle, tools: Path) -> None:
     root = os.path.realpath(staged.directory)
-    assert resolve_command(staged, ["serve.sh", "a"]) == [f"{root}/serve.sh", "a"]
-    assert resolve_command(staged, ["./serve.sh"]) == [f"{root}/serve.sh"]
-    assert resolve_command(staged, [f"{root}/serve.sh"]) == [f"{root}/serve.sh"]
+    assert resolve_command(staged, ["serve", "a"]) == [f"{root}/serve", "a"]
+    assert resolve_command(staged, ["./serve"]) == [f"{root}/serve"]
+    assert resolve_command(staged, [f"{root}/serve"]) == [f"{root}/serve"]
     # Not an interpreter: its operands are its own.
     assert resolve_command(staged, ["tool", "/etc/x", "-c"]) == [
         str(tools / "tool"),
@@ -366,6 +399,7 @@ def test_geode_is_the_running_runtime(staged: StagedBundle) -> None:
     _executable(staged.directory / "geode")  # not even a file of the bundle replaces it
     assert resolve_command(staged, ["geode", "db", "serve"]) == [
         sys.executable,
+        "-P",
         "-m",
         "geode",
         "db",
@@ -413,7 +447,9 @@ def test_a_link_in_the_copy_that_leads_out_is_refused(tmp_path: Path) -> None:
     _executable(tmp_path / "evil.py")
     (copy / "app.py").symlink_to(tmp_path / "evil.py")
     (copy / "run").symlink_to("../evil.py")
-    python = LockedExecutable("python3", Path(sys.executable), SHA_A, interpreter=True)
+    python = LockedExecutable(
+        "python3", Path(sys.executable), SHA_A, interpreter=True, target=Path(sys.executable)
+    )
     staged = StagedBundle(copy, b"", BundleLock({"python3": python}))
     with pytest.raises(LaunchError, match=r"the script app\.py is outside the bundle"):
         resolve_command(staged, ["python3", "app.py"])
@@ -427,7 +463,7 @@ def test_a_shell_runs_a_script_of_the_copy(tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "app.sh").write_text("exit 0\n")
-    sh = LockedExecutable("sh", Path("/bin/sh"), SHA_A, interpreter=True)
+    sh = LockedExecutable("sh", Path("/bin/sh"), SHA_A, interpreter=True, target=Path("/bin/sh"))
     staged = StagedBundle(copy, b"", BundleLock({"sh": sh}))
     root = os.path.realpath(copy)
     assert resolve_command(staged, ["sh", "-eu", "app.sh"]) == ["/bin/sh", "-eu", f"{root}/app.sh"]

@@ -288,3 +288,58 @@ def test_the_next_launcher_removes_what_a_dead_one_left(places: tuple[Path, Path
 def test_a_missing_runtime_directory_is_a_launch_error(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="cannot make a private directory in"):
         lay_out(_activation({}), "web", ["p"], base_dir=tmp_path / "missing", environ={})
+
+
+def test_what_would_load_code_from_outside_the_bundle_is_not_inherited(tmp_path: Path) -> None:
+    inherited = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": "/tmp/evil",
+        "PYTHONSTARTUP": "/tmp/evil.py",
+        "PYTHONINSPECT": "1",
+        "PYTHONPYCACHEPREFIX": "/tmp/evil",
+        "PYTHONHOME": "/tmp/evil",
+        "PYTHONWARNINGS": "ignore::evil.W",
+        "BASH_ENV": "/tmp/evil.sh",
+        "ENV": "/tmp/evil.sh",
+        "BASH_FUNC_mariadbd%%": "() { echo evil; }",
+        "NODE_OPTIONS": "--require /tmp/evil.js",
+        "NODE_PATH": "/tmp/evil",
+        "PERL5OPT": "-Mevil",
+        "PERL5LIB": "/tmp/evil",
+        "PERLLIB": "/tmp/evil",
+        "RUBYOPT": "-revil",
+        "RUBYLIB": "/tmp/evil",
+        "LD_PRELOAD": "/tmp/evil.so",
+        "LD_LIBRARY_PATH": "/tmp/evil",
+        "LD_AUDIT": "/tmp/evil.so",
+        "GCONV_PATH": "/tmp/evil",
+        "PYTHONUNBUFFERED": "1",  # how output is written, not what runs: kept
+    }
+    # The manifest's env is applied after: it may set them (it is what the manifest pins).
+    activation = _activation({}, {"PYTHONPATH": b"/opt/app/lib", "GREETING": b"hi"})
+    plan = lay_out(activation, "web", ["prog"], base_dir=tmp_path, environ=inherited)
+    try:
+        assert plan.env["PATH"] == "/usr/bin:/bin"
+        assert plan.env["LANG"] == "C.UTF-8"
+        assert plan.env["PYTHONPATH"] == "/opt/app/lib"
+        assert plan.env["GREETING"] == "hi"
+        left = set(inherited) & set(plan.env)
+        assert left == {"PATH", "LANG", "PYTHONPATH", "PYTHONUNBUFFERED"}
+    finally:
+        remove_plan(plan)
+
+
+def test_the_last_check_before_the_start_refuses_the_launch(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    plan = lay_out(
+        _activation({}), "web", ["sh", "-c", f"touch {started}"], base_dir=tmp_path, environ={}
+    )
+
+    def changed() -> None:
+        raise LaunchError("tool at /x has changed since it was locked")
+
+    with pytest.raises(LaunchError, match="has changed since it was locked"):
+        run_command(plan, before_start=changed)
+    assert not started.exists()
+    assert not plan.directory.exists()  # removed as on any other failure

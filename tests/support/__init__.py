@@ -105,7 +105,9 @@ def make_bundle(
         python = Path(sys.executable)
         digest = hashlib.sha256(python.resolve().read_bytes()).hexdigest()
         pinned = dict(read_lock(path).executables)
-        pinned["python3"] = LockedExecutable("python3", python, digest, interpreter=True)
+        pinned["python3"] = LockedExecutable(
+            "python3", python, digest, interpreter=True, target=python.resolve()
+        )
         text = json.dumps(BundleLock(pinned).to_json(), indent=2) + "\n"
         (path / LOCK_FILE).write_text(text)
     return path

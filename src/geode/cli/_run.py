@@ -186,8 +186,16 @@ def run(
         remove_plan(plan)
         remove_staged(staged)
         raise
+
+    def check_again() -> None:
+        # What was hashed before the activation is hashed again right before it runs.
+        try:
+            check_executables(staged.lock)
+        except LaunchError as exc:
+            raise LaunchError(f"geode run: {exc}") from None
+
     try:
-        code = run_command(plan, companions=companions)
+        code = run_command(plan, companions=companions, before_start=check_again)
     finally:
         remove_staged(staged)
     raise SystemExit(code)

@@ -5,18 +5,23 @@ at its root, a JSON document that is part of the bundle and so of its measuremen
 
     {"version": 1,
      "executables": {"python3": {"path": "/usr/bin/python3.11", "sha256": "<64 hex>",
-                                 "interpreter": true}}}
+                                 "interpreter": true, "target": "/usr/bin/python3.11"}}}
 
 ``path`` is the absolute path as found on ``$PATH`` when the lock is written (``write_lock``,
 ``geode bundle lock``), and may be a symbolic link: a virtual environment's ``python3`` is one,
-and running the file it resolves to would lose the environment's packages. ``sha256`` is of the
-file the path resolves to; checking it (``check_executables``, before the command starts)
-resolves the path again, hashes that file and compares, and a path that no longer resolves to a
-regular executable file, or a different hash, refuses the launch. ``interpreter`` says the
-executable's first operand is a script, which must then resolve inside the copy too. The lock is
-read strictly: an unknown field, a path that is not absolute, a hash that is not 64 lower-case
-hex digits or a ``version`` other than 1 is a ``LaunchError`` naming ``geode.lock`` and the
-field.
+and running the file it resolves to would lose the environment's packages. ``target`` is the
+file ``path`` resolved to then, and ``sha256`` that file's hash. The file must be a native (ELF)
+executable: a script (a pyenv shim, a wrapper) would run an interpreter its ``#!`` line names,
+which nothing locks, so it is refused when locked and when checked. Checking
+(``check_executables``: before the activation, and again right before the command starts)
+resolves ``path`` again, refuses it when it now resolves elsewhere than ``target``, then reads
+the header and the hash through one descriptor; a path that no longer resolves to a regular
+executable file, or a different hash, refuses the launch. What is locked is the executables'
+content only: not a venv's ``pyvenv.cfg``, its ``.pth`` files or site-packages, the standard
+library or shared libraries. ``interpreter`` says the executable's first operand is a script,
+which must then resolve inside the copy too. The lock is read strictly: an unknown or missing
+field, a path that is not absolute, a hash that is not 64 lower-case hex digits or a
+``version`` other than 1 is a ``LaunchError`` naming ``geode.lock`` and the field.
 
 Services that start locked executables themselves (``geode db serve`` starting ``mariadbd``)
 find them through ``$GEODE_BUNDLE_LOCK`` (``locked_executable``), which re-checks the hash.
@@ -32,7 +37,7 @@ import re
 import shutil
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from geode._files import replace_file
@@ -47,6 +52,7 @@ __all__ = [
     "check_executables",
     "locked_executable",
     "read_lock",
+    "require_native",
     "write_lock",
 ]
 
@@ -56,34 +62,53 @@ BUNDLE_LOCK_ENV = "GEODE_BUNDLE_LOCK"
 BUNDLE_DIR_ENV = "GEODE_BUNDLE_DIR"
 _LOCK_VERSION = 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_ELF = b"\x7fELF"
+_HEADER = 128  # bytes read to tell a script (#!) from a native executable
 _DEFAULT_INTERPRETERS = re.compile(r"python[0-9.]*|sh|bash|node|perl|ruby")
 
 
 @dataclass(frozen=True)
 class LockedExecutable:
     """A system executable a bundle needs: its absolute path as found on ``$PATH`` (possibly a
-    symbolic link) and the SHA-256 of the file that path resolves to."""
+    symbolic link), the file that path resolved to when it was locked (``target``), and that
+    file's SHA-256."""
 
     name: str
     path: Path
     sha256: str
     interpreter: bool = False
+    target: Path = field(kw_only=True)
 
     def check(self) -> Path:
-        """Resolve the path now and hash that file; ``LaunchError`` unless it is still a regular
-        executable file with the locked SHA-256. Returns the locked (unresolved) path."""
-        resolved = Path(os.path.realpath(self.path))
+        """Resolve the path now, and hash the file it resolves to through the descriptor its
+        header was read from; ``LaunchError`` unless it still resolves to the locked target, a
+        regular executable native (ELF) file with the locked SHA-256. Returns the locked
+        (unresolved) path, the one to execute."""
+        resolved = os.path.realpath(self.path)
+        if resolved != str(self.target):
+            raise LaunchError(
+                f"{self.name} at {self.path} now resolves to {resolved}, "
+                f"not to {self.target} as locked"
+            )
         try:
-            info = os.stat(resolved)
-        except OSError:
+            fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
             raise LaunchError(
                 f"{self.name} is locked at {self.path}, which no longer exists"
             ) from None
-        if not stat.S_ISREG(info.st_mode) or not os.access(resolved, os.X_OK):
-            raise LaunchError(
-                f"{self.name} is locked at {self.path}, which is no longer an executable file"
-            )
-        if _sha256_file(resolved) != self.sha256:
+        except OSError as exc:
+            raise LaunchError(f"cannot read {self.path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or not os.access(resolved, os.X_OK):
+                raise LaunchError(
+                    f"{self.name} is locked at {self.path}, which is no longer an executable file"
+                )
+            require_native(f"{self.name} at {self.path}", os.pread(fd, _HEADER, 0))
+            digest = _sha256_fd(fd, self.path)
+        finally:
+            os.close(fd)
+        if digest != self.sha256:
             raise LaunchError(
                 f"{self.name} at {self.path} has changed since it was locked "
                 f"(its SHA-256 is not the one in {LOCK_FILE})"
@@ -91,15 +116,38 @@ class LockedExecutable:
         return self.path
 
 
-def _sha256_file(path: Path) -> str:
+def require_native(shown: str, header: bytes) -> None:
+    """``LaunchError`` unless ``header`` (a file's first bytes) is an ELF file's: a script
+    (``#!``) runs an interpreter that its first line names and nothing locks."""
+    if header.startswith(b"#!"):
+        line = header[2:].split(b"\n", 1)[0].decode(errors="replace").strip()[:80]
+        raise LaunchError(f"{shown} is a script (#!{line}): lock its interpreter instead")
+    if not header.startswith(_ELF):
+        raise LaunchError(f"{shown} is not a native (ELF) executable: lock its interpreter instead")
+
+
+def _sha256_fd(fd: int, shown: Path) -> str:
     digest = hashlib.sha256()
+    offset = 0
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        while chunk := os.pread(fd, 1 << 20, offset):
+            digest.update(chunk)
+            offset += len(chunk)
+    except OSError as exc:
+        raise LaunchError(f"cannot read {shown}: {exc.strerror}") from None
+    return digest.hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    """The SHA-256 of the native executable ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise LaunchError(f"cannot read {path}: {exc.strerror}") from None
-    return digest.hexdigest()
+    try:
+        return _sha256_fd(fd, path)
+    finally:
+        os.close(fd)
 
 
 def _is_bare_name(name: str) -> bool:
@@ -131,6 +179,7 @@ class BundleLock:
                     "path": str(entry.path),
                     "sha256": entry.sha256,
                     "interpreter": entry.interpreter,
+                    "target": str(entry.target),
                 }
                 for name, entry in sorted(self.executables.items())
             },
@@ -158,7 +207,7 @@ class BundleLock:
                 raise _lock_field_error(source, shown, "not a bare executable name")
             if not isinstance(entry, dict):
                 raise _lock_field_error(source, field, "not a JSON object")
-            unknown = sorted(set(entry) - {"path", "sha256", "interpreter"})
+            unknown = sorted(set(entry) - {"path", "sha256", "interpreter", "target"})
             if unknown:
                 raise _lock_field_error(source, f"{field}.{unknown[0]}", "unknown field")
             path = entry.get("path")
@@ -172,7 +221,12 @@ class BundleLock:
             interpreter = entry.get("interpreter", False)
             if not isinstance(interpreter, bool):
                 raise _lock_field_error(source, f"{field}.interpreter", "not true or false")
-            executables[name] = LockedExecutable(name, Path(path), digest, interpreter)
+            target = entry.get("target")
+            if not isinstance(target, str) or not os.path.isabs(target):
+                raise _lock_field_error(source, f"{field}.target", "not an absolute path")
+            executables[name] = LockedExecutable(
+                name, Path(path), digest, interpreter, target=Path(target)
+            )
         return cls(executables)
 
 
@@ -226,11 +280,19 @@ def write_lock(
         resolved = Path(os.path.realpath(found_path))
         if not resolved.is_file():
             raise LaunchError(f"{name} at {found_path} is not a regular file")
+        try:
+            with open(resolved, "rb") as f:
+                header = f.read(_HEADER)
+        except OSError as exc:
+            raise LaunchError(f"cannot read {resolved}: {exc.strerror}") from None
+        require_native(f"{name} at {found_path}", header)
         if interpreters:
             interpreter = name in interpreters
         else:
             interpreter = _DEFAULT_INTERPRETERS.fullmatch(name) is not None
-        existing[name] = LockedExecutable(name, found_path, _sha256_file(resolved), interpreter)
+        existing[name] = LockedExecutable(
+            name, found_path, _sha256_file(resolved), interpreter, target=resolved
+        )
     lock = BundleLock(existing)
     text = json.dumps(lock.to_json(), indent=2) + "\n"
     try:

@@ -37,6 +37,8 @@ from geode.runtime._activation import Activation
 from geode.runtime._leftovers import LauncherRecord, clean_leftovers
 
 __all__ = [
+    "SCRUBBED_ENV",
+    "SCRUBBED_ENV_PREFIXES",
     "Companion",
     "LaunchPlan",
     "default_runtime_dir",
@@ -47,6 +49,46 @@ __all__ = [
 
 
 log = logging.getLogger("geode.runtime")
+
+# What the command does not inherit from the launcher's environment: the variables that make a
+# locked interpreter, a shell or the dynamic loader run code from outside the bundle (a startup
+# file, a module path, preloaded libraries, options that require a module). The manifest's
+# ``env`` is applied after, and may set any of them: it is part of what the manifest pins.
+# Documented in docs/runtime.md ("Environment").
+SCRUBBED_ENV_PREFIXES = ("PYTHON", "LD_", "BASH_FUNC_")
+SCRUBBED_ENV = frozenset(
+    {
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "PERL5OPT",
+        "PERL5LIB",
+        "PERLLIB",
+        "PERL5DB",
+        "RUBYOPT",
+        "RUBYLIB",
+        "GCONV_PATH",
+        "JAVA_TOOL_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "_JAVA_OPTIONS",
+    }
+)
+
+
+# ``PYTHON*`` variables that change how output is written, never what code runs: kept.
+KEPT_PYTHON_ENV = frozenset(
+    {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING", "PYTHONUTF8"}
+)
+
+
+def _scrubbed(name: str) -> bool:
+    if name in KEPT_PYTHON_ENV:
+        return False
+    return name in SCRUBBED_ENV or name.startswith(SCRUBBED_ENV_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -129,9 +171,10 @@ def lay_out(
         remove_plan(LaunchPlan(directory, tuple(written), [], {}, record))
         raise LaunchError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
-    # Geode's own variables are set afresh: none is inherited from the launcher's environment.
+    # Geode's own variables are set afresh: none is inherited from the launcher's environment,
+    # and neither is what would load code from outside the bundle (SCRUBBED_ENV).
     inherited = os.environ if environ is None else environ
-    env = {k: v for k, v in inherited.items() if not k.startswith("GEODE_")}
+    env = {k: v for k, v in inherited.items() if not k.startswith("GEODE_") and not _scrubbed(k)}
     env.update(  # each GEODE_* variable is documented in docs/runtime.md
         {
             "GEODE_SERVICE": service,
@@ -241,7 +284,11 @@ class _Supervisor:
 
 
 def run_command(
-    plan: LaunchPlan, *, companions: Sequence[Companion] = (), grace: float = 10.0
+    plan: LaunchPlan,
+    *,
+    companions: Sequence[Companion] = (),
+    grace: float = 10.0,
+    before_start: Callable[[], None] | None = None,
 ) -> int:
     """Run the planned command, forwarding signals; returns its exit status (128+N on signal N).
 
@@ -252,6 +299,8 @@ def run_command(
     and the next launcher removes the files. Companions start
     before the command (its transparent TLS must be listening when it starts) and stop after
     it; the files are removed in every case, a signal during start-up included.
+    ``before_start`` runs last before the command is started (``geode run``: the locked
+    executables are hashed again), and its exception ends the launch the same way.
     """
     started: list[Companion] = []
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)  # before a companion raises it
@@ -262,6 +311,8 @@ def run_command(
                 started.append(companion)
             if supervisor.stopping is not None:
                 return 128 + supervisor.stopping
+            if before_start is not None:
+                before_start()
             try:
                 # The pre-exec hook only calls a libc function resolved beforehand, and glibc
                 # resets its allocator locks in the child, so companions' threads cannot block it.

@@ -14,13 +14,23 @@ from geode.runtime._evidence_source import (
     choose_evidence_source,
 )
 from geode.runtime._gramine import PythonLayout, gramine_manifest, python_layout
-from geode.runtime._launcher import Companion, LaunchPlan, lay_out, remove_plan, run_command
+from geode.runtime._launcher import (
+    SCRUBBED_ENV,
+    SCRUBBED_ENV_PREFIXES,
+    Companion,
+    LaunchPlan,
+    lay_out,
+    remove_plan,
+    run_command,
+)
 from geode.runtime._leftovers import LauncherRecord, clean_leftovers
 from geode.runtime._renewal import CertificateRenewer, renewal_time
 from geode.runtime._staging import StagedBundle, remove_staged, stage_bundle
 from geode.runtime._transparent import ProxyRunner
 
 __all__ = [
+    "SCRUBBED_ENV",
+    "SCRUBBED_ENV_PREFIXES",
     "CertificateRenewer",
     "Companion",
     "EvidenceSource",
