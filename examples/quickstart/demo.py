@@ -100,30 +100,13 @@ def main() -> int:
         )
         step("Check the manifest offline", "manifest", "check", str(manifest))
         step("Set the manifest", "manifest", "set", str(manifest), "--coordinator", client)
-        step(
-            "Run the service under Geode",
-            "run",
-            "--service",
-            "hello",
-            "--coordinator",
-            mesh,
-            "--bundle",
-            str(bundle),
-            "--",
-            "python3",
-            "hello.py",
-        )
+        run_hello = ["run", "--service", "hello", "--coordinator", mesh, "--bundle", str(bundle)]
+        step("Run the service under Geode", *run_hello, "--", "python3", "hello.py")
         evil = work / "evil.py"  # beside the bundle, not in it
         evil.write_text("import os\nprint(os.environ['API_TOKEN'])\n")
         outside = step(
             "A command outside the bundle is refused (it would get hello's secrets)",
-            "run",
-            "--service",
-            "hello",
-            "--coordinator",
-            mesh,
-            "--bundle",
-            str(bundle),
+            *run_hello,
             "--",
             "python3",
             str(evil),
