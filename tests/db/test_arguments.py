@@ -148,7 +148,35 @@ def test_under_geode_run_the_files_are_the_bundles_or_the_manifests(
     (secrets / "init.sql").write_text("CREATE DATABASE manifest;\n")
     assert _config(activation, init_sql_file="init.sql").init_sql == "CREATE DATABASE manifest;\n"
     assert _config(activation).key == b"\xab" * 32
-    assert _config(activation, key_file=str(bundle / "keys" / "db.key")).key == b"\xcd" * 32
+
+
+def test_under_geode_run_the_key_is_a_file_of_the_manifest_only(
+    activation: dict[str, str],
+) -> None:
+    """The bundle is measured, not secret: a 64-hex file in it is not a key."""
+    bundle = Path(activation["GEODE_BUNDLE_DIR"])
+    (bundle / "keys").mkdir()
+    (bundle / "keys" / "db.key").write_text("cd" * 32)
+    with pytest.raises(DatabaseError) as refused:
+        _config(activation, key_file=str(bundle / "keys" / "db.key"))
+    assert str(refused.value) == (
+        f"--key-file {bundle}/keys/db.key: under geode run it must be a file of the manifest "
+        "($GEODE_SECRETS_DIR): the bundle is measured, not secret"
+    )
+    assert _config(activation, key_file="db.key").key == b"\xab" * 32
+
+
+def test_under_geode_run_a_key_from_a_variable_is_refused(activation: dict[str, str]) -> None:
+    """The caller's environment reaches the service: its variables are not the manifest's."""
+    activation["CALLER_KEY"] = "00" * 32
+    with pytest.raises(DatabaseError) as refused:
+        _config(activation, key_env="CALLER_KEY")
+    assert str(refused.value) == (
+        "--key-env CALLER_KEY: under geode run the database key must be a file of the "
+        "manifest: use --key-file"
+    )
+    del activation["GEODE_BUNDLE_DIR"]
+    assert _config(activation, key_env="CALLER_KEY").key == bytes(32)
 
 
 @pytest.mark.parametrize("argument", ["init_sql_file", "key_file"])

@@ -141,8 +141,8 @@ def test_geode_db_serve_under_geode_run_refuses_code_and_sql_from_outside_the_bu
     start_coordinator: StartCoordinator, geode_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The command line after ``geode run ... --`` is the caller's: an option that loads a
-    plugin from elsewhere, or init SQL or a key outside the bundle and the manifest's files,
-    is refused in one line before MariaDB touches anything."""
+    plugin from elsewhere, init SQL outside the bundle and the manifest's files, or a key that is
+    not a manifest file, is refused in one line before MariaDB touches anything."""
     require_mariadb()
     coordinator = start_coordinator()
     with CoordinatorClient(coordinator.client_addr, insecure=True) as client:
@@ -164,6 +164,7 @@ def test_geode_db_serve_under_geode_run_refuses_code_and_sql_from_outside_the_bu
         ("--init-sql", str(evil_sql)): f"--init-sql {evil_sql}: under geode run it must be",
         ("--init-sql", "../../evil.sql"): "--init-sql ",
         ("--key-file", str(evil_key)): f"--key-file {evil_key}: under geode run it must be",
+        ("--key-env", "PATH"): "--key-env PATH: under geode run the database key must be a file",
     }
     for argument, refusal in cases.items():
         done = subprocess.run(

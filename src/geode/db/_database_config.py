@@ -3,9 +3,12 @@ service started by ``geode run`` builds it from its activation (environment, man
 the command line).
 
 Under ``geode run`` the command line is the caller's, not the measured bundle's, so the files it
-names may only be measured ones: the master key and the init SQL must resolve, links and ``..``
+names may only be measured or handed out ones. The init SQL must resolve, links and ``..``
 followed, inside the staged bundle (``$GEODE_BUNDLE_DIR``, covered by the measurement) or the
-manifest's files (``$GEODE_SECRETS_DIR``, covered by the manifest)."""
+manifest's files (``$GEODE_SECRETS_DIR``, covered by the manifest). The master key must be a secret
+the Coordinator handed out: a file of the manifest's only (the bundle is measured, not secret), and
+never a variable (``--key-env``), since the launcher cannot tell the manifest's variables from ones
+the caller's environment passed through."""
 
 from __future__ import annotations
 
@@ -43,15 +46,20 @@ class _ActivationFiles:
         """Under ``geode run``, the staged bundle's; outside it, the working directory's."""
         return self.bundle_dir / name if self.bundle_dir is not None else Path(name).absolute()
 
-    def confine(self, path: Path, option: str) -> Path:
+    def confine(self, path: Path, option: str, *, secret: bool = False) -> Path:
         """``path`` itself outside ``geode run``; under it, its real path, which must be in the
-        bundle or the manifest's files."""
+        manifest's files or (unless ``secret``) the bundle."""
         if self.bundle_dir is None:
             return path
         real = Path(os.path.realpath(path))
-        roots = [self.bundle_dir, *([self.secrets_dir] if self.secrets_dir is not None else [])]
+        roots = [*([] if secret else [self.bundle_dir]), *filter(None, [self.secrets_dir])]
         if any(real.is_relative_to(os.path.realpath(root)) for root in roots):
             return real
+        if secret:
+            raise DatabaseError(
+                f"{option} {path}: under geode run it must be a file of the manifest "
+                "($GEODE_SECRETS_DIR): the bundle is measured, not secret"
+            )
         raise DatabaseError(
             f"{option} {path}: under geode run it must be a file of the bundle "
             f"(${BUNDLE_DIR_ENV}) or of the manifest ($GEODE_SECRETS_DIR)"
@@ -107,8 +115,9 @@ class DatabaseConfig:
         ``init.sql``, if present). Relative paths are in ``GEODE_SECRETS_DIR`` (the manifest's
         files); a relative init SQL the manifest does not give is the working directory's (the
         bundle's, under ``geode run``, which runs the command in its measured copy). Under
-        ``geode run`` both files must be the bundle's or the manifest's (``_ActivationFiles``),
-        and ``mariadb_bin`` (programs from elsewhere) is refused."""
+        ``geode run`` the init SQL must be the bundle's or the manifest's, the key file the
+        manifest's (``_ActivationFiles``), and ``key_env`` and ``mariadb_bin`` (programs from
+        elsewhere) are refused."""
         env = os.environ if environ is None else environ
         credentials = Credentials.from_env(env)
         files = _ActivationFiles.from_env(env)
@@ -117,13 +126,18 @@ class DatabaseConfig:
                 f"--mariadb-bin {mariadb_bin}: under geode run the MariaDB programs are the ones "
                 "the bundle's geode.lock names"
             )
+        if key_env is not None and files.bundle_dir is not None:
+            raise DatabaseError(
+                f"--key-env {key_env}: under geode run the database key must be a file of the "
+                "manifest: use --key-file"
+            )
         if key_env is not None:
             if not env.get(key_env):
                 raise DatabaseError(f"${key_env} is not set: it should hold the database key")
             key = parse_key(env[key_env].encode(), f"${key_env}")
         else:
             key_path = files.manifest_file(key_file or "db.key")
-            key = read_key_file(files.confine(key_path, "--key-file"))
+            key = read_key_file(files.confine(key_path, "--key-file", secret=True))
         init_name = init_sql_file or "init.sql"
         init_path = files.manifest_file(init_name)
         if not init_path.exists() and not Path(init_name).is_absolute():

@@ -4,7 +4,11 @@ the local socket for administration. Their failures become one-line ``DatabaseEr
 
 Under ``geode run`` (``$GEODE_BUNDLE_LOCK`` set) the server started is the ``mariadbd`` the
 bundle's lock names, hashed again before it starts; a lock that does not name it refuses the
-start. Outside ``geode run`` the programs are found on ``PATH`` and the system directories."""
+start. The others (``mariadb-install-db`` is a shell script, which a lock cannot pin) are the
+locked ones where the lock names them, else found only in the system directories
+(``TRUSTED_DIRS``, never the caller's ``PATH``), and only as files that only root can change: owned
+by root and not writable by group or others, and so is the directory they are in. Outside
+``geode run`` the programs are found on ``PATH`` and the system directories."""
 
 from __future__ import annotations
 
@@ -35,6 +39,9 @@ _READY = "ready for connections"
 # only reach the files MariaDB creates through its own library; some (mysql_upgrade_info, files
 # of the install script) are created with the process umask, which must not let others read.
 PRIVATE_UMASK = 0o077
+# Under geode run, where an unlocked MariaDB program (and what the install script runs) is found.
+TRUSTED_DIRS = ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/bin", "/sbin")
+_ROOT_UID = 0
 
 
 def _find(names: tuple[str, ...], bin_dir: Path | None) -> Path:
@@ -54,11 +61,44 @@ def _find(names: tuple[str, ...], bin_dir: Path | None) -> Path:
     )
 
 
-def _locked_or_found(name: str, bin_dir: Path | None, environ: Mapping[str, str]) -> Path:
-    """The program the bundle's lock names (checked), else the one found as outside geode run."""
+def _root_only(path: Path) -> str | None:
+    """Why someone other than root could change ``path`` (links followed), else None."""
+    status = path.stat()
+    if status.st_uid != _ROOT_UID:
+        return "is not owned by root"
+    if status.st_mode & 0o022:
+        return "is writable by group or others"
+    return None
+
+
+def _find_trusted(names: tuple[str, ...]) -> Path:
+    """The first of ``names`` in ``TRUSTED_DIRS``, as its real path; refused unless it, its
+    directory and the directory searched can only be changed by root."""
+    for directory in TRUSTED_DIRS:
+        for name in names:
+            candidate = Path(directory, name)
+            if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+                continue
+            real = Path(os.path.realpath(candidate))
+            for path in (Path(directory), real.parent, real):
+                why = _root_only(path)
+                if why is not None:
+                    raise DatabaseError(
+                        f"{name} at {candidate}: {path} {why}: under geode run only a "
+                        "root-owned system copy is run"
+                    )
+            return real
+    raise DatabaseError(
+        f"MariaDB is not installed: {names[0]!r} was not found in {', '.join(TRUSTED_DIRS)} "
+        "(under geode run the caller's PATH is not searched; install the mariadb-server package)"
+    )
+
+
+def _locked_or_trusted(names: tuple[str, ...], environ: Mapping[str, str]) -> Path:
+    """The program the bundle's lock names (checked), else the root-owned system one."""
     lock = read_lock(Path(environ[BUNDLE_LOCK_ENV]).parent)
-    entry = lock.executables.get(name)
-    return entry.check() if entry is not None else _find((name,), bin_dir)
+    entry = lock.executables.get(names[0])
+    return entry.check() if entry is not None else _find_trusted(names)
 
 
 def describe_sql_error(stderr: str) -> str:
@@ -90,15 +130,21 @@ class MariaDB:
     ) -> MariaDB:
         """Under ``geode run`` (``$GEODE_BUNDLE_LOCK`` set), the server is the ``mariadbd`` the
         bundle's lock names, its hash checked again (``LaunchError`` when the lock does not name
-        it or it changed); the other programs are the locked ones where the lock names them."""
+        it or it changed); the other programs are the locked ones where the lock names them, else
+        root-owned ones in ``TRUSTED_DIRS`` (``bin_dir`` is refused)."""
         if environ.get(BUNDLE_LOCK_ENV):
+            if bin_dir is not None:
+                raise DatabaseError(
+                    f"--mariadb-bin {bin_dir}: under geode run the MariaDB programs are the ones "
+                    "the bundle's geode.lock names"
+                )
             server = locked_executable("mariadbd", environ)
             if server is None:  # pragma: no cover - the variable is set
                 raise DatabaseError(f"${BUNDLE_LOCK_ENV} is empty")
             return cls(
                 server=server,
-                install_db=_locked_or_found("mariadb-install-db", bin_dir, environ),
-                client=_locked_or_found("mariadb", bin_dir, environ),
+                install_db=_locked_or_trusted(("mariadb-install-db", "mysql_install_db"), environ),
+                client=_locked_or_trusted(("mariadb", "mysql"), environ),
             )
         return cls(
             server=_find(("mariadbd", "mysqld"), bin_dir),

@@ -33,9 +33,10 @@ from geode.db._config import Option, RuntimeFiles, common_options, confidential_
 from geode.db._database_config import DatabaseConfig
 from geode.db._datadir import inspect_datadir, lock_datadir, make_private, move_into_place
 from geode.db._key import KEY_CHECK_FILE, KeyCheck
-from geode.db._mariadb import MariaDB, ServerProcess, _SQLFailed
+from geode.db._mariadb import TRUSTED_DIRS, MariaDB, ServerProcess, _SQLFailed
 from geode.errors import DatabaseError
 from geode.protocol import mesh_server_context
+from geode.runtime import BUNDLE_LOCK_ENV
 
 __all__ = ["DatabaseServer", "serve"]
 
@@ -76,6 +77,9 @@ def _ensure_port_free(host: str, port: int) -> None:
 def _child_env() -> dict[str, str]:
     env = {name: os.environ[name] for name in _CHILD_ENV if name in os.environ}
     env.setdefault("PATH", os.defpath)
+    if os.environ.get(BUNDLE_LOCK_ENV):
+        # Under geode run, what the install script runs by name comes from root's directories.
+        env["PATH"] = os.pathsep.join(TRUSTED_DIRS)
     # mysys reads the creation modes of files and directories from these.
     env["UMASK"], env["UMASK_DIR"] = "0600", "0700"
     return env
