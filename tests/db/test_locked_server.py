@@ -134,3 +134,21 @@ def test_under_geode_run_a_lock_without_the_server_is_refused(
     assert str(refused.value) == (
         "mariadbd is outside the bundle: lock it with 'geode bundle lock DIR mariadbd'"
     )
+
+
+def test_the_install_script_does_not_run_programs_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mariadb-install-db runs ``./extra/my_print_defaults`` when the working directory (the
+    staged bundle, under geode run) has one: it runs in the option file's directory instead."""
+    script = tmp_path / "mariadb-install-db"
+    script.write_text('#!/bin/sh\npwd > "$(dirname "$0")/ran-in"\n')
+    script.chmod(0o755)
+    private = tmp_path / "runtime"
+    private.mkdir()
+    (private / "my.cnf").write_text("[mariadbd]\n")
+    monkeypatch.chdir(tmp_path)
+    MariaDB(Path("/bin/false"), script, Path("/bin/false")).install(
+        private / "my.cnf", "root", {"PATH": os.defpath}
+    )
+    assert (tmp_path / "ran-in").read_text().strip() == str(private)

@@ -153,7 +153,9 @@ class MariaDB:
         )
 
     def install(self, option_file: Path, admin_user: str, env: Mapping[str, str]) -> None:
-        """Create the system tables in the (empty) data directory the option file names."""
+        """Create the system tables in the (empty) data directory the option file names. It runs
+        in the option file's (private) directory: the script takes ``./extra/my_print_defaults``,
+        and then ``./sql/mariadbd``, from its working directory when there is one."""
         result = subprocess.run(
             [
                 str(self.install_db),
@@ -163,6 +165,7 @@ class MariaDB:
                 f"--auth-root-socket-user={admin_user}",
             ],
             env=dict(env),
+            cwd=option_file.parent,
             capture_output=True,
             text=True,
             errors="replace",
