@@ -12,6 +12,9 @@
   else, and only as ``geode db serve``: the runtime is what the platform measures, not the
   bundle, and no other subcommand is one a bundle runs;
 - an absolute path is a locked executable's exact path, or a file inside the copy;
+- a locked executable that is not an interpreter is the program only when the lock marks it
+  ``program`` (its arguments are then the caller's); otherwise it is there for the bundle's own
+  use (``mariadbd`` for ``geode db serve``) and refused as the command, or as a ``#!`` line's;
 - an interpreter's script operand must resolve inside the copy (``python app.py``); ``-c``,
   ``-i`` and reading the program from standard input are refused.
 
@@ -196,6 +199,11 @@ class _Resolver:
 
     def locked(self, entry: LockedExecutable, rest: list[str]) -> list[str]:
         if not entry.interpreter:
+            if not entry.program:
+                raise LaunchError(
+                    f"{entry.name} is locked for the bundle's own use (e.g. by geode db serve), "
+                    "not as the command"
+                )
             return [str(entry.path), *rest]
         base = entry.name
         if re.fullmatch(r"python[0-9.]*", base):
