@@ -22,9 +22,9 @@ library or shared libraries. ``interpreter`` says the executable's first operand
 which must then resolve inside the copy too. ``program`` (default false) says a locked
 executable that is not an interpreter may be the command of ``geode run`` itself: without it,
 such an executable is there for the bundle's own use (``mariadbd``, started by
-``geode db serve``) and ``geode run`` refuses it as the command. The lock is read strictly: an unknown or missing
-field, a path that is not absolute, a hash that is not 64 lower-case hex digits or a
-``version`` other than 1 is a ``LaunchError`` naming ``geode.lock`` and the field.
+``geode db serve``) and ``geode run`` refuses it as the command. The lock is read strictly: an
+unknown or missing field, a path that is not absolute, a hash that is not 64 lower-case hex
+digits or a ``version`` other than 1 is a ``LaunchError`` naming ``geode.lock`` and the field.
 
 Services that start locked executables themselves (``geode db serve`` starting ``mariadbd``)
 find them through ``$GEODE_BUNDLE_LOCK`` (``locked_executable``), which re-checks the hash.
