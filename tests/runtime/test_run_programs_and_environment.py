@@ -169,6 +169,8 @@ def test_python_runs_a_directory_of_the_copy_with_main(
     assert resolve_command(staged, ["python3", "-B", "./app"]) == [python, "-B", f"{root}/app"]
     with pytest.raises(LaunchError, match=r"the script empty is a directory without __main__\.py"):
         resolve_command(staged, ["python3", "empty"])
+    with pytest.raises(LaunchError, match=r"the script \. is a directory without __main__\.py"):
+        resolve_command(staged, ["python3", "."])
     with pytest.raises(LaunchError, match="the script / is outside the bundle"):
         resolve_command(staged, ["python3", "/"])
 
