@@ -249,7 +249,9 @@ def test_a_service_that_dies_at_start_stops_the_deployment(tmp_path: Path) -> No
     """Its log is shown, a skipped service is said, and nothing is left running."""
     bundle = tmp_path / "d" / "app"
     bundle.mkdir(parents=True)
-    (bundle / "app.py").write_text("import sys\nprint('cannot start: no config')\nsys.exit(3)\n")
+    (bundle / "app.py").write_text(
+        "import sys\nprint('cannot start: no config', sys.argv[1:])\nsys.exit(3)\n"
+    )
     ready = free_port()
     deployment, manifest = deployment_of(bundle, ready=f"127.0.0.1:{ready}")
     services = deployment["services"]
@@ -258,12 +260,13 @@ def test_a_service_that_dies_at_start_stops_the_deployment(tmp_path: Path) -> No
         0,
         {"name": "other", "bundle": "app", "lock": ["no-such-program-here"],
          "command": ["python3", "app.py"], "requires": "no-such-program-here",
-         "skipped_note": "it is optional"},
+         "skipped_note": "it is optional", "skipped_args": {"app": ["--without-other"]}},
     )  # fmt: skip
     done = geode_up(write(tmp_path / "d", deployment, manifest))
     error = one_line_error(done)
     assert "app exited (3) before it was ready" in error  # activated: its bundle was pinned
-    assert "cannot start: no config" in done.stderr  # the log's tail
+    # The log's tail; the skipped service's skipped_args reached the app's command.
+    assert "cannot start: no config ['--without-other']" in done.stderr
     assert "other: SKIPPED: no-such-program-here is not installed (it is optional)" in done.stdout
     assert "Stopped: no process left." in done.stderr
     coordinator = deployment["coordinator"]

@@ -161,8 +161,12 @@ def test_an_undeclared_or_changed_system_executable_is_refused(
     shutil.copy2("/bin/echo", tools / "say")  # an executable we control
     shutil.copy2("/bin/echo", tools / "shout")
     env = {**geode_env, "PATH": f"{tools}:/usr/bin:/bin"}
-    locked = geode_cli("bundle", "lock", str(deployment.bundle), "say", env=env, check=True)
+    locked = geode_cli(
+        "bundle", "lock", str(deployment.bundle), "say", "--program", "say", env=env, check=True
+    )
     assert f"say: {tools / 'say'} sha256 " in locked.stdout
+    assert "(program)" in locked.stdout  # the lock says it may be the command itself
+    geode_cli("bundle", "lock", str(deployment.bundle), "shout", env=env, check=True)
     deployment.pin()
 
     ran = deployment.run("say", "hello from the locked echo")
@@ -170,10 +174,17 @@ def test_an_undeclared_or_changed_system_executable_is_refused(
     assert "hello from the locked echo" in ran.stdout
     assert deployment.activations() == 1
 
-    undeclared = deployment.run("shout", "x")
+    undeclared = deployment.run("yell", "x")
     assert undeclared.returncode == 1
     assert _error_line(undeclared) == (
-        "Error: geode run: shout is outside the bundle: lock it with 'geode bundle lock DIR shout'"
+        "Error: geode run: yell is outside the bundle: lock it with 'geode bundle lock DIR yell'"
+    )
+    # Locked, but not as a program: for the bundle's own use (as mariadbd is, for db serve).
+    own_use = deployment.run("shout", "--plugin-load-add=evil.so")
+    assert own_use.returncode == 1
+    assert _error_line(own_use) == (
+        "Error: geode run: shout is locked for the bundle's own use (e.g. by geode db serve), "
+        "not as the command"
     )
 
     with (tools / "say").open("ab") as f:
@@ -299,7 +310,7 @@ def test_an_executable_changed_during_the_activation_is_refused(
     tools = deployment.tmp / "tools"
     tools.mkdir()
     shutil.copy2("/bin/echo", tools / "say")
-    write_lock(deployment.bundle, ["say"], path=str(tools))
+    write_lock(deployment.bundle, ["say"], programs=["say"], path=str(tools))
     deployment.pin()
     ran = deployment.tmp / "ran"
     activate = _run.activate

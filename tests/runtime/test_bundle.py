@@ -387,12 +387,9 @@ def test_programs_of_the_copy_and_locked_programs(staged: StagedBundle, tools: P
     assert resolve_command(staged, ["serve", "a"]) == [f"{root}/serve", "a"]
     assert resolve_command(staged, ["./serve"]) == [f"{root}/serve"]
     assert resolve_command(staged, [f"{root}/serve"]) == [f"{root}/serve"]
-    # Not an interpreter: its operands are its own.
-    assert resolve_command(staged, ["tool", "/etc/x", "-c"]) == [
-        str(tools / "tool"),
-        "/etc/x",
-        "-c",
-    ]
+    # Not an interpreter, and not marked program: locked for the bundle's own use only.
+    with pytest.raises(LaunchError, match="tool is locked for the bundle's own use"):
+        resolve_command(staged, ["tool", "/etc/x", "-c"])
 
 
 def test_geode_is_the_running_runtime(staged: StagedBundle) -> None:
@@ -415,7 +412,7 @@ def test_geode_is_the_running_runtime(staged: StagedBundle) -> None:
         (["python3", "/tmp/evil.py"], "the script /tmp/evil.py is outside the bundle"),
         (["python3", "evil.py"], "the script evil.py is outside the bundle"),
         (["python3", "../launcher.state"], "the script ../launcher.state is outside the bundle"),
-        (["python3", "pkg"], "the script pkg is not a file in the bundle"),
+        (["python3", "evil"], "the script evil is outside the bundle"),
         (["python3", "-c", "print(1)"], "-c runs code that is not in the bundle"),
         (["python3", "-Bc", "print(1)"], "-Bc runs code that is not in the bundle"),
         (["python3", "-m", "json.tool"], "-m json.tool runs a module that is not in the bundle"),

@@ -34,9 +34,9 @@ STARTED = time.time()
 class Stock:
     """The stock table, in the Geode database or in SQLCipher. Calls run in a worker thread."""
 
-    def __init__(self, secrets: Path, state: Path) -> None:
+    def __init__(self, secrets: Path, state: Path, embedded: bool) -> None:
         self._lock = threading.Lock()
-        if os.environ.get("BOOKSTORE_DB") != "embedded":  # geode up says when it is not there
+        if not embedded:  # geode up says when the database is not there (--embedded-db)
             self.mode = "Geode database (MariaDB, encrypted at rest, TLS)"
             self._conn = self._mariadb(secrets)
             self._style = "%s"
@@ -180,10 +180,11 @@ async def page(_request: Request) -> HTMLResponse:
     )
 
 
-async def main(state: Path) -> None:
+async def main(state: Path, embedded: bool) -> None:
     global STOCK
     credentials = Credentials.from_env()
-    STOCK = await asyncio.to_thread(Stock, Path(os.environ["GEODE_SECRETS_DIR"]), state)
+    secrets = Path(os.environ["GEODE_SECRETS_DIR"])
+    STOCK = await asyncio.to_thread(Stock, secrets, state, embedded)
     api = Starlette(routes=[Route("/restock-books", restock_books, methods=["POST"])])
     mesh = serve_asgi(
         api, credentials, host="127.0.0.1", port=int(os.environ["WAREHOUSE_PORT"]),
@@ -206,4 +207,5 @@ if __name__ == "__main__":
     # The working directory is the bundle's read-only measured copy: the stock lives elsewhere.
     if "--state" not in sys.argv:
         sys.exit("bookwarehouse: --state DIR is required (where the embedded stock is kept)")
-    asyncio.run(main(Path(sys.argv[sys.argv.index("--state") + 1])))
+    state = Path(sys.argv[sys.argv.index("--state") + 1])
+    asyncio.run(main(state, embedded="--embedded-db" in sys.argv))

@@ -34,14 +34,27 @@ def bundle() -> None:
     "interpreters",
     multiple=True,
     help="A name whose first operand is a script that must be in the bundle (repeatable; "
-    "replaces the guess: python*, sh, bash, node, perl, ruby).",
+    "replaces the guess: python*, sh, bash, dash, zsh, ksh, node, perl, ruby).",
 )
-def lock(directory: Path, names: tuple[str, ...], interpreters: tuple[str, ...]) -> None:
+@click.option(
+    "--program",
+    "programs",
+    multiple=True,
+    help="A name (not an interpreter) that geode run may run as the command itself, with the "
+    "caller's arguments (repeatable). Without it, a locked executable that is not an "
+    "interpreter is for the bundle's own use (e.g. mariadbd, started by geode db serve).",
+)
+def lock(
+    directory: Path,
+    names: tuple[str, ...],
+    interpreters: tuple[str, ...],
+    programs: tuple[str, ...],
+) -> None:
     """Pin the system executables NAMES (found on $PATH) in DIRECTORY/geode.lock."""
-    pinned = write_lock(directory, names, interpreters=interpreters)
-    for name in dict.fromkeys([*names, *interpreters]):
+    pinned = write_lock(directory, names, interpreters=interpreters, programs=programs)
+    for name in dict.fromkeys([*names, *interpreters, *programs]):
         entry = pinned.executables[name]
-        kind = " (interpreter)" if entry.interpreter else ""
+        kind = " (interpreter)" if entry.interpreter else " (program)" if entry.program else ""
         click.echo(f"{name}: {entry.path} sha256 {entry.sha256[:16]}...{kind}")
     click.echo(f"geode: wrote {directory / LOCK_FILE}", err=True)
 

@@ -55,7 +55,9 @@ class ServiceSpec(_Strict):
     page: str | None = None  # its page; ``page`` + "raw" gives its counters as JSON
     requires: str | None = None  # a program that must be installed, else the service is skipped
     skipped_note: str | None = None  # what skipping it means, said when it is skipped
-    skipped_env: dict[str, str] = {}  # set for the services after it when it is skipped
+    # When it is skipped: arguments added to the commands of the services named (geode run passes
+    # the command only an allow list of the caller's environment, so this goes by argument).
+    skipped_args: dict[str, list[str]] = {}
 
 
 class Deployment(_Strict):

@@ -261,12 +261,14 @@ class Runner:
 
     def start_services(self) -> None:
         mesh = self.deployment.coordinator.mesh_addr
+        extra_args: dict[str, list[str]] = {}
         for spec, entry in zip(self.deployment.services, self.services, strict=True):
             if skipped(spec, self.env["PATH"]):
                 entry.skipped = f"{spec.requires} is not installed"
                 note = f" ({spec.skipped_note})" if spec.skipped_note else ""
                 click.echo(f"  {spec.name}: SKIPPED: {entry.skipped}{note}")
-                self.env.update(spec.skipped_env)
+                for name, args in spec.skipped_args.items():
+                    extra_args.setdefault(name, []).extend(args)
                 continue
             if spec.ready and accepts(spec.ready):
                 raise GeodeError(f"{spec.name}: {spec.ready} is in use before it started")
@@ -274,7 +276,7 @@ class Runner:
             argv = [
                 sys.executable, "-m", "geode", "run", "--service", spec.name,
                 "--coordinator", mesh, "--bundle", str(bundle), "--root-ca", str(self.root_file),
-                "--", *self._command(spec.command),
+                "--", *self._command(spec.command), *extra_args.get(spec.name, []),
             ]  # fmt: skip
             click.echo(f"  {spec.name}: starting under geode run (log {entry.log})")
             self._spawn(entry, argv, cwd=bundle)

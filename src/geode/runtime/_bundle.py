@@ -19,9 +19,12 @@ the header and the hash through one descriptor; a path that no longer resolves t
 executable file, or a different hash, refuses the launch. What is locked is the executables'
 content only: not a venv's ``pyvenv.cfg``, its ``.pth`` files or site-packages, the standard
 library or shared libraries. ``interpreter`` says the executable's first operand is a script,
-which must then resolve inside the copy too. The lock is read strictly: an unknown or missing
-field, a path that is not absolute, a hash that is not 64 lower-case hex digits or a
-``version`` other than 1 is a ``LaunchError`` naming ``geode.lock`` and the field.
+which must then resolve inside the copy too. ``program`` (default false) says a locked
+executable that is not an interpreter may be the command of ``geode run`` itself: without it,
+such an executable is there for the bundle's own use (``mariadbd``, started by
+``geode db serve``) and ``geode run`` refuses it as the command. The lock is read strictly: an
+unknown or missing field, a path that is not absolute, a hash that is not 64 lower-case hex
+digits or a ``version`` other than 1 is a ``LaunchError`` naming ``geode.lock`` and the field.
 
 Services that start locked executables themselves (``geode db serve`` starting ``mariadbd``)
 find them through ``$GEODE_BUNDLE_LOCK`` (``locked_executable``), which re-checks the hash.
@@ -64,7 +67,7 @@ _LOCK_VERSION = 1
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ELF = b"\x7fELF"
 _HEADER = 128  # bytes read to tell a script (#!) from a native executable
-_DEFAULT_INTERPRETERS = re.compile(r"python[0-9.]*|sh|bash|node|perl|ruby")
+_DEFAULT_INTERPRETERS = re.compile(r"python[0-9.]*|sh|bash|dash|zsh|ksh|node|perl|ruby")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class LockedExecutable:
     sha256: str
     interpreter: bool = False
     target: Path = field(kw_only=True)
+    program: bool = field(default=False, kw_only=True)
 
     def check(self) -> Path:
         """Resolve the path now, and hash the file it resolves to through the descriptor its
@@ -180,6 +184,7 @@ class BundleLock:
                     "sha256": entry.sha256,
                     "interpreter": entry.interpreter,
                     "target": str(entry.target),
+                    **({"program": True} if entry.program else {}),
                 }
                 for name, entry in sorted(self.executables.items())
             },
@@ -207,7 +212,7 @@ class BundleLock:
                 raise _lock_field_error(source, shown, "not a bare executable name")
             if not isinstance(entry, dict):
                 raise _lock_field_error(source, field, "not a JSON object")
-            unknown = sorted(set(entry) - {"path", "sha256", "interpreter", "target"})
+            unknown = sorted(set(entry) - {"path", "sha256", "interpreter", "target", "program"})
             if unknown:
                 raise _lock_field_error(source, f"{field}.{unknown[0]}", "unknown field")
             path = entry.get("path")
@@ -221,11 +226,14 @@ class BundleLock:
             interpreter = entry.get("interpreter", False)
             if not isinstance(interpreter, bool):
                 raise _lock_field_error(source, f"{field}.interpreter", "not true or false")
+            program = entry.get("program", False)
+            if not isinstance(program, bool):
+                raise _lock_field_error(source, f"{field}.program", "not true or false")
             target = entry.get("target")
             if not isinstance(target, str) or not os.path.isabs(target):
                 raise _lock_field_error(source, f"{field}.target", "not an absolute path")
             executables[name] = LockedExecutable(
-                name, Path(path), digest, interpreter, target=Path(target)
+                name, Path(path), digest, interpreter, target=Path(target), program=program
             )
         return cls(executables)
 
@@ -255,13 +263,20 @@ def read_lock(bundle: Path) -> BundleLock:
 
 
 def write_lock(
-    bundle: Path, names: Sequence[str], *, interpreters: Sequence[str] = (), path: str | None = None
+    bundle: Path,
+    names: Sequence[str],
+    *,
+    interpreters: Sequence[str] = (),
+    programs: Sequence[str] = (),
+    path: str | None = None,
 ) -> BundleLock:
     """Lock the executables ``names`` (found on ``path``, default ``$PATH``; kept as found, an
     absolute path that may be a symbolic link; the file it resolves to is hashed) into
     ``bundle/geode.lock``, keeping entries already there for other names. ``interpreters``
-    marks names whose first operand is a script (default: ``python*``, ``sh``, ``bash``,
-    ``node``, ``perl``, ``ruby``); given, it replaces that guess (and its names are locked too).
+    marks names whose first operand is a script (default: ``python*``, the shells ``sh``,
+    ``bash``, ``dash``, ``zsh``, ``ksh``, and ``node``, ``perl``, ``ruby``); given, it replaces
+    that guess (and its names are locked too). ``programs`` marks names ``geode run`` may run as
+    the command itself (they are locked too).
     The lock is replaced atomically (``replace_file``: a crash leaves the old lock or the new
     one); ``LaunchError`` if ``geode.lock`` is a symbolic link (its target is never written).
     """
@@ -269,7 +284,7 @@ def write_lock(
     if lock_file.is_symlink():
         raise LaunchError(f"{lock_file} is a symbolic link: refused, a lock is written in place")
     existing = dict(read_lock(bundle).executables)
-    wanted = list(dict.fromkeys([*names, *interpreters]))
+    wanted = list(dict.fromkeys([*names, *interpreters, *programs]))
     for name in wanted:
         if not _is_bare_name(name):
             raise LaunchError(f"{name!r} is not a bare executable name")
@@ -291,7 +306,12 @@ def write_lock(
         else:
             interpreter = _DEFAULT_INTERPRETERS.fullmatch(name) is not None
         existing[name] = LockedExecutable(
-            name, found_path, _sha256_file(resolved), interpreter, target=resolved
+            name,
+            found_path,
+            _sha256_file(resolved),
+            interpreter,
+            target=resolved,
+            program=name in programs,
         )
     lock = BundleLock(existing)
     text = json.dumps(lock.to_json(), indent=2) + "\n"

@@ -12,8 +12,15 @@
   else, and only as ``geode db serve``: the runtime is what the platform measures, not the
   bundle, and no other subcommand is one a bundle runs;
 - an absolute path is a locked executable's exact path, or a file inside the copy;
-- an interpreter's script operand must resolve inside the copy (``python app.py``); ``-c``,
-  ``-i`` and reading the program from standard input are refused.
+- a locked executable that is not an interpreter is the program only when the lock marks it
+  ``program`` (its arguments are then the caller's); otherwise it is there for the bundle's own
+  use (``mariadbd`` for ``geode db serve``) and refused as the command, or as a ``#!`` line's;
+- an interpreter's script operand must resolve inside the copy (``python app.py``; for Python
+  also a directory of the copy with a ``__main__.py`` there, or a zip file); ``-c``, ``-i`` and
+  reading the program from standard input are refused. A shell's lone ``-`` ends its options
+  (``#!/bin/sh -``); Python's ``-V``, ``--version``, ``-h``, ``--help`` (and ``--help-*``) alone
+  are allowed (Python prints and exits before importing anything); a ``#!`` line is split on the
+  first space or tab, as Linux does.
 
 Python's options are checked against what could load code from elsewhere: ``-X`` only with the
 options of ``_PY_X_OPTIONS`` (not ``pycache_prefix``, which reads bytecode from another
@@ -67,6 +74,10 @@ _SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh"})
 _ENV = frozenset({"/usr/bin/env", "/bin/env"})
 # What Linux reads of a ``#!`` line (BINPRM_BUF_SIZE).
 _SHEBANG_MAX = 256
+# A lone option that makes Python print its version or help and exit, before it imports anything.
+_PY_INFO = frozenset(
+    {"-V", "-VV", "--version", "-h", "--help", "--help-env", "--help-xoptions", "--help-all"}
+)
 # The only Geode subcommand a bundle runs through the runtime.
 _GEODE_SUBCOMMANDS = (("db", "serve"),)
 
@@ -153,10 +164,11 @@ class _Resolver:
         if entry is not None or not os.path.isabs(path):
             return entry
         real = os.path.realpath(path)
-        for entry in self.staged.lock.executables.values():
-            if str(entry.target) == real:
-                return entry
-        return None
+        found = [e for e in self.staged.lock.executables.values() if str(e.target) == real]
+        # The same file locked under two names: the one checked as an interpreter, whatever the
+        # order of the lock.
+        found.sort(key=lambda e: (not e.interpreter, e.name))
+        return found[0] if found else None
 
     def geode(self, rest: list[str]) -> list[str]:
         if tuple(rest[:2]) not in _GEODE_SUBCOMMANDS:
@@ -172,8 +184,10 @@ class _Resolver:
         line = _shebang(real)
         if line is None:
             return [real, *rest]
-        interpreter, _, argument = line.partition(" ")
-        interpreter, argument = interpreter.strip(), argument.strip()
+        # Like Linux: the interpreter ends at the first space or tab; the rest, trimmed, is one
+        # argument.
+        interpreter, *tail = re.split(r"[ \t]+", line.strip(" \t"), maxsplit=1)
+        argument = tail[0] if tail else ""
         if interpreter in _ENV:
             entry = self.staged.lock.executables.get(argument)
             if entry is None:
@@ -196,6 +210,11 @@ class _Resolver:
 
     def locked(self, entry: LockedExecutable, rest: list[str]) -> list[str]:
         if not entry.interpreter:
+            if not entry.program:
+                raise LaunchError(
+                    f"{entry.name} is locked for the bundle's own use (e.g. by geode db serve), "
+                    "not as the command"
+                )
             return [str(entry.path), *rest]
         base = entry.name
         if re.fullmatch(r"python[0-9.]*", base):
@@ -209,13 +228,30 @@ class _Resolver:
     def script(self, name: str, before: list[str], rest: list[str]) -> list[str]:
         if not rest or rest[0] == "-":
             raise LaunchError(f"{name} would read its program from standard input, not the bundle")
+        if re.fullmatch(r"python[0-9.]*", name):
+            directory = self.directory_with_main(rest[0])
+            if directory is not None:
+                return [*before, directory, *rest[1:]]
         return [*before, self.in_copy("script", rest[0]), *rest[1:]]
+
+    def directory_with_main(self, path: str) -> str | None:
+        """The real path of ``path`` if it is a directory inside the copy with a
+        ``__main__.py`` file inside the copy (Python runs it, with the directory first on its
+        path); else ``None``."""
+        real = os.path.realpath(os.path.join(self.root, path))
+        if not os.path.isdir(real) or not is_inside(self.root, real):
+            return None
+        main = os.path.realpath(os.path.join(real, "__main__.py"))
+        if not os.path.isfile(main) or not is_inside(self.root, main):
+            raise LaunchError(f"the script {path} is a directory without __main__.py in the bundle")
+        return real
 
     def options(self, name: str, argv: list[str], flags: frozenset[str]) -> list[str]:
         """An interpreter whose options are single letters without arguments (``flags``)."""
         before: list[str] = []
         for i, arg in enumerate(argv):
-            if arg == "--":
+            # For a shell, a lone ``-`` ends the options as ``--`` does (``#!/bin/sh -``).
+            if arg == "--" or (arg == "-" and name in _SHELLS and i + 1 < len(argv)):
                 return self.script(name, [*before, arg], argv[i + 1 :])
             if not arg.startswith("-") or arg == "-":
                 return self.script(name, before, argv[i:])
@@ -231,6 +267,8 @@ class _Resolver:
         return self.script(name, before, [])
 
     def python(self, name: str, argv: list[str]) -> list[str]:
+        if len(argv) == 1 and argv[0] in _PY_INFO:
+            return list(argv)  # Python prints and exits before it imports anything
         before: list[str] = []
         seen: set[str] = set()
         i = 0

@@ -37,8 +37,8 @@ from geode.runtime._activation import Activation
 from geode.runtime._leftovers import LauncherRecord, clean_leftovers
 
 __all__ = [
-    "SCRUBBED_ENV",
-    "SCRUBBED_ENV_PREFIXES",
+    "INHERITED_ENV",
+    "INHERITED_ENV_PREFIXES",
     "Companion",
     "LaunchPlan",
     "default_runtime_dir",
@@ -50,45 +50,26 @@ __all__ = [
 
 log = logging.getLogger("geode.runtime")
 
-# What the command does not inherit from the launcher's environment: the variables that make a
-# locked interpreter, a shell or the dynamic loader run code from outside the bundle (a startup
-# file, a module path, preloaded libraries, options that require a module). The manifest's
-# ``env`` is applied after, and may set any of them: it is part of what the manifest pins.
-# Documented in docs/runtime.md ("Environment").
-SCRUBBED_ENV_PREFIXES = ("PYTHON", "LD_", "BASH_FUNC_")
-SCRUBBED_ENV = frozenset(
-    {
-        "BASH_ENV",
-        "ENV",
-        "SHELLOPTS",
-        "BASHOPTS",
-        "PS4",
-        "NODE_OPTIONS",
-        "NODE_PATH",
-        "PERL5OPT",
-        "PERL5LIB",
-        "PERLLIB",
-        "PERL5DB",
-        "RUBYOPT",
-        "RUBYLIB",
-        "GCONV_PATH",
-        "JAVA_TOOL_OPTIONS",
-        "JDK_JAVA_OPTIONS",
-        "_JAVA_OPTIONS",
-    }
-)
-
-
-# ``PYTHON*`` variables that change how output is written, never what code runs: kept.
+# What the command inherits from the launcher's environment: an allow list, since the variables
+# that make an interpreter, a shell, OpenSSL or the dynamic loader run code from outside the
+# bundle (or write its secrets out: ``SSLKEYLOGFILE``) are too many to name. Kept: where programs
+# are found (``PATH``: the locked ones run by their locked paths anyway), the locale, the time
+# zone, the terminal, who the user is, the temporary directory, and the ``PYTHON*`` variables that
+# change only how output is written. ``HOME`` is the instance's own empty directory instead
+# (a caller's ``HOME`` holds Python's user site-packages, ``~/.my.cnf`` and other start-up files),
+# and ``PYTHONNOUSERSITE=1``. The manifest's ``env`` is applied after, and may set anything: it is
+# part of what the manifest pins. Documented in docs/runtime.md ("Environment").
 KEPT_PYTHON_ENV = frozenset(
     {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING", "PYTHONUTF8"}
 )
+INHERITED_ENV = frozenset(
+    {"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "TMPDIR"} | KEPT_PYTHON_ENV
+)
+INHERITED_ENV_PREFIXES = ("LC_",)
 
 
-def _scrubbed(name: str) -> bool:
-    if name in KEPT_PYTHON_ENV:
-        return False
-    return name in SCRUBBED_ENV or name.startswith(SCRUBBED_ENV_PREFIXES)
+def _inherited(name: str) -> bool:
+    return name in INHERITED_ENV or name.startswith(INHERITED_ENV_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -144,13 +125,14 @@ def lay_out(
     }
     if activation.mesh is not None:
         credentials["mesh.json"] = activation.mesh.model_dump_json(indent=2).encode()
-    own, files = directory / "credentials", directory / "files"
+    own, files, home = directory / "credentials", directory / "files", directory / "home"
     record: LauncherRecord | None = None
     try:
         record = LauncherRecord.create(directory, service)
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             os.mkdir(files.name, 0o700, dir_fd=dir_fd)
+            os.mkdir(home.name, 0o700, dir_fd=dir_fd)
             for name, data in credentials.items():
                 place_file(f"{own.name}/{name}", data, at=dir_fd, shown_as=str(directory)).close()
             files_fd = open_directory(files.name, at=dir_fd)
@@ -171,12 +153,13 @@ def lay_out(
         remove_plan(LaunchPlan(directory, tuple(written), [], {}, record))
         raise LaunchError(f"cannot write {exc.filename}: {exc.strerror}") from None
 
-    # Geode's own variables are set afresh: none is inherited from the launcher's environment,
-    # and neither is what would load code from outside the bundle (SCRUBBED_ENV).
+    # Only the allow list is inherited (INHERITED_ENV); Geode's own variables are set afresh.
     inherited = os.environ if environ is None else environ
-    env = {k: v for k, v in inherited.items() if not k.startswith("GEODE_") and not _scrubbed(k)}
+    env = {k: v for k, v in inherited.items() if _inherited(k)}
     env.update(  # each GEODE_* variable is documented in docs/runtime.md
         {
+            "HOME": str(home),
+            "PYTHONNOUSERSITE": "1",
             "GEODE_SERVICE": service,
             "GEODE_INSTANCE_ID": activation.instance_id,
             "GEODE_SPIFFE_ID": activation.spiffe_id,

@@ -15,8 +15,8 @@ from geode.runtime._evidence_source import (
 )
 from geode.runtime._gramine import PythonLayout, gramine_manifest, python_layout
 from geode.runtime._launcher import (
-    SCRUBBED_ENV,
-    SCRUBBED_ENV_PREFIXES,
+    INHERITED_ENV,
+    INHERITED_ENV_PREFIXES,
     Companion,
     LaunchPlan,
     lay_out,
@@ -29,8 +29,8 @@ from geode.runtime._staging import StagedBundle, remove_staged, stage_bundle
 from geode.runtime._transparent import ProxyRunner
 
 __all__ = [
-    "SCRUBBED_ENV",
-    "SCRUBBED_ENV_PREFIXES",
+    "INHERITED_ENV",
+    "INHERITED_ENV_PREFIXES",
     "CertificateRenewer",
     "Companion",
     "EvidenceSource",
