@@ -24,7 +24,7 @@ files = os.environ["GEODE_SECRETS_DIR"]
 out = {
     "env": {k: v for k, v in os.environ.items()
             if k.startswith("GEODE_") or k in ("API_TOKEN", "GREETING")},
-    "argv": sys.argv[1:],
+    "argv": sys.argv[2:],
     "cwd": os.getcwd(),
     "cert": open(os.environ["GEODE_CERT_FILE"]).read(),
     "ca": open(os.environ["GEODE_CA_FILE"]).read(),
@@ -35,7 +35,7 @@ out = {
               for d in (files, os.path.dirname(os.environ["GEODE_KEY_FILE"]))
               for n in os.listdir(d)},
 }
-open(os.environ["REPORT_TO"], "w").write(json.dumps(out))
+open(sys.argv[1], "w").write(json.dumps(out))  # the caller's env does not reach the service
 sys.exit(7)
 """
 
@@ -77,7 +77,6 @@ def test_happy_path(
     _verified_setup(coordinator, manifest, geode_env)
 
     report = tmp_path / "report.json"
-    env = {**geode_env, "REPORT_TO": str(report)}
     result = geode_cli(
         "run",
         "--service",
@@ -89,7 +88,8 @@ def test_happy_path(
         "--",
         "python3",
         "report.py",
-        env=env,
+        str(report),
+        env=geode_env,
     )
     assert result.returncode == 7, result.stderr  # the app's exit status comes back out
     assert "SIMULATION" in result.stderr
