@@ -12,20 +12,15 @@ from geode.db import _mariadb
 from geode.db._mariadb import MariaDB
 from geode.errors import DatabaseError, LaunchError
 from geode.runtime import BUNDLE_LOCK_ENV, LOCK_FILE, write_lock
+from tests.support import native_executable
 
 NAMES = ("mariadbd", "mariadb-install-db", "mariadb")
-
-
-def _native(path: Path, text: str) -> None:
-    """A native (ELF) executable of its own content: only those can be locked."""
-    path.write_bytes(Path("/bin/true").read_bytes() + text.encode())
-    path.chmod(0o755)
 
 
 def _programs(directory: Path, text: str) -> Path:
     directory.mkdir()
     for name in NAMES:
-        _native(directory / name, text)
+        native_executable(directory / name, text)
     return directory
 
 
@@ -52,7 +47,7 @@ def test_under_geode_run_the_locked_server_is_started(dirs: tuple[Path, Path, Pa
     found = MariaDB.locate(environ=environ)
     assert found.server == locked / "mariadbd"
 
-    _native(locked / "mariadbd", "changed")
+    native_executable(locked / "mariadbd", "changed")
     with pytest.raises(LaunchError, match=r"mariadbd at .* has changed since it was locked"):
         MariaDB.locate(environ=environ)
     with pytest.raises(DatabaseError, match=r"^--mariadb-bin .*: under geode run the MariaDB"):

@@ -32,6 +32,7 @@ from geode.runtime.launcher import (
     resolve_command,
     stage_bundle,
 )
+from tests.support import native_executable
 
 SHA_A = "a" * 64
 
@@ -39,15 +40,6 @@ SHA_A = "a" * 64
 def _executable(path: Path, text: str = "#!/bin/sh\nexit 0\n") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    path.chmod(0o755)
-    return path
-
-
-def _native(path: Path, tag: str) -> Path:
-    """A native (ELF) executable of its own content: ``/bin/true`` with ``tag`` appended."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    path.write_bytes(Path("/bin/true").read_bytes() + tag.encode())
     path.chmod(0o755)
     return path
 
@@ -61,10 +53,10 @@ def tools(tmp_path: Path) -> Path:
     """A ``$PATH`` directory of native executables: ``tool`` (a file), ``python3`` (a link, as
     in a venv) to ``real/python3.11``, and ``node`` (a file)."""
     directory = tmp_path / "bin"
-    _native(directory / "tool", "tool")
-    _native(tmp_path / "real" / "python3.11", "python")
+    native_executable(directory / "tool", "tool")
+    native_executable(tmp_path / "real" / "python3.11", "python")
     (directory / "python3").symlink_to(tmp_path / "real" / "python3.11")
-    _native(directory / "node", "node")
+    native_executable(directory / "node", "node")
     return directory
 
 
@@ -76,7 +68,7 @@ def bundle(tmp_path: Path, tools: Path) -> Path:
     (directory / "mod.py").write_text("print('mod')\n")
     (directory / "pkg" / "__init__.py").write_text("")
     (directory / "pkg" / "__main__.py").write_text("print('pkg')\n")
-    _native(directory / "serve", "serve")  # a native program of the bundle
+    native_executable(directory / "serve", "serve")  # a native program of the bundle
     (directory / "alias.py").symlink_to("app.py")
     write_lock(directory, ["python3", "tool", "node"], path=str(tools))
     return directory
@@ -213,14 +205,14 @@ def test_check_resolves_the_path_now_and_refuses_another_target(
     # Back to the locked file, whose content changed: refused.
     (tools / "python3").unlink()
     (tools / "python3").symlink_to(tmp_path / "real" / "python3.11")
-    _native(tmp_path / "real" / "python3.11", "evil")
+    native_executable(tmp_path / "real" / "python3.11", "evil")
     with pytest.raises(LaunchError, match=r"python3 at .* has changed since it was locked"):
         check_executables(lock)
 
 
 def test_check_refuses_a_changed_file(bundle: Path, tools: Path) -> None:
     lock = read_lock(bundle)
-    _native(tools / "tool", "changed")
+    native_executable(tools / "tool", "changed")
     with pytest.raises(LaunchError, match=r"tool at .* has changed"):
         check_executables(lock)
 
@@ -247,7 +239,7 @@ def test_locked_executable(staged: StagedBundle, tools: Path) -> None:
     assert locked_executable("tool", environ) == tools / "tool"
     with pytest.raises(LaunchError, match="mariadbd is outside the bundle: lock it with"):
         locked_executable("mariadbd", environ)
-    _native(tools / "tool", "changed")
+    native_executable(tools / "tool", "changed")
     with pytest.raises(LaunchError, match="has changed"):
         locked_executable("tool", environ)
 

@@ -21,14 +21,7 @@ from geode.runtime.launcher import (
     resolve_command,
     stage_bundle,
 )
-
-
-def _native(path: Path, tag: str) -> Path:
-    """A native (ELF) executable of its own content: ``/bin/true`` with ``tag`` appended."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(Path("/bin/true").read_bytes() + tag.encode())
-    path.chmod(0o755)
-    return path
+from tests.support import native_executable
 
 
 def _file(path: Path, text: str, mode: int = 0o644) -> Path:
@@ -41,8 +34,8 @@ def _file(path: Path, text: str, mode: int = 0o644) -> Path:
 @pytest.fixture
 def tools(tmp_path: Path) -> Path:
     directory = tmp_path / "bin"
-    _native(directory / "python3", "python")
-    _native(directory / "tool", "tool")
+    native_executable(directory / "python3", "python")
+    native_executable(directory / "tool", "tool")
     return directory
 
 

@@ -28,20 +28,14 @@ from geode.runtime.launcher import (
     resolve_command,
     stage_bundle,
 )
-
-
-def _native(path: Path, tag: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(Path("/bin/true").read_bytes() + tag.encode())
-    path.chmod(0o755)
-    return path
+from tests.support import native_executable
 
 
 @pytest.fixture
 def tools(tmp_path: Path) -> Path:
     directory = tmp_path / "bin"
     for name in ("mariadbd", "tool", "python3", "sh", "dash", "zsh", "ksh"):
-        _native(directory / name, name)
+        native_executable(directory / name, name)
     return directory
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "geode_cli",
     "geode_run_argv",
     "make_bundle",
+    "native_executable",
     "sample_manifest",
     "wait_for_port",
     "wait_until",
@@ -78,6 +79,16 @@ def geode_run_argv(
         "--coordinator", mesh_addr, "--bundle", str(bundle), "--root-ca", str(root_ca),
         *options, "--", *command,
     ]  # fmt: skip
+
+
+def native_executable(path: Path, tag: str = "") -> Path:
+    """A native (ELF) executable of its own content, ``/bin/true`` with ``tag`` appended (only
+    native programs can be locked), replacing whatever was at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.write_bytes(Path("/bin/true").read_bytes() + tag.encode())
+    path.chmod(0o755)
+    return path
 
 
 def make_bundle(
