@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import stat
 import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.errors import LaunchError
 from geode.manifest import SERVICE_KEY_MARKER
-from geode.pki import CertificateAuthority, LeafParams
 from geode.runtime import Activation
 from geode.runtime.launcher import lay_out, remove_plan, run_command
+from tests.support.activation import fake_activation
 
 
 def _activation(files: dict[str, bytes], env: dict[str, bytes] | None = None) -> Activation:
-    root = CertificateAuthority.create_root()
-    mesh = root.create_intermediate("mesh")
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = mesh.issue(LeafParams(key.public_key(), "id", lifetime=datetime.timedelta(hours=1)))
-    return Activation(
-        instance_id="0123456789",
-        spiffe_id="spiffe://t/service/web",
-        private_key=key,
-        certificate_chain=[leaf, mesh.certificate],
-        mesh_ca=mesh.certificate,
-        root_ca=root.certificate,
-        files=files,
-        env=env or {},
-        argv=[b"--flag", SERVICE_KEY_MARKER.encode()[:0] + b"x"],
-        secrets={},
-    )
+    return fake_activation(files, env, argv=[b"--flag", b"x"])
 
 
 def test_layout_modes_marker_and_cleanup(tmp_path: Path) -> None:

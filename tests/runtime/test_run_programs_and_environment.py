@@ -4,7 +4,6 @@ directory operand and lone ``--version``; the command's environment is an allow 
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import stat
@@ -14,12 +13,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.cli import cli
 from geode.errors import LaunchError
-from geode.pki import CertificateAuthority, LeafParams
-from geode.runtime import LOCK_FILE, Activation, BundleLock, read_lock, write_lock
+from geode.runtime import LOCK_FILE, BundleLock, read_lock, write_lock
 from geode.runtime.launcher import (
     INHERITED_ENV,
     StagedBundle,
@@ -29,6 +26,7 @@ from geode.runtime.launcher import (
     stage_bundle,
 )
 from tests.support import native_executable
+from tests.support.activation import fake_activation
 
 
 @pytest.fixture
@@ -183,25 +181,6 @@ def test_python_version_and_help_alone(
 # --- item 2: the environment is an allow list --------------------------------------------------
 
 
-def _activation(env: dict[str, bytes]) -> Activation:
-    root = CertificateAuthority.create_root()
-    mesh = root.create_intermediate("mesh")
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = mesh.issue(LeafParams(key.public_key(), "id", lifetime=datetime.timedelta(hours=1)))
-    return Activation(
-        instance_id="0123456789",
-        spiffe_id="spiffe://t/service/web",
-        private_key=key,
-        certificate_chain=[leaf, mesh.certificate],
-        mesh_ca=mesh.certificate,
-        root_ca=root.certificate,
-        files={},
-        env=env,
-        argv=[],
-        secrets={},
-    )
-
-
 def test_only_the_allow_list_is_inherited(tmp_path: Path) -> None:
     inherited = {
         "PATH": "/usr/bin:/bin",
@@ -221,7 +200,7 @@ def test_only_the_allow_list_is_inherited(tmp_path: Path) -> None:
         "SOMETHING_ELSE": "x",
         "GEODE_SERVICE": "other",
     }
-    plan = lay_out(_activation({}), "web", ["prog"], base_dir=tmp_path, environ=inherited)
+    plan = lay_out(fake_activation(env={}), "web", ["prog"], base_dir=tmp_path, environ=inherited)
     try:
         kept = {k for k, v in inherited.items() if plan.env.get(k) == v}
         assert kept == {"PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONUNBUFFERED"}
@@ -239,7 +218,9 @@ def test_only_the_allow_list_is_inherited(tmp_path: Path) -> None:
 
 
 def test_the_manifest_env_wins(tmp_path: Path) -> None:
-    activation = _activation({"HOME": b"/srv/app", "PYTHONNOUSERSITE": b"", "OPENSSL_CONF": b"/c"})
+    activation = fake_activation(
+        env={"HOME": b"/srv/app", "PYTHONNOUSERSITE": b"", "OPENSSL_CONF": b"/c"}
+    )
     plan = lay_out(activation, "web", ["prog"], base_dir=tmp_path, environ={})
     try:
         assert plan.env["HOME"] == "/srv/app"
@@ -267,7 +248,9 @@ def test_a_callers_home_site_packages_do_not_run(tmp_path: Path) -> None:
         ).stdout
     )
     (tmp_path / "rt").mkdir()
-    plan = lay_out(_activation({}), "web", ["prog"], base_dir=tmp_path / "rt", environ=caller)
+    plan = lay_out(
+        fake_activation(env={}), "web", ["prog"], base_dir=tmp_path / "rt", environ=caller
+    )
     try:
         done = subprocess.run(
             [python, *probe], env=plan.env, capture_output=True, text=True, check=True
